@@ -1,0 +1,3 @@
+"""reasonlab: train language models to reason, and measure what reasoning buys."""
+
+__version__ = "0.1.0"

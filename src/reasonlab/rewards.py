@@ -1,0 +1,114 @@
+"""Reward functions: plain batch functions, composable with weights.
+
+Contract (the same as TRL's): ``f(completions, answers, **columns) -> list[float]``, one float per
+completion. Dataset and rollout columns arrive as keyword arguments: `prompts` (for templates that
+prefill ``<think>``), `task` (a `Task` or its name, for verification), `completion_lengths` and
+`think_lengths` (in tokens, from the sampler). Unused columns are ignored, so any set of rewards can
+be called with the same columns.
+
+The method's reward is `reasoning_reward`: format points + correctness points, default 2 + 1 = 3,
+and **0 in total when the format is broken**, even when the answer inside it would be right::
+
+    <think>7+5=12</think><answer>12</answer>   (gold 12) -> 2 + 1 = 3
+    <think>7+5=13</think><answer>13</answer>   (gold 12) -> 2 + 0 = 2
+    <think>7+5=12</think>12                    (gold 12) -> 0  (no <answer> block)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from .tasks import Task, get_task
+from .template import parse_completion
+
+RewardFn = Callable[..., list[float]]
+
+
+def _task(task: Task | str | None) -> Task:
+    if task is None:
+        raise ValueError("this reward needs task=... (a Task or a task name) to verify answers")
+    return get_task(task) if isinstance(task, str) else task
+
+
+def _prompts(prompts: Sequence[str] | None, n: int) -> Sequence[str | None]:
+    return prompts if prompts is not None else [None] * n
+
+
+def is_correct(completion: str, answer: str, task: Task, prompt: str | None = None) -> tuple[bool, bool]:
+    """(format_ok, correct) for one completion; `correct` is False whenever the format is broken."""
+    parsed = parse_completion(completion, prompt)
+    return parsed.format_ok, parsed.format_ok and task.verify(parsed.answer, answer)
+
+
+def reasoning_points(format_ok: bool, correct: bool, format_points: float = 2.0,
+                     correct_points: float = 1.0) -> float:
+    """The method's reward for one completion: nothing unless the format holds."""
+    return format_points + (correct_points if correct else 0.0) if format_ok else 0.0
+
+
+def format_reward(completions: Sequence[str], answers=None, *, prompts=None, points: float = 1.0,
+                  **_) -> list[float]:
+    """`points` when the completion respects the template (see `template.parse_completion`), else 0."""
+    return [points if parse_completion(c, p).format_ok else 0.0
+            for c, p in zip(completions, _prompts(prompts, len(completions)))]
+
+
+def correctness_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
+                       points: float = 1.0, **_) -> list[float]:
+    """`points` when the answer block verifies against the gold answer; 0 with a broken format."""
+    task = _task(task)
+    return [points if is_correct(c, a, task, p)[1] else 0.0
+            for c, a, p in zip(completions, answers, _prompts(prompts, len(completions)))]
+
+
+def reasoning_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
+                     format_points: float = 2.0, correct_points: float = 1.0, **_) -> list[float]:
+    """The method's reward: format_points + correct_points (2 + 1), nothing when the format breaks."""
+    task = _task(task)
+    return [reasoning_points(*is_correct(c, a, task, p), format_points, correct_points)
+            for c, a, p in zip(completions, answers, _prompts(prompts, len(completions)))]
+
+
+def overlong_penalty(completions: Sequence[str], answers=None, *, completion_lengths: Sequence[int],
+                     max_length: int, cache_length: int, **_) -> list[float]:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), in tokens.
+
+    0 up to ``max_length - cache_length``; then falls linearly to -1 at ``max_length``; -1 beyond.
+    """
+    if not 0 < cache_length <= max_length:
+        raise ValueError("overlong_penalty needs 0 < cache_length <= max_length")
+    start = max_length - cache_length
+    return [0.0 if n <= start else -1.0 if n > max_length else (start - n) / cache_length
+            for n in completion_lengths]
+
+
+def length_target_reward(completions: Sequence[str], answers=None, *, think_lengths: Sequence[int],
+                         target_lengths: Sequence[int], alpha: float = 1e-3, **_) -> list[float]:
+    """``-alpha * |n - N|``: thinking length n against the requested N (L1, Aggarwal & Welleck 2025)."""
+    return [-alpha * abs(n - target) for n, target in zip(think_lengths, target_lengths)]
+
+
+def combine(*weighted: tuple[RewardFn, float]) -> RewardFn:
+    """One reward from several: ``combine((reasoning_reward, 1.0), (overlong_penalty, 0.5))``.
+
+    Every function gets the same arguments and columns; the results are summed with their weights.
+    """
+
+    def combined(completions, answers=None, **columns) -> list[float]:
+        total = [0.0] * len(completions)
+        for fn, weight in weighted:
+            for i, r in enumerate(fn(completions, answers, **columns)):
+                total[i] += weight * r
+        return total
+
+    combined.__name__ = "+".join(f"{w:g}*{fn.__name__}" for fn, w in weighted)
+    return combined
+
+
+REWARDS: dict[str, RewardFn] = {
+    "format": format_reward,
+    "correctness": correctness_reward,
+    "reasoning": reasoning_reward,
+    "overlong": overlong_penalty,
+    "length_target": length_target_reward,
+}

@@ -1,0 +1,106 @@
+"""The Task abstraction: a seeded problem source plus a verifier (plus a worked solution if it can).
+
+A task is everything a trainer or an evaluation needs to know about a problem family:
+
+- `problems(n, split, seed)` gives `Problem`s (question text, gold answer, optional rationale);
+- `verify(predicted, gold)` says whether an answer is right; rewards call it;
+- `Problem.rationale` is a reference chain of thought where the task can write one.
+
+Synthetic tasks split train/test by a hash of the question, so the two splits never share a
+problem whatever the seeds. Add a task with `@register_task("name")` (see docs/tasks.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+from ..template import format_completion
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Problem:
+    question: str  # the problem as the model reads it (the template wraps it)
+    answer: str  # the gold answer, in the form `verify` expects as `gold`
+    rationale: str | None = None  # a reference chain of thought, where the task can write one
+    meta: dict = field(default_factory=dict)
+    solution: str | None = None  # what a worked answer writes, when it differs from `answer`
+
+    def reference_completion(self) -> str | None:
+        """The `<think>rationale</think><answer>solution</answer>` text, if there is a rationale."""
+        if self.rationale is None:
+            return None
+        return format_completion(self.rationale, self.solution or self.answer)
+
+
+class Task:
+    """Base class. Subclasses set `name` and implement `sample` (or override `problems`) and `verify`."""
+
+    name: ClassVar[str] = "task"
+    test_fraction: ClassVar[float] = 0.1  # share of the problem space held out for evaluation
+
+    def sample(self, rng: random.Random) -> Problem:
+        """One random problem (synthetic tasks)."""
+        raise NotImplementedError
+
+    def verify(self, predicted: str, gold: str) -> bool:
+        raise NotImplementedError
+
+    def problems(self, n: int, split: str = "train", seed: int = 0) -> list[Problem]:
+        """`n` distinct problems of `split`, the same for the same seed.
+
+        Raises ValueError when the problem space has fewer than `n` problems in that split.
+        """
+        check_split(split)
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        out, seen, tries = [], set(), 0
+        while len(out) < n:
+            tries += 1
+            if tries > 50 * n + 1000:
+                raise ValueError(f"task {self.name!r} has fewer than {n} distinct {split} problems")
+            problem = self.sample(rng)
+            if problem.question in seen or split_of(problem.question, self.test_fraction) != split:
+                continue
+            seen.add(problem.question)
+            out.append(problem)
+        return out
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def split_of(question: str, test_fraction: float) -> str:
+    """Deterministic train/test assignment from a hash of the question text."""
+    h = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=8).digest(), "big")
+    return "test" if (h % 10_000) < test_fraction * 10_000 else "train"
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str):
+    """Class decorator: `@register_task("mytask")` makes `get_task("mytask", **kwargs)` work."""
+
+    def wrap(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_task(name: str, **kwargs) -> Task:
+    """Build a registered task. Unknown names raise ValueError listing the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def list_tasks() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,188 @@
+"""Tasks: seeded problems, disjoint splits, verifiers, reference rationales. Run: pytest tests/test_tasks.py"""
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from reasonlab.tasks import Problem, Task, get_task, list_tasks, register_task
+from reasonlab.tasks.countdown import check_expression, parse_expression
+from reasonlab.tasks.gsm8k import gold_from_solution, parse_number, rationale_from_solution
+from reasonlab.template import parse_completion
+
+GSM8K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k"
+
+
+def test_registry_lists_builtins_and_rejects_unknown():
+    assert {"arithmetic", "countdown", "gsm8k", "math"} <= set(list_tasks())
+    with pytest.raises(ValueError, match="unknown task 'nope'.*arithmetic"):
+        get_task("nope")
+
+
+@pytest.mark.parametrize("name,kwargs", [("arithmetic", {"op": "+-*", "digits": 3}),
+                                         ("countdown", {"count": 4})])
+def test_synthetic_tasks_seeded_and_splits_disjoint(name, kwargs):
+    task = get_task(name, **kwargs)
+    a = task.problems(200, "train", seed=1)
+    assert [p.question for p in a] == [p.question for p in task.problems(200, "train", seed=1)]
+    assert [p.question for p in a] != [p.question for p in task.problems(200, "train", seed=2)]
+    test = {p.question for p in task.problems(100, "test", seed=1)}
+    assert not test & {p.question for p in task.problems(2000, "train", seed=3)}
+    assert len({p.question for p in a}) == 200  # distinct
+
+
+@pytest.mark.parametrize("kwargs", [{"op": "+", "digits": 4}, {"op": "-", "digits": 3},
+                                    {"op": "*", "digits": 3, "digits_b": 2}, {"op": "+-*", "digits": 1}])
+def test_arithmetic_reference_completions_verify(kwargs):
+    task = get_task("arithmetic", **kwargs)
+    for p in task.problems(200, seed=0):  # 1-digit with 3 ops has only ~270 train problems
+        a, op, b = p.meta["a"], p.meta["op"], p.meta["b"]
+        assert int(p.answer) == eval(f"{a}{op}{b}")  # the gold itself (test code may eval)
+        parsed = parse_completion(p.reference_completion())
+        assert parsed.format_ok and task.verify(parsed.answer, p.answer)
+
+
+def test_arithmetic_rationale_is_digit_by_digit():
+    from reasonlab.tasks.arithmetic import rationale_for
+
+    assert rationale_for(1234, "+", 5678) == "4+8+0=12;3+7+1=11;2+6+1=09;1+5+0=06"
+    assert rationale_for(52, "-", 38) == "12-8-0=4;5-3-1=1"  # borrow written as a leading 1
+    assert rationale_for(38, "-", 52).startswith("swap;") and rationale_for(38, "-", 52).endswith("neg")
+    assert rationale_for(12, "*", 34) == "2*4+0=08;1*4+0=04;>48;2*3+0=06;1*3+0=03;>360;8+0+0=08;4+6+0=10;0+3+1=04;>408"
+
+
+def test_small_problem_space_is_reported():
+    with pytest.raises(ValueError, match="fewer than 300 distinct train"):
+        get_task("arithmetic", op="+-*", digits=1).problems(300)
+
+
+def test_arithmetic_verify():
+    task = get_task("arithmetic")
+    assert task.verify(" 579 ", "579") and task.verify("-3", "-3") and task.verify("+5", "5")
+    assert not task.verify("579.0", "579")  # integer task: exact integer text only
+    assert not task.verify("57 9", "579") and not task.verify("", "579") and not task.verify("1" * 5000, "1")
+    with pytest.raises(ValueError):
+        get_task("arithmetic", op="/")
+
+
+def test_countdown_reference_is_a_search_trace_that_verifies():
+    task = get_task("countdown", count=4, attempts=2)
+    for p in task.problems(200, seed=0):
+        assert p.rationale.endswith(" yes")
+        assert p.rationale.count(" no") <= 2
+        parsed = parse_completion(p.reference_completion())
+        assert task.verify(parsed.answer, p.answer), p
+
+
+def test_countdown_verifier_is_exact_and_strict():
+    gold = "3 5 7 -> 22"
+    task = get_task("countdown")
+    assert task.verify("(7-3)*5+2", "2 3 5 7 -> 22")
+    assert task.verify("3*5+7", gold) and task.verify("3*5+7 = 22", gold)
+    assert not task.verify("3*5+7 = 23", gold)  # restated result must be the target
+    assert not task.verify("5*5-3", gold)  # 5 used twice, 7 unused
+    assert not task.verify("3*5+7+0", gold)  # extra number
+    assert not task.verify("22", gold)  # just the target
+    assert task.verify("7/(1/3)+1", "1 1 3 7 -> 22")  # exact rationals: 7/(1/3) = 21
+    assert not task.verify("7/(1/3)+1", "1 3 7 -> 22")  # 1 used twice
+    assert not task.verify("7/(3-3)+15", gold)  # division by zero is not an answer
+    assert not task.verify("__import__('os').system('true')", gold)  # never evaluated
+    assert not task.verify("(" * 1000 + "3", gold)  # too deep / too long
+    assert not task.verify("3**5", gold) and not task.verify("-3+5*7", gold)
+    value, numbers = parse_expression("(1+2)/4")
+    assert str(value) == "3/4" and numbers == [1, 2, 4]
+    assert check_expression("2*(3+4)", [2, 3, 4], 14)
+
+
+def test_gsm8k_number_parsing():
+    assert parse_number("$1,234.50") == parse_number("1234.5")
+    assert parse_number("18 dollars") == 18 and parse_number("= 72") == 72
+    assert parse_number("-3") == -3 and parse_number("$-3") == -3 and parse_number("72.0") == 72
+    assert parse_number("50%") == 50
+    assert parse_number("3 and 4") is None  # two numbers are not one answer
+    assert parse_number("1,23") is None  # not a thousands grouping
+    assert parse_number("") is None and parse_number(" " * 10_000 + "1") is None
+    task = get_task("gsm8k", path=str(GSM8K))
+    assert task.verify("$18", "18") and not task.verify("17", "18")
+
+
+def test_gsm8k_solution_helpers():
+    solution = "Half is 48/2 = <<48/2=24>>24.\nSo 48+24 = <<48+24=72>>72\n#### 1,072"
+    assert gold_from_solution(solution) == "1072"
+    assert rationale_from_solution(solution) == "Half is 48/2 = 24. So 48+24 = 72"
+    with pytest.raises(ValueError):
+        gold_from_solution("no answer line")
+
+
+def test_gsm8k_from_a_jsonl_path(tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"work <<1+1=2>>\n#### {i}"} for i in range(5)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    task = get_task("gsm8k", path=str(tmp_path))
+    problems = task.problems(3, "train", seed=0)
+    assert len(problems) == 3 and all(task.verify(p.answer, p.answer) for p in problems)
+    assert problems == task.problems(3, "train", seed=0)
+    with pytest.raises(ValueError, match="fewer than 9"):
+        task.problems(9)
+    (tmp_path / "test.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(ValueError, match="test.jsonl:1"):
+        task.problems(1, "test")
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason="../shared/data/gsm8k not present")
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_real_gsm8k_gold_verifies_against_itself(split):
+    task = get_task("gsm8k", path=str(GSM8K))
+    problems = task.problems(None, split)
+    assert len(problems) == {"train": 7473, "test": 1319}[split]
+    for p in problems:
+        assert parse_number(p.answer) is not None, p.answer
+        assert task.verify(p.answer, p.answer)
+
+
+def test_math_verify_symbolic_answers():
+    task = get_task("math")
+    assert task.verify("\\frac{1}{2}", "0.5")
+    assert task.verify("\\boxed{\\frac{3}{4}}", "3/4")
+    assert task.verify("x+1", "1+x")
+    assert not task.verify("2", "3") and not task.verify("", "3")
+
+
+def test_math_verify_works_outside_the_main_thread():
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get_task("math").verify("1/2", "0.5")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [True, True, True]
+
+
+def test_math_verify_timeout_kills_a_stuck_check():
+    import time
+    from reasonlab.tasks import mathverify
+
+    assert mathverify.math_equal("1", "1")  # warm the worker up
+    pid = mathverify._CHECKER._proc.pid
+    start = time.monotonic()
+    # A check that cannot finish within its timeout: the worker is killed, the answer is "wrong".
+    assert mathverify.math_equal("\\frac{1}{2}", "0.5", timeout=0) is False
+    assert time.monotonic() - start < 5 and mathverify._CHECKER._proc is None
+    assert mathverify.math_equal("2", "2")  # a fresh worker answers the next call
+    assert mathverify._CHECKER._proc.pid != pid
+
+
+def test_adding_a_task_takes_a_few_lines():
+    @register_task("parity")
+    class Parity(Task):
+        def sample(self, rng):
+            n = rng.randint(0, 10**6)
+            return Problem(f"parity of {n}", "even" if n % 2 == 0 else "odd")
+
+        def verify(self, predicted, gold):
+            return predicted.strip().lower() == gold
+
+    task = get_task("parity")
+    p = task.problems(5, "test")[0]
+    assert task.verify(p.answer.upper(), p.answer)
