@@ -10,7 +10,9 @@ import argparse
 import json
 import sys
 
+from .config import add_config_args
 from .errors import UserError
+from .evaluate import SampleConfig
 
 
 def parse_value(text: str):
@@ -77,6 +79,34 @@ def cmd_score(args) -> int:
     return 0
 
 
+def load_model_or_exit(path: str):
+    from .model import load_model
+
+    if not path:
+        raise UserError("--model is required (a reasonlab checkpoint or a Hugging Face model folder)")
+    return load_model(path)
+
+
+def cmd_generate(args) -> int:
+    from .config import build_config
+    from .evaluate import SampleConfig, sample_task
+
+    cfg = build_config(SampleConfig, args)
+    task = make_task(cfg.task, args.task_arg)
+    model, tokenizer = load_model_or_exit(cfg.model)
+    rows = sample_task(model, tokenizer, task, cfg)
+    for i, row in enumerate(rows):
+        verdict = ("correct" if row["correct"] else "wrong") if row["format_ok"] else "broken format"
+        print(f"[{i}] {row['question']!r} gold {row['answer']!r}")
+        print(f"    {row['completion']!r}")
+        print(f"    {verdict} | reward {row['reward']:g} | thinking {row['think_tokens']} tokens | "
+              f"{row['tokens']} tokens | {row['finish_reason']}")
+    n = len(rows)
+    print(f"{n} completions: accuracy {sum(r['correct'] for r in rows) / n:.1%}, "
+          f"format rate {sum(r['format_ok'] for r in rows) / n:.1%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -92,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help='JSONL, one {"completion": str, "answer": str[, "prompt": str]} a line')
     p.add_argument("-o", "--output", help="write scored lines here (atomically) instead of stdout")
     p.set_defaults(func=cmd_score)
+
+    p = command("generate", help="sample completions for a task and show their parse and reward")
+    add_config_args(p, SampleConfig)
+    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, repeatable")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

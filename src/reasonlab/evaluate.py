@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engine import SamplingParams, generate
 from .errors import UserError
 from .rewards import reasoning_points
 from .tasks import Task
-from .template import parse_completion
+from .template import build_prompt, parse_completion
 
 
 def score_completion(completion: str, answer: str, task: Task, prompt: str | None = None) -> dict:
@@ -87,3 +89,48 @@ def write_jsonl_atomic(path, rows: list[dict]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---- sampling a task through the engine ----------------------------------------------------------
+
+@dataclass
+class SampleConfig:
+    """What `reasonlab generate` (and the evaluations) sample: which problems, how, with what budget."""
+
+    model: str = field(default="", metadata={"help": "checkpoint or Hugging Face model folder"})
+    task: str = field(default="arithmetic", metadata={"help": "task name (`reasonlab tasks`)"})
+    split: str = field(default="test", metadata={"help": "train or test problems"})
+    problems: int = field(default=4, metadata={"help": "how many problems"})
+    n: int = field(default=1, metadata={"help": "completions per problem"})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat"})
+    trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
+    prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most"})
+    temperature: float = field(default=1.0, metadata={"help": "0 = greedy"})
+    top_k: int = field(default=0, metadata={"help": "0 = off"})
+    top_p: float = field(default=1.0, metadata={"help": "1 = off"})
+    think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens"})
+    extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times"})
+    seed: int = field(default=0, metadata={"help": "problem and sampling seed"})
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p, think_budget=self.think_budget,
+                              extend=self.extend, seed=self.seed)
+
+
+def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
+    """Sample `cfg.n` completions for each of `cfg.problems` problems; score each one."""
+    problems = task.problems(cfg.problems, cfg.split, cfg.seed)
+    prompts = [build_prompt(p.question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf,
+                            prefill_think=cfg.prefill_think) for p in problems for _ in range(cfg.n)]
+    rollout = generate(model, tokenizer, prompts, cfg.sampling())
+    out = []
+    for i, text in enumerate(rollout.texts):
+        problem = problems[i // cfg.n]
+        row = score_completion(text, problem.answer, task, prompts[i])
+        row.update(question=problem.question, answer=problem.answer, completion=text,
+                   think_tokens=rollout.think_tokens[i], tokens=int(rollout.lengths[i]),
+                   finish_reason=rollout.finish_reason[i])
+        out.append(row)
+    return out

@@ -1,0 +1,93 @@
+"""Configs are dataclasses: settable from a file (`--config run.toml` or `.json`) and from the
+command line (each field is a `--flag`), with the command line winning. Help text comes from each
+field's ``metadata={"help": ...}``; the resolved config is saved beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _field_type(cls, f: dataclasses.Field):
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0], True
+    return hint, False
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One `--flag` per field of dataclass `cls` (default: unset, so files and defaults apply)."""
+    parser.add_argument("--config", metavar="FILE", help="read options from a .toml or .json file")
+    for f in dataclasses.fields(cls):
+        kind, _ = _field_type(cls, f)
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            base = kind if kind in (int, float, str) else str
+            parser.add_argument(_flag(f.name), dest=f.name, type=base, default=None,
+                                metavar=f.name.upper(), help=help_text)
+
+
+def _coerce(cls, f: dataclasses.Field, value, source: str):
+    kind, optional = _field_type(cls, f)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    wrong_int = kind is int and (isinstance(value, bool) or not isinstance(value, int))
+    if wrong_int or (kind in (float, str, bool) and not isinstance(value, kind)):
+        raise UserError(f"{source}: option {f.name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def build_config(cls, args: argparse.Namespace | None = None, file: str | Path | None = None, **overrides):
+    """Defaults <- file <- command-line flags <- overrides; unknown keys and wrong types are errors."""
+    values: dict = {}
+    file = file or (getattr(args, "config", None) if args else None)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if file:
+        values.update(_read_file(Path(file), fields))
+    if args is not None:
+        values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    values.update(overrides)
+    for name, value in values.items():
+        values[name] = _coerce(cls, fields[name], value, str(file) if file else "option")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _read_file(path: Path, fields: dict) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} not found")
+    try:
+        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"config file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a table of options")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(fields)}")
+    return data
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,231 @@
+"""Batched sampling with a KV cache, stop rules and a per-row thinking budget.
+
+`generate(model, tokenizer, prompts, SamplingParams(...))` works the same for the built-in GPT and for
+any Hugging Face causal LM (both expose ``init_cache`` and ``decode``). Prompts are left-padded
+and run through the model once (prefill); then one token per row per step is sampled (temperature,
+top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
+
+- **cap** (`think_budget` = B, per row or one for all): once a row has written B thinking tokens
+  (tokens strictly inside ``<think>…</think>``) it is made to write ``</think><answer>``; the answer
+  that follows is its own.
+- **extend** (`extend` = n, s1's budget forcing, Muennighoff et al. 2025): when a row starts to close
+  its thinking, ``</think>`` is replaced by ``Wait,`` — up to n times per row.
+
+Every forced token has 0 in `sampled_mask` (sampled tokens 1), so trainers keep forced tokens out
+of the loss. `logprobs` are the log-probabilities of each emitted token under the sampling
+distribution (logits / temperature, before top-k/top-p truncation; raw logits when greedy).
+
+A row stops at ``</answer>`` (when `stop_at_answer`) or EOS: finish reason ``stop``, or ``budget`` when
+its thinking was cut by the cap; a row that runs out of `max_new_tokens` finishes with ``length``.
+
+Tags are matched as token sequences, so tokenizers that spell ``</think>`` with several tokens work;
+extension then watches for the first token of that sequence.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, prompt_opens_think
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # EOS is not sampled before this many tokens
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    think_budget: int | list[int] | None = None  # cap on thinking tokens, one for all rows or per row
+    extend: int = 0  # how many times an early </think> becomes "Wait,"
+    stop_at_answer: bool = True  # end a row at </answer>
+    seed: int | None = None  # same seed, same samples
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        budgets = self.think_budget if isinstance(self.think_budget, list) else [self.think_budget]
+        if any(b is not None and b < 0 for b in budgets):
+            raise ValueError("think_budget must be >= 0")
+        if self.extend < 0:
+            raise ValueError("extend must be >= 0")
+
+
+@dataclass
+class Rollout:
+    """What `generate` returns. Tensors are (B, T) with T the longest completion, padded."""
+
+    prompt_ids: list[list[int]]
+    tokens: torch.Tensor  # (B, T) completion token ids, pad after each row's end
+    logprobs: torch.Tensor  # (B, T) log-prob of each emitted token, 0 on padding
+    sampled_mask: torch.Tensor  # (B, T) 1 = sampled by the model, 0 = forced or padding
+    lengths: torch.Tensor  # (B,) completion lengths, forced tokens included
+    think_tokens: list[int]  # tokens written inside <think>…</think> per row
+    finish_reason: list[str]  # "stop", "budget" or "length"
+    texts: list[str] = field(default_factory=list)  # decoded completions
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, T) 1 on every completion token (sampled or forced), 0 on padding."""
+        return (torch.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]).long()
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from."""
+    if temperature == 0:
+        return logits.argmax(-1), F.log_softmax(logits, dim=-1)
+    scaled = logits / temperature
+    logp = F.log_softmax(scaled, dim=-1)
+    if top_k and top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) is a draw from p (cheaper than multinomial).
+    race = torch.empty_like(scaled).exponential_(generator=generator)
+    return (F.softmax(scaled, dim=-1) / race).argmax(-1), logp
+
+
+class _Row:
+    """Per-row state machine: where the row is in the template and what it must be made to write."""
+
+    def __init__(self, tags: dict, wait_ids: list[int], eos_id: int, budget: int | None, extend: int,
+                 thinking: bool):
+        self.tags, self.wait_ids, self.eos_id = tags, wait_ids, eos_id
+        self.budget, self.extend = budget, extend
+        self.phase = "think" if thinking else "pre"  # pre -> think -> post -> done
+        self.history: list[int] = []  # emitted tokens
+        self.logprobs: list[float] = []  # their log-probs
+        self.sampled: list[int] = []  # 1 sampled, 0 forced
+        self.queue: deque[int] = deque()
+        self.think_count = self.waits = 0
+        self.capped = False
+        self.reason = None
+
+    def _ends_with(self, tag: str) -> bool:
+        seq = self.tags[tag]
+        return len(seq) > 0 and self.history[-len(seq):] == seq
+
+    def choose(self, sampled: int) -> tuple[int, bool]:
+        """The token this row emits given the model's sample, and whether it was forced."""
+        if self.phase == "think" and self.budget is not None and self.think_count >= self.budget:
+            self.queue = deque(self.tags[THINK_CLOSE] + self.tags[ANSWER_OPEN])
+            self.phase, self.capped = "post", True
+        if self.queue:
+            return self.queue.popleft(), True
+        close = self.tags[THINK_CLOSE]
+        if self.phase == "think" and self.waits < self.extend and close and sampled == close[0]:
+            self.waits += 1
+            self.queue = deque(self.wait_ids)
+            return self.queue.popleft(), True
+        return sampled, False
+
+    def push(self, token: int, stop_at_answer: bool) -> None:
+        self.history.append(token)
+        if token == self.eos_id:
+            self.phase, self.reason = "done", "stop"
+        elif self.phase == "pre" and self._ends_with(THINK_OPEN):
+            self.phase = "think"
+        elif self.phase == "think":
+            if self._ends_with(THINK_CLOSE):
+                self.phase = "post"
+                self.think_count -= len(self.tags[THINK_CLOSE]) - 1  # its first tokens were counted
+            else:
+                self.think_count += 1
+        elif stop_at_answer and self._ends_with(ANSWER_CLOSE):
+            self.phase, self.reason = "done", "stop"
+        if self.reason == "stop" and self.capped:
+            self.reason = "budget"
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None = None) -> Rollout:
+    """Sample one completion per prompt (repeat prompts for groups). See the module docstring."""
+    params = params or SamplingParams()
+    B = len(prompts)
+    if B == 0:
+        raise ValueError("no prompts to generate from")
+    budgets = params.think_budget if isinstance(params.think_budget, list) else [params.think_budget] * B
+    if len(budgets) != B:
+        raise ValueError(f"think_budget has {len(budgets)} entries for {B} prompts")
+    prompt_ids = tokenizer.encode_batch(prompts)
+    if min(len(p) for p in prompt_ids) == 0:
+        raise ValueError("empty prompt")
+    rows = [_Row(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
+                 prompt_opens_think(prompts[i])) for i in range(B)]
+    device = next(model.parameters()).device
+    generator = None
+    if params.seed is not None and params.temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+
+    # Prefill: left-pad so every row's last prompt token sits in the last column.
+    P, N = max(len(p) for p in prompt_ids), params.max_new_tokens
+    input_ids = torch.full((B, P), tokenizer.pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((B, P + N), dtype=torch.long, device=device)  # grows one column per step
+    for i, ids in enumerate(prompt_ids):
+        input_ids[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attn[i, P - len(ids):P] = 1
+    positions = (attn[:, :P].cumsum(-1) - 1).clamp(min=0)
+    next_pos = attn.sum(-1, keepdim=True)  # (B, 1)
+    cache = model.init_cache(B, P + N)
+    logits = model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float()
+
+    live = list(range(B))  # the row behind each batch position; finished rows leave the batch
+    for step in range(N):
+        if step < params.min_new_tokens and tokenizer.eos_id is not None:
+            logits[:, tokenizer.eos_id] = float("-inf")
+        sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator)
+        proposal = sampled.tolist()
+        chosen = []
+        for j, i in enumerate(live):
+            row = rows[i]
+            if row.phase == "done":
+                chosen.append(tokenizer.pad_id)
+                continue
+            token, forced = row.choose(proposal[j])
+            row.push(token, params.stop_at_answer)
+            row.sampled.append(0 if forced else 1)
+            chosen.append(token)
+        token_t = torch.tensor(chosen, dtype=torch.long, device=device)
+        for i, lp in zip(live, logp.gather(-1, token_t[:, None]).squeeze(-1).tolist()):
+            if len(rows[i].logprobs) < len(rows[i].history):
+                rows[i].logprobs.append(lp)
+        keep = [j for j, i in enumerate(live) if rows[i].phase != "done"]
+        if not keep or step == N - 1:
+            break
+        if len(live) - len(keep) >= max(1, len(live) // 4):  # compact: drop finished rows
+            index = torch.tensor(keep, device=device)
+            model.select_rows(cache, index)
+            token_t, next_pos, attn = token_t[index], next_pos[index], attn[index]
+            live = [live[j] for j in keep]
+        attn[:, P + step] = 1
+        logits = model.decode(token_t[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
+        next_pos = next_pos + 1
+    return _assemble(rows, prompt_ids, tokenizer)
+
+
+def _assemble(rows: list[_Row], prompt_ids, tokenizer) -> Rollout:
+    T = max(len(row.history) for row in rows)
+    tokens = torch.full((len(rows), T), tokenizer.pad_id, dtype=torch.long)
+    logprobs = torch.zeros((len(rows), T))
+    sampled = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row.history)
+        tokens[i, :n] = torch.tensor(row.history, dtype=torch.long)
+        logprobs[i, :n] = torch.tensor(row.logprobs)
+        sampled[i, :n] = torch.tensor(row.sampled, dtype=torch.long)
+    lengths = torch.tensor([len(row.history) for row in rows])
+    texts = [tokenizer.decode(row.history) for row in rows]
+    return Rollout(prompt_ids, tokens, logprobs, sampled, lengths,
+                   [max(row.think_count, 0) for row in rows],
+                   [row.reason or "length" for row in rows], texts)

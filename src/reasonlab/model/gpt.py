@@ -1,0 +1,279 @@
+"""The built-in model: a small Llama-shaped decoder (RoPE, RMSNorm, SwiGLU, optional tied embeddings).
+
+Modules carry Hugging Face Llama's names (``model.layers.0.self_attn.q_proj`` …) and compute what
+`LlamaForCausalLM` computes (RoPE in the rotate-half convention, RMSNorm in float32), so a
+checkpoint is a Llama checkpoint: `transformers.AutoModelForCausalLM` loads an exported one and gives
+the same logits.
+
+Two entry points share the weights:
+- ``forward(input_ids) -> logits`` for training (causal; right padding needs no mask);
+- ``init_cache`` + ``decode`` for sampling with a preallocated KV cache and left-padded prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 102  # the built-in character tokenizer's size
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4  # fewer than n_head: grouped-query attention
+    d_model: int = 128
+    d_ff: int = 0  # SwiGLU hidden size; 0 means 8/3 * d_model rounded up to a multiple of 16
+    max_seq_len: int = 512  # longest prompt + completion the RoPE tables cover
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True  # share the input embedding with the output layer
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError("d_model must divide by n_head, and n_head by n_kv_head")
+        if self.d_ff == 0:
+            self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys and values, [n_layer] x (B, n_kv_head, max_len, head_dim); `pos` = filled length.
+
+    It also holds fused copies of each layer's q/k/v and gate/up weights (one matmul instead of
+    three or two per decode step): weights do not change while a batch is being sampled.
+    """
+
+    def __init__(self, model: "GPT", batch: int, max_len: int):
+        c, p = model.config, model.lm_head.weight
+        shape = (batch, c.n_kv_head, max_len, c.head_dim)
+        # Uninitialised on purpose: only positions already written are ever read.
+        self.k = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(c.n_layer)]
+        self.v = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(c.n_layer)]
+        self.pos = 0
+        # Additive key mask (B, 1, 1, max_len): -inf on the prompt's left padding, 0 elsewhere; set
+        # at prefill. Tokens appended after it are always visible.
+        self.key_bias = torch.zeros((batch, 1, 1, max_len), dtype=p.dtype, device=p.device)
+        with torch.no_grad():
+            self.w_qkv = [torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight,
+                                     b.self_attn.v_proj.weight]) for b in model.model.layers]
+            self.w_gate_up = [torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])
+                              for b in model.model.layers]
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows in `index` (finished rows leave the batch)."""
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+        self.key_bias = self.key_bias.index_select(0, index)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.c = c
+        self.q_proj = nn.Linear(c.d_model, c.n_head * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_head * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_head * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.n_head * c.head_dim, c.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape  # (B, T, d_model)
+        c, hd = self.c, self.c.head_dim
+        if cache is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = F.linear(x, cache.w_qkv[layer]).split(
+                [c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd], dim=-1)
+        q = q.view(B, T, c.n_head, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, c.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, c.n_kv_head, hd).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hd)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=c.n_kv_head != c.n_head)
+        else:
+            end = cache.pos + T
+            cache.k[layer][:, :, cache.pos:end] = k
+            cache.v[layer][:, :, cache.pos:end] = v
+            keys, values = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+            if mask is None:  # first call, no padding: the cache holds exactly these keys
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=c.n_kv_head != c.n_head)
+            else:
+                y = _cached_attention(q, keys, values, mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def _cached_attention(q, k, v, bias):
+    """Attention over the cache with an additive mask `bias` (B, 1, T, S).
+
+    Plain matmuls: for one query token over a short cache they beat SDPA's masked CPU path.
+    """
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: share each key/value head
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + bias
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class MLP(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.d_model, c.d_ff, bias=False)
+        self.up_proj = nn.Linear(c.d_model, c.d_ff, bias=False)
+        self.down_proj = nn.Linear(c.d_ff, c.d_model, bias=False)
+
+    def forward(self, x, w_gate_up=None):
+        if w_gate_up is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        fused = None if cache is None else cache.w_gate_up[layer]
+        return x + self.mlp(self.post_attention_layernorm(x), fused)
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
+        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+
+
+class GPT(nn.Module):
+    kind = "builtin"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2).float() / config.head_dim)
+        angles = torch.outer(torch.arange(config.max_seq_len).float(), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)  # (max_seq_len, head_dim), HF's layout
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _run(self, input_ids, position_ids, mask, cache):
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        if int(position_ids.max()) >= self.config.max_seq_len:
+            raise ValueError(f"sequence longer than max_seq_len={self.config.max_seq_len}")
+        cos, sin = self.cos[position_ids], self.sin[position_ids]
+        x = self.model.embed_tokens(input_ids)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, mask, cache, i)
+        return self.lm_head(self.model.norm(x))
+
+    def _decode_one(self, input_ids, position_ids, cache: KVCache):
+        """One new token per row: the hot loop of sampling, written as plain tensor calls.
+
+        Same math as `_run` with fused weights and batched (B*H) attention; `decode` tests check
+        that both give the same logits.
+        """
+        c, (B, _) = self.config, input_ids.shape
+        H, Hk, hd, pos = c.n_head, c.n_kv_head, c.head_dim, cache.pos
+        end = pos + 1
+        cos, sin = self.cos[position_ids], self.sin[position_ids]  # (B, 1, hd)
+        bias = cache.key_bias[:, :, :, :end].expand(B, H, 1, end).reshape(B * H, 1, end)
+        x = self.model.embed_tokens(input_ids)  # (B, 1, d)
+        for i, block in enumerate(self.model.layers):
+            h = F.rms_norm(x, (c.d_model,), block.input_layernorm.weight, c.norm_eps)
+            qkv = F.linear(h, cache.w_qkv[i]).view(B, H + 2 * Hk, hd)
+            qk = qkv[:, :H + Hk]
+            qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
+            cache.k[i][:, :, pos] = qk[:, H:]
+            cache.v[i][:, :, pos] = qkv[:, H + Hk:]
+            keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]  # (B, Hk, S, hd)
+            if Hk != H:
+                keys, values = keys.repeat_interleave(H // Hk, 1), values.repeat_interleave(H // Hk, 1)
+            keys, values = keys.reshape(B * H, end, hd), values.reshape(B * H, end, hd)
+            scores = torch.baddbmm(bias, qk[:, :H].reshape(B * H, 1, hd), keys.transpose(1, 2),
+                                   alpha=hd ** -0.5)  # (B*H, 1, S)
+            y = torch.bmm(torch.softmax(scores, dim=-1), values).view(B, 1, H * hd)
+            x = x + F.linear(y, block.self_attn.o_proj.weight)
+            h = F.rms_norm(x, (c.d_model,), block.post_attention_layernorm.weight, c.norm_eps)
+            gate, up = F.linear(h, cache.w_gate_up[i]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, block.mlp.down_proj.weight)
+        x = F.rms_norm(x, (c.d_model,), self.model.norm.weight, c.norm_eps)
+        return F.linear(x, self.lm_head.weight)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None):
+        """Logits (B, T, vocab) for a causal pass. `attention_mask` (B, T), 1 = real, for left padding."""
+        mask = None if attention_mask is None else _mask(attention_mask.bool(), input_ids.shape[1], 0)
+        return self._run(input_ids, position_ids, mask, None)
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self, batch, max_len)
+
+    def select_rows(self, cache: KVCache, index: torch.Tensor) -> None:
+        cache.select_rows(index)
+
+    def decode(self, input_ids, position_ids, attention_mask, cache: KVCache):
+        """Logits for `input_ids` (B, T) appended to the cache. `attention_mask` (B, cache.pos + T).
+
+        Single-token steps reuse the padding mask recorded by the multi-token (prefill) calls:
+        a new token sees every real key, so only the prompt's padding needs masking.
+        """
+        T, end = input_ids.shape[1], cache.pos + input_ids.shape[1]
+        if T == 1:
+            logits = self._decode_one(input_ids, position_ids, cache)
+            cache.pos += 1
+            return logits
+        keys = attention_mask.bool()
+        cache.key_bias[:, 0, 0, :end].masked_fill_(~keys, float("-inf"))
+        bias = None  # no padding in a first call: plain causal attention (SDPA's fast path)
+        if cache.pos > 0 or not keys.all():
+            bias = torch.zeros((keys.shape[0], 1, T, end), dtype=cache.key_bias.dtype, device=keys.device)
+            bias.masked_fill_(~_mask(keys, T, cache.pos), float("-inf"))
+        logits = self._run(input_ids, position_ids, bias, cache)
+        cache.pos += input_ids.shape[1]
+        return logits
+
+
+def _mask(key_mask: torch.Tensor, T: int, start: int) -> torch.Tensor:
+    """(B, 1, T, S) boolean: query start+i sees real keys up to itself, and always itself.
+
+    Seeing itself keeps every row of the softmax non-empty, so pad positions stay finite (an
+    all-masked row would give NaN, which a later layer would spread through the values).
+    """
+    S = key_mask.shape[1]
+    q_pos = torch.arange(start, start + T, device=key_mask.device)[:, None]
+    k_pos = torch.arange(S, device=key_mask.device)[None, :]
+    causal = k_pos <= q_pos  # (T, S)
+    return (key_mask[:, None, None, :] & causal) | (k_pos == q_pos)

@@ -1,0 +1,68 @@
+"""Tokenizers: the built-in character tokenizer, and one adapter over any Hugging Face tokenizer.
+
+The built-in tokenizer is a `tokenizers` WordLevel model over single characters (printable ASCII
+and newline) in which the template tags ``<think> </think> <answer> </answer>`` are single special
+tokens. It is wrapped in `transformers.PreTrainedTokenizerFast`, so it saves and loads like any
+Hugging Face tokenizer and an exported model needs nothing of reasonlab.
+
+`TokenizerAdapter` gives the engine and the trainers one interface over both kinds: encode and
+decode without special-token surprises, the id sequence of each tag (one id for the built-in
+tokenizer, several for most pretrained vocabularies), EOS and pad ids.
+"""
+
+from __future__ import annotations
+
+from ..template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+
+PAD, EOS, UNK = "<pad>", "<eos>", "?"
+SPECIALS = [PAD, EOS, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE]
+CHARS = ["\n"] + [chr(i) for i in range(32, 127)]
+
+
+def build_char_tokenizer():
+    """A character-level `PreTrainedTokenizerFast` with the template tags as single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + CHARS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))  # unknown characters read as '?'
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS)
+
+
+class TokenizerAdapter:
+    """One interface over a Hugging Face tokenizer (the built-in one is one too)."""
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        if self.hf.pad_token_id is None:  # many causal LMs have no pad token: reuse EOS
+            self.hf.pad_token = self.hf.eos_token
+        self.eos_id = self.hf.eos_token_id
+        self.pad_id = self.hf.pad_token_id
+        self.tags = {tag: self.encode(tag) for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)}
+        self.wait_ids = self.encode("Wait,")  # what budget extension forces (s1)
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids) -> str:
+        """Text of `ids`, keeping the template tags, dropping pad and EOS."""
+        drop = {self.pad_id, self.eos_id}
+        return self.hf.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+
+    def save(self, path) -> None:
+        self.hf.save_pretrained(path)
+
+
+def load_tokenizer(path) -> TokenizerAdapter:
+    from transformers import AutoTokenizer
+
+    return TokenizerAdapter(AutoTokenizer.from_pretrained(path))

@@ -1,0 +1,40 @@
+"""Shared tiny things for the tests: a scripted bigram LM and small seeded GPTs. No downloads."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from reasonlab.model import GPTConfig, new_builtin
+
+
+class BigramLM(nn.Module):
+    """A real (tiny) language model whose next-token logits depend only on the last token.
+
+    `script` maps a token id to the id it should be followed by, so tests can make a model that,
+    say, always tries to close its thinking. Implements the engine's interface (init_cache/decode).
+    """
+
+    kind = "test"
+
+    def __init__(self, vocab_size: int, script: dict[int, int], default: int):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, vocab_size)
+        with torch.no_grad():
+            self.table.weight.fill_(-10.0)
+            for last in range(vocab_size):
+                self.table.weight[last, script.get(last, default)] = 10.0
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None):
+        return self.table(input_ids)
+
+    def init_cache(self, batch, max_len):
+        return None
+
+    def decode(self, input_ids, position_ids, attention_mask, cache):
+        return self.table(input_ids)
+
+
+@pytest.fixture
+def tiny_gpt():
+    torch.manual_seed(0)
+    return new_builtin(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=128), seed=0)

@@ -1,0 +1,139 @@
+"""The sampler: budget cap and extension, forced-token masks, determinism, stop rules, both model
+kinds. Run: pytest tests/test_engine.py"""
+
+import pytest
+import torch
+
+from reasonlab.engine import SamplingParams, generate
+from reasonlab.model import load_model, new_builtin
+from tests.conftest import BigramLM
+from tests.test_model import make_tiny_hf
+
+_, TOK = new_builtin()
+ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer>", "a", "7", ",", "x"]}
+
+
+def thinking_tokens(tokens: list[int], prefilled: bool) -> int:
+    """Tokens between <think> and </think>, counted from the output itself (not the engine's count)."""
+    start = -1 if prefilled else tokens.index(ID["<think>"])
+    end = tokens.index(ID["</think>"]) if ID["</think>"] in tokens else len(tokens)
+    return end - start - 1
+
+
+def never_closes():
+    """A model that thinks forever: after anything it writes 'x'."""
+    return BigramLM(len(TOK), {}, default=ID["x"])
+
+
+def closes_at_once():
+    """A model that closes its thinking after one token and answers 7."""
+    script = {ID["<think>"]: ID["a"], ID["a"]: ID["</think>"], ID["</think>"]: ID["<answer>"],
+              ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"], ID[","]: ID["a"]}
+    return BigramLM(len(TOK), script, default=ID["a"])
+
+
+@pytest.mark.parametrize("budget", [0, 1, 5, 17])
+def test_cap_is_exact_in_every_row(budget):
+    prompts = ["1+1\n<think>", "22+3\n<think>", "5\n<think>"]
+    r = generate(never_closes(), TOK, prompts, SamplingParams(max_new_tokens=40, think_budget=budget, seed=0))
+    for i in range(3):
+        tokens = r.tokens[i, :r.lengths[i]].tolist()
+        assert thinking_tokens(tokens, prefilled=True) == budget == r.think_tokens[i]
+        assert tokens[budget:budget + 2] == [ID["</think>"], ID["<answer>"]]
+        assert r.sampled_mask[i, budget:budget + 2].tolist() == [0, 0]  # forced
+        assert r.sampled_mask[i, :budget].all() and r.sampled_mask[i, budget + 2:r.lengths[i]].all()
+        assert r.finish_reason[i] == "length"  # the model never writes </answer>
+
+
+def test_per_row_budgets_on_a_random_gpt(tiny_gpt):
+    model, tok = tiny_gpt
+    budgets = [0, 3, 8, 30]
+    r = generate(model, tok, ["12+34\n<think>"] * 4, SamplingParams(max_new_tokens=50, think_budget=budgets, seed=3))
+    for i, b in enumerate(budgets):
+        tokens = r.tokens[i, :r.lengths[i]].tolist()
+        assert thinking_tokens(tokens, prefilled=True) <= b  # it may close or stop on its own first
+        assert r.think_tokens[i] == thinking_tokens(tokens, prefilled=True) or ID["</think>"] not in tokens
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_extend_inserts_exactly_n_waits(n):
+    r = generate(closes_at_once(), TOK, ["q\n<think>"], SamplingParams(max_new_tokens=80, extend=n, temperature=0))
+    text = r.texts[0]
+    assert text == "a" + "Wait,a" * n + "</think><answer>7</answer>"
+    assert text.count("Wait,") == n
+    forced = (1 - r.sampled_mask[0, :r.lengths[0]]).sum().item()
+    assert forced == n * len(TOK.wait_ids)
+    assert r.finish_reason == ["stop"] and r.think_tokens == [1 + n * 6]
+
+
+def test_extend_then_cap_never_exceeds_budget():
+    r = generate(closes_at_once(), TOK, ["q\n<think>"], SamplingParams(max_new_tokens=80, extend=5, think_budget=9, temperature=0))
+    assert r.think_tokens == [9] and thinking_tokens(r.tokens[0, :r.lengths[0]].tolist(), True) == 9
+    assert r.finish_reason == ["budget"] and r.texts[0].endswith("<answer>7</answer>")
+
+
+def test_stop_rules():
+    r = generate(closes_at_once(), TOK, ["q\n<think>", "q\n"], SamplingParams(max_new_tokens=30, temperature=0))
+    assert r.texts[0] == "a</think><answer>7</answer>" and r.finish_reason[0] == "stop"
+    assert r.lengths[0] == 5 and (r.tokens[0, 5:] == TOK.pad_id).all()
+    r = generate(closes_at_once(), TOK, ["q\n<think>"], SamplingParams(max_new_tokens=3, temperature=0))
+    assert r.lengths.tolist() == [3] and r.finish_reason == ["length"]
+    r = generate(closes_at_once(), TOK, ["q\n<think>"], SamplingParams(max_new_tokens=30, temperature=0, stop_at_answer=False))
+    assert r.lengths[0] == 30
+    eos = BigramLM(len(TOK), {}, default=TOK.eos_id)
+    r = generate(eos, TOK, ["q\n"], SamplingParams(max_new_tokens=10, temperature=0))
+    assert r.lengths.tolist() == [1] and r.finish_reason == ["stop"] and r.texts == [""]
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce(tiny_gpt):
+    model, tok = tiny_gpt
+    prompts = ["12+34\n", "7*8\n", "100-1\n"]
+    greedy = SamplingParams(max_new_tokens=20, temperature=0)
+    assert generate(model, tok, prompts, greedy).texts == generate(model, tok, prompts, greedy).texts
+    a = generate(model, tok, prompts, SamplingParams(max_new_tokens=20, seed=7))
+    b = generate(model, tok, prompts, SamplingParams(max_new_tokens=20, seed=7))
+    c = generate(model, tok, prompts, SamplingParams(max_new_tokens=20, seed=8))
+    assert a.texts == b.texts and torch.equal(a.logprobs, b.logprobs)
+    assert a.texts != c.texts
+    top1 = generate(model, tok, prompts, SamplingParams(max_new_tokens=20, top_k=1, seed=1))
+    assert top1.texts == generate(model, tok, prompts, greedy).texts
+
+
+def test_batching_does_not_change_greedy_output(tiny_gpt):
+    model, tok = tiny_gpt
+    params = SamplingParams(max_new_tokens=15, temperature=0)
+    alone = [generate(model, tok, [p], params).texts[0] for p in ["1\n", "12345+678\n"]]
+    assert generate(model, tok, ["1\n", "12345+678\n"], params).texts == alone
+
+
+def test_logprobs_match_a_recomputation(tiny_gpt):
+    model, tok = tiny_gpt
+    r = generate(model, tok, ["3+4\n"], SamplingParams(max_new_tokens=12, seed=0, temperature=0.7))
+    ids = torch.tensor([r.prompt_ids[0] + r.tokens[0].tolist()])
+    logp = torch.log_softmax(model(ids)[0] / 0.7, -1)
+    P = len(r.prompt_ids[0])
+    expected = logp[P - 1:-1].gather(-1, ids[0, P:, None]).squeeze(-1)
+    assert torch.allclose(r.logprobs[0], expected, atol=1e-4)
+
+
+def test_hf_model_through_the_same_engine(tmp_path):
+    make_tiny_hf(tmp_path / "m")
+    model, tok = load_model(tmp_path / "m")
+    prompts = ["12+34\n<think>", "5\n<think>"]
+    r = generate(model, tok, prompts, SamplingParams(max_new_tokens=20, think_budget=4, seed=0))
+    for i in range(2):
+        assert thinking_tokens(r.tokens[i, :r.lengths[i]].tolist(), True) <= 4
+    greedy = SamplingParams(max_new_tokens=10, temperature=0)
+    assert generate(model, tok, prompts, greedy).texts == generate(model, tok, prompts, greedy).texts
+    # Same greedy text as transformers' own generate.
+    ids = torch.tensor([tok.encode(prompts[0])])
+    ref = model.hf.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_id)
+    assert generate(model, tok, prompts[:1], greedy).texts[0] == tok.decode(ref[0, ids.shape[1]:].tolist())
+
+
+def test_bad_params():
+    for kwargs in ({"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"think_budget": -1}, {"extend": -2}):
+        with pytest.raises(ValueError):
+            SamplingParams(**kwargs)
+    with pytest.raises(ValueError, match="2 entries for 1"):
+        generate(never_closes(), TOK, ["q"], SamplingParams(think_budget=[1, 2]))

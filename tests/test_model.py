@@ -1,0 +1,118 @@
+"""Built-in GPT, tokenizer, checkpoints, HF export and the HF adapter. Run: pytest tests/test_model.py"""
+
+import json
+
+import pytest
+import torch
+
+from reasonlab.model import GPT, GPTConfig, export_hf, load_model, load_train_config, new_builtin, save_checkpoint
+from reasonlab.model.tokenizer import SPECIALS
+
+
+def test_tags_are_single_tokens_and_text_round_trips(tiny_gpt):
+    _, tok = tiny_gpt
+    for tag in SPECIALS[2:]:
+        assert len(tok.tags[tag]) == 1
+    text = "12+34\nLet's think step by step.\n<think>4+2=6</think><answer>46</answer>"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(tok.encode("a") + [tok.pad_id, tok.eos_id]) == "a"
+
+
+def test_kv_cache_decode_matches_full_forward(tiny_gpt):
+    model, tok = tiny_gpt
+    ids = torch.tensor([tok.encode("123+456\n<think>3+6")])
+    full = model(ids)
+    cache = model.init_cache(1, 32)
+    attn = torch.ones(1, 5, dtype=torch.long)
+    step = [model.decode(ids[:, :5], torch.arange(5)[None], attn, cache)]
+    for t in range(5, ids.shape[1]):
+        attn = torch.ones(1, t + 1, dtype=torch.long)
+        step.append(model.decode(ids[:, t:t + 1], torch.tensor([[t]]), attn, cache))
+    assert torch.allclose(torch.cat(step, 1), full, atol=1e-5)
+
+
+def test_left_padding_does_not_change_logits(tiny_gpt):
+    model, tok = tiny_gpt
+    ids = tok.encode("9+9\n")
+    alone = model(torch.tensor([ids]))[0, -1]
+    padded = torch.tensor([[tok.pad_id] * 3 + ids])
+    mask = torch.tensor([[0] * 3 + [1] * len(ids)])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    got = model(padded, position_ids=pos, attention_mask=mask)[0, -1]
+    assert torch.allclose(alone, got, atol=1e-5)
+
+
+def test_checkpoint_round_trip_keeps_config(tiny_gpt, tmp_path):
+    model, tok = tiny_gpt
+    save_checkpoint(tmp_path / "ck", model, tok, {"lr": 1e-3})
+    loaded, tok2 = load_model(tmp_path / "ck")
+    assert isinstance(loaded, GPT) and loaded.config == model.config
+    ids = torch.tensor([tok.encode("1+2\n")])
+    assert torch.equal(loaded(ids), model(ids))
+    assert load_train_config(tmp_path / "ck") == {"lr": 1e-3}
+    assert tok2.encode("<think>") == tok.encode("<think>")
+    # Saving again over it replaces it atomically and leaves no temporary folders behind.
+    save_checkpoint(tmp_path / "ck", model, tok)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_refuses_to_save_nan_weights(tiny_gpt, tmp_path):
+    model, tok = tiny_gpt
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        save_checkpoint(tmp_path / "bad", model, tok)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_export_loads_in_transformers_with_equal_logits(tmp_path, tie):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = new_builtin(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, tie_embeddings=tie), seed=1)
+    export_hf(model, tok, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "llama" and "reasonlab" not in config
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "123+45\n<think>3+5+0=08</think><answer>"
+    ids = torch.tensor([hf_tok.encode(text, add_special_tokens=False)])
+    assert ids[0].tolist() == tok.encode(text)
+    assert (hf(ids).logits - model(ids)).abs().max() < 1e-4
+
+
+def make_tiny_hf(path, kind="llama"):
+    """A 2-layer HF model built in the test, saved with the built-in tokenizer and a chat template."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    _, tok = new_builtin()
+    Config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind]
+    config = Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                    eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    tok.hf.chat_template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}"
+                            "{% if add_generation_prompt %}[assistant]{% endif %}")
+    tok.save(path)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_adapter_parity_and_cache(tmp_path, kind):
+    hf = make_tiny_hf(tmp_path / kind, kind)
+    model, tok = load_model(tmp_path / kind)
+    assert model.kind == "hf"
+    ids = torch.tensor([tok.encode("12+34\n<think>")])
+    assert torch.allclose(model(ids), hf(ids).logits, atol=1e-5)
+    cache = model.init_cache(1, 16)
+    n = ids.shape[1]
+    first = model.decode(ids[:, :-1], torch.arange(n - 1)[None], torch.ones(1, n - 1, dtype=torch.long), cache)
+    last = model.decode(ids[:, -1:], torch.tensor([[n - 1]]), torch.ones(1, n, dtype=torch.long), cache)
+    assert torch.allclose(torch.cat([first, last], 1), hf(ids).logits, atol=1e-5)
