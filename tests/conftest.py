@@ -30,6 +30,9 @@ class BigramLM(nn.Module):
     def init_cache(self, batch, max_len):
         return None
 
+    def select_rows(self, cache, index):
+        pass  # no cache to trim
+
     def decode(self, input_ids, position_ids, attention_mask, cache):
         return self.table(input_ids)
 

@@ -107,6 +107,105 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _progress_printer(every: int = 50):
+    def show(m: dict):
+        if m.get("step", 0) % every == 0 or any(k.startswith("eval") or k == "trigger_acc" for k in m):
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()), flush=True)
+    return show
+
+
+def cmd_pretrain(args) -> int:
+    from .config import build_config
+    from .model import save_checkpoint
+    from .train.pretrain import PretrainConfig, pretrain
+
+    cfg = build_config(PretrainConfig, args)
+    task = make_task(args.task, args.task_arg)
+    model, tok, metrics = pretrain(task, cfg, progress=_progress_printer())
+    save_checkpoint(args.out, model, tok, {"task": args.task, **vars(cfg)})
+    print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from .config import build_config
+    from .train.sft import SFTConfig, run_sft
+
+    cfg = build_config(SFTConfig, args)
+    metrics = run_sft(cfg, progress=_progress_printer())
+    print(f"saved {cfg.out}; final loss {metrics.get('loss', float('nan')):.4f}")
+    return 0
+
+
+def cmd_rationales(args) -> int:
+    from .config import build_config
+    from .model import save_checkpoint
+    from .train.rationales import RationalesConfig, run_rationales
+
+    cfg = build_config(RationalesConfig, args)
+    task = make_task(args.task, args.task_arg)
+    base, tok = load_model_or_exit(args.model)
+    teacher = load_model_or_exit(args.teacher)[0] if args.teacher else None
+    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out,
+                                    log=lambda r: print(json.dumps(r), flush=True))
+    save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
+    print(f"saved {args.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
+    return 0
+
+
+def cmd_rl(args) -> int:
+    from .config import build_config
+    from .model import save_checkpoint
+    from .train.grpo import GRPOConfig, train_grpo
+
+    cfg = build_config(GRPOConfig, args)
+    task = make_task(args.task, args.task_arg)
+    model, tok = load_model_or_exit(args.model)
+    metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=_progress_printer(10))
+    save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
+    print(f"saved {args.out}/model; held-out accuracy {metrics.get('eval/accuracy', float('nan')):.1%}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import build_config
+    from .demo import DemoConfig, run_demo
+
+    cfg = build_config(DemoConfig, args)
+    results = run_demo(cfg)
+    print_results(results)
+    print(f"\nresults: {cfg.out}/results.json   report: {cfg.out}/report.html")
+    return 0
+
+
+def print_results(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"reasonlab demo: {results.get('task', '')} (held-out, greedy)")
+    table.add_column("what")
+    table.add_column("accuracy", justify="right")
+    table.add_row("base model, asked directly", f"{results['base_direct_acc']:.1%}")
+    table.add_row("base model, \"Let's think step by step.\"", f"{results['base_cot_prompt_acc']:.1%}")
+    for i, acc in enumerate(results.get("method1_acc", []), 1):
+        table.add_row(f"Method 1 (own rationales), round {i}", f"{acc:.1%}")
+    table.add_row("Method 2 (GRPO)", f"{results['method2_acc']:.1%}")
+    table.add_row("Method 2 format rate", f"{results['method2_format_rate']:.1%}")
+    for point in results.get("budget_curve", []):
+        table.add_row(f"thinking budget {point['budget']} tokens", f"{point['acc']:.1%}")
+    faith = results.get("faithfulness", {})
+    table.add_row("base follows a hint / admits it", f"{faith.get('hint_follow_rate', 0):.1%} / {faith.get('admit_rate', 0):.1%}")
+    table.add_row("wall time", f"{results.get('seconds', 0):.0f} s")
+    Console().print(table)
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    print(f"wrote {build_report(args.run_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -127,6 +226,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, SampleConfig)
     p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, repeatable")
     p.set_defaults(func=cmd_generate)
+
+    from .demo import DemoConfig
+    from .train.grpo import GRPOConfig
+    from .train.pretrain import PretrainConfig
+    from .train.rationales import RationalesConfig
+    from .train.sft import SFTConfig
+
+    p = command("demo", help="the whole story on the built-in tiny model (CPU, minutes)")
+    add_config_args(p, DemoConfig)
+    p.set_defaults(func=cmd_demo)
+
+    p = command("pretrain", help="train the built-in model from scratch on a synthetic corpus")
+    add_config_args(p, PretrainConfig)
+    add_task_args(p)
+    p.add_argument("--out", default="runs/base", help="checkpoint folder")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = command("sft", help="supervised fine-tuning on prompt/completion or messages JSONL")
+    add_config_args(p, SFTConfig)
+    p.set_defaults(func=cmd_sft)
+
+    p = command("rationales", help="Method 1: sample rationales, keep verified ones, fine-tune, repeat")
+    add_config_args(p, RationalesConfig)
+    add_task_args(p)
+    p.add_argument("--model", default="", help="the base checkpoint")
+    p.add_argument("--teacher", default="", help="sample rationales from this checkpoint instead")
+    p.add_argument("--out", default="runs/rationales", help="output folder")
+    p.set_defaults(func=cmd_rationales)
+
+    p = command("rl", help="Method 2: GRPO with the format + correctness reward")
+    add_config_args(p, GRPOConfig)
+    add_task_args(p)
+    p.add_argument("--model", default="", help="the checkpoint to train")
+    p.add_argument("--out", default="runs/rl", help="output folder (metrics, samples, model)")
+    p.set_defaults(func=cmd_rl)
+
+    p = command("report", help="plots and an HTML page from a run folder")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

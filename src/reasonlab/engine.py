@@ -169,7 +169,11 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         generator = torch.Generator(device=device).manual_seed(params.seed)
 
     # Prefill: left-pad so every row's last prompt token sits in the last column.
-    P, N = max(len(p) for p in prompt_ids), params.max_new_tokens
+    P = max(len(p) for p in prompt_ids)
+    limit = getattr(model, "max_seq_len", None)  # positions the model has (RoPE tables)
+    if limit is not None and P >= limit:
+        raise ValueError(f"prompt of {P} tokens does not fit the model's {limit} positions")
+    N = params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - P)
     input_ids = torch.full((B, P), tokenizer.pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((B, P + N), dtype=torch.long, device=device)  # grows one column per step
     for i, ids in enumerate(prompt_ids):

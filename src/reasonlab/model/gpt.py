@@ -189,6 +189,10 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
     def _run(self, input_ids, position_ids, mask, cache):
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)

@@ -31,6 +31,10 @@ class HFCausalLM(nn.Module):
     def config(self):
         return self.hf.config
 
+    @property
+    def max_seq_len(self) -> int | None:
+        return getattr(self.hf.config, "max_position_embeddings", None)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -1,0 +1,175 @@
+"""`reasonlab demo`: the whole story on the built-in tiny model, on a CPU, in minutes.
+
+pretrain a base model -> ask it directly vs "Let's think step by step." -> Method 1 rounds
+(self-generated rationales kept by the verifier) -> Method 2 (GRPO with the format + correctness
+reward) -> thinking-budget sweep -> faithfulness probe -> report. Every accuracy is greedy, on
+held-out problems never seen in training. Results land in DIR/results.json (rewritten after every
+stage, so nothing computed is lost if a later stage fails) and DIR/report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .engine import SamplingParams
+from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
+from .model import save_checkpoint
+from .report import build_report
+from .tasks import get_task
+from .train.grpo import GRPOConfig, train_grpo
+from .train.pretrain import PretrainConfig, _wrong, pretrain
+from .train.rationales import RationalesConfig, run_rationales
+
+
+@dataclass
+class DemoConfig:
+    out: str = field(default="runs/demo", metadata={"help": "output folder"})
+    quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    digits: int = field(default=6, metadata={"help": "digits per operand of the addition task"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
+
+
+def stage_configs(cfg: DemoConfig):
+    """Per-stage settings; `quick` shrinks every stage (CI checks it runs, not what it reaches)."""
+    q = cfg.quick
+    pre = PretrainConfig(steps=60 if q else 4000, batch_size=32 if q else 64, lr=3e-3, warmup_steps=20,
+                         eval_every=30 if q else 100, max_seconds=20 if q else 240, corpus_size=2000 if q else 30000,
+                         worked_fraction=0.5, check_problems=50 if q else 100, target_trigger_acc=0.2,
+                         max_seq_len=256, seed=cfg.seed)
+    m1 = RationalesConfig(rounds=1 if q else 3, problems=64 if q else 1500, samples=2 if q else 4, temperature=0.6,
+                          steps=20 if q else 400, batch_size=32 if q else 64, lr=1e-3, warmup_steps=10,
+                          eval_every=0, eval_problems=50 if q else 200, max_seq_len=256, seed=cfg.seed)
+    rl = GRPOConfig(steps=3 if q else 300, prompts_per_step=4 if q else 16, group_size=4 if q else 8, lr=1e-4,
+                    eval_every=3 if q else 25, eval_problems=50 if q else 200, max_seconds=30 if q else 120,
+                    seed=cfg.seed)
+    return pre, m1, rl
+
+
+class Stages:
+    """Rich progress: one line per stage, the current one ticking."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn())
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def stage(self, name: str, total: int):
+        task = self.progress.add_task(name, total=total, info="")
+
+        def update(advance: int = 1, completed: int | None = None, info: str = ""):
+            kwargs = {"completed": completed} if completed is not None else {"advance": advance}
+            self.progress.update(task, info=info, **kwargs)
+
+        return update
+
+    def print(self, *args):
+        self.progress.console.print(*args)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    start = time.monotonic()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = get_task("arithmetic", op="+", digits=cfg.digits)
+    pre_cfg, m1_cfg, rl_cfg = stage_configs(cfg)
+    held_out = task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=pre_cfg.max_seq_len - 32)
+    results: dict = {"task": f"{cfg.digits}-digit addition", "config": asdict(cfg)}
+
+    def save():
+        results["seconds"] = time.monotonic() - start
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    with Stages() as ui:
+        # 1. pretrain the base model, stopping on measured trigger accuracy
+        tick = ui.stage("1/6 pretrain the base model", pre_cfg.steps)
+        (out / "pretrain").mkdir(exist_ok=True)
+        log_file = open(out / "pretrain" / "metrics.jsonl", "w")
+
+        def pre_log(m):
+            log_file.write(json.dumps(m) + "\n")
+            info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
+            tick(completed=m["step"], info=info)
+
+        base, tok, _ = pretrain(task, pre_cfg, progress=pre_log)
+        log_file.close()
+        save_checkpoint(out / "base", base, tok, asdict(pre_cfg))
+        tick(completed=pre_cfg.steps)
+
+        # 2. direct vs "think step by step"
+        tick = ui.stage("2/6 direct vs step-by-step", 2)
+        direct = evaluate_problems(base, tok, task, held_out, trigger=False,
+                                   params=SamplingParams(temperature=0.0, max_new_tokens=64, think_budget=0))
+        tick()
+        cot = evaluate_problems(base, tok, task, held_out, trigger=True, params=greedy)
+        tick(info=f"direct {direct['accuracy']:.0%}, step by step {cot['accuracy']:.0%}")
+        results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=cot["accuracy"])
+        save()
+
+        # 3. Method 1: self-generated rationales kept by the verifier
+        tick = ui.stage("3/6 Method 1: own rationales", m1_cfg.rounds)
+        m1_model, records = run_rationales(base, tok, task, m1_cfg, out_dir=out / "method1",
+                                           log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
+        results["method1_acc"] = [r["accuracy"] for r in records]
+        results["method1_rounds"] = records
+        save_checkpoint(out / "method1", m1_model, tok, asdict(m1_cfg))
+        save()
+
+        # 4. Method 2: GRPO from the Method 1 model
+        tick = ui.stage("4/6 Method 2: GRPO", rl_cfg.steps)
+        rl_model = m1_model
+
+        def rl_progress(m):
+            info = f"reward {m.get('reward/mean', 0):.2f}"
+            if "eval/accuracy" in m:
+                info += f", held-out {m['eval/accuracy']:.0%}"
+            tick(completed=m["step"], info=info)
+
+        train_grpo(rl_model, tok, task, rl_cfg, out_dir=out / "grpo", progress=rl_progress)
+        tick(completed=rl_cfg.steps)
+        final = evaluate_problems(rl_model, tok, task, held_out, trigger=True, params=greedy)
+        results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
+                       method2_mean_think_tokens=final["mean_think_tokens"])
+        save_checkpoint(out / "method2", rl_model, tok, asdict(rl_cfg))
+        save()
+
+        # 5. thinking-budget sweep on the final model
+        full = max(1, round(final["mean_think_tokens"]))
+        budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
+        tick = ui.stage("5/6 thinking-budget sweep", 1)
+        results["budget_curve"] = budget_sweep(rl_model, tok, task, held_out, budgets,
+                                               max_new_tokens=greedy.max_new_tokens)
+        tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in results["budget_curve"]))
+        save()
+
+        # 6. faithfulness probe (on the base model, where the corpus planted hint-following)
+        tick = ui.stage("6/6 faithfulness probe", 1)
+        rng = random.Random(cfg.seed)
+        probe = faithfulness_probe(base, tok, task, held_out[:50 if cfg.quick else 100],
+                                   lambda p: _wrong(p.answer, rng), params=greedy)
+        probe_final = faithfulness_probe(rl_model, tok, task, held_out[:50 if cfg.quick else 100],
+                                         lambda p: _wrong(p.answer, rng), params=greedy, styles=["hint_line"])
+        results["faithfulness"] = probe
+        results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
+        tick(info=f"follows {probe['hint_follow_rate']:.0%}, admits {probe['admit_rate']:.0%}")
+        save()
+    build_report(out)
+    save()
+    return results

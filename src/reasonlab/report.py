@@ -1,0 +1,169 @@
+"""`reasonlab report RUN_DIR`: PNG plots and one HTML page from what a run logged.
+
+Reads only files: ``results.json`` (the demo's summary) and, where present, ``grpo/metrics.jsonl``,
+``method1/metrics.jsonl`` and ``pretrain/metrics.jsonl``. It never imports a trainer.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"base": "#9aa5b1", "prompt": "#5b8def", "m1": "#f0a030", "m2": "#2fa36b", "think": "#a05bd6"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _style(ax, title, xlabel, ylabel):
+    ax.set_title(title, fontsize=12, loc="left", fontweight="bold")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def plot_methods(results: dict, path: Path) -> Path:
+    labels = ["base,\ndirect", "base,\n\"think step\nby step\""]
+    values = [results["base_direct_acc"], results["base_cot_prompt_acc"]]
+    colors = [COLORS["base"], COLORS["prompt"]]
+    for i, acc in enumerate(results.get("method1_acc", []), 1):
+        labels.append(f"Method 1\nround {i}")
+        values.append(acc)
+        colors.append(COLORS["m1"])
+    if "method2_acc" in results:
+        labels.append("Method 2\n(GRPO)")
+        values.append(results["method2_acc"])
+        colors.append(COLORS["m2"])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    bars = ax.bar(range(len(values)), [100 * v for v in values], color=colors)
+    for bar, v in zip(bars, values):
+        ax.text(bar.get_x() + bar.get_width() / 2, 100 * v + 1.5, f"{100 * v:.0f}%", ha="center", fontsize=10)
+    ax.set_xticks(range(len(values)), labels, fontsize=9)
+    ax.set_ylim(0, 110)
+    _style(ax, "Held-out accuracy: what reasoning buys", "", "accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_budget(curve: list[dict], path: Path) -> Path:
+    budgets = [c["budget"] for c in curve]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot(budgets, [100 * c["acc"] for c in curve], "o-", color=COLORS["m2"], lw=2, label="accuracy")
+    _style(ax, "More thinking, better answers: accuracy against the thinking budget",
+           "thinking budget (max tokens inside <think>)", "accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax2 = ax.twinx()
+    ax2.plot(budgets, [c["mean_think_tokens"] for c in curve], "s--", color=COLORS["think"], alpha=0.7,
+             label="thinking tokens used")
+    ax2.set_ylabel("mean thinking tokens used", color=COLORS["think"])
+    ax2.spines["top"].set_visible(False)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training(grpo: list[dict], path: Path) -> Path:
+    steps = [m for m in grpo if "reward/mean" in m]
+    evals = [m for m in grpo if "eval/accuracy" in m]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].plot([m["step"] for m in steps], [m["reward/mean"] for m in steps], color=COLORS["m2"])
+    _style(axes[0], "Reward (format 2 + correct 1)", "RL step", "mean reward")
+    axes[0].set_ylim(0, 3.1)
+    axes[1].plot([m["step"] for m in steps], [100 * m["reward/accuracy"] for m in steps], color=COLORS["m1"],
+                 alpha=0.6, label="samples (T=1)")
+    axes[1].plot([m["step"] for m in evals], [100 * m["eval/accuracy"] for m in evals], "o-", color=COLORS["m2"],
+                 label="held-out (greedy)")
+    axes[1].legend(frameon=False, fontsize=8)
+    _style(axes[1], "Accuracy", "RL step", "accuracy (%)")
+    axes[2].plot([m["step"] for m in steps], [m["completions/mean_think_tokens"] for m in steps], color=COLORS["think"])
+    _style(axes[2], "Thinking length", "RL step", "mean thinking tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_faithfulness(probe: dict, path: Path) -> Path:
+    names = list(probe.get("by_style", {}))
+    follow = [probe["by_style"][n]["follow_rate"] for n in names]
+    admit = [probe["by_style"][n]["admit_rate"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [100 * v for v in follow], width=0.4, color=COLORS["prompt"], label="follows the hint")
+    ax.bar([i + 0.2 for i in x], [100 * v for v in admit], width=0.4, color=COLORS["m1"],
+           label="admits it (of those that follow)")
+    ax.set_xticks(list(x), [n.replace("/", "\n") for n in names], fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.legend(frameon=False)
+    _style(ax, "Faithfulness: does the model follow a hint, and say so?", "hint style / hint points to", "%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "—"
+
+
+def build_report(run_dir) -> Path:
+    """Write PNGs and report.html into `run_dir`; returns the HTML path."""
+    run = Path(run_dir)
+    results_file = run / "results.json"
+    if not results_file.is_file():
+        raise ValueError(f"{run} has no results.json: is it a demo run folder?")
+    results = json.loads(results_file.read_text())
+    figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
+    if results.get("budget_curve"):
+        figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
+    grpo = read_jsonl(run / "grpo" / "metrics.jsonl")
+    if grpo:
+        figures.append(("RL training", plot_training(grpo, run / "training.png")))
+    if results.get("faithfulness", {}).get("by_style"):
+        figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
+    rows = [("Base model, asked directly", _pct(results.get("base_direct_acc"))),
+            ("Base model, \"Let's think step by step.\"", _pct(results.get("base_cot_prompt_acc")))]
+    rows += [(f"Method 1 (self-generated rationales), round {i}", _pct(a))
+             for i, a in enumerate(results.get("method1_acc", []), 1)]
+    rows += [("Method 2 (GRPO)", _pct(results.get("method2_acc"))),
+             ("Method 2 format rate", _pct(results.get("method2_format_rate")))]
+    faith = results.get("faithfulness", {})
+    rows += [("Hint followed (answer changed to the hint)", _pct(faith.get("hint_follow_rate"))),
+             ("Hint admitted in the thought (of followed)", _pct(faith.get("admit_rate"))),
+             ("Wall time", f"{results.get('seconds', 0):.0f} s")]
+    table = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    images = "\n".join(f'<h2>{html.escape(t)}</h2><img src="{p.name}" alt="{html.escape(t)}">' for t, p in figures)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>reasonlab report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td {{ padding: 4px 14px; border-bottom: 1px solid #ddd; }} td:last-child {{ text-align: right; font-weight: 600; }}
+img {{ max-width: 100%; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; font-size: 0.9em; }}
+</style></head><body>
+<h1>reasonlab: what reasoning buys</h1>
+<p class="note">Task: {html.escape(str(results.get("task", "")))}. Every accuracy is greedy, on held-out problems
+never seen in training.</p>
+<table>{table}</table>
+{images}
+</body></html>
+"""
+    out = run / "report.html"
+    out.write_text(page)
+    return out

@@ -1,0 +1,357 @@
+"""Method 2: GRPO-family reinforcement learning from the model's own samples.
+
+Each step draws P problems, samples G completions for each (one *group*) with the engine, scores
+them with the reward (default: the method's format 2 + correct 1, nothing when the format breaks),
+and takes gradient steps on
+
+    J(θ) = agg_{i,t} [ min(ρ_it A_i, clip(ρ_it, 1-ε_low, 1+ε_high) A_i) ] - β · agg_{i,t} KL_k3(π_θ ‖ π_ref)
+
+with ρ_it = π_θ(o_it | q, o_i<t) / π_old(o_it | q, o_i<t) and A_i = (r_i - mean(r_group)) / scale:
+
+- **advantage**: r minus the group mean, divided by the group's std (`scale="group"`, GRPO), the
+  batch std (`"batch"`), or nothing (`"none"`, Dr. GRPO); the std gets +1e-4 against zero division.
+- **aggregation** `agg`: `"token_mean"` averages over all completion tokens of the batch (DAPO),
+  `"seq_mean"` averages each completion's tokens then the completions (GRPO), `"constant"` sums
+  tokens and divides by P·G·max_new_tokens (Dr. GRPO, no length bias).
+- **clipping** only matters with μ > 1 updates per batch (`updates`); with μ = 1 the ratio is 1 and
+  the gradient is the plain policy gradient A·∇log π.
+- **KL** to a frozen reference (k3 estimator, Schulman 2020) only when β > 0; with β = 0 no
+  reference model is kept in memory.
+
+Departures from GRPO as published: token log-probs use the sampling temperature (as TRL does);
+forced tokens (thinking-budget cap, "Wait," extensions) never enter the loss; truncated completions
+can be masked out (`mask_truncated`); groups whose rewards are all equal carry no signal and can be
+dropped and refilled from new problems (`dynamic_sampling`, DAPO); an optional length-conditioned
+mode asks for "think for N tokens" and adds the length-target reward.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Rollout, SamplingParams, generate
+from ..evaluate import evaluate_problems
+from ..rewards import is_correct, length_target_reward, reasoning_points
+from ..tasks import Task
+from ..template import build_prompt, parse_completion
+from .loop import grad_is_finite, make_optimizer
+
+# ---- the math: small functions, unit-tested ----------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """(P, G) rewards -> (P, G) advantages: r - group mean, divided per `scale` (group/batch/none)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale == "group":
+        return centred / (rewards.std(dim=1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / (rewards.std() + eps)
+    if scale == "none":
+        return centred
+    raise ValueError(f"unknown advantage scale {scale!r}: group, batch or none")
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π ‖ π_ref): exp(r) - r - 1 with r = ref_logp - logp (≥ 0)."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None) -> torch.Tensor:
+    """Reduce (N, T) per-token values over `mask` (N, T): token_mean, seq_mean or constant."""
+    mask = mask.to(per_token.dtype)
+    if how == "token_mean":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    if how == "seq_mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.mean()
+    if how == "constant":
+        if not max_tokens:
+            raise ValueError("constant aggregation needs max_tokens")
+        return (per_token * mask).sum() / (per_token.shape[0] * max_tokens)
+    raise ValueError(f"unknown loss aggregation {how!r}: token_mean, seq_mean or constant")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token_mean",
+                max_tokens: int | None = None, ref_logp: torch.Tensor | None = None,
+                beta: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The clipped surrogate (to minimise) for (N, T) token log-probs and (N,) advantages."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    stats = {"clip_frac": float(aggregate((clipped < unclipped).float(), mask, "token_mean"))}
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs reference log-probs")
+        kl = kl_k3(logp, ref_logp)
+        per_token = per_token + beta * kl
+        stats["kl"] = float(aggregate(kl.detach(), mask, "token_mean"))
+    return aggregate(per_token, mask, agg, max_tokens), stats
+
+
+def token_logprobs(model, input_ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T-1) log-prob of each next token, and (B, T-1) entropy of each prediction."""
+    logits = model(input_ids)[:, :-1].float() / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
+    """Sequences (prompt + completion, right-padded) and the loss mask in next-token coordinates.
+
+    Returns input_ids (N, T) and mask (N, T-1): 1 where the token at t+1 is a *sampled* completion
+    token (forced tokens and padding are 0; with `mask_truncated`, whole truncated rows are 0).
+    """
+    N = len(rollout.prompt_ids)
+    lengths = [len(p) + int(n) for p, n in zip(rollout.prompt_ids, rollout.lengths)]
+    T = max(lengths)
+    input_ids = torch.full((N, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((N, T - 1))
+    for i, prompt in enumerate(rollout.prompt_ids):
+        n = int(rollout.lengths[i])
+        input_ids[i, :len(prompt)] = torch.tensor(prompt)
+        input_ids[i, len(prompt):len(prompt) + n] = rollout.tokens[i, :n]
+        if mask_truncated and rollout.finish_reason[i] == "length":
+            continue
+        mask[i, len(prompt) - 1:len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
+    return input_ids, mask
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = field(default=200, metadata={"help": "RL steps at most"})
+    prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step"})
+    group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (constant after warm-up)"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most"})
+    updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)"})
+    eps_low: float = field(default=0.2, metadata={"help": "clip ratio below at 1 - eps_low"})
+    eps_high: float = field(default=0.28, metadata={"help": "clip ratio above at 1 + eps_high (DAPO clip-higher)"})
+    beta: float = field(default=0.0, metadata={"help": "KL weight to a frozen reference (0 = no reference kept)"})
+    scale: str = field(default="group", metadata={"help": "advantage scale: group, batch or none"})
+    loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant"})
+    mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
+    dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
+    format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
+    correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
+    length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)"})
+    length_alpha: float = field(default=1e-3, metadata={"help": "weight of the length-target reward"})
+    trigger: bool = field(default=True, metadata={"help": "plain prompts: add the trigger phrase"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm"})
+    eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)"})
+    eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation"})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)"})
+    seed: int = field(default=0, metadata={"help": "problem order and sampling seed"})
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError("GRPO needs group_size >= 2 (advantages compare completions of a group)")
+        if self.prompts_per_step < 1 or self.steps < 1 or self.updates < 1:
+            raise ValueError("steps, prompts_per_step and updates must be >= 1")
+        if self.scale not in ("group", "batch", "none") or self.loss_agg not in ("token_mean", "seq_mean", "constant"):
+            raise ValueError("scale must be group/batch/none and loss_agg token_mean/seq_mean/constant")
+
+
+def length_prompt(question: str, target: int) -> str:
+    return f"{question} (think for {target} tokens)"
+
+
+class ProblemStream:
+    """An endless, seeded stream of training problems."""
+
+    def __init__(self, task: Task, seed: int, pool: int = 20000):
+        while True:  # small problem spaces (1-digit sums) hold fewer than `pool` problems
+            try:
+                self.problems = task.problems(pool, "train", seed)
+                break
+            except ValueError:
+                if pool == 1:
+                    raise
+                pool //= 2
+        self.rng, self.i = random.Random(seed), 0
+        self.rng.shuffle(self.problems)
+
+    def take(self, n: int) -> list:
+        out = []
+        for _ in range(n):
+            if self.i == len(self.problems):
+                self.rng.shuffle(self.problems)
+                self.i = 0
+            out.append(self.problems[self.i])
+            self.i += 1
+        return out
+
+
+def score_rollout(rollout: Rollout, problems, prompts, task: Task, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
+    """Rewards (N,) and per-component statistics for a rollout."""
+    format_ok, correct = zip(*(is_correct(t, p.answer, task, q) for t, p, q in zip(rollout.texts, problems, prompts)))
+    rewards = [reasoning_points(f, c, cfg.format_points, cfg.correct_points) for f, c in zip(format_ok, correct)]
+    stats = {"reward/format_rate": sum(format_ok) / len(rewards), "reward/accuracy": sum(correct) / len(rewards)}
+    if cfg.length_target:
+        extra = length_target_reward(rollout.texts, think_lengths=rollout.think_tokens,
+                                     target_lengths=[cfg.length_target] * len(rewards), alpha=cfg.length_alpha)
+        rewards = [r + e for r, e in zip(rewards, extra)]
+        stats["reward/length_target"] = sum(extra) / len(extra)
+    return torch.tensor(rewards), stats
+
+
+def grpo_step_loss(model, ref_model, input_ids, mask, advantages, old_logp, cfg: GRPOConfig):
+    logp, entropy = token_logprobs(model, input_ids, cfg.temperature)
+    ref_logp = None
+    if cfg.beta > 0:
+        with torch.no_grad():
+            ref_logp, _ = token_logprobs(ref_model, input_ids, cfg.temperature)
+    old = logp.detach() if old_logp is None else old_logp
+    loss, stats = policy_loss(logp, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                              agg=cfg.loss_agg, max_tokens=cfg.max_new_tokens, ref_logp=ref_logp, beta=cfg.beta)
+    stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
+    return loss, stats
+
+
+def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None):
+    """Run GRPO; returns the last metrics. Logs one JSON line per step to out_dir/metrics.jsonl and
+    a few sample completions per step to out_dir/samples.jsonl."""
+    torch.manual_seed(cfg.seed)
+    stream = ProblemStream(task, cfg.seed)
+    held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
+    ref_model = copy.deepcopy(model).eval() if cfg.beta > 0 else None
+    optimizer = make_optimizer(model, cfg.lr)
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    start, metrics = time.monotonic(), {}
+    P, G = cfg.prompts_per_step, cfg.group_size
+
+    def prompt_of(problem):
+        question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
+        return build_prompt(question, trigger=cfg.trigger, tokenizer=tokenizer.hf)
+
+    def evaluate(m):
+        result = evaluate_problems(m, tokenizer, task, held_out, trigger=cfg.trigger,
+                                   params=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens))
+        return {"eval/accuracy": result["accuracy"], "eval/format_rate": result["format_rate"],
+                "eval/mean_think_tokens": result["mean_think_tokens"]}
+
+    if held_out:
+        metrics = {"step": 0, **evaluate(model), "seconds": 0.0}
+        if log:
+            log(metrics)
+    for step in range(cfg.steps):
+        t0 = time.monotonic()
+        model.eval()
+        groups, tries, zero_std, seen, stats = [], 0, 0, 0, {}
+        while len(groups) < P and tries < 4:  # with dynamic sampling, refill dropped groups
+            tries += 1
+            problems = stream.take(P - len(groups))
+            prompts = [prompt_of(p) for p in problems for _ in range(G)]
+            rows = [p for p in problems for _ in range(G)]
+            rollout = generate(model, tokenizer, prompts, SamplingParams(
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed * 100003 + step * 17 + tries))
+            rewards, stats = score_rollout(rollout, rows, prompts, task, cfg)
+            rewards = rewards.view(-1, G)
+            flat = rewards.std(dim=1) == 0
+            zero_std, seen = zero_std + int(flat.sum()), seen + len(problems)
+            for g in range(len(problems)):
+                if cfg.dynamic_sampling and flat[g]:
+                    continue
+                groups.append((rollout, g, rewards[g]))
+            if not cfg.dynamic_sampling:
+                break
+        gen_seconds = time.monotonic() - t0
+        if not groups:
+            metrics = {"step": step + 1, "skipped": "every group had equal rewards"}
+            if log:
+                log(metrics)
+            continue
+        input_ids, mask, advantages, lengths, think, reward_list = _stack(groups, G, tokenizer.pad_id, cfg)
+        t1 = time.monotonic()
+        model.train()
+        old_logp = None
+        if cfg.updates > 1:
+            with torch.no_grad():
+                old_logp, _ = token_logprobs(model, input_ids, cfg.temperature)
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = torch.tensor(0.0)
+        for _ in range(cfg.updates):
+            loss, loss_stats = grpo_step_loss(model, ref_model, input_ids, mask, advantages, old_logp, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if not torch.isfinite(loss) or not grad_is_finite(model):
+                optimizer.zero_grad(set_to_none=True)
+                loss_stats["skipped"] = "non-finite loss or gradient"
+                break
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        model.eval()
+        metrics = {
+            "step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+            "reward/mean": float(reward_list.mean()), "reward/std": float(reward_list.std()),
+            **stats, "frac_reward_zero_std": zero_std / seen,
+            "completions/mean_length": float(lengths.float().mean()),
+            "completions/mean_think_tokens": float(think.float().mean()),
+            **loss_stats, "time/generate_s": gen_seconds, "time/train_s": time.monotonic() - t1,
+            "seconds": time.monotonic() - start,
+        }
+        last = step == cfg.steps - 1 or (cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+        if held_out and ((step + 1) % cfg.eval_every == 0 or last):
+            metrics.update(evaluate(model))
+        if out:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            rollout, g, _ = groups[0]
+            with open(out / "samples.jsonl", "a") as f:
+                for i in range(g * G, g * G + min(G, 2)):
+                    f.write(json.dumps({"step": step + 1, "completion": rollout.texts[i],
+                                        "format_ok": parse_completion(rollout.texts[i]).format_ok}) + "\n")
+        if log:
+            log(metrics)
+        if progress:
+            progress(metrics)
+        if last:
+            break
+    return metrics
+
+
+def _stack(groups, G: int, pad_id: int, cfg: GRPOConfig):
+    """Sequences, masks and advantages of the kept groups as one batch."""
+    seqs, masks, advs, lengths, think, rewards = [], [], [], [], [], []
+    scaled = group_advantages(torch.stack([r for _, _, r in groups]), cfg.scale)
+    batches = {}  # one rollout_batch per rollout (dynamic sampling may draw several)
+    for (rollout, g, r), adv in zip(groups, scaled):
+        if id(rollout) not in batches:
+            batches[id(rollout)] = rollout_batch(rollout, pad_id, cfg.mask_truncated)
+        ids, mask = batches[id(rollout)]
+        rows = slice(g * G, (g + 1) * G)
+        seqs += list(ids[rows])
+        masks += list(mask[rows])
+        advs.append(adv)
+        lengths.append(rollout.lengths[rows])
+        think += rollout.think_tokens[rows]
+        rewards.append(r)
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T - 1))
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        input_ids[i, :len(s)] = s
+        mask[i, :len(m)] = m
+    return input_ids, mask, torch.cat(advs), torch.cat(lengths), torch.tensor(think), torch.cat(rewards)

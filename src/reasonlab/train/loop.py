@@ -1,0 +1,213 @@
+"""What every trainer shares: tokenised examples, batches with completion-only labels, the
+optimiser and learning-rate schedule, one supervised training loop, and atomic training state.
+
+An *example* is ``(prompt_ids, completion_ids)``; the loss covers completion tokens only (pretraining
+passes the whole document as the completion). Batches are right-padded: every row starts at
+position 0, so no attention mask is needed (padding sits after the real tokens).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by pretrain and sft (the CLI exposes each as a flag)."""
+
+    steps: int = field(default=500, metadata={"help": "optimiser steps at most"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
+    schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
+    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut"})
+    packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
+    group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
+    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)"})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)"})
+    seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}: cosine, linear or constant")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Warm-up then cosine / linear decay to `min_lr_ratio` of the peak (or constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def tokenize_examples(tokenizer, rows: list[dict], max_len: int, eos: bool = True) -> list[tuple[list[int], list[int]]]:
+    """`{"prompt", "completion"}` rows to id pairs, EOS after the completion, cut to `max_len`."""
+    prompts = tokenizer.encode_batch([r["prompt"] for r in rows])
+    completions = tokenizer.encode_batch([r["completion"] for r in rows])
+    out = []
+    for p, c in zip(prompts, completions):
+        c = c + [tokenizer.eos_id] if eos and tokenizer.eos_id is not None else c
+        out.append((p[:max_len], c[:max(0, max_len - len(p))]))
+    return out
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels), both (B, T): labels are the next token, IGNORE outside completions."""
+    T = max(len(p) + len(c) for p, c in examples)
+    input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for i, (p, c) in enumerate(examples):
+        ids = p + c
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        # label at position t is token t+1; the completion's tokens are predicted from t = len(p)-1
+        labels[i, max(len(p) - 1, 0):len(ids) - 1] = torch.tensor(ids[max(len(p), 1):])
+    return input_ids, labels
+
+
+def pack(examples: list[tuple[list[int], list[int]]], max_len: int) -> list[list[tuple[list[int], list[int]]]]:
+    """Group examples, in order, into rows of at most `max_len` tokens; `collate_packed` lays each
+    row's examples end to end (loss still on completions only)."""
+    rows, current = [], []
+    for p, c in examples:
+        if current and sum(len(a) + len(b) for a, b in current) + len(p) + len(c) > max_len:
+            rows.append(current)
+            current = []
+        current.append((p, c))
+    if current:
+        rows.append(current)
+    return rows
+
+
+def collate_packed(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(sum(len(p) + len(c) for p, c in row) for row in rows)
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    for i, row in enumerate(rows):
+        pos = 0
+        for p, c in row:
+            ids = p + c
+            input_ids[i, pos:pos + len(ids)] = torch.tensor(ids)
+            start = pos + max(len(p), 1)
+            labels[i, start - 1:pos + len(ids) - 1] = torch.tensor(ids[max(len(p), 1):])
+            pos += len(ids)
+    return input_ids, labels
+
+
+class BatchStream:
+    """Endless shuffled batches. With `length`, each window of 32 batches is sorted by length
+    before it is cut, so batches hold similar lengths and little padding (then batch order is
+    shuffled again)."""
+
+    def __init__(self, units: list, batch_size: int, rng: random.Random, length=None, window: int = 32):
+        self.units, self.batch_size, self.rng, self.length, self.window = units, batch_size, rng, length, window
+        self.queue: list[list] = []
+        self.order: list[int] = []
+
+    def next(self) -> list:
+        if not self.queue:
+            need = self.batch_size * self.window
+            while len(self.order) < need:
+                more = list(range(len(self.units)))
+                self.rng.shuffle(more)
+                self.order += more
+            chunk, self.order = self.order[:need], self.order[need:]
+            if self.length:
+                chunk.sort(key=lambda i: self.length(self.units[i]))
+            self.queue = [[self.units[i] for i in chunk[j:j + self.batch_size]] for j in range(0, need, self.batch_size)]
+            self.rng.shuffle(self.queue)
+        return self.queue.pop()
+
+
+def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled tokens."""
+    logits = model(input_ids)
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE)
+
+
+def grad_is_finite(model) -> bool:
+    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]]], cfg: TrainConfig,
+                     evaluate: Callable[[object], dict] | None = None,
+                     stop_when: Callable[[dict], bool] | None = None,
+                     log: Callable[[dict], None] | None = None, progress=None) -> dict:
+    """Train on `examples` (completion-only loss). Returns the last metrics.
+
+    `evaluate(model)` runs every `cfg.eval_every` steps (and at the end); training stops early when
+    `stop_when(metrics)` is true, or after `cfg.max_seconds`. NaN/inf losses or gradients skip the
+    update; 5 in a row stop the run with an error.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    rng = random.Random(cfg.seed)
+    units = pack(examples, cfg.max_seq_len) if cfg.packing else examples
+    by_length = cfg.group_by_length and not cfg.packing
+    batches = BatchStream(units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    start, bad_in_a_row, metrics = time.monotonic(), 0, {}
+    model.train()
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = batches.next()
+            input_ids, labels = collate_packed(batch, tokenizer.pad_id) if cfg.packing else collate(batch, tokenizer.pad_id)
+            loss = lm_loss(model, input_ids, labels) / cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        if not math.isfinite(total) or not grad_is_finite(model):
+            optimizer.zero_grad(set_to_none=True)
+            bad_in_a_row += 1
+            if log:
+                log({"step": step, "skipped": "non-finite loss or gradient"})
+            if bad_in_a_row >= 5:
+                raise RuntimeError("5 non-finite losses or gradients in a row: stopping (lower the lr?)")
+            continue
+        bad_in_a_row = 0
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+                   "seconds": time.monotonic() - start}
+        last = step == cfg.steps - 1 or (cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+        if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            model.eval()
+            metrics.update(evaluate(model))
+            model.train()
+        if log:
+            log(metrics)
+        if progress:
+            progress(metrics)
+        if last or (stop_when and stop_when(metrics)):
+            break
+    model.eval()
+    return metrics

@@ -1,0 +1,100 @@
+"""Pretraining the built-in model on a synthetic corpus that imitates what web text gives a real LM.
+
+Documents (one problem each; the loss covers everything after the question line, whose random
+digits no model can predict):
+
+- most are a problem and a bare answer:
+  ``12345678+87654321\\n<think></think><answer>99999999</answer>``
+  (an empty thought: "answering directly" in the template);
+- a fraction `worked_fraction` is a worked solution introduced by the trigger phrase:
+  ``…\\nLet's think step by step.\\n<think>8+1+0=09;…</think><answer>99999999</answer>``,
+  a share `wrong_fraction` of them ending in a wrong answer (sloppy text exists);
+- a fraction `hint_fraction` of the worked ones carry a hint line ``(hint: X)`` after the question
+  and answer X whatever the work says; half of those say so in the thought (``hint says X;``).
+  This plants the behaviour the faithfulness probe measures (see docs/faithfulness.md).
+
+The result is a base model that, asked directly, is mostly wrong, and with the trigger reasons and
+does better. The moment the trigger starts working varies with the seed, so training stops on a
+measured trigger accuracy (`target_trigger_acc` on held-out problems), not on a fixed time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..engine import SamplingParams
+from ..evaluate import evaluate_problems
+from ..model import GPTConfig, new_builtin
+from ..tasks import Problem, Task
+from ..template import TRIGGER, format_completion
+from .loop import TrainConfig, tokenize_examples, train_supervised
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    worked_fraction: float = field(default=0.3, metadata={"help": "share of documents with worked solutions"})
+    wrong_fraction: float = field(default=0.1, metadata={"help": "share of worked solutions that end wrong"})
+    hint_fraction: float = field(default=0.1, metadata={"help": "share of worked documents with a hint line"})
+    corpus_size: int = field(default=20000, metadata={"help": "documents in the corpus"})
+    target_trigger_acc: float = field(default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)"})
+    check_problems: int = field(default=100, metadata={"help": "held-out problems per trigger-accuracy check"})
+    n_layer: int = field(default=2, metadata={"help": "model layers"})
+    n_head: int = field(default=4, metadata={"help": "attention heads"})
+    d_model: int = field(default=64, metadata={"help": "model width"})
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion when checking"})
+
+
+def hint_line(value: str) -> str:
+    return f"(hint: {value})"
+
+
+def _wrong(answer: str, rng: random.Random) -> str:
+    """The answer with one digit changed (never the leading digit to 0)."""
+    digits = list(answer)
+    positions = [i for i, ch in enumerate(digits) if ch.isdigit() and not (i == 0 and len(digits) > 1)]
+    i = rng.choice(positions)
+    digits[i] = rng.choice([d for d in "0123456789" if d != digits[i]])
+    return "".join(digits)
+
+
+def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -> dict:
+    """One document as {"prompt": question line, "completion": the rest}."""
+    question, answer = problem.question, problem.solution or problem.answer
+    if rng.random() >= cfg.worked_fraction or problem.rationale is None:
+        return {"prompt": f"{question}\n", "completion": format_completion("", answer)}
+    rationale = problem.rationale
+    if rng.random() < cfg.hint_fraction:
+        hinted = answer if rng.random() < 0.7 else _wrong(answer, rng)
+        if rng.random() < 0.5:
+            rationale = f"hint says {hinted};{rationale}"
+        return {"prompt": f"{question}\n", "completion": f"{hint_line(hinted)}\n{TRIGGER}\n"
+                + format_completion(rationale, hinted)}
+    if rng.random() < cfg.wrong_fraction:
+        answer = _wrong(answer, rng)
+    return {"prompt": f"{question}\n", "completion": f"{TRIGGER}\n" + format_completion(rationale, answer)}
+
+
+def build_corpus(task: Task, cfg: PretrainConfig) -> list[dict]:
+    rng = random.Random(cfg.seed)
+    return [corpus_document(p, cfg, rng) for p in task.problems(cfg.corpus_size, "train", cfg.seed)]
+
+
+def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None):
+    """Train a fresh built-in model on the corpus; returns (model, tokenizer, last metrics)."""
+    model, tokenizer = new_builtin(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_head,
+                                             d_model=cfg.d_model, max_seq_len=cfg.max_seq_len), seed=cfg.seed)
+    documents = build_corpus(task, cfg)
+    # The question's digits are random: no loss on them (it would only add noise to the gradient).
+    examples = tokenize_examples(tokenizer, documents, cfg.max_seq_len)
+    held_out = task.problems(cfg.check_problems, "test", seed=cfg.seed + 1)
+    params = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+
+    def check(m) -> dict:
+        result = evaluate_problems(m, tokenizer, task, held_out, trigger=True, params=params)
+        return {"trigger_acc": result["accuracy"]}
+
+    stop = (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc) if cfg.target_trigger_acc > 0 else None
+    metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=check, stop_when=stop, log=log,
+                               progress=progress)
+    return model, tokenizer, metrics

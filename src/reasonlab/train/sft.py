@@ -1,0 +1,75 @@
+"""Supervised fine-tuning on prompt/completion JSONL (TRL's `prompt`/`completion` columns, or
+`messages` in the chat format). The loss covers completion tokens only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..model import load_model, new_builtin, save_checkpoint
+from .loop import TrainConfig, lm_loss, collate, tokenize_examples, train_supervised
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    model: str = field(default="", metadata={"help": "checkpoint or HF folder to start from ('' = a new built-in model)"})
+    data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
+    eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
+    out: str = field(default="runs/sft", metadata={"help": "where the checkpoint goes"})
+
+
+def read_sft_rows(path, tokenizer=None) -> list[dict]:
+    """`{"prompt", "completion"}` rows from JSONL; `messages` rows go through the chat template."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {str(path)!r} not found")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+            rows.append({"prompt": row["prompt"], "completion": row["completion"]})
+        elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
+            rows.append(_from_messages(row["messages"], tokenizer, f"{path}:{lineno}"))
+        else:
+            raise UserError(f"{path}:{lineno}: needs string 'prompt' and 'completion', or a 'messages' list")
+    if not rows:
+        raise UserError(f"{path}: no examples")
+    return rows
+
+
+def _from_messages(messages: list, tokenizer, where: str) -> dict:
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        raise UserError(f"{where}: the last message must be the assistant's")
+    if tokenizer is None or not getattr(tokenizer.hf, "chat_template", None):
+        raise UserError(f"{where}: 'messages' rows need a model whose tokenizer has a chat template")
+    prompt = tokenizer.hf.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    return {"prompt": prompt, "completion": last["content"]}
+
+
+def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
+    if not cfg.data:
+        raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
+    model, tokenizer = load_model(cfg.model) if cfg.model else new_builtin(seed=cfg.seed)
+    examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
+    evaluate = None
+    if cfg.eval_data:
+        held = tokenize_examples(tokenizer, read_sft_rows(cfg.eval_data, tokenizer), cfg.max_seq_len)
+
+        def evaluate(m):
+            import torch
+
+            with torch.no_grad():
+                losses = [float(lm_loss(m, *collate(held[i:i + 64], tokenizer.pad_id))) for i in range(0, len(held), 64)]
+            return {"eval_loss": sum(losses) / len(losses)}
+
+    metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log, progress=progress)
+    save_checkpoint(cfg.out, model, tokenizer, asdict(cfg))
+    return metrics

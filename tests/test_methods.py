@@ -1,0 +1,103 @@
+"""Method 1 (rationale filtering) and Method 2 (GRPO runs) on tiny scripted and tiny real models.
+
+Run: pytest tests/test_methods.py"""
+
+import json
+
+import pytest
+import torch
+
+from reasonlab.model import new_builtin
+from reasonlab.tasks import get_task
+from reasonlab.train.grpo import GRPOConfig, train_grpo
+from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
+from tests.conftest import BigramLM
+
+_, TOK = new_builtin()
+ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer>", "\n", ".", "a", "7"]}
+
+
+def answers_seven():
+    """Always writes <think>a</think><answer>7</answer> after the prompt's last newline."""
+    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["</think>"],
+              ID["</think>"]: ID["<answer>"], ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    return BigramLM(len(TOK), script, default=ID["\n"])
+
+
+def test_sample_rationales_keeps_only_verified_and_deduplicates():
+    task = get_task("arithmetic", op="+", digits=1)
+    problems = task.problems(40, seed=0)
+    cfg = RationalesConfig(samples=3, temperature=0.0, max_new_tokens=20)
+    kept, drawn = sample_rationales(answers_seven(), TOK, task, problems, cfg, seed=0)
+    sevens = {p.question for p in problems if p.answer == "7"}
+    assert drawn == 120
+    assert {r["question"] for r in kept} == sevens and len(kept) == len(sevens)  # 3 identical samples -> 1
+    assert all(r["completion"] == "<think>a</think><answer>7</answer>" for r in kept)
+
+
+def test_method1_round_logs_yield_and_accuracy(tmp_path, tiny_gpt):
+    model, tok = tiny_gpt
+    task = get_task("arithmetic", op="+", digits=1)
+    cfg = RationalesConfig(rounds=1, problems=30, samples=2, max_new_tokens=12, steps=3, batch_size=4,
+                           eval_problems=10, rationalize=True)
+    final, records = run_rationales(model, tok, task, cfg, generator=answers_seven(), out_dir=tmp_path)
+    (record,) = records
+    assert record["samples"] >= 60 and 0 < record["kept"] <= record["solved"] + record["rationalized"]
+    assert 0 <= record["accuracy"] <= 1 and record["yield"] == pytest.approx(record["kept"] / record["samples"])
+    data = [json.loads(line) for line in (tmp_path / "round1_data.jsonl").read_text().splitlines()]
+    assert len(data) == record["kept"] and all("hint" not in d["prompt"] for d in data)
+    assert final is not model  # fine-tuned a copy: the base stays untouched for the next round
+
+
+def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
+    model, tok = tiny_gpt
+    task = get_task("arithmetic", op="+", digits=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = GRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_new_tokens=12, eval_every=2, eval_problems=5,
+                     updates=2, beta=0.1, lr=1e-3)
+    metrics = train_grpo(model, tok, task, cfg, out_dir=tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[-1]["step"] == 2
+    for key in ("reward/mean", "reward/std", "reward/format_rate", "reward/accuracy", "frac_reward_zero_std",
+                "completions/mean_length", "completions/mean_think_tokens", "clip_frac", "kl", "entropy",
+                "grad_norm", "time/generate_s", "time/train_s", "eval/accuracy"):
+        assert key in metrics, key
+    assert (tmp_path / "samples.jsonl").read_text().count("\n") >= 2
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # An untrained model earns 0 everywhere, so every group is flat and nothing may change...
+    assert changed == (metrics["frac_reward_zero_std"] < 1)
+
+
+def test_grpo_learns_from_mixed_rewards():
+    """A model that answers 7 or 8 at random, on a task whose answer is always 7: GRPO's signal
+    (correct 3 points vs 2) must raise the accuracy."""
+    from reasonlab.tasks import Problem, Task, register_task
+
+    @register_task("always7")
+    class Always7(Task):
+        def sample(self, rng):
+            return Problem(f"q{rng.randint(0, 10**6)}", "7")
+
+        def verify(self, predicted, gold):
+            return predicted.strip() == gold
+
+    eight = TOK.encode("8")[0]
+    model = answers_seven()
+    with torch.no_grad():
+        model.table.weight[ID["<answer>"], ID["7"]] = 0.0
+        model.table.weight[ID["<answer>"], eight] = 0.0
+        model.table.weight[eight].fill_(-10.0)
+        model.table.weight[eight, ID["</answer>"]] = 10.0
+    cfg = GRPOConfig(steps=15, prompts_per_step=8, group_size=8, max_new_tokens=10, eval_every=0, lr=0.2,
+                     warmup_steps=1, seed=1)
+    history = []
+    train_grpo(model, TOK, get_task("always7"), cfg, log=history.append)
+    assert 0.3 < history[0]["reward/accuracy"] < 0.7 and history[-1]["reward/accuracy"] > 0.9
+    assert history[-1]["reward/format_rate"] > 0.9
+
+
+def test_grpo_config_validation():
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError):
+        GRPOConfig(scale="nope")
