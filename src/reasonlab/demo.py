@@ -32,7 +32,7 @@ class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "output folder"})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
-    digits: int = field(default=6, metadata={"help": "digits per operand of the addition task"})
+    length: int = field(default=4, metadata={"help": "variables per chain problem (the demo's task)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
 
 
@@ -40,15 +40,16 @@ def stage_configs(cfg: DemoConfig):
     """Per-stage settings; `quick` shrinks every stage (CI checks it runs, not what it reaches)."""
     q = cfg.quick
     pre = PretrainConfig(steps=60 if q else 4000, batch_size=32 if q else 64, lr=3e-3, warmup_steps=20,
-                         eval_every=30 if q else 100, max_seconds=20 if q else 240, corpus_size=2000 if q else 30000,
-                         worked_fraction=0.5, check_problems=50 if q else 100, target_trigger_acc=0.2,
-                         max_seq_len=256, seed=cfg.seed)
-    m1 = RationalesConfig(rounds=1 if q else 3, problems=64 if q else 1500, samples=2 if q else 4, temperature=0.6,
-                          steps=20 if q else 400, batch_size=32 if q else 64, lr=1e-3, warmup_steps=10,
-                          eval_every=0, eval_problems=50 if q else 200, max_seq_len=256, seed=cfg.seed)
-    rl = GRPOConfig(steps=3 if q else 300, prompts_per_step=4 if q else 16, group_size=4 if q else 8, lr=1e-4,
-                    eval_every=3 if q else 25, eval_problems=50 if q else 200, max_seconds=30 if q else 120,
-                    seed=cfg.seed)
+                         schedule="constant", eval_every=30 if q else 50, max_seconds=20 if q else 240,
+                         corpus_size=2000 if q else 30000, worked_fraction=0.5, hint_fraction=0.2, check_problems=50 if q else 100,
+                         target_trigger_acc=0.2, group_by_length=False, max_seq_len=192, seed=cfg.seed)
+    m1 = RationalesConfig(rounds=1 if q else 3, problems=64 if q else 2000, samples=2 if q else 4, temperature=0.7,
+                          continue_training=True, steps=20 if q else 300, batch_size=32 if q else 64, lr=2e-3,
+                          warmup_steps=10, eval_every=0, eval_problems=50 if q else 200, max_seq_len=192,
+                          max_new_tokens=96, seed=cfg.seed)
+    rl = GRPOConfig(steps=3 if q else 1000, prompts_per_step=4 if q else 16, group_size=4 if q else 8, lr=1e-4,
+                    max_new_tokens=96, eval_every=3 if q else 25, eval_problems=50 if q else 200,
+                    max_seconds=30 if q else 210, seed=cfg.seed)
     return pre, m1, rl
 
 
@@ -87,11 +88,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = get_task("arithmetic", op="+", digits=cfg.digits)
+    task = get_task("chain", length=cfg.length)
     pre_cfg, m1_cfg, rl_cfg = stage_configs(cfg)
     held_out = task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=pre_cfg.max_seq_len - 32)
-    results: dict = {"task": f"{cfg.digits}-digit addition", "config": asdict(cfg)}
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
+    results: dict = {"task": f"chain of {cfg.length} variables", "config": asdict(cfg)}
 
     def save():
         results["seconds"] = time.monotonic() - start
@@ -110,7 +111,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         base, tok, _ = pretrain(task, pre_cfg, progress=pre_log)
         log_file.close()
-        save_checkpoint(out / "base", base, tok, asdict(pre_cfg))
+        save_checkpoint(out / "checkpoints" / "base", base, tok, asdict(pre_cfg))
         tick(completed=pre_cfg.steps)
 
         # 2. direct vs "think step by step"
@@ -129,7 +130,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                            log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
         results["method1_acc"] = [r["accuracy"] for r in records]
         results["method1_rounds"] = records
-        save_checkpoint(out / "method1", m1_model, tok, asdict(m1_cfg))
+        save_checkpoint(out / "checkpoints" / "method1", m1_model, tok, asdict(m1_cfg))
         save()
 
         # 4. Method 2: GRPO from the Method 1 model
@@ -147,7 +148,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         final = evaluate_problems(rl_model, tok, task, held_out, trigger=True, params=greedy)
         results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
                        method2_mean_think_tokens=final["mean_think_tokens"])
-        save_checkpoint(out / "method2", rl_model, tok, asdict(rl_cfg))
+        save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, asdict(rl_cfg))
         save()
 
         # 5. thinking-budget sweep on the final model

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .engine import SamplingParams, generate
 from .errors import UserError
+from .jsonl import read_jsonl, write_jsonl_atomic
 from .rewards import reasoning_points
 from .tasks import Task
 from .template import build_prompt, parse_completion
@@ -34,30 +31,15 @@ def summarize(scored: list[dict]) -> dict:
     }
 
 
-def read_score_input(path: str | Path) -> list[dict]:
+def read_score_input(path) -> list[tuple[int, dict]]:
     """Rows of a `score` input file, checked; a bad line raises UserError naming its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"input file {str(path)!r} not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("completion", "answer"):
-                if not isinstance(row.get(key), str):
-                    raise UserError(f"{path}:{lineno}: {key!r} must be a string")
-            if "prompt" in row and not isinstance(row["prompt"], str):
-                raise UserError(f"{path}:{lineno}: 'prompt' must be a string")
-            rows.append((lineno, row))
-    if not rows:
-        raise UserError(f"{path}: no input lines")
+    rows = read_jsonl(path)
+    for lineno, row in rows:
+        for key in ("completion", "answer"):
+            if not isinstance(row.get(key), str):
+                raise UserError(f"{path}:{lineno}: {key!r} must be a string")
+        if "prompt" in row and not isinstance(row["prompt"], str):
+            raise UserError(f"{path}:{lineno}: 'prompt' must be a string")
     return rows
 
 
@@ -72,23 +54,6 @@ def score_file(task: Task, input_path, output_path=None) -> tuple[list[dict], di
     if output_path is not None:
         write_jsonl_atomic(output_path, out)
     return out, summarize(out)
-
-
-def write_jsonl_atomic(path, rows: list[dict]) -> None:
-    """Write JSONL to a temporary file beside `path`, fsync, then rename: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- sampling a task through the engine ----------------------------------------------------------

@@ -71,7 +71,7 @@ def plot_budget(curve: list[dict], path: Path) -> Path:
     ax2.set_ylabel("mean thinking tokens used", color=COLORS["think"])
     ax2.spines["top"].set_visible(False)
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="lower right", frameon=False)
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper left", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

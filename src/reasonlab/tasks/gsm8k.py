@@ -12,13 +12,13 @@ currency sign and trailing units): a list of numbers is not an answer.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 from fractions import Fraction
 from pathlib import Path
 
+from ..jsonl import read_jsonl
 from .base import Problem, Task, check_split, register_task
 
 _NUMBER = re.compile(
@@ -68,17 +68,10 @@ def find_data_dir(path: str | None = None) -> Path | None:
 
 def read_jsonl_rows(file: Path) -> list[dict]:
     rows = []
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{file}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "question" not in row or "answer" not in row:
-                raise ValueError(f"{file}:{lineno}: needs 'question' and 'answer' fields")
-            rows.append(row)
+    for lineno, row in read_jsonl(file):
+        if "question" not in row or "answer" not in row:
+            raise ValueError(f"{file}:{lineno}: needs 'question' and 'answer' fields")
+        rows.append(row)
     return rows
 
 

@@ -11,11 +11,11 @@ This works from any thread, and a pathological input can never stall training.
 from __future__ import annotations
 
 import atexit
-import json
 import multiprocessing as mp
 import threading
 from pathlib import Path
 
+from ..jsonl import read_jsonl
 from .base import Problem, Task, check_split, register_task
 
 DEFAULT_TIMEOUT = 5.0
@@ -111,9 +111,11 @@ class MathTask(Task):
             raise ValueError("the math task needs path=FILE.jsonl (or a folder with train/test.jsonl)")
         file = Path(self.path)
         file = file / f"{split}.jsonl" if file.is_dir() else file
-        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        problems = [Problem(r.get("problem") or r["question"], str(r["answer"]), r.get("solution"))
-                    for r in rows]
+        problems = []
+        for lineno, r in read_jsonl(file):
+            if not (r.get("problem") or r.get("question")) or "answer" not in r:
+                raise ValueError(f"{file}:{lineno}: needs 'problem' (or 'question') and 'answer'")
+            problems.append(Problem(r.get("problem") or r["question"], str(r["answer"]), r.get("solution")))
         return problems if n is None else problems[:n]
 
     def verify(self, predicted: str, gold: str) -> bool:

@@ -42,7 +42,7 @@ class PretrainConfig(TrainConfig):
     n_layer: int = field(default=2, metadata={"help": "model layers"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
     d_model: int = field(default=64, metadata={"help": "model width"})
-    max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion when checking"})
+    max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking"})
 
 
 def hint_line(value: str) -> str:

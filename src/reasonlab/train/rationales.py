@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..engine import SamplingParams, generate
-from ..evaluate import evaluate_problems, write_jsonl_atomic
+from ..evaluate import evaluate_problems
+from ..jsonl import write_jsonl_atomic
 from ..rewards import is_correct
 from ..tasks import Task
 from ..template import build_prompt, parse_completion

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ..errors import UserError
+from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
 from .loop import TrainConfig, lm_loss, collate, tokenize_examples, train_supervised
 
@@ -22,25 +21,14 @@ class SFTConfig(TrainConfig):
 
 def read_sft_rows(path, tokenizer=None) -> list[dict]:
     """`{"prompt", "completion"}` rows from JSONL; `messages` rows go through the chat template."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {str(path)!r} not found")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+    for lineno, row in read_jsonl(path):
+        if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
             rows.append({"prompt": row["prompt"], "completion": row["completion"]})
-        elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
+        elif isinstance(row.get("messages"), list) and row["messages"]:
             rows.append(_from_messages(row["messages"], tokenizer, f"{path}:{lineno}"))
         else:
             raise UserError(f"{path}:{lineno}: needs string 'prompt' and 'completion', or a 'messages' list")
-    if not rows:
-        raise UserError(f"{path}: no examples")
     return rows
 
 

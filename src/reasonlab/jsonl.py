@@ -1,0 +1,49 @@
+"""JSONL in and out: line-numbered errors on the way in, atomic writes on the way out."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+
+def read_jsonl(path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a bad line raises UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file {str(path)!r} not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            rows.append((lineno, row))
+    if not rows:
+        raise UserError(f"{path}: no input lines")
+    return rows
+
+
+def write_jsonl_atomic(path, rows: list[dict]) -> None:
+    """Write JSONL to a temporary file beside `path`, fsync, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,53 @@
+"""Variable chains: multi-hop evaluation, where thinking step by step is the only way to the answer.
+
+Question: ``c=b-2;a=7;e=d+1;b=a+4;d=c+5;e?`` (definitions shuffled). Gold: the value of the last
+variable. Reference rationale: each variable in turn, its definition restated and evaluated::
+
+    a=7;b=a+4=7+4=11;c=b-2=11-2=9;d=c+5=9+5=14;e=d+1=14+1=15
+
+Every lookup in the rationale is by content (find ``b=`` in the question, find ``a=…;`` in the
+thought), which small transformers with relative positions learn quickly, while answering directly
+needs as many hops as there are variables: more than a two-layer model can do in one pass. That
+makes it the demo's task. Values stay in 0..`max_value`.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+from .arithmetic import parse_int
+from .base import Problem, Task, register_task
+
+
+@register_task("chain")
+class ChainTask(Task):
+    """`length` variables a, b, c…; each after the first is the previous one plus or minus 1..9."""
+
+    def __init__(self, length: int = 5, max_value: int = 20):
+        if not 2 <= length <= 26:
+            raise ValueError("chain length must be between 2 and 26")
+        if max_value < 9:
+            raise ValueError("chain max_value must be >= 9")
+        self.length, self.max_value = length, max_value
+
+    def sample(self, rng: random.Random) -> Problem:
+        names = string.ascii_lowercase[:self.length]
+        value = rng.randint(0, self.max_value)
+        definitions, steps = [f"{names[0]}={value}"], [f"{names[0]}={value}"]
+        for prev, name in zip(names, names[1:]):
+            ops = [op for op in "+-" if 0 <= (value + 1 if op == "+" else value - 1) <= self.max_value]
+            op = rng.choice(ops)
+            room = self.max_value - value if op == "+" else value
+            k = rng.randint(1, min(9, room))
+            new = value + k if op == "+" else value - k
+            definitions.append(f"{name}={prev}{op}{k}")
+            steps.append(f"{name}={prev}{op}{k}={value}{op}{k}={new}")
+            value = new
+        rng.shuffle(definitions)
+        question = ";".join(definitions) + f";{names[-1]}?"
+        return Problem(question, str(value), ";".join(steps))
+
+    def verify(self, predicted: str, gold: str) -> bool:
+        value = parse_int(predicted)
+        return value is not None and value == parse_int(gold)

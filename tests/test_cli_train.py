@@ -1,0 +1,86 @@
+"""Training commands through the CLI: configs from files and flags, SFT (prompt/completion and
+chat messages, built-in and Hugging Face models), RL on an HF model, clear errors.
+
+Run: pytest tests/test_cli_train.py"""
+
+import json
+
+import pytest
+
+from reasonlab.cli import main
+from reasonlab.config import build_config
+from reasonlab.errors import UserError
+from reasonlab.model import load_model, load_train_config
+from reasonlab.train.sft import SFTConfig
+from tests.test_model import make_tiny_hf
+
+
+def test_config_file_then_flags(tmp_path):
+    (tmp_path / "c.toml").write_text('steps = 7\nlr = 0.01\ndata = "x.jsonl"\n')
+    import argparse
+
+    from reasonlab.config import add_config_args
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, SFTConfig)
+    cfg = build_config(SFTConfig, parser.parse_args(["--config", str(tmp_path / "c.toml"), "--steps", "9"]))
+    assert (cfg.steps, cfg.lr, cfg.data) == (9, 0.01, "x.jsonl")  # the flag wins over the file
+    (tmp_path / "bad.toml").write_text("stepz = 1\n")
+    with pytest.raises(UserError, match="unknown option.*stepz"):
+        build_config(SFTConfig, file=tmp_path / "bad.toml")
+    (tmp_path / "bad.json").write_text('{"steps": "many"}')
+    with pytest.raises(UserError, match="'steps' must be int"):
+        build_config(SFTConfig, file=tmp_path / "bad.json")
+    with pytest.raises(UserError, match="steps, batch_size"):
+        build_config(SFTConfig, steps=0)
+
+
+def test_sft_on_prompt_completion_saves_config_beside_the_checkpoint(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"}) + "\n"
+                            for i in range(20)))
+    out = tmp_path / "ck"
+    assert main(["sft", "--data", str(data), "--steps", "3", "--batch-size", "4", "--out", str(out),
+                 "--eval-data", str(data), "--eval-every", "2"]) == 0
+    model, _ = load_model(out)
+    assert load_train_config(out)["steps"] == 3 and model.kind == "builtin"
+    assert "eval_loss" in capsys.readouterr().out
+
+
+def test_sft_errors_are_one_line(tmp_path, capsys):
+    assert main(["sft", "--out", str(tmp_path / "x")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n')
+    assert main(["sft", "--data", str(bad)]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+    assert main(["sft", "--data", str(bad), "--lr", "-1"]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
+
+
+def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path):
+    make_tiny_hf(tmp_path / "hf")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+1"},
+                                                     {"role": "assistant", "content": f"<think></think><answer>{i + 1}</answer>"}]}) + "\n"
+                            for i in range(8)))
+    assert main(["sft", "--model", str(tmp_path / "hf"), "--data", str(data), "--steps", "2", "--batch-size", "4",
+                 "--out", str(tmp_path / "sft")]) == 0
+    model, tok = load_model(tmp_path / "sft")
+    assert model.kind == "hf"
+    assert main(["rl", "--model", str(tmp_path / "sft"), "--task", "arithmetic", "--task-arg", "digits=1",
+                 "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
+                 "--eval-every", "0", "--out", str(tmp_path / "rl")]) == 0
+    assert (tmp_path / "rl" / "metrics.jsonl").is_file() and (tmp_path / "rl" / "model" / "config.json").is_file()
+    assert main(["rl", "--model", str(tmp_path / "sft"), "--task", "arithmetic", "--group-size", "1"]) == 2
+
+
+def test_generate_and_pretrain_commands(tmp_path, capsys):
+    out = tmp_path / "base"
+    assert main(["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "5", "--batch-size", "8",
+                 "--corpus-size", "100", "--eval-every", "5", "--check-problems", "5", "--out", str(out)]) == 0
+    assert "trigger accuracy" in capsys.readouterr().out
+    assert main(["generate", "--model", str(out), "--task", "chain", "--task-arg", "length=2", "--problems", "2",
+                 "--n", "2", "--think-budget", "3", "--max-new-tokens", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("[") >= 4 and "4 completions" in printed
