@@ -84,3 +84,26 @@ def test_generate_and_pretrain_commands(tmp_path, capsys):
                  "--n", "2", "--think-budget", "3", "--max-new-tokens", "16"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("[") >= 4 and "4 completions" in printed
+
+
+def test_eval_and_faithfulness_commands(tmp_path, capsys):
+    out = tmp_path / "base"
+    assert main(["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "3", "--batch-size", "8",
+                 "--corpus-size", "100", "--eval-every", "0", "--check-problems", "5", "--out", str(out)]) == 0
+    result = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--task", "chain", "--task-arg", "length=2", "--problems", "6",
+                 "--k", "3", "--budgets", "0,4", "--max-new-tokens", "24", "--output", str(result)]) == 0
+    data = json.loads(result.read_text())
+    metrics = data["results"]["chain"]
+    for key in ("accuracy", "format_rate", "mean_think_tokens", "truncation_rate", "tokens_per_s", "pass@1",
+                "pass@3", "maj@3"):
+        assert key in metrics, key
+    assert metrics["pass@1"] <= metrics["pass@3"]
+    assert [c["budget"] for c in data["budget_curve"]] == [0, 4]
+    assert data["budget_curve"][0]["mean_think_tokens"] == 0
+    assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "0,x"]) == 2
+    assert "--budgets" in capsys.readouterr().err
+    assert main(["faithfulness", "--model", str(out), "--task", "chain", "--task-arg", "length=2",
+                 "--problems", "4", "--output", str(tmp_path / "f.json")]) == 0
+    assert "hint followed" in capsys.readouterr().out
+    assert "by_style" in json.loads((tmp_path / "f.json").read_text())

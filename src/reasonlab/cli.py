@@ -199,6 +199,64 @@ def print_results(results: dict) -> None:
     Console().print(table)
 
 
+def cmd_eval(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .config import build_config
+    from .evaluate import EvalConfig, evaluate_model
+
+    cfg = build_config(EvalConfig, args)
+    task = make_task(cfg.task, args.task_arg)
+    cfg.budget_list()  # check before loading anything
+    model, tokenizer = load_model_or_exit(cfg.model)
+    out = evaluate_model(model, tokenizer, task, cfg)
+    table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in out["results"][cfg.task].items():
+        table.add_row(key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}")
+    for point in out.get("budget_curve", []):
+        table.add_row(f"budget {point['budget']}: accuracy", f"{point['acc']:.1%}")
+    Console().print(table)
+    if cfg.output:
+        from pathlib import Path
+
+        Path(cfg.output).write_text(json.dumps(out, indent=2))
+        print(f"wrote {cfg.output}")
+    return 0
+
+
+def cmd_faithfulness(args) -> int:
+    import random
+
+    from .evaluate import faithfulness_probe
+
+    task = make_task(args.task, args.task_arg)
+    model, tokenizer = load_model_or_exit(args.model)
+    problems = task.problems(args.problems, "test", args.seed)
+    answers = [p.solution or p.answer for p in problems]
+    rng = random.Random(args.seed)
+
+    def wrong(problem):  # another problem's answer, different from this one's
+        choices = [a for a in answers if a != (problem.solution or problem.answer)]
+        return rng.choice(choices) if choices else problem.answer + "0"
+
+    probe = faithfulness_probe(model, tokenizer, task, problems, wrong)
+    lo, hi = probe["hint_follow_ci"]
+    alo, ahi = probe["admit_ci"]
+    print(f"hint followed: {probe['hint_follow_rate']:.1%} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "
+          f"admitted: {probe['admit_rate']:.1%} [{alo:.1%}, {ahi:.1%}] of {probe['followed']} followed")
+    for name, row in probe["by_style"].items():
+        print(f"  {name:16s} follows {row['follow_rate']:6.1%}  admits {row['admit_rate']:6.1%}  "
+              f"({row['followed']}/{row['eligible']})")
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(json.dumps(probe, indent=2))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import build_report
 
@@ -261,6 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="the checkpoint to train")
     p.add_argument("--out", default="runs/rl", help="output folder (metrics, samples, model)")
     p.set_defaults(func=cmd_rl)
+
+    from .evaluate import EvalConfig
+
+    p = command("eval", help="accuracy, pass@k, maj@k, format rate, thinking length, budget sweep")
+    add_config_args(p, EvalConfig)
+    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, repeatable")
+    p.set_defaults(func=cmd_eval)
+
+    p = command("faithfulness", help="does the model follow a hint in the prompt, and does its thought say so?")
+    add_task_args(p)
+    p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
+    p.add_argument("--problems", type=int, default=100, help="held-out problems")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="", help="write the JSON results here")
+    p.set_defaults(func=cmd_faithfulness)
 
     p = command("report", help="plots and an HTML page from a run folder")
     p.add_argument("run_dir")

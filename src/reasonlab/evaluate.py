@@ -234,3 +234,62 @@ def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, 
         curve.append({"budget": budget, "acc": result["accuracy"], "mean_think_tokens": result["mean_think_tokens"],
                       "format_rate": result["format_rate"]})
     return curve
+
+
+# ---- `reasonlab eval` ----------------------------------------------------------------------------
+
+@dataclass
+class EvalConfig:
+    model: str = field(default="", metadata={"help": "checkpoint or Hugging Face model folder"})
+    task: str = field(default="chain", metadata={"help": "task name (`reasonlab tasks`)"})
+    split: str = field(default="test", metadata={"help": "train or test problems"})
+    problems: int = field(default=200, metadata={"help": "how many problems"})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat"})
+    trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most"})
+    k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)"})
+    temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples"})
+    budgets: str = field(default="", metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32"})
+    extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)"})
+    output: str = field(default="", metadata={"help": "write the JSON results here"})
+    seed: int = field(default=0, metadata={"help": "problem and sampling seed"})
+
+    def budget_list(self) -> list[int]:
+        try:
+            budgets = [int(b) for b in self.budgets.split(",") if b.strip()]
+        except ValueError:
+            raise UserError(f"--budgets must be comma-separated integers, got {self.budgets!r}") from None
+        if any(b < 0 for b in budgets):
+            raise UserError("--budgets must be >= 0")
+        return sorted(set(budgets))
+
+
+def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
+    """Greedy metrics, pass@k / maj@k from k samples, and a budget sweep, in lm-eval's layout."""
+    if cfg.k < 1 or cfg.problems < 1:
+        raise UserError("--k and --problems must be >= 1")
+    problems = task.problems(cfg.problems, cfg.split, cfg.seed)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
+    result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy)
+    metrics = {k: v for k, v in result.items() if k != "rows"}
+    if cfg.k > 1:
+        prompts = [build_prompt(p.question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf)
+                   for p in problems for _ in range(cfg.k)]
+        rollout = generate(model, tokenizer, prompts, SamplingParams(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed))
+        pass_1 = pass_k = maj = 0.0
+        for i, p in enumerate(problems):
+            texts = rollout.texts[i * cfg.k:(i + 1) * cfg.k]
+            parsed = [parse_completion(t, prompts[i * cfg.k]) for t in texts]
+            correct = sum(x.format_ok and task.verify(x.answer, p.answer) for x in parsed)
+            pass_1 += pass_at_k(cfg.k, correct, 1)
+            pass_k += pass_at_k(cfg.k, correct, cfg.k)
+            vote = majority_answer([x.answer.strip() if x.answer else None for x in parsed])
+            maj += vote is not None and task.verify(vote, p.answer)
+        n = len(problems)
+        metrics.update({"pass@1": pass_1 / n, f"pass@{cfg.k}": pass_k / n, f"maj@{cfg.k}": maj / n})
+    out = {"results": {cfg.task: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems)}
+    if cfg.budget_list():
+        out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, cfg.budget_list(), trigger=cfg.trigger,
+                                           extend=cfg.extend, max_new_tokens=cfg.max_new_tokens)
+    return out
