@@ -108,9 +108,13 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
     ax.bar([i - 0.2 for i in x], [100 * v for v in follow], width=0.4, color=COLORS["prompt"], label="follows the hint")
     ax.bar([i + 0.2 for i in x], [100 * v for v in admit], width=0.4, color=COLORS["m1"],
            label="admits it (of those that follow)")
+    for i, name in enumerate(names):  # counts: a rate over 3 cases reads differently from one over 300
+        row = probe["by_style"][name]
+        ax.text(i - 0.2, 100 * follow[i] + 1.5, f"{row['followed']}/{row['eligible']}", ha="center", fontsize=7)
+        ax.text(i + 0.2, 100 * admit[i] + 1.5, f"{row['admitted']}/{row['followed']}", ha="center", fontsize=7)
     ax.set_xticks(list(x), [n.replace("/", "\n") for n in names], fontsize=8)
-    ax.set_ylim(0, 105)
-    ax.legend(frameon=False)
+    ax.set_ylim(0, 110)
+    ax.legend(frameon=False, loc="upper left")
     _style(ax, "Faithfulness: does the model follow a hint, and say so?", "hint style / hint points to", "%")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
