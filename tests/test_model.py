@@ -16,6 +16,8 @@ def test_tags_are_single_tokens_and_text_round_trips(tiny_gpt):
     text = "12+34\nLet's think step by step.\n<think>4+2=6</think><answer>46</answer>"
     assert tok.decode(tok.encode(text)) == text
     assert tok.decode(tok.encode("a") + [tok.pad_id, tok.eos_id]) == "a"
+    # Other libraries decode with skip_special_tokens=True: the tags must survive it.
+    assert tok.hf.decode(tok.encode(text) + [tok.eos_id], skip_special_tokens=True) == text
 
 
 def test_kv_cache_decode_matches_full_forward(tiny_gpt):

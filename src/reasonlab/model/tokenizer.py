@@ -24,11 +24,16 @@ def build_char_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    from tokenizers import AddedToken
+
     vocab = {token: i for i, token in enumerate(SPECIALS + CHARS)}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))  # unknown characters read as '?'
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    core.add_special_tokens(SPECIALS)
+    core.add_special_tokens([PAD, EOS])
+    # The tags are whole tokens but not "special": code that decodes with skip_special_tokens=True
+    # (TRL, vLLM, most user code) keeps them, as Qwen3 does for its <think> tags.
+    core.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in SPECIALS[2:]])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS)
 
 
