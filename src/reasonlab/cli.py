@@ -48,8 +48,10 @@ def make_task(name: str, task_args: list[str] | None = None):
         raise UserError(f"task {name!r}: {e}") from None
 
 
-def add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--task", required=required, help="task name (see `reasonlab tasks`)")
+def add_task_args(p: argparse.ArgumentParser, name: bool = True) -> None:
+    """--task NAME (unless the command's config has it) and repeatable --task-arg KEY=VALUE."""
+    if name:
+        p.add_argument("--task", required=True, help="task name (see `reasonlab tasks`)")
     p.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. --task-arg digits=4)")
 
@@ -282,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", help="sample completions for a task and show their parse and reward")
     add_config_args(p, SampleConfig)
-    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, repeatable")
+    add_task_args(p, name=False)
     p.set_defaults(func=cmd_generate)
 
     from .demo import DemoConfig
@@ -324,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("eval", help="accuracy, pass@k, maj@k, format rate, thinking length, budget sweep")
     add_config_args(p, EvalConfig)
-    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, repeatable")
+    add_task_args(p, name=False)
     p.set_defaults(func=cmd_eval)
 
     p = command("faithfulness", help="does the model follow a hint in the prompt, and does its thought say so?")
