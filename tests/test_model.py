@@ -95,7 +95,7 @@ def make_tiny_hf(path, kind="llama"):
     _, tok = new_builtin()
     Config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind]
     config = Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                     eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
