@@ -123,7 +123,8 @@ def cmd_pretrain(args) -> int:
 
     cfg = build_config(PretrainConfig, args)
     task = make_task(args.task, args.task_arg)
-    model, tok, metrics = pretrain(task, cfg, progress=_progress_printer())
+    model, tok, metrics = pretrain(task, cfg, progress=_progress_printer(), state_dir=f"{args.out}.state",
+                                   resume=args.resume)
     save_checkpoint(args.out, model, tok, {"task": args.task, **vars(cfg)})
     print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, PretrainConfig)
     add_task_args(p)
     p.add_argument("--out", default="runs/base", help="checkpoint folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.state (written every --save-every steps)")
     p.set_defaults(func=cmd_pretrain)
 
     p = command("sft", help="supervised fine-tuning on prompt/completion or messages JSONL")

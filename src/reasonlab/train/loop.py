@@ -9,8 +9,11 @@ position 0, so no attention mask is needed (padding sits after the real tokens).
 from __future__ import annotations
 
 import math
+import os
 import random
+import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,6 +40,7 @@ class TrainConfig:
     packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
     group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
     eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)"})
+    save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)"})
     max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)"})
     seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
 
@@ -127,8 +131,15 @@ class BatchStream:
 
     def __init__(self, units: list, batch_size: int, rng: random.Random, length=None, window: int = 32):
         self.units, self.batch_size, self.rng, self.length, self.window = units, batch_size, rng, length, window
-        self.queue: list[list] = []
+        self.queue: list[list[int]] = []  # batches of unit indices still to serve
         self.order: list[int] = []
+
+    def state(self) -> dict:
+        return {"rng": self.rng.getstate(), "queue": self.queue, "order": self.order}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.queue, self.order = state["queue"], state["order"]
 
     def next(self) -> list:
         if not self.queue:
@@ -140,9 +151,44 @@ class BatchStream:
             chunk, self.order = self.order[:need], self.order[need:]
             if self.length:
                 chunk.sort(key=lambda i: self.length(self.units[i]))
-            self.queue = [[self.units[i] for i in chunk[j:j + self.batch_size]] for j in range(0, need, self.batch_size)]
+            self.queue = [chunk[j:j + self.batch_size] for j in range(0, need, self.batch_size)]
             self.rng.shuffle(self.queue)
-        return self.queue.pop()
+        return [self.units[i] for i in self.queue.pop()]
+
+
+STATE, PREVIOUS = "state.pt", "state.prev.pt"
+
+
+def save_training_state(folder, state: dict) -> None:
+    """Write `state` to folder/state.pt atomically, keeping the previous one as state.prev.pt."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(not torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()):
+        raise ValueError("refusing to save a training state with NaN or inf weights")
+    tmp = folder / f"{STATE}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if (folder / STATE).exists():
+        os.replace(folder / STATE, folder / PREVIOUS)
+    os.replace(tmp, folder / STATE)
+
+
+def load_training_state(folder) -> dict | None:
+    """The newest readable state in `folder` (state.pt, else state.prev.pt), or None if there is
+    none. A corrupt file is reported on stderr and skipped."""
+    folder = Path(folder)
+    for name in (STATE, PREVIOUS):
+        file = folder / name
+        if not file.exists():
+            continue
+        try:
+            return torch.load(file, weights_only=False)
+        except Exception as e:  # truncated or corrupt: fall back to the previous good one
+            print(f"warning: training state {file} is unreadable ({type(e).__name__}); trying an older one",
+                  file=sys.stderr)
+    return None
 
 
 def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -158,12 +204,16 @@ def grad_is_finite(model) -> bool:
 def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]]], cfg: TrainConfig,
                      evaluate: Callable[[object], dict] | None = None,
                      stop_when: Callable[[dict], bool] | None = None,
-                     log: Callable[[dict], None] | None = None, progress=None) -> dict:
+                     log: Callable[[dict], None] | None = None, progress=None,
+                     state_dir=None, resume: bool = False) -> dict:
     """Train on `examples` (completion-only loss). Returns the last metrics.
 
     `evaluate(model)` runs every `cfg.eval_every` steps (and at the end); training stops early when
     `stop_when(metrics)` is true, or after `cfg.max_seconds`. NaN/inf losses or gradients skip the
-    update; 5 in a row stop the run with an error.
+    update; 5 in a row stop the run with an error. With `state_dir` and `cfg.save_every`, the whole
+    training state (weights, optimiser, data position, RNGs) is written there atomically every
+    `save_every` steps; `resume=True` continues from it, so the remaining steps see exactly the
+    batches and updates an uninterrupted run would have.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -172,9 +222,17 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     by_length = cfg.group_by_length and not cfg.packing
     batches = BatchStream(units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    start, bad_in_a_row, metrics = time.monotonic(), 0, {}
+    start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
+    if resume and state_dir:
+        state = load_training_state(state_dir)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            batches.load_state(state["batches"])
+            torch.set_rng_state(state["torch_rng"])
+            first, bad_in_a_row = state["step"], state["bad_in_a_row"]
     model.train()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         total = 0.0
@@ -196,6 +254,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_training_state(state_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "batches": batches.state(), "torch_rng": torch.get_rng_state(),
+                                            "step": step + 1, "bad_in_a_row": bad_in_a_row})
         metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                    "seconds": time.monotonic() - start}
         last = step == cfg.steps - 1 or (cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)

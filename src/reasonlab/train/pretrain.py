@@ -80,8 +80,10 @@ def build_corpus(task: Task, cfg: PretrainConfig) -> list[dict]:
     return [corpus_document(p, cfg, rng) for p in task.problems(cfg.corpus_size, "train", cfg.seed)]
 
 
-def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None):
-    """Train a fresh built-in model on the corpus; returns (model, tokenizer, last metrics)."""
+def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir=None, resume: bool = False):
+    """Train a fresh built-in model on the corpus; returns (model, tokenizer, last metrics).
+
+    With `state_dir` and `cfg.save_every`, a resumable state is kept there (see `train_supervised`)."""
     model, tokenizer = new_builtin(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_head,
                                              d_model=cfg.d_model, max_seq_len=cfg.max_seq_len), seed=cfg.seed)
     documents = build_corpus(task, cfg)
@@ -96,5 +98,5 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None):
 
     stop = (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc) if cfg.target_trigger_acc > 0 else None
     metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=check, stop_when=stop, log=log,
-                               progress=progress)
+                               progress=progress, state_dir=state_dir, resume=resume)
     return model, tokenizer, metrics

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ..errors import UserError
 from ..jsonl import read_jsonl
@@ -17,6 +19,7 @@ class SFTConfig(TrainConfig):
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
     out: str = field(default="runs/sft", metadata={"help": "where the checkpoint goes"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT.state (written every save_every steps)"})
 
 
 def read_sft_rows(path, tokenizer=None) -> list[dict]:
@@ -58,6 +61,17 @@ def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
                 losses = [float(lm_loss(m, *collate(held[i:i + 64], tokenizer.pad_id))) for i in range(0, len(held), 64)]
             return {"eval_loss": sum(losses) / len(losses)}
 
-    metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log, progress=progress)
+    state_dir = Path(f"{cfg.out}.state")  # beside the checkpoint, which is replaced atomically at the end
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "metrics.jsonl", "a") as log_file:
+
+        def log_step(m):
+            log_file.write(json.dumps(m) + "\n")
+            log_file.flush()
+            if log:
+                log(m)
+
+        metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log_step,
+                                   progress=progress, state_dir=state_dir, resume=cfg.resume)
     save_checkpoint(cfg.out, model, tokenizer, asdict(cfg))
     return metrics
