@@ -111,3 +111,36 @@ def test_fuzz_rewards_never_raise_and_broken_format_earns_nothing(completion):
         else:
             assert r >= 2.0
     assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.slow
+def test_fuzz_100k_completions_through_every_reward():
+    """10^5 random and mutated completions through every reward and verifier (math-verify included,
+    with its timeout): no exception, no call over a second, no points for a broken format."""
+    import random
+
+    from reasonlab.rewards import REWARDS
+
+    rng = random.Random(0)
+    tasks = [(ARITH, "12"), (get_task("countdown"), "3 4 1 -> 12"), (get_task("gsm8k", path="."), "12"),
+             (get_task("chain"), "12"), (get_task("math", timeout=1.0), "12")]
+    alphabet = "".join(PIECES) + "0123456789+-*/()$., \\\\{}^"
+    slowest = 0.0
+    for i in range(100_000):
+        if i % 2:
+            completion = rng.choice(VALID)
+            for _ in range(rng.randint(1, 4)):
+                j = rng.randint(0, len(completion))
+                completion = completion[:j] + rng.choice(PIECES + [rng.choice(alphabet)]) + completion[j + rng.randint(0, 3):]
+        else:
+            completion = "".join(rng.choice(PIECES) if rng.random() < 0.2 else rng.choice(alphabet)
+                                 for _ in range(rng.randint(0, 60)))
+        task, gold = tasks[i % len(tasks)]
+        start = time.monotonic()
+        columns = dict(task=task, completion_lengths=[len(completion)], max_length=64, cache_length=16,
+                       think_lengths=[10], target_lengths=[12])
+        values = {name: fn([completion], [gold], **columns)[0] for name, fn in REWARDS.items()}
+        slowest = max(slowest, time.monotonic() - start)
+        if not parse_completion(completion).format_ok:
+            assert values["reasoning"] == 0.0 and values["correctness"] == 0.0 and values["format"] == 0.0
+    assert slowest < 1.5  # math-verify's 1 s timeout plus the worker's round trip
