@@ -31,6 +31,18 @@ def losses(state_dir) -> dict[int, float]:
     return out
 
 
+def run_until_killed(cmd, log, kill_at: int):
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= kill_at:
+            proc.kill()
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -9, f"the run ended before step {kill_at}"
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = tmp_path / "d.jsonl"
     write_data(data)
@@ -41,17 +53,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert sorted(reference) == list(range(1, 61))
 
     kill_at = random.randint(8, 50)
-    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "b")], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    log = tmp_path / "b.state" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= kill_at:
-            proc.kill()
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -9, f"the run ended before step {kill_at}"
+    run_until_killed([*cmd, "--out", str(tmp_path / "b")], tmp_path / "b.state" / "metrics.jsonl", kill_at)
     assert not (tmp_path / "b").exists()  # the checkpoint is only written at the end
     subprocess.run([*cmd, "--out", str(tmp_path / "b"), "--resume"], env=ENV, check=True, capture_output=True)
     resumed = losses(tmp_path / "b.state")
@@ -74,3 +76,32 @@ def test_nan_weights_are_never_saved(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         save_training_state(tmp_path, {"model": {"w": torch.tensor([float("nan")])}, "step": 1})
     assert not (tmp_path / "state.pt").exists()
+
+
+def rl_history(out) -> dict[int, tuple]:
+    rows = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        if "loss" in m:
+            rows[m["step"]] = (m["loss"], m["reward/mean"], m["completions/mean_length"], m["grad_norm"])
+    return rows
+
+
+def test_rl_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
+
+    model, tok = new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=64), seed=0)
+    save_checkpoint(tmp_path / "m", model, tok)
+    # The length-target reward varies between completions even for a random model: real updates.
+    cmd = [sys.executable, "-m", "reasonlab", "rl", "--model", str(tmp_path / "m"), "--task", "arithmetic",
+           "--task-arg", "digits=1", "--steps", "16", "--prompts-per-step", "4", "--group-size", "4",
+           "--max-new-tokens", "12", "--eval-every", "0", "--length-target", "6", "--length-alpha", "0.1",
+           "--lr", "1e-3", "--save-every", "2"]
+    subprocess.run([*cmd, "--out", str(tmp_path / "a")], env=ENV, check=True, capture_output=True)
+    reference = rl_history(tmp_path / "a")
+    assert sorted(reference) == list(range(1, 17)) and len({r[0] for r in reference.values()}) > 1
+
+    kill_at = random.randint(3, 13)
+    run_until_killed([*cmd, "--out", str(tmp_path / "b")], tmp_path / "b" / "metrics.jsonl", kill_at)
+    subprocess.run([*cmd, "--out", str(tmp_path / "b"), "--resume"], env=ENV, check=True, capture_output=True)
+    assert rl_history(tmp_path / "b") == reference, f"killed at step {kill_at}"

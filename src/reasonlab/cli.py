@@ -164,7 +164,7 @@ def cmd_rl(args) -> int:
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg)
     model, tok = load_model_or_exit(args.model)
-    metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=_progress_printer(10))
+    metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=_progress_printer(10), resume=args.resume)
     save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
     print(f"saved {args.out}/model; held-out accuracy {metrics.get('eval/accuracy', float('nan')):.1%}")
     return 0
@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, GRPOConfig)
     add_task_args(p)
     p.add_argument("--model", default="", help="the checkpoint to train")
-    p.add_argument("--out", default="runs/rl", help="output folder (metrics, samples, model)")
+    p.add_argument("--out", default="runs/rl", help="output folder (metrics, samples, state, model)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state (written every --save-every steps)")
     p.set_defaults(func=cmd_rl)
 
     from .evaluate import EvalConfig

@@ -42,7 +42,7 @@ from ..evaluate import evaluate_problems
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
-from .loop import grad_is_finite, make_optimizer
+from .loop import grad_is_finite, load_training_state, make_optimizer, save_training_state
 
 # ---- the math: small functions, unit-tested ----------------------------------------------------
 
@@ -157,6 +157,7 @@ class GRPOConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm"})
     eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)"})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation"})
+    save_every: int = field(default=0, metadata={"help": "write a resumable state every N steps (0 = never)"})
     max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)"})
     seed: int = field(default=0, metadata={"help": "problem order and sampling seed"})
 
@@ -187,6 +188,13 @@ class ProblemStream:
                 pool //= 2
         self.rng, self.i = random.Random(seed), 0
         self.rng.shuffle(self.problems)
+
+    def state(self) -> dict:
+        return {"problems": self.problems, "rng": self.rng.getstate(), "i": self.i}
+
+    def load_state(self, state: dict) -> None:
+        self.problems, self.i = state["problems"], state["i"]
+        self.rng.setstate(state["rng"])
 
     def take(self, n: int) -> list:
         out = []
@@ -225,9 +233,12 @@ def grpo_step_loss(model, ref_model, input_ids, mask, advantages, old_logp, cfg:
     return loss, stats
 
 
-def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None):
+def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None,
+               resume: bool = False):
     """Run GRPO; returns the last metrics. Logs one JSON line per step to out_dir/metrics.jsonl and
-    a few sample completions per step to out_dir/samples.jsonl."""
+    a few sample completions per step to out_dir/samples.jsonl. With `cfg.save_every`, a resumable
+    state (weights, optimiser, reference, problem stream) goes to out_dir/state; `resume=True`
+    continues from it: sampling seeds derive from the step, so the run goes on as if never stopped."""
     torch.manual_seed(cfg.seed)
     stream = ProblemStream(task, cfg.seed)
     held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
@@ -237,8 +248,16 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    start, metrics = time.monotonic(), {}
+    start, metrics, first = time.monotonic(), {}, 0
     P, G = cfg.prompts_per_step, cfg.group_size
+    state_dir = out / "state" if out else None
+    if resume and state_dir and (state := load_training_state(state_dir)) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        stream.load_state(state["stream"])
+        if ref_model is not None:
+            ref_model.load_state_dict(state["reference"])
+        first = state["step"]
 
     def prompt_of(problem):
         question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
@@ -250,11 +269,11 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         return {"eval/accuracy": result["accuracy"], "eval/format_rate": result["format_rate"],
                 "eval/mean_think_tokens": result["mean_think_tokens"]}
 
-    if held_out:
+    if held_out and first == 0:
         metrics = {"step": 0, **evaluate(model), "seconds": 0.0}
         if log:
             log(metrics)
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         t0 = time.monotonic()
         model.eval()
         groups, tries, zero_std, seen, stats = [], 0, 0, 0, {}
@@ -323,6 +342,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 for i in range(g * G, g * G + min(G, 2)):
                     f.write(json.dumps({"step": step + 1, "completion": rollout.texts[i],
                                         "format_ok": parse_completion(rollout.texts[i]).format_ok}) + "\n")
+        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_training_state(state_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "stream": stream.state(), "step": step + 1,
+                                            "reference": ref_model.state_dict() if ref_model else None})
         if log:
             log(metrics)
         if progress:
