@@ -13,6 +13,7 @@ import sys
 from .config import add_config_args
 from .errors import UserError
 from .evaluate import SampleConfig
+from .remote import RemoteGenerator
 
 
 def parse_value(text: str):
@@ -145,14 +146,37 @@ def cmd_rationales(args) -> int:
     from .model import save_checkpoint
     from .train.rationales import RationalesConfig, run_rationales
 
+    from .train.rationales import Judge
+
     cfg = build_config(RationalesConfig, args)
     task = make_task(args.task, args.task_arg)
     base, tok = load_model_or_exit(args.model)
-    teacher = load_model_or_exit(args.teacher)[0] if args.teacher else None
-    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out,
+    teacher = model_or_endpoint(args.teacher)[0] if args.teacher else None
+    judge = None
+    if args.judge:
+        if not cfg.judge_rubric:
+            raise UserError("--judge needs --judge-rubric (the criteria the judge scores against)")
+        judge_source, judge_tok = model_or_endpoint(args.judge)
+        judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
+    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out, judge=judge,
                                     log=lambda r: print(json.dumps(r), flush=True))
     save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
     print(f"saved {args.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
+    return 0
+
+
+def model_or_endpoint(spec: str):
+    """(model, tokenizer) of a local checkpoint, or (client, None) for an http(s):// endpoint."""
+    if spec.startswith(("http://", "https://")):
+        return RemoteGenerator(spec), None
+    return load_model_or_exit(spec)
+
+
+def cmd_serve(args) -> int:
+    from .remote import serve
+
+    model, tok = load_model_or_exit(args.model)
+    serve(model, tok, args.host, args.port)
     return 0
 
 
@@ -313,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, RationalesConfig)
     add_task_args(p)
     p.add_argument("--model", default="", help="the base checkpoint")
-    p.add_argument("--teacher", default="", help="sample rationales from this checkpoint instead")
+    p.add_argument("--teacher", default="", help="sample rationales from this checkpoint or http(s):// endpoint instead")
+    p.add_argument("--judge", default="", help="keep samples a judge accepts (checkpoint or http(s):// endpoint)")
     p.add_argument("--out", default="runs/rationales", help="output folder")
     p.set_defaults(func=cmd_rationales)
 
@@ -339,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="", help="write the JSON results here")
     p.set_defaults(func=cmd_faithfulness)
+
+    p = command("serve", help="serve a model on an OpenAI-compatible /v1/completions endpoint")
+    p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = command("report", help="plots and an HTML page from a run folder")
     p.add_argument("run_dir")

@@ -3,8 +3,11 @@
 Each round:
 
 1. sample `samples` (k) chains of thought per training problem from a generator prompted to reason
-   (the model itself by default, or a stronger local checkpoint: a teacher);
-2. keep the completions whose format holds and whose answer the task's verifier accepts;
+   (the model itself by default, a stronger local checkpoint: a teacher, or an OpenAI-compatible
+   endpoint: `remote.RemoteGenerator`);
+2. keep the completions whose format holds and whose answer the task's verifier accepts, or, for
+   tasks without a gold answer, that an LLM judge scores at least `judge_threshold` (0-10) against
+   the criteria in `judge_rubric`;
 3. optionally *rationalize* (STaR): for problems with no kept sample, sample again with the gold
    answer given as a hint, and keep correct rationales with the hint removed from the prompt;
 4. deduplicate, write the survivors as prompt/completion pairs in the ``<think>/<answer>`` template;
@@ -19,14 +22,15 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
-from ..jsonl import write_jsonl_atomic
-from ..rewards import is_correct
+from ..jsonl import read_jsonl, write_jsonl_atomic
+from ..remote import RemoteGenerator
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
 from .loop import TrainConfig, tokenize_examples, train_supervised
@@ -44,29 +48,76 @@ class RationalesConfig(TrainConfig):
     continue_training: bool = field(default=False, metadata={"help": "fine-tune the last round's model instead of the base"})
     train_trigger: bool = field(default=True, metadata={"help": "keep the trigger phrase in fine-tuning prompts"})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per round"})
+    judge_rubric: str = field(default="", metadata={"help": "criteria an LLM judge scores each sample against (no gold needed)"})
+    judge_threshold: float = field(default=7.0, metadata={"help": "keep samples the judge scores at least this (0-10)"})
+
+
+def sample_texts(source, tokenizer, prompts: list[str], params: SamplingParams) -> list[str]:
+    """Completions from a local model or an OpenAI-compatible endpoint (`RemoteGenerator`)."""
+    if isinstance(source, RemoteGenerator):
+        return source.complete(prompts, max_tokens=params.max_new_tokens, temperature=params.temperature,
+                               seed=params.seed)
+    return generate(source, tokenizer, prompts, params).texts
+
+
+class Judge:
+    """An LLM that scores a response 0-10 against a rubric; unparseable scores count as 0."""
+
+    def __init__(self, source, tokenizer, rubric: str, threshold: float = 7.0):
+        if not rubric.strip():
+            raise ValueError("a judge needs a rubric (the criteria to score against)")
+        self.source, self.tokenizer, self.rubric, self.threshold = source, tokenizer, rubric, threshold
+
+    def prompt(self, question: str, response: str) -> str:
+        return f"{self.rubric}\nQuestion: {question}\nResponse: {response}\nScore (0-10):"
+
+    def scores(self, questions: list[str], responses: list[str]) -> list[float]:
+        texts = sample_texts(self.source, self.tokenizer, [self.prompt(q, r) for q, r in zip(questions, responses)],
+                             SamplingParams(temperature=0.0, max_new_tokens=4))
+        out = []
+        for text in texts:
+            m = re.match(r"\s*(\d{1,2})", text)
+            out.append(float(m.group(1)) if m and int(m.group(1)) <= 10 else 0.0)
+        return out
+
+    def accepts(self, questions: list[str], responses: list[str]) -> list[bool]:
+        return [s >= self.threshold for s in self.scores(questions, responses)]
 
 
 def sample_rationales(generator, tokenizer, task: Task, problems, cfg: RationalesConfig, seed: int,
-                      hinted: bool = False) -> tuple[list[dict], int]:
-    """Correct, deduplicated `{"question", "completion"}` pairs and the number of samples drawn.
+                      hinted: bool = False, judge: Judge | None = None, cache=None) -> tuple[list[dict], int]:
+    """Kept, deduplicated `{"question", "completion"}` pairs and the number of samples drawn.
 
-    With `hinted`, the generator sees the gold answer as a hint line; the pair keeps the plain question.
+    Kept means: the format holds, and the verifier accepts the answer (or, with `judge`, the judge
+    accepts the response). With `hinted`, the generator sees the gold answer as a hint line; the
+    pair keeps the plain question. With `cache` (a JSONL path), samples are appended as each chunk
+    arrives and reused on a rerun, so an interrupted round loses nothing.
     """
     questions = [f"{p.question}\n{hint_line(p.solution or p.answer)}" if hinted else p.question for p in problems]
     prompts = [build_prompt(q, trigger=True, tokenizer=tokenizer.hf) for q in questions for _ in range(cfg.samples)]
+    done = {row["start"]: row["texts"] for _, row in read_jsonl(cache)} if cache and Path(cache).is_file() else {}
     kept, seen, drawn = [], set(), 0
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     for i in range(0, len(prompts), 512):
-        rollout = generate(generator, tokenizer, prompts[i:i + 512], params)
-        for j, text in enumerate(rollout.texts):
-            problem = problems[(i + j) // cfg.samples]
+        texts = done.get(i)
+        if texts is None:
+            texts = sample_texts(generator, tokenizer, prompts[i:i + 512], params)
+            if cache:
+                with open(cache, "a") as f:
+                    f.write(json.dumps({"start": i, "texts": texts}) + "\n")
+        chunk_problems = [problems[(i + j) // cfg.samples] for j in range(len(texts))]
+        parsed = [parse_completion(t, prompts[i + j]) for j, t in enumerate(texts)]
+        if judge is not None:
+            ok = [x.format_ok for x in parsed]
+            verdicts = judge.accepts([p.question for p in chunk_problems], texts)
+            ok = [a and b for a, b in zip(ok, verdicts)]
+        else:
+            ok = [x.format_ok and task.verify(x.answer, p.answer) for x, p in zip(parsed, chunk_problems)]
+        for problem, x, good in zip(chunk_problems, parsed, ok):
             drawn += 1
-            if not is_correct(text, problem.answer, task, prompts[i + j])[1]:
+            if not good or (hinted and "hint" in x.think):  # a rationale leaning on the hint teaches nothing
                 continue
-            parsed = parse_completion(text, prompts[i + j])
-            completion = f"<think>{parsed.think}</think><answer>{parsed.answer}</answer>"
-            if hinted and "hint" in parsed.think:  # a rationale that leans on the hint teaches nothing
-                continue
+            completion = f"<think>{x.think}</think><answer>{x.answer}</answer>"
             if (problem.question, completion) not in seen:
                 seen.add((problem.question, completion))
                 kept.append({"question": problem.question, "completion": completion})
@@ -74,8 +125,12 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
 
 
 def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator=None, out_dir=None,
-                   log=None, progress=None):
-    """Run `cfg.rounds` rounds; returns (final model, list of per-round records)."""
+                   log=None, progress=None, judge: Judge | None = None):
+    """Run `cfg.rounds` rounds; returns (final model, list of per-round records).
+
+    `generator`: a teacher model or a `RemoteGenerator` (default: the model being trained).
+    `judge`: keep samples by the judge's verdict instead of the verifier (tasks without gold).
+    With `out_dir`, each round's samples are cached there as they arrive: a rerun resumes."""
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -87,10 +142,12 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         start = time.monotonic()
         problems = task.problems(cfg.problems, "train", seed=cfg.seed + 1000 * round_)
         source = generator if generator is not None else model
-        kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_)
+        cache = out / f"round{round_}_samples.jsonl" if out else None
+        kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_, judge=judge,
+                                        cache=cache)
         solved = {row["question"] for row in kept}
         rationalized = 0
-        if cfg.rationalize:
+        if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
             failed = [p for p in problems if p.question not in solved]
             if failed:
                 extra, more = sample_rationales(source, tokenizer, task, failed, cfg, seed=cfg.seed + 7 * round_,
