@@ -110,11 +110,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _progress_printer(every: int = 50):
-    def show(m: dict):
-        if m.get("step", 0) % every == 0 or any(k.startswith("eval") or k == "trigger_acc" for k in m):
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()), flush=True)
-    return show
+class TrainProgress:
+    """A progress bar over training steps (loss and reward on it); evaluation lines stay printed."""
+
+    def __init__(self, total: int, what: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.total = total
+        self.progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn())
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("", total=self.total, info="")
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, m: dict):
+        shown = [f"{k} {m[k]:.3f}" for k in ("loss", "reward/mean") if isinstance(m.get(k), float)]
+        self.progress.update(self.task, completed=m.get("step", 0), info=", ".join(shown))
+        evals = {k: v for k, v in m.items() if k.startswith("eval") or k == "trigger_acc"}
+        if evals:
+            self.progress.console.print(f"step {m.get('step', 0)}: " + " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evals.items()))
 
 
 def cmd_pretrain(args) -> int:
@@ -124,8 +144,8 @@ def cmd_pretrain(args) -> int:
 
     cfg = build_config(PretrainConfig, args)
     task = make_task(args.task, args.task_arg)
-    model, tok, metrics = pretrain(task, cfg, progress=_progress_printer(), state_dir=f"{args.out}.state",
-                                   resume=args.resume)
+    with TrainProgress(cfg.steps, "pretrain") as bar:
+        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=f"{args.out}.state", resume=args.resume)
     save_checkpoint(args.out, model, tok, {"task": args.task, **vars(cfg)})
     print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
@@ -136,7 +156,8 @@ def cmd_sft(args) -> int:
     from .train.sft import SFTConfig, run_sft
 
     cfg = build_config(SFTConfig, args)
-    metrics = run_sft(cfg, progress=_progress_printer())
+    with TrainProgress(cfg.steps, "sft") as bar:
+        metrics = run_sft(cfg, progress=bar)
     print(f"saved {cfg.out}; final loss {metrics.get('loss', float('nan')):.4f}")
     return 0
 
@@ -188,7 +209,8 @@ def cmd_rl(args) -> int:
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg)
     model, tok = load_model_or_exit(args.model)
-    metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=_progress_printer(10), resume=args.resume)
+    with TrainProgress(cfg.steps, "rl") as bar:
+        metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=bar, resume=args.resume)
     save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
     print(f"saved {args.out}/model; held-out accuracy {metrics.get('eval/accuracy', float('nan')):.1%}")
     return 0
