@@ -191,10 +191,48 @@ def load_training_state(folder) -> dict | None:
     return None
 
 
-def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled tokens."""
+def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over labelled tokens (their mean, or their sum)."""
     logits = model(input_ids)
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction=reduction)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed is initialised (torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(value: float) -> float:
+    rank, size = world()
+    if size == 1:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor[0])
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision, on every rank (stopping on wall time must not split the ranks)."""
+    rank, size = world()
+    if size == 1:
+        return flag
+    import torch.distributed as dist
+
+    tensor = torch.tensor([int(flag)])
+    dist.broadcast(tensor, src=0)
+    return bool(tensor[0])
+
+
+def unwrap(model):
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 def grad_is_finite(model) -> bool:
@@ -217,6 +255,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     """
     if not examples:
         raise ValueError("no training examples")
+    rank, size = world()
+    if cfg.batch_size % size:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {size} processes")
     rng = random.Random(cfg.seed)
     units = pack(examples, cfg.max_seq_len) if cfg.packing else examples
     by_length = cfg.group_by_length and not cfg.packing
@@ -226,7 +267,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     if resume and state_dir:
         state = load_training_state(state_dir)
         if state is not None:
-            model.load_state_dict(state["model"])
+            unwrap(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             batches.load_state(state["batches"])
             torch.set_rng_state(state["torch_rng"])
@@ -237,11 +278,16 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             group["lr"] = lr_at(step, cfg)
         total = 0.0
         for _ in range(cfg.grad_accum):
+            # Every rank builds the same global micro-batch and trains on its rows; the loss is
+            # normalised by the global token count, so the summed gradient (DDP averages, hence
+            # the factor `size`) equals the single-process one.
             batch = batches.next()
             input_ids, labels = collate_packed(batch, tokenizer.pad_id) if cfg.packing else collate(batch, tokenizer.pad_id)
-            loss = lm_loss(model, input_ids, labels) / cfg.grad_accum
-            loss.backward()
-            total += loss.item()
+            n_tokens = max(1, int((labels != IGNORE).sum()))
+            loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum")
+            (loss_sum * size / n_tokens / cfg.grad_accum).backward()
+            total += loss_sum.item() / n_tokens / cfg.grad_accum
+        total = all_reduce_sum(total)
         if not math.isfinite(total) or not grad_is_finite(model):
             optimizer.zero_grad(set_to_none=True)
             bad_in_a_row += 1
@@ -254,16 +300,16 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_training_state(state_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
+            save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                             "batches": batches.state(), "torch_rng": torch.get_rng_state(),
                                             "step": step + 1, "bad_in_a_row": bad_in_a_row})
         metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                    "seconds": time.monotonic() - start}
-        last = step == cfg.steps - 1 or (cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+        last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
         if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-            model.eval()
-            metrics.update(evaluate(model))
+            model.eval()  # every rank evaluates the same model: the same stop decision everywhere
+            metrics.update(evaluate(unwrap(model)))
             model.train()
         if log:
             log(metrics)

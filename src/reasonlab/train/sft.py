@@ -10,7 +10,20 @@ from pathlib import Path
 from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
-from .loop import TrainConfig, lm_loss, collate, tokenize_examples, train_supervised
+from .loop import TrainConfig, collate, lm_loss, tokenize_examples, train_supervised, unwrap, world
+
+
+def setup_distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
 @dataclass
@@ -48,7 +61,13 @@ def _from_messages(messages: list, tokenizer, where: str) -> dict:
 def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
+    distributed = setup_distributed()
     model, tokenizer = load_model(cfg.model) if cfg.model else new_builtin(seed=cfg.seed)
+    rank = world()[0]
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
     examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
     evaluate = None
     if cfg.eval_data:
@@ -63,7 +82,7 @@ def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
 
     state_dir = Path(f"{cfg.out}.state")  # beside the checkpoint, which is replaced atomically at the end
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "metrics.jsonl", "a") as log_file:
+    with open(state_dir / (f"metrics.rank{rank}.jsonl" if rank else "metrics.jsonl"), "a") as log_file:
 
         def log_step(m):
             log_file.write(json.dumps(m) + "\n")
@@ -72,6 +91,12 @@ def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
                 log(m)
 
         metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log_step,
-                                   progress=progress, state_dir=state_dir, resume=cfg.resume)
-    save_checkpoint(cfg.out, model, tokenizer, asdict(cfg))
+                                   progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
+    if rank == 0:
+        save_checkpoint(cfg.out, unwrap(model), tokenizer, asdict(cfg))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return metrics
