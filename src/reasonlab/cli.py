@@ -180,7 +180,7 @@ def cmd_rationales(args) -> int:
         judge_source, judge_tok = model_or_endpoint(args.judge)
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
     model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out, judge=judge,
-                                    log=lambda r: print(json.dumps(r), flush=True))
+                                    log=lambda r: print(json.dumps(r), flush=True), resume=args.resume)
     save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
     print(f"saved {args.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="", help="sample rationales from this checkpoint or http(s):// endpoint instead")
     p.add_argument("--judge", default="", help="keep samples a judge accepts (checkpoint or http(s):// endpoint)")
     p.add_argument("--out", default="runs/rationales", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from OUT (samples, fine-tuning, rounds)")
     p.set_defaults(func=cmd_rationales)
 
     p = command("rl", help="Method 2: GRPO with the format + correctness reward")

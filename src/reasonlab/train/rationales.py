@@ -29,11 +29,11 @@ from pathlib import Path
 
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
-from ..jsonl import read_jsonl, write_jsonl_atomic
+from ..jsonl import write_jsonl_atomic
 from ..remote import RemoteGenerator
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
-from .loop import TrainConfig, tokenize_examples, train_supervised
+from .loop import TrainConfig, load_training_state, save_training_state, tokenize_examples, train_supervised
 from .pretrain import hint_line
 
 
@@ -84,6 +84,19 @@ class Judge:
         return [s >= self.threshold for s in self.scores(questions, responses)]
 
 
+def read_sample_cache(path) -> dict[int, list[str]]:
+    """Chunks already sampled: {first prompt index: texts}. A line torn by a kill is ignored."""
+    done = {}
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["start"]] = row["texts"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
 def sample_rationales(generator, tokenizer, task: Task, problems, cfg: RationalesConfig, seed: int,
                       hinted: bool = False, judge: Judge | None = None, cache=None) -> tuple[list[dict], int]:
     """Kept, deduplicated `{"question", "completion"}` pairs and the number of samples drawn.
@@ -95,7 +108,7 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
     """
     questions = [f"{p.question}\n{hint_line(p.solution or p.answer)}" if hinted else p.question for p in problems]
     prompts = [build_prompt(q, trigger=True, tokenizer=tokenizer.hf) for q in questions for _ in range(cfg.samples)]
-    done = {row["start"]: row["texts"] for _, row in read_jsonl(cache)} if cache and Path(cache).is_file() else {}
+    done = read_sample_cache(cache) if cache else {}
     kept, seen, drawn = [], set(), 0
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     for i in range(0, len(prompts), 512):
@@ -125,20 +138,26 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
 
 
 def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator=None, out_dir=None,
-                   log=None, progress=None, judge: Judge | None = None):
+                   log=None, progress=None, judge: Judge | None = None, resume: bool = False):
     """Run `cfg.rounds` rounds; returns (final model, list of per-round records).
 
     `generator`: a teacher model or a `RemoteGenerator` (default: the model being trained).
     `judge`: keep samples by the judge's verdict instead of the verifier (tasks without gold).
-    With `out_dir`, each round's samples are cached there as they arrive: a rerun resumes."""
+    With `out_dir`, each round's samples are cached as they arrive, the fine-tuning keeps a
+    resumable state every `save_every` steps, and each finished round is saved: `resume=True`
+    picks up where a killed run stopped (mid-sampling, mid-fine-tuning or between rounds)."""
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "rationales_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
-    model, records = base, []
-    for round_ in range(1, cfg.rounds + 1):
+    model, records, first = base, [], 1
+    if resume and out and (state := load_training_state(out / "state")) is not None:
+        model = copy.deepcopy(base)
+        model.load_state_dict(state["model"])
+        records, first = state["records"], state["round"] + 1
+    for round_ in range(first, cfg.rounds + 1):
         start = time.monotonic()
         problems = task.problems(cfg.problems, "train", seed=cfg.seed + 1000 * round_)
         source = generator if generator is not None else model
@@ -168,14 +187,16 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                      "completion": r["completion"]} for r in kept]
             student = copy.deepcopy(model if cfg.continue_training else base)
             examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
-            train_supervised(student, tokenizer, examples, cfg, progress=progress)
+            train_supervised(student, tokenizer, examples, cfg, progress=progress,
+                             state_dir=out / f"round{round_}_train" if out else None, resume=resume)
             model = student
         result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, params=greedy)
         record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
                       mean_think_tokens=result["mean_think_tokens"],
                       seconds=time.monotonic() - start)
         records.append(record)
-        if out:
+        if out:  # the state first: a kill between the two loses a log line, never a round
+            save_training_state(out / "state", {"model": model.state_dict(), "records": records, "round": round_})
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if log:
