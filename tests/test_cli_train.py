@@ -103,6 +103,9 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert data["budget_curve"][0]["mean_think_tokens"] == 0
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "0,x"]) == 2
     assert "--budgets" in capsys.readouterr().err
+    assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "-4"]) == 2
+    assert main(["generate", "--model", str(out), "--task", "chain", "--think-budget", "-3"]) == 2
+    assert "think_budget must be >= 0" in capsys.readouterr().err
     assert main(["faithfulness", "--model", str(out), "--task", "chain", "--task-arg", "length=2",
                  "--problems", "4", "--output", str(tmp_path / "f.json")]) == 0
     assert "hint followed" in capsys.readouterr().out

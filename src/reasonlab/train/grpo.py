@@ -344,7 +344,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                                         "format_ok": parse_completion(rollout.texts[i]).format_ok}) + "\n")
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_training_state(state_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "stream": stream.state(), "step": step + 1,
+                                            "stream": stream.state(), "step": step + 1, "config": asdict(cfg),
                                             "reference": ref_model.state_dict() if ref_model else None})
         if log:
             log(metrics)

@@ -8,6 +8,7 @@ position 0, so no attention mask is needed (padding sits after the real tokens).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -303,7 +304,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
             save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                             "batches": batches.state(), "torch_rng": torch.get_rng_state(),
-                                            "step": step + 1, "bad_in_a_row": bad_in_a_row})
+                                            "step": step + 1, "bad_in_a_row": bad_in_a_row,
+                                            "config": dataclasses.asdict(cfg)})
         metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                    "seconds": time.monotonic() - start}
         last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
