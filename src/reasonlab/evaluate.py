@@ -59,24 +59,30 @@ def score_file(task: Task, input_path, output_path=None) -> tuple[list[dict], di
 # ---- sampling a task through the engine ----------------------------------------------------------
 
 @dataclass
-class SampleConfig:
-    """What `reasonlab generate` (and the evaluations) sample: which problems, how, with what budget."""
+class ModelTaskConfig:
+    """What every sampling command shares: which model, which problems, which prompt."""
 
     model: str = field(default="", metadata={"help": "checkpoint or Hugging Face model folder"})
-    task: str = field(default="arithmetic", metadata={"help": "task name (`reasonlab tasks`)"})
     split: str = field(default="test", metadata={"help": "train or test problems"})
-    problems: int = field(default=4, metadata={"help": "how many problems"})
-    n: int = field(default=1, metadata={"help": "completions per problem"})
     style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat"})
     trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
-    prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
     max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most"})
+    seed: int = field(default=0, metadata={"help": "problem and sampling seed"})
+
+
+@dataclass
+class SampleConfig(ModelTaskConfig):
+    """What `reasonlab generate` samples: which problems, how, with what budget."""
+
+    task: str = field(default="arithmetic", metadata={"help": "task name (`reasonlab tasks`)"})
+    problems: int = field(default=4, metadata={"help": "how many problems"})
+    n: int = field(default=1, metadata={"help": "completions per problem"})
+    prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
     temperature: float = field(default=1.0, metadata={"help": "0 = greedy"})
     top_k: int = field(default=0, metadata={"help": "0 = off"})
     top_p: float = field(default=1.0, metadata={"help": "1 = off"})
     think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens"})
     extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times"})
-    seed: int = field(default=0, metadata={"help": "problem and sampling seed"})
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -239,20 +245,14 @@ def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, 
 # ---- `reasonlab eval` ----------------------------------------------------------------------------
 
 @dataclass
-class EvalConfig:
-    model: str = field(default="", metadata={"help": "checkpoint or Hugging Face model folder"})
+class EvalConfig(ModelTaskConfig):
     task: str = field(default="chain", metadata={"help": "task name (`reasonlab tasks`)"})
-    split: str = field(default="test", metadata={"help": "train or test problems"})
     problems: int = field(default=200, metadata={"help": "how many problems"})
-    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat"})
-    trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
-    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most"})
     k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)"})
     temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples"})
     budgets: str = field(default="", metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32"})
     extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)"})
     output: str = field(default="", metadata={"help": "write the JSON results here"})
-    seed: int = field(default=0, metadata={"help": "problem and sampling seed"})
 
     def budget_list(self) -> list[int]:
         try:
@@ -289,7 +289,8 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
         n = len(problems)
         metrics.update({"pass@1": pass_1 / n, f"pass@{cfg.k}": pass_k / n, f"maj@{cfg.k}": maj / n})
     out = {"results": {cfg.task: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems)}
-    if cfg.budget_list():
-        out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, cfg.budget_list(), trigger=cfg.trigger,
+    budgets = cfg.budget_list()
+    if budgets:
+        out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, budgets, trigger=cfg.trigger,
                                            extend=cfg.extend, max_new_tokens=cfg.max_new_tokens)
     return out
