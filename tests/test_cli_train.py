@@ -6,6 +6,7 @@ Run: pytest tests/test_cli_train.py"""
 import json
 
 import pytest
+import torch
 
 from reasonlab.cli import main
 from reasonlab.config import build_config
@@ -127,3 +128,34 @@ def test_gsm8k_end_to_end_on_a_tiny_hf_model(tmp_path):
     assert main(["rl", "--model", str(tmp_path / "hf"), *task_args, "--steps", "2", "--prompts-per-step", "2",
                  "--group-size", "2", "--max-new-tokens", "8", "--eval-every", "0", "--out", str(tmp_path / "rl")]) == 0
     assert len((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_lora_sft_and_rl_train_adapters_only_and_save_merged(tmp_path):
+    """peft LoRA on a tiny HF model: only the target projections change, the saved checkpoint is a
+    plain HF model (adapters merged), and rl with beta > 0 uses the adapter-free model as its
+    reference instead of a copy."""
+    from safetensors.torch import load_file
+
+    make_tiny_hf(tmp_path / "hf")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"<think></think><answer>{i + 1}</answer>"})
+                            + "\n" for i in range(16)))
+    assert main(["sft", "--model", str(tmp_path / "hf"), "--data", str(data), "--steps", "3", "--batch-size", "4",
+                 "--lr", "1e-2", "--lora-rank", "4", "--lora-targets", "q_proj,v_proj", "--out", str(tmp_path / "sft")]) == 0
+    before, after = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "sft" / "model.safetensors")
+    assert set(after) == set(before)  # merged: no lora_A/lora_B keys left
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+    model, _ = load_model(tmp_path / "sft")
+    assert model.kind == "hf"
+
+    assert main(["rl", "--model", str(tmp_path / "hf"), "--task", "arithmetic", "--task-arg", "digits=1",
+                 "--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "8",
+                 "--length-target", "4", "--length-alpha", "0.1", "--beta", "0.1", "--lr", "1e-2",
+                 "--eval-every", "0", "--lora-rank", "4", "--out", str(tmp_path / "rl")]) == 0
+    steps = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[1]["kl"] > 0  # the reference is the start
+    rl = load_file(tmp_path / "rl" / "model" / "model.safetensors")
+    assert set(rl) == set(before) and torch.equal(rl["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert main(["sft", "--model", str(tmp_path / "hf"), "--data", str(data), "--lora-rank", "4",
+                 "--lora-targets", "nope_proj", "--out", str(tmp_path / "x")]) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import add_config_args
@@ -82,12 +83,12 @@ def cmd_score(args) -> int:
     return 0
 
 
-def load_model_or_exit(path: str):
+def load_model_or_exit(path: str, dtype=None):
     from .model import load_model
 
     if not path:
         raise UserError("--model is required (a reasonlab checkpoint or a Hugging Face model folder)")
-    return load_model(path)
+    return load_model(path, dtype)
 
 
 def cmd_generate(args) -> int:
@@ -118,7 +119,7 @@ class TrainProgress:
 
         self.total = total
         self.progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn())
+                                 TimeElapsedColumn(), disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
 
     def __enter__(self):
         self.progress.__enter__()
@@ -205,14 +206,20 @@ def cmd_rl(args) -> int:
     from .config import build_config
     from .model import save_checkpoint
     from .train.grpo import GRPOConfig, train_grpo
+    from .train.parallel import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg)
-    model, tok = load_model_or_exit(args.model)
+    setup_distributed()  # under torchrun: join the group (each rank samples and trains its share)
+    model, tok = load_model_or_exit(args.model, load_dtype(cfg))
+    rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
         metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=bar, resume=args.resume)
-    save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
-    print(f"saved {args.out}/model; held-out accuracy {metrics.get('eval/accuracy', float('nan')):.1%}")
+    final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
+    if rank == 0:
+        save_checkpoint(f"{args.out}/model", final, tok, vars(cfg))
+        print(f"saved {args.out}/model; held-out accuracy {metrics.get('eval/accuracy', float('nan')):.1%}")
+    shutdown_distributed()
     return 0
 
 

@@ -44,6 +44,9 @@ class SamplingParams:
     extend: int = 0  # how many times an early </think> becomes "Wait,"
     stop_at_answer: bool = True  # end a row at </answer>
     seed: int | None = None  # same seed, same samples
+    # Per-row seeds: row i's samples depend only on (row_seeds[i], step), never on the rows it shares a
+    # batch with, so rollouts sharded over ranks draw exactly what one process would. Overrides `seed`.
+    row_seeds: list[int] | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -55,6 +58,8 @@ class SamplingParams:
             raise ValueError("think_budget must be >= 0")
         if self.extend < 0:
             raise ValueError("extend must be >= 0")
+        if self.row_seeds is not None and any(not 0 <= k < 2**62 for k in self.row_seeds):
+            raise ValueError("row_seeds must be integers in [0, 2**62)")
 
 
 @dataclass
@@ -76,9 +81,29 @@ class Rollout:
         return (torch.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]).long()
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2**32; products stay below 2**63)."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def keyed_exponential(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """(B, V) Exp(1) noise that is a pure function of (key, step, token): counter-based sampling."""
+    h = _mix32(keys & _MASK32) ^ _mix32((keys >> 32) + 0x9E3779B9)
+    h = _mix32(h ^ _mix32(torch.full_like(keys, step) + 0x7F4A7C15))
+    u = _mix32(h[:, None] ^ (torch.arange(vocab, device=keys.device)[None, :] * 0x27D4EB2F & _MASK32))
+    return -torch.log((u.double() + 0.5) / 2**32).float()
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from."""
+                generator: torch.Generator | None, keys: torch.Tensor | None = None,
+                step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from. With `keys` (B,),
+    the randomness is a function of (key, step) alone (see `SamplingParams.row_seeds`)."""
     if temperature == 0:
         return logits.argmax(-1), F.log_softmax(logits, dim=-1)
     scaled = logits / temperature
@@ -92,11 +117,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
         scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) is a draw from p (cheaper than multinomial).
-    race = torch.empty_like(scaled).exponential_(generator=generator)
+    if keys is not None:
+        race = keyed_exponential(keys, step, scaled.shape[-1])
+    else:
+        race = torch.empty_like(scaled).exponential_(generator=generator)
     return (F.softmax(scaled, dim=-1) / race).argmax(-1), logp
 
 
-class _Row:
+class RowState:
     """Per-row state machine: where the row is in the template and what it must be made to write."""
 
     def __init__(self, tags: dict, wait_ids: list[int], eos_id: int, budget: int | None, extend: int,
@@ -158,15 +186,20 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     budgets = params.think_budget if isinstance(params.think_budget, list) else [params.think_budget] * B
     if len(budgets) != B:
         raise ValueError(f"think_budget has {len(budgets)} entries for {B} prompts")
+    if params.row_seeds is not None and len(params.row_seeds) != B:
+        raise ValueError(f"row_seeds has {len(params.row_seeds)} entries for {B} prompts")
     prompt_ids = tokenizer.encode_batch(prompts)
     if min(len(p) for p in prompt_ids) == 0:
         raise ValueError("empty prompt")
-    rows = [_Row(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
+    rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
                  prompt_opens_think(prompts[i])) for i in range(B)]
     device = next(model.parameters()).device
     generator = None
     if params.seed is not None and params.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(params.seed)
+    keys = None
+    if params.row_seeds is not None:
+        keys = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
 
     # Prefill: left-pad so every row's last prompt token sits in the last column.
     P = max(len(p) for p in prompt_ids)
@@ -188,7 +221,7 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
             logits[:, tokenizer.eos_id] = float("-inf")
-        sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator)
+        sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator, keys, step)
         proposal = sampled.tolist()
         chosen = []
         for j, i in enumerate(live):
@@ -211,14 +244,15 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
             index = torch.tensor(keep, device=device)
             model.select_rows(cache, index)
             token_t, next_pos, attn = token_t[index], next_pos[index], attn[index]
+            keys = keys[index] if keys is not None else None
             live = [live[j] for j in keep]
         attn[:, P + step] = 1
         logits = model.decode(token_t[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
         next_pos = next_pos + 1
-    return _assemble(rows, prompt_ids, tokenizer)
+    return assemble_rollout(rows, prompt_ids, tokenizer)
 
 
-def _assemble(rows: list[_Row], prompt_ids, tokenizer) -> Rollout:
+def assemble_rollout(rows: list[RowState], prompt_ids, tokenizer) -> Rollout:
     T = max(len(row.history) for row in rows)
     tokens = torch.full((len(rows), T), tokenizer.pad_id, dtype=torch.long)
     logprobs = torch.zeros((len(rows), T))

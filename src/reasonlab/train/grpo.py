@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,22 +39,27 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Rollout, SamplingParams, generate
+from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
-from .loop import grad_is_finite, load_training_state, make_optimizer, save_training_state
+from .loop import load_training_state, make_optimizer, save_training_state
+from .parallel import (ScaleOptions, all_gather_list, autocast, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
+                       gathered, gradient_sync, grads_finite, prepare, rank_device, training_state_dict, unwrap, world)
 
 # ---- the math: small functions, unit-tested ----------------------------------------------------
 
 
-def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
-    """(P, G) rewards -> (P, G) advantages: r - group mean, divided per `scale` (group/batch/none)."""
+def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4,
+                     batch_std: float | None = None) -> torch.Tensor:
+    """(P, G) rewards -> (P, G) advantages: r - group mean, divided per `scale` (group/batch/none).
+    `batch_std` replaces the std of `rewards` for "batch" when the batch spans several ranks."""
     centred = rewards - rewards.mean(dim=1, keepdim=True)
     if scale == "group":
         return centred / (rewards.std(dim=1, keepdim=True) + eps)
     if scale == "batch":
-        return centred / (rewards.std() + eps)
+        return centred / ((rewards.std() if batch_std is None else batch_std) + eps)
     if scale == "none":
         return centred
     raise ValueError(f"unknown advantage scale {scale!r}: group, batch or none")
@@ -65,26 +71,32 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(r) - r - 1
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None) -> torch.Tensor:
-    """Reduce (N, T) per-token values over `mask` (N, T): token_mean, seq_mean or constant."""
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None,
+              total: float | None = None) -> torch.Tensor:
+    """Reduce (N, T) per-token values over `mask` (N, T): token_mean, seq_mean or constant.
+
+    `total` replaces the count in the denominator (tokens for token_mean, sequences otherwise): a
+    rank holding part of the batch passes the global count, so the ranks' losses sum to the loss of
+    the whole batch."""
     mask = mask.to(per_token.dtype)
     if how == "token_mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return (per_token * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
     if how == "seq_mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.mean()
+        return per_seq.sum() / (per_seq.shape[0] if total is None else total)
     if how == "constant":
         if not max_tokens:
             raise ValueError("constant aggregation needs max_tokens")
-        return (per_token * mask).sum() / (per_token.shape[0] * max_tokens)
+        return (per_token * mask).sum() / ((per_token.shape[0] if total is None else total) * max_tokens)
     raise ValueError(f"unknown loss aggregation {how!r}: token_mean, seq_mean or constant")
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                 eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token_mean",
                 max_tokens: int | None = None, ref_logp: torch.Tensor | None = None,
-                beta: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """The clipped surrogate (to minimise) for (N, T) token log-probs and (N,) advantages."""
+                beta: float = 0.0, total: float | None = None) -> tuple[torch.Tensor, dict]:
+    """The clipped surrogate (to minimise) for (N, T) token log-probs and (N,) advantages
+    (`total`: the global count for `aggregate` when the batch spans ranks)."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
@@ -96,12 +108,13 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         kl = kl_k3(logp, ref_logp)
         per_token = per_token + beta * kl
         stats["kl"] = float(aggregate(kl.detach(), mask, "token_mean"))
-    return aggregate(per_token, mask, agg, max_tokens), stats
+    return aggregate(per_token, mask, agg, max_tokens, total), stats
 
 
 def token_logprobs(model, input_ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) log-prob of each next token, and (B, T-1) entropy of each prediction."""
-    logits = model(input_ids)[:, :-1].float() / temperature
+    with autocast(input_ids.device):
+        logits = model(input_ids)[:, :-1].float() / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -133,7 +146,7 @@ def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(ScaleOptions):
     steps: int = field(default=200, metadata={"help": "RL steps at most"})
     prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step"})
     group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)"})
@@ -153,7 +166,12 @@ class GRPOConfig:
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
     length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)"})
     length_alpha: float = field(default=1e-3, metadata={"help": "weight of the length-target reward"})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat (instruct models)"})
     trigger: bool = field(default=True, metadata={"help": "plain prompts: add the trigger phrase"})
+    micro_batch_size: int = field(default=0, metadata={
+        "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)"})
+    rollout_engine: str = field(default="builtin", metadata={"help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])"})
+    vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm"})
     eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)"})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation"})
@@ -166,6 +184,12 @@ class GRPOConfig:
             raise ValueError("GRPO needs group_size >= 2 (advantages compare completions of a group)")
         if self.prompts_per_step < 1 or self.steps < 1 or self.updates < 1:
             raise ValueError("steps, prompts_per_step and updates must be >= 1")
+        if self.style not in ("plain", "r1", "chat"):
+            raise ValueError("style must be plain, r1 or chat")
+        if self.micro_batch_size < 0:
+            raise ValueError("micro_batch_size must be >= 0")
+        if self.rollout_engine not in ("builtin", "vllm"):
+            raise ValueError("rollout_engine must be builtin or vllm")
         if self.scale not in ("group", "batch", "none") or self.loss_agg not in ("token_mean", "seq_mean", "constant"):
             raise ValueError("scale must be group/batch/none and loss_agg token_mean/seq_mean/constant")
 
@@ -207,52 +231,103 @@ class ProblemStream:
         return out
 
 
-def score_rollout(rollout: Rollout, problems, prompts, task: Task, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
-    """Rewards (N,) and per-component statistics for a rollout."""
+def score_rollout(rollout: Rollout, problems, prompts, task: Task, cfg: GRPOConfig) -> tuple[torch.Tensor, list, list, list]:
+    """Rewards (N,), and per row: format ok, correct, length-target term (0 when off)."""
     format_ok, correct = zip(*(is_correct(t, p.answer, task, q) for t, p, q in zip(rollout.texts, problems, prompts)))
     rewards = [reasoning_points(f, c, cfg.format_points, cfg.correct_points) for f, c in zip(format_ok, correct)]
-    stats = {"reward/format_rate": sum(format_ok) / len(rewards), "reward/accuracy": sum(correct) / len(rewards)}
+    extra = [0.0] * len(rewards)
     if cfg.length_target:
         extra = length_target_reward(rollout.texts, think_lengths=rollout.think_tokens,
                                      target_lengths=[cfg.length_target] * len(rewards), alpha=cfg.length_alpha)
         rewards = [r + e for r, e in zip(rewards, extra)]
-        stats["reward/length_target"] = sum(extra) / len(extra)
-    return torch.tensor(rewards), stats
+    return torch.tensor(rewards), list(format_ok), list(correct), list(extra)
 
 
-def grpo_step_loss(model, ref_model, input_ids, mask, advantages, old_logp, cfg: GRPOConfig):
+def row_seed(seed: int, step: int, attempt: int, row: int) -> int:
+    """The sampling seed of one completion: a function of its place in the *global* batch, so a
+    rollout sharded over ranks draws what one process would (see `SamplingParams.row_seeds`)."""
+    return (((seed * 1_000_003 + step) * 8 + attempt) * 2**20 + row) % 2**62
+
+
+def reference_logprobs(core, ref_model, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Token log-probs under the frozen reference: a kept copy, or the LoRA model with adapters off."""
+    with torch.no_grad():
+        if ref_model is not None:
+            return token_logprobs(ref_model, input_ids, temperature)[0]
+        with core.hf.disable_adapter():
+            return token_logprobs(core, input_ids, temperature)[0]
+
+
+def grpo_step_loss(model, ref_logp, input_ids, mask, advantages, old_logp, cfg: GRPOConfig, total=None):
     logp, entropy = token_logprobs(model, input_ids, cfg.temperature)
-    ref_logp = None
-    if cfg.beta > 0:
-        with torch.no_grad():
-            ref_logp, _ = token_logprobs(ref_model, input_ids, cfg.temperature)
     old = logp.detach() if old_logp is None else old_logp
     loss, stats = policy_loss(logp, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                              agg=cfg.loss_agg, max_tokens=cfg.max_new_tokens, ref_logp=ref_logp, beta=cfg.beta)
+                              agg=cfg.loss_agg, max_tokens=cfg.max_new_tokens, ref_logp=ref_logp, beta=cfg.beta,
+                              total=total)
     stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
     return loss, stats
 
 
+def micro_batches(n: int, size: int) -> list[slice]:
+    """Row slices of at most `size` (all rows in one when size is 0)."""
+    size = size or n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def sharded_evaluate(model, tokenizer, task: Task, problems, cfg: GRPOConfig) -> dict:
+    """Greedy held-out accuracy; each rank takes every W-th problem, the counts are summed."""
+    rank, size = world()
+    mine = problems[rank::size]
+    result = evaluate_problems(model, tokenizer, task, mine, trigger=cfg.trigger, style=cfg.style,
+                               params=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)) \
+        if mine else {"accuracy": 0.0, "format_rate": 0.0, "mean_think_tokens": 0.0}
+    n = all_reduce_sum(len(mine))
+    return {f"eval/{k}": all_reduce_sum(result[k] * len(mine)) / max(n, 1)
+            for k in ("accuracy", "format_rate", "mean_think_tokens")}
+
+
 def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None,
                resume: bool = False):
-    """Run GRPO; returns the last metrics. Logs one JSON line per step to out_dir/metrics.jsonl and
-    a few sample completions per step to out_dir/samples.jsonl. With `cfg.save_every`, a resumable
-    state (weights, optimiser, reference, problem stream) goes to out_dir/state; `resume=True`
-    continues from it: sampling seeds derive from the step, so the run goes on as if never stopped."""
+    """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
+    out_dir/metrics.jsonl and a few sample completions per step to out_dir/samples.jsonl. With
+    `cfg.save_every`, a resumable state (weights, optimiser, reference, problem stream) goes to
+    out_dir/state; `resume=True` continues from it: sampling seeds derive from the step, so the run
+    goes on as if never stopped.
+
+    Under torchrun each rank samples, scores and trains on its P/W problems of the step (every rank
+    draws the same problem stream and takes its slice); losses are normalised by global counts and
+    the gradients averaged by DDP/FSDP2, so W ranks compute the single-process update. Save the
+    result with `parallel.plain_model(model)` (LoRA merged, FSDP2 shards gathered)."""
+    rank, size = world()
+    P, G = cfg.prompts_per_step, cfg.group_size
+    if P % size:
+        raise UserError(f"prompts_per_step {P} must divide by the {size} processes")
+    if cfg.save_every and cfg.fsdp:
+        raise UserError("--save-every/--resume with --fsdp is not supported yet: use DDP, or no states")
+    P_local = P // size
     torch.manual_seed(cfg.seed)
     stream = ProblemStream(task, cfg.seed)
     held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
-    ref_model = copy.deepcopy(model).eval() if cfg.beta > 0 else None
-    optimizer = make_optimizer(model, cfg.lr)
-    out = Path(out_dir) if out_dir else None
+    ref_model = None
+    if cfg.beta > 0 and cfg.lora_rank == 0:  # with LoRA the reference is the model with its adapters off
+        ref_model = copy.deepcopy(model).eval().to(rank_device())
+    vllm_engine = None
+    if cfg.rollout_engine == "vllm":  # started from the plain model, before adapters or sharding
+        from ..rollout_vllm import VLLMEngine, VLLMOptions
+
+        vllm_engine = VLLMEngine.from_model(model, tokenizer, VLLMOptions(gpu_memory_utilization=cfg.vllm_gpu_memory))
+    train_model = prepare(model, cfg)
+    core = unwrap(train_model)
+    device = next(core.parameters()).device
+    optimizer = make_optimizer(train_model, cfg.lr)
+    out = Path(out_dir) if out_dir and rank == 0 else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     start, metrics, first = time.monotonic(), {}, 0
-    P, G = cfg.prompts_per_step, cfg.group_size
-    state_dir = out / "state" if out else None
+    state_dir = Path(out_dir) / "state" if out_dir else None
     if resume and state_dir and (state := load_training_state(state_dir)) is not None:
-        model.load_state_dict(state["model"])
+        core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         stream.load_state(state["stream"])
         if ref_model is not None:
@@ -261,104 +336,146 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
 
     def prompt_of(problem):
         question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
-        return build_prompt(question, trigger=cfg.trigger, tokenizer=tokenizer.hf)
+        return build_prompt(question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf)
 
-    def evaluate(m):
-        result = evaluate_problems(m, tokenizer, task, held_out, trigger=cfg.trigger,
-                                   params=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens))
-        return {"eval/accuracy": result["accuracy"], "eval/format_rate": result["format_rate"],
-                "eval/mean_think_tokens": result["mean_think_tokens"]}
+    def evaluate():
+        with gathered(train_model) as full:
+            return sharded_evaluate(full, tokenizer, task, held_out, cfg)
+
+    def emit(m):
+        if out:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(m) + "\n")
+        if log and rank == 0:
+            log(m)
+        if progress and rank == 0:
+            progress(m)
 
     if held_out and first == 0:
-        metrics = {"step": 0, **evaluate(model), "seconds": 0.0}
-        if log:
+        metrics = {"step": 0, **evaluate(), "seconds": 0.0}
+        if log and rank == 0:
             log(metrics)
     for step in range(first, cfg.steps):
         t0 = time.monotonic()
-        model.eval()
-        groups, tries, zero_std, seen, stats = [], 0, 0, 0, {}
-        while len(groups) < P and tries < 4:  # with dynamic sampling, refill dropped groups
-            tries += 1
-            problems = stream.take(P - len(groups))
-            prompts = [prompt_of(p) for p in problems for _ in range(G)]
-            rows = [p for p in problems for _ in range(G)]
-            rollout = generate(model, tokenizer, prompts, SamplingParams(
-                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed * 100003 + step * 17 + tries))
-            rewards, stats = score_rollout(rollout, rows, prompts, task, cfg)
-            rewards = rewards.view(-1, G)
-            flat = rewards.std(dim=1) == 0
-            zero_std, seen = zero_std + int(flat.sum()), seen + len(problems)
-            for g in range(len(problems)):
-                if cfg.dynamic_sampling and flat[g]:
-                    continue
-                groups.append((rollout, g, rewards[g]))
-            if not cfg.dynamic_sampling:
+        train_model.eval()
+        groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": []}
+        while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
+            attempt += 1
+            problems = stream.take(P)
+            need = P_local - len(groups)
+            mine = problems[rank * P_local:rank * P_local + need] if need > 0 else []
+            if mine:
+                prompts = [prompt_of(p) for p in mine for _ in range(G)]
+                seeds = [row_seed(cfg.seed, step, attempt, (rank * P_local + j) * G + g)
+                         for j in range(len(mine)) for g in range(G)]
+                params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, row_seeds=seeds)
+                with gathered(train_model) as gen_model:
+                    if vllm_engine is None:
+                        rollout = generate(gen_model, tokenizer, prompts, params)
+                    else:
+                        if vllm_engine.syncs <= step - first:  # once per step: last step's update
+                            vllm_engine.sync_weights(gen_model)
+                        rollout = vllm_engine.generate(prompts, params)
+                rewards, fmt, ok, extra = score_rollout(rollout, [p for p in mine for _ in range(G)], prompts, task, cfg)
+                rewards = rewards.view(-1, G)
+                flat = (rewards.std(dim=1) == 0).tolist()
+                rows["format"] += fmt
+                rows["correct"] += ok
+                rows["extra"] += extra
+                rows["zero_std"] += flat
+                for g in range(len(mine)):
+                    if not (cfg.dynamic_sampling and flat[g]):
+                        groups.append((rollout, g, rewards[g]))
+            if not cfg.dynamic_sampling or attempt >= 4 or not any_rank(len(groups) < P_local):
                 break
         gen_seconds = time.monotonic() - t0
-        if not groups:
+        everywhere = {k: all_gather_list(v) for k, v in rows.items()}
+        if any_rank(not groups):
             metrics = {"step": step + 1, "skipped": "every group had equal rewards"}
-            if log:
-                log(metrics)
+            emit(metrics)
             continue
-        input_ids, mask, advantages, lengths, think, reward_list = _stack(groups, G, tokenizer.pad_id, cfg)
+        kept = all_gather_list(torch.cat([r for _, _, r in groups]).tolist())
+        batch_std = float(torch.tensor(kept).std()) if cfg.scale == "batch" else None
+        input_ids, mask, advantages, lengths, think = _stack(groups, G, tokenizer.pad_id, cfg, batch_std)
+        input_ids, mask, advantages = input_ids.to(device), mask.to(device), advantages.to(device)
+        total = all_reduce_sum(float(mask.sum())) if cfg.loss_agg == "token_mean" else all_reduce_sum(len(input_ids))
         t1 = time.monotonic()
-        model.train()
-        old_logp = None
+        train_model.train()
+        chunks = micro_batches(len(input_ids), cfg.micro_batch_size)
+        old_logp = ref_logp = None
         if cfg.updates > 1:
             with torch.no_grad():
-                old_logp, _ = token_logprobs(model, input_ids, cfg.temperature)
+                old_logp = torch.cat([token_logprobs(train_model, input_ids[c], cfg.temperature)[0] for c in chunks])
+        if cfg.beta > 0:
+            ref_logp = torch.cat([reference_logprobs(core, ref_model, input_ids[c], cfg.temperature) for c in chunks])
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        grad_norm = torch.tensor(0.0)
+        grad_norm, loss_sum = 0.0, 0.0
+        pick = lambda t, c: None if t is None else t[c]
         for _ in range(cfg.updates):
-            loss, loss_stats = grpo_step_loss(model, ref_model, input_ids, mask, advantages, old_logp, cfg)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not torch.isfinite(loss) or not grad_is_finite(model):
+            local, weighted = 0.0, {}
+            for k, c in enumerate(chunks):  # every chunk's loss is over the global count: they sum up
+                with gradient_sync(train_model, k == len(chunks) - 1):
+                    loss, chunk_stats = grpo_step_loss(train_model, pick(ref_logp, c), input_ids[c], mask[c],
+                                                       advantages[c], pick(old_logp, c), cfg, total)
+                    (loss * size).backward()  # DDP/FSDP2 average over ranks; local losses sum to the global one
+                local += loss.item()
+                n = float(mask[c].sum())
+                for key, v in chunk_stats.items():
+                    weighted[key] = weighted.get(key, 0.0) + v * n
+            loss_stats = {key: v / max(float(mask.sum()), 1.0) for key, v in weighted.items()}
+            loss_sum = all_reduce_sum(local)
+            if not math.isfinite(loss_sum) or not grads_finite(train_model):
                 optimizer.zero_grad(set_to_none=True)
                 loss_stats["skipped"] = "non-finite loss or gradient"
                 break
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = clip_grad_norm(train_model, cfg.grad_clip)
             optimizer.step()
-        model.eval()
+        train_model.eval()
+        n_tokens = float(mask.sum())
+        loss_stats = {k: (all_reduce_sum(v * n_tokens) / max(all_reduce_sum(n_tokens), 1) if isinstance(v, float) else v)
+                      for k, v in loss_stats.items()}
+        all_lengths = all_gather_list(lengths.tolist())
+        all_think = all_gather_list(think)
+        n_rows = len(everywhere["format"])
+        reward_all = torch.tensor(kept)
         metrics = {
-            "step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
-            "reward/mean": float(reward_list.mean()), "reward/std": float(reward_list.std()),
-            **stats, "frac_reward_zero_std": zero_std / seen,
-            "completions/mean_length": float(lengths.float().mean()),
-            "completions/mean_think_tokens": float(think.float().mean()),
+            "step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+            "reward/mean": float(reward_all.mean()), "reward/std": float(reward_all.std()),
+            "reward/format_rate": sum(everywhere["format"]) / n_rows,
+            "reward/accuracy": sum(everywhere["correct"]) / n_rows,
+            **({"reward/length_target": sum(everywhere["extra"]) / n_rows} if cfg.length_target else {}),
+            "frac_reward_zero_std": sum(everywhere["zero_std"]) / max(len(everywhere["zero_std"]), 1),
+            "completions/mean_length": sum(all_lengths) / len(all_lengths),
+            "completions/mean_think_tokens": sum(all_think) / len(all_think),
             **loss_stats, "time/generate_s": gen_seconds, "time/train_s": time.monotonic() - t1,
             "seconds": time.monotonic() - start,
         }
-        last = step == cfg.steps - 1 or (cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+        last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
         if held_out and ((step + 1) % cfg.eval_every == 0 or last):
-            metrics.update(evaluate(model))
+            metrics.update(evaluate())
         if out:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
             rollout, g, _ = groups[0]
             with open(out / "samples.jsonl", "a") as f:
                 for i in range(g * G, g * G + min(G, 2)):
                     f.write(json.dumps({"step": step + 1, "completion": rollout.texts[i],
                                         "format_ok": parse_completion(rollout.texts[i]).format_ok}) + "\n")
-        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_training_state(state_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
+            save_training_state(state_dir, {"model": training_state_dict(train_model), "optimizer": optimizer.state_dict(),
                                             "stream": stream.state(), "step": step + 1, "config": asdict(cfg),
                                             "reference": ref_model.state_dict() if ref_model else None})
-        if log:
-            log(metrics)
-        if progress:
-            progress(metrics)
+        emit(metrics)
         if last:
             break
     return metrics
 
 
-def _stack(groups, G: int, pad_id: int, cfg: GRPOConfig):
+def _stack(groups, G: int, pad_id: int, cfg: GRPOConfig, batch_std: float | None = None):
     """Sequences, masks and advantages of the kept groups as one batch."""
-    seqs, masks, advs, lengths, think, rewards = [], [], [], [], [], []
-    scaled = group_advantages(torch.stack([r for _, _, r in groups]), cfg.scale)
+    seqs, masks, advs, lengths, think = [], [], [], [], []
+    scaled = group_advantages(torch.stack([r for _, _, r in groups]), cfg.scale, batch_std=batch_std)
     batches = {}  # one rollout_batch per rollout (dynamic sampling may draw several)
     for (rollout, g, r), adv in zip(groups, scaled):
         if id(rollout) not in batches:
@@ -370,11 +487,10 @@ def _stack(groups, G: int, pad_id: int, cfg: GRPOConfig):
         advs.append(adv)
         lengths.append(rollout.lengths[rows])
         think += rollout.think_tokens[rows]
-        rewards.append(r)
     T = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T - 1))
     for i, (s, m) in enumerate(zip(seqs, masks)):
         input_ids[i, :len(s)] = s
         mask[i, :len(m)] = m
-    return input_ids, mask, torch.cat(advs), torch.cat(lengths), torch.tensor(think), torch.cat(rewards)
+    return input_ids, mask, torch.cat(advs), torch.cat(lengths), think

@@ -21,6 +21,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+from .parallel import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
+                       training_state_dict, unwrap, world)
+
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 
@@ -194,50 +198,12 @@ def load_training_state(folder) -> dict | None:
 
 def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over labelled tokens (their mean, or their sum)."""
-    logits = model(input_ids)
+    device = next(model.parameters()).device
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    with autocast(device):
+        logits = model(input_ids)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
                            reduction=reduction)
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless torch.distributed is initialised (torchrun)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum(value: float) -> float:
-    rank, size = world()
-    if size == 1:
-        return value
-    import torch.distributed as dist
-
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return float(tensor[0])
-
-
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's decision, on every rank (stopping on wall time must not split the ranks)."""
-    rank, size = world()
-    if size == 1:
-        return flag
-    import torch.distributed as dist
-
-    tensor = torch.tensor([int(flag)])
-    dist.broadcast(tensor, src=0)
-    return bool(tensor[0])
-
-
-def unwrap(model):
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
-
-
-def grad_is_finite(model) -> bool:
-    return all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]]], cfg: TrainConfig,
@@ -257,6 +223,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     if not examples:
         raise ValueError("no training examples")
     rank, size = world()
+    if cfg.save_every and is_fsdp(model):
+        raise UserError("--save-every/--resume with --fsdp is not supported yet: use DDP, or no states")
     if cfg.batch_size % size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {size} processes")
     rng = random.Random(cfg.seed)
@@ -289,7 +257,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             (loss_sum * size / n_tokens / cfg.grad_accum).backward()
             total += loss_sum.item() / n_tokens / cfg.grad_accum
         total = all_reduce_sum(total)
-        if not math.isfinite(total) or not grad_is_finite(model):
+        if not math.isfinite(total) or not grads_finite(model):
             optimizer.zero_grad(set_to_none=True)
             bad_in_a_row += 1
             if log:
@@ -298,11 +266,11 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
                 raise RuntimeError("5 non-finite losses or gradients in a row: stopping (lower the lr?)")
             continue
         bad_in_a_row = 0
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
-            save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            save_training_state(state_dir, {"model": training_state_dict(model), "optimizer": optimizer.state_dict(),
                                             "batches": batches.state(), "torch_rng": torch.get_rng_state(),
                                             "step": step + 1, "bad_in_a_row": bad_in_a_row,
                                             "config": dataclasses.asdict(cfg)})
@@ -311,7 +279,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
         if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             model.eval()  # every rank evaluates the same model: the same stop decision everywhere
-            metrics.update(evaluate(unwrap(model)))
+            with gathered(model) as full:
+                metrics.update(evaluate(full))
             model.train()
         if log:
             log(metrics)

@@ -10,24 +10,12 @@ from pathlib import Path
 from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
-from .loop import TrainConfig, collate, lm_loss, tokenize_examples, train_supervised, unwrap, world
-
-
-def setup_distributed() -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
+from .loop import TrainConfig, collate, lm_loss, tokenize_examples, train_supervised
+from .parallel import ScaleOptions, load_dtype, prepare, plain_model, setup_distributed, shutdown_distributed, world
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(TrainConfig, ScaleOptions):
     model: str = field(default="", metadata={"help": "checkpoint or HF folder to start from ('' = a new built-in model)"})
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
@@ -61,13 +49,10 @@ def _from_messages(messages: list, tokenizer, where: str) -> dict:
 def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
-    distributed = setup_distributed()
-    model, tokenizer = load_model(cfg.model) if cfg.model else new_builtin(seed=cfg.seed)
+    setup_distributed()
+    model, tokenizer = load_model(cfg.model, load_dtype(cfg)) if cfg.model else new_builtin(seed=cfg.seed)
     rank = world()[0]
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model)
+    model = prepare(model, cfg)
     examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
     evaluate = None
     if cfg.eval_data:
@@ -92,11 +77,8 @@ def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
 
         metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log_step,
                                    progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
+    final = plain_model(model)  # every rank: FSDP2 gathers its shards
     if rank == 0:
-        save_checkpoint(cfg.out, unwrap(model), tokenizer, asdict(cfg))
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+        save_checkpoint(cfg.out, final, tokenizer, asdict(cfg))
+    shutdown_distributed()
     return metrics

@@ -1,0 +1,294 @@
+"""Scale-out on existing engines: torch.distributed (launched by `torchrun`) and `peft`.
+
+Every trainer calls these few functions, so a single process and N ranks run the same code:
+
+- `setup_distributed()` joins the process group torchrun prepared (gloo on CPU, nccl on GPUs, each
+  rank on ``cuda:LOCAL_RANK``); `world()` is (rank, size), (0, 1) without torchrun.
+- `prepare(model, options)` adds LoRA adapters (`peft`), moves the model to the rank's device and
+  wraps it: DDP replicates it on every rank, FSDP2 (`fully_shard`, one unit per transformer block
+  plus the root) shards parameters, gradients and optimiser state over the ranks.
+- `gathered(model)` unshards an FSDP2 model for sampling and evaluation (the engine calls the
+  weights outside `forward`), and reshards it after; with DDP or one process it does nothing.
+- `plain_model(model)` is what gets saved: LoRA merged, FSDP2 shards gathered (on rank 0).
+
+Gradients stay exact: trainers normalise losses by *global* counts (tokens, sequences) and multiply
+by the world size, since DDP and FSDP average gradients over ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass
+class ScaleOptions:
+    """Options every trainer shares: how the model is wrapped when it outgrows one process."""
+
+    fsdp: bool = field(default=False, metadata={
+        "help": "under torchrun: shard parameters, gradients and optimiser state with FSDP2 (default: DDP)"})
+    dtype: str = field(default="float32", metadata={
+        "help": "weights load as float32 (full fine-tuning; GPUs compute in bf16 autocast) or bfloat16 (a frozen LoRA base)"})
+    lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)"})
+    lora_targets: str = field(default="all-linear", metadata={
+        "help": "LoRA target modules: 'all-linear' or comma-separated names (q_proj,v_proj)"})
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_dtype(options: ScaleOptions) -> torch.dtype:
+    if options.dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
+    return DTYPES[options.dtype]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast for forward passes on GPUs (weights and optimiser stay float32); off on CPUs."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def setup_distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_available() and dist.is_initialized()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed is initialised (torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_device() -> torch.device:
+    """Where this rank's model lives: ``cuda:LOCAL_RANK`` under nccl, the CPU otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def all_reduce_sum(value: float) -> float:
+    if world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=rank_device())
+    dist.all_reduce(tensor)
+    return float(tensor[0])
+
+
+def all_gather_list(items: list) -> list:
+    """Every rank's list, concatenated in rank order (picklable items)."""
+    if world()[1] == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    gathered = [None] * world()[1]
+    dist.all_gather_object(gathered, list(items))
+    return [x for part in gathered for x in part]
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision, on every rank (stopping on wall time must not split the ranks)."""
+    if world()[1] == 1:
+        return flag
+    import torch.distributed as dist
+
+    tensor = torch.tensor([int(flag)], device=rank_device())
+    dist.broadcast(tensor, src=0)
+    return bool(tensor[0])
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on at least one."""
+    return all_reduce_sum(float(flag)) > 0
+
+
+def add_lora(model, options: ScaleOptions):
+    """Wrap a Hugging Face model's weights with LoRA adapters (peft); only the adapters train."""
+    if getattr(model, "kind", "") != "hf":
+        raise UserError("LoRA needs a Hugging Face model (--model PATH); the built-in model is small "
+                        "enough to train fully")
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("LoRA needs peft: pip install 'reasonlab[lora]'") from None
+    targets = options.lora_targets if options.lora_targets == "all-linear" else \
+        [t.strip() for t in options.lora_targets.split(",") if t.strip()]
+    config = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, target_modules=targets,
+                        lora_dropout=0.0, task_type="CAUSAL_LM")
+    try:
+        model.hf = get_peft_model(model.hf, config)
+    except ValueError as e:  # peft names the modules it could not find
+        raise UserError(f"LoRA: {e}") from None
+    return model
+
+
+def has_lora(model) -> bool:
+    return hasattr(getattr(unwrap(model), "hf", None), "peft_config")
+
+
+def prepare(model, options: ScaleOptions):
+    """LoRA (when asked), the rank's device, then DDP or FSDP2 under torchrun. Returns the model to
+    train; `unwrap` gives back the module the engine samples from."""
+    if options.lora_rank > 0:
+        if options.fsdp:
+            raise UserError("--lora-rank with --fsdp is not supported: LoRA adapters are small, use DDP")
+        model = add_lora(model, options)
+    rank, size = world()
+    if size == 1:
+        if options.fsdp:
+            raise UserError("--fsdp needs several processes: launch with torchrun --nproc_per_node N")
+        return model
+    device = rank_device()
+    model = model.to(device)
+    if options.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in _blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+        with torch.no_grad():  # one forward through the root first, so FSDP2 initialises from the root
+            model(torch.zeros((1, 1), dtype=torch.long, device=device))  # (the engine may call blocks first)
+        for unit in model.modules():  # a no-grad forward leaves the root unsharded: reshard it, or the
+            if is_fsdp(unit):         # first update would not reach the weights it computes with
+                unit.reshard()
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _blocks(model) -> list:
+    """The transformer blocks (one FSDP2 unit each) of the built-in GPT or a Llama-like HF model."""
+    inner = model.hf if getattr(model, "kind", "") == "hf" else model
+    layers = getattr(getattr(inner, "model", None), "layers", None)
+    if layers is None:
+        raise UserError("--fsdp: cannot find the model's transformer blocks (model.layers)")
+    return list(layers)
+
+
+def is_fsdp(model) -> bool:
+    return hasattr(model, "unshard") and hasattr(model, "reshard")
+
+
+def unwrap(model):
+    """The module inside a DDP wrapper (FSDP2 works in place: the model itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextmanager
+def gathered(model):
+    """Full (unsharded) weights inside the block, for the engine and evaluations; no-op unless FSDP2."""
+    if not is_fsdp(model):
+        yield unwrap(model)
+        return
+    units = [m for m in model.modules() if is_fsdp(m)]
+    model.set_reshard_after_forward(False)
+    for unit in units:
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        model.set_reshard_after_forward(True)
+        for unit in units:
+            unit.reshard()
+
+
+@contextmanager
+def gradient_sync(model, sync: bool):
+    """Accumulating micro-batches: reduce gradients over ranks only on the last backward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif is_fsdp(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def grads_finite(model) -> bool:
+    """Every gradient finite, on every rank (FSDP2 ranks hold different shards: they must agree)."""
+    ok = all(torch.isfinite(local_tensor(p.grad)).all() for p in model.parameters() if p.grad is not None)
+    return not any_rank(not ok) if world()[1] > 1 else ok
+
+
+def clip_grad_norm(model, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def training_state_dict(model) -> dict:
+    """Weights for a resumable state: the module's own (DDP unwrapped; LoRA adapters included)."""
+    return unwrap(model).state_dict()
+
+
+def plain_model(model):
+    """The model to save: LoRA merged into the weights; FSDP2 shards gathered into a plain copy on
+    rank 0 (other ranks get None). A collective under FSDP2: every rank must call it."""
+    core = unwrap(model)
+    if is_fsdp(core):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(core, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if world()[0] != 0:
+            return None
+        copy = _fresh_like(core)
+        copy.load_state_dict(state)
+        return copy
+    if has_lora(core):
+        core.hf = core.hf.merge_and_unload()
+    return core
+
+
+def _fresh_like(core):
+    if getattr(core, "kind", "") == "hf":
+        from transformers import AutoModelForCausalLM
+
+        from ..model.hf import HFCausalLM
+
+        return HFCausalLM(AutoModelForCausalLM.from_config(core.hf.config))
+    from ..model.gpt import GPT
+
+    return GPT(core.config)
