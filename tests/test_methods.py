@@ -11,6 +11,7 @@ from reasonlab.model import new_builtin
 from reasonlab.tasks import get_task
 from reasonlab.train.grpo import GRPOConfig, train_grpo
 from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
+from reasonlab.template import parse_completion
 from tests.conftest import BigramLM
 
 _, TOK = new_builtin()
@@ -57,7 +58,7 @@ def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
                      updates=2, beta=0.1, lr=1e-3)
     metrics = train_grpo(model, tok, task, cfg, out_dir=tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and lines[-1]["step"] == 2
+    assert [m["step"] for m in lines] == [0, 1, 2] and "eval/accuracy" in lines[0]  # the start is on the curve
     for key in ("reward/mean", "reward/std", "reward/format_rate", "reward/accuracy", "frac_reward_zero_std",
                 "completions/mean_length", "completions/mean_think_tokens", "clip_frac", "kl", "entropy",
                 "grad_norm", "time/generate_s", "time/train_s", "eval/accuracy"):
@@ -123,3 +124,30 @@ def test_grpo_micro_batches_give_the_same_update(agg):
         for key in ("loss", "grad_norm", "kl", "entropy", "clip_frac"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert runs[0][0]["grad_norm"] > 0
+
+
+def test_method1_drops_right_answers_reached_by_wrong_steps():
+    """A generator whose every answer is right, half of them by sound steps, half by luck: only the
+    sound ones survive, the lucky ones are counted; without the step check both survive."""
+    from reasonlab.remote import RemoteGenerator
+
+    task = get_task("chain", length=3)
+    problems = task.problems(6, "train", seed=0)
+
+    class Scripted(RemoteGenerator):
+        def complete(self, prompts, **_):
+            out = []
+            for i, prompt in enumerate(prompts):
+                p = next(x for x in problems if prompt.startswith(x.question))
+                think = p.rationale if i % 2 == 0 else p.rationale.replace("=", "=0", 1)  # a=07 misquotes a=7
+                out.append(f"<think>{think}</think><answer>{p.answer}</answer>")
+            return out
+
+    cfg = RationalesConfig(samples=2, max_new_tokens=40)
+    counts = {}
+    kept, drawn = sample_rationales(Scripted("http://127.0.0.1:9"), TOK, task, problems, cfg, seed=0, counts=counts)
+    assert drawn == 12 and len(kept) == 6 and counts["lucky"] == 6
+    assert all(task.check_steps(k["question"], parse_completion(k["completion"]).think) for k in kept)
+    loose, _ = sample_rationales(Scripted("http://127.0.0.1:9"), TOK, task, problems,
+                                 RationalesConfig(samples=2, max_new_tokens=40, check_steps=False), seed=0)
+    assert len(loose) == 12

@@ -186,3 +186,23 @@ def test_adding_a_task_takes_a_few_lines():
     task = get_task("parity")
     p = task.problems(5, "test")[0]
     assert task.verify(p.answer.upper(), p.answer)
+
+
+def test_chain_step_check_accepts_sound_reasoning_and_rejects_lucky_guesses():
+    from reasonlab.tasks import get_task
+
+    task = get_task("chain", length=4)
+    problems = task.problems(300, "train", seed=3)
+    assert all(task.check_steps(p.question, p.rationale) for p in problems)
+    q = "c=b-2;d=c+1;b=a+6;a=14;d?"
+    sound = "a=14;b=a+6=14+6=20;c=b-2=20-2=18;d=c+1=18+1=19"
+    assert task.check_steps(q, sound)
+    assert task.check_steps(q, " " + sound.replace(";", "; ") + "\n")  # whitespace is not an error
+    for lucky in ["a=15;b=a+6=15+6=20;c=b-2=20-2=18;d=c+1=18+1=19",  # wrong a, compensated
+                  "a=14;b=a+6=14+6=21;c=b-2=21-2=18;d=c+1=18+1=19",  # wrong sum, compensated
+                  "a=14;b=a+5=14+6=20;c=b-2=20-2=18;d=c+1=18+1=19",  # definition misquoted
+                  "a=14;b=a+6=14+6=20;c=b-2=20-2=18",  # the asked variable never evaluated
+                  "d=c+1=18+1=19;a=14;b=a+6=14+6=20;c=b-2=20-2=18",  # a value used before it exists
+                  "", "a=14;;", "e=1;a=14"]:
+        assert task.check_steps(q, lucky) is False, lucky
+    assert get_task("arithmetic").check_steps("1+2", "anything") is None  # tasks that cannot tell say so

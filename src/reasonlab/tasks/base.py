@@ -50,6 +50,12 @@ class Task:
     def verify(self, predicted: str, gold: str) -> bool:
         raise NotImplementedError
 
+    def check_steps(self, question: str, think: str) -> bool | None:
+        """Does every step of a chain of thought follow from the question and the steps before it?
+        None when the task cannot tell (the default). A *process* check that needs no reference
+        rationale: Method 1 uses it to drop samples whose answer is right by luck."""
+        return None
+
     def problems(self, n: int, split: str = "train", seed: int = 0) -> list[Problem]:
         """`n` distinct problems of `split`, the same for the same seed.
 

@@ -51,3 +51,29 @@ class ChainTask(Task):
     def verify(self, predicted: str, gold: str) -> bool:
         value = parse_int(predicted)
         return value is not None and value == parse_int(gold)
+
+    def check_steps(self, question: str, think: str) -> bool:
+        """Each step restates a definition of the question and evaluates it with a value the thought
+        has already established (``b=a+4=7+4=11``, or ``a=7`` for the literal); the asked variable
+        ends up evaluated. Checks the steps, not the answer: no reference rationale is used."""
+        *definitions, asked = question.split(";")
+        defs = dict(d.split("=", 1) for d in definitions if "=" in d)
+        values: dict[str, int] = {}
+        for step in think.strip().split(";"):
+            parts = step.strip().split("=")
+            name = parts[0]
+            if name not in defs or parts[1:2] != [defs[name]]:
+                return False
+            if len(parts) == 2:  # a literal: a=7
+                if parse_int(defs[name]) is None:
+                    return False
+                values[name] = parse_int(defs[name])
+                continue
+            if len(parts) != 4 or len(defs[name]) < 3 or defs[name][0] not in values:
+                return False
+            prev, op, k = defs[name][0], defs[name][1], parse_int(defs[name][2:])
+            result = values[prev] + k if op == "+" else values[prev] - k
+            if parts[2] != f"{values[prev]}{op}{k}" or parse_int(parts[3]) != result:
+                return False
+            values[name] = result
+        return asked.rstrip("?") in values

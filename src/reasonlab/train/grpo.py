@@ -351,10 +351,9 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         if progress and rank == 0:
             progress(m)
 
-    if held_out and first == 0:
+    if held_out and first == 0:  # the starting point, on the curve
         metrics = {"step": 0, **evaluate(), "seconds": 0.0}
-        if log and rank == 0:
-            log(metrics)
+        emit(metrics)
     for step in range(first, cfg.steps):
         t0 = time.monotonic()
         train_model.eval()
