@@ -167,3 +167,23 @@ def test_keyed_noise_samples_the_right_distribution():
     # the next step's draw is independent of this one: two independent draws differ w.p. 1 - Σp²
     later, _ = sample_next(logits.expand(n, 5), 1.0, 0, 1.0, None, keys, step=5)
     assert abs((later != tokens).float().mean() - (1 - (expected ** 2).sum())) < 0.015
+
+
+@pytest.mark.parametrize("kind", ["builtin", "hf"])
+def test_repeated_prompts_are_prefilled_once_with_the_same_result(tiny_gpt, tmp_path, kind):
+    """A group's G copies of a prompt share one prefill; each copy still samples on its own and
+    the completions are those of prompts prefilled one by one."""
+    model, tok = tiny_gpt
+    if kind == "hf":
+        make_tiny_hf(tmp_path / "m")
+        model, tok = load_model(tmp_path / "m")
+    calls = []
+    decode = model.decode
+    model.decode = lambda ids, *a: (calls.append(ids.shape), decode(ids, *a))[1]
+    prompts = ["12+34\n"] * 3 + ["7*8\n"] * 3
+    seeds = list(range(6))
+    grouped = generate(model, tok, prompts, SamplingParams(max_new_tokens=12, row_seeds=seeds))
+    assert calls[0][0] == 2  # two distinct prompts went through the prefill
+    singles = [generate(model, tok, [p], SamplingParams(max_new_tokens=12, row_seeds=[s])).texts[0]
+               for p, s in zip(prompts, seeds)]
+    assert grouped.texts == singles and len(set(grouped.texts[:3])) > 1  # copies sample independently

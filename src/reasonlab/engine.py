@@ -2,7 +2,8 @@
 
 `generate(model, tokenizer, prompts, SamplingParams(...))` works the same for the built-in GPT and for
 any Hugging Face causal LM (both expose ``init_cache`` and ``decode``). Prompts are left-padded
-and run through the model once (prefill); then one token per row per step is sampled (temperature,
+and run through the model once (prefill; a prompt repeated for a group is prefilled once and its
+cache copied); then one token per row per step is sampled (temperature,
 top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
 
 - **cap** (`think_budget` = B, per row or one for all): once a row has written B thinking tokens
@@ -214,8 +215,23 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         attn[i, P - len(ids):P] = 1
     positions = (attn[:, :P].cumsum(-1) - 1).clamp(min=0)
     next_pos = attn.sum(-1, keepdim=True)  # (B, 1)
-    cache = model.init_cache(B, P + N)
-    logits = model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float()
+    # Prefill each distinct prompt once (GRPO repeats every prompt G times), then copy its cache rows.
+    distinct, firsts, inverse = {}, [], []
+    for i, ids in enumerate(prompt_ids):
+        if tuple(ids) not in distinct:
+            distinct[tuple(ids)] = len(firsts)
+            firsts.append(i)
+        inverse.append(distinct[tuple(ids)])
+    if len(firsts) < B:
+        first = torch.tensor(firsts, device=device)
+        cache = model.init_cache(len(firsts), P + N)
+        logits = model.decode(input_ids[first], positions[first], attn[first, :P], cache)[:, -1].float()
+        expand = torch.tensor(inverse, device=device)
+        model.select_rows(cache, expand)
+        logits = logits[expand]
+    else:
+        cache = model.init_cache(B, P + N)
+        logits = model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float()
 
     live = list(range(B))  # the row behind each batch position; finished rows leave the batch
     for step in range(N):

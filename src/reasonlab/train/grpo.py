@@ -162,6 +162,7 @@ class GRPOConfig(ScaleOptions):
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant"})
     mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
+    oversample: float = field(default=1.5, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of P"})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
     length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)"})
@@ -186,6 +187,8 @@ class GRPOConfig(ScaleOptions):
             raise ValueError("steps, prompts_per_step and updates must be >= 1")
         if self.style not in ("plain", "r1", "chat"):
             raise ValueError("style must be plain, r1 or chat")
+        if self.oversample < 1:
+            raise ValueError("oversample must be >= 1")
         if self.micro_batch_size < 0:
             raise ValueError("micro_batch_size must be >= 0")
         if self.rollout_engine not in ("builtin", "vllm"):
@@ -305,6 +308,9 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     if cfg.save_every and cfg.fsdp:
         raise UserError("--save-every/--resume with --fsdp is not supported yet: use DDP, or no states")
     P_local = P // size
+    # Dynamic sampling draws `oversample` × P problems per attempt, so that one draw usually leaves P
+    # groups with a reward spread (a second generate call costs almost as much as the first).
+    draw = math.ceil(P_local * cfg.oversample) if cfg.dynamic_sampling else P_local
     torch.manual_seed(cfg.seed)
     stream = ProblemStream(task, cfg.seed)
     held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
@@ -360,12 +366,12 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": []}
         while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
             attempt += 1
-            problems = stream.take(P)
+            problems = stream.take(draw * size)
             need = P_local - len(groups)
-            mine = problems[rank * P_local:rank * P_local + need] if need > 0 else []
+            mine = problems[rank * draw:(rank + 1) * draw] if need > 0 else []
             if mine:
                 prompts = [prompt_of(p) for p in mine for _ in range(G)]
-                seeds = [row_seed(cfg.seed, step, attempt, (rank * P_local + j) * G + g)
+                seeds = [row_seed(cfg.seed, step, attempt, (rank * draw + j) * G + g)
                          for j in range(len(mine)) for g in range(G)]
                 params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, row_seeds=seeds)
                 with gathered(train_model) as gen_model:
@@ -383,7 +389,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 rows["extra"] += extra
                 rows["zero_std"] += flat
                 for g in range(len(mine)):
-                    if not (cfg.dynamic_sampling and flat[g]):
+                    if not (cfg.dynamic_sampling and flat[g]) and len(groups) < P_local:
                         groups.append((rollout, g, rewards[g]))
             if not cfg.dynamic_sampling or attempt >= 4 or not any_rank(len(groups) < P_local):
                 break
