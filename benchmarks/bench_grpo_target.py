@@ -34,7 +34,11 @@ def main():
     args = parser.parse_args()
     task = get_task("chain", length=4)
     pre_cfg, m1_cfg, rl_cfg = stage_configs(DemoConfig(seed=args.seed))
-    work = tempfile.mkdtemp(prefix="bench-grpo-")
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-") as work:
+        run(args, task, pre_cfg, m1_cfg, rl_cfg, work)
+
+
+def run(args, task, pre_cfg, m1_cfg, rl_cfg, work):
     if args.start:
         model, tok = load_model(args.start)
     else:
