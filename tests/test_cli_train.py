@@ -71,7 +71,8 @@ def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path):
     assert model.kind == "hf"
     assert main(["rl", "--model", str(tmp_path / "sft"), "--task", "arithmetic", "--task-arg", "digits=1",
                  "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
-                 "--eval-every", "0", "--out", str(tmp_path / "rl")]) == 0
+                 "--eval-every", "0", "--style", "chat", "--out", str(tmp_path / "rl")]) == 0
+    assert json.loads((tmp_path / "rl" / "grpo_config.json").read_text())["style"] == "chat"
     assert (tmp_path / "rl" / "metrics.jsonl").is_file() and (tmp_path / "rl" / "model" / "config.json").is_file()
     assert main(["rl", "--model", str(tmp_path / "sft"), "--task", "arithmetic", "--group-size", "1"]) == 2
 
