@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from reasonlab.engine import Rollout
-from reasonlab.train.grpo import (aggregate, group_advantages, kl_k3, policy_loss, rollout_batch,
-                                  token_logprobs)
+from reasonlab.train.grpo_math import (aggregate, group_advantages, kl_k3, policy_loss, rollout_batch,
+                                       token_logprobs)
 
 
 def test_group_advantages_hand_computed():

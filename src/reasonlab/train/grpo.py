@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..engine import Rollout, SamplingParams, generate
 from ..errors import UserError
@@ -44,103 +43,10 @@ from ..evaluate import evaluate_problems
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
+from .grpo_math import aggregate, group_advantages, policy_loss, rollout_batch, token_logprobs
 from .loop import load_training_state, make_optimizer, save_training_state
-from .parallel import (ScaleOptions, all_gather_list, autocast, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
+from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
                        gathered, gradient_sync, grads_finite, prepare, rank_device, training_state_dict, unwrap, world)
-
-# ---- the math: small functions, unit-tested ----------------------------------------------------
-
-
-def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4,
-                     batch_std: float | None = None) -> torch.Tensor:
-    """(P, G) rewards -> (P, G) advantages: r - group mean, divided per `scale` (group/batch/none).
-    `batch_std` replaces the std of `rewards` for "batch" when the batch spans several ranks."""
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
-    if scale == "group":
-        return centred / (rewards.std(dim=1, keepdim=True) + eps)
-    if scale == "batch":
-        return centred / ((rewards.std() if batch_std is None else batch_std) + eps)
-    if scale == "none":
-        return centred
-    raise ValueError(f"unknown advantage scale {scale!r}: group, batch or none")
-
-
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(π ‖ π_ref): exp(r) - r - 1 with r = ref_logp - logp (≥ 0)."""
-    r = ref_logp - logp
-    return torch.exp(r) - r - 1
-
-
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None,
-              total: float | None = None) -> torch.Tensor:
-    """Reduce (N, T) per-token values over `mask` (N, T): token_mean, seq_mean or constant.
-
-    `total` replaces the count in the denominator (tokens for token_mean, sequences otherwise): a
-    rank holding part of the batch passes the global count, so the ranks' losses sum to the loss of
-    the whole batch."""
-    mask = mask.to(per_token.dtype)
-    if how == "token_mean":
-        return (per_token * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
-    if how == "seq_mean":
-        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.sum() / (per_seq.shape[0] if total is None else total)
-    if how == "constant":
-        if not max_tokens:
-            raise ValueError("constant aggregation needs max_tokens")
-        return (per_token * mask).sum() / ((per_token.shape[0] if total is None else total) * max_tokens)
-    raise ValueError(f"unknown loss aggregation {how!r}: token_mean, seq_mean or constant")
-
-
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-                eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token_mean",
-                max_tokens: int | None = None, ref_logp: torch.Tensor | None = None,
-                beta: float = 0.0, total: float | None = None) -> tuple[torch.Tensor, dict]:
-    """The clipped surrogate (to minimise) for (N, T) token log-probs and (N,) advantages
-    (`total`: the global count for `aggregate` when the batch spans ranks)."""
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages[:, None]
-    unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
-    per_token = -torch.minimum(unclipped, clipped)
-    stats = {"clip_frac": float(aggregate((clipped < unclipped).float(), mask, "token_mean"))}
-    if beta > 0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs reference log-probs")
-        kl = kl_k3(logp, ref_logp)
-        per_token = per_token + beta * kl
-        stats["kl"] = float(aggregate(kl.detach(), mask, "token_mean"))
-    return aggregate(per_token, mask, agg, max_tokens, total), stats
-
-
-def token_logprobs(model, input_ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T-1) log-prob of each next token, and (B, T-1) entropy of each prediction."""
-    with autocast(input_ids.device):
-        logits = model(input_ids)[:, :-1].float() / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
-def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
-    """Sequences (prompt + completion, right-padded) and the loss mask in next-token coordinates.
-
-    Returns input_ids (N, T) and mask (N, T-1): 1 where the token at t+1 is a *sampled* completion
-    token (forced tokens and padding are 0; with `mask_truncated`, whole truncated rows are 0).
-    """
-    N = len(rollout.prompt_ids)
-    lengths = [len(p) + int(n) for p, n in zip(rollout.prompt_ids, rollout.lengths)]
-    T = max(lengths)
-    input_ids = torch.full((N, T), pad_id, dtype=torch.long)
-    mask = torch.zeros((N, T - 1))
-    for i, prompt in enumerate(rollout.prompt_ids):
-        n = int(rollout.lengths[i])
-        input_ids[i, :len(prompt)] = torch.tensor(prompt)
-        input_ids[i, len(prompt):len(prompt) + n] = rollout.tokens[i, :n]
-        if mask_truncated and rollout.finish_reason[i] == "length":
-            continue
-        mask[i, len(prompt) - 1:len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
-    return input_ids, mask
-
 
 # ---- the trainer ---------------------------------------------------------------------------------
 
