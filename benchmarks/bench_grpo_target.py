@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", default="", help="a starting checkpoint (skips building one)")
+    parser.add_argument("--keep-start", default="", help="also save the starting checkpoint here")
     args = parser.parse_args()
     task = get_task("chain", length=4)
     pre_cfg, m1_cfg, rl_cfg = stage_configs(DemoConfig(seed=args.seed))
@@ -47,7 +48,7 @@ def run(args, task, pre_cfg, m1_cfg, rl_cfg, work):
         model, records = run_rationales(base, tok, task, dataclasses.replace(m1_cfg, check_steps=False))
         print(f"start: Method 1 without the step check, rounds {[r['accuracy'] for r in records]} "
               f"({time.monotonic() - t0:.0f} s to build)", flush=True)
-        save_checkpoint(f"{work}/start", model, tok)
+        save_checkpoint(args.keep_start or f"{work}/start", model, tok)
     cfg = dataclasses.replace(rl_cfg, steps=100_000, max_seconds=args.seconds, eval_every=25)
     curve = []
 

@@ -8,10 +8,14 @@ batch, token-mean (DAPO) loss, one torch thread each. TRL runs with gradient che
 faster setting here). Prints seconds per step for each, the ratio, and the training MFU against
 this machine's measured fp32 matmul peak; the last line is one JSON line with a `ratio` key.
 
-Not measured yet: the wall time for each to lift held-out accuracy from the same start to 95%.
+With `--start CKPT` it also races both from that checkpoint (the demo-sized model at 40-60%; see
+`bench_grpo_target.py --keep-start`) with the same settings (16 x 8, lr 2e-4, token-mean loss, no
+dynamic sampling: TRL has none), evaluating held-out accuracy (200 problems, greedy, our
+evaluator for both) every ~15 s of training time, evaluation time excluded, until 95% or
+`--seconds` of training: the wall time each needs to reach 95%, or its accuracy when time ran out.
 
 Needs the `bench` extra (TRL): pip install -e '.[bench]'
-Run: python benchmarks/bench_grpo_vs_trl.py [--steps 6]
+Run: python benchmarks/bench_grpo_vs_trl.py [--steps 6] [--start CKPT --seconds 300]
 """
 
 import argparse
@@ -95,11 +99,114 @@ def run_trl(folder: str, tok, task, steps: int) -> tuple[float, float]:
     return statistics.median(steps_s[1:]), statistics.mean(h["completions/mean_length"] for h in logs)
 
 
+RACE_LR, EVAL_EVERY_S, TARGET = 2e-4, 15.0, 0.95
+
+
+class Race:
+    """Training clock (evaluations excluded) and held-out accuracy every EVAL_EVERY_S of it."""
+
+    def __init__(self, name, tok, task, seconds):
+        from reasonlab.engine import SamplingParams
+        from reasonlab.evaluate import evaluate_problems
+
+        self.name, self.seconds, self.clock, self.next_eval, self.curve = name, seconds, 0.0, 0.0, []
+        held_out = task.problems(200, "test", seed=1)
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
+        self.measure = lambda m: evaluate_problems(m, tok, task, held_out, params=greedy)["accuracy"]
+
+    def tick(self, train_seconds: float, model) -> bool:
+        """Add a step's training time; evaluate when due. True when the race is over."""
+        self.clock += train_seconds
+        if self.clock >= self.next_eval or self.clock >= self.seconds:  # due, or the last word
+            acc = self.measure(model)
+            self.curve.append((round(self.clock, 1), acc))
+            print(f"{self.name:<10} {self.clock:7.1f}s  held-out {acc:.1%}", flush=True)
+            self.next_eval += EVAL_EVERY_S
+            if acc >= TARGET:
+                return True
+        return self.clock >= self.seconds
+
+    def result(self) -> dict:
+        reached = next((t for t, acc in self.curve if acc >= TARGET), None)
+        return {"seconds_to_95": reached, "last": self.curve[-1]}
+
+
+def race_ours(start: str, task, seconds: float) -> dict:
+    from reasonlab.model import load_model
+
+    model, tok = load_model(start)
+    race = Race("reasonlab", tok, task, seconds)
+    race.tick(0.0, model)
+    cfg = GRPOConfig(steps=100_000, prompts_per_step=P, group_size=G, max_new_tokens=96, beta=0.0, lr=RACE_LR,
+                     eval_every=0, loss_agg="token_mean", seed=0)
+
+    class Done(Exception):
+        pass
+
+    def log(m):
+        if "time/generate_s" in m and race.tick(m["time/generate_s"] + m["time/train_s"], model):
+            raise Done
+
+    try:
+        train_grpo(model, tok, task, cfg, log=log)
+    except Done:
+        pass
+    return race.result()
+
+
+def race_trl(start: str, task, seconds: float) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig as TRLConfig, GRPOTrainer
+
+    from reasonlab.model import load_model
+    from reasonlab.model.hf import HFCausalLM
+
+    _, tok = load_model(start)
+    race = Race("TRL", tok, task, seconds)
+    problems = task.problems(20000, "train", seed=0)
+    data = Dataset.from_list([{"prompt": build_prompt(p.question), "answer": p.answer} for p in problems])
+
+    def reward(completions, answer, **_):
+        return reasoning_reward(completions, answer, task=task)
+
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as out:
+        model, _ = load_model(start)
+        export_hf(model, tok, folder)
+        hf = AutoModelForCausalLM.from_pretrained(folder)
+        race.tick(0.0, HFCausalLM(hf).eval())
+        args = TRLConfig(output_dir=out, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=96,
+                         beta=0.0, learning_rate=RACE_LR, lr_scheduler_type="constant", temperature=1.0,
+                         max_steps=100_000, logging_steps=10**9, use_cpu=True, report_to="none",
+                         gradient_checkpointing=False, save_strategy="no", loss_type="dapo", bf16=False, seed=0,
+                         disable_tqdm=True)
+        trainer = GRPOTrainer(model=hf, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok.hf)
+        last = [time.perf_counter()]
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kw):
+                spent = time.perf_counter() - last[0]
+                if race.tick(spent, HFCausalLM(model).eval()):
+                    control.should_training_stop = True
+                model.train()
+                last[0] = time.perf_counter()  # the evaluation is not training time
+
+        trainer.add_callback(Clock())
+        trainer.train()
+    return race.result()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--start", default="", help="also race both from this checkpoint to 95%% held-out")
+    parser.add_argument("--seconds", type=float, default=300, help="training seconds each may take in the race")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.start:
+        task = get_task("chain", length=4)
+        ours, trl = race_ours(args.start, task, args.seconds), race_trl(args.start, task, args.seconds)
+        print(json.dumps({"bench": "grpo_race_to_95", "ours": ours, "trl": trl, "lr": RACE_LR}))
     task = get_task("chain", length=4)
     model, tok = new_builtin(GPTConfig(n_layer=4, n_head=4, n_kv_head=4, d_model=128, max_seq_len=256), seed=0)
     params = model.num_params()
