@@ -218,10 +218,11 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     # Prefill each distinct prompt once (GRPO repeats every prompt G times), then copy its cache rows.
     distinct, firsts, inverse = {}, [], []
     for i, ids in enumerate(prompt_ids):
-        if tuple(ids) not in distinct:
-            distinct[tuple(ids)] = len(firsts)
+        key = tuple(ids)
+        if key not in distinct:
+            distinct[key] = len(firsts)
             firsts.append(i)
-        inverse.append(distinct[tuple(ids)])
+        inverse.append(distinct[key])
     if len(firsts) < B:
         first = torch.tensor(firsts, device=device)
         cache = model.init_cache(len(firsts), P + N)

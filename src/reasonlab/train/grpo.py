@@ -46,7 +46,8 @@ from ..template import build_prompt, parse_completion
 from .grpo_math import aggregate, group_advantages, policy_loss, rollout_batch, token_logprobs
 from .loop import load_training_state, make_optimizer, save_training_state
 from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
-                       gathered, gradient_sync, grads_finite, prepare, rank_device, training_state_dict, unwrap, world)
+                       gathered, gradient_sync, grads_finite, prepare, rank_device, refuse_fsdp_states, unwrap,
+                       world)
 
 # ---- the trainer ---------------------------------------------------------------------------------
 
@@ -211,8 +212,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     P, G = cfg.prompts_per_step, cfg.group_size
     if P % size:
         raise UserError(f"prompts_per_step {P} must divide by the {size} processes")
-    if cfg.save_every and cfg.fsdp:
-        raise UserError("--save-every/--resume with --fsdp is not supported yet: use DDP, or no states")
+    refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     P_local = P // size
     # Dynamic sampling draws `oversample` × P problems per attempt, so that one draw usually leaves P
     # groups with a reward spread (a second generate call costs almost as much as the first).
@@ -326,7 +326,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         pick = lambda t, c: None if t is None else t[c]
         for _ in range(cfg.updates):
             optimizer.zero_grad(set_to_none=True)
-            local, weighted = 0.0, {}
+            local, weighted, skipped = 0.0, {}, False  # weighted: token-weighted sums of the chunks' means
             for k, c in enumerate(chunks):  # every chunk's loss is over the global count: they sum up
                 with gradient_sync(train_model, k == len(chunks) - 1):
                     loss, chunk_stats = grpo_step_loss(train_model, pick(ref_logp, c), input_ids[c], mask[c],
@@ -336,18 +336,18 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 n = float(mask[c].sum())
                 for key, v in chunk_stats.items():
                     weighted[key] = weighted.get(key, 0.0) + v * n
-            loss_stats = {key: v / max(float(mask.sum()), 1.0) for key, v in weighted.items()}
             loss_sum = all_reduce_sum(local)
             if not math.isfinite(loss_sum) or not grads_finite(train_model):
                 optimizer.zero_grad(set_to_none=True)
-                loss_stats["skipped"] = "non-finite loss or gradient"
+                skipped = True
                 break
             grad_norm = clip_grad_norm(train_model, cfg.grad_clip)
             optimizer.step()
         train_model.eval()
-        n_tokens = float(mask.sum())
-        loss_stats = {k: (all_reduce_sum(v * n_tokens) / max(all_reduce_sum(n_tokens), 1) if isinstance(v, float) else v)
-                      for k, v in loss_stats.items()}
+        n_tokens = max(all_reduce_sum(float(mask.sum())), 1.0)
+        loss_stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}
+        if skipped:
+            loss_stats["skipped"] = "non-finite loss or gradient"
         all_lengths = all_gather_list(lengths.tolist())
         all_think = all_gather_list(think)
         n_rows = len(everywhere["format"])
@@ -374,7 +374,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                     f.write(json.dumps({"step": step + 1, "completion": rollout.texts[i],
                                         "format_ok": parse_completion(rollout.texts[i]).format_ok}) + "\n")
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
-            save_training_state(state_dir, {"model": training_state_dict(train_model), "optimizer": optimizer.state_dict(),
+            save_training_state(state_dir, {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                                             "stream": stream.state(), "step": step + 1, "config": asdict(cfg),
                                             "reference": ref_model.state_dict() if ref_model else None})
         emit(metrics)

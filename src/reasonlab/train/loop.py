@@ -21,9 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from .parallel import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
-                       training_state_dict, unwrap, world)
+                       refuse_fsdp_states, unwrap, world)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
@@ -223,8 +222,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     if not examples:
         raise ValueError("no training examples")
     rank, size = world()
-    if cfg.save_every and is_fsdp(model):
-        raise UserError("--save-every/--resume with --fsdp is not supported yet: use DDP, or no states")
+    refuse_fsdp_states(cfg.save_every, is_fsdp(model))
     if cfg.batch_size % size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {size} processes")
     rng = random.Random(cfg.seed)
@@ -270,7 +268,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
-            save_training_state(state_dir, {"model": training_state_dict(model), "optimizer": optimizer.state_dict(),
+            save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                             "batches": batches.state(), "torch_rng": torch.get_rng_state(),
                                             "step": step + 1, "bad_in_a_row": bad_in_a_row,
                                             "config": dataclasses.asdict(cfg)})

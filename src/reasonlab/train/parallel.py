@@ -259,9 +259,10 @@ def clip_grad_norm(model, max_norm: float) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def training_state_dict(model) -> dict:
-    """Weights for a resumable state: the module's own (DDP unwrapped; LoRA adapters included)."""
-    return unwrap(model).state_dict()
+def refuse_fsdp_states(save_every: int, fsdp: bool) -> None:
+    """Resumable states hold the module's own (unsharded) weights: not written under FSDP2 yet."""
+    if save_every and fsdp:
+        raise UserError("--save-every/--resume with --fsdp is not supported yet: use DDP, or no states")
 
 
 def plain_model(model):
