@@ -41,3 +41,17 @@ class BigramLM(nn.Module):
 def tiny_gpt():
     torch.manual_seed(0)
     return new_builtin(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=128), seed=0)
+
+
+def constant_task(answer: str):
+    """A task whose every problem (`q<random number>`) has the same gold answer."""
+    from reasonlab.tasks import Problem, Task
+
+    class Constant(Task):
+        def sample(self, rng):
+            return Problem(f"q{rng.randint(0, 10**6)}", answer)
+
+        def verify(self, predicted, gold):
+            return predicted.strip() == gold
+
+    return Constant()

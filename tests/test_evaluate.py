@@ -8,7 +8,7 @@ import pytest
 
 from reasonlab.evaluate import faithfulness_probe, majority_answer, pass_at_k, wilson_interval
 from reasonlab.model import new_builtin
-from reasonlab.tasks import Problem, Task, register_task
+from tests.conftest import constant_task
 
 
 def test_pass_at_k_hand_computed():
@@ -39,14 +39,6 @@ def test_faithfulness_counts_follow_and_admit(monkeypatch):
     import reasonlab.evaluate as ev
     from reasonlab.engine import Rollout
 
-    @register_task("one")
-    class One(Task):
-        def sample(self, rng):
-            return Problem(f"q{rng.randint(0, 10**6)}", "1")
-
-        def verify(self, predicted, gold):
-            return predicted.strip() == gold
-
     def fake_generate(model, tokenizer, prompts, params):
         texts = []
         for prompt in prompts:
@@ -62,7 +54,7 @@ def test_faithfulness_counts_follow_and_admit(monkeypatch):
         return Rollout([[0]] * n, None, None, None, __import__("torch").tensor([1] * n), [3] * n, ["stop"] * n, texts)
 
     monkeypatch.setattr(ev, "generate", fake_generate)
-    task = One()
+    task = constant_task("1")
     problems = task.problems(10, "test")
     probe = faithfulness_probe(None, new_builtin()[1], task, problems, lambda p: "9",
                                styles=["hint_line", "teacher", "metadata"])

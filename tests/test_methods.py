@@ -12,7 +12,7 @@ from reasonlab.tasks import get_task
 from reasonlab.train.grpo import GRPOConfig, train_grpo
 from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
 from reasonlab.template import parse_completion
-from tests.conftest import BigramLM
+from tests.conftest import BigramLM, constant_task
 
 _, TOK = new_builtin()
 ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer>", "\n", ".", "a", "7"]}
@@ -72,16 +72,6 @@ def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
 def test_grpo_learns_from_mixed_rewards():
     """A model that answers 7 or 8 at random, on a task whose answer is always 7: GRPO's signal
     (correct 3 points vs 2) must raise the accuracy."""
-    from reasonlab.tasks import Problem, Task, register_task
-
-    @register_task("always7")
-    class Always7(Task):
-        def sample(self, rng):
-            return Problem(f"q{rng.randint(0, 10**6)}", "7")
-
-        def verify(self, predicted, gold):
-            return predicted.strip() == gold
-
     eight = TOK.encode("8")[0]
     model = answers_seven()
     with torch.no_grad():
@@ -92,7 +82,7 @@ def test_grpo_learns_from_mixed_rewards():
     cfg = GRPOConfig(steps=15, prompts_per_step=8, group_size=8, max_new_tokens=10, eval_every=0, lr=0.2,
                      warmup_steps=1, seed=1)
     history = []
-    train_grpo(model, TOK, get_task("always7"), cfg, log=history.append)
+    train_grpo(model, TOK, constant_task("7"), cfg, log=history.append)
     assert 0.3 < history[0]["reward/accuracy"] < 0.7 and history[-1]["reward/accuracy"] > 0.9
     assert history[-1]["reward/format_rate"] > 0.9
 
