@@ -167,6 +167,12 @@ def test_keyed_noise_samples_the_right_distribution():
     # the next step's draw is independent of this one: two independent draws differ w.p. 1 - Σp²
     later, _ = sample_next(logits.expand(n, 5), 1.0, 0, 1.0, None, keys, step=5)
     assert abs((later != tokens).float().mean() - (1 - (expected ** 2).sum())) < 0.015
+    # truncation: top-2 never draws the other tokens and keeps their ratio
+    top2, _ = sample_next(logits.expand(n, 5), 1.0, 2, 1.0, None, keys, step=4)
+    best = torch.topk(logits, 2).indices
+    assert set(top2.tolist()) == set(best.tolist())
+    share = (top2 == best[0]).float().mean()
+    assert abs(share - torch.softmax(logits[best], -1)[0]) < 0.01
 
 
 @pytest.mark.parametrize("kind", ["builtin", "hf"])
@@ -187,3 +193,52 @@ def test_repeated_prompts_are_prefilled_once_with_the_same_result(tiny_gpt, tmp_
     singles = [generate(model, tok, [p], SamplingParams(max_new_tokens=12, row_seeds=[s])).texts[0]
                for p, s in zip(prompts, seeds)]
     assert grouped.texts == singles and len(set(grouped.texts[:3])) > 1  # copies sample independently
+
+
+def test_shared_prompt_cache_samples_what_copied_caches_sample(tiny_gpt, monkeypatch):
+    """The built-in model keeps one cache per distinct prompt and attends to it once per group; the
+    completions, log-probs and finish reasons equal those of copying each prompt's cache to its
+    rows, also after finished rows leave the batch (groups of unequal sizes, out of order)."""
+    from reasonlab.model import GPT
+
+    model, tok = tiny_gpt
+    prompts = ["12+34\n"] * 3 + ["7*8\n"] * 5 + ["12+34\n", "9\n"]
+    params = SamplingParams(max_new_tokens=40, row_seeds=list(range(10)), temperature=1.5)
+    shares = []
+    share = GPT.share_rows
+    monkeypatch.setattr(GPT, "share_rows", lambda self, cache, index: (shares.append(index.tolist()),
+                                                                        share(self, cache, index))[1])
+    shared = generate(model, tok, prompts, params)
+    assert shares == [[0, 0, 0, 1, 1, 1, 1, 1, 0, 2]]
+    monkeypatch.delattr(GPT, "share_rows")
+    copied = generate(model, tok, prompts, params)
+    assert shared.texts == copied.texts and shared.finish_reason == copied.finish_reason
+    assert len(set(shared.lengths.tolist())) > 2  # rows ended at different steps: compaction ran
+    assert torch.allclose(shared.logprobs, copied.logprobs, atol=1e-5)
+
+
+def test_vectorized_decoding_equals_the_row_state_machine(monkeypatch):
+    """With nothing to force, the engine tracks phases and stop rules as tensor ops over the batch;
+    it must emit what the per-row state machine emits: tokens, log-probs, thinking counts, finish
+    reasons, on a model that writes tags (and EOS, and </answer> inside its thinking) at random."""
+    from reasonlab import engine
+
+    torch.manual_seed(0)
+    model = BigramLM(len(TOK), {}, default=0)
+    with torch.no_grad():
+        model.table.weight.normal_()
+        for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+            model.table.weight[:, ID[tag]] += 2.5
+        model.table.weight[:, TOK.eos_id] += 0.5
+    prompts = ["1+1\n", "2+2\n<think>", "33\n", "x\n<think>"] * 8
+    runs = []
+    for vectorized in (True, False):
+        monkeypatch.setattr(engine, "_vectorizable", lambda *a, v=vectorized: v)
+        runs.append([generate(model, TOK, prompts, SamplingParams(max_new_tokens=24, seed=s, min_new_tokens=m))
+                     for s, m in ((0, 0), (1, 3), (2, 0))])
+    for fast, slow in zip(*runs):
+        assert fast.tokens.tolist() == slow.tokens.tolist() and fast.texts == slow.texts
+        assert fast.think_tokens == slow.think_tokens and fast.finish_reason == slow.finish_reason
+        assert torch.equal(fast.sampled_mask, slow.sampled_mask) and torch.allclose(fast.logprobs, slow.logprobs)
+    reasons = {r for rollout in runs[0] for r in rollout.finish_reason}
+    assert reasons == {"stop", "length"} and len({t for r in runs[0] for t in r.think_tokens}) > 3

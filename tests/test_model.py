@@ -118,3 +118,37 @@ def test_hf_adapter_parity_and_cache(tmp_path, kind):
     first = model.decode(ids[:, :-1], torch.arange(n - 1)[None], torch.ones(1, n - 1, dtype=torch.long), cache)
     last = model.decode(ids[:, -1:], torch.tensor([[n - 1]]), torch.ones(1, n, dtype=torch.long), cache)
     assert torch.allclose(torch.cat([first, last], 1), hf(ids).logits, atol=1e-5)
+
+
+def test_grouped_batch_gives_each_rows_logits_and_gradients(tiny_gpt):
+    """GRPO's layout (each prompt once, completions packed) computes what a causal pass over every
+    prompt + completion row computes: logits and gradients, with prompts of different lengths, a
+    completion of length 0 and grouped-query attention (the fixture has 2 key heads for 4)."""
+    from reasonlab.model import GroupedBatch
+
+    model, _ = tiny_gpt
+    torch.manual_seed(1)
+    P, G = 3, 4
+    prompt_lens = torch.tensor([5, 9, 7])
+    lens = torch.tensor([4, 1, 6, 3, 8, 2, 5, 5, 0, 3, 7, 2])
+    prompts, completions = torch.randint(6, 90, (P, 9)), torch.randint(6, 90, (P * G, 8))
+    batch = GroupedBatch(prompts, prompt_lens, completions, lens, G)
+    weights = torch.randn(P * G, 8, model.config.vocab_size)
+    model.zero_grad()
+    grouped = model(batch)
+    (grouped * weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected = torch.zeros_like(grouped)
+    for i in range(P * G):
+        p, n = i // G, int(lens[i])
+        row = torch.cat([prompts[p, :prompt_lens[p]], completions[i, :n]])[None]
+        expected[i, :n] = model(row)[0, prompt_lens[p] - 1:prompt_lens[p] - 1 + n]
+    (expected * weights).sum().backward()
+    assert torch.allclose(grouped, expected, atol=1e-5)
+    assert (grouped[8] == 0).all() and grouped[0, 4:].abs().sum() == 0  # nothing past a row's end
+    for a, p in zip(grads, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-5)
+    with pytest.raises(ValueError, match="split a group"):
+        batch[2:6]
+    assert len(batch[4:12]) == 8 and batch[4:12].prompt_ids.shape[0] == 2

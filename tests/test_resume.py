@@ -96,7 +96,7 @@ def test_rl_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-m", "reasonlab", "rl", "--model", str(tmp_path / "m"), "--task", "arithmetic",
            "--task-arg", "digits=1", "--steps", "16", "--prompts-per-step", "4", "--group-size", "4",
            "--max-new-tokens", "12", "--eval-every", "0", "--length-target", "6", "--length-alpha", "0.1",
-           "--lr", "1e-3", "--save-every", "2"]
+           "--lr", "1e-3", "--save-every", "2", "--dynamic-sampling"]
     subprocess.run([*cmd, "--out", str(tmp_path / "a")], env=ENV, check=True, capture_output=True)
     reference = rl_history(tmp_path / "a")
     assert sorted(reference) == list(range(1, 17)) and len({r[0] for r in reference.values()}) > 1

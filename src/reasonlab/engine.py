@@ -2,8 +2,8 @@
 
 `generate(model, tokenizer, prompts, SamplingParams(...))` works the same for the built-in GPT and for
 any Hugging Face causal LM (both expose ``init_cache`` and ``decode``). Prompts are left-padded
-and run through the model once (prefill; a prompt repeated for a group is prefilled once and its
-cache copied); then one token per row per step is sampled (temperature,
+and run through the model once (prefill; a prompt repeated for a group is prefilled once, and the
+built-in model keeps its cache once for the group: `share_rows`); then one token per row per step is sampled (temperature,
 top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
 
 - **cap** (`think_budget` = B, per row or one for all): once a row has written B thinking tokens
@@ -92,12 +92,11 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def keyed_exponential(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """(B, V) Exp(1) noise that is a pure function of (key, step, token): counter-based sampling."""
+def keyed_uniform(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """(B,) uniforms in (0, 1) that are a pure function of (key, step): counter-based sampling."""
     h = _mix32(keys & _MASK32) ^ _mix32((keys >> 32) + 0x9E3779B9)
     h = _mix32(h ^ _mix32(torch.full_like(keys, step) + 0x7F4A7C15))
-    u = _mix32(h[:, None] ^ (torch.arange(vocab, device=keys.device)[None, :] * 0x27D4EB2F & _MASK32))
-    return -torch.log((u.double() + 0.5) / 2**32).float()
+    return ((h.double() + 0.5) / 2**32).float()
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -117,12 +116,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         probs = F.softmax(sorted_logits, dim=-1)
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
         scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = F.softmax(scaled, dim=-1)
+    if keys is not None:  # inverse CDF: one keyed uniform per row (token i where cdf[i-1] <= u < cdf[i])
+        cdf = probs.cumsum(-1)
+        u = keyed_uniform(keys, step)[:, None] * cdf[:, -1:]  # < the total, which rounding may keep below 1
+        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), logp
     # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) is a draw from p (cheaper than multinomial).
-    if keys is not None:
-        race = keyed_exponential(keys, step, scaled.shape[-1])
-    else:
-        race = torch.empty_like(scaled).exponential_(generator=generator)
-    return (F.softmax(scaled, dim=-1) / race).argmax(-1), logp
+    race = torch.empty_like(scaled).exponential_(generator=generator)
+    return (probs / race).argmax(-1), logp
 
 
 class RowState:
@@ -228,12 +229,15 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         cache = model.init_cache(len(firsts), P + N)
         logits = model.decode(input_ids[first], positions[first], attn[first, :P], cache)[:, -1].float()
         expand = torch.tensor(inverse, device=device)
-        model.select_rows(cache, expand)
+        getattr(model, "share_rows", model.select_rows)(cache, expand)  # the built-in model keeps one copy
         logits = logits[expand]
     else:
         cache = model.init_cache(B, P + N)
         logits = model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float()
 
+    if _vectorizable(tokenizer, budgets, params):
+        return _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos,
+                                  keys, generator, P, N)
     live = list(range(B))  # the row behind each batch position; finished rows leave the batch
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
@@ -267,6 +271,62 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         logits = model.decode(token_t[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
         next_pos = next_pos + 1
     return assemble_rollout(rows, prompt_ids, tokenizer)
+
+
+def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
+    """Nothing to force and single-token tags: the row state machine runs as tensor ops."""
+    return params.extend == 0 and all(b is None for b in budgets) and \
+        all(len(tokenizer.tags[t]) == 1 for t in (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE))
+
+
+def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos, keys,
+                       generator, P: int, N: int) -> Rollout:
+    """The decode loop when no row is ever forced: `RowState`'s phases (pre, think, post) and stop
+    rules as tensor ops over the batch, no per-row Python (the same tokens; tested)."""
+    B, device = len(prompts), logits.device
+    open_id, close_id, answer_id = (tokenizer.tags[t][0] for t in (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE))
+    eos = -1 if tokenizer.eos_id is None else tokenizer.eos_id
+    phase = torch.tensor([1 if prompt_opens_think(p) else 0 for p in prompts], device=device)  # 0 pre 1 think 2 post
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    think = torch.zeros(B, dtype=torch.long, device=device)
+    lengths = torch.zeros(B, dtype=torch.long, device=device)
+    tokens = torch.full((B, N), tokenizer.pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((B, N), device=device)
+    live = torch.arange(B, device=device)  # the row behind each batch position
+    for step in range(N):
+        if step < params.min_new_tokens and tokenizer.eos_id is not None:
+            logits[:, tokenizer.eos_id] = float("-inf")
+        token, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator, keys, step)
+        active = ~done[live]
+        rows = live[active]
+        tok = token[active]
+        tokens[rows, step] = tok
+        logprobs[rows, step] = logp[active].gather(-1, tok[:, None]).squeeze(-1)
+        lengths[rows] = step + 1
+        ph = phase[rows]
+        closes = (ph == 1) & (tok == close_id)
+        think[rows] += ((ph == 1) & ~closes & (tok != eos)).long()
+        stop = (tok == eos) | (params.stop_at_answer & (ph != 1) & (tok == answer_id))
+        phase[rows] = torch.where((ph == 0) & (tok == open_id), 1, torch.where(closes, 2, ph))
+        done[rows] = stop
+        still = ~done[live]
+        n_live = int(still.sum())
+        if n_live == 0 or step == N - 1:
+            break
+        if len(live) - n_live >= max(1, len(live) // 4):  # compact: drop finished rows
+            index = still.nonzero().squeeze(-1)
+            model.select_rows(cache, index)
+            token, next_pos, attn, live = token[index], next_pos[index], attn[index], live[index]
+            keys = keys[index] if keys is not None else None
+        attn[:, P + step] = 1
+        logits = model.decode(token[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
+        next_pos = next_pos + 1
+    T = max(int(lengths.max()), 1)
+    tokens, logprobs, lengths = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), lengths.cpu()
+    sampled = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    reasons = ["stop" if d else "length" for d in done.tolist()]
+    texts = [tokenizer.decode(row[:n]) for row, n in zip(tokens.tolist(), lengths.tolist())]
+    return Rollout(prompt_ids, tokens, logprobs, sampled, lengths, think.tolist(), reasons, texts)
 
 
 def assemble_rollout(rows: list[RowState], prompt_ids, tokenizer) -> Rollout:

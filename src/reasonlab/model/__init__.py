@@ -6,9 +6,9 @@ engine; `load_model(path)` returns ``(model, TokenizerAdapter)`` for either kind
 """
 
 from .checkpoint import export_hf, load_model, load_train_config, new_builtin, save_checkpoint
-from .gpt import GPT, GPTConfig
+from .gpt import GPT, GPTConfig, GroupedBatch
 from .hf import HFCausalLM
 from .tokenizer import TokenizerAdapter, build_char_tokenizer
 
-__all__ = ["GPT", "GPTConfig", "HFCausalLM", "TokenizerAdapter", "build_char_tokenizer",
+__all__ = ["GPT", "GPTConfig", "GroupedBatch", "HFCausalLM", "TokenizerAdapter", "build_char_tokenizer",
            "export_hf", "load_model", "load_train_config", "new_builtin", "save_checkpoint"]

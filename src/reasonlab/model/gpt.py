@@ -5,8 +5,10 @@ Modules carry Hugging Face Llama's names (``model.layers.0.self_attn.q_proj`` â€
 checkpoint is a Llama checkpoint: `transformers.AutoModelForCausalLM` loads an exported one and gives
 the same logits.
 
-Two entry points share the weights:
+Three entry points share the weights:
 - ``forward(input_ids) -> logits`` for training (causal; right padding needs no mask);
+- ``forward(GroupedBatch) -> logits`` for GRPO training: each group's prompt is computed once and
+  the completions are packed (no padding), so a step costs what its distinct tokens cost;
 - ``init_cache`` + ``decode`` for sampling with a preallocated KV cache and left-padded prompts.
 """
 
@@ -44,6 +46,56 @@ class GPTConfig:
         return self.d_model // self.n_head
 
 
+@dataclass
+class GroupedBatch:
+    """Training rows that share prompts in groups: P prompts and N = PÂ·G completions, row i of the
+    completions following prompt i // G. `GPT.forward(batch)` returns (N, Lc, vocab) logits where
+    [i, j] predicts completion token j of row i (zeros past a row's length)."""
+
+    prompt_ids: torch.Tensor  # (P, Lp) right-padded
+    prompt_lens: torch.Tensor  # (P,)
+    completion_ids: torch.Tensor  # (N, Lc) right-padded
+    completion_lens: torch.Tensor  # (N,)
+    group_size: int
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def __getitem__(self, rows: slice) -> "GroupedBatch":
+        """The rows of whole groups (`rows` must start and stop on a group boundary)."""
+        G = self.group_size
+        start, stop = rows.start or 0, len(self) if rows.stop is None else rows.stop
+        if start % G or stop % G:
+            raise ValueError(f"rows {start}:{stop} split a group of {G}")
+        prompts = slice(start // G, stop // G)
+        return GroupedBatch(self.prompt_ids[prompts], self.prompt_lens[prompts], self.completion_ids[start:stop],
+                            self.completion_lens[start:stop], G)
+
+    def to(self, device) -> "GroupedBatch":
+        return GroupedBatch(self.prompt_ids.to(device), self.prompt_lens.to(device), self.completion_ids.to(device),
+                            self.completion_lens.to(device), self.group_size)
+
+
+class SharedPrefix:
+    """Per layer, the keys and values of the group prompts (recorded by the prompt pass) and how the
+    packed completion tokens of the second pass are laid out to attend to them."""
+
+    def __init__(self, batch: GroupedBatch, index: torch.Tensor, width: int):
+        self.k, self.v = [], []
+        self.group, self.index, self.rows, self.width = batch.group_size, index, len(batch), width
+        Lp, device = batch.prompt_ids.shape[1], batch.prompt_ids.device
+        prompt_keys = torch.arange(Lp, device=device)[None, :] < batch.prompt_lens.repeat_interleave(self.group)[:, None]
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # (N, 1, width, Lp + width): a completion token sees its prompt's real tokens and its own past.
+        self.mask = torch.cat([prompt_keys[:, None, None, :].expand(-1, 1, width, Lp),
+                               causal[None, None].expand(self.rows, 1, width, width)], dim=-1)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """(tokens, H, hd) packed -> (N, H, width, hd), zeros on padding."""
+        out = packed.new_zeros((self.rows * self.width,) + packed.shape[1:]).index_copy(0, self.index, packed)
+        return out.view(self.rows, self.width, *packed.shape[1:]).transpose(1, 2)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -72,11 +124,69 @@ class KVCache:
             self.w_gate_up = [torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])
                               for b in model.model.layers]
 
+        self.start = 0  # positions before `start` live in the shared prompt cache (see `share_rows`)
+        self.prefix_k = self.prefix_v = self.prefix_bias = self.slot = None
+
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (finished rows leave the batch)."""
         self.k = [k.index_select(0, index) for k in self.k]
         self.v = [v.index_select(0, index) for v in self.v]
-        self.key_bias = self.key_bias.index_select(0, index)
+        if self.slot is None:
+            self.key_bias = self.key_bias.index_select(0, index)
+        else:
+            self.slot = tuple(x.index_select(0, index) for x in self.slot)
+
+    def share_rows(self, index: torch.Tensor) -> None:
+        """Row b of the batch from now on continues prefilled row index[b] (GRPO: G rows a prompt).
+
+        The prompts' keys and values stay one copy: each decode step attends to them once per
+        prompt, with the queries of all its rows as one matrix (so a group reads its prompt's cache
+        once, not G times), and to each row's own tokens in a per-row cache from position `start`.
+        """
+        U, B, P = self.k[0].shape[0], index.shape[0], self.pos
+        self.prefix_k = [k[:, :, :P].contiguous() for k in self.k]
+        self.prefix_v = [v[:, :, :P].contiguous() for v in self.v]
+        self.prefix_bias = self.key_bias[:, :, :, :P].contiguous()  # (U, 1, 1, P): the prompt padding
+        counts = torch.bincount(index, minlength=U)
+        self.width = int(counts.max())
+        firsts = torch.cumsum(counts, 0) - counts  # rows are grouped by prompt in any order: rank them
+        order = torch.argsort(index, stable=True)
+        rank = torch.empty_like(index)
+        rank[order] = torch.arange(B, device=index.device) - firsts[index[order]]
+        self.slot = (index, rank)  # the row's prompt and its place among that prompt's rows
+        shape = (B, self.k[0].shape[1], self.k[0].shape[2] - P, self.k[0].shape[3])
+        self.k = [torch.empty(shape, dtype=k.dtype, device=k.device) for k in self.k]
+        self.v = [torch.empty(shape, dtype=v.dtype, device=v.device) for v in self.v]
+        self.start = P
+
+    def attend(self, layer: int, q: torch.Tensor, end: int, bias: torch.Tensor | None) -> torch.Tensor:
+        """One decode step's attention: q (B, H, hd) over positions [0, end) -> (B, H * hd).
+        `bias` (B*H, 1, end): the padding mask of an unshared cache."""
+        B, H, hd = q.shape
+        keys, values = self.k[layer][:, :, :end - self.start], self.v[layer][:, :, :end - self.start]
+        if keys.shape[1] != H:  # grouped-query attention: share each key/value head
+            keys, values = keys.repeat_interleave(H // keys.shape[1], 1), values.repeat_interleave(H // keys.shape[1], 1)
+        t = end - self.start
+        keys, values = keys.reshape(B * H, t, hd), values.reshape(B * H, t, hd)
+        if self.slot is None:
+            scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), keys.transpose(1, 2), alpha=hd ** -0.5)
+            return torch.bmm(torch.softmax(scores, dim=-1), values).view(B, H * hd)
+        pk, pv = self.prefix_k[layer], self.prefix_v[layer]  # (U, Hk, P, hd)
+        if pk.shape[1] != H:
+            pk, pv = pk.repeat_interleave(H // pk.shape[1], 1), pv.repeat_interleave(H // pv.shape[1], 1)
+        U, P, W = pk.shape[0], pk.shape[2], self.width
+        u, r = self.slot  # (B,) prompt and place in its group of each row
+        grouped = q.new_zeros(U, H, W, hd)
+        grouped.permute(0, 2, 1, 3)[u, r] = q  # (U, H, W, hd): a group's queries as one matrix
+        s_pre = torch.matmul(grouped, pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
+        s_pre = s_pre.permute(0, 2, 1, 3)[u, r]  # (B, H, P)
+        s_row = torch.bmm(q.reshape(B * H, 1, hd), keys.transpose(1, 2)).view(B, H, t) * hd ** -0.5
+        probs = torch.softmax(torch.cat([s_pre, s_row], dim=-1), dim=-1)
+        p_pre = probs.new_zeros(U, H, W, P)
+        p_pre.permute(0, 2, 1, 3)[u, r] = probs[..., :P]
+        y_pre = torch.matmul(p_pre, pv).permute(0, 2, 1, 3)[u, r]  # (B, H, hd)
+        y_row = torch.bmm(probs[..., P:].reshape(B * H, 1, t), values).view(B, H, hd)
+        return (y_pre + y_row).view(B, H * hd)
 
 
 class Attention(nn.Module):
@@ -88,7 +198,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.d_model, c.n_kv_head * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.n_head * c.head_dim, c.d_model, bias=False)
 
-    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0,
+                prefix: SharedPrefix | None = None):
+        if prefix is not None and len(prefix.k) > layer:  # packed completions after their prompts
+            return self._after_prefix(x, cos, sin, prefix, layer)
         B, T, _ = x.shape  # (B, T, d_model)
         c, hd = self.c, self.c.head_dim
         if cache is None:
@@ -104,6 +217,9 @@ class Attention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=c.n_kv_head != c.n_head)
+            if prefix is not None:  # the prompt pass: keep its keys and values for the completions
+                prefix.k.append(k)
+                prefix.v.append(v)
         else:
             end = cache.pos + T
             cache.k[layer][:, :, cache.pos:end] = k
@@ -114,6 +230,21 @@ class Attention(nn.Module):
             else:
                 y = _cached_attention(q, keys, values, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _after_prefix(self, x, cos, sin, prefix: SharedPrefix, layer: int):
+        """x (tokens, d_model): every completion token of the batch, packed; cos/sin (tokens, 1, hd)."""
+        c, hd = self.c, self.c.head_dim
+        q = self.q_proj(x).view(-1, c.n_head, hd)
+        k = self.k_proj(x).view(-1, c.n_kv_head, hd)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        G = prefix.group
+        keys = torch.cat([prefix.k[layer].repeat_interleave(G, 0), prefix.pad(k)], dim=2)
+        values = torch.cat([prefix.v[layer].repeat_interleave(G, 0), prefix.pad(self.v_proj(x).view(-1, c.n_kv_head, hd))],
+                           dim=2)
+        y = F.scaled_dot_product_attention(prefix.pad(q), keys, values, attn_mask=prefix.mask,
+                                           enable_gqa=c.n_kv_head != c.n_head)  # (N, H, width, hd)
+        y = y.transpose(1, 2).reshape(-1, c.n_head * hd).index_select(0, prefix.index)
+        return self.o_proj(y)
 
 
 def _cached_attention(q, k, v, bias):
@@ -150,8 +281,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.mlp = MLP(c)
 
-    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0, prefix=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, prefix)
         fused = None if cache is None else cache.w_gate_up[layer]
         return x + self.mlp(self.post_attention_layernorm(x), fused)
 
@@ -214,31 +345,64 @@ class GPT(nn.Module):
         H, Hk, hd, pos = c.n_head, c.n_kv_head, c.head_dim, cache.pos
         end = pos + 1
         cos, sin = self.cos[position_ids], self.sin[position_ids]  # (B, 1, hd)
-        bias = cache.key_bias[:, :, :, :end].expand(B, H, 1, end).reshape(B * H, 1, end)
+        bias = None if cache.slot is not None else \
+            cache.key_bias[:, :, :, :end].expand(B, H, 1, end).reshape(B * H, 1, end)
         x = self.model.embed_tokens(input_ids)  # (B, 1, d)
         for i, block in enumerate(self.model.layers):
             h = F.rms_norm(x, (c.d_model,), block.input_layernorm.weight, c.norm_eps)
             qkv = F.linear(h, cache.w_qkv[i]).view(B, H + 2 * Hk, hd)
             qk = qkv[:, :H + Hk]
             qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
-            cache.k[i][:, :, pos] = qk[:, H:]
-            cache.v[i][:, :, pos] = qkv[:, H + Hk:]
-            keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]  # (B, Hk, S, hd)
-            if Hk != H:
-                keys, values = keys.repeat_interleave(H // Hk, 1), values.repeat_interleave(H // Hk, 1)
-            keys, values = keys.reshape(B * H, end, hd), values.reshape(B * H, end, hd)
-            scores = torch.baddbmm(bias, qk[:, :H].reshape(B * H, 1, hd), keys.transpose(1, 2),
-                                   alpha=hd ** -0.5)  # (B*H, 1, S)
-            y = torch.bmm(torch.softmax(scores, dim=-1), values).view(B, 1, H * hd)
-            x = x + F.linear(y, block.self_attn.o_proj.weight)
+            cache.k[i][:, :, pos - cache.start] = qk[:, H:]
+            cache.v[i][:, :, pos - cache.start] = qkv[:, H + Hk:]
+            y = cache.attend(i, qk[:, :H], end, bias)
+            x = x + F.linear(y, block.self_attn.o_proj.weight)[:, None]
             h = F.rms_norm(x, (c.d_model,), block.post_attention_layernorm.weight, c.norm_eps)
             gate, up = F.linear(h, cache.w_gate_up[i]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, block.mlp.down_proj.weight)
         x = F.rms_norm(x, (c.d_model,), self.model.norm.weight, c.norm_eps)
         return F.linear(x, self.lm_head.weight)
 
+    def _grouped(self, b: GroupedBatch) -> torch.Tensor:
+        """Logits (N, Lc, vocab) of a `GroupedBatch`: the same numbers as a causal pass over each
+        prompt + completion row, computing each prompt once and no padding in the token-wise layers."""
+        P, Lp = b.prompt_ids.shape
+        N, Lc = b.completion_ids.shape
+        G, device = b.group_size, b.prompt_ids.device
+        if N != P * G:
+            raise ValueError(f"{N} completions for {P} prompts in groups of {G}")
+        # Completion tokens fed to the model: all but each row's last (its prediction is not needed).
+        fed = (b.completion_lens - 1).clamp(min=0)
+        width = max(int(fed.max()), 1)
+        cols = torch.arange(width, device=device)
+        keep = cols[None, :] < fed[:, None]  # (N, width)
+        index = (torch.arange(N, device=device)[:, None] * width + cols[None, :])[keep]
+        prefix = SharedPrefix(b, index, width)
+        if int(b.prompt_lens.max()) + width > self.config.max_seq_len:
+            raise ValueError(f"sequence longer than max_seq_len={self.config.max_seq_len}")
+        # Pass 1: the prompts (right-padded: causal attention alone keeps real tokens off the padding).
+        x = self.model.embed_tokens(b.prompt_ids)
+        cos, sin = self.cos[:Lp].expand(P, Lp, -1), self.sin[:Lp].expand(P, Lp, -1)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, None, None, i, prefix)
+        last = x[torch.arange(P, device=device), b.prompt_lens - 1]  # (P, d): predicts completion token 0
+        # Pass 2: the completions, packed into one run of tokens.
+        positions = (b.prompt_lens.repeat_interleave(G)[:, None] + cols[None, :])[keep]
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (tokens, 1, hd)
+        x = self.model.embed_tokens(b.completion_ids[:, :width][keep])
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, None, None, i, prefix)
+        # Row i: [i, 0] from its prompt's last token, [i, j + 1] from its completion token j.
+        rows = torch.arange(N, device=device)[b.completion_lens > 0]
+        logits = self.lm_head(self.model.norm(torch.cat([last[rows // G], x])))
+        place = torch.cat([rows * Lc, (torch.arange(N, device=device)[:, None] * Lc + cols[None, :] + 1)[keep]])
+        return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, place, logits).view(N, Lc, -1)
+
     def forward(self, input_ids, position_ids=None, attention_mask=None):
-        """Logits (B, T, vocab) for a causal pass. `attention_mask` (B, T), 1 = real, for left padding."""
+        """Logits (B, T, vocab) for a causal pass. `attention_mask` (B, T), 1 = real, for left padding.
+        Given a `GroupedBatch` instead of ids: see `_grouped`."""
+        if isinstance(input_ids, GroupedBatch):
+            return self._grouped(input_ids)
         mask = None if attention_mask is None else _mask(attention_mask.bool(), input_ids.shape[1], 0)
         return self._run(input_ids, position_ids, mask, None)
 
@@ -247,6 +411,10 @@ class GPT(nn.Module):
 
     def select_rows(self, cache: KVCache, index: torch.Tensor) -> None:
         cache.select_rows(index)
+
+    def share_rows(self, cache: KVCache, index: torch.Tensor) -> None:
+        """After a prefill: row b continues prefilled row index[b], the prompt cache kept once."""
+        cache.share_rows(index)
 
     def decode(self, input_ids, position_ids, attention_mask, cache: KVCache):
         """Logits for `input_ids` (B, T) appended to the cache. `attention_mask` (B, cache.pos + T).
@@ -259,6 +427,8 @@ class GPT(nn.Module):
             logits = self._decode_one(input_ids, position_ids, cache)
             cache.pos += 1
             return logits
+        if cache.slot is not None:
+            raise ValueError("a shared-prompt cache takes one token per row a step")
         keys = attention_mask.bool()
         cache.key_bias[:, 0, 0, :end].masked_fill_(~keys, float("-inf"))
         bias = None  # no padding in a first call: plain causal attention (SDPA's fast path)

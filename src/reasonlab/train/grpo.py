@@ -43,7 +43,8 @@ from ..evaluate import evaluate_problems
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
-from .grpo_math import aggregate, group_advantages, policy_loss, rollout_batch, token_logprobs
+from ..model.gpt import GPT
+from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
 from .loop import load_training_state, make_optimizer, save_training_state
 from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
                        gathered, gradient_sync, grads_finite, prepare, rank_device, refuse_fsdp_states, unwrap,
@@ -69,7 +70,7 @@ class GRPOConfig(ScaleOptions):
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant"})
     mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
-    oversample: float = field(default=1.5, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of P"})
+    oversample: float = field(default=1.5, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of P (divided by the last step's share of groups with a reward spread)"})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
     length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)"})
@@ -78,6 +79,8 @@ class GRPOConfig(ScaleOptions):
     trigger: bool = field(default=True, metadata={"help": "plain prompts: add the trigger phrase"})
     micro_batch_size: int = field(default=0, metadata={
         "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)"})
+    shared_prompts: bool = field(default=True, metadata={
+        "help": "built-in model: compute each group's prompt once and pack the completions (same loss, fewer FLOPs)"})
     rollout_engine: str = field(default="builtin", metadata={"help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])"})
     vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm"})
@@ -178,9 +181,10 @@ def grpo_step_loss(model, ref_logp, input_ids, mask, advantages, old_logp, cfg: 
     return loss, stats
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
-    """Row slices of at most `size` (all rows in one when size is 0)."""
-    size = size or n
+def micro_batches(n: int, size: int, group: int = 1) -> list[slice]:
+    """Row slices of at most `size` (all rows in one when size is 0), in whole groups of `group`
+    rows (at least one group a slice)."""
+    size = max(group, size // group * group) if size else n
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -214,9 +218,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         raise UserError(f"prompts_per_step {P} must divide by the {size} processes")
     refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     P_local = P // size
-    # Dynamic sampling draws `oversample` × P problems per attempt, so that one draw usually leaves P
-    # groups with a reward spread (a second generate call costs almost as much as the first).
-    draw = math.ceil(P_local * cfg.oversample) if cfg.dynamic_sampling else P_local
+    # Dynamic sampling draws oversample × P / q problems per attempt, q being the share of groups with
+    # a reward spread in the last step, so that one draw usually leaves P of them (one generate call
+    # of 2n rows costs ~1.3 calls of n, not 2; late in training most groups are all right).
+    keep_rate = 1.0
     torch.manual_seed(cfg.seed)
     stream = ProblemStream(task, cfg.seed)
     held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
@@ -230,6 +235,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         vllm_engine = VLLMEngine.from_model(model, tokenizer, VLLMOptions(gpu_memory_utilization=cfg.vllm_gpu_memory))
     train_model = prepare(model, cfg)
     core = unwrap(train_model)
+    shared = cfg.shared_prompts and isinstance(core, GPT)  # each group's prompt computed once
     device = next(core.parameters()).device
     optimizer = make_optimizer(train_model, cfg.lr)
     out = Path(out_dir) if out_dir and rank == 0 else None
@@ -245,6 +251,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         if ref_model is not None:
             ref_model.load_state_dict(state["reference"])
         first = state["step"]
+        keep_rate = state.get("keep_rate", 1.0)
 
     def prompt_of(problem):
         question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
@@ -270,6 +277,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         t0 = time.monotonic()
         train_model.eval()
         groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": []}
+        draw = min(math.ceil(P_local * cfg.oversample / keep_rate), 8 * P_local) if cfg.dynamic_sampling else P_local
         while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
             attempt += 1
             problems = stream.take(draw * size)
@@ -301,18 +309,19 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 break
         gen_seconds = time.monotonic() - t0
         everywhere = {k: all_gather_list(v) for k, v in rows.items()}
+        keep_rate = max(1 / 8, 1 - sum(everywhere["zero_std"]) / max(len(everywhere["zero_std"]), 1))
         if any_rank(not groups):
             metrics = {"step": step + 1, "skipped": "every group had equal rewards"}
             emit(metrics)
             continue
         kept = all_gather_list(torch.cat([r for _, _, r in groups]).tolist())
         batch_std = float(torch.tensor(kept).std()) if cfg.scale == "batch" else None
-        input_ids, mask, advantages, lengths, think = _stack(groups, G, tokenizer.pad_id, cfg, batch_std)
+        input_ids, mask, advantages, lengths, think = _stack(groups, G, tokenizer.pad_id, cfg, batch_std, shared)
         input_ids, mask, advantages = input_ids.to(device), mask.to(device), advantages.to(device)
         total = all_reduce_sum(float(mask.sum())) if cfg.loss_agg == "token_mean" else all_reduce_sum(len(input_ids))
         t1 = time.monotonic()
         train_model.train()
-        chunks = micro_batches(len(input_ids), cfg.micro_batch_size)
+        chunks = micro_batches(len(input_ids), cfg.micro_batch_size, G if shared else 1)
         old_logp = ref_logp = None
         if cfg.updates > 1:
             with torch.no_grad():
@@ -376,6 +385,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
             save_training_state(state_dir, {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
                                             "stream": stream.state(), "step": step + 1, "config": asdict(cfg),
+                                            "keep_rate": keep_rate,
                                             "reference": ref_model.state_dict() if ref_model else None})
         emit(metrics)
         if last:
@@ -383,25 +393,27 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     return metrics
 
 
-def _stack(groups, G: int, pad_id: int, cfg: GRPOConfig, batch_std: float | None = None):
-    """Sequences, masks and advantages of the kept groups as one batch."""
-    seqs, masks, advs, lengths, think = [], [], [], [], []
-    scaled = group_advantages(torch.stack([r for _, _, r in groups]), cfg.scale, batch_std=batch_std)
+def _stack(groups, G: int, pad_id: int, cfg: GRPOConfig, batch_std: float | None = None, shared: bool = False):
+    """The kept groups as one batch: inputs (a `GroupedBatch` when `shared`, else (N, T) ids),
+    loss mask, advantages, completion lengths, thinking lengths."""
+    advantages = group_advantages(torch.stack([r for _, _, r in groups]), cfg.scale, batch_std=batch_std).flatten()
+    lengths = torch.cat([rollout.lengths[g * G:(g + 1) * G] for rollout, g, _ in groups])
+    think = [t for rollout, g, _ in groups for t in rollout.think_tokens[g * G:(g + 1) * G]]
+    if shared:
+        inputs, mask = group_batch([(rollout, g) for rollout, g, _ in groups], G, pad_id, cfg.mask_truncated)
+        return inputs, mask, advantages, lengths, think
+    seqs, masks = [], []
     batches = {}  # one rollout_batch per rollout (dynamic sampling may draw several)
-    for (rollout, g, r), adv in zip(groups, scaled):
+    for rollout, g, _ in groups:
         if id(rollout) not in batches:
             batches[id(rollout)] = rollout_batch(rollout, pad_id, cfg.mask_truncated)
-        ids, mask = batches[id(rollout)]
-        rows = slice(g * G, (g + 1) * G)
-        seqs += list(ids[rows])
-        masks += list(mask[rows])
-        advs.append(adv)
-        lengths.append(rollout.lengths[rows])
-        think += rollout.think_tokens[rows]
+        ids, m = batches[id(rollout)]
+        seqs += list(ids[g * G:(g + 1) * G])
+        masks += list(m[g * G:(g + 1) * G])
     T = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T - 1))
     for i, (s, m) in enumerate(zip(seqs, masks)):
         input_ids[i, :len(s)] = s
         mask[i, :len(m)] = m
-    return input_ids, mask, torch.cat(advs), torch.cat(lengths), think
+    return input_ids, mask, advantages, lengths, think

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Rollout
+from ..model.gpt import GroupedBatch
 from .parallel import autocast
 
 
@@ -73,12 +74,16 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     return aggregate(per_token, mask, agg, max_tokens, total), stats
 
 
-def token_logprobs(model, input_ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T-1) log-prob of each next token, and (B, T-1) entropy of each prediction."""
-    with autocast(input_ids.device):
-        logits = model(input_ids)[:, :-1].float() / temperature
+def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
+    prediction; for a `GroupedBatch` (built-in model), (N, Lc) for each completion token."""
+    grouped = isinstance(inputs, GroupedBatch)
+    targets = inputs.completion_ids if grouped else inputs[:, 1:]
+    with autocast(targets.device):
+        logits = model(inputs).float() if grouped else model(inputs)[:, :-1].float()
+    logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
@@ -102,3 +107,31 @@ def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
             continue
         mask[i, len(prompt) - 1:len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
     return input_ids, mask
+
+
+def group_batch(parts, group_size: int, pad_id: int, mask_truncated: bool = False) -> tuple[GroupedBatch, torch.Tensor]:
+    """Groups of rollout rows as a `GroupedBatch` (each prompt once) and the (N, Lc) loss mask.
+
+    `parts`: (rollout, g) pairs, group g being rows g·G … (g+1)·G - 1 of `rollout`, all on one
+    prompt. The mask is 1 where a completion token was *sampled* (forced tokens and padding are 0;
+    with `mask_truncated`, whole truncated rows are 0), in the same coordinates as the log-probs
+    `token_logprobs` returns for the batch."""
+    G = group_size
+    prompts = [rollout.prompt_ids[g * G] for rollout, g in parts]
+    widths = [int(rollout.lengths[g * G:(g + 1) * G].max()) for rollout, g in parts]
+    Lp, Lc, N = max(len(p) for p in prompts), max(max(widths), 1), len(parts) * G
+    prompt_ids = torch.full((len(parts), Lp), pad_id, dtype=torch.long)
+    completion_ids = torch.full((N, Lc), pad_id, dtype=torch.long)
+    mask = torch.zeros((N, Lc))
+    for k, ((rollout, g), prompt, w) in enumerate(zip(parts, prompts, widths)):
+        rows, out = slice(g * G, (g + 1) * G), slice(k * G, (k + 1) * G)
+        prompt_ids[k, :len(prompt)] = torch.tensor(prompt)
+        completion_ids[out, :w] = rollout.tokens[rows, :w]
+        mask[out, :w] = rollout.sampled_mask[rows, :w].float()
+        if mask_truncated:
+            for i in range(G):
+                if rollout.finish_reason[g * G + i] == "length":
+                    mask[k * G + i] = 0
+    lens = torch.cat([rollout.lengths[g * G:(g + 1) * G] for rollout, g in parts])
+    plens = torch.tensor([len(p) for p in prompts])
+    return GroupedBatch(prompt_ids, plens, completion_ids, lens, G), mask
