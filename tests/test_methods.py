@@ -144,3 +144,27 @@ def test_method1_drops_right_answers_reached_by_wrong_steps():
     loose, _ = sample_rationales(Scripted("http://127.0.0.1:9"), TOK, task, problems,
                                  RationalesConfig(samples=2, max_new_tokens=40, check_steps=False), seed=0)
     assert len(loose) == 12
+
+
+def test_dynamic_sampling_refills_missing_groups_within_a_budget():
+    from reasonlab.train.grpo import refill_size
+
+    assert refill_size(16, 1.0, 1.25, 96) == 20  # the missing groups plus a margin
+    assert refill_size(16, 0.25, 1.25, 96) == 80  # a quarter of groups useful last step: draw 4x
+    assert refill_size(16, 0.125, 1.25, 96) == 96 and refill_size(5, 0.5, 1.0, 0) == 0  # the step's budget
+    # A model writing tags at random: thinking lengths, so length-target rewards, vary within most
+    # groups but not all. Every step trains on P groups with a spread, drawn within 6 P problems.
+    torch.manual_seed(0)
+    model = BigramLM(len(TOK), {}, default=0)
+    with torch.no_grad():
+        model.table.weight.normal_()
+        for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+            model.table.weight[:, ID[tag]] += 2.0
+    cfg = GRPOConfig(steps=6, prompts_per_step=4, group_size=3, max_new_tokens=8, eval_every=0, lr=1e-3,
+                     dynamic_sampling=True, length_target=2, length_alpha=0.5)
+    history = []
+    train_grpo(model, TOK, constant_task("7"), cfg, log=history.append)
+    assert len(history) == 6 and all("skipped" not in m for m in history)
+    for m in history:
+        assert m["sampling/groups_kept"] == 4 and 4 < m["sampling/groups_drawn"] <= 24
+    assert 0 < max(m["frac_reward_zero_std"] for m in history) < 1

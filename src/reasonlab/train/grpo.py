@@ -70,7 +70,7 @@ class GRPOConfig(ScaleOptions):
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant"})
     mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
-    oversample: float = field(default=1.5, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of P (divided by the last step's share of groups with a reward spread)"})
+    oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread"})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
     length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)"})
@@ -156,6 +156,12 @@ def score_rollout(rollout: Rollout, problems, prompts, task: Task, cfg: GRPOConf
     return torch.tensor(rewards), list(format_ok), list(correct), list(extra)
 
 
+def refill_size(missing: int, keep_rate: float, oversample: float, budget: int) -> int:
+    """Dynamic sampling: problems to draw for `missing` groups when a share `keep_rate` of groups
+    has a reward spread, with `oversample` margin, within the step's remaining `budget`."""
+    return max(0, min(math.ceil(missing * oversample / keep_rate), budget))
+
+
 def row_seed(seed: int, step: int, attempt: int, row: int) -> int:
     """The sampling seed of one completion: a function of its place in the *global* batch, so a
     rollout sharded over ranks draws what one process would (see `SamplingParams.row_seeds`)."""
@@ -218,9 +224,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         raise UserError(f"prompts_per_step {P} must divide by the {size} processes")
     refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     P_local = P // size
-    # Dynamic sampling draws oversample × P / q problems per attempt, q being the share of groups with
-    # a reward spread in the last step, so that one draw usually leaves P of them (one generate call
-    # of 2n rows costs ~1.3 calls of n, not 2; late in training most groups are all right).
+    # Dynamic sampling draws oversample × n / q problems per attempt to find the n groups still
+    # missing, q being the share of groups with a reward spread in the last step: late in training
+    # most groups are all right, and one large draw costs less than several small ones. A step
+    # draws 6 P problems at most (4 attempts at most): past that it trains on the groups it has.
     keep_rate = 1.0
     torch.manual_seed(cfg.seed)
     stream = ProblemStream(task, cfg.seed)
@@ -277,11 +284,15 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         t0 = time.monotonic()
         train_model.eval()
         groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": []}
-        draw = min(math.ceil(P_local * cfg.oversample / keep_rate), 8 * P_local) if cfg.dynamic_sampling else P_local
+        budget = 6 * P_local  # dynamic sampling: problems a step may draw in all (per rank)
         while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
             attempt += 1
-            problems = stream.take(draw * size)
             need = P_local - len(groups)
+            draw = P_local
+            if cfg.dynamic_sampling:  # sized for the rank that needs most, the same on every rank
+                draw = refill_size(max(all_gather_list([need])), keep_rate, cfg.oversample, budget)
+                budget -= draw
+            problems = stream.take(draw * size)
             mine = problems[rank * draw:(rank + 1) * draw] if need > 0 else []
             if mine:
                 prompts = [prompt_of(p) for p in mine for _ in range(G)]
@@ -305,7 +316,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 for g in range(len(mine)):
                     if not (cfg.dynamic_sampling and flat[g]) and len(groups) < P_local:
                         groups.append((rollout, g, rewards[g]))
-            if not cfg.dynamic_sampling or attempt >= 4 or not any_rank(len(groups) < P_local):
+            if not cfg.dynamic_sampling or attempt >= 4 or budget <= 0 or not any_rank(len(groups) < P_local):
                 break
         gen_seconds = time.monotonic() - t0
         everywhere = {k: all_gather_list(v) for k, v in rows.items()}
@@ -368,6 +379,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             "reward/accuracy": sum(everywhere["correct"]) / n_rows,
             **({"reward/length_target": sum(everywhere["extra"]) / n_rows} if cfg.length_target else {}),
             "frac_reward_zero_std": sum(everywhere["zero_std"]) / max(len(everywhere["zero_std"]), 1),
+            "sampling/groups_drawn": len(everywhere["zero_std"]), "sampling/groups_kept": len(kept) // G,
             "completions/mean_length": sum(all_lengths) / len(all_lengths),
             "completions/mean_think_tokens": sum(all_think) / len(all_think),
             **loss_stats, "time/generate_s": gen_seconds, "time/train_s": time.monotonic() - t1,
