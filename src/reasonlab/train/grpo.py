@@ -23,6 +23,10 @@ forced tokens (thinking-budget cap, "Wait," extensions) never enter the loss; tr
 can be masked out (`mask_truncated`); groups whose rewards are all equal carry no signal and can be
 dropped and refilled from new problems (`dynamic_sampling`, DAPO); an optional length-conditioned
 mode asks for "think for N tokens" and adds the length-target reward.
+
+Cost, not math: with the built-in model the training pass computes each group's prompt once and
+packs the completions (`model.GroupedBatch`, `shared_prompts`); the loss and gradient are those
+of the padded rows (tested).
 """
 
 from __future__ import annotations
