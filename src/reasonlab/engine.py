@@ -325,7 +325,7 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, log
     tokens, logprobs, lengths = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), lengths.cpu()
     sampled = (torch.arange(T)[None, :] < lengths[:, None]).long()
     reasons = ["stop" if d else "length" for d in done.tolist()]
-    texts = [tokenizer.decode(row[:n]) for row, n in zip(tokens.tolist(), lengths.tolist())]
+    texts = tokenizer.decode_batch([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())])
     return Rollout(prompt_ids, tokens, logprobs, sampled, lengths, think.tolist(), reasons, texts)
 
 
@@ -340,7 +340,7 @@ def assemble_rollout(rows: list[RowState], prompt_ids, tokenizer) -> Rollout:
         logprobs[i, :n] = torch.tensor(row.logprobs)
         sampled[i, :n] = torch.tensor(row.sampled, dtype=torch.long)
     lengths = torch.tensor([len(row.history) for row in rows])
-    texts = [tokenizer.decode(row.history) for row in rows]
+    texts = tokenizer.decode_batch([row.history for row in rows])
     return Rollout(prompt_ids, tokens, logprobs, sampled, lengths,
                    [max(row.think_count, 0) for row in rows],
                    [row.reason or "length" for row in rows], texts)

@@ -56,12 +56,19 @@ class TokenizerAdapter:
         return self.hf.encode(text, add_special_tokens=False)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        """Token ids of each text; a text repeated (a GRPO group) is encoded once."""
+        distinct = list(dict.fromkeys(texts))
+        ids = dict(zip(distinct, self.hf(distinct, add_special_tokens=False)["input_ids"]))
+        return [list(ids[t]) for t in texts]
 
     def decode(self, ids) -> str:
         """Text of `ids`, keeping the template tags, dropping pad and EOS."""
+        return self.decode_batch([ids])[0]
+
+    def decode_batch(self, rows) -> list[str]:
+        """`decode` of each row, in one call."""
         drop = {self.pad_id, self.eos_id}
-        return self.hf.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+        return self.hf.batch_decode([[i for i in ids if i not in drop] for ids in rows], skip_special_tokens=False)
 
     def save(self, path) -> None:
         self.hf.save_pretrained(path)
