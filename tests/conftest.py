@@ -37,6 +37,19 @@ class BigramLM(nn.Module):
         return self.table(input_ids)
 
 
+def random_tag_writer(tokenizer, tag_boost: float, eos_boost: float = 0.0, seed: int = 0) -> BigramLM:
+    """A bigram LM with random logits that writes the template tags (and EOS) often, at random:
+    completions go through every phase of the template in varied orders and lengths."""
+    torch.manual_seed(seed)
+    model = BigramLM(len(tokenizer), {}, default=0)
+    with torch.no_grad():
+        model.table.weight.normal_()
+        for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+            model.table.weight[:, tokenizer.encode(tag)[0]] += tag_boost
+        model.table.weight[:, tokenizer.eos_id] += eos_boost
+    return model
+
+
 @pytest.fixture
 def tiny_gpt():
     torch.manual_seed(0)

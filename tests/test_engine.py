@@ -6,7 +6,7 @@ import torch
 
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import load_model, new_builtin
-from tests.conftest import BigramLM
+from tests.conftest import BigramLM, random_tag_writer
 from tests.test_model import make_tiny_hf
 
 _, TOK = new_builtin()
@@ -223,13 +223,7 @@ def test_vectorized_decoding_equals_the_row_state_machine(monkeypatch):
     reasons, on a model that writes tags (and EOS, and </answer> inside its thinking) at random."""
     from reasonlab import engine
 
-    torch.manual_seed(0)
-    model = BigramLM(len(TOK), {}, default=0)
-    with torch.no_grad():
-        model.table.weight.normal_()
-        for tag in ("<think>", "</think>", "<answer>", "</answer>"):
-            model.table.weight[:, ID[tag]] += 2.5
-        model.table.weight[:, TOK.eos_id] += 0.5
+    model = random_tag_writer(TOK, tag_boost=2.5, eos_boost=0.5)
     prompts = ["1+1\n", "2+2\n<think>", "33\n", "x\n<think>"] * 8
     runs = []
     for vectorized in (True, False):

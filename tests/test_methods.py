@@ -12,7 +12,7 @@ from reasonlab.tasks import get_task
 from reasonlab.train.grpo import GRPOConfig, train_grpo
 from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
 from reasonlab.template import parse_completion
-from tests.conftest import BigramLM, constant_task
+from tests.conftest import BigramLM, constant_task, random_tag_writer
 
 _, TOK = new_builtin()
 ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer>", "\n", ".", "a", "7"]}
@@ -154,12 +154,7 @@ def test_dynamic_sampling_refills_missing_groups_within_a_budget():
     assert refill_size(16, 0.125, 1.25, 96) == 96 and refill_size(5, 0.5, 1.0, 0) == 0  # the step's budget
     # A model writing tags at random: thinking lengths, so length-target rewards, vary within most
     # groups but not all. Every step trains on P groups with a spread, drawn within 6 P problems.
-    torch.manual_seed(0)
-    model = BigramLM(len(TOK), {}, default=0)
-    with torch.no_grad():
-        model.table.weight.normal_()
-        for tag in ("<think>", "</think>", "<answer>", "</answer>"):
-            model.table.weight[:, ID[tag]] += 2.0
+    model = random_tag_writer(TOK, tag_boost=2.0)
     cfg = GRPOConfig(steps=6, prompts_per_step=4, group_size=3, max_new_tokens=8, eval_every=0, lr=1e-3,
                      dynamic_sampling=True, length_target=2, length_alpha=0.5)
     history = []
