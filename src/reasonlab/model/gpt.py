@@ -126,6 +126,7 @@ class KVCache:
 
         self.start = 0  # positions before `start` live in the shared prompt cache (see `share_rows`)
         self.prefix_k = self.prefix_v = self.prefix_bias = self.slot = None
+        self.width = 0  # most rows any one prompt has (shared mode)
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (finished rows leave the batch)."""
@@ -165,7 +166,8 @@ class KVCache:
         B, H, hd = q.shape
         keys, values = self.k[layer][:, :, :end - self.start], self.v[layer][:, :, :end - self.start]
         if keys.shape[1] != H:  # grouped-query attention: share each key/value head
-            keys, values = keys.repeat_interleave(H // keys.shape[1], 1), values.repeat_interleave(H // keys.shape[1], 1)
+            rep = H // keys.shape[1]
+            keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
         t = end - self.start
         keys, values = keys.reshape(B * H, t, hd), values.reshape(B * H, t, hd)
         if self.slot is None:
@@ -173,7 +175,8 @@ class KVCache:
             return torch.bmm(torch.softmax(scores, dim=-1), values).view(B, H * hd)
         pk, pv = self.prefix_k[layer], self.prefix_v[layer]  # (U, Hk, P, hd)
         if pk.shape[1] != H:
-            pk, pv = pk.repeat_interleave(H // pk.shape[1], 1), pv.repeat_interleave(H // pv.shape[1], 1)
+            rep = H // pk.shape[1]
+            pk, pv = pk.repeat_interleave(rep, 1), pv.repeat_interleave(rep, 1)
         U, P, W = pk.shape[0], pk.shape[2], self.width
         u, r = self.slot  # (B,) prompt and place in its group of each row
         grouped = q.new_zeros(U, H, W, hd)
