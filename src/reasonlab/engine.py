@@ -261,16 +261,26 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         keep = [j for j, i in enumerate(live) if rows[i].phase != "done"]
         if not keep or step == N - 1:
             break
-        if len(live) - len(keep) >= max(1, len(live) // 4):  # compact: drop finished rows
-            index = torch.tensor(keep, device=device)
-            model.select_rows(cache, index)
-            token_t, next_pos, attn = token_t[index], next_pos[index], attn[index]
-            keys = keys[index] if keys is not None else None
+        logits, next_pos, attn, keys, index = _next_step(model, cache, token_t, next_pos, attn, keys,
+                                                         torch.tensor(keep, device=device), P, step)
+        if index is not None:
             live = [live[j] for j in keep]
-        attn[:, P + step] = 1
-        logits = model.decode(token_t[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
-        next_pos = next_pos + 1
     return assemble_rollout(rows, prompt_ids, tokenizer)
+
+
+def _next_step(model, cache, token, next_pos, attn, keys, keep: torch.Tensor, P: int, step: int):
+    """Drop finished rows once a quarter of the batch has finished (`keep`: the batch positions still
+    running), then feed each row its token. Returns the next logits, the (compacted) positions,
+    attention mask and row keys, and the kept index when rows were dropped (else None)."""
+    index = None
+    if len(token) - len(keep) >= max(1, len(token) // 4):
+        index = keep
+        model.select_rows(cache, index)
+        token, next_pos, attn = token[index], next_pos[index], attn[index]
+        keys = keys[index] if keys is not None else None
+    attn[:, P + step] = 1
+    logits = model.decode(token[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
+    return logits, next_pos + 1, attn, keys, index
 
 
 def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
@@ -309,18 +319,12 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, log
         stop = (tok == eos) | (params.stop_at_answer & (ph != 1) & (tok == answer_id))
         phase[rows] = torch.where((ph == 0) & (tok == open_id), 1, torch.where(closes, 2, ph))
         done[rows] = stop
-        still = ~done[live]
-        n_live = int(still.sum())
-        if n_live == 0 or step == N - 1:
+        keep = (~done[live]).nonzero().squeeze(-1)
+        if len(keep) == 0 or step == N - 1:
             break
-        if len(live) - n_live >= max(1, len(live) // 4):  # compact: drop finished rows
-            index = still.nonzero().squeeze(-1)
-            model.select_rows(cache, index)
-            token, next_pos, attn, live = token[index], next_pos[index], attn[index], live[index]
-            keys = keys[index] if keys is not None else None
-        attn[:, P + step] = 1
-        logits = model.decode(token[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
-        next_pos = next_pos + 1
+        logits, next_pos, attn, keys, index = _next_step(model, cache, token, next_pos, attn, keys, keep, P, step)
+        if index is not None:
+            live = live[index]
     T = max(int(lengths.max()), 1)
     tokens, logprobs, lengths = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), lengths.cpu()
     sampled = (torch.arange(T)[None, :] < lengths[:, None]).long()
