@@ -217,6 +217,26 @@ def test_shared_prompt_cache_samples_what_copied_caches_sample(tiny_gpt, monkeyp
     assert torch.allclose(shared.logprobs, copied.logprobs, atol=1e-5)
 
 
+def test_dense_groups_sample_what_copied_caches_sample(tiny_gpt, monkeypatch):
+    """GRPO's layout (every prompt repeated G times, in order) takes the dense path, where a group's
+    queries are a view rather than a scatter; it samples what copied caches sample."""
+    from reasonlab.model import GPT
+    from reasonlab.model.gpt import KVCache
+
+    model, tok = tiny_gpt
+    prompts = ["12+34\n"] * 4 + ["7*8\n"] * 4 + ["9\n"] * 4
+    params = SamplingParams(max_new_tokens=40, row_seeds=list(range(12)), temperature=1.5)
+    dense = []
+    share = KVCache.share_rows
+    monkeypatch.setattr(KVCache, "share_rows", lambda self, index: (share(self, index), dense.append(self.dense)))
+    shared = generate(model, tok, prompts, params)
+    assert dense == [True]
+    monkeypatch.delattr(GPT, "share_rows")
+    copied = generate(model, tok, prompts, params)
+    assert shared.texts == copied.texts and shared.finish_reason == copied.finish_reason
+    assert torch.allclose(shared.logprobs, copied.logprobs, atol=1e-5)
+
+
 def test_vectorized_decoding_equals_the_row_state_machine(monkeypatch):
     """With nothing to force, the engine tracks phases and stop rules as tensor ops over the batch;
     it must emit what the per-row state machine emits: tokens, log-probs, thinking counts, finish

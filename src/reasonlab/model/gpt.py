@@ -121,12 +121,18 @@ class KVCache:
         with torch.no_grad():
             self.w_qkv = [torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight,
                                      b.self_attn.v_proj.weight]) for b in model.model.layers]
+            # Decoding: q, k, v and rotate_half(q), rotate_half(k) from one matmul (rotate_half is
+            # a signed permutation of each head's features, so it folds into the weight rows).
+            rot = lambda w: rotate_half(w.T.reshape(c.d_model, -1, c.head_dim)).reshape(c.d_model, -1).T  # noqa: E731
+            self.w_qkv_rope = [torch.cat([w, rot(b.self_attn.q_proj.weight), rot(b.self_attn.k_proj.weight)])
+                               for w, b in zip(self.w_qkv, model.model.layers)]
             self.w_gate_up = [torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])
                               for b in model.model.layers]
 
         self.start = 0  # positions before `start` live in the shared prompt cache (see `share_rows`)
         self.prefix_k = self.prefix_v = self.prefix_bias = self.slot = None
         self.width = 0  # most rows any one prompt has (shared mode)
+        self.dense = False  # shared mode, rows in prompt order, `width` rows each: groups are views
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (finished rows leave the batch)."""
@@ -136,6 +142,7 @@ class KVCache:
             self.key_bias = self.key_bias.index_select(0, index)
         else:
             self.slot = tuple(x.index_select(0, index) for x in self.slot)
+            self.dense = False
 
     def share_rows(self, index: torch.Tensor) -> None:
         """Row b of the batch from now on continues prefilled row index[b] (GRPO: G rows a prompt).
@@ -155,6 +162,8 @@ class KVCache:
         rank = torch.empty_like(index)
         rank[order] = torch.arange(B, device=index.device) - firsts[index[order]]
         self.slot = (index, rank)  # the row's prompt and its place among that prompt's rows
+        self.dense = B == U * self.width and torch.equal(
+            index, torch.arange(U, device=index.device).repeat_interleave(self.width))
         shape = (B, self.k[0].shape[1], self.k[0].shape[2] - P, self.k[0].shape[3])
         self.k = [torch.empty(shape, dtype=k.dtype, device=k.device) for k in self.k]
         self.v = [torch.empty(shape, dtype=v.dtype, device=v.device) for v in self.v]
@@ -178,12 +187,19 @@ class KVCache:
             rep = H // pk.shape[1]
             pk, pv = pk.repeat_interleave(rep, 1), pv.repeat_interleave(rep, 1)
         U, P, W = pk.shape[0], pk.shape[2], self.width
+        s_row = torch.bmm(q.reshape(B * H, 1, hd), keys.transpose(1, 2)).view(B, H, t) * hd ** -0.5
+        if self.dense:  # each group's queries are already one (W, hd) matrix per head
+            grouped = q.view(U, W, H, hd).transpose(1, 2)
+            s_pre = torch.matmul(grouped, pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
+            probs = torch.softmax(torch.cat([s_pre.transpose(1, 2).reshape(B, H, P), s_row], dim=-1), dim=-1)
+            y_pre = torch.matmul(probs[..., :P].view(U, W, H, P).transpose(1, 2), pv).transpose(1, 2).reshape(B, H, hd)
+            y_row = torch.bmm(probs[..., P:].reshape(B * H, 1, t), values).view(B, H, hd)
+            return (y_pre + y_row).reshape(B, H * hd)
         u, r = self.slot  # (B,) prompt and place in its group of each row
         grouped = q.new_zeros(U, H, W, hd)
         grouped.permute(0, 2, 1, 3)[u, r] = q  # (U, H, W, hd): a group's queries as one matrix
         s_pre = torch.matmul(grouped, pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
         s_pre = s_pre.permute(0, 2, 1, 3)[u, r]  # (B, H, P)
-        s_row = torch.bmm(q.reshape(B * H, 1, hd), keys.transpose(1, 2)).view(B, H, t) * hd ** -0.5
         probs = torch.softmax(torch.cat([s_pre, s_row], dim=-1), dim=-1)
         p_pre = probs.new_zeros(U, H, W, P)
         p_pre.permute(0, 2, 1, 3)[u, r] = probs[..., :P]
@@ -353,11 +369,10 @@ class GPT(nn.Module):
         x = self.model.embed_tokens(input_ids)  # (B, 1, d)
         for i, block in enumerate(self.model.layers):
             h = F.rms_norm(x, (c.d_model,), block.input_layernorm.weight, c.norm_eps)
-            qkv = F.linear(h, cache.w_qkv[i]).view(B, H + 2 * Hk, hd)
-            qk = qkv[:, :H + Hk]
-            qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
+            qkv = F.linear(h, cache.w_qkv_rope[i]).view(B, 2 * H + 3 * Hk, hd)
+            qk = torch.addcmul(qkv[:, :H + Hk] * cos, qkv[:, H + 2 * Hk:], sin)  # RoPE on q and k at once
             cache.k[i][:, :, pos - cache.start] = qk[:, H:]
-            cache.v[i][:, :, pos - cache.start] = qkv[:, H + Hk:]
+            cache.v[i][:, :, pos - cache.start] = qkv[:, H + Hk:H + 2 * Hk]
             y = cache.attend(i, qk[:, :H], end, bias)
             x = x + F.linear(y, block.self_attn.o_proj.weight)[:, None]
             h = F.rms_norm(x, (c.d_model,), block.post_attention_layernorm.weight, c.norm_eps)
