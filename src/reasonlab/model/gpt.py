@@ -186,26 +186,28 @@ class KVCache:
         if pk.shape[1] != H:
             rep = H // pk.shape[1]
             pk, pv = pk.repeat_interleave(rep, 1), pv.repeat_interleave(rep, 1)
-        U, P, W = pk.shape[0], pk.shape[2], self.width
+        P = pk.shape[2]
         s_row = torch.bmm(q.reshape(B * H, 1, hd), keys.transpose(1, 2)).view(B, H, t) * hd ** -0.5
-        if self.dense:  # each group's queries are already one (W, hd) matrix per head
-            grouped = q.view(U, W, H, hd).transpose(1, 2)
-            s_pre = torch.matmul(grouped, pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
-            probs = torch.softmax(torch.cat([s_pre.transpose(1, 2).reshape(B, H, P), s_row], dim=-1), dim=-1)
-            y_pre = torch.matmul(probs[..., :P].view(U, W, H, P).transpose(1, 2), pv).transpose(1, 2).reshape(B, H, hd)
-            y_row = torch.bmm(probs[..., P:].reshape(B * H, 1, t), values).view(B, H, hd)
-            return (y_pre + y_row).reshape(B, H * hd)
-        u, r = self.slot  # (B,) prompt and place in its group of each row
-        grouped = q.new_zeros(U, H, W, hd)
-        grouped.permute(0, 2, 1, 3)[u, r] = q  # (U, H, W, hd): a group's queries as one matrix
-        s_pre = torch.matmul(grouped, pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
-        s_pre = s_pre.permute(0, 2, 1, 3)[u, r]  # (B, H, P)
-        probs = torch.softmax(torch.cat([s_pre, s_row], dim=-1), dim=-1)
-        p_pre = probs.new_zeros(U, H, W, P)
-        p_pre.permute(0, 2, 1, 3)[u, r] = probs[..., :P]
-        y_pre = torch.matmul(p_pre, pv).permute(0, 2, 1, 3)[u, r]  # (B, H, hd)
+        s_pre = torch.matmul(self._to_groups(q), pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
+        probs = torch.softmax(torch.cat([self._from_groups(s_pre), s_row], dim=-1), dim=-1)
+        y_pre = self._from_groups(torch.matmul(self._to_groups(probs[..., :P]), pv))  # (B, H, hd)
         y_row = torch.bmm(probs[..., P:].reshape(B * H, 1, t), values).view(B, H, hd)
-        return (y_pre + y_row).view(B, H * hd)
+        return (y_pre + y_row).reshape(B, H * hd)
+
+    def _to_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """Shared mode: (B, H, n) per row -> (U, H, W, n), each prompt's rows as one matrix (zeros
+        where a prompt has fewer than W rows). Dense layout: a view; otherwise a scatter."""
+        U, W = self.prefix_k[0].shape[0], self.width
+        if self.dense:
+            return x.view(U, W, *x.shape[1:]).transpose(1, 2)
+        out = x.new_zeros(U, W, *x.shape[1:])
+        out[self.slot] = x
+        return out.transpose(1, 2)
+
+    def _from_groups(self, y: torch.Tensor) -> torch.Tensor:
+        """The inverse of `_to_groups`: (U, H, W, n) -> (B, H, n)."""
+        y = y.transpose(1, 2)
+        return y.reshape(-1, *y.shape[2:]) if self.dense else y[self.slot]
 
 
 class Attention(nn.Module):
