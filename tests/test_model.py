@@ -152,3 +152,30 @@ def test_grouped_batch_gives_each_rows_logits_and_gradients(tiny_gpt):
     with pytest.raises(ValueError, match="split a group"):
         batch[2:6]
     assert len(batch[4:12]) == 8 and batch[4:12].prompt_ids.shape[0] == 2
+
+
+def test_decode_batch_matches_transformers_with_and_without_clean_up(tiny_gpt):
+    """The fast path (the Rust tokenizer directly) must give what `batch_decode` gives; a tokenizer
+    that asks for the clean-up pass (`hello , world` -> `hello, world`) keeps going through it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from reasonlab.model.tokenizer import TokenizerAdapter
+
+    _, tok = tiny_gpt
+    rows = [tok.encode("<think>1+2=3</think><answer>3</answer>") + [tok.eos_id, tok.pad_id], tok.encode(" a , b ")]
+    drop = {tok.pad_id, tok.eos_id}
+    assert tok.decode_batch(rows) == tok.hf.batch_decode([[i for i in r if i not in drop] for r in rows])
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", "hello", ",", "world", "<think>", "</think>",
+                                          "<answer>", "</answer>", "Wait"])}
+    core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.decoder = decoders.WordPiece(cleanup=False)  # the clean-up, if any, is transformers' pass
+    for clean in (True, False):
+        hf = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]",
+                                     clean_up_tokenization_spaces=clean)
+        adapter = TokenizerAdapter(hf)
+        ids = [hf.encode("hello, world", add_special_tokens=False)]
+        assert adapter.decode_batch(ids) == hf.batch_decode(ids)
+        assert adapter.decode_batch(ids) == ["hello, world" if clean else "hello , world"]
