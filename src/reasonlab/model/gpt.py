@@ -119,13 +119,14 @@ class KVCache:
         # at prefill. Tokens appended after it are always visible.
         self.key_bias = torch.zeros((batch, 1, 1, max_len), dtype=p.dtype, device=p.device)
         with torch.no_grad():
-            self.w_qkv = [torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight,
-                                     b.self_attn.v_proj.weight]) for b in model.model.layers]
-            # Decoding: q, k, v and rotate_half(q), rotate_half(k) from one matmul (rotate_half is
-            # a signed permutation of each head's features, so it folds into the weight rows).
+            # Rows: q, k, v, then rotate_half(q), rotate_half(k) (rotate_half is a signed permutation
+            # of each head's features, so it folds into the weight rows). Decoding takes all five
+            # from one matmul; a prefill takes the first three (`qkv_rows`, a view).
             rot = lambda w: rotate_half(w.T.reshape(c.d_model, -1, c.head_dim)).reshape(c.d_model, -1).T  # noqa: E731
-            self.w_qkv_rope = [torch.cat([w, rot(b.self_attn.q_proj.weight), rot(b.self_attn.k_proj.weight)])
-                               for w, b in zip(self.w_qkv, model.model.layers)]
+            self.w_qkv_rope = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
+                                          rot(a.q_proj.weight), rot(a.k_proj.weight)])
+                               for a in (b.self_attn for b in model.model.layers)]
+            self.qkv_rows = (c.n_head + 2 * c.n_kv_head) * c.head_dim
             self.w_gate_up = [torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])
                               for b in model.model.layers]
 
@@ -228,7 +229,7 @@ class Attention(nn.Module):
         if cache is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
-            q, k, v = F.linear(x, cache.w_qkv[layer]).split(
+            q, k, v = F.linear(x, cache.w_qkv_rope[layer][:cache.qkv_rows]).split(
                 [c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd], dim=-1)
         q = q.view(B, T, c.n_head, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, c.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
