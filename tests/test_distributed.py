@@ -22,7 +22,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     rows = [{"prompt": f"{i}*{j}=", "completion": f"<think>{i} times {j}</think><answer>{i * j}</answer>"}
             for i in range(12) for j in range(12)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["sft", "--data", str(tmp_path / "d.jsonl"), "--steps", "12", "--batch-size", "8", "--eval-every", "0",
+    args = ["sft", "--device", "cpu", "--data", str(tmp_path / "d.jsonl"), "--steps", "12", "--batch-size", "8", "--eval-every", "0",
             "--lr", "3e-3", "--warmup-steps", "2"]
     subprocess.run([sys.executable, "-m", "reasonlab", *args, "--out", str(tmp_path / "one")], env=ENV, check=True,
                    capture_output=True)
@@ -65,7 +65,7 @@ def test_rl_sharded_rollouts_two_processes_match_one(tmp_path, start_checkpoint)
     """Each rank samples and trains 2 of the 4 problems; per-row seeds make the samples those of one
     process, and global normalisation makes the update the same. The length-target reward gives
     every group a spread (a random model never gets the format right)."""
-    args = ["rl", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "4", "--prompts-per-step", "4",
+    args = ["rl", "--device", "cpu", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "4", "--prompts-per-step", "4",
             "--group-size", "4", "--max-new-tokens", "24", "--eval-every", "2", "--eval-problems", "6",
             "--length-target", "6", "--length-alpha", "0.1", "--lr", "3e-3", "--warmup-steps", "1"]
     one, two = run_pair(tmp_path, args, "{run}/metrics.jsonl")
@@ -87,7 +87,7 @@ def test_fsdp2_sft_and_rl_match_one_process(tmp_path, start_checkpoint):
     rows = [{"prompt": f"{i}*{j}=", "completion": f"<think>{i} times {j}</think><answer>{i * j}</answer>"}
             for i in range(8) for j in range(8)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["sft", "--model", start_checkpoint, "--data", str(tmp_path / "d.jsonl"), "--steps", "6",
+    args = ["sft", "--device", "cpu", "--model", start_checkpoint, "--data", str(tmp_path / "d.jsonl"), "--steps", "6",
             "--batch-size", "8", "--eval-every", "0", "--lr", "3e-3", "--warmup-steps", "1"]
     one, two = run_pair(tmp_path / "sft", args, "{run}.state/metrics.jsonl", extra_two=["--fsdp"])
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 1e-5 and len(one) == len(two) == 6
@@ -96,7 +96,7 @@ def test_fsdp2_sft_and_rl_match_one_process(tmp_path, start_checkpoint):
     w1, w2 = (load_file(tmp_path / "sft" / run / "model.safetensors") for run in ("one", "two"))
     assert w1.keys() == w2.keys() and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
 
-    args = ["rl", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "2", "--prompts-per-step", "2",
+    args = ["rl", "--device", "cpu", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "2", "--prompts-per-step", "2",
             "--group-size", "4", "--max-new-tokens", "16", "--eval-every", "0", "--length-target", "6",
             "--length-alpha", "0.1", "--lr", "3e-3", "--warmup-steps", "1"]
     one, two = run_pair(tmp_path / "rl", args, "{run}/metrics.jsonl", extra_two=["--fsdp"])
@@ -109,7 +109,7 @@ def test_fsdp_and_lora_refuse_what_they_cannot_do(tmp_path, start_checkpoint):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "reasonlab", *args], env=ENV, capture_output=True, text=True)
 
-    rl = ["rl", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "1", "--out", str(tmp_path / "x")]
+    rl = ["rl", "--device", "cpu", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "1", "--out", str(tmp_path / "x")]
     for args, message in [(["--fsdp"], "--fsdp needs several processes"),
                           (["--lora-rank", "4"], "LoRA needs a Hugging Face model")]:
         proc = run(*rl, *args)

@@ -83,12 +83,16 @@ def cmd_score(args) -> int:
     return 0
 
 
-def load_model_or_exit(path: str, dtype=None):
+def load_model_or_exit(path: str, dtype=None, device: str = "auto"):
+    """(model, tokenizer) from PATH, on `--device` (under torchrun the trainer moves it to the rank's GPU)."""
     from .model import load_model
+    from .train.parallel import resolve_device
 
     if not path:
         raise UserError("--model is required (a reasonlab checkpoint or a Hugging Face model folder)")
-    return load_model(path, dtype)
+    where = resolve_device(device)  # a bad --device fails before the model loads
+    model, tokenizer = load_model(path, dtype)
+    return model.to(where), tokenizer
 
 
 def cmd_generate(args) -> int:
@@ -97,7 +101,7 @@ def cmd_generate(args) -> int:
 
     cfg = build_config(SampleConfig, args)
     task = make_task(cfg.task, args.task_arg)
-    model, tokenizer = load_model_or_exit(cfg.model)
+    model, tokenizer = load_model_or_exit(cfg.model, device=args.device)
     rows = sample_task(model, tokenizer, task, cfg)
     for i, row in enumerate(rows):
         verdict = ("correct" if row["correct"] else "wrong") if row["format_ok"] else "broken format"
@@ -146,7 +150,8 @@ def cmd_pretrain(args) -> int:
     cfg = build_config(PretrainConfig, args)
     task = make_task(args.task, args.task_arg)
     with TrainProgress(cfg.steps, "pretrain") as bar:
-        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=f"{args.out}.state", resume=args.resume)
+        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=f"{args.out}.state", resume=args.resume,
+                                       device=args.device)
     save_checkpoint(args.out, model, tok, {"task": args.task, **vars(cfg)})
     print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
@@ -158,7 +163,7 @@ def cmd_sft(args) -> int:
 
     cfg = build_config(SFTConfig, args)
     with TrainProgress(cfg.steps, "sft") as bar:
-        metrics = run_sft(cfg, progress=bar)
+        metrics = run_sft(cfg, progress=bar, device=args.device)
     print(f"saved {cfg.out}; final loss {metrics.get('loss', float('nan')):.4f}")
     return 0
 
@@ -172,13 +177,13 @@ def cmd_rationales(args) -> int:
 
     cfg = build_config(RationalesConfig, args)
     task = make_task(args.task, args.task_arg)
-    base, tok = load_model_or_exit(args.model)
-    teacher = model_or_endpoint(args.teacher)[0] if args.teacher else None
+    base, tok = load_model_or_exit(args.model, device=args.device)
+    teacher = model_or_endpoint(args.teacher, args.device)[0] if args.teacher else None
     judge = None
     if args.judge:
         if not cfg.judge_rubric:
             raise UserError("--judge needs --judge-rubric (the criteria the judge scores against)")
-        judge_source, judge_tok = model_or_endpoint(args.judge)
+        judge_source, judge_tok = model_or_endpoint(args.judge, args.device)
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
     model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out, judge=judge,
                                     log=lambda r: print(json.dumps(r), flush=True), resume=args.resume)
@@ -187,17 +192,17 @@ def cmd_rationales(args) -> int:
     return 0
 
 
-def model_or_endpoint(spec: str):
+def model_or_endpoint(spec: str, device: str = "auto"):
     """(model, tokenizer) of a local checkpoint, or (client, None) for an http(s):// endpoint."""
     if spec.startswith(("http://", "https://")):
         return RemoteGenerator(spec), None
-    return load_model_or_exit(spec)
+    return load_model_or_exit(spec, device=device)
 
 
 def cmd_serve(args) -> int:
     from .remote import serve
 
-    model, tok = load_model_or_exit(args.model)
+    model, tok = load_model_or_exit(args.model, device=args.device)
     serve(model, tok, args.host, args.port)
     return 0
 
@@ -210,8 +215,8 @@ def cmd_rl(args) -> int:
 
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg)
-    setup_distributed()  # under torchrun: join the group (each rank samples and trains its share)
-    model, tok = load_model_or_exit(args.model, load_dtype(cfg))
+    setup_distributed(args.device)  # under torchrun: join the group (each rank samples and trains its share)
+    model, tok = load_model_or_exit(args.model, load_dtype(cfg), args.device)
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
         metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=bar, resume=args.resume)
@@ -265,7 +270,7 @@ def cmd_eval(args) -> int:
     cfg = build_config(EvalConfig, args)
     task = make_task(cfg.task, args.task_arg)
     cfg.budget_list()  # check before loading anything
-    model, tokenizer = load_model_or_exit(cfg.model)
+    model, tokenizer = load_model_or_exit(cfg.model, device=args.device)
     out = evaluate_model(model, tokenizer, task, cfg)
     table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
     table.add_column("metric")
@@ -289,7 +294,7 @@ def cmd_faithfulness(args) -> int:
     from .evaluate import faithfulness_probe
 
     task = make_task(args.task, args.task_arg)
-    model, tokenizer = load_model_or_exit(args.model)
+    model, tokenizer = load_model_or_exit(args.model, device=args.device)
     problems = task.problems(args.problems, "test", args.seed)
     answers = [p.solution or p.answer for p in problems]
     rng = random.Random(args.seed)
@@ -324,13 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    on_device = argparse.ArgumentParser(add_help=False)
+    on_device.add_argument("--device", default="auto", help="where the model runs: auto (a GPU when torch sees one, "
+                           "else the CPU), cpu, cuda or cuda:N; under torchrun each rank takes cuda:LOCAL_RANK")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    command = lambda name, help: sub.add_parser(name, help=help, parents=[common])  # noqa: E731
+    command = lambda name, help, device=True: sub.add_parser(  # noqa: E731
+        name, help=help, parents=[common, on_device] if device else [common])
 
-    p = command("tasks", help="list the registered tasks")
+    p = command("tasks", help="list the registered tasks", device=False)
     p.set_defaults(func=cmd_tasks)
 
-    p = command("score", help="score completions in a JSONL file (format, correctness, reward)")
+    p = command("score", help="score completions in a JSONL file (format, correctness, reward)", device=False)
     add_task_args(p)
     p.add_argument("input", help='JSONL, one {"completion": str, "answer": str[, "prompt": str]} a line')
     p.add_argument("-o", "--output", help="write scored lines here (atomically) instead of stdout")
@@ -347,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.rationales import RationalesConfig
     from .train.sft import SFTConfig
 
-    p = command("demo", help="the whole story on the built-in tiny model (CPU, minutes)")
+    p = command("demo", help="the whole story on the built-in tiny model (CPU, minutes)", device=False)
     add_config_args(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
 
@@ -401,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
-    p = command("report", help="plots and an HTML page from a run folder")
+    p = command("report", help="plots and an HTML page from a run folder", device=False)
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
     return parser

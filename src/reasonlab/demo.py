@@ -34,6 +34,8 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     length: int = field(default=4, metadata={"help": "variables per chain problem (the demo's task)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
+    device: str = field(default="cpu", metadata={
+        "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
 
 
 def stage_configs(cfg: DemoConfig):
@@ -112,7 +114,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
             tick(completed=m["step"], info=info)
 
-        base, tok, _ = pretrain(task, pre_cfg, progress=pre_log)
+        base, tok, _ = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
         log_file.close()
         save_checkpoint(out / "checkpoints" / "base", base, tok, asdict(pre_cfg))
         tick(completed=pre_cfg.steps)

@@ -238,7 +238,9 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
     ref_model = None
     if cfg.beta > 0 and cfg.lora_rank == 0:  # with LoRA the reference is the model with its adapters off
-        ref_model = copy.deepcopy(model).eval().to(rank_device())
+        ref_model = copy.deepcopy(model).eval()  # on the model's device (torchrun: moved to the rank's below)
+        if size > 1:
+            ref_model = ref_model.to(rank_device())
     vllm_engine = None
     if cfg.rollout_engine == "vllm":  # started from the plain model, before adapters or sharding
         from ..rollout_vllm import VLLMEngine, VLLMOptions

@@ -188,7 +188,7 @@ def load_training_state(folder) -> dict | None:
         if not file.exists():
             continue
         try:
-            return torch.load(file, weights_only=False)
+            return torch.load(file, map_location="cpu", weights_only=False)  # loaders move it to the model
         except Exception as e:  # truncated or corrupt: fall back to the previous good one
             print(f"warning: training state {file} is unreadable ({type(e).__name__}); trying an older one",
                   file=sys.stderr)

@@ -54,13 +54,41 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def setup_distributed() -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+def resolve_device(spec: str = "auto") -> torch.device:
+    """What `--device` names: ``auto`` is this rank's GPU (``cuda:LOCAL_RANK``) when torch sees one,
+    else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are taken as given, once checked."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def setup_distributed(device: str = "auto") -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl when the ranks run
+    on GPUs (`device` auto or cuda and a GPU is there), gloo on CPUs."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_available() and dist.is_initialized()
-    if torch.cuda.is_available():
+    if resolve_device(device).type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
     else:
@@ -86,7 +114,8 @@ def world() -> tuple[int, int]:
 
 
 def rank_device() -> torch.device:
-    """Where this rank's model lives: ``cuda:LOCAL_RANK`` under nccl, the CPU otherwise."""
+    """Where this rank's model lives under torchrun: ``cuda:LOCAL_RANK`` under nccl, the CPU under
+    gloo. One process trains wherever its model was put (`--device`)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
@@ -170,11 +199,15 @@ def prepare(model, options: ScaleOptions):
     device = rank_device()
     model = model.to(device)
     if options.fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # The mesh on the ranks' own device type: left to itself FSDP2 picks CUDA whenever a GPU is
+        # visible, also for gloo ranks on the CPU (`--device cpu` on a GPU machine).
+        mesh = init_device_mesh(device.type, (size,))
         for block in _blocks(model):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         with torch.no_grad():  # one forward through the root first, so FSDP2 initialises from the root
             model(torch.zeros((1, 1), dtype=torch.long, device=device))  # (the engine may call blocks first)
         for unit in model.modules():  # a no-grad forward leaves the root unsharded: reshard it, or the

@@ -11,7 +11,8 @@ from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
 from .loop import TrainConfig, collate, lm_loss, tokenize_examples, train_supervised
-from .parallel import ScaleOptions, load_dtype, prepare, plain_model, setup_distributed, shutdown_distributed, world
+from .parallel import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
+                       shutdown_distributed, world)
 
 
 @dataclass
@@ -46,11 +47,15 @@ def _from_messages(messages: list, tokenizer, where: str) -> dict:
     return {"prompt": prompt, "completion": last["content"]}
 
 
-def run_sft(cfg: SFTConfig, log=None, progress=None) -> dict:
+def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> dict:
+    """Fine-tune `cfg.model` (or a fresh built-in model) on `cfg.data`, on `device` (see
+    `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
-    setup_distributed()
+    where = resolve_device(device)
+    setup_distributed(device)
     model, tokenizer = load_model(cfg.model, load_dtype(cfg)) if cfg.model else new_builtin(seed=cfg.seed)
+    model = model.to(where)
     rank = world()[0]
     model = prepare(model, cfg)
     examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
