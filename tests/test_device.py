@@ -42,13 +42,16 @@ def checkpoint(tmp_path_factory):
     return str(save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m", model, tok))
 
 
-def test_cli_device_mistake_is_one_line(checkpoint, capsys):
+def test_cli_device_mistake_is_one_line(checkpoint, tmp_path, capsys):
     assert main(["generate", "--model", checkpoint, "--task", "arithmetic", "--device", "tpu"]) == 2
     err = capsys.readouterr().err
     assert "--device 'tpu'" in err and "Traceback" not in err
     if not torch.cuda.is_available():
         assert main(["eval", "--model", checkpoint, "--task", "arithmetic", "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--device", "tpu", "--out", str(out)]) == 2  # refused before any stage
+    assert "--device 'tpu'" in capsys.readouterr().err and not out.exists()
 
 
 def test_cli_cpu_device_runs(checkpoint, capsys):

@@ -23,6 +23,7 @@ from .model import save_checkpoint
 from .report import build_report
 from .tasks import get_task
 from .train.grpo import GRPOConfig, train_grpo
+from .train.parallel import resolve_device
 from .train.pretrain import PretrainConfig, _wrong, pretrain
 from .train.rationales import RationalesConfig, run_rationales
 
@@ -88,6 +89,7 @@ class Stages:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    resolve_device(cfg.device)  # a bad --device fails before any stage starts
     start = time.monotonic()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
