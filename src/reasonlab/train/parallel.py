@@ -77,10 +77,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def setup_distributed(device: str = "auto") -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl when the ranks run
     on GPUs (`device` auto or cuda and a GPU is there), gloo on CPUs."""
