@@ -14,6 +14,7 @@ Run: python benchmarks/bench_gpu.py [--models tiny,qwen05] [--steps 4] [--new-to
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -21,9 +22,11 @@ import time
 
 import torch
 
-from reasonlab.model import GPTConfig, load_model, new_builtin
+from reasonlab.demo import DemoConfig, stage_configs
+from reasonlab.model import load_model, new_builtin
 from reasonlab.tasks import get_task
 from reasonlab.train.grpo import GRPOConfig, train_grpo
+from reasonlab.train.pretrain import model_config
 
 
 def qwen05(folder: str):
@@ -74,10 +77,9 @@ def main():
     results = []
     for name in args.models.split(","):
         if name == "tiny":
-            model, tok = new_builtin(GPTConfig(n_layer=2, n_head=4, n_kv_head=4, d_model=64, d_ff=176,
-                                               max_seq_len=192), seed=0)
-            cfg = GRPOConfig(steps=args.steps, prompts_per_step=32, group_size=4, max_new_tokens=64, lr=3e-4,
-                             temperature=0.7, eval_every=0)
+            pre_cfg, _, rl_cfg = stage_configs(DemoConfig())
+            model, tok = new_builtin(model_config(pre_cfg), seed=0)
+            cfg = dataclasses.replace(rl_cfg, steps=args.steps, dynamic_sampling=False, eval_every=0, max_seconds=0)
             results.append(run(name, model, tok, cfg))
         elif name == "qwen05":
             with tempfile.TemporaryDirectory() as folder:

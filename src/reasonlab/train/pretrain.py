@@ -81,6 +81,12 @@ def build_corpus(task: Task, cfg: PretrainConfig) -> list[dict]:
     return [corpus_document(p, cfg, rng) for p in task.problems(cfg.corpus_size, "train", cfg.seed)]
 
 
+def model_config(cfg: PretrainConfig) -> GPTConfig:
+    """The shape of the model `pretrain` builds."""
+    return GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_head, d_model=cfg.d_model,
+                     max_seq_len=cfg.max_seq_len)
+
+
 def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir=None, resume: bool = False,
              device: str = "auto"):
     """Train a fresh built-in model on the corpus, on `device` (see `parallel.resolve_device`);
@@ -88,8 +94,7 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir
 
     With `state_dir` and `cfg.save_every`, a resumable state is kept there (see `train_supervised`)."""
     where = resolve_device(device)
-    model, tokenizer = new_builtin(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_head,
-                                             d_model=cfg.d_model, max_seq_len=cfg.max_seq_len), seed=cfg.seed)
+    model, tokenizer = new_builtin(model_config(cfg), seed=cfg.seed)
     model = model.to(where)
     documents = build_corpus(task, cfg)
     # The question's digits are random: no loss on them (it would only add noise to the gradient).
