@@ -154,21 +154,24 @@ def test_row_seeds_make_a_row_independent_of_its_batch(tiny_gpt):
 
 
 def test_keyed_noise_samples_the_right_distribution():
-    from reasonlab.engine import sample_next
+    from reasonlab.engine import keyed_uniform, sample_next
 
     torch.manual_seed(0)
     logits = torch.randn(5) * 2
     n = 40000
     keys = torch.arange(n) * 7919 + 3  # many rows, one step each
-    tokens, _ = sample_next(logits.expand(n, 5), 1.0, 0, 1.0, None, keys, step=4)
+    table = keyed_uniform(keys[:, None], torch.arange(6))  # what `generate` draws from: (rows, steps)
+    assert torch.equal(table[:, 4], keyed_uniform(keys, 4)) and torch.equal(table[:, 5], keyed_uniform(keys, 5))
+    assert 0 < float(table.min()) and float(table.max()) < 1
+    tokens, _ = sample_next(logits.expand(n, 5), 1.0, 0, 1.0, None, table[:, 4])
     freq = torch.bincount(tokens, minlength=5).float() / n
     expected = torch.softmax(logits, -1)
     assert (freq - expected).abs().max() < 0.01  # ~4 standard errors at n = 40000
     # the next step's draw is independent of this one: two independent draws differ w.p. 1 - Σp²
-    later, _ = sample_next(logits.expand(n, 5), 1.0, 0, 1.0, None, keys, step=5)
+    later, _ = sample_next(logits.expand(n, 5), 1.0, 0, 1.0, None, table[:, 5])
     assert abs((later != tokens).float().mean() - (1 - (expected ** 2).sum())) < 0.015
     # truncation: top-2 never draws the other tokens and keeps their ratio
-    top2, _ = sample_next(logits.expand(n, 5), 1.0, 2, 1.0, None, keys, step=4)
+    top2, _ = sample_next(logits.expand(n, 5), 1.0, 2, 1.0, None, table[:, 4])
     best = torch.topk(logits, 2).indices
     assert set(top2.tolist()) == set(best.tolist())
     share = (top2 == best[0]).float().mean()

@@ -92,18 +92,20 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def keyed_uniform(keys: torch.Tensor, step: int) -> torch.Tensor:
-    """(B,) uniforms in (0, 1) that are a pure function of (key, step): counter-based sampling."""
+def keyed_uniform(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """Uniforms in (0, 1) that are a pure function of (key, step): counter-based sampling. Keys and
+    steps broadcast: (B,) keys and an int step give (B,); (B, 1) keys and (T,) steps give the (B, T)
+    table a whole generation draws from, computed once."""
     h = _mix32(keys & _MASK32) ^ _mix32((keys >> 32) + 0x9E3779B9)
-    h = _mix32(h ^ _mix32(torch.full_like(keys, step) + 0x7F4A7C15))
+    h = _mix32(h ^ _mix32(torch.as_tensor(step, device=keys.device) + 0x7F4A7C15))
     return ((h.double() + 0.5) / 2**32).float()
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None, keys: torch.Tensor | None = None,
-                step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from. With `keys` (B,),
-    the randomness is a function of (key, step) alone (see `SamplingParams.row_seeds`)."""
+                generator: torch.Generator | None, uniform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from. With `uniform`
+    (B,), one uniform in (0, 1) per row (`keyed_uniform`: see `SamplingParams.row_seeds`), the draw is
+    the inverse CDF at it, so a row's token depends on its own uniform alone."""
     if temperature == 0:
         return logits.argmax(-1), F.log_softmax(logits, dim=-1)
     scaled = logits / temperature
@@ -117,9 +119,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
         scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = F.softmax(scaled, dim=-1)
-    if keys is not None:  # inverse CDF: one keyed uniform per row (token i where cdf[i-1] <= u < cdf[i])
+    if uniform is not None:  # inverse CDF: token i where cdf[i-1] <= u < cdf[i]
         cdf = probs.cumsum(-1)
-        u = keyed_uniform(keys, step)[:, None] * cdf[:, -1:]  # < the total, which rounding may keep below 1
+        u = uniform[:, None] * cdf[:, -1:]  # < the total, which rounding may keep below 1
         return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), logp
     # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) is a draw from p (cheaper than multinomial).
     race = torch.empty_like(scaled).exponential_(generator=generator)
@@ -199,9 +201,7 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     generator = None
     if params.seed is not None and params.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(params.seed)
-    keys = None
-    if params.row_seeds is not None:
-        keys = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
+    uniforms = None  # with row seeds: (B, N), row i's uniform for every step (compacted with the batch)
 
     # Prefill: left-pad so every row's last prompt token sits in the last column.
     P = max(len(p) for p in prompt_ids)
@@ -209,6 +209,9 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     if limit is not None and P >= limit:
         raise ValueError(f"prompt of {P} tokens does not fit the model's {limit} positions")
     N = params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - P)
+    if params.row_seeds is not None and params.temperature > 0:
+        seeds = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
+        uniforms = keyed_uniform(seeds[:, None], torch.arange(N, device=device))
     input_ids = torch.full((B, P), tokenizer.pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((B, P + N), dtype=torch.long, device=device)  # grows one column per step
     for i, ids in enumerate(prompt_ids):
@@ -237,12 +240,13 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
 
     if _vectorizable(tokenizer, budgets, params):
         return _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos,
-                                  keys, generator, P, N)
+                                  uniforms, generator, P, N)
     live = list(range(B))  # the row behind each batch position; finished rows leave the batch
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
             logits[:, tokenizer.eos_id] = float("-inf")
-        sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator, keys, step)
+        sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator,
+                                    None if uniforms is None else uniforms[:, step])
         proposal = sampled.tolist()
         chosen = []
         for j, i in enumerate(live):
@@ -261,26 +265,26 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         keep = [j for j, i in enumerate(live) if rows[i].phase != "done"]
         if not keep or step == N - 1:
             break
-        logits, next_pos, attn, keys, index = _next_step(model, cache, token_t, next_pos, attn, keys,
+        logits, next_pos, attn, uniforms, index = _next_step(model, cache, token_t, next_pos, attn, uniforms,
                                                          torch.tensor(keep, device=device), P, step)
         if index is not None:
             live = [live[j] for j in keep]
     return assemble_rollout(rows, prompt_ids, tokenizer)
 
 
-def _next_step(model, cache, token, next_pos, attn, keys, keep: torch.Tensor, P: int, step: int):
+def _next_step(model, cache, token, next_pos, attn, uniforms, keep: torch.Tensor, P: int, step: int):
     """Drop finished rows once a quarter of the batch has finished (`keep`: the batch positions still
     running), then feed each row its token. Returns the next logits, the (compacted) positions,
-    attention mask and row keys, and the kept index when rows were dropped (else None)."""
+    attention mask and row uniforms, and the kept index when rows were dropped (else None)."""
     index = None
     if len(token) - len(keep) >= max(1, len(token) // 4):
         index = keep
         model.select_rows(cache, index)
         token, next_pos, attn = token[index], next_pos[index], attn[index]
-        keys = keys[index] if keys is not None else None
+        uniforms = uniforms[index] if uniforms is not None else None
     attn[:, P + step] = 1
     logits = model.decode(token[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
-    return logits, next_pos + 1, attn, keys, index
+    return logits, next_pos + 1, attn, uniforms, index
 
 
 def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
@@ -289,7 +293,7 @@ def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
         all(len(tokenizer.tags[t]) == 1 for t in (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE))
 
 
-def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos, keys,
+def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos, uniforms,
                        generator, P: int, N: int) -> Rollout:
     """The decode loop when no row is ever forced: `RowState`'s phases (pre, think, post) and stop
     rules as tensor ops over the batch, no per-row Python (the same tokens; tested)."""
@@ -306,7 +310,8 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, log
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
             logits[:, tokenizer.eos_id] = float("-inf")
-        token, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator, keys, step)
+        token, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator,
+                                  None if uniforms is None else uniforms[:, step])
         active = ~done[live]
         rows = live[active]
         tok = token[active]
@@ -322,7 +327,7 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, log
         keep = (~done[live]).nonzero().squeeze(-1)
         if len(keep) == 0 or step == N - 1:
             break
-        logits, next_pos, attn, keys, index = _next_step(model, cache, token, next_pos, attn, keys, keep, P, step)
+        logits, next_pos, attn, uniforms, index = _next_step(model, cache, token, next_pos, attn, uniforms, keep, P, step)
         if index is not None:
             live = live[index]
     T = max(int(lengths.max()), 1)
