@@ -1,5 +1,6 @@
 """Built-in GPT, tokenizer, checkpoints, HF export and the HF adapter. Run: pytest tests/test_model.py"""
 
+import dataclasses
 import json
 
 import pytest
@@ -147,6 +148,11 @@ def test_grouped_batch_gives_each_rows_logits_and_gradients(tiny_gpt):
     (expected * weights).sum().backward()
     assert torch.allclose(grouped, expected, atol=1e-5)
     assert (grouped[8] == 0).all() and grouped[0, 4:].abs().sum() == 0  # nothing past a row's end
+    # packed: the real predictions only, one per completion token, in the order `places` gives
+    packed = model(dataclasses.replace(batch, packed=True))
+    assert packed.shape == (int(lens.sum()), model.config.vocab_size) and len(batch.places()) == int(lens.sum())
+    assert torch.allclose(packed, grouped.detach().view(-1, model.config.vocab_size)[batch.places()], atol=1e-6)
+    assert batch[4:12].packed is False and dataclasses.replace(batch, packed=True)[4:12].packed
     for a, p in zip(grads, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5)
     with pytest.raises(ValueError, match="split a group"):
@@ -179,3 +185,30 @@ def test_decode_batch_matches_transformers_with_and_without_clean_up(tiny_gpt):
         ids = [hf.encode("hello, world", add_special_tokens=False)]
         assert adapter.decode_batch(ids) == hf.batch_decode(ids)
         assert adapter.decode_batch(ids) == ["hello, world" if clean else "hello , world"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_dropping_rows_from_the_cache_keeps_the_rest_exact(tiny_gpt, shared):
+    """`select_rows` early in a long buffer copies only the positions written so far; the rows kept
+    then decode exactly what they decode without the drop (plain and shared-prompt caches)."""
+    model, _ = tiny_gpt
+    torch.manual_seed(0)
+    B, P, steps = 4, 6, 3
+    prompts = torch.randint(6, 90, (2 if shared else B, P))
+    tokens = torch.randint(6, 90, (B, steps + 1))
+
+    def run(keep):
+        cache = model.init_cache(len(prompts), P + 40)  # most of the buffer never written
+        with torch.no_grad():
+            model.decode(prompts, torch.arange(P).expand(len(prompts), P), torch.ones_like(prompts), cache)
+            if shared:
+                model.share_rows(cache, torch.tensor([0, 0, 1, 1]))
+            for t in range(steps):
+                model.decode(tokens[:, t:t + 1], torch.full((B, 1), P + t), None, cache)
+            rows = torch.arange(B) if keep is None else keep
+            if keep is not None:
+                model.select_rows(cache, keep)
+            return model.decode(tokens[rows, steps:], torch.full((len(rows), 1), P + steps), None, cache)
+
+    full, kept = run(None), run(torch.tensor([3, 0, 2]))
+    assert torch.allclose(kept, full[[3, 0, 2]], atol=1e-6)

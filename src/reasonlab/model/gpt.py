@@ -50,16 +50,30 @@ class GPTConfig:
 class GroupedBatch:
     """Training rows that share prompts in groups: P prompts and N = P·G completions, row i of the
     completions following prompt i // G. `GPT.forward(batch)` returns (N, Lc, vocab) logits where
-    [i, j] predicts completion token j of row i (zeros past a row's length)."""
+    [i, j] predicts completion token j of row i (zeros past a row's length); with `packed`, only the
+    rows of real predictions, (tokens, vocab), row k landing at `places()[k]` of the (N·Lc) grid."""
 
     prompt_ids: torch.Tensor  # (P, Lp) right-padded
     prompt_lens: torch.Tensor  # (P,)
     completion_ids: torch.Tensor  # (N, Lc) right-padded
     completion_lens: torch.Tensor  # (N,)
     group_size: int
+    packed: bool = False
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
+
+    def places(self) -> torch.Tensor:
+        """(tokens,) where each packed prediction goes in the flattened (N·Lc) grid: first [i, 0] of
+        every non-empty row (predicted by its prompt's last token), then [i, j + 1] for every
+        completion token j the model is fed (all but each row's last), row by row."""
+        N, Lc = self.completion_ids.shape
+        device = self.completion_ids.device
+        fed = (self.completion_lens - 1).clamp(min=0)
+        cols = torch.arange(max(int(fed.max()), 1), device=device)
+        rows = torch.arange(N, device=device)
+        return torch.cat([rows[self.completion_lens > 0] * Lc,
+                          (rows[:, None] * Lc + cols[None, :] + 1)[cols[None, :] < fed[:, None]]])
 
     def __getitem__(self, rows: slice) -> "GroupedBatch":
         """The rows of whole groups (`rows` must start and stop on a group boundary)."""
@@ -69,11 +83,11 @@ class GroupedBatch:
             raise ValueError(f"rows {start}:{stop} split a group of {G}")
         prompts = slice(start // G, stop // G)
         return GroupedBatch(self.prompt_ids[prompts], self.prompt_lens[prompts], self.completion_ids[start:stop],
-                            self.completion_lens[start:stop], G)
+                            self.completion_lens[start:stop], G, self.packed)
 
     def to(self, device) -> "GroupedBatch":
         return GroupedBatch(self.prompt_ids.to(device), self.prompt_lens.to(device), self.completion_ids.to(device),
-                            self.completion_lens.to(device), self.group_size)
+                            self.completion_lens.to(device), self.group_size, self.packed)
 
 
 class SharedPrefix:
@@ -136,14 +150,23 @@ class KVCache:
         self.dense = False  # shared mode, rows in prompt order, `width` rows each: groups are views
 
     def select_rows(self, index: torch.Tensor) -> None:
-        """Keep only the batch rows in `index` (finished rows leave the batch)."""
-        self.k = [k.index_select(0, index) for k in self.k]
-        self.v = [v.index_select(0, index) for v in self.v]
+        """Keep only the batch rows in `index` (finished rows leave the batch). Only the positions
+        written so far are copied: the rest of the buffer is never read before it is written."""
+        self.k = [self._take(k, index) for k in self.k]
+        self.v = [self._take(v, index) for v in self.v]
         if self.slot is None:
             self.key_bias = self.key_bias.index_select(0, index)
         else:
             self.slot = tuple(x.index_select(0, index) for x in self.slot)
             self.dense = False
+
+    def _take(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        filled = self.pos - self.start
+        if 2 * filled >= x.shape[2]:
+            return x.index_select(0, index)
+        out = x.new_empty((len(index),) + x.shape[1:])
+        out[:, :, :filled] = x[:, :, :filled].index_select(0, index)
+        return out
 
     def share_rows(self, index: torch.Tensor) -> None:
         """Row b of the batch from now on continues prefilled row index[b] (GRPO: G rows a prompt).
@@ -413,11 +436,12 @@ class GPT(nn.Module):
         x = self.model.embed_tokens(b.completion_ids[:, :width][keep])
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, None, None, i, prefix)
-        # Row i: [i, 0] from its prompt's last token, [i, j + 1] from its completion token j.
+        # Row i: [i, 0] from its prompt's last token, [i, j + 1] from its completion token j (`places`).
         rows = torch.arange(N, device=device)[b.completion_lens > 0]
         logits = self.lm_head(self.model.norm(torch.cat([last[rows // G], x])))
-        place = torch.cat([rows * Lc, (torch.arange(N, device=device)[:, None] * Lc + cols[None, :] + 1)[keep]])
-        return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, place, logits).view(N, Lc, -1)
+        if b.packed:
+            return logits
+        return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, b.places(), logits).view(N, Lc, -1)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None):
         """Logits (B, T, vocab) for a causal pass. `attention_mask` (B, T), 1 = real, for left padding.

@@ -6,6 +6,8 @@ these.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -76,16 +78,27 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
-    prediction; for a `GroupedBatch` (built-in model), (N, Lc) for each completion token."""
-    grouped = isinstance(inputs, GroupedBatch)
-    targets = inputs.completion_ids if grouped else inputs[:, 1:]
-    with autocast(targets.device):
-        logits = model(inputs).float() if grouped else model(inputs)[:, :-1].float()
-    logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    prediction; for a `GroupedBatch` (built-in model), (N, Lc) for each completion token, 0 past
+    each row's end."""
+    if isinstance(inputs, GroupedBatch):  # the model returns only real predictions: no work on padding
+        places, (N, Lc) = inputs.places(), inputs.completion_ids.shape
+        with autocast(places.device):
+            logits = model(dataclasses.replace(inputs, packed=True)).float()
+        logp, entropy = _logp_entropy(logits, inputs.completion_ids.reshape(-1)[places], temperature)
+        grid = lambda v: v.new_zeros(N * Lc).index_copy(0, places, v).view(N, Lc)  # noqa: E731
+        return grid(logp), grid(entropy)
+    with autocast(inputs.device):
+        logits = model(inputs)[:, :-1].float()
+    return _logp_entropy(logits, inputs[:, 1:], temperature)
+
+
+def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """Log-prob of each target under softmax(logits / T), and the entropy of that softmax (for
+    logging: computed without gradient)."""
+    logp_all = F.log_softmax(logits / temperature, dim=-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp_all.gather(-1, targets[..., None]).squeeze(-1), entropy
 
 
 def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
