@@ -211,7 +211,9 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     N = params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - P)
     if params.row_seeds is not None and params.temperature > 0:
         seeds = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
-        uniforms = keyed_uniform(seeds[:, None], torch.arange(N, device=device))
+        # In blocks of steps: the hash's int64 temporaries stay small for long generations.
+        uniforms = torch.cat([keyed_uniform(seeds[:, None], torch.arange(s, min(s + 512, N), device=device))
+                              for s in range(0, N, 512)], dim=1)
     input_ids = torch.full((B, P), tokenizer.pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((B, P + N), dtype=torch.long, device=device)  # grows one column per step
     for i, ids in enumerate(prompt_ids):
