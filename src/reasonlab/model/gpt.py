@@ -63,17 +63,21 @@ class GroupedBatch:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
+    def fed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The completion tokens fed to the model, all but each row's last (its prediction is not
+        needed): columns 0 … width-1 of `completion_ids`, and the (N, width) mask of real ones."""
+        fed = (self.completion_lens - 1).clamp(min=0)
+        cols = torch.arange(max(int(fed.max()), 1), device=fed.device)
+        return cols, cols[None, :] < fed[:, None]
+
     def places(self) -> torch.Tensor:
         """(tokens,) where each packed prediction goes in the flattened (N·Lc) grid: first [i, 0] of
-        every non-empty row (predicted by its prompt's last token), then [i, j + 1] for every
-        completion token j the model is fed (all but each row's last), row by row."""
+        every non-empty row (predicted by its prompt's last token), then [i, j + 1] for every fed
+        completion token j, row by row."""
         N, Lc = self.completion_ids.shape
-        device = self.completion_ids.device
-        fed = (self.completion_lens - 1).clamp(min=0)
-        cols = torch.arange(max(int(fed.max()), 1), device=device)
-        rows = torch.arange(N, device=device)
-        return torch.cat([rows[self.completion_lens > 0] * Lc,
-                          (rows[:, None] * Lc + cols[None, :] + 1)[cols[None, :] < fed[:, None]]])
+        cols, keep = self.fed()
+        rows = torch.arange(N, device=cols.device)
+        return torch.cat([rows[self.completion_lens > 0] * Lc, (rows[:, None] * Lc + cols[None, :] + 1)[keep]])
 
     def __getitem__(self, rows: slice) -> "GroupedBatch":
         """The rows of whole groups (`rows` must start and stop on a group boundary)."""
@@ -415,11 +419,8 @@ class GPT(nn.Module):
         G, device = b.group_size, b.prompt_ids.device
         if N != P * G:
             raise ValueError(f"{N} completions for {P} prompts in groups of {G}")
-        # Completion tokens fed to the model: all but each row's last (its prediction is not needed).
-        fed = (b.completion_lens - 1).clamp(min=0)
-        width = max(int(fed.max()), 1)
-        cols = torch.arange(width, device=device)
-        keep = cols[None, :] < fed[:, None]  # (N, width)
+        cols, keep = b.fed()  # (width,), (N, width)
+        width = len(cols)
         index = (torch.arange(N, device=device)[:, None] * width + cols[None, :])[keep]
         prefix = SharedPrefix(b, index, width)
         if int(b.prompt_lens.max()) + width > self.config.max_seq_len:
