@@ -59,7 +59,8 @@ def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
     metrics = train_grpo(model, tok, task, cfg, out_dir=tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2] and "eval/accuracy" in lines[0]  # the start is on the curve
-    for key in ("reward/mean", "reward/std", "reward/format_rate", "reward/accuracy", "frac_reward_zero_std",
+    for key in ("reward/mean", "reward/std", "reward/sampled_mean", "reward/format_rate", "reward/accuracy",
+                "frac_reward_zero_std",
                 "completions/mean_length", "completions/mean_think_tokens", "clip_frac", "kl", "entropy",
                 "grad_norm", "time/generate_s", "time/train_s", "eval/accuracy"):
         assert key in metrics, key
@@ -85,6 +86,10 @@ def test_grpo_learns_from_mixed_rewards():
     train_grpo(model, TOK, constant_task("7"), cfg, log=history.append)
     assert 0.3 < history[0]["reward/accuracy"] < 0.7 and history[-1]["reward/accuracy"] > 0.9
     assert history[-1]["reward/format_rate"] > 0.9
+    for m in history:  # every row drawn is scored: 2 points for the format, 1 more when right
+        if m["reward/format_rate"] == 1:
+            assert m["reward/sampled_mean"] == pytest.approx(2 + m["reward/accuracy"])
+    assert any(m["reward/format_rate"] == 1 for m in history)
 
 
 def test_grpo_config_validation():

@@ -78,15 +78,24 @@ def plot_budget(curve: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_training(grpo: list[dict], path: Path) -> Path:
+def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> Path:
+    """Reward, accuracy and thinking length per GRPO step; `config` (the run's grpo_config.json)
+    names the sampling temperature and the reward's points."""
+    config = config or {}
     steps = [m for m in grpo if "reward/mean" in m]
     evals = [m for m in grpo if "eval/accuracy" in m]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    axes[0].plot([m["step"] for m in steps], [m["reward/mean"] for m in steps], color=COLORS["m2"])
-    _style(axes[0], "Reward (format 2 + correct 1)", "RL step", "mean reward")
-    axes[0].set_ylim(0, 3.1)
+    # Every row drawn when logged: with dynamic sampling the groups trained on are the mixed ones,
+    # whose mean stays below the top however good the model gets.
+    key = "reward/sampled_mean" if all("reward/sampled_mean" in m for m in steps) else "reward/mean"
+    axes[0].plot([m["step"] for m in steps], [m[key] for m in steps], color=COLORS["m2"])
+    fmt, ok = config.get("format_points", 2.0), config.get("correct_points", 1.0)
+    _style(axes[0], f"Reward (format {fmt:g} + correct {ok:g})", "RL step",
+           "mean reward, samples" if key == "reward/sampled_mean" else "mean reward, groups trained on")
+    axes[0].set_ylim(0, 1.03 * (fmt + ok))
+    temperature = config.get("temperature")
     axes[1].plot([m["step"] for m in steps], [100 * m["reward/accuracy"] for m in steps], color=COLORS["m1"],
-                 alpha=0.6, label="samples (T=1)")
+                 alpha=0.6, label="samples" + (f" (T={temperature:g})" if temperature is not None else ""))
     axes[1].plot([m["step"] for m in evals], [100 * m["eval/accuracy"] for m in evals], "o-", color=COLORS["m2"],
                  label="held-out (greedy)")
     axes[1].legend(frameon=False, fontsize=8)
@@ -138,7 +147,9 @@ def build_report(run_dir) -> Path:
         figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
     grpo = read_jsonl(run / "grpo" / "metrics.jsonl")
     if grpo:
-        figures.append(("RL training", plot_training(grpo, run / "training.png")))
+        config_file = run / "grpo" / "grpo_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else None
+        figures.append(("RL training", plot_training(grpo, run / "training.png", config)))
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
     rows = [("Base model, asked directly", _pct(results.get("base_direct_acc"))),

@@ -289,7 +289,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     for step in range(first, cfg.steps):
         t0 = time.monotonic()
         train_model.eval()
-        groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": []}
+        groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": [], "reward": []}
         budget = 6 * P_local  # dynamic sampling: problems a step may draw in all (per rank)
         while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
             attempt += 1
@@ -318,6 +318,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 rows["format"] += fmt
                 rows["correct"] += ok
                 rows["extra"] += extra
+                rows["reward"] += rewards.flatten().tolist()
                 rows["zero_std"] += flat
                 for g in range(len(mine)):
                     if not (cfg.dynamic_sampling and flat[g]) and len(groups) < P_local:
@@ -380,7 +381,8 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         reward_all = torch.tensor(kept)
         metrics = {
             "step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-            "reward/mean": float(reward_all.mean()), "reward/std": float(reward_all.std()),
+            "reward/mean": float(reward_all.mean()), "reward/std": float(reward_all.std()),  # the groups trained on
+            "reward/sampled_mean": sum(everywhere["reward"]) / n_rows,  # every row drawn (before dynamic sampling)
             "reward/format_rate": sum(everywhere["format"]) / n_rows,
             "reward/accuracy": sum(everywhere["correct"]) / n_rows,
             **({"reward/length_target": sum(everywhere["extra"]) / n_rows} if cfg.length_target else {}),
