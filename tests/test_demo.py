@@ -57,3 +57,30 @@ def test_training_plot_shows_every_sample_at_the_runs_temperature(tmp_path, monk
     reward, accuracy, _ = figures[-1].axes
     assert list(reward.lines[0].get_ydata()) == [2.5, 2.5] and reward.get_ylabel() == "mean reward, groups trained on"
     assert accuracy.get_legend().get_texts()[0].get_text() == "samples"
+
+
+def test_report_reads_a_log_cut_by_a_kill_and_names_a_bad_file(tmp_path, capsys):
+    """A run killed mid-write leaves a torn last line in its metrics log: the report leaves it out
+    (with a warning) and still draws the rest. A bad line elsewhere, or a bad config, is one error
+    naming the file, not a traceback."""
+    from reasonlab.jsonl import read_log
+
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"task": "chain", "base_direct_acc": 0.1, "method2_acc": 0.9}))
+    steps = [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.8, "reward/accuracy": 0.8,
+              "completions/mean_think_tokens": 40} for s in (1, 2)]
+    log = run / "grpo" / "metrics.jsonl"
+    log.write_text("".join(json.dumps(m) + "\n" for m in steps) + '{"step": 3, "reward/me')
+    assert read_log(log) == steps and "torn last line" in capsys.readouterr().err
+    assert read_log(run / "nothing.jsonl") == []
+    # results.json as the demo leaves it between stages: only some methods measured so far
+    assert main(["report", str(run)]) == 0 and (run / "training.png").stat().st_size > 5000
+    assert (run / "methods.png").is_file()
+    log.write_text(json.dumps(steps[0]) + "\n{oops\n" + json.dumps(steps[1]) + "\n")
+    assert main(["report", str(run)]) == 2
+    assert f"{log}:2: not valid JSON" in capsys.readouterr().err
+    log.write_text(json.dumps(steps[0]) + "\n")
+    (run / "grpo" / "grpo_config.json").write_text("{oops")
+    assert main(["report", str(run)]) == 2
+    assert "grpo_config.json: not valid JSON" in capsys.readouterr().err

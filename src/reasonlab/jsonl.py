@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,42 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
     if not rows:
         raise UserError(f"{path}: no input lines")
     return rows
+
+
+def read_log(path) -> list[dict]:
+    """The objects of an append-only log a run writes line by line (``metrics.jsonl``): [] when the
+    file is not there; a torn last line (the run was killed while writing it) is left out with a
+    warning; a bad line anywhere else raises UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):
+                print(f"warning: {path}:{lineno}: left out a torn last line (the run stopped while writing it)",
+                      file=sys.stderr)
+                break
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(rows[-1], dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object")
+    return rows
+
+
+def read_json(path) -> dict:
+    """One JSON object from a file, or UserError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
 
 
 def write_jsonl_atomic(path, rows: list[dict]) -> None:

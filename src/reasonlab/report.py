@@ -7,7 +7,6 @@ Reads only files: ``results.json`` (the demo's summary) and, where present, ``gr
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,13 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .jsonl import read_json, read_log  # noqa: E402
+
 COLORS = {"base": "#9aa5b1", "prompt": "#5b8def", "m1": "#f0a030", "m2": "#2fa36b", "think": "#a05bd6"}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _style(ax, title, xlabel, ylabel):
@@ -34,9 +29,14 @@ def _style(ax, title, xlabel, ylabel):
 
 
 def plot_methods(results: dict, path: Path) -> Path:
-    labels = ["base,\ndirect", "base,\n\"think step\nby step\""]
-    values = [results["base_direct_acc"], results["base_cot_prompt_acc"]]
-    colors = [COLORS["base"], COLORS["prompt"]]
+    """One bar per method measured so far (the demo rewrites results.json after every stage)."""
+    labels, values, colors = [], [], []
+    for key, label, color in (("base_direct_acc", "base,\ndirect", COLORS["base"]),
+                              ("base_cot_prompt_acc", "base,\n\"think step\nby step\"", COLORS["prompt"])):
+        if key in results:
+            labels.append(label)
+            values.append(results[key])
+            colors.append(color)
     for i, acc in enumerate(results.get("method1_acc", []), 1):
         labels.append(f"Method 1\nround {i}")
         values.append(acc)
@@ -141,14 +141,14 @@ def build_report(run_dir) -> Path:
     results_file = run / "results.json"
     if not results_file.is_file():
         raise ValueError(f"{run} has no results.json: is it a demo run folder?")
-    results = json.loads(results_file.read_text())
+    results = read_json(results_file)
     figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
     if results.get("budget_curve"):
         figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
-    grpo = read_jsonl(run / "grpo" / "metrics.jsonl")
+    grpo = read_log(run / "grpo" / "metrics.jsonl")
     if grpo:
         config_file = run / "grpo" / "grpo_config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else None
+        config = read_json(config_file) if config_file.is_file() else None
         figures.append(("RL training", plot_training(grpo, run / "training.png", config)))
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
