@@ -74,6 +74,8 @@ def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path):
                  "--eval-every", "0", "--style", "chat", "--out", str(tmp_path / "rl")]) == 0
     assert json.loads((tmp_path / "rl" / "grpo_config.json").read_text())["style"] == "chat"
     assert (tmp_path / "rl" / "metrics.jsonl").is_file() and (tmp_path / "rl" / "model" / "config.json").is_file()
+    assert main(["report", str(tmp_path / "rl")]) == 0  # an rl folder gets its own report
+    assert "<td>Steps run</td><td>1</td>" in (tmp_path / "rl" / "report.html").read_text()
     assert main(["rl", "--model", str(tmp_path / "sft"), "--task", "arithmetic", "--group-size", "1"]) == 2
 
 

@@ -84,3 +84,24 @@ def test_report_reads_a_log_cut_by_a_kill_and_names_a_bad_file(tmp_path, capsys)
     (run / "grpo" / "grpo_config.json").write_text("{oops")
     assert main(["report", str(run)]) == 2
     assert "grpo_config.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_report_of_an_rl_run_folder(tmp_path, capsys):
+    """`reasonlab report` on what `reasonlab rl --out DIR` writes: the training plot and the
+    held-out accuracy where the run started and ended; a folder of neither kind is one error."""
+    run = tmp_path / "rl"
+    run.mkdir()
+    (run / "grpo_config.json").write_text(json.dumps({"prompts_per_step": 16, "group_size": 8, "temperature": 0.7,
+                                                      "lr": 3e-4, "format_points": 2.0, "correct_points": 1.0}))
+    metrics = [{"step": 0, "eval/accuracy": 0.405, "eval/format_rate": 1.0}]
+    metrics += [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.7, "reward/accuracy": 0.7,
+                 "reward/format_rate": 1.0, "completions/mean_think_tokens": 42, "seconds": 2.0 * s} for s in (1, 2)]
+    metrics[-1].update({"eval/accuracy": 0.955, "eval/format_rate": 1.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for row in ("<td>Steps run</td><td>2</td>", "<td>Held-out accuracy at step 0</td><td>40.5%</td>",
+                "<td>Held-out accuracy at step 2</td><td>95.5%</td>", "16 prompts × 8 samples a step at T = 0.7"):
+        assert row in page, row
+    assert (run / "training.png").stat().st_size > 5000
+    assert main(["report", str(tmp_path)]) == 2 and "is not a run folder" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """`reasonlab report RUN_DIR`: PNG plots and one HTML page from what a run logged.
 
-Reads only files: ``results.json`` (the demo's summary) and, where present, ``grpo/metrics.jsonl``,
-``method1/metrics.jsonl`` and ``pretrain/metrics.jsonl``. It never imports a trainer.
+Reads only files: in a demo folder ``results.json`` (the demo's summary, rewritten after every stage)
+and, where present, ``grpo/metrics.jsonl`` and ``grpo/grpo_config.json``; in an ``rl --out`` folder
+``metrics.jsonl`` and ``grpo_config.json``. A log's last line torn by a kill is left out. It never
+imports a trainer.
 """
 
 from __future__ import annotations
@@ -136,12 +138,19 @@ def _pct(v) -> str:
 
 
 def build_report(run_dir) -> Path:
-    """Write PNGs and report.html into `run_dir`; returns the HTML path."""
+    """Write PNGs and report.html into `run_dir`, a `reasonlab demo` folder (``results.json``) or a
+    `reasonlab rl` folder (``metrics.jsonl`` and ``grpo_config.json``); returns the HTML path."""
     run = Path(run_dir)
-    results_file = run / "results.json"
-    if not results_file.is_file():
-        raise ValueError(f"{run} has no results.json: is it a demo run folder?")
-    results = read_json(results_file)
+    if (run / "results.json").is_file():
+        return _demo_report(run)
+    if (run / "metrics.jsonl").is_file() and (run / "grpo_config.json").is_file():
+        return _rl_report(run)
+    raise ValueError(f"{run} is not a run folder: it has neither results.json (reasonlab demo) nor "
+                     "metrics.jsonl and grpo_config.json (reasonlab rl)")
+
+
+def _demo_report(run: Path) -> Path:
+    results = read_json(run / "results.json")
     figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
     if results.get("budget_curve"):
         figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
@@ -162,19 +171,45 @@ def build_report(run_dir) -> Path:
     rows += [("Hint followed (answer changed to the hint)", _pct(faith.get("hint_follow_rate"))),
              ("Hint admitted in the thought (of followed)", _pct(faith.get("admit_rate"))),
              ("Wall time", f"{results.get('seconds', 0):.0f} s")]
+    note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on held-out problems never seen in "
+            "training.")
+    return _write_page(run, "reasonlab: what reasoning buys", note, rows, figures)
+
+
+def _rl_report(run: Path) -> Path:
+    """A `reasonlab rl` run: its training curves and where it started and ended."""
+    config = read_json(run / "grpo_config.json")
+    metrics = read_log(run / "metrics.jsonl")
+    steps = [m for m in metrics if "reward/mean" in m]
+    evals = [m for m in metrics if "eval/accuracy" in m]
+    figures = [("RL training", plot_training(metrics, run / "training.png", config))] if steps else []
+    rows = [("Steps run", str(steps[-1]["step"]) if steps else "0")]
+    if evals:
+        rows += [(f"Held-out accuracy at step {evals[0]['step']}", _pct(evals[0]["eval/accuracy"])),
+                 (f"Held-out accuracy at step {evals[-1]['step']}", _pct(evals[-1]["eval/accuracy"])),
+                 (f"Held-out format rate at step {evals[-1]['step']}", _pct(evals[-1].get("eval/format_rate")))]
+    if steps:
+        rows += [("Sample accuracy, last step", _pct(steps[-1].get("reward/accuracy"))),
+                 ("Sample format rate, last step", _pct(steps[-1].get("reward/format_rate"))),
+                 ("Wall time", f"{steps[-1].get('seconds', 0):.0f} s")]
+    note = (f"GRPO: {config.get('prompts_per_step')} prompts × {config.get('group_size')} samples a step at "
+            f"T = {config.get('temperature')}, lr {config.get('lr')}. Held-out accuracy is greedy.")
+    return _write_page(run, "reasonlab rl", note, rows, figures)
+
+
+def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], figures) -> Path:
     table = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     images = "\n".join(f'<h2>{html.escape(t)}</h2><img src="{p.name}" alt="{html.escape(t)}">' for t, p in figures)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>reasonlab report</title>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td {{ padding: 4px 14px; border-bottom: 1px solid #ddd; }} td:last-child {{ text-align: right; font-weight: 600; }}
 img {{ max-width: 100%; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; font-size: 0.9em; }}
 </style></head><body>
-<h1>reasonlab: what reasoning buys</h1>
-<p class="note">Task: {html.escape(str(results.get("task", "")))}. Every accuracy is greedy, on held-out problems
-never seen in training.</p>
+<h1>{html.escape(title)}</h1>
+<p class="note">{html.escape(note)}</p>
 <table>{table}</table>
 {images}
 </body></html>
