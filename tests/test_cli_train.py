@@ -105,6 +105,7 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert metrics["pass@1"] <= metrics["pass@3"]
     assert [c["budget"] for c in data["budget_curve"]] == [0, 4]
     assert data["budget_curve"][0]["mean_think_tokens"] == 0
+    assert (tmp_path / "eval.png").stat().st_size > 5000  # the sweep, drawn beside the numbers
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "0,x"]) == 2
     assert "--budgets" in capsys.readouterr().err
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "-4"]) == 2

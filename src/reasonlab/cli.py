@@ -285,6 +285,10 @@ def cmd_eval(args) -> int:
 
         Path(cfg.output).write_text(json.dumps(out, indent=2))
         print(f"wrote {cfg.output}")
+        if out.get("budget_curve"):  # the sweep as a picture beside the numbers
+            from .report import plot_budget
+
+            print(f"wrote {plot_budget(out['budget_curve'], Path(cfg.output).with_suffix('.png'))}")
     return 0
 
 

@@ -64,7 +64,7 @@ def plot_budget(curve: list[dict], path: Path) -> Path:
     budgets = [c["budget"] for c in curve]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     ax.plot(budgets, [100 * c["acc"] for c in curve], "o-", color=COLORS["m2"], lw=2, label="accuracy")
-    _style(ax, "More thinking, better answers: accuracy against the thinking budget",
+    _style(ax, "Accuracy against the thinking budget",
            "thinking budget (max tokens inside <think>)", "accuracy (%)")
     ax.set_ylim(-3, 103)
     ax2 = ax.twinx()
