@@ -168,3 +168,57 @@ def test_dynamic_sampling_refills_missing_groups_within_a_budget():
     for m in history:
         assert m["sampling/groups_kept"] == 4 and 4 < m["sampling/groups_drawn"] <= 24
     assert 0 < max(m["frac_reward_zero_std"] for m in history) < 1
+
+
+def test_a_fresh_run_in_a_used_folder_starts_clean(tmp_path):
+    """Rerunning without --resume into a folder an earlier run left: Method 1 must not reuse that
+    run's sample caches (they came from another model), GRPO's logs hold the new run only, and
+    neither keeps the old training state for a later --resume to pick up."""
+    from reasonlab.train.loop import save_training_state
+
+    task = constant_task("7")
+    out = tmp_path / "m1"
+    out.mkdir()
+    stale = {"start": 0, "texts": ["<think>a</think><answer>8</answer>"] * 512}  # an earlier model's samples
+    (out / "round1_samples.jsonl").write_text(json.dumps(stale) + "\n")
+    (out / "metrics.jsonl").write_text(json.dumps({"round": 1, "kept": 0}) + "\n")
+    save_training_state(out / "state", {"model": {"w": torch.ones(1)}, "records": [], "round": 5})
+    cfg = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=12, steps=2, batch_size=4, eval_problems=4)
+    _, records = run_rationales(answers_seven(), TOK, task, cfg, out_dir=out)
+    assert records[0]["kept"] > 0  # its own samples: all right (the stale ones were all wrong)
+    assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    state = torch.load(out / "state" / "state.pt", weights_only=False)
+    assert state["round"] == 1 and not (out / "state" / "state.prev.pt").exists()  # the old round-5 state is gone
+
+    model, tok = new_builtin(seed=0)
+    grpo = GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, eval_every=0)
+    for _ in range(2):
+        train_grpo(model, tok, get_task("arithmetic", op="+", digits=1), grpo, out_dir=tmp_path / "rl")
+    steps = [json.loads(x)["step"] for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_sample_cache_is_reused_only_for_the_same_generator_prompts_and_settings(tmp_path, monkeypatch):
+    """A rerun takes a round's samples from its cache only when the same model (weights), prompts and
+    sampling settings made them; anything else samples afresh and replaces the cache."""
+    from reasonlab.train import rationales
+
+    task = get_task("arithmetic", op="+", digits=1)
+    problems = task.problems(10, seed=0)
+    cfg = RationalesConfig(samples=2, temperature=1.0, max_new_tokens=12)
+    cache, model = tmp_path / "round1_samples.jsonl", answers_seven()
+    first, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
+    calls = []
+    sample = rationales.sample_texts
+    monkeypatch.setattr(rationales, "sample_texts", lambda *a: (calls.append(1), sample(*a))[1])
+    again, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
+    assert again == first and calls == []  # the same run again: all from the cache
+    sample_rationales(model, TOK, task, problems, cfg, seed=1, cache=cache)
+    assert calls  # another seed: sampled afresh
+    calls.clear()
+    sample_rationales(model, TOK, task, problems, cfg, seed=1, cache=cache)
+    assert calls == []  # and the cache now holds that run's samples
+    with torch.no_grad():
+        next(model.parameters())[0, 0] += 1.0
+    sample_rationales(model, TOK, task, problems, cfg, seed=1, cache=cache)
+    assert calls  # other weights: sampled afresh

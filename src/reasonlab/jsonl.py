@@ -58,6 +58,23 @@ def read_log(path) -> list[dict]:
     return rows
 
 
+def trim_log(path, keep) -> None:
+    """Rewrite an append-only log with only the rows `keep(row)` accepts (torn or bad lines go too):
+    a run resuming from a saved state drops what it logged after that state, before it logs again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and keep(row):
+            rows.append(row)
+    write_jsonl_atomic(path, rows)
+
+
 def read_json(path) -> dict:
     """One JSON object from a file, or UserError naming the file."""
     try:

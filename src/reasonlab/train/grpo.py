@@ -44,12 +44,13 @@ import torch
 from ..engine import Rollout, SamplingParams, generate
 from ..errors import UserError
 from ..evaluate import evaluate_problems
+from ..jsonl import trim_log
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
 from ..model.gpt import GPT
 from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
-from .loop import load_training_state, make_optimizer, save_training_state
+from .loop import discard_training_state, load_training_state, make_optimizer, save_training_state
 from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
                        gathered, gradient_sync, grads_finite, prepare, rank_device, refuse_fsdp_states, unwrap,
                        world)
@@ -265,6 +266,11 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             ref_model.load_state_dict(state["reference"])
         first = state["step"]
         keep_rate = state.get("keep_rate", 1.0)
+    if out:  # the logs hold this run only: a fresh start empties them, a resumed one drops what
+        for name in ("metrics.jsonl", "samples.jsonl"):  # was logged after its saved state
+            trim_log(out / name, lambda row: first > 0 and row.get("step", 0) <= first)
+        if not resume:
+            discard_training_state(state_dir)
 
     def prompt_of(problem):
         question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question

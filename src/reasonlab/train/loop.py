@@ -179,6 +179,13 @@ def save_training_state(folder, state: dict) -> None:
     os.replace(tmp, folder / STATE)
 
 
+def discard_training_state(folder) -> None:
+    """A run starting afresh drops the states an earlier run left in its folder, so a later
+    `resume` never picks up that other run."""
+    for name in (STATE, PREVIOUS):
+        Path(folder, name).unlink(missing_ok=True)
+
+
 def load_training_state(folder) -> dict | None:
     """The newest readable state in `folder` (state.pt, else state.prev.pt), or None if there is
     none. A corrupt file is reported on stderr and skipped."""
@@ -231,6 +238,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     batches = BatchStream(units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
+    if state_dir and not resume and rank == 0:
+        discard_training_state(state_dir)
     if resume and state_dir:
         state = load_training_state(state_dir)
         if state is not None:
@@ -259,7 +268,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             optimizer.zero_grad(set_to_none=True)
             bad_in_a_row += 1
             if log:
-                log({"step": step, "skipped": "non-finite loss or gradient"})
+                log({"step": step + 1, "skipped": "non-finite loss or gradient"})  # numbered as metrics are
             if bad_in_a_row >= 5:
                 raise RuntimeError("5 non-finite losses or gradients in a row: stopping (lower the lr?)")
             continue

@@ -23,11 +23,14 @@ samples that turned out right.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
@@ -35,7 +38,8 @@ from ..jsonl import write_jsonl_atomic
 from ..remote import RemoteGenerator
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
-from .loop import TrainConfig, load_training_state, save_training_state, tokenize_examples, train_supervised
+from .loop import (TrainConfig, discard_training_state, load_training_state, save_training_state, tokenize_examples,
+                   train_supervised)
 from .pretrain import hint_line
 
 
@@ -88,16 +92,36 @@ class Judge:
         return [s >= self.threshold for s in self.scores(questions, responses)]
 
 
-def read_sample_cache(path) -> dict[int, list[str]]:
-    """Chunks already sampled: {first prompt index: texts}. A line torn by a kill is ignored."""
-    done = {}
-    if Path(path).is_file():
-        for line in Path(path).read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["start"]] = row["texts"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+def sampling_fingerprint(source, prompts: list[str], params: SamplingParams) -> str:
+    """What decides a round's samples: the generator (an endpoint's model name, wherever it is
+    served from, or a local model's weights), the prompts and the sampling settings. A sample
+    cache is reused only when it matches."""
+    h = hashlib.sha256(json.dumps([prompts, asdict(params)], sort_keys=True).encode())
+    if isinstance(source, RemoteGenerator):
+        h.update(f"endpoint|{source.model}".encode())
+    else:
+        for name, tensor in source.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_sample_cache(path, fingerprint: str) -> dict[int, list[str]]:
+    """Chunks already sampled: {first prompt index: texts}, from a cache whose first line names
+    the same `sampling_fingerprint` ({} otherwise: another generator, prompts or settings made it).
+    A line torn by a kill is ignored."""
+    done, lines = {}, Path(path).read_text().splitlines() if Path(path).is_file() else []
+    try:
+        if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
+            return {}
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+            done[row["start"]] = row["texts"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     return done
 
 
@@ -115,9 +139,14 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
     """
     questions = [f"{p.question}\n{hint_line(p.solution or p.answer)}" if hinted else p.question for p in problems]
     prompts = [build_prompt(q, trigger=True, tokenizer=tokenizer.hf) for q in questions for _ in range(cfg.samples)]
-    done = read_sample_cache(cache) if cache else {}
     kept, seen, drawn = [], set(), 0
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    done = {}
+    if cache:
+        fingerprint = sampling_fingerprint(generator, prompts, params)
+        done = read_sample_cache(cache, fingerprint)
+        if not done:  # a new cache (an old one from other samples is replaced)
+            Path(cache).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     for i in range(0, len(prompts), 512):
         texts = done.get(i)
         if texts is None:
@@ -168,6 +197,13 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         model = copy.deepcopy(base)
         model.load_state_dict(state["model"])
         records, first = state["records"], state["round"] + 1
+    if out:
+        # The log holds this run's finished rounds (a kill can come between saving a round and
+        # logging it); a fresh run drops an earlier run's state, so a later `resume` never takes it.
+        # Sample caches stay: each is reused only for the same generator, prompts and settings.
+        write_jsonl_atomic(out / "metrics.jsonl", records)
+        if not resume:
+            discard_training_state(out / "state")
     for round_ in range(first, cfg.rounds + 1):
         start = time.monotonic()
         problems = task.problems(cfg.problems, "train", seed=cfg.seed + 1000 * round_)
