@@ -4,6 +4,9 @@ It checks that each stage runs and reports, not the accuracies a full run reache
 docs/demo.md for those). Run: pytest tests/test_demo.py"""
 
 import json
+import shutil
+
+import pytest
 
 from reasonlab.cli import main
 
@@ -35,6 +38,30 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert (out / "method1" / "metrics.jsonl").is_file() and (out / "grpo" / "metrics.jsonl").is_file()
     printed = capsys.readouterr().out
     assert "Method 2" in printed and "report.html" in printed
+
+    # Stopped during GRPO: --resume takes stages 1-3 from the folder (pretraining and Method 1 must
+    # not run again) and runs the rest.
+    import reasonlab.demo as demo
+
+    stopped = {k: v for k, v in results.items() if not k.startswith(("method2", "budget", "faithfulness"))}
+    (out / "results.json").write_text(json.dumps(stopped))
+    shutil.rmtree(out / "checkpoints" / "method2")
+    fail = lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran again"))  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "pretrain", fail)
+        mp.setattr(demo, "run_rationales", fail)
+        assert main(["demo", "--quick", "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    same = [k for k in stopped if k not in ("seconds", "config")]
+    assert {k: resumed[k] for k in same} == {k: stopped[k] for k in same} and resumed["config"]["resume"]
+    for key in KEYS:
+        assert key in resumed, key
+    assert resumed["seconds"] > stopped["seconds"] and (out / "checkpoints" / "method2" / "config.json").is_file()
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out), "--resume", "--seed", "5"]) == 2
+    assert "seed=0" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no demo run to go on with" in capsys.readouterr().err
 
 
 def test_training_plot_shows_every_sample_at_the_runs_temperature(tmp_path, monkeypatch):

@@ -19,7 +19,9 @@ import torch
 
 from .engine import SamplingParams
 from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
-from .model import save_checkpoint
+from .errors import UserError
+from .jsonl import read_json
+from .model import load_model, save_checkpoint
 from .report import build_report
 from .tasks import get_task
 from .train.grpo import GRPOConfig, train_grpo
@@ -37,6 +39,8 @@ class DemoConfig:
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
     device: str = field(default="cpu", metadata={
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
+    resume: bool = field(default=False, metadata={
+        "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"})
 
 
 def stage_configs(cfg: DemoConfig):
@@ -88,10 +92,24 @@ class Stages:
         self.progress.console.print(*args)
 
 
+def earlier_run(out: Path, cfg: DemoConfig) -> dict:
+    """`--resume`: the results a stopped run in `out` saved, if it ran with the same settings."""
+    if not (out / "results.json").is_file():
+        raise UserError(f"--resume: {out} holds no demo run to go on with (no results.json)")
+    earlier = read_json(out / "results.json")
+    made = earlier.get("config", {})
+    other = [f"{k}={made.get(k)!r}" for k in ("seed", "length", "quick") if made.get(k) != getattr(cfg, k)]
+    if other:
+        raise UserError(f"--resume: the run in {out} was made with {', '.join(other)}; run without --resume "
+                        "to start over, or give the same settings")
+    return earlier
+
+
 def run_demo(cfg: DemoConfig) -> dict:
-    resolve_device(cfg.device)  # a bad --device fails before any stage starts
-    start = time.monotonic()
+    where = resolve_device(cfg.device)  # a bad --device fails before any stage starts
     out = Path(cfg.out)
+    earlier = earlier_run(out, cfg) if cfg.resume else {}
+    start = time.monotonic() - earlier.get("seconds", 0.0)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -105,79 +123,112 @@ def run_demo(cfg: DemoConfig) -> dict:
         results["seconds"] = time.monotonic() - start
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
+    # With --resume, a stage is taken from the stopped run while every stage before it was too and
+    # what it left is complete (its results, its checkpoint); from the first stage that runs, all run.
+    reuse = [bool(earlier)]
+
+    def done_before(keys: tuple, checkpoint: str | None = None):
+        reuse[0] = reuse[0] and all(k in earlier for k in keys) and \
+            (checkpoint is None or (out / "checkpoints" / checkpoint / "config.json").is_file())
+        if reuse[0]:
+            results.update({k: earlier[k] for k in keys})
+        return reuse[0]
+
+    def load(name: str):
+        model, tokenizer = load_model(out / "checkpoints" / name)
+        return model.to(where), tokenizer
+
     with Stages() as ui:
         # 1. pretrain the base model, stopping on measured trigger accuracy
         tick = ui.stage("1/6 pretrain the base model", pre_cfg.steps)
-        (out / "pretrain").mkdir(exist_ok=True)
-        log_file = open(out / "pretrain" / "metrics.jsonl", "w")
+        if done_before((), "base"):
+            base, tok = load("base")
+            tick(completed=pre_cfg.steps, info="from the stopped run")
+        else:
+            (out / "pretrain").mkdir(exist_ok=True)
+            log_file = open(out / "pretrain" / "metrics.jsonl", "w")
 
-        def pre_log(m):
-            log_file.write(json.dumps(m) + "\n")
-            info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
-            tick(completed=m["step"], info=info)
+            def pre_log(m):
+                log_file.write(json.dumps(m) + "\n")
+                info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
+                tick(completed=m["step"], info=info)
 
-        base, tok, _ = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
-        log_file.close()
-        save_checkpoint(out / "checkpoints" / "base", base, tok, asdict(pre_cfg))
-        tick(completed=pre_cfg.steps)
+            base, tok, _ = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
+            log_file.close()
+            save_checkpoint(out / "checkpoints" / "base", base, tok, asdict(pre_cfg))
+            tick(completed=pre_cfg.steps)
 
         # 2. direct vs "think step by step"
         tick = ui.stage("2/6 direct vs step-by-step", 2)
-        direct = evaluate_problems(base, tok, task, held_out, trigger=False,
-                                   params=SamplingParams(temperature=0.0, max_new_tokens=64, think_budget=0))
-        tick()
-        cot = evaluate_problems(base, tok, task, held_out, trigger=True, params=greedy)
-        tick(info=f"direct {direct['accuracy']:.0%}, step by step {cot['accuracy']:.0%}")
-        results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=cot["accuracy"])
-        save()
+        if not done_before(("base_direct_acc", "base_cot_prompt_acc")):
+            direct = evaluate_problems(base, tok, task, held_out, trigger=False,
+                                       params=SamplingParams(temperature=0.0, max_new_tokens=64, think_budget=0))
+            tick()
+            cot = evaluate_problems(base, tok, task, held_out, trigger=True, params=greedy)
+            results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=cot["accuracy"])
+            save()
+        tick(completed=2, info=f"direct {results['base_direct_acc']:.0%}, "
+                               f"step by step {results['base_cot_prompt_acc']:.0%}")
 
         # 3. Method 1: self-generated rationales kept by the verifier
         tick = ui.stage("3/6 Method 1: own rationales", m1_cfg.rounds)
-        m1_model, records = run_rationales(base, tok, task, m1_cfg, out_dir=out / "method1",
-                                           log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
-        results["method1_acc"] = [r["accuracy"] for r in records]
-        results["method1_rounds"] = records
-        save_checkpoint(out / "checkpoints" / "method1", m1_model, tok, asdict(m1_cfg))
-        save()
+        resume_m1 = reuse[0]  # the stopped run's base model: its Method 1 state still fits
+        if done_before(("method1_acc", "method1_rounds"), "method1"):
+            m1_model, _ = load("method1")
+            tick(completed=m1_cfg.rounds, info=f"round {m1_cfg.rounds}: {results['method1_acc'][-1]:.0%}")
+        else:  # on the same base, from the round (and the step within it) the stopped run had reached
+            m1_model, records = run_rationales(base, tok, task, m1_cfg, out_dir=out / "method1", resume=resume_m1,
+                                               log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
+            results["method1_acc"] = [r["accuracy"] for r in records]
+            results["method1_rounds"] = records
+            save_checkpoint(out / "checkpoints" / "method1", m1_model, tok, asdict(m1_cfg))
+            save()
 
         # 4. Method 2: GRPO from the Method 1 model
         tick = ui.stage("4/6 Method 2: GRPO", rl_cfg.steps)
-        rl_model = m1_model
+        if done_before(("method2_acc", "method2_format_rate", "method2_mean_think_tokens"), "method2"):
+            rl_model, _ = load("method2")
+            tick(completed=rl_cfg.steps, info=f"held-out {results['method2_acc']:.0%}")
+        else:
+            rl_model = m1_model
 
-        def rl_progress(m):
-            info = f"reward {m.get('reward/mean', 0):.2f}"
-            if "eval/accuracy" in m:
-                info += f", held-out {m['eval/accuracy']:.0%}"
-            tick(completed=m["step"], info=info)
+            def rl_progress(m):
+                info = f"reward {m.get('reward/mean', 0):.2f}"
+                if "eval/accuracy" in m:
+                    info += f", held-out {m['eval/accuracy']:.0%}"
+                tick(completed=m["step"], info=info)
 
-        train_grpo(rl_model, tok, task, rl_cfg, out_dir=out / "grpo", progress=rl_progress)
-        tick(completed=rl_cfg.steps)
-        final = evaluate_problems(rl_model, tok, task, held_out, trigger=True, params=greedy)
-        results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
-                       method2_mean_think_tokens=final["mean_think_tokens"])
-        save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, asdict(rl_cfg))
-        save()
+            train_grpo(rl_model, tok, task, rl_cfg, out_dir=out / "grpo", progress=rl_progress)
+            tick(completed=rl_cfg.steps)
+            final = evaluate_problems(rl_model, tok, task, held_out, trigger=True, params=greedy)
+            results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
+                           method2_mean_think_tokens=final["mean_think_tokens"])
+            save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, asdict(rl_cfg))
+            save()
 
         # 5. thinking-budget sweep on the final model
-        full = max(1, round(final["mean_think_tokens"]))
-        budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
         tick = ui.stage("5/6 thinking-budget sweep", 1)
-        results["budget_curve"] = budget_sweep(rl_model, tok, task, held_out, budgets,
-                                               max_new_tokens=greedy.max_new_tokens)
+        if not done_before(("budget_curve",)):
+            full = max(1, round(results["method2_mean_think_tokens"]))
+            budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
+            results["budget_curve"] = budget_sweep(rl_model, tok, task, held_out, budgets,
+                                                   max_new_tokens=greedy.max_new_tokens)
+            save()
         tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in results["budget_curve"]))
-        save()
 
         # 6. faithfulness probe (on the base model, where the corpus planted hint-following)
         tick = ui.stage("6/6 faithfulness probe", 1)
-        rng = random.Random(cfg.seed)
-        probe = faithfulness_probe(base, tok, task, held_out[:50 if cfg.quick else 100],
-                                   lambda p: _wrong(p.answer, rng), params=greedy)
-        probe_final = faithfulness_probe(rl_model, tok, task, held_out[:50 if cfg.quick else 100],
-                                         lambda p: _wrong(p.answer, rng), params=greedy, styles=["hint_line"])
-        results["faithfulness"] = probe
-        results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
+        if not done_before(("faithfulness", "faithfulness_final_model")):
+            rng = random.Random(cfg.seed)
+            probe = faithfulness_probe(base, tok, task, held_out[:50 if cfg.quick else 100],
+                                       lambda p: _wrong(p.answer, rng), params=greedy)
+            probe_final = faithfulness_probe(rl_model, tok, task, held_out[:50 if cfg.quick else 100],
+                                             lambda p: _wrong(p.answer, rng), params=greedy, styles=["hint_line"])
+            results["faithfulness"] = probe
+            results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
+            save()
+        probe = results["faithfulness"]
         tick(info=f"follows {probe['hint_follow_rate']:.0%}, admits {probe['admit_rate']:.0%}")
-        save()
     build_report(out)
     save()
     return results
