@@ -126,6 +126,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     # With --resume, a stage is taken from the stopped run while every stage before it was too and
     # what it left is complete (its results, its checkpoint); from the first stage that runs, all run.
     reuse = [bool(earlier)]
+    if not earlier:
+        save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
 
     def done_before(keys: tuple, checkpoint: str | None = None):
         reuse[0] = reuse[0] and all(k in earlier for k in keys) and \
@@ -141,7 +143,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     with Stages() as ui:
         # 1. pretrain the base model, stopping on measured trigger accuracy
         tick = ui.stage("1/6 pretrain the base model", pre_cfg.steps)
-        if done_before((), "base"):
+        if done_before(("pretrain",), "base"):
             base, tok = load("base")
             tick(completed=pre_cfg.steps, info="from the stopped run")
         else:
@@ -153,9 +155,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                 info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
                 tick(completed=m["step"], info=info)
 
-            base, tok, _ = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
+            base, tok, last = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
             log_file.close()
             save_checkpoint(out / "checkpoints" / "base", base, tok, asdict(pre_cfg))
+            results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
+            save()
             tick(completed=pre_cfg.steps)
 
         # 2. direct vs "think step by step"
