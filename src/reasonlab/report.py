@@ -154,11 +154,7 @@ def _demo_report(run: Path) -> Path:
     figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
     if results.get("budget_curve"):
         figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
-    grpo = read_log(run / "grpo" / "metrics.jsonl")
-    if grpo:
-        config_file = run / "grpo" / "grpo_config.json"
-        config = read_json(config_file) if config_file.is_file() else None
-        figures.append(("RL training", plot_training(grpo, run / "training.png", config)))
+    figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
     rows = [("Base model, asked directly", _pct(results.get("base_direct_acc"))),
@@ -176,13 +172,25 @@ def _demo_report(run: Path) -> Path:
     return _write_page(run, "reasonlab: what reasoning buys", note, rows, figures)
 
 
+def _grpo_run(folder: Path) -> tuple[list[dict], dict | None]:
+    """A GRPO output folder's metrics log and, when there, its config."""
+    config_file = folder / "grpo_config.json"
+    return read_log(folder / "metrics.jsonl"), read_json(config_file) if config_file.is_file() else None
+
+
+def _training_figure(metrics: list[dict], config: dict | None, path: Path) -> list:
+    """[("RL training", png)] when the log has training steps, else []."""
+    if not any("reward/mean" in m for m in metrics):
+        return []
+    return [("RL training", plot_training(metrics, path, config))]
+
+
 def _rl_report(run: Path) -> Path:
     """A `reasonlab rl` run: its training curves and where it started and ended."""
-    config = read_json(run / "grpo_config.json")
-    metrics = read_log(run / "metrics.jsonl")
+    metrics, config = _grpo_run(run)
     steps = [m for m in metrics if "reward/mean" in m]
     evals = [m for m in metrics if "eval/accuracy" in m]
-    figures = [("RL training", plot_training(metrics, run / "training.png", config))] if steps else []
+    figures = _training_figure(metrics, config, run / "training.png")
     rows = [("Steps run", str(steps[-1]["step"]) if steps else "0")]
     if evals:
         rows += [(f"Held-out accuracy at step {evals[0]['step']}", _pct(evals[0]["eval/accuracy"])),
