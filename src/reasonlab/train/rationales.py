@@ -199,11 +199,13 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         records, first = state["records"], state["round"] + 1
     if out:
         # The log holds this run's finished rounds (a kill can come between saving a round and
-        # logging it); a fresh run drops an earlier run's state, so a later `resume` never takes it.
+        # logging it); a fresh run drops an earlier run's states (its rounds' and their fine-tunings'),
+        # so a later `resume` never takes them.
         # Sample caches stay: each is reused only for the same generator, prompts and settings.
         write_jsonl_atomic(out / "metrics.jsonl", records)
         if not resume:
-            discard_training_state(out / "state")
+            for folder in [out / "state", *out.glob("round*_train")]:
+                discard_training_state(folder)
     for round_ in range(first, cfg.rounds + 1):
         start = time.monotonic()
         problems = task.problems(cfg.problems, "train", seed=cfg.seed + 1000 * round_)
