@@ -125,16 +125,17 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # With --resume, a stage is taken from the stopped run while every stage before it was too and
     # what it left is complete (its results, its checkpoint); from the first stage that runs, all run.
-    reuse = [bool(earlier)]
+    reuse = bool(earlier)
     if not earlier:
         save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
 
     def done_before(keys: tuple, checkpoint: str | None = None):
-        reuse[0] = reuse[0] and all(k in earlier for k in keys) and \
+        nonlocal reuse
+        reuse = reuse and all(k in earlier for k in keys) and \
             (checkpoint is None or (out / "checkpoints" / checkpoint / "config.json").is_file())
-        if reuse[0]:
+        if reuse:
             results.update({k: earlier[k] for k in keys})
-        return reuse[0]
+        return reuse
 
     def load(name: str):
         model, tokenizer = load_model(out / "checkpoints" / name)
@@ -176,7 +177,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         # 3. Method 1: self-generated rationales kept by the verifier
         tick = ui.stage("3/6 Method 1: own rationales", m1_cfg.rounds)
-        resume_m1 = reuse[0]  # the stopped run's base model: its Method 1 state still fits
+        resume_m1 = reuse  # the stopped run's base model: its Method 1 state still fits
         if done_before(("method1_acc", "method1_rounds"), "method1"):
             m1_model, _ = load("method1")
             tick(completed=m1_cfg.rounds, info=f"round {m1_cfg.rounds}: {results['method1_acc'][-1]:.0%}")
