@@ -18,6 +18,9 @@ def test_group_advantages_hand_computed():
     std0 = torch.tensor([1.25, 0.25, 0.25, 1.75]).pow(2).sum().div(3).sqrt()  # unbiased std of group 0: 1.2583
     assert torch.allclose(group_advantages(rewards, "group")[0], centred[0] / (std0 + 1e-4))
     assert torch.equal(group_advantages(rewards, "group")[1], torch.zeros(4))  # equal rewards: no signal
+    tenths = torch.full((1, 7), 0.1)  # their float32 mean is 0.1 - 7e-9: still exactly no signal
+    for scale in ("group", "batch", "none"):
+        assert torch.equal(group_advantages(tenths, scale), torch.zeros(1, 7))
     assert torch.allclose(group_advantages(rewards, "batch"), centred / (rewards.std() + 1e-4))
     with pytest.raises(ValueError):
         group_advantages(rewards, "nope")

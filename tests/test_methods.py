@@ -124,6 +124,34 @@ def test_grpo_micro_batches_give_the_same_update(agg):
     assert any(m["grad_norm"] > 0 for m in runs[0])  # some step had a reward spread: a real update
 
 
+@pytest.mark.parametrize("builtin,agg", [(False, "seq_mean"), (True, "token_mean"), (True, "constant")])
+def test_skipping_flat_groups_gives_the_same_update(builtin, agg):
+    """β = 0: groups whose rewards are all equal carry no gradient. Leaving them out of the forward
+    and backward (their tokens still counted in the normaliser) gives the same losses, gradient
+    norms and weights, with clipping (μ = 2) on; a step with no spread still moves AdamW."""
+    runs = []
+    for skip in (False, True):
+        model, tok = new_builtin(seed=3) if builtin else (random_tag_writer(TOK, tag_boost=2.0), TOK)
+        cfg = GRPOConfig(steps=4, prompts_per_step=4, group_size=3, max_new_tokens=8, eval_every=0, lr=1e-2,
+                         warmup_steps=1, updates=2, loss_agg=agg, length_target=2, length_alpha=0.5,
+                         skip_flat_groups=skip, seed=2)
+        history = []
+        train_grpo(model, tok, constant_task("7"), cfg, log=history.append)
+        runs.append((history, [p.detach().clone() for p in model.parameters()]))
+    (off, weights_off), (on, weights_on) = runs
+    assert all(m["sampling/groups_trained"] == 4 for m in off)
+    assert any(0 < m["frac_reward_zero_std"] < 1 and m["sampling/groups_trained"] < 4 for m in on)
+    for a, b in zip(off, on):
+        assert a["reward/mean"] == b["reward/mean"]
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert any(m["grad_norm"] > 0 for m in on)
+    # The weights moved ~1e-2 a step; summation order differs with the batch's rows, and AdamW turns
+    # that rounding into ~1e-6 on embedding rows whose gradient is near its eps.
+    for a, b in zip(weights_off, weights_on):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_method1_drops_right_answers_reached_by_wrong_steps():
     """A generator whose every answer is right, half of them by sound steps, half by luck: only the
     sound ones survive, the lucky ones are counted; without the step check both survive."""

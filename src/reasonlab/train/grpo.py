@@ -26,7 +26,13 @@ mode asks for "think for N tokens" and adds the length-target reward.
 
 Cost, not math: with the built-in model the training pass computes each group's prompt once and
 packs the completions (`model.GroupedBatch`, `shared_prompts`); the loss and gradient are those
-of the padded rows (tested).
+of the padded rows (tested). With β = 0, a group whose rewards are all equal has advantage 0 on
+every token, so its surrogate is 0 whatever the ratio and it adds nothing to the gradient:
+`skip_flat_groups` (on by default, one process only) leaves such groups out of the forward and
+backward while their tokens still count in the normaliser, so the update is the same up to
+rounding (tested) and a step where every group is flat still takes its optimiser step (AdamW's
+momentum and weight decay move the weights). Logged entropy and clip fraction then cover the
+groups trained on (`sampling/groups_trained`).
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ class GRPOConfig(ScaleOptions):
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant"})
     mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
+    skip_flat_groups: bool = field(default=True, metadata={
+        "help": "beta = 0, one process: groups with equal rewards (advantage 0, no gradient) skip the forward and "
+                "backward; their tokens still count in the loss's normaliser, so the update is the same"})
     oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread"})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
@@ -341,8 +350,13 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         kept = all_gather_list(torch.cat([r for _, _, r in groups]).tolist())
         batch_std = float(torch.tensor(kept).std()) if cfg.scale == "batch" else None
         input_ids, mask, advantages, lengths, think = _stack(groups, G, tokenizer.pad_id, cfg, batch_std, shared)
-        input_ids, mask, advantages = input_ids.to(device), mask.to(device), advantages.to(device)
         total = all_reduce_sum(float(mask.sum())) if cfg.loss_agg == "token_mean" else all_reduce_sum(len(input_ids))
+        trained = groups
+        if cfg.skip_flat_groups and cfg.beta == 0 and size == 1:  # see the module docstring
+            trained = [x for x in groups if bool((x[2] != x[2][0]).any())] or groups[:1]
+            if len(trained) < len(groups):
+                input_ids, mask, advantages, _, _ = _stack(trained, G, tokenizer.pad_id, cfg, batch_std, shared)
+        input_ids, mask, advantages = input_ids.to(device), mask.to(device), advantages.to(device)
         t1 = time.monotonic()
         train_model.train()
         chunks = micro_batches(len(input_ids), cfg.micro_batch_size, G if shared else 1)
@@ -394,6 +408,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             **({"reward/length_target": sum(everywhere["extra"]) / n_rows} if cfg.length_target else {}),
             "frac_reward_zero_std": sum(everywhere["zero_std"]) / max(len(everywhere["zero_std"]), 1),
             "sampling/groups_drawn": len(everywhere["zero_std"]), "sampling/groups_kept": len(kept) // G,
+            "sampling/groups_trained": int(all_reduce_sum(len(trained))),
             "completions/mean_length": sum(all_lengths) / len(all_lengths),
             "completions/mean_think_tokens": sum(all_think) / len(all_think),
             **loss_stats, "time/generate_s": gen_seconds, "time/train_s": time.monotonic() - t1,

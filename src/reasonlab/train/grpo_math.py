@@ -19,8 +19,10 @@ from .parallel import autocast
 def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4,
                      batch_std: float | None = None) -> torch.Tensor:
     """(P, G) rewards -> (P, G) advantages: r - group mean, divided per `scale` (group/batch/none).
-    `batch_std` replaces the std of `rewards` for "batch" when the batch spans several ranks."""
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    `batch_std` replaces the std of `rewards` for "batch" when the batch spans several ranks. A group
+    whose rewards are all equal gets exactly 0 (its mean can round away from the value: 0.1 × 7)."""
+    flat = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    centred = (rewards - rewards.mean(dim=1, keepdim=True)).masked_fill(flat, 0.0)
     if scale == "group":
         return centred / (rewards.std(dim=1, keepdim=True) + eps)
     if scale == "batch":
