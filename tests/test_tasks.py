@@ -20,6 +20,17 @@ def test_registry_lists_builtins_and_rejects_unknown():
         get_task("nope")
 
 
+def test_task_options_are_checked_by_name_and_type():
+    with pytest.raises(ValueError, match="no option 'lenght'; its options: length \\(default 5\\), max_value"):
+        get_task("chain", lenght=4)
+    for bad in ("x", 4.5, True):  # what --task-arg length=x / 4.5 / true parse to
+        with pytest.raises(ValueError, match=f"length must be an integer, got {bad!r}"):
+            get_task("chain", length=bad)
+    with pytest.raises(ValueError, match="timeout must be a number, got 'soon'"):
+        get_task("math", timeout="soon")
+    assert get_task("math", timeout=2).timeout == 2 and get_task("chain", length=3).length == 3
+
+
 @pytest.mark.parametrize("name,kwargs", [("arithmetic", {"op": "+-*", "digits": 3}),
                                          ("countdown", {"count": 4})])
 def test_synthetic_tasks_seeded_and_splits_disjoint(name, kwargs):

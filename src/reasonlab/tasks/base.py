@@ -13,6 +13,7 @@ problem whatever the seeds. Add a task with `@register_task("name")` (see docs/t
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -102,10 +103,28 @@ def register_task(name: str):
 
 
 def get_task(name: str, **kwargs) -> Task:
-    """Build a registered task. Unknown names raise ValueError listing the known ones."""
+    """Build a registered task. Unknown names, options the task does not take and option values of
+    the wrong type raise ValueError naming what the task accepts."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
+    cls = _REGISTRY[name]
+    options = task_options(cls)
+    for key, value in kwargs.items():
+        if key not in options:
+            known = ", ".join(f"{k} (default {v.default!r})" for k, v in options.items()) or "none"
+            raise ValueError(f"task {name!r} has no option {key!r}; its options: {known}")
+        kind = options[key].annotation
+        if kind in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"task {name!r}: {key} must be an integer, got {value!r}")
+        if kind in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"task {name!r}: {key} must be a number, got {value!r}")
+    return cls(**kwargs)
+
+
+def task_options(cls) -> dict[str, inspect.Parameter]:
+    """The keyword options a task class takes (its constructor's parameters)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def list_tasks() -> list[str]:
