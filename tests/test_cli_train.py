@@ -111,10 +111,18 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "-4"]) == 2
     assert main(["generate", "--model", str(out), "--task", "chain", "--think-budget", "-3"]) == 2
     assert "think_budget must be >= 0" in capsys.readouterr().err
+    nested = tmp_path / "new" / "folder" / "f.json"  # --output's folder is made, not a crash at the end
     assert main(["faithfulness", "--model", str(out), "--task", "chain", "--task-arg", "length=2",
-                 "--problems", "4", "--output", str(tmp_path / "f.json")]) == 0
+                 "--problems", "4", "--output", str(nested)]) == 0
     assert "hint followed" in capsys.readouterr().out
-    assert "by_style" in json.loads((tmp_path / "f.json").read_text())
+    assert "by_style" in json.loads(nested.read_text())
+    # An --output that cannot be written is refused before the model loads (the model here is missing).
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--task", "chain", "--output", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--task", "chain",
+                 "--output", str(tmp_path / "file" / "x.json")]) == 2
+    assert "cannot create the folder for --output" in capsys.readouterr().err
 
 
 GSM8K = __import__("pathlib").Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k"

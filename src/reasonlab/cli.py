@@ -73,6 +73,7 @@ def cmd_score(args) -> int:
     from .evaluate import score_file
 
     task = make_task(args.task, args.task_arg)
+    output_file(args.output)
     rows, summary = score_file(task, args.input, args.output)
     if args.output is None:
         for row in rows:
@@ -81,6 +82,25 @@ def cmd_score(args) -> int:
           f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}",
           file=sys.stderr if args.output is None else sys.stdout)
     return 0
+
+
+def output_file(path: str | None):
+    """`--output FILE` made ready before any work: its folder created, a folder or an unwritable
+    place refused with one line (results computed for minutes must not be lost at the end)."""
+    from pathlib import Path
+
+    if not path:
+        return None
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for --output {path}: {e.strerror}") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"cannot write --output {path}")
+    return out
 
 
 def load_model_or_exit(path: str, dtype=None, device: str = "auto"):
@@ -270,6 +290,7 @@ def cmd_eval(args) -> int:
     cfg = build_config(EvalConfig, args)
     task = make_task(cfg.task, args.task_arg)
     cfg.budget_list()  # check before loading anything
+    output = output_file(cfg.output)
     model, tokenizer = load_model_or_exit(cfg.model, device=args.device)
     out = evaluate_model(model, tokenizer, task, cfg)
     table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
@@ -280,15 +301,13 @@ def cmd_eval(args) -> int:
     for point in out.get("budget_curve", []):
         table.add_row(f"budget {point['budget']}: accuracy", f"{point['acc']:.1%}")
     Console().print(table)
-    if cfg.output:
-        from pathlib import Path
-
-        Path(cfg.output).write_text(json.dumps(out, indent=2))
-        print(f"wrote {cfg.output}")
+    if output:
+        output.write_text(json.dumps(out, indent=2))
+        print(f"wrote {output}")
         if out.get("budget_curve"):  # the sweep as a picture beside the numbers
             from .report import plot_budget
 
-            print(f"wrote {plot_budget(out['budget_curve'], Path(cfg.output).with_suffix('.png'))}")
+            print(f"wrote {plot_budget(out['budget_curve'], output.with_suffix('.png'))}")
     return 0
 
 
@@ -298,6 +317,7 @@ def cmd_faithfulness(args) -> int:
     from .evaluate import faithfulness_probe
 
     task = make_task(args.task, args.task_arg)
+    output = output_file(args.output)
     model, tokenizer = load_model_or_exit(args.model, device=args.device)
     problems = task.problems(args.problems, "test", args.seed)
     answers = [p.solution or p.answer for p in problems]
@@ -315,10 +335,9 @@ def cmd_faithfulness(args) -> int:
     for name, row in probe["by_style"].items():
         print(f"  {name:16s} follows {row['follow_rate']:6.1%}  admits {row['admit_rate']:6.1%}  "
               f"({row['followed']}/{row['eligible']})")
-    if args.output:
-        from pathlib import Path
-
-        Path(args.output).write_text(json.dumps(probe, indent=2))
+    if output:
+        output.write_text(json.dumps(probe, indent=2))
+        print(f"wrote {output}")
     return 0
 
 
