@@ -59,7 +59,7 @@ def test_sft_errors_are_one_line(tmp_path, capsys):
     assert "lr must be > 0" in capsys.readouterr().err
 
 
-def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path):
+def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path, capsys):
     make_tiny_hf(tmp_path / "hf")
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+1"},
@@ -72,6 +72,7 @@ def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path):
     assert main(["rl", "--model", str(tmp_path / "sft"), "--task", "arithmetic", "--task-arg", "digits=1",
                  "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
                  "--eval-every", "0", "--style", "chat", "--out", str(tmp_path / "rl")]) == 0
+    assert "no held-out evaluation" in capsys.readouterr().out  # not "accuracy nan%"
     assert json.loads((tmp_path / "rl" / "grpo_config.json").read_text())["style"] == "chat"
     assert (tmp_path / "rl" / "metrics.jsonl").is_file() and (tmp_path / "rl" / "model" / "config.json").is_file()
     assert main(["report", str(tmp_path / "rl")]) == 0  # an rl folder gets its own report

@@ -243,7 +243,9 @@ def cmd_rl(args) -> int:
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
         save_checkpoint(f"{args.out}/model", final, tok, vars(cfg))
-        print(f"saved {args.out}/model; held-out accuracy {metrics.get('eval/accuracy', float('nan')):.1%}")
+        held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
+                    else "no held-out evaluation at the last step (--eval-every)")
+        print(f"saved {args.out}/model; {held_out}")
     shutdown_distributed()
     return 0
 
