@@ -132,3 +132,36 @@ def test_report_of_an_rl_run_folder(tmp_path, capsys):
         assert row in page, row
     assert (run / "training.png").stat().st_size > 5000
     assert main(["report", str(tmp_path)]) == 2 and "is not a run folder" in capsys.readouterr().err
+
+
+def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys):
+    """`reasonlab report` on a supervised checkpoint (its OUT.state step log) and on a Method 1
+    folder (one line a round); a missing path or a file is one error."""
+    pre = tmp_path / "base"
+    assert main(["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "6", "--batch-size", "8",
+                 "--corpus-size", "60", "--eval-every", "3", "--check-problems", "4", "--out", str(pre)]) == 0
+    steps = [json.loads(line) for line in (tmp_path / "base.state" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps] == list(range(1, 7)) and "trigger_acc" in steps[2]  # pretrain now logs
+    assert main(["report", str(pre)]) == 0
+    page = (pre / "report.html").read_text()
+    assert "<td>Steps run</td><td>6</td>" in page and "Trigger accuracy at the end" in page
+    assert (pre / "training.png").stat().st_size > 5000
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"{i + 1}"}) + "\n" for i in range(8)))
+    assert main(["sft", "--model", str(pre), "--data", str(data), "--eval-data", str(data), "--eval-every", "2",
+                 "--steps", "4", "--batch-size", "4", "--out", str(tmp_path / "sft")]) == 0
+    assert main(["report", str(tmp_path / "sft.state")]) == 0  # the log's own folder works too
+    page = (tmp_path / "sft.state" / "report.html").read_text()
+    assert "<td>Steps run</td><td>4</td>" in page and "Held-out loss at step 4" in page
+    m1 = tmp_path / "m1"
+    m1.mkdir()
+    (m1 / "rationales_config.json").write_text(json.dumps({"samples": 4, "temperature": 0.6}))
+    rounds = [{"round": r, "samples": 128, "kept": 40 * r, "yield": 40 * r / 128, "accuracy": a, "seconds": 10.0}
+              for r, a in ((1, 0.7), (2, 0.88))]
+    (m1 / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    assert main(["report", str(m1)]) == 0
+    page = (m1 / "report.html").read_text()
+    assert "<td>Round 2: held-out accuracy (kept 80 of 128 samples)</td><td>88.0%</td>" in page
+    assert (m1 / "rounds.png").stat().st_size > 5000
+    assert main(["report", str(tmp_path / "missing")]) == 2 and "does not exist" in capsys.readouterr().err
+    assert main(["report", str(data)]) == 2 and "is a file" in capsys.readouterr().err

@@ -2,8 +2,10 @@
 
 Reads only files: in a demo folder ``results.json`` (the demo's summary, rewritten after every stage)
 and, where present, ``grpo/metrics.jsonl`` and ``grpo/grpo_config.json``; in an ``rl --out`` folder
-``metrics.jsonl`` and ``grpo_config.json``. A log's last line torn by a kill is left out. It never
-imports a trainer.
+``metrics.jsonl`` and ``grpo_config.json``; in a ``rationales --out`` folder ``metrics.jsonl`` (one
+line a round) and ``rationales_config.json``; for a ``pretrain`` or ``sft`` checkpoint ``OUT`` the
+step log ``OUT.state/metrics.jsonl`` (the report goes into ``OUT``; the ``.state`` folder itself is
+accepted too). A log's last line torn by a kill is left out. It never imports a trainer.
 """
 
 from __future__ import annotations
@@ -137,16 +139,81 @@ def _pct(v) -> str:
     return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "—"
 
 
+def plot_loss(steps: list[dict], path: Path) -> Path:
+    """A supervised run's step log: the training loss (and held-out loss where logged), the other
+    checks it logged (pretrain: trigger accuracy) and the learning rate."""
+    trained = [m for m in steps if "loss" in m]
+    checks = sorted({k for m in trained for k, v in m.items()
+                     if isinstance(v, (int, float)) and k not in ("step", "loss", "lr", "grad_norm", "seconds", "eval_loss")})
+    fig, axes = plt.subplots(1, 3 if checks else 2, figsize=(12 if checks else 9, 3.6))
+    x = [m["step"] for m in trained]
+    axes[0].plot(x, [m["loss"] for m in trained], color=COLORS["prompt"], label="training")
+    held = [m for m in trained if "eval_loss" in m]
+    if held:
+        axes[0].plot([m["step"] for m in held], [m["eval_loss"] for m in held], "o-", color=COLORS["m2"],
+                     label="held-out")
+        axes[0].legend(frameon=False, fontsize=8)
+    _style(axes[0], "Loss (completion tokens)", "step", "cross-entropy")
+    if checks:
+        rates = all(0 <= m[k] <= 1 for m in trained for k in checks if k in m)  # accuracies: draw as %
+        for key, color in zip(checks, (COLORS["m2"], COLORS["m1"], COLORS["think"], COLORS["base"])):
+            points = [m for m in trained if key in m]
+            axes[1].plot([m["step"] for m in points], [(100 if rates else 1) * m[key] for m in points], "o-",
+                         color=color, label=key)
+        if rates:
+            axes[1].set_ylim(-3, 103)
+        axes[1].legend(frameon=False, fontsize=8)
+        _style(axes[1], "Checks during training", "step", "%" if rates else "value")
+    axes[-1].plot(x, [m["lr"] for m in trained], color=COLORS["base"])
+    _style(axes[-1], "Learning rate", "step", "lr")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rounds(records: list[dict], path: Path) -> Path:
+    """Method 1, one point a round: held-out accuracy after the round, and the share of samples kept."""
+    rounds = [r["round"] for r in records]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    bars = axes[0].bar(rounds, [100 * r["accuracy"] for r in records], width=0.6, color=COLORS["m1"])
+    axes[0].set_xlim(min(rounds) - 0.7, max(rounds) + 0.7)
+    for bar, r in zip(bars, records):
+        axes[0].text(bar.get_x() + bar.get_width() / 2, 100 * r["accuracy"] + 1.5, f"{100 * r['accuracy']:.0f}%",
+                     ha="center", fontsize=9)
+    axes[0].set_ylim(0, 110)
+    axes[0].set_xticks(rounds)
+    _style(axes[0], "Held-out accuracy after each round", "round", "accuracy (%)")
+    axes[1].plot(rounds, [100 * r["yield"] for r in records], "o-", color=COLORS["m2"])
+    axes[1].set_xticks(rounds)
+    axes[1].set_ylim(0, 103)
+    _style(axes[1], "Yield: samples the verifier kept", "round", "kept (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def build_report(run_dir) -> Path:
-    """Write PNGs and report.html into `run_dir`, a `reasonlab demo` folder (``results.json``) or a
-    `reasonlab rl` folder (``metrics.jsonl`` and ``grpo_config.json``); returns the HTML path."""
+    """Write PNGs and report.html for `run_dir`: a `reasonlab demo` folder (``results.json``), a
+    `reasonlab rl` or `reasonlab rationales` output folder, or a `pretrain`/`sft` checkpoint (its
+    ``.state`` step log); returns the HTML path."""
     run = Path(run_dir)
+    if not run.exists():
+        raise ValueError(f"{run} does not exist")
+    if not run.is_dir():
+        raise ValueError(f"{run} is a file; give the run's folder")
     if (run / "results.json").is_file():
         return _demo_report(run)
     if (run / "metrics.jsonl").is_file() and (run / "grpo_config.json").is_file():
         return _rl_report(run)
-    raise ValueError(f"{run} is not a run folder: it has neither results.json (reasonlab demo) nor "
-                     "metrics.jsonl and grpo_config.json (reasonlab rl)")
+    if (run / "metrics.jsonl").is_file() and (run / "rationales_config.json").is_file():
+        return _rationales_report(run)
+    for log in (run.with_name(run.name + ".state") / "metrics.jsonl", run / "metrics.jsonl"):
+        if log.is_file():
+            return _loss_report(run, log)
+    raise ValueError(f"{run} is not a run folder: it has no results.json (reasonlab demo), no metrics.jsonl "
+                     "(rl, rationales) and no step log in " + run.name + ".state/ (pretrain, sft)")
 
 
 def _demo_report(run: Path) -> Path:
@@ -203,6 +270,42 @@ def _rl_report(run: Path) -> Path:
     note = (f"GRPO: {config.get('prompts_per_step')} prompts × {config.get('group_size')} samples a step at "
             f"T = {config.get('temperature')}, lr {config.get('lr')}. Held-out accuracy is greedy.")
     return _write_page(run, "reasonlab rl", note, rows, figures)
+
+
+def _rationales_report(run: Path) -> Path:
+    """A `reasonlab rationales` run (Method 1): accuracy and yield round by round."""
+    records = [r for r in read_log(run / "metrics.jsonl") if "round" in r and "accuracy" in r]
+    config = read_json(run / "rationales_config.json")
+    figures = [("Method 1 rounds", plot_rounds(records, run / "rounds.png"))] if records else []
+    rows = [(f"Round {r['round']}: held-out accuracy (kept {r['kept']} of {r['samples']} samples)",
+             _pct(r["accuracy"])) for r in records]
+    if records:
+        rows.append(("Wall time", f"{sum(r.get('seconds', 0) for r in records):.0f} s"))
+    note = (f"Method 1: {config.get('samples')} samples a problem at T = {config.get('temperature')}, those the "
+            "verifier accepts kept and fine-tuned on, round after round. Held-out accuracy is greedy.")
+    return _write_page(run, "reasonlab rationales", note, rows or [("Rounds finished", "0")], figures)
+
+
+def _loss_report(run: Path, log: Path) -> Path:
+    """A supervised run (`pretrain`, `sft`): its step log as curves."""
+    steps = [m for m in read_log(log) if "loss" in m]
+    if not steps:
+        raise ValueError(f"{log} has no training steps yet")
+    last = steps[-1]
+    rows = [("Steps run", str(last["step"])), ("Training loss, last step", f"{last['loss']:.4f}")]
+    held = [m for m in steps if "eval_loss" in m]
+    if held:
+        rows.append((f"Held-out loss at step {held[-1]['step']}", f"{held[-1]['eval_loss']:.4f}"))
+    if "trigger_acc" in last:
+        rows.append(("Trigger accuracy at the end", _pct(last["trigger_acc"])))
+    rows.append(("Wall time", f"{last.get('seconds', 0):.0f} s"))
+    folder = run.parent / run.name.removesuffix(".state") if run.name.endswith(".state") else run
+    config_file = next((f for f in (folder / "train_config.json",) if f.is_file()), None)
+    config = read_json(config_file) if config_file else {}
+    note = (f"Supervised training, loss on completion tokens only; lr {config.get('lr', '?')}, batch "
+            f"{config.get('batch_size', '?')}." if config else "Supervised training, loss on completion tokens only.")
+    figures = [("Training", plot_loss(steps, run / "training.png"))]
+    return _write_page(run, f"reasonlab: {folder.name}", note, rows, figures)
 
 
 def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], figures) -> Path:

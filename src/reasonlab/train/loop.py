@@ -9,6 +9,7 @@ position 0, so no attention mask is needed (padding sits after the real tokens).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -21,6 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..jsonl import trim_log
 from .parallel import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
                        refuse_fsdp_states, unwrap, world)
 
@@ -224,7 +226,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     update; 5 in a row stop the run with an error. With `state_dir` and `cfg.save_every`, the whole
     training state (weights, optimiser, data position, RNGs) is written there atomically every
     `save_every` steps; `resume=True` continues from it, so the remaining steps see exactly the
-    batches and updates an uninterrupted run would have.
+    batches and updates an uninterrupted run would have. With `state_dir`, every step's metrics also
+    go to `state_dir/metrics.jsonl` (rank r > 0: `metrics.rank{r}.jsonl`), which `reasonlab report`
+    draws; a resumed run drops the lines logged after its saved state.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -248,6 +252,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             batches.load_state(state["batches"])
             torch.set_rng_state(state["torch_rng"])
             first, bad_in_a_row = state["step"], state["bad_in_a_row"]
+    if state_dir:
+        log = _step_log(Path(state_dir), rank, first if resume else None, log)
     model.train()
     for step in range(first, cfg.steps):
         for group in optimizer.param_groups:
@@ -297,3 +303,22 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             break
     model.eval()
     return metrics
+
+
+def _step_log(state_dir: Path, rank: int, resumed_at: int | None, then=None):
+    """A `log` callback appending each step's metrics to the state folder's log (after `then`). A
+    fresh run starts the file empty; a resumed one keeps the steps up to its saved state."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / (f"metrics.rank{rank}.jsonl" if rank else "metrics.jsonl")
+    if resumed_at is None:
+        path.unlink(missing_ok=True)
+    else:
+        trim_log(path, lambda row: row.get("step", 0) <= resumed_at)
+
+    def log(m):
+        with open(path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        if then:
+            then(m)
+
+    return log

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..jsonl import read_jsonl, trim_log
+from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
 from .loop import TrainConfig, collate, lm_loss, tokenize_examples, train_supervised
 from .parallel import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
@@ -71,29 +70,8 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
             return {"eval_loss": sum(losses) / len(losses)}
 
     state_dir = Path(f"{cfg.out}.state")  # beside the checkpoint, which is replaced atomically at the end
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = state_dir / (f"metrics.rank{rank}.jsonl" if rank else "metrics.jsonl")
-    if not cfg.resume:
-        log_path.unlink(missing_ok=True)  # the log holds this run only
-    log_file = None
-
-    def log_step(m):
-        nonlocal log_file
-        if log_file is None:
-            if cfg.resume:  # replaying from the saved state: drop the steps logged after it
-                trim_log(log_path, lambda row: row.get("step", 0) < m["step"])
-            log_file = open(log_path, "a")
-        log_file.write(json.dumps(m) + "\n")
-        log_file.flush()
-        if log:
-            log(m)
-
-    try:
-        metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log_step,
-                                   progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
-    finally:
-        if log_file is not None:
-            log_file.close()
+    metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log,
+                               progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
     final = plain_model(model)  # every rank: FSDP2 gathers its shards
     if rank == 0:
         save_checkpoint(cfg.out, final, tokenizer, asdict(cfg))
