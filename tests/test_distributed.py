@@ -28,7 +28,8 @@ def test_ddp_two_processes_match_one(tmp_path):
                    capture_output=True)
     torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "reasonlab", *args,
-                           "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
+                           "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
+                         timeout=300)  # ranks whose collective calls split would hang: fail instead
     assert proc.returncode == 0, proc.stderr[-2000:]
     one = [json.loads(line)["loss"] for line in (tmp_path / "one.state" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(line)["loss"] for line in (tmp_path / "two.state" / "metrics.jsonl").read_text().splitlines()]
@@ -41,11 +42,12 @@ def test_ddp_two_processes_match_one(tmp_path):
 def run_pair(tmp_path, args: list[str], metrics: str, extra_two: list[str] = ()) -> tuple[list[dict], list[dict]]:
     """The command once in one process and once under torchrun with 2; each run's metrics lines."""
     one = subprocess.run([sys.executable, "-m", "reasonlab", *args, "--out", str(tmp_path / "one")], env=ENV,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
     two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "reasonlab", *args, *extra_two,
-                          "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True)
+                          "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
+                         timeout=300)  # ranks whose collective calls split would hang: fail instead
     assert two.returncode == 0, two.stderr[-3000:]
     read = lambda run: [json.loads(line) for line in (tmp_path / metrics.format(run=run)).read_text().splitlines()]
     return read("one"), read("two")
@@ -81,6 +83,24 @@ def test_rl_sharded_rollouts_two_processes_match_one(tmp_path, start_checkpoint)
     evals = [(r["eval/accuracy"], r["eval/mean_think_tokens"]) for r in one if "eval/accuracy" in r]
     assert evals == [(r["eval/accuracy"], r["eval/mean_think_tokens"]) for r in two if "eval/accuracy" in r]
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+
+
+@needs_torchrun
+def test_rl_skipping_flat_groups_under_torchrun_matches_one_process(tmp_path, start_checkpoint):
+    """Flat groups skipped (the default) with micro-batches of one group, under FSDP2: the ranks
+    then hold different numbers of micro-batches, and the one with fewer repeats its last one with
+    weight 0, so the ranks' collective calls match (without it this run hangs) and the update is
+    still the one process's."""
+    args = ["rl", "--device", "cpu", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "4",
+            "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "24", "--eval-every", "0",
+            "--length-target", "6", "--length-alpha", "0.1", "--lr", "3e-3", "--warmup-steps", "1",
+            "--micro-batch-size", "4", "--updates", "2"]
+    one, two = run_pair(tmp_path, args, "{run}/metrics.jsonl", extra_two=["--fsdp"])
+    assert any(m["sampling/groups_trained"] < 4 for m in one)  # some group was flat and skipped
+    for a, b in zip(one, two):
+        assert a["reward/mean"] == pytest.approx(b["reward/mean"], abs=1e-9)
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
 
 
 @needs_torchrun

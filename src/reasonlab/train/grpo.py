@@ -28,11 +28,13 @@ Cost, not math: with the built-in model the training pass computes each group's 
 packs the completions (`model.GroupedBatch`, `shared_prompts`); the loss and gradient are those
 of the padded rows (tested). With β = 0, a group whose rewards are all equal has advantage 0 on
 every token, so its surrogate is 0 whatever the ratio and it adds nothing to the gradient:
-`skip_flat_groups` (on by default, one process only) leaves such groups out of the forward and
-backward while their tokens still count in the normaliser, so the update is the same up to
-rounding (tested) and a step where every group is flat still takes its optimiser step (AdamW's
-momentum and weight decay move the weights). Logged entropy and clip fraction then cover the
-groups trained on (`sampling/groups_trained`).
+`skip_flat_groups` (on by default) leaves such groups out of the forward and backward while their
+tokens still count in the normaliser, so the update is the same up to rounding (tested, one
+process and two) and a step where every group is flat still takes its optimiser step (AdamW's
+momentum and weight decay move the weights; each rank keeps one group). Logged entropy and clip
+fraction then cover the groups trained on (`sampling/groups_trained`). Under torchrun, ranks
+holding fewer micro-batches than others repeat their last one with its loss weighted 0, so
+every rank makes the same collective calls.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class GRPOConfig(ScaleOptions):
     mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
     skip_flat_groups: bool = field(default=True, metadata={
-        "help": "beta = 0, one process: groups with equal rewards (advantage 0, no gradient) skip the forward and "
+        "help": "beta = 0: groups with equal rewards (advantage 0, no gradient) skip the forward and "
                 "backward; their tokens still count in the loss's normaliser, so the update is the same"})
     oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread"})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
@@ -352,7 +354,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         input_ids, mask, advantages, lengths, think = _stack(groups, G, tokenizer.pad_id, cfg, batch_std, shared)
         total = all_reduce_sum(float(mask.sum())) if cfg.loss_agg == "token_mean" else all_reduce_sum(len(input_ids))
         trained = groups
-        if cfg.skip_flat_groups and cfg.beta == 0 and size == 1:  # see the module docstring
+        if cfg.skip_flat_groups and cfg.beta == 0:  # see the module docstring
             trained = [x for x in groups if bool((x[2] != x[2][0]).any())] or groups[:1]
             if len(trained) < len(groups):
                 input_ids, mask, advantages, _, _ = _stack(trained, G, tokenizer.pad_id, cfg, batch_std, shared)
@@ -360,12 +362,18 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         t1 = time.monotonic()
         train_model.train()
         chunks = micro_batches(len(input_ids), cfg.micro_batch_size, G if shared else 1)
+        real = len(chunks)
+        if size > 1:  # ranks may hold different numbers of groups (flat ones skipped, refills cut short), but
+            # DDP and FSDP2 need the same forward and backward calls on every rank: repeat the last
+            # chunk, its loss weighted 0.
+            chunks += [chunks[-1]] * (max(all_gather_list([real])) - real)
         old_logp = ref_logp = None
         if cfg.updates > 1:
             with torch.no_grad():
-                old_logp = torch.cat([token_logprobs(train_model, input_ids[c], cfg.temperature)[0] for c in chunks])
+                old_logp = torch.cat([token_logprobs(train_model, input_ids[c], cfg.temperature)[0] for c in chunks][:real])
         if cfg.beta > 0:
-            ref_logp = torch.cat([reference_logprobs(core, ref_model, input_ids[c], cfg.temperature) for c in chunks])
+            ref_logp = torch.cat([reference_logprobs(core, ref_model, input_ids[c], cfg.temperature)
+                                  for c in chunks][:real])
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -378,7 +386,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 with gradient_sync(train_model, k == len(chunks) - 1):
                     loss, chunk_stats = grpo_step_loss(train_model, pick(ref_logp, c), input_ids[c], mask[c],
                                                        advantages[c], pick(old_logp, c), cfg, total)
-                    (loss * size).backward()  # DDP/FSDP2 average over ranks; local losses sum to the global one
+                    weight = size if k < real else 0.0  # a repeated chunk (see above) adds nothing
+                    (loss * weight).backward()  # DDP/FSDP2 average over ranks; local losses sum to the global one
+                if k >= real:
+                    continue
                 local += loss.item()
                 n = float(mask[c].sum())
                 for key, v in chunk_stats.items():
