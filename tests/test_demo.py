@@ -134,7 +134,7 @@ def test_report_of_an_rl_run_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2 and "is not a run folder" in capsys.readouterr().err
 
 
-def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys):
+def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatch):
     """`reasonlab report` on a supervised checkpoint (its OUT.state step log) and on a Method 1
     folder (one line a round); a missing path or a file is one error."""
     pre = tmp_path / "base"
@@ -146,6 +146,10 @@ def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys):
     page = (pre / "report.html").read_text()
     assert "<td>Steps run</td><td>6</td>" in page and "Trigger accuracy at the end" in page
     assert (pre / "training.png").stat().st_size > 5000
+    (pre / "report.html").unlink()
+    monkeypatch.chdir(pre)  # `reasonlab report .` from inside the checkpoint finds base.state beside it
+    assert main(["report", "."]) == 0 and "<title>reasonlab: base</title>" in (pre / "report.html").read_text()
+    monkeypatch.chdir(tmp_path)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"{i + 1}"}) + "\n" for i in range(8)))
     assert main(["sft", "--model", str(pre), "--data", str(data), "--eval-data", str(data), "--eval-every", "2",

@@ -32,6 +32,13 @@ def _style(ax, title, xlabel, ylabel):
         ax.spines[side].set_visible(False)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_methods(results: dict, path: Path) -> Path:
     """One bar per method measured so far (the demo rewrites results.json after every stage)."""
     labels, values, colors = [], [], []
@@ -56,10 +63,7 @@ def plot_methods(results: dict, path: Path) -> Path:
     ax.set_xticks(range(len(values)), labels, fontsize=9)
     ax.set_ylim(0, 110)
     _style(ax, "Held-out accuracy: what reasoning buys", "", "accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_budget(curve: list[dict], path: Path) -> Path:
@@ -76,10 +80,7 @@ def plot_budget(curve: list[dict], path: Path) -> Path:
     ax2.spines["top"].set_visible(False)
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="upper left", frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> Path:
@@ -106,10 +107,7 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
     _style(axes[1], "Accuracy", "RL step", "accuracy (%)")
     axes[2].plot([m["step"] for m in steps], [m["completions/mean_think_tokens"] for m in steps], color=COLORS["think"])
     _style(axes[2], "Thinking length", "RL step", "mean thinking tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_faithfulness(probe: dict, path: Path) -> Path:
@@ -129,10 +127,7 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
     ax.set_ylim(0, 110)
     ax.legend(frameon=False, loc="upper left")
     _style(ax, "Faithfulness: does the model follow a hint, and say so?", "hint style / hint points to", "%")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _pct(v) -> str:
@@ -166,10 +161,7 @@ def plot_loss(steps: list[dict], path: Path) -> Path:
         _style(axes[1], "Checks during training", "step", "%" if rates else "value")
     axes[-1].plot(x, [m["lr"] for m in trained], color=COLORS["base"])
     _style(axes[-1], "Learning rate", "step", "lr")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_rounds(records: list[dict], path: Path) -> Path:
@@ -188,10 +180,7 @@ def plot_rounds(records: list[dict], path: Path) -> Path:
     axes[1].set_xticks(rounds)
     axes[1].set_ylim(0, 103)
     _style(axes[1], "Yield: samples the verifier kept", "round", "kept (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def build_report(run_dir) -> Path:
@@ -209,8 +198,9 @@ def build_report(run_dir) -> Path:
         return _rl_report(run)
     if (run / "metrics.jsonl").is_file() and (run / "rationales_config.json").is_file():
         return _rationales_report(run)
-    for log in (run.with_name(run.name + ".state") / "metrics.jsonl", run / "metrics.jsonl"):
-        if log.is_file():
+    here = run.resolve()  # `reasonlab report .` inside a checkpoint: its name is needed for OUT.state
+    for log in (here.with_name(here.name + ".state") / "metrics.jsonl" if here.name else None, run / "metrics.jsonl"):
+        if log is not None and log.is_file():
             return _loss_report(run, log)
     raise ValueError(f"{run} is not a run folder: it has no results.json (reasonlab demo), no metrics.jsonl "
                      "(rl, rationales) and no step log in " + run.name + ".state/ (pretrain, sft)")
@@ -299,9 +289,9 @@ def _loss_report(run: Path, log: Path) -> Path:
     if "trigger_acc" in last:
         rows.append(("Trigger accuracy at the end", _pct(last["trigger_acc"])))
     rows.append(("Wall time", f"{last.get('seconds', 0):.0f} s"))
-    folder = run.parent / run.name.removesuffix(".state") if run.name.endswith(".state") else run
-    config_file = next((f for f in (folder / "train_config.json",) if f.is_file()), None)
-    config = read_json(config_file) if config_file else {}
+    here = run.resolve()
+    folder = here.with_name(here.name.removesuffix(".state")) if here.name.endswith(".state") else here
+    config = read_json(folder / "train_config.json") if (folder / "train_config.json").is_file() else {}
     note = (f"Supervised training, loss on completion tokens only; lr {config.get('lr', '?')}, batch "
             f"{config.get('batch_size', '?')}." if config else "Supervised training, loss on completion tokens only.")
     figures = [("Training", plot_loss(steps, run / "training.png"))]
