@@ -110,6 +110,10 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "0,x"]) == 2
     assert "--budgets" in capsys.readouterr().err
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "-4"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--task", "chain", "--task-arg", "length=2", "--problems", "2",
+                 "--k", "2", "--temperature", "0", "--max-new-tokens", "8"]) == 0
+    assert "the 2 samples are all the greedy answer" in capsys.readouterr().err
     assert main(["generate", "--model", str(out), "--task", "chain", "--think-budget", "-3"]) == 2
     assert "think_budget must be >= 0" in capsys.readouterr().err
     nested = tmp_path / "new" / "folder" / "f.json"  # --output's folder is made, not a crash at the end

@@ -161,3 +161,19 @@ def test_serve_command_feeds_rationales_as_teacher_and_judge(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_cli_names_an_unreachable_teacher_in_one_line(tmp_path, capsys, monkeypatch):
+    """A teacher endpoint nobody serves: after the retries, one line and exit code 1, no traceback."""
+    from reasonlab.cli import main
+    from reasonlab.model import save_checkpoint
+
+    monkeypatch.setattr("reasonlab.remote.time.sleep", lambda seconds: None)  # the back-off, not waited here
+    model, tok = new_builtin(seed=0)
+    save_checkpoint(tmp_path / "base", model, tok)
+    assert main(["rationales", "--model", str(tmp_path / "base"), "--task", "chain", "--teacher",
+                 "http://127.0.0.1:9", "--rounds", "1", "--problems", "2", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "error: http://127.0.0.1:9/v1/completions failed after 5 attempts" in err and "Traceback" not in err
+    assert main(["rationales", "--model", str(tmp_path / "base"), "--task", "chain", "--rounds", "0"]) == 2
+    assert "rounds, problems, samples and max_new_tokens must be >= 1" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import sys
 from .config import add_config_args
 from .errors import UserError
 from .evaluate import SampleConfig
-from .remote import RemoteGenerator
+from .remote import RemoteError, RemoteGenerator
 
 
 def parse_value(text: str):
@@ -292,6 +292,9 @@ def cmd_eval(args) -> int:
     cfg = build_config(EvalConfig, args)
     task = make_task(cfg.task, args.task_arg)
     cfg.budget_list()  # check before loading anything
+    if cfg.k > 1 and cfg.temperature == 0:
+        print(f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
+              f"maj@{cfg.k} will equal the accuracy", file=sys.stderr)
     output = output_file(cfg.output)
     model, tokenizer = load_model_or_exit(cfg.model, device=args.device)
     out = evaluate_model(model, tokenizer, task, cfg)
@@ -451,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RemoteError as e:  # an endpoint down or failing: what arrived before is on disk (rerun to go on)
+        if args.debug:
+            raise
+        print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

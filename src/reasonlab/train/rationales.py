@@ -59,6 +59,13 @@ class RationalesConfig(TrainConfig):
     check_steps: bool = field(default=True, metadata={
         "help": "also require every reasoning step to check out, where the task can tell (chain): drops lucky guesses"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rounds < 1 or self.problems < 1 or self.samples < 1 or self.max_new_tokens < 1:
+            raise ValueError("rounds, problems, samples and max_new_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+
 
 def sample_texts(source, tokenizer, prompts: list[str], params: SamplingParams) -> list[str]:
     """Completions from a local model or an OpenAI-compatible endpoint (`RemoteGenerator`)."""
