@@ -177,3 +177,19 @@ def test_cli_names_an_unreachable_teacher_in_one_line(tmp_path, capsys, monkeypa
     assert "error: http://127.0.0.1:9/v1/completions failed after 5 attempts" in err and "Traceback" not in err
     assert main(["rationales", "--model", str(tmp_path / "base"), "--task", "chain", "--rounds", "0"]) == 2
     assert "rounds, problems, samples and max_new_tokens must be >= 1" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_or_taken_port_in_one_line(tmp_path, capsys):
+    import socket
+
+    from reasonlab.cli import main
+
+    # Checked before the model loads: the model folder here does not even exist.
+    assert main(["serve", "--model", str(tmp_path / "none"), "--port", "99999"]) == 2
+    assert "--port must be 0-65535" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tmp_path / "none"), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

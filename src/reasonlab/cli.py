@@ -220,8 +220,14 @@ def model_or_endpoint(spec: str, device: str = "auto"):
 
 
 def cmd_serve(args) -> int:
-    from .remote import serve
+    from .remote import make_server, serve
 
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0-65535, got {args.port}")
+    try:  # the address is checked before the model loads: a port in use is one line, at once
+        make_server(None, None, args.host, args.port).server_close()
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     model, tok = load_model_or_exit(args.model, device=args.device)
     serve(model, tok, args.host, args.port)
     return 0
