@@ -62,6 +62,8 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert "seed=0" in capsys.readouterr().err
     assert main(["demo", "--quick", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "no demo run to go on with" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path / "t"), "--threads", "-1"]) == 2  # not a torch traceback
+    assert "threads must be >= 0" in capsys.readouterr().err
 
 
 def test_training_plot_shows_every_sample_at_the_runs_temperature(tmp_path, monkeypatch):

@@ -42,6 +42,10 @@ class DemoConfig:
     resume: bool = field(default=False, metadata={
         "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"})
 
+    def __post_init__(self):
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads}")
+
 
 def stage_configs(cfg: DemoConfig):
     """Per-stage settings; `quick` shrinks every stage (CI checks it runs, not what it reaches)."""
