@@ -118,6 +118,21 @@ def test_gsm8k_number_parsing():
     assert task.verify("$18", "18") and not task.verify("17", "18")
 
 
+def test_gsm8k_with_no_data_and_no_hub_is_one_clear_error(monkeypatch):
+    import sys
+    import types
+
+    from reasonlab.tasks import gsm8k
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub")
+
+    monkeypatch.setattr(gsm8k, "find_data_dir", lambda path=None: None)  # no local copy anywhere
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(ValueError, match=r"hub failed \(ConnectionError\): pass path=DIR"):
+        get_task("gsm8k").problems(2)
+
+
 def test_gsm8k_solution_helpers():
     solution = "Half is 48/2 = <<48/2=24>>24.\nSo 48+24 = <<48+24=72>>72\n#### 1,072"
     assert gold_from_solution(solution) == "1072"

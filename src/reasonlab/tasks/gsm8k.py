@@ -84,7 +84,11 @@ def _load_rows(path: str | None, split: str) -> list[dict]:
     except ImportError:
         raise ValueError("no GSM8K data found: pass path=DIR (a folder with train.jsonl/test.jsonl), "
                          "set REASONLAB_GSM8K, or install `datasets` with hub access") from None
-    return list(datasets.load_dataset("openai/gsm8k", "main", split=split))
+    try:
+        return list(datasets.load_dataset("openai/gsm8k", "main", split=split))
+    except Exception as e:  # no network, no cache: the hub is the last resort, say what to do instead
+        raise ValueError(f"no GSM8K data found locally and the hub failed ({type(e).__name__}): pass "
+                         "path=DIR (a folder with train.jsonl/test.jsonl) or set REASONLAB_GSM8K") from None
 
 
 @register_task("gsm8k")
