@@ -177,3 +177,14 @@ def test_lora_sft_and_rl_train_adapters_only_and_save_merged(tmp_path):
     assert set(rl) == set(before) and torch.equal(rl["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
     assert main(["sft", "--model", str(tmp_path / "hf"), "--data", str(data), "--lora-rank", "4",
                  "--lora-targets", "nope_proj", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_sft_says_when_examples_are_cut_to_max_seq_len(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": "abcdefgh", "completion": "xyz"}, {"prompt": "a", "completion": "bcdefghijkl"},
+            {"prompt": "a", "completion": "b"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["sft", "--data", str(data), "--max-seq-len", "6", "--steps", "1", "--out", str(tmp_path / "a")]) == 0
+    assert "2 of 3 examples" in capsys.readouterr().err  # one cut short, one down to its prompt
+    assert main(["sft", "--data", str(data), "--max-seq-len", "1", "--steps", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "no completion token left to train on" in capsys.readouterr().err

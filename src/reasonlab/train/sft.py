@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def _from_messages(messages: list, tokenizer, where: str) -> dict:
     return {"prompt": prompt, "completion": last["content"]}
 
 
+def check_lengths(examples, eos_id, max_seq_len: int, where: str) -> None:
+    """Say when examples were cut to `max_seq_len` (their completions lose their end, or all of it);
+    refuse a set where no example keeps a completion token to learn from."""
+    empty = sum(1 for _, c in examples if not c)
+    if empty == len(examples):
+        raise UserError(f"{where}: every prompt fills --max-seq-len {max_seq_len}: no completion token left to train on")
+    cut = sum(1 for _, c in examples if not c or (eos_id is not None and c[-1] != eos_id))
+    if cut and world()[0] == 0:
+        print(f"note: {cut} of {len(examples)} examples in {where} are longer than --max-seq-len {max_seq_len} and "
+              f"were cut ({empty} of them down to the prompt alone, which carry no loss)", file=sys.stderr)
+
+
 def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> dict:
     """Fine-tune `cfg.model` (or a fresh built-in model) on `cfg.data`, on `device` (see
     `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
@@ -58,6 +71,7 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
     rank = world()[0]
     model = prepare(model, cfg)
     examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
+    check_lengths(examples, tokenizer.eos_id, cfg.max_seq_len, cfg.data)
     evaluate = None
     if cfg.eval_data:
         held = tokenize_examples(tokenizer, read_sft_rows(cfg.eval_data, tokenizer), cfg.max_seq_len)
