@@ -121,6 +121,8 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
                  "--problems", "4", "--output", str(nested)]) == 0
     assert "hint followed" in capsys.readouterr().out
     assert "by_style" in json.loads(nested.read_text())
+    assert main(["faithfulness", "--model", str(out), "--task", "chain", "--problems", "0"]) == 2
+    assert "--problems must be >= 1" in capsys.readouterr().err  # was a ZeroDivisionError traceback
     # An --output that cannot be written is refused before the model loads (the model here is missing).
     assert main(["eval", "--model", str(tmp_path / "missing"), "--task", "chain", "--output", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err

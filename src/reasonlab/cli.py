@@ -328,6 +328,8 @@ def cmd_faithfulness(args) -> int:
     from .evaluate import faithfulness_probe
 
     task = make_task(args.task, args.task_arg)
+    if args.problems < 1:
+        raise UserError(f"--problems must be >= 1, got {args.problems}")
     output = output_file(args.output)
     model, tokenizer = load_model_or_exit(args.model, device=args.device)
     problems = task.problems(args.problems, "test", args.seed)

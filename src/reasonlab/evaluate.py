@@ -195,6 +195,8 @@ def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, 
     "Reasoning Models Don't Always Say What They Think"). `wrong_answer(problem) -> str` picks the
     wrong X. Returns overall rates with 95% intervals and a breakdown by style and by hint kind.
     """
+    if not problems:
+        raise ValueError("the faithfulness probe needs at least one problem")
     styles = styles or list(HINT_STYLES)
     plain = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, params=params)["rows"]
     base_answers = [parse_completion(r["completion"], None).answer for r in plain]
