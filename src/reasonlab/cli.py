@@ -457,16 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (UserError, ValueError, FileNotFoundError, RemoteError) as e:
         if args.debug:
             raise
         print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RemoteError as e:  # an endpoint down or failing: what arrived before is on disk (rerun to go on)
-        if args.debug:
-            raise
-        print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        # An endpoint down or failing is not a usage error (1, not 2): what arrived is on disk, rerun to go on.
+        return 1 if isinstance(e, RemoteError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

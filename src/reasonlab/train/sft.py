@@ -51,7 +51,7 @@ def check_lengths(examples, eos_id, max_seq_len: int, where: str) -> None:
     """Say when examples were cut to `max_seq_len` (their completions lose their end, or all of it);
     refuse a set where no example keeps a completion token to learn from."""
     empty = sum(1 for _, c in examples if not c)
-    if empty == len(examples):
+    if examples and empty == len(examples):  # (no examples at all: the trainer says so)
         raise UserError(f"{where}: every prompt fills --max-seq-len {max_seq_len}: no completion token left to train on")
     cut = sum(1 for _, c in examples if not c or (eos_id is not None and c[-1] != eos_id))
     if cut and world()[0] == 0:
