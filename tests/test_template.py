@@ -36,6 +36,9 @@ def test_chat_prompt_through_a_chat_template():
     assert parse_completion("4 it is</think><answer>4</answer>", prompt).format_ok
     with pytest.raises(ValueError):
         build_prompt("q", style="chat")
+    tok.chat_template = None  # a tokenizer without one (the built-in model's): one clear line, not jinja's
+    with pytest.raises(ValueError, match="this model's has none: use the plain or r1 style"):
+        build_prompt("q", style="chat", tokenizer=tok)
 
 
 # Each case: completion, format_ok, and why.

@@ -70,8 +70,9 @@ def build_prompt(question: str, style: str = "plain", *, trigger: bool = True,
         if prefill_think:
             text += " "
     elif style == "chat":
-        if tokenizer is None:
-            raise ValueError("the chat prompt style needs a tokenizer with a chat template")
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the chat prompt style needs a tokenizer with a chat template, and this model's has "
+                             "none: use the plain or r1 style")
         messages = [{"role": "system", "content": system or CHAT_SYSTEM},
                     {"role": "user", "content": question}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
