@@ -16,12 +16,28 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _field_type(cls, f: dataclasses.Field):
-    hint = typing.get_type_hints(cls)[f.name]
+def unwrap_optional(hint):
+    """(type, optional): `int | None` -> (int, True), `int` -> (int, False)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0], True
     return hint, False
+
+
+def value_fits(kind, value) -> bool:
+    """Whether a parsed value (from a file or KEY=VALUE) suits an option of type `kind`: an int
+    takes no bool, a float takes ints too; other types are not checked."""
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (str, bool):
+        return isinstance(value, kind)
+    return True
+
+
+def _field_type(cls, f: dataclasses.Field):
+    return unwrap_optional(typing.get_type_hints(cls)[f.name])
 
 
 def _flag(name: str) -> str:
@@ -49,8 +65,7 @@ def _coerce(cls, f: dataclasses.Field, value, source: str):
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    wrong_int = kind is int and (isinstance(value, bool) or not isinstance(value, int))
-    if wrong_int or (kind in (float, str, bool) and not isinstance(value, kind)):
+    if not value_fits(kind, value):
         raise UserError(f"{source}: option {f.name!r} must be {kind.__name__}, got {value!r}")
     return value
 

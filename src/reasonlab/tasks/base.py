@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import random
+import typing
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -107,17 +108,23 @@ def get_task(name: str, **kwargs) -> Task:
     the wrong type raise ValueError naming what the task accepts."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_REGISTRY))}")
+    from ..config import unwrap_optional, value_fits
+
     cls = _REGISTRY[name]
     options = task_options(cls)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: leave the values unchecked
+        hints = {}
     for key, value in kwargs.items():
         if key not in options:
             known = ", ".join(f"{k} (default {v.default!r})" for k, v in options.items()) or "none"
             raise ValueError(f"task {name!r} has no option {key!r}; its options: {known}")
-        kind = options[key].annotation
-        if kind in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"task {name!r}: {key} must be an integer, got {value!r}")
-        if kind in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"task {name!r}: {key} must be a number, got {value!r}")
+        kind, optional = unwrap_optional(hints.get(key))
+        # Numbers only: a --task-arg string option may look numeric (a file named 2024).
+        if kind in (int, float) and not (value is None and optional) and not value_fits(kind, value):
+            raise ValueError(f"task {name!r}: {key} must be {'an integer' if kind is int else 'a number'}, "
+                             f"got {value!r}")
     return cls(**kwargs)
 
 
