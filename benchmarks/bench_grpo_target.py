@@ -4,8 +4,9 @@ reach >= 95% within 2 minutes and stay there over a 3x longer run (no collapse),
 The starting checkpoint is built the way the demo builds its models, reproducibly: pretrain the
 base (the demo's stage 1), then three Method 1 rounds *without* the step check (answer-verified
 own rationales only), which lands near 48% on the demo's seed. Then GRPO with the demo's settings
-(32 x 4, dynamic sampling, T = 0.7, lr 3e-4, 64 new tokens) for `--seconds` (default 360 = 3 x 2
-minutes), held-out accuracy every 25 steps. Prints the curve, then one JSON line: time to 95%, the
+(32 x 4, dynamic sampling, T = 0.7, lr 3e-4 with cosine decay over 1000 steps, 64 new tokens) for
+`--seconds` (default 360 = 3 x 2 minutes; `--schedule constant` for the constant lr of sessions
+4-8), held-out accuracy every 25 steps. Prints the curve, then one JSON line: time to 95%, the
 lowest accuracy after first reaching it, the final accuracy and format rate.
 With `--procs 2` the GRPO part runs as two torchrun (gloo) processes of one thread each instead of
 one process of two threads: each rank samples and trains on half of every step's problems, the
@@ -13,6 +14,7 @@ gradients are averaged (the same update; see docs/scaling.md). Two decode loops 
 cores better when the loop is bound by per-step overhead (T = 1: a step ~15% cheaper); at T = 0.7,
 where dynamic sampling draws many groups a step, the two came out even (at 16 x 8 and at 32 x 4).
 Run: python benchmarks/bench_grpo_target.py [--seconds 360] [--seed 0] [--start CKPT] [--procs 2]
+                                           [--schedule cosine [--steps N]]
 """
 
 import argparse
@@ -42,6 +44,9 @@ def main():
     parser.add_argument("--start", "--checkpoint", default="", help="a starting checkpoint (skips building one)")
     parser.add_argument("--keep-start", default="", help="also save the starting checkpoint here")
     parser.add_argument("--procs", type=int, default=1, help="GRPO as N torchrun processes of one thread each")
+    parser.add_argument("--schedule", default="", help="override the demo's lr schedule (constant, cosine, linear)")
+    parser.add_argument("--steps", type=int, default=0, help="with --schedule: the steps the decay spans "
+                        "(default: the demo's)")
     args = parser.parse_args()
     task = get_task("chain", length=4)
     pre_cfg, m1_cfg, rl_cfg = stage_configs(DemoConfig(seed=args.seed))
@@ -62,12 +67,16 @@ def run(args, task, pre_cfg, m1_cfg, rl_cfg, work):
         save_checkpoint(args.start, model, tok)
     if args.procs > 1 and "RANK" not in os.environ:  # relaunch the GRPO part under torchrun
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}",
-                   __file__, "--checkpoint", args.start, "--seconds", str(args.seconds), "--seed", str(args.seed)]
+                   __file__, "--checkpoint", args.start, "--seconds", str(args.seconds), "--seed", str(args.seed),
+                   "--schedule", args.schedule, "--steps", str(args.steps)]
         sys.exit(subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode)
     if "RANK" in os.environ:
         setup_distributed()
         torch.set_num_threads(1)
-    cfg = dataclasses.replace(rl_cfg, steps=100_000, max_seconds=args.seconds, eval_every=25)
+    # The run is bounded by time; the step count matters only to a decaying schedule (over the demo's steps).
+    schedule = args.schedule or rl_cfg.schedule
+    steps = args.steps or (100_000 if schedule == "constant" else rl_cfg.steps)
+    cfg = dataclasses.replace(rl_cfg, steps=steps, schedule=schedule, max_seconds=args.seconds, eval_every=25)
     curve = []
 
     def log(m):

@@ -97,6 +97,35 @@ def test_grpo_config_validation():
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError):
         GRPOConfig(scale="nope")
+    with pytest.raises(ValueError, match="unknown schedule 'nope'"):
+        GRPOConfig(schedule="nope")
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        GRPOConfig(schedule="cosine", min_lr_ratio=1.5)
+
+
+def test_grpo_learning_rate_warms_up_then_follows_the_schedule():
+    """Logged and applied: the optimiser's lr each step is the logged one."""
+    seen = []
+    cfg = GRPOConfig(steps=6, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1.0,
+                     warmup_steps=2, schedule="linear", min_lr_ratio=0.0)
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    history = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", spy)
+        train_grpo(answers_seven(), TOK, constant_task("7"), cfg, log=history.append)
+    expected = [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]  # warm-up 2 steps, then linear to 0 over steps 2..6
+    assert [m["lr"] for m in history] == pytest.approx(expected)
+    assert seen == pytest.approx(expected)
+    constant = []
+    train_grpo(answers_seven(), TOK, constant_task("7"), GRPOConfig(
+        steps=3, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1.0, warmup_steps=2),
+        log=constant.append)
+    assert [m["lr"] for m in constant] == pytest.approx([0.5, 1.0, 1.0])  # the default: constant after warm-up
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "constant"])

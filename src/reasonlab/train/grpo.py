@@ -22,7 +22,9 @@ Departures from GRPO as published: token log-probs use the sampling temperature 
 forced tokens (thinking-budget cap, "Wait," extensions) never enter the loss; truncated completions
 can be masked out (`mask_truncated`); groups whose rewards are all equal carry no signal and can be
 dropped and refilled from new problems (`dynamic_sampling`, DAPO); an optional length-conditioned
-mode asks for "think for N tokens" and adds the length-target reward.
+mode asks for "think for N tokens" and adds the length-target reward. The learning rate warms up
+linearly, then stays constant (the default) or decays by cosine or linearly over `steps`
+(`schedule`, `min_lr_ratio`: the supervised trainers' `lr_at`).
 
 Cost, not math: with the built-in model the training pass computes each group's prompt once and
 packs the completions (`model.GroupedBatch`, `shared_prompts`); the loss and gradient are those
@@ -58,7 +60,8 @@ from ..tasks import Task
 from ..template import build_prompt, parse_completion
 from ..model.gpt import GPT
 from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
-from .loop import discard_training_state, load_training_state, make_optimizer, save_training_state
+from .loop import (check_schedule, discard_training_state, load_training_state, lr_at, make_optimizer,
+                   save_training_state)
 from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
                        gathered, gradient_sync, grads_finite, prepare, rank_device, refuse_fsdp_states, unwrap,
                        world)
@@ -71,8 +74,11 @@ class GRPOConfig(ScaleOptions):
     steps: int = field(default=200, metadata={"help": "RL steps at most"})
     prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step"})
     group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate (constant after warm-up)"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
+    schedule: str = field(default="constant", metadata={
+        "help": "after warm-up: constant, or cosine / linear decay over `steps` (not over max_seconds)"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most"})
     updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)"})
@@ -113,6 +119,7 @@ class GRPOConfig(ScaleOptions):
             raise ValueError("steps, prompts_per_step and updates must be >= 1")
         if self.style not in ("plain", "r1", "chat"):
             raise ValueError("style must be plain, r1 or chat")
+        check_schedule(self.schedule, self.min_lr_ratio)
         if self.oversample < 1:
             raise ValueError("oversample must be >= 1")
         if self.micro_batch_size < 0:
@@ -374,7 +381,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         if cfg.beta > 0:
             ref_logp = torch.cat([reference_logprobs(core, ref_model, input_ids[c], cfg.temperature)
                                   for c in chunks][:real])
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         grad_norm, loss_sum = 0.0, 0.0

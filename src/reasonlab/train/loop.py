@@ -55,12 +55,23 @@ class TrainConfig:
             raise ValueError("steps, batch_size and grad_accum must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}: cosine, linear or constant")
+        check_schedule(self.schedule, self.min_lr_ratio)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Warm-up then cosine / linear decay to `min_lr_ratio` of the peak (or constant)."""
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def check_schedule(schedule: str, min_lr_ratio: float) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: {', '.join(SCHEDULES)}")
+    if not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+
+
+def lr_at(step: int, cfg) -> float:
+    """Warm-up then cosine / linear decay over `cfg.steps` to `min_lr_ratio` of the peak (or
+    constant). `cfg`: any config with lr, warmup_steps, schedule, min_lr_ratio and steps (the
+    supervised `TrainConfig`, `GRPOConfig`)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
