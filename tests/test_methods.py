@@ -103,6 +103,22 @@ def test_grpo_config_validation():
         GRPOConfig(schedule="cosine", min_lr_ratio=1.5)
 
 
+def test_resuming_a_finished_grpo_run_changes_nothing_and_reports_its_last_step(tmp_path):
+    cfg = GRPOConfig(steps=4, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=3, eval_problems=4,
+                     save_every=2, lr=0.1)
+    model = answers_seven()
+    last = train_grpo(model, TOK, constant_task("7"), cfg, out_dir=tmp_path)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    weights = [p.detach().clone() for p in model.parameters()]
+    again = answers_seven()
+    seen = []
+    resumed = train_grpo(again, TOK, constant_task("7"), cfg, out_dir=tmp_path, resume=True, progress=seen.append)
+    assert resumed == last and resumed["step"] == 4 and "eval/accuracy" in resumed
+    assert seen == [last]  # the progress bar is told where the run stands
+    assert all(torch.equal(a, b) for a, b in zip(weights, again.parameters()))  # the saved final weights
+    assert (tmp_path / "metrics.jsonl").read_text() == log  # nothing run twice, nothing dropped
+
+
 def test_grpo_learning_rate_warms_up_then_follows_the_schedule():
     """Logged and applied: the optimiser's lr each step is the logged one."""
     seen = []

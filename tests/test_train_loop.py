@@ -66,3 +66,20 @@ def test_non_finite_losses_skip_and_then_stop(tiny_gpt):
         train_supervised(model, tok, examples, TrainConfig(steps=10, batch_size=1, warmup_steps=1),
                          log=lambda m: skipped.append(m.get("skipped")))
     assert skipped == ["non-finite loss or gradient"] * 5
+
+
+def test_resuming_a_finished_run_changes_nothing_and_reports_its_last_step(tmp_path, tiny_gpt):
+    import copy
+
+    model, tok = tiny_gpt
+    fresh = copy.deepcopy(model)
+    rows = [{"prompt": f"{i}\n", "completion": f"<answer>{i}</answer>"} for i in range(8)]
+    examples = tokenize_examples(tok, rows, 32)
+    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-2, warmup_steps=1, save_every=2, eval_every=0)
+    last = train_supervised(model, tok, examples, cfg, state_dir=tmp_path)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    seen = []
+    resumed = train_supervised(fresh, tok, examples, cfg, state_dir=tmp_path, resume=True, progress=seen.append)
+    assert resumed == last and resumed["step"] == 4 and seen == [last]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert (tmp_path / "metrics.jsonl").read_text() == log

@@ -58,6 +58,12 @@ def read_log(path) -> list[dict]:
     return rows
 
 
+def logged_step(path, step: int) -> dict:
+    """The row a run logged for `step` in its log (the last such row), or {}: where a resumed run
+    picks up its metrics (all there is when the run had already finished)."""
+    return next((row for row in reversed(read_log(path)) if row.get("step") == step), {})
+
+
 def trim_log(path, keep) -> None:
     """Rewrite an append-only log with only the rows `keep(row)` accepts (torn or bad lines go too):
     a run resuming from a saved state drops what it logged after that state, before it logs again."""

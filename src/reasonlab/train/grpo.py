@@ -54,7 +54,7 @@ import torch
 from ..engine import Rollout, SamplingParams, generate
 from ..errors import UserError
 from ..evaluate import evaluate_problems
-from ..jsonl import trim_log
+from ..jsonl import logged_step, trim_log
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..template import build_prompt, parse_completion
@@ -289,6 +289,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             trim_log(out / name, lambda row: first > 0 and row.get("step", 0) <= first)
         if not resume:
             discard_training_state(state_dir)
+        elif first:  # resumed: start from the saved step's logged metrics (all there is when the run had finished)
+            metrics = logged_step(out / "metrics.jsonl", first)
+            if progress and metrics:
+                progress(metrics)
 
     def prompt_of(problem):
         question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..jsonl import trim_log
+from ..jsonl import logged_step, trim_log
 from .parallel import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
                        refuse_fsdp_states, unwrap, world)
 
@@ -265,6 +265,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             first, bad_in_a_row = state["step"], state["bad_in_a_row"]
     if state_dir:
         log = _step_log(Path(state_dir), rank, first if resume else None, log)
+        if resume and first:  # start from the saved step's logged metrics (all there is when the run had finished)
+            metrics = logged_step(_log_path(Path(state_dir), rank), first)
+            if progress and metrics:
+                progress(metrics)
     model.train()
     for step in range(first, cfg.steps):
         for group in optimizer.param_groups:
@@ -316,11 +320,15 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     return metrics
 
 
+def _log_path(state_dir: Path, rank: int) -> Path:
+    return state_dir / (f"metrics.rank{rank}.jsonl" if rank else "metrics.jsonl")
+
+
 def _step_log(state_dir: Path, rank: int, resumed_at: int | None, then=None):
     """A `log` callback appending each step's metrics to the state folder's log (after `then`). A
     fresh run starts the file empty; a resumed one keeps the steps up to its saved state."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / (f"metrics.rank{rank}.jsonl" if rank else "metrics.jsonl")
+    path = _log_path(state_dir, rank)
     if resumed_at is None:
         path.unlink(missing_ok=True)
     else:
