@@ -57,6 +57,9 @@ def test_sft_errors_are_one_line(tmp_path, capsys):
     assert "bad.jsonl:1" in capsys.readouterr().err
     assert main(["sft", "--data", str(bad), "--lr", "-1"]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
+    assert main(["sft", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "y")]) == 2
+    out = capsys.readouterr()
+    assert "missing.jsonl' not found" in out.err and "0/" not in out.out  # no progress bar for a run that never started
 
 
 def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path, capsys):

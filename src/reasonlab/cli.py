@@ -136,24 +136,28 @@ def cmd_generate(args) -> int:
 
 
 class TrainProgress:
-    """A progress bar over training steps (loss and reward on it); evaluation lines stay printed."""
+    """A progress bar over training steps (loss and reward on it); evaluation lines stay printed.
+    The bar appears with the first step's report, so a run that fails while loading shows none."""
 
     def __init__(self, total: int, what: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.total = total
+        self.total, self.shown = total, False
         self.progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
 
     def __enter__(self):
-        self.progress.__enter__()
-        self.task = self.progress.add_task("", total=self.total, info="")
+        self.task = self.progress.add_task("", total=self.total, info="")  # the clock starts here
         return self
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.shown:
+            self.progress.stop()
 
     def __call__(self, m: dict):
+        if not self.shown:
+            self.progress.start()
+            self.shown = True
         shown = [f"{k} {m[k]:.3f}" for k in ("loss", "reward/mean") if isinstance(m.get(k), float)]
         self.progress.update(self.task, completed=m.get("step", 0), info=", ".join(shown))
         evals = {k: v for k, v in m.items() if k.startswith("eval") or k == "trigger_acc"}
