@@ -237,3 +237,16 @@ def test_chain_step_check_accepts_sound_reasoning_and_rejects_lucky_guesses():
                   "", "a=14;;", "e=1;a=14"]:
         assert task.check_steps(q, lucky) is False, lucky
     assert get_task("arithmetic").check_steps("1+2", "anything") is None  # tasks that cannot tell say so
+
+
+def test_tasks_command_lists_every_task_with_its_description(capsys):
+    from reasonlab.cli import main
+    from reasonlab.tasks import list_tasks
+
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    named = {line.split()[0]: line for line in lines if not line.startswith(" ")}
+    assert list(named) == list(list_tasks())  # with any registered by other tests (no description: the name alone)
+    for name in ("arithmetic", "chain", "countdown", "gsm8k", "math"):
+        assert len(named[name].split()) > 3, named[name]  # a name and a one-line description
+    assert "--task-arg: op='+' digits=3 digits_b=None" in lines[1]  # then the options, with their defaults

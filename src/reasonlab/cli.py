@@ -62,10 +62,15 @@ def add_task_args(p: argparse.ArgumentParser, name: bool = True) -> None:
 
 def cmd_tasks(args) -> int:
     from .tasks import get_task, list_tasks
+    from .tasks.base import task_options
 
     for name in list_tasks():
-        doc = (type(get_task(name)).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {doc}")
+        cls = type(get_task(name))
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {doc[0] if doc else ''}".rstrip())
+        options = " ".join(f"{key}={p.default!r}" for key, p in task_options(cls).items())
+        if options:
+            print(f"{'':12s} --task-arg: {options}")
     return 0
 
 
