@@ -59,7 +59,8 @@ def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
     metrics = train_grpo(model, tok, task, cfg, out_dir=tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2] and "eval/accuracy" in lines[0]  # the start is on the curve
-    for key in ("reward/mean", "reward/std", "reward/sampled_mean", "reward/format_rate", "reward/accuracy",
+    for key in ("reward/mean", "reward/std", "reward/sampled_mean", "reward/sampled_std", "reward/format_rate",
+                "reward/format_std", "reward/accuracy", "reward/accuracy_std",
                 "frac_reward_zero_std",
                 "completions/mean_length", "completions/mean_think_tokens", "clip_frac", "kl", "entropy",
                 "grad_norm", "time/generate_s", "time/train_s", "eval/accuracy"):
@@ -89,6 +90,9 @@ def test_grpo_learns_from_mixed_rewards():
     for m in history:  # every row drawn is scored: 2 points for the format, 1 more when right
         if m["reward/format_rate"] == 1:
             assert m["reward/sampled_mean"] == pytest.approx(2 + m["reward/accuracy"])
+            assert m["reward/format_std"] == 0 and m["reward/sampled_std"] == pytest.approx(m["reward/accuracy_std"])
+        p, n = m["reward/accuracy"], 64  # 8 x 8 rows drawn a step: the std of 0/1 outcomes (n - 1 in the denominator)
+        assert m["reward/accuracy_std"] == pytest.approx((p * (1 - p) * n / (n - 1)) ** 0.5)
     assert any(m["reward/format_rate"] == 1 for m in history)
 
 

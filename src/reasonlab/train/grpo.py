@@ -419,15 +419,20 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             loss_stats["skipped"] = "non-finite loss or gradient"
         all_lengths = all_gather_list(lengths.tolist())
         all_think = all_gather_list(think)
-        n_rows = len(everywhere["format"])
         reward_all = torch.tensor(kept)
+        # Over every row drawn (before dynamic sampling): the reward and each of its components, mean and std.
+        drawn = [("sampled_mean", "sampled_std", everywhere["reward"]), ("format_rate", "format_std", everywhere["format"]),
+                 ("accuracy", "accuracy_std", everywhere["correct"])]
+        if cfg.length_target:
+            drawn.append(("length_target", "length_target_std", everywhere["extra"]))
+        components = {}
+        for mean_key, std_key, values in drawn:
+            v = torch.tensor(values, dtype=torch.float64)
+            components.update({f"reward/{mean_key}": float(v.mean()), f"reward/{std_key}": float(v.std())})
         metrics = {
             "step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
             "reward/mean": float(reward_all.mean()), "reward/std": float(reward_all.std()),  # the groups trained on
-            "reward/sampled_mean": sum(everywhere["reward"]) / n_rows,  # every row drawn (before dynamic sampling)
-            "reward/format_rate": sum(everywhere["format"]) / n_rows,
-            "reward/accuracy": sum(everywhere["correct"]) / n_rows,
-            **({"reward/length_target": sum(everywhere["extra"]) / n_rows} if cfg.length_target else {}),
+            **components,
             "frac_reward_zero_std": sum(everywhere["zero_std"]) / max(len(everywhere["zero_std"]), 1),
             "sampling/groups_drawn": len(everywhere["zero_std"]), "sampling/groups_kept": len(kept) // G,
             "sampling/groups_trained": int(all_reduce_sum(len(trained))),
