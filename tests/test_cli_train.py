@@ -122,8 +122,11 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     nested = tmp_path / "new" / "folder" / "f.json"  # --output's folder is made, not a crash at the end
     assert main(["faithfulness", "--model", str(out), "--task", "chain", "--task-arg", "length=2",
                  "--problems", "4", "--output", str(nested)]) == 0
-    assert "hint followed" in capsys.readouterr().out
-    assert "by_style" in json.loads(nested.read_text())
+    printed = capsys.readouterr().out
+    assert "hint followed" in printed
+    for name, row in json.loads(nested.read_text())["by_style"].items():  # a 0/0 rate reads "—", not 0%
+        line = next(line for line in printed.splitlines() if line.strip().startswith(name + " "))
+        assert ("admits      —" in line) == (row["followed"] == 0) and (row["admit_rate"] is None) == (row["followed"] == 0)
     assert main(["faithfulness", "--model", str(out), "--task", "chain", "--problems", "0"]) == 2
     assert "--problems must be >= 1" in capsys.readouterr().err  # was a ZeroDivisionError traceback
     # An --output that cannot be written is refused before the model loads (the model here is missing).

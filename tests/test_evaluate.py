@@ -60,6 +60,8 @@ def test_faithfulness_counts_follow_and_admit(monkeypatch):
                                styles=["hint_line", "teacher", "metadata"])
     by = probe["by_style"]
     assert by["hint_line/right"]["eligible"] == 0  # it already answered 1: following cannot be seen
+    assert by["hint_line/right"]["follow_rate"] is None and by["hint_line/right"]["admit_rate"] is None  # 0/0: unknown
+    assert by["metadata/wrong"]["admit_rate"] is None  # none followed: nothing to admit
     assert by["hint_line/wrong"] == {"eligible": 10, "followed": 10, "admitted": 10, "follow_rate": 1.0, "admit_rate": 1.0}
     assert by["teacher/wrong"]["follow_rate"] == 1.0 and by["teacher/wrong"]["admit_rate"] == 0.0
     assert by["metadata/wrong"]["follow_rate"] == 0.0

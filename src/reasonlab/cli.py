@@ -280,6 +280,8 @@ def print_results(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .report import percent
+
     table = Table(title=f"reasonlab demo: {results.get('task', '')} (held-out, greedy)")
     table.add_column("what")
     table.add_column("accuracy", justify="right")
@@ -292,7 +294,8 @@ def print_results(results: dict) -> None:
     for point in results.get("budget_curve", []):
         table.add_row(f"thinking budget {point['budget']} tokens", f"{point['acc']:.1%}")
     faith = results.get("faithfulness", {})
-    table.add_row("base follows a hint / admits it", f"{faith.get('hint_follow_rate', 0):.1%} / {faith.get('admit_rate', 0):.1%}")
+    table.add_row("base follows a hint / admits it",
+                  f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}")
     table.add_row("wall time", f"{results.get('seconds', 0):.0f} s")
     Console().print(table)
 
@@ -335,6 +338,7 @@ def cmd_faithfulness(args) -> int:
     import random
 
     from .evaluate import faithfulness_probe
+    from .report import percent
 
     task = make_task(args.task, args.task_arg)
     if args.problems < 1:
@@ -352,10 +356,10 @@ def cmd_faithfulness(args) -> int:
     probe = faithfulness_probe(model, tokenizer, task, problems, wrong)
     lo, hi = probe["hint_follow_ci"]
     alo, ahi = probe["admit_ci"]
-    print(f"hint followed: {probe['hint_follow_rate']:.1%} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "
-          f"admitted: {probe['admit_rate']:.1%} [{alo:.1%}, {ahi:.1%}] of {probe['followed']} followed")
-    for name, row in probe["by_style"].items():
-        print(f"  {name:16s} follows {row['follow_rate']:6.1%}  admits {row['admit_rate']:6.1%}  "
+    print(f"hint followed: {percent(probe['hint_follow_rate'])} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "
+          f"admitted: {percent(probe['admit_rate'])} [{alo:.1%}, {ahi:.1%}] of {probe['followed']} followed")
+    for name, row in probe["by_style"].items():  # "—": nothing to count over (no eligible pair, or none followed)
+        print(f"  {name:16s} follows {percent(row['follow_rate']):>6}  admits {percent(row['admit_rate']):>6}  "
               f"({row['followed']}/{row['eligible']})")
     if output:
         output.write_text(json.dumps(probe, indent=2))

@@ -22,7 +22,7 @@ from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint
-from .report import build_report
+from .report import build_report, percent
 from .tasks import get_task
 from .train.grpo import GRPOConfig, train_grpo
 from .train.parallel import resolve_device
@@ -239,7 +239,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
             save()
         probe = results["faithfulness"]
-        tick(info=f"follows {probe['hint_follow_rate']:.0%}, admits {probe['admit_rate']:.0%}")
+        tick(info=f"follows {percent(probe['hint_follow_rate'])}, admits {percent(probe['admit_rate'])}")
     build_report(out)
     save()
     return results

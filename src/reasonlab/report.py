@@ -112,8 +112,9 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
 
 def plot_faithfulness(probe: dict, path: Path) -> Path:
     names = list(probe.get("by_style", {}))
-    follow = [probe["by_style"][n]["follow_rate"] for n in names]
-    admit = [probe["by_style"][n]["admit_rate"] for n in names]
+    # An unknown rate (0/0: None) draws no bar; its count label says 0/0.
+    follow = [probe["by_style"][n]["follow_rate"] or 0.0 for n in names]
+    admit = [probe["by_style"][n]["admit_rate"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [100 * v for v in follow], width=0.4, color=COLORS["prompt"], label="follows the hint")
@@ -130,8 +131,9 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _pct(v) -> str:
-    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "—"
+def percent(value: float | None) -> str:
+    """A rate as a percentage with one decimal; "—" for an unknown one (None: `evaluate.rate` of 0/0)."""
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "—"
 
 
 def plot_loss(steps: list[dict], path: Path) -> Path:
@@ -214,15 +216,15 @@ def _demo_report(run: Path) -> Path:
     figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
-    rows = [("Base model, asked directly", _pct(results.get("base_direct_acc"))),
-            ("Base model, \"Let's think step by step.\"", _pct(results.get("base_cot_prompt_acc")))]
-    rows += [(f"Method 1 (self-generated rationales), round {i}", _pct(a))
+    rows = [("Base model, asked directly", percent(results.get("base_direct_acc"))),
+            ("Base model, \"Let's think step by step.\"", percent(results.get("base_cot_prompt_acc")))]
+    rows += [(f"Method 1 (self-generated rationales), round {i}", percent(a))
              for i, a in enumerate(results.get("method1_acc", []), 1)]
-    rows += [("Method 2 (GRPO)", _pct(results.get("method2_acc"))),
-             ("Method 2 format rate", _pct(results.get("method2_format_rate")))]
+    rows += [("Method 2 (GRPO)", percent(results.get("method2_acc"))),
+             ("Method 2 format rate", percent(results.get("method2_format_rate")))]
     faith = results.get("faithfulness", {})
-    rows += [("Hint followed (answer changed to the hint)", _pct(faith.get("hint_follow_rate"))),
-             ("Hint admitted in the thought (of followed)", _pct(faith.get("admit_rate"))),
+    rows += [("Hint followed (answer changed to the hint)", percent(faith.get("hint_follow_rate"))),
+             ("Hint admitted in the thought (of followed)", percent(faith.get("admit_rate"))),
              ("Wall time", f"{results.get('seconds', 0):.0f} s")]
     note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on held-out problems never seen in "
             "training.")
@@ -250,12 +252,12 @@ def _rl_report(run: Path) -> Path:
     figures = _training_figure(metrics, config, run / "training.png")
     rows = [("Steps run", str(steps[-1]["step"]) if steps else "0")]
     if evals:
-        rows += [(f"Held-out accuracy at step {evals[0]['step']}", _pct(evals[0]["eval/accuracy"])),
-                 (f"Held-out accuracy at step {evals[-1]['step']}", _pct(evals[-1]["eval/accuracy"])),
-                 (f"Held-out format rate at step {evals[-1]['step']}", _pct(evals[-1].get("eval/format_rate")))]
+        rows += [(f"Held-out accuracy at step {evals[0]['step']}", percent(evals[0]["eval/accuracy"])),
+                 (f"Held-out accuracy at step {evals[-1]['step']}", percent(evals[-1]["eval/accuracy"])),
+                 (f"Held-out format rate at step {evals[-1]['step']}", percent(evals[-1].get("eval/format_rate")))]
     if steps:
-        rows += [("Sample accuracy, last step", _pct(steps[-1].get("reward/accuracy"))),
-                 ("Sample format rate, last step", _pct(steps[-1].get("reward/format_rate"))),
+        rows += [("Sample accuracy, last step", percent(steps[-1].get("reward/accuracy"))),
+                 ("Sample format rate, last step", percent(steps[-1].get("reward/format_rate"))),
                  ("Wall time", f"{steps[-1].get('seconds', 0):.0f} s")]
     note = (f"GRPO: {config.get('prompts_per_step')} prompts × {config.get('group_size')} samples a step at "
             f"T = {config.get('temperature')}, lr {config.get('lr')}. Held-out accuracy is greedy.")
@@ -268,7 +270,7 @@ def _rationales_report(run: Path) -> Path:
     config = read_json(run / "rationales_config.json")
     figures = [("Method 1 rounds", plot_rounds(records, run / "rounds.png"))] if records else []
     rows = [(f"Round {r['round']}: held-out accuracy (kept {r['kept']} of {r['samples']} samples)",
-             _pct(r["accuracy"])) for r in records]
+             percent(r["accuracy"])) for r in records]
     if records:
         rows.append(("Wall time", f"{sum(r.get('seconds', 0) for r in records):.0f} s"))
     note = (f"Method 1: {config.get('samples')} samples a problem at T = {config.get('temperature')}, those the "
@@ -287,7 +289,7 @@ def _loss_report(run: Path, log: Path) -> Path:
     if held:
         rows.append((f"Held-out loss at step {held[-1]['step']}", f"{held[-1]['eval_loss']:.4f}"))
     if "trigger_acc" in last:
-        rows.append(("Trigger accuracy at the end", _pct(last["trigger_acc"])))
+        rows.append(("Trigger accuracy at the end", percent(last["trigger_acc"])))
     rows.append(("Wall time", f"{last.get('seconds', 0):.0f} s"))
     here = run.resolve()
     folder = here.with_name(here.name.removesuffix(".state")) if here.name.endswith(".state") else here
