@@ -195,10 +195,12 @@ def test_skipping_flat_groups_gives_the_same_update(builtin, agg):
         for key in ("loss", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
     assert any(m["grad_norm"] > 0 for m in on)
-    # The weights moved ~1e-2 a step; summation order differs with the batch's rows, and AdamW turns
-    # that rounding into ~1e-6 on embedding rows whose gradient is near its eps.
+    # AdamW moves each weight by ~lr = 1e-2 a step whatever its gradient's scale, so a wrong gradient
+    # direction shows as differences of 1e-3 and more. Summation order differs with the batch's rows,
+    # and AdamW turns that rounding into up to ~4e-5 on embedding entries whose gradient is near its
+    # eps (1e-6 on an AVX-512 Xeon, 3.5e-5 on an AVX2 EPYC): the tolerance sits between the two.
     for a, b in zip(weights_off, weights_on):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-4)
 
 
 def test_method1_drops_right_answers_reached_by_wrong_steps():
