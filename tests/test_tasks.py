@@ -68,6 +68,41 @@ def test_small_problem_space_is_reported():
         get_task("arithmetic", op="+-*", digits=1).problems(300)
 
 
+def test_a_training_stream_holds_every_problem_of_a_small_space(tmp_path):
+    """GRPO's problem stream asks for 20,000 problems. A smaller space gives all it holds (it used
+    to halve the request until one fitted: 78 of 1-digit addition's 90 train sums, 5,000 of GSM8K's
+    7,473), and the first ones are those a plain request returns. A task whose `problems` predates
+    `at_most` still gets a stream."""
+    from reasonlab.tasks.base import split_of
+    from reasonlab.train.grpo import ProblemStream
+
+    task = get_task("arithmetic", op="+", digits=1)
+    sums = (f"{a}+{b}" for a in range(10) for b in range(10))
+    train = {q for q in sums if split_of(q, task.test_fraction) == "train"}
+    everything = task.problems(20000, "train", seed=0, at_most=True)
+    assert len(everything) == len(train) and {p.question for p in everything} == train
+    assert everything[:30] == task.problems(30, "train", seed=0)
+    assert len(ProblemStream(task, seed=0).problems) == len(everything)
+
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(7)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    gsm8k = get_task("gsm8k", path=str(tmp_path))
+    assert len(ProblemStream(gsm8k, seed=0).problems) == 7
+
+    class Legacy(Task):  # problems() without at_most: the stream halves its request until one fits
+        name = "legacy"
+
+        def problems(self, n, split="train", seed=0):
+            if n > 5:
+                raise ValueError("too many")
+            return [Problem(f"q{i}", str(i)) for i in range(n)]
+
+        def verify(self, predicted, gold):
+            return predicted == gold
+
+    assert len(ProblemStream(Legacy(), seed=0).problems) == 4  # 20000 halved down to 4
+
+
 def test_arithmetic_verify():
     task = get_task("arithmetic")
     assert task.verify(" 579 ", "579") and task.verify("-3", "-3") and task.verify("+5", "5")

@@ -58,23 +58,31 @@ class Task:
         rationale: Method 1 uses it to drop samples whose answer is right by luck."""
         return None
 
-    def problems(self, n: int, split: str = "train", seed: int = 0) -> list[Problem]:
+    def problems(self, n: int, split: str = "train", seed: int = 0, at_most: bool = False) -> list[Problem]:
         """`n` distinct problems of `split`, the same for the same seed.
 
-        Raises ValueError when the problem space has fewer than `n` problems in that split.
+        Raises ValueError when the problem space has fewer than `n` problems in that split; with
+        `at_most`, returns all there are instead (the first ones the same as without it). The space
+        counts as exhausted when no new problem turned up in 1,000 + 20 x (problems found) draws in
+        a row, so a small space answers at once, not after 50 x n draws.
         """
         check_split(split)
         rng = random.Random(f"{self.name}:{split}:{seed}")
-        out, seen, tries = [], set(), 0
+        out, seen, tries, since_new = [], set(), 0, 0
         while len(out) < n:
             tries += 1
-            if tries > 50 * n + 1000:
-                raise ValueError(f"task {self.name!r} has fewer than {n} distinct {split} problems")
+            since_new += 1
+            if tries > 50 * n + 1000 or since_new > 1000 + 20 * len(out):
+                if at_most and out:
+                    return out
+                raise ValueError(f"task {self.name!r} has fewer than {n} distinct {split} problems"
+                                 + (f" (found {len(out)})" if out else ""))
             problem = self.sample(rng)
             if problem.question in seen or split_of(problem.question, self.test_fraction) != split:
                 continue
             seen.add(problem.question)
             out.append(problem)
+            since_new = 0
         return out
 
 

@@ -105,9 +105,10 @@ class GSM8KTask(Task):
             self._rows[split] = _load_rows(self.path, split)
         return self._rows[split]
 
-    def problems(self, n: int | None = None, split: str = "train", seed: int = 0) -> list[Problem]:
+    def problems(self, n: int | None = None, split: str = "train", seed: int = 0,
+                 at_most: bool = False) -> list[Problem]:
         rows = self.rows(split)
-        if n is not None and n > len(rows):
+        if n is not None and n > len(rows) and not at_most:
             raise ValueError(f"GSM8K {split} has {len(rows)} problems, fewer than {n}")
         order = list(range(len(rows)))
         random.Random(f"gsm8k:{split}:{seed}").shuffle(order)

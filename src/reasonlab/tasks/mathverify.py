@@ -105,7 +105,10 @@ class MathTask(Task):
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.path, self.timeout = path, timeout
 
-    def problems(self, n: int | None = None, split: str = "train", seed: int = 0) -> list[Problem]:
+    def problems(self, n: int | None = None, split: str = "train", seed: int = 0,
+                 at_most: bool = False) -> list[Problem]:
+        """The file's problems in order: the first `n`, or all of them when the file holds fewer
+        (`at_most` is always true here; `seed` is unused: the file's order is the order)."""
         check_split(split)
         if not self.path:
             raise ValueError("the math task needs path=FILE.jsonl (or a folder with train/test.jsonl)")

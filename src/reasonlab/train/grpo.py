@@ -42,6 +42,7 @@ every rank makes the same collective calls.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import random
@@ -138,14 +139,19 @@ class ProblemStream:
     """An endless, seeded stream of training problems."""
 
     def __init__(self, task: Task, seed: int, pool: int = 20000):
-        while True:  # small problem spaces (1-digit sums) hold fewer than `pool` problems
-            try:
-                self.problems = task.problems(pool, "train", seed)
-                break
-            except ValueError:
-                if pool == 1:
-                    raise
-                pool //= 2
+        if "at_most" in inspect.signature(task.problems).parameters:  # all of a space smaller than `pool`
+            self.problems = task.problems(pool, "train", seed, at_most=True)
+        else:  # a task written before `at_most`: halve the pool until it fits
+            while True:
+                try:
+                    self.problems = task.problems(pool, "train", seed)
+                    break
+                except ValueError:
+                    if pool == 1:
+                        raise
+                    pool //= 2
+        if not self.problems:
+            raise UserError(f"task {task.name!r} has no train problems")
         self.rng, self.i = random.Random(seed), 0
         self.rng.shuffle(self.problems)
 
