@@ -38,6 +38,10 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert (out / "method1" / "metrics.jsonl").is_file() and (out / "grpo" / "metrics.jsonl").is_file()
     printed = capsys.readouterr().out
     assert "Method 2" in printed and "report.html" in printed
+    # One line a stage, each ending with its result, not cut to 80 columns in a log (no "…").
+    stages = [line for line in printed.splitlines() if line[:4] in {f"{i}/6 " for i in range(1, 7)}]
+    assert len(stages) == 6 and not any("…" in line for line in stages), stages
+    assert "loss" in stages[0] and f"held-out {results['method2_acc']:.0%}" in stages[3], stages
 
     # Stopped during GRPO: --resume takes stages 1-3 from the folder (pretraining and Method 1 must
     # not run again) and runs the rest.

@@ -148,8 +148,11 @@ class TrainProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.total, self.shown = total, False
-        self.progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
+        from .report import console
+
+        self.progress = Progress(TextColumn(what), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console(),
+                                 disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
 
     def __enter__(self):
         self.task = self.progress.add_task("", total=self.total, info="")  # the clock starts here

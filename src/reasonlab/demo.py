@@ -22,7 +22,7 @@ from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint
-from .report import build_report, percent
+from .report import build_report, console, percent
 from .tasks import get_task
 from .train.grpo import GRPOConfig, train_grpo
 from .train.parallel import resolve_device
@@ -75,8 +75,8 @@ class Stages:
     def __init__(self):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn())
+        self.progress = Progress(TextColumn("{task.description:<34}"), BarColumn(bar_width=24),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console())
 
     def __enter__(self):
         self.progress.__enter__()
@@ -88,9 +88,13 @@ class Stages:
     def stage(self, name: str, total: int):
         task = self.progress.add_task(name, total=total, info="")
 
-        def update(advance: int = 1, completed: int | None = None, info: str = ""):
+        def update(advance: int = 1, completed: int | None = None, info: str | None = None):
+            """Move the bar; `info` replaces the stage's text (left as it was when not given, so a
+            stage's last result stays on its line)."""
             kwargs = {"completed": completed} if completed is not None else {"advance": advance}
-            self.progress.update(task, info=info, **kwargs)
+            if info is not None:
+                kwargs["info"] = info
+            self.progress.update(task, **kwargs)
 
         return update
 
@@ -210,10 +214,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                 tick(completed=m["step"], info=info)
 
             train_grpo(rl_model, tok, task, rl_cfg, out_dir=out / "grpo", progress=rl_progress)
-            tick(completed=rl_cfg.steps)
             final = evaluate_problems(rl_model, tok, task, held_out, trigger=True, params=greedy)
             results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
                            method2_mean_think_tokens=final["mean_think_tokens"])
+            tick(completed=rl_cfg.steps, info=f"held-out {results['method2_acc']:.0%}")
             save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, asdict(rl_cfg))
             save()
 

@@ -131,6 +131,14 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def console():
+    """A rich Console for progress lines: the terminal's width, or 120 columns when writing to a
+    file or a pipe (a CI log, `| tee`), where rich would assume 80 and cut each line's text short."""
+    from rich.console import Console
+
+    return Console() if Console().is_terminal else Console(width=120)
+
+
 def percent(value: float | None) -> str:
     """A rate as a percentage with one decimal; "—" for an unknown one (None: `evaluate.rate` of 0/0)."""
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "—"
