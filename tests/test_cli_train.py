@@ -101,6 +101,13 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     result = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--task", "chain", "--task-arg", "length=2", "--problems", "6",
                  "--k", "3", "--budgets", "0,4", "--max-new-tokens", "24", "--output", str(result)]) == 0
+    assert "was trained on" not in capsys.readouterr().err  # the task it was trained on: no note
+    assert load_train_config(out)["task"] == {"name": "chain", "options": {"length": 2, "max_value": 20}}  # defaults too
+    # Evaluated on other task options (chain's default length 5): it runs, with a note naming them.
+    assert main(["eval", "--model", str(out), "--task", "chain", "--problems", "2", "--max-new-tokens", "8"]) == 0
+    assert "was trained on chain with length=2 (this run 5)" in capsys.readouterr().err
+    assert main(["eval", "--model", str(out), "--task", "arithmetic", "--problems", "2", "--max-new-tokens", "8"]) == 0
+    assert "was trained on task 'chain', this run 'arithmetic'" in capsys.readouterr().err
     data = json.loads(result.read_text())
     metrics = data["results"]["chain"]
     for key in ("accuracy", "format_rate", "mean_think_tokens", "truncation_rate", "tokens_per_s", "pass@1",

@@ -108,15 +108,23 @@ def output_file(path: str | None):
     return out
 
 
-def load_model_or_exit(path: str, dtype=None, device: str = "auto"):
-    """(model, tokenizer) from PATH, on `--device` (under torchrun the trainer moves it to the rank's GPU)."""
+def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
+    """(model, tokenizer) from PATH, on `--device` (under torchrun the trainer moves it to the rank's GPU).
+    Given the run's `task`, a note on stderr when the checkpoint was trained on another task or
+    other task options (say chain length 4, evaluated at the default 3): allowed, but rarely meant."""
     from .model import load_model
+    from .model.checkpoint import load_train_config
+    from .tasks.base import describe_difference
     from .train.parallel import resolve_device
 
     if not path:
         raise UserError("--model is required (a reasonlab checkpoint or a Hugging Face model folder)")
     where = resolve_device(device)  # a bad --device fails before the model loads
     model, tokenizer = load_model(path, dtype)
+    if task is not None and os.environ.get("RANK", "0") == "0":
+        trained = (load_train_config(path) or {}).get("task")
+        if (difference := describe_difference(trained, task.spec)) is not None:
+            print(f"note: {path} was trained on {difference}", file=sys.stderr)
     return model.to(where), tokenizer
 
 
@@ -126,7 +134,7 @@ def cmd_generate(args) -> int:
 
     cfg = build_config(SampleConfig, args)
     task = make_task(cfg.task, args.task_arg)
-    model, tokenizer = load_model_or_exit(cfg.model, device=args.device)
+    model, tokenizer = load_model_or_exit(cfg.model, device=args.device, task=task)
     rows = sample_task(model, tokenizer, task, cfg)
     for i, row in enumerate(rows):
         verdict = ("correct" if row["correct"] else "wrong") if row["format_ok"] else "broken format"
@@ -184,7 +192,7 @@ def cmd_pretrain(args) -> int:
     with TrainProgress(cfg.steps, "pretrain") as bar:
         model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=f"{args.out}.state", resume=args.resume,
                                        device=args.device)
-    save_checkpoint(args.out, model, tok, {"task": args.task, **vars(cfg)})
+    save_checkpoint(args.out, model, tok, {"task": task.spec, **vars(cfg)})
     print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
 
@@ -209,7 +217,7 @@ def cmd_rationales(args) -> int:
 
     cfg = build_config(RationalesConfig, args)
     task = make_task(args.task, args.task_arg)
-    base, tok = load_model_or_exit(args.model, device=args.device)
+    base, tok = load_model_or_exit(args.model, device=args.device, task=task)
     teacher = model_or_endpoint(args.teacher, args.device)[0] if args.teacher else None
     judge = None
     if args.judge:
@@ -219,7 +227,7 @@ def cmd_rationales(args) -> int:
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
     model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out, judge=judge,
                                     log=lambda r: print(json.dumps(r), flush=True), resume=args.resume)
-    save_checkpoint(f"{args.out}/model", model, tok, vars(cfg))
+    save_checkpoint(f"{args.out}/model", model, tok, {"task": task.spec, **vars(cfg)})
     print(f"saved {args.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
 
@@ -254,13 +262,13 @@ def cmd_rl(args) -> int:
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg)
     setup_distributed(args.device)  # under torchrun: join the group (each rank samples and trains its share)
-    model, tok = load_model_or_exit(args.model, load_dtype(cfg), args.device)
+    model, tok = load_model_or_exit(args.model, load_dtype(cfg), args.device, task)
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
         metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=bar, resume=args.resume)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
-        save_checkpoint(f"{args.out}/model", final, tok, vars(cfg))
+        save_checkpoint(f"{args.out}/model", final, tok, {"task": task.spec, **vars(cfg)})
         held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
                     else "no held-out evaluation at the last step (--eval-every)")
         print(f"saved {args.out}/model; {held_out}")
@@ -317,7 +325,7 @@ def cmd_eval(args) -> int:
         print(f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
               f"maj@{cfg.k} will equal the accuracy", file=sys.stderr)
     output = output_file(cfg.output)
-    model, tokenizer = load_model_or_exit(cfg.model, device=args.device)
+    model, tokenizer = load_model_or_exit(cfg.model, device=args.device, task=task)
     out = evaluate_model(model, tokenizer, task, cfg)
     table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
     table.add_column("metric")
@@ -347,7 +355,7 @@ def cmd_faithfulness(args) -> int:
     if args.problems < 1:
         raise UserError(f"--problems must be >= 1, got {args.problems}")
     output = output_file(args.output)
-    model, tokenizer = load_model_or_exit(args.model, device=args.device)
+    model, tokenizer = load_model_or_exit(args.model, device=args.device, task=task)
     problems = task.problems(args.problems, "test", args.seed)
     answers = [p.solution or p.answer for p in problems]
     rng = random.Random(args.seed)

@@ -168,7 +168,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
             base, tok, last = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
             log_file.close()
-            save_checkpoint(out / "checkpoints" / "base", base, tok, asdict(pre_cfg))
+            save_checkpoint(out / "checkpoints" / "base", base, tok, {"task": task.spec, **asdict(pre_cfg)})
             results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
             save()
             tick(completed=pre_cfg.steps)
@@ -196,7 +196,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                                log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
             results["method1_acc"] = [r["accuracy"] for r in records]
             results["method1_rounds"] = records
-            save_checkpoint(out / "checkpoints" / "method1", m1_model, tok, asdict(m1_cfg))
+            save_checkpoint(out / "checkpoints" / "method1", m1_model, tok, {"task": task.spec, **asdict(m1_cfg)})
             save()
 
         # 4. Method 2: GRPO from the Method 1 model
@@ -218,7 +218,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
                            method2_mean_think_tokens=final["mean_think_tokens"])
             tick(completed=rl_cfg.steps, info=f"held-out {results['method2_acc']:.0%}")
-            save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, asdict(rl_cfg))
+            save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, {"task": task.spec, **asdict(rl_cfg)})
             save()
 
         # 5. thinking-budget sweep on the final model

@@ -133,7 +133,29 @@ def get_task(name: str, **kwargs) -> Task:
         if kind in (int, float) and not (value is None and optional) and not value_fits(kind, value):
             raise ValueError(f"task {name!r}: {key} must be {'an integer' if kind is int else 'a number'}, "
                              f"got {value!r}")
-    return cls(**kwargs)
+    task = cls(**kwargs)
+    # What was built, every option with its value (defaults filled in): saved beside checkpoints,
+    # so a later run on other settings can say so (`describe_difference`).
+    task.spec = {"name": name, "options": {k: kwargs.get(k, p.default) for k, p in options.items()
+                                           if k in kwargs or p.default is not inspect.Parameter.empty}}
+    return task
+
+
+def describe_difference(trained, now: dict) -> str | None:
+    """How task spec `now` differs from `trained` (a checkpoint's record: a spec, or a bare task
+    name from older checkpoints); None when they agree or nothing was recorded."""
+    if isinstance(trained, str):
+        trained = {"name": trained}
+    if not isinstance(trained, dict) or "name" not in trained:
+        return None
+    if trained["name"] != now["name"]:
+        return f"task {trained['name']!r}, this run {now['name']!r}"
+    if not isinstance(trained.get("options"), dict):
+        return None
+    old, new = trained["options"], now["options"]
+    changed = [f"{k}={old.get(k)!r} (this run {new.get(k)!r})" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]
+    return f"{now['name']} with " + ", ".join(changed) if changed else None
 
 
 def task_options(cls) -> dict[str, inspect.Parameter]:
