@@ -68,6 +68,22 @@ def test_small_problem_space_is_reported():
         get_task("arithmetic", op="+-*", digits=1).problems(300)
 
 
+def test_a_run_asking_too_many_problems_is_told_which_setting_to_lower(tmp_path, capsys):
+    from reasonlab.cli import main
+    from reasonlab.model import new_builtin, save_checkpoint
+
+    model, tok = new_builtin()
+    save_checkpoint(tmp_path / "m", model, tok)
+    # 1-digit sums hold 10 test problems; rl evaluates on 200 by default, eval on --problems.
+    assert main(["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1",
+                 "--steps", "1", "--out", str(tmp_path / "rl")]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than 200 distinct test problems (found 10): lower --eval-problems" in err and "Traceback" not in err
+    assert main(["eval", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1",
+                 "--problems", "11"]) == 2
+    assert "lower --problems" in capsys.readouterr().err
+
+
 def test_a_training_stream_holds_every_problem_of_a_small_space(tmp_path):
     """GRPO's problem stream asks for 20,000 problems. A smaller space gives all it holds (it used
     to halve the request until one fitted: 78 of 1-digit addition's 90 train sums, 5,000 of GSM8K's

@@ -356,7 +356,9 @@ def cmd_faithfulness(args) -> int:
         raise UserError(f"--problems must be >= 1, got {args.problems}")
     output = output_file(args.output)
     model, tokenizer = load_model_or_exit(args.model, device=args.device, task=task)
-    problems = task.problems(args.problems, "test", args.seed)
+    from .tasks.base import problems_for
+
+    problems = problems_for(task, args.problems, "test", args.seed, "--problems")
     answers = [p.solution or p.answer for p in problems]
     rng = random.Random(args.seed)
 

@@ -9,6 +9,7 @@ from .errors import UserError
 from .jsonl import read_jsonl, write_jsonl_atomic
 from .rewards import reasoning_points
 from .tasks import Task
+from .tasks.base import problems_for
 from .template import build_prompt, parse_completion
 
 
@@ -92,7 +93,7 @@ class SampleConfig(ModelTaskConfig):
 
 def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
     """Sample `cfg.n` completions for each of `cfg.problems` problems; score each one."""
-    problems = task.problems(cfg.problems, cfg.split, cfg.seed)
+    problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     prompts = [build_prompt(p.question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf,
                             prefill_think=cfg.prefill_think) for p in problems for _ in range(cfg.n)]
     rollout = generate(model, tokenizer, prompts, cfg.sampling())
@@ -275,7 +276,7 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
     """Greedy metrics, pass@k / maj@k from k samples, and a budget sweep, in lm-eval's layout."""
     if cfg.k < 1 or cfg.problems < 1:
         raise UserError("--k and --problems must be >= 1")
-    problems = task.problems(cfg.problems, cfg.split, cfg.seed)
+    problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
     result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy)
     metrics = {k: v for k, v in result.items() if k != "rows"}

@@ -75,7 +75,7 @@ class Task:
             if tries > 50 * n + 1000 or since_new > 1000 + 20 * len(out):
                 if at_most and out:
                     return out
-                raise ValueError(f"task {self.name!r} has fewer than {n} distinct {split} problems"
+                raise TooFewProblems(f"task {self.name!r} has fewer than {n} distinct {split} problems"
                                  + (f" (found {len(out)})" if out else ""))
             problem = self.sample(rng)
             if problem.question in seen or split_of(problem.question, self.test_fraction) != split:
@@ -84,6 +84,21 @@ class Task:
             out.append(problem)
             since_new = 0
         return out
+
+
+class TooFewProblems(ValueError):
+    """The split holds fewer problems than asked for."""
+
+
+def problems_for(task: Task, n: int, split: str, seed: int, setting: str) -> list[Problem]:
+    """`task.problems(n, split, seed)` for a run's setting (say `--eval-problems`): a space too small
+    is a one-line user error that names the setting to lower."""
+    try:
+        return task.problems(n, split, seed)
+    except TooFewProblems as e:
+        from ..errors import UserError
+
+        raise UserError(f"{e}: lower {setting}") from None
 
 
 def check_split(split: str) -> None:

@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..jsonl import read_jsonl
-from .base import Problem, Task, check_split, register_task
+from .base import Problem, Task, TooFewProblems, check_split, register_task
 
 _NUMBER = re.compile(
     r"\s*=?\s*(?P<sign>[-+\u2212]?)\s*\$?\s*(?P<sign2>-?)"
@@ -109,7 +109,7 @@ class GSM8KTask(Task):
                  at_most: bool = False) -> list[Problem]:
         rows = self.rows(split)
         if n is not None and n > len(rows) and not at_most:
-            raise ValueError(f"GSM8K {split} has {len(rows)} problems, fewer than {n}")
+            raise TooFewProblems(f"GSM8K {split} has {len(rows)} problems, fewer than {n}")
         order = list(range(len(rows)))
         random.Random(f"gsm8k:{split}:{seed}").shuffle(order)
         picked = order if n is None else order[:n]

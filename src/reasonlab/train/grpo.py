@@ -58,6 +58,7 @@ from ..evaluate import evaluate_problems
 from ..jsonl import logged_step, trim_log
 from ..rewards import is_correct, length_target_reward, reasoning_points
 from ..tasks import Task
+from ..tasks.base import problems_for
 from ..template import build_prompt, parse_completion
 from ..model.gpt import GPT
 from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
@@ -260,7 +261,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     keep_rate = 1.0
     torch.manual_seed(cfg.seed)
     stream = ProblemStream(task, cfg.seed)
-    held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1) if cfg.eval_every else []
+    held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems") if cfg.eval_every else []
     ref_model = None
     if cfg.beta > 0 and cfg.lora_rank == 0:  # with LoRA the reference is the model with its adapters off
         ref_model = copy.deepcopy(model).eval()  # on the model's device (torchrun: moved to the rank's below)

@@ -27,6 +27,7 @@ from ..engine import SamplingParams
 from ..evaluate import evaluate_problems
 from ..model import GPTConfig, new_builtin
 from ..tasks import Problem, Task
+from ..tasks.base import problems_for
 from ..template import TRIGGER, format_completion
 from .loop import TrainConfig, tokenize_examples, train_supervised
 from .parallel import resolve_device
@@ -78,7 +79,7 @@ def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -
 
 def build_corpus(task: Task, cfg: PretrainConfig) -> list[dict]:
     rng = random.Random(cfg.seed)
-    return [corpus_document(p, cfg, rng) for p in task.problems(cfg.corpus_size, "train", cfg.seed)]
+    return [corpus_document(p, cfg, rng) for p in problems_for(task, cfg.corpus_size, "train", cfg.seed, "--corpus-size")]
 
 
 def model_config(cfg: PretrainConfig) -> GPTConfig:
@@ -99,7 +100,7 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir
     documents = build_corpus(task, cfg)
     # The question's digits are random: no loss on them (it would only add noise to the gradient).
     examples = tokenize_examples(tokenizer, documents, cfg.max_seq_len)
-    held_out = task.problems(cfg.check_problems, "test", seed=cfg.seed + 1)
+    held_out = problems_for(task, cfg.check_problems, "test", cfg.seed + 1, "--check-problems")
     params = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
 
     def check(m) -> dict:

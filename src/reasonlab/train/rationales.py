@@ -37,6 +37,7 @@ from ..evaluate import evaluate_problems
 from ..jsonl import write_jsonl_atomic
 from ..remote import RemoteGenerator
 from ..tasks import Task
+from ..tasks.base import problems_for
 from ..template import build_prompt, parse_completion
 from .loop import (TrainConfig, discard_training_state, load_training_state, save_training_state, tokenize_examples,
                    train_supervised)
@@ -197,7 +198,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "rationales_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    held_out = task.problems(cfg.eval_problems, "test", seed=cfg.seed + 1)
+    held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     model, records, first = base, [], 1
     if resume and out and (state := load_training_state(out / "state")) is not None:
@@ -215,7 +216,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                 discard_training_state(folder)
     for round_ in range(first, cfg.rounds + 1):
         start = time.monotonic()
-        problems = task.problems(cfg.problems, "train", seed=cfg.seed + 1000 * round_)
+        problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
         source = generator if generator is not None else model
         cache = out / f"round{round_}_samples.jsonl" if out else None
         counts = {"lucky": 0}
