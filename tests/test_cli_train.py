@@ -108,6 +108,21 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert "was trained on chain with length=2 (this run 5)" in capsys.readouterr().err
     assert main(["eval", "--model", str(out), "--task", "arithmetic", "--problems", "2", "--max-new-tokens", "8"]) == 0
     assert "was trained on task 'chain', this run 'arithmetic'" in capsys.readouterr().err
+    # Without --task: the task and options the checkpoint records, --task-arg on top.
+    inherited = tmp_path / "inherited.json"
+    assert main(["eval", "--model", str(out), "--problems", "2", "--max-new-tokens", "8", "--output", str(inherited)]) == 0
+    err = capsys.readouterr().err
+    assert "task: chain (length=2, max_value=20), the one" in err and "note:" not in err
+    assert json.loads(inherited.read_text())["config"]["task"] == "chain"
+    assert main(["generate", "--model", str(out), "--task-arg", "max_value=9", "--problems", "1",
+                 "--max-new-tokens", "4"]) == 0
+    assert "task: chain (length=2, max_value=9)" in capsys.readouterr().err
+    from reasonlab.model import new_builtin, save_checkpoint
+
+    bare = tmp_path / "bare"  # a checkpoint that records no task (or a Hugging Face folder)
+    save_checkpoint(bare, *new_builtin())
+    assert main(["eval", "--model", str(bare), "--problems", "2"]) == 2
+    assert f"--task is required: {bare} records no task it was trained on" in capsys.readouterr().err
     data = json.loads(result.read_text())
     metrics = data["results"]["chain"]
     for key in ("accuracy", "format_rate", "mean_think_tokens", "truncation_rate", "tokens_per_s", "pass@1",

@@ -40,19 +40,35 @@ def parse_key_values(items: list[str] | None, what: str) -> dict:
     return out
 
 
-def make_task(name: str, task_args: list[str] | None = None):
+def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
+    """The task `--task NAME --task-arg K=V ...` names. Without a name, the task (and its options)
+    that checkpoint `model` was trained on, as its train_config.json records, `--task-arg` on top."""
     from .tasks import get_task
 
     kwargs = parse_key_values(task_args, "--task-arg")
+    if not name:
+        from .model.checkpoint import load_train_config
+
+        recorded = load_train_config(model) if model and os.path.isdir(model) else None
+        recorded = (recorded or {}).get("task")
+        if not isinstance(recorded, dict) or "name" not in recorded:
+            raise UserError("--task is required" + (f": {model} records no task it was trained on" if model else ""))
+        name, kwargs = recorded["name"], {**recorded.get("options", {}), **kwargs}
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        print(f"task: {name}" + (f" ({shown})" if shown else "") + f", the one {model} was trained on", file=sys.stderr)
     try:
         return get_task(name, **kwargs)
     except TypeError as e:  # an option the task does not take
         raise UserError(f"task {name!r}: {e}") from None
 
 
-def add_task_args(p: argparse.ArgumentParser, name: bool = True) -> None:
-    """--task NAME (unless the command's config has it) and repeatable --task-arg KEY=VALUE."""
-    if name:
+def add_task_args(p: argparse.ArgumentParser, name: bool = True, from_model: bool = False) -> None:
+    """--task NAME (unless the command's config has it; optional where `from_model`: the
+    checkpoint's own task) and repeatable --task-arg KEY=VALUE."""
+    if name and from_model:
+        p.add_argument("--task", default="", help="task name (see `reasonlab tasks`); default: the task "
+                                                  "--model was trained on")
+    elif name:
         p.add_argument("--task", required=True, help="task name (see `reasonlab tasks`)")
     p.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. --task-arg digits=4)")
@@ -133,7 +149,7 @@ def cmd_generate(args) -> int:
     from .evaluate import SampleConfig, sample_task
 
     cfg = build_config(SampleConfig, args)
-    task = make_task(cfg.task, args.task_arg)
+    task = make_task(cfg.task, args.task_arg, cfg.model)
     model, tokenizer = load_model_or_exit(cfg.model, device=args.device, task=task)
     rows = sample_task(model, tokenizer, task, cfg)
     for i, row in enumerate(rows):
@@ -216,7 +232,7 @@ def cmd_rationales(args) -> int:
     from .train.rationales import Judge
 
     cfg = build_config(RationalesConfig, args)
-    task = make_task(args.task, args.task_arg)
+    task = make_task(args.task, args.task_arg, args.model)
     base, tok = load_model_or_exit(args.model, device=args.device, task=task)
     teacher = model_or_endpoint(args.teacher, args.device)[0] if args.teacher else None
     judge = None
@@ -260,7 +276,7 @@ def cmd_rl(args) -> int:
     from .train.parallel import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
     cfg = build_config(GRPOConfig, args)
-    task = make_task(args.task, args.task_arg)
+    task = make_task(args.task, args.task_arg, args.model)
     setup_distributed(args.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(args.model, load_dtype(cfg), args.device, task)
     rank = world()[0]
@@ -319,7 +335,8 @@ def cmd_eval(args) -> int:
     from .evaluate import EvalConfig, evaluate_model
 
     cfg = build_config(EvalConfig, args)
-    task = make_task(cfg.task, args.task_arg)
+    task = make_task(cfg.task, args.task_arg, cfg.model)
+    cfg.task = task.name
     cfg.budget_list()  # check before loading anything
     if cfg.k > 1 and cfg.temperature == 0:
         print(f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
@@ -351,7 +368,7 @@ def cmd_faithfulness(args) -> int:
     from .evaluate import faithfulness_probe
     from .report import percent
 
-    task = make_task(args.task, args.task_arg)
+    task = make_task(args.task, args.task_arg, args.model)
     if args.problems < 1:
         raise UserError(f"--problems must be >= 1, got {args.problems}")
     output = output_file(args.output)
@@ -435,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rationales", help="Method 1: sample rationales, keep verified ones, fine-tune, repeat")
     add_config_args(p, RationalesConfig)
-    add_task_args(p)
+    add_task_args(p, from_model=True)
     p.add_argument("--model", default="", help="the base checkpoint")
     p.add_argument("--teacher", default="", help="sample rationales from this checkpoint or http(s):// endpoint instead")
     p.add_argument("--judge", default="", help="keep samples a judge accepts (checkpoint or http(s):// endpoint)")
@@ -445,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rl", help="Method 2: GRPO with the format + correctness reward")
     add_config_args(p, GRPOConfig)
-    add_task_args(p)
+    add_task_args(p, from_model=True)
     p.add_argument("--model", default="", help="the checkpoint to train")
     p.add_argument("--out", default="runs/rl", help="output folder (metrics, samples, state, model)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state (written every --save-every steps)")
@@ -459,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = command("faithfulness", help="does the model follow a hint in the prompt, and does its thought say so?")
-    add_task_args(p)
+    add_task_args(p, from_model=True)
     p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
     p.add_argument("--problems", type=int, default=100, help="held-out problems")
     p.add_argument("--seed", type=int, default=0)

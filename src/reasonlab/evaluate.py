@@ -75,7 +75,7 @@ class ModelTaskConfig:
 class SampleConfig(ModelTaskConfig):
     """What `reasonlab generate` samples: which problems, how, with what budget."""
 
-    task: str = field(default="arithmetic", metadata={"help": "task name (`reasonlab tasks`)"})
+    task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
     problems: int = field(default=4, metadata={"help": "how many problems"})
     n: int = field(default=1, metadata={"help": "completions per problem"})
     prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
@@ -254,7 +254,7 @@ def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, 
 
 @dataclass
 class EvalConfig(ModelTaskConfig):
-    task: str = field(default="chain", metadata={"help": "task name (`reasonlab tasks`)"})
+    task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
     problems: int = field(default=200, metadata={"help": "how many problems"})
     k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)"})
     temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples"})
@@ -296,7 +296,7 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
             maj += vote is not None and task.verify(vote, p.answer)
         n = len(problems)
         metrics.update({"pass@1": pass_1 / n, f"pass@{cfg.k}": pass_k / n, f"maj@{cfg.k}": maj / n})
-    out = {"results": {cfg.task: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems)}
+    out = {"results": {task.name: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems)}
     budgets = cfg.budget_list()
     if budgets:
         out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, budgets, trigger=cfg.trigger,
