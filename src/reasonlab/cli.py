@@ -127,7 +127,7 @@ def output_file(path: str | None):
 def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     """(model, tokenizer) from PATH, on `--device` (under torchrun the trainer moves it to the rank's GPU).
     Given the run's `task`, a note on stderr when the checkpoint was trained on another task or
-    other task options (say chain length 4, evaluated at the default 3): allowed, but rarely meant."""
+    other task options (say chain length 4, evaluated at length 5): allowed, but rarely meant."""
     from .model import load_model
     from .model.checkpoint import load_train_config
     from .tasks.base import describe_difference
