@@ -47,10 +47,9 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
 
     kwargs = parse_key_values(task_args, "--task-arg")
     if not name:
-        from .model.checkpoint import load_train_config
+        from .model.checkpoint import recorded_task
 
-        recorded = load_train_config(model) if model and os.path.isdir(model) else None
-        recorded = (recorded or {}).get("task")
+        recorded = recorded_task(model) if model else None
         if not isinstance(recorded, dict) or "name" not in recorded:
             raise UserError("--task is required" + (f": {model} records no task it was trained on" if model else ""))
         name, kwargs = recorded["name"], {**recorded.get("options", {}), **kwargs}
@@ -129,7 +128,7 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     Given the run's `task`, a note on stderr when the checkpoint was trained on another task or
     other task options (say chain length 4, evaluated at length 5): allowed, but rarely meant."""
     from .model import load_model
-    from .model.checkpoint import load_train_config
+    from .model.checkpoint import recorded_task
     from .tasks.base import describe_difference
     from .train.parallel import resolve_device
 
@@ -138,8 +137,7 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     where = resolve_device(device)  # a bad --device fails before the model loads
     model, tokenizer = load_model(path, dtype)
     if task is not None and os.environ.get("RANK", "0") == "0":
-        trained = (load_train_config(path) or {}).get("task")
-        if (difference := describe_difference(trained, task.spec)) is not None:
+        if (difference := describe_difference(recorded_task(path), task.spec)) is not None:
             print(f"note: {path} was trained on {difference}", file=sys.stderr)
     return model.to(where), tokenizer
 

@@ -120,3 +120,9 @@ def load_model(path, dtype: torch.dtype | None = None):
 def load_train_config(path) -> dict | None:
     file = Path(path) / TRAIN_CONFIG
     return json.loads(file.read_text()) if file.is_file() else None
+
+
+def recorded_task(path):
+    """The task a checkpoint was trained on, as its train_config.json records it: a spec
+    {"name", "options"} (a bare name in older checkpoints), or None."""
+    return (load_train_config(path) or {}).get("task") if Path(path).is_dir() else None
