@@ -32,7 +32,7 @@ def test_config_file_then_flags(tmp_path):
     (tmp_path / "bad.json").write_text('{"steps": "many"}')
     with pytest.raises(UserError, match="'steps' must be int"):
         build_config(SFTConfig, file=tmp_path / "bad.json")
-    with pytest.raises(UserError, match="steps, batch_size"):
+    with pytest.raises(UserError, match="--steps must be >= 1, got 0"):
         build_config(SFTConfig, steps=0)
 
 

@@ -97,13 +97,13 @@ def test_grpo_learns_from_mixed_rewards():
 
 
 def test_grpo_config_validation():
-    with pytest.raises(ValueError, match="group_size >= 2"):
+    with pytest.raises(ValueError, match="--group-size must be >= 2, got 1"):
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError):
         GRPOConfig(scale="nope")
-    with pytest.raises(ValueError, match="unknown schedule 'nope'"):
+    with pytest.raises(ValueError, match="--schedule must be one of cosine, linear, constant, got 'nope'"):
         GRPOConfig(schedule="nope")
-    with pytest.raises(ValueError, match="min_lr_ratio"):
+    with pytest.raises(ValueError, match="--min-lr-ratio must be <= 1"):
         GRPOConfig(schedule="cosine", min_lr_ratio=1.5)
 
 

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from reasonlab.errors import UserError
 from reasonlab.train.loop import (IGNORE, BatchStream, TrainConfig, collate, collate_packed, lr_at, pack,
                                   tokenize_examples, train_supervised)
 
@@ -62,7 +63,7 @@ def test_non_finite_losses_skip_and_then_stop(tiny_gpt):
     with torch.no_grad():
         model.model.embed_tokens.weight.fill_(float("nan"))
     skipped = []
-    with pytest.raises(RuntimeError, match="5 non-finite"):
+    with pytest.raises(UserError, match="step 5: 5 non-finite"):
         train_supervised(model, tok, examples, TrainConfig(steps=10, batch_size=1, warmup_steps=1),
                          log=lambda m: skipped.append(m.get("skipped")))
     assert skipped == ["non-finite loss or gradient"] * 5

@@ -1,6 +1,10 @@
 """Configs are dataclasses: settable from a file (`--config run.toml` or `.json`) and from the
 command line (each field is a `--flag`), with the command line winning. Help text comes from each
 field's ``metadata={"help": ...}``; the resolved config is saved beside every checkpoint.
+
+Each field states its limits once, in the same metadata, and `check_options` enforces them before
+any work starts: ``"min"`` / ``"max"`` (inclusive), ``"above"`` (exclusive lower bound),
+``"choices"``, ``"nonempty"`` (a string that may not be ""); every float must be finite.
 """
 
 from __future__ import annotations
@@ -8,12 +12,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
 from pathlib import Path
 
 from .errors import UserError
+
+
+FRACTION = {"min": 0, "max": 1}  # limits of a share: **FRACTION in a field's metadata
+SEED = {"min": 0, "max": 2**32 - 1}
 
 
 def unwrap_optional(hint):
@@ -70,6 +79,34 @@ def _coerce(cls, f: dataclasses.Field, value, source: str):
     return value
 
 
+def _limit_error(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with `value` for field `f` by its metadata's limits, or None."""
+    limits = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if "choices" in limits and value not in limits["choices"]:
+        return "must be one of " + ", ".join(map(str, limits["choices"]))
+    if limits.get("nonempty") and value == "":
+        return "must not be empty"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if "min" in limits and value < limits["min"]:
+        return f"must be >= {limits['min']}"
+    if "above" in limits and value <= limits["above"]:
+        return f"must be > {limits['above']}"
+    if "max" in limits and value > limits["max"]:
+        return f"must be <= {limits['max']}"
+    return None
+
+
+def check_options(config) -> None:
+    """Refuse, with one line, any field of dataclass `config` outside its metadata's limits."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is not None and (problem := _limit_error(f, value)) is not None:
+            raise UserError(f"{_flag(f.name)} {problem}, got {value!r}")
+
+
 def build_config(cls, args: argparse.Namespace | None = None, file: str | Path | None = None, **overrides):
     """Defaults <- file <- command-line flags <- overrides; unknown keys and wrong types are errors."""
     values: dict = {}
@@ -83,9 +120,11 @@ def build_config(cls, args: argparse.Namespace | None = None, file: str | Path |
     for name, value in values.items():
         values[name] = _coerce(cls, fields[name], value, str(file) if file else "option")
     try:
-        return cls(**values)
+        config = cls(**values)
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
+    check_options(config)
+    return config
 
 
 def _read_file(path: Path, fields: dict) -> dict:

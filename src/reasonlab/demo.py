@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .config import SEED, check_options
 from .engine import SamplingParams
 from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
@@ -32,19 +33,18 @@ from .train.rationales import RationalesConfig, run_rationales
 
 @dataclass
 class DemoConfig:
-    out: str = field(default="runs/demo", metadata={"help": "output folder"})
+    out: str = field(default="runs/demo", metadata={"help": "output folder", "nonempty": True})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
-    seed: int = field(default=0, metadata={"help": "seed of every stage"})
-    length: int = field(default=4, metadata={"help": "variables per chain problem (the demo's task)"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
+    length: int = field(default=4, metadata={"help": "variables per chain problem (the demo's task)", "min": 1})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
     device: str = field(default="cpu", metadata={
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
     resume: bool = field(default=False, metadata={
         "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"})
 
     def __post_init__(self):
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads}")
+        check_options(self)
 
 
 def stage_configs(cfg: DemoConfig):

@@ -25,6 +25,7 @@ extension then watches for the first token of that sequence.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -52,8 +53,8 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        if not (0 <= self.temperature < math.inf and self.top_k >= 0 and 0 < self.top_p <= 1):  # NaN fails too
+            raise ValueError("need a finite temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
         budgets = self.think_budget if isinstance(self.think_budget, list) else [self.think_budget]
         if any(b is not None and b < 0 for b in budgets):
             raise ValueError("think_budget must be >= 0")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import SEED, check_options
 from .engine import SamplingParams, generate
 from .errors import UserError
 from .jsonl import read_jsonl, write_jsonl_atomic
 from .rewards import reasoning_points
 from .tasks import Task
 from .tasks.base import problems_for
-from .template import build_prompt, parse_completion
+from .template import PROMPT_STYLES, build_prompt, parse_completion
 
 
 def score_completion(completion: str, answer: str, task: Task, prompt: str | None = None) -> dict:
@@ -64,11 +65,11 @@ class ModelTaskConfig:
     """What every sampling command shares: which model, which problems, which prompt."""
 
     model: str = field(default="", metadata={"help": "checkpoint or Hugging Face model folder"})
-    split: str = field(default="test", metadata={"help": "train or test problems"})
-    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat"})
+    split: str = field(default="test", metadata={"help": "train or test problems", "choices": ("train", "test")})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
     trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
-    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most"})
-    seed: int = field(default=0, metadata={"help": "problem and sampling seed"})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most", "min": 1})
+    seed: int = field(default=0, metadata={"help": "problem and sampling seed", **SEED})
 
 
 @dataclass
@@ -76,14 +77,14 @@ class SampleConfig(ModelTaskConfig):
     """What `reasonlab generate` samples: which problems, how, with what budget."""
 
     task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
-    problems: int = field(default=4, metadata={"help": "how many problems"})
-    n: int = field(default=1, metadata={"help": "completions per problem"})
+    problems: int = field(default=4, metadata={"help": "how many problems", "min": 1})
+    n: int = field(default=1, metadata={"help": "completions per problem", "min": 1})
     prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
-    temperature: float = field(default=1.0, metadata={"help": "0 = greedy"})
-    top_k: int = field(default=0, metadata={"help": "0 = off"})
-    top_p: float = field(default=1.0, metadata={"help": "1 = off"})
-    think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens"})
-    extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times"})
+    temperature: float = field(default=1.0, metadata={"help": "0 = greedy", "min": 0})
+    top_k: int = field(default=0, metadata={"help": "0 = off", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "1 = off", "above": 0, "max": 1})
+    think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens", "min": 0})
+    extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times", "min": 0})
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -255,16 +256,17 @@ def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, 
 @dataclass
 class EvalConfig(ModelTaskConfig):
     task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
-    problems: int = field(default=200, metadata={"help": "how many problems"})
-    k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)"})
-    temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples"})
-    budgets: str = field(default="", metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32"})
-    extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)"})
+    problems: int = field(default=200, metadata={"help": "how many problems", "min": 1})
+    k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)", "min": 1})
+    temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples", "min": 0})
+    budgets: str | None = field(default=None, metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32 "
+                                                       "(not given: no sweep)", "nonempty": True})
+    extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0})
     output: str = field(default="", metadata={"help": "write the JSON results here"})
 
     def budget_list(self) -> list[int]:
         try:
-            budgets = [int(b) for b in self.budgets.split(",") if b.strip()]
+            budgets = [int(b) for b in self.budgets.split(",")] if self.budgets is not None else []
         except ValueError:
             raise UserError(f"--budgets must be comma-separated integers, got {self.budgets!r}") from None
         if any(b < 0 for b in budgets):
@@ -274,8 +276,7 @@ class EvalConfig(ModelTaskConfig):
 
 def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
     """Greedy metrics, pass@k / maj@k from k samples, and a budget sweep, in lm-eval's layout."""
-    if cfg.k < 1 or cfg.problems < 1:
-        raise UserError("--k and --problems must be >= 1")
+    check_options(cfg)
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
     result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy)

@@ -36,8 +36,10 @@ class GPTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
-        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
-            raise ValueError("d_model must divide by n_head, and n_head by n_kv_head")
+        if min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.d_model, self.max_seq_len) < 1:
+            raise ValueError("model sizes (vocab_size, n_layer, n_head, n_kv_head, d_model, max_seq_len) must be >= 1")
+        if self.d_model % (2 * self.n_head) or self.n_head % self.n_kv_head:
+            raise ValueError("d_model must divide by 2 * n_head (an even head size), and n_head by n_kv_head")
         if self.d_ff == 0:
             self.d_ff = 16 * math.ceil(8 * self.d_model / 3 / 16)
 

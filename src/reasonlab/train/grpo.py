@@ -53,17 +53,18 @@ from pathlib import Path
 import torch
 
 from ..engine import Rollout, SamplingParams, generate
+from ..config import FRACTION, SEED, check_options
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..jsonl import logged_step, trim_log
-from ..rewards import is_correct, length_target_reward, reasoning_points
+from ..rewards import check_batch, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..tasks.base import problems_for
-from ..template import build_prompt, parse_completion
+from ..template import PROMPT_STYLES, build_prompt, parse_completion
 from ..model.gpt import GPT
 from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
-from .loop import (check_schedule, discard_training_state, load_training_state, lr_at, make_optimizer,
-                   save_training_state)
+from .loop import (SCHEDULES, discard_training_state, load_training_state, lr_at, make_optimizer,
+                   save_training_state, stop_if_diverged)
 from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
                        gathered, gradient_sync, grads_finite, prepare, rank_device, refuse_fsdp_states, unwrap,
                        world)
@@ -73,63 +74,59 @@ from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, 
 
 @dataclass
 class GRPOConfig(ScaleOptions):
-    steps: int = field(default=200, metadata={"help": "RL steps at most"})
-    prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step"})
-    group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)"})
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
-    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
+    steps: int = field(default=200, metadata={"help": "RL steps at most", "min": 1})
+    prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step", "min": 1})
+    group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)", "min": 2})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate", "above": 0})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps", "min": 0})
     schedule: str = field(default="constant", metadata={
-        "help": "after warm-up: constant, or cosine / linear decay over `steps` (not over max_seconds)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most"})
-    updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)"})
-    eps_low: float = field(default=0.2, metadata={"help": "clip ratio below at 1 - eps_low"})
-    eps_high: float = field(default=0.28, metadata={"help": "clip ratio above at 1 + eps_high (DAPO clip-higher)"})
-    beta: float = field(default=0.0, metadata={"help": "KL weight to a frozen reference (0 = no reference kept)"})
-    scale: str = field(default="group", metadata={"help": "advantage scale: group, batch or none"})
-    loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant"})
+        "help": "after warm-up: constant, or cosine / linear decay over `steps` (not over max_seconds)",
+        "choices": SCHEDULES})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak",
+                                                        **FRACTION})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "above": 0})
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most", "min": 1})
+    updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)", "min": 1})
+    eps_low: float = field(default=0.2, metadata={"help": "clip ratio below at 1 - eps_low", **FRACTION})
+    eps_high: float = field(default=0.28, metadata={"help": "clip ratio above at 1 + eps_high (DAPO clip-higher)", "min": 0})
+    beta: float = field(default=0.0, metadata={"help": "KL weight to a frozen reference (0 = no reference kept)", "min": 0})
+    scale: str = field(default="group", metadata={"help": "advantage scale: group, batch or none",
+                                                     "choices": ("group", "batch", "none")})
+    loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant",
+                                                          "choices": ("token_mean", "seq_mean", "constant")})
     mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
     skip_flat_groups: bool = field(default=True, metadata={
         "help": "beta = 0: groups with equal rewards (advantage 0, no gradient) skip the forward and "
                 "backward; their tokens still count in the loss's normaliser, so the update is the same"})
-    oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread"})
+    oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread", "min": 1})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
-    length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)"})
-    length_alpha: float = field(default=1e-3, metadata={"help": "weight of the length-target reward"})
-    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat (instruct models)"})
+    length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)",
+                                                       "min": 0})
+    length_alpha: float = field(default=1e-3, metadata={"help": "weight of the length-target reward", "min": 0})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat (instruct models)",
+                                                     "choices": PROMPT_STYLES})
     trigger: bool = field(default=True, metadata={"help": "plain prompts: add the trigger phrase"})
     micro_batch_size: int = field(default=0, metadata={
-        "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)"})
+        "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)",
+        "min": 0})
     shared_prompts: bool = field(default=True, metadata={
         "help": "built-in model: compute each group's prompt once and pack the completions (same loss, fewer FLOPs)"})
-    rollout_engine: str = field(default="builtin", metadata={"help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])"})
-    vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm"})
-    eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)"})
-    eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation"})
-    save_every: int = field(default=0, metadata={"help": "write a resumable state every N steps (0 = never)"})
-    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)"})
-    seed: int = field(default=0, metadata={"help": "problem order and sampling seed"})
+    rollout_engine: str = field(default="builtin", metadata={"help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])",
+                                                               "choices": ("builtin", "vllm")})
+    vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take",
+                                                            "above": 0, "max": 1})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm", "above": 0})
+    eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)", "min": 0})
+    eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation", "min": 1})
+    save_every: int = field(default=0, metadata={"help": "write a resumable state every N steps (0 = never)", "min": 0})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)",
+                                                        "min": 0})
+    seed: int = field(default=0, metadata={"help": "problem order and sampling seed", **SEED})
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ValueError("GRPO needs group_size >= 2 (advantages compare completions of a group)")
-        if self.prompts_per_step < 1 or self.steps < 1 or self.updates < 1:
-            raise ValueError("steps, prompts_per_step and updates must be >= 1")
-        if self.style not in ("plain", "r1", "chat"):
-            raise ValueError("style must be plain, r1 or chat")
-        check_schedule(self.schedule, self.min_lr_ratio)
-        if self.oversample < 1:
-            raise ValueError("oversample must be >= 1")
-        if self.micro_batch_size < 0:
-            raise ValueError("micro_batch_size must be >= 0")
-        if self.rollout_engine not in ("builtin", "vllm"):
-            raise ValueError("rollout_engine must be builtin or vllm")
-        if self.scale not in ("group", "batch", "none") or self.loss_agg not in ("token_mean", "seq_mean", "constant"):
-            raise ValueError("scale must be group/batch/none and loss_agg token_mean/seq_mean/constant")
+        check_options(self)
 
 
 def length_prompt(question: str, target: int) -> str:
@@ -176,7 +173,7 @@ class ProblemStream:
 
 def score_rollout(rollout: Rollout, problems, prompts, task: Task, cfg: GRPOConfig) -> tuple[torch.Tensor, list, list, list]:
     """Rewards (N,), and per row: format ok, correct, length-target term (0 when off)."""
-    format_ok, correct = zip(*(is_correct(t, p.answer, task, q) for t, p, q in zip(rollout.texts, problems, prompts)))
+    format_ok, correct = zip(*check_batch(rollout.texts, [p.answer for p in problems], task, prompts))
     rewards = [reasoning_points(f, c, cfg.format_points, cfg.correct_points) for f, c in zip(format_ok, correct)]
     extra = [0.0] * len(rewards)
     if cfg.length_target:
@@ -281,7 +278,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    start, metrics, first = time.monotonic(), {}, 0
+    start, metrics, first, bad_in_a_row = time.monotonic(), {}, 0, 0
     state_dir = Path(out_dir) / "state" if out_dir else None
     if resume and state_dir and (state := load_training_state(state_dir)) is not None:
         core.load_state_dict(state["model"])
@@ -424,6 +421,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         loss_stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}
         if skipped:
             loss_stats["skipped"] = "non-finite loss or gradient"
+        bad_in_a_row = bad_in_a_row + 1 if skipped else 0
         all_lengths = all_gather_list(lengths.tolist())
         all_think = all_gather_list(think)
         reward_all = torch.tensor(kept)
@@ -463,6 +461,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                                             "keep_rate": keep_rate,
                                             "reference": ref_model.state_dict() if ref_model else None})
         emit(metrics)
+        stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
         if last:
             break
     return metrics

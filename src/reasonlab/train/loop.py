@@ -22,50 +22,41 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..config import FRACTION, SEED, check_options
+from ..errors import UserError
 from ..jsonl import logged_step, trim_log
 from .parallel import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
                        refuse_fsdp_states, unwrap, world)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by pretrain and sft (the CLI exposes each as a flag)."""
 
-    steps: int = field(default=500, metadata={"help": "optimiser steps at most"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
-    schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
-    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut"})
+    steps: int = field(default=500, metadata={"help": "optimiser steps at most", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "min": 1})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate", "above": 0})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak", **FRACTION})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0})
+    schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up",
+                                                      "choices": SCHEDULES})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)", "min": 0})
+    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut", "min": 2})
     packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
     group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
-    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)"})
-    save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)"})
-    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)"})
-    seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
+    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0})
+    save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)",
+                                                 "min": 0})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0})
+    seed: int = field(default=0, metadata={"help": "data order and initialisation seed", **SEED})
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("steps, batch_size and grad_accum must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        check_schedule(self.schedule, self.min_lr_ratio)
-
-
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-def check_schedule(schedule: str, min_lr_ratio: float) -> None:
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}: {', '.join(SCHEDULES)}")
-    if not 0 <= min_lr_ratio <= 1:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        check_options(self)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -215,6 +206,17 @@ def load_training_state(folder) -> dict | None:
     return None
 
 
+MAX_NON_FINITE = 5
+
+
+def stop_if_diverged(bad_in_a_row: int, step: int) -> None:
+    """Stop a run whose last `MAX_NON_FINITE` updates were all skipped for a NaN/inf loss or gradient,
+    with one line (a UserError: exit code 2); the states saved before it are intact for `--resume`."""
+    if bad_in_a_row >= MAX_NON_FINITE:
+        raise UserError(f"step {step}: {MAX_NON_FINITE} non-finite losses or gradients in a row: stopping "
+                        "(lower --lr?)")
+
+
 def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over labelled tokens (their mean, or their sum)."""
     device = next(model.parameters()).device
@@ -290,8 +292,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             bad_in_a_row += 1
             if log:
                 log({"step": step + 1, "skipped": "non-finite loss or gradient"})  # numbered as metrics are
-            if bad_in_a_row >= 5:
-                raise RuntimeError("5 non-finite losses or gradients in a row: stopping (lower the lr?)")
+            stop_if_diverged(bad_in_a_row, step + 1)
             continue
         bad_in_a_row = 0
         grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))

@@ -34,8 +34,10 @@ class ScaleOptions:
         "help": "under torchrun: shard parameters, gradients and optimiser state with FSDP2 (default: DDP)"})
     dtype: str = field(default="float32", metadata={
         "help": "weights load as float32 (full fine-tuning; GPUs compute in bf16 autocast) or bfloat16 (a frozen LoRA base)"})
-    lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)"})
-    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)"})
+    lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)",
+                                                "min": 0})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)",
+                                                   "above": 0})
     lora_targets: str = field(default="all-linear", metadata={
         "help": "LoRA target modules: 'all-linear' or comma-separated names (q_proj,v_proj)"})
 

@@ -29,22 +29,28 @@ from ..model import GPTConfig, new_builtin
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..template import TRIGGER, format_completion
+from ..config import FRACTION
 from .loop import TrainConfig, tokenize_examples, train_supervised
 from .parallel import resolve_device
 
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    worked_fraction: float = field(default=0.3, metadata={"help": "share of documents with worked solutions"})
-    wrong_fraction: float = field(default=0.1, metadata={"help": "share of worked solutions that end wrong"})
-    hint_fraction: float = field(default=0.1, metadata={"help": "share of worked documents with a hint line"})
-    corpus_size: int = field(default=20000, metadata={"help": "documents in the corpus"})
-    target_trigger_acc: float = field(default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)"})
-    check_problems: int = field(default=100, metadata={"help": "held-out problems per trigger-accuracy check"})
-    n_layer: int = field(default=2, metadata={"help": "model layers"})
-    n_head: int = field(default=4, metadata={"help": "attention heads"})
-    d_model: int = field(default=64, metadata={"help": "model width"})
-    max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking"})
+    worked_fraction: float = field(default=0.3, metadata={"help": "share of documents with worked solutions",
+                                                         **FRACTION})
+    wrong_fraction: float = field(default=0.1, metadata={"help": "share of worked solutions that end wrong",
+                                                        **FRACTION})
+    hint_fraction: float = field(default=0.1, metadata={"help": "share of worked documents with a hint line",
+                                                       **FRACTION})
+    corpus_size: int = field(default=20000, metadata={"help": "documents in the corpus", "min": 1})
+    target_trigger_acc: float = field(default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)",
+                                                            **FRACTION})
+    check_problems: int = field(default=100, metadata={"help": "held-out problems per trigger-accuracy check",
+                                                   "min": 1})
+    n_layer: int = field(default=2, metadata={"help": "model layers", "min": 1})
+    n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1})
+    d_model: int = field(default=64, metadata={"help": "model width (a multiple of 2 * n_head)", "min": 2})
+    max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking", "min": 1})
 
 
 def hint_line(value: str) -> str:

@@ -46,26 +46,20 @@ from .pretrain import hint_line
 
 @dataclass
 class RationalesConfig(TrainConfig):
-    rounds: int = field(default=3, metadata={"help": "sample -> filter -> fine-tune rounds"})
-    problems: int = field(default=2000, metadata={"help": "training problems sampled per round"})
-    samples: int = field(default=4, metadata={"help": "k: chains of thought per problem"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature for rationales"})
-    max_new_tokens: int = field(default=160, metadata={"help": "tokens per rationale at most"})
+    rounds: int = field(default=3, metadata={"help": "sample -> filter -> fine-tune rounds", "min": 1})
+    problems: int = field(default=2000, metadata={"help": "training problems sampled per round", "min": 1})
+    samples: int = field(default=4, metadata={"help": "k: chains of thought per problem", "min": 1})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature for rationales", "min": 0})
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per rationale at most", "min": 1})
     rationalize: bool = field(default=False, metadata={"help": "retry failed problems with the answer as a hint"})
     continue_training: bool = field(default=False, metadata={"help": "fine-tune the last round's model instead of the base"})
     train_trigger: bool = field(default=True, metadata={"help": "keep the trigger phrase in fine-tuning prompts"})
-    eval_problems: int = field(default=200, metadata={"help": "held-out problems per round"})
+    eval_problems: int = field(default=200, metadata={"help": "held-out problems per round", "min": 1})
     judge_rubric: str = field(default="", metadata={"help": "criteria an LLM judge scores each sample against (no gold needed)"})
-    judge_threshold: float = field(default=7.0, metadata={"help": "keep samples the judge scores at least this (0-10)"})
+    judge_threshold: float = field(default=7.0, metadata={"help": "keep samples the judge scores at least this (0-10)",
+                                                          "min": 0, "max": 10})
     check_steps: bool = field(default=True, metadata={
         "help": "also require every reasoning step to check out, where the task can tell (chain): drops lucky guesses"})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.rounds < 1 or self.problems < 1 or self.samples < 1 or self.max_new_tokens < 1:
-            raise ValueError("rounds, problems, samples and max_new_tokens must be >= 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
 
 
 def sample_texts(source, tokenizer, prompts: list[str], params: SamplingParams) -> list[str]:
