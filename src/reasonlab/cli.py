@@ -94,10 +94,8 @@ def cmd_score(args) -> int:
 
     task = make_task(args.task, args.task_arg)
     output_file(args.output)
-    rows, summary = score_file(task, args.input, args.output)
-    if args.output is None:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
+    summary = score_file(task, args.input, args.output,
+                         emit=lambda row: print(json.dumps(row, ensure_ascii=False)))
     print(f"scored {summary['count']} completions: format rate {summary['format_rate']:.1%}, "
           f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}",
           file=sys.stderr if args.output is None else sys.stdout)

@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 from .errors import UserError
+from .jsonl import input_file
 
 
 FRACTION = {"min": 0, "max": 1}  # limits of a share: **FRACTION in a field's metadata
@@ -128,10 +129,9 @@ def build_config(cls, args: argparse.Namespace | None = None, file: str | Path |
 
 
 def _read_file(path: Path, fields: dict) -> dict:
-    if not path.is_file():
-        raise UserError(f"config file {str(path)!r} not found")
+    text = input_file(path, "config file").read_text(encoding="utf-8", errors="replace")
     try:
-        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"config file {path}: {e}") from None
     if not isinstance(data, dict):

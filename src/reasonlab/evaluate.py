@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from .config import SEED, check_options
 from .engine import SamplingParams, generate
 from .errors import UserError
-from .jsonl import read_jsonl, write_jsonl_atomic
+from .jsonl import iter_jsonl, jsonl_writer
 from .rewards import reasoning_points
 from .tasks import Task
 from .tasks.base import problems_for
@@ -23,39 +24,39 @@ def score_completion(completion: str, answer: str, task: Task, prompt: str | Non
             "reward": reasoning_points(parsed.format_ok, correct), "think_len": think_len}
 
 
-def summarize(scored: list[dict]) -> dict:
-    n = len(scored)
-    return {
-        "count": n,
-        "format_rate": sum(r["format_ok"] for r in scored) / n if n else 0.0,
-        "accuracy": sum(r["correct"] for r in scored) / n if n else 0.0,
-        "mean_reward": sum(r["reward"] for r in scored) / n if n else 0.0,
-    }
-
-
-def read_score_input(path) -> list[tuple[int, dict]]:
-    """Rows of a `score` input file, checked; a bad line raises UserError naming its number."""
-    rows = read_jsonl(path)
-    for lineno, row in rows:
+def read_score_input(path):
+    """Rows of a `score` input file, read and checked one at a time; a bad line raises UserError
+    naming its number."""
+    for lineno, row in iter_jsonl(path):
         for key in ("completion", "answer"):
             if not isinstance(row.get(key), str):
                 raise UserError(f"{path}:{lineno}: {key!r} must be a string")
         if "prompt" in row and not isinstance(row["prompt"], str):
             raise UserError(f"{path}:{lineno}: 'prompt' must be a string")
-    return rows
+        yield lineno, row
 
 
-def score_file(task: Task, input_path, output_path=None) -> tuple[list[dict], dict]:
-    """Score every line of `input_path`; write them to `output_path` atomically (all or nothing)."""
-    out = []
-    for lineno, row in read_score_input(input_path):
-        try:
-            out.append({**row, **score_completion(row["completion"], row["answer"], task, row.get("prompt"))})
-        except ValueError as e:  # e.g. a gold answer the task cannot read
-            raise UserError(f"{input_path}:{lineno}: {e}") from None
-    if output_path is not None:
-        write_jsonl_atomic(output_path, out)
-    return out, summarize(out)
+def score_file(task: Task, input_path, output_path=None, emit=None) -> dict:
+    """Score `input_path` line by line (one row in memory at a time, whatever the file's size): each
+    scored row goes to `output_path` (atomically: all or nothing) or to `emit(row)`. Returns the
+    summary: count, format_rate, accuracy, mean_reward."""
+    sums = {"count": 0, "format_ok": 0, "correct": 0, "reward": 0.0}
+    with jsonl_writer(output_path) if output_path is not None else contextlib.nullcontext(emit) as write:
+        for lineno, row in read_score_input(input_path):
+            try:
+                scored = {**row, **score_completion(row["completion"], row["answer"], task, row.get("prompt"))}
+            except ValueError as e:  # e.g. a gold answer the task cannot read
+                raise UserError(f"{input_path}:{lineno}: {e}") from None
+            for key in ("format_ok", "correct", "reward"):
+                sums[key] += scored[key]
+            sums["count"] += 1
+            if write:
+                write(scored)
+        if not sums["count"]:
+            raise UserError(f"{input_path}: no input lines")
+    n = sums["count"]
+    return {"count": n, "format_rate": sums["format_ok"] / n, "accuracy": sums["correct"] / n,
+            "mean_reward": sums["reward"] / n}
 
 
 # ---- sampling a task through the engine ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -11,14 +12,26 @@ from pathlib import Path
 from .errors import UserError
 
 
-def read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a bad line raises UserError naming it."""
+def input_file(path, what: str = "file") -> Path:
+    """`path` if it is a file; else one UserError saying it is a folder, or not there."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a folder, not a file")
     if not path.is_file():
-        raise UserError(f"file {str(path)!r} not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        raise UserError(f"{what} {str(path)!r} not found")
+    return path
+
+
+def iter_jsonl(path):
+    """(line number, object) for every non-blank line, read one line at a time (a file of any size);
+    a bad line (not UTF-8, not JSON, not an object) raises UserError naming it."""
+    path = input_file(path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -27,7 +40,12 @@ def read_jsonl(path) -> list[tuple[int, dict]]:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object")
-            rows.append((lineno, row))
+            yield lineno, row
+
+
+def read_jsonl(path) -> list[tuple[int, dict]]:
+    """Every row of `iter_jsonl`, as a list; an input with no rows is a UserError."""
+    rows = list(iter_jsonl(path))
     if not rows:
         raise UserError(f"{path}: no input lines")
     return rows
@@ -84,23 +102,34 @@ def trim_log(path, keep) -> None:
 def read_json(path) -> dict:
     """One JSON object from a file, or UserError naming the file."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(input_file(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
 
 
-def write_jsonl_atomic(path, rows: list[dict]) -> None:
+def write_jsonl_atomic(path, rows) -> None:
     """Write JSONL to a temporary file beside `path`, fsync, then rename: never a half file."""
+    with jsonl_writer(path) as write:
+        for row in rows:
+            write(row)
+
+
+@contextlib.contextmanager
+def jsonl_writer(path):
+    """``with jsonl_writer(path) as write: write(row)...``: rows stream to a temporary file beside
+    `path`, fsynced and renamed onto `path` when the block ends; an error inside the block leaves
+    `path` as it was and no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            yield lambda row: f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
