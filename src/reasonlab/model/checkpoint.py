@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+from ..jsonl import read_json
 from .gpt import GPT, GPTConfig
 from .hf import HFCausalLM, load_hf_model
 from .tokenizer import TokenizerAdapter, build_char_tokenizer, load_tokenizer
@@ -98,28 +100,40 @@ def export_hf(model, tokenizer: TokenizerAdapter, path) -> Path:
 
 
 def load_model(path, dtype: torch.dtype | None = None):
-    """(model, tokenizer) from a reasonlab checkpoint or any local Hugging Face causal LM folder."""
+    """(model, tokenizer) from a reasonlab checkpoint or any local Hugging Face causal LM folder. A
+    folder that cannot be loaded (no config.json; a truncated, empty or foreign model.safetensors; a
+    config.json of the wrong types or shapes; broken tokenizer files) raises one UserError naming it."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{str(path)!r} is not a model folder (no config.json)")
-    meta = json.loads(config_file.read_text()).get("reasonlab")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{str(path)!r} is not a model folder (no config.json)")
+    try:
+        return _load_model(path, dtype)
+    except UserError:
+        raise
+    except Exception as e:  # safetensors, json, torch shape and transformers errors alike
+        detail = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"cannot load the model in {path}: {type(e).__name__}: {detail}") from e
+
+
+def _load_model(path: Path, dtype):
+    meta = read_json(path / "config.json").get("reasonlab")
     tokenizer = load_tokenizer(path)
-    if meta and meta.get("kind") == "builtin":
+    if isinstance(meta, dict) and meta.get("kind") == "builtin":
         from safetensors.torch import load_file
 
         model = GPT(GPTConfig(**meta["gpt"]))
         missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:
-            raise ValueError(f"checkpoint {path} does not match its config "
-                             f"(missing {missing}, unexpected {unexpected})")
+            raise UserError(f"checkpoint {path} does not match its config "
+                            f"(missing {missing}, unexpected {unexpected})")
         return model.to(dtype) if dtype else model, tokenizer
     return load_hf_model(path, dtype), tokenizer
 
 
 def load_train_config(path) -> dict | None:
+    """A checkpoint's train_config.json, or None without one; one that is not a JSON object is a UserError."""
     file = Path(path) / TRAIN_CONFIG
-    return json.loads(file.read_text()) if file.is_file() else None
+    return read_json(file) if file.is_file() else None
 
 
 def recorded_task(path):
