@@ -111,7 +111,7 @@ def load_model(path, dtype: torch.dtype | None = None):
     except UserError:
         raise
     except Exception as e:  # safetensors, json, torch shape and transformers errors alike
-        detail = (str(e).strip().splitlines() or [""])[0][:300]
+        detail = " ".join(str(e).split())[:300]  # one line
         raise UserError(f"cannot load the model in {path}: {type(e).__name__}: {detail}") from e
 
 
