@@ -193,3 +193,74 @@ def test_serve_refuses_a_bad_or_taken_port_in_one_line(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--model", str(tmp_path / "none"), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def _post(url: str, body: bytes | None, headers: dict | None = None, path: str = "/v1/completions"):
+    """(status, parsed JSON body) of a raw POST: headers exactly as given (no Content-Length added)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    conn.putrequest("POST", path)
+    for key, value in (headers or {}).items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    if body:
+        conn.send(body)
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": 5}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": ["a", 3]}, "prompt"),
+    ({"prompt": "q\n", "n": 0}, "n"), ({"prompt": "q\n", "n": "2"}, "n"), ({"prompt": "q\n", "seed": "abc"}, "seed"),
+    ({"prompt": "q\n", "temperature": float("nan")}, "temperature"), ({"prompt": "q\n", "temperature": -1}, "temperature"),
+    ({"prompt": "q\n", "max_tokens": 0}, "max_tokens"), ({"prompt": "q\n", "top_p": 0}, None),
+    ({"prompt": "9" * 200}, "prompt"),  # longer than the model's 128 positions
+    ([1, 2], None),
+])
+def test_server_answers_a_bad_request_with_an_openai_error(body, param, capsys):
+    from reasonlab.model import GPTConfig
+
+    model, tok = new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=128))
+    server = make_server(model, tok)
+    url = start(server)
+    try:
+        data = json.dumps(body).encode()
+        status, answer = _post(url, data, {"Content-Type": "application/json", "Content-Length": str(len(data))})
+        assert status == 400 and set(answer["error"]) == {"message", "type", "param", "code"}
+        assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param
+        status, answer = _post(url, b"{not json", {"Content-Length": "9"})
+        assert status == 400 and "not valid JSON" in answer["error"]["message"]
+        status, answer = _post(url, None, {})  # no Content-Length
+        assert status == 400 and "Content-Length" in answer["error"]["message"]
+        status, answer = _post(url, b"{}", {"Content-Length": "2"}, path="/v1/chat")
+        assert status == 404 and answer["error"]["code"] == "not_found"
+        ok = json.dumps({"prompt": "1+1\n", "max_tokens": 3, "n": 2, "seed": 1}).encode()
+        status, answer = _post(url, ok, {"Content-Length": str(len(ok))})
+        assert status == 200 and len(answer["choices"]) == 2  # the server still serves
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_server_answers_an_internal_failure_with_500(capsys):
+    class Broken(BigramLM):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+        decode = forward
+
+    server = make_server(Broken(len(TOK), {}, default=0), TOK)
+    url = start(server)
+    try:
+        body = json.dumps({"prompt": "q\n", "max_tokens": 2}).encode()
+        status, answer = _post(url, body, {"Content-Length": str(len(body))})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 500 and answer["error"]["type"] == "server_error"
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "Traceback" not in err
