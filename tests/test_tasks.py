@@ -237,22 +237,25 @@ def test_math_verify_works_outside_the_main_thread():
 
 
 def test_math_verify_timeout_kills_a_stuck_check():
-    import time
-    from reasonlab.tasks import mathverify
-
     import os
     import signal
+    import time
 
-    assert mathverify.math_equal("1", "1")  # warm the worker up
-    pid = mathverify._CHECKER._proc.pid
+    from reasonlab.tasks import mathverify
+
+    pool = mathverify.WorkerPool(size=1)
+    worker = pool.workers[0]
+    assert pool.check([("$x+1$", "$1+x$")]) == ["correct"]  # warm the worker up
+    pid = worker.proc.pid
     # A stuck worker: stopped, it cannot answer however easy the check (a timeout of 0 on a live
     # worker was a race: on a busy machine the worker sometimes answered before the caller polled).
     os.kill(pid, signal.SIGSTOP)
     start = time.monotonic()
-    assert mathverify.math_equal("\\frac{1}{2}", "0.5", timeout=0.5) is False  # killed, counted wrong
-    assert time.monotonic() - start < 5 and mathverify._CHECKER._proc is None
-    assert mathverify.math_equal("2", "2")  # a fresh worker answers the next call
-    assert mathverify._CHECKER._proc.pid != pid
+    assert pool.check([("$x+2$", "$2+x$")], timeout=0.5) == ["timeout"]  # killed, counted wrong
+    assert time.monotonic() - start < 5 and worker.proc is None
+    assert pool.check([("$x+3$", "$3+x$")]) == ["correct"]  # a fresh worker answers the next call
+    assert worker.proc.pid != pid
+    pool.stop()
 
 
 def test_adding_a_task_takes_a_few_lines():

@@ -36,8 +36,20 @@ def _prompts(prompts: Sequence[str] | None, n: int) -> Sequence[str | None]:
 
 def is_correct(completion: str, answer: str, task: Task, prompt: str | None = None) -> tuple[bool, bool]:
     """(format_ok, correct) for one completion; `correct` is False whenever the format is broken."""
-    parsed = parse_completion(completion, prompt)
-    return parsed.format_ok, parsed.format_ok and task.verify(parsed.answer, answer)
+    return check_batch([completion], [answer], task, [prompt])[0]
+
+
+def check_batch(completions: Sequence[str], answers: Sequence[str], task: Task,
+                prompts: Sequence[str | None] | None = None) -> list[tuple[bool, bool]]:
+    """(format_ok, correct) per completion, the answers of the well-formed ones verified in one
+    `task.verify_batch` call (math-verify spreads it over its workers)."""
+    parsed = [parse_completion(c, p) for c, p in zip(completions, _prompts(prompts, len(completions)), strict=True)]
+    ok = [i for i, x in enumerate(parsed) if x.format_ok]
+    verdicts = task.verify_batch([parsed[i].answer for i in ok], [answers[i] for i in ok])
+    correct = [False] * len(parsed)
+    for i, verdict in zip(ok, verdicts):
+        correct[i] = bool(verdict)
+    return [(x.format_ok, c) for x, c in zip(parsed, correct)]
 
 
 def reasoning_points(format_ok: bool, correct: bool, format_points: float = 2.0,
@@ -56,17 +68,14 @@ def format_reward(completions: Sequence[str], answers=None, *, prompts=None, poi
 def correctness_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
                        points: float = 1.0, **_) -> list[float]:
     """`points` when the answer block verifies against the gold answer; 0 with a broken format."""
-    task = _task(task)
-    return [points if is_correct(c, a, task, p)[1] else 0.0
-            for c, a, p in zip(completions, answers, _prompts(prompts, len(completions)))]
+    return [points if correct else 0.0 for _, correct in check_batch(completions, answers, _task(task), prompts)]
 
 
 def reasoning_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
                      format_points: float = 2.0, correct_points: float = 1.0, **_) -> list[float]:
     """The method's reward: format_points + correct_points (2 + 1), nothing when the format breaks."""
-    task = _task(task)
-    return [reasoning_points(*is_correct(c, a, task, p), format_points, correct_points)
-            for c, a, p in zip(completions, answers, _prompts(prompts, len(completions)))]
+    return [reasoning_points(f, c, format_points, correct_points)
+            for f, c in check_batch(completions, answers, _task(task), prompts)]
 
 
 def overlong_penalty(completions: Sequence[str], answers=None, *, completion_lengths: Sequence[int],

@@ -16,12 +16,16 @@ import hashlib
 import inspect
 import random
 import typing
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from ..template import format_completion
 
 SPLITS = ("train", "test")
+# What a verifier counts besides right and wrong (`Task.counts`); trainers log each as verify/<name>.
+VERIFY_EVENTS = ("timeouts", "unparsed_gold", "too_long", "errors")
 
 
 @dataclass
@@ -51,6 +55,26 @@ class Task:
 
     def verify(self, predicted: str, gold: str) -> bool:
         raise NotImplementedError
+
+    def verify_batch(self, predicted: typing.Sequence[str], golds: typing.Sequence[str]) -> list[bool]:
+        """`verify` over pairs; tasks whose checks are costly (math-verify) do them in parallel."""
+        return [self.verify(p, g) for p, g in zip(predicted, golds, strict=True)]
+
+    @property
+    def counts(self) -> Counter:
+        """Verification events that are not a plain right or wrong (``timeouts``, ``unparsed_gold``,
+        …), counted since the task was built: scoring reports them, the trainers log them as
+        ``verify/<name>``. Each is still scored wrong, but never in silence."""
+        return self.__dict__.setdefault("_counts", Counter())
+
+    def count(self, event: str, gold: str | None = None) -> None:
+        """Count one event; a gold the verifier cannot read is also warned about, once per gold."""
+        self.counts[event] += 1
+        warned = self.__dict__.setdefault("_warned", set())
+        if event == "unparsed_gold" and gold not in warned:
+            warned.add(gold)
+            warnings.warn(UnparsedGold(f"task {self.name!r} cannot read the gold answer {gold[:80]!r}: "
+                                       "every answer to it scores wrong"), stacklevel=3)
 
     def check_steps(self, question: str, think: str) -> bool | None:
         """Does every step of a chain of thought follow from the question and the steps before it?
@@ -84,6 +108,10 @@ class Task:
             out.append(problem)
             since_new = 0
         return out
+
+
+class UnparsedGold(UserWarning):
+    """A gold answer the task's verifier cannot read (every answer to it is scored wrong)."""
 
 
 class TooFewProblems(ValueError):

@@ -5,9 +5,12 @@ folder holding ``train.jsonl``/``test.jsonl``, or one file), from ``$REASONLAB_G
 ``shared/data/gsm8k`` or ``../shared/data/gsm8k`` relative to the working directory, or, where the
 `datasets` package and hub access exist, from ``openai/gsm8k``.
 
-Verification is numeric: ``$1,234.50``, ``-3``, ``18 dollars``, ``72.0`` and ``= 72`` are read as
-numbers and compared exactly (as fractions). The answer must be one number (with an optional
-currency sign and trailing units): a list of numbers is not an answer.
+Verification is numeric: ``$1,234.50``, ``-3``, ``18 dollars``, ``72.0``, ``= 72``, ``.4``,
+``$.50``, ``1 000`` (space or thin-space thousands), ``12 m²`` and ``1000.99€`` are read as numbers
+and compared exactly (as fractions). The answer must be one number (with an optional currency sign
+before it and units after it, up to 40 characters of letters, %, °, ², /, currency signs): a list
+of numbers is not an answer. Answers over 200 characters are not read. A gold that is not one
+number is counted (``task.counts["unparsed_gold"]``) and warned about once.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from pathlib import Path
 from ..jsonl import read_jsonl
 from .base import Problem, Task, TooFewProblems, check_split, register_task
 
+_CURRENCY = "$€£¥₹"
+_UNIT_START = rf"(?:[^\W\d_]|[%°{_CURRENCY}])"  # a letter (m, kg, dollars, m²), %, °, a currency sign
 _NUMBER = re.compile(
-    r"\s*=?\s*(?P<sign>[-+\u2212]?)\s*\$?\s*(?P<sign2>-?)"
-    r"(?P<int>\d{1,3}(?:,\d{3})+|\d{1,30})(?P<frac>\.\d{1,30})?"
-    r"\s*(?:[A-Za-z%][A-Za-z%\s./]{0,40})?\.?\s*"
+    rf"\s*=?\s*(?P<sign>[-+\u2212]?)\s*[{_CURRENCY}]?\s*(?P<sign2>-?)"
+    # thousands grouped by commas, spaces or thin spaces (one kind within a number), or plain digits
+    r"(?P<int>\d{1,3}(?P<sep>[,\u2009\u202f\u00a0 ])\d{3}(?:(?P=sep)\d{3})*|\d{1,30})?"
+    r"(?P<frac>\.\d{1,30})?"
+    rf"\s*(?:{_UNIT_START}(?:[^\W\d_]|[%°/.·^'\s{_CURRENCY}]){{0,40}})?\.?\s*"
 )
 _CALC = re.compile(r"<<[^>]*>>")
 _DEFAULT_DIRS = ("shared/data/gsm8k", "../shared/data/gsm8k")
@@ -35,9 +42,9 @@ def parse_number(text: str) -> Fraction | None:
     if len(text) > 200:  # an answer is short; this also bounds the regex's work
         return None
     m = _NUMBER.fullmatch(text)
-    if not m:
+    if not m or not (m.group("int") or m.group("frac")):
         return None
-    value = Fraction(m.group("int").replace(",", "") + (m.group("frac") or ""))
+    value = Fraction(re.sub(r"\D", "", m.group("int") or "0") + (m.group("frac") or ""))
     negative = (m.group("sign") in ("-", "\u2212")) != (m.group("sign2") == "-")
     return -value if negative else value
 
@@ -117,5 +124,8 @@ class GSM8KTask(Task):
                         rationale_from_solution(rows[i]["answer"]), {"index": i}) for i in picked]
 
     def verify(self, predicted: str, gold: str) -> bool:
-        value = parse_number(predicted)
-        return value is not None and value == parse_number(gold)
+        expected = parse_number(gold)
+        if expected is None:
+            self.count("unparsed_gold", gold)
+            return False
+        return parse_number(predicted) == expected
