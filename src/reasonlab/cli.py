@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from .config import add_config_args
+from .config import add_config_args, add_config_file_arg, merge_config_file
 from .errors import UserError
 from .evaluate import SampleConfig
 from .remote import RemoteError, RemoteGenerator
@@ -408,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     on_device.add_argument("--device", default="auto", help="where the model runs: auto (a GPU when torch sees one, "
                            "else the CPU), cpu, cuda or cuda:N; under torchrun each rank takes cuda:LOCAL_RANK")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # name -> its parser (see `main`: --config sets any of its options)
     command = lambda name, help, device=True: sub.add_parser(  # noqa: E731
         name, help=help, parents=[common, on_device] if device else [common])
 
@@ -472,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = command("faithfulness", help="does the model follow a hint in the prompt, and does its thought say so?")
+    add_config_file_arg(p)
     add_task_args(p, from_model=True)
     p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
     p.add_argument("--problems", type=int, default=100, help="held-out problems")
@@ -480,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_faithfulness)
 
     p = command("serve", help="serve a model on an OpenAI-compatible /v1/completions endpoint")
+    add_config_file_arg(p)
     p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -493,10 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
+        merge_config_file(args, parser.commands[args.command], argv[1:])  # argv[0]: the command
         return args.func(args)
-    except (UserError, ValueError, FileNotFoundError, RemoteError) as e:
+    except (UserError, ValueError, OSError, RemoteError) as e:  # OSError: a file or folder that cannot be read or written
         if args.debug:
             raise
         print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)

@@ -54,9 +54,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def add_config_file_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="read options from a .toml or .json file (any of this "
+                        "command's options, by their names with _ for -; the command line wins)")
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     """One `--flag` per field of dataclass `cls` (default: unset, so files and defaults apply)."""
-    parser.add_argument("--config", metavar="FILE", help="read options from a .toml or .json file")
+    add_config_file_arg(parser)
     for f in dataclasses.fields(cls):
         kind, _ = _field_type(cls, f)
         help_text = f.metadata.get("help", "")
@@ -128,7 +133,8 @@ def build_config(cls, args: argparse.Namespace | None = None, file: str | Path |
     return config
 
 
-def _read_file(path: Path, fields: dict) -> dict:
+def _read_file(path: Path, known) -> dict:
+    """The options in config file `path` (TOML, or JSON); a key not in `known` is a UserError."""
     text = input_file(path, "config file").read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
@@ -136,11 +142,55 @@ def _read_file(path: Path, fields: dict) -> dict:
         raise UserError(f"config file {path}: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a table of options")
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise UserError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(fields)}")
+                        f"known: {', '.join(known)}")
     return data
+
+
+def merge_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """`--config FILE` for any command: each option of `parser` (the command's own, such as
+    ``--device``, ``--task-arg`` or ``--model``, as well as its config's fields) that the command line
+    `argv` did not give takes the file's value, type-checked as the option's own. The file is then
+    consumed (``args.config`` = None), so `build_config` takes every value from `args`."""
+    if not getattr(args, "config", None):
+        return
+    path = Path(args.config)
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config", "debug")}
+    data = _read_file(path, actions)
+    given = _given_on_command_line(parser, argv, actions)
+    for key, value in data.items():
+        if key not in given and value is not None:
+            setattr(args, key, _option_value(actions[key], value, path))
+    args.config = None
+
+
+def _given_on_command_line(parser, argv: list[str], actions: dict) -> set[str]:
+    """The dests in `actions` that `argv` sets (a default, even one equal to the value, is not)."""
+    unset = {dest: [] for dest in actions}  # fresh objects: a value that is one was never parsed
+    saved = {dest: action.default for dest, action in actions.items()}
+    for dest, action in actions.items():
+        action.default = unset[dest]
+    try:
+        parsed = parser.parse_args(argv)
+    finally:
+        for dest, action in actions.items():
+            action.default = saved[dest]
+    return {dest for dest in actions if getattr(parsed, dest) is not unset[dest]}
+
+
+def _option_value(action: argparse.Action, value, source: Path):
+    """A config file's `value` for argparse option `action`, checked against what its flag takes."""
+    if isinstance(action, argparse._AppendAction):  # --task-arg: a list of "KEY=VALUE", or a table
+        items = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return items
+        raise UserError(f"{source}: option {action.dest!r} must be a list of KEY=VALUE strings or a table, got {value!r}")
+    kind = bool if action.nargs == 0 else (action.type or str)
+    if not value_fits(kind, value):
+        raise UserError(f"{source}: option {action.dest!r} must be {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 def to_dict(config) -> dict:
