@@ -9,7 +9,7 @@ from .config import SEED, check_options
 from .engine import SamplingParams, generate
 from .errors import UserError
 from .jsonl import iter_jsonl, jsonl_writer
-from .rewards import reasoning_points
+from .rewards import check_batch, reasoning_points
 from .tasks import Task
 from .tasks.base import problems_for
 from .template import PROMPT_STYLES, build_prompt, parse_completion
@@ -17,11 +17,16 @@ from .template import PROMPT_STYLES, build_prompt, parse_completion
 
 def score_completion(completion: str, answer: str, task: Task, prompt: str | None = None) -> dict:
     """format_ok, correct, reward (the method's 2 + 1 reward) and think_len (characters, or None)."""
-    parsed = parse_completion(completion, prompt)
-    correct = parsed.format_ok and task.verify(parsed.answer, answer)
-    think_len = None if parsed.think is None else len(parsed.think)
-    return {"format_ok": parsed.format_ok, "correct": bool(correct),
-            "reward": reasoning_points(parsed.format_ok, correct), "think_len": think_len}
+    return score_batch([completion], [answer], task, [prompt])[0]
+
+
+def score_batch(completions, answers, task: Task, prompts=None) -> list[dict]:
+    """`score_completion` for many completions, their answers verified in one batch."""
+    checked = check_batch(completions, answers, task, prompts)
+    thinks = [parse_completion(c, p).think for c, p in zip(completions, prompts or [None] * len(completions))]
+    return [{"format_ok": format_ok, "correct": correct, "reward": reasoning_points(format_ok, correct),
+             "think_len": None if think is None else len(think)}
+            for (format_ok, correct), think in zip(checked, thinks)]
 
 
 def read_score_input(path):
@@ -100,9 +105,9 @@ def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
                             prefill_think=cfg.prefill_think) for p in problems for _ in range(cfg.n)]
     rollout = generate(model, tokenizer, prompts, cfg.sampling())
     out = []
-    for i, text in enumerate(rollout.texts):
+    scored = score_batch(rollout.texts, [problems[i // cfg.n].answer for i in range(len(prompts))], task, prompts)
+    for i, (text, row) in enumerate(zip(rollout.texts, scored)):
         problem = problems[i // cfg.n]
-        row = score_completion(text, problem.answer, task, prompts[i])
         row.update(question=problem.question, answer=problem.answer, completion=text,
                    think_tokens=rollout.think_tokens[i], tokens=int(rollout.lengths[i]),
                    finish_reason=rollout.finish_reason[i])
@@ -131,8 +136,8 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
         prompts = [build_prompt(q, style, trigger=trigger, tokenizer=tokenizer.hf) for q in questions]
         rollout = generate(model, tokenizer, prompts, params)
         tokens += int(rollout.lengths.sum())
-        for j, p in enumerate(chunk):
-            row = score_completion(rollout.texts[j], p.answer, task, prompts[j])
+        scored = score_batch(rollout.texts, [p.answer for p in chunk], task, prompts)
+        for j, (p, row) in enumerate(zip(chunk, scored)):
             row.update(question=questions[j], answer=p.answer, completion=rollout.texts[j],
                        think_tokens=rollout.think_tokens[j], finish_reason=rollout.finish_reason[j])
             rows.append(row)
@@ -288,10 +293,11 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
         rollout = generate(model, tokenizer, prompts, SamplingParams(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed))
         pass_1 = pass_k = maj = 0.0
+        checked = check_batch(rollout.texts, [p.answer for p in problems for _ in range(cfg.k)], task, prompts)
         for i, p in enumerate(problems):
             texts = rollout.texts[i * cfg.k:(i + 1) * cfg.k]
             parsed = [parse_completion(t, prompts[i * cfg.k]) for t in texts]
-            correct = sum(x.format_ok and task.verify(x.answer, p.answer) for x in parsed)
+            correct = sum(c for _, c in checked[i * cfg.k:(i + 1) * cfg.k])
             pass_1 += pass_at_k(cfg.k, correct, 1)
             pass_k += pass_at_k(cfg.k, correct, cfg.k)
             vote = majority_answer([x.answer.strip() if x.answer else None for x in parsed])

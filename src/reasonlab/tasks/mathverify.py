@@ -260,11 +260,10 @@ atexit.register(_POOL.stop)
 def verify_outcomes(pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT) -> list[str]:
     """The outcome of each (predicted, gold) pair: ``correct``, ``wrong`` or an event (module doc)."""
     outcomes = [quick_outcome(p, g) for p, g in pairs]
-    todo = [i for i, o in enumerate(outcomes) if o is None]
-    checked = _POOL.check([(prepare(pairs[i][0]), prepare(pairs[i][1])) for i in todo], timeout)
-    for i, outcome in zip(todo, checked):
-        outcomes[i] = outcome
-    return outcomes
+    # Each distinct pair once: a GRPO group's completions often agree on their answer.
+    todo = list(dict.fromkeys((prepare(p), prepare(g)) for (p, g), o in zip(pairs, outcomes) if o is None))
+    checked = dict(zip(todo, _POOL.check(todo, timeout)))
+    return [o if o is not None else checked[prepare(p), prepare(g)] for (p, g), o in zip(pairs, outcomes)]
 
 
 def math_equal(predicted: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:

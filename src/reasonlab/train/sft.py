@@ -26,15 +26,29 @@ class SFTConfig(TrainConfig, ScaleOptions):
 
 def read_sft_rows(path, tokenizer=None) -> list[dict]:
     """`{"prompt", "completion"}` rows from JSONL; `messages` rows go through the chat template."""
-    rows = []
+    rows, linenos = [], []
     for lineno, row in read_jsonl(path):
+        linenos.append(lineno)
         if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
             rows.append({"prompt": row["prompt"], "completion": row["completion"]})
         elif isinstance(row.get("messages"), list) and row["messages"]:
             rows.append(_from_messages(row["messages"], tokenizer, f"{path}:{lineno}"))
         else:
             raise UserError(f"{path}:{lineno}: needs string 'prompt' and 'completion', or a 'messages' list")
+    if tokenizer is not None:
+        refuse_unknown_characters(path, list(zip(linenos, rows)), tokenizer)
     return rows
+
+
+def refuse_unknown_characters(path, numbered_rows, tokenizer) -> None:
+    """One UserError naming the first character (and its file:line) that `tokenizer` would silently
+    read as its unknown token: the built-in one knows printable ASCII and newline only."""
+    lost = tokenizer.unknown_characters({c for _, row in numbered_rows for text in row.values() for c in text})
+    for lineno, row in numbered_rows if lost else []:
+        if bad := next((c for c in row["prompt"] + row["completion"] if c in lost), None):
+            raise UserError(f"{path}:{lineno}: character {bad!r} (U+{ord(bad):04X}) is not in the model's vocabulary: "
+                            f"its tokenizer would read it as {tokenizer.unk_token!r} (the built-in model knows "
+                            "printable ASCII and newline)")
 
 
 def _from_messages(messages: list, tokenizer, where: str) -> dict:
