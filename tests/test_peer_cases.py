@@ -160,10 +160,6 @@ DISAGREEMENTS: dict[str, str] = {
         "the gold 1,22 uses a decimal comma: decimal comma: reasonlab reads English-style numbers (GSM8K's), where ',' groups thousands (1,220 would be ambiguous)",
     'mv-all-precision-00':
         "the peer's test rounds to 4 digits (precision=4); at reasonlab's 6, 0.3333 is not 1/3",
-    'mv-all-relations_math-26':
-        "'z = 3+3 = 2' asserts 3+3 = 2, which is false; the peer compares the last side only (reasonlab's verdict now comes from its unparsed gold, OPEN_DEFECTS mv-all-relations_math-26-identity)",
-    'mv-all-relations_math-27':
-        "'z = 3+3 = 2' asserts 3+3 = 2, which is false; the peer compares the last side only (reasonlab's verdict now comes from its unparsed gold, OPEN_DEFECTS mv-all-relations_math-26-identity)",
     'mv-all-set_rel_assymetry-02':
         "the peer's test turns on allow_set_relation_comp; reasonlab keeps math-verify's default (an inequality does not match a gold interval)",
     'mv-open_thoughts-open_thoughts-17':
@@ -228,17 +224,7 @@ DISAGREEMENTS: dict[str, str] = {
 # Strict xfails: once fixed, the test fails until the entry is removed.
 OPEN_DEFECTS: dict[str, str] = {
     'le-math_numina_cases-26':
-        "'$p=5,q=2;p=7,q=2$' scores wrong against '\\boxed{ p = 5, q = 2 \\quad \\text{and} \\quad p = 7, q = 2}' (the same two solutions): math-verify 0.9 itself reads the gold as the set {p=5, p=7, q=2}",
-    'mv-all-latex_notation_math-07':
-        "prose ending in '$\\boxed{\\text{Evelyn}}$ is our answer.' scores wrong against gold '$\\text{Evelyn}$': a words gold sends both sides to the text comparison, so the boxed answer is never extracted (the same prose with a boxed number passes; math-verify alone says correct)",
-    'mv-all-relations_math-26-identity':
-        "'$z = 1 + 1 = 2$' against itself scores wrong: reasonlab reports this gold unparsed (math-verify reads a chain of equalities as a conjunction), so every answer to it scores 0",
-    'mv-numina_cases-numina_cases-14':
-        "'$odd$' scores wrong against gold '$\\text{odd}$': a word in math mode is not unwrapped for the text comparison (only \\text/\\textbf/\\mathrm/\\boxed are); math-verify matches them",
-    'mv-numina_cases-numina_cases-29':
-        "'$Even$' scores wrong against gold '$\\text{Even}$': as mv-numina_cases-numina_cases-14",
-    'mv-yujianll-string_extraction-13':
-        "'$12:00$' against the identical gold '$12:00$' scores wrong: math-verify reads 12:00 as 12/00 = zoo, reasonlab reports the gold unparsed, so no answer to it can score (identical answers should be correct)",
+        "upstream: '$p=5,q=2;p=7,q=2$' scores wrong against '\\boxed{ p = 5, q = 2 \\quad \\text{and} \\quad p = 7, q = 2}' (the same two solutions): math-verify 0.9 itself reads the gold as the set {p=5, p=7, q=2}",
 }
 
 

@@ -95,7 +95,9 @@ def test_a_timeout_counts_as_wrong_and_is_counted(monkeypatch):
     ("1 + \\frac{1}{e}", "1 - \\frac{1}{e}", False), ("1 - \\frac{1}{e}", "1-\\frac{1}{e}", True),
     ("The answer is 4 4/9.", "4", False), ("The answer is 4 4/9.", "\\frac{40}{9}", True),
     ("4 4/9", "40/9", True), ("1 000", "1000", True), ("1\u2009000", "1000", True), (".4", "0.4", True),
-    ("0 0/0", "0", False), ("-4 0/0", "0", False), ("1/0", "1/0", False),
+    ("0 0/0", "0", False), ("-4 0/0", "0", False), ("1/0", "2/0", False),
+    ("$odd$", "$\\text{odd}$", True), ("so $\\boxed{\\text{Evelyn}}$ it is.", "$\\text{Evelyn}$", True),
+    ("$12:00$", "$12:00$", True), ("$z = 1 + 1 = 2$", "$z = 1 + 1 = 2$", True), ("$z=2$", "$z = 1 + 1 = 2$", True),
     ("\\frac{1}{2}", "0.5", True), ("x+1", "1+x", True), ("2", "3", False), ("", "3", False),
 ])
 def test_math_verdicts(predicted, gold, expected):

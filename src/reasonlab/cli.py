@@ -333,7 +333,6 @@ def cmd_eval(args) -> int:
     cfg = build_config(EvalConfig, args)
     task = make_task(cfg.task, args.task_arg, cfg.model)
     cfg.task = task.name
-    cfg.budget_list()  # check before loading anything
     if cfg.k > 1 and cfg.temperature == 0:
         print(f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
               f"maj@{cfg.k} will equal the accuracy", file=sys.stderr)

@@ -62,6 +62,7 @@ class VerifierError(RuntimeError):
 # ---- the checks made in this process ----------------------------------------------------------
 
 _TEXT_WRAPPERS = re.compile(r"^\$?\s*(?:\\(?:text|textbf|mathrm|boxed)\{(.*)\})\s*\$?$", re.S)
+_MATH_MODE = re.compile(r"\$\s*([^$]*?)\s*\$|\\\(\s*(.*?)\s*\\\)", re.S)
 _WORDS = re.compile(r"[^\W\d_]{2,}(?:[\s'-]+[^\W\d_]+)*")
 _DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
 _RATIO = re.compile(r"[-+]?\d+/\d+")
@@ -71,11 +72,15 @@ _PROSE = re.compile(r"(?<![\\\w])[A-Za-z]{2,}\s+[A-Za-z]{2,}")
 
 
 def plain_words(text: str) -> str | None:
-    """The case-folded words of an answer that is words only (``\\text{Yes}`` -> ``yes``), else None."""
+    """The case-folded words of an answer that is words only (``\\text{Yes}``, ``$odd$``), or of the
+    last ``\\boxed{}`` in a longer text when that is words only; else None."""
     text = text.strip().rstrip(".").strip()
-    while (m := _TEXT_WRAPPERS.match(text)) is not None:
-        text = m.group(1).strip()
-    return " ".join(text.casefold().split()) if _WORDS.fullmatch(text) else None
+    while (m := _TEXT_WRAPPERS.match(text) or _MATH_MODE.fullmatch(text)) is not None:
+        text = m.group(m.lastindex or 1).strip()
+    if _WORDS.fullmatch(text):
+        return " ".join(text.casefold().split())
+    boxed = text[text.rfind("\\boxed{"):].partition("$")[0] if "\\boxed{" in text else text
+    return plain_words(boxed) if boxed != text else None
 
 
 def plain_number(text: str) -> Fraction | None:
@@ -100,6 +105,8 @@ def quick_outcome(predicted: str, gold: str) -> str | None:
         return "wrong"
     if len(predicted) > MAX_CHARS:
         return "too_long"
+    if " ".join(predicted.split()) == " ".join(gold.split()):
+        return "correct"  # the gold itself, even one math-verify cannot read ($12:00$ is 12/0 to it)
     words = plain_words(predicted), plain_words(gold)
     if words != (None, None):
         return "correct" if words[0] == words[1] else "wrong"

@@ -32,9 +32,10 @@ def _has_undefined(parsed) -> bool:
     for item in parsed:
         if isinstance(item, sympy.Basic):
             try:
-                if item.doit().has(sympy.nan, sympy.zoo):
-                    return True
-            except Exception:  # an expression that cannot even be evaluated is no value either
+                item = item.doit()  # (0*0)/0 is kept unevaluated until asked
+            except Exception:  # noqa: BLE001 - some relations (a = b = c) cannot: judge them as written
+                pass
+            if item.has(sympy.nan, sympy.zoo):
                 return True
     return False
 
