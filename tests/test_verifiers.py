@@ -158,3 +158,39 @@ def test_rewards_score_a_batch_through_verify_batch():
     completions.append("<think>t</think>1/2")  # broken format: nothing, even though 1/2 is right
     golds = ["0.5", "1/4", "listen", "2/4", "0.5"]
     assert reasoning_reward(completions, golds, task="math") == [3.0, 3.0, 2.0, 3.0, 0.0]
+
+
+def test_score_reports_answers_it_could_not_judge(tmp_path, capsys):
+    import json
+
+    from reasonlab.cli import main
+
+    rows = [{"completion": "<think>a</think><answer>1/2</answer>", "answer": gold} for gold in ("0.5", "\\frac{0}{0}")]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnparsedGold)
+        assert main(["score", "--task", "math", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 50.0%" in out and "scored wrong unjudged: 1 with a gold the verifier cannot read" in out
+
+
+def test_grpo_logs_what_the_verifier_could_not_judge(tmp_path):
+    from reasonlab.tasks.base import VERIFY_EVENTS
+    from reasonlab.train.grpo import GRPOConfig, train_grpo
+    from tests.conftest import constant_task
+    from tests.test_methods import TOK, answers_seven
+
+    class Stuck(type(constant_task("7"))):
+        def verify_batch(self, predicted, golds):  # every other answer "times out"
+            verdicts = super().verify_batch(predicted, golds)
+            for i in range(0, len(verdicts), 2):
+                self.count("timeouts")
+                verdicts[i] = False
+            return verdicts
+
+    model, tok = answers_seven(), TOK
+    logged = []
+    cfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=0.1)
+    train_grpo(model, tok, Stuck(), cfg, log=logged.append)
+    assert [row["verify/timeouts"] for row in logged] == [2, 2]  # 4 completions a step, every other one
+    assert all(row[f"verify/{k}"] == 0 for row in logged for k in VERIFY_EVENTS if k != "timeouts")

@@ -96,10 +96,15 @@ def cmd_score(args) -> int:
     output_file(args.output)
     summary = score_file(task, args.input, args.output,
                          emit=lambda row: print(json.dumps(row, ensure_ascii=False)))
+    events = ", ".join(f"{n} {VERIFY_WORDS[k]}" for k, n in summary["verify"].items() if n)
     print(f"scored {summary['count']} completions: format rate {summary['format_rate']:.1%}, "
-          f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}",
-          file=sys.stderr if args.output is None else sys.stdout)
+          f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}; "
+          f"scored wrong unjudged: {events or 'none'}", file=sys.stderr if args.output is None else sys.stdout)
     return 0
+
+
+VERIFY_WORDS = {"timeouts": "timed out", "unparsed_gold": "with a gold the verifier cannot read",
+                "too_long": "too long to parse", "errors": "verifier errors"}
 
 
 def output_file(path: str | None):

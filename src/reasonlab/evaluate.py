@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
+from itertools import islice
 from dataclasses import dataclass, field
 
 from .config import SEED, check_options
@@ -11,7 +13,7 @@ from .errors import UserError
 from .jsonl import iter_jsonl, jsonl_writer
 from .rewards import check_batch, reasoning_points
 from .tasks import Task
-from .tasks.base import problems_for
+from .tasks.base import VERIFY_EVENTS, problems_for
 from .template import PROMPT_STYLES, build_prompt, parse_completion
 
 
@@ -41,27 +43,45 @@ def read_score_input(path):
         yield lineno, row
 
 
+SCORE_CHUNK = 256  # rows scored together: one verify_batch call, a bounded slice of the file in memory
+
+
 def score_file(task: Task, input_path, output_path=None, emit=None) -> dict:
-    """Score `input_path` line by line (one row in memory at a time, whatever the file's size): each
+    """Score `input_path` in chunks of `SCORE_CHUNK` lines (the file is never all in memory): each
     scored row goes to `output_path` (atomically: all or nothing) or to `emit(row)`. Returns the
-    summary: count, format_rate, accuracy, mean_reward."""
+    summary: count, format_rate, accuracy, mean_reward, and under ``verify`` the verifier's events
+    (timeouts, unparsed golds, ...: answers scored wrong because they could not be judged)."""
     sums = {"count": 0, "format_ok": 0, "correct": 0, "reward": 0.0}
+    before = Counter(task.counts)
     with jsonl_writer(output_path) if output_path is not None else contextlib.nullcontext(emit) as write:
-        for lineno, row in read_score_input(input_path):
-            try:
-                scored = {**row, **score_completion(row["completion"], row["answer"], task, row.get("prompt"))}
-            except ValueError as e:  # e.g. a gold answer the task cannot read
-                raise UserError(f"{input_path}:{lineno}: {e}") from None
-            for key in ("format_ok", "correct", "reward"):
-                sums[key] += scored[key]
-            sums["count"] += 1
-            if write:
-                write(scored)
+        rows = read_score_input(input_path)
+        while chunk := list(islice(rows, SCORE_CHUNK)):
+            for scored in _score_chunk(task, input_path, chunk):
+                for key in ("format_ok", "correct", "reward"):
+                    sums[key] += scored[key]
+                sums["count"] += 1
+                if write:
+                    write(scored)
         if not sums["count"]:
             raise UserError(f"{input_path}: no input lines")
     n = sums["count"]
     return {"count": n, "format_rate": sums["format_ok"] / n, "accuracy": sums["correct"] / n,
-            "mean_reward": sums["reward"] / n}
+            "mean_reward": sums["reward"] / n, "verify": {k: task.counts[k] - before[k] for k in VERIFY_EVENTS}}
+
+
+def _score_chunk(task: Task, input_path, chunk: list[tuple[int, dict]]) -> list[dict]:
+    rows = [row for _, row in chunk]
+    try:
+        scored = score_batch([r["completion"] for r in rows], [r["answer"] for r in rows], task,
+                             [r.get("prompt") for r in rows])
+    except ValueError:  # e.g. a gold answer the task cannot read: find its line
+        for lineno, row in chunk:
+            try:
+                score_completion(row["completion"], row["answer"], task, row.get("prompt"))
+            except ValueError as e:
+                raise UserError(f"{input_path}:{lineno}: {e}") from None
+        raise
+    return [{**row, **s} for row, s in zip(rows, scored)]
 
 
 # ---- sampling a task through the engine ----------------------------------------------------------
@@ -270,6 +290,10 @@ class EvalConfig(ModelTaskConfig):
     extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0})
     output: str = field(default="", metadata={"help": "write the JSON results here"})
 
+    def __post_init__(self):
+        check_options(self)
+        self.budget_list()  # a malformed sweep is refused before anything loads
+
     def budget_list(self) -> list[int]:
         try:
             budgets = [int(b) for b in self.budgets.split(",")] if self.budgets is not None else []
@@ -282,7 +306,6 @@ class EvalConfig(ModelTaskConfig):
 
 def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
     """Greedy metrics, pass@k / maj@k from k samples, and a budget sweep, in lm-eval's layout."""
-    check_options(cfg)
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
     result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy)

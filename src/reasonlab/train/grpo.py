@@ -47,6 +47,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,7 @@ from ..evaluate import evaluate_problems
 from ..jsonl import logged_step, trim_log
 from ..rewards import check_batch, length_target_reward, reasoning_points
 from ..tasks import Task
-from ..tasks.base import problems_for
+from ..tasks.base import VERIFY_EVENTS, problems_for
 from ..template import PROMPT_STYLES, build_prompt, parse_completion
 from ..model.gpt import GPT
 from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
@@ -322,6 +323,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         t0 = time.monotonic()
         train_model.eval()
         groups, attempt, rows = [], 0, {"format": [], "correct": [], "extra": [], "zero_std": [], "reward": []}
+        verify_before = Counter(task.counts)
         budget = 6 * P_local  # dynamic sampling: problems a step may draw in all (per rank)
         while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
             attempt += 1
@@ -441,6 +443,8 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             "frac_reward_zero_std": sum(everywhere["zero_std"]) / max(len(everywhere["zero_std"]), 1),
             "sampling/groups_drawn": len(everywhere["zero_std"]), "sampling/groups_kept": len(kept) // G,
             "sampling/groups_trained": int(all_reduce_sum(len(trained))),
+            # answers scored wrong because the verifier could not judge them (never in silence)
+            **{f"verify/{k}": int(all_reduce_sum(task.counts[k] - verify_before[k])) for k in VERIFY_EVENTS},
             "completions/mean_length": sum(all_lengths) / len(all_lengths),
             "completions/mean_think_tokens": sum(all_think) / len(all_think),
             **loss_stats, "time/generate_s": gen_seconds, "time/train_s": time.monotonic() - t1,

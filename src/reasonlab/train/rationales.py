@@ -36,6 +36,7 @@ from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
 from ..jsonl import write_jsonl_atomic
 from ..remote import RemoteGenerator
+from ..rewards import check_batch
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..template import build_prompt, parse_completion
@@ -163,7 +164,7 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
             verdicts = judge.accepts([p.question for p in chunk_problems], texts)
             ok = [a and b for a, b in zip(ok, verdicts)]
         else:
-            ok = [x.format_ok and task.verify(x.answer, p.answer) for x, p in zip(parsed, chunk_problems)]
+            ok = [c for _, c in check_batch(texts, [p.answer for p in chunk_problems], task, prompts[i:i + len(texts)])]
         for problem, x, good in zip(chunk_problems, parsed, ok):
             drawn += 1
             if not good or (hinted and "hint" in x.think):  # a rationale leaning on the hint teaches nothing
