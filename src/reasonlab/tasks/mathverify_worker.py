@@ -9,12 +9,13 @@ and with them the rare answers whose verdict depends on them, are the same in ev
 Protocol, one JSON document a line: the worker first writes ``{"ready": true}`` (or
 ``{"fatal": "..."}`` and exits when math-verify cannot be imported); then for each request
 ``{"pairs": [[predicted, gold], ...], "timeout": seconds}`` it writes one outcome a pair, in
-order, as soon as it is known: ``"correct"``, ``"wrong"``, ``"unparsed_gold"`` or
-``"error: <exception type>"``. A line per pair lets the parent tell which pair a stuck worker
+order, as soon as it is known: ``"correct"``, ``"wrong"``, ``"unparsed_gold"``, ``"timeout"``
+(math-verify's own alarm fired) or ``"error: <exception type>"``. A line per pair lets the parent tell which pair a stuck worker
 was on.
 """
 
 import json
+import logging
 import math
 import sys
 
@@ -40,14 +41,44 @@ def _has_undefined(parsed) -> bool:
     return False
 
 
+def judge(parse, verify, timeout_error, golds: dict, predicted: str, gold: str, budget: int) -> str:
+    """One outcome. math-verify's own calls swallow timeouts and errors into "no parse" or False;
+    here they are asked to raise, so a timeout is reported as one. After any other error the call is
+    made again the default way, so the verdict is math-verify's, and an error is reported only when
+    that verdict is False (an error may have hidden a match)."""
+
+    def call(fn, *args, **kwargs):
+        try:
+            return fn(*args, raise_on_error=True, **kwargs), None
+        except timeout_error:
+            raise
+        except Exception as e:  # noqa: BLE001 - judged again below, and reported if it cost a match
+            return fn(*args, raise_on_error=False, **kwargs), type(e).__name__
+
+    if gold not in golds:
+        if len(golds) >= GOLD_CACHE_SIZE:
+            golds.pop(next(iter(golds)))
+        golds[gold] = call(parse, gold, parsing_timeout=budget)[0]
+    gold_parsed = golds[gold]
+    if not gold_parsed or _has_undefined(gold_parsed):
+        return "unparsed_gold"
+    pred_parsed, _ = call(parse, predicted, parsing_timeout=budget)  # unreadable: the answer's fault
+    if not pred_parsed or _has_undefined(pred_parsed):
+        return "wrong"
+    ok, error = call(verify, gold_parsed, pred_parsed, timeout_seconds=budget)
+    return "correct" if ok else f"error: {error}" if error else "wrong"
+
+
 def main() -> None:
     out = sys.stdout
     try:
         from math_verify import parse, verify
+        from math_verify.errors import TimeoutException
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         out.write(json.dumps({"fatal": f"cannot import math_verify: {type(e).__name__}: {e}"}) + "\n")
         out.flush()
         sys.exit(1)
+    logging.disable(logging.WARNING)  # what math-verify logs is reported as outcomes instead
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     golds: dict[str, list] = {}
@@ -56,18 +87,9 @@ def main() -> None:
         budget = max(1, math.ceil(request["timeout"]))
         for predicted, gold in request["pairs"]:
             try:
-                if gold not in golds:
-                    if len(golds) >= GOLD_CACHE_SIZE:
-                        golds.pop(next(iter(golds)))
-                    golds[gold] = parse(gold, parsing_timeout=budget)
-                gold_parsed = golds[gold]
-                if not gold_parsed or _has_undefined(gold_parsed):
-                    outcome = "unparsed_gold"
-                else:
-                    pred_parsed = parse(predicted, parsing_timeout=budget)
-                    ok = (bool(pred_parsed) and not _has_undefined(pred_parsed)
-                          and verify(gold_parsed, pred_parsed, timeout_seconds=budget))
-                    outcome = "correct" if ok else "wrong"
+                outcome = judge(parse, verify, TimeoutException, golds, predicted, gold, budget)
+            except TimeoutException:
+                outcome = "timeout"
             except Exception as e:  # noqa: BLE001 - counted by the parent, never silent
                 outcome = f"error: {type(e).__name__}"
             out.write(json.dumps(outcome) + "\n")
