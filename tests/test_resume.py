@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from reasonlab.train.loop import load_training_state, save_training_state
@@ -147,3 +148,195 @@ def test_rationales_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     a, _ = load_model(tmp_path / "a" / "model")
     b, _ = load_model(tmp_path / "b" / "model")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ---- in one process: failures, checked resumes, log rows, full disks --------------------------------
+
+SFT = ["--steps", "4", "--batch-size", "8", "--eval-every", "0", "--lr", "3e-3", "--warmup-steps", "2"]
+
+
+def sft_rows(state_dir) -> list[dict]:
+    return [json.loads(line) for line in (state_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class Killed(BaseException):
+    """A kill -9 at that instant: nothing after it runs (no handler catches a BaseException)."""
+
+
+def test_an_over_long_example_is_cut_to_the_models_positions_before_training(tmp_path, capsys):
+    from reasonlab.cli import main
+    from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
+
+    save_checkpoint(tmp_path / "m", *new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=192)))
+    data = tmp_path / "d.jsonl"
+    write_data(data)
+    with open(data, "a") as f:  # one example longer than the model's 192 positions (a pretrained base's)
+        f.write(json.dumps({"prompt": "7*7=", "completion": "<think>" + "7 " * 200 + "</think><answer>49</answer>"}) + "\n")
+    assert main(["sft", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "a"), *SFT,
+                 "--batch-size", "145"]) == 0  # every batch holds it: it used to fail at the first step
+    err = capsys.readouterr().err
+    assert "--max-seq-len 256 is more than the model's 192 positions: using 192" in err
+    assert "1 of 145 examples" in err and "longer than --max-seq-len 192 and were cut" in err
+
+
+def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import reasonlab.train.loop as loop
+    from reasonlab.cli import main
+
+    data = tmp_path / "d.jsonl"
+    write_data(data)
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "a"), *SFT]) == 0
+    real, calls = loop.lm_loss, []
+
+    def fails_in_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "lm_loss", fails_in_step_3)  # --save-every 0: no periodic state at all
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"reasonlab sft: error: training stopped by RuntimeError: CUDA out of memory; the state after "
+                   f"step 2 is saved in {tmp_path / 'b.state'}: rerun with --resume to go on")
+    monkeypatch.setattr(loop, "lm_loss", real)
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT, "--resume"]) == 0
+    assert losses(tmp_path / "b.state") == losses(tmp_path / "a.state")  # bitwise: as if never stopped
+
+
+def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resume(tmp_path, capsys):
+    from reasonlab.cli import main
+
+    data, out = tmp_path / "d.jsonl", str(tmp_path / "a")
+    write_data(data)
+    assert main(["sft", "--data", str(data), "--out", out, *SFT, "--save-every", "2"]) == 0
+    capsys.readouterr()
+    assert main(["sft", "--data", str(data), "--out", out, *SFT, "--save-every", "2", "--resume", "--lr", "0.05",
+                 "--seed", "3"]) == 2
+    assert f"--resume: the run in {out}.state was made with lr 0.003 (now 0.05), seed 0 (now 3); only --steps, " \
+           "--max-seconds, --eval-every and --save-every may change" in capsys.readouterr().err
+    smaller = tmp_path / "small.jsonl"
+    smaller.write_text("".join(data.read_text().splitlines(keepends=True)[:50]))
+    assert main(["sft", "--data", str(smaller), "--out", out, *SFT, "--resume"]) == 2
+    assert "examples 144 (now 50)" in capsys.readouterr().err  # and data: another file (not an IndexError)
+    # Changed settings from the documented list are taken: steps, eval_every, save_every, max_seconds.
+    assert main(["sft", "--data", str(data), "--out", out, *SFT, "--resume", "--steps", "6", "--eval-every", "3"]) == 0
+    assert sorted(losses(tmp_path / "a.state")) == [1, 2, 3, 4, 5, 6]
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "new"), *SFT, "--resume"]) == 0
+    assert f"nothing to resume in {tmp_path / 'new.state'}: starting fresh" in capsys.readouterr().err
+
+
+def test_rl_resume_refuses_another_group_size_or_task_option(tmp_path, capsys):
+    from reasonlab.cli import main
+    from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
+
+    save_checkpoint(tmp_path / "m", *new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=64)))
+    cmd = ["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1", "--steps", "2",
+           "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--eval-every", "0",
+           "--save-every", "1", "--out", str(tmp_path / "rl")]
+    assert main(cmd) == 0
+    saved = (tmp_path / "rl" / "grpo_config.json").read_text()
+    capsys.readouterr()
+    assert main([*cmd, "--resume", "--group-size", "3"]) == 2
+    assert "group_size 2 (now 3)" in capsys.readouterr().err
+    assert main([*cmd, "--resume", "--task-arg", "digits=2"]) == 2
+    err = capsys.readouterr().err
+    assert "was made with task {'name': 'arithmetic'" in err and "'digits': 1" in err and "'digits': 2" in err
+    assert (tmp_path / "rl" / "grpo_config.json").read_text() == saved  # the refused run changed nothing
+    assert main([*cmd, "--resume", "--steps", "3"]) == 0
+
+
+def test_elapsed_seconds_carry_across_a_resume(tmp_path):
+    from reasonlab.cli import main
+
+    data, out = tmp_path / "d.jsonl", tmp_path / "a"
+    write_data(data)
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--save-every", "4"]) == 0
+    state = torch.load(tmp_path / "a.state" / "state.pt", weights_only=False)
+    state["seconds"] = 1000.0  # as if the first 4 steps had taken 1000 s
+    torch.save(state, tmp_path / "a.state" / "state.pt")
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--resume", "--steps", "8",
+                 "--max-seconds", "500"]) == 0
+    rows = sft_rows(tmp_path / "a.state")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["seconds"] > 1000  # over the limit: stopped
+
+
+def test_a_kill_right_after_the_state_is_written_loses_no_log_row(tmp_path, monkeypatch):
+    import reasonlab.train.grpo as grpo
+    import reasonlab.train.loop as loop
+    from reasonlab.cli import main
+    from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
+
+    data, real = tmp_path / "d.jsonl", loop.save_training_state
+    write_data(data)
+
+    def killed_after(step):
+        def save(folder, state):
+            real(folder, state)
+            if state["step"] == step:
+                raise Killed
+
+        return save
+
+    cmd = ["sft", "--data", str(data), "--out", str(tmp_path / "a"), *SFT, "--save-every", "2", "--eval-every", "2",
+           "--eval-data", str(data)]
+    monkeypatch.setattr(loop, "save_training_state", killed_after(2))
+    with pytest.raises(Killed):
+        main(cmd)
+    monkeypatch.setattr(loop, "save_training_state", real)
+    assert main([*cmd, "--resume"]) == 0
+    rows = sft_rows(tmp_path / "a.state")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval_loss" in rows[1]  # step 2's row and its eval, once
+
+    save_checkpoint(tmp_path / "m", *new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=64)))
+    rl = ["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1", "--steps", "3",
+          "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--eval-every", "0",
+          "--save-every", "2", "--out", str(tmp_path / "rl")]
+    monkeypatch.setattr(grpo, "save_training_state", killed_after(2))
+    with pytest.raises(Killed):
+        main(rl)
+    monkeypatch.setattr(grpo, "save_training_state", real)
+    assert main([*rl, "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_a_full_disk_on_save_is_one_line_and_keeps_the_last_good_state(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from reasonlab.cli import main
+
+    data, out = tmp_path / "d.jsonl", tmp_path / "a"
+    write_data(data)
+    real_save, saves = torch.save, []
+
+    def disk_fills_on_the_second_state(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_on_the_second_state)
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--save-every", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"reasonlab sft: error: cannot write the training state {tmp_path / 'a.state' / 'state.pt'}: "
+                   "No space left on device (the states saved before are kept)"]
+    assert sorted(p.name for p in (tmp_path / "a.state").iterdir()) == ["metrics.jsonl", "run.json", "state.pt"]
+    assert load_training_state(tmp_path / "a.state")["step"] == 2
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for code in (errno.ENOSPC, errno.EROFS):  # the checkpoint at the end: a full disk, a read-only one
+        def fails(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(safetensors.torch, "save_file", fails)
+        assert main(["sft", "--data", str(data), "--out", str(out), *SFT]) == 2
+        assert f"cannot save the checkpoint {out}: {os.strerror(code)} (nothing was changed there)" in \
+            capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier checkpoint, as it was
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a.state", "d.jsonl"]  # no .a.tmp-* left

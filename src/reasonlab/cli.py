@@ -14,6 +14,7 @@ import sys
 from .config import add_config_args, add_config_file_arg, merge_config_file
 from .errors import UserError
 from .evaluate import SampleConfig
+from .outdir import claim
 from .remote import RemoteError, RemoteGenerator
 
 
@@ -71,6 +72,16 @@ def add_task_args(p: argparse.ArgumentParser, name: bool = True, from_model: boo
         p.add_argument("--task", required=True, help="task name (see `reasonlab tasks`)")
     p.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. --task-arg digits=4)")
+
+
+def add_out_args(p: argparse.ArgumentParser, default: str, out_help: str, resume_help: str) -> None:
+    """A training command's --out, --resume and --overwrite (see `outdir`)."""
+    p.add_argument("--out", default=default, help=out_help + "; an earlier run of this command there is "
+                   "continued (--resume) or replaced, anything else refused")
+    p.add_argument("--resume", action="store_true", help=resume_help + "; the settings must be the same but for "
+                   "--steps, --max-seconds, --eval-every and --save-every")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds other files (they stay; "
+                   "files of this run's names are replaced)")
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -202,14 +213,16 @@ class TrainProgress:
 def cmd_pretrain(args) -> int:
     from .config import build_config
     from .model import save_checkpoint
+    from .outdir import claim_checkpoint
     from .train.pretrain import PretrainConfig, pretrain
 
     cfg = build_config(PretrainConfig, args)
     task = make_task(args.task, args.task_arg)
+    state_dir = claim_checkpoint(args.out, "pretrain", args.overwrite)
     with TrainProgress(cfg.steps, "pretrain") as bar:
-        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=f"{args.out}.state", resume=args.resume,
+        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=state_dir, resume=args.resume,
                                        device=args.device)
-    save_checkpoint(args.out, model, tok, {"task": task.spec, **vars(cfg)})
+    save_checkpoint(args.out, model, tok, {"task": task.spec, **vars(cfg)}, run="pretrain", into=args.overwrite)
     print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
 
@@ -234,6 +247,7 @@ def cmd_rationales(args) -> int:
 
     cfg = build_config(RationalesConfig, args)
     task = make_task(args.task, args.task_arg, args.model)
+    claim(args.out, "rationales", args.overwrite)
     base, tok = load_model_or_exit(args.model, device=args.device, task=task)
     teacher = model_or_endpoint(args.teacher, args.device)[0] if args.teacher else None
     judge = None
@@ -244,7 +258,7 @@ def cmd_rationales(args) -> int:
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
     model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out, judge=judge,
                                     log=lambda r: print(json.dumps(r), flush=True), resume=args.resume)
-    save_checkpoint(f"{args.out}/model", model, tok, {"task": task.spec, **vars(cfg)})
+    save_checkpoint(f"{args.out}/model", model, tok, {"task": task.spec, **vars(cfg)}, into=args.overwrite)
     print(f"saved {args.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
 
@@ -278,6 +292,7 @@ def cmd_rl(args) -> int:
 
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg, args.model)
+    claim(args.out, "rl", args.overwrite)
     setup_distributed(args.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(args.model, load_dtype(cfg), args.device, task)
     rank = world()[0]
@@ -285,7 +300,7 @@ def cmd_rl(args) -> int:
         metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=bar, resume=args.resume)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
-        save_checkpoint(f"{args.out}/model", final, tok, {"task": task.spec, **vars(cfg)})
+        save_checkpoint(f"{args.out}/model", final, tok, {"task": task.spec, **vars(cfg)}, into=args.overwrite)
         held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
                     else "no held-out evaluation at the last step (--eval-every)")
         print(f"saved {args.out}/model; {held_out}")
@@ -443,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pretrain", help="train the built-in model from scratch on a synthetic corpus")
     add_config_args(p, PretrainConfig)
     add_task_args(p)
-    p.add_argument("--out", default="runs/base", help="checkpoint folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT.state (written every --save-every steps)")
+    add_out_args(p, "runs/base", "checkpoint folder (its state and log: OUT.state)",
+                 "continue from OUT.state (written every --save-every steps)")
     p.set_defaults(func=cmd_pretrain)
 
     p = command("sft", help="supervised fine-tuning on prompt/completion or messages JSONL")
@@ -457,16 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="the base checkpoint")
     p.add_argument("--teacher", default="", help="sample rationales from this checkpoint or http(s):// endpoint instead")
     p.add_argument("--judge", default="", help="keep samples a judge accepts (checkpoint or http(s):// endpoint)")
-    p.add_argument("--out", default="runs/rationales", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from OUT (samples, fine-tuning, rounds)")
+    add_out_args(p, "runs/rationales", "output folder", "continue a killed run from OUT (samples, fine-tuning, rounds)")
     p.set_defaults(func=cmd_rationales)
 
     p = command("rl", help="Method 2: GRPO with the format + correctness reward")
     add_config_args(p, GRPOConfig)
     add_task_args(p, from_model=True)
     p.add_argument("--model", default="", help="the checkpoint to train")
-    p.add_argument("--out", default="runs/rl", help="output folder (metrics, samples, state, model)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/state (written every --save-every steps)")
+    add_out_args(p, "runs/rl", "output folder (metrics, samples, state, model)",
+                 "continue from OUT/state (written every --save-every steps)")
     p.set_defaults(func=cmd_rl)
 
     from .evaluate import EvalConfig

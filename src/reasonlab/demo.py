@@ -23,6 +23,7 @@ from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint
+from .outdir import claim, mark
 from .report import build_report, console, percent
 from .tasks import get_task
 from .train.grpo import GRPOConfig, train_grpo
@@ -42,6 +43,8 @@ class DemoConfig:
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
     resume: bool = field(default=False, metadata={
         "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "write into an --out that holds other files (they stay; files of the demo's names are replaced)"})
 
     def __post_init__(self):
         check_options(self)
@@ -117,10 +120,10 @@ def earlier_run(out: Path, cfg: DemoConfig) -> dict:
 
 def run_demo(cfg: DemoConfig) -> dict:
     where = resolve_device(cfg.device)  # a bad --device fails before any stage starts
-    out = Path(cfg.out)
+    out = claim(cfg.out, "demo", cfg.overwrite)
     earlier = earlier_run(out, cfg) if cfg.resume else {}
     start = time.monotonic() - earlier.get("seconds", 0.0)
-    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "demo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = get_task("chain", length=cfg.length)

@@ -2,15 +2,18 @@
 
 A built-in model's folder holds ``model.safetensors`` (Llama parameter names), ``config.json`` (a
 `LlamaConfig` plus a ``reasonlab`` entry with the `GPTConfig`), the tokenizer files, and
-``train_config.json`` (the configuration that produced it), when given. Folders are written
-atomically: to a temporary sibling first, then renamed into place, so a crash never leaves a
-half-written checkpoint where a good one was.
+``train_config.json`` (the configuration that produced it), when given, and ``run.json`` (the command
+that made it), when given. Folders are written atomically: to a temporary sibling first, then
+renamed into place, so a crash never leaves a half-written checkpoint where a good one was. Only a
+folder of checkpoint files is ever replaced: a folder holding anything else is written into (each
+file replaced atomically) when the caller allows it, else refused; a file is never replaced.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -25,6 +28,13 @@ from .hf import HFCausalLM, load_hf_model
 from .tokenizer import TokenizerAdapter, build_char_tokenizer, load_tokenizer
 
 TRAIN_CONFIG = "train_config.json"
+RUN_MARKER = "run.json"  # {"command": ...}: which reasonlab command made a folder (see `outdir`)
+# What a checkpoint folder may hold (ours, or a Hugging Face model's): only such a folder is replaced.
+CHECKPOINT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                    TRAIN_CONFIG, RUN_MARKER, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
+                    "chat_template.json"}
+SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
 def new_builtin(config: GPTConfig | None = None, seed: int = 0) -> tuple[GPT, TokenizerAdapter]:
@@ -67,31 +77,73 @@ def _write_model(folder: Path, model, tokenizer: TokenizerAdapter, reasonlab_met
     tokenizer.save(folder)
 
 
+def is_checkpoint_folder(path) -> bool:
+    """Whether `path` is a folder `save_checkpoint` may replace: empty, or only checkpoint files
+    (config.json among them)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    entries = list(path.iterdir())
+    return not entries or ((path / "config.json").is_file() and all(
+        e.is_file() and (e.name in CHECKPOINT_FILES or SHARD.fullmatch(e.name)) for e in entries))
+
+
 def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict | None = None,
-                    *, reasonlab_meta: bool = True) -> Path:
-    """Write `model` + `tokenizer` (+ `train_config`) to folder `path`, atomically."""
+                    *, reasonlab_meta: bool = True, run: str | None = None, into: bool = False) -> Path:
+    """Write `model` + `tokenizer` (+ `train_config`, + a `run.json` naming command `run`) to folder
+    `path`, atomically. An existing `path` is replaced only when it is a checkpoint folder
+    (`is_checkpoint_folder`); a folder holding other files is written into when `into` (its other
+    files stay), else refused, and so is a file. A failed write (a full disk) leaves `path` as it
+    was and no temporary folder behind, and is one `UserError`."""
     path = Path(path)
     if any(torch.isnan(p).any() or torch.isinf(p).any() for p in model.parameters()):
         raise ValueError("refusing to save a model with NaN or inf weights")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    replace = not path.exists() or is_checkpoint_folder(path)
+    if not replace and not (into and path.is_dir() and not path.is_symlink()):
+        what = "a file" if not path.is_dir() else "a folder holding files that are not a checkpoint's"
+        raise UserError(f"refusing to save a checkpoint over {path}: it is {what}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    except OSError as e:
+        raise UserError(f"cannot save the checkpoint {path}: {e.strerror or e}") from None
     try:
         _write_model(tmp, model, tokenizer, reasonlab_meta)
         if train_config is not None:
             (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2, default=str))
+        if run is not None:
+            (tmp / RUN_MARKER).write_text(json.dumps({"command": run}) + "\n")
         for file in tmp.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        _swap_in(tmp, path) if replace else _move_files_into(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot save the checkpoint {path}: {e.strerror or e} (nothing was changed there)") from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename folder `tmp` to `path`; a checkpoint folder already there is set aside under a
+    fresh name first (put back if the rename fails), then deleted."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+    os.replace(path, old)  # onto the empty folder mkdtemp made
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_files_into(tmp: Path, path: Path) -> None:
+    """Move each file of `tmp` into folder `path` (each replacing the file of its name atomically)."""
+    for file in tmp.iterdir():
+        os.replace(file, path / file.name)
 
 
 def export_hf(model, tokenizer: TokenizerAdapter, path) -> Path:

@@ -58,14 +58,15 @@ from ..config import FRACTION, SEED, check_options
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..jsonl import logged_step, trim_log
+from ..outdir import mark
 from ..rewards import check_batch, length_target_reward, reasoning_points
 from ..tasks import Task
 from ..tasks.base import VERIFY_EVENTS, problems_for
 from ..template import PROMPT_STYLES, build_prompt, parse_completion
 from ..model.gpt import GPT
 from .grpo_math import aggregate, group_advantages, group_batch, policy_loss, rollout_batch, token_logprobs
-from .loop import (SCHEDULES, discard_training_state, load_training_state, lr_at, make_optimizer,
-                   save_training_state, stop_if_diverged)
+from .loop import (SCHEDULES, discard_training_state, lr_at, make_optimizer, resumable_state, save_training_state,
+                   stop_if_diverged, task_setting)
 from .parallel import (ScaleOptions, all_gather_list, all_reduce_sum, any_rank, broadcast_flag, clip_grad_norm,
                        gathered, gradient_sync, grads_finite, prepare, rank_device, refuse_fsdp_states, unwrap,
                        world)
@@ -276,12 +277,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     device = next(core.parameters()).device
     optimizer = make_optimizer(train_model, cfg.lr)
     out = Path(out_dir) if out_dir and rank == 0 else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     start, metrics, first, bad_in_a_row = time.monotonic(), {}, 0, 0
     state_dir = Path(out_dir) / "state" if out_dir else None
-    if resume and state_dir and (state := load_training_state(state_dir)) is not None:
+    config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
+    if resume and state_dir and (state := resumable_state(state_dir, config)) is not None:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         stream.load_state(state["stream"])
@@ -289,6 +288,10 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             ref_model.load_state_dict(state["reference"])
         first = state["step"]
         keep_rate = state.get("keep_rate", 1.0)
+        start -= state.get("seconds", 0.0)  # elapsed time (and so --max-seconds) counts on
+    if out:
+        mark(out, "rl")
+        (out / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if out:  # the logs hold this run only: a fresh start empties them, a resumed one drops what
         for name in ("metrics.jsonl", "samples.jsonl"):  # was logged after its saved state
             trim_log(out / name, lambda row: first > 0 and row.get("step", 0) <= first)
@@ -459,12 +462,12 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 for i in range(g * G, g * G + min(G, 2)):
                     f.write(json.dumps({"step": step + 1, "completion": rollout.texts[i],
                                         "format_ok": parse_completion(rollout.texts[i]).format_ok}) + "\n")
+        emit(metrics)  # before the state: a run resumed from it finds this step's row
         if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
             save_training_state(state_dir, {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "stream": stream.state(), "step": step + 1, "config": asdict(cfg),
-                                            "keep_rate": keep_rate,
+                                            "stream": stream.state(), "step": step + 1, "config": config,
+                                            "keep_rate": keep_rate, "seconds": metrics["seconds"],
                                             "reference": ref_model.state_dict() if ref_model else None})
-        emit(metrics)
         stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
         if last:
             break

@@ -90,6 +90,17 @@ def tokenize_examples(tokenizer, rows: list[dict], max_len: int, eos: bool = Tru
     return out
 
 
+def fit_to_model(cfg, model) -> None:
+    """Lower `cfg.max_seq_len` to the positions `model` has, saying so: examples are then cut to what
+    the model can take before training, never refused in the middle of it."""
+    positions = getattr(unwrap(model), "max_seq_len", None)
+    if positions and cfg.max_seq_len > positions:
+        if world()[0] == 0:
+            print(f"note: --max-seq-len {cfg.max_seq_len} is more than the model's {positions} positions: "
+                  f"using {positions}", file=sys.stderr)
+        cfg.max_seq_len = positions
+
+
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels), both (B, T): labels are the next token, IGNORE outside completions."""
     T = max(len(p) + len(c) for p, c in examples)
@@ -143,7 +154,8 @@ class BatchStream:
         self.order: list[int] = []
 
     def state(self) -> dict:
-        return {"rng": self.rng.getstate(), "queue": self.queue, "order": self.order}
+        """Where the stream stands (a copy: later batches leave it as it is)."""
+        return {"rng": self.rng.getstate(), "queue": list(self.queue), "order": list(self.order)}
 
     def load_state(self, state: dict) -> None:
         """Continue where `state` stood; one that points past these units (the data shrank since it
@@ -173,19 +185,72 @@ STATE, PREVIOUS = "state.pt", "state.prev.pt"
 
 
 def save_training_state(folder, state: dict) -> None:
-    """Write `state` to folder/state.pt atomically, keeping the previous one as state.prev.pt."""
+    """Write `state` to folder/state.pt atomically, keeping the previous one as state.prev.pt. A
+    failed write (a full disk, a read-only folder) removes its temporary file, leaves the saved
+    states as they were, and is one `UserError`."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if any(not torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()):
         raise ValueError("refusing to save a training state with NaN or inf weights")
     tmp = folder / f"{STATE}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if (folder / STATE).exists():
-        os.replace(folder / STATE, folder / PREVIOUS)
-    os.replace(tmp, folder / STATE)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if (folder / STATE).exists():
+            os.replace(folder / STATE, folder / PREVIOUS)
+        os.replace(tmp, folder / STATE)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        _remove_quietly(tmp)
+        raise UserError(f"cannot write the training state {folder / STATE}: {getattr(e, 'strerror', None) or e} "
+                        "(the states saved before are kept)") from None
+
+
+def _remove_quietly(file: Path) -> None:
+    try:
+        file.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+# What a resumed run may change: how far it goes, and how often it evaluates and saves. `resume`,
+# `overwrite` and `out` are how a run is started, not settings of the run.
+RESUMABLE = ("steps", "max_seconds", "eval_every", "save_every")
+NOT_SETTINGS = ("resume", "overwrite", "out")
+
+
+def task_setting(task) -> dict:
+    """A run's task as a setting `check_resume` compares: its name and options (`get_task`'s spec)."""
+    return {"task": getattr(task, "spec", None) or {"name": getattr(task, "name", type(task).__name__)}}
+
+
+def check_resume(saved: dict | None, now: dict, where) -> None:
+    """Refuse, with one line naming each setting and both values, to resume a run saved with
+    settings `saved` under other settings `now` (beyond `RESUMABLE`): it would mix two runs."""
+    saved = saved or {}
+    changed = [k for k in now if k in saved and k not in RESUMABLE + NOT_SETTINGS and saved[k] != now[k]]
+    if changed:
+        shown = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed)
+        flags = ["--" + k.replace("_", "-") for k in RESUMABLE]
+        raise UserError(f"--resume: the run in {where} was made with {shown}; only {', '.join(flags[:-1])} and "
+                        f"{flags[-1]} may change on a resume: give the same settings, or start afresh without --resume")
+
+
+def resumable_state(state_dir, config: dict) -> dict | None:
+    """`--resume`: the newest state in `state_dir`, made with the same `config` (`check_resume`);
+    None, said on stderr, when there is none."""
+    state = load_training_state(state_dir)
+    if state is None:
+        nothing_to_resume(state_dir)
+        return None
+    check_resume(state.get("config"), config, state_dir)
+    return state
+
+
+def nothing_to_resume(where) -> None:
+    if world()[0] == 0:
+        print(f"note: nothing to resume in {where}: starting fresh", file=sys.stderr)
 
 
 def discard_training_state(folder) -> None:
@@ -236,17 +301,20 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
                      evaluate: Callable[[object], dict] | None = None,
                      stop_when: Callable[[dict], bool] | None = None,
                      log: Callable[[dict], None] | None = None, progress=None,
-                     state_dir=None, resume: bool = False) -> dict:
+                     state_dir=None, resume: bool = False, settings: dict | None = None) -> dict:
     """Train on `examples` (completion-only loss). Returns the last metrics.
 
     `evaluate(model)` runs every `cfg.eval_every` steps (and at the end); training stops early when
     `stop_when(metrics)` is true, or after `cfg.max_seconds`. NaN/inf losses or gradients skip the
     update; 5 in a row stop the run with an error. With `state_dir` and `cfg.save_every`, the whole
-    training state (weights, optimiser, data position, RNGs) is written there atomically every
-    `save_every` steps; `resume=True` continues from it, so the remaining steps see exactly the
-    batches and updates an uninterrupted run would have. With `state_dir`, every step's metrics also
-    go to `state_dir/metrics.jsonl` (rank r > 0: `metrics.rank{r}.jsonl`), which `reasonlab report`
-    draws; a resumed run drops the lines logged after its saved state.
+    training state (weights, optimiser, data position, RNGs, elapsed time, and the settings: `cfg`,
+    `settings` such as the task, the number of examples) is written there atomically every
+    `save_every` steps, and when a step fails (the error then says how to resume); `resume=True`
+    continues from it, so the remaining steps see exactly the batches and updates an uninterrupted
+    run would have, after checking the settings are the same (`check_resume`). With `state_dir`,
+    every step's metrics also go to `state_dir/metrics.jsonl` (rank r > 0: `metrics.rank{r}.jsonl`),
+    before the state, which `reasonlab report` draws; a resumed run drops the lines logged after its
+    saved state.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -259,71 +327,119 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     by_length = cfg.group_by_length and not cfg.packing
     batches = BatchStream(units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    config = {**dataclasses.asdict(cfg), **(settings or {}), "examples": len(examples)}
     start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
     if state_dir and not resume and rank == 0:
         discard_training_state(state_dir)
-    if resume and state_dir:
-        state = load_training_state(state_dir)
-        if state is not None:
-            unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            batches.load_state(state["batches"])
-            torch.set_rng_state(state["torch_rng"])
-            first, bad_in_a_row = state["step"], state["bad_in_a_row"]
+    if resume and state_dir and (state := _resume_from(state_dir, model, optimizer, batches, config)):
+        first, bad_in_a_row = state["step"], state["bad_in_a_row"]
+        start -= state.get("seconds", 0.0)  # elapsed time (and so --max-seconds) counts on
     if state_dir:
         log = _step_log(Path(state_dir), rank, first if resume else None, log)
         if resume and first:  # start from the saved step's logged metrics (all there is when the run had finished)
             metrics = logged_step(_log_path(Path(state_dir), rank), first)
             if progress and metrics:
                 progress(metrics)
+
+    def point(step: int) -> dict:  # the state after `step` steps, but for the weights and optimiser
+        return {"batches": batches.state(), "torch_rng": torch.get_rng_state(), "step": step,
+                "bad_in_a_row": bad_in_a_row, "config": config, "seconds": time.monotonic() - start}
+
+    def save(at: dict) -> None:
+        save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **at})
+
+    good = point(first)  # the last step boundary: what a failure saves
     model.train()
-    for step in range(first, cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            # Every rank builds the same global micro-batch and trains on its rows; the loss is
-            # normalised by the global token count, so the summed gradient (DDP averages, hence
-            # the factor `size`) equals the single-process one.
-            batch = batches.next()
-            input_ids, labels = collate_packed(batch, tokenizer.pad_id) if cfg.packing else collate(batch, tokenizer.pad_id)
-            n_tokens = max(1, int((labels != IGNORE).sum()))
-            loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum")
-            (loss_sum * size / n_tokens / cfg.grad_accum).backward()
-            total += loss_sum.item() / n_tokens / cfg.grad_accum
-        total = all_reduce_sum(total)
-        if not math.isfinite(total) or not grads_finite(model):
+    try:
+        for step in range(first, cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            total = _forward_backward(model, tokenizer.pad_id, batches, cfg)
+            if not math.isfinite(total) or not grads_finite(model):
+                optimizer.zero_grad(set_to_none=True)
+                bad_in_a_row += 1
+                if log:
+                    log({"step": step + 1, "skipped": "non-finite loss or gradient"})  # numbered as metrics are
+                stop_if_diverged(bad_in_a_row, step + 1)
+                good = point(step + 1)
+                continue
+            bad_in_a_row = 0
+            grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            bad_in_a_row += 1
-            if log:
-                log({"step": step + 1, "skipped": "non-finite loss or gradient"})  # numbered as metrics are
-            stop_if_diverged(bad_in_a_row, step + 1)
-            continue
-        bad_in_a_row = 0
-        grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
-            save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                            "batches": batches.state(), "torch_rng": torch.get_rng_state(),
-                                            "step": step + 1, "bad_in_a_row": bad_in_a_row,
-                                            "config": dataclasses.asdict(cfg)})
-        metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
-                   "seconds": time.monotonic() - start}
-        last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
-        if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-            model.eval()  # every rank evaluates the same model: the same stop decision everywhere
-            with gathered(model) as full:
-                metrics.update(evaluate(full))
-            model.train()
-        if log:
-            log(metrics)
-        if progress:
-            progress(metrics)
-        if last or (stop_when and stop_when(metrics)):
-            break
+            good = point(step + 1)
+            metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+                       "seconds": good["seconds"]}
+            last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
+            if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+                model.eval()  # every rank evaluates the same model: the same stop decision everywhere
+                with gathered(model) as full:
+                    metrics.update(evaluate(full))
+                model.train()
+            if log:  # before the state: a run resumed from it finds this step's row
+                log(metrics)
+            if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
+                save(good)
+            if progress:
+                progress(metrics)
+            if last or (stop_when and stop_when(metrics)):
+                break
+    except (Exception, KeyboardInterrupt) as e:
+        can_save = state_dir and rank == 0 and not is_fsdp(model)
+        stop = failed_run(e, (lambda: save(good)) if can_save else None, state_dir, good["step"])
+        if stop is e:
+            raise
+        raise stop from e
     model.eval()
     return metrics
+
+
+def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig) -> float:
+    """One optimiser step's forward and backward passes over `cfg.grad_accum` micro-batches; returns
+    the loss. Every rank builds the same global micro-batch and trains on its rows; the loss is
+    normalised by the global token count, so the summed gradient (DDP averages, hence the factor
+    `size`) equals the single-process one."""
+    rank, size = world()
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        batch = batches.next()
+        input_ids, labels = collate_packed(batch, pad_id) if cfg.packing else collate(batch, pad_id)
+        n_tokens = max(1, int((labels != IGNORE).sum()))
+        loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum")
+        (loss_sum * size / n_tokens / cfg.grad_accum).backward()
+        total += loss_sum.item() / n_tokens / cfg.grad_accum
+    return all_reduce_sum(total)
+
+
+def _resume_from(state_dir, model, optimizer, batches: BatchStream, config: dict) -> dict | None:
+    """The state saved in `state_dir`, loaded into the run (after `check_resume`), or None (said
+    on stderr) when there is none."""
+    state = resumable_state(state_dir, config)
+    if state is None:
+        return None
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    batches.load_state(state["batches"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def failed_run(error: BaseException, save: Callable[[], None] | None, where, step: int) -> BaseException:
+    """What a training loop raises when `error` stopped it after `step` good steps. With `save`
+    (it writes the state after those steps): a `UserError` line that says how to resume, or, for
+    a KeyboardInterrupt, the interrupt itself with those words on stderr. A `UserError` (already
+    one clear line, e.g. a full disk) or anything without `save` stays as it is."""
+    if save is None or isinstance(error, UserError):
+        return error
+    try:
+        save()
+        kept = f"the state after step {step} is saved in {where}: rerun with --resume to go on"
+    except Exception as e:  # noqa: BLE001 - a full disk, say: the original error still matters most
+        kept = f"its state could not be saved ({e})"
+    if isinstance(error, KeyboardInterrupt):
+        print(f"interrupted: {kept}", file=sys.stderr)
+        return error
+    return UserError(f"training stopped by {type(error).__name__}: {error}; {kept}")
 
 
 def _log_path(state_dir: Path, rank: int) -> Path:

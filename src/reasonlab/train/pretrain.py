@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from ..engine import SamplingParams
 from ..evaluate import evaluate_problems
 from ..model import GPTConfig, new_builtin
+from ..outdir import mark
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..template import TRIGGER, format_completion
 from ..config import FRACTION
-from .loop import TrainConfig, tokenize_examples, train_supervised
+from .loop import TrainConfig, task_setting, tokenize_examples, train_supervised
 from .parallel import resolve_device
 
 
@@ -114,6 +115,8 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir
         return {"trigger_acc": result["accuracy"]}
 
     stop = (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc) if cfg.target_trigger_acc > 0 else None
+    if state_dir:
+        mark(state_dir, "pretrain")
     metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=check, stop_when=stop, log=log,
-                               progress=progress, state_dir=state_dir, resume=resume)
+                               progress=progress, state_dir=state_dir, resume=resume, settings=task_setting(task))
     return model, tokenizer, metrics

@@ -35,12 +35,14 @@ import torch
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
 from ..jsonl import write_jsonl_atomic
+from ..outdir import made_by, mark
 from ..remote import RemoteGenerator
 from ..rewards import check_batch
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..template import build_prompt, parse_completion
-from .loop import (TrainConfig, discard_training_state, load_training_state, save_training_state, tokenize_examples,
+from .loop import (TrainConfig, check_resume, discard_training_state, fit_to_model, load_training_state,
+                   nothing_to_resume, save_training_state, task_setting, tokenize_examples,
                    train_supervised)
 from .pretrain import hint_line
 
@@ -190,17 +192,22 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
     resumable state every `save_every` steps, and each finished round is saved: `resume=True`
     picks up where a killed run stopped (mid-sampling, mid-fine-tuning or between rounds)."""
     out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "rationales_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    fit_to_model(cfg, base)
     held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     model, records, first = base, [], 1
+    config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
+    if resume and out and made_by(out) != "rationales":
+        nothing_to_resume(out)
+        resume = False
     if resume and out and (state := load_training_state(out / "state")) is not None:
+        check_resume(state.get("config"), config, out / "state")
         model = copy.deepcopy(base)
         model.load_state_dict(state["model"])
         records, first = state["records"], state["round"] + 1
     if out:
+        mark(out, "rationales")
+        (out / "rationales_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         # The log holds this run's finished rounds (a kill can come between saving a round and
         # logging it); a fresh run drops an earlier run's states (its rounds' and their fine-tunings'),
         # so a later `resume` never takes them.
@@ -240,8 +247,9 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                      "completion": r["completion"]} for r in kept]
             student = copy.deepcopy(model if cfg.continue_training else base)
             examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
-            train_supervised(student, tokenizer, examples, cfg, progress=progress,
-                             state_dir=out / f"round{round_}_train" if out else None, resume=resume)
+            train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
+                             state_dir=out / f"round{round_}_train" if out else None,
+                             resume=resume and round_ == first)  # only the round a stop cut short has a state
             model = student
         result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, params=greedy)
         record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
@@ -249,7 +257,8 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                       seconds=time.monotonic() - start)
         records.append(record)
         if out:  # the state first: a kill between the two loses a log line, never a round
-            save_training_state(out / "state", {"model": model.state_dict(), "records": records, "round": round_})
+            save_training_state(out / "state", {"model": model.state_dict(), "records": records, "round": round_,
+                                                "config": config})
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if log:

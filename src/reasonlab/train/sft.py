@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
-from .loop import TrainConfig, collate, lm_loss, tokenize_examples, train_supervised
+from ..outdir import claim_checkpoint, mark
+from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
 from .parallel import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
                        shutdown_distributed, world)
 
@@ -20,8 +20,10 @@ class SFTConfig(TrainConfig, ScaleOptions):
     model: str = field(default="", metadata={"help": "checkpoint or HF folder to start from ('' = a new built-in model)"})
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
-    out: str = field(default="runs/sft", metadata={"help": "where the checkpoint goes"})
+    out: str = field(default="runs/sft", metadata={"help": "where the checkpoint goes (its state and log: OUT.state)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT.state (written every save_every steps)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "write into an --out that holds other files (they stay; files of the checkpoint's names are replaced)"})
 
 
 def read_sft_rows(path, tokenizer=None) -> list[dict]:
@@ -78,11 +80,13 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
     `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
+    state_dir = claim_checkpoint(cfg.out, "sft", cfg.overwrite)  # before any work: the save at the end will work
     where = resolve_device(device)
     setup_distributed(device)
     model, tokenizer = load_model(cfg.model, load_dtype(cfg)) if cfg.model else new_builtin(seed=cfg.seed)
     model = model.to(where)
     rank = world()[0]
+    fit_to_model(cfg, model)
     model = prepare(model, cfg)
     examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
     check_lengths(examples, tokenizer.eos_id, cfg.max_seq_len, cfg.data)
@@ -97,11 +101,12 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
                 losses = [float(lm_loss(m, *collate(held[i:i + 64], tokenizer.pad_id))) for i in range(0, len(held), 64)]
             return {"eval_loss": sum(losses) / len(losses)}
 
-    state_dir = Path(f"{cfg.out}.state")  # beside the checkpoint, which is replaced atomically at the end
+    if rank == 0:
+        mark(state_dir, "sft")  # beside the checkpoint, which is replaced atomically at the end
     metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log,
                                progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
     final = plain_model(model)  # every rank: FSDP2 gathers its shards
     if rank == 0:
-        save_checkpoint(cfg.out, final, tokenizer, asdict(cfg))
+        save_checkpoint(cfg.out, final, tokenizer, asdict(cfg), run="sft", into=cfg.overwrite)
     shutdown_distributed()
     return metrics
