@@ -203,6 +203,18 @@ def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_pat
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT, "--resume"]) == 0
     assert losses(tmp_path / "b.state") == losses(tmp_path / "a.state")  # bitwise: as if never stopped
 
+    def interrupted_in_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(loop, "lm_loss", interrupted_in_step_3)
+    assert main(["sft", "--data", str(data), "--out", str(tmp_path / "c"), *SFT]) == 130  # Ctrl-C
+    assert "interrupted: the state after step 2 is saved" in capsys.readouterr().err
+    assert load_training_state(tmp_path / "c.state")["step"] == 2
+
 
 def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resume(tmp_path, capsys):
     from reasonlab.cli import main
