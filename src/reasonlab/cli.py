@@ -14,7 +14,7 @@ import sys
 from .config import add_config_args, add_config_file_arg, merge_config_file
 from .errors import UserError
 from .evaluate import SampleConfig
-from .outdir import claim
+from .outdir import OVERWRITE_HELP, claim
 from .remote import RemoteError, RemoteGenerator
 
 
@@ -80,8 +80,7 @@ def add_out_args(p: argparse.ArgumentParser, default: str, out_help: str, resume
                    "continued (--resume) or replaced, anything else refused")
     p.add_argument("--resume", action="store_true", help=resume_help + "; the settings must be the same but for "
                    "--steps, --max-seconds, --eval-every and --save-every")
-    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds other files (they stay; "
-                   "files of this run's names are replaced)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 # ---- commands ---------------------------------------------------------------------------------

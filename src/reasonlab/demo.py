@@ -23,7 +23,7 @@ from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint
-from .outdir import claim, mark
+from .outdir import OVERWRITE_HELP, claim, mark
 from .report import build_report, console, percent
 from .tasks import get_task
 from .train.grpo import GRPOConfig, train_grpo
@@ -43,8 +43,7 @@ class DemoConfig:
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
     resume: bool = field(default=False, metadata={
         "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "write into an --out that holds other files (they stay; files of the demo's names are replaced)"})
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
         check_options(self)

@@ -18,6 +18,8 @@ from pathlib import Path
 from .errors import UserError
 from .model.checkpoint import RUN_MARKER, is_checkpoint_folder
 
+OVERWRITE_HELP = "write into an --out that holds other files (they stay; files of this run's names are replaced)"
+
 
 def made_by(folder) -> str | None:
     """The command whose run marker `folder` holds, or None."""

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
-from ..outdir import claim_checkpoint, mark
+from ..outdir import OVERWRITE_HELP, claim_checkpoint, mark
 from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
 from .parallel import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
                        shutdown_distributed, world)
@@ -22,8 +22,7 @@ class SFTConfig(TrainConfig, ScaleOptions):
     eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
     out: str = field(default="runs/sft", metadata={"help": "where the checkpoint goes (its state and log: OUT.state)"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT.state (written every save_every steps)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "write into an --out that holds other files (they stay; files of the checkpoint's names are replaced)"})
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 def read_sft_rows(path, tokenizer=None) -> list[dict]:
