@@ -52,6 +52,21 @@ class TokenizerAdapter:
     def __len__(self) -> int:
         return len(self.hf)
 
+    @property
+    def unk_token(self) -> str | None:
+        """The token unknown characters become (the built-in tokenizer's is '?'), or None."""
+        backend = getattr(getattr(self.hf, "backend_tokenizer", None), "model", None)
+        return self.hf.unk_token or getattr(backend, "unk_token", None)
+
+    def unknown_characters(self, chars) -> set[str]:
+        """The characters among `chars` this tokenizer cannot encode, reading them as its unknown
+        token (the built-in one knows printable ASCII and newline); none for byte-level vocabularies."""
+        unk = self.unk_token
+        if unk is None:
+            return set()
+        unk_id = self.hf.convert_tokens_to_ids(unk)
+        return {c for c in set(chars) if c != unk and unk_id in self.encode(c)}
+
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False)
 

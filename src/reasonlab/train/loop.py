@@ -158,11 +158,6 @@ class BatchStream:
         return {"rng": self.rng.getstate(), "queue": list(self.queue), "order": list(self.order)}
 
     def load_state(self, state: dict) -> None:
-        """Continue where `state` stood; one that points past these units (the data shrank since it
-        was saved) is a UserError, not an IndexError steps later."""
-        if max([i for batch in state["queue"] for i in batch] + state["order"], default=-1) >= len(self.units):
-            raise UserError(f"--resume: the saved state's data position is past the {len(self.units)} training "
-                            "examples given now: resume with the data the run started with, or start afresh")
         self.rng.setstate(state["rng"])
         self.queue, self.order = state["queue"], state["order"]
 
