@@ -173,13 +173,28 @@ def _load_model(path: Path, dtype):
     if isinstance(meta, dict) and meta.get("kind") == "builtin":
         from safetensors.torch import load_file
 
-        model = GPT(GPTConfig(**meta["gpt"]))
-        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:
-            raise UserError(f"checkpoint {path} does not match its config "
-                            f"(missing {missing}, unexpected {unexpected})")
+        weights, config = load_file(path / "model.safetensors"), GPTConfig(**meta["gpt"])
+        check_shapes(path, config, weights)  # before any memory is allocated for the model
+        model = GPT(config)
+        model.load_state_dict(weights, strict=False)
         return model.to(dtype) if dtype else model, tokenizer
     return load_hf_model(path, dtype), tokenizer
+
+
+def check_shapes(path, config: GPTConfig, weights: dict) -> None:
+    """Refuse weights that do not fit `config` (names and shapes) before the model is built, so a
+    config.json of absurd sizes is an error, never an attempt to allocate them."""
+    layers = {k.split(".")[2] for k in weights if k.startswith("model.layers.")}
+    if config.n_layer != len(layers):
+        raise UserError(f"checkpoint {path} does not match its config: n_layer {config.n_layer}, "
+                        f"model.safetensors holds {len(layers)} layers")
+    with torch.device("meta"):  # shapes only: no memory
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    wrong = sorted(k for k in set(expected) | set(weights) if k != "lm_head.weight"
+                   and expected.get(k) != (tuple(weights[k].shape) if k in weights else None))
+    if wrong:
+        raise UserError(f"checkpoint {path} does not match its config: {len(wrong)} tensors missing or of "
+                        f"other shapes ({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})")
 
 
 def load_train_config(path) -> dict | None:
