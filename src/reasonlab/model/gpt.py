@@ -22,6 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+MAX_POSITIONS = 2**20
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 102  # the built-in character tokenizer's size
@@ -38,6 +41,8 @@ class GPTConfig:
     def __post_init__(self):
         if min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.d_model, self.max_seq_len) < 1:
             raise ValueError("model sizes (vocab_size, n_layer, n_head, n_kv_head, d_model, max_seq_len) must be >= 1")
+        if self.max_seq_len > MAX_POSITIONS:  # RoPE tables are built for every position
+            raise ValueError(f"max_seq_len must be <= {MAX_POSITIONS}, got {self.max_seq_len}")
         if self.d_model % (2 * self.n_head) or self.n_head % self.n_kv_head:
             raise ValueError("d_model must divide by 2 * n_head (an even head size), and n_head by n_kv_head")
         if self.d_ff == 0:
