@@ -68,8 +68,8 @@ def add_task_args(p: argparse.ArgumentParser, name: bool = True, from_model: boo
     if name and from_model:
         p.add_argument("--task", default="", help="task name (see `reasonlab tasks`); default: the task "
                                                   "--model was trained on")
-    elif name:
-        p.add_argument("--task", required=True, help="task name (see `reasonlab tasks`)")
+    elif name:  # required, but may come from --config: `make_task` says when it is missing
+        p.add_argument("--task", default="", help="task name (see `reasonlab tasks`), required")
     p.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. --task-arg digits=4)")
 
