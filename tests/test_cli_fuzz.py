@@ -28,7 +28,7 @@ from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
 
 PATHS = {"out", "output", "model", "data", "eval_data", "teacher", "judge", "config", "host", "run_dir", "input"}
 SKIP = {"help", "debug"} | PATHS
-FLOATS = ["nan", "inf", "-inf", "-1", "0", "1e300", "-0.0", "abc", ""]
+FLOATS = ["nan", "inf", "-inf", "-1", "0", "1e300", "1e30", "-0.0", "abc", ""]
 INTS = ["-1", "0", "abc", "1.5", "", "nan"]
 STRINGS = ["", "abc", "nan", " "]
 TASK_ARGS = ["digits=0", "digits=abc", "nope=1", "noequals", "digits=999", "digits=-3"]

@@ -4,7 +4,8 @@ field's ``metadata={"help": ...}``; the resolved config is saved beside every ch
 
 Each field states its limits once, in the same metadata, and `check_options` enforces them before
 any work starts: ``"min"`` / ``"max"`` (inclusive), ``"above"`` (exclusive lower bound),
-``"choices"``, ``"nonempty"`` (a string that may not be ""); every float must be finite.
+``"choices"``, ``"nonempty"`` (a string that may not be ""); every float must be finite, and
+within float32's range.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .jsonl import input_file
 
 FRACTION = {"min": 0, "max": 1}  # limits of a share: **FRACTION in a field's metadata
 SEED = {"min": 0, "max": 2**32 - 1}
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def unwrap_optional(hint):
@@ -88,8 +90,8 @@ def _coerce(cls, f: dataclasses.Field, value, source: str):
 def _limit_error(f: dataclasses.Field, value) -> str | None:
     """What is wrong with `value` for field `f` by its metadata's limits, or None."""
     limits = f.metadata
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
+    if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:  # NaN too; tensors hold float32
+        return "must be a finite number (at most 3.4e38 in size)"
     if "choices" in limits and value not in limits["choices"]:
         return "must be one of " + ", ".join(map(str, limits["choices"]))
     if limits.get("nonempty") and value == "":

@@ -15,11 +15,13 @@ Three entry points share the weights:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..config import value_fits
 
 
 MAX_POSITIONS = 2**20
@@ -39,6 +41,12 @@ class GPTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
+        kinds = {"int": int, "float": float, "bool": bool}  # a config.json may hold anything
+        wrong = [f.name for f in fields(self) if not value_fits(kinds[f.type], getattr(self, f.name))]
+        if wrong:
+            raise ValueError(f"model config: {', '.join(wrong)} of the wrong type")
+        if not (0 < self.rope_theta < math.inf and 0 < self.norm_eps < math.inf):
+            raise ValueError("model config: rope_theta and norm_eps must be finite and > 0")
         if min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.d_model, self.max_seq_len) < 1:
             raise ValueError("model sizes (vocab_size, n_layer, n_head, n_kv_head, d_model, max_seq_len) must be >= 1")
         if self.max_seq_len > MAX_POSITIONS:  # RoPE tables are built for every position
