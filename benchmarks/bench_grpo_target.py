@@ -32,7 +32,7 @@ import torch
 from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.model import load_model, save_checkpoint
 from reasonlab.tasks import get_task
-from reasonlab.train.grpo import train_grpo
+from reasonlab.rl import train_grpo
 from reasonlab.train.parallel import setup_distributed, shutdown_distributed, world
 from reasonlab.train.pretrain import pretrain
 from reasonlab.train.rationales import run_rationales

@@ -30,7 +30,7 @@ from reasonlab.model import GPTConfig, export_hf, new_builtin
 from reasonlab.rewards import reasoning_reward
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.train.grpo import GRPOConfig, train_grpo
+from reasonlab.rl import GRPOConfig, train_grpo
 
 P, G, NEW = 16, 8, 64
 

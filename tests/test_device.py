@@ -97,7 +97,7 @@ def test_gpu_sampling_matches_cpu(tmp_path, checkpoint, kind):
 def test_gpu_grpo_keeps_everything_on_the_gpu(checkpoint, tmp_path):
     """β > 0 (a reference copy), μ = 2 (ratio clipping) and dynamic sampling, on the GPU: the model,
     its reference and the optimiser state stay there, the loss is finite and the weights move."""
-    from reasonlab.train.grpo import GRPOConfig, train_grpo
+    from reasonlab.rl import GRPOConfig, train_grpo
 
     model, tok = load_model(checkpoint)
     model = model.to("cuda")

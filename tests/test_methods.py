@@ -9,7 +9,7 @@ import torch
 
 from reasonlab.model import new_builtin
 from reasonlab.tasks import get_task
-from reasonlab.train.grpo import GRPOConfig, train_grpo
+from reasonlab.rl import GRPOConfig, train_grpo
 from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
 from reasonlab.template import parse_completion
 from tests.conftest import BigramLM, constant_task, random_tag_writer
@@ -231,7 +231,7 @@ def test_method1_drops_right_answers_reached_by_wrong_steps():
 
 
 def test_dynamic_sampling_refills_missing_groups_within_a_budget():
-    from reasonlab.train.grpo import refill_size
+    from reasonlab.rl.collect import refill_size
 
     assert refill_size(16, 1.0, 1.25, 96) == 20  # the missing groups plus a margin
     assert refill_size(16, 0.25, 1.25, 96) == 80  # a quarter of groups useful last step: draw 4x

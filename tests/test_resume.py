@@ -274,7 +274,7 @@ def test_elapsed_seconds_carry_across_a_resume(tmp_path):
 
 
 def test_a_kill_right_after_the_state_is_written_loses_no_log_row(tmp_path, monkeypatch):
-    import reasonlab.train.grpo as grpo
+    import reasonlab.rl.trainer as grpo
     import reasonlab.train.loop as loop
     from reasonlab.cli import main
     from reasonlab.model import GPTConfig, new_builtin, save_checkpoint

@@ -1,5 +1,5 @@
-"""GRPO's math: advantages, aggregation, the clipped loss, k3 KL, masks, and the gradient invariance
-of accumulation. Run: pytest tests/test_grpo_math.py"""
+"""GRPO's math (`reasonlab.rl.algos`, `batch`, `update`): advantages, aggregation, the clipped loss, k3 KL, masks, and the gradient invariance
+of accumulation. Run: pytest tests/test_rl_algos.py"""
 
 import math
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from reasonlab.engine import Rollout
-from reasonlab.train.grpo_math import (aggregate, group_advantages, kl_k3, policy_loss, rollout_batch,
-                                       token_logprobs)
+from reasonlab.rl.algos import aggregate, group_advantages, kl_k3, policy_loss
+from reasonlab.rl.batch import rollout_batch
+from reasonlab.rl.update import token_logprobs
 
 
 def test_group_advantages_hand_computed():

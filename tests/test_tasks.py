@@ -90,7 +90,7 @@ def test_a_training_stream_holds_every_problem_of_a_small_space(tmp_path):
     7,473), and the first ones are those a plain request returns. A task whose `problems` predates
     `at_most` still gets a stream."""
     from reasonlab.tasks.base import split_of
-    from reasonlab.train.grpo import ProblemStream
+    from reasonlab.rl.collect import ProblemStream
 
     task = get_task("arithmetic", op="+", digits=1)
     sums = (f"{a}+{b}" for a in range(10) for b in range(10))

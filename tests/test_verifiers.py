@@ -176,7 +176,7 @@ def test_score_reports_answers_it_could_not_judge(tmp_path, capsys):
 
 def test_grpo_logs_what_the_verifier_could_not_judge(tmp_path):
     from reasonlab.tasks.base import VERIFY_EVENTS
-    from reasonlab.train.grpo import GRPOConfig, train_grpo
+    from reasonlab.rl import GRPOConfig, train_grpo
     from tests.conftest import constant_task
     from tests.test_methods import TOK, answers_seven
 

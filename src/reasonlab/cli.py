@@ -286,7 +286,7 @@ def cmd_serve(args) -> int:
 def cmd_rl(args) -> int:
     from .config import build_config
     from .model import save_checkpoint
-    from .train.grpo import GRPOConfig, train_grpo
+    from .rl import GRPOConfig, train_grpo
     from .train.parallel import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
     cfg = build_config(GRPOConfig, args)
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     from .demo import DemoConfig
-    from .train.grpo import GRPOConfig
+    from .rl import GRPOConfig
     from .train.pretrain import PretrainConfig
     from .train.rationales import RationalesConfig
     from .train.sft import SFTConfig

@@ -26,7 +26,7 @@ from .model import load_model, save_checkpoint
 from .outdir import OVERWRITE_HELP, claim, mark
 from .report import build_report, console, percent
 from .tasks import get_task
-from .train.grpo import GRPOConfig, train_grpo
+from .rl import GRPOConfig, train_grpo
 from .train.parallel import resolve_device
 from .train.pretrain import PretrainConfig, _wrong, pretrain
 from .train.rationales import RationalesConfig, run_rationales

@@ -16,6 +16,8 @@ and **0 in total when the format is broken**, even when the answer inside it wou
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .tasks import Task, get_task
@@ -59,23 +61,26 @@ def reasoning_points(format_ok: bool, correct: bool, format_points: float = 2.0,
 
 
 def format_reward(completions: Sequence[str], answers=None, *, prompts=None, points: float = 1.0,
-                  **_) -> list[float]:
+                  checks=None, **_) -> list[float]:
     """`points` when the completion respects the template (see `template.parse_completion`), else 0."""
+    if checks is not None:
+        return [points if format_ok else 0.0 for format_ok, _ in checks]
     return [points if parse_completion(c, p).format_ok else 0.0
             for c, p in zip(completions, _prompts(prompts, len(completions)))]
 
 
 def correctness_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
-                       points: float = 1.0, **_) -> list[float]:
+                       points: float = 1.0, checks=None, **_) -> list[float]:
     """`points` when the answer block verifies against the gold answer; 0 with a broken format."""
-    return [points if correct else 0.0 for _, correct in check_batch(completions, answers, _task(task), prompts)]
+    checks = checks if checks is not None else check_batch(completions, answers, _task(task), prompts)
+    return [points if correct else 0.0 for _, correct in checks]
 
 
 def reasoning_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
-                     format_points: float = 2.0, correct_points: float = 1.0, **_) -> list[float]:
+                     format_points: float = 2.0, correct_points: float = 1.0, checks=None, **_) -> list[float]:
     """The method's reward: format_points + correct_points (2 + 1), nothing when the format breaks."""
-    return [reasoning_points(f, c, format_points, correct_points)
-            for f, c in check_batch(completions, answers, _task(task), prompts)]
+    checks = checks if checks is not None else check_batch(completions, answers, _task(task), prompts)
+    return [reasoning_points(f, c, format_points, correct_points) for f, c in checks]
 
 
 def overlong_penalty(completions: Sequence[str], answers=None, *, completion_lengths: Sequence[int],
@@ -112,6 +117,60 @@ def combine(*weighted: tuple[RewardFn, float]) -> RewardFn:
 
     combined.__name__ = "+".join(f"{w:g}*{fn.__name__}" for fn, w in weighted)
     return combined
+
+
+def named(fn: RewardFn, name: str, **options) -> RewardFn:
+    """`fn` with some options fixed, under `name` (how it shows in `Scores.parts` and the logs)."""
+    out = functools.partial(fn, **options)
+    out.__name__ = name
+    return out
+
+
+@dataclass
+class Scores:
+    """N completions scored: the one record eval, Method 1, GRPO and `score` build (`score`)."""
+
+    format_ok: list[bool]  # (N,) the template holds
+    correct: list[bool]  # (N,) the answer verifies (False whenever the format is broken)
+    parts: dict[str, list[float]]  # reward name -> (N,) its weighted values
+    total: list[float]  # (N,) the reward: the parts summed in order
+
+    def log(self, prefix: str = "reward/") -> dict[str, float]:
+        """Mean and std (float64, unbiased) of the total, the format and correctness rates, and each
+        part: ``reward/sampled_mean``, ``reward/format_rate``, ``reward/accuracy``, ``reward/<part>``,
+        each with its ``_std``."""
+        import torch
+
+        columns = {("sampled_mean", "sampled_std"): self.total, ("format_rate", "format_std"): self.format_ok,
+                   ("accuracy", "accuracy_std"): self.correct,
+                   **{(name, f"{name}_std"): values for name, values in self.parts.items()}}
+        out = {}
+        for (mean_key, std_key), values in columns.items():
+            v = torch.tensor(values, dtype=torch.float64)
+            out.update({prefix + mean_key: float(v.mean()), prefix + std_key: float(v.std())})
+        return out
+
+    @classmethod
+    def merged(cls, parts: list["Scores"]) -> "Scores":
+        """One record of several (ranks, sampling attempts), in order."""
+        names = list(parts[0].parts) if parts else []
+        return cls([x for p in parts for x in p.format_ok], [x for p in parts for x in p.correct],
+                   {n: [x for p in parts for x in p.parts[n]] for n in names}, [x for p in parts for x in p.total])
+
+
+def score(completions: Sequence[str], answers: Sequence[str], task: Task, prompts=None,
+          rewards: Sequence[tuple[RewardFn, float]] = ((reasoning_reward, 1.0),), **columns) -> Scores:
+    """Score completions against their gold answers: every answer verified once (`check_batch`),
+    then each weighted reward computed from the same checks and columns, and summed."""
+    checks = check_batch(completions, answers, task, prompts)
+    parts = {}
+    for fn, weight in rewards:
+        values = fn(completions, answers, task=task, prompts=prompts, checks=checks, **columns)
+        parts[fn.__name__] = [weight * v for v in values]
+    total = [0.0] * len(completions)
+    for values in parts.values():
+        total = [t + v for t, v in zip(total, values)]
+    return Scores([f for f, _ in checks], [c for _, c in checks], parts, total)
 
 
 REWARDS: dict[str, RewardFn] = {

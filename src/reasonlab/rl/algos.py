@@ -1,0 +1,143 @@
+"""The math of Method 2, each piece one small registered function chosen by name.
+
+- **Advantage estimators** (`ADVANTAGES`, `register_advantage`): (P, G) rewards -> (P, G)
+  advantages. All centre on the group mean; they differ in the scale: the group's std (`group`,
+  GRPO), the batch's std (`batch`), or none (`none`, Dr. GRPO). A group whose rewards are all equal
+  gets exactly 0 (its float mean can round away from the value: 0.1 × 7).
+- **Policy losses** (`POLICY_LOSSES`, `register_policy_loss`): per-token losses to minimise from
+  (N, T) log-probs, old log-probs and (N,) advantages. `clip` is PPO's clipped surrogate with
+  separate low and high clips (DAPO's clip-higher).
+- **Aggregations** (`AGGREGATIONS`): (N, T) per-token values -> one number over the loss mask:
+  `token_mean` (DAPO), `seq_mean` (GRPO), `constant` (Dr. GRPO: divided by N · max_tokens).
+- **KL** to a reference: the k3 estimator (Schulman 2020), added with weight β.
+
+The registries are the one list of allowed names: `GRPOConfig`'s choices come from them. A new
+estimator or loss is one function here plus a test.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {}
+AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _registrar(registry: dict, what: str):
+    def register(name: str):
+        def add(fn):
+            if name in registry:
+                raise ValueError(f"{what} {name!r} is registered twice")
+            registry[name] = fn
+            return fn
+        return add
+    return register
+
+
+register_advantage = _registrar(ADVANTAGES, "advantage estimator")
+register_policy_loss = _registrar(POLICY_LOSSES, "policy loss")
+register_aggregation = _registrar(AGGREGATIONS, "loss aggregation")
+
+
+def pick(registry: dict, name: str, what: str):
+    """The function registered as `name`; an unknown name is a ValueError listing the known ones."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}: {', '.join(registry)}")
+    return registry[name]
+
+
+# ---- advantages -----------------------------------------------------------------------------
+
+def centred(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G) rewards minus their group's mean; exactly 0 for a group of equal rewards."""
+    flat = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    return (rewards - rewards.mean(dim=1, keepdim=True)).masked_fill(flat, 0.0)
+
+
+@register_advantage("group")
+def group_scaled(rewards: torch.Tensor, eps: float = 1e-4, batch_std: float | None = None) -> torch.Tensor:
+    return centred(rewards) / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+@register_advantage("batch")
+def batch_scaled(rewards: torch.Tensor, eps: float = 1e-4, batch_std: float | None = None) -> torch.Tensor:
+    """`batch_std` replaces the std of `rewards` when the batch spans several ranks."""
+    return centred(rewards) / ((rewards.std() if batch_std is None else batch_std) + eps)
+
+
+@register_advantage("none")
+def unscaled(rewards: torch.Tensor, eps: float = 1e-4, batch_std: float | None = None) -> torch.Tensor:
+    return centred(rewards)
+
+
+def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4,
+                     batch_std: float | None = None) -> torch.Tensor:
+    """(P, G) rewards -> (P, G) advantages by the estimator registered as `scale`."""
+    return pick(ADVANTAGES, scale, "advantage scale")(rewards, eps, batch_std)
+
+
+# ---- aggregation ----------------------------------------------------------------------------
+# `total` replaces the count in the denominator (tokens for token_mean, sequences otherwise): a
+# rank holding part of the batch passes the global count, so the ranks' losses sum to the loss of
+# the whole batch.
+
+@register_aggregation("token_mean")
+def token_mean(per_token, mask, max_tokens=None, total=None):
+    return (per_token * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
+
+
+@register_aggregation("seq_mean")
+def seq_mean(per_token, mask, max_tokens=None, total=None):
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return per_seq.sum() / (per_seq.shape[0] if total is None else total)
+
+
+@register_aggregation("constant")
+def constant(per_token, mask, max_tokens=None, total=None):
+    if not max_tokens:
+        raise ValueError("constant aggregation needs max_tokens")
+    return (per_token * mask).sum() / ((per_token.shape[0] if total is None else total) * max_tokens)
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None,
+              total: float | None = None) -> torch.Tensor:
+    """Reduce (N, T) per-token values over `mask` (N, T) by the aggregation registered as `how`."""
+    return pick(AGGREGATIONS, how, "loss aggregation")(per_token, mask.to(per_token.dtype), max_tokens, total)
+
+
+# ---- policy losses --------------------------------------------------------------------------
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π ‖ π_ref): exp(r) - r - 1 with r = ref_logp - logp (≥ 0)."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1
+
+
+@register_policy_loss("clip")
+def clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low: float = 0.2, eps_high: float = 0.2):
+    """PPO's clipped surrogate, per token: -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = π/π_old."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped), {"clip_frac": float(token_mean((clipped < unclipped).float(), mask))}
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token_mean",
+                max_tokens: int | None = None, ref_logp: torch.Tensor | None = None,
+                beta: float = 0.0, total: float | None = None, loss: str = "clip") -> tuple[torch.Tensor, dict]:
+    """The loss to minimise for (N, T) token log-probs and (N,) advantages: the policy loss
+    registered as `loss`, plus β · KL_k3 to the reference when β > 0, aggregated by `agg` (`total`:
+    the global count when the batch spans ranks). Returns the loss and its statistics."""
+    per_token, stats = pick(POLICY_LOSSES, loss, "policy loss")(
+        logp, old_logp, advantages, mask.to(logp.dtype), eps_low=eps_low, eps_high=eps_high)
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs reference log-probs")
+        kl = kl_k3(logp, ref_logp)
+        per_token = per_token + beta * kl
+        stats["kl"] = float(aggregate(kl.detach(), mask, "token_mean"))
+    return aggregate(per_token, mask, agg, max_tokens, total), stats

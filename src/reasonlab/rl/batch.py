@@ -1,0 +1,102 @@
+"""Groups -> one training batch: token ids, the loss mask, advantages; and its micro-batches.
+
+Two layouts of the same rows, giving the same loss and gradient (tested): plain (N, T) sequences
+(prompt + completion, right-padded), and for the built-in model a `GroupedBatch` that holds each
+group's prompt once and packs the completions (`shared`: fewer FLOPs). The mask is 1 where a token
+was *sampled*: forced tokens (a thinking-budget close, "Wait," extensions) and padding never enter
+the loss; with `mask_truncated`, neither do completions cut at max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import Rollout
+from ..model.gpt import GroupedBatch
+from .algos import group_advantages
+from .types import Batch, Group
+
+
+def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
+    """Sequences (prompt + completion, right-padded) and the loss mask in next-token coordinates.
+
+    Returns input_ids (N, T) and mask (N, T-1): 1 where the token at t+1 is a *sampled* completion
+    token (forced tokens and padding are 0; with `mask_truncated`, whole truncated rows are 0).
+    """
+    N = len(rollout.prompt_ids)
+    lengths = [len(p) + int(n) for p, n in zip(rollout.prompt_ids, rollout.lengths)]
+    T = max(lengths)
+    input_ids = torch.full((N, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((N, T - 1))
+    for i, prompt in enumerate(rollout.prompt_ids):
+        n = int(rollout.lengths[i])
+        input_ids[i, :len(prompt)] = torch.tensor(prompt)
+        input_ids[i, len(prompt):len(prompt) + n] = rollout.tokens[i, :n]
+        if mask_truncated and rollout.finish_reason[i] == "length":
+            continue
+        mask[i, len(prompt) - 1:len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
+    return input_ids, mask
+
+
+def group_batch(parts, group_size: int, pad_id: int, mask_truncated: bool = False) -> tuple[GroupedBatch, torch.Tensor]:
+    """Groups of rollout rows as a `GroupedBatch` (each prompt once) and the (N, Lc) loss mask.
+
+    `parts`: (rollout, g) pairs, group g being rows g·G … (g+1)·G - 1 of `rollout`, all on one
+    prompt. The mask is in the coordinates of the log-probs `token_logprobs` returns for the batch."""
+    G = group_size
+    prompts = [rollout.prompt_ids[g * G] for rollout, g in parts]
+    widths = [int(rollout.lengths[g * G:(g + 1) * G].max()) for rollout, g in parts]
+    Lp, Lc, N = max(len(p) for p in prompts), max(max(widths), 1), len(parts) * G
+    prompt_ids = torch.full((len(parts), Lp), pad_id, dtype=torch.long)
+    completion_ids = torch.full((N, Lc), pad_id, dtype=torch.long)
+    mask = torch.zeros((N, Lc))
+    for k, ((rollout, g), prompt, w) in enumerate(zip(parts, prompts, widths)):
+        rows, out = slice(g * G, (g + 1) * G), slice(k * G, (k + 1) * G)
+        prompt_ids[k, :len(prompt)] = torch.tensor(prompt)
+        completion_ids[out, :w] = rollout.tokens[rows, :w]
+        mask[out, :w] = rollout.sampled_mask[rows, :w].float()
+        if mask_truncated:
+            for i in range(G):
+                if rollout.finish_reason[g * G + i] == "length":
+                    mask[k * G + i] = 0
+    lens = torch.cat([rollout.lengths[g * G:(g + 1) * G] for rollout, g in parts])
+    plens = torch.tensor([len(p) for p in prompts])
+    return GroupedBatch(prompt_ids, plens, completion_ids, lens, G), mask
+
+
+def padded_batch(groups: list[Group], G: int, pad_id: int, mask_truncated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) ids and (N, T-1) mask of the groups' rows, one `rollout_batch` per sampling call."""
+    seqs, masks, batches = [], [], {}
+    for group in groups:
+        if id(group.rollout) not in batches:
+            batches[id(group.rollout)] = rollout_batch(group.rollout, pad_id, mask_truncated)
+        ids, m = batches[id(group.rollout)]
+        seqs += list(ids[group.rows(G)])
+        masks += list(m[group.rows(G)])
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T - 1))
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        input_ids[i, :len(s)] = s
+        mask[i, :len(m)] = m
+    return input_ids, mask
+
+
+def build_batch(groups: list[Group], G: int, pad_id: int, *, scale: str = "group", batch_std: float | None = None,
+                shared: bool = False, mask_truncated: bool = False) -> Batch:
+    """The groups as one `Batch`: advantages by the estimator `scale`, inputs in either layout."""
+    advantages = group_advantages(torch.stack([g.rewards for g in groups]), scale, batch_std=batch_std).flatten()
+    lengths = torch.cat([g.rollout.lengths[g.rows(G)] for g in groups])
+    think = [t for g in groups for t in g.rollout.think_tokens[g.rows(G)]]
+    if shared:
+        inputs, mask = group_batch([(g.rollout, g.index) for g in groups], G, pad_id, mask_truncated)
+    else:
+        inputs, mask = padded_batch(groups, G, pad_id, mask_truncated)
+    return Batch(inputs, mask, advantages, lengths, think)
+
+
+def micro_batches(n: int, size: int, group: int = 1) -> list[slice]:
+    """Row slices of at most `size` (all rows in one when size is 0), in whole groups of `group`
+    rows (at least one group a slice)."""
+    size = max(group, size // group * group) if size else n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]

@@ -1,0 +1,161 @@
+"""Collecting a step's groups: the problem stream, each row's sampling seed, scoring, and dynamic
+sampling (DAPO: groups whose rewards are all equal are dropped and refilled from new problems).
+
+Under torchrun every rank draws the same problem stream and takes its slice, and each row's seed is
+a function of its place in the *global* batch, so W ranks sample what one process would.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import time
+from typing import Callable
+
+import torch
+
+from ..engine import SamplingParams, generate
+from ..errors import UserError
+from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
+from ..tasks import Task
+from ..train.parallel import all_gather_list, any_rank, gathered, world
+from .config import GRPOConfig
+from .types import Collected, Group
+
+MAX_ATTEMPTS = 4  # dynamic sampling: sampling calls a step makes at most
+DRAW_BUDGET = 6  # dynamic sampling: problems a step may draw in all, as a multiple of P
+
+
+class ProblemStream:
+    """An endless, seeded stream of training problems."""
+
+    def __init__(self, task: Task, seed: int, pool: int = 20000):
+        if "at_most" in inspect.signature(task.problems).parameters:  # all of a space smaller than `pool`
+            self.problems = task.problems(pool, "train", seed, at_most=True)
+        else:  # a task written before `at_most`: halve the pool until it fits
+            while True:
+                try:
+                    self.problems = task.problems(pool, "train", seed)
+                    break
+                except ValueError:
+                    if pool == 1:
+                        raise
+                    pool //= 2
+        if not self.problems:
+            raise UserError(f"task {task.name!r} has no train problems")
+        self.rng, self.i = random.Random(seed), 0
+        self.rng.shuffle(self.problems)
+
+    def state(self) -> dict:
+        return {"problems": self.problems, "rng": self.rng.getstate(), "i": self.i}
+
+    def load_state(self, state: dict) -> None:
+        self.problems, self.i = state["problems"], state["i"]
+        self.rng.setstate(state["rng"])
+
+    def take(self, n: int) -> list:
+        out = []
+        for _ in range(n):
+            if self.i == len(self.problems):
+                self.rng.shuffle(self.problems)
+                self.i = 0
+            out.append(self.problems[self.i])
+            self.i += 1
+        return out
+
+
+def row_seed(seed: int, step: int, attempt: int, row: int) -> int:
+    """The sampling seed of one completion: a function of its place in the *global* batch, so a
+    rollout sharded over ranks draws what one process would (see `SamplingParams.row_seeds`)."""
+    return (((seed * 1_000_003 + step) * 8 + attempt) * 2**20 + row) % 2**62
+
+
+def refill_size(missing: int, keep_rate: float, oversample: float, budget: int) -> int:
+    """Dynamic sampling: problems to draw for `missing` groups when a share `keep_rate` of groups
+    has a reward spread, with `oversample` margin, within the step's remaining `budget`."""
+    return max(0, min(math.ceil(missing * oversample / keep_rate), budget))
+
+
+def length_prompt(question: str, target: int) -> str:
+    return f"{question} (think for {target} tokens)"
+
+
+def step_rewards(cfg: GRPOConfig) -> list:
+    """The weighted rewards a completion earns: the method's format + correctness points, and the
+    length-target term in length-conditioned mode."""
+    rewards = [(named(reasoning_reward, "reasoning", format_points=cfg.format_points,
+                      correct_points=cfg.correct_points), 1.0)]
+    if cfg.length_target:
+        rewards.append((named(length_target_reward, "length_target", alpha=cfg.length_alpha), 1.0))
+    return rewards
+
+
+class Collector:
+    """Samples and scores a step's groups: P/W problems per rank, G completions each.
+
+    `sample(model, prompts, params, step)` runs the model (the built-in engine by default; the trainer
+    passes vLLM's when it rolls out there). `keep_rate` (the last step's share of groups with a reward spread)
+    sizes dynamic sampling's refills and is kept in the training state.
+    """
+
+    def __init__(self, task: Task, tokenizer, cfg: GRPOConfig, stream: ProblemStream,
+                 sample: Callable | None = None):
+        self.task, self.tokenizer, self.cfg, self.stream = task, tokenizer, cfg, stream
+        self.sample = sample or (lambda model, prompts, params, step: generate(model, tokenizer, prompts, params))
+        self.keep_rate = 1.0
+        self.rewards = step_rewards(cfg)
+
+    def prompt(self, problem) -> str:
+        from ..template import build_prompt
+
+        cfg = self.cfg
+        question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
+        return build_prompt(question, cfg.style, trigger=cfg.trigger, tokenizer=self.tokenizer.hf)
+
+    def collect(self, model, step: int) -> Collected:
+        """This rank's groups for `step` (every rank calls it: the refill decisions are collective)."""
+        cfg, (rank, size) = self.cfg, world()
+        P_local, G = cfg.prompts_per_step // size, cfg.group_size
+        out, attempt, budget, t0 = Collected([]), 0, DRAW_BUDGET * P_local, time.monotonic()
+        while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
+            attempt += 1
+            need, draw = P_local - len(out.groups), P_local
+            if cfg.dynamic_sampling:  # sized for the rank that needs most, the same on every rank
+                draw = refill_size(max(all_gather_list([need])), self.keep_rate, cfg.oversample, budget)
+                budget -= draw
+            problems = self.stream.take(draw * size)
+            mine = problems[rank * draw:(rank + 1) * draw] if need > 0 else []
+            if mine:
+                self._sample_groups(model, mine, step, attempt, rank * draw, out)
+            if not cfg.dynamic_sampling or attempt >= MAX_ATTEMPTS or budget <= 0 or not any_rank(len(out.groups) < P_local):
+                break
+        out.seconds = time.monotonic() - t0
+        out.flat_everywhere = flat = all_gather_list(out.flat)
+        self.keep_rate = max(1 / 8, 1 - sum(flat) / max(len(flat), 1))
+        return out
+
+    def _sample_groups(self, model, problems, step: int, attempt: int, first_row: int, out: Collected) -> None:
+        cfg, G = self.cfg, self.cfg.group_size
+        prompts = [self.prompt(p) for p in problems for _ in range(G)]
+        seeds = [row_seed(cfg.seed, step, attempt, (first_row + j) * G + g) for j in range(len(problems)) for g in range(G)]
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, row_seeds=seeds)
+        with gathered(model) as full:
+            rollout = self.sample(full, prompts, params, step)
+        scores = score(rollout.texts, [p.answer for p in problems for _ in range(G)], self.task, prompts,
+                       self.rewards, think_lengths=rollout.think_tokens,
+                       target_lengths=[cfg.length_target] * len(prompts))
+        out.scores.append(scores)
+        rewards = torch.tensor(scores.total).view(-1, G)
+        for g in range(len(problems)):
+            group = Group(rollout, g, rewards[g])
+            out.flat.append(bool(rewards[g].std() == 0))
+            if not (cfg.dynamic_sampling and out.flat[-1]) and len(out.groups) < cfg.prompts_per_step // world()[1]:
+                out.groups.append(group)
+
+    def drawn(self, collected: Collected) -> Scores:
+        """The scores of every row drawn this step, on every rank (a collective call)."""
+        parts = [fn.__name__ for fn, _ in self.rewards]
+        local = Scores.merged(collected.scores) if collected.scores else Scores([], [], {n: [] for n in parts}, [])
+        return Scores(all_gather_list(local.format_ok), all_gather_list(local.correct),
+                      {n: all_gather_list(local.parts[n]) for n in parts}, all_gather_list(local.total))

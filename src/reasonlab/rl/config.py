@@ -1,0 +1,74 @@
+"""`GRPOConfig`: every setting of a Method 2 run (`reasonlab rl`), each with its help and limits.
+
+The advantage estimator, policy loss and aggregation are chosen by name from `algos`' registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import FRACTION, SEED, check_options
+from ..template import PROMPT_STYLES
+from ..train.loop import SCHEDULES
+from ..train.parallel import ScaleOptions
+from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
+
+
+@dataclass
+class GRPOConfig(ScaleOptions):
+    steps: int = field(default=200, metadata={"help": "RL steps at most", "min": 1})
+    prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step", "min": 1})
+    group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)", "min": 2})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate", "above": 0})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps", "min": 0})
+    schedule: str = field(default="constant", metadata={
+        "help": "after warm-up: constant, or cosine / linear decay over `steps` (not over max_seconds)",
+        "choices": SCHEDULES})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak",
+                                                        **FRACTION})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "above": 0})
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most", "min": 1})
+    updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)", "min": 1})
+    eps_low: float = field(default=0.2, metadata={"help": "clip ratio below at 1 - eps_low", **FRACTION})
+    eps_high: float = field(default=0.28, metadata={"help": "clip ratio above at 1 + eps_high (DAPO clip-higher)", "min": 0})
+    beta: float = field(default=0.0, metadata={"help": "KL weight to a frozen reference (0 = no reference kept)", "min": 0})
+    scale: str = field(default="group", metadata={"help": "advantage estimator: r - group mean, divided by the "
+                                                  "group's std (group), the batch's (batch) or nothing (none)",
+                                                  "choices": tuple(ADVANTAGES)})
+    policy_loss: str = field(default="clip", metadata={"help": "policy loss: clip (PPO's clipped surrogate)",
+                                                        "choices": tuple(POLICY_LOSSES)})
+    loss_agg: str = field(default="token_mean", metadata={"help": "token_mean, seq_mean or constant",
+                                                          "choices": tuple(AGGREGATIONS)})
+    mask_truncated: bool = field(default=False, metadata={"help": "leave truncated completions out of the loss"})
+    dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
+    skip_flat_groups: bool = field(default=True, metadata={
+        "help": "beta = 0: groups with equal rewards (advantage 0, no gradient) skip the forward and "
+                "backward; their tokens still count in the loss's normaliser, so the update is the same"})
+    oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread", "min": 1})
+    format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
+    correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
+    length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)",
+                                                       "min": 0})
+    length_alpha: float = field(default=1e-3, metadata={"help": "weight of the length-target reward", "min": 0})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat (instruct models)",
+                                                     "choices": PROMPT_STYLES})
+    trigger: bool = field(default=True, metadata={"help": "plain prompts: add the trigger phrase"})
+    micro_batch_size: int = field(default=0, metadata={
+        "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)",
+        "min": 0})
+    shared_prompts: bool = field(default=True, metadata={
+        "help": "built-in model: compute each group's prompt once and pack the completions (same loss, fewer FLOPs)"})
+    rollout_engine: str = field(default="builtin", metadata={"help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])",
+                                                               "choices": ("builtin", "vllm")})
+    vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take",
+                                                            "above": 0, "max": 1})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm", "above": 0})
+    eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)", "min": 0})
+    eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation", "min": 1})
+    save_every: int = field(default=0, metadata={"help": "write a resumable state every N steps (0 = never)", "min": 0})
+    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)",
+                                                        "min": 0})
+    seed: int = field(default=0, metadata={"help": "problem order and sampling seed", **SEED})
+
+    def __post_init__(self):
+        check_options(self)

@@ -1,0 +1,72 @@
+"""The records a GRPO step passes from stage to stage (collect -> batch -> update -> log).
+
+Shapes: P problems a step (per rank), G completions a problem, N = P·G rows, T the longest
+sequence (prompt + completion) of a batch, Lc its longest completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine import Rollout
+from ..model.gpt import GroupedBatch
+from ..rewards import Scores
+
+
+@dataclass
+class Group:
+    """The G completions of one problem and their rewards: rows `rows(G)` of `rollout`."""
+
+    rollout: Rollout  # the sampling call the rows came from (shared by the groups drawn together)
+    index: int  # the group's place in that call: rows index·G … (index+1)·G - 1
+    rewards: torch.Tensor  # (G,) total reward of each completion
+
+    def rows(self, G: int) -> slice:
+        return slice(self.index * G, (self.index + 1) * G)
+
+    @property
+    def flat(self) -> bool:
+        """All rewards equal: advantage 0 everywhere, no gradient (with β = 0)."""
+        return not bool((self.rewards != self.rewards[0]).any())
+
+
+@dataclass
+class Collected:
+    """What a step's collection returns: the groups to train on and the scores of every row drawn."""
+
+    groups: list[Group]  # at most P per rank, in draw order
+    scores: list[Scores] = field(default_factory=list)  # one per sampling call, every row drawn
+    flat: list[bool] = field(default_factory=list)  # per group drawn here: its rewards were all equal
+    flat_everywhere: list[bool] = field(default_factory=list)  # the same over every rank
+    seconds: float = 0.0  # wall time of sampling and scoring
+
+
+@dataclass
+class Batch:
+    """The groups as one training batch, in next-token coordinates."""
+
+    inputs: torch.Tensor | GroupedBatch  # (N, T) ids (prompt + completion, right-padded), or each prompt once
+    mask: torch.Tensor  # (N, T-1), or (N, Lc) for a GroupedBatch: 1 on *sampled* completion tokens
+    advantages: torch.Tensor  # (N,) one per completion
+    lengths: torch.Tensor  # (N,) completion lengths, forced tokens included
+    think: list[int]  # (N,) thinking tokens of each completion
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.inputs.to(device), self.mask.to(device), self.advantages.to(device), self.lengths,
+                     self.think)
+
+
+@dataclass
+class Update:
+    """What the update did: the loss summed over ranks, the clipped gradient's norm, token-weighted
+    statistics of the last gradient step (clip_frac, entropy, kl), and whether it was skipped."""
+
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # a non-finite loss or gradient: no optimiser step

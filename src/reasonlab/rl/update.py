@@ -1,0 +1,115 @@
+"""The update: μ gradient steps on one batch, in micro-batches whose gradients add up to the batch's.
+
+Each micro-batch's loss is normalised by the *global* count (`total`: tokens or sequences of the
+whole batch on every rank), so the micro-batches and the ranks sum to the loss of the whole batch
+and DDP/FSDP2's gradient average is the single-process gradient. Ranks may hold different numbers
+of micro-batches (flat groups skipped, refills cut short), but DDP and FSDP2 need the same forward
+and backward calls on every rank: a rank with fewer repeats its last one with its loss weighted 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..model.gpt import GroupedBatch
+from ..train.parallel import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
+                              grads_finite, world)
+from .algos import aggregate, policy_loss
+from .batch import micro_batches
+from .config import GRPOConfig
+from .types import Batch, Update
+
+
+def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
+    prediction; for a `GroupedBatch` (built-in model), (N, Lc) for each completion token, 0 past
+    each row's end."""
+    if isinstance(inputs, GroupedBatch):  # the model returns only real predictions: no work on padding
+        places, (N, Lc) = inputs.places(), inputs.completion_ids.shape
+        with autocast(places.device):
+            logits = model(dataclasses.replace(inputs, packed=True)).float()
+        logp, entropy = _logp_entropy(logits, inputs.completion_ids.reshape(-1)[places], temperature)
+        grid = lambda v: v.new_zeros(N * Lc).index_copy(0, places, v).view(N, Lc)  # noqa: E731
+        return grid(logp), grid(entropy)
+    with autocast(inputs.device):
+        logits = model(inputs)[:, :-1].float()
+    return _logp_entropy(logits, inputs[:, 1:], temperature)
+
+
+def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """Log-prob of each target under softmax(logits / T), and the entropy of that softmax (for
+    logging: computed without gradient)."""
+    logp_all = F.log_softmax(logits / temperature, dim=-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp_all.gather(-1, targets[..., None]).squeeze(-1), entropy
+
+
+def reference_logprobs(core, ref_model, inputs, temperature: float) -> torch.Tensor:
+    """Token log-probs under the frozen reference: a kept copy, or the LoRA model with adapters off."""
+    with torch.no_grad():
+        if ref_model is not None:
+            return token_logprobs(ref_model, inputs, temperature)[0]
+        with core.hf.disable_adapter():
+            return token_logprobs(core, inputs, temperature)[0]
+
+
+def step_loss(model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConfig, total=None):
+    """One micro-batch's loss and statistics (clip_frac, kl, entropy)."""
+    logp, entropy = token_logprobs(model, inputs, cfg.temperature)
+    old = logp.detach() if old_logp is None else old_logp
+    loss, stats = policy_loss(logp, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                              agg=cfg.loss_agg, max_tokens=cfg.max_new_tokens, ref_logp=ref_logp, beta=cfg.beta,
+                              total=total, loss=cfg.policy_loss)
+    stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
+    return loss, stats
+
+
+def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr: float, total: float,
+           group_rows: int = 1) -> Update:
+    """`cfg.updates` optimiser steps on `batch` at learning rate `lr` (a collective call under
+    torchrun). A non-finite loss or gradient skips the step (`Update.skipped`)."""
+    size = world()[1]
+    chunks = micro_batches(len(batch), cfg.micro_batch_size, group_rows)
+    real = len(chunks)
+    if size > 1:  # the same number of calls on every rank: repeat the last chunk, weighted 0
+        chunks += [chunks[-1]] * (max(all_gather_list([real])) - real)
+    inputs, mask, advantages = batch.inputs, batch.mask, batch.advantages
+    old_logp = ref_logp = None
+    if cfg.updates > 1:  # the ratio's denominator: the policy before this batch's first step
+        with torch.no_grad():
+            old_logp = torch.cat([token_logprobs(model, inputs[c], cfg.temperature)[0] for c in chunks][:real])
+    if cfg.beta > 0:
+        ref_logp = torch.cat([reference_logprobs(core, ref_model, inputs[c], cfg.temperature) for c in chunks][:real])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = Update()
+    pick = lambda t, c: None if t is None else t[c]  # noqa: E731
+    for _ in range(cfg.updates):
+        optimizer.zero_grad(set_to_none=True)
+        local, weighted = 0.0, {}  # weighted: token-weighted sums of the chunks' means
+        for k, c in enumerate(chunks):  # every chunk's loss is over the global count: they sum up
+            with gradient_sync(model, k == len(chunks) - 1):
+                loss, stats = step_loss(model, inputs[c], mask[c], advantages[c], pick(old_logp, c),
+                                        pick(ref_logp, c), cfg, total)
+                (loss * (size if k < real else 0.0)).backward()  # DDP/FSDP2 average over ranks
+            if k >= real:
+                continue
+            local += loss.item()
+            n = float(mask[c].sum())
+            for key, v in stats.items():
+                weighted[key] = weighted.get(key, 0.0) + v * n
+        out.loss = all_reduce_sum(local)
+        if not math.isfinite(out.loss) or not grads_finite(model):
+            optimizer.zero_grad(set_to_none=True)
+            out.skipped = True
+            break
+        out.grad_norm = clip_grad_norm(model, cfg.grad_clip)
+        optimizer.step()
+    n_tokens = max(all_reduce_sum(float(mask.sum())), 1.0)
+    out.stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}
+    return out
