@@ -11,7 +11,7 @@ from .config import SEED, check_options
 from .engine import SamplingParams, generate
 from .errors import UserError
 from .jsonl import iter_jsonl, jsonl_writer
-from .rewards import check_batch, reasoning_points
+from .rewards import check_batch, score
 from .tasks import Task
 from .tasks.base import VERIFY_EVENTS, problems_for
 from .template import PROMPT_STYLES, build_prompt, parse_completion
@@ -23,12 +23,10 @@ def score_completion(completion: str, answer: str, task: Task, prompt: str | Non
 
 
 def score_batch(completions, answers, task: Task, prompts=None) -> list[dict]:
-    """`score_completion` for many completions, their answers verified in one batch."""
-    checked = check_batch(completions, answers, task, prompts)
-    thinks = [parse_completion(c, p).think for c, p in zip(completions, prompts or [None] * len(completions))]
-    return [{"format_ok": format_ok, "correct": correct, "reward": reasoning_points(format_ok, correct),
-             "think_len": None if think is None else len(think)}
-            for (format_ok, correct), think in zip(checked, thinks)]
+    """`score_completion` for many completions, their answers verified in one batch (`rewards.score`)."""
+    scores = score(completions, answers, task, prompts)
+    return [{"format_ok": f, "correct": c, "reward": r, "think_len": None if t is None else len(t)}
+            for f, c, r, t in zip(scores.format_ok, scores.correct, scores.total, scores.think)]
 
 
 def read_score_input(path):

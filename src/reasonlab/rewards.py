@@ -17,7 +17,7 @@ and **0 in total when the format is broken**, even when the answer inside it wou
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .tasks import Task, get_task
@@ -45,13 +45,18 @@ def check_batch(completions: Sequence[str], answers: Sequence[str], task: Task,
                 prompts: Sequence[str | None] | None = None) -> list[tuple[bool, bool]]:
     """(format_ok, correct) per completion, the answers of the well-formed ones verified in one
     `task.verify_batch` call (math-verify spreads it over its workers)."""
+    parsed, correct = _parse_and_verify(completions, answers, task, prompts)
+    return [(x.format_ok, c) for x, c in zip(parsed, correct)]
+
+
+def _parse_and_verify(completions, answers, task: Task, prompts=None):
     parsed = [parse_completion(c, p) for c, p in zip(completions, _prompts(prompts, len(completions)), strict=True)]
     ok = [i for i, x in enumerate(parsed) if x.format_ok]
     verdicts = task.verify_batch([parsed[i].answer for i in ok], [answers[i] for i in ok])
     correct = [False] * len(parsed)
     for i, verdict in zip(ok, verdicts):
         correct[i] = bool(verdict)
-    return [(x.format_ok, c) for x, c in zip(parsed, correct)]
+    return parsed, correct
 
 
 def reasoning_points(format_ok: bool, correct: bool, format_points: float = 2.0,
@@ -134,6 +139,7 @@ class Scores:
     correct: list[bool]  # (N,) the answer verifies (False whenever the format is broken)
     parts: dict[str, list[float]]  # reward name -> (N,) its weighted values
     total: list[float]  # (N,) the reward: the parts summed in order
+    think: list[str | None] = field(default_factory=list)  # (N,) the thought, None without a closed block
 
     def log(self, prefix: str = "reward/") -> dict[str, float]:
         """Mean and std (float64, unbiased) of the total, the format and correctness rates, and each
@@ -155,14 +161,16 @@ class Scores:
         """One record of several (ranks, sampling attempts), in order."""
         names = list(parts[0].parts) if parts else []
         return cls([x for p in parts for x in p.format_ok], [x for p in parts for x in p.correct],
-                   {n: [x for p in parts for x in p.parts[n]] for n in names}, [x for p in parts for x in p.total])
+                   {n: [x for p in parts for x in p.parts[n]] for n in names}, [x for p in parts for x in p.total],
+                   [x for p in parts for x in p.think])
 
 
 def score(completions: Sequence[str], answers: Sequence[str], task: Task, prompts=None,
           rewards: Sequence[tuple[RewardFn, float]] = ((reasoning_reward, 1.0),), **columns) -> Scores:
     """Score completions against their gold answers: every answer verified once (`check_batch`),
     then each weighted reward computed from the same checks and columns, and summed."""
-    checks = check_batch(completions, answers, task, prompts)
+    parsed, correct = _parse_and_verify(completions, answers, task, prompts)
+    checks = [(x.format_ok, c) for x, c in zip(parsed, correct)]
     parts = {}
     for fn, weight in rewards:
         values = fn(completions, answers, task=task, prompts=prompts, checks=checks, **columns)
@@ -170,7 +178,7 @@ def score(completions: Sequence[str], answers: Sequence[str], task: Task, prompt
     total = [0.0] * len(completions)
     for values in parts.values():
         total = [t + v for t, v in zip(total, values)]
-    return Scores([f for f, _ in checks], [c for _, c in checks], parts, total)
+    return Scores([x.format_ok for x in parsed], correct, parts, total, [x.think for x in parsed])
 
 
 REWARDS: dict[str, RewardFn] = {
