@@ -163,8 +163,9 @@ def merge_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser,
     data = _read_file(path, actions)
     given = _given_on_command_line(parser, argv, actions)
     for key, value in data.items():
+        value = None if value is None else _option_value(actions[key], value, path)  # checked even when overridden
         if key not in given and value is not None:
-            setattr(args, key, _option_value(actions[key], value, path))
+            setattr(args, key, value)
     args.config = None
 
 
