@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tasks)
 
     p = command("score", help="score completions in a JSONL file (format, correctness, reward)", device=False)
+    add_config_file_arg(p)
     add_task_args(p)
     p.add_argument("input", help='JSONL, one {"completion": str, "answer": str[, "prompt": str]} a line')
     p.add_argument("-o", "--output", help="write scored lines here (atomically) instead of stdout")
