@@ -16,7 +16,7 @@ from reasonlab.errors import UserError
 from reasonlab.model import GPTConfig, load_model, new_builtin, save_checkpoint
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.train.parallel import resolve_device
+from reasonlab.runtime import resolve_device
 from tests.test_model import make_tiny_hf
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -14,7 +14,7 @@ from reasonlab.engine import SamplingParams, generate
 from reasonlab.errors import UserError
 from reasonlab.model import export_hf, load_model
 from reasonlab.rollout_vllm import VLLMEngine, WeightReceiver, hf_named_weights, rollout_from_outputs, vllm_request_params
-from reasonlab.train.parallel import ScaleOptions, add_lora
+from reasonlab.runtime import ScaleOptions, add_lora
 from tests.test_model import make_tiny_hf
 
 

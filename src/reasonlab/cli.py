@@ -143,7 +143,7 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     from .model import load_model
     from .model.checkpoint import recorded_task
     from .tasks.base import describe_difference
-    from .train.parallel import resolve_device
+    from .runtime import resolve_device
 
     if not path:
         raise UserError("--model is required (a reasonlab checkpoint or a Hugging Face model folder)")
@@ -287,7 +287,7 @@ def cmd_rl(args) -> int:
     from .config import build_config
     from .model import save_checkpoint
     from .rl import GRPOConfig, train_grpo
-    from .train.parallel import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
+    from .runtime import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
     cfg = build_config(GRPOConfig, args)
     task = make_task(args.task, args.task_arg, args.model)

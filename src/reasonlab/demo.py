@@ -27,7 +27,7 @@ from .outdir import OVERWRITE_HELP, claim, mark
 from .report import build_report, console, percent
 from .tasks import get_task
 from .rl import GRPOConfig, train_grpo
-from .train.parallel import resolve_device
+from .runtime import resolve_device
 from .train.pretrain import PretrainConfig, _wrong, pretrain
 from .train.rationales import RationalesConfig, run_rationales
 

@@ -67,7 +67,7 @@ def hf_named_weights(model) -> list[tuple[str, torch.Tensor]]:
     """(Hugging Face name, tensor) for every weight vLLM loads: the built-in GPT's names are
     Llama's; an HF model's come without the adapter's prefix; LoRA updates are added to their base
     weights in the copy (the model itself is never merged). Call inside `parallel.gathered`."""
-    from .train.parallel import has_lora, unwrap
+    from .runtime import has_lora, unwrap
 
     core = unwrap(model)
     if getattr(core, "kind", "") != "hf":

@@ -19,7 +19,7 @@ from ..engine import SamplingParams, generate
 from ..errors import UserError
 from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
 from ..tasks import Task
-from ..train.parallel import all_gather_list, any_rank, gathered, world
+from ..runtime import all_gather_list, any_rank, gathered, world
 from .config import GRPOConfig
 from .types import Collected, Group
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..config import FRACTION, SEED, check_options
 from ..template import PROMPT_STYLES
 from ..train.loop import SCHEDULES
-from ..train.parallel import ScaleOptions
+from ..runtime import ScaleOptions
 from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
 
 

@@ -24,7 +24,7 @@ from ..rewards import Scores
 from ..tasks.base import VERIFY_EVENTS
 from ..template import parse_completion
 from ..train.loop import discard_training_state
-from ..train.parallel import all_gather_list, all_reduce_sum
+from ..runtime import all_gather_list, all_reduce_sum
 from .types import Collected, Group, Update
 
 SAMPLES_PER_STEP = 2

@@ -48,7 +48,7 @@ from ..model.gpt import GPT
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..train.loop import failed_run, lr_at, make_optimizer, resumable_state, save_training_state, stop_if_diverged, task_setting
-from ..train.parallel import (all_gather_list, all_reduce_sum, any_rank, broadcast_flag, gathered, prepare,
+from ..runtime import (all_gather_list, all_reduce_sum, any_rank, broadcast_flag, gathered, prepare,
                               rank_device, refuse_fsdp_states, unwrap, world)
 from .batch import build_batch
 from .collect import Collector, ProblemStream

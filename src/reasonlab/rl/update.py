@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.gpt import GroupedBatch
-from ..train.parallel import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
+from ..runtime import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
                               grads_finite, world)
 from .algos import aggregate, policy_loss
 from .batch import micro_batches

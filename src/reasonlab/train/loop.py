@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..config import FRACTION, SEED, check_options
 from ..errors import UserError
 from ..jsonl import logged_step, trim_log
-from .parallel import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
+from ..runtime import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
                        refuse_fsdp_states, unwrap, world)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)

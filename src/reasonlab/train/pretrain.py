@@ -32,7 +32,7 @@ from ..tasks.base import problems_for
 from ..template import TRIGGER, format_completion
 from ..config import FRACTION
 from .loop import TrainConfig, task_setting, tokenize_examples, train_supervised
-from .parallel import resolve_device
+from ..runtime import resolve_device
 
 
 @dataclass

@@ -11,7 +11,7 @@ from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
 from ..outdir import OVERWRITE_HELP, claim_checkpoint, mark
 from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
-from .parallel import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
+from ..runtime import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
                        shutdown_distributed, world)
 
 

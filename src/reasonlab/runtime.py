@@ -1,4 +1,4 @@
-"""Scale-out on existing engines: torch.distributed (launched by `torchrun`) and `peft`.
+"""Runtime: where and how a model runs (devices, autocast, torchrun with DDP/FSDP2, LoRA by `peft`).
 
 Every trainer calls these few functions, so a single process and N ranks run the same code:
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
+from .errors import UserError
 
 
 @dataclass
@@ -318,9 +318,9 @@ def _fresh_like(core):
     if getattr(core, "kind", "") == "hf":
         from transformers import AutoModelForCausalLM
 
-        from ..model.hf import HFCausalLM
+        from .model.hf import HFCausalLM
 
         return HFCausalLM(AutoModelForCausalLM.from_config(core.hf.config))
-    from ..model.gpt import GPT
+    from .model.gpt import GPT
 
     return GPT(core.config)
