@@ -10,11 +10,13 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable, NamedTuple
 
-from .config import add_config_args, add_config_file_arg, merge_config_file
+from .config import add_config_args, build_config, narrow
 from .errors import UserError
-from .evaluate import SampleConfig
-from .outdir import OVERWRITE_HELP, claim
+from .outdir import claim
+from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
+                      RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions)
 from .remote import RemoteError, RemoteGenerator
 
 
@@ -62,30 +64,9 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
         raise UserError(f"task {name!r}: {e}") from None
 
 
-def add_task_args(p: argparse.ArgumentParser, name: bool = True, from_model: bool = False) -> None:
-    """--task NAME (unless the command's config has it; optional where `from_model`: the
-    checkpoint's own task) and repeatable --task-arg KEY=VALUE."""
-    if name and from_model:
-        p.add_argument("--task", default="", help="task name (see `reasonlab tasks`); default: the task "
-                                                  "--model was trained on")
-    elif name:  # required, but may come from --config: `make_task` says when it is missing
-        p.add_argument("--task", default="", help="task name (see `reasonlab tasks`), required")
-    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
-                   help="task option, repeatable (e.g. --task-arg digits=4)")
-
-
-def add_out_args(p: argparse.ArgumentParser, default: str, out_help: str, resume_help: str) -> None:
-    """A training command's --out, --resume and --overwrite (see `outdir`)."""
-    p.add_argument("--out", default=default, help=out_help + "; an earlier run of this command there is "
-                   "continued (--resume) or replaced, anything else refused")
-    p.add_argument("--resume", action="store_true", help=resume_help + "; the settings must be the same but for "
-                   "--steps, --max-seconds, --eval-every and --save-every")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-
-
 # ---- commands ---------------------------------------------------------------------------------
 
-def cmd_tasks(args) -> int:
+def cmd_tasks(opts) -> int:
     from .tasks import get_task, list_tasks
     from .tasks.base import task_options
 
@@ -99,17 +80,17 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
+def cmd_score(opts) -> int:
     from .evaluate import score_file
 
-    task = make_task(args.task, args.task_arg)
-    output_file(args.output)
-    summary = score_file(task, args.input, args.output,
+    task = make_task(opts.task, opts.task_arg)
+    output_file(opts.output)
+    summary = score_file(task, opts.input, opts.output,
                          emit=lambda row: print(json.dumps(row, ensure_ascii=False)))
     events = ", ".join(f"{n} {VERIFY_WORDS[k]}" for k, n in summary["verify"].items() if n)
     print(f"scored {summary['count']} completions: format rate {summary['format_rate']:.1%}, "
           f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}; "
-          f"scored wrong unjudged: {events or 'none'}", file=sys.stderr if args.output is None else sys.stdout)
+          f"scored wrong unjudged: {events or 'none'}", file=sys.stderr if opts.output is None else sys.stdout)
     return 0
 
 
@@ -155,14 +136,12 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     return model.to(where), tokenizer
 
 
-def cmd_generate(args) -> int:
-    from .config import build_config
-    from .evaluate import SampleConfig, sample_task
+def cmd_generate(opts) -> int:
+    from .evaluate import sample_task
 
-    cfg = build_config(SampleConfig, args)
-    task = make_task(cfg.task, args.task_arg, cfg.model)
-    model, tokenizer = load_model_or_exit(cfg.model, device=args.device, task=task)
-    rows = sample_task(model, tokenizer, task, cfg)
+    task = make_task(opts.task, opts.task_arg, opts.model)
+    model, tokenizer = load_model_or_exit(opts.model, device=opts.device, task=task)
+    rows = sample_task(model, tokenizer, task, opts)
     for i, row in enumerate(rows):
         verdict = ("correct" if row["correct"] else "wrong") if row["format_ok"] else "broken format"
         print(f"[{i}] {row['question']!r} gold {row['answer']!r}")
@@ -209,56 +188,51 @@ class TrainProgress:
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evals.items()))
 
 
-def cmd_pretrain(args) -> int:
-    from .config import build_config
+def cmd_pretrain(opts) -> int:
     from .model import save_checkpoint
     from .outdir import claim_checkpoint
     from .train.pretrain import PretrainConfig, pretrain
 
-    cfg = build_config(PretrainConfig, args)
-    task = make_task(args.task, args.task_arg)
-    state_dir = claim_checkpoint(args.out, "pretrain", args.overwrite)
+    cfg = narrow(opts, PretrainConfig)  # what the checkpoint records
+    task = make_task(opts.task, opts.task_arg)
+    state_dir = claim_checkpoint(opts.out, "pretrain", opts.overwrite)
     with TrainProgress(cfg.steps, "pretrain") as bar:
-        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=state_dir, resume=args.resume,
-                                       device=args.device)
-    save_checkpoint(args.out, model, tok, {"task": task.spec, **vars(cfg)}, run="pretrain", into=args.overwrite)
-    print(f"saved {args.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
+        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=state_dir, resume=opts.resume,
+                                       device=opts.device)
+    save_checkpoint(opts.out, model, tok, {"task": task.spec, **vars(cfg)}, run="pretrain", into=opts.overwrite)
+    print(f"saved {opts.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
 
 
-def cmd_sft(args) -> int:
-    from .config import build_config
+def cmd_sft(opts) -> int:
     from .train.sft import SFTConfig, run_sft
 
-    cfg = build_config(SFTConfig, args)
+    cfg = narrow(opts, SFTConfig)
     with TrainProgress(cfg.steps, "sft") as bar:
-        metrics = run_sft(cfg, progress=bar, device=args.device)
+        metrics = run_sft(cfg, progress=bar, device=opts.device)
     print(f"saved {cfg.out}; final loss {metrics.get('loss', float('nan')):.4f}")
     return 0
 
 
-def cmd_rationales(args) -> int:
-    from .config import build_config
+def cmd_rationales(opts) -> int:
     from .model import save_checkpoint
-    from .train.rationales import RationalesConfig, run_rationales
+    from .train.rationales import Judge, RationalesConfig, run_rationales
 
-    from .train.rationales import Judge
-
-    cfg = build_config(RationalesConfig, args)
-    task = make_task(args.task, args.task_arg, args.model)
-    claim(args.out, "rationales", args.overwrite)
-    base, tok = load_model_or_exit(args.model, device=args.device, task=task)
-    teacher = model_or_endpoint(args.teacher, args.device)[0] if args.teacher else None
+    cfg = narrow(opts, RationalesConfig)
+    task = make_task(opts.task, opts.task_arg, opts.model)
+    claim(opts.out, "rationales", opts.overwrite)
+    base, tok = load_model_or_exit(opts.model, device=opts.device, task=task)
+    teacher = model_or_endpoint(opts.teacher, opts.device)[0] if opts.teacher else None
     judge = None
-    if args.judge:
+    if opts.judge:
         if not cfg.judge_rubric:
             raise UserError("--judge needs --judge-rubric (the criteria the judge scores against)")
-        judge_source, judge_tok = model_or_endpoint(args.judge, args.device)
+        judge_source, judge_tok = model_or_endpoint(opts.judge, opts.device)
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
-    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=args.out, judge=judge,
-                                    log=lambda r: print(json.dumps(r), flush=True), resume=args.resume)
-    save_checkpoint(f"{args.out}/model", model, tok, {"task": task.spec, **vars(cfg)}, into=args.overwrite)
-    print(f"saved {args.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
+    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=opts.out, judge=judge,
+                                    log=lambda r: print(json.dumps(r), flush=True), resume=opts.resume)
+    save_checkpoint(f"{opts.out}/model", model, tok, {"task": task.spec, **vars(cfg)}, into=opts.overwrite)
+    print(f"saved {opts.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
 
 
@@ -269,49 +243,46 @@ def model_or_endpoint(spec: str, device: str = "auto"):
     return load_model_or_exit(spec, device=device)
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(opts) -> int:
     from .remote import make_server, serve
 
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0-65535, got {args.port}")
+    if not 0 <= opts.port <= 65535:
+        raise UserError(f"--port must be 0-65535, got {opts.port}")
     try:  # the address is checked before the model loads: a port in use is one line, at once
-        make_server(None, None, args.host, args.port).server_close()
+        make_server(None, None, opts.host, opts.port).server_close()
     except OSError as e:
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    model, tok = load_model_or_exit(args.model, device=args.device)
-    serve(model, tok, args.host, args.port)
+        raise UserError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}") from None
+    model, tok = load_model_or_exit(opts.model, device=opts.device)
+    serve(model, tok, opts.host, opts.port)
     return 0
 
 
-def cmd_rl(args) -> int:
-    from .config import build_config
+def cmd_rl(opts) -> int:
     from .model import save_checkpoint
     from .rl import GRPOConfig, train_grpo
     from .runtime import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
-    cfg = build_config(GRPOConfig, args)
-    task = make_task(args.task, args.task_arg, args.model)
-    claim(args.out, "rl", args.overwrite)
-    setup_distributed(args.device)  # under torchrun: join the group (each rank samples and trains its share)
-    model, tok = load_model_or_exit(args.model, load_dtype(cfg), args.device, task)
+    cfg = narrow(opts, GRPOConfig)
+    task = make_task(opts.task, opts.task_arg, opts.model)
+    claim(opts.out, "rl", opts.overwrite)
+    setup_distributed(opts.device)  # under torchrun: join the group (each rank samples and trains its share)
+    model, tok = load_model_or_exit(opts.model, load_dtype(cfg), opts.device, task)
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
-        metrics = train_grpo(model, tok, task, cfg, out_dir=args.out, progress=bar, resume=args.resume)
+        metrics = train_grpo(model, tok, task, cfg, out_dir=opts.out, progress=bar, resume=opts.resume)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
-        save_checkpoint(f"{args.out}/model", final, tok, {"task": task.spec, **vars(cfg)}, into=args.overwrite)
+        save_checkpoint(f"{opts.out}/model", final, tok, {"task": task.spec, **vars(cfg)}, into=opts.overwrite)
         held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
                     else "no held-out evaluation at the last step (--eval-every)")
-        print(f"saved {args.out}/model; {held_out}")
+        print(f"saved {opts.out}/model; {held_out}")
     shutdown_distributed()
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .config import build_config
-    from .demo import DemoConfig, run_demo
+def cmd_demo(cfg) -> int:
+    from .demo import run_demo
 
-    cfg = build_config(DemoConfig, args)
     results = run_demo(cfg)
     print_results(results)
     print(f"\nresults: {cfg.out}/results.json   report: {cfg.out}/report.html")
@@ -342,21 +313,20 @@ def print_results(results: dict) -> None:
     Console().print(table)
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(opts) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .config import build_config
     from .evaluate import EvalConfig, evaluate_model
 
-    cfg = build_config(EvalConfig, args)
-    task = make_task(cfg.task, args.task_arg, cfg.model)
+    cfg = narrow(opts, EvalConfig)  # what the results record
+    task = make_task(cfg.task, opts.task_arg, cfg.model)
     cfg.task = task.name
     if cfg.k > 1 and cfg.temperature == 0:
         print(f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
               f"maj@{cfg.k} will equal the accuracy", file=sys.stderr)
     output = output_file(cfg.output)
-    model, tokenizer = load_model_or_exit(cfg.model, device=args.device, task=task)
+    model, tokenizer = load_model_or_exit(cfg.model, device=opts.device, task=task)
     out = evaluate_model(model, tokenizer, task, cfg)
     table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
     table.add_column("metric")
@@ -376,22 +346,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_faithfulness(args) -> int:
+def cmd_faithfulness(opts) -> int:
     import random
 
     from .evaluate import faithfulness_probe
     from .report import percent
 
-    task = make_task(args.task, args.task_arg, args.model)
-    if args.problems < 1:
-        raise UserError(f"--problems must be >= 1, got {args.problems}")
-    output = output_file(args.output)
-    model, tokenizer = load_model_or_exit(args.model, device=args.device, task=task)
+    task = make_task(opts.task, opts.task_arg, opts.model)
+    output = output_file(opts.output)
+    model, tokenizer = load_model_or_exit(opts.model, device=opts.device, task=task)
     from .tasks.base import problems_for
 
-    problems = problems_for(task, args.problems, "test", args.seed, "--problems")
+    problems = problems_for(task, opts.problems, "test", opts.seed, "--problems")
     answers = [p.solution or p.answer for p in problems]
-    rng = random.Random(args.seed)
+    rng = random.Random(opts.seed)
 
     def wrong(problem):  # another problem's answer, different from this one's
         choices = [a for a in answers if a != (problem.solution or problem.answer)]
@@ -411,114 +379,58 @@ def cmd_faithfulness(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(opts) -> int:
     from .report import build_report
 
-    print(f"wrote {build_report(args.run_dir)}")
+    print(f"wrote {build_report(opts.run_dir)}")
     return 0
+
+
+class Command(NamedTuple):
+    """A row of `COMMANDS`: the subcommand, its help line, the dataclass of all its options (a command
+    that runs a model has `DeviceOptions` among them: --device) and the function it runs."""
+
+    name: str
+    help: str
+    options: type
+    run: Callable[..., int]
+
+
+COMMANDS = (
+    Command("tasks", "list the registered tasks", NoOptions, cmd_tasks),
+    Command("score", "score completions in a JSONL file (format, correctness, reward)", ScoreOptions, cmd_score),
+    Command("generate", "sample completions for a task and show their parse and reward", GenerateOptions,
+            cmd_generate),
+    Command("demo", "the whole story on the built-in tiny model (CPU, minutes)", DemoOptions, cmd_demo),
+    Command("pretrain", "train the built-in model from scratch on a synthetic corpus", PretrainOptions, cmd_pretrain),
+    Command("sft", "supervised fine-tuning on prompt/completion or messages JSONL", SFTOptions, cmd_sft),
+    Command("rationales", "Method 1: sample rationales, keep verified ones, fine-tune, repeat", RationalesOptions,
+            cmd_rationales),
+    Command("rl", "Method 2: GRPO with the format + correctness reward", RLOptions, cmd_rl),
+    Command("eval", "accuracy, pass@k, maj@k, format rate, thinking length, budget sweep", EvalOptions, cmd_eval),
+    Command("faithfulness", "does the model follow a hint in the prompt, and does its thought say so?",
+            FaithfulnessOptions, cmd_faithfulness),
+    Command("serve", "serve a model on an OpenAI-compatible /v1/completions endpoint", ServeOptions, cmd_serve),
+    Command("report", "plots and an HTML page from a run folder", ReportOptions, cmd_report),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    on_device = argparse.ArgumentParser(add_help=False)
-    on_device.add_argument("--device", default="auto", help="where the model runs: auto (a GPU when torch sees one, "
-                           "else the CPU), cpu, cuda or cuda:N; under torchrun each rank takes cuda:LOCAL_RANK")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.commands = sub.choices  # name -> its parser (see `main`: --config sets any of its options)
-    command = lambda name, help, device=True: sub.add_parser(  # noqa: E731
-        name, help=help, parents=[common, on_device] if device else [common])
-
-    p = command("tasks", help="list the registered tasks", device=False)
-    p.set_defaults(func=cmd_tasks)
-
-    p = command("score", help="score completions in a JSONL file (format, correctness, reward)", device=False)
-    add_config_file_arg(p)
-    add_task_args(p)
-    p.add_argument("input", help='JSONL, one {"completion": str, "answer": str[, "prompt": str]} a line')
-    p.add_argument("-o", "--output", help="write scored lines here (atomically) instead of stdout")
-    p.set_defaults(func=cmd_score)
-
-    p = command("generate", help="sample completions for a task and show their parse and reward")
-    add_config_args(p, SampleConfig)
-    add_task_args(p, name=False)
-    p.set_defaults(func=cmd_generate)
-
-    from .demo import DemoConfig
-    from .rl import GRPOConfig
-    from .train.pretrain import PretrainConfig
-    from .train.rationales import RationalesConfig
-    from .train.sft import SFTConfig
-
-    p = command("demo", help="the whole story on the built-in tiny model (CPU, minutes)", device=False)
-    add_config_args(p, DemoConfig)
-    p.set_defaults(func=cmd_demo)
-
-    p = command("pretrain", help="train the built-in model from scratch on a synthetic corpus")
-    add_config_args(p, PretrainConfig)
-    add_task_args(p)
-    add_out_args(p, "runs/base", "checkpoint folder (its state and log: OUT.state)",
-                 "continue from OUT.state (written every --save-every steps)")
-    p.set_defaults(func=cmd_pretrain)
-
-    p = command("sft", help="supervised fine-tuning on prompt/completion or messages JSONL")
-    add_config_args(p, SFTConfig)
-    p.set_defaults(func=cmd_sft)
-
-    p = command("rationales", help="Method 1: sample rationales, keep verified ones, fine-tune, repeat")
-    add_config_args(p, RationalesConfig)
-    add_task_args(p, from_model=True)
-    p.add_argument("--model", default="", help="the base checkpoint")
-    p.add_argument("--teacher", default="", help="sample rationales from this checkpoint or http(s):// endpoint instead")
-    p.add_argument("--judge", default="", help="keep samples a judge accepts (checkpoint or http(s):// endpoint)")
-    add_out_args(p, "runs/rationales", "output folder", "continue a killed run from OUT (samples, fine-tuning, rounds)")
-    p.set_defaults(func=cmd_rationales)
-
-    p = command("rl", help="Method 2: GRPO with the format + correctness reward")
-    add_config_args(p, GRPOConfig)
-    add_task_args(p, from_model=True)
-    p.add_argument("--model", default="", help="the checkpoint to train")
-    add_out_args(p, "runs/rl", "output folder (metrics, samples, state, model)",
-                 "continue from OUT/state (written every --save-every steps)")
-    p.set_defaults(func=cmd_rl)
-
-    from .evaluate import EvalConfig
-
-    p = command("eval", help="accuracy, pass@k, maj@k, format rate, thinking length, budget sweep")
-    add_config_args(p, EvalConfig)
-    add_task_args(p, name=False)
-    p.set_defaults(func=cmd_eval)
-
-    p = command("faithfulness", help="does the model follow a hint in the prompt, and does its thought say so?")
-    add_config_file_arg(p)
-    add_task_args(p, from_model=True)
-    p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
-    p.add_argument("--problems", type=int, default=100, help="held-out problems")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="", help="write the JSON results here")
-    p.set_defaults(func=cmd_faithfulness)
-
-    p = command("serve", help="serve a model on an OpenAI-compatible /v1/completions endpoint")
-    add_config_file_arg(p)
-    p.add_argument("--model", default="", help="checkpoint or Hugging Face model folder")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=cmd_serve)
-
-    p = command("report", help="plots and an HTML page from a run folder", device=False)
-    p.add_argument("run_dir")
-    p.set_defaults(func=cmd_report)
+    parser.commands = sub.choices  # name -> its parser
+    for command in COMMANDS:
+        add_config_args(sub.add_parser(command.name, help=command.help, parents=[common]), command.options)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    try:
-        merge_config_file(args, parser.commands[args.command], argv[1:])  # argv[0]: the command
-        return args.func(args)
+    args = build_parser().parse_args(argv)
+    command = next(c for c in COMMANDS if c.name == args.command)
+    try:  # every option, from the command line or --config, through the one `build_config`
+        return command.run(build_config(command.options, args))
     except (UserError, ValueError, OSError, RemoteError) as e:  # OSError: a file or folder that cannot be read or written
         if args.debug:
             raise

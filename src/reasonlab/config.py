@@ -62,24 +62,41 @@ def add_config_file_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One `--flag` per field of dataclass `cls` (default: unset, so files and defaults apply)."""
-    add_config_file_arg(parser)
-    for f in dataclasses.fields(cls):
+    """One `--flag` per field of dataclass `cls` (default: unset, so files and defaults apply), and
+    `--config` where there is an option to set. A field's metadata may give its ``"flags"``, an
+    ``"action"`` (``store_true``, ``append``), a ``"metavar"``, or make it ``"positional"``."""
+    fields = dataclasses.fields(cls)
+    if any(not f.metadata.get("positional") for f in fields):
+        add_config_file_arg(parser)
+    for f in fields:
         kind, _ = _field_type(cls, f)
-        help_text = f.metadata.get("help", "")
-        if kind is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+        meta = f.metadata
+        help_text = meta.get("help", "")
+        if meta.get("positional"):
+            parser.add_argument(f.name, help=help_text or None)
+            continue
+        flags = meta.get("flags", (_flag(f.name),))
+        if "action" in meta:
+            extra = {"metavar": meta["metavar"]} if "metavar" in meta else {}
+            parser.add_argument(*flags, dest=f.name, action=meta["action"], default=None, help=help_text, **extra)
+        elif kind is bool:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
             base = kind if kind in (int, float, str) else str
-            parser.add_argument(_flag(f.name), dest=f.name, type=base, default=None,
-                                metavar=f.name.upper(), help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=base, default=None,
+                                metavar=meta.get("metavar", f.name.upper()), help=help_text)
 
 
 def _coerce(cls, f: dataclasses.Field, value, source: str):
     kind, optional = _field_type(cls, f)
     if value is None and optional:
         return None
+    if f.metadata.get("action") == "append":  # --task-arg: a list of "KEY=VALUE", or (in a file) a table
+        items = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return items
+        raise UserError(f"{source}: option {f.name!r} must be a list of KEY=VALUE strings or a table, got {value!r}")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not value_fits(kind, value):
@@ -116,23 +133,29 @@ def check_options(config) -> None:
 
 
 def build_config(cls, args: argparse.Namespace | None = None, file: str | Path | None = None, **overrides):
-    """Defaults <- file <- command-line flags <- overrides; unknown keys and wrong types are errors."""
-    values: dict = {}
-    file = file or (getattr(args, "config", None) if args else None)
+    """Defaults <- file <- command-line flags <- overrides; unknown keys and wrong types are errors
+    (a file's value is checked even where the command line overrides it)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    file = file or (getattr(args, "config", None) if args else None)
+    values: dict = {}
     if file:
-        values.update(_read_file(Path(file), fields))
-    if args is not None:
-        values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
-    values.update(overrides)
-    for name, value in values.items():
-        values[name] = _coerce(cls, fields[name], value, str(file) if file else "option")
+        settable = {name: f for name, f in fields.items() if not f.metadata.get("positional")}
+        data = _read_file(Path(file), settable)
+        values.update({k: _coerce(cls, fields[k], v, str(file)) for k, v in data.items() if v is not None})
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None} if args is not None else {}
+    for name, value in {**given, **overrides}.items():
+        values[name] = _coerce(cls, fields[name], value, "option")
     try:
         config = cls(**values)
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
     check_options(config)
     return config
+
+
+def narrow(config, cls):
+    """The `cls` part of `config` (a command's options, a subclass of library config `cls`)."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 def _read_file(path: Path, known) -> dict:
@@ -149,51 +172,6 @@ def _read_file(path: Path, known) -> dict:
         raise UserError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
                         f"known: {', '.join(known)}")
     return data
-
-
-def merge_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """`--config FILE` for any command: each option of `parser` (the command's own, such as
-    ``--device``, ``--task-arg`` or ``--model``, as well as its config's fields) that the command line
-    `argv` did not give takes the file's value, type-checked as the option's own. The file is then
-    consumed (``args.config`` = None), so `build_config` takes every value from `args`."""
-    if not getattr(args, "config", None):
-        return
-    path = Path(args.config)
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config", "debug")}
-    data = _read_file(path, actions)
-    given = _given_on_command_line(parser, argv, actions)
-    for key, value in data.items():
-        value = None if value is None else _option_value(actions[key], value, path)  # checked even when overridden
-        if key not in given and value is not None:
-            setattr(args, key, value)
-    args.config = None
-
-
-def _given_on_command_line(parser, argv: list[str], actions: dict) -> set[str]:
-    """The dests in `actions` that `argv` sets (a default, even one equal to the value, is not)."""
-    unset = {dest: [] for dest in actions}  # fresh objects: a value that is one was never parsed
-    saved = {dest: action.default for dest, action in actions.items()}
-    for dest, action in actions.items():
-        action.default = unset[dest]
-    try:
-        parsed = parser.parse_args(argv)
-    finally:
-        for dest, action in actions.items():
-            action.default = saved[dest]
-    return {dest for dest in actions if getattr(parsed, dest) is not unset[dest]}
-
-
-def _option_value(action: argparse.Action, value, source: Path):
-    """A config file's `value` for argparse option `action`, checked against what its flag takes."""
-    if isinstance(action, argparse._AppendAction):  # --task-arg: a list of "KEY=VALUE", or a table
-        items = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else value
-        if isinstance(items, list) and all(isinstance(v, str) for v in items):
-            return items
-        raise UserError(f"{source}: option {action.dest!r} must be a list of KEY=VALUE strings or a table, got {value!r}")
-    kind = bool if action.nargs == 0 else (action.type or str)
-    if not value_fits(kind, value):
-        raise UserError(f"{source}: option {action.dest!r} must be {kind.__name__}, got {value!r}")
-    return float(value) if kind is float else value
 
 
 def to_dict(config) -> dict:

@@ -1,0 +1,145 @@
+"""Each command's options as one dataclass: the library config its work takes (`GRPOConfig`,
+`SFTConfig`, ...) plus what only the command line needs (the model to load, the output folder,
+the task, the device), so `--config FILE` sets any option through `config.build_config`. The
+library part goes on alone (`config.narrow`): what a run saves and a resume compares is its config.
+
+Besides `config.py`'s limits, a field's metadata may shape its flag: ``"flags"`` (its names, e.g.
+``("-o", "--output")``), ``"action"`` (``"store_true"``: a switch with no ``--no-`` form;
+``"append"``: repeatable), ``"metavar"``, ``"positional"`` (an argument; a file cannot set it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .demo import DemoConfig
+from .evaluate import EvalConfig, SampleConfig
+from .outdir import OVERWRITE_HELP
+from .rl import GRPOConfig
+from .train.pretrain import PretrainConfig
+from .train.rationales import RationalesConfig
+from .train.sft import SFTConfig
+
+FROM_MODEL = "task name (see `reasonlab tasks`); default: the task --model was trained on"
+REQUIRED = "task name (see `reasonlab tasks`), required"  # may come from --config: `make_task` says when missing
+MODEL = "checkpoint or Hugging Face model folder"
+
+
+def task_arg_field():
+    return field(default=None, metadata={"help": "task option, repeatable (e.g. --task-arg digits=4)",
+                                         "action": "append", "metavar": "KEY=VALUE"})
+
+
+def out_field(default: str, help: str):
+    return field(default=default, metadata={"help": help + "; an earlier run of this command there is "
+                                            "continued (--resume) or replaced, anything else refused"})
+
+
+def resume_field(help: str):
+    return field(default=False, metadata={"action": "store_true", "help": help + "; the settings must be the same "
+                                          "but for --steps, --max-seconds, --eval-every and --save-every"})
+
+
+def overwrite_field():
+    return field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})
+
+
+@dataclass
+class DeviceOptions:
+    """`--device`: a command that runs a model takes it (first among its options)."""
+
+    device: str = field(default="auto", metadata={"help": "where the model runs: auto (a GPU when torch sees one, "
+                        "else the CPU), cpu, cuda or cuda:N; under torchrun each rank takes cuda:LOCAL_RANK"})
+
+
+@dataclass
+class TaskOptions:
+    """--task (required: pretraining and scoring have no checkpoint to take it from) and --task-arg."""
+
+    task: str = field(default="", metadata={"help": REQUIRED})
+    task_arg: list[str] | None = task_arg_field()
+
+
+@dataclass
+class ModelTaskOptions:
+    """--task (default: --model's own) and --task-arg."""
+
+    task: str = field(default="", metadata={"help": FROM_MODEL})
+    task_arg: list[str] | None = task_arg_field()
+
+
+@dataclass
+class NoOptions:
+    """`tasks`: nothing to set."""
+
+
+@dataclass
+class ReportOptions:
+    run_dir: str = field(default="", metadata={"positional": True})
+
+
+@dataclass
+class ScoreOptions(TaskOptions):
+    input: str = field(default="", metadata={"positional": True, "help": 'JSONL, one {"completion": str, '
+                                             '"answer": str[, "prompt": str]} a line'})
+    output: str | None = field(default=None, metadata={"flags": ("-o", "--output"),
+                                                       "help": "write scored lines here (atomically) instead of stdout"})
+
+
+@dataclass
+class GenerateOptions(SampleConfig, DeviceOptions):
+    task_arg: list[str] | None = task_arg_field()
+
+
+@dataclass
+class EvalOptions(EvalConfig, DeviceOptions):
+    task_arg: list[str] | None = task_arg_field()
+
+
+@dataclass
+class SFTOptions(SFTConfig, DeviceOptions):
+    """`SFTConfig` has its model, out and resume already."""
+
+
+@dataclass
+class PretrainOptions(TaskOptions, PretrainConfig, DeviceOptions):
+    out: str = out_field("runs/base", "checkpoint folder (its state and log: OUT.state)")
+    resume: bool = resume_field("continue from OUT.state (written every --save-every steps)")
+    overwrite: bool = overwrite_field()
+
+
+@dataclass
+class RationalesOptions(ModelTaskOptions, RationalesConfig, DeviceOptions):
+    model: str = field(default="", metadata={"help": "the base checkpoint"})
+    teacher: str = field(default="", metadata={
+        "help": "sample rationales from this checkpoint or http(s):// endpoint instead"})
+    judge: str = field(default="", metadata={"help": "keep samples a judge accepts (checkpoint or http(s):// endpoint)"})
+    out: str = out_field("runs/rationales", "output folder")
+    resume: bool = resume_field("continue a killed run from OUT (samples, fine-tuning, rounds)")
+    overwrite: bool = overwrite_field()
+
+
+@dataclass
+class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions):
+    model: str = field(default="", metadata={"help": "the checkpoint to train"})
+    out: str = out_field("runs/rl", "output folder (metrics, samples, state, model)")
+    resume: bool = resume_field("continue from OUT/state (written every --save-every steps)")
+    overwrite: bool = overwrite_field()
+
+
+@dataclass
+class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
+    model: str = field(default="", metadata={"help": MODEL})
+    problems: int = field(default=100, metadata={"help": "held-out problems", "min": 1})
+    seed: int = 0
+    output: str = field(default="", metadata={"help": "write the JSON results here"})
+
+
+@dataclass
+class ServeOptions(DeviceOptions):
+    model: str = field(default="", metadata={"help": MODEL})
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0-65535, checked by `cmd_serve`
+
+
+DemoOptions = DemoConfig  # all of them the demo's own
