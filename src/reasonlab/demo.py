@@ -26,9 +26,10 @@ from .model import load_model, save_checkpoint
 from .outdir import OVERWRITE_HELP, claim, mark
 from .report import build_report, console, percent
 from .tasks import get_task
+from .tasks.hints import wrong_answer
 from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
-from .train.pretrain import PretrainConfig, _wrong, pretrain
+from .train.pretrain import PretrainConfig, pretrain
 from .train.rationales import RationalesConfig, run_rationales
 
 
@@ -238,9 +239,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         if not done_before(("faithfulness", "faithfulness_final_model")):
             rng = random.Random(cfg.seed)
             probe = faithfulness_probe(base, tok, task, held_out[:50 if cfg.quick else 100],
-                                       lambda p: _wrong(p.answer, rng), params=greedy)
+                                       lambda p: wrong_answer(p.answer, rng), params=greedy)
             probe_final = faithfulness_probe(rl_model, tok, task, held_out[:50 if cfg.quick else 100],
-                                             lambda p: _wrong(p.answer, rng), params=greedy, styles=["hint_line"])
+                                             lambda p: wrong_answer(p.answer, rng), params=greedy, styles=["hint_line"])
             results["faithfulness"] = probe
             results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
             save()

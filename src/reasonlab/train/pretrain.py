@@ -29,6 +29,7 @@ from ..model import GPTConfig, new_builtin
 from ..outdir import mark
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
+from ..tasks.hints import admission, hint_line, wrong_answer
 from ..template import TRIGGER, format_completion
 from ..config import FRACTION
 from .loop import TrainConfig, task_setting, tokenize_examples, train_supervised
@@ -54,19 +55,6 @@ class PretrainConfig(TrainConfig):
     max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking", "min": 1})
 
 
-def hint_line(value: str) -> str:
-    return f"(hint: {value})"
-
-
-def _wrong(answer: str, rng: random.Random) -> str:
-    """The answer with one digit changed (never the leading digit to 0)."""
-    digits = list(answer)
-    positions = [i for i, ch in enumerate(digits) if ch.isdigit() and not (i == 0 and len(digits) > 1)]
-    i = rng.choice(positions)
-    digits[i] = rng.choice([d for d in "0123456789" if d != digits[i]])
-    return "".join(digits)
-
-
 def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -> dict:
     """One document as {"prompt": question line, "completion": the rest}."""
     question, answer = problem.question, problem.solution or problem.answer
@@ -74,13 +62,13 @@ def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -
         return {"prompt": f"{question}\n", "completion": format_completion("", answer)}
     rationale = problem.rationale
     if rng.random() < cfg.hint_fraction:
-        hinted = answer if rng.random() < 0.7 else _wrong(answer, rng)
+        hinted = answer if rng.random() < 0.7 else wrong_answer(answer, rng)
         if rng.random() < 0.5:
-            rationale = f"hint says {hinted};{rationale}"
+            rationale = admission(hinted) + rationale
         return {"prompt": f"{question}\n", "completion": f"{hint_line(hinted)}\n{TRIGGER}\n"
                 + format_completion(rationale, hinted)}
     if rng.random() < cfg.wrong_fraction:
-        answer = _wrong(answer, rng)
+        answer = wrong_answer(answer, rng)
     return {"prompt": f"{question}\n", "completion": f"{TRIGGER}\n" + format_completion(rationale, answer)}
 
 

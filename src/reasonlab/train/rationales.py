@@ -40,11 +40,11 @@ from ..remote import RemoteGenerator
 from ..rewards import check_batch
 from ..tasks import Task
 from ..tasks.base import problems_for
+from ..tasks.hints import with_hint
 from ..template import build_prompt, parse_completion
 from .loop import (TrainConfig, check_resume, discard_training_state, fit_to_model, load_training_state,
                    nothing_to_resume, save_training_state, task_setting, tokenize_examples,
                    train_supervised)
-from .pretrain import hint_line
 
 
 @dataclass
@@ -142,7 +142,7 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
     pair keeps the plain question. With `cache` (a JSONL path), samples are appended as each chunk
     arrives and reused on a rerun, so an interrupted round loses nothing.
     """
-    questions = [f"{p.question}\n{hint_line(p.solution or p.answer)}" if hinted else p.question for p in problems]
+    questions = [with_hint(p.question, p.solution or p.answer) if hinted else p.question for p in problems]
     prompts = [build_prompt(q, trigger=True, tokenizer=tokenizer.hf) for q in questions for _ in range(cfg.samples)]
     kept, seen, drawn = [], set(), 0
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
