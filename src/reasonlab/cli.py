@@ -13,6 +13,7 @@ import sys
 from typing import Callable, NamedTuple
 
 from .config import add_config_args, build_config, narrow
+from .console import TrainProgress, print_results
 from .errors import UserError
 from .outdir import claim
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
@@ -154,40 +155,6 @@ def cmd_generate(opts) -> int:
     return 0
 
 
-class TrainProgress:
-    """A progress bar over training steps (loss and reward on it); evaluation lines stay printed.
-    The bar appears with the first step's report, so a run that fails while loading shows none."""
-
-    def __init__(self, total: int, what: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.total, self.shown = total, False
-        from .report import console
-
-        self.progress = Progress(TextColumn(what), BarColumn(bar_width=30), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console(),
-                                 disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
-
-    def __enter__(self):
-        self.task = self.progress.add_task("", total=self.total, info="")  # the clock starts here
-        return self
-
-    def __exit__(self, *exc):
-        if self.shown:
-            self.progress.stop()
-
-    def __call__(self, m: dict):
-        if not self.shown:
-            self.progress.start()
-            self.shown = True
-        shown = [f"{k} {m[k]:.3f}" for k in ("loss", "reward/mean") if isinstance(m.get(k), float)]
-        self.progress.update(self.task, completed=m.get("step", 0), info=", ".join(shown))
-        evals = {k: v for k, v in m.items() if k.startswith("eval") or k == "trigger_acc"}
-        if evals:
-            self.progress.console.print(f"step {m.get('step', 0)}: " + " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evals.items()))
-
-
 def cmd_pretrain(opts) -> int:
     from .model import save_checkpoint
     from .outdir import claim_checkpoint
@@ -287,30 +254,6 @@ def cmd_demo(cfg) -> int:
     print_results(results)
     print(f"\nresults: {cfg.out}/results.json   report: {cfg.out}/report.html")
     return 0
-
-
-def print_results(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .report import percent
-
-    table = Table(title=f"reasonlab demo: {results.get('task', '')} (held-out, greedy)")
-    table.add_column("what")
-    table.add_column("accuracy", justify="right")
-    table.add_row("base model, asked directly", f"{results['base_direct_acc']:.1%}")
-    table.add_row("base model, \"Let's think step by step.\"", f"{results['base_cot_prompt_acc']:.1%}")
-    for i, acc in enumerate(results.get("method1_acc", []), 1):
-        table.add_row(f"Method 1 (own rationales), round {i}", f"{acc:.1%}")
-    table.add_row("Method 2 (GRPO)", f"{results['method2_acc']:.1%}")
-    table.add_row("Method 2 format rate", f"{results['method2_format_rate']:.1%}")
-    for point in results.get("budget_curve", []):
-        table.add_row(f"thinking budget {point['budget']} tokens", f"{point['acc']:.1%}")
-    faith = results.get("faithfulness", {})
-    table.add_row("base follows a hint / admits it",
-                  f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}")
-    table.add_row("wall time", f"{results.get('seconds', 0):.0f} s")
-    Console().print(table)
 
 
 def cmd_eval(opts) -> int:

@@ -24,7 +24,8 @@ from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint
 from .outdir import OVERWRITE_HELP, claim, mark
-from .report import build_report, console, percent
+from .console import console, percent
+from .report import build_report
 from .tasks import get_task
 from .tasks.hints import wrong_answer
 from .rl import GRPOConfig, train_grpo

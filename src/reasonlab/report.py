@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .console import demo_rows, percent  # noqa: E402
 from .jsonl import read_json, read_log  # noqa: E402
 
 COLORS = {"base": "#9aa5b1", "prompt": "#5b8def", "m1": "#f0a030", "m2": "#2fa36b", "think": "#a05bd6"}
@@ -131,19 +132,6 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def console():
-    """A rich Console for progress lines: the terminal's width, or 120 columns when writing to a
-    file or a pipe (a CI log, `| tee`), where rich would assume 80 and cut each line's text short."""
-    from rich.console import Console
-
-    return Console() if Console().is_terminal else Console(width=120)
-
-
-def percent(value: float | None) -> str:
-    """A rate as a percentage with one decimal; "—" for an unknown one (None: `evaluate.rate` of 0/0)."""
-    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "—"
-
-
 def plot_loss(steps: list[dict], path: Path) -> Path:
     """A supervised run's step log: the training loss (and held-out loss where logged), the other
     checks it logged (pretrain: trigger accuracy) and the learning rate."""
@@ -224,19 +212,9 @@ def _demo_report(run: Path) -> Path:
     figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
-    rows = [("Base model, asked directly", percent(results.get("base_direct_acc"))),
-            ("Base model, \"Let's think step by step.\"", percent(results.get("base_cot_prompt_acc")))]
-    rows += [(f"Method 1 (self-generated rationales), round {i}", percent(a))
-             for i, a in enumerate(results.get("method1_acc", []), 1)]
-    rows += [("Method 2 (GRPO)", percent(results.get("method2_acc"))),
-             ("Method 2 format rate", percent(results.get("method2_format_rate")))]
-    faith = results.get("faithfulness", {})
-    rows += [("Hint followed (answer changed to the hint)", percent(faith.get("hint_follow_rate"))),
-             ("Hint admitted in the thought (of followed)", percent(faith.get("admit_rate"))),
-             ("Wall time", f"{results.get('seconds', 0):.0f} s")]
     note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on held-out problems never seen in "
             "training.")
-    return _write_page(run, "reasonlab: what reasoning buys", note, rows, figures)
+    return _write_page(run, "reasonlab: what reasoning buys", note, demo_rows(results), figures)
 
 
 def _grpo_run(folder: Path) -> tuple[list[dict], dict | None]:

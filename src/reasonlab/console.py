@@ -1,0 +1,84 @@
+"""Terminal output: the console progress lines go to, rates as text, the training progress bar and
+the demo's results table (`demo_rows`, which the HTML report shows too).
+
+rich is imported inside the functions that draw, so importing this module costs nothing."""
+
+from __future__ import annotations
+
+import os
+
+
+def console():
+    """A rich Console for progress lines: the terminal's width, or 120 columns when writing to a
+    file or a pipe (a CI log, `| tee`), where rich would assume 80 and cut each line's text short."""
+    from rich.console import Console
+
+    return Console() if Console().is_terminal else Console(width=120)
+
+
+def percent(value: float | None) -> str:
+    """A rate as a percentage with one decimal; "—" for an unknown one (None: `evaluate.rate` of 0/0)."""
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "—"
+
+
+class TrainProgress:
+    """A progress bar over training steps (loss and reward on it); evaluation lines stay printed.
+    The bar appears with the first step's report, so a run that fails while loading shows none."""
+
+    def __init__(self, total: int, what: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.total, self.shown = total, False
+        self.progress = Progress(TextColumn(what), BarColumn(bar_width=30), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console(),
+                                 disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
+
+    def __enter__(self):
+        self.task = self.progress.add_task("", total=self.total, info="")  # the clock starts here
+        return self
+
+    def __exit__(self, *exc):
+        if self.shown:
+            self.progress.stop()
+
+    def __call__(self, m: dict):
+        if not self.shown:
+            self.progress.start()
+            self.shown = True
+        shown = [f"{k} {m[k]:.3f}" for k in ("loss", "reward/mean") if isinstance(m.get(k), float)]
+        self.progress.update(self.task, completed=m.get("step", 0), info=", ".join(shown))
+        evals = {k: v for k, v in m.items() if k.startswith("eval") or k == "trigger_acc"}
+        if evals:
+            self.progress.console.print(f"step {m.get('step', 0)}: " + " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evals.items()))
+
+
+def demo_rows(results: dict) -> list[tuple[str, str]]:
+    """A demo's `results` (its results.json, complete or as a stopped run left it) as (what, value)
+    rows: every accuracy held-out and greedy; "—" for what is not measured yet."""
+    rows = [("base model, asked directly", percent(results.get("base_direct_acc"))),
+            ("base model, \"Let's think step by step.\"", percent(results.get("base_cot_prompt_acc")))]
+    rows += [(f"Method 1 (own rationales), round {i}", percent(acc))
+             for i, acc in enumerate(results.get("method1_acc", []), 1)]
+    rows += [("Method 2 (GRPO)", percent(results.get("method2_acc"))),
+             ("Method 2 format rate", percent(results.get("method2_format_rate")))]
+    rows += [(f"thinking budget {point['budget']} tokens", percent(point["acc"]))
+             for point in results.get("budget_curve", [])]
+    faith = results.get("faithfulness", {})
+    rows += [("base follows a hint / admits it",
+              f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}"),
+             ("wall time", f"{results.get('seconds', 0):.0f} s")]
+    return rows
+
+
+def print_results(results: dict) -> None:
+    """The demo's results table, on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"reasonlab demo: {results.get('task', '')} (held-out, greedy)")
+    table.add_column("what")
+    table.add_column("accuracy", justify="right")
+    for what, value in demo_rows(results):
+        table.add_row(what, value)
+    Console().print(table)
