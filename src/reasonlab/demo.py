@@ -119,135 +119,172 @@ def earlier_run(out: Path, cfg: DemoConfig) -> dict:
     return earlier
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    where = resolve_device(cfg.device)  # a bad --device fails before any stage starts
-    out = claim(cfg.out, "demo", cfg.overwrite)
-    earlier = earlier_run(out, cfg) if cfg.resume else {}
-    start = time.monotonic() - earlier.get("seconds", 0.0)
-    mark(out, "demo")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    task = get_task("chain", length=cfg.length)
-    pre_cfg, m1_cfg, rl_cfg = stage_configs(cfg)
-    held_out = task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
-    results: dict = {"task": f"chain of {cfg.length} variables", "config": asdict(cfg)}
+class DemoRun:
+    """One demo run: its folder, settings, held-out problems and results; one method a stage.
 
-    def save():
-        results["seconds"] = time.monotonic() - start
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+    With --resume, a stage is taken from the stopped run while every stage before it was too and
+    what it left is complete (its results, its checkpoint); from the first stage that runs, all run."""
 
-    # With --resume, a stage is taken from the stopped run while every stage before it was too and
-    # what it left is complete (its results, its checkpoint); from the first stage that runs, all run.
-    reuse = bool(earlier)
-    if not earlier:
-        save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.where = resolve_device(cfg.device)  # a bad --device fails before any stage starts
+        self.out = claim(cfg.out, "demo", cfg.overwrite)
+        self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
+        self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
+        mark(self.out, "demo")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.task = get_task("chain", length=cfg.length)
+        self.pre_cfg, self.m1_cfg, self.rl_cfg = stage_configs(cfg)
+        self.held_out = self.task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
+        self.greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
+        self.results: dict = {"task": f"chain of {cfg.length} variables", "config": asdict(cfg)}
+        self.reuse = bool(self.earlier)
+        if not self.earlier:
+            self.save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
 
-    def done_before(keys: tuple, checkpoint: str | None = None):
-        nonlocal reuse
-        reuse = reuse and all(k in earlier for k in keys) and \
-            (checkpoint is None or (out / "checkpoints" / checkpoint / "config.json").is_file())
-        if reuse:
-            results.update({k: earlier[k] for k in keys})
-        return reuse
+    def save(self):
+        """Write results.json (after every stage, so nothing computed is lost if a later one fails)."""
+        self.results["seconds"] = time.monotonic() - self.start
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
 
-    def load(name: str):
-        model, tokenizer = load_model(out / "checkpoints" / name)
-        return model.to(where), tokenizer
+    def done_before(self, keys: tuple, checkpoint: str | None = None) -> bool:
+        """Whether the stopped run's results `keys` (and `checkpoint`) are taken instead of running
+        the stage; when they are, they go into the results."""
+        self.reuse = self.reuse and all(k in self.earlier for k in keys) and \
+            (checkpoint is None or (self.out / "checkpoints" / checkpoint / "config.json").is_file())
+        if self.reuse:
+            self.results.update({k: self.earlier[k] for k in keys})
+        return self.reuse
 
-    with Stages() as ui:
-        # 1. pretrain the base model, stopping on measured trigger accuracy
-        tick = ui.stage("1/6 pretrain the base model", pre_cfg.steps)
-        if done_before(("pretrain",), "base"):
-            base, tok = load("base")
-            tick(completed=pre_cfg.steps, info="from the stopped run")
-        else:
-            (out / "pretrain").mkdir(exist_ok=True)
-            log_file = open(out / "pretrain" / "metrics.jsonl", "w")
+    def load(self, name: str):
+        model, tokenizer = load_model(self.out / "checkpoints" / name)
+        return model.to(self.where), tokenizer
+
+    def keep(self, name: str, model, stage_cfg):
+        save_checkpoint(self.out / "checkpoints" / name, model, self.tok, {"task": self.task.spec, **asdict(stage_cfg)})
+
+    def pretrain_base(self, ui):
+        """1. pretrain the base model, stopping on measured trigger accuracy."""
+        cfg = self.pre_cfg
+        tick = ui.stage("1/6 pretrain the base model", cfg.steps)
+        if self.done_before(("pretrain",), "base"):
+            base, self.tok = self.load("base")
+            tick(completed=cfg.steps, info="from the stopped run")
+            return base
+        (self.out / "pretrain").mkdir(exist_ok=True)
+        with open(self.out / "pretrain" / "metrics.jsonl", "w") as log_file:
 
             def pre_log(m):
                 log_file.write(json.dumps(m) + "\n")
                 info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
                 tick(completed=m["step"], info=info)
 
-            base, tok, last = pretrain(task, pre_cfg, progress=pre_log, device=cfg.device)
-            log_file.close()
-            save_checkpoint(out / "checkpoints" / "base", base, tok, {"task": task.spec, **asdict(pre_cfg)})
-            results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
-            save()
-            tick(completed=pre_cfg.steps)
+            base, self.tok, last = pretrain(self.task, cfg, progress=pre_log, device=self.cfg.device)
+        self.keep("base", base, cfg)
+        self.results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
+        self.save()
+        tick(completed=cfg.steps)
+        return base
 
-        # 2. direct vs "think step by step"
+    def prompting(self, ui, base):
+        """2. the base model asked directly vs "think step by step"."""
         tick = ui.stage("2/6 direct vs step-by-step", 2)
-        if not done_before(("base_direct_acc", "base_cot_prompt_acc")):
-            direct = evaluate_problems(base, tok, task, held_out, trigger=False,
+        if not self.done_before(("base_direct_acc", "base_cot_prompt_acc")):
+            direct = evaluate_problems(base, self.tok, self.task, self.held_out, trigger=False,
                                        params=SamplingParams(temperature=0.0, max_new_tokens=64, think_budget=0))
             tick()
-            cot = evaluate_problems(base, tok, task, held_out, trigger=True, params=greedy)
-            results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=cot["accuracy"])
-            save()
-        tick(completed=2, info=f"direct {results['base_direct_acc']:.0%}, "
-                               f"step by step {results['base_cot_prompt_acc']:.0%}")
+            cot = evaluate_problems(base, self.tok, self.task, self.held_out, trigger=True, params=self.greedy)
+            self.results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=cot["accuracy"])
+            self.save()
+        tick(completed=2, info=f"direct {self.results['base_direct_acc']:.0%}, "
+                               f"step by step {self.results['base_cot_prompt_acc']:.0%}")
 
-        # 3. Method 1: self-generated rationales kept by the verifier
-        tick = ui.stage("3/6 Method 1: own rationales", m1_cfg.rounds)
-        resume_m1 = reuse  # the stopped run's base model: its Method 1 state still fits
-        if done_before(("method1_acc", "method1_rounds"), "method1"):
-            m1_model, _ = load("method1")
-            tick(completed=m1_cfg.rounds, info=f"round {m1_cfg.rounds}: {results['method1_acc'][-1]:.0%}")
-        else:  # on the same base, from the round (and the step within it) the stopped run had reached
-            m1_model, records = run_rationales(base, tok, task, m1_cfg, out_dir=out / "method1", resume=resume_m1,
-                                               log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
-            results["method1_acc"] = [r["accuracy"] for r in records]
-            results["method1_rounds"] = records
-            save_checkpoint(out / "checkpoints" / "method1", m1_model, tok, {"task": task.spec, **asdict(m1_cfg)})
-            save()
+    def method1(self, ui, base):
+        """3. Method 1: self-generated rationales kept by the verifier."""
+        cfg = self.m1_cfg
+        tick = ui.stage("3/6 Method 1: own rationales", cfg.rounds)
+        resume = self.reuse  # the stopped run's base model: its Method 1 state still fits
+        if self.done_before(("method1_acc", "method1_rounds"), "method1"):
+            model, _ = self.load("method1")
+            tick(completed=cfg.rounds, info=f"round {cfg.rounds}: {self.results['method1_acc'][-1]:.0%}")
+            return model
+        # on the same base, from the round (and the step within it) the stopped run had reached
+        model, records = run_rationales(base, self.tok, self.task, cfg, out_dir=self.out / "method1", resume=resume,
+                                        log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
+        self.results["method1_acc"] = [r["accuracy"] for r in records]
+        self.results["method1_rounds"] = records
+        self.keep("method1", model, cfg)
+        self.save()
+        return model
 
-        # 4. Method 2: GRPO from the Method 1 model
-        tick = ui.stage("4/6 Method 2: GRPO", rl_cfg.steps)
-        if done_before(("method2_acc", "method2_format_rate", "method2_mean_think_tokens"), "method2"):
-            rl_model, _ = load("method2")
-            tick(completed=rl_cfg.steps, info=f"held-out {results['method2_acc']:.0%}")
-        else:
-            rl_model = m1_model
+    def method2(self, ui, model):
+        """4. Method 2: GRPO from the Method 1 model (trained in place)."""
+        cfg = self.rl_cfg
+        tick = ui.stage("4/6 Method 2: GRPO", cfg.steps)
+        if self.done_before(("method2_acc", "method2_format_rate", "method2_mean_think_tokens"), "method2"):
+            model, _ = self.load("method2")
+            tick(completed=cfg.steps, info=f"held-out {self.results['method2_acc']:.0%}")
+            return model
 
-            def rl_progress(m):
-                info = f"reward {m.get('reward/mean', 0):.2f}"
-                if "eval/accuracy" in m:
-                    info += f", held-out {m['eval/accuracy']:.0%}"
-                tick(completed=m["step"], info=info)
+        def rl_progress(m):
+            info = f"reward {m.get('reward/mean', 0):.2f}"
+            if "eval/accuracy" in m:
+                info += f", held-out {m['eval/accuracy']:.0%}"
+            tick(completed=m["step"], info=info)
 
-            train_grpo(rl_model, tok, task, rl_cfg, out_dir=out / "grpo", progress=rl_progress)
-            final = evaluate_problems(rl_model, tok, task, held_out, trigger=True, params=greedy)
-            results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
-                           method2_mean_think_tokens=final["mean_think_tokens"])
-            tick(completed=rl_cfg.steps, info=f"held-out {results['method2_acc']:.0%}")
-            save_checkpoint(out / "checkpoints" / "method2", rl_model, tok, {"task": task.spec, **asdict(rl_cfg)})
-            save()
+        train_grpo(model, self.tok, self.task, cfg, out_dir=self.out / "grpo", progress=rl_progress)
+        final = evaluate_problems(model, self.tok, self.task, self.held_out, trigger=True, params=self.greedy)
+        self.results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
+                            method2_mean_think_tokens=final["mean_think_tokens"])
+        tick(completed=cfg.steps, info=f"held-out {self.results['method2_acc']:.0%}")
+        self.keep("method2", model, cfg)
+        self.save()
+        return model
 
-        # 5. thinking-budget sweep on the final model
+    def budget(self, ui, model):
+        """5. thinking-budget sweep on the final model."""
         tick = ui.stage("5/6 thinking-budget sweep", 1)
-        if not done_before(("budget_curve",)):
-            full = max(1, round(results["method2_mean_think_tokens"]))
+        if not self.done_before(("budget_curve",)):
+            full = max(1, round(self.results["method2_mean_think_tokens"]))
             budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
-            results["budget_curve"] = budget_sweep(rl_model, tok, task, held_out, budgets,
-                                                   max_new_tokens=greedy.max_new_tokens)
-            save()
-        tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in results["budget_curve"]))
+            self.results["budget_curve"] = budget_sweep(model, self.tok, self.task, self.held_out, budgets,
+                                                        max_new_tokens=self.greedy.max_new_tokens)
+            self.save()
+        tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in self.results["budget_curve"]))
 
-        # 6. faithfulness probe (on the base model, where the corpus planted hint-following)
+    def faithfulness(self, ui, base, final):
+        """6. faithfulness probe (on the base model, where the corpus planted hint-following; the
+        final model with the hint line only)."""
         tick = ui.stage("6/6 faithfulness probe", 1)
-        if not done_before(("faithfulness", "faithfulness_final_model")):
-            rng = random.Random(cfg.seed)
-            probe = faithfulness_probe(base, tok, task, held_out[:50 if cfg.quick else 100],
-                                       lambda p: wrong_answer(p.answer, rng), params=greedy)
-            probe_final = faithfulness_probe(rl_model, tok, task, held_out[:50 if cfg.quick else 100],
-                                             lambda p: wrong_answer(p.answer, rng), params=greedy, styles=["hint_line"])
-            results["faithfulness"] = probe
-            results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
-            save()
-        probe = results["faithfulness"]
+        if not self.done_before(("faithfulness", "faithfulness_final_model")):
+            rng = random.Random(self.cfg.seed)
+            problems = self.held_out[:50 if self.cfg.quick else 100]
+            probe = faithfulness_probe(base, self.tok, self.task, problems,
+                                       lambda p: wrong_answer(p.answer, rng), params=self.greedy)
+            probe_final = faithfulness_probe(final, self.tok, self.task, problems,
+                                             lambda p: wrong_answer(p.answer, rng), params=self.greedy,
+                                             styles=["hint_line"])
+            self.results["faithfulness"] = probe
+            self.results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
+            self.save()
+        probe = self.results["faithfulness"]
         tick(info=f"follows {percent(probe['hint_follow_rate'])}, admits {percent(probe['admit_rate'])}")
-    build_report(out)
-    save()
-    return results
+
+    def report(self) -> dict:
+        """7. report.html and its plots; the results as saved."""
+        build_report(self.out)
+        self.save()
+        return self.results
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    run = DemoRun(cfg)
+    with Stages() as ui:
+        base = run.pretrain_base(ui)
+        run.prompting(ui, base)
+        method1 = run.method1(ui, base)
+        final = run.method2(ui, method1)
+        run.budget(ui, final)
+        run.faithfulness(ui, base, final)
+    return run.report()
