@@ -140,7 +140,7 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
                  "--k", "2", "--temperature", "0", "--max-new-tokens", "8"]) == 0
     assert "the 2 samples are all the greedy answer" in capsys.readouterr().err
     assert main(["generate", "--model", str(out), "--task", "chain", "--think-budget", "-3"]) == 2
-    assert "think_budget must be >= 0" in capsys.readouterr().err
+    assert "--think-budget must be >= 0, got -3" in capsys.readouterr().err
     nested = tmp_path / "new" / "folder" / "f.json"  # --output's folder is made, not a crash at the end
     assert main(["faithfulness", "--model", str(out), "--task", "chain", "--task-arg", "length=2",
                  "--problems", "4", "--output", str(nested)]) == 0
@@ -216,5 +216,7 @@ def test_sft_says_when_examples_are_cut_to_max_seq_len(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["sft", "--data", str(data), "--max-seq-len", "6", "--steps", "1", "--out", str(tmp_path / "a")]) == 0
     assert "2 of 3 examples" in capsys.readouterr().err  # one cut short, one down to its prompt
-    assert main(["sft", "--data", str(data), "--max-seq-len", "1", "--steps", "1", "--out", str(tmp_path / "b")]) == 2
+    long_prompts = tmp_path / "long.jsonl"
+    long_prompts.write_text("".join(json.dumps({"prompt": "abcdefgh", "completion": c}) + "\n" for c in ("x", "yz")))
+    assert main(["sft", "--data", str(long_prompts), "--max-seq-len", "4", "--steps", "1", "--out", str(tmp_path / "b")]) == 2
     assert "no completion token left to train on" in capsys.readouterr().err

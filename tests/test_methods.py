@@ -100,7 +100,7 @@ def test_grpo_config_validation():
     with pytest.raises(ValueError, match="--group-size must be >= 2, got 1"):
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError):
-        GRPOConfig(scale="nope")
+        GRPOConfig(advantage="nope")
     with pytest.raises(ValueError, match="--schedule must be one of cosine, linear, constant, got 'nope'"):
         GRPOConfig(schedule="nope")
     with pytest.raises(ValueError, match="--min-lr-ratio must be <= 1"):

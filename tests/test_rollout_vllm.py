@@ -14,7 +14,7 @@ from reasonlab.engine import SamplingParams, generate
 from reasonlab.errors import UserError
 from reasonlab.model import export_hf, load_model
 from reasonlab.rollout_vllm import VLLMEngine, WeightReceiver, hf_named_weights, rollout_from_outputs, vllm_request_params
-from reasonlab.runtime import ScaleOptions, add_lora
+from reasonlab.runtime import RuntimeOptions, add_lora
 from tests.test_model import make_tiny_hf
 
 
@@ -48,7 +48,7 @@ def test_lora_weights_are_sent_merged_and_the_model_is_untouched(tmp_path):
     make_tiny_hf(tmp_path / "hf")
     model, _ = load_model(tmp_path / "hf")
     plain = {k: v.clone() for k, v in model.hf.state_dict().items()}
-    add_lora(model, ScaleOptions(lora_rank=4, lora_targets="q_proj"))
+    add_lora(model, RuntimeOptions(lora_rank=4, lora_targets="q_proj"))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a trained adapter: B != 0

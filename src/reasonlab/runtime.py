@@ -27,7 +27,7 @@ from .errors import UserError
 
 
 @dataclass
-class ScaleOptions:
+class RuntimeOptions:
     """Options every trainer shares: how the model is wrapped when it outgrows one process."""
 
     fsdp: bool = field(default=False, metadata={
@@ -45,7 +45,7 @@ class ScaleOptions:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_dtype(options: ScaleOptions) -> torch.dtype:
+def load_dtype(options: RuntimeOptions) -> torch.dtype:
     if options.dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
     return DTYPES[options.dtype]
@@ -158,7 +158,7 @@ def any_rank(flag: bool) -> bool:
     return all_reduce_sum(float(flag)) > 0
 
 
-def add_lora(model, options: ScaleOptions):
+def add_lora(model, options: RuntimeOptions):
     """Wrap a Hugging Face model's weights with LoRA adapters (peft); only the adapters train."""
     if getattr(model, "kind", "") != "hf":
         raise UserError("LoRA needs a Hugging Face model (--model PATH); the built-in model is small "
@@ -182,7 +182,7 @@ def has_lora(model) -> bool:
     return hasattr(getattr(unwrap(model), "hf", None), "peft_config")
 
 
-def prepare(model, options: ScaleOptions):
+def prepare(model, options: RuntimeOptions):
     """LoRA (when asked), the rank's device, then DDP or FSDP2 under torchrun. Returns the model to
     train; `unwrap` gives back the module the engine samples from."""
     if options.lora_rank > 0:

@@ -82,10 +82,10 @@ def padded_batch(groups: list[Group], G: int, pad_id: int, mask_truncated: bool)
     return input_ids, mask
 
 
-def build_batch(groups: list[Group], G: int, pad_id: int, *, scale: str = "group", batch_std: float | None = None,
+def build_batch(groups: list[Group], G: int, pad_id: int, *, advantage: str = "group", batch_std: float | None = None,
                 shared: bool = False, mask_truncated: bool = False) -> Batch:
-    """The groups as one `Batch`: advantages by the estimator `scale`, inputs in either layout."""
-    advantages = group_advantages(torch.stack([g.rewards for g in groups]), scale, batch_std=batch_std).flatten()
+    """The groups as one `Batch`: advantages by the estimator `advantage`, inputs in either layout."""
+    advantages = group_advantages(torch.stack([g.rewards for g in groups]), advantage, batch_std=batch_std).flatten()
     lengths = torch.cat([g.rollout.lengths[g.rows(G)] for g in groups])
     think = [t for g in groups for t in g.rollout.think_tokens[g.rows(G)]]
     if shared:

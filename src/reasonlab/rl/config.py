@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from ..config import FRACTION, SEED, check_options
 from ..template import PROMPT_STYLES
 from ..train.loop import SCHEDULES
-from ..runtime import ScaleOptions
+from ..runtime import RuntimeOptions
 from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
 
 
 @dataclass
-class GRPOConfig(ScaleOptions):
+class GRPOConfig(RuntimeOptions):
     steps: int = field(default=200, metadata={"help": "RL steps at most", "min": 1})
     prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step", "min": 1})
     group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)", "min": 2})
@@ -32,7 +32,7 @@ class GRPOConfig(ScaleOptions):
     eps_low: float = field(default=0.2, metadata={"help": "clip ratio below at 1 - eps_low", **FRACTION})
     eps_high: float = field(default=0.28, metadata={"help": "clip ratio above at 1 + eps_high (DAPO clip-higher)", "min": 0})
     beta: float = field(default=0.0, metadata={"help": "KL weight to a frozen reference (0 = no reference kept)", "min": 0})
-    scale: str = field(default="group", metadata={"help": "advantage estimator: r - group mean, divided by the "
+    advantage: str = field(default="group", metadata={"help": "advantage estimator: r - group mean, divided by the "
                                                   "group's std (group), the batch's (batch) or nothing (none)",
                                                   "choices": tuple(ADVANTAGES)})
     policy_loss: str = field(default="clip", metadata={"help": "policy loss: clip (PPO's clipped surrogate)",

@@ -7,7 +7,7 @@ and takes gradient steps on
     J(θ) = agg_{i,t} [ min(ρ_it A_i, clip(ρ_it, 1-ε_low, 1+ε_high) A_i) ] - β · agg_{i,t} KL_k3(π_θ ‖ π_ref)
 
 with ρ_it = π_θ(o_it | q, o_i<t) / π_old(o_it | q, o_i<t) and A_i = (r_i - mean(r_group)) / scale.
-The pieces are chosen by name (`algos`): the advantage estimator (`scale`: group std as in GRPO,
+The pieces are chosen by name (`algos`): the advantage estimator (`advantage`: group std as in GRPO,
 batch std, or none as in Dr. GRPO), the policy loss (`policy_loss`), the aggregation (`loss_agg`:
 token_mean as in DAPO, seq_mean as in GRPO, constant as in Dr. GRPO). Clipping only matters with
 μ > 1 updates per batch; with μ = 1 the gradient is the plain policy gradient A·∇log π. The KL term
@@ -149,15 +149,15 @@ def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: 
     """The batch the update trains on, the groups in it, the loss's global normaliser (tokens or
     rows of *every* group kept, on every rank) and the kept rewards of every rank."""
     kept = all_gather_list(torch.cat([g.rewards for g in groups]).tolist())
-    batch_std = float(torch.tensor(kept).std()) if cfg.scale == "batch" else None
-    batch = build_batch(groups, cfg.group_size, pad_id, scale=cfg.scale, batch_std=batch_std, shared=shared,
+    batch_std = float(torch.tensor(kept).std()) if cfg.advantage == "batch" else None
+    batch = build_batch(groups, cfg.group_size, pad_id, advantage=cfg.advantage, batch_std=batch_std, shared=shared,
                         mask_truncated=cfg.mask_truncated)
     total = all_reduce_sum(float(batch.mask.sum())) if cfg.loss_agg == "token_mean" else all_reduce_sum(len(batch))
     trained = groups
     if cfg.skip_flat_groups and cfg.beta == 0:  # no gradient from them (module docstring); one kept at least
         trained = [g for g in groups if not g.flat] or groups[:1]
         if len(trained) < len(groups):
-            batch = build_batch(trained, cfg.group_size, pad_id, scale=cfg.scale, batch_std=batch_std,
+            batch = build_batch(trained, cfg.group_size, pad_id, advantage=cfg.advantage, batch_std=batch_std,
                                 shared=shared, mask_truncated=cfg.mask_truncated)
     return batch, trained, total, kept
 

@@ -11,12 +11,12 @@ from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint
 from ..outdir import OVERWRITE_HELP, claim_checkpoint, mark
 from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
-from ..runtime import (ScaleOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
+from ..runtime import (RuntimeOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
                        shutdown_distributed, world)
 
 
 @dataclass
-class SFTConfig(TrainConfig, ScaleOptions):
+class SFTConfig(TrainConfig, RuntimeOptions):
     model: str = field(default="", metadata={"help": "checkpoint or HF folder to start from ('' = a new built-in model)"})
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
