@@ -185,6 +185,37 @@ class RowState:
 def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None = None) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups). See the module docstring."""
     params = params or SamplingParams()
+    budgets = _check_request(prompts, params)
+    prompt_ids = tokenizer.encode_batch(prompts)
+    if min(len(p) for p in prompt_ids) == 0:
+        raise ValueError("empty prompt")
+    device = next(model.parameters()).device
+    generator = None
+    if params.seed is not None and params.temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    P = max(len(p) for p in prompt_ids)
+    limit = getattr(model, "max_seq_len", None)  # positions the model has (RoPE tables)
+    if limit is not None and P >= limit:
+        raise ValueError(f"prompt of {P} tokens does not fit the model's {limit} positions")
+    N = params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - P)
+    uniforms = None  # with row seeds: (B, N), row i's uniform for every step (compacted with the batch)
+    if params.row_seeds is not None and params.temperature > 0:
+        seeds = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
+        # In blocks of steps: the hash's int64 temporaries stay small for long generations.
+        uniforms = torch.cat([keyed_uniform(seeds[:, None], torch.arange(s, min(s + 512, N), device=device))
+                              for s in range(0, N, 512)], dim=1)
+    cache, logits, attn, next_pos = _prefill(model, tokenizer.pad_id, prompt_ids, P, N, device)
+    if _vectorizable(tokenizer, budgets, params):
+        return _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos,
+                                  uniforms, generator, P, N)
+    rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
+                     prompt_opens_think(prompts[i])) for i in range(len(prompts))]
+    _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N)
+    return assemble_rollout(rows, prompt_ids, tokenizer)
+
+
+def _check_request(prompts: list[str], params: SamplingParams) -> list:
+    """The per-row thinking budgets; a request whose lists do not match its prompts is a ValueError."""
     B = len(prompts)
     if B == 0:
         raise ValueError("no prompts to generate from")
@@ -193,36 +224,22 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         raise ValueError(f"think_budget has {len(budgets)} entries for {B} prompts")
     if params.row_seeds is not None and len(params.row_seeds) != B:
         raise ValueError(f"row_seeds has {len(params.row_seeds)} entries for {B} prompts")
-    prompt_ids = tokenizer.encode_batch(prompts)
-    if min(len(p) for p in prompt_ids) == 0:
-        raise ValueError("empty prompt")
-    rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
-                 prompt_opens_think(prompts[i])) for i in range(B)]
-    device = next(model.parameters()).device
-    generator = None
-    if params.seed is not None and params.temperature > 0:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
-    uniforms = None  # with row seeds: (B, N), row i's uniform for every step (compacted with the batch)
+    return budgets
 
-    # Prefill: left-pad so every row's last prompt token sits in the last column.
-    P = max(len(p) for p in prompt_ids)
-    limit = getattr(model, "max_seq_len", None)  # positions the model has (RoPE tables)
-    if limit is not None and P >= limit:
-        raise ValueError(f"prompt of {P} tokens does not fit the model's {limit} positions")
-    N = params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - P)
-    if params.row_seeds is not None and params.temperature > 0:
-        seeds = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
-        # In blocks of steps: the hash's int64 temporaries stay small for long generations.
-        uniforms = torch.cat([keyed_uniform(seeds[:, None], torch.arange(s, min(s + 512, N), device=device))
-                              for s in range(0, N, 512)], dim=1)
-    input_ids = torch.full((B, P), tokenizer.pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros((B, P + N), dtype=torch.long, device=device)  # grows one column per step
+
+def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, device):
+    """Run the prompts through the model: (cache, last logits (B, V), attention mask (B, P + N) that
+    grows a column per step, next positions (B, 1)). Prompts are left-padded so every row's last
+    token sits in column P - 1; each distinct prompt is computed once (GRPO repeats every prompt G
+    times) and its cache rows copied."""
+    B = len(prompt_ids)
+    input_ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    attn = torch.zeros((B, P + N), dtype=torch.long, device=device)
     for i, ids in enumerate(prompt_ids):
         input_ids[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
         attn[i, P - len(ids):P] = 1
     positions = (attn[:, :P].cumsum(-1) - 1).clamp(min=0)
     next_pos = attn.sum(-1, keepdim=True)  # (B, 1)
-    # Prefill each distinct prompt once (GRPO repeats every prompt G times), then copy its cache rows.
     distinct, firsts, inverse = {}, [], []
     for i, ids in enumerate(prompt_ids):
         key = tuple(ids)
@@ -236,15 +253,17 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
         logits = model.decode(input_ids[first], positions[first], attn[first, :P], cache)[:, -1].float()
         expand = torch.tensor(inverse, device=device)
         getattr(model, "share_rows", model.select_rows)(cache, expand)  # the built-in model keeps one copy
-        logits = logits[expand]
-    else:
-        cache = model.init_cache(B, P + N)
-        logits = model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float()
+        return cache, logits[expand], attn, next_pos
+    cache = model.init_cache(B, P + N)
+    return cache, model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float(), attn, next_pos
 
-    if _vectorizable(tokenizer, budgets, params):
-        return _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos,
-                                  uniforms, generator, P, N)
-    live = list(range(B))  # the row behind each batch position; finished rows leave the batch
+
+def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, logits, attn, next_pos, uniforms,
+                 generator, P: int, N: int) -> None:
+    """The general decode loop: each row's `RowState` chooses (or forces) its token every step;
+    finished rows leave the batch."""
+    device = logits.device
+    live = list(range(len(rows)))  # the row behind each batch position
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
             logits[:, tokenizer.eos_id] = float("-inf")
@@ -272,7 +291,6 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
                                                          torch.tensor(keep, device=device), P, step)
         if index is not None:
             live = [live[j] for j in keep]
-    return assemble_rollout(rows, prompt_ids, tokenizer)
 
 
 def _next_step(model, cache, token, next_pos, attn, uniforms, keep: torch.Tensor, P: int, step: int):
