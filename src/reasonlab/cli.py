@@ -293,7 +293,7 @@ def cmd_faithfulness(opts) -> int:
     import random
 
     from .evaluate import faithfulness_probe
-    from .report import percent
+    from .console import percent
 
     task = make_task(opts.task, opts.task_arg, opts.model)
     output = output_file(opts.output)
