@@ -156,7 +156,7 @@ def cmd_generate(opts) -> int:
 
 
 def cmd_pretrain(opts) -> int:
-    from .model import save_checkpoint
+    from .model import save_checkpoint, train_record
     from .outdir import claim_checkpoint
     from .train.pretrain import PretrainConfig, pretrain
 
@@ -166,7 +166,7 @@ def cmd_pretrain(opts) -> int:
     with TrainProgress(cfg.steps, "pretrain") as bar:
         model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=state_dir, resume=opts.resume,
                                        device=opts.device)
-    save_checkpoint(opts.out, model, tok, {"task": task.spec, **vars(cfg)}, run="pretrain", into=opts.overwrite)
+    save_checkpoint(opts.out, model, tok, train_record(cfg, task), run="pretrain", into=opts.overwrite)
     print(f"saved {opts.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
     return 0
 
@@ -182,7 +182,7 @@ def cmd_sft(opts) -> int:
 
 
 def cmd_rationales(opts) -> int:
-    from .model import save_checkpoint
+    from .model import save_checkpoint, train_record
     from .train.rationales import Judge, RationalesConfig, run_rationales
 
     cfg = narrow(opts, RationalesConfig)
@@ -198,7 +198,7 @@ def cmd_rationales(opts) -> int:
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
     model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=opts.out, judge=judge,
                                     log=lambda r: print(json.dumps(r), flush=True), resume=opts.resume)
-    save_checkpoint(f"{opts.out}/model", model, tok, {"task": task.spec, **vars(cfg)}, into=opts.overwrite)
+    save_checkpoint(f"{opts.out}/model", model, tok, train_record(cfg, task), into=opts.overwrite)
     print(f"saved {opts.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
 
@@ -225,7 +225,7 @@ def cmd_serve(opts) -> int:
 
 
 def cmd_rl(opts) -> int:
-    from .model import save_checkpoint
+    from .model import save_checkpoint, train_record
     from .rl import GRPOConfig, train_grpo
     from .runtime import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
@@ -239,7 +239,7 @@ def cmd_rl(opts) -> int:
         metrics = train_grpo(model, tok, task, cfg, out_dir=opts.out, progress=bar, resume=opts.resume)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
-        save_checkpoint(f"{opts.out}/model", final, tok, {"task": task.spec, **vars(cfg)}, into=opts.overwrite)
+        save_checkpoint(f"{opts.out}/model", final, tok, train_record(cfg, task), into=opts.overwrite)
         held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
                     else "no held-out evaluation at the last step (--eval-every)")
         print(f"saved {opts.out}/model; {held_out}")

@@ -22,7 +22,7 @@ from .engine import SamplingParams
 from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
 from .jsonl import read_json
-from .model import load_model, save_checkpoint
+from .model import load_model, save_checkpoint, train_record
 from .outdir import OVERWRITE_HELP, claim, mark
 from .console import console, percent
 from .report import build_report
@@ -162,7 +162,7 @@ class DemoRun:
         return model.to(self.where), tokenizer
 
     def keep(self, name: str, model, stage_cfg):
-        save_checkpoint(self.out / "checkpoints" / name, model, self.tok, {"task": self.task.spec, **asdict(stage_cfg)})
+        save_checkpoint(self.out / "checkpoints" / name, model, self.tok, train_record(stage_cfg, self.task))
 
     def pretrain_base(self, ui):
         """1. pretrain the base model, stopping on measured trigger accuracy."""

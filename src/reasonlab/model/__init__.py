@@ -5,10 +5,10 @@ Both give ``forward(input_ids, position_ids=None, attention_mask=None) -> logits
 engine; `load_model(path)` returns ``(model, TokenizerAdapter)`` for either kind.
 """
 
-from .checkpoint import export_hf, load_model, load_train_config, new_builtin, save_checkpoint
+from .checkpoint import export_hf, load_model, load_train_config, new_builtin, save_checkpoint, train_record
 from .gpt import GPT, GPTConfig, GroupedBatch
 from .hf import HFCausalLM
 from .tokenizer import TokenizerAdapter, build_char_tokenizer
 
 __all__ = ["GPT", "GPTConfig", "GroupedBatch", "HFCausalLM", "TokenizerAdapter", "build_char_tokenizer",
-           "export_hf", "load_model", "load_train_config", "new_builtin", "save_checkpoint"]
+           "export_hf", "load_model", "load_train_config", "new_builtin", "save_checkpoint", "train_record"]

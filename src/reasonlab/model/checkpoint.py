@@ -146,6 +146,14 @@ def _move_files_into(tmp: Path, path: Path) -> None:
         os.replace(file, path / file.name)
 
 
+def train_record(cfg, task=None) -> dict:
+    """What a checkpoint's ``train_config.json`` records: the settings that made it, and the task
+    with its options (`get_task`'s spec) when there was one."""
+    from dataclasses import asdict
+
+    return {**({"task": task.spec} if task is not None else {}), **asdict(cfg)}
+
+
 def export_hf(model, tokenizer: TokenizerAdapter, path) -> Path:
     """A plain Hugging Face folder (`AutoModelForCausalLM.from_pretrained` loads it)."""
     return save_checkpoint(path, model, tokenizer, reasonlab_meta=False)

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..jsonl import read_jsonl
-from ..model import load_model, new_builtin, save_checkpoint
+from ..model import load_model, new_builtin, save_checkpoint, train_record
 from ..outdir import OVERWRITE_HELP, claim_checkpoint, mark
 from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
 from ..runtime import (RuntimeOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
@@ -106,6 +106,6 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
                                progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
     final = plain_model(model)  # every rank: FSDP2 gathers its shards
     if rank == 0:
-        save_checkpoint(cfg.out, final, tokenizer, asdict(cfg), run="sft", into=cfg.overwrite)
+        save_checkpoint(cfg.out, final, tokenizer, train_record(cfg), run="sft", into=cfg.overwrite)
     shutdown_distributed()
     return metrics
