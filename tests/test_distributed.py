@@ -48,7 +48,7 @@ def run_pair(tmp_path, args: list[str], metrics: str, extra_two: list[str] = ())
     two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "reasonlab", *args, *extra_two,
                           "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
                          timeout=300)  # ranks whose collective calls split would hang: fail instead
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-12000:]  # every rank's lines: the first error may be far up
     read = lambda run: [json.loads(line) for line in (tmp_path / metrics.format(run=run)).read_text().splitlines()]
     return read("one"), read("two")
 

@@ -216,6 +216,36 @@ def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_pat
     assert load_training_state(tmp_path / "c.state")["step"] == 2
 
 
+def test_rl_failing_while_it_samples_saves_the_state_and_resumes_as_if_never_stopped(tmp_path, capsys, monkeypatch):
+    import reasonlab.rl.collect as collect
+    from reasonlab.cli import main
+    from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
+
+    model, tok = new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=1, d_model=16, max_seq_len=64), seed=0)
+    save_checkpoint(tmp_path / "m", model, tok)
+    rl = ["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1", "--steps", "4",
+          "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "10", "--eval-every", "0", "--lr", "1e-2"]
+    assert main([*rl, "--out", str(tmp_path / "a")]) == 0
+    real, calls = collect.generate, []
+
+    def fails_in_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "generate", fails_in_step_3)  # --save-every 0: no periodic state at all
+    assert main([*rl, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"reasonlab rl: error: training stopped by RuntimeError: CUDA out of memory; the state after "
+                   f"step 2 is saved in {tmp_path / 'b' / 'state'}: rerun with --resume to go on")
+    monkeypatch.setattr(collect, "generate", real)
+    assert main([*rl, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    rows = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    keys = ("step", "loss", "grad_norm", "reward/sampled_mean", "completions/mean_length")
+    assert [[r[k] for k in keys] for r in rows("b")] == [[r[k] for k in keys] for r in rows("a")]  # bitwise
+
+
 def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resume(tmp_path, capsys):
     from reasonlab.cli import main
 
