@@ -369,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def abort_distributed() -> None:
+    """Under torchrun, a rank that stops on an error leaves its process group at once (no collective:
+    the other ranks may be mid-step): exiting with it still open crashes the process (SIGABRT) and
+    hides the error line behind torchrun's report."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.distributed_c10d._abort_process_group()
+        except Exception:  # noqa: BLE001 - best effort: the error line is already out
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = next(c for c in COMMANDS if c.name == args.command)
@@ -378,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)
+        abort_distributed()
         # An endpoint down or failing is not a usage error (1, not 2): what arrived is on disk, rerun to go on.
         return 1 if isinstance(e, RemoteError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        abort_distributed()
         return 130
