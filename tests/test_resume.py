@@ -179,6 +179,19 @@ def test_an_over_long_example_is_cut_to_the_models_positions_before_training(tmp
     assert "1 of 145 examples" in err and "longer than --max-seq-len 192 and were cut" in err
 
 
+def failing_call(real, n: int, error: BaseException):
+    """`real`, except that its n-th call raises `error` (a step that fails, in the middle of a run)."""
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+        return real(*args, **kwargs)
+
+    return call
+
+
 def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     import reasonlab.train.loop as loop
     from reasonlab.cli import main
@@ -186,15 +199,8 @@ def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_pat
     data = tmp_path / "d.jsonl"
     write_data(data)
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "a"), *SFT]) == 0
-    real, calls = loop.lm_loss, []
-
-    def fails_in_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("CUDA out of memory")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "lm_loss", fails_in_step_3)  # --save-every 0: no periodic state at all
+    real = loop.lm_loss
+    monkeypatch.setattr(loop, "lm_loss", failing_call(real, 3, RuntimeError("CUDA out of memory")))  # no --save-every
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"reasonlab sft: error: training stopped by RuntimeError: CUDA out of memory; the state after "
@@ -203,14 +209,7 @@ def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_pat
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT, "--resume"]) == 0
     assert losses(tmp_path / "b.state") == losses(tmp_path / "a.state")  # bitwise: as if never stopped
 
-    def interrupted_in_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    calls.clear()
-    monkeypatch.setattr(loop, "lm_loss", interrupted_in_step_3)
+    monkeypatch.setattr(loop, "lm_loss", failing_call(real, 3, KeyboardInterrupt()))
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "c"), *SFT]) == 130  # Ctrl-C
     assert "interrupted: the state after step 2 is saved" in capsys.readouterr().err
     assert load_training_state(tmp_path / "c.state")["step"] == 2
@@ -226,15 +225,8 @@ def test_rl_failing_while_it_samples_saves_the_state_and_resumes_as_if_never_sto
     rl = ["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1", "--steps", "4",
           "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "10", "--eval-every", "0", "--lr", "1e-2"]
     assert main([*rl, "--out", str(tmp_path / "a")]) == 0
-    real, calls = collect.generate, []
-
-    def fails_in_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("CUDA out of memory")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(collect, "generate", fails_in_step_3)  # --save-every 0: no periodic state at all
+    real = collect.generate
+    monkeypatch.setattr(collect, "generate", failing_call(real, 3, RuntimeError("CUDA out of memory")))  # no --save-every
     assert main([*rl, "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"reasonlab rl: error: training stopped by RuntimeError: CUDA out of memory; the state after "
