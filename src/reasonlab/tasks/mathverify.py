@@ -53,6 +53,7 @@ DEFAULT_TIMEOUT = 5.0
 MAX_CHARS = 2000  # longer answers (and golds) are not parsed at all
 STARTUP_SECONDS = 60.0  # a worker's first import of sympy and math-verify
 BATCH_PER_WORKER = 16  # below this many checks a batch goes to one worker, not all of them
+CHECK_MARGIN = 0.5  # seconds past `timeout` before a check's worker is killed (math-verify's own alarms are whole seconds)
 
 
 class VerifierError(RuntimeError):
@@ -216,7 +217,7 @@ class _Worker:
                     self.proc.stdin.write((json.dumps({"pairs": rest, "timeout": timeout}) + "\n").encode())
                     self.proc.stdin.flush()
                     for _ in rest:
-                        outcome = self.readline(time.monotonic() + 3 * timeout + 1)
+                        outcome = self.readline(time.monotonic() + timeout + CHECK_MARGIN)
                         if outcome is None:  # stuck past math-verify's own alarms
                             self.stop()
                             out.append("timeout")
