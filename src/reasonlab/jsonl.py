@@ -136,3 +136,15 @@ def jsonl_writer(path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+RUN_MARKER = "run.json"  # {"command": ...}: which reasonlab command made a folder (see `outdir`)
+
+
+def made_by(folder) -> str | None:
+    """The command whose run marker `folder` holds, or None."""
+    try:
+        marker = json.loads((Path(folder) / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker.get("command") if isinstance(marker, dict) else None

@@ -16,18 +16,10 @@ import os
 from pathlib import Path
 
 from .errors import UserError
-from .model.checkpoint import RUN_MARKER, is_checkpoint_folder
+from .jsonl import RUN_MARKER, made_by
+from .model.checkpoint import is_checkpoint_folder
 
 OVERWRITE_HELP = "write into an --out that holds other files (they stay; files of this run's names are replaced)"
-
-
-def made_by(folder) -> str | None:
-    """The command whose run marker `folder` holds, or None."""
-    try:
-        marker = json.loads((Path(folder) / RUN_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker.get("command") if isinstance(marker, dict) else None
 
 
 def claim(path, command: str, overwrite: bool = False, checkpoint: bool = False, flag: str = "--out") -> Path:

@@ -5,7 +5,9 @@ and, where present, ``grpo/metrics.jsonl`` and ``grpo/grpo_config.json``; in an 
 ``metrics.jsonl`` and ``grpo_config.json``; in a ``rationales --out`` folder ``metrics.jsonl`` (one
 line a round) and ``rationales_config.json``; for a ``pretrain`` or ``sft`` checkpoint ``OUT`` the
 step log ``OUT.state/metrics.jsonl`` (the report goes into ``OUT``; the ``.state`` folder itself is
-accepted too). A log's last line torn by a kill is left out. It never imports a trainer.
+accepted too). Which of these a folder is, its ``run.json`` says (the command that made it); a
+folder from before run markers is known by its files. A log's last line torn by a kill is left out.
+It never imports a trainer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .console import demo_rows, percent  # noqa: E402
-from .jsonl import read_json, read_log  # noqa: E402
+from .jsonl import made_by, read_json, read_log  # noqa: E402
 
 COLORS = {"base": "#9aa5b1", "prompt": "#5b8def", "m1": "#f0a030", "m2": "#2fa36b", "think": "#a05bd6"}
 
@@ -190,12 +192,16 @@ def build_report(run_dir) -> Path:
         raise ValueError(f"{run} does not exist")
     if not run.is_dir():
         raise ValueError(f"{run} is a file; give the run's folder")
-    if (run / "results.json").is_file():
-        return _demo_report(run)
-    if (run / "metrics.jsonl").is_file() and (run / "grpo_config.json").is_file():
-        return _rl_report(run)
-    if (run / "metrics.jsonl").is_file() and (run / "rationales_config.json").is_file():
-        return _rationales_report(run)
+    command = made_by(run)  # the folder's run.json says which command made it
+    if command in REPORTS:
+        return REPORTS[command](run)
+    if command is None:  # a folder from before run.json: known by its files
+        if (run / "results.json").is_file():
+            return _demo_report(run)
+        if (run / "metrics.jsonl").is_file() and (run / "grpo_config.json").is_file():
+            return _rl_report(run)
+        if (run / "metrics.jsonl").is_file() and (run / "rationales_config.json").is_file():
+            return _rationales_report(run)
     here = run.resolve()  # `reasonlab report .` inside a checkpoint: its name is needed for OUT.state
     for log in (here.with_name(here.name + ".state") / "metrics.jsonl" if here.name else None, run / "metrics.jsonl"):
         if log is not None and log.is_file():
@@ -306,3 +312,7 @@ img {{ max-width: 100%; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; fon
     out = run / "report.html"
     out.write_text(page)
     return out
+
+
+REPORTS = {"demo": _demo_report, "rl": _rl_report, "rationales": _rationales_report}  # by run.json's command;
+# pretrain and sft checkpoints (and their OUT.state folders) go to `_loss_report`

@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..jsonl import read_json
+from ..jsonl import RUN_MARKER, read_json
 from .gpt import GPT, GPTConfig
 from .hf import HFCausalLM, load_hf_model
 from .tokenizer import TokenizerAdapter, build_char_tokenizer, load_tokenizer
 
 TRAIN_CONFIG = "train_config.json"
-RUN_MARKER = "run.json"  # {"command": ...}: which reasonlab command made a folder (see `outdir`)
 # What a checkpoint folder may hold (ours, or a Hugging Face model's): only such a folder is replaced.
 CHECKPOINT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                     TRAIN_CONFIG, RUN_MARKER, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
