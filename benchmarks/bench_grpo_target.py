@@ -6,7 +6,7 @@ base (the demo's stage 1), then three Method 1 rounds *without* the step check (
 own rationales only), which lands near 48% on the demo's seed. Then GRPO with the demo's settings
 (32 x 4, dynamic sampling, T = 0.7, lr 3e-4 with cosine decay over 1000 steps, 64 new tokens) for
 `--seconds` (default 360 = 3 x 2 minutes; a machine fast enough to finish the 1000 steps sooner
-stops there; `--schedule constant` for the constant lr of sessions 4-8, bounded by time alone),
+stops there; `--schedule constant` for a constant lr, bounded by time alone),
 held-out accuracy every 25 steps. Prints the curve, then one JSON line: time to 95%, the
 lowest accuracy after first reaching it, the final accuracy and format rate.
 With `--procs 2` the GRPO part runs as two torchrun (gloo) processes of one thread each instead of

@@ -66,7 +66,7 @@ def stage_configs(cfg: DemoConfig):
     # step for the same rows; docs/methods.md). 64 new tokens: correct completions of the demo task
     # are ~44-52 tokens (under 1% up to 66), and a rare runaway row would keep a whole batch decoding to 96.
     # Cosine decay over the 1000 steps (the run stops at 150 s first): from both benchmark starts it
-    # crossed 95% sooner and never fell back under it (benchmarks/README.md, session 9).
+    # crossed 95% sooner and never fell back under it (benchmarks/README.md, bench_grpo_target.py).
     rl = GRPOConfig(steps=3 if q else 1000, prompts_per_step=4 if q else 32, group_size=4, lr=3e-4, schedule="cosine",
                     temperature=0.7, dynamic_sampling=True, max_new_tokens=64, eval_every=3 if q else 25,
                     eval_problems=50 if q else 200, max_seconds=30 if q else 150, seed=cfg.seed)

@@ -19,6 +19,7 @@ from ..engine import SamplingParams, generate
 from ..errors import UserError
 from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
 from ..tasks import Task
+from ..template import build_prompt
 from ..runtime import all_gather_list, any_rank, gathered, world
 from .config import GRPOConfig
 from .types import Collected, Group
@@ -107,8 +108,6 @@ class Collector:
         self.rewards = step_rewards(cfg)
 
     def prompt(self, problem) -> str:
-        from ..template import build_prompt
-
         cfg = self.cfg
         question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
         return build_prompt(question, cfg.style, trigger=cfg.trigger, tokenizer=self.tokenizer.hf)
@@ -116,7 +115,7 @@ class Collector:
     def collect(self, model, step: int) -> Collected:
         """This rank's groups for `step` (every rank calls it: the refill decisions are collective)."""
         cfg, (rank, size) = self.cfg, world()
-        P_local, G = cfg.prompts_per_step // size, cfg.group_size
+        P_local = cfg.prompts_per_step // size
         out, attempt, budget, t0 = Collected([]), 0, DRAW_BUDGET * P_local, time.monotonic()
         while True:  # with dynamic sampling, refill dropped groups (every rank draws every attempt)
             attempt += 1
@@ -127,7 +126,7 @@ class Collector:
             problems = self.stream.take(draw * size)
             mine = problems[rank * draw:(rank + 1) * draw] if need > 0 else []
             if mine:
-                self._sample_groups(model, mine, step, attempt, rank * draw, out)
+                self._sample_groups(model, mine, step, attempt, rank * draw, P_local, out)
             if not cfg.dynamic_sampling or attempt >= MAX_ATTEMPTS or budget <= 0 or not any_rank(len(out.groups) < P_local):
                 break
         out.seconds = time.monotonic() - t0
@@ -135,7 +134,8 @@ class Collector:
         self.keep_rate = max(1 / 8, 1 - sum(flat) / max(len(flat), 1))
         return out
 
-    def _sample_groups(self, model, problems, step: int, attempt: int, first_row: int, out: Collected) -> None:
+    def _sample_groups(self, model, problems, step: int, attempt: int, first_row: int, P_local: int,
+                       out: Collected) -> None:
         cfg, G = self.cfg, self.cfg.group_size
         prompts = [self.prompt(p) for p in problems for _ in range(G)]
         seeds = [row_seed(cfg.seed, step, attempt, (first_row + j) * G + g) for j in range(len(problems)) for g in range(G)]
@@ -148,10 +148,9 @@ class Collector:
         out.scores.append(scores)
         rewards = torch.tensor(scores.total).view(-1, G)
         for g in range(len(problems)):
-            group = Group(rollout, g, rewards[g])
             out.flat.append(bool(rewards[g].std() == 0))
-            if not (cfg.dynamic_sampling and out.flat[-1]) and len(out.groups) < cfg.prompts_per_step // world()[1]:
-                out.groups.append(group)
+            if not (cfg.dynamic_sampling and out.flat[-1]) and len(out.groups) < P_local:
+                out.groups.append(Group(rollout, g, rewards[g]))
 
     def drawn(self, collected: Collected) -> Scores:
         """The scores of every row drawn this step, on every rank (a collective call)."""

@@ -122,13 +122,12 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             run.emit(metrics)
             continue
         batch, trained, total, kept = batch_for_update(collected.groups, cfg, tokenizer.pad_id, shared)
-        t1 = time.monotonic()
+        t1, lr = time.monotonic(), lr_at(step, cfg)
         train_model.train()
-        result = update(train_model, core, ref_model, optimizer, batch.to(device), cfg, lr_at(step, cfg), total,
-                        G if shared else 1)
+        result = update(train_model, core, ref_model, optimizer, batch.to(device), cfg, lr, total, G if shared else 1)
         train_model.eval()
         bad_in_a_row = bad_in_a_row + 1 if result.skipped else 0
-        metrics = step_metrics(step + 1, lr_at(step, cfg), collected, drawn, kept, trained, result,
+        metrics = step_metrics(step + 1, lr, collected, drawn, kept, trained, result,
                                verify_before, task, {"time/generate_s": collected.seconds,
                                                      "time/train_s": time.monotonic() - t1,
                                                      "seconds": time.monotonic() - start})

@@ -268,10 +268,10 @@ atexit.register(_POOL.stop)
 def verify_outcomes(pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT) -> list[str]:
     """The outcome of each (predicted, gold) pair: ``correct``, ``wrong`` or an event (module doc)."""
     outcomes = [quick_outcome(p, g) for p, g in pairs]
-    # Each distinct pair once: a GRPO group's completions often agree on their answer.
-    todo = list(dict.fromkeys((prepare(p), prepare(g)) for (p, g), o in zip(pairs, outcomes) if o is None))
+    prepared = {i: (prepare(p), prepare(g)) for i, ((p, g), o) in enumerate(zip(pairs, outcomes)) if o is None}
+    todo = list(dict.fromkeys(prepared.values()))  # each distinct pair once: a group's answers often agree
     checked = dict(zip(todo, _POOL.check(todo, timeout)))
-    return [o if o is not None else checked[prepare(p), prepare(g)] for (p, g), o in zip(pairs, outcomes)]
+    return [checked[prepared[i]] if o is None else o for i, o in enumerate(outcomes)]
 
 
 def math_equal(predicted: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
