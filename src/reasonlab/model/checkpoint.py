@@ -161,8 +161,13 @@ def export_hf(model, tokenizer: TokenizerAdapter, path) -> Path:
 def load_model(path, dtype: torch.dtype | None = None):
     """(model, tokenizer) from a reasonlab checkpoint or any local Hugging Face causal LM folder. A
     folder that cannot be loaded (no config.json; a truncated, empty or foreign model.safetensors; a
-    config.json of the wrong types or shapes; broken tokenizer files) raises one UserError naming it."""
+    config.json of the wrong types or shapes; broken tokenizer files) raises one UserError naming it.
+    A ``.gguf`` file loads from the folder `gguf.gguf_folder` converts it into, once."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf" and not path.is_dir():
+        from .gguf import gguf_folder
+
+        path = gguf_folder(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{str(path)!r} is not a model folder (no config.json)")
     try:
