@@ -94,39 +94,56 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def keyed_uniform(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
-    """Uniforms in (0, 1) that are a pure function of (key, step): counter-based sampling. Keys and
-    steps broadcast: (B,) keys and an int step give (B,); (B, 1) keys and (T,) steps give the (B, T)
-    table a whole generation draws from, computed once."""
+    """Uniforms in (0, 1), float64, that are a pure function of (key, step): counter-based sampling.
+    Keys and steps broadcast: (B,) keys and an int step give (B,); (B, 1) keys and (T,) steps give
+    the (B, T) table a whole generation draws from, computed once. Kept in float64: in float32 the
+    top 2**-25 of the hash would round to exactly 1."""
     h = _mix32(keys & _MASK32) ^ _mix32((keys >> 32) + 0x9E3779B9)
     h = _mix32(h ^ _mix32(torch.as_tensor(step, device=keys.device) + 0x7F4A7C15))
-    return ((h.double() + 0.5) / 2**32).float()
+    return (h.double() + 0.5) / 2**32
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None, uniform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from. With `uniform`
-    (B,), one uniform in (0, 1) per row (`keyed_uniform`: see `SamplingParams.row_seeds`), the draw is
-    the inverse CDF at it, so a row's token depends on its own uniform alone."""
+    """Next token per row (B,) and the log-probabilities (B, V) it was drawn from. Each row's token is
+    the inverse CDF at one uniform: `uniform` (B,) when given (`keyed_uniform`: see
+    `SamplingParams.row_seeds`; a row's token then depends on its own uniform alone), else one drawn
+    per row from `generator`. One random number per row, not per vocabulary entry: noise over a
+    49k-token vocabulary cost more than the rest of the sampling step."""
     if temperature == 0:
         return logits.argmax(-1), F.log_softmax(logits, dim=-1)
     scaled = logits / temperature
     logp = F.log_softmax(scaled, dim=-1)
+    weights = truncate(scaled, logp.exp(), top_k, top_p)
+    if uniform is None:
+        uniform = torch.rand(len(logits), dtype=torch.float64, generator=generator, device=logits.device)
+    return inverse_cdf(weights, uniform), logp
+
+
+def truncate(scaled: torch.Tensor, probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """`probs` (B, V) with the tokens outside top-k, then outside top-p of what is left, set to 0
+    (not renormalised: `inverse_cdf` scales by the total). Ties with the k-th logit stay in."""
     if top_k and top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = probs.masked_fill(scaled < kth, 0.0)
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
-        probs = F.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p
-        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = F.softmax(scaled, dim=-1)
-    if uniform is not None:  # inverse CDF: token i where cdf[i-1] <= u < cdf[i]
-        cdf = probs.cumsum(-1)
-        u = uniform[:, None] * cdf[:, -1:]  # < the total, which rounding may keep below 1
-        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1), logp
-    # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) is a draw from p (cheaper than multinomial).
-    race = torch.empty_like(scaled).exponential_(generator=generator)
-    return (probs / race).argmax(-1), logp
+        sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
+        sorted_probs = sorted_probs / sorted_probs.sum(-1, keepdim=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+        probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
+    return probs
+
+
+def inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Row i draws token j with cdf[j-1] <= u_i * total < cdf[j], where cdf is the running sum of the
+    row's weights (B, V), >= 0, unnormalised, and u_i in [0, 1). Summed in float64: a float32 running
+    sum over 49k tokens rounds ~3e-4 of the probability onto the wrong tokens and drops tokens below
+    its resolution. The threshold is kept strictly below the total, so a zero-weight token is never
+    drawn, even where u * total rounds up to the total."""
+    cdf = torch.cumsum(weights, dim=-1, dtype=torch.float64)
+    total = cdf[:, -1:]
+    x = torch.minimum(uniform[:, None].double() * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1)
 
 
 class RowState:
