@@ -7,25 +7,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import FRACTION, SEED, check_options
+from ..config import FRACTION, check_options
 from ..template import PROMPT_STYLES
-from ..train.loop import SCHEDULES
+from ..train.loop import OptimConfig, default_of
 from ..runtime import RuntimeOptions
 from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
 
 
 @dataclass
-class GRPOConfig(RuntimeOptions):
-    steps: int = field(default=200, metadata={"help": "RL steps at most", "min": 1})
+class GRPOConfig(OptimConfig, RuntimeOptions):
+    steps: int = default_of("steps", 200, "RL steps at most")
+    lr: float = default_of("lr", 1e-4)
+    warmup_steps: int = default_of("warmup_steps", 5)
+    schedule: str = default_of("schedule", "constant")
+    eval_every: int = default_of("eval_every", 20, "held-out accuracy every N steps (0 = never)")
+    seed: int = default_of("seed", 0, "problem order and sampling seed")
     prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step", "min": 1})
     group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)", "min": 2})
-    lr: float = field(default=1e-4, metadata={"help": "peak learning rate", "above": 0})
-    warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps", "min": 0})
-    schedule: str = field(default="constant", metadata={
-        "help": "after warm-up: constant, or cosine / linear decay over `steps` (not over max_seconds)",
-        "choices": SCHEDULES})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak",
-                                                        **FRACTION})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "above": 0})
     max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most", "min": 1})
     updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)", "min": 1})
@@ -62,13 +60,7 @@ class GRPOConfig(RuntimeOptions):
                                                                "choices": ("builtin", "vllm")})
     vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take",
                                                             "above": 0, "max": 1})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm", "above": 0})
-    eval_every: int = field(default=20, metadata={"help": "held-out accuracy every N steps (0 = never)", "min": 0})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation", "min": 1})
-    save_every: int = field(default=0, metadata={"help": "write a resumable state every N steps (0 = never)", "min": 0})
-    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)",
-                                                        "min": 0})
-    seed: int = field(default=0, metadata={"help": "problem order and sampling seed", **SEED})
 
     def __post_init__(self):
         check_options(self)

@@ -108,7 +108,7 @@ def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr:
             optimizer.zero_grad(set_to_none=True)
             out.skipped = True
             break
-        out.grad_norm = clip_grad_norm(model, cfg.grad_clip)
+        out.grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
         optimizer.step()
     n_tokens = max(all_reduce_sum(float(mask.sum())), 1.0)
     out.stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}

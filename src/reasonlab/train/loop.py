@@ -33,22 +33,20 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings shared by pretrain and sft (the CLI exposes each as a flag)."""
+class OptimConfig:
+    """What every trainer (supervised and RL) shares: how many steps, the learning-rate schedule
+    (`lr_at`), gradient clipping, the seed, and when it evaluates, saves and stops. A trainer sets
+    its own defaults with `default_of`."""
 
     steps: int = field(default=500, metadata={"help": "optimiser steps at most", "min": 1})
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch", "min": 1})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "min": 1})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate", "above": 0})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak", **FRACTION})
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0})
-    schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up",
-                                                      "choices": SCHEDULES})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    schedule: str = field(default="cosine", metadata={
+        "help": "after warm-up: cosine or linear decay over `steps` (not over max_seconds), or constant",
+        "choices": SCHEDULES})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak",
+                                                        **FRACTION})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)", "min": 0})
-    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut", "min": 2})
-    packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
-    group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
     eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0})
     save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)",
                                                  "min": 0})
@@ -59,10 +57,30 @@ class TrainConfig:
         check_options(self)
 
 
-def lr_at(step: int, cfg) -> float:
+def default_of(name: str, default, help: str | None = None):
+    """`OptimConfig`'s field `name` (its limits and help) with another default, for a trainer's
+    own config."""
+    metadata = dict(OptimConfig.__dataclass_fields__[name].metadata)
+    if help:
+        metadata["help"] = help
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """Supervised training (pretrain, sft, Method 1's fine-tuning): `OptimConfig` and the batches."""
+
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "min": 1})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut", "min": 2})
+    packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
+    group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
     """Warm-up then cosine / linear decay over `cfg.steps` to `min_lr_ratio` of the peak (or
-    constant). `cfg`: any config with lr, warmup_steps, schedule, min_lr_ratio and steps (the
-    supervised `TrainConfig`, `GRPOConfig`)."""
+    constant). `cfg`: an `OptimConfig` (supervised `TrainConfig` or `GRPOConfig`)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
