@@ -76,7 +76,7 @@ def test_sft_and_rl_on_a_tiny_hugging_face_model(tmp_path, capsys):
                  "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
                  "--eval-every", "0", "--style", "chat", "--out", str(tmp_path / "rl")]) == 0
     assert "no held-out evaluation" in capsys.readouterr().out  # not "accuracy nan%"
-    assert json.loads((tmp_path / "rl" / "grpo_config.json").read_text())["style"] == "chat"
+    assert json.loads((tmp_path / "rl" / "run.json").read_text())["config"]["style"] == "chat"
     assert (tmp_path / "rl" / "metrics.jsonl").is_file() and (tmp_path / "rl" / "model" / "config.json").is_file()
     assert main(["report", str(tmp_path / "rl")]) == 0  # an rl folder gets its own report
     assert "<td>Steps run</td><td>1</td>" in (tmp_path / "rl" / "report.html").read_text()
@@ -189,7 +189,7 @@ def test_lora_sft_and_rl_train_adapters_only_and_save_merged(tmp_path):
                             + "\n" for i in range(16)))
     assert main(["sft", "--model", str(tmp_path / "hf"), "--data", str(data), "--steps", "3", "--batch-size", "4",
                  "--lr", "1e-2", "--lora-rank", "4", "--lora-targets", "q_proj,v_proj", "--out", str(tmp_path / "sft")]) == 0
-    before, after = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "sft" / "model.safetensors")
+    before, after = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "sft" / "model" / "model.safetensors")
     assert set(after) == set(before)  # merged: no lora_A/lora_B keys left
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed

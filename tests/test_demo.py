@@ -124,8 +124,9 @@ def test_report_of_an_rl_run_folder(tmp_path, capsys):
     held-out accuracy where the run started and ended; a folder of neither kind is one error."""
     run = tmp_path / "rl"
     run.mkdir()
-    (run / "grpo_config.json").write_text(json.dumps({"prompts_per_step": 16, "group_size": 8, "temperature": 0.7,
-                                                      "lr": 3e-4, "format_points": 2.0, "correct_points": 1.0}))
+    (run / "run.json").write_text(json.dumps({"command": "rl", "config": {
+        "prompts_per_step": 16, "group_size": 8, "temperature": 0.7, "lr": 3e-4, "format_points": 2.0,
+        "correct_points": 1.0}}))
     metrics = [{"step": 0, "eval/accuracy": 0.405, "eval/format_rate": 1.0}]
     metrics += [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.7, "reward/accuracy": 0.7,
                  "reward/format_rate": 1.0, "completions/mean_think_tokens": 42, "seconds": 2.0 * s} for s in (1, 2)]
@@ -141,27 +142,35 @@ def test_report_of_an_rl_run_folder(tmp_path, capsys):
 
 
 def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatch):
-    """`reasonlab report` on a supervised checkpoint (its OUT.state step log) and on a Method 1
-    folder (one line a round); a missing path or a file is one error."""
+    """`reasonlab report` on a supervised run's folder (and on a checkpoint written before run
+    folders, with its step log in OUT.state) and on a Method 1 folder (one line a round); a missing
+    path or a file is one error."""
     pre = tmp_path / "base"
     assert main(["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "6", "--batch-size", "8",
                  "--corpus-size", "60", "--eval-every", "3", "--check-problems", "4", "--out", str(pre)]) == 0
-    steps = [json.loads(line) for line in (tmp_path / "base.state" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in steps] == list(range(1, 7)) and "trigger_acc" in steps[2]  # pretrain now logs
     assert main(["report", str(pre)]) == 0
     page = (pre / "report.html").read_text()
     assert "<td>Steps run</td><td>6</td>" in page and "Trigger accuracy at the end" in page
     assert (pre / "training.png").stat().st_size > 5000
     (pre / "report.html").unlink()
-    monkeypatch.chdir(pre)  # `reasonlab report .` from inside the checkpoint finds base.state beside it
+    monkeypatch.chdir(pre)
     assert main(["report", "."]) == 0 and "<title>reasonlab: base</title>" in (pre / "report.html").read_text()
+    old = tmp_path / "old"  # a checkpoint OUT as pretrain wrote it before run folders: its log in OUT.state
+    shutil.copytree(pre / "model", old)
+    (old / "run.json").write_text('{"command": "pretrain"}')
+    (tmp_path / "old.state").mkdir()
+    shutil.copy(pre / "metrics.jsonl", tmp_path / "old.state")
+    monkeypatch.chdir(old)  # `reasonlab report .` from inside it finds old.state beside it
+    assert main(["report", "."]) == 0 and "<td>Steps run</td><td>6</td>" in (old / "report.html").read_text()
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"{i + 1}"}) + "\n" for i in range(8)))
     assert main(["sft", "--model", str(pre), "--data", str(data), "--eval-data", str(data), "--eval-every", "2",
                  "--steps", "4", "--batch-size", "4", "--out", str(tmp_path / "sft")]) == 0
-    assert main(["report", str(tmp_path / "sft.state")]) == 0  # the log's own folder works too
-    page = (tmp_path / "sft.state" / "report.html").read_text()
+    assert main(["report", str(tmp_path / "sft")]) == 0
+    page = (tmp_path / "sft" / "report.html").read_text()
     assert "<td>Steps run</td><td>4</td>" in page and "Held-out loss at step 4" in page
     m1 = tmp_path / "m1"
     m1.mkdir()

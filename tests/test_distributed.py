@@ -31,12 +31,12 @@ def test_ddp_two_processes_match_one(tmp_path):
                            "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
                          timeout=300)  # ranks whose collective calls split would hang: fail instead
     assert proc.returncode == 0, proc.stderr[-2000:]
-    one = [json.loads(line)["loss"] for line in (tmp_path / "one.state" / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(line)["loss"] for line in (tmp_path / "two.state" / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(line)["loss"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(line)["loss"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(one) == len(two) == 12
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
     assert one[-1] < one[0]  # it trained
-    assert (tmp_path / "two" / "model.safetensors").is_file()  # rank 0 saved the (unwrapped) model
+    assert (tmp_path / "two" / "model" / "model.safetensors").is_file()  # rank 0 saved the (unwrapped) model
 
 
 def run_pair(tmp_path, args: list[str], metrics: str, extra_two: list[str] = ()) -> tuple[list[dict], list[dict]]:
@@ -110,11 +110,11 @@ def test_fsdp2_sft_and_rl_match_one_process(tmp_path, start_checkpoint):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["sft", "--device", "cpu", "--model", start_checkpoint, "--data", str(tmp_path / "d.jsonl"), "--steps", "6",
             "--batch-size", "8", "--eval-every", "0", "--lr", "3e-3", "--warmup-steps", "1"]
-    one, two = run_pair(tmp_path / "sft", args, "{run}.state/metrics.jsonl", extra_two=["--fsdp"])
+    one, two = run_pair(tmp_path / "sft", args, "{run}/metrics.jsonl", extra_two=["--fsdp"])
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two)) < 1e-5 and len(one) == len(two) == 6
     from safetensors.torch import load_file
 
-    w1, w2 = (load_file(tmp_path / "sft" / run / "model.safetensors") for run in ("one", "two"))
+    w1, w2 = (load_file(tmp_path / "sft" / run / "model" / "model.safetensors") for run in ("one", "two"))
     assert w1.keys() == w2.keys() and max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
 
     args = ["rl", "--device", "cpu", "--model", start_checkpoint, "--task", "arithmetic", "--steps", "2", "--prompts-per-step", "2",

@@ -262,14 +262,14 @@ def test_a_fresh_run_in_a_used_folder_starts_clean(tmp_path):
     (out / "round1_samples.jsonl").write_text(json.dumps(stale) + "\n")
     (out / "metrics.jsonl").write_text(json.dumps({"round": 1, "kept": 0}) + "\n")
     save_training_state(out / "state", {"model": {"w": torch.ones(1)}, "records": [], "round": 5})
-    save_training_state(out / "round3_train", {"model": {"w": torch.ones(1)}, "step": 9})  # a round this run won't reach
+    save_training_state(out / "round3_train" / "state", {"model": {"w": torch.ones(1)}, "step": 9})  # a round this run won't reach
     cfg = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=12, steps=2, batch_size=4, eval_problems=4)
     _, records = run_rationales(answers_seven(), TOK, task, cfg, out_dir=out)
     assert records[0]["kept"] > 0  # its own samples: all right (the stale ones were all wrong)
     assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     state = torch.load(out / "state" / "state.pt", weights_only=False)
     assert state["round"] == 1 and not (out / "state" / "state.prev.pt").exists()  # the old round-5 state is gone
-    assert not (out / "round3_train" / "state.pt").exists()  # so --resume can never pick it up later
+    assert not (out / "round3_train" / "state" / "state.pt").exists()  # so --resume can never pick it up later
 
     model, tok = new_builtin(seed=0)
     grpo = GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, eval_every=0)

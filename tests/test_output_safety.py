@@ -47,9 +47,9 @@ def test_save_checkpoint_replaces_only_a_checkpoint(tmp_path):
     assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
     assert load_model(d)[0].config == model.config
     ck = tmp_path / "ck"
-    save_checkpoint(ck, model, tok, {"lr": 1}, run="sft")
-    save_checkpoint(ck, model, tok, run="sft")  # a checkpoint folder is replaced whole (no train_config.json now)
-    assert sorted(p.name for p in ck.iterdir()) == ["config.json", "model.safetensors", "run.json", "tokenizer.json",
+    save_checkpoint(ck, model, tok, {"lr": 1})
+    save_checkpoint(ck, model, tok)  # a checkpoint folder is replaced whole (no train_config.json now)
+    assert sorted(p.name for p in ck.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
                                                     "tokenizer_config.json"]
     assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
@@ -95,13 +95,18 @@ def test_an_earlier_run_of_the_same_command_may_be_replaced_but_not_another_comm
     assert main(["pretrain", "--task", "chain", "--out", str(ck)]) == 2  # another command's checkpoint
     assert main(["rl", "--model", str(ck), "--task", "chain", "--out", str(ck)]) == 2
     assert "not an earlier `reasonlab rl` run" in capsys.readouterr().err
-    (ck / "notes.txt").write_text("my notes on this model")  # no longer a folder of checkpoint files only
-    assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 2
-    assert snapshot(ck) == {**base, "notes.txt": b"my notes on this model"}
-    (tmp_path / "mine.state").mkdir()  # sft --out mine keeps its state in mine.state: someone else's folder
-    (tmp_path / "mine.state" / "x.txt").write_text("x")
-    assert main(["sft", "--data", data, "--out", str(tmp_path / "mine"), *SFT]) == 2
-    assert "the state folder" in capsys.readouterr().err and not (tmp_path / "mine").exists()
+    assert snapshot(ck) == base
+    (ck / "notes.txt").write_text("my notes on this run")  # beside the run's files: a rerun keeps it
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 0
+    assert (ck / "notes.txt").read_text() == "my notes on this run"
+    (ck / "model" / "notes.txt").write_text("x")  # the model folder no longer holds checkpoint files only
+    capsys.readouterr()
+    base = snapshot(ck)
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 2  # refused before any work
+    assert f"{ck / 'model'} holds files that are not a checkpoint's" in capsys.readouterr().err
+    assert snapshot(ck) == base
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0  # written into: notes stay
+    assert (ck / "model" / "notes.txt").read_text() == "x"
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):

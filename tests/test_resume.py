@@ -48,14 +48,14 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-m", "reasonlab", "sft", "--data", str(data), "--steps", "60", "--batch-size", "32",
            "--save-every", "5", "--eval-every", "0", "--lr", "3e-3", "--warmup-steps", "5"]
     subprocess.run([*cmd, "--out", str(tmp_path / "a")], env=ENV, check=True, capture_output=True)
-    reference = losses(tmp_path / "a.state")
+    reference = losses(tmp_path / "a")
     assert sorted(reference) == list(range(1, 61))
 
     kill_at = random.randint(8, 50)
-    run_until_killed([*cmd, "--out", str(tmp_path / "b")], tmp_path / "b.state" / "metrics.jsonl", kill_at)
-    assert not (tmp_path / "b").exists()  # the checkpoint is only written at the end
+    run_until_killed([*cmd, "--out", str(tmp_path / "b")], tmp_path / "b" / "metrics.jsonl", kill_at)
+    assert not (tmp_path / "b" / "model").exists()  # the checkpoint is only written at the end
     subprocess.run([*cmd, "--out", str(tmp_path / "b"), "--resume"], env=ENV, check=True, capture_output=True)
-    resumed = losses(tmp_path / "b.state")
+    resumed = losses(tmp_path / "b")
     assert resumed == reference, f"killed at step {kill_at}"  # bitwise equal floats
 
 
@@ -204,15 +204,15 @@ def test_a_failing_step_saves_the_last_good_state_and_says_how_to_resume(tmp_pat
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"reasonlab sft: error: training stopped by RuntimeError: CUDA out of memory; the state after "
-                   f"step 2 is saved in {tmp_path / 'b.state'}: rerun with --resume to go on")
+                   f"step 2 is saved in {tmp_path / 'b' / 'state'}: rerun with --resume to go on")
     monkeypatch.setattr(loop, "lm_loss", real)
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "b"), *SFT, "--resume"]) == 0
-    assert losses(tmp_path / "b.state") == losses(tmp_path / "a.state")  # bitwise: as if never stopped
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # bitwise: as if never stopped
 
     monkeypatch.setattr(loop, "lm_loss", failing_call(real, 3, KeyboardInterrupt()))
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "c"), *SFT]) == 130  # Ctrl-C
     assert "interrupted: the state after step 2 is saved" in capsys.readouterr().err
-    assert load_training_state(tmp_path / "c.state")["step"] == 2
+    assert load_training_state(tmp_path / "c" / "state")["step"] == 2
 
 
 def test_rl_failing_while_it_samples_saves_the_state_and_resumes_as_if_never_stopped(tmp_path, capsys, monkeypatch):
@@ -247,7 +247,7 @@ def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resum
     capsys.readouterr()
     assert main(["sft", "--data", str(data), "--out", out, *SFT, "--save-every", "2", "--resume", "--lr", "0.05",
                  "--seed", "3"]) == 2
-    assert f"--resume: the run in {out}.state was made with lr 0.003 (now 0.05), seed 0 (now 3); only --steps, " \
+    assert f"--resume: the run in {out}/state was made with lr 0.003 (now 0.05), seed 0 (now 3); only --steps, " \
            "--max-seconds, --eval-every and --save-every may change" in capsys.readouterr().err
     smaller = tmp_path / "small.jsonl"
     smaller.write_text("".join(data.read_text().splitlines(keepends=True)[:50]))
@@ -255,9 +255,9 @@ def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resum
     assert "examples 144 (now 50)" in capsys.readouterr().err  # and data: another file (not an IndexError)
     # Changed settings from the documented list are taken: steps, eval_every, save_every, max_seconds.
     assert main(["sft", "--data", str(data), "--out", out, *SFT, "--resume", "--steps", "6", "--eval-every", "3"]) == 0
-    assert sorted(losses(tmp_path / "a.state")) == [1, 2, 3, 4, 5, 6]
+    assert sorted(losses(tmp_path / "a")) == [1, 2, 3, 4, 5, 6]
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "new"), *SFT, "--resume"]) == 0
-    assert f"nothing to resume in {tmp_path / 'new.state'}: starting fresh" in capsys.readouterr().err
+    assert f"nothing to resume in {tmp_path / 'new' / 'state'}: starting fresh" in capsys.readouterr().err
 
 
 def test_rl_resume_refuses_another_group_size_or_task_option(tmp_path, capsys):
@@ -269,14 +269,14 @@ def test_rl_resume_refuses_another_group_size_or_task_option(tmp_path, capsys):
            "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6", "--eval-every", "0",
            "--save-every", "1", "--out", str(tmp_path / "rl")]
     assert main(cmd) == 0
-    saved = (tmp_path / "rl" / "grpo_config.json").read_text()
+    saved = (tmp_path / "rl" / "run.json").read_text()
     capsys.readouterr()
     assert main([*cmd, "--resume", "--group-size", "3"]) == 2
     assert "group_size 2 (now 3)" in capsys.readouterr().err
     assert main([*cmd, "--resume", "--task-arg", "digits=2"]) == 2
     err = capsys.readouterr().err
     assert "was made with task {'name': 'arithmetic'" in err and "'digits': 1" in err and "'digits': 2" in err
-    assert (tmp_path / "rl" / "grpo_config.json").read_text() == saved  # the refused run changed nothing
+    assert (tmp_path / "rl" / "run.json").read_text() == saved  # the refused run changed nothing
     assert main([*cmd, "--resume", "--steps", "3"]) == 0
 
 
@@ -286,12 +286,12 @@ def test_elapsed_seconds_carry_across_a_resume(tmp_path):
     data, out = tmp_path / "d.jsonl", tmp_path / "a"
     write_data(data)
     assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--save-every", "4"]) == 0
-    state = torch.load(tmp_path / "a.state" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "a" / "state" / "state.pt", weights_only=False)
     state["seconds"] = 1000.0  # as if the first 4 steps had taken 1000 s
-    torch.save(state, tmp_path / "a.state" / "state.pt")
+    torch.save(state, tmp_path / "a" / "state" / "state.pt")
     assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--resume", "--steps", "8",
                  "--max-seconds", "500"]) == 0
-    rows = sft_rows(tmp_path / "a.state")
+    rows = sft_rows(tmp_path / "a")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["seconds"] > 1000  # over the limit: stopped
 
 
@@ -319,7 +319,7 @@ def test_a_kill_right_after_the_state_is_written_loses_no_log_row(tmp_path, monk
         main(cmd)
     monkeypatch.setattr(loop, "save_training_state", real)
     assert main([*cmd, "--resume"]) == 0
-    rows = sft_rows(tmp_path / "a.state")
+    rows = sft_rows(tmp_path / "a")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval_loss" in rows[1]  # step 2's row and its eval, once
 
     save_checkpoint(tmp_path / "m", *new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=64)))
@@ -356,21 +356,22 @@ def test_a_full_disk_on_save_is_one_line_and_keeps_the_last_good_state(tmp_path,
     monkeypatch.setattr(torch, "save", disk_fills_on_the_second_state)
     assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--save-every", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"reasonlab sft: error: cannot write the training state {tmp_path / 'a.state' / 'state.pt'}: "
+    assert err == [f"reasonlab sft: error: cannot write the training state {tmp_path / 'a' / 'state' / 'state.pt'}: "
                    "No space left on device (the states saved before are kept)"]
-    assert sorted(p.name for p in (tmp_path / "a.state").iterdir()) == ["metrics.jsonl", "run.json", "state.pt"]
-    assert load_training_state(tmp_path / "a.state")["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "a" / "state").iterdir()) == ["state.pt"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.jsonl", "run.json", "state"]
+    assert load_training_state(tmp_path / "a" / "state")["step"] == 2
     monkeypatch.setattr(torch, "save", real_save)
 
     assert main(["sft", "--data", str(data), "--out", str(out), *SFT]) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
     for code in (errno.ENOSPC, errno.EROFS):  # the checkpoint at the end: a full disk, a read-only one
         def fails(*args, code=code, **kwargs):
             raise OSError(code, os.strerror(code))
 
         monkeypatch.setattr(safetensors.torch, "save_file", fails)
         assert main(["sft", "--data", str(data), "--out", str(out), *SFT]) == 2
-        assert f"cannot save the checkpoint {out}: {os.strerror(code)} (nothing was changed there)" in \
+        assert f"cannot save the checkpoint {out / 'model'}: {os.strerror(code)} (nothing was changed there)" in \
             capsys.readouterr().err
-        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier checkpoint, as it was
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a.state", "d.jsonl"]  # no .a.tmp-* left
+        assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before  # the earlier checkpoint, as it was
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model", "run.json", "state"]  # no .model.tmp-*

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reasonlab.errors import UserError
+from reasonlab.outdir import RunFolder
 from reasonlab.train.loop import (IGNORE, BatchStream, TrainConfig, collate, collate_packed, lr_at, pack,
                                   tokenize_examples, train_supervised)
 
@@ -77,10 +78,11 @@ def test_resuming_a_finished_run_changes_nothing_and_reports_its_last_step(tmp_p
     rows = [{"prompt": f"{i}\n", "completion": f"<answer>{i}</answer>"} for i in range(8)]
     examples = tokenize_examples(tok, rows, 32)
     cfg = TrainConfig(steps=4, batch_size=4, lr=1e-2, warmup_steps=1, save_every=2, eval_every=0)
-    last = train_supervised(model, tok, examples, cfg, state_dir=tmp_path)
+    folder = RunFolder(tmp_path, "sft")
+    last = train_supervised(model, tok, examples, cfg, folder=folder)
     log = (tmp_path / "metrics.jsonl").read_text()
     seen = []
-    resumed = train_supervised(fresh, tok, examples, cfg, state_dir=tmp_path, resume=True, progress=seen.append)
+    resumed = train_supervised(fresh, tok, examples, cfg, folder=folder, resume=True, progress=seen.append)
     assert resumed == last and resumed["step"] == 4 and seen == [last]
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
     assert (tmp_path / "metrics.jsonl").read_text() == log

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 from .config import add_config_args, build_config, narrow
 from .console import TrainProgress, print_results
 from .errors import UserError
-from .outdir import claim
+from .outdir import RunFolder
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
                       RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions)
 from .remote import RemoteError, RemoteGenerator
@@ -128,7 +128,7 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     from .runtime import resolve_device
 
     if not path:
-        raise UserError("--model is required (a reasonlab checkpoint or a Hugging Face model folder)")
+        raise UserError("--model is required (a reasonlab checkpoint or run folder, a Hugging Face model folder, or a .gguf file)")
     where = resolve_device(device)  # a bad --device fails before the model loads
     model, tokenizer = load_model(path, dtype)
     if task is not None and os.environ.get("RANK", "0") == "0":
@@ -157,17 +157,16 @@ def cmd_generate(opts) -> int:
 
 def cmd_pretrain(opts) -> int:
     from .model import save_checkpoint, train_record
-    from .outdir import claim_checkpoint
     from .train.pretrain import PretrainConfig, pretrain
 
     cfg = narrow(opts, PretrainConfig)  # what the checkpoint records
     task = make_task(opts.task, opts.task_arg)
-    state_dir = claim_checkpoint(opts.out, "pretrain", opts.overwrite)
+    folder = RunFolder.claim(opts.out, "pretrain", opts.overwrite)
     with TrainProgress(cfg.steps, "pretrain") as bar:
-        model, tok, metrics = pretrain(task, cfg, progress=bar, state_dir=state_dir, resume=opts.resume,
-                                       device=opts.device)
-    save_checkpoint(opts.out, model, tok, train_record(cfg, task), run="pretrain", into=opts.overwrite)
-    print(f"saved {opts.out} ({model.num_params():,} parameters); trigger accuracy {metrics.get('trigger_acc', 0):.1%}")
+        model, tok, metrics = pretrain(task, cfg, progress=bar, folder=folder, resume=opts.resume, device=opts.device)
+    save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
+    print(f"saved {folder.model} ({model.num_params():,} parameters); trigger accuracy "
+          f"{metrics.get('trigger_acc', 0):.1%}")
     return 0
 
 
@@ -177,7 +176,7 @@ def cmd_sft(opts) -> int:
     cfg = narrow(opts, SFTConfig)
     with TrainProgress(cfg.steps, "sft") as bar:
         metrics = run_sft(cfg, progress=bar, device=opts.device)
-    print(f"saved {cfg.out}; final loss {metrics.get('loss', float('nan')):.4f}")
+    print(f"saved {cfg.out}/model; final loss {metrics.get('loss', float('nan')):.4f}")
     return 0
 
 
@@ -187,7 +186,7 @@ def cmd_rationales(opts) -> int:
 
     cfg = narrow(opts, RationalesConfig)
     task = make_task(opts.task, opts.task_arg, opts.model)
-    claim(opts.out, "rationales", opts.overwrite)
+    folder = RunFolder.claim(opts.out, "rationales", opts.overwrite)
     base, tok = load_model_or_exit(opts.model, device=opts.device, task=task)
     teacher = model_or_endpoint(opts.teacher, opts.device)[0] if opts.teacher else None
     judge = None
@@ -196,10 +195,10 @@ def cmd_rationales(opts) -> int:
             raise UserError("--judge needs --judge-rubric (the criteria the judge scores against)")
         judge_source, judge_tok = model_or_endpoint(opts.judge, opts.device)
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
-    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=opts.out, judge=judge,
+    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder.path, judge=judge,
                                     log=lambda r: print(json.dumps(r), flush=True), resume=opts.resume)
-    save_checkpoint(f"{opts.out}/model", model, tok, train_record(cfg, task), into=opts.overwrite)
-    print(f"saved {opts.out}/model; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
+    save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
+    print(f"saved {folder.model}; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
 
 
@@ -231,18 +230,18 @@ def cmd_rl(opts) -> int:
 
     cfg = narrow(opts, GRPOConfig)
     task = make_task(opts.task, opts.task_arg, opts.model)
-    claim(opts.out, "rl", opts.overwrite)
+    folder = RunFolder.claim(opts.out, "rl", opts.overwrite)
     setup_distributed(opts.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(opts.model, load_dtype(cfg), opts.device, task)
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
-        metrics = train_grpo(model, tok, task, cfg, out_dir=opts.out, progress=bar, resume=opts.resume)
+        metrics = train_grpo(model, tok, task, cfg, out_dir=folder.path, progress=bar, resume=opts.resume)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
-        save_checkpoint(f"{opts.out}/model", final, tok, train_record(cfg, task), into=opts.overwrite)
+        save_checkpoint(folder.model, final, tok, train_record(cfg, task), into=opts.overwrite)
         held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
                     else "no held-out evaluation at the last step (--eval-every)")
-        print(f"saved {opts.out}/model; {held_out}")
+        print(f"saved {folder.model}; {held_out}")
     shutdown_distributed()
     return 0
 

@@ -23,7 +23,7 @@ from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint, train_record
-from .outdir import OVERWRITE_HELP, claim, mark
+from .outdir import OVERWRITE_HELP, RunFolder, claim, mark
 from .console import console, percent
 from .report import build_report
 from .tasks import get_task
@@ -172,15 +172,13 @@ class DemoRun:
             base, self.tok = self.load("base")
             tick(completed=cfg.steps, info="from the stopped run")
             return base
-        (self.out / "pretrain").mkdir(exist_ok=True)
-        with open(self.out / "pretrain" / "metrics.jsonl", "w") as log_file:
 
-            def pre_log(m):
-                log_file.write(json.dumps(m) + "\n")
-                info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
-                tick(completed=m["step"], info=info)
+        def pre_log(m):
+            info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
+            tick(completed=m["step"], info=info)
 
-            base, self.tok, last = pretrain(self.task, cfg, progress=pre_log, device=self.cfg.device)
+        folder = RunFolder(self.out / "pretrain", "pretrain")
+        base, self.tok, last = pretrain(self.task, cfg, progress=pre_log, folder=folder, device=self.cfg.device)
         self.keep("base", base, cfg)
         self.results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
         self.save()

@@ -89,7 +89,7 @@ def _score_chunk(task: Task, input_path, chunk: list[tuple[int, dict]]) -> list[
 class ModelTaskConfig:
     """What every sampling command shares: which model, which problems, which prompt."""
 
-    model: str = field(default="", metadata={"help": "checkpoint or Hugging Face model folder"})
+    model: str = field(default="", metadata={"help": "checkpoint, run folder, Hugging Face model folder or .gguf file"})
     split: str = field(default="test", metadata={"help": "train or test problems", "choices": ("train", "test")})
     style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
     trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})

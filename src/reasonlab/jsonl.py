@@ -138,7 +138,7 @@ def jsonl_writer(path):
         raise
 
 
-RUN_MARKER = "run.json"  # {"command": ...}: which reasonlab command made a folder (see `outdir`)
+RUN_MARKER = "run.json"  # {"command", "config"}: which reasonlab command made a folder, how (see `outdir`)
 
 
 def made_by(folder) -> str | None:
@@ -148,3 +148,13 @@ def made_by(folder) -> str | None:
     except (OSError, ValueError):
         return None
     return marker.get("command") if isinstance(marker, dict) else None
+
+
+def run_config(folder) -> dict | None:
+    """The settings a run recorded in its folder's run marker, or None."""
+    try:
+        marker = json.loads((Path(folder) / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    config = marker.get("config") if isinstance(marker, dict) else None
+    return config if isinstance(config, dict) else None

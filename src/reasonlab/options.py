@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .demo import DemoConfig
 from .evaluate import EvalConfig, SampleConfig
-from .outdir import OVERWRITE_HELP
+from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
 from .train.pretrain import PretrainConfig
 from .train.rationales import RationalesConfig
@@ -22,26 +22,12 @@ from .train.sft import SFTConfig
 
 FROM_MODEL = "task name (see `reasonlab tasks`); default: the task --model was trained on"
 REQUIRED = "task name (see `reasonlab tasks`), required"  # may come from --config: `make_task` says when missing
-MODEL = "checkpoint or Hugging Face model folder"
+MODEL = "checkpoint, run folder, Hugging Face model folder or .gguf file"
 
 
 def task_arg_field():
     return field(default=None, metadata={"help": "task option, repeatable (e.g. --task-arg digits=4)",
                                          "action": "append", "metavar": "KEY=VALUE"})
-
-
-def out_field(default: str, help: str):
-    return field(default=default, metadata={"help": help + "; an earlier run of this command there is "
-                                            "continued (--resume) or replaced, anything else refused"})
-
-
-def resume_field(help: str):
-    return field(default=False, metadata={"action": "store_true", "help": help + "; the settings must be the same "
-                                          "but for --steps, --max-seconds, --eval-every and --save-every"})
-
-
-def overwrite_field():
-    return field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})
 
 
 @dataclass
@@ -102,29 +88,23 @@ class SFTOptions(SFTConfig, DeviceOptions):
 
 
 @dataclass
-class PretrainOptions(TaskOptions, PretrainConfig, DeviceOptions):
-    out: str = out_field("runs/base", "checkpoint folder (its state and log: OUT.state)")
-    resume: bool = resume_field("continue from OUT.state (written every --save-every steps)")
-    overwrite: bool = overwrite_field()
+class PretrainOptions(TaskOptions, PretrainConfig, DeviceOptions, RunOptions):
+    out: str = out_field("runs/base")
 
 
 @dataclass
-class RationalesOptions(ModelTaskOptions, RationalesConfig, DeviceOptions):
+class RationalesOptions(ModelTaskOptions, RationalesConfig, DeviceOptions, RunOptions):
     model: str = field(default="", metadata={"help": "the base checkpoint"})
     teacher: str = field(default="", metadata={
         "help": "sample rationales from this checkpoint or http(s):// endpoint instead"})
     judge: str = field(default="", metadata={"help": "keep samples a judge accepts (checkpoint or http(s):// endpoint)"})
-    out: str = out_field("runs/rationales", "output folder")
-    resume: bool = resume_field("continue a killed run from OUT (samples, fine-tuning, rounds)")
-    overwrite: bool = overwrite_field()
+    out: str = out_field("runs/rationales")
 
 
 @dataclass
-class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions):
+class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
     model: str = field(default="", metadata={"help": "the checkpoint to train"})
-    out: str = out_field("runs/rl", "output folder (metrics, samples, state, model)")
-    resume: bool = resume_field("continue from OUT/state (written every --save-every steps)")
-    overwrite: bool = overwrite_field()
+    out: str = out_field("runs/rl")
 
 
 @dataclass

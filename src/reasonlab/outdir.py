@@ -1,40 +1,66 @@
-"""Output folders: a run writes into its own folder only, and never deletes what it did not write.
+"""Output folders: one layout for every run, and a run never deletes what it did not write.
 
-A run marks its folder with ``run.json`` (``{"command": "rl"}``). Before any work, `claim` checks
-`--out`: an empty name, ``.``, ``..`` or an existing file is refused; so is an existing folder
-holding files, unless it is an earlier run of the same command (which the run may continue with
-``--resume`` or replace with its own files) or ``--overwrite`` is given, which means "write this
-run's files into it" (files of the same names are replaced, nothing else there is touched); so is
-a place that cannot be written. sft and pretrain write their checkpoint as OUT and their training
-state and logs beside it, in OUT.state (`claim_checkpoint`): both are checked.
+Every training command (`pretrain`, `sft`, `rl`, `rationales`) writes its ``--out`` folder, and
+each stage of a demo or of a Method 1 round writes its own, in one layout (`RunFolder`)::
+
+    run.json       {"command": "rl", "config": {...}}: the command that made the folder, and its settings
+    metrics.jsonl  one row a step (a round, for rationales); under torchrun rank r > 0 writes
+                   metrics.rank{r}.jsonl
+    samples.jsonl  completions sampled along the way (rl: two a step)
+    state/         the resumable training state (state.pt, and the one before it, state.prev.pt)
+    model/         the trained checkpoint, written at the end (`--model OUT` finds it)
+    report.html    `reasonlab report OUT`
+
+Before any work, `claim` checks ``--out``: an empty name, ``.``, ``..`` or an existing file is
+refused; so is an existing folder holding files, unless it is an earlier run of the same command
+(which the run may continue with ``--resume`` or replace with its own files) or ``--overwrite``
+is given, which means "write this run's files into it" (files of the same names are replaced,
+nothing else there is touched); so is a place that cannot be written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .jsonl import RUN_MARKER, made_by
-from .model.checkpoint import is_checkpoint_folder
+from .jsonl import RUN_MARKER, made_by, trim_log
 
 OVERWRITE_HELP = "write into an --out that holds other files (they stay; files of this run's names are replaced)"
 
 
-def claim(path, command: str, overwrite: bool = False, checkpoint: bool = False, flag: str = "--out") -> Path:
+def out_field(default: str):
+    """`--out`, defaulting to `default` (each command has its own)."""
+    return field(default=default, metadata={"help": "the run's folder (run.json, metrics.jsonl, state/, model/); an "
+                                            "earlier run of this command there is continued (--resume) or "
+                                            "replaced, anything else refused"})
+
+
+@dataclass
+class RunOptions:
+    """--out, --resume and --overwrite: where a training command writes (a command sets its own
+    `out = out_field(...)` default)."""
+
+    out: str = out_field("runs/run")
+    resume: bool = field(default=False, metadata={
+        "action": "store_true", "help": "continue a stopped run from OUT/state (saved every --save-every steps, "
+        "and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
+        "and --save-every"})
+    overwrite: bool = field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})
+
+
+def claim(path, command: str, overwrite: bool = False, flag: str = "--out") -> Path:
     """`path` checked as the folder a `reasonlab command` run writes (see the module docstring);
-    one `UserError` line otherwise. With `checkpoint`, `path` is the checkpoint folder itself: an
-    earlier run's is taken only while it holds nothing but checkpoint files (else its final save
-    would have to refuse)."""
+    one `UserError` line otherwise."""
     text = str(path)
     out = Path(text)
     if not text.strip() or out.name in ("", ".", ".."):
         raise UserError(f"{flag} {text!r} names no folder of its own: give a new folder (e.g. {flag} runs/{command})")
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file: give a folder name")
-    ours = made_by(out) == command and (not checkpoint or is_checkpoint_folder(out))
-    if out.is_dir() and not overwrite and not ours and any(out.iterdir()):
+    if out.is_dir() and not overwrite and made_by(out) != command and any(out.iterdir()):
         raise UserError(f"{flag} {out} already holds files that are not an earlier `reasonlab {command}` run: "
                         f"give another folder, or --overwrite to write this run's files into it (nothing else "
                         f"there is deleted)")
@@ -44,19 +70,65 @@ def claim(path, command: str, overwrite: bool = False, checkpoint: bool = False,
     return out
 
 
-def mark(folder, command: str) -> None:
-    """Create `folder` (a claimed one) and record that a `command` run writes there."""
+def mark(folder, command: str, config: dict | None = None) -> None:
+    """Create `folder` (a claimed one) and record that a `command` run, with settings `config`,
+    writes there."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if made_by(folder) != command:
-            (folder / RUN_MARKER).write_text(json.dumps({"command": command}) + "\n")
+        marker = {"command": command, **({"config": config} if config is not None else {})}
+        if config is not None or made_by(folder) != command:
+            tmp = folder / f"{RUN_MARKER}.tmp"
+            tmp.write_text(json.dumps(marker, indent=2, default=str) + "\n")
+            os.replace(tmp, folder / RUN_MARKER)
     except OSError as e:
         raise UserError(f"cannot write {folder}: {e.strerror or e}") from None
 
 
-def claim_checkpoint(out, command: str, overwrite: bool = False) -> Path:
-    """sft and pretrain: claim checkpoint folder OUT and state folder OUT.state; returns the state
-    folder (`mark` it when training starts: OUT itself is written at the end, with its marker)."""
-    out = claim(out, command, overwrite, checkpoint=True)
-    return claim(out.with_name(out.name + ".state"), command, overwrite, flag="the state folder")
+class RunFolder:
+    """One run's (or one stage's) folder in the layout of the module docstring."""
+
+    def __init__(self, path, command: str):
+        self.path, self.command = Path(path), command
+        self.metrics = self.path / "metrics.jsonl"
+        self.samples = self.path / "samples.jsonl"
+        self.state = self.path / "state"
+        self.model = self.path / "model"
+
+    @classmethod
+    def claim(cls, path, command: str, overwrite: bool = False) -> "RunFolder":
+        """The folder `--out PATH` names, checked (`claim`) before any work, and so is its model/:
+        the save at the end replaces only a folder of checkpoint files (or writes into it, with
+        `overwrite`)."""
+        from .model.checkpoint import is_checkpoint_folder
+
+        folder = cls(claim(path, command, overwrite), command)
+        if folder.model.exists() and not overwrite and not is_checkpoint_folder(folder.model):
+            raise UserError(f"{folder.model} holds files that are not a checkpoint's: give another --out, or "
+                            f"--overwrite to write the model into it (nothing else there is deleted)")
+        return folder
+
+    def start(self, config: dict | None = None, marker: bool = True) -> None:
+        """Create the folder and (with `marker`: a run's folder, not a stage inside one) write
+        run.json with the run's settings."""
+        if marker:
+            mark(self.path, self.command, config)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def restart_logs(self, resumed_at: int | None, rank: int = 0) -> None:
+        """Make the logs this run's only: a fresh run (`resumed_at` None) empties them, a run resumed
+        from the state after step `resumed_at` drops the rows logged after it."""
+        for path in [self.log_file(rank)] + ([self.samples] if rank == 0 else []):
+            if resumed_at is None:
+                path.unlink(missing_ok=True)
+            else:
+                trim_log(path, lambda row: row.get("step", 0) <= resumed_at)
+
+    def log_file(self, rank: int = 0) -> Path:
+        return self.metrics if rank == 0 else self.path / f"metrics.rank{rank}.jsonl"
+
+    def append(self, path: Path, rows: list[dict]) -> None:
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")

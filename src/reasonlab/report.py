@@ -1,13 +1,13 @@
 """`reasonlab report RUN_DIR`: PNG plots and one HTML page from what a run logged.
 
-Reads only files: in a demo folder ``results.json`` (the demo's summary, rewritten after every stage)
-and, where present, ``grpo/metrics.jsonl`` and ``grpo/grpo_config.json``; in an ``rl --out`` folder
-``metrics.jsonl`` and ``grpo_config.json``; in a ``rationales --out`` folder ``metrics.jsonl`` (one
-line a round) and ``rationales_config.json``; for a ``pretrain`` or ``sft`` checkpoint ``OUT`` the
-step log ``OUT.state/metrics.jsonl`` (the report goes into ``OUT``; the ``.state`` folder itself is
-accepted too). Which of these a folder is, its ``run.json`` says (the command that made it); a
-folder from before run markers is known by its files. A log's last line torn by a kill is left out.
-It never imports a trainer.
+Reads only files. A run folder (`outdir.RunFolder`) says in its ``run.json`` which command made it
+and with which settings: a ``demo`` folder has ``results.json`` (the demo's summary, rewritten
+after every stage) and its GRPO stage in ``grpo/``; an ``rl`` folder's ``metrics.jsonl`` has one
+row a step, a ``rationales`` folder's one a round, and a ``pretrain`` or ``sft`` folder's the
+supervised steps. Folders written before this layout are still read: without a ``run.json`` by
+their files (``grpo_config.json``, ``rationales_config.json``), and a checkpoint ``OUT`` by its
+step log in ``OUT.state/``. A log's last line torn by a kill is left out. It never imports a
+trainer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .console import demo_rows, percent  # noqa: E402
-from .jsonl import made_by, read_json, read_log  # noqa: E402
+from .jsonl import made_by, read_json, read_log, run_config  # noqa: E402
 
 COLORS = {"base": "#9aa5b1", "prompt": "#5b8def", "m1": "#f0a030", "m2": "#2fa36b", "think": "#a05bd6"}
 
@@ -87,7 +87,7 @@ def plot_budget(curve: list[dict], path: Path) -> Path:
 
 
 def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> Path:
-    """Reward, accuracy and thinking length per GRPO step; `config` (the run's grpo_config.json)
+    """Reward, accuracy and thinking length per GRPO step; `config` (the run's settings)
     names the sampling temperature and the reward's points."""
     config = config or {}
     steps = [m for m in grpo if "reward/mean" in m]
@@ -184,9 +184,8 @@ def plot_rounds(records: list[dict], path: Path) -> Path:
 
 
 def build_report(run_dir) -> Path:
-    """Write PNGs and report.html for `run_dir`: a `reasonlab demo` folder (``results.json``), a
-    `reasonlab rl` or `reasonlab rationales` output folder, or a `pretrain`/`sft` checkpoint (its
-    ``.state`` step log); returns the HTML path."""
+    """Write PNGs and report.html for `run_dir`, the folder of a `reasonlab demo`, `rl`,
+    `rationales`, `pretrain` or `sft` run; returns the HTML path."""
     run = Path(run_dir)
     if not run.exists():
         raise ValueError(f"{run} does not exist")
@@ -202,12 +201,10 @@ def build_report(run_dir) -> Path:
             return _rl_report(run)
         if (run / "metrics.jsonl").is_file() and (run / "rationales_config.json").is_file():
             return _rationales_report(run)
-    here = run.resolve()  # `reasonlab report .` inside a checkpoint: its name is needed for OUT.state
-    for log in (here.with_name(here.name + ".state") / "metrics.jsonl" if here.name else None, run / "metrics.jsonl"):
-        if log is not None and log.is_file():
-            return _loss_report(run, log)
-    raise ValueError(f"{run} is not a run folder: it has no results.json (reasonlab demo), no metrics.jsonl "
-                     "(rl, rationales) and no step log in " + run.name + ".state/ (pretrain, sft)")
+    if _step_log(run) is not None:
+        return _loss_report(run)
+    raise ValueError(f"{run} is not a run folder: it has no run.json (a reasonlab training run), no results.json "
+                     "(reasonlab demo) and no metrics.jsonl")
 
 
 def _demo_report(run: Path) -> Path:
@@ -224,9 +221,15 @@ def _demo_report(run: Path) -> Path:
 
 
 def _grpo_run(folder: Path) -> tuple[list[dict], dict | None]:
-    """A GRPO output folder's metrics log and, when there, its config."""
-    config_file = folder / "grpo_config.json"
-    return read_log(folder / "metrics.jsonl"), read_json(config_file) if config_file.is_file() else None
+    """A GRPO run's metrics log and, when there, its settings."""
+    return read_log(folder / "metrics.jsonl"), _settings(folder, "grpo_config.json")
+
+
+def _settings(folder: Path, older: str) -> dict | None:
+    """A run's settings: its run.json's, else (a folder from before run.json held them) file `older`."""
+    if (config := run_config(folder)) is not None:
+        return config
+    return read_json(folder / older) if (folder / older).is_file() else None
 
 
 def _training_figure(metrics: list[dict], config: dict | None, path: Path) -> list:
@@ -259,7 +262,7 @@ def _rl_report(run: Path) -> Path:
 def _rationales_report(run: Path) -> Path:
     """A `reasonlab rationales` run (Method 1): accuracy and yield round by round."""
     records = [r for r in read_log(run / "metrics.jsonl") if "round" in r and "accuracy" in r]
-    config = read_json(run / "rationales_config.json")
+    config = _settings(run, "rationales_config.json") or {}
     figures = [("Method 1 rounds", plot_rounds(records, run / "rounds.png"))] if records else []
     rows = [(f"Round {r['round']}: held-out accuracy (kept {r['kept']} of {r['samples']} samples)",
              percent(r["accuracy"])) for r in records]
@@ -270,8 +273,20 @@ def _rationales_report(run: Path) -> Path:
     return _write_page(run, "reasonlab rationales", note, rows or [("Rounds finished", "0")], figures)
 
 
-def _loss_report(run: Path, log: Path) -> Path:
+def _step_log(run: Path) -> Path | None:
+    """A supervised run's step log: in its folder, or, for a checkpoint `OUT` written before run
+    folders, in ``OUT.state`` (the .state folder itself given works too)."""
+    here = run.resolve()  # `reasonlab report .`: the folder's name is needed for OUT.state
+    for log in (run / "metrics.jsonl", here.with_name(here.name + ".state") / "metrics.jsonl" if here.name else None):
+        if log is not None and log.is_file():
+            return log
+    return None
+
+
+def _loss_report(run: Path) -> Path:
     """A supervised run (`pretrain`, `sft`): its step log as curves."""
+    if (log := _step_log(run)) is None:
+        raise ValueError(f"{run} has no step log (metrics.jsonl) yet")
     steps = [m for m in read_log(log) if "loss" in m]
     if not steps:
         raise ValueError(f"{log} has no training steps yet")
@@ -285,7 +300,7 @@ def _loss_report(run: Path, log: Path) -> Path:
     rows.append(("Wall time", f"{last.get('seconds', 0):.0f} s"))
     here = run.resolve()
     folder = here.with_name(here.name.removesuffix(".state")) if here.name.endswith(".state") else here
-    config = read_json(folder / "train_config.json") if (folder / "train_config.json").is_file() else {}
+    config = _settings(folder, "train_config.json") or {}
     note = (f"Supervised training, loss on completion tokens only; lr {config.get('lr', '?')}, batch "
             f"{config.get('batch_size', '?')}." if config else "Supervised training, loss on completion tokens only.")
     figures = [("Training", plot_loss(steps, run / "training.png"))]
@@ -314,5 +329,5 @@ img {{ max-width: 100%; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; fon
     return out
 
 
-REPORTS = {"demo": _demo_report, "rl": _rl_report, "rationales": _rationales_report}  # by run.json's command;
-# pretrain and sft checkpoints (and their OUT.state folders) go to `_loss_report`
+REPORTS = {"demo": _demo_report, "rl": _rl_report, "rationales": _rationales_report,  # by run.json's command
+           "pretrain": _loss_report, "sft": _loss_report}

@@ -88,8 +88,8 @@ def is_checkpoint_folder(path) -> bool:
 
 
 def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict | None = None,
-                    *, reasonlab_meta: bool = True, run: str | None = None, into: bool = False) -> Path:
-    """Write `model` + `tokenizer` (+ `train_config`, + a `run.json` naming command `run`) to folder
+                    *, reasonlab_meta: bool = True, into: bool = False) -> Path:
+    """Write `model` + `tokenizer` (+ `train_config`) to folder
     `path`, atomically. An existing `path` is replaced only when it is a checkpoint folder
     (`is_checkpoint_folder`); a folder holding other files is written into when `into` (its other
     files stay), else refused, and so is a file. A failed write (a full disk) leaves `path` as it
@@ -110,8 +110,6 @@ def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict
         _write_model(tmp, model, tokenizer, reasonlab_meta)
         if train_config is not None:
             (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2, default=str))
-        if run is not None:
-            (tmp / RUN_MARKER).write_text(json.dumps({"command": run}) + "\n")
         for file in tmp.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
@@ -163,7 +161,7 @@ def load_model(path, dtype: torch.dtype | None = None):
     folder that cannot be loaded (no config.json; a truncated, empty or foreign model.safetensors; a
     config.json of the wrong types or shapes; broken tokenizer files) raises one UserError naming it.
     A ``.gguf`` file loads from the folder `gguf.gguf_folder` converts it into, once."""
-    path = Path(path)
+    path = model_folder(path)
     if path.suffix.lower() == ".gguf" and not path.is_dir():
         from .gguf import gguf_folder
 
@@ -211,11 +209,20 @@ def check_shapes(path, config: GPTConfig, weights: dict) -> None:
 
 def load_train_config(path) -> dict | None:
     """A checkpoint's train_config.json, or None without one; one that is not a JSON object is a UserError."""
-    file = Path(path) / TRAIN_CONFIG
+    file = model_folder(path) / TRAIN_CONFIG
     return read_json(file) if file.is_file() else None
 
 
 def recorded_task(path):
     """The task a checkpoint was trained on, as its train_config.json records it: a spec
     {"name", "options"} (a bare name in older checkpoints), or None."""
-    return (load_train_config(path) or {}).get("task") if Path(path).is_dir() else None
+    return (load_train_config(path) or {}).get("task") if model_folder(path).is_dir() else None
+
+
+def model_folder(path) -> Path:
+    """The model folder `path` names: a training run's folder (``run.json`` and ``model/``, see
+    `outdir.RunFolder`) stands for the model it wrote; any other path is itself."""
+    path = Path(path)
+    if (path / RUN_MARKER).is_file() and not (path / "config.json").is_file() and (path / "model").is_dir():
+        return path / "model"
+    return path

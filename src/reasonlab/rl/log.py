@@ -1,6 +1,6 @@
 """What a GRPO run writes and reports: its folder's logs, and each step's metrics.
 
-The folder (rank 0 only): ``run.json`` (the command), ``grpo_config.json`` (the settings),
+The folder (rank 0 only) is a `RunFolder`: ``run.json`` (the command and its settings),
 ``metrics.jsonl`` (one row a step: metrics first, then the state, so a resumed run finds its row),
 ``samples.jsonl`` (two completions a step), ``state/`` (resumable states) and, from the CLI, ``model/``.
 
@@ -11,15 +11,12 @@ groups trained on), ``frac_reward_zero_std``, ``completions/*``, ``sampling/*``,
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
-from ..jsonl import logged_step, trim_log
-from ..outdir import mark
+from ..jsonl import logged_step
+from ..outdir import RunFolder
 from ..rewards import Scores
 from ..tasks.base import VERIFY_EVENTS
 from ..template import parse_completion
@@ -33,43 +30,37 @@ SAMPLES_PER_STEP = 2
 class RunLog:
     """Where a run's rows go: the folder's logs (when it has one), `log` and `progress`."""
 
-    def __init__(self, folder, log=None, progress=None):
-        self.folder = Path(folder) if folder else None
-        self.log, self.progress = log, progress
+    def __init__(self, folder: RunFolder | None, log=None, progress=None):
+        self.folder, self.log, self.progress = folder, log, progress
 
-    def start(self, cfg, first: int, resume: bool, state_dir) -> dict:
-        """Mark the folder and save the settings; the logs keep only this run (a fresh start empties
+    def start(self, config: dict, first: int, resume: bool) -> dict:
+        """Mark the folder with the settings; the logs keep only this run (a fresh start empties
         them and drops an earlier run's states, a resumed one drops what came after its state).
         Returns the metrics logged at the step resumed from ({} for a fresh run)."""
         if self.folder is None:
             return {}
-        mark(self.folder, "rl")
-        (self.folder / "grpo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            trim_log(self.folder / name, lambda row: first > 0 and row.get("step", 0) <= first)
+        self.folder.start(config)
+        self.folder.restart_logs(first or None)
         if not resume:
-            discard_training_state(state_dir)
+            discard_training_state(self.folder.state)
             return {}
-        metrics = logged_step(self.folder / "metrics.jsonl", first) if first else {}
+        metrics = logged_step(self.folder.metrics, first) if first else {}
         if self.progress and metrics:
             self.progress(metrics)
         return metrics
 
     def emit(self, row: dict) -> None:
         if self.folder:
-            with open(self.folder / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.folder.append(self.folder.metrics, [row])
         for sink in (self.log, self.progress):
             if sink:
                 sink(row)
 
     def samples(self, step: int, group: Group, G: int) -> None:
         if self.folder:
-            with open(self.folder / "samples.jsonl", "a") as f:
-                for i in range(group.index * G, group.index * G + min(G, SAMPLES_PER_STEP)):
-                    text = group.rollout.texts[i]
-                    f.write(json.dumps({"step": step, "completion": text,
-                                        "format_ok": parse_completion(text).format_ok}) + "\n")
+            texts = group.rollout.texts[group.index * G:group.index * G + min(G, SAMPLES_PER_STEP)]
+            self.folder.append(self.folder.samples, [{"step": step, "completion": text,
+                                                      "format_ok": parse_completion(text).format_ok} for text in texts])
 
 
 def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept: list[float],

@@ -37,7 +37,6 @@ import copy
 import time
 from collections import Counter
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -45,6 +44,7 @@ from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..model.gpt import GPT
+from ..outdir import RunFolder
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..train.loop import failed_run, lr_at, make_optimizer, resumable_state, save_training_state, stop_if_diverged, task_setting
@@ -78,15 +78,16 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     core = unwrap(train_model)
     optimizer = make_optimizer(train_model, cfg.lr)
     collector = Collector(task, tokenizer, cfg, ProblemStream(task, cfg.seed))
-    state_dir = Path(out_dir) / "state" if out_dir else None
+    folder = RunFolder(out_dir, "rl") if out_dir else None
+    state_dir = folder.state if folder else None
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
     first, elapsed = 0, 0.0
     if resume and state_dir and (state := resumable_state(state_dir, config)) is not None:
         first, elapsed = load_state(state, core, optimizer, collector, ref_model)
     if vllm is not None:
         collector.sample = vllm_sampler(vllm, first)
-    run = RunLog(out_dir if rank == 0 else None, log if rank == 0 else None, progress if rank == 0 else None)
-    metrics = run.start(cfg, first, resume, state_dir)
+    run = RunLog(folder if rank == 0 else None, log if rank == 0 else None, progress if rank == 0 else None)
+    metrics = run.start(config, first, resume)
     start = time.monotonic() - elapsed  # elapsed time (and so --max-seconds) counts on across a resume
 
     def evaluate():

@@ -9,7 +9,6 @@ position 0, so no attention mask is needed (padding sits after the real tokens).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 
 from ..config import FRACTION, SEED, check_options
 from ..errors import UserError
-from ..jsonl import logged_step, trim_log
+from ..jsonl import logged_step
+from ..outdir import RunFolder
 from ..runtime import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
                        refuse_fsdp_states, unwrap, world)
 
@@ -51,7 +51,7 @@ class OptimConfig:
     save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)",
                                                  "min": 0})
     max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0})
-    seed: int = field(default=0, metadata={"help": "data order and initialisation seed", **SEED})
+    seed: int = field(default=0, metadata={"help": "data order, initialisation and sampling seed", **SEED})
 
     def __post_init__(self):
         check_options(self)
@@ -314,20 +314,19 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
                      evaluate: Callable[[object], dict] | None = None,
                      stop_when: Callable[[dict], bool] | None = None,
                      log: Callable[[dict], None] | None = None, progress=None,
-                     state_dir=None, resume: bool = False, settings: dict | None = None) -> dict:
+                     folder: RunFolder | None = None, resume: bool = False, settings: dict | None = None) -> dict:
     """Train on `examples` (completion-only loss). Returns the last metrics.
 
     `evaluate(model)` runs every `cfg.eval_every` steps (and at the end); training stops early when
     `stop_when(metrics)` is true, or after `cfg.max_seconds`. NaN/inf losses or gradients skip the
-    update; 5 in a row stop the run with an error. With `state_dir` and `cfg.save_every`, the whole
+    update; 5 in a row stop the run with an error. With a run `folder` and `cfg.save_every`, the whole
     training state (weights, optimiser, data position, RNGs, elapsed time, and the settings: `cfg`,
-    `settings` such as the task, the number of examples) is written there atomically every
+    `settings` such as the task, the number of examples) is written to its state/ atomically every
     `save_every` steps, and when a step fails (the error then says how to resume); `resume=True`
     continues from it, so the remaining steps see exactly the batches and updates an uninterrupted
-    run would have, after checking the settings are the same (`check_resume`). With `state_dir`,
-    every step's metrics also go to `state_dir/metrics.jsonl` (rank r > 0: `metrics.rank{r}.jsonl`),
-    before the state, which `reasonlab report` draws; a resumed run drops the lines logged after its
-    saved state.
+    run would have, after checking the settings are the same (`check_resume`). With `folder`, every
+    step's metrics also go to its metrics.jsonl (rank r > 0: metrics.rank{r}.jsonl), before the
+    state, which `reasonlab report` draws; a resumed run drops the lines logged after its saved state.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -342,15 +341,16 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     config = {**dataclasses.asdict(cfg), **(settings or {}), "examples": len(examples)}
     start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
+    state_dir = folder.state if folder else None
     if state_dir and not resume and rank == 0:
         discard_training_state(state_dir)
     if resume and state_dir and (state := _resume_from(state_dir, model, optimizer, batches, config)):
         first, bad_in_a_row = state["step"], state["bad_in_a_row"]
         start -= state.get("seconds", 0.0)  # elapsed time (and so --max-seconds) counts on
-    if state_dir:
-        log = _step_log(Path(state_dir), rank, first if resume else None, log)
+    if folder:
+        log = _step_log(folder, rank, first if resume else None, log)
         if resume and first:  # start from the saved step's logged metrics (all there is when the run had finished)
-            metrics = logged_step(_log_path(Path(state_dir), rank), first)
+            metrics = logged_step(folder.log_file(rank), first)
             if progress and metrics:
                 progress(metrics)
 
@@ -455,23 +455,14 @@ def failed_run(error: BaseException, save: Callable[[], None] | None, where, ste
     return UserError(f"training stopped by {type(error).__name__}: {error}; {kept}")
 
 
-def _log_path(state_dir: Path, rank: int) -> Path:
-    return state_dir / (f"metrics.rank{rank}.jsonl" if rank else "metrics.jsonl")
-
-
-def _step_log(state_dir: Path, rank: int, resumed_at: int | None, then=None):
-    """A `log` callback appending each step's metrics to the state folder's log (after `then`). A
-    fresh run starts the file empty; a resumed one keeps the steps up to its saved state."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = _log_path(state_dir, rank)
-    if resumed_at is None:
-        path.unlink(missing_ok=True)
-    else:
-        trim_log(path, lambda row: row.get("step", 0) <= resumed_at)
+def _step_log(folder: RunFolder, rank: int, resumed_at: int | None, then=None):
+    """A `log` callback appending each step's metrics to the folder's log (after `then`). A fresh
+    run starts the log empty; a resumed one keeps the steps up to its saved state."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.restart_logs(resumed_at, rank)
 
     def log(m):
-        with open(path, "a") as f:
-            f.write(json.dumps(m) + "\n")
+        folder.append(folder.log_file(rank), [m])
         if then:
             then(m)
 

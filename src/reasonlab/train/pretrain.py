@@ -21,12 +21,11 @@ measured trigger accuracy (`target_trigger_acc` on held-out problems), not on a 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..engine import SamplingParams
 from ..evaluate import evaluate_problems
 from ..model import GPTConfig, new_builtin
-from ..outdir import mark
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..tasks.hints import admission, hint_line, wrong_answer
@@ -83,12 +82,13 @@ def model_config(cfg: PretrainConfig) -> GPTConfig:
                      max_seq_len=cfg.max_seq_len)
 
 
-def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir=None, resume: bool = False,
+def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, folder=None, resume: bool = False,
              device: str = "auto"):
     """Train a fresh built-in model on the corpus, on `device` (see `parallel.resolve_device`);
     returns (model, tokenizer, last metrics).
 
-    With `state_dir` and `cfg.save_every`, a resumable state is kept there (see `train_supervised`)."""
+    With a `RunFolder`, the step log and (every `cfg.save_every` steps) a resumable state are kept
+    there (see `train_supervised`)."""
     where = resolve_device(device)
     model, tokenizer = new_builtin(model_config(cfg), seed=cfg.seed)
     model = model.to(where)
@@ -103,8 +103,8 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, state_dir
         return {"trigger_acc": result["accuracy"]}
 
     stop = (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc) if cfg.target_trigger_acc > 0 else None
-    if state_dir:
-        mark(state_dir, "pretrain")
+    if folder:
+        folder.start({**asdict(cfg), **task_setting(task)})
     metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=check, stop_when=stop, log=log,
-                               progress=progress, state_dir=state_dir, resume=resume, settings=task_setting(task))
+                               progress=progress, folder=folder, resume=resume, settings=task_setting(task))
     return model, tokenizer, metrics

@@ -34,8 +34,8 @@ import torch
 
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
-from ..jsonl import write_jsonl_atomic
-from ..outdir import made_by, mark
+from ..jsonl import made_by, write_jsonl_atomic
+from ..outdir import RunFolder
 from ..remote import RemoteGenerator
 from ..rewards import check_batch
 from ..tasks import Task
@@ -191,36 +191,35 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
     With `out_dir`, each round's samples are cached as they arrive, the fine-tuning keeps a
     resumable state every `save_every` steps, and each finished round is saved: `resume=True`
     picks up where a killed run stopped (mid-sampling, mid-fine-tuning or between rounds)."""
-    out = Path(out_dir) if out_dir else None
+    out = RunFolder(out_dir, "rationales") if out_dir else None
     fit_to_model(cfg, base)
     held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     model, records, first = base, [], 1
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
-    if resume and out and made_by(out) != "rationales":
+    if resume and out and made_by(out.path) != "rationales":
         nothing_to_resume(out)
         resume = False
-    if resume and out and (state := load_training_state(out / "state")) is not None:
-        check_resume(state.get("config"), config, out / "state")
+    if resume and out and (state := load_training_state(out.state)) is not None:
+        check_resume(state.get("config"), config, out.state)
         model = copy.deepcopy(base)
         model.load_state_dict(state["model"])
         records, first = state["records"], state["round"] + 1
     if out:
-        mark(out, "rationales")
-        (out / "rationales_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        out.start(config)
         # The log holds this run's finished rounds (a kill can come between saving a round and
         # logging it); a fresh run drops an earlier run's states (its rounds' and their fine-tunings'),
         # so a later `resume` never takes them.
         # Sample caches stay: each is reused only for the same generator, prompts and settings.
-        write_jsonl_atomic(out / "metrics.jsonl", records)
+        write_jsonl_atomic(out.metrics, records)
         if not resume:
-            for folder in [out / "state", *out.glob("round*_train")]:
+            for folder in [out.state, *(p / "state" for p in out.path.glob("round*_train"))]:
                 discard_training_state(folder)
     for round_ in range(first, cfg.rounds + 1):
         start = time.monotonic()
         problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
         source = generator if generator is not None else model
-        cache = out / f"round{round_}_samples.jsonl" if out else None
+        cache = out.path / f"round{round_}_samples.jsonl" if out else None
         counts = {"lucky": 0}
         kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_, judge=judge,
                                         cache=cache, counts=counts)
@@ -239,7 +238,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                   "solved": len(solved), "rationalized": rationalized, "lucky_dropped": counts["lucky"],
                   "yield": len(kept) / drawn if drawn else 0.0, "sample_seconds": sample_seconds}
         if out:
-            write_jsonl_atomic(out / f"round{round_}_data.jsonl",
+            write_jsonl_atomic(out.path / f"round{round_}_data.jsonl",
                                [{"prompt": build_prompt(r["question"], trigger=cfg.train_trigger),
                                  "completion": r["completion"]} for r in kept])
         if kept:
@@ -248,7 +247,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
             student = copy.deepcopy(model if cfg.continue_training else base)
             examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
             train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
-                             state_dir=out / f"round{round_}_train" if out else None,
+                             folder=RunFolder(out.path / f"round{round_}_train", "rationales") if out else None,
                              resume=resume and round_ == first)  # only the round a stop cut short has a state
             model = student
         result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, params=greedy)
@@ -257,10 +256,9 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                       seconds=time.monotonic() - start)
         records.append(record)
         if out:  # the state first: a kill between the two loses a log line, never a round
-            save_training_state(out / "state", {"model": model.state_dict(), "records": records, "round": round_,
-                                                "config": config})
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            save_training_state(out.state, {"model": model.state_dict(), "records": records, "round": round_,
+                                            "config": config})
+            out.append(out.metrics, [record])
         if log:
             log(record)
     return model, records

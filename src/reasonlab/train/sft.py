@@ -4,25 +4,23 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint, train_record
-from ..outdir import OVERWRITE_HELP, claim_checkpoint, mark
+from ..outdir import RunFolder, RunOptions, out_field
 from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
 from ..runtime import (RuntimeOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
                        shutdown_distributed, world)
 
 
 @dataclass
-class SFTConfig(TrainConfig, RuntimeOptions):
-    model: str = field(default="", metadata={"help": "checkpoint or HF folder to start from ('' = a new built-in model)"})
+class SFTConfig(TrainConfig, RuntimeOptions, RunOptions):
+    model: str = field(default="", metadata={"help": "checkpoint, run folder, HF folder or .gguf file to start from ('' = a new built-in model)"})
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
     eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
-    out: str = field(default="runs/sft", metadata={"help": "where the checkpoint goes (its state and log: OUT.state)"})
-    resume: bool = field(default=False, metadata={"help": "continue from OUT.state (written every save_every steps)"})
-    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    out: str = out_field("runs/sft")
 
 
 def read_sft_rows(path, tokenizer=None) -> list[dict]:
@@ -79,7 +77,7 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
     `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
-    state_dir = claim_checkpoint(cfg.out, "sft", cfg.overwrite)  # before any work: the save at the end will work
+    folder = RunFolder.claim(cfg.out, "sft", cfg.overwrite)  # before any work: the save at the end will work
     where = resolve_device(device)
     setup_distributed(device)
     model, tokenizer = load_model(cfg.model, load_dtype(cfg)) if cfg.model else new_builtin(seed=cfg.seed)
@@ -101,11 +99,11 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
             return {"eval_loss": sum(losses) / len(losses)}
 
     if rank == 0:
-        mark(state_dir, "sft")  # beside the checkpoint, which is replaced atomically at the end
+        folder.start(asdict(cfg))
     metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log,
-                               progress=progress if rank == 0 else None, state_dir=state_dir, resume=cfg.resume)
+                               progress=progress if rank == 0 else None, folder=folder, resume=cfg.resume)
     final = plain_model(model)  # every rank: FSDP2 gathers its shards
     if rank == 0:
-        save_checkpoint(cfg.out, final, tokenizer, train_record(cfg), run="sft", into=cfg.overwrite)
+        save_checkpoint(folder.model, final, tokenizer, train_record(cfg), into=cfg.overwrite)
     shutdown_distributed()
     return metrics
