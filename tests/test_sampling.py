@@ -116,9 +116,25 @@ def test_the_ends_of_the_uniform_land_on_tokens_of_positive_probability():
         assert tokens.tolist() == [0 if top_k == 0 else 1, 3 if top_k == 0 else 2, 3 if top_k == 0 else 2]
 
 
+@pytest.mark.parametrize("V", [5, 255, 256, 257, 1000, 3000])
+def test_the_two_level_search_draws_what_one_float64_running_sum_draws(V):
+    """Vocabularies shorter than a block, of whole blocks and with a short last block, weights with
+    zeros (truncated tokens): the token of a plain float64 inverse CDF, except for a uniform within
+    rounding of a boundary, and never a zero-weight token."""
+    g = torch.Generator().manual_seed(V)
+    weights = torch.rand(2000, V, generator=g) ** 4 * (torch.rand(2000, V, generator=g) > 0.3)
+    weights[:, 0] += 1e-3  # no row without weight
+    uniform = torch.rand(2000, dtype=torch.float64, generator=g)
+    cdf = weights.double().cumsum(-1)
+    expected = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+    tokens = inverse_cdf(weights, uniform)
+    assert (tokens == expected).float().mean() > 0.999
+    assert bool((weights.gather(-1, tokens[:, None]) > 0).all())
+
+
 def test_tokens_below_float32_resolution_keep_their_share():
     """After a token of weight 1, a float32 running sum no longer grows by 1e-9, so the 1000 tiny
-    tokens behind it would have no interval of their own; the float64 sum gives each its 1e-9."""
+    tokens behind it would have no interval of their own; summed by blocks, each keeps its 1e-9."""
     weights = torch.cat([torch.ones(1), torch.full((1000,), 1e-9)])[None]
     total = 1 + 1000 * 1e-9
     u = torch.tensor([(1 + 500.5e-9) / total], dtype=torch.float64)  # the middle of tiny token 501's interval
