@@ -153,3 +153,20 @@ def test_extreme_logits_give_no_nan_and_no_stray_token():
             s.add(t)
         assert not torch.isnan(logp).any()
     assert seen == [{0}, {0, 1, 2, 3}, {1, 3}]
+
+
+@pytest.mark.parametrize("spread", [0.5, 8.0])  # flat rows: a nucleus wider than the candidates; peaked: inside
+def test_top_p_among_the_top_candidates_keeps_what_a_full_sort_keeps(spread):
+    from reasonlab.engine import TOP_P_CANDIDATES, truncate
+
+    g = torch.Generator().manual_seed(int(spread))
+    logits = torch.randn(16, 5000, generator=g) * spread
+    logits[::2] *= 16  # every other row peaked: rows of both kinds in one batch
+    probs = torch.softmax(logits, -1)
+    kept = truncate(logits, probs, 0, 0.9)
+    order = torch.sort(probs, descending=True, dim=-1)
+    share = order.values / probs.sum(-1, keepdim=True)
+    width = ((share.cumsum(-1) - share) <= 0.9).sum(-1)  # the nucleus of each row, by a full sort
+    assert (width > TOP_P_CANDIDATES).any() == (spread < 1) and (width <= TOP_P_CANDIDATES).any()  # both paths
+    expected = torch.zeros_like(probs).scatter(-1, order.indices, order.values * (torch.arange(5000) < width[:, None]))
+    assert torch.equal(kept, expected)
