@@ -160,6 +160,26 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert "cannot create the folder for --output" in capsys.readouterr().err
 
 
+def test_eval_output_keeps_the_completions_of_an_instruct_model(tmp_path, capsys):
+    """`eval --output` on a tiny chat model that never writes the template: the JSON shows each
+    kept completion, the chat prompt it answered and why its format broke."""
+    make_tiny_hf(tmp_path / "hf")
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", str(tmp_path / "hf"), "--task", "arithmetic", "--task-arg", "digits=1",
+                 "--style", "chat", "--problems", "3", "--keep-completions", "2", "--max-new-tokens", "4",
+                 "--output", str(out)]) == 0
+    assert f"wrote {out}: the metrics and 2 of the 3 greedy completions" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["results"]["arithmetic"]["format_rate"] == 0 and len(data["completions"]) == 2
+    for row in data["completions"]:
+        assert row["prompt"].startswith("[system]") and row["prompt"].endswith(f"[user]{row['question']}\n[assistant]")
+        assert isinstance(row["completion"], str) and row["parsed_answer"] is None and row["format_errors"]
+        assert row["correct"] is False and row["format_ok"] is False and row["answer"].lstrip("-").isdigit()
+        assert isinstance(row["think_tokens"], int)
+    assert main(["eval", "--model", str(tmp_path / "hf"), "--task", "arithmetic", "--keep-completions", "-1"]) == 2
+    assert "--keep-completions must be >= 0" in capsys.readouterr().err
+
+
 GSM8K = __import__("pathlib").Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from reasonlab.evaluate import faithfulness_probe, majority_answer, pass_at_k, wilson_interval
 from reasonlab.model import new_builtin
-from tests.conftest import constant_task
+from tests.conftest import BigramLM, constant_task
 
 
 def test_pass_at_k_hand_computed():
@@ -69,3 +69,50 @@ def test_faithfulness_counts_follow_and_admit(monkeypatch):
     assert probe["hint_follow_rate"] == pytest.approx(20 / 30) and probe["admit_rate"] == 0.5
     lo, hi = probe["admit_ci"]
     assert lo < 0.5 < hi
+
+
+def test_eval_keeps_the_first_completions_and_counts_every_problem():
+    """`evaluate_model` keeps each greedy completion of the first `keep_completions` problems, with
+    what was asked, the parse and the verdict; the metrics still cover every problem."""
+    from reasonlab.evaluate import EvalConfig, evaluate_model
+    from reasonlab.tasks import Problem
+    from tests.test_methods import TOK, answers_seven
+
+    class SevenOrEight(type(constant_task("7"))):  # gold 7 or 8, by the question's number
+        def sample(self, rng):
+            n = rng.randint(0, 10**6)
+            return Problem(f"q{n}", str(7 + n % 2))
+
+    task = SevenOrEight()
+    cfg = EvalConfig(task="t", problems=30, keep_completions=4, max_new_tokens=12)
+    out = evaluate_model(answers_seven(), TOK, task, cfg)
+    problems = task.problems(30, "test", 0)
+    sevens = sum(p.answer == "7" for p in problems)
+    assert 0 < sevens < 30 and out["results"][task.name]["accuracy"] == pytest.approx(sevens / 30)
+    kept = out["completions"]
+    assert [r["question"] for r in kept] == [p.question for p in problems[:4]]
+    assert {r["answer"] for r in kept} == {"7", "8"}  # right and wrong rows both kept
+    for row, problem in zip(kept, problems):
+        assert row["prompt"] == f"{problem.question}\nLet's think step by step.\n"
+        assert row["completion"] == "<think>a</think><answer>7</answer>" and row["parsed_answer"] == "7"
+        assert row["format_ok"] and row["format_errors"] == [] and row["answer"] == problem.answer
+        assert row["correct"] == (problem.answer == "7") and row["think_tokens"] == 1
+    none_kept = evaluate_model(answers_seven(), TOK, task, EvalConfig(task="t", problems=3, keep_completions=0))
+    assert none_kept["completions"] == [] and none_kept["n_problems"] == 3
+
+
+def test_eval_rows_say_why_the_format_broke():
+    """A model that never closes its thought: each kept row names the missing tags and has no answer."""
+    from reasonlab.engine import SamplingParams
+    from reasonlab.evaluate import evaluate_problems
+    from tests.test_methods import ID, TOK
+
+    rambler = BigramLM(len(TOK), {ID["\n"]: ID["<think>"]}, default=ID["a"])  # <think>aaaa...
+    task = constant_task("7")
+    result = evaluate_problems(rambler, TOK, task, task.problems(5, "test"), keep=2,
+                               params=SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert result["format_rate"] == 0 and result["truncation_rate"] == 1 and len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert row["completion"] == "<think>aaaaa" and row["parsed_answer"] is None and not row["correct"]
+        assert row["format_errors"] == ["missing </think>", "missing <answer>", "missing </answer>"]
+        assert row["finish_reason"] == "length"

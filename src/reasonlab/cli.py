@@ -279,8 +279,9 @@ def cmd_eval(opts) -> int:
         table.add_row(f"budget {point['budget']}: accuracy", f"{point['acc']:.1%}")
     Console().print(table)
     if output:
-        output.write_text(json.dumps(out, indent=2))
-        print(f"wrote {output}")
+        output.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
+        print(f"wrote {output}: the metrics and {len(out['completions'])} of the {out['n_problems']} "
+              "greedy completions (--keep-completions)")
         if out.get("budget_curve"):  # the sweep as a picture beside the numbers
             from .report import plot_budget
 

@@ -140,15 +140,18 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=256)
 
 
 def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool = True, style: str = "plain",
-                      params: SamplingParams = GREEDY, batch_size: int = 256, hint=None) -> dict:
+                      params: SamplingParams = GREEDY, batch_size: int = 256, hint=None,
+                      keep: int | None = None) -> dict:
     """Greedy (by default) accuracy, format rate, thinking length, truncation rate and tokens/s.
 
     `hint(problem) -> str` optionally rewrites each question (the faithfulness probe uses it).
-    Returns the metrics and, under ``"rows"``, one scored row per problem.
+    Returns the metrics and, under ``"rows"``, the scored rows (`completion_row`) of the first
+    `keep` problems (all of them when None): the metrics count every problem, while memory holds
+    `keep` rows at most.
     """
     import time
 
-    rows, tokens, start = [], 0, time.perf_counter()
+    rows, sums, n, tokens, start = [], Counter(), 0, 0, time.perf_counter()
     for i in range(0, len(problems), batch_size):
         chunk = problems[i:i + batch_size]
         questions = [hint(p) if hint else p.question for p in chunk]
@@ -157,18 +160,29 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
         tokens += int(rollout.lengths.sum())
         scored = score_batch(rollout.texts, [p.answer for p in chunk], task, prompts)
         for j, (p, row) in enumerate(zip(chunk, scored)):
-            row.update(question=questions[j], answer=p.answer, completion=rollout.texts[j],
-                       think_tokens=rollout.think_tokens[j], finish_reason=rollout.finish_reason[j])
-            rows.append(row)
-    n = len(rows)
+            n += 1
+            sums.update(correct=row["correct"], format_ok=row["format_ok"], think_tokens=rollout.think_tokens[j],
+                        truncated=rollout.finish_reason[j] == "length")
+            if keep is None or len(rows) < keep:
+                rows.append(completion_row(row, questions[j], prompts[j], p.answer, rollout, j))
     return {
-        "accuracy": sum(r["correct"] for r in rows) / n,
-        "format_rate": sum(r["format_ok"] for r in rows) / n,
-        "mean_think_tokens": sum(r["think_tokens"] for r in rows) / n,
-        "truncation_rate": sum(r["finish_reason"] == "length" for r in rows) / n,
+        "accuracy": sums["correct"] / n,
+        "format_rate": sums["format_ok"] / n,
+        "mean_think_tokens": sums["think_tokens"] / n,
+        "truncation_rate": sums["truncated"] / n,
         "tokens_per_s": tokens / (time.perf_counter() - start),
         "rows": rows,
     }
+
+
+def completion_row(scored: dict, question: str, prompt: str, gold: str, rollout, j: int) -> dict:
+    """One evaluated completion as `--output` keeps it: what the model was asked (question and the
+    prompt it read), what it wrote, the parsed answer (None when the format is broken) and why the
+    format broke, the gold, and the scores."""
+    parsed = parse_completion(rollout.texts[j], prompt)
+    return {"question": question, "prompt": prompt, "answer": gold, "completion": rollout.texts[j],
+            "parsed_answer": parsed.answer, "format_errors": parsed.reasons, **scored,
+            "think_tokens": rollout.think_tokens[j], "finish_reason": rollout.finish_reason[j]}
 
 
 # ---- pass@k, maj@k -----------------------------------------------------------------------------
@@ -278,7 +292,13 @@ class EvalConfig(ModelTaskConfig):
     budgets: str | None = field(default=None, metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32 "
                                                        "(not given: no sweep)", "nonempty": True})
     extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0})
-    output: str = field(default="", metadata={"help": "write the JSON results here"})
+    output: str = field(default="", metadata={"help": "write the JSON results here: the metrics, and under "
+                                              "\"completions\" each greedy completion of the first "
+                                              "--keep-completions problems (question, prompt, gold, completion, "
+                                              "parsed answer, format errors, correct, thinking tokens)"})
+    keep_completions: int = field(default=200, metadata={
+        "help": "greedy completions --output keeps: those of the first N problems (a seeded random sample; "
+                "0 = none)", "min": 0})
 
     def __post_init__(self):
         check_options(self)
@@ -295,10 +315,13 @@ class EvalConfig(ModelTaskConfig):
 
 
 def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
-    """Greedy metrics, pass@k / maj@k from k samples, and a budget sweep, in lm-eval's layout."""
+    """Greedy metrics, pass@k / maj@k from k samples, and a budget sweep, in lm-eval's layout; under
+    ``"completions"``, the greedy completions of the first `cfg.keep_completions` problems, so a
+    reader sees why an answer was wrong or the format broke."""
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
-    result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy)
+    result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy,
+                               keep=cfg.keep_completions)
     metrics = {k: v for k, v in result.items() if k != "rows"}
     if cfg.k > 1:
         prompts = [build_prompt(p.question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf)
@@ -317,7 +340,8 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
             maj += vote is not None and task.verify(vote, p.answer)
         n = len(problems)
         metrics.update({"pass@1": pass_1 / n, f"pass@{cfg.k}": pass_k / n, f"maj@{cfg.k}": maj / n})
-    out = {"results": {task.name: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems)}
+    out = {"results": {task.name: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems),
+           "completions": result["rows"]}
     budgets = cfg.budget_list()
     if budgets:
         out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, budgets, trigger=cfg.trigger,
