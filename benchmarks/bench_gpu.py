@@ -79,7 +79,8 @@ def main():
         if name == "tiny":
             pre_cfg, _, rl_cfg = stage_configs(DemoConfig())
             model, tok = new_builtin(model_config(pre_cfg), seed=0)
-            cfg = dataclasses.replace(rl_cfg, steps=args.steps, dynamic_sampling=False, eval_every=0, max_seconds=0)
+            cfg = dataclasses.replace(rl_cfg, steps=args.steps, dynamic_sampling=False, eval_every=0, max_seconds=0,
+                                      no_format_patience=0)  # a random model: timing, not learning
             results.append(run(name, model, tok, cfg))
         elif name == "qwen05":
             with tempfile.TemporaryDirectory() as folder:
@@ -87,7 +88,7 @@ def main():
                 model, tok = qwen05(folder)
                 print(f"qwen05 built in {time.monotonic() - t0:.0f} s", flush=True)
                 cfg = GRPOConfig(steps=args.steps, prompts_per_step=16, group_size=8, max_new_tokens=args.new_tokens,
-                                 lr=1e-6, eval_every=0, micro_batch_size=args.micro_batch)
+                                 lr=1e-6, eval_every=0, micro_batch_size=args.micro_batch, no_format_patience=0)
                 results.append(run(name, model, tok, cfg))
         else:
             raise SystemExit(f"unknown model {name!r}: tiny or qwen05")

@@ -63,9 +63,10 @@ def run_ours(model, tok, task, steps: int) -> tuple[float, float, tuple[float, f
             lengths.append(m["completions/mean_length"])
 
     # A random model earns 0 everywhere: every group is flat. TRL still runs the forward and backward
-    # on them, so ours does too here (skip_flat_groups off): the same work.
+    # on them, so ours does too here (skip_flat_groups off): the same work; nor does it stop such a
+    # run (no_format_patience 0).
     cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=1e-4,
-                     eval_every=0, loss_agg="token_mean", seed=0, skip_flat_groups=False)
+                     eval_every=0, loss_agg="token_mean", seed=0, skip_flat_groups=False, no_format_patience=0)
     train_grpo(model, tok, task, cfg, log=log)
     steps_s = [a + b for a, b in zip(gen, train)]
     return statistics.median(steps_s[1:]), statistics.mean(lengths), (statistics.median(gen[1:]),

@@ -238,9 +238,10 @@ def test_dynamic_sampling_refills_missing_groups_within_a_budget():
     assert refill_size(16, 0.125, 1.25, 96) == 96 and refill_size(5, 0.5, 1.0, 0) == 0  # the step's budget
     # A model writing tags at random: thinking lengths, so length-target rewards, vary within most
     # groups but not all. Every step trains on P groups with a spread, drawn within 6 P problems.
+    # None is well-formed in 8 tokens: the format watch is off, the spread is the length term's.
     model = random_tag_writer(TOK, tag_boost=2.0)
     cfg = GRPOConfig(steps=6, prompts_per_step=4, group_size=3, max_new_tokens=8, eval_every=0, lr=1e-3,
-                     dynamic_sampling=True, length_target=2, length_alpha=0.5)
+                     dynamic_sampling=True, length_target=2, length_alpha=0.5, no_format_patience=0)
     history = []
     train_grpo(model, TOK, constant_task("7"), cfg, log=history.append)
     assert len(history) == 6 and all("skipped" not in m for m in history)
@@ -303,3 +304,60 @@ def test_sample_cache_is_reused_only_for_the_same_generator_prompts_and_settings
         next(model.parameters())[0, 0] += 1.0
     sample_rationales(model, TOK, task, problems, cfg, seed=1, cache=cache)
     assert calls  # other weights: sampled afresh
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_grpo_stops_a_model_that_never_writes_the_format(tmp_path, dynamic):
+    """Every completion 'aaaa' (no tag): every reward 0, every group flat. After 5 such steps the
+    run stops with one line, the 5 rows logged; with dynamic sampling every step is a skipped row."""
+    from reasonlab.errors import UserError
+
+    cfg = GRPOConfig(steps=8, prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=0,
+                     dynamic_sampling=dynamic)
+    never = BigramLM(len(TOK), {}, default=ID["a"])
+    drawn = r"\d+" if dynamic else "20"  # 5 steps x 2 problems x 2 (dynamic sampling draws more)
+    with pytest.raises(UserError, match=rf"no sample earned a format point in 5 steps \(0 of {drawn} completions "
+                                        r"well-formed\): warm up with Method 1 \(reasonlab rationales\) or SFT"):
+        train_grpo(never, TOK, constant_task("7"), cfg, out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["reward/format_rate"] == 0 and r["reward/sampled_mean"] == 0 for r in rows)
+    assert all(("skipped" in r) == dynamic for r in rows)
+    assert (tmp_path / "samples.jsonl").is_file() or dynamic  # what was logged stays
+    history = []
+    train_grpo(never, TOK, constant_task("7"), GRPOConfig(steps=8, prompts_per_step=2, group_size=2, max_new_tokens=4,
+                                                          eval_every=0, no_format_patience=0), log=history.append)
+    assert len(history) == 8  # 0: never stops
+
+
+def test_grpo_is_not_stopped_by_a_model_that_writes_the_format():
+    history = []
+    train_grpo(answers_seven(), TOK, constant_task("7"), GRPOConfig(
+        steps=7, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1e-3), log=history.append)
+    assert [m["step"] for m in history] == list(range(1, 8)) and history[0]["reward/format_rate"] == 1
+
+
+def test_format_watch_counts_from_the_start_only_and_across_a_resume(tmp_path):
+    """One well-formed completion early ends the watch for good; a resumed run counts on from its
+    state: 3 steps then a resume to 8 stops at step 5, not 8."""
+    from reasonlab.errors import UserError
+    from reasonlab.rl.collect import FormatWatch
+
+    watch = FormatWatch(2)
+    watch.observe([False, False])
+    watch.observe([False, True])
+    for _ in range(10):
+        watch.observe([False])
+        watch.check()
+    stuck = FormatWatch(2)
+    for _ in range(2):
+        stuck.observe([False] * 3)
+    with pytest.raises(UserError, match=r"in 2 steps \(0 of 6 completions"):
+        stuck.check()
+    never = BigramLM(len(TOK), {}, default=ID["a"])
+    cfg = dict(prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=0, save_every=1)
+    train_grpo(never, TOK, constant_task("7"), GRPOConfig(steps=3, **cfg), out_dir=tmp_path)
+    with pytest.raises(UserError, match="in 5 steps"):
+        train_grpo(never, TOK, constant_task("7"), GRPOConfig(steps=8, **cfg), out_dir=tmp_path, resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]

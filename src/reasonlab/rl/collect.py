@@ -92,12 +92,43 @@ def step_rewards(cfg: GRPOConfig) -> list:
     return rewards
 
 
+class FormatWatch:
+    """Stops a run whose model never writes the template. Until one completion is well-formed every
+    reward is 0 (the format gates the points), every group is flat, and the run trains on nothing:
+    after `patience` steps from the start of the run with no well-formed completion drawn, `check`
+    says so in one line. Once one is, it watches no more (a later collapse is the metrics' to show).
+    Its counts go in the training state, so a resumed run counts on. `patience` 0: never stops."""
+
+    def __init__(self, patience: int):
+        self.patience, self.steps, self.completions, self.seen = patience, 0, 0, False
+
+    def observe(self, format_ok: list[bool]) -> None:
+        """One step's completions, every rank's (the same on each, so every rank stops together)."""
+        if not self.seen:
+            self.seen = any(format_ok)
+            self.steps, self.completions = self.steps + (not self.seen), self.completions + len(format_ok)
+
+    def check(self) -> None:
+        if self.patience and not self.seen and self.steps >= self.patience:
+            raise UserError(f"no sample earned a format point in {self.steps} steps (0 of {self.completions} "
+                            "completions well-formed): warm up with Method 1 (reasonlab rationales) or SFT first, "
+                            "or check --style (--no-format-patience 0: never stop)")
+
+    def state(self) -> dict:
+        return {"steps": self.steps, "completions": self.completions, "seen": self.seen}
+
+    def load(self, state: dict | None) -> None:
+        """Restore `state()`; a state saved before the watch existed leaves it fresh."""
+        if state:
+            self.steps, self.completions, self.seen = state["steps"], state["completions"], state["seen"]
+
+
 class Collector:
     """Samples and scores a step's groups: P/W problems per rank, G completions each.
 
     `sample(model, prompts, params, step)` runs the model (the built-in engine by default; the trainer
     passes vLLM's when it rolls out there). `keep_rate` (the last step's share of groups with a reward spread)
-    sizes dynamic sampling's refills and is kept in the training state.
+    sizes dynamic sampling's refills and is kept in the training state, as is `format_watch` (`drawn` feeds it).
     """
 
     def __init__(self, task: Task, tokenizer, cfg: GRPOConfig, stream: ProblemStream,
@@ -106,6 +137,7 @@ class Collector:
         self.sample = sample or (lambda model, prompts, params, step: generate(model, tokenizer, prompts, params))
         self.keep_rate = 1.0
         self.rewards = step_rewards(cfg)
+        self.format_watch = FormatWatch(cfg.no_format_patience)
 
     def prompt(self, problem) -> str:
         cfg = self.cfg
@@ -153,8 +185,11 @@ class Collector:
                 out.groups.append(Group(rollout, g, rewards[g]))
 
     def drawn(self, collected: Collected) -> Scores:
-        """The scores of every row drawn this step, on every rank (a collective call)."""
+        """The scores of every row drawn this step, on every rank (a collective call, once a step:
+        it also tells `format_watch` whether any was well-formed)."""
         parts = [fn.__name__ for fn, _ in self.rewards]
         local = Scores.merged(collected.scores) if collected.scores else Scores([], [], {n: [] for n in parts}, [])
-        return Scores(all_gather_list(local.format_ok), all_gather_list(local.correct),
-                      {n: all_gather_list(local.parts[n]) for n in parts}, all_gather_list(local.total))
+        drawn = Scores(all_gather_list(local.format_ok), all_gather_list(local.correct),
+                       {n: all_gather_list(local.parts[n]) for n in parts}, all_gather_list(local.total))
+        self.format_watch.observe(drawn.format_ok)
+        return drawn

@@ -61,6 +61,9 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take",
                                                             "above": 0, "max": 1})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation", "min": 1})
+    no_format_patience: int = field(default=5, metadata={
+        "help": "stop when no completion drawn in the first N steps is well-formed (every reward 0: nothing "
+                "to learn from); 0 = never stop", "min": 0})
 
     def __post_init__(self):
         check_options(self)

@@ -119,8 +119,9 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 raise
             raise stop from e
         if any_rank(not collected.groups):
-            metrics = {"step": step + 1, "skipped": "every group had equal rewards"}
+            metrics = {"step": step + 1, "skipped": "every group had equal rewards", **drawn.log()}
             run.emit(metrics)
+            collector.format_watch.check()
             continue
         batch, trained, total, kept = batch_for_update(collected.groups, cfg, tokenizer.pad_id, shared)
         t1, lr = time.monotonic(), lr_at(step, cfg)
@@ -140,6 +141,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save(boundary(collector, step + 1, metrics["seconds"]))
         stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
+        collector.format_watch.check()  # after the row too: a model that never writes the template
         if last:
             break
     return metrics
@@ -167,7 +169,7 @@ def boundary(collector: Collector, step: int, seconds: float) -> dict:
     stream reshuffles its list in place)."""
     stream = collector.stream.state()
     return {"stream": {**stream, "problems": list(stream["problems"])}, "step": step,
-            "keep_rate": collector.keep_rate, "seconds": seconds}
+            "keep_rate": collector.keep_rate, "format_watch": collector.format_watch.state(), "seconds": seconds}
 
 
 def load_state(state: dict, core, optimizer, collector: Collector, ref_model) -> tuple[int, float]:
@@ -176,6 +178,7 @@ def load_state(state: dict, core, optimizer, collector: Collector, ref_model) ->
     optimizer.load_state_dict(state["optimizer"])
     collector.stream.load_state(state["stream"])
     collector.keep_rate = state.get("keep_rate", 1.0)
+    collector.format_watch.load(state.get("format_watch"))
     if ref_model is not None:
         ref_model.load_state_dict(state["reference"])
     return state["step"], state.get("seconds", 0.0)
