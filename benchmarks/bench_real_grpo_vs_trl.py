@@ -1,0 +1,138 @@
+"""GRPO steps/s on a real pretrained model: reasonlab's trainer against TRL's `GRPOTrainer`, side
+by side in one process.
+
+Same work for both: the model `--model` (a Hugging Face folder, a reasonlab run folder or a
+`.gguf` file; SmolLM2-135M-Instruct for the README's table), two-digit sums through the model's
+chat template, the same reward (`reasonlab.rewards.reasoning_reward`: format 2 + correct 1),
+8 prompts x 8 completions a step, at most 128 new tokens, temperature 1, beta = 0, one update a
+batch, token-mean (DAPO) loss, lr 1e-5, the same torch threads, the same dtype (`--dtype`: fp32
+weights for the headline ratio; bfloat16 loads both models' weights in bf16). An instruct model
+that never writes the template earns 0 on every sample, so every group is flat: reasonlab trains
+on them anyway here (`skip_flat_groups` off, no stop for a missing format), as TRL does, so both
+do the same forward and backward. TRL runs with gradient checkpointing off.
+
+Prints seconds a step for each (the median after the first), the ratio, and the training MFU:
+`2N` FLOPs a prompt or sampled token plus `6N` a trained token, over every row's prompt and
+completion (N: the parameters a token multiplies by), against this machine's matmul peak in the
+dtype used. The last line is one JSON line with a `ratio` key (TRL s/step over ours).
+
+Needs the `bench` extra (TRL): pip install -e '.[bench]'
+Run: python benchmarks/bench_real_grpo_vs_trl.py --model PATH [--steps 3] [--threads 2] [--dtype float32]
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench_real_generate import DTYPES, matmul_params, matmul_peak
+from reasonlab.model import load_model
+from reasonlab.model.checkpoint import model_folder
+from reasonlab.rewards import reasoning_reward
+from reasonlab.rl import GRPOConfig, train_grpo
+from reasonlab.tasks import get_task
+from reasonlab.template import build_prompt
+
+P, G, NEW, LR = 8, 8, 128, 1e-5
+
+
+def hf_folder(spec: str) -> Path:
+    """The Hugging Face folder `spec` names (a .gguf file: its converted cache folder)."""
+    if spec.lower().endswith(".gguf"):
+        from reasonlab.model.gguf import gguf_folder
+
+        return gguf_folder(spec)
+    return model_folder(spec)
+
+
+def run_ours(spec: str, task, steps: int, dtype: str) -> tuple[float, float]:
+    """Median seconds a step (the first left out) and the mean completion length."""
+    model, tok = load_model(spec, DTYPES[dtype])
+    seconds, lengths = [], []
+
+    def log(m):
+        if "time/generate_s" in m:
+            seconds.append(m["time/generate_s"] + m["time/train_s"])
+            lengths.append(m["completions/mean_length"])
+
+    cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=LR,
+                     eval_every=0, loss_agg="token_mean", seed=0, style="chat", skip_flat_groups=False,
+                     no_format_patience=0, dtype=dtype)
+    train_grpo(model, tok, task, cfg, log=log)
+    return statistics.median(seconds[1:]), statistics.mean(lengths)
+
+
+def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig as TRLConfig, GRPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    problems = task.problems(P * steps * 2, "train", seed=0)
+    data = Dataset.from_list([{"prompt": build_prompt(p.question, style="chat", tokenizer=tok), "answer": p.answer}
+                              for p in problems])
+
+    def reward(completions, answer, **_):
+        return reasoning_reward(completions, answer, task=task)
+
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TRLConfig(output_dir=out, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=NEW,
+                         beta=0.0, learning_rate=LR, temperature=1.0, max_steps=steps, logging_steps=1, use_cpu=True,
+                         report_to="none", gradient_checkpointing=False, save_strategy="no", loss_type="dapo",
+                         bf16=False, seed=0, disable_tqdm=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
+        trainer.add_callback(Clock())
+        start = time.perf_counter()
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    seconds = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    return statistics.median(seconds[1:]), statistics.mean(h["completions/mean_length"] for h in logs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    task = get_task("arithmetic", digits=2)
+    folder = hf_folder(args.model)
+    model, tok = load_model(folder)
+    n = matmul_params(model.hf)
+    prompt_tokens = statistics.mean(len(tok.encode(build_prompt(p.question, style="chat", tokenizer=tok.hf)))
+                                    for p in task.problems(64, seed=0))
+    del model
+    ours_s, ours_len = run_ours(str(folder), task, args.steps, args.dtype)
+    trl_s, trl_len = run_trl(folder, task, args.steps, args.dtype)
+    peak = matmul_peak(DTYPES[args.dtype])
+
+    def mfu(seconds: float, length: float) -> float:
+        return P * G * (prompt_tokens + length) * 8 * n / seconds / peak
+
+    print(f"model {n:,} matmul params, {args.dtype}; {P} prompts x {G} completions, <= {NEW} new tokens; "
+          f"{args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"{'trainer':<12}{'s/step':>8}{'mean completion':>17}{'MFU':>8}")
+    print(f"{'reasonlab':<12}{ours_s:>8.1f}{ours_len:>17.1f}{mfu(ours_s, ours_len):>8.1%}")
+    print(f"{'TRL':<12}{trl_s:>8.1f}{trl_len:>17.1f}{mfu(trl_s, trl_len):>8.1%}")
+    print(json.dumps({"bench": "real_grpo_vs_trl", "model": str(args.model), "dtype": args.dtype, "threads": args.threads,
+                      "ours_s_per_step": round(ours_s, 2), "trl_s_per_step": round(trl_s, 2),
+                      "ours_mean_completion": round(ours_len, 1), "trl_mean_completion": round(trl_len, 1),
+                      "ours_mfu": round(mfu(ours_s, ours_len), 4), "trl_mfu": round(mfu(trl_s, trl_len), 4),
+                      "ratio": round(trl_s / ours_s, 2)}))
+
+
+if __name__ == "__main__":
+    main()
