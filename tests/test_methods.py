@@ -361,3 +361,78 @@ def test_format_watch_counts_from_the_start_only_and_across_a_resume(tmp_path):
         train_grpo(never, TOK, constant_task("7"), GRPOConfig(steps=8, **cfg), out_dir=tmp_path, resume=True)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+
+
+def free_text_endpoint(problems):
+    """A stand-in endpoint that solves each problem in free text, as an instruct model prompted to
+    reason does: no tags, the answer in its last sentence (the first sample of a problem right,
+    the second wrong), then a new question it makes up. `.seen` holds the prompts it was given."""
+    from reasonlab.remote import RemoteGenerator
+
+    class FreeText(RemoteGenerator):
+        def complete(self, prompts, **_):
+            self.seen = getattr(self, "seen", []) + list(prompts)
+            out = []
+            for i, prompt in enumerate(prompts):
+                p = next(x for x in problems if x.question in prompt)  # one-digit sums: no question holds another
+                a, b = p.question.split("+")
+                answer = p.answer if i % 2 == 0 else int(p.answer) + 1
+                out.append(f"We add {a} and {b}: {a} + {b} = {answer}. So the final answer is {answer}.\n"
+                           "Question: what is 1+1?")
+            return out
+
+    return FreeText("http://127.0.0.1:9")
+
+
+def test_method1_free_form_samples_are_read_verified_and_rewritten(tmp_path):
+    """Free-text samples with the right answer become rows in the template (the template's prompt,
+    <think>the text</think><answer>the answer</answer>), parsing well-formed with the gold answer;
+    wrong ones are dropped. Without `free_form` the same samples are all dropped (strict format)."""
+    task = get_task("arithmetic", op="+", digits=1)
+    cfg = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=40, steps=1, batch_size=4,
+                           eval_problems=4, free_form=True)
+    problems = task.problems(6, "train", cfg.seed + 1000)
+    generator = free_text_endpoint(problems)
+    _, (record,) = run_rationales(answers_seven(), TOK, task, cfg, generator=generator, out_dir=tmp_path / "free")
+    assert record["samples"] == 12 and record["kept"] == 6 and record["unread"] == 0
+    assert all("<" not in prompt and prompt.endswith("Let's think step by step.\n") for prompt in generator.seen)
+    rows = [json.loads(line) for line in (tmp_path / "free" / "round1_data.jsonl").read_text().splitlines()]
+    gold = {p.question: p.answer for p in problems}
+    assert len(rows) == 6
+    for row in rows:
+        question = row["prompt"].split("\n")[0]
+        assert row["prompt"] == f"{question}\nLet's think step by step.\n"
+        parsed = parse_completion(row["completion"], row["prompt"])
+        assert parsed.format_ok and parsed.answer == gold[question]
+        assert parsed.think.endswith(f"So the final answer is {gold[question]}.") and "Question:" not in parsed.think
+    strict = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=40, steps=1, batch_size=4, eval_problems=4)
+    _, (record,) = run_rationales(answers_seven(), TOK, task, strict, generator=free_text_endpoint(problems), out_dir=tmp_path / "s")
+    assert record["kept"] == 0 and "unread" not in record
+    assert (tmp_path / "s" / "round1_data.jsonl").read_text() == ""
+
+
+def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, monkeypatch):
+    """`style="chat"`: the generator is asked through the chat template (free form: the step-by-step
+    system line, no tags), the fine-tuning rows and the held-out evaluation use the template's chat
+    prompt."""
+    from reasonlab.model import load_model
+    from reasonlab.template import CHAT_SYSTEM, FREE_FORM_SYSTEM
+    from reasonlab.train import rationales
+    from tests.test_model import make_tiny_hf
+
+    make_tiny_hf(tmp_path / "hf")
+    model, tok = load_model(tmp_path / "hf")
+    task = get_task("arithmetic", op="+", digits=1)
+    cfg = RationalesConfig(rounds=1, problems=4, samples=2, max_new_tokens=40, steps=1, batch_size=4,
+                           eval_problems=3, free_form=True, style="chat")
+    problems = task.problems(4, "train", cfg.seed + 1000)
+    generator = free_text_endpoint(problems)
+    styles = []
+    evaluate = rationales.evaluate_problems
+    monkeypatch.setattr(rationales, "evaluate_problems", lambda *a, **k: (styles.append(k["style"]), evaluate(*a, **k))[1])
+    _, (record,) = run_rationales(model, tok, task, cfg, generator=generator, out_dir=tmp_path / "chat")
+    assert record["kept"] == 4 and styles == ["chat"]
+    assert all(p.startswith(f"[system]{FREE_FORM_SYSTEM}\n[user]") and p.endswith("[assistant]") for p in generator.seen)
+    for line in (tmp_path / "chat" / "round1_data.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert row["prompt"].startswith(f"[system]{CHAT_SYSTEM}\n[user]") and parse_completion(row["completion"]).format_ok

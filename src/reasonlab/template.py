@@ -18,6 +18,11 @@ is lenient:
 3. only whitespace between ``</think>`` and ``<answer>`` and after ``</answer>``;
 4. no tag repeated or nested (each of the four tags occurs exactly once, in order).
 
+Method 1's free-form mode samples from a prompt that asks for step-by-step text and no tags
+(`free_form_prompt`), reads the answer from that text (`read_free_answer`) and rewrites a verified
+sample into the template (`free_form_completion`): how an instruct model that never writes the tags
+gets its first training data.
+
 Prompts that already open ``<think>`` (chat templates that prefill it, e.g. DeepSeek-R1 distills and
 Qwen3) are handled: the parser prepends the tag before checking, so such completions are not
 scored as broken. Forgetting this makes format rewards always 0 in other libraries.
@@ -25,6 +30,7 @@ scored as broken. Forgetting this makes format rewards always 0 in other librari
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -158,3 +164,99 @@ def _block(text: str, open_tag: str, close_tag: str) -> str | None:
 def format_completion(think: str, answer: str) -> str:
     """The canonical completion for a rationale and an answer (used to build training data)."""
     return f"{THINK_OPEN}{think}{THINK_CLOSE}{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
+# ---- free-form samples (Method 1's `free_form` mode) ---------------------------------------------
+
+FREE_FORM_INSTRUCTION = ('Solve the problem step by step, then end with "The answer is" followed by the '
+                         "final answer.")
+FREE_FORM_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
+                'solves it step by step, then ends with "The answer is" followed by the final answer.')
+FREE_FORM_SYSTEM = "You are a helpful assistant. " + FREE_FORM_INSTRUCTION
+
+
+def free_form_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
+    """The text a model continues to solve `question` in free text, no tags asked for: the plain
+    style's trigger prompt (the built-in models read no instructions), the R1 conversation or the
+    chat template with an instruction to reason step by step and end with "The answer is ..."."""
+    if style == "plain":
+        return build_prompt(question, "plain", trigger=True)
+    if style == "r1":
+        return f"{FREE_FORM_R1} User: {question} Assistant:"
+    return build_prompt(question, style, tokenizer=tokenizer, system=FREE_FORM_SYSTEM)
+
+
+# "The answer is 95", "the final answer is: 95", "Answer: 95", "**Answer:** 95" (the last one counts)
+_ANSWER_PHRASE = re.compile(r"\banswer\b[*\s]*(?:is\b[*:\s]*|:[*\s]*)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
+_BOXED = "\\boxed{"
+
+
+def read_free_answer(text: str) -> tuple[str, str] | None:
+    """(reasoning, answer) from a free-text solution, or None when no answer can be read.
+
+    The answer is what follows the last "answer is" / "answer:" up to the end of its sentence
+    (bold, ``$…$`` and ``\\boxed{…}`` unwrapped), else the last ``\\boxed{…}``, else the last
+    number. The reasoning is the text up to the end of the answer's sentence: what a model writes
+    after it (a new question, a sign-off) is dropped.
+
+    >>> read_free_answer("12 + 34: 2 + 4 = 6, 1 + 3 = 4. So the final answer is 46.")
+    ('12 + 34: 2 + 4 = 6, 1 + 3 = 4. So the final answer is 46.', '46')
+    >>> read_free_answer("Half of 10 is 5, plus 3 makes 8 apples.")
+    ('Half of 10 is 5, plus 3 makes 8', '8')
+    """
+    phrase = None
+    for phrase in _ANSWER_PHRASE.finditer(text):
+        pass
+    if phrase is not None:
+        start = phrase.end()
+        start += len(text[start:]) - len(text[start:].lstrip())  # "The answer is:\n\n46"
+        stop = _SENTENCE_END.search(text, start)
+        end = stop.start() if stop else len(text)
+        answer = _clean_answer(text[start:end])
+        if answer:
+            return text[:end + (stop is not None and text[end] == ".")].strip(), answer
+    if (box := text.rfind(_BOXED)) >= 0 and (inner := _braced(text, box + len(_BOXED))) is not None:
+        end = box + len(_BOXED) + len(inner) + 1
+        return text[:end].strip(), inner.strip()
+    numbers = list(_NUMBER.finditer(text))
+    if not numbers:
+        return None
+    return text[:numbers[-1].end()].strip(), numbers[-1].group()
+
+
+def _clean_answer(text: str) -> str:
+    """An answer as written after "answer is", without markdown, math delimiters or \\boxed{}."""
+    text = text.strip().strip("*").strip()
+    if text.startswith("$") and text.endswith("$"):
+        text = text.strip("$").strip()
+    if text.startswith(_BOXED) and (inner := _braced(text, len(_BOXED))) is not None:
+        text = inner
+    return text.strip().rstrip(".").strip()
+
+
+def _braced(text: str, start: int) -> str | None:
+    """The text from `start` to the brace that closes the one just before it, or None."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return None
+
+
+def free_form_completion(text: str) -> str | None:
+    """A free-text sample rewritten into the template: ``<think>{reasoning}</think><answer>{answer}
+    </answer>`` (`read_free_answer`); a sample already in the template is kept as it is. None when
+    no answer can be read, or when the text holds answer tags that do not make the template (a
+    stray ``<think>``/``</think>``, as a template that prefills ``<think>`` leaves, is dropped)."""
+    if parse_completion(text).format_ok:
+        return text
+    if ANSWER_OPEN in text or ANSWER_CLOSE in text:
+        return None
+    read = read_free_answer(text.replace(THINK_OPEN, "").replace(THINK_CLOSE, "\n"))
+    if read is None:
+        return None
+    completion = format_completion(*read)
+    return completion if parse_completion(completion).format_ok else None

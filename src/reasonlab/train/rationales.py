@@ -4,7 +4,10 @@ Each round:
 
 1. sample `samples` (k) chains of thought per training problem from a generator prompted to reason
    (the model itself by default, a stronger local checkpoint: a teacher, or an OpenAI-compatible
-   endpoint: `remote.RemoteGenerator`);
+   endpoint: `remote.RemoteGenerator`), in the template's prompt of `style`; or, with `free_form`,
+   prompted to reason step by step in free text (no tags asked for: an instruct model never shown
+   the template writes none), each sample's answer read from its text and the sample rewritten into
+   the template (`template.free_form_completion`);
 2. keep the completions whose format holds and whose answer the task's verifier accepts, or, for
    tasks without a gold answer, that an LLM judge scores at least `judge_threshold` (0-10) against
    the criteria in `judge_rubric`; where the task can check reasoning steps (`Task.check_steps`,
@@ -41,7 +44,8 @@ from ..rewards import check_batch
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..tasks.hints import with_hint
-from ..template import build_prompt, parse_completion
+from ..template import (PROMPT_STYLES, THINK_OPEN, build_prompt, free_form_completion, free_form_prompt,
+                        parse_completion, prompt_opens_think)
 from .loop import (TrainConfig, check_resume, discard_training_state, fit_to_model, load_training_state,
                    nothing_to_resume, save_training_state, task_setting, tokenize_examples,
                    train_supervised)
@@ -63,6 +67,11 @@ class RationalesConfig(TrainConfig):
                                                           "min": 0, "max": 10})
     check_steps: bool = field(default=True, metadata={
         "help": "also require every reasoning step to check out, where the task can tell (chain): drops lucky guesses"})
+    style: str = field(default="plain", metadata={"help": "prompt style of sampling, fine-tuning and evaluation: "
+                                                     "plain, r1 or chat (instruct models)", "choices": PROMPT_STYLES})
+    free_form: bool = field(default=False, metadata={
+        "help": "sample free text (step by step, no tags), read its answer (\"the answer is ...\", else the last "
+                "number), keep verified ones rewritten into the template; evaluation stays strict"})
 
 
 def sample_texts(source, tokenizer, prompts: list[str], params: SamplingParams) -> list[str]:
@@ -135,7 +144,8 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
                       counts: dict | None = None) -> tuple[list[dict], int]:
     """Kept, deduplicated `{"question", "completion"}` pairs and the number of samples drawn.
 
-    Kept means: the format holds, and the verifier accepts the answer (or, with `judge`, the judge
+    Kept means: the format holds (with `cfg.free_form`, that of the sample rewritten into the
+    template), and the verifier accepts the answer (or, with `judge`, the judge
     accepts the response); with `cfg.check_steps`, the task's step check (`Task.check_steps`) must
     not reject the thought either: a right answer reached by wrong steps is counted in
     `counts["lucky"]` and dropped. With `hinted`, the generator sees the gold answer as a hint line; the
@@ -143,7 +153,7 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
     arrives and reused on a rerun, so an interrupted round loses nothing.
     """
     questions = [with_hint(p.question, p.solution or p.answer) if hinted else p.question for p in problems]
-    prompts = [build_prompt(q, trigger=True, tokenizer=tokenizer.hf) for q in questions for _ in range(cfg.samples)]
+    prompts = [sampling_prompt(q, cfg, tokenizer) for q in questions for _ in range(cfg.samples)]
     kept, seen, drawn = [], set(), 0
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     done = {}
@@ -160,13 +170,14 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
                 with open(cache, "a") as f:
                     f.write(json.dumps({"start": i, "texts": texts}) + "\n")
         chunk_problems = [problems[(i + j) // cfg.samples] for j in range(len(texts))]
-        parsed = [parse_completion(t, prompts[i + j]) for j, t in enumerate(texts)]
+        completions, read_prompts = as_template(texts, prompts[i:i + len(texts)], cfg, counts)
+        parsed = [parse_completion(t, p) for t, p in zip(completions, read_prompts)]
         if judge is not None:
             ok = [x.format_ok for x in parsed]
             verdicts = judge.accepts([p.question for p in chunk_problems], texts)
             ok = [a and b for a, b in zip(ok, verdicts)]
         else:
-            ok = [c for _, c in check_batch(texts, [p.answer for p in chunk_problems], task, prompts[i:i + len(texts)])]
+            ok = [c for _, c in check_batch(completions, [p.answer for p in chunk_problems], task, read_prompts)]
         for problem, x, good in zip(chunk_problems, parsed, ok):
             drawn += 1
             if not good or (hinted and "hint" in x.think):  # a rationale leaning on the hint teaches nothing
@@ -180,6 +191,35 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
                 seen.add((problem.question, completion))
                 kept.append({"question": problem.question, "completion": completion})
     return kept, drawn
+
+
+def sampling_prompt(question: str, cfg: RationalesConfig, tokenizer) -> str:
+    """What the generator continues: the template's prompt of `cfg.style` (the trigger on), or with
+    `cfg.free_form` the step-by-step prompt that asks for no tags."""
+    if cfg.free_form:
+        return free_form_prompt(question, cfg.style, tokenizer=tokenizer.hf)
+    return build_prompt(question, cfg.style, trigger=True, tokenizer=tokenizer.hf)
+
+
+def as_template(texts: list[str], prompts: list[str], cfg: RationalesConfig, counts: dict | None):
+    """(completions, the prompts to parse them against): the samples as they are, or with
+    `cfg.free_form` rewritten into the template ("" where no answer could be read, counted in
+    `counts["unread"]`), complete in themselves (no prompt)."""
+    if not cfg.free_form:
+        return texts, prompts
+    completions = [free_form_completion(t) or "" for t in texts]
+    if counts is not None:
+        counts["unread"] = counts.get("unread", 0) + completions.count("")
+    return completions, [None] * len(texts)
+
+
+def training_row(question: str, completion: str, cfg: RationalesConfig, tokenizer) -> dict:
+    """A kept sample as fine-tuning data: the template's prompt of `cfg.style` (with the trigger
+    when `train_trigger`) and the completion, less its ``<think>`` when the prompt opens one."""
+    prompt = build_prompt(question, cfg.style, trigger=cfg.train_trigger, tokenizer=tokenizer.hf)
+    if prompt_opens_think(prompt) and completion.startswith(THINK_OPEN):
+        completion = completion[len(THINK_OPEN):]
+    return {"prompt": prompt, "completion": completion}
 
 
 def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator=None, out_dir=None,
@@ -220,7 +260,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
         source = generator if generator is not None else model
         cache = out.path / f"round{round_}_samples.jsonl" if out else None
-        counts = {"lucky": 0}
+        counts = {"lucky": 0, "unread": 0}
         kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_, judge=judge,
                                         cache=cache, counts=counts)
         solved = {row["question"] for row in kept}
@@ -236,21 +276,20 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         sample_seconds = time.monotonic() - start
         record = {"round": round_, "problems": len(problems), "samples": drawn, "kept": len(kept),
                   "solved": len(solved), "rationalized": rationalized, "lucky_dropped": counts["lucky"],
+                  **({"unread": counts["unread"]} if cfg.free_form else {}),
                   "yield": len(kept) / drawn if drawn else 0.0, "sample_seconds": sample_seconds}
+        rows = [training_row(r["question"], r["completion"], cfg, tokenizer) for r in kept]
         if out:
-            write_jsonl_atomic(out.path / f"round{round_}_data.jsonl",
-                               [{"prompt": build_prompt(r["question"], trigger=cfg.train_trigger),
-                                 "completion": r["completion"]} for r in kept])
+            write_jsonl_atomic(out.path / f"round{round_}_data.jsonl", rows)
         if kept:
-            rows = [{"prompt": build_prompt(r["question"], trigger=cfg.train_trigger, tokenizer=tokenizer.hf),
-                     "completion": r["completion"]} for r in kept]
             student = copy.deepcopy(model if cfg.continue_training else base)
             examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
             train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
                              folder=RunFolder(out.path / f"round{round_}_train", "rationales") if out else None,
                              resume=resume and round_ == first)  # only the round a stop cut short has a state
             model = student
-        result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, params=greedy)
+        result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style,
+                                   params=greedy)
         record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
                       mean_think_tokens=result["mean_think_tokens"],
                       seconds=time.monotonic() - start)
