@@ -91,20 +91,25 @@ def run_trl(folder: str, tok, task, steps: int) -> tuple[float, float]:
                          bf16=False, seed=0, disable_tqdm=True)
         trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=[reward], args=args,
                               train_dataset=data, processing_class=tok.hf)
-        stamps = []
-
-        from transformers import TrainerCallback
-
-        class Clock(TrainerCallback):
-            def on_step_end(self, *a, **k):
-                stamps.append(time.perf_counter())
-
-        trainer.add_callback(Clock())
-        start = time.perf_counter()
-        trainer.train()
+        steps_s = timed_train(trainer)
         logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
-    steps_s = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     return statistics.median(steps_s[1:]), statistics.mean(h["completions/mean_length"] for h in logs)
+
+
+def timed_train(trainer) -> list[float]:
+    """Run a TRL trainer's `train()`; the seconds each step took."""
+    from transformers import TrainerCallback
+
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    start = time.perf_counter()
+    trainer.train()
+    return [b - a for a, b in zip([start] + stamps[:-1], stamps)]
 
 
 RACE_LR, EVAL_EVERY_S, TARGET = 2e-4, 15.0, 0.95

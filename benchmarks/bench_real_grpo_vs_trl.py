@@ -24,11 +24,11 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from bench_grpo_vs_trl import timed_train
 from bench_real_generate import DTYPES, matmul_params, matmul_peak
 from reasonlab.model import load_model
 from reasonlab.model.checkpoint import model_folder
@@ -68,7 +68,7 @@ def run_ours(spec: str, task, steps: int, dtype: str) -> tuple[float, float]:
 
 def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig as TRLConfig, GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(folder)
@@ -79,12 +79,6 @@ def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
     def reward(completions, answer, **_):
         return reasoning_reward(completions, answer, task=task)
 
-    stamps = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
-
     with tempfile.TemporaryDirectory() as out:
         args = TRLConfig(output_dir=out, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=NEW,
                          beta=0.0, learning_rate=LR, temperature=1.0, max_steps=steps, logging_steps=1, use_cpu=True,
@@ -92,11 +86,8 @@ def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
                          bf16=False, seed=0, disable_tqdm=True)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
         trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
-        trainer.add_callback(Clock())
-        start = time.perf_counter()
-        trainer.train()
+        seconds = timed_train(trainer)
         logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
-    seconds = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
     return statistics.median(seconds[1:]), statistics.mean(h["completions/mean_length"] for h in logs)
 
 
