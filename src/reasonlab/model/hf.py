@@ -5,6 +5,15 @@
 (the cache is a `transformers.DynamicCache`). Nothing is ever downloaded: models load from a local
 folder.
 
+``forward(GroupedBatch)`` is GRPO's shared-prompt pass, through transformers' own interfaces: the P
+distinct prompts are run once into a `DynamicCache` that keeps its graph, each layer's keys and
+values are repeated G times (`batch_repeat_interleave`, differentiable), and the N = P·G
+completions run on that cache with their real positions and a mask that hides the prompts'
+padding. The gradient reaches the prompt pass through the cache, so loss and gradient are those of
+N padded prompt + completion rows (tested). It runs on the model types in `GROUPED_MODEL_TYPES`
+whose every layer caches plainly (`grouped_unsupported` says why not otherwise, and the trainer
+then builds padded rows).
+
 Needs transformers >= 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``). 5.24
 renamed ``forward``'s ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40), so the
 adapter passes the cache under whichever name the model's ``forward`` takes, and never reads it
@@ -17,6 +26,13 @@ import inspect
 
 import torch
 import torch.nn as nn
+
+from .gpt import GroupedBatch
+
+# Tested by tests/test_hf_grouped.py: decoder-only, RoPE from position_ids, masks built from the
+# cache's length (the query offset) and the 2D attention mask, the lm_head on `logits_to_keep`.
+GROUPED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+GROUPED_ATTENTION = ("eager", "sdpa")
 
 
 class HFCache:
@@ -46,7 +62,14 @@ class HFCausalLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether `forward(GroupedBatch)` runs on this model (the trainer asks before building batches)."""
+        return grouped_unsupported(self.hf) is None
+
     def forward(self, input_ids, position_ids=None, attention_mask=None):
+        if isinstance(input_ids, GroupedBatch):
+            return self.grouped_forward(input_ids)
         return self.hf(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                        use_cache=False).logits
 
@@ -61,6 +84,82 @@ class HFCausalLM(nn.Module):
                       use_cache=True, **{self.cache_arg: cache.kv})
         cache.pos += input_ids.shape[1]
         return out.logits
+
+    def grouped_forward(self, b: GroupedBatch) -> torch.Tensor:
+        """Logits of a `GroupedBatch` as `GPT` gives them: (N, Lc, vocab), or with `b.packed` the
+        real predictions only, (tokens, vocab) in `b.places()` order. Raises on a model that cannot."""
+        reason = grouped_unsupported(self.hf)
+        if reason is not None:
+            raise ValueError(f"grouped GRPO pass: {reason}; train on padded rows (--no-shared-prompts)")
+        from transformers import DynamicCache
+
+        (P, _), (N, Lc), G = b.prompt_ids.shape, b.completion_ids.shape, b.group_size
+        if N != P * G:
+            raise ValueError(f"{N} completions for {P} prompts in groups of {G}")
+        cache = DynamicCache(config=self.hf.config)
+        first = self._prompt_pass(b, cache)  # (P, vocab): each prompt's prediction of completion token 0
+        cache.batch_repeat_interleave(G)  # [n_layer] x (N, Hkv, Lp, hd), gradients flow back to pass 1
+        rest = self._completion_pass(b, cache)  # (fed tokens, vocab)
+        logits = torch.cat([first.repeat_interleave(G, 0)[b.completion_lens > 0], rest])
+        if b.packed:
+            return logits
+        return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, b.places(), logits).view(N, Lc, -1)
+
+    def _prompt_pass(self, b: GroupedBatch, cache) -> torch.Tensor:
+        """The P right-padded prompts into `cache`; (P, vocab) logits at each prompt's last token.
+        No attention mask: causal attention alone keeps real tokens off the padding to their right
+        (the completions' mask hides it from them)."""
+        P, Lp = b.prompt_ids.shape
+        positions = torch.arange(Lp, device=b.prompt_ids.device).expand(P, Lp)
+        last = (b.prompt_lens - 1)[:, None]  # (P, 1) positions whose logits are kept
+        out = self.hf(input_ids=b.prompt_ids, position_ids=positions, use_cache=True, logits_to_keep=last,
+                      **{self.cache_arg: cache})
+        if cache.get_seq_length() != Lp:  # a model that dropped the cache: pass 2 would see no prompt
+            raise RuntimeError("grouped GRPO pass: the prompt pass left no KV cache")
+        return out.logits[:, 0]
+
+    def _completion_pass(self, b: GroupedBatch, cache) -> torch.Tensor:
+        """The N completions (all but each row's last token, `b.fed()`) after their prompts' cached
+        keys; (fed tokens, vocab) logits, row by row, of the real fed tokens only."""
+        G, Lp = b.group_size, b.prompt_ids.shape[1]
+        cols, fed = b.fed()  # (W,), (N, W)
+        prompt_lens = b.prompt_lens.repeat_interleave(G)  # (N,)
+        prompt_keys = torch.arange(Lp, device=cols.device)[None, :] < prompt_lens[:, None]  # (N, Lp)
+        # (N, Lp + W): the prompt's real tokens, then the completion's (causal attention keeps the
+        # real ones off the padding after them).
+        mask = torch.cat([prompt_keys, torch.ones_like(fed)], dim=1).long()
+        out = self.hf(input_ids=b.completion_ids[:, :len(cols)], position_ids=prompt_lens[:, None] + cols[None, :],
+                      attention_mask=mask, use_cache=True, logits_to_keep=fed, **{self.cache_arg: cache})
+        return out.logits
+
+
+def grouped_unsupported(hf_model) -> str | None:
+    """Why `HFCausalLM.forward(GroupedBatch)` cannot run on `hf_model` (a transformers model, maybe
+    peft-wrapped), or None when it can: a model type in `GROUPED_MODEL_TYPES`, eager or SDPA
+    attention, LoRA as the only peft method, no gradient checkpointing (it turns the cache off),
+    a forward that takes the cache and a boolean `logits_to_keep`, and a `DynamicCache` of plain
+    layers (a sliding-window layer keeps only its window of the padded prompt's cache slots)."""
+    from transformers import DynamicCache, modeling_utils
+    from transformers.cache_utils import DynamicLayer
+
+    base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+    config = base.config
+    methods = {str(getattr(c.peft_type, "value", c.peft_type)) for c in getattr(hf_model, "peft_config", {}).values()}
+    if config.model_type not in GROUPED_MODEL_TYPES:
+        return f"model type {config.model_type!r} is not one of {', '.join(GROUPED_MODEL_TYPES)}"
+    if config._attn_implementation not in GROUPED_ATTENTION:
+        return f"attention {config._attn_implementation!r} is not one of {', '.join(GROUPED_ATTENTION)}"
+    if methods - {"LORA"}:
+        return f"peft method {', '.join(sorted(methods - {'LORA'}))}"
+    if any(getattr(m, "gradient_checkpointing", False) for m in base.modules()):
+        return "gradient checkpointing turns the KV cache off"
+    params = inspect.signature(base.forward).parameters
+    if "logits_to_keep" not in params or not hasattr(modeling_utils, "slice_logits_to_keep"):
+        return "this transformers cannot keep logits by a boolean mask (logits_to_keep)"
+    kinds = {type(layer).__name__ for layer in DynamicCache(config=config).layers if type(layer) is not DynamicLayer}
+    if kinds:
+        return f"cache layers {', '.join(sorted(kinds))} (only plain DynamicLayer caches are supported)"
+    return None
 
 
 def cache_argument(hf_model) -> str:

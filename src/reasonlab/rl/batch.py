@@ -1,10 +1,11 @@
 """Groups -> one training batch: token ids, the loss mask, advantages; and its micro-batches.
 
 Two layouts of the same rows, giving the same loss and gradient (tested): plain (N, T) sequences
-(prompt + completion, right-padded), and for the built-in model a `GroupedBatch` that holds each
-group's prompt once and packs the completions (`shared`: fewer FLOPs). The mask is 1 where a token
-was *sampled*: forced tokens (a thinking-budget close, "Wait," extensions) and padding never enter
-the loss; with `mask_truncated`, neither do completions cut at max_new_tokens.
+(prompt + completion, right-padded), and a `GroupedBatch` that holds each group's prompt once
+(`shared`: fewer FLOPs), for the models whose forward takes it (the built-in model packs the
+completions; `HFCausalLM` runs them on the prompts' KV cache, see `model.hf`). The mask is 1 where
+a token was *sampled*: forced tokens (a thinking-budget close, "Wait," extensions) and padding
+never enter the loss; with `mask_truncated`, neither do completions cut at max_new_tokens.
 """
 
 from __future__ import annotations

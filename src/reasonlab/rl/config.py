@@ -55,7 +55,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
         "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)",
         "min": 0})
     shared_prompts: bool = field(default=True, metadata={
-        "help": "built-in model: compute each group's prompt once and pack the completions (same loss, fewer FLOPs)"})
+        "help": "compute each group's prompt once (same loss, fewer FLOPs): the built-in model packs the completions, "
+                "Llama/Mistral/Qwen2/Qwen3 HF models run them on the prompt's KV cache; other models use padded rows"})
     rollout_engine: str = field(default="builtin", metadata={"help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])",
                                                                "choices": ("builtin", "vllm")})
     vllm_gpu_memory: float = field(default=0.3, metadata={"help": "vllm: share of GPU memory it may take",

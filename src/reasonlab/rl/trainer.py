@@ -103,7 +103,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     if held_out and first == 0:  # the starting point, on the curve
         metrics = {"step": 0, **evaluate(), "seconds": 0.0}
         run.emit(metrics)
-    bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and isinstance(core, GPT)
+    bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and (isinstance(core, GPT) or getattr(core, "shares_prompts", False))
     device = next(core.parameters()).device
     for step in range(first, cfg.steps):
         good = boundary(collector, step, time.monotonic() - start)  # what a failure before the update saves

@@ -26,9 +26,9 @@ from .types import Batch, Update
 
 def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
-    prediction; for a `GroupedBatch` (built-in model), (N, Lc) for each completion token, 0 past
-    each row's end."""
-    if isinstance(inputs, GroupedBatch):  # the model returns only real predictions: no work on padding
+    prediction; for a `GroupedBatch` (the built-in model, or an HF model whose `shares_prompts`),
+    (N, Lc) for each completion token, 0 past each row's end."""
+    if isinstance(inputs, GroupedBatch):  # the model returns only real predictions: no lm_head on padding
         places, (N, Lc) = inputs.places(), inputs.completion_ids.shape
         with autocast(places.device):
             logits = model(dataclasses.replace(inputs, packed=True)).float()
