@@ -361,6 +361,7 @@ class Decoder(nn.Module):
 
 class GPT(nn.Module):
     kind = "builtin"
+    shares_prompts = True  # forward takes a GroupedBatch (GRPO's shared-prompt pass)
 
     def __init__(self, config: GPTConfig):
         super().__init__()

@@ -20,8 +20,9 @@ can be masked out (`mask_truncated`); groups whose rewards are all equal can be 
 adds the length-target reward. The learning rate warms up linearly, then stays constant or decays
 by cosine or linearly over `steps`.
 
-Cost, not math: with the built-in model the training pass computes each group's prompt once and
-packs the completions (`shared_prompts`); with β = 0 a group whose rewards are all equal has
+Cost, not math: the training pass computes each group's prompt once and packs the completions
+(`shared_prompts`: the built-in model, and Hugging Face Llama/Mistral/Qwen2/Qwen3 models through
+their KV cache, see `model.hf`); with β = 0 a group whose rewards are all equal has
 advantage 0 on every token, adds nothing to the gradient, and skips the forward and backward
 (`skip_flat_groups`) while its tokens still count in the normaliser: the same update (tested).
 
@@ -43,7 +44,6 @@ import torch
 from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
-from ..model.gpt import GPT
 from ..outdir import RunFolder
 from ..tasks import Task
 from ..tasks.base import problems_for
@@ -103,7 +103,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     if held_out and first == 0:  # the starting point, on the curve
         metrics = {"step": 0, **evaluate(), "seconds": 0.0}
         run.emit(metrics)
-    bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and (isinstance(core, GPT) or getattr(core, "shares_prompts", False))
+    bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and getattr(core, "shares_prompts", False)
     device = next(core.parameters()).device
     for step in range(first, cfg.steps):
         good = boundary(collector, step, time.monotonic() - start)  # what a failure before the update saves
