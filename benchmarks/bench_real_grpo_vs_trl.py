@@ -9,7 +9,9 @@ batch, token-mean (DAPO) loss, lr 1e-5, the same torch threads, the same dtype (
 weights for the headline ratio; bfloat16 loads both models' weights in bf16). An instruct model
 that never writes the template earns 0 on every sample, so every group is flat: reasonlab trains
 on them anyway here (`skip_flat_groups` off, no stop for a missing format), as TRL does, so both
-do the same forward and backward. TRL runs with gradient checkpointing off.
+do the same forward and backward. Both train in micro-batches of 16 rows, accumulating to one
+update (a whole 64-row batch's 49,152-way logits outgrow 24 GB); TRL runs with gradient
+checkpointing off.
 
 Prints seconds a step for each (the median after the first), the ratio, and the training MFU:
 `2N` FLOPs a prompt or sampled token plus `6N` a trained token, over every row's prompt and
@@ -37,7 +39,7 @@ from reasonlab.rl import GRPOConfig, train_grpo
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
 
-P, G, NEW, LR = 8, 8, 128, 1e-5
+P, G, NEW, LR, MICRO = 8, 8, 128, 1e-5, 16
 
 
 def hf_folder(spec: str) -> Path:
@@ -61,7 +63,7 @@ def run_ours(spec: str, task, steps: int, dtype: str) -> tuple[float, float]:
 
     cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=LR,
                      eval_every=0, loss_agg="token_mean", seed=0, style="chat", skip_flat_groups=False,
-                     no_format_patience=0, dtype=dtype)
+                     no_format_patience=0, dtype=dtype, micro_batch_size=MICRO)
     train_grpo(model, tok, task, cfg, log=log)
     return statistics.median(seconds[1:]), statistics.mean(lengths)
 
@@ -80,7 +82,8 @@ def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
         return reasoning_reward(completions, answer, task=task)
 
     with tempfile.TemporaryDirectory() as out:
-        args = TRLConfig(output_dir=out, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=NEW,
+        args = TRLConfig(output_dir=out, per_device_train_batch_size=MICRO, gradient_accumulation_steps=P * G // MICRO,
+                         num_generations=G, max_completion_length=NEW,
                          beta=0.0, learning_rate=LR, temperature=1.0, max_steps=steps, logging_steps=1, use_cpu=True,
                          report_to="none", gradient_checkpointing=False, save_strategy="no", loss_type="dapo",
                          bf16=False, seed=0, disable_tqdm=True)
