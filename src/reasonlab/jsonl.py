@@ -141,20 +141,21 @@ def jsonl_writer(path):
 RUN_MARKER = "run.json"  # {"command", "config"}: which reasonlab command made a folder, how (see `outdir`)
 
 
-def made_by(folder) -> str | None:
-    """The command whose run marker `folder` holds, or None."""
+def run_marker(folder) -> dict:
+    """What `folder`'s run marker holds ({} when it has none, or one that is not a JSON object)."""
     try:
         marker = json.loads((Path(folder) / RUN_MARKER).read_text())
     except (OSError, ValueError):
-        return None
-    return marker.get("command") if isinstance(marker, dict) else None
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def made_by(folder) -> str | None:
+    """The command whose run marker `folder` holds, or None."""
+    return run_marker(folder).get("command")
 
 
 def run_config(folder) -> dict | None:
     """The settings a run recorded in its folder's run marker, or None."""
-    try:
-        marker = json.loads((Path(folder) / RUN_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    config = marker.get("config") if isinstance(marker, dict) else None
+    config = run_marker(folder).get("config")
     return config if isinstance(config, dict) else None

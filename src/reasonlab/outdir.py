@@ -108,13 +108,9 @@ class RunFolder:
                             f"--overwrite to write the model into it (nothing else there is deleted)")
         return folder
 
-    def start(self, config: dict | None = None, marker: bool = True) -> None:
-        """Create the folder and (with `marker`: a run's folder, not a stage inside one) write
-        run.json with the run's settings."""
-        if marker:
-            mark(self.path, self.command, config)
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
+    def start(self, config: dict | None = None) -> None:
+        """Create the folder and write run.json with the run's settings."""
+        mark(self.path, self.command, config)
 
     def restart_logs(self, resumed_at: int | None, rank: int = 0) -> None:
         """Make the logs this run's only: a fresh run (`resumed_at` None) empties them, a run resumed
