@@ -116,3 +116,62 @@ def test_eval_rows_say_why_the_format_broke():
         assert row["completion"] == "<think>aaaaa" and row["parsed_answer"] is None and not row["correct"]
         assert row["format_errors"] == ["missing </think>", "missing <answer>", "missing </answer>"]
         assert row["finish_reason"] == "length"
+
+
+def _scripted(monkeypatch, reply):
+    """`evaluate.generate` replaced by `reply(prompt) -> text`."""
+    import torch
+
+    import reasonlab.evaluate as ev
+    from reasonlab.engine import Rollout
+
+    def fake_generate(model, tokenizer, prompts, params):
+        texts = [reply(p) for p in prompts]
+        n = len(texts)
+        return Rollout([[0]] * n, None, None, None, torch.tensor([1] * n), [0] * n, ["stop"] * n, texts)
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+
+
+@pytest.mark.parametrize("style", ["plain", "chat"])
+def test_free_form_and_direct_prompts_read_the_answer_a_template_prompt_scores_strictly(monkeypatch, style):
+    """The three ways of asking (`--prompt`): free text read for "the answer is", a bare answer read
+    as it is, the template parsed strictly; the format rate is that of the tags in the reply."""
+    from reasonlab.evaluate import evaluate_problems
+    from reasonlab.template import DIRECT_SYSTEM, FREE_FORM_SYSTEM, TRIGGER
+
+    def reply(prompt):
+        if FREE_FORM_SYSTEM in prompt or (style == "plain" and TRIGGER in prompt):
+            return "Add them up: 0 + 1 = 1. So the answer is 1. Next question: what is 2+2?"
+        if DIRECT_SYSTEM in prompt or style == "plain":
+            return "1"
+        return "<think>one</think> 1"  # asked for the template: broken (no <answer>)
+
+    _scripted(monkeypatch, reply)
+    _, tok = new_builtin()
+    tok.hf.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}[assistant]"
+    task = constant_task("1")
+    problems = task.problems(6, "test")
+    if style == "plain":  # the plain template prompt is the trigger prompt: free-form's own
+        reply_direct = evaluate_problems(None, tok, task, problems, style=style, prompt="direct")
+        assert reply_direct["accuracy"] == 1.0 and reply_direct["format_rate"] == 0.0
+        return
+    free = evaluate_problems(None, tok, task, problems, style=style, prompt="free-form")
+    assert free["accuracy"] == 1.0 and free["format_rate"] == 0.0
+    assert free["rows"][0]["read_as"] == "<think>Add them up: 0 + 1 = 1. So the answer is 1.</think><answer>1</answer>"
+    assert free["rows"][0]["format_ok"] is False  # the reply's own tags, not the reading's
+    direct = evaluate_problems(None, tok, task, problems, style=style, prompt="direct")
+    assert direct["accuracy"] == 1.0 and direct["format_rate"] == 0.0
+    strict = evaluate_problems(None, tok, task, problems, style=style)
+    assert strict["accuracy"] == 0.0 and strict["format_rate"] == 0.0
+    assert strict["rows"][0]["format_errors"] == ["missing <answer>", "missing </answer>"]
+    with pytest.raises(ValueError, match="unknown prompt kind"):
+        evaluate_problems(None, tok, task, problems, style=style, prompt="freeform")
+
+
+def test_eval_refuses_a_budget_sweep_without_the_template(tmp_path, capsys):
+    from reasonlab.cli import main
+
+    assert main(["eval", "--model", str(tmp_path), "--prompt", "direct", "--budgets", "0,8"]) == 2
+    err = capsys.readouterr().err
+    assert "--budgets" in err and "--prompt template" in err and "Traceback" not in err

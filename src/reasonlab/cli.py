@@ -308,7 +308,7 @@ def cmd_faithfulness(opts) -> int:
         choices = [a for a in answers if a != (problem.solution or problem.answer)]
         return rng.choice(choices) if choices else problem.answer + "0"
 
-    probe = faithfulness_probe(model, tokenizer, task, problems, wrong)
+    probe = faithfulness_probe(model, tokenizer, task, problems, wrong, style=opts.style)
     lo, hi = probe["hint_follow_ci"]
     alo, ahi = probe["admit_ci"]
     print(f"hint followed: {percent(probe['hint_follow_rate'])} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "

@@ -16,6 +16,7 @@ from .demo import DemoConfig
 from .evaluate import EvalConfig, SampleConfig
 from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
+from .template import PROMPT_STYLES
 from .train.pretrain import PretrainConfig
 from .train.rationales import RationalesConfig
 from .train.sft import SFTConfig
@@ -111,6 +112,7 @@ class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
 class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
     problems: int = field(default=100, metadata={"help": "held-out problems", "min": 1})
+    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
     seed: int = 0
     output: str = field(default="", metadata={"help": "write the JSON results here"})
 

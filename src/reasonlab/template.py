@@ -173,6 +173,13 @@ FREE_FORM_INSTRUCTION = ('Solve the problem step by step, then end with "The ans
 FREE_FORM_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
                 'solves it step by step, then ends with "The answer is" followed by the final answer.')
 FREE_FORM_SYSTEM = "You are a helpful assistant. " + FREE_FORM_INSTRUCTION
+DIRECT_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
+             "replies with only the final answer.")
+DIRECT_SYSTEM = "You are a helpful assistant. Reply with only the final answer: no explanation, no working."
+
+# How a model is asked (`prompt_for`): in the template (strictly parsed), to reason in free text, or to
+# answer directly; the last two are read leniently (`read_free_answer`), as a user reads a reply.
+PROMPT_KINDS = ("template", "free-form", "direct")
 
 
 def free_form_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
@@ -184,6 +191,30 @@ def free_form_prompt(question: str, style: str = "plain", *, tokenizer=None) -> 
     if style == "r1":
         return f"{FREE_FORM_R1} User: {question} Assistant:"
     return build_prompt(question, style, tokenizer=tokenizer, system=FREE_FORM_SYSTEM)
+
+
+def direct_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
+    """The text a model continues to answer `question` at once, no reasoning asked for: the plain
+    prompt without the trigger, the R1 conversation or the chat template with an instruction to reply
+    with only the answer."""
+    if style == "plain":
+        return build_prompt(question, "plain", trigger=False)
+    if style == "r1":
+        return f"{DIRECT_R1} User: {question} Assistant:"
+    return build_prompt(question, style, tokenizer=tokenizer, system=DIRECT_SYSTEM)
+
+
+def prompt_for(question: str, style: str = "plain", kind: str = "template", *, trigger: bool = True,
+               tokenizer=None) -> str:
+    """The prompt of `kind` (`PROMPT_KINDS`) in `style`: the template's (`build_prompt`), the
+    free-form step-by-step one (`free_form_prompt`) or the direct one (`direct_prompt`)."""
+    if kind == "template":
+        return build_prompt(question, style, trigger=trigger, tokenizer=tokenizer)
+    if kind == "free-form":
+        return free_form_prompt(question, style, tokenizer=tokenizer)
+    if kind == "direct":
+        return direct_prompt(question, style, tokenizer=tokenizer)
+    raise ValueError(f"unknown prompt kind {kind!r}; choose one of {', '.join(PROMPT_KINDS)}")
 
 
 # "The answer is 95", "the final answer is: 95", "Answer: 95", "**Answer:** 95" (the last one counts)
