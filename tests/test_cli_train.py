@@ -240,3 +240,16 @@ def test_sft_says_when_examples_are_cut_to_max_seq_len(tmp_path, capsys):
     long_prompts.write_text("".join(json.dumps({"prompt": "abcdefgh", "completion": c}) + "\n" for c in ("x", "yz")))
     assert main(["sft", "--data", str(long_prompts), "--max-seq-len", "4", "--steps", "1", "--out", str(tmp_path / "b")]) == 2
     assert "no completion token left to train on" in capsys.readouterr().err
+
+
+def test_rationales_says_when_a_round_keeps_nothing(tmp_path, capsys):
+    """An untrained model keeps no sample: the round fine-tunes nothing, and the run says so."""
+    from reasonlab.model import new_builtin, save_checkpoint
+
+    model, tok = new_builtin(seed=0)
+    save_checkpoint(tmp_path / "raw", model, tok)
+    assert main(["rationales", "--model", str(tmp_path / "raw"), "--task", "arithmetic", "--task-arg", "digits=1",
+                 "--rounds", "1", "--problems", "2", "--samples", "1", "--steps", "1", "--eval-problems", "2",
+                 "--max-new-tokens", "8", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "round 1 kept none of its 2 samples, so the model was not fine-tuned" in err

@@ -195,8 +195,15 @@ def cmd_rationales(opts) -> int:
             raise UserError("--judge needs --judge-rubric (the criteria the judge scores against)")
         judge_source, judge_tok = model_or_endpoint(opts.judge, opts.device)
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
+    def log(record):
+        print(json.dumps(record), flush=True)
+        if not record["kept"]:  # nothing to learn from: say so, never a silent no-op round
+            print(f"warning: round {record['round']} kept none of its {record['samples']} samples, so the model was "
+                  "not fine-tuned; try --free-form (an instruct model writes no tags), --rationalize, more --samples "
+                  "or a --teacher", file=sys.stderr, flush=True)
+
     model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder.path, judge=judge,
-                                    log=lambda r: print(json.dumps(r), flush=True), resume=opts.resume)
+                                    log=log, resume=opts.resume)
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
     print(f"saved {folder.model}; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
