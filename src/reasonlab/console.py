@@ -58,14 +58,21 @@ def demo_rows(results: dict) -> list[tuple[str, str]]:
     rows: every accuracy held-out and greedy; "—" for what is not measured yet."""
     rows = [("base model, asked directly", percent(results.get("base_direct_acc"))),
             ("base model, \"Let's think step by step.\"", percent(results.get("base_cot_prompt_acc")))]
+    if "base_template_acc" in results:  # a pretrained model (demo --model): asked for the template too
+        rows.append(("base model, asked for the template (format rate)",
+                     f"{percent(results['base_template_acc'])} ({percent(results.get('base_format_rate'))})"))
     rows += [(f"Method 1 (own rationales), round {i}", percent(acc))
              for i, acc in enumerate(results.get("method1_acc", []), 1)]
     rows += [("Method 2 (GRPO)", percent(results.get("method2_acc"))),
              ("Method 2 format rate", percent(results.get("method2_format_rate")))]
+    if "r1_zero" in results:
+        rows.append(("GRPO from the raw model (R1-Zero)", results["r1_zero"]["summary"]))
+    if "cold_start" in results:
+        rows.append(("cold start: SFT on reference rationales", percent(results["cold_start"]["acc"])))
     rows += [(f"thinking budget {point['budget']} tokens", percent(point["acc"]))
              for point in results.get("budget_curve", [])]
     faith = results.get("faithfulness", {})
-    rows += [("base follows a hint / admits it",
+    rows += [(f"{'final' if faith.get('model') else 'base'} model follows a hint / admits it",
               f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}"),
              ("wall time", f"{results.get('seconds', 0):.0f} s")]
     return rows

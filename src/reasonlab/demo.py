@@ -37,6 +37,9 @@ from .train.rationales import RationalesConfig, run_rationales
 @dataclass
 class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "output folder", "nonempty": True})
+    model: str = field(default="", metadata={
+        "help": "a pretrained instruct model (Hugging Face folder, .gguf file or run folder): the same story on it, "
+                "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
     length: int = field(default=4, metadata={"help": "variables per chain problem (the demo's task)", "min": 1})
@@ -112,7 +115,9 @@ def earlier_run(out: Path, cfg: DemoConfig) -> dict:
         raise UserError(f"--resume: {out} holds no demo run to go on with (no results.json)")
     earlier = read_json(out / "results.json")
     made = earlier.get("config", {})
-    other = [f"{k}={made.get(k)!r}" for k in ("seed", "length", "quick") if made.get(k) != getattr(cfg, k)]
+    same = ("seed", "length", "quick", "model")  # a run made before a setting existed had its default
+    other = [f"{k}={made.get(k, getattr(DemoConfig, k))!r}" for k in same
+             if made.get(k, getattr(DemoConfig, k)) != getattr(cfg, k)]
     if other:
         raise UserError(f"--resume: the run in {out} was made with {', '.join(other)}; run without --resume "
                         "to start over, or give the same settings")
@@ -277,6 +282,10 @@ class DemoRun:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    if cfg.model:
+        from .demo_real import run_real_demo
+
+        return run_real_demo(cfg)
     run = DemoRun(cfg)
     with Stages() as ui:
         base = run.pretrain_base(ui)

@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
     """Bad input from the user: a wrong option, a malformed file, an unknown name."""
+
+
+class NoFormatError(UserError):
+    """An RL run stopped because no sample ever wrote the template (every reward 0: nothing to learn)."""

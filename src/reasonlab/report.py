@@ -46,7 +46,8 @@ def plot_methods(results: dict, path: Path) -> Path:
     """One bar per method measured so far (the demo rewrites results.json after every stage)."""
     labels, values, colors = [], [], []
     for key, label, color in (("base_direct_acc", "base,\ndirect", COLORS["base"]),
-                              ("base_cot_prompt_acc", "base,\n\"think step\nby step\"", COLORS["prompt"])):
+                              ("base_cot_prompt_acc", "base,\n\"think step\nby step\"", COLORS["prompt"]),
+                              ("base_template_acc", "base,\nthe template", COLORS["base"])):
         if key in results:
             labels.append(label)
             values.append(results[key])
@@ -59,6 +60,14 @@ def plot_methods(results: dict, path: Path) -> Path:
         labels.append("Method 2\n(GRPO)")
         values.append(results["method2_acc"])
         colors.append(COLORS["m2"])
+    if "acc" in results.get("r1_zero", {}):  # GRPO from the raw model, when it ran to the end
+        labels.append("GRPO from\nthe raw model")
+        values.append(results["r1_zero"]["acc"])
+        colors.append(COLORS["m2"])
+    if "cold_start" in results:
+        labels.append("cold start\n(reference\nrationales)")
+        values.append(results["cold_start"]["acc"])
+        colors.append(COLORS["think"])
     fig, ax = plt.subplots(figsize=(8, 4.2))
     bars = ax.bar(range(len(values)), [100 * v for v in values], color=colors)
     for bar, v in zip(bars, values):

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..engine import SamplingParams, generate
-from ..errors import UserError
+from ..errors import NoFormatError, UserError
 from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
 from ..tasks import Task
 from ..template import build_prompt
@@ -110,7 +110,7 @@ class FormatWatch:
 
     def check(self) -> None:
         if self.patience and not self.seen and self.steps >= self.patience:
-            raise UserError(f"no sample earned a format point in {self.steps} steps (0 of {self.completions} "
+            raise NoFormatError(f"no sample earned a format point in {self.steps} steps (0 of {self.completions} "
                             "completions well-formed): warm up with Method 1 (reasonlab rationales) or SFT first, "
                             "or check --style (--no-format-patience 0: never stop)")
 
