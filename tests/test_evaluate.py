@@ -138,12 +138,12 @@ def test_free_form_and_direct_prompts_read_the_answer_a_template_prompt_scores_s
     """The three ways of asking (`--prompt`): free text read for "the answer is", a bare answer read
     as it is, the template parsed strictly; the format rate is that of the tags in the reply."""
     from reasonlab.evaluate import evaluate_problems
-    from reasonlab.template import DIRECT_SYSTEM, FREE_FORM_SYSTEM, TRIGGER
+    from reasonlab.template import DIRECT_INSTRUCTION, FREE_FORM_INSTRUCTION, TRIGGER
 
     def reply(prompt):
-        if FREE_FORM_SYSTEM in prompt or (style == "plain" and TRIGGER in prompt):
+        if FREE_FORM_INSTRUCTION in prompt or (style == "plain" and TRIGGER in prompt):
             return "Add them up: 0 + 1 = 1. So the answer is 1. Next question: what is 2+2?"
-        if DIRECT_SYSTEM in prompt or style == "plain":
+        if DIRECT_INSTRUCTION in prompt or style == "plain":
             return "1"
         return "<think>one</think> 1"  # asked for the template: broken (no <answer>)
 

@@ -412,11 +412,11 @@ def test_method1_free_form_samples_are_read_verified_and_rewritten(tmp_path):
 
 
 def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, monkeypatch):
-    """`style="chat"`: the generator is asked through the chat template (free form: the step-by-step
-    system line, no tags), the fine-tuning rows and the held-out evaluation use the template's chat
+    """`style="chat"`: the generator is asked through the chat template (free form: the question
+    followed by the step-by-step instruction, no tags), the fine-tuning rows and the held-out evaluation use the template's chat
     prompt."""
     from reasonlab.model import load_model
-    from reasonlab.template import CHAT_SYSTEM, FREE_FORM_SYSTEM
+    from reasonlab.template import CHAT_SYSTEM, FREE_FORM_INSTRUCTION
     from reasonlab.train import rationales
     from tests.test_model import make_tiny_hf
 
@@ -432,7 +432,7 @@ def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, m
     monkeypatch.setattr(rationales, "evaluate_problems", lambda *a, **k: (styles.append(k["style"]), evaluate(*a, **k))[1])
     _, (record,) = run_rationales(model, tok, task, cfg, generator=generator, out_dir=tmp_path / "chat")
     assert record["kept"] == 4 and styles == ["chat"]
-    assert all(p.startswith(f"[system]{FREE_FORM_SYSTEM}\n[user]") and p.endswith("[assistant]") for p in generator.seen)
+    assert all(p.startswith("[user]") and p.endswith(f" {FREE_FORM_INSTRUCTION}\n[assistant]") for p in generator.seen)
     for line in (tmp_path / "chat" / "round1_data.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert row["prompt"].startswith(f"[system]{CHAT_SYSTEM}\n[user]") and parse_completion(row["completion"]).format_ok

@@ -63,6 +63,21 @@ def test_arithmetic_rationale_is_digit_by_digit():
     assert rationale_for(12, "*", 34) == "2*4+0=08;1*4+0=04;>48;2*3+0=06;1*3+0=03;>360;8+0+0=08;4+6+0=10;0+3+1=04;>408"
 
 
+def test_arithmetic_asks_in_words_when_told():
+    from reasonlab.tasks.arithmetic import rationale_for
+
+    asked = get_task("arithmetic", digits=2, ask="What is {}?")
+    p = asked.problems(5, "test", seed=3)[0]
+    assert p.question == f"What is {p.meta['a']}+{p.meta['b']}?" and int(p.answer) == p.meta["a"] + p.meta["b"]
+    assert p.rationale == rationale_for(p.meta["a"], "+", p.meta["b"])  # the reference works on the expression
+    assert {q.question for q in asked.problems(50, "train")}.isdisjoint({q.question for q in asked.problems(50, "test")})
+    with pytest.raises(ValueError, match="one \\{\\} where the expression goes"):
+        get_task("arithmetic", ask="What is it?")
+    from reasonlab.cli import main
+
+    assert main(["generate", "--task", "arithmetic", "--task-arg", "ask=What is it?", "--model", "x"]) == 2
+
+
 def test_small_problem_space_is_reported():
     with pytest.raises(ValueError, match="fewer than 300 distinct train"):
         get_task("arithmetic", op="+-*", digits=1).problems(300)

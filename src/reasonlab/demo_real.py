@@ -47,7 +47,7 @@ from .train.rationales import RationalesConfig, run_rationales
 from .template import build_prompt
 
 STYLE = "chat"
-TASK = {"op": "+", "digits": 2}
+TASK = {"op": "+", "digits": 2, "ask": "What is {}?"}  # asked in words: 18% answered directly, 0% as "64+43"
 
 
 def real_stage_configs(cfg: DemoConfig):
@@ -86,7 +86,7 @@ class RealDemoRun(DemoRun):
         self.m1_cfg, self.rl_cfg, self.zero_cfg, self.cold_cfg = real_stage_configs(cfg)
         self.held_out = self.task.problems(8 if cfg.quick else 100, "test", seed=cfg.seed + 99)
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=24 if cfg.quick else 128)
-        self.results: dict = {"task": "two-digit addition (arithmetic, digits=2)", "model": cfg.model,
+        self.results: dict = {"task": "two-digit addition (arithmetic, digits=2, asked \"What is 64+43?\")", "model": cfg.model,
                               "style": STYLE, "config": asdict(cfg)}
         self.reuse = bool(self.earlier)
         if not self.earlier:

@@ -76,17 +76,21 @@ def build_prompt(question: str, style: str = "plain", *, trigger: bool = True,
         if prefill_think:
             text += " "
     elif style == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the chat prompt style needs a tokenizer with a chat template, and this model's has "
-                             "none: use the plain or r1 style")
-        messages = [{"role": "system", "content": system or CHAT_SYSTEM},
-                    {"role": "user", "content": question}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = chat_prompt(tokenizer, [{"role": "system", "content": system or CHAT_SYSTEM},
+                                       {"role": "user", "content": question}])
         if prompt_opens_think(text):  # the template prefilled <think> itself
             return text
     else:
         raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
     return text + THINK_OPEN if prefill_think else text
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """`messages` through the tokenizer's chat template, ready for the assistant's reply."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the chat prompt style needs a tokenizer with a chat template, and this model's has "
+                         "none: use the plain or r1 style")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def prompt_opens_think(prompt: str | None) -> bool:
@@ -172,10 +176,9 @@ FREE_FORM_INSTRUCTION = ('Solve the problem step by step, then end with "The ans
                          "final answer.")
 FREE_FORM_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
                 'solves it step by step, then ends with "The answer is" followed by the final answer.')
-FREE_FORM_SYSTEM = "You are a helpful assistant. " + FREE_FORM_INSTRUCTION
 DIRECT_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
              "replies with only the final answer.")
-DIRECT_SYSTEM = "You are a helpful assistant. Reply with only the final answer: no explanation, no working."
+DIRECT_INSTRUCTION = "Reply with only the final answer."
 
 # How a model is asked (`prompt_for`): in the template (strictly parsed), to reason in free text, or to
 # answer directly; the last two are read leniently (`read_free_answer`), as a user reads a reply.
@@ -185,23 +188,30 @@ PROMPT_KINDS = ("template", "free-form", "direct")
 def free_form_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
     """The text a model continues to solve `question` in free text, no tags asked for: the plain
     style's trigger prompt (the built-in models read no instructions), the R1 conversation or the
-    chat template with an instruction to reason step by step and end with "The answer is ..."."""
+    chat template with the instruction to reason step by step and end with "The answer is ..." after
+    the question, in the user's message (the model's own system prompt, if its template has one:
+    SmolLM2-135M-Instruct solved 20% of 100 two-digit sums so, 11% with the instruction as the
+    system prompt)."""
     if style == "plain":
         return build_prompt(question, "plain", trigger=True)
     if style == "r1":
         return f"{FREE_FORM_R1} User: {question} Assistant:"
-    return build_prompt(question, style, tokenizer=tokenizer, system=FREE_FORM_SYSTEM)
+    if style != "chat":
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    return chat_prompt(tokenizer, [{"role": "user", "content": f"{question} {FREE_FORM_INSTRUCTION}"}])
 
 
 def direct_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
     """The text a model continues to answer `question` at once, no reasoning asked for: the plain
-    prompt without the trigger, the R1 conversation or the chat template with an instruction to reply
-    with only the answer."""
+    prompt without the trigger, the R1 conversation or the chat template with the instruction to
+    reply with only the answer after the question (as `free_form_prompt` puts its own)."""
     if style == "plain":
         return build_prompt(question, "plain", trigger=False)
     if style == "r1":
         return f"{DIRECT_R1} User: {question} Assistant:"
-    return build_prompt(question, style, tokenizer=tokenizer, system=DIRECT_SYSTEM)
+    if style != "chat":
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    return chat_prompt(tokenizer, [{"role": "user", "content": f"{question} {DIRECT_INSTRUCTION}"}])
 
 
 def prompt_for(question: str, style: str = "plain", kind: str = "template", *, trigger: bool = True,
