@@ -218,7 +218,8 @@ class RealDemoRun(DemoRun):
         tick = ui.stage("5/7 thinking-budget sweep", 1)
         if not self.done_before(("budget_curve",)):
             full = max(1, round(self.results["method2_mean_think_tokens"]))
-            budgets = sorted({0, full // 4, full // 2, 3 * full // 4, full})
+            # past the mean too: a budget at the mean still cuts the longer half of the thoughts
+            budgets = sorted({0, full // 4, full // 2, 3 * full // 4, full, 3 * full // 2, 2 * full})
             self.results["budget_curve"] = budget_sweep(model, self.tok, self.task, self.held_out, budgets, style=STYLE,
                                                         max_new_tokens=self.greedy.max_new_tokens)
             self.save()
