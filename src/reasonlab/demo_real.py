@@ -30,10 +30,12 @@ import random
 import time
 from dataclasses import asdict, replace
 
+import torch
+
 from .console import percent
-from .demo import DemoConfig, DemoRun, earlier_run
+from .demo import DemoConfig, DemoRun, Stages, earlier_run
 from .engine import SamplingParams
-from .errors import NoFormatError
+from .errors import NoFormatError, UserError
 from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .jsonl import read_log
 from .model import load_model
@@ -82,6 +84,8 @@ class RealDemoRun(DemoRun):
         self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
         self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
         mark(self.out, "demo")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.task = get_task("arithmetic", **TASK)
         self.m1_cfg, self.rl_cfg, self.zero_cfg, self.cold_cfg = real_stage_configs(cfg)
         self.held_out = self.task.problems(8 if cfg.quick else 100, "test", seed=cfg.seed + 99)
@@ -100,8 +104,6 @@ class RealDemoRun(DemoRun):
         tick = ui.stage("0/7 load the model", 1)
         base, self.tok = load_model(self.cfg.model)
         if self.tok.hf is None or not getattr(self.tok.hf, "chat_template", None):
-            from .errors import UserError
-
             raise UserError(f"demo --model: {self.cfg.model} has no chat template; the real-model demo prompts an "
                             "instruct model through it")
         tick(info=f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters")
@@ -261,8 +263,6 @@ class RealDemoRun(DemoRun):
 
 
 def run_real_demo(cfg: DemoConfig) -> dict:
-    from .demo import Stages
-
     run = RealDemoRun(cfg)
     with Stages() as ui:
         base = run.load_base(ui)
