@@ -192,26 +192,26 @@ def free_form_prompt(question: str, style: str = "plain", *, tokenizer=None) -> 
     the question, in the user's message (the model's own system prompt, if its template has one:
     SmolLM2-135M-Instruct solved 20% of 100 two-digit sums so, 11% with the instruction as the
     system prompt)."""
-    if style == "plain":
-        return build_prompt(question, "plain", trigger=True)
-    if style == "r1":
-        return f"{FREE_FORM_R1} User: {question} Assistant:"
-    if style != "chat":
-        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
-    return chat_prompt(tokenizer, [{"role": "user", "content": f"{question} {FREE_FORM_INSTRUCTION}"}])
+    return _instructed(question, style, tokenizer, trigger=True, r1=FREE_FORM_R1, instruction=FREE_FORM_INSTRUCTION)
 
 
 def direct_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
     """The text a model continues to answer `question` at once, no reasoning asked for: the plain
     prompt without the trigger, the R1 conversation or the chat template with the instruction to
     reply with only the answer after the question (as `free_form_prompt` puts its own)."""
+    return _instructed(question, style, tokenizer, trigger=False, r1=DIRECT_R1, instruction=DIRECT_INSTRUCTION)
+
+
+def _instructed(question: str, style: str, tokenizer, *, trigger: bool, r1: str, instruction: str) -> str:
+    """A prompt that asks in words, not for the template: plain (with or without the trigger),
+    the R1 conversation under `r1`, or a chat user message of the question then `instruction`."""
     if style == "plain":
-        return build_prompt(question, "plain", trigger=False)
+        return build_prompt(question, "plain", trigger=trigger)
     if style == "r1":
-        return f"{DIRECT_R1} User: {question} Assistant:"
+        return f"{r1} User: {question} Assistant:"
     if style != "chat":
         raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
-    return chat_prompt(tokenizer, [{"role": "user", "content": f"{question} {DIRECT_INSTRUCTION}"}])
+    return chat_prompt(tokenizer, [{"role": "user", "content": f"{question} {instruction}"}])
 
 
 def prompt_for(question: str, style: str = "plain", kind: str = "template", *, trigger: bool = True,
