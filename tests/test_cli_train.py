@@ -101,7 +101,9 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     result = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--task", "chain", "--task-arg", "length=2", "--problems", "6",
                  "--k", "3", "--budgets", "0,4", "--max-new-tokens", "24", "--output", str(result)]) == 0
-    assert "was trained on" not in capsys.readouterr().err  # the task it was trained on: no note
+    first = capsys.readouterr()
+    assert "was trained on" not in first.err  # the task it was trained on: no note
+    assert "budget 4: thinking tokens, s a problem" in first.out and "budget 0: accuracy / format" in first.out
     assert load_train_config(out)["task"] == {"name": "chain", "options": {"length": 2, "max_value": 20}}  # defaults too
     # Evaluated on other task options (chain's default length 5): it runs, with a note naming them.
     assert main(["eval", "--model", str(out), "--task", "chain", "--problems", "2", "--max-new-tokens", "8"]) == 0
@@ -131,6 +133,8 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert metrics["pass@1"] <= metrics["pass@3"]
     assert [c["budget"] for c in data["budget_curve"]] == [0, 4]
     assert data["budget_curve"][0]["mean_think_tokens"] == 0
+    assert all(c["tokens_per_s"] > 0 and c["seconds_per_problem"] > 0 and 0 <= c["format_rate"] <= 1
+               for c in data["budget_curve"])
     assert (tmp_path / "eval.png").stat().st_size > 5000  # the sweep, drawn beside the numbers
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "0,x"]) == 2
     assert "--budgets" in capsys.readouterr().err

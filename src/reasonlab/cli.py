@@ -283,7 +283,9 @@ def cmd_eval(opts) -> int:
     for key, value in out["results"][cfg.task].items():
         table.add_row(key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}")
     for point in out.get("budget_curve", []):
-        table.add_row(f"budget {point['budget']}: accuracy", f"{point['acc']:.1%}")
+        table.add_row(f"budget {point['budget']}: accuracy / format", f"{point['acc']:.1%} / {point['format_rate']:.1%}")
+        table.add_row(f"budget {point['budget']}: thinking tokens, s a problem",
+                      f"{point['mean_think_tokens']:.1f}, {point['seconds_per_problem']:.3f}")
     Console().print(table)
     if output:
         output.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -286,13 +286,19 @@ def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, 
 
 def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, trigger: bool = True,
                  extend: int = 0, max_new_tokens: int = 256, style: str = "plain") -> list[dict]:
-    """Greedy accuracy and thinking length with the thinking budget capped at each value."""
+    """Greedy accuracy with the thinking budget capped at each value, and what the budget costs and
+    does: the format rate after the forced close of the thought, the mean thinking tokens, the
+    tokens generated per second and the seconds per problem."""
+    import time
+
     curve = []
     for budget in budgets:
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, think_budget=budget, extend=extend)
+        start = time.perf_counter()
         result = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, params=params, style=style)
         curve.append({"budget": budget, "acc": result["accuracy"], "mean_think_tokens": result["mean_think_tokens"],
-                      "format_rate": result["format_rate"]})
+                      "format_rate": result["format_rate"], "tokens_per_s": result["tokens_per_s"],
+                      "seconds_per_problem": (time.perf_counter() - start) / len(problems)})
     return curve
 
 
