@@ -36,6 +36,7 @@ def test_quick_real_demo_runs_every_stage_and_says_what_a_formatless_model_learn
     same = [k for k in results if k not in ("seconds", "config")]  # config: this call's --resume
     assert {k: again[k] for k in same} == {k: results[k] for k in same}
     # another model is another run
+    make_tiny_hf(tmp_path / "other")
     assert main(["demo", "--model", str(tmp_path / "other"), "--quick", "--out", str(out), "--resume"]) == 2
     assert "model=" in capsys.readouterr().err
 
@@ -47,6 +48,9 @@ def test_real_demo_refuses_a_model_without_a_chat_template(tmp_path, capsys):
     save_checkpoint(tmp_path / "ck", model, tok)
     assert main(["demo", "--model", str(tmp_path / "ck"), "--quick", "--out", str(tmp_path / "run")]) == 2
     assert "chat template" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path / "none"), "--quick", "--out", str(tmp_path / "run")]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before the output folder was made
 
 
 @pytest.mark.slow

@@ -80,6 +80,7 @@ class RealDemoRun(DemoRun):
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
         self.where = resolve_device(cfg.device)
+        self.base = self.load_base()  # a model that cannot run fails before --out is touched
         self.out = claim(cfg.out, "demo", cfg.overwrite)
         self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
         self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
@@ -100,13 +101,11 @@ class RealDemoRun(DemoRun):
         return evaluate_problems(model, self.tok, self.task, self.held_out, style=STYLE,
                                  **{"params": self.greedy, **kwargs})
 
-    def load_base(self, ui):
-        tick = ui.stage("0/7 load the model", 1)
+    def load_base(self):
         base, self.tok = load_model(self.cfg.model)
         if self.tok.hf is None or not getattr(self.tok.hf, "chat_template", None):
             raise UserError(f"demo --model: {self.cfg.model} has no chat template; the real-model demo prompts an "
                             "instruct model through it")
-        tick(info=f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters")
         return base.to(self.where)
 
     def prompting(self, ui, base):
@@ -264,8 +263,9 @@ class RealDemoRun(DemoRun):
 
 def run_real_demo(cfg: DemoConfig) -> dict:
     run = RealDemoRun(cfg)
+    base = run.base
     with Stages() as ui:
-        base = run.load_base(ui)
+        ui.stage("0/7 the model", 1)(info=f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters")
         run.prompting(ui, base)
         method1 = run.method1(ui, base)
         final = run.method2(ui, method1)
