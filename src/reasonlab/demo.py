@@ -133,12 +133,7 @@ class DemoRun:
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
         self.where = resolve_device(cfg.device)  # a bad --device fails before any stage starts
-        self.out = claim(cfg.out, "demo", cfg.overwrite)
-        self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
-        self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
-        mark(self.out, "demo")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.open_folder()
         self.task = get_task("chain", length=cfg.length)
         self.pre_cfg, self.m1_cfg, self.rl_cfg = stage_configs(cfg)
         self.held_out = self.task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
@@ -147,6 +142,17 @@ class DemoRun:
         self.reuse = bool(self.earlier)
         if not self.earlier:
             self.save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
+
+    def open_folder(self):
+        """Claim --out (with --resume, read what the stopped run saved there), start the clock, set
+        the threads."""
+        cfg = self.cfg
+        self.out = claim(cfg.out, "demo", cfg.overwrite)
+        self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
+        self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
+        mark(self.out, "demo")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
 
     def save(self):
         """Write results.json (after every stage, so nothing computed is lost if a later one fails)."""

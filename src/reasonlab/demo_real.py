@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from dataclasses import asdict, replace
 
-import torch
-
 from .console import percent
-from .demo import DemoConfig, DemoRun, Stages, earlier_run
+from .demo import DemoConfig, DemoRun, Stages
 from .engine import SamplingParams
 from .errors import NoFormatError, UserError
 from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
 from .jsonl import read_log
 from .model import load_model
-from .outdir import RunFolder, claim, mark
+from .outdir import RunFolder
 from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
 from .tasks import get_task
@@ -81,12 +78,7 @@ class RealDemoRun(DemoRun):
         self.cfg = cfg
         self.where = resolve_device(cfg.device)
         self.base = self.load_base()  # a model that cannot run fails before --out is touched
-        self.out = claim(cfg.out, "demo", cfg.overwrite)
-        self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
-        self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
-        mark(self.out, "demo")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.open_folder()
         self.task = get_task("arithmetic", **TASK)
         self.m1_cfg, self.rl_cfg, self.zero_cfg, self.cold_cfg = real_stage_configs(cfg)
         self.held_out = self.task.problems(8 if cfg.quick else 100, "test", seed=cfg.seed + 99)
