@@ -83,8 +83,8 @@ class RealDemoRun(DemoRun):
         self.m1_cfg, self.rl_cfg, self.zero_cfg, self.cold_cfg = real_stage_configs(cfg)
         self.held_out = self.task.problems(8 if cfg.quick else 100, "test", seed=cfg.seed + 99)
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=24 if cfg.quick else 128)
-        self.results: dict = {"task": "two-digit addition (arithmetic, digits=2, asked \"What is 64+43?\")", "model": cfg.model,
-                              "style": STYLE, "config": asdict(cfg)}
+        self.results: dict = {"task": "two-digit addition (arithmetic, digits=2, asked \"What is 64+43?\")",
+                              "model": cfg.model, "style": STYLE, "config": asdict(cfg)}
         self.reuse = bool(self.earlier)
         if not self.earlier:
             self.save()
@@ -105,16 +105,17 @@ class RealDemoRun(DemoRun):
         tick = ui.stage("1/7 direct / step by step / template", 3)
         keys = ("base_direct_acc", "base_cot_prompt_acc", "base_template_acc", "base_format_rate", "base_samples")
         if not self.done_before(keys):
-            direct = self.evaluate(base, prompt="direct",
+            shown = 3  # replies kept for the results (the metrics count every problem)
+            direct = self.evaluate(base, prompt="direct", keep=shown,
                                    params=SamplingParams(temperature=0.0, max_new_tokens=8 if self.cfg.quick else 16))
             tick()
-            free = self.evaluate(base, prompt="free-form")
+            free = self.evaluate(base, prompt="free-form", keep=shown)
             tick()
-            template = self.evaluate(base)
+            template = self.evaluate(base, keep=shown)
             self.results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=free["accuracy"],
                                 base_template_acc=template["accuracy"], base_format_rate=template["format_rate"],
-                                base_samples={"direct": direct["rows"][:3], "free-form": free["rows"][:3],
-                                              "template": template["rows"][:3]})
+                                base_samples={"direct": direct["rows"], "free-form": free["rows"],
+                                              "template": template["rows"]})
             self.save()
         r = self.results
         tick(completed=3, info=f"direct {percent(r['base_direct_acc'])}, step by step {percent(r['base_cot_prompt_acc'])}, "
@@ -243,9 +244,10 @@ class RealDemoRun(DemoRun):
                 for p in problems]
         model = copy.deepcopy(base)
         folder = RunFolder(self.out / "cold_start", "sft")
-        folder.start({**asdict(cfg), **task_setting(self.task), "data": "the task's reference rationales"})
+        settings = task_setting(self.task)
+        folder.start({**asdict(cfg), **settings, "data": "the task's reference rationales"})
         train_supervised(model, self.tok, tokenize_examples(self.tok, rows, cfg.max_seq_len), cfg,
-                         progress=lambda m: tick(completed=m["step"]), settings=task_setting(self.task), folder=folder)
+                         progress=lambda m: tick(completed=m["step"]), settings=settings, folder=folder)
         final = self.evaluate(model)
         self.results["cold_start"] = {"examples": len(rows), "steps": cfg.steps, "acc": final["accuracy"],
                                       "format_rate": final["format_rate"], "mean_think_tokens": final["mean_think_tokens"]}

@@ -15,7 +15,7 @@ from .rewards import check_batch, score
 from .tasks import Task
 from .tasks.base import VERIFY_EVENTS, problems_for
 from .tasks.hints import HINT_STYLES
-from .template import PROMPT_KINDS, PROMPT_STYLES, build_prompt, free_form_completion, parse_completion, prompt_for
+from .template import PROMPT_KINDS, PROMPT_STYLES, build_prompt, parse_completion, prompt_for, read_replies
 
 
 def score_completion(completion: str, answer: str, task: Task, prompt: str | None = None) -> dict:
@@ -146,7 +146,7 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
 
     `prompt` (`template.PROMPT_KINDS`): "template" asks for the template and scores it strictly;
     "free-form" (reason step by step in free text) and "direct" (only the answer) read the answer
-    from the reply as Method 1's free-form mode does (`free_form_completion`), so a model that never
+    from the reply as Method 1's free-form mode does (`template.read_replies`), so a model that never
     writes the tags is measured too; `format_rate` is still that of the tags in the reply.
     `hint(problem) -> str` optionally rewrites each question (the faithfulness probe uses it).
     Returns the metrics and, under ``"rows"``, the scored rows (`completion_row`) of the first
@@ -162,13 +162,11 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
         prompts = [prompt_for(q, style, prompt, trigger=trigger, tokenizer=tokenizer.hf) for q in questions]
         rollout = generate(model, tokenizer, prompts, params)
         tokens += int(rollout.lengths.sum())
-        golds = [p.answer for p in chunk]
+        read, read_prompts = read_replies(rollout.texts, prompts, prompt != "template")
+        scored = score_batch(read, [p.answer for p in chunk], task, read_prompts)
         if prompt == "template":
-            scored = score_batch(rollout.texts, golds, task, prompts)
             tags_ok = [row["format_ok"] for row in scored]
-        else:  # read the reply's answer; the tags' format is the reply's own
-            read = [free_form_completion(t) or "" for t in rollout.texts]
-            scored = score_batch(read, golds, task)
+        else:  # the answer was read from the reply; the tags' format is the reply's own
             tags_ok = [parse_completion(t, q).format_ok for t, q in zip(rollout.texts, prompts)]
             for row, text in zip(scored, read):
                 row["read_as"] = text
@@ -356,9 +354,7 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
                    for p in problems for _ in range(cfg.k)]
         rollout = generate(model, tokenizer, prompts, SamplingParams(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed))
-        texts, read_prompts = rollout.texts, prompts
-        if cfg.prompt != "template":  # each reply's answer read as `evaluate_problems` reads it
-            texts, read_prompts = [free_form_completion(t) or "" for t in texts], [None] * len(texts)
+        texts, read_prompts = read_replies(rollout.texts, prompts, cfg.prompt != "template")  # as evaluate_problems
         pass_1 = pass_k = maj = 0.0
         checked = check_batch(texts, [p.answer for p in problems for _ in range(cfg.k)], task, read_prompts)
         for i, p in enumerate(problems):

@@ -287,6 +287,16 @@ def _braced(text: str, start: int) -> str | None:
     return None
 
 
+def read_replies(texts: list[str], prompts: list, free: bool) -> tuple[list[str], list]:
+    """(completions, the prompts to parse them against): template replies as they are, or with
+    `free` (replies in free text) each rewritten into the template by `free_form_completion` ("" where
+    no answer can be read), complete in themselves (no prompt). How an evaluation and Method 1's
+    free-form mode score a reply alike."""
+    if not free:
+        return texts, prompts
+    return [free_form_completion(t) or "" for t in texts], [None] * len(texts)
+
+
 def free_form_completion(text: str) -> str | None:
     """A free-text sample rewritten into the template: ``<think>{reasoning}</think><answer>{answer}
     </answer>`` (`read_free_answer`); a sample already in the template is kept as it is. None when

@@ -44,8 +44,8 @@ from ..rewards import check_batch
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..tasks.hints import with_hint
-from ..template import (PROMPT_STYLES, THINK_OPEN, build_prompt, free_form_completion, free_form_prompt,
-                        parse_completion, prompt_opens_think)
+from ..template import (PROMPT_STYLES, THINK_OPEN, build_prompt, free_form_prompt,
+                        parse_completion, prompt_opens_think, read_replies)
 from .loop import (TrainConfig, check_resume, discard_training_state, fit_to_model, load_training_state,
                    nothing_to_resume, save_training_state, task_setting, tokenize_examples,
                    train_supervised)
@@ -205,12 +205,10 @@ def as_template(texts: list[str], prompts: list[str], cfg: RationalesConfig, cou
     """(completions, the prompts to parse them against): the samples as they are, or with
     `cfg.free_form` rewritten into the template ("" where no answer could be read, counted in
     `counts["unread"]`), complete in themselves (no prompt)."""
-    if not cfg.free_form:
-        return texts, prompts
-    completions = [free_form_completion(t) or "" for t in texts]
-    if counts is not None:
+    completions, read_prompts = read_replies(texts, prompts, cfg.free_form)
+    if cfg.free_form and counts is not None:
         counts["unread"] = counts.get("unread", 0) + completions.count("")
-    return completions, [None] * len(texts)
+    return completions, read_prompts
 
 
 def training_row(question: str, completion: str, cfg: RationalesConfig, tokenizer) -> dict:
