@@ -6,7 +6,8 @@ engine; `load_model(path)` returns ``(model, TokenizerAdapter)`` for either kind
 """
 
 from .checkpoint import export_hf, load_model, load_train_config, new_builtin, save_checkpoint, train_record
-from .gpt import GPT, GPTConfig, GroupedBatch
+from .gpt import GPT, GPTConfig
+from .grouped import GroupedBatch
 from .hf import HFCausalLM
 from .tokenizer import TokenizerAdapter, build_char_tokenizer
 

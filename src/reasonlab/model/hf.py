@@ -27,7 +27,7 @@ import inspect
 import torch
 import torch.nn as nn
 
-from .gpt import GroupedBatch
+from .grouped import GroupedBatch
 
 # Tested by tests/test_hf_grouped.py: decoder-only, RoPE from position_ids, masks built from the
 # cache's length (the query offset) and the 2D attention mask, the lm_head on `logits_to_keep`.

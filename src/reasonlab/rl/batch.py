@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import Rollout
-from ..model.gpt import GroupedBatch
+from ..model.grouped import GroupedBatch
 from .algos import group_advantages
 from .types import Batch, Group
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine import Rollout
-from ..model.gpt import GroupedBatch
+from ..model.grouped import GroupedBatch
 from ..rewards import Scores
 
 

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..model.gpt import GroupedBatch
+from ..model.grouped import GroupedBatch
 from ..runtime import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
                               grads_finite, world)
 from .algos import aggregate, policy_loss
