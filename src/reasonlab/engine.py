@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import compute
 from .template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, prompt_opens_think
 
 
@@ -262,12 +263,20 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
                               for s in range(0, N, 512)], dim=1)
     cache, logits, attn, next_pos = _prefill(model, tokenizer.pad_id, prompt_ids, P, N, device)
     if _vectorizable(tokenizer, budgets, params):
-        return _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos,
-                                  uniforms, generator, P, N)
+        return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn,
+                                                next_pos, uniforms, generator, P, N))
     rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
                      prompt_opens_think(prompts[i])) for i in range(len(prompts))]
     _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N)
-    return assemble_rollout(rows, prompt_ids, tokenizer)
+    return count_rollout(assemble_rollout(rows, prompt_ids, tokenizer))
+
+
+def count_rollout(rollout: Rollout) -> Rollout:
+    """Put a rollout's tokens in the compute ledger (`compute`): each distinct prompt once (the
+    prefill computes it once) and every token generated."""
+    distinct = {tuple(ids) for ids in rollout.prompt_ids}
+    compute.count("sampled", sum(map(len, distinct)) + int(rollout.lengths.sum()))
+    return rollout
 
 
 def _check_request(prompts: list[str], params: SamplingParams) -> list:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import RowState, Rollout, SamplingParams, assemble_rollout
+from .engine import RowState, Rollout, SamplingParams, assemble_rollout, count_rollout
 from .errors import UserError
 from .template import ANSWER_CLOSE, prompt_opens_think
 
@@ -164,7 +164,7 @@ class VLLMEngine:
     def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
         requests = [self._sampling_params(kw) for kw in vllm_request_params(params, len(prompts))]
         outputs = self.llm.generate(prompts, requests, use_tqdm=False)
-        return rollout_from_outputs(outputs, prompts, self.tokenizer)
+        return count_rollout(rollout_from_outputs(outputs, prompts, self.tokenizer))
 
     def _sampling_params(self, kwargs: dict):
         import vllm

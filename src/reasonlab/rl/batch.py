@@ -93,7 +93,12 @@ def build_batch(groups: list[Group], G: int, pad_id: int, *, advantage: str = "g
         inputs, mask = group_batch([(g.rollout, g.index) for g in groups], G, pad_id, mask_truncated)
     else:
         inputs, mask = padded_batch(groups, G, pad_id, mask_truncated)
-    return Batch(inputs, mask, advantages, lengths, think)
+    # the tokens each row puts through the model (the compute ledger's): its completion, and its
+    # prompt on every row, or, in the shared layout, on the group's first row only
+    prompts = torch.tensor([len(g.rollout.prompt_ids[g.index * G]) for g in groups for _ in range(G)])
+    if shared:
+        prompts[torch.arange(len(prompts)) % G != 0] = 0
+    return Batch(inputs, mask, advantages, lengths, think, lengths + prompts)
 
 
 def micro_batches(n: int, size: int, group: int = 1) -> list[slice]:

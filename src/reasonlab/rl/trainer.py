@@ -41,6 +41,7 @@ from dataclasses import asdict
 
 import torch
 
+from .. import compute
 from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
@@ -59,19 +60,22 @@ from .update import update
 
 
 def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None,
-               resume: bool = False):
+               resume: bool = False, held_out=None):
     """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
     out_dir/metrics.jsonl and two sample completions per step to out_dir/samples.jsonl. With
     `cfg.save_every`, a resumable state (weights, optimiser, reference, problem stream) goes to
     out_dir/state; `resume=True` continues from it: sampling seeds derive from the step, so the run
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
-    at that step's start."""
+    at that step's start. Each row carries ``compute/flops``, what the run's sampling and updates
+    have cost so far (`compute`); `cfg.max_flops` stops the run there."""
     rank, size = world()
     if cfg.prompts_per_step % size:
         raise UserError(f"prompts_per_step {cfg.prompts_per_step} must divide by the {size} processes")
     refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     torch.manual_seed(cfg.seed)
-    held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems") if cfg.eval_every else []
+    if held_out is None:  # the problems evaluated every `eval_every` steps (a study passes its own)
+        held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems") if cfg.eval_every else []
+    held_out = held_out if cfg.eval_every else []
     ref_model = reference_model(model, cfg)
     vllm = start_vllm(model, tokenizer, cfg)  # from the plain model, before adapters or sharding
     train_model = prepare(model, cfg)
@@ -81,9 +85,9 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     folder = RunFolder(out_dir, "rl") if out_dir else None
     state_dir = folder.state if folder else None
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
-    first, elapsed = 0, 0.0
+    first, elapsed, ledger, n_params = 0, 0.0, compute.Ledger(), compute.n_params(core)
     if resume and state_dir and (state := resumable_state(state_dir, config)) is not None:
-        first, elapsed = load_state(state, core, optimizer, collector, ref_model)
+        first, elapsed = load_state(state, core, optimizer, collector, ref_model, ledger)
     if vllm is not None:
         collector.sample = vllm_sampler(vllm, first)
     run = RunLog(folder if rank == 0 else None, log if rank == 0 else None, progress if rank == 0 else None)
@@ -104,47 +108,53 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
         metrics = {"step": 0, **evaluate(), "seconds": 0.0}
         run.emit(metrics)
     bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and getattr(core, "shares_prompts", False)
-    device = next(core.parameters()).device
-    for step in range(first, cfg.steps):
-        good = boundary(collector, step, time.monotonic() - start)  # what a failure before the update saves
-        try:
+    with compute.track(ledger):  # what this run's sampling and updates cost (evaluations are not counted)
+        device = next(core.parameters()).device
+        for step in range(first, cfg.steps):
+            good = boundary(collector, step, time.monotonic() - start, ledger)  # what a failure before the update saves
+            try:
+                train_model.eval()
+                verify_before = Counter(task.counts)
+                collected = collector.collect(train_model, step)  # sample and score the groups
+                drawn = collector.drawn(collected)
+            except (Exception, KeyboardInterrupt) as e:
+                stop = failed_run(e, (lambda: save(good)) if state_dir and rank == 0 and not cfg.fsdp else None,
+                                  state_dir, step)
+                if stop is e:
+                    raise
+                raise stop from e
+            if any_rank(not collected.groups):
+                metrics = {"step": step + 1, "skipped": "every group had equal rewards", **drawn.log(),
+                           "compute/flops": all_reduce_sum(ledger.flops(n_params))}
+                run.emit(metrics)
+                collector.format_watch.check()
+                if cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops:
+                    break
+                continue
+            batch, trained, total, kept = batch_for_update(collected.groups, cfg, tokenizer.pad_id, shared)
+            t1, lr = time.monotonic(), lr_at(step, cfg)
+            train_model.train()
+            result = update(train_model, core, ref_model, optimizer, batch.to(device), cfg, lr, total, G if shared else 1)
             train_model.eval()
-            verify_before = Counter(task.counts)
-            collected = collector.collect(train_model, step)  # sample and score the groups
-            drawn = collector.drawn(collected)
-        except (Exception, KeyboardInterrupt) as e:
-            stop = failed_run(e, (lambda: save(good)) if state_dir and rank == 0 and not cfg.fsdp else None,
-                              state_dir, step)
-            if stop is e:
-                raise
-            raise stop from e
-        if any_rank(not collected.groups):
-            metrics = {"step": step + 1, "skipped": "every group had equal rewards", **drawn.log()}
-            run.emit(metrics)
-            collector.format_watch.check()
-            continue
-        batch, trained, total, kept = batch_for_update(collected.groups, cfg, tokenizer.pad_id, shared)
-        t1, lr = time.monotonic(), lr_at(step, cfg)
-        train_model.train()
-        result = update(train_model, core, ref_model, optimizer, batch.to(device), cfg, lr, total, G if shared else 1)
-        train_model.eval()
-        bad_in_a_row = bad_in_a_row + 1 if result.skipped else 0
-        metrics = step_metrics(step + 1, lr, collected, drawn, kept, trained, result,
-                               verify_before, task, {"time/generate_s": collected.seconds,
-                                                     "time/train_s": time.monotonic() - t1,
-                                                     "seconds": time.monotonic() - start})
-        last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
-        if held_out and ((step + 1) % cfg.eval_every == 0 or last):
-            metrics.update(evaluate())
-        run.samples(step + 1, collected.groups[0], G)
-        run.emit(metrics)  # before the state: a run resumed from it finds this step's row
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save(boundary(collector, step + 1, metrics["seconds"]))
-        stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
-        collector.format_watch.check()  # after the row too: a model that never writes the template
-        if last:
-            break
-    return metrics
+            bad_in_a_row = bad_in_a_row + 1 if result.skipped else 0
+            metrics = step_metrics(step + 1, lr, collected, drawn, kept, trained, result,
+                                   verify_before, task, {"time/generate_s": collected.seconds,
+                                                         "time/train_s": time.monotonic() - t1,
+                                                         "seconds": time.monotonic() - start,
+                                                         "compute/flops": all_reduce_sum(ledger.flops(n_params))})
+            last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+                                  or bool(cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops))
+            if held_out and ((step + 1) % cfg.eval_every == 0 or last):
+                metrics.update(evaluate())
+            run.samples(step + 1, collected.groups[0], G)
+            run.emit(metrics)  # before the state: a run resumed from it finds this step's row
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                save(boundary(collector, step + 1, metrics["seconds"], ledger))
+            stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
+            collector.format_watch.check()  # after the row too: a model that never writes the template
+            if last:
+                break
+        return metrics
 
 
 def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: bool):
@@ -164,17 +174,20 @@ def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: 
     return batch, trained, total, kept
 
 
-def boundary(collector: Collector, step: int, seconds: float) -> dict:
+def boundary(collector: Collector, step: int, seconds: float, ledger: compute.Ledger) -> dict:
     """The state at a step boundary but for the weights, optimiser and reference (copied: the
     stream reshuffles its list in place)."""
     stream = collector.stream.state()
     return {"stream": {**stream, "problems": list(stream["problems"])}, "step": step,
-            "keep_rate": collector.keep_rate, "format_watch": collector.format_watch.state(), "seconds": seconds}
+            "keep_rate": collector.keep_rate, "format_watch": collector.format_watch.state(), "seconds": seconds,
+            "compute": asdict(ledger)}
 
 
-def load_state(state: dict, core, optimizer, collector: Collector, ref_model) -> tuple[int, float]:
-    """Restore a saved state; returns (step, elapsed seconds)."""
+def load_state(state: dict, core, optimizer, collector: Collector, ref_model, ledger: compute.Ledger) -> tuple[int, float]:
+    """Restore a saved state (the compute spent before it into `ledger`); returns (step, elapsed seconds)."""
     core.load_state_dict(state["model"])
+    for kind, tokens in state.get("compute", {}).items():
+        ledger.add(kind, tokens)
     optimizer.load_state_dict(state["optimizer"])
     collector.stream.load_state(state["stream"])
     collector.keep_rate = state.get("keep_rate", 1.0)

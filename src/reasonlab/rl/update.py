@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import compute
 from ..model.grouped import GroupedBatch
 from ..runtime import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
                               grads_finite, world)
@@ -80,6 +81,9 @@ def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr:
         chunks += [chunks[-1]] * (max(all_gather_list([real])) - real)
     inputs, mask, advantages = batch.inputs, batch.mask, batch.advantages
     old_logp = ref_logp = None
+    tokens = int(batch.tokens.sum()) if batch.tokens is not None else 0
+    compute.count("scored", tokens * ((cfg.updates > 1) + (cfg.beta > 0)))  # the forward-only passes
+    compute.count("trained", tokens * cfg.updates)
     if cfg.updates > 1:  # the ratio's denominator: the policy before this batch's first step
         with torch.no_grad():
             old_logp = torch.cat([token_logprobs(model, inputs[c], cfg.temperature)[0] for c in chunks][:real])

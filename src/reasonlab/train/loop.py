@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import compute
 from ..config import FRACTION, SEED, check_options
 from ..errors import UserError
 from ..jsonl import logged_step
@@ -229,7 +230,7 @@ def _remove_quietly(file: Path) -> None:
 
 # What a resumed run may change: how far it goes, and how often it evaluates and saves. `resume`,
 # `overwrite` and `out` are how a run is started, not settings of the run.
-RESUMABLE = ("steps", "max_seconds", "eval_every", "save_every")
+RESUMABLE = ("steps", "max_seconds", "max_flops", "eval_every", "save_every")
 NOT_SETTINGS = ("resume", "overwrite", "out")
 
 
@@ -245,7 +246,7 @@ def check_resume(saved: dict | None, now: dict, where) -> None:
     changed = [k for k in now if k in saved and k not in RESUMABLE + NOT_SETTINGS and saved[k] != now[k]]
     if changed:
         shown = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed)
-        flags = ["--" + k.replace("_", "-") for k in RESUMABLE]
+        flags = ["--" + k.replace("_", "-") for k in RESUMABLE if k in now]
         raise UserError(f"--resume: the run in {where} was made with {shown}; only {', '.join(flags[:-1])} and "
                         f"{flags[-1]} may change on a resume: give the same settings, or start afresh without --resume")
 
@@ -419,6 +420,8 @@ def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig
         input_ids, labels = collate_packed(batch, pad_id) if cfg.packing else collate(batch, pad_id)
         n_tokens = max(1, int((labels != IGNORE).sum()))
         loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum")
+        units = [row if cfg.packing else [row] for row in batch[rank::size]]
+        compute.count("trained", sum(len(p) + len(c) for unit in units for p, c in unit))
         (loss_sum * size / n_tokens / cfg.grad_accum).backward()
         total += loss_sum.item() / n_tokens / cfg.grad_accum
     return all_reduce_sum(total)

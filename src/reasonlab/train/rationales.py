@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from .. import compute
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
 from ..jsonl import made_by, write_jsonl_atomic
@@ -221,8 +222,10 @@ def training_row(question: str, completion: str, cfg: RationalesConfig, tokenize
 
 
 def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator=None, out_dir=None,
-                   log=None, progress=None, judge: Judge | None = None, resume: bool = False):
-    """Run `cfg.rounds` rounds; returns (final model, list of per-round records).
+                   log=None, progress=None, judge: Judge | None = None, resume: bool = False, on_round=None):
+    """Run `cfg.rounds` rounds; returns (final model, list of per-round records). Each record
+    carries ``compute``: the tokens and FLOPs spent up to the end of its round (`spent_so_far`);
+    `on_round(record, model)` is called after each round with the round's model.
 
     `generator`: a teacher model or a `RemoteGenerator` (default: the model being trained).
     `judge`: keep samples by the judge's verdict instead of the verifier (tasks without gold).
@@ -234,6 +237,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
     held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
     model, records, first = base, [], 1
+    spent = {"sampling": compute.Ledger(), "training": compute.Ledger()}  # this run's compute, per part
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
     if resume and out and made_by(out.path) != "rationales":
         nothing_to_resume(out)
@@ -243,6 +247,9 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         model = copy.deepcopy(base)
         model.load_state_dict(state["model"])
         records, first = state["records"], state["round"] + 1
+        for part, ledger in spent.items():  # the finished rounds' compute (a resumed round counts what it redoes)
+            for kind in compute.KINDS:
+                ledger.add(kind, records[-1].get("compute", {}).get(part, {}).get(kind, 0))
     if out:
         out.start(config)
         # The log holds this run's finished rounds (a kill can come between saving a round and
@@ -259,18 +266,19 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         source = generator if generator is not None else model
         cache = out.path / f"round{round_}_samples.jsonl" if out else None
         counts = {"lucky": 0, "unread": 0}
-        kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_, judge=judge,
-                                        cache=cache, counts=counts)
-        solved = {row["question"] for row in kept}
-        rationalized = 0
-        if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
-            failed = [p for p in problems if p.question not in solved]
-            if failed:
-                extra, more = sample_rationales(source, tokenizer, task, failed, cfg, seed=cfg.seed + 7 * round_,
-                                                hinted=True, counts=counts)
-                kept += extra
-                drawn += more
-                rationalized = len(extra)
+        with compute.track(spent["sampling"]):
+            kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_,
+                                            judge=judge, cache=cache, counts=counts)
+            solved = {row["question"] for row in kept}
+            rationalized = 0
+            if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
+                failed = [p for p in problems if p.question not in solved]
+                if failed:
+                    extra, more = sample_rationales(source, tokenizer, task, failed, cfg, seed=cfg.seed + 7 * round_,
+                                                    hinted=True, counts=counts)
+                    kept += extra
+                    drawn += more
+                    rationalized = len(extra)
         sample_seconds = time.monotonic() - start
         record = {"round": round_, "problems": len(problems), "samples": drawn, "kept": len(kept),
                   "solved": len(solved), "rationalized": rationalized, "lucky_dropped": counts["lucky"],
@@ -282,15 +290,16 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         if kept:
             student = copy.deepcopy(model if cfg.continue_training else base)
             examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
-            train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
-                             folder=RunFolder(out.path / f"round{round_}_train", "rationales") if out else None,
-                             resume=resume and round_ == first)  # only the round a stop cut short has a state
+            with compute.track(spent["training"]):
+                train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
+                                 folder=RunFolder(out.path / f"round{round_}_train", "rationales") if out else None,
+                                 resume=resume and round_ == first)  # only the round a stop cut short has a state
             model = student
         result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style,
                                    params=greedy)
         record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
                       mean_think_tokens=result["mean_think_tokens"],
-                      seconds=time.monotonic() - start)
+                      seconds=time.monotonic() - start, compute=spent_so_far(spent, source, base))
         records.append(record)
         if out:  # the state first: a kill between the two loses a log line, never a round
             save_training_state(out.state, {"model": model.state_dict(), "records": records, "round": round_,
@@ -298,4 +307,15 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
             out.append(out.metrics, [record])
         if log:
             log(record)
+        if on_round:
+            on_round(record, model)
     return model, records
+
+
+def spent_so_far(spent: dict, generator, model) -> dict:
+    """The compute a run has spent up to now (`compute`): its sampling's tokens at the generator's N
+    (none counted for an endpoint, whose model is not here), its fine-tuning's at the trained model's;
+    `flops` their sum."""
+    n_gen = 0 if isinstance(generator, RemoteGenerator) else compute.n_params(generator)
+    sampling, training = spent["sampling"].record(n_gen), spent["training"].record(compute.n_params(model))
+    return {"sampling": sampling, "training": training, "flops": sampling["flops"] + training["flops"]}
