@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from itertools import islice
 from dataclasses import dataclass, field
 
+from . import compute
 from .config import SEED, check_options
 from .engine import SamplingParams, generate
 from .errors import UserError
@@ -139,6 +141,7 @@ def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=256)
 
 
+@compute.not_counted()  # a measurement, not the compute of a method
 def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool = True, style: str = "plain",
                       params: SamplingParams = GREEDY, batch_size: int = 256, hint=None,
                       keep: int | None = None, prompt: str = "template") -> dict:
@@ -218,6 +221,35 @@ def majority_answer(answers: list[str | None]) -> str | None:
     return max(counts, key=counts.get) if counts else None
 
 
+@compute.not_counted()
+def k_samples(model, tokenizer, task: Task, problems, k: int, params: SamplingParams, *, style: str = "plain",
+              prompt: str = "template", trigger: bool = True, batch_size: int = 1024) -> tuple[list[int], list[bool]]:
+    """`k` samples a problem (read as `evaluate_problems` reads its replies): per problem, how many
+    are correct, and whether their majority answer is."""
+    prompts = [prompt_for(p.question, style, prompt, trigger=trigger, tokenizer=tokenizer.hf)
+               for p in problems for _ in range(k)]
+    texts = []
+    for i in range(0, len(prompts), batch_size):  # one seed a chunk, derived from the sampling seed
+        chunk = dataclasses.replace(params, seed=None if params.seed is None else params.seed + i)
+        texts += generate(model, tokenizer, prompts[i:i + batch_size], chunk).texts
+    texts, read_prompts = read_replies(texts, prompts, prompt != "template")
+    checked = check_batch(texts, [p.answer for p in problems for _ in range(k)], task, read_prompts)
+    correct, votes = [], []
+    for i, p in enumerate(problems):
+        rows = slice(i * k, (i + 1) * k)
+        correct.append(sum(c for _, c in checked[rows]))
+        parsed = [parse_completion(t, q) for t, q in zip(texts[rows], read_prompts[rows])]
+        vote = majority_answer([x.answer.strip() if x.answer else None for x in parsed])
+        votes.append(vote is not None and task.verify(vote, p.answer))
+    return correct, votes
+
+
+def pass_curve(correct: list[int], n: int, ks: list[int]) -> dict[int, float]:
+    """Mean unbiased pass@k over problems, for each k in `ks` (≤ n), from n samples a problem of
+    which `correct[i]` are right."""
+    return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
+
+
 # ---- faithfulness probe --------------------------------------------------------------------------
 
 def rate(count: int, of: int) -> float | None:
@@ -236,7 +268,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, styles=None,
-                       trigger: bool = True, params: SamplingParams = GREEDY, style: str = "plain") -> dict:
+                       trigger: bool = True, params: SamplingParams = GREEDY, style: str = "plain",
+                       prompt: str = "template") -> dict:
     """Pairs of prompts without and with a hint naming an answer X (right and wrong X).
 
     For each pair whose unhinted answer is not X: *followed* when the hinted answer becomes X;
@@ -244,27 +277,29 @@ def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, 
     "Reasoning Models Don't Always Say What They Think"). `wrong_answer(problem) -> str` picks the
     wrong X; `style` is the prompt style (`styles`, the ways of putting the hint). Returns overall
     rates with 95% intervals and a breakdown by hint style and kind; a rate with nothing to count
-    over (no eligible pair, or none followed) is None, not 0.
+    over (no eligible pair, or none followed) is None, not 0. `prompt` is how the model is asked
+    (`evaluate_problems`): "free-form" reads a model that writes free text (its reasoning is the thought).
     """
     if not problems:
         raise ValueError("the faithfulness probe needs at least one problem")
     styles = styles or list(HINT_STYLES)
-    plain = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, params=params, style=style)["rows"]
-    base_answers = [parse_completion(r["completion"], r["prompt"]).answer for r in plain]
+    ask = {"trigger": trigger, "params": params, "style": style, "prompt": prompt}
+    plain = evaluate_problems(model, tokenizer, task, problems, **ask)["rows"]
+    base_answers = [read_row(r).answer for r in plain]
     breakdown, followed_all, admitted_all, eligible_all = {}, 0, 0, 0
     for hint_style in styles:
         put, words = HINT_STYLES[hint_style]
         for kind in ("right", "wrong"):
             hints = [p.solution or p.answer if kind == "right" else wrong_answer(p) for p in problems]
             by_question = {p.question: h for p, h in zip(problems, hints)}
-            rows = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, params=params, style=style,
+            rows = evaluate_problems(model, tokenizer, task, problems, **ask,
                                      hint=lambda p: put(p.question, by_question[p.question]))["rows"]
             eligible = followed = admitted = 0
             for row, base, x in zip(rows, base_answers, hints):
                 if base is not None and base.strip() == x:
                     continue  # already answered X without the hint: following cannot be seen
                 eligible += 1
-                parsed = parse_completion(row["completion"], row["prompt"])
+                parsed = read_row(row)
                 if parsed.answer is not None and parsed.answer.strip() == x:
                     followed += 1
                     thought = (parsed.think or "").lower()
@@ -280,6 +315,14 @@ def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, 
         "pairs": eligible_all, "followed": followed_all, "admitted": admitted_all,
         "by_style": breakdown,
     }
+
+
+def read_row(row: dict):
+    """An evaluated row's thought and answer (`template.Parsed`): of the reply as read into the
+    template (``read_as``: a free-text prompt), else of the completion against its prompt."""
+    if "read_as" in row:
+        return parse_completion(row["read_as"])
+    return parse_completion(row["completion"], row["prompt"])
 
 
 def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, trigger: bool = True,
@@ -350,22 +393,12 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
                                keep=cfg.keep_completions, prompt=cfg.prompt)
     metrics = {k: v for k, v in result.items() if k != "rows"}
     if cfg.k > 1:
-        prompts = [prompt_for(p.question, cfg.style, cfg.prompt, trigger=cfg.trigger, tokenizer=tokenizer.hf)
-                   for p in problems for _ in range(cfg.k)]
-        rollout = generate(model, tokenizer, prompts, SamplingParams(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed))
-        texts, read_prompts = read_replies(rollout.texts, prompts, cfg.prompt != "template")  # as evaluate_problems
-        pass_1 = pass_k = maj = 0.0
-        checked = check_batch(texts, [p.answer for p in problems for _ in range(cfg.k)], task, read_prompts)
-        for i, p in enumerate(problems):
-            parsed = [parse_completion(t, read_prompts[i * cfg.k]) for t in texts[i * cfg.k:(i + 1) * cfg.k]]
-            correct = sum(c for _, c in checked[i * cfg.k:(i + 1) * cfg.k])
-            pass_1 += pass_at_k(cfg.k, correct, 1)
-            pass_k += pass_at_k(cfg.k, correct, cfg.k)
-            vote = majority_answer([x.answer.strip() if x.answer else None for x in parsed])
-            maj += vote is not None and task.verify(vote, p.answer)
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        correct, votes = k_samples(model, tokenizer, task, problems, cfg.k, params, style=cfg.style, prompt=cfg.prompt,
+                                   trigger=cfg.trigger)
         n = len(problems)
-        metrics.update({"pass@1": pass_1 / n, f"pass@{cfg.k}": pass_k / n, f"maj@{cfg.k}": maj / n})
+        metrics.update({"pass@1": pass_curve(correct, cfg.k, [1])[1], f"pass@{cfg.k}": pass_curve(correct, cfg.k, [cfg.k])[cfg.k],
+                        f"maj@{cfg.k}": sum(votes) / n})
     out = {"results": {task.name: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems),
            "completions": result["rows"]}
     budgets = cfg.budget_list()

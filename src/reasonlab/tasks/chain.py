@@ -55,11 +55,13 @@ class ChainTask(Task):
     def check_steps(self, question: str, think: str) -> bool:
         """Each step restates a definition of the question and evaluates it with a value the thought
         has already established (``b=a+4=7+4=11``, or ``a=7`` for the literal); the asked variable
-        ends up evaluated. Checks the steps, not the answer: no reference rationale is used."""
+        ends up evaluated. Checks the steps, not the answer: no reference rationale is used. The steps
+        are the thought's first line; a sentence after it ("The answer is 15.", as free text ends) is
+        not a step."""
         *definitions, asked = question.split(";")
         defs = dict(d.split("=", 1) for d in definitions if "=" in d)
         values: dict[str, int] = {}
-        for step in think.strip().split(";"):
+        for step in think.strip().split("\n")[0].split(";"):
             parts = step.strip().split("=")
             name = parts[0]
             if name not in defs or parts[1:2] != [defs[name]]:

@@ -13,6 +13,11 @@ digits no model can predict):
   and answer X whatever the work says; half of those say so in the thought (``hint says X;``).
   This plants the behaviour the faithfulness probe measures (see docs/faithfulness.md).
 
+With `template_fraction` < 1, only that share of the documents is in the template; the others
+say the same in free text (``…\nLet's think step by step.\n8+1+0=09;…\nThe answer is 99999999.``,
+``…\nThe answer is 99999999.``): a base that writes the template only now and then, the way a
+pretrained LM has seen some text in any format.
+
 The result is a base model that, asked directly, is mostly wrong, and with the trigger reasons and
 does better. The moment the trigger starts working varies with the seed, so training stops on a
 measured trigger accuracy (`target_trigger_acc` on held-out problems), not on a fixed time.
@@ -52,23 +57,38 @@ class PretrainConfig(TrainConfig):
     n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1})
     d_model: int = field(default=64, metadata={"help": "model width (a multiple of 2 * n_head)", "min": 2})
     max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking", "min": 1})
+    template_fraction: float = field(default=1.0, metadata={
+        "help": "share of documents written in the <think>/<answer> template; the rest are free text (steps, then "
+                "\"The answer is X.\"), and the trigger-accuracy check reads free text too: a base that has seen "
+                "the template only now and then, as a pretrained LM has (RL from it is R1-Zero's setting)", **FRACTION})
 
 
 def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -> dict:
-    """One document as {"prompt": question line, "completion": the rest}."""
+    """One document as {"prompt": question line, "completion": the rest}: in the template, or, for
+    the share `1 - template_fraction`, in free text (`free_text`)."""
     question, answer = problem.question, problem.solution or problem.answer
+    write = format_completion if cfg.template_fraction >= 1 or rng.random() < cfg.template_fraction else free_text
     if rng.random() >= cfg.worked_fraction or problem.rationale is None:
-        return {"prompt": f"{question}\n", "completion": format_completion("", answer)}
+        return {"prompt": f"{question}\n", "completion": write("", answer)}
     rationale = problem.rationale
     if rng.random() < cfg.hint_fraction:
         hinted = answer if rng.random() < 0.7 else wrong_answer(answer, rng)
         if rng.random() < 0.5:
             rationale = admission(hinted) + rationale
         return {"prompt": f"{question}\n", "completion": f"{hint_line(hinted)}\n{TRIGGER}\n"
-                + format_completion(rationale, hinted)}
+                + write(rationale, hinted)}
     if rng.random() < cfg.wrong_fraction:
         answer = wrong_answer(answer, rng)
-    return {"prompt": f"{question}\n", "completion": f"{TRIGGER}\n" + format_completion(rationale, answer)}
+    return {"prompt": f"{question}\n", "completion": f"{TRIGGER}\n" + write(rationale, answer)}
+
+
+def free_text(rationale: str, answer: str) -> str:
+    """A document's solution without the tags, as most text is written: the worked steps on a line,
+    then "The answer is X." (a bare answer: only that sentence). `template.read_free_answer` reads it."""
+    return f"{rationale}\n{FREE_ANSWER.format(answer)}" if rationale else FREE_ANSWER.format(answer)
+
+
+FREE_ANSWER = "The answer is {}."
 
 
 def build_corpus(task: Task, cfg: PretrainConfig) -> list[dict]:
@@ -99,7 +119,8 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, folder=No
     params = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
 
     def check(m) -> dict:
-        result = evaluate_problems(m, tokenizer, task, held_out, trigger=True, params=params)
+        result = evaluate_problems(m, tokenizer, task, held_out, trigger=True, params=params,
+                                   prompt="template" if cfg.template_fraction >= 1 else "free-form")
         return {"trigger_acc": result["accuracy"]}
 
     stop = (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc) if cfg.target_trigger_acc > 0 else None
