@@ -39,21 +39,33 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Method 2" in printed and "report.html" in printed
     # One line a stage, each ending with its result, not cut to 80 columns in a log (no "…").
-    stages = [line for line in printed.splitlines() if line[:4] in {f"{i}/6 " for i in range(1, 7)}]
-    assert len(stages) == 6 and not any("…" in line for line in stages), stages
+    stages = [line for line in printed.splitlines() if line[:4] in {f"{i}/8 " for i in range(1, 9)}]
+    assert len(stages) == 8 and not any("…" in line for line in stages), stages
     assert "loss" in stages[0] and f"held-out {results['method2_acc']:.0%}" in stages[3], stages
+    # the head-to-head from one base: Method 1 alone, Method 2 alone (from the base), Method 1 then 2
+    assert set(results["methods"]) == {"method1", "method2", "method1_then_2"}
+    assert all(len(m["acc"]) == 1 and m["flops"][0] > 0 for m in results["methods"].values())
+    assert set(results["pass_at_k"]) == {"base", "method1", "method2", "method1_then_2"}
+    assert results["r1_zero_format_curve"] and results["r1_zero"]["steps"] >= 1
+    assert [set(s["replies"]) for s in results["stage_samples"]] == [set(results["stage_samples"][0]["replies"])] * 3
+    for png in ("compute.png", "pass_at_k.png", "r1_zero.png"):
+        assert (out / png).stat().st_size > 5000 and png in html
+    assert "What the model writes at each stage" in html
 
     # Stopped during GRPO: --resume takes stages 1-3 from the folder (pretraining and Method 1 must
     # not run again) and runs the rest.
     import reasonlab.demo as demo
+    import reasonlab.study as study
 
-    stopped = {k: v for k, v in results.items() if not k.startswith(("method2", "budget", "faithfulness"))}
+    done = ("task", "config", "seconds", "pretrain", "base_", "method1", "arm_method1")
+    stopped = {k: v for k, v in results.items() if k.startswith(done) and not k.startswith("arm_method1_")}
+    assert "method1_acc" in stopped and "arm_method1_then_2" not in stopped
     (out / "results.json").write_text(json.dumps(stopped))
     shutil.rmtree(out / "checkpoints" / "method2")
     fail = lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran again"))  # noqa: E731
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "pretrain", fail)
-        mp.setattr(demo, "run_rationales", fail)
+        mp.setattr(study, "run_rationales", fail)
         assert main(["demo", "--quick", "--out", str(out), "--resume"]) == 0
     resumed = json.loads((out / "results.json").read_text())
     same = [k for k in stopped if k not in ("seconds", "config")]

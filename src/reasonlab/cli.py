@@ -17,7 +17,8 @@ from .console import TrainProgress, print_results
 from .errors import UserError
 from .outdir import RunFolder
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
-                      RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions)
+                      RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions,
+                      StudyOptions)
 from .remote import RemoteError, RemoteGenerator
 
 
@@ -262,6 +263,16 @@ def cmd_demo(cfg) -> int:
     return 0
 
 
+def cmd_study(cfg) -> int:
+    from .study import run_study
+    from .console import print_study
+
+    results = run_study(cfg)
+    print_study(results)
+    print(f"\nresults: {cfg.out}/results.json   report: {cfg.out}/report.html")
+    return 0
+
+
 def cmd_eval(opts) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -354,6 +365,8 @@ COMMANDS = (
     Command("generate", "sample completions for a task and show their parse and reward", GenerateOptions,
             cmd_generate),
     Command("demo", "the whole story on the built-in tiny model (CPU, minutes)", DemoOptions, cmd_demo),
+    Command("study", "methods: Method 1 vs Method 2 from one base at equal compute, over seeds (pass@k, R1-Zero)",
+            StudyOptions, cmd_study),
     Command("pretrain", "train the built-in model from scratch on a synthetic corpus", PretrainOptions, cmd_pretrain),
     Command("sft", "supervised fine-tuning on prompt/completion or messages JSONL", SFTOptions, cmd_sft),
     Command("rationales", "Method 1: sample rationales, keep verified ones, fine-tune, repeat", RationalesOptions,

@@ -6,6 +6,7 @@ rich is imported inside the functions that draw, so importing this module costs 
 from __future__ import annotations
 
 import os
+import statistics
 
 
 def console():
@@ -67,6 +68,11 @@ def demo_rows(results: dict) -> list[tuple[str, str]]:
              ("Method 2 format rate", percent(results.get("method2_format_rate")))]
     if "r1_zero" in results:
         rows.append(("GRPO from the raw model (R1-Zero)", results["r1_zero"]["summary"]))
+    for name, m in results.get("methods", {}).items():  # the head-to-head, at Method 1's FLOPs
+        rows.append((f"equal compute ({m['flops'][0]:.2g} FLOPs): {m['label']}", percent(m["acc"][0])))
+    for name, curve in results.get("pass_at_k", {}).items():
+        k = max(curve, key=int)
+        rows.append((f"pass@1 / pass@{k}: {name}", f"{percent(curve['1'])} / {percent(curve[k])}"))
     if "cold_start" in results:
         rows.append(("cold start: SFT on reference rationales", percent(results["cold_start"]["acc"])))
     rows += [(f"thinking budget {point['budget']} tokens", percent(point["acc"]))
@@ -87,5 +93,42 @@ def print_results(results: dict) -> None:
     table.add_column("what")
     table.add_column("accuracy", justify="right")
     for what, value in demo_rows(results):
+        table.add_row(what, value)
+    Console().print(table)
+
+
+def study_rows(results: dict) -> list[tuple[str, str]]:
+    """A methods study's results as (what, value) rows: per method the held-out accuracy over seeds
+    (mean ± standard deviation, and the range), its format rate and the compute it spent."""
+    rows = []
+    base = results.get("base", {})
+    if base:
+        rows += [("base: asked directly / step by step (free text)",
+                  f"{percent(base['direct_acc'])} / {percent(base['cot_prompt_acc'])}"),
+                 ("base: template format rate, greedy / sampled at T=1",
+                  f"{percent(base['template_format_rate'])} / {percent(base['sampled_format_rate'])}")]
+    for name, m in results.get("methods", {}).items():
+        n = len(m["acc"])
+        rows.append((f"{m['label']} ({n} seed{'s' if n > 1 else ''})",
+                     f"{100 * m['acc_mean']:.1f} ± {100 * m['acc_std']:.1f}% [{100 * m['acc_min']:.1f}, "
+                     f"{100 * m['acc_max']:.1f}]"))
+        rows.append(("  format rate (lowest seed); FLOPs; wall time",
+                     f"{percent(min(m['format_rate']))}; {statistics.fmean(m['flops']):.3g}; "
+                     f"{statistics.fmean(m['seconds']):.0f} s"))
+    for name, curve in results.get("pass_at_k", {}).items():
+        ks = list(curve)
+        rows.append((f"pass@k {name} (k = {', '.join(ks)})", " / ".join(f"{100 * curve[k]:.0f}" for k in ks)))
+    rows.append(("wall time", f"{results.get('seconds', 0):.0f} s"))
+    return rows
+
+
+def print_study(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"reasonlab study methods: {results.get('task', '')} (held-out, greedy)")
+    table.add_column("what")
+    table.add_column("result", justify="right")
+    for what, value in study_rows(results):
         table.add_row(what, value)
     Console().print(table)

@@ -28,10 +28,11 @@ from .console import console, percent
 from .report import build_report
 from .tasks import get_task
 from .tasks.hints import wrong_answer
-from .rl import GRPOConfig, train_grpo
+from .rl import GRPOConfig
 from .runtime import resolve_device
 from .train.pretrain import PretrainConfig, pretrain
-from .train.rationales import RationalesConfig, run_rationales
+from .train.rationales import RationalesConfig
+from .study import ARMS, DIRECT_TOKENS, LABELS, TEMPLATE_FRACTION, Arms, base_measurements, pass_at_k, summarize
 
 
 @dataclass
@@ -60,7 +61,8 @@ def stage_configs(cfg: DemoConfig):
     pre = PretrainConfig(steps=60 if q else 4000, batch_size=32 if q else 64, lr=3e-3, warmup_steps=20,
                          schedule="constant", eval_every=30 if q else 50, max_seconds=20 if q else 240,
                          corpus_size=2000 if q else 30000, worked_fraction=0.5, hint_fraction=0.2, check_problems=50 if q else 100,
-                         target_trigger_acc=0.2, group_by_length=False, max_seq_len=192, seed=cfg.seed)
+                         target_trigger_acc=0.2, group_by_length=False, max_seq_len=192, seed=cfg.seed,
+                         template_fraction=TEMPLATE_FRACTION)
     m1 = RationalesConfig(rounds=1 if q else 3, problems=64 if q else 2000, samples=2 if q else 4, temperature=0.7,
                           continue_training=True, steps=20 if q else 300, batch_size=32 if q else 64, lr=2e-3,
                           warmup_steps=10, eval_every=0, eval_problems=50 if q else 200, max_seq_len=192,
@@ -178,7 +180,7 @@ class DemoRun:
     def pretrain_base(self, ui):
         """1. pretrain the base model, stopping on measured trigger accuracy."""
         cfg = self.pre_cfg
-        tick = ui.stage("1/6 pretrain the base model", cfg.steps)
+        tick = ui.stage("1/8 pretrain the base model", cfg.steps)
         if self.done_before(("pretrain",), "base"):
             base, self.tok = self.load("base")
             tick(completed=cfg.steps, info="from the stopped run")
@@ -197,63 +199,100 @@ class DemoRun:
         return base
 
     def prompting(self, ui, base):
-        """2. the base model asked directly vs "think step by step"."""
-        tick = ui.stage("2/6 direct vs step-by-step", 2)
-        if not self.done_before(("base_direct_acc", "base_cot_prompt_acc")):
-            direct = evaluate_problems(base, self.tok, self.task, self.held_out, trigger=False,
-                                       params=SamplingParams(temperature=0.0, max_new_tokens=64, think_budget=0))
-            tick()
-            cot = evaluate_problems(base, self.tok, self.task, self.held_out, trigger=True, params=self.greedy)
-            self.results.update(base_direct_acc=direct["accuracy"], base_cot_prompt_acc=cot["accuracy"])
+        """2. the base model asked directly vs "think step by step" (both read as free text, as the
+        base writes), and in the template (strictly: what RL from the base starts from)."""
+        tick = ui.stage("2/8 direct vs step-by-step", 3)
+        keys = ("base_direct_acc", "base_cot_prompt_acc", "base_template_acc", "base_format_rate",
+                "base_sampled_format_rate")
+        if not self.done_before(keys):
+            measured = base_measurements(base, self.tok, self.task, self.held_out, self.cfg.quick)
+            self.results.update(base_direct_acc=measured["direct_acc"], base_cot_prompt_acc=measured["cot_prompt_acc"],
+                                base_template_acc=measured["template_acc"],
+                                base_format_rate=measured["template_format_rate"],
+                                base_sampled_format_rate=measured["sampled_format_rate"])
             self.save()
-        tick(completed=2, info=f"direct {self.results['base_direct_acc']:.0%}, "
-                               f"step by step {self.results['base_cot_prompt_acc']:.0%}")
+        r = self.results
+        tick(completed=3, info=f"direct {r['base_direct_acc']:.0%}, step by step {r['base_cot_prompt_acc']:.0%}, "
+                               f"template format {r['base_sampled_format_rate']:.0%} at T=1")
 
     def method1(self, ui, base):
-        """3. Method 1: self-generated rationales kept by the verifier."""
+        """3. Method 1: self-generated rationales kept by the verifier (its round-1 model is where
+        Method 2 goes on from: the two together spend what Method 1 alone does)."""
         cfg = self.m1_cfg
-        tick = ui.stage("3/6 Method 1: own rationales", cfg.rounds)
-        resume = self.reuse  # the stopped run's base model: its Method 1 state still fits
-        if self.done_before(("method1_acc", "method1_rounds"), "method1"):
-            model, _ = self.load("method1")
+        tick = ui.stage("3/8 Method 1: own rationales", cfg.rounds)
+        self.reuse_method1 = self.reuse  # the stopped run's base model: its Method 1 state still fits
+        if self.done_before(("method1_acc", "method1_rounds", "arm_method1"), "method1") and \
+                (self.out / "checkpoints" / "method1_round1" / "config.json").is_file():
             tick(completed=cfg.rounds, info=f"round {cfg.rounds}: {self.results['method1_acc'][-1]:.0%}")
-            return model
-        # on the same base, from the round (and the step within it) the stopped run had reached
-        model, records = run_rationales(base, self.tok, self.task, cfg, out_dir=self.out / "method1", resume=resume,
-                                        log=lambda r: tick(info=f"round {r['round']}: {r['accuracy']:.0%}"))
-        self.results["method1_acc"] = [r["accuracy"] for r in records]
-        self.results["method1_rounds"] = records
-        self.keep("method1", model, cfg)
+            self.arms.models["method1_round1"] = (self.load("method1_round1")[0], self.results["arm_method1"]["curve"][1])
+            return self.load("method1")[0]
+        record = self.arms.method1(self.arms.start_point(), resume=self.reuse_method1)
+        self.results["method1_rounds"] = record["rounds"]
+        self.results["method1_acc"] = [r["accuracy"] for r in record["rounds"]]
+        self.results["arm_method1"] = {k: v for k, v in record.items() if k != "rounds"}
+        self.keep("method1", self.arms.models["method1"], cfg)
+        self.keep("method1_round1", self.arms.models["method1_round1"][0], cfg)
         self.save()
+        tick(completed=cfg.rounds)
+        return self.arms.models["method1"]
+
+    def method2(self, ui):
+        """4. Method 2: GRPO from Method 1's round-1 model, until the two have spent Method 1's time."""
+        tick = ui.stage("4/8 Method 2 from Method 1's round 1", 1)
+        keys = ("method2_acc", "method2_format_rate", "method2_mean_think_tokens", "arm_method1_then_2")
+        if self.done_before(keys, "method2"):
+            tick(info=f"held-out {self.results['method2_acc']:.0%}")
+            return self.load("method2")[0]
+        m1 = self.results["arm_method1"]
+        record = self.arms.chain(m1["seconds"], m1["curve"][0], folder="grpo")
+        self.results.update(method2_acc=record["acc"], method2_format_rate=record["format_rate"],
+                            method2_mean_think_tokens=record["mean_think_tokens"], arm_method1_then_2=record)
+        model = self.arms.models["method1_then_2"]
+        self.keep("method2", model, self.arms.rl_cfg)
+        self.save()
+        tick(info=f"held-out {record['acc']:.0%} after {record['steps']} steps")
         return model
 
-    def method2(self, ui, model):
-        """4. Method 2: GRPO from the Method 1 model (trained in place)."""
-        cfg = self.rl_cfg
-        tick = ui.stage("4/6 Method 2: GRPO", cfg.steps)
-        if self.done_before(("method2_acc", "method2_format_rate", "method2_mean_think_tokens"), "method2"):
-            model, _ = self.load("method2")
-            tick(completed=cfg.steps, info=f"held-out {self.results['method2_acc']:.0%}")
-            return model
-
-        def rl_progress(m):
-            info = f"reward {m.get('reward/mean', 0):.2f}"
-            if "eval/accuracy" in m:
-                info += f", held-out {m['eval/accuracy']:.0%}"
-            tick(completed=m["step"], info=info)
-
-        train_grpo(model, self.tok, self.task, cfg, out_dir=self.out / "grpo", progress=rl_progress)
-        final = evaluate_problems(model, self.tok, self.task, self.held_out, trigger=True, params=self.greedy)
-        self.results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
-                            method2_mean_think_tokens=final["mean_think_tokens"])
-        tick(completed=cfg.steps, info=f"held-out {self.results['method2_acc']:.0%}")
-        self.keep("method2", model, cfg)
+    def r1_zero(self, ui, base):
+        """5. Method 2 alone: GRPO from the base (R1-Zero), for Method 1's time."""
+        tick = ui.stage("5/8 Method 2 from the base (R1-Zero)", 1)
+        if self.done_before(("r1_zero", "arm_method2", "r1_zero_format_curve"), "r1_zero"):
+            tick(info=self.results["r1_zero"]["summary"])
+            return self.load("r1_zero")[0]
+        m1 = self.results["arm_method1"]
+        record = self.arms.r1_zero(m1["seconds"], m1["curve"][0], folder="grpo_from_base")
+        curve = record["format_curve"]
+        summary = (f"{record['steps']} steps: format {curve[0][1]:.0%} -> {curve[-1][1]:.0%} of the samples; "
+                   f"held-out {record['acc']:.0%}" if curve else f"{record['steps']} steps")
+        self.results["r1_zero"] = {"steps": record["steps"], "format_curve": curve, "stopped": record["stopped"],
+                                   "acc": record["acc"], "format_rate": record["format_rate"], "summary": summary}
+        self.results["r1_zero_format_curve"] = curve
+        self.results["arm_method2"] = record
+        model = self.arms.models["method2"]
+        self.keep("r1_zero", model, self.arms.zero_cfg)
         self.save()
+        tick(info=summary)
         return model
+
+    def head_to_head(self, ui, base, models: dict):
+        """6. pass@k of the base and of each method's model; the head-to-head at equal compute."""
+        tick = ui.stage("6/8 pass@k, head to head", 1)
+        if not self.done_before(("pass_at_k", "methods", "stage_samples")):
+            problems = self.held_out[:8 if self.cfg.quick else 100]
+            record = {"seed": self.cfg.seed, **{arm: self.results[f"arm_{arm}"] for arm in ARMS},
+                      "pass_at_k": {arm: pass_at_k(models[arm], self.tok, self.task, problems, self.cfg.seed,
+                                                   "template", self.cfg.quick) for arm in ARMS}}
+            base_pass = pass_at_k(base, self.tok, self.task, problems, self.cfg.seed, "free-form", self.cfg.quick)
+            self.results.update(summarize([record], base_pass))
+            self.results["stage_samples"] = stage_samples(base, models, self.tok, self.task, self.held_out[:3])
+            self.save()
+        k = max(self.results["pass_at_k"]["base"], key=int)
+        tick(info=" ".join(f"{arm} {m['acc'][0]:.0%}" for arm, m in self.results["methods"].items())
+             + f"; pass@{k} base {self.results['pass_at_k']['base'][k]:.0%}")
 
     def budget(self, ui, model):
-        """5. thinking-budget sweep on the final model."""
-        tick = ui.stage("5/6 thinking-budget sweep", 1)
+        """7. thinking-budget sweep on the final model."""
+        tick = ui.stage("7/8 thinking-budget sweep", 1)
         if not self.done_before(("budget_curve",)):
             full = max(1, round(self.results["method2_mean_think_tokens"]))
             budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
@@ -263,14 +302,14 @@ class DemoRun:
         tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in self.results["budget_curve"]))
 
     def faithfulness(self, ui, base, final):
-        """6. faithfulness probe (on the base model, where the corpus planted hint-following; the
-        final model with the hint line only)."""
-        tick = ui.stage("6/6 faithfulness probe", 1)
+        """8. faithfulness probe (on the base model, where the corpus planted hint-following, read
+        as free text; the final model with the hint line only)."""
+        tick = ui.stage("8/8 faithfulness probe", 1)
         if not self.done_before(("faithfulness", "faithfulness_final_model")):
             rng = random.Random(self.cfg.seed)
             problems = self.held_out[:50 if self.cfg.quick else 100]
             probe = faithfulness_probe(base, self.tok, self.task, problems,
-                                       lambda p: wrong_answer(p.answer, rng), params=self.greedy)
+                                       lambda p: wrong_answer(p.answer, rng), params=self.greedy, prompt="free-form")
             probe_final = faithfulness_probe(final, self.tok, self.task, problems,
                                              lambda p: wrong_answer(p.answer, rng), params=self.greedy,
                                              styles=["hint_line"])
@@ -295,9 +334,26 @@ def run_demo(cfg: DemoConfig) -> dict:
     run = DemoRun(cfg)
     with Stages() as ui:
         base = run.pretrain_base(ui)
+        run.arms = Arms(base, run.tok, run.task, run.held_out, [], cfg.seed, run.out, cfg.quick)
         run.prompting(ui, base)
         method1 = run.method1(ui, base)
-        final = run.method2(ui, method1)
+        final = run.method2(ui)
+        zero = run.r1_zero(ui, base)
+        run.head_to_head(ui, base, {"method1": method1, "method2": zero, "method1_then_2": final})
         run.budget(ui, final)
         run.faithfulness(ui, base, final)
     return run.report()
+
+
+def stage_samples(base, models: dict, tokenizer, task, problems) -> list[dict]:
+    """What the model writes at each stage for a few held-out problems: the base asked directly and
+    with the trigger, and each method's model (greedy)."""
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
+    asked = {"base, asked directly": (base, "direct", SamplingParams(temperature=0.0, max_new_tokens=DIRECT_TOKENS)),
+             "base, \"Let's think step by step.\"": (base, "free-form", greedy),
+             **{LABELS[arm]: (models[arm], "template", greedy) for arm in ("method1", "method1_then_2", "method2")}}
+    texts = {name: [r["completion"] for r in evaluate_problems(model, tokenizer, task, problems, params=params,
+                                                                  prompt=prompt, trigger=prompt != "direct")["rows"]]
+             for name, (model, prompt, params) in asked.items()}
+    return [{"question": p.question, "answer": p.answer, "replies": {name: texts[name][i] for name in asked}}
+            for i, p in enumerate(problems)]

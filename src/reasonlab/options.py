@@ -16,6 +16,7 @@ from .demo import DemoConfig
 from .evaluate import EvalConfig, SampleConfig
 from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
+from .study import StudyConfig
 from .template import PROMPT_STYLES
 from .train.pretrain import PretrainConfig
 from .train.rationales import RationalesConfig
@@ -125,3 +126,4 @@ class ServeOptions(DeviceOptions):
 
 
 DemoOptions = DemoConfig  # all of them the demo's own
+StudyOptions = StudyConfig

@@ -122,16 +122,84 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
     return _save(fig, path)
 
 
+ARM_COLORS = {"base": COLORS["base"], "method1": COLORS["m1"], "method2": COLORS["m2"], "method1_then_2": COLORS["think"]}
+
+
+def plot_compute(methods: dict, path: Path) -> Path:
+    """Held-out accuracy against the FLOPs spent, per method: the mean over seeds (each seed's curve
+    interpolated on a common grid) and the band from the lowest seed to the highest."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    for name, m in methods.items():
+        curves = [np.array(c, dtype=float) for c in m["curve"] if len(c) > 1]
+        if not curves:
+            continue
+        grid = np.linspace(0, min(c[-1, 0] for c in curves), 60)
+        ys = np.array([np.interp(grid, c[:, 0], 100 * c[:, 1]) for c in curves])
+        color = ARM_COLORS.get(name, COLORS["base"])
+        ax.plot(grid, ys.mean(0), color=color, lw=2, label=f"{m.get('label', name)} ({len(curves)} seeds)")
+        if len(curves) > 1:
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.18)
+        for c in curves:
+            ax.plot(c[:, 0], 100 * c[:, 1], "o", color=color, ms=2.5, alpha=0.5)
+    ax.set_ylim(-3, 103)
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    _style(ax, "Held-out accuracy against compute (band: lowest to highest seed)", "FLOPs spent (2N sampled, 6N trained)",
+           "accuracy (%)")
+    return _save(fig, path)
+
+
+def plot_pass_at_k(pass_k: dict, path: Path, labels: dict | None = None) -> Path:
+    """pass@k against k (log scale) for each model."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for name, curve in pass_k.items():
+        ks = sorted(int(k) for k in curve)
+        ax.plot(ks, [100 * curve[str(k)] for k in ks], "o-", color=ARM_COLORS.get(name, COLORS["base"]), lw=2,
+                label=(labels or {}).get(name, name))
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-3, 103)
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    _style(ax, "pass@k on held-out problems", "k (samples a problem)", "pass@k (%)")
+    return _save(fig, path)
+
+
+def plot_r1_zero(format_curve: list, think_curve: list, path: Path, accuracy: list | None = None) -> Path:
+    """RL from the base (R1-Zero): the samples' format rate, held-out accuracy and thinking length by step."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    axes[0].plot([s for s, _ in format_curve], [100 * r for _, r in format_curve], color=COLORS["m2"],
+                 label="format rate of the samples")
+    if accuracy:
+        axes[0].plot([s for s, _ in accuracy], [100 * a for _, a in accuracy], "o-", color=COLORS["m1"],
+                     label="held-out accuracy (greedy)")
+    axes[0].set_ylim(-3, 103)
+    axes[0].legend(frameon=False, fontsize=8)
+    _style(axes[0], "RL from the base: the format is learned", "RL step", "%")
+    axes[1].plot([s for s, _ in think_curve], [t for _, t in think_curve], color=COLORS["think"])
+    _style(axes[1], "Thinking length", "RL step", "mean thinking tokens")
+    return _save(fig, path)
+
+
 def plot_faithfulness(probe: dict, path: Path) -> Path:
     names = list(probe.get("by_style", {}))
     # An unknown rate (0/0: None) draws no bar; its count label says 0/0.
     follow = [probe["by_style"][n]["follow_rate"] or 0.0 for n in names]
     admit = [probe["by_style"][n]["admit_rate"] or 0.0 for n in names]
+    from .evaluate import wilson_interval
+
+    def whiskers(rates, counts):  # the 95% Wilson interval of each rate as error bars (none for 0/0)
+        bounds = [wilson_interval(k, n) if n else (r, r) for r, (k, n) in zip(rates, counts)]
+        return [[max(0.0, 100 * (r - lo)) for r, (lo, _) in zip(rates, bounds)],
+                [max(0.0, 100 * (hi - r)) for r, (_, hi) in zip(rates, bounds)]]
+
+    rows = [probe["by_style"][n] for n in names]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [100 * v for v in follow], width=0.4, color=COLORS["prompt"], label="follows the hint")
+    ax.bar([i - 0.2 for i in x], [100 * v for v in follow], width=0.4, color=COLORS["prompt"], label="follows the hint",
+           yerr=whiskers(follow, [(r["followed"], r["eligible"]) for r in rows]), capsize=3, ecolor="#444")
     ax.bar([i + 0.2 for i in x], [100 * v for v in admit], width=0.4, color=COLORS["m1"],
-           label="admits it (of those that follow)")
+           label="admits it (of those that follow; bars: 95% intervals)",
+           yerr=whiskers(admit, [(r["admitted"], r["followed"]) for r in rows]), capsize=3, ecolor="#444")
     for i, name in enumerate(names):  # counts: a rate over 3 cases reads differently from one over 300
         row = probe["by_style"][name]
         ax.text(i - 0.2, 100 * follow[i] + 1.5, f"{row['followed']}/{row['eligible']}", ha="center", fontsize=7)
@@ -222,11 +290,55 @@ def _demo_report(run: Path) -> Path:
     if results.get("budget_curve"):
         figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
     figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
+    figures += _methods_figures(results, run, run / "grpo_from_base" / "metrics.jsonl")
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
     note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on held-out problems never seen in "
             "training.")
-    return _write_page(run, "reasonlab: what reasoning buys", note, demo_rows(results), figures)
+    return _write_page(run, "reasonlab: what reasoning buys", note, demo_rows(results), figures,
+                       samples_html(results.get("stage_samples", [])))
+
+
+def _methods_figures(results: dict, run: Path, r1_zero_log: Path) -> list:
+    """The head-to-head's figures, where `results` has them: accuracy against compute, pass@k, and
+    RL from the base (its format rate, held-out accuracy and thinking length by step)."""
+    figures = []
+    if results.get("methods"):
+        figures.append(("Accuracy against compute", plot_compute(results["methods"], run / "compute.png")))
+    if results.get("pass_at_k"):
+        labels = {k: m["label"] for k, m in results.get("methods", {}).items()} | {"base": "base (free text)"}
+        figures.append(("pass@k", plot_pass_at_k(results["pass_at_k"], run / "pass_at_k.png", labels)))
+    if results.get("r1_zero_format_curve"):
+        metrics = read_log(r1_zero_log) if r1_zero_log.is_file() else []
+        accuracy = [[m["step"], m["eval/accuracy"]] for m in metrics if "eval/accuracy" in m]
+        think = [[m["step"], m["completions/mean_think_tokens"]] for m in metrics if "completions/mean_think_tokens" in m]
+        figures.append(("Method 2 from the base (R1-Zero)",
+                        plot_r1_zero(results["r1_zero_format_curve"], think, run / "r1_zero.png", accuracy)))
+    return figures
+
+
+def samples_html(samples: list[dict]) -> str:
+    """What the model writes at each stage, for a few held-out problems (the demo's stage_samples)."""
+    if not samples:
+        return ""
+    parts = ["<h2>What the model writes at each stage</h2>"]
+    for s in samples:
+        parts.append(f"<p><code>{html.escape(s['question'])}</code> (gold {html.escape(s['answer'])})</p><table>")
+        parts += [f'<tr><td>{html.escape(name)}</td><td class="reply"><code>{html.escape(text)}</code></td></tr>'
+                  for name, text in s["replies"].items()]
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _study_report(run: Path) -> Path:
+    """A `reasonlab study methods` folder: the head-to-head, pass@k, and the R1-Zero run."""
+    from .console import study_rows
+
+    results = read_json(run / "results.json")
+    figures = _methods_figures(results, run, run / "seed0" / "method2" / "metrics.jsonl")
+    note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on the same held-out problems; compute is "
+            f"{results.get('compute', 'FLOPs')}; pass@k from samples at T = {results.get('pass_temperature')}.")
+    return _write_page(run, "reasonlab study: Method 1 vs Method 2", note, study_rows(results), figures)
 
 
 def _grpo_run(folder: Path) -> tuple[list[dict], dict | None]:
@@ -316,7 +428,7 @@ def _loss_report(run: Path) -> Path:
     return _write_page(run, f"reasonlab: {folder.name}", note, rows, figures)
 
 
-def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], figures) -> Path:
+def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], figures, extra: str = "") -> Path:
     table = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     images = "\n".join(f'<h2>{html.escape(t)}</h2><img src="{p.name}" alt="{html.escape(t)}">' for t, p in figures)
     page = f"""<!doctype html>
@@ -325,12 +437,13 @@ def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], f
 body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td {{ padding: 4px 14px; border-bottom: 1px solid #ddd; }} td:last-child {{ text-align: right; font-weight: 600; }}
-img {{ max-width: 100%; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; font-size: 0.9em; }}
+img {{ max-width: 100%; }} td.reply {{ text-align: left; font-weight: normal; white-space: pre-wrap; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; font-size: 0.9em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="note">{html.escape(note)}</p>
 <table>{table}</table>
 {images}
+{extra}
 </body></html>
 """
     out = run / "report.html"
@@ -338,5 +451,5 @@ img {{ max-width: 100%; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; fon
     return out
 
 
-REPORTS = {"demo": _demo_report, "rl": _rl_report, "rationales": _rationales_report,  # by run.json's command
+REPORTS = {"demo": _demo_report, "study": _study_report, "rl": _rl_report, "rationales": _rationales_report,  # by run.json's command
            "pretrain": _loss_report, "sft": _loss_report}
