@@ -154,6 +154,23 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     for png in ("compute.png", "pass_at_k.png", "r1_zero.png"):
         assert (out / png).stat().st_size > 5000 and png in html
     assert "Method 1 alone" in capsys.readouterr().out
+    # Stopped after seed 0: --resume takes the base and seed 0 from the folder and runs seed 1 (and
+    # --seeds may grow); other settings are refused.
+    import reasonlab.study as study
+
+    first = results["per_seed"][0]
+    (out / "results.json").write_text(json.dumps({**results, "per_seed": [first]}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(study, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pretrained again")))
+        assert main(["study", "methods", "--quick", "--seeds", "2", "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["per_seed"][0] == first and resumed["per_seed"][1]["seed"] == 1
+    assert resumed["base"] == results["base"] and len(resumed["methods"]["method1"]["acc"]) == 2
+    capsys.readouterr()
+    assert main(["study", "methods", "--quick", "--length", "5", "--out", str(out), "--resume"]) == 2
+    assert "length=4" in capsys.readouterr().err
+    assert main(["study", "methods", "--quick", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no study to go on with" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

@@ -126,27 +126,32 @@ ARM_COLORS = {"base": COLORS["base"], "method1": COLORS["m1"], "method2": COLORS
 
 
 def plot_compute(methods: dict, path: Path) -> Path:
-    """Held-out accuracy against the FLOPs spent, per method: the mean over seeds (each seed's curve
-    interpolated on a common grid) and the band from the lowest seed to the highest."""
+    """Held-out accuracy against the wall time and the FLOPs spent, per method: the mean over seeds
+    (each seed's curve of [flops, accuracy, seconds] points interpolated on a common grid) and the
+    band from the lowest seed to the highest."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 4.4))
-    for name, m in methods.items():
-        curves = [np.array(c, dtype=float) for c in m["curve"] if len(c) > 1]
-        if not curves:
-            continue
-        grid = np.linspace(0, min(c[-1, 0] for c in curves), 60)
-        ys = np.array([np.interp(grid, c[:, 0], 100 * c[:, 1]) for c in curves])
-        color = ARM_COLORS.get(name, COLORS["base"])
-        ax.plot(grid, ys.mean(0), color=color, lw=2, label=f"{m.get('label', name)} ({len(curves)} seeds)")
-        if len(curves) > 1:
-            ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.18)
-        for c in curves:
-            ax.plot(c[:, 0], 100 * c[:, 1], "o", color=color, ms=2.5, alpha=0.5)
-    ax.set_ylim(-3, 103)
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
-    _style(ax, "Held-out accuracy against compute (band: lowest to highest seed)", "FLOPs spent (2N sampled, 6N trained)",
-           "accuracy (%)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, column, xlabel in ((axes[0], 2, "wall time (s, this machine: the budget each method gets)"),
+                               (axes[1], 0, "FLOPs spent (2N a sampled token, 6N a trained one)")):
+        for name, m in methods.items():
+            curves = [np.array(c, dtype=float) for c in m["curve"] if len(c) > 1]
+            if not curves:
+                continue
+            grid = np.linspace(0, min(c[-1, column] for c in curves), 60)
+            ys = np.array([np.interp(grid, c[:, column], 100 * c[:, 1]) for c in curves])
+            color = ARM_COLORS.get(name, COLORS["base"])
+            ax.plot(grid, ys.mean(0), color=color, lw=2,
+                    label=f"{m.get('label', name)} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            if len(curves) > 1:
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.18)
+            for c in curves:
+                ax.plot(c[:, column], 100 * c[:, 1], "o", color=color, ms=2.5, alpha=0.5)
+        ax.set_ylim(-3, 103)
+        _style(ax, "Held-out accuracy against compute", xlabel, "accuracy (%)")
+    axes[1].legend(frameon=False, fontsize=8, loc="lower right")
+    axes[0].text(0.01, 0.98, "band: lowest to highest seed", transform=axes[0].transAxes, fontsize=8, va="top",
+                 color="#666")
     return _save(fig, path)
 
 

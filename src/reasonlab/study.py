@@ -5,23 +5,26 @@ free text but for a share `TEMPLATE_FRACTION` written in the ``<think>/<answer>`
 base writes the template now and then, as a pretrained LM does). From it, for each seed:
 
 - **method1**: Method 1 alone (the demo's three STaR rounds: free-text samples read, verified,
-  rewritten into the template, fine-tuned). What it spends, C FLOPs, is the budget of the other two;
+  rewritten into the template, fine-tuned). The wall time it takes, T, is the budget of the other two;
 - **method2**: GRPO from the base (DeepSeek-R1-Zero: the template's prompt, the 2 + 1 reward, no
-  warm start), stopped at C FLOPs;
-- **method1_then_2**: Method 1's first round, then GRPO from that model, stopped when the two
-  together reach C.
+  warm start, T = 1.0), stopped after T seconds;
+- **method1_then_2**: Method 1's first round, then GRPO from that model (the demo's), stopped when
+  the two together have taken T.
 
-Compute is counted in FLOPs (`compute`: 2N a sampled token, 6N a trained one; evaluations are not
-counted); wall time is recorded beside it. Every model is evaluated on the same held-out problems:
+Equal compute is equal wall time on one machine (each arm's periodic held-out evaluations
+included). FLOPs are counted beside it (`compute`: 2N a sampled token, 6N a trained one;
+evaluations not counted): on a CPU, GRPO's small decoding batches use the FLOPs far less well than
+Method 1's large fine-tuning batches, so equal FLOPs would give GRPO several times Method 1's time
+(`GRPOConfig.max_flops` runs that comparison). Every model is evaluated on the same held-out problems:
 greedy accuracy, format rate, thinking length, and pass@k for k = 1 … 64 from 64 samples a problem at
 T = 0.7 (the base read as free text, as Method 1 reads its samples; trained models strictly). Seeds
 change every method's sampling and data order, not the base or the held-out problems: the spread
 across seeds is the methods' reliability. Settings are fixed here before any run, the same for
 every seed.
 
-DIR/results.json (rewritten after every arm, so nothing computed is lost) holds ``methods`` (per
+DIR/results.json (rewritten after every seed, so nothing computed is lost) holds ``methods`` (per
 method: ``acc``, ``format_rate``, ``flops``, ``seconds`` a list per seed, ``curve`` a list per seed
-of [flops, accuracy] points), ``pass_at_k`` (per model: {k: rate}, the mean over seeds),
+of [flops, accuracy, seconds] points), ``pass_at_k`` (per model: {k: rate}, the mean over seeds),
 ``r1_zero_format_curve`` ([step, format rate of the samples] of seed 0's GRPO-from-base run) and
 ``per_seed``; DIR/report.html draws them.
 """
@@ -41,8 +44,8 @@ from .config import check_options
 from .engine import SamplingParams
 from .errors import NoFormatError, UserError
 from .evaluate import evaluate_problems, k_samples, pass_curve
-from .jsonl import read_log
-from .model import save_checkpoint, train_record
+from .jsonl import read_json, read_log
+from .model import load_model, save_checkpoint, train_record
 from .outdir import OVERWRITE_HELP, RunFolder, claim, mark
 from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
@@ -71,6 +74,8 @@ class StudyConfig:
     pass_problems: int = field(default=100, metadata={"help": "of those, the ones pass@k samples 64 times", "min": 1})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    resume: bool = field(default=False, metadata={
+        "help": "go on from the seeds a stopped study in --out finished (same settings; --seeds may grow)"})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
@@ -185,12 +190,17 @@ class Arms:
                            [spent[0], spent[2]], [start, spent], folder)
         return {**record, "method1_flops": spent[0], "method1_seconds": spent[2]}
 
-    def run(self) -> dict:
+    def run(self, save=None) -> dict:
+        """All three arms and their pass@k; `save(record)` after each arm (what a failure keeps)."""
+        save = save or (lambda record: None)
         start = self.start_point()
         record = {"seed": self.seed, "method1": self.method1(start)}
+        save(record)
         budget = record["method1"]["seconds"]
         record["method2"] = self.r1_zero(budget, start)
+        save(record)
         record["method1_then_2"] = self.chain(budget, start)
+        save(record)
         record["pass_at_k"] = {arm: pass_at_k(self.models[arm], self.tok, self.task, self.pass_problems, self.seed,
                                               "template", self.quick) for arm in ARMS}
         return record
@@ -225,10 +235,11 @@ def run_study(cfg: StudyConfig) -> dict:
 
     where = resolve_device(cfg.device)
     out = claim(cfg.out, "study", cfg.overwrite)
+    earlier = earlier_study(out, cfg) if cfg.resume else {}
     mark(out, "study")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    start = time.monotonic()
+    start = time.monotonic() - earlier.get("seconds", 0.0)
     task = get_task("chain", length=cfg.length)
     held_out = task.problems(cfg.held_out, "test", seed=99)
     pass_problems = held_out[:cfg.pass_problems] if not cfg.quick else held_out[:min(cfg.pass_problems, 8)]
@@ -243,28 +254,56 @@ def run_study(cfg: StudyConfig) -> dict:
     with Stages() as ui:
         pre_cfg = base_config(cfg.quick)
         tick = ui.stage("base: pretrain", pre_cfg.steps)
-        base, tok, last = pretrain(task, pre_cfg, folder=RunFolder(out / "pretrain", "pretrain"), device=cfg.device,
-                                   progress=lambda m: tick(completed=m["step"]))
-        base = base.to(where)
-        save_checkpoint(out / "checkpoints" / "base", base, tok, train_record(pre_cfg, task))
-        results["base"] = base_measurements(base, tok, task, held_out, cfg.quick)
-        results["pass_at_k_base_free_form"] = pass_at_k(base, tok, task, pass_problems, 0, "free-form", cfg.quick)
+        if earlier:  # the stopped study's base, and what it measured of it
+            base, tok = load_model(out / "checkpoints" / "base")
+            base = base.to(where)
+            results.update({k: earlier[k] for k in ("base", "pass_at_k_base_free_form")})
+        else:
+            base, tok, _ = pretrain(task, pre_cfg, folder=RunFolder(out / "pretrain", "pretrain"), device=cfg.device,
+                                    progress=lambda m: tick(completed=m["step"]))
+            base = base.to(where)
+            save_checkpoint(out / "checkpoints" / "base", base, tok, train_record(pre_cfg, task))
+            results["base"] = base_measurements(base, tok, task, held_out, cfg.quick)
+            results["pass_at_k_base_free_form"] = pass_at_k(base, tok, task, pass_problems, 0, "free-form", cfg.quick)
         tick(completed=pre_cfg.steps, info=f"template format {results['base']['sampled_format_rate']:.0%} at T=1")
+        per_seed = earlier.get("per_seed", [])[:cfg.seeds]  # each a finished seed
+        if per_seed:
+            results["per_seed"] = per_seed
+            results.update(summarize(per_seed, results["pass_at_k_base_free_form"]))
         save()
-        per_seed = []
-        for seed in range(cfg.seeds):
+        for seed in range(len(per_seed), cfg.seeds):
             bars = {arm: ui.stage(f"seed {seed}: {arm}", 1) for arm in ARMS}
             arms = Arms(base, tok, task, held_out, pass_problems, seed, out / f"seed{seed}", cfg.quick,
                         tick=lambda arm, info: bars[arm](advance=0, info=info))
-            per_seed.append(arms.run())
+
+            def keep(record):  # a seed cut short keeps its finished arms here (a resume reruns the seed)
+                results["unfinished_seed"] = record
+                save()
+
+            per_seed.append(arms.run(save=keep))
             for arm in ARMS:
-                bars[arm](completed=1, info=f"{per_seed[-1][arm]['acc']:.0%}, {per_seed[-1][arm]['flops']:.3g} FLOPs")
+                bars[arm](completed=1, info=f"{per_seed[-1][arm]['acc']:.0%} in {per_seed[-1][arm]['seconds']:.0f} s")
+            results.pop("unfinished_seed", None)
             results["per_seed"] = per_seed
             results.update(summarize(per_seed, results["pass_at_k_base_free_form"]))
             save()
     build_report(out)
     save()
     return results
+
+
+def earlier_study(out: Path, cfg: StudyConfig) -> dict:
+    """`--resume`: what a stopped study in `out` saved, if it ran with the same settings (but
+    --seeds, which may grow) and left its base."""
+    if not (out / "results.json").is_file() or not (out / "checkpoints" / "base" / "config.json").is_file():
+        raise UserError(f"--resume: {out} holds no study to go on with (no results.json and base checkpoint)")
+    earlier = read_json(out / "results.json")
+    made = earlier.get("config", {})
+    other = [f"{k}={made.get(k)!r}" for k in ("quick", "length", "held_out", "pass_problems") if made.get(k) != getattr(cfg, k)]
+    if other or "base" not in earlier:
+        raise UserError(f"--resume: the study in {out} was made with {', '.join(other) or 'no base measured'}; "
+                        "run without --resume to start over, or give the same settings")
+    return earlier
 
 
 def base_measurements(base, tokenizer, task, held_out, quick: bool) -> dict:

@@ -107,6 +107,27 @@ class Judge:
         return [s >= self.threshold for s in self.scores(questions, responses)]
 
 
+def judge_agreement(judge: Judge, task: Task, problems, texts: list[str]) -> dict:
+    """How far `judge` agrees with `task`'s verifier on `texts`, one sample per problem (free
+    text or template): the judge's verdict on each text as it is (`Judge.accepts`), against the
+    verifier's on the answer read from it as Method 1's free-form mode reads one (a text whose
+    answer cannot be read counts as wrong). Returns the counts `samples`, `judge_kept`,
+    `verifier_correct` and `both` (kept and correct), and the rates `precision` (of the kept, the
+    share correct; None when the judge kept none), `recall` (of the correct, the share kept; None
+    when none is correct) and `agreement` (the share where both verdicts are the same; None with
+    no samples)."""
+    if len(problems) != len(texts):
+        raise ValueError(f"need one text per problem, got {len(texts)} texts for {len(problems)} problems")
+    kept = judge.accepts([p.question for p in problems], texts)
+    completions, prompts = read_replies(texts, [None] * len(texts), free=True)
+    correct = [c for _, c in check_batch(completions, [p.answer for p in problems], task, prompts)]
+    n, n_kept, n_correct = len(texts), sum(kept), sum(correct)
+    both = sum(k and c for k, c in zip(kept, correct))
+    return {"samples": n, "judge_kept": n_kept, "verifier_correct": n_correct, "both": both,
+            "precision": both / n_kept if n_kept else None, "recall": both / n_correct if n_correct else None,
+            "agreement": sum(k == c for k, c in zip(kept, correct)) / n if n else None}
+
+
 def sampling_fingerprint(source, prompts: list[str], params: SamplingParams) -> str:
     """What decides a round's samples: the generator (an endpoint's model name, wherever it is
     served from, or a local model's weights), the prompts and the sampling settings. A sample
