@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from reasonlab import compute
 from reasonlab.model import new_builtin
 from reasonlab.tasks import get_task
 from reasonlab.rl import GRPOConfig, train_grpo
@@ -289,12 +290,15 @@ def test_sample_cache_is_reused_only_for_the_same_generator_prompts_and_settings
     problems = task.problems(10, seed=0)
     cfg = RationalesConfig(samples=2, temperature=1.0, max_new_tokens=12)
     cache, model = tmp_path / "round1_samples.jsonl", answers_seven()
-    first, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
+    with compute.track() as sampled:
+        first, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
     calls = []
     sample = rationales.sample_texts
     monkeypatch.setattr(rationales, "sample_texts", lambda *a: (calls.append(1), sample(*a))[1])
-    again, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
+    with compute.track() as reused:
+        again, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
     assert again == first and calls == []  # the same run again: all from the cache
+    assert reused.sampled == sampled.sampled > 0  # and the compute those samples cost counts again
     sample_rationales(model, TOK, task, problems, cfg, seed=1, cache=cache)
     assert calls  # another seed: sampled afresh
     calls.clear()

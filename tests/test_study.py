@@ -31,6 +31,11 @@ def test_ledger_counts_sampled_prompts_once_and_every_generated_token(tiny_gpt):
         with compute.track() as inner:
             compute.count("trained", 4)
     assert outer.sampled == 0 and outer.trained == inner.trained == 4  # evaluations are not counted
+    with compute.track() as a, compute.track() as b:  # equal counts, still two ledgers
+        with compute.track():
+            pass
+        compute.count("scored", 2)
+    assert a.scored == b.scored == 2 and not compute._open
     with pytest.raises(ValueError, match="unknown compute kind"):
         compute.count("guessed", 1)
 

@@ -65,8 +65,8 @@ def track(ledger: Ledger | None = None):
     _open.append(ledger)
     try:
         yield ledger
-    finally:
-        _open.remove(ledger)
+    finally:  # this very ledger (another open one may hold equal counts)
+        del _open[next(i for i in range(len(_open) - 1, -1, -1) if _open[i] is ledger)]
 
 
 @contextmanager

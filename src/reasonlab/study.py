@@ -135,8 +135,13 @@ class Arms:
 
     def method1(self, start: list, resume: bool = False) -> dict:
         """Method 1 alone (`resume`: from where a stopped run in the folder got to); keeps round 1's
-        model for `method1_then_2`."""
+        model for `method1_then_2`. Started afresh, it samples afresh: an earlier run's sample caches
+        in its folder are dropped, since taking them would shorten the wall time that budgets the
+        other arms."""
         curve, t0 = [start], time.monotonic()
+        if not resume:
+            for cache in (self.out / "method1").glob("round*_samples.jsonl"):
+                cache.unlink()
 
         def on_round(record, model):
             curve.append([record["compute"]["flops"], self.evaluate(model)["acc"], time.monotonic() - t0])

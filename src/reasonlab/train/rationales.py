@@ -142,10 +142,10 @@ def sampling_fingerprint(source, prompts: list[str], params: SamplingParams) -> 
     return h.hexdigest()
 
 
-def read_sample_cache(path, fingerprint: str) -> dict[int, list[str]]:
-    """Chunks already sampled: {first prompt index: texts}, from a cache whose first line names
-    the same `sampling_fingerprint` ({} otherwise: another generator, prompts or settings made it).
-    A line torn by a kill is ignored."""
+def read_sample_cache(path, fingerprint: str) -> dict[int, tuple[list[str], int]]:
+    """Chunks already sampled: {first prompt index: (texts, the tokens sampling them put through the
+    model)}, from a cache whose first line names the same `sampling_fingerprint` ({} otherwise:
+    another generator, prompts or settings made it). A line torn by a kill is ignored."""
     done, lines = {}, Path(path).read_text().splitlines() if Path(path).is_file() else []
     try:
         if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
@@ -155,7 +155,7 @@ def read_sample_cache(path, fingerprint: str) -> dict[int, list[str]]:
     for line in lines[1:]:
         try:
             row = json.loads(line)
-            done[row["start"]] = row["texts"]
+            done[row["start"]] = (row["texts"], row.get("tokens", 0))
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
@@ -185,12 +185,15 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
         if not done:  # a new cache (an old one from other samples is replaced)
             Path(cache).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     for i in range(0, len(prompts), 512):
-        texts = done.get(i)
+        texts, tokens = done.get(i, (None, 0))
         if texts is None:
-            texts = sample_texts(generator, tokenizer, prompts[i:i + 512], params)
+            with compute.track() as chunk:
+                texts = sample_texts(generator, tokenizer, prompts[i:i + 512], params)
             if cache:
                 with open(cache, "a") as f:
-                    f.write(json.dumps({"start": i, "texts": texts}) + "\n")
+                    f.write(json.dumps({"start": i, "texts": texts, "tokens": chunk.sampled}) + "\n")
+        else:  # sampled by an earlier run: its tokens count as this run's (the compute was spent on them)
+            compute.count("sampled", tokens)
         chunk_problems = [problems[(i + j) // cfg.samples] for j in range(len(texts))]
         completions, read_prompts = as_template(texts, prompts[i:i + len(texts)], cfg, counts)
         parsed = [parse_completion(t, p) for t, p in zip(completions, read_prompts)]
