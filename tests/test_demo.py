@@ -33,14 +33,14 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     html = (out / "report.html").read_text()
     for png in ("methods.png", "budget.png", "training.png", "faithfulness.png"):
         assert (out / png).stat().st_size > 5000 and png in html
-    for folder in ("base", "method1", "method1_round1", "method2", "r1_zero", "method1_then_2"):
+    for folder in ("base", "method1", "method2"):
         assert (out / "checkpoints" / folder / "model.safetensors").is_file()
     assert (out / "method1" / "metrics.jsonl").is_file() and (out / "grpo" / "metrics.jsonl").is_file()
     printed = capsys.readouterr().out
     assert "Method 2" in printed and "report.html" in printed
     # One line a stage, each ending with its result, not cut to 80 columns in a log (no "…").
-    stages = [line for line in printed.splitlines() if line[:4] in {f"{i}/9 " for i in range(1, 10)}]
-    assert len(stages) == 9 and not any("…" in line for line in stages), stages
+    stages = [line for line in printed.splitlines() if line[:4] in {f"{i}/8 " for i in range(1, 9)}]
+    assert len(stages) == 8 and not any("…" in line for line in stages), stages
     assert "loss" in stages[0] and f"held-out {results['method2_acc']:.0%}" in stages[3], stages
     # the head-to-head from one base: Method 1 alone, Method 2 alone (from the base), Method 1 then 2
     assert set(results["methods"]) == {"method1", "method2", "method1_then_2"}

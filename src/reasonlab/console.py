@@ -86,13 +86,18 @@ def demo_rows(results: dict) -> list[tuple[str, str]]:
 
 def print_results(results: dict) -> None:
     """The demo's results table, on the terminal."""
+    print_table(f"reasonlab demo: {results.get('task', '')} (held-out, greedy)", "accuracy", demo_rows(results))
+
+
+def print_table(title: str, value_header: str, rows: list[tuple[str, str]]) -> None:
+    """(what, value) rows as a table on the terminal."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"reasonlab demo: {results.get('task', '')} (held-out, greedy)")
+    table = Table(title=title)
     table.add_column("what")
-    table.add_column("accuracy", justify="right")
-    for what, value in demo_rows(results):
+    table.add_column(value_header, justify="right")
+    for what, value in rows:
         table.add_row(what, value)
     Console().print(table)
 
@@ -123,12 +128,5 @@ def study_rows(results: dict) -> list[tuple[str, str]]:
 
 
 def print_study(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"reasonlab study methods: {results.get('task', '')} (held-out, greedy)")
-    table.add_column("what")
-    table.add_column("result", justify="right")
-    for what, value in study_rows(results):
-        table.add_row(what, value)
-    Console().print(table)
+    """A methods study's results table, on the terminal."""
+    print_table(f"reasonlab study methods: {results.get('task', '')} (held-out, greedy)", "result", study_rows(results))

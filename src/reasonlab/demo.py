@@ -9,11 +9,10 @@ stage, so nothing computed is lost if a later stage fails) and DIR/report.html.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from .console import console, percent
 from .report import build_report
 from .tasks import get_task
 from .tasks.hints import wrong_answer
-from .rl import GRPOConfig, train_grpo
+from .rl import GRPOConfig
 from .runtime import resolve_device
 from .train.pretrain import PretrainConfig, pretrain
 from .train.rationales import RationalesConfig
@@ -77,9 +76,6 @@ def stage_configs(cfg: DemoConfig):
                     temperature=0.7, dynamic_sampling=True, max_new_tokens=64, eval_every=3 if q else 25,
                     eval_problems=50 if q else 200, max_seconds=30 if q else 150, seed=cfg.seed)
     return pre, m1, rl
-
-
-PIPELINE_GRPO_SECONDS = 60.0  # stage 4: GRPO on the finished Method 1 model (the head-to-head's arms get Method 1's time)
 
 
 class Stages:
@@ -184,7 +180,7 @@ class DemoRun:
     def pretrain_base(self, ui):
         """1. pretrain the base model, stopping on measured trigger accuracy."""
         cfg = self.pre_cfg
-        tick = ui.stage("1/9 pretrain the base model", cfg.steps)
+        tick = ui.stage("1/8 pretrain the base model", cfg.steps)
         if self.done_before(("pretrain",), "base"):
             base, self.tok = self.load("base")
             tick(completed=cfg.steps, info="from the stopped run")
@@ -205,7 +201,7 @@ class DemoRun:
     def prompting(self, ui, base):
         """2. the base model asked directly vs "think step by step" (both read as free text, as the
         base writes), and in the template (strictly: what RL from the base starts from)."""
-        tick = ui.stage("2/9 direct vs step-by-step", 3)
+        tick = ui.stage("2/8 direct vs step-by-step", 3)
         keys = ("base_direct_acc", "base_cot_prompt_acc", "base_template_acc", "base_format_rate",
                 "base_sampled_format_rate")
         if not self.done_before(keys):
@@ -223,7 +219,7 @@ class DemoRun:
         """3. Method 1: self-generated rationales kept by the verifier (its round-1 model is where
         Method 2 goes on from: the two together spend what Method 1 alone does)."""
         cfg = self.m1_cfg
-        tick = ui.stage("3/9 Method 1: own rationales", cfg.rounds)
+        tick = ui.stage("3/8 Method 1: own rationales", cfg.rounds)
         self.reuse_method1 = self.reuse  # the stopped run's base model: its Method 1 state still fits
         if self.done_before(("method1_acc", "method1_rounds", "arm_method1"), "method1") and \
                 (self.out / "checkpoints" / "method1_round1" / "config.json").is_file():
@@ -240,43 +236,26 @@ class DemoRun:
         tick(completed=cfg.rounds)
         return self.arms.models["method1"]
 
-    def method2(self, ui, method1):
-        """4. Method 2 on the pipeline: GRPO from the finished Method 1 model (trained in place), for
-        `PIPELINE_GRPO_SECONDS`: what the two methods reach one after the other."""
-        tick = ui.stage("4/9 Method 2 from Method 1", 1)
-        if self.done_before(("method2_acc", "method2_format_rate", "method2_mean_think_tokens"), "method2"):
+    def method2(self, ui):
+        """4. Method 2: GRPO from Method 1's round-1 model, until the two have spent Method 1's time."""
+        tick = ui.stage("4/8 Method 2 from Method 1's round 1", 1)
+        keys = ("method2_acc", "method2_format_rate", "method2_mean_think_tokens", "arm_method1_then_2")
+        if self.done_before(keys, "method2"):
             tick(info=f"held-out {self.results['method2_acc']:.0%}")
             return self.load("method2")[0]
-        cfg = replace(self.rl_cfg, max_seconds=PIPELINE_GRPO_SECONDS if not self.cfg.quick else self.rl_cfg.max_seconds)
-        train_grpo(method1, self.tok, self.task, cfg, out_dir=self.out / "grpo",
-                   progress=lambda m: tick(info=f"step {m['step']}, reward {m.get('reward/mean', 0):.2f}"))
-        final = evaluate_problems(method1, self.tok, self.task, self.held_out, params=self.greedy)
-        self.results.update(method2_acc=final["accuracy"], method2_format_rate=final["format_rate"],
-                            method2_mean_think_tokens=final["mean_think_tokens"])
-        self.keep("method2", method1, cfg)
-        self.save()
-        tick(info=f"held-out {final['accuracy']:.0%}, format {final['format_rate']:.0%}")
-        return method1
-
-    def chain(self, ui):
-        """6. the head-to-head's third arm: Method 1's round 1, then GRPO, within Method 1's time."""
-        tick = ui.stage("6/9 Method 1 round 1, then Method 2", 1)
-        if self.done_before(("arm_method1_then_2",), "method1_then_2"):
-            tick(info=f"held-out {self.results['arm_method1_then_2']['acc']:.0%}")
-            return self.load("method1_then_2")[0]
         m1 = self.results["arm_method1"]
-        record = self.arms.chain(m1["seconds"], m1["curve"][0], folder="grpo_from_round1")
-        self.results["arm_method1_then_2"] = record
+        record = self.arms.chain(m1["seconds"], m1["curve"][0], folder="grpo")
+        self.results.update(method2_acc=record["acc"], method2_format_rate=record["format_rate"],
+                            method2_mean_think_tokens=record["mean_think_tokens"], arm_method1_then_2=record)
         model = self.arms.models["method1_then_2"]
-        self.keep("method1_then_2", model, self.arms.rl_cfg)
+        self.keep("method2", model, self.arms.rl_cfg)
         self.save()
         tick(info=f"held-out {record['acc']:.0%} after {record['steps']} steps")
         return model
 
     def r1_zero(self, ui, base):
-        """5. the head-to-head's second arm, Method 2 alone: GRPO from the base (R1-Zero), for
-        Method 1's time."""
-        tick = ui.stage("5/9 Method 2 from the base (R1-Zero)", 1)
+        """5. Method 2 alone: GRPO from the base (R1-Zero), for Method 1's time."""
+        tick = ui.stage("5/8 Method 2 from the base (R1-Zero)", 1)
         if self.done_before(("r1_zero", "arm_method2", "r1_zero_format_curve"), "r1_zero"):
             tick(info=self.results["r1_zero"]["summary"])
             return self.load("r1_zero")[0]
@@ -296,8 +275,8 @@ class DemoRun:
         return model
 
     def head_to_head(self, ui, base, models: dict):
-        """7. pass@k of the base and of each arm's model; the head-to-head at equal compute."""
-        tick = ui.stage("7/9 pass@k, head to head", 1)
+        """6. pass@k of the base and of each method's model; the head-to-head at equal compute."""
+        tick = ui.stage("6/8 pass@k, head to head", 1)
         if not self.done_before(("pass_at_k", "methods", "stage_samples")):
             problems = self.held_out[:8 if self.cfg.quick else 100]
             record = {"seed": self.cfg.seed, **{arm: self.results[f"arm_{arm}"] for arm in ARMS},
@@ -312,10 +291,10 @@ class DemoRun:
              + f"; pass@{k} base {self.results['pass_at_k']['base'][k]:.0%}")
 
     def budget(self, ui, model):
-        """8. thinking-budget sweep on the final model (Method 2 from Method 1)."""
-        tick = ui.stage("8/9 thinking-budget sweep", 1)
+        """7. thinking-budget sweep on Method 1's model."""
+        tick = ui.stage("7/8 thinking-budget sweep", 1)
         if not self.done_before(("budget_curve",)):
-            full = max(1, round(self.results["method2_mean_think_tokens"]))
+            full = max(1, round(self.results["arm_method1"]["mean_think_tokens"]))
             budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
             self.results["budget_curve"] = budget_sweep(model, self.tok, self.task, self.held_out, budgets,
                                                         max_new_tokens=self.greedy.max_new_tokens)
@@ -323,9 +302,9 @@ class DemoRun:
         tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in self.results["budget_curve"]))
 
     def faithfulness(self, ui, base, final):
-        """9. faithfulness probe (on the base model, where the corpus planted hint-following, read
-        as free text; the final model with the hint line only)."""
-        tick = ui.stage("9/9 faithfulness probe", 1)
+        """8. faithfulness probe (on the base model, where the corpus planted hint-following, read
+        as free text; Method 1's model with the hint line only)."""
+        tick = ui.stage("8/8 faithfulness probe", 1)
         if not self.done_before(("faithfulness", "faithfulness_final_model")):
             rng = random.Random(self.cfg.seed)
             problems = self.held_out[:50 if self.cfg.quick else 100]
@@ -358,13 +337,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         run.arms = Arms(base, run.tok, run.task, run.held_out, [], cfg.seed, run.out, cfg.quick)
         run.prompting(ui, base)
         method1 = run.method1(ui, base)
-        arm1 = copy.deepcopy(method1)  # the head-to-head's Method 1 model; the pipeline trains on
-        final = run.method2(ui, method1)
+        chain = run.method2(ui)
         zero = run.r1_zero(ui, base)
-        chain = run.chain(ui)
-        run.head_to_head(ui, base, {"method1": arm1, "method2": zero, "method1_then_2": chain})
-        run.budget(ui, final)
-        run.faithfulness(ui, base, final)
+        run.head_to_head(ui, base, {"method1": method1, "method2": zero, "method1_then_2": chain})
+        run.budget(ui, method1)
+        run.faithfulness(ui, base, method1)
     return run.report()
 
 
