@@ -160,8 +160,9 @@ class Arms:
         its record, the curve continued from `curve` (its evaluations shifted by what was spent
         `before` it, [flops, seconds], and the final model's point)."""
         t0, stopped = time.monotonic(), None
-        progress = lambda m: self.tick(name, f"step {m['step']}, {m.get('seconds', 0) / cfg.max_seconds:.0%} "  # noqa: E731
-                                             "of the budget")
+        spent, budget = ("seconds", cfg.max_seconds) if cfg.max_seconds else ("compute/flops", cfg.max_flops)
+        progress = lambda m: self.tick(name, f"step {m['step']}"  # noqa: E731
+                                       + (f", {m.get(spent, 0) / budget:.0%} of the budget" if budget else ""))
         try:
             train_grpo(model, self.tok, self.task, cfg, out_dir=self.out / (folder or name), progress=progress,
                        held_out=self.held_out)
