@@ -205,7 +205,7 @@ class DemoRun:
         keys = ("base_direct_acc", "base_cot_prompt_acc", "base_template_acc", "base_format_rate",
                 "base_sampled_format_rate")
         if not self.done_before(keys):
-            measured = base_measurements(base, self.tok, self.task, self.held_out, self.cfg.quick)
+            measured = base_measurements(base, self.tok, self.task, self.held_out)
             self.results.update(base_direct_acc=measured["direct_acc"], base_cot_prompt_acc=measured["cot_prompt_acc"],
                                 base_template_acc=measured["template_acc"],
                                 base_format_rate=measured["template_format_rate"],
@@ -334,8 +334,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     run = DemoRun(cfg)
     with Stages() as ui:
         base = run.pretrain_base(ui)
-        run.arms = Arms(base, run.tok, run.task, run.held_out, [], cfg.seed, run.out, cfg.quick)
         run.prompting(ui, base)
+        run.arms = Arms(base, run.tok, run.task, run.held_out, [], cfg.seed, run.out, cfg.quick,
+                        run.results["base_template_acc"])
         method1 = run.method1(ui, base)
         chain = run.method2(ui)
         zero = run.r1_zero(ui, base)

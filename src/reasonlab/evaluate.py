@@ -396,9 +396,8 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
         correct, votes = k_samples(model, tokenizer, task, problems, cfg.k, params, style=cfg.style, prompt=cfg.prompt,
                                    trigger=cfg.trigger)
-        n = len(problems)
-        metrics.update({"pass@1": pass_curve(correct, cfg.k, [1])[1], f"pass@{cfg.k}": pass_curve(correct, cfg.k, [cfg.k])[cfg.k],
-                        f"maj@{cfg.k}": sum(votes) / n})
+        curve = pass_curve(correct, cfg.k, [1, cfg.k])
+        metrics.update({"pass@1": curve[1], f"pass@{cfg.k}": curve[cfg.k], f"maj@{cfg.k}": sum(votes) / len(problems)})
     out = {"results": {task.name: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems),
            "completions": result["rows"]}
     budgets = cfg.budget_list()

@@ -50,7 +50,7 @@ from .outdir import OVERWRITE_HELP, RunFolder, claim, mark
 from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
 from .tasks import get_task
-from .train.pretrain import PretrainConfig, pretrain
+from .train.pretrain import FREE_ANSWER, PretrainConfig, pretrain
 from .train.rationales import RationalesConfig, run_rationales
 
 TEMPLATE_FRACTION = 0.15  # documents of the base's corpus in the template: ~15% of its samples at T = 1
@@ -116,8 +116,9 @@ class Arms:
     rate, thinking length, FLOPs, wall time, the [flops, accuracy] curve, pass@k)."""
 
     def __init__(self, base, tokenizer, task, held_out, pass_problems, seed: int, out: Path, quick: bool,
-                 tick=None):
+                 base_acc: float, tick=None):
         self.base, self.tok, self.task, self.held_out = base, tokenizer, task, held_out
+        self.base_acc = base_acc  # the base's greedy accuracy in the template (`base_measurements`)
         self.pass_problems, self.seed, self.out, self.quick = pass_problems, seed, out, quick
         self.m1_cfg, self.rl_cfg, self.zero_cfg = arm_configs(quick, seed)
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
@@ -131,7 +132,7 @@ class Arms:
     def start_point(self) -> list:
         """Every curve's first point, [flops, accuracy, seconds]: the base in the template (strictly
         read), before any compute."""
-        return [0.0, self.evaluate(self.base)["acc"], 0.0]
+        return [0.0, self.base_acc, 0.0]
 
     def method1(self, start: list, resume: bool = False) -> dict:
         """Method 1 alone (`resume`: from where a stopped run in the folder got to); keeps round 1's
@@ -143,8 +144,11 @@ class Arms:
             for cache in (self.out / "method1").glob("round*_samples.jsonl"):
                 cache.unlink()
 
+        evaluated = {}  # round -> its model's evaluation
+
         def on_round(record, model):
-            curve.append([record["compute"]["flops"], self.evaluate(model)["acc"], time.monotonic() - t0])
+            evaluated[record["round"]] = self.evaluate(model)
+            curve.append([record["compute"]["flops"], evaluated[record["round"]]["acc"], time.monotonic() - t0])
             if record["round"] == 1:
                 self.models["method1_round1"] = (copy.deepcopy(model), curve[-1])
             self.tick("method1", f"round {record['round']}: {curve[-1][1]:.0%}")
@@ -152,7 +156,8 @@ class Arms:
         model, records = run_rationales(self.base, self.tok, self.task, self.m1_cfg, out_dir=self.out / "method1",
                                         on_round=on_round, resume=resume)
         self.models["method1"] = model
-        return {**self.evaluate(model), "flops": records[-1]["compute"]["flops"], "seconds": time.monotonic() - t0,
+        final = evaluated.get(records[-1]["round"]) or self.evaluate(model)  # (a resumed run that had finished)
+        return {**final, "flops": records[-1]["compute"]["flops"], "seconds": time.monotonic() - t0,
                 "curve": curve, "rounds": records}
 
     def grpo(self, name: str, model, cfg: GRPOConfig, before: list, curve: list, folder: str = "") -> dict:
@@ -269,7 +274,7 @@ def run_study(cfg: StudyConfig) -> dict:
                                     progress=lambda m: tick(completed=m["step"]))
             base = base.to(where)
             save_checkpoint(out / "checkpoints" / "base", base, tok, train_record(pre_cfg, task))
-            results["base"] = base_measurements(base, tok, task, held_out, cfg.quick)
+            results["base"] = base_measurements(base, tok, task, held_out)
             results["pass_at_k_base_free_form"] = pass_at_k(base, tok, task, pass_problems, 0, "free-form", cfg.quick)
         tick(completed=pre_cfg.steps, info=f"template format {results['base']['sampled_format_rate']:.0%} at T=1")
         per_seed = earlier.get("per_seed", [])[:cfg.seeds]  # each a finished seed
@@ -280,7 +285,7 @@ def run_study(cfg: StudyConfig) -> dict:
         for seed in range(len(per_seed), cfg.seeds):
             bars = {arm: ui.stage(f"seed {seed}: {arm}", 1) for arm in ARMS}
             arms = Arms(base, tok, task, held_out, pass_problems, seed, out / f"seed{seed}", cfg.quick,
-                        tick=lambda arm, info: bars[arm](advance=0, info=info))
+                        results["base"]["template_acc"], tick=lambda arm, info: bars[arm](advance=0, info=info))
 
             def keep(record):  # a seed cut short keeps its finished arms here (a resume reruns the seed)
                 results["unfinished_seed"] = record
@@ -312,7 +317,7 @@ def earlier_study(out: Path, cfg: StudyConfig) -> dict:
     return earlier
 
 
-def base_measurements(base, tokenizer, task, held_out, quick: bool) -> dict:
+def base_measurements(base, tokenizer, task, held_out) -> dict:
     """The base asked directly, with the trigger (both read as free text), in the template (strict,
     greedy), and the template's format rate of its samples at T = 1 (where R1-Zero starts)."""
     greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
@@ -327,4 +332,4 @@ def base_measurements(base, tokenizer, task, held_out, quick: bool) -> dict:
             "sampled_acc": sampled["accuracy"]}
 
 
-DIRECT_TOKENS = len("The answer is 20.") + 1  # asked directly: room for the answer sentence, none to reason
+DIRECT_TOKENS = len(FREE_ANSWER.format(20)) + 1  # asked directly: room for the answer sentence, none to reason
