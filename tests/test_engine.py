@@ -259,3 +259,32 @@ def test_vectorized_decoding_equals_the_row_state_machine(monkeypatch):
         assert torch.equal(fast.sampled_mask, slow.sampled_mask) and torch.allclose(fast.logprobs, slow.logprobs)
     reasons = {r for rollout in runs[0] for r in rollout.finish_reason}
     assert reasons == {"stop", "length"} and len({t for r in runs[0] for t in r.think_tokens}) > 3
+
+
+def test_vectorized_budget_cap_equals_the_row_state_machine(monkeypatch):
+    """The thinking cap on the tensor path: the forced </think><answer> (masked out, with the
+    log-probs the row path records), the thinking counts and "budget" finish reasons equal the
+    per-row state machine's, for one budget for all rows (0 too) and per-row budgets with None."""
+    from reasonlab import engine
+
+    assert engine._vectorizable(TOK, [None, 3], SamplingParams(think_budget=[None, 3]))  # budgets go the fast way
+    assert not engine._vectorizable(TOK, [3], SamplingParams(think_budget=3, extend=1))
+    model = random_tag_writer(TOK, tag_boost=1.0, eos_boost=-1.0)
+    prompts = ["1+1\n", "2+2\n<think>", "33\n", "x\n<think>"] * 8
+    cases = [dict(think_budget=0, seed=0), dict(think_budget=2, seed=1, min_new_tokens=3),
+             dict(think_budget=[None, 0, 1, 4, None, 6, 2, 9] * 4, seed=2),
+             dict(think_budget=[3, None] * 16, row_seeds=list(range(32)), temperature=0.8, top_k=20),
+             dict(think_budget=[None, 5] * 16, temperature=0), dict(think_budget=0, seed=3, max_new_tokens=1)]
+    runs = []
+    for vectorized in (True, False):
+        monkeypatch.setattr(engine, "_vectorizable", lambda *a, v=vectorized: v)
+        runs.append([generate(model, TOK, prompts, SamplingParams(**{"max_new_tokens": 24, **kw}))
+                     for kw in cases])
+    for fast, slow in zip(*runs):
+        assert fast.tokens.tolist() == slow.tokens.tolist() and fast.texts == slow.texts
+        assert fast.think_tokens == slow.think_tokens and fast.finish_reason == slow.finish_reason
+        assert torch.equal(fast.sampled_mask, slow.sampled_mask) and torch.allclose(fast.logprobs, slow.logprobs)
+        assert torch.equal(fast.lengths, slow.lengths)
+    reasons = {r for rollout in runs[0] for r in rollout.finish_reason}
+    assert reasons == {"stop", "budget", "length"}
+    assert all(((1 - r.sampled_mask) * r.attention_mask).sum() > 0 for r in runs[0])  # every run forced tokens

@@ -263,8 +263,8 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
                               for s in range(0, N, 512)], dim=1)
     cache, logits, attn, next_pos = _prefill(model, tokenizer.pad_id, prompt_ids, P, N, device)
     if _vectorizable(tokenizer, budgets, params):
-        return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn,
-                                                next_pos, uniforms, generator, P, N))
+        return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, cache, logits,
+                                                attn, next_pos, uniforms, generator, P, N))
     rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
                      prompt_opens_think(prompts[i])) for i in range(len(prompts))]
     _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N)
@@ -374,24 +374,31 @@ def _next_step(model, cache, token, next_pos, attn, uniforms, keep: torch.Tensor
 
 
 def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
-    """Nothing to force and single-token tags: the row state machine runs as tensor ops."""
-    return params.extend == 0 and all(b is None for b in budgets) and \
-        all(len(tokenizer.tags[t]) == 1 for t in (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE))
+    """No extension and single-token tags (``<answer>`` too when a row has a budget, as the cap
+    forces it): the row state machine runs as tensor ops."""
+    tags = (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE) + ((ANSWER_OPEN,) if any(b is not None for b in budgets) else ())
+    return params.extend == 0 and all(len(tokenizer.tags[t]) == 1 for t in tags)
 
 
-def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, logits, attn, next_pos, uniforms,
-                       generator, P: int, N: int) -> Rollout:
-    """The decode loop when no row is ever forced: `RowState`'s phases (pre, think, post) and stop
-    rules as tensor ops over the batch, no per-row Python (the same tokens; tested)."""
+def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, cache, logits, attn, next_pos,
+                       uniforms, generator, P: int, N: int) -> Rollout:
+    """The decode loop without extension: `RowState`'s phases (pre, think, post), thinking cap and
+    stop rules as tensor ops over the batch, no per-row Python (the same tokens; tested)."""
     B, device = len(prompts), logits.device
     open_id, close_id, answer_id = (tokenizer.tags[t][0] for t in (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE))
+    answer_open_id = (tokenizer.tags[ANSWER_OPEN] or [-1])[0]  # only forced under a cap, then a single token
     eos = -1 if tokenizer.eos_id is None else tokenizer.eos_id
+    never = torch.iinfo(torch.long).max  # the budget of a row without one
+    budget = torch.tensor([never if b is None else b for b in budgets], device=device)
     phase = torch.tensor([1 if prompt_opens_think(p) else 0 for p in prompts], device=device)  # 0 pre 1 think 2 post
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    capped = torch.zeros(B, dtype=torch.bool, device=device)  # thinking was cut by the cap
+    pending = torch.zeros(B, dtype=torch.bool, device=device)  # capped last step: <answer> is forced next
     think = torch.zeros(B, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     tokens = torch.full((B, N), tokenizer.pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((B, N), device=device)
+    sampled = torch.zeros((B, N), dtype=torch.long, device=device)
     live = torch.arange(B, device=device)  # the row behind each batch position
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
@@ -400,11 +407,19 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, log
                                   None if uniforms is None else uniforms[:, step])
         active = ~done[live]
         rows = live[active]
-        tok = token[active]
-        tokens[rows, step] = tok
-        logprobs[rows, step] = logp[active].gather(-1, tok[:, None]).squeeze(-1)
-        lengths[rows] = step + 1
         ph = phase[rows]
+        # `RowState.choose`: a thinking row at its budget writes </think> now (which ends its thinking as a
+        # sampled one would) and <answer> next step.
+        cap = (ph == 1) & (think[rows] >= budget[rows])
+        forced = cap | pending[rows]
+        tok = torch.where(cap, close_id, torch.where(pending[rows], answer_open_id, token[active]))
+        token[active] = tok  # what the model reads next
+        pending[rows], capped[rows] = cap, capped[rows] | cap
+        # `RowState.push`: the emitted token moves the row on through the phases or ends it.
+        tokens[rows, step] = tok
+        logprobs[rows, step] = logp.gather(-1, token[:, None]).squeeze(-1)[active]  # no (B, V) copy
+        sampled[rows, step] = (~forced).long()
+        lengths[rows] = step + 1
         closes = (ph == 1) & (tok == close_id)
         think[rows] += ((ph == 1) & ~closes & (tok != eos)).long()
         stop = (tok == eos) | (params.stop_at_answer & (ph != 1) & (tok == answer_id))
@@ -417,9 +432,9 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, params, cache, log
         if index is not None:
             live = live[index]
     T = max(int(lengths.max()), 1)
-    tokens, logprobs, lengths = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), lengths.cpu()
-    sampled = (torch.arange(T)[None, :] < lengths[:, None]).long()
-    reasons = ["stop" if d else "length" for d in done.tolist()]
+    tokens, logprobs, sampled = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), sampled[:, :T].cpu()
+    lengths = lengths.cpu()
+    reasons = [("budget" if c else "stop") if d else "length" for d, c in zip(done.tolist(), capped.tolist())]
     texts = tokenizer.decode_batch([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())])
     return Rollout(prompt_ids, tokens, logprobs, sampled, lengths, think.tolist(), reasons, texts)
 
