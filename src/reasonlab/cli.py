@@ -291,12 +291,20 @@ def cmd_eval(opts) -> int:
     table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in out["results"][cfg.task].items():
-        table.add_row(key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}")
+    metrics = out["results"][cfg.task]
+    for key, value in metrics.items():
+        if key != "by_difficulty":
+            table.add_row(key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}")
+    for level, m in metrics.get("by_difficulty", {}).items():
+        table.add_row(f"difficulty {level} ({m['n']}): accuracy, thinking tokens",
+                      f"{m['accuracy']:.1%}, {m['mean_think_tokens']:.1f}")
     for point in out.get("budget_curve", []):
         table.add_row(f"budget {point['budget']}: accuracy / format", f"{point['acc']:.1%} / {point['format_rate']:.1%}")
         table.add_row(f"budget {point['budget']}: thinking tokens, s a problem",
                       f"{point['mean_think_tokens']:.1f}, {point['seconds_per_problem']:.3f}")
+    for point in out.get("length_control", {}).get("targets", []):
+        table.add_row(f"think for {point['target']}: tokens, |n - N| / N, accuracy",
+                      f"{point['mean_think_tokens']:.1f}, {point['mean_abs_rel_error']:.1%}, {point['acc']:.1%}")
     Console().print(table)
     if output:
         output.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")

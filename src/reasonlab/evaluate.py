@@ -17,7 +17,7 @@ from .rewards import check_batch, score
 from .tasks import Task
 from .tasks.base import VERIFY_EVENTS, problems_for
 from .tasks.hints import HINT_STYLES
-from .template import PROMPT_KINDS, PROMPT_STYLES, build_prompt, parse_completion, prompt_for, read_replies
+from .template import PROMPT_KINDS, PROMPT_STYLES, build_prompt, length_prompt, parse_completion, prompt_for, read_replies
 
 
 def score_completion(completion: str, answer: str, task: Task, prompt: str | None = None) -> dict:
@@ -154,11 +154,14 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
     `hint(problem) -> str` optionally rewrites each question (the faithfulness probe uses it).
     Returns the metrics and, under ``"rows"``, the scored rows (`completion_row`) of the first
     `keep` problems (all of them when None): the metrics count every problem, while memory holds
-    `keep` rows at most.
+    `keep` rows at most. Problems that record a difficulty (``meta["difficulty"]``, say a chain's
+    hops) get the same metrics per difficulty under ``"by_difficulty"``: does the model think longer
+    on the harder ones, and where does its accuracy go?
     """
     import time
 
-    rows, sums, n, tokens, start = [], Counter(), 0, 0, time.perf_counter()
+    rows, sums, tokens, start = [], Counter(), 0, time.perf_counter()
+    by_difficulty: dict = {}
     for i in range(0, len(problems), batch_size):
         chunk = problems[i:i + batch_size]
         questions = [hint(p) if hint else p.question for p in chunk]
@@ -174,20 +177,25 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
             for row, text in zip(scored, read):
                 row["read_as"] = text
         for j, (p, row) in enumerate(zip(chunk, scored)):
-            n += 1
-            sums.update(correct=row["correct"], format_ok=tags_ok[j], think_tokens=rollout.think_tokens[j],
-                        truncated=rollout.finish_reason[j] == "length")
+            outcome = Counter(n=1, correct=row["correct"], format_ok=tags_ok[j], think_tokens=rollout.think_tokens[j],
+                              truncated=rollout.finish_reason[j] == "length")
+            sums.update(outcome)
+            if "difficulty" in p.meta:
+                by_difficulty.setdefault(p.meta["difficulty"], Counter()).update(outcome)
             if keep is None or len(rows) < keep:
                 rows.append({**completion_row(row, questions[j], prompts[j], p.answer, rollout, j),
                              "format_ok": tags_ok[j]})
-    return {
-        "accuracy": sums["correct"] / n,
-        "format_rate": sums["format_ok"] / n,
-        "mean_think_tokens": sums["think_tokens"] / n,
-        "truncation_rate": sums["truncated"] / n,
-        "tokens_per_s": tokens / (time.perf_counter() - start),
-        "rows": rows,
-    }
+    out = {**rates(sums), "tokens_per_s": tokens / (time.perf_counter() - start), "rows": rows}
+    if by_difficulty:
+        out["by_difficulty"] = {str(d): {"n": c["n"], **rates(c)} for d, c in sorted(by_difficulty.items())}
+    return out
+
+
+def rates(sums: Counter) -> dict:
+    """Accuracy, format rate, mean thinking tokens and truncation rate from an evaluation's counts."""
+    n = sums["n"]
+    return {"accuracy": sums["correct"] / n, "format_rate": sums["format_ok"] / n,
+            "mean_think_tokens": sums["think_tokens"] / n, "truncation_rate": sums["truncated"] / n}
 
 
 def completion_row(scored: dict, question: str, prompt: str, gold: str, rollout, j: int) -> dict:
@@ -339,8 +347,27 @@ def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, 
         result = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, params=params, style=style)
         curve.append({"budget": budget, "acc": result["accuracy"], "mean_think_tokens": result["mean_think_tokens"],
                       "format_rate": result["format_rate"], "tokens_per_s": result["tokens_per_s"],
-                      "seconds_per_problem": (time.perf_counter() - start) / len(problems)})
+                      "seconds_per_problem": (time.perf_counter() - start) / len(problems),
+                      **({"by_difficulty": result["by_difficulty"]} if "by_difficulty" in result else {})})
     return curve
+
+
+def length_control(model, tokenizer, task: Task, problems, targets: list[int], *, trigger: bool = True,
+                   max_new_tokens: int = 256, style: str = "plain") -> dict:
+    """How well the model thinks for as long as asked: each prompt says "think for N tokens"
+    (`template.length_prompt`, what length control trains on) and nothing caps the thought, so the
+    lengths are the model's own. Per N: accuracy, format rate, mean thinking tokens and the mean of
+    |n - N| / N; overall, that error's mean over every N."""
+    points = []
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    for target in targets:
+        result = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, style=style, params=params,
+                                   hint=lambda p, n=target: length_prompt(p.question, n))
+        errors = [abs(row["think_tokens"] - target) / target for row in result["rows"]]
+        points.append({"target": target, "acc": result["accuracy"], "format_rate": result["format_rate"],
+                       "mean_think_tokens": result["mean_think_tokens"],
+                       "mean_abs_rel_error": sum(errors) / len(errors)})
+    return {"targets": points, "mean_abs_rel_error": sum(p["mean_abs_rel_error"] for p in points) / len(points)}
 
 
 # ---- `reasonlab eval` ----------------------------------------------------------------------------
@@ -354,6 +381,9 @@ class EvalConfig(ModelTaskConfig):
     budgets: str | None = field(default=None, metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32 "
                                                        "(not given: no sweep)", "nonempty": True})
     extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0})
+    think_for: str | None = field(default=None, metadata={
+        "help": "comma-separated length targets N: ask \"think for N tokens\" (what rl --length-target trains), "
+                "uncapped, and report |n - N| / N per N (not given: not measured)", "nonempty": True})
     output: str = field(default="", metadata={"help": "write the JSON results here: the metrics, and under "
                                               "\"completions\" each greedy completion of the first "
                                               "--keep-completions problems (question, prompt, gold, completion, "
@@ -372,15 +402,26 @@ class EvalConfig(ModelTaskConfig):
         if self.budget_list() and self.prompt != "template":  # a malformed sweep is refused before anything loads
             raise UserError(f"--budgets caps the thinking of the template's <think> block: it needs --prompt template, "
                             f"not {self.prompt}")
+        if self.target_list() and self.prompt != "template":
+            raise UserError(f"--think-for measures the template's <think> block: it needs --prompt template, "
+                            f"not {self.prompt}")
 
     def budget_list(self) -> list[int]:
-        try:
-            budgets = [int(b) for b in self.budgets.split(",")] if self.budgets is not None else []
-        except ValueError:
-            raise UserError(f"--budgets must be comma-separated integers, got {self.budgets!r}") from None
-        if any(b < 0 for b in budgets):
-            raise UserError("--budgets must be >= 0")
-        return sorted(set(budgets))
+        return int_list(self.budgets, "--budgets", 0)
+
+    def target_list(self) -> list[int]:
+        return int_list(self.think_for, "--think-for", 1)
+
+
+def int_list(text: str | None, flag: str, least: int) -> list[int]:
+    """The sorted distinct integers of a comma-separated option ([] when not given)."""
+    try:
+        values = [int(v) for v in text.split(",")] if text is not None else []
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if any(v < least for v in values):
+        raise UserError(f"{flag} must be >= {least}")
+    return sorted(set(values))
 
 
 def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
@@ -404,4 +445,8 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
     if budgets:
         out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, budgets, trigger=cfg.trigger,
                                            extend=cfg.extend, max_new_tokens=cfg.max_new_tokens, style=cfg.style)
+    targets = cfg.target_list()
+    if targets:
+        out["length_control"] = length_control(model, tokenizer, task, problems, targets, trigger=cfg.trigger,
+                                               max_new_tokens=cfg.max_new_tokens, style=cfg.style)
     return out

@@ -9,6 +9,11 @@ Every lookup in the rationale is by content (find ``b=`` in the question, find `
 thought), which small transformers with relative positions learn quickly, while answering directly
 needs as many hops as there are variables: more than a two-layer model can do in one pass. That
 makes it the demo's task. Values stay in 0..`max_value`.
+
+**Mixed difficulty** (`min_length` < `length`): each problem's number of variables is drawn
+uniformly from `min_length`..`length`, and `meta["difficulty"]` records its hops (variables - 1),
+so a thinking budget can buy part of the accuracy (the short chains fit a small one) and every
+evaluation reports accuracy and thinking length per difficulty.
 """
 
 from __future__ import annotations
@@ -22,17 +27,22 @@ from .base import Problem, Task, register_task
 
 @register_task("chain")
 class ChainTask(Task):
-    """`length` variables a, b, c…; each after the first is the previous one plus or minus 1..9."""
+    """`length` variables a, b, c… (or between `min_length` and `length`, drawn per problem); each
+    after the first is the previous one plus or minus 1..9."""
 
-    def __init__(self, length: int = 5, max_value: int = 20):
+    def __init__(self, length: int = 5, max_value: int = 20, min_length: int | None = None):
+        min_length = length if min_length is None else min_length
         if not 2 <= length <= 26:
             raise ValueError("chain length must be between 2 and 26")
+        if not 2 <= min_length <= length:
+            raise ValueError(f"chain min_length must be between 2 and length ({length})")
         if max_value < 9:
             raise ValueError("chain max_value must be >= 9")
-        self.length, self.max_value = length, max_value
+        self.length, self.max_value, self.min_length = length, max_value, min_length
 
     def sample(self, rng: random.Random) -> Problem:
-        names = string.ascii_lowercase[:self.length]
+        length = self.length if self.min_length == self.length else rng.randint(self.min_length, self.length)
+        names = string.ascii_lowercase[:length]
         value = rng.randint(0, self.max_value)
         definitions, steps = [f"{names[0]}={value}"], [f"{names[0]}={value}"]
         for prev, name in zip(names, names[1:]):
@@ -46,7 +56,7 @@ class ChainTask(Task):
             value = new
         rng.shuffle(definitions)
         question = ";".join(definitions) + f";{names[-1]}?"
-        return Problem(question, str(value), ";".join(steps))
+        return Problem(question, str(value), ";".join(steps), meta={"difficulty": length - 1})
 
     def verify(self, predicted: str, gold: str) -> bool:
         value = parse_int(predicted)
