@@ -440,3 +440,85 @@ def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, m
     for line in (tmp_path / "chat" / "round1_data.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert row["prompt"].startswith(f"[system]{CHAT_SYSTEM}\n[user]") and parse_completion(row["completion"]).format_ok
+
+
+def thinks_forever():
+    """Thinks "a" until cut: writes <think>aaa… and never closes it itself; after a forced
+    </think><answer> it answers 7 and closes."""
+    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["a"],
+              ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    return BigramLM(len(TOK), script, default=ID["\n"])
+
+
+def test_budget_aware_rl_cuts_a_share_of_groups_at_a_drawn_budget_and_rewards_the_answer_after():
+    """A share of groups is cut at one budget drawn per group from the range; the forced close and
+    <answer> stay out of the loss, and the answer written after them earns the full reward."""
+    from reasonlab.rl.collect import Collector, ProblemStream
+
+    cfg = GRPOConfig(prompts_per_step=40, group_size=2, max_new_tokens=12, temperature=1.0, budget_share=0.5,
+                     budget_min=1, budget_max=4, eval_every=0)
+    task = constant_task("7")
+    collected = Collector(task, TOK, cfg, ProblemStream(task, 0)).collect(thinks_forever(), step=0)
+    budgets = []
+    for group in collected.groups:
+        rollout, rows = group.rollout, group.rows(2)
+        think = rollout.think_tokens[rows]
+        if rollout.finish_reason[rows.start] == "budget":  # cut: both rows at the group's one budget
+            assert think[0] == think[1] and 1 <= think[0] <= 4
+            budgets.append(think[0])
+            text = rollout.texts[rows.start]
+            assert text == "<think>" + "a" * think[0] + "</think><answer>7</answer>"
+            mask = rollout.sampled_mask[rows.start].tolist()
+            forced = [i for i, m in enumerate(mask[:int(rollout.lengths[rows.start])]) if m == 0]
+            assert forced == [1 + think[0], 2 + think[0]]  # </think> and <answer>, right after the budget
+            assert group.rewards.tolist() == [3.0, 3.0]
+        else:  # not cut: it thinks until the tokens run out, unformatted, no reward
+            assert rollout.finish_reason[rows.start] == "length" and group.rewards.tolist() == [0.0, 0.0]
+    assert 10 < len(budgets) < 30 and set(budgets) == {1, 2, 3, 4}  # about half the groups; every budget drawn
+    assert sum(collected.cut) == 2 * len(budgets)
+
+
+def test_budget_aware_grpo_logs_the_cut_rows():
+    cfg = GRPOConfig(steps=2, prompts_per_step=8, group_size=2, max_new_tokens=10, budget_share=0.5, budget_min=0,
+                     budget_max=3, eval_every=0, lr=1e-3, no_format_patience=0)
+    history = []
+    train_grpo(thinks_forever(), TOK, constant_task("7"), cfg, log=history.append)
+    for m in history:
+        assert 0 < m["budget/cut_share"] < 1 and m["budget/format_rate"] == 1 and m["budget/accuracy"] == 1
+        assert m["reward/format_rate"] == pytest.approx(m["budget/cut_share"])  # only the cut rows are well-formed
+
+
+def test_length_control_draws_a_target_per_group_and_rewards_the_distance_to_it():
+    from reasonlab.rl.collect import Collector, ProblemStream
+
+    cfg = GRPOConfig(prompts_per_step=30, group_size=2, max_new_tokens=10, length_target=2, length_target_max=6,
+                     length_alpha=0.5, eval_every=0)
+    task = constant_task("7")
+    collected = Collector(task, TOK, cfg, ProblemStream(task, 0)).collect(answers_seven(), step=0)
+    scores = collected.scores[0]
+    targets = []
+    for group in collected.groups:
+        prompts = {TOK.decode(group.rollout.prompt_ids[i]) for i in range(group.index * 2, group.index * 2 + 2)}
+        (prompt,) = prompts  # one target a group
+        target = int(prompt.split("(think for ")[1].split(" tokens)")[0])
+        targets.append(target)
+        assert 2 <= target <= 6
+        # answers_seven thinks 1 token ("a"): -alpha |1 - N| on top of the 3 points
+        assert scores.parts["length_target"][group.index * 2] == pytest.approx(-0.5 * abs(1 - target))
+    assert set(targets) == {2, 3, 4, 5, 6}
+
+
+def test_budget_and_length_ranges_are_checked():
+    from reasonlab.errors import UserError
+
+    with pytest.raises(UserError, match="--budget-share needs --budget-max > 0"):
+        GRPOConfig(budget_share=0.5)
+    with pytest.raises(UserError, match="--budget-share needs"):
+        GRPOConfig(budget_share=0.5, budget_min=9, budget_max=4)
+    with pytest.raises(UserError, match="vLLM rollouts cannot"):
+        GRPOConfig(budget_share=0.5, budget_max=4, rollout_engine="vllm")
+    with pytest.raises(UserError, match="--length-target-max 8 needs 0 < --length-target <= it"):
+        GRPOConfig(length_target_max=8)
+    with pytest.raises(ValueError, match="--budget-share must be <= 1"):
+        GRPOConfig(budget_share=1.5, budget_max=4)
+    assert GRPOConfig(budget_share=1.0, budget_min=4, budget_max=4).budget_max == 4

@@ -85,6 +85,11 @@ def build_prompt(question: str, style: str = "plain", *, trigger: bool = True,
     return text + THINK_OPEN if prefill_think else text
 
 
+def length_prompt(question: str, target: int) -> str:
+    """The question with a length target, as length control (L1) asks: "(think for N tokens)"."""
+    return f"{question} (think for {target} tokens)"
+
+
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """`messages` through the tokenizer's chat template, ready for the assistant's reply."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):

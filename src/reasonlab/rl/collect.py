@@ -19,7 +19,7 @@ from ..engine import SamplingParams, generate
 from ..errors import NoFormatError, UserError
 from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
 from ..tasks import Task
-from ..template import build_prompt
+from ..template import build_prompt, length_prompt
 from ..runtime import all_gather_list, any_rank, gathered, world
 from .config import GRPOConfig
 from .types import Collected, Group
@@ -78,8 +78,13 @@ def refill_size(missing: int, keep_rate: float, oversample: float, budget: int) 
     return max(0, min(math.ceil(missing * oversample / keep_rate), budget))
 
 
-def length_prompt(question: str, target: int) -> str:
-    return f"{question} (think for {target} tokens)"
+def group_plan(cfg: GRPOConfig, seed: int) -> tuple[int, int | None]:
+    """One group's length target N (0: length control off) and thinking budget (None: not cut),
+    drawn from a seed of the group's place in the global batch, so W ranks draw what one process would."""
+    rng = random.Random(seed)
+    target = rng.randint(cfg.length_target, cfg.length_target_max) if cfg.length_target_max else cfg.length_target
+    budget = rng.randint(cfg.budget_min, cfg.budget_max) if rng.random() < cfg.budget_share else None
+    return target, budget
 
 
 def step_rewards(cfg: GRPOConfig) -> list:
@@ -139,10 +144,10 @@ class Collector:
         self.rewards = step_rewards(cfg)
         self.format_watch = FormatWatch(cfg.no_format_patience)
 
-    def prompt(self, problem) -> str:
-        cfg = self.cfg
-        question = length_prompt(problem.question, cfg.length_target) if cfg.length_target else problem.question
-        return build_prompt(question, cfg.style, trigger=cfg.trigger, tokenizer=self.tokenizer.hf)
+    def prompt(self, problem, target: int = 0) -> str:
+        """The problem's prompt; with a length target N, it asks to "think for N tokens"."""
+        question = length_prompt(problem.question, target) if target else problem.question
+        return build_prompt(question, self.cfg.style, trigger=self.cfg.trigger, tokenizer=self.tokenizer.hf)
 
     def collect(self, model, step: int) -> Collected:
         """This rank's groups for `step` (every rank calls it: the refill decisions are collective)."""
@@ -169,15 +174,20 @@ class Collector:
     def _sample_groups(self, model, problems, step: int, attempt: int, first_row: int, P_local: int,
                        out: Collected) -> None:
         cfg, G = self.cfg, self.cfg.group_size
-        prompts = [self.prompt(p) for p in problems for _ in range(G)]
         seeds = [row_seed(cfg.seed, step, attempt, (first_row + j) * G + g) for j in range(len(problems)) for g in range(G)]
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, row_seeds=seeds)
+        plans = [group_plan(cfg, seeds[j * G]) for j in range(len(problems))]
+        targets = [target for target, _ in plans for _ in range(G)]
+        budgets = [budget for _, budget in plans for _ in range(G)]
+        prompts = [self.prompt(p, target) for p, (target, _) in zip(problems, plans) for _ in range(G)]
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, row_seeds=seeds,
+                                think_budget=budgets if cfg.budget_share else None)
         with gathered(model) as full:
             rollout = self.sample(full, prompts, params, step)
         scores = score(rollout.texts, [p.answer for p in problems for _ in range(G)], self.task, prompts,
-                       self.rewards, think_lengths=rollout.think_tokens,
-                       target_lengths=[cfg.length_target] * len(prompts))
+                       self.rewards, think_lengths=rollout.think_tokens, target_lengths=targets)
         out.scores.append(scores)
+        # rows whose thinking the budget cut: what budget-aware RL trains to answer after
+        out.cut += [b is not None and n >= b for b, n in zip(budgets, rollout.think_tokens)]
         rewards = torch.tensor(scores.total).view(-1, G)
         for g in range(len(problems)):
             out.flat.append(bool(rewards[g].std() == 0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import FRACTION, check_options
+from ..errors import UserError
 from ..template import PROMPT_STYLES
 from ..train.loop import OptimConfig, default_of
 from ..runtime import RuntimeOptions
@@ -45,9 +46,18 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     oversample: float = field(default=1.25, metadata={"help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread", "min": 1})
     format_points: float = field(default=2.0, metadata={"help": "reward for the format"})
     correct_points: float = field(default=1.0, metadata={"help": "reward for a correct answer"})
-    length_target: int = field(default=0, metadata={"help": "length-conditioned mode: ask for N thinking tokens (0 = off)",
-                                                       "min": 0})
+    length_target: int = field(default=0, metadata={
+        "help": "length control (L1): ask each prompt to \"think for N tokens\" and reward -alpha |n - N|; N is this, "
+                "or drawn per problem from it to --length-target-max (0 = off)", "min": 0})
+    length_target_max: int = field(default=0, metadata={
+        "help": "length control: the largest N drawn (0 = always --length-target)", "min": 0})
     length_alpha: float = field(default=1e-3, metadata={"help": "weight of the length-target reward", "min": 0})
+    budget_share: float = field(default=0.0, metadata={
+        "help": "budget-aware RL: share of groups whose thinking is cut at a budget drawn from --budget-min.."
+                "--budget-max (the close and <answer> forced, out of the loss; the answer after it rewarded)",
+        **FRACTION})
+    budget_min: int = field(default=0, metadata={"help": "budget-aware RL: the smallest thinking budget drawn", "min": 0})
+    budget_max: int = field(default=0, metadata={"help": "budget-aware RL: the largest thinking budget drawn", "min": 0})
     style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat (instruct models)",
                                                      "choices": PROMPT_STYLES})
     trigger: bool = field(default=True, metadata={"help": "plain prompts: add the trigger phrase"})
@@ -71,3 +81,12 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
 
     def __post_init__(self):
         check_options(self)
+        if self.length_target_max and not 0 < self.length_target <= self.length_target_max:
+            raise UserError(f"--length-target-max {self.length_target_max} needs 0 < --length-target <= it, "
+                            f"got {self.length_target}")
+        if self.budget_share and not 0 < self.budget_max >= self.budget_min:
+            raise UserError(f"--budget-share needs --budget-max > 0 and --budget-min <= --budget-max, got "
+                            f"{self.budget_min}..{self.budget_max}")
+        if self.budget_share and self.rollout_engine == "vllm":
+            raise UserError("--budget-share cuts thinking in the built-in engine: vLLM rollouts cannot (use "
+                            "--rollout-engine builtin)")

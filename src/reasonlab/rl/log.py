@@ -6,7 +6,8 @@ The folder (rank 0 only) is a `RunFolder`: ``run.json`` (the command and its set
 
 Metric names follow TRL's where they exist: ``reward/*`` (over every row drawn, and over the
 groups trained on), ``frac_reward_zero_std``, ``completions/*``, ``sampling/*``, ``verify/*``
-(answers the verifier could not judge), ``eval/*`` (held-out greedy accuracy), ``time/*``.
+(answers the verifier could not judge), ``eval/*`` (held-out greedy accuracy), ``time/*``;
+``budget/*`` in budget-aware RL (the rows cut at their budget: their share, format rate, accuracy).
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept
         "completions/mean_think_tokens": sum(think) / len(think),
         **result.stats,
     }
+    cut = all_gather_list(collected.cut)  # in the order of `drawn`'s rows
+    if any(cut):  # budget-aware RL: how the rows cut at their budget answered after the forced close
+        row.update({"budget/cut_share": sum(cut) / len(cut),
+                    "budget/format_rate": sum(f for f, c in zip(drawn.format_ok, cut) if c) / sum(cut),
+                    "budget/accuracy": sum(a for a, c in zip(drawn.correct, cut) if c) / sum(cut)})
     if result.skipped:
         row["skipped"] = "non-finite loss or gradient"
     return {**row, **seconds}

@@ -16,8 +16,10 @@ and its frozen reference exist only when β > 0.
 Departures from GRPO as published: token log-probs use the sampling temperature (as TRL does);
 forced tokens (thinking-budget cap, "Wait," extensions) never enter the loss; truncated completions
 can be masked out (`mask_truncated`); groups whose rewards are all equal can be dropped and refilled
-(`dynamic_sampling`, DAPO); an optional length-conditioned mode asks for "think for N tokens" and
-adds the length-target reward. The learning rate warms up linearly, then stays constant or decays
+(`dynamic_sampling`, DAPO); length control (L1, Aggarwal & Welleck 2025) asks each prompt to
+"think for N tokens" (N fixed or drawn per group) and adds the length-target reward; budget-aware
+RL (Elastic Reasoning, Xu et al. 2025) cuts the thinking of a share of groups at a budget drawn per
+group, forces the close and ``<answer>``, and rewards the answer the model then writes. The learning rate warms up linearly, then stays constant or decays
 by cosine or linearly over `steps`.
 
 Cost, not math: the training pass computes each group's prompt once and packs the completions
