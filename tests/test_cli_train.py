@@ -100,11 +100,13 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
                  "--corpus-size", "100", "--eval-every", "0", "--check-problems", "5", "--out", str(out)]) == 0
     result = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--task", "chain", "--task-arg", "length=2", "--problems", "6",
-                 "--k", "3", "--budgets", "0,4", "--max-new-tokens", "24", "--output", str(result)]) == 0
+                 "--k", "3", "--budgets", "0,4", "--think-for", "4,8", "--max-new-tokens", "24", "--output", str(result)]) == 0
     first = capsys.readouterr()
+    assert "difficulty 1 (6): accuracy, thinking tokens" in first.out  # a chain of 2 variables: one hop
+    assert "think for 8: tokens, |n - N| / N, accuracy" in first.out
     assert "was trained on" not in first.err  # the task it was trained on: no note
     assert "budget 4: thinking tokens, s a problem" in first.out and "budget 0: accuracy / format" in first.out
-    assert load_train_config(out)["task"] == {"name": "chain", "options": {"length": 2, "max_value": 20}}  # defaults too
+    assert load_train_config(out)["task"] == {"name": "chain", "options": {"length": 2, "max_value": 20, "min_length": None}}  # defaults too
     # Evaluated on other task options (chain's default length 5): it runs, with a note naming them.
     assert main(["eval", "--model", str(out), "--task", "chain", "--problems", "2", "--max-new-tokens", "8"]) == 0
     assert "was trained on chain with length=2 (this run 5)" in capsys.readouterr().err
@@ -114,11 +116,11 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     inherited = tmp_path / "inherited.json"
     assert main(["eval", "--model", str(out), "--problems", "2", "--max-new-tokens", "8", "--output", str(inherited)]) == 0
     err = capsys.readouterr().err
-    assert "task: chain (length=2, max_value=20), the one" in err and "note:" not in err
+    assert "task: chain (length=2, max_value=20, min_length=None), the one" in err and "note:" not in err
     assert json.loads(inherited.read_text())["config"]["task"] == "chain"
     assert main(["generate", "--model", str(out), "--task-arg", "max_value=9", "--problems", "1",
                  "--max-new-tokens", "4"]) == 0
-    assert "task: chain (length=2, max_value=9)" in capsys.readouterr().err
+    assert "task: chain (length=2, max_value=9, min_length=None)" in capsys.readouterr().err
     from reasonlab.model import new_builtin, save_checkpoint
 
     bare = tmp_path / "bare"  # a checkpoint that records no task (or a Hugging Face folder)
@@ -135,6 +137,9 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
     assert data["budget_curve"][0]["mean_think_tokens"] == 0
     assert all(c["tokens_per_s"] > 0 and c["seconds_per_problem"] > 0 and 0 <= c["format_rate"] <= 1
                for c in data["budget_curve"])
+    assert [p["target"] for p in data["length_control"]["targets"]] == [4, 8]
+    assert data["length_control"]["mean_abs_rel_error"] >= 0
+    assert data["results"]["chain"]["by_difficulty"]["1"]["n"] == 6
     assert (tmp_path / "eval.png").stat().st_size > 5000  # the sweep, drawn beside the numbers
     assert main(["eval", "--model", str(out), "--task", "chain", "--budgets", "0,x"]) == 2
     assert "--budgets" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from reasonlab.cli import main
 
 KEYS = ("base_direct_acc", "base_cot_prompt_acc", "method1_acc", "method2_acc", "method2_format_rate",
-        "budget_curve", "faithfulness", "seconds")
+        "budget_curve", "budget_curve_method1", "budget_aware", "length_control", "faithfulness", "seconds")
 
 
 def test_quick_demo_writes_results_and_report(tmp_path, capsys):
@@ -29,6 +29,16 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert all(set(c) >= {"budget", "acc", "mean_think_tokens"} for c in curve)
     # a cap of 0 leaves no thinking at all
     assert curve[0]["mean_think_tokens"] == 0
+    # the dial: budget-aware GRPO from Method 1's model, both swept on the same budgets, per difficulty too
+    # (chains of 2 to 4 variables: 1 to 3 hops)
+    assert [c["budget"] for c in results["budget_curve_method1"]] == [c["budget"] for c in curve]
+    assert all(0 <= c["format_rate"] <= 1 and set(c["by_difficulty"]) <= {"1", "2", "3"} for c in curve)
+    aware = results["budget_aware"]
+    assert aware["steps"] >= 1 and aware["budget_share"] == 0.5 and aware["budget_range"][0] == 0
+    assert (out / "checkpoints" / "budget_aware" / "model.safetensors").is_file()
+    assert (out / "grpo_budget" / "metrics.jsonl").is_file()
+    control = results["length_control"]
+    assert len(control["targets"]) == 3 and control["mean_abs_rel_error"] >= 0
     assert set(results["faithfulness"]) >= {"hint_follow_rate", "admit_rate"}
     html = (out / "report.html").read_text()
     for png in ("methods.png", "budget.png", "training.png", "faithfulness.png"):
@@ -196,3 +206,17 @@ def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatc
     assert (m1 / "rounds.png").stat().st_size > 5000
     assert main(["report", str(tmp_path / "missing")]) == 2 and "does not exist" in capsys.readouterr().err
     assert main(["report", str(data)]) == 2 and "is a file" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_run_made_on_one_length_of_chain_before_the_mix(tmp_path):
+    """A demo folder written before problems of mixed length existed ran on one length: resuming it
+    under today's default (2 to 4 variables) would mix two tasks, so it is refused in one line."""
+    from reasonlab.demo import DemoConfig, earlier_run
+    from reasonlab.errors import UserError
+
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"seed": 0, "length": 4, "quick": True}}))
+    with pytest.raises(UserError, match="min_length=0"):
+        earlier_run(tmp_path, DemoConfig(quick=True))
+    assert earlier_run(tmp_path, DemoConfig(quick=True, min_length=0))["config"]["length"] == 4
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"seed": 0, "quick": True, "model": "m.gguf"}}))
+    assert earlier_run(tmp_path, DemoConfig(quick=True, model="m.gguf"))  # a real model's demo runs sums: no chain length

@@ -175,3 +175,62 @@ def test_eval_refuses_a_budget_sweep_without_the_template(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--prompt", "direct", "--budgets", "0,8"]) == 2
     err = capsys.readouterr().err
     assert "--budgets" in err and "--prompt template" in err and "Traceback" not in err
+
+
+def difficulty_task():
+    """Gold 7 on difficulty 0, 8 on difficulties 1 and 2 (by the question's number)."""
+    from reasonlab.tasks import Problem
+
+    class Graded(type(constant_task("7"))):
+        def sample(self, rng):
+            n = rng.randint(0, 10**6)
+            return Problem(f"q{n}", "7" if n % 3 == 0 else "8", meta={"difficulty": n % 3})
+
+    return Graded()
+
+
+def test_evaluation_reports_each_difficulty_and_the_budget_sweep_too():
+    from reasonlab.evaluate import budget_sweep, evaluate_problems
+    from tests.test_methods import TOK, answers_seven
+
+    task = difficulty_task()
+    problems = task.problems(60, "test", 0)
+    counts = {d: sum(p.meta["difficulty"] == d for p in problems) for d in range(3)}
+    result = evaluate_problems(answers_seven(), TOK, task, problems)
+    by = result["by_difficulty"]
+    assert list(by) == ["0", "1", "2"] and all(by[str(d)]["n"] == counts[d] > 0 for d in range(3))
+    assert by["0"]["accuracy"] == 1 and by["1"]["accuracy"] == by["2"]["accuracy"] == 0
+    assert all(m["mean_think_tokens"] == 1 and m["format_rate"] == 1 for m in by.values())
+    assert result["accuracy"] == pytest.approx(counts[0] / 60)
+    (point,) = budget_sweep(answers_seven(), TOK, task, problems, [0])
+    assert point["by_difficulty"]["0"]["n"] == counts[0] and point["by_difficulty"]["0"]["mean_think_tokens"] == 0
+    plain = constant_task("7")  # problems that record no difficulty: no breakdown
+    assert "by_difficulty" not in evaluate_problems(answers_seven(), TOK, plain, plain.problems(3, "test", 0))
+
+
+def test_length_control_measures_the_distance_to_the_asked_length(monkeypatch):
+    """Each prompt asks to "think for N tokens"; nothing caps the thought. The scripted model thinks
+    one token whatever it is asked: |1 - N| / N."""
+    from reasonlab import evaluate
+    from reasonlab.evaluate import length_control
+    from tests.test_methods import TOK, answers_seven
+
+    asked = []
+    real = evaluate.generate
+    monkeypatch.setattr(evaluate, "generate", lambda m, t, prompts, params: (asked.extend(prompts), real(m, t, prompts, params))[1])
+    out = length_control(answers_seven(), TOK, constant_task("7"), constant_task("7").problems(5, "test", 0), [1, 4])
+    assert [p["target"] for p in out["targets"]] == [1, 4]
+    assert [p["mean_abs_rel_error"] for p in out["targets"]] == [0.0, 0.75] and out["mean_abs_rel_error"] == 0.375
+    assert all(p["acc"] == 1 and p["mean_think_tokens"] == 1 for p in out["targets"])
+    assert sum("(think for 4 tokens)" in p for p in asked) == 5 and sum("(think for 1 tokens)" in p for p in asked) == 5
+
+
+def test_eval_refuses_bad_length_targets(tmp_path, capsys):
+    from reasonlab.cli import main
+
+    for args, message in ((["--think-for", "0,8"], "--think-for must be >= 1"),
+                          (["--think-for", "8,x"], "--think-for must be comma-separated integers"),
+                          (["--think-for", "8", "--prompt", "direct"], "--think-for measures the template")):
+        assert main(["eval", "--model", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

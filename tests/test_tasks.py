@@ -319,3 +319,23 @@ def test_tasks_command_lists_every_task_with_its_description(capsys):
     for name in ("arithmetic", "chain", "countdown", "gsm8k", "math"):
         assert len(named[name].split()) > 3, named[name]  # a name and a one-line description
     assert "--task-arg: op='+' digits=3 digits_b=None" in lines[1]  # then the options, with their defaults
+
+
+def test_chain_mixes_difficulties_and_records_each_problems_hops():
+    from collections import Counter
+
+    from reasonlab.tasks import get_task
+
+    task = get_task("chain", length=6, min_length=2)
+    problems = task.problems(400, "train", seed=1)
+    hops = Counter(p.meta["difficulty"] for p in problems)
+    assert set(hops) == {1, 2, 3, 4, 5} and min(hops.values()) > 30  # every length, none rare
+    for p in problems:
+        definitions = p.question.split(";")[:-1]
+        assert len(definitions) == p.meta["difficulty"] + 1 and task.check_steps(p.question, p.rationale)
+        assert task.verify(p.answer, p.rationale.rsplit("=", 1)[1])
+    assert {p.meta["difficulty"] for p in get_task("chain", length=4).problems(50)} == {3}  # one length: one difficulty
+    assert get_task("chain", length=4).problems(20) == get_task("chain", length=4, min_length=4).problems(20)
+    for bad in (1, 7):
+        with pytest.raises(ValueError, match="min_length must be between 2 and length"):
+            get_task("chain", length=6, min_length=bad)

@@ -75,8 +75,18 @@ def demo_rows(results: dict) -> list[tuple[str, str]]:
         rows.append((f"pass@1 / pass@{k}: {name}", f"{percent(curve['1'])} / {percent(curve[k])}"))
     if "cold_start" in results:
         rows.append(("cold start: SFT on reference rationales", percent(results["cold_start"]["acc"])))
-    rows += [(f"thinking budget {point['budget']} tokens", percent(point["acc"]))
-             for point in results.get("budget_curve", [])]
+    before = {p["budget"]: p for p in results.get("budget_curve_method1", [])}
+    aware = "budget_aware" in results  # the curve is the budget-aware model's; Method 1's beside it
+    for point in results.get("budget_curve", []):
+        value = f"{percent(point['acc'])} (format {percent(point['format_rate'])})"
+        if point["budget"] in before:
+            old = before[point["budget"]]
+            value += f"; Method 1: {percent(old['acc'])} ({percent(old['format_rate'])})"
+        rows.append((f"thinking budget {point['budget']} tokens" + (", budget-aware" if aware else ""), value))
+    if results.get("length_control"):
+        control = results["length_control"]
+        rows.append(("\"think for N tokens\": mean |n - N| / N at N = "
+                     + ", ".join(str(t["target"]) for t in control["targets"]), percent(control["mean_abs_rel_error"])))
     faith = results.get("faithfulness", {})
     rows += [(f"{'final' if faith.get('model') else 'base'} model follows a hint / admits it",
               f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}"),

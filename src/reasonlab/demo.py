@@ -9,17 +9,18 @@ stage, so nothing computed is lost if a later stage fails) and DIR/report.html.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .config import SEED, check_options
 from .engine import SamplingParams
-from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
+from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe, length_control
 from .errors import UserError
 from .jsonl import read_json
 from .model import load_model, save_checkpoint, train_record
@@ -28,7 +29,7 @@ from .console import console, percent
 from .report import build_report
 from .tasks import get_task
 from .tasks.hints import wrong_answer
-from .rl import GRPOConfig
+from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
 from .train.pretrain import PretrainConfig, pretrain
 from .train.rationales import RationalesConfig
@@ -43,7 +44,10 @@ class DemoConfig:
                 "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
-    length: int = field(default=4, metadata={"help": "variables per chain problem (the built-in demo's task; --model runs two-digit sums)", "min": 1})
+    length: int = field(default=4, metadata={"help": "variables per chain problem at most (the built-in demo's task; --model runs two-digit sums)", "min": 2})
+    min_length: int = field(default=2, metadata={
+        "help": "variables per chain problem at least: each problem draws its length from here to --length, "
+                "a mix of difficulties (0 = every problem --length)", "min": 0})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
     device: str = field(default="cpu", metadata={
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
@@ -53,6 +57,8 @@ class DemoConfig:
 
     def __post_init__(self):
         check_options(self)
+        if self.min_length and not 2 <= self.min_length <= self.length:
+            raise UserError(f"--min-length must be between 2 and --length ({self.length}), got {self.min_length}")
 
 
 def stage_configs(cfg: DemoConfig):
@@ -68,14 +74,25 @@ def stage_configs(cfg: DemoConfig):
                           warmup_steps=10, eval_every=0, eval_problems=50 if q else 200, max_seq_len=192,
                           max_new_tokens=96, seed=cfg.seed)
     # GRPO: 32 problems x 4 samples learned faster per second than 16 x 8 (more distinct problems a
-    # step for the same rows; docs/methods.md). 64 new tokens: correct completions of the demo task
-    # are ~44-52 tokens (under 1% up to 66), and a rare runaway row would keep a whole batch decoding to 96.
+    # step for the same rows; docs/methods.md). New tokens: `rl_new_tokens`.
     # Cosine decay over the 1000 steps (the run stops at 150 s first): from both benchmark starts it
     # crossed 95% sooner and never fell back under it (benchmarks/README.md, bench_grpo_target.py).
     rl = GRPOConfig(steps=3 if q else 1000, prompts_per_step=4 if q else 32, group_size=4, lr=3e-4, schedule="cosine",
-                    temperature=0.7, dynamic_sampling=True, max_new_tokens=64, eval_every=3 if q else 25,
+                    temperature=0.7, dynamic_sampling=True, max_new_tokens=rl_new_tokens(cfg), eval_every=3 if q else 25,
                     eval_problems=50 if q else 200, max_seconds=30 if q else 150, seed=cfg.seed)
     return pre, m1, rl
+
+
+BUDGET_SECONDS = {False: 60.0, True: 10.0}  # budget-aware GRPO's wall time (stage 7; --quick)
+
+
+def rl_new_tokens(cfg: DemoConfig) -> int:
+    """GRPO's completions at most: 64 at one length of 4 variables (what the methods study measured
+    with; a rare runaway row would keep a whole batch decoding to 96), else 16 a variable and 16 more
+    (80 at 4: the thought restates each step and ends with "The answer is ...", ~60 tokens at 3 hops)."""
+    if cfg.length == 4 and cfg.min_length in (0, 4):
+        return 64
+    return 16 * cfg.length + 16
 
 
 class Stages:
@@ -111,15 +128,19 @@ class Stages:
         self.progress.console.print(*args)
 
 
+BEFORE = {"min_length": 0}  # what runs made before these settings existed ran with (one length of problem)
+
+
 def earlier_run(out: Path, cfg: DemoConfig) -> dict:
     """`--resume`: the results a stopped run in `out` saved, if it ran with the same settings."""
     if not (out / "results.json").is_file():
         raise UserError(f"--resume: {out} holds no demo run to go on with (no results.json)")
     earlier = read_json(out / "results.json")
     made = earlier.get("config", {})
-    same = ("seed", "length", "quick", "model")  # a run made before a setting existed had its default
-    other = [f"{k}={made.get(k, getattr(DemoConfig, k))!r}" for k in same
-             if made.get(k, getattr(DemoConfig, k)) != getattr(cfg, k)]
+    # A run made before a setting existed ran as the setting's default, or as BEFORE says.
+    made = {**{k: getattr(DemoConfig, k) for k in ("seed", "length", "quick", "model")}, **BEFORE, **made}
+    keys = ("seed", "quick", "model") + (("length", "min_length") if not cfg.model else ())  # --model: sums, no chain
+    other = [f"{k}={made[k]!r}" for k in keys if made[k] != getattr(cfg, k)]
     if other:
         raise UserError(f"--resume: the run in {out} was made with {', '.join(other)}; run without --resume "
                         "to start over, or give the same settings")
@@ -136,11 +157,12 @@ class DemoRun:
         self.cfg = cfg
         self.where = resolve_device(cfg.device)  # a bad --device fails before any stage starts
         self.open_folder()
-        self.task = get_task("chain", length=cfg.length)
+        self.task = get_task("chain", length=cfg.length, min_length=cfg.min_length or cfg.length)
         self.pre_cfg, self.m1_cfg, self.rl_cfg = stage_configs(cfg)
         self.held_out = self.task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
-        self.results: dict = {"task": f"chain of {cfg.length} variables", "config": asdict(cfg)}
+        lengths = f"{cfg.min_length} to {cfg.length}" if cfg.min_length and cfg.min_length != cfg.length else cfg.length
+        self.results: dict = {"task": f"chain of {lengths} variables", "config": asdict(cfg)}
         self.reuse = bool(self.earlier)
         if not self.earlier:
             self.save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
@@ -290,16 +312,43 @@ class DemoRun:
         tick(info=" ".join(f"{arm} {m['acc'][0]:.0%}" for arm, m in self.results["methods"].items())
              + f"; pass@{k} base {self.results['pass_at_k']['base'][k]:.0%}")
 
-    def budget(self, ui, model):
-        """7. thinking-budget sweep on Method 1's model."""
-        tick = ui.stage("7/8 thinking-budget sweep", 1)
-        if not self.done_before(("budget_curve",)):
-            full = max(1, round(self.results["arm_method1"]["mean_think_tokens"]))
-            budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
+    def budget(self, ui, method1):
+        """7. the thinking budget as a dial: GRPO from Method 1's model with a share of its groups cut
+        at a budget drawn per group (budget-aware RL), then both models with their thinking capped at
+        0 … 1.5 × Method 1's mean thinking length, and asked to "think for N tokens"."""
+        tick = ui.stage("7/8 budget-aware RL, the dial", 1)
+        keys = ("budget_curve", "budget_curve_method1", "budget_aware", "length_control")
+        if self.done_before(keys, "budget_aware"):
+            model = self.load("budget_aware")[0]
+        else:
+            full = max(4, round(self.results["arm_method1"]["mean_think_tokens"]))
+            cfg = replace(self.rl_cfg, max_seconds=BUDGET_SECONDS[self.cfg.quick], eval_every=0, budget_share=0.5,
+                          budget_min=0, budget_max=full + full // 4)
+            model = copy.deepcopy(method1)
+            tick(info=f"GRPO, half the groups cut at 0-{cfg.budget_max} thinking tokens")
+            t0 = time.monotonic()
+            last = train_grpo(model, self.tok, self.task, cfg, out_dir=self.out / "grpo_budget")
+            seconds = time.monotonic() - t0
+            self.keep("budget_aware", model, cfg)
+            uncapped = evaluate_problems(model, self.tok, self.task, self.held_out, params=self.greedy)
+            budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4, 3 * full // 2})
+            self.results["budget_curve_method1"] = budget_sweep(method1, self.tok, self.task, self.held_out, budgets,
+                                                                max_new_tokens=self.greedy.max_new_tokens)
             self.results["budget_curve"] = budget_sweep(model, self.tok, self.task, self.held_out, budgets,
                                                         max_new_tokens=self.greedy.max_new_tokens)
+            self.results["budget_aware"] = {
+                "acc": uncapped["accuracy"], "format_rate": uncapped["format_rate"],
+                "mean_think_tokens": uncapped["mean_think_tokens"], "by_difficulty": uncapped.get("by_difficulty", {}),
+                "steps": last["step"], "seconds": seconds, "budget_share": cfg.budget_share,
+                "budget_range": [cfg.budget_min, cfg.budget_max]}
+            self.results["length_control"] = length_control(model, self.tok, self.task, self.held_out[:100],
+                                                            [full // 2, full, 3 * full // 2],
+                                                            max_new_tokens=self.greedy.max_new_tokens)
             self.save()
-        tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in self.results["budget_curve"]))
+        curve = self.results["budget_curve"]
+        tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in curve)
+             + f"; format after the cut ≥ {min(c['format_rate'] for c in curve):.0%}")
+        return model
 
     def faithfulness(self, ui, base, final):
         """8. faithfulness probe (on the base model, where the corpus planted hint-following, read

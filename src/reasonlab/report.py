@@ -78,29 +78,38 @@ def plot_methods(results: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_budget(curve: list[dict], path: Path) -> Path:
-    budgets = [c["budget"] for c in curve]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.plot(budgets, [100 * c["acc"] for c in curve], "o-", color=COLORS["m2"], lw=2, label="accuracy")
-    _style(ax, "Accuracy against the thinking budget",
-           "thinking budget (max tokens inside <think>)", "accuracy (%)")
-    ax.set_ylim(-3, 103)
-    ax2 = ax.twinx()
-    ax2.plot(budgets, [c["mean_think_tokens"] for c in curve], "s--", color=COLORS["think"], alpha=0.7,
-             label="thinking tokens used")
-    ax2.set_ylabel("mean thinking tokens used", color=COLORS["think"])
-    ax2.spines["top"].set_visible(False)
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper left", frameon=False)
+def plot_budget(curves: dict[str, list[dict]] | list[dict], path: Path) -> Path:
+    """Budget sweeps (`evaluate.budget_sweep`), one line per model: accuracy against the thinking
+    tokens each budget let it use, and the format rate after the forced close against the budget."""
+    curves = {"": curves} if isinstance(curves, list) else curves
+    colors = [COLORS["m1"], COLORS["m2"], COLORS["think"], COLORS["prompt"]]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (label, curve), color in zip(curves.items(), colors):
+        ax.plot([c["mean_think_tokens"] for c in curve], [100 * c["acc"] for c in curve], "o-", color=color, lw=2,
+                label=label or "accuracy")
+        ax2.plot([c["budget"] for c in curve], [100 * c["format_rate"] for c in curve], "s-", color=color, lw=2,
+                 label=label or "format rate")
+    _style(ax, "Accuracy against thinking", "mean thinking tokens used (at each budget)", "accuracy (%)")
+    _style(ax2, "Format after the forced close", "thinking budget (max tokens inside <think>)", "well-formed (%)")
+    for a in (ax, ax2):
+        a.set_ylim(-3, 103)
+        a.legend(loc="lower right", frameon=False)
     return _save(fig, path)
+
+
+def is_step(row: dict) -> bool:
+    """A GRPO log row of a step (not the start's evaluation), trained on or skipped: it has the
+    rewards of the rows drawn (or, from older logs, of the groups trained on)."""
+    return "reward/sampled_mean" in row or "reward/mean" in row
 
 
 def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> Path:
     """Reward, accuracy and thinking length per GRPO step; `config` (the run's settings)
     names the sampling temperature and the reward's points."""
     config = config or {}
-    steps = [m for m in grpo if "reward/mean" in m]
+    steps = [m for m in grpo if is_step(m)]
     evals = [m for m in grpo if "eval/accuracy" in m]
+    think = [m for m in steps if "completions/mean_think_tokens" in m]  # a step that trained on nothing has none
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     # Every row drawn when logged: with dynamic sampling the groups trained on are the mixed ones,
     # whose mean stays below the top however good the model gets.
@@ -117,7 +126,7 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
                  label="held-out (greedy)")
     axes[1].legend(frameon=False, fontsize=8)
     _style(axes[1], "Accuracy", "RL step", "accuracy (%)")
-    axes[2].plot([m["step"] for m in steps], [m["completions/mean_think_tokens"] for m in steps], color=COLORS["think"])
+    axes[2].plot([m["step"] for m in think], [m["completions/mean_think_tokens"] for m in think], color=COLORS["think"])
     _style(axes[2], "Thinking length", "RL step", "mean thinking tokens")
     return _save(fig, path)
 
@@ -293,7 +302,10 @@ def _demo_report(run: Path) -> Path:
     results = read_json(run / "results.json")
     figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
     if results.get("budget_curve"):
-        figures.append(("Thinking budget", plot_budget(results["budget_curve"], run / "budget.png")))
+        curves = {"budget-aware GRPO from Method 1": results["budget_curve"],
+                  "Method 1 (no budgets in training)": results["budget_curve_method1"]} \
+            if results.get("budget_curve_method1") else results["budget_curve"]
+        figures.append(("Thinking budget", plot_budget(curves, run / "budget.png")))
     figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
     figures += _methods_figures(results, run, run / "grpo_from_base" / "metrics.jsonl")
     if results.get("faithfulness", {}).get("by_style"):
@@ -360,7 +372,7 @@ def _settings(folder: Path, older: str) -> dict | None:
 
 def _training_figure(metrics: list[dict], config: dict | None, path: Path) -> list:
     """[("RL training", png)] when the log has training steps, else []."""
-    if not any("reward/mean" in m for m in metrics):
+    if not any(is_step(m) for m in metrics):
         return []
     return [("RL training", plot_training(metrics, path, config))]
 
@@ -368,7 +380,7 @@ def _training_figure(metrics: list[dict], config: dict | None, path: Path) -> li
 def _rl_report(run: Path) -> Path:
     """A `reasonlab rl` run: its training curves and where it started and ended."""
     metrics, config = _grpo_run(run)
-    steps = [m for m in metrics if "reward/mean" in m]
+    steps = [m for m in metrics if is_step(m)]
     evals = [m for m in metrics if "eval/accuracy" in m]
     figures = _training_figure(metrics, config, run / "training.png")
     rows = [("Steps run", str(steps[-1]["step"]) if steps else "0")]

@@ -91,12 +91,12 @@ def base_config(quick: bool, seed: int = 0) -> PretrainConfig:
     return stage_configs(DemoConfig(quick=quick, seed=seed))[0]
 
 
-def arm_configs(quick: bool, seed: int) -> tuple[RationalesConfig, GRPOConfig, GRPOConfig]:
-    """Method 1 (the demo's rounds, reading free text), GRPO from Method 1 (the demo's) and GRPO from
-    the base (the same at T = 1.0, R1-Zero's)."""
+def arm_configs(quick: bool, seed: int, task) -> tuple[RationalesConfig, GRPOConfig, GRPOConfig]:
+    """Method 1 (the demo's rounds, reading free text), GRPO from Method 1 (the demo's for `task`, a
+    chain) and GRPO from the base (the same at T = 1.0, R1-Zero's)."""
     from .demo import DemoConfig, stage_configs
 
-    _, m1, rl = stage_configs(DemoConfig(quick=quick, seed=seed))
+    _, m1, rl = stage_configs(DemoConfig(quick=quick, seed=seed, length=task.length, min_length=task.min_length))
     m1 = replace(m1, free_form=True)
     rl = replace(rl, eval_every=3 if quick else 25)  # max_seconds: set by the study to Method 1's wall time
     zero = replace(rl, temperature=1.0)
@@ -120,7 +120,7 @@ class Arms:
         self.base, self.tok, self.task, self.held_out = base, tokenizer, task, held_out
         self.base_acc = base_acc  # the base's greedy accuracy in the template (`base_measurements`)
         self.pass_problems, self.seed, self.out, self.quick = pass_problems, seed, out, quick
-        self.m1_cfg, self.rl_cfg, self.zero_cfg = arm_configs(quick, seed)
+        self.m1_cfg, self.rl_cfg, self.zero_cfg = arm_configs(quick, seed, task)
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
         self.tick = tick or (lambda name, info: None)
         self.models: dict = {}
