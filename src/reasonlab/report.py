@@ -91,9 +91,9 @@ def plot_budget(curves: dict[str, list[dict]] | list[dict], path: Path) -> Path:
                  label=label or "format rate")
     _style(ax, "Accuracy against thinking", "mean thinking tokens used (at each budget)", "accuracy (%)")
     _style(ax2, "Format after the forced close", "thinking budget (max tokens inside <think>)", "well-formed (%)")
-    for a in (ax, ax2):
+    for a, where in ((ax, "upper left"), (ax2, "lower right")):  # where the curves leave room
         a.set_ylim(-3, 103)
-        a.legend(loc="lower right", frameon=False)
+        a.legend(loc=where, frameon=False)
     return _save(fig, path)
 
 
@@ -302,8 +302,8 @@ def _demo_report(run: Path) -> Path:
     results = read_json(run / "results.json")
     figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
     if results.get("budget_curve"):
-        curves = {"budget-aware GRPO from Method 1": results["budget_curve"],
-                  "Method 1 (no budgets in training)": results["budget_curve_method1"]} \
+        curves = {"Method 1 (no budgets in training)": results["budget_curve_method1"],
+                  "budget-aware GRPO from Method 1": results["budget_curve"]} \
             if results.get("budget_curve_method1") else results["budget_curve"]
         figures.append(("Thinking budget", plot_budget(curves, run / "budget.png")))
     figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
