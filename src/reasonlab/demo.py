@@ -161,7 +161,8 @@ class DemoRun:
         self.pre_cfg, self.m1_cfg, self.rl_cfg = stage_configs(cfg)
         self.held_out = self.task.problems(50 if cfg.quick else 200, "test", seed=cfg.seed + 99)
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
-        lengths = f"{cfg.min_length} to {cfg.length}" if cfg.min_length and cfg.min_length != cfg.length else cfg.length
+        t = self.task
+        lengths = f"{t.min_length} to {t.length}" if t.min_length != t.length else t.length
         self.results: dict = {"task": f"chain of {lengths} variables", "config": asdict(cfg)}
         self.reuse = bool(self.earlier)
         if not self.earlier:
