@@ -15,6 +15,7 @@ class BigramLM(nn.Module):
     """
 
     kind = "test"
+    attention_shape = (0, 0)  # (n_layer, d_attn) for the compute ledger: no attention, 2N FLOPs a token
 
     def __init__(self, vocab_size: int, script: dict[int, int], default: int):
         super().__init__()

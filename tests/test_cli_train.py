@@ -103,6 +103,7 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
                  "--k", "3", "--budgets", "0,4", "--think-for", "4,8", "--max-new-tokens", "24", "--output", str(result)]) == 0
     first = capsys.readouterr()
     assert "difficulty 1 (6): accuracy, thinking tokens" in first.out  # a chain of 2 variables: one hop
+    assert "tokens an answer: prompt + thinking + answer" in first.out and "FLOPs an answer" in first.out
     assert "think for 8: tokens, |n - N| / N, accuracy" in first.out
     assert "was trained on" not in first.err  # the task it was trained on: no note
     assert "budget 4: thinking tokens, s a problem" in first.out and "budget 0: accuracy / format" in first.out
@@ -133,6 +134,13 @@ def test_eval_and_faithfulness_commands(tmp_path, capsys):
                 "pass@3", "maj@3"):
         assert key in metrics, key
     assert metrics["pass@1"] <= metrics["pass@3"]
+    assert metrics["mean_prompt_tokens"] > 0 and 0 < metrics["mean_completion_tokens"] <= 24
+    from reasonlab import compute
+
+    cost, tokens = compute.model_cost(load_model(out)[0]), metrics["mean_prompt_tokens"] + metrics["mean_completion_tokens"]
+    # the mean over answers of 2N·n + attention·n(n+1)/2 is at least its value at the mean n (convex in n)
+    assert metrics["flops_per_answer"] >= 2 * cost.n_params * tokens + cost.attention * tokens * (tokens + 1) / 2 - 1e-3
+    assert metrics["by_difficulty"]["1"]["flops_per_answer"] == pytest.approx(metrics["flops_per_answer"])
     assert [c["budget"] for c in data["budget_curve"]] == [0, 4]
     assert data["budget_curve"][0]["mean_think_tokens"] == 0
     assert all(c["tokens_per_s"] > 0 and c["seconds_per_problem"] > 0 and 0 <= c["format_rate"] <= 1

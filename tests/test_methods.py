@@ -299,6 +299,7 @@ def test_sample_cache_is_reused_only_for_the_same_generator_prompts_and_settings
         again, _ = sample_rationales(model, TOK, task, problems, cfg, seed=0, cache=cache)
     assert again == first and calls == []  # the same run again: all from the cache
     assert reused.sampled == sampled.sampled > 0  # and the compute those samples cost counts again
+    assert reused.sampled_pairs == sampled.sampled_pairs > sampled.sampled  # their attention too
     sample_rationales(model, TOK, task, problems, cfg, seed=1, cache=cache)
     assert calls  # another seed: sampled afresh
     calls.clear()

@@ -24,7 +24,7 @@ def test_ledger_counts_sampled_prompts_once_and_every_generated_token(tiny_gpt):
         rollout = generate(model, tok, prompts, SamplingParams(max_new_tokens=7, temperature=1.0, seed=0))
     assert ledger.sampled == len(tok.encode("1+2\n")) + len(tok.encode("33+4\n")) + int(rollout.lengths.sum())
     assert ledger.trained == ledger.scored == 0
-    assert ledger.flops(1000) == 2 * 1000 * ledger.sampled
+    assert ledger.flops(compute.ModelCost(1000, 8)) == 2 * 1000 * ledger.sampled + 8 * ledger.sampled_pairs
     with compute.track() as outer:
         evaluate_problems(model, tok, get_task("arithmetic", digits=1), get_task("arithmetic", digits=1).problems(3),
                           params=SamplingParams(temperature=0.0, max_new_tokens=5))
@@ -61,8 +61,9 @@ def test_grpo_logs_its_flops_and_stops_at_max_flops(tmp_path, tiny_gpt):
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     flops = [r["compute/flops"] for r in rows]
     assert len(rows) == 6 and all(b > a > 0 for a, b in zip(flops, flops[1:]))
-    assert flops[-1] == outside.flops(compute.n_params(model))  # the run's own count is what it spent
+    assert flops[-1] == outside.flops(compute.model_cost(model))  # the run's own count is what it spent
     assert outside.sampled and outside.trained and not outside.scored  # μ = 1, β = 0: no forward-only pass
+    assert outside.sampled_pairs > outside.sampled and outside.trained_pairs > outside.trained
     cap = (flops[1] + flops[2]) / 2  # reached during step 3
     train_grpo(model, tok, task, GRPOConfig(**{**vars(cfg), "max_flops": cap}), out_dir=tmp_path / "b")
     capped = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
@@ -83,6 +84,9 @@ def test_rationale_rounds_record_cumulative_compute(tmp_path, tiny_gpt):
     assert 0 < first["sampling"]["sampled"] < second["sampling"]["sampled"]  # cumulative, round by round
     assert first["flops"] == first["sampling"]["flops"] + first["training"]["flops"]
     assert first["sampling"]["n_params"] == compute.n_params(model)
+    assert first["sampling"]["attention"] == 4 * 2 * 32  # tiny_gpt: 2 layers of 4 heads of 8
+    assert 0 < first["sampling"]["sampled"] < first["sampling"]["sampled_pairs"]  # a token at t attends t keys
+    assert all(r["training"]["trained_pairs"] >= r["training"]["trained"] for r in (first, second))
 
 
 def test_pass_curve_is_the_unbiased_estimator_averaged_over_problems():

@@ -292,9 +292,15 @@ def cmd_eval(opts) -> int:
     table.add_column("metric")
     table.add_column("value", justify="right")
     metrics = out["results"][cfg.task]
+    per_answer = ("mean_prompt_tokens", "mean_completion_tokens", "flops_per_answer")  # the inference cost, below
     for key, value in metrics.items():
-        if key != "by_difficulty":
+        if key != "by_difficulty" and key not in per_answer:
             table.add_row(key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}")
+    prompt, think, new = metrics["mean_prompt_tokens"], metrics["mean_think_tokens"], metrics["mean_completion_tokens"]
+    table.add_row("tokens an answer: prompt + thinking + answer",
+                  f"{prompt:.1f} + {think:.1f} + {new - think:.1f} = {prompt + new:.1f}")
+    flops = metrics["flops_per_answer"]  # None: a model whose shape compute.model_cost cannot read
+    table.add_row("FLOPs an answer (2N a token + attention)", "unknown" if flops is None else f"{flops:.3g}")
     for level, m in metrics.get("by_difficulty", {}).items():
         table.add_row(f"difficulty {level} ({m['n']}): accuracy, thinking tokens",
                       f"{m['accuracy']:.1%}, {m['mean_think_tokens']:.1f}")

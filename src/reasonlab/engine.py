@@ -273,9 +273,14 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
 
 def count_rollout(rollout: Rollout) -> Rollout:
     """Put a rollout's tokens in the compute ledger (`compute`): each distinct prompt once (the
-    prefill computes it once) and every token generated."""
+    prefill computes it once: `compute.pairs(P)` query-key pairs for P tokens) and every token
+    generated (a row's G tokens after its P-token prompt: `compute.pairs(P + G, P)`)."""
     distinct = {tuple(ids) for ids in rollout.prompt_ids}
-    compute.count("sampled", sum(map(len, distinct)) + int(rollout.lengths.sum()))
+    prompts = [len(ids) for ids in rollout.prompt_ids]
+    new = [int(n) for n in rollout.lengths]
+    compute.count("sampled", sum(map(len, distinct)) + sum(new),
+                  sum(compute.pairs(len(ids)) for ids in distinct)
+                  + sum(compute.pairs(p + g, p) for p, g in zip(prompts, new)))
     return rollout
 
 

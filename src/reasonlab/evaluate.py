@@ -157,9 +157,19 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
     `keep` rows at most. Problems that record a difficulty (``meta["difficulty"]``, say a chain's
     hops) get the same metrics per difficulty under ``"by_difficulty"``: does the model think longer
     on the harder ones, and where does its accuracy go?
+
+    The inference cost of an answer, beside them: ``mean_prompt_tokens`` (the prompt's tokens, as
+    the engine tokenised it), ``mean_completion_tokens`` (every token generated, thinking included)
+    and ``flops_per_answer``, the mean over problems of `compute.answer_flops` at the model's
+    `compute.model_cost` (prefill and decoding, attention included; None for a model whose shape
+    `compute.model_cost` cannot find).
     """
     import time
 
+    try:
+        cost = compute.model_cost(model)
+    except compute.UnknownShape:
+        cost = None
     rows, sums, tokens, start = [], Counter(), 0, time.perf_counter()
     by_difficulty: dict = {}
     for i in range(0, len(problems), batch_size):
@@ -177,17 +187,22 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
             for row, text in zip(scored, read):
                 row["read_as"] = text
         for j, (p, row) in enumerate(zip(chunk, scored)):
+            prompt_tokens, new_tokens = len(rollout.prompt_ids[j]), int(rollout.lengths[j])
             outcome = Counter(n=1, correct=row["correct"], format_ok=tags_ok[j], think_tokens=rollout.think_tokens[j],
-                              truncated=rollout.finish_reason[j] == "length")
+                              truncated=rollout.finish_reason[j] == "length", prompt_tokens=prompt_tokens,
+                              completion_tokens=new_tokens,
+                              flops=compute.answer_flops(cost, prompt_tokens, new_tokens) if cost is not None else 0.0)
             sums.update(outcome)
             if "difficulty" in p.meta:
                 by_difficulty.setdefault(p.meta["difficulty"], Counter()).update(outcome)
             if keep is None or len(rows) < keep:
                 rows.append({**completion_row(row, questions[j], prompts[j], p.answer, rollout, j),
                              "format_ok": tags_ok[j]})
-    out = {**rates(sums), "tokens_per_s": tokens / (time.perf_counter() - start), "rows": rows}
+    out = {**rates(sums), **per_answer(sums, cost), "tokens_per_s": tokens / (time.perf_counter() - start),
+           "rows": rows}
     if by_difficulty:
-        out["by_difficulty"] = {str(d): {"n": c["n"], **rates(c)} for d, c in sorted(by_difficulty.items())}
+        out["by_difficulty"] = {str(d): {"n": c["n"], **rates(c), **per_answer(c, cost)}
+                                for d, c in sorted(by_difficulty.items())}
     return out
 
 
@@ -196,6 +211,13 @@ def rates(sums: Counter) -> dict:
     n = sums["n"]
     return {"accuracy": sums["correct"] / n, "format_rate": sums["format_ok"] / n,
             "mean_think_tokens": sums["think_tokens"] / n, "truncation_rate": sums["truncated"] / n}
+
+
+def per_answer(sums: Counter, cost) -> dict:
+    """An evaluation's mean prompt and completion tokens an answer and its mean FLOPs (None without a cost)."""
+    n = sums["n"]
+    return {"mean_prompt_tokens": sums["prompt_tokens"] / n, "mean_completion_tokens": sums["completion_tokens"] / n,
+            "flops_per_answer": sums["flops"] / n if cost is not None else None}
 
 
 def completion_row(scored: dict, question: str, prompt: str, gold: str, rollout, j: int) -> dict:

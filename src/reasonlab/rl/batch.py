@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import compute
 from ..engine import Rollout
 from ..model.grouped import GroupedBatch
 from .algos import group_advantages
@@ -94,11 +95,15 @@ def build_batch(groups: list[Group], G: int, pad_id: int, *, advantage: str = "g
     else:
         inputs, mask = padded_batch(groups, G, pad_id, mask_truncated)
     # the tokens each row puts through the model (the compute ledger's): its completion, and its
-    # prompt on every row, or, in the shared layout, on the group's first row only
+    # prompt on every row, or, in the shared layout, on the group's first row only; and their
+    # attention's query-key pairs (a completion's tokens sit after the prompt either way)
     prompts = torch.tensor([len(g.rollout.prompt_ids[g.index * G]) for g in groups for _ in range(G)])
+    counted = prompts.clone()
     if shared:
-        prompts[torch.arange(len(prompts)) % G != 0] = 0
-    return Batch(inputs, mask, advantages, lengths, think, lengths + prompts)
+        counted[torch.arange(len(prompts)) % G != 0] = 0
+    pairs = torch.tensor([compute.pairs(p + c, p - k) for p, k, c in zip(prompts.tolist(), counted.tolist(),
+                                                                          lengths.tolist())], dtype=torch.long)
+    return Batch(inputs, mask, advantages, lengths, think, lengths + counted, pairs)
 
 
 def micro_batches(n: int, size: int, group: int = 1) -> list[slice]:

@@ -87,7 +87,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     folder = RunFolder(out_dir, "rl") if out_dir else None
     state_dir = folder.state if folder else None
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
-    first, elapsed, ledger, n_params = 0, 0.0, compute.Ledger(), compute.n_params(core)
+    first, elapsed, ledger, cost = 0, 0.0, compute.Ledger(), compute.model_cost(core)
     if resume and state_dir and (state := resumable_state(state_dir, config)) is not None:
         first, elapsed = load_state(state, core, optimizer, collector, ref_model, ledger)
     if vllm is not None:
@@ -127,7 +127,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 raise stop from e
             if any_rank(not collected.groups):
                 metrics = {"step": step + 1, "skipped": "every group had equal rewards", **drawn.log(),
-                           "compute/flops": all_reduce_sum(ledger.flops(n_params))}
+                           "compute/flops": all_reduce_sum(ledger.flops(cost))}
                 run.emit(metrics)
                 collector.format_watch.check()
                 if cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops:
@@ -143,7 +143,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                                    verify_before, task, {"time/generate_s": collected.seconds,
                                                          "time/train_s": time.monotonic() - t1,
                                                          "seconds": time.monotonic() - start,
-                                                         "compute/flops": all_reduce_sum(ledger.flops(n_params))})
+                                                         "compute/flops": all_reduce_sum(ledger.flops(cost))})
             last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
                                   or bool(cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops))
             if held_out and ((step + 1) % cfg.eval_every == 0 or last):
@@ -186,10 +186,10 @@ def boundary(collector: Collector, step: int, seconds: float, ledger: compute.Le
 
 
 def load_state(state: dict, core, optimizer, collector: Collector, ref_model, ledger: compute.Ledger) -> tuple[int, float]:
-    """Restore a saved state (the compute spent before it into `ledger`); returns (step, elapsed seconds)."""
+    """Restore a saved state (the compute spent before it into `ledger`: a state saved before
+    attention was counted holds no pairs, restored as 0); returns (step, elapsed seconds)."""
     core.load_state_dict(state["model"])
-    for kind, tokens in state.get("compute", {}).items():
-        ledger.add(kind, tokens)
+    ledger.restore(state.get("compute", {}))
     optimizer.load_state_dict(state["optimizer"])
     collector.stream.load_state(state["stream"])
     collector.keep_rate = state.get("keep_rate", 1.0)

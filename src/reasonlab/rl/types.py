@@ -54,13 +54,14 @@ class Batch:
     lengths: torch.Tensor  # (N,) completion lengths, forced tokens included
     think: list[int]  # (N,) thinking tokens of each completion
     tokens: torch.Tensor | None = None  # (N,) tokens each row puts through the model (compute ledger)
+    pairs: torch.Tensor | None = None  # (N,) their causal attention's query-key pairs (`compute.pairs`)
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def to(self, device) -> "Batch":
         return Batch(self.inputs.to(device), self.mask.to(device), self.advantages.to(device), self.lengths,
-                     self.think, self.tokens)
+                     self.think, self.tokens, self.pairs)
 
 
 @dataclass

@@ -82,8 +82,10 @@ def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr:
     inputs, mask, advantages = batch.inputs, batch.mask, batch.advantages
     old_logp = ref_logp = None
     tokens = int(batch.tokens.sum()) if batch.tokens is not None else 0
-    compute.count("scored", tokens * ((cfg.updates > 1) + (cfg.beta > 0)))  # the forward-only passes
-    compute.count("trained", tokens * cfg.updates)
+    pairs = int(batch.pairs.sum()) if batch.pairs is not None else 0
+    forward_only = (cfg.updates > 1) + (cfg.beta > 0)  # the old and the reference log-probs' passes
+    compute.count("scored", tokens * forward_only, pairs * forward_only)
+    compute.count("trained", tokens * cfg.updates, pairs * cfg.updates)
     if cfg.updates > 1:  # the ratio's denominator: the policy before this batch's first step
         with torch.no_grad():
             old_logp = torch.cat([token_logprobs(model, inputs[c], cfg.temperature)[0] for c in chunks][:real])

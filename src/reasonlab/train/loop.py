@@ -420,8 +420,9 @@ def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig
         input_ids, labels = collate_packed(batch, pad_id) if cfg.packing else collate(batch, pad_id)
         n_tokens = max(1, int((labels != IGNORE).sum()))
         loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum")
-        units = [row if cfg.packing else [row] for row in batch[rank::size]]
-        compute.count("trained", sum(len(p) + len(c) for unit in units for p, c in unit))
+        # a sequence each: an example, or a packed row (its examples attend across one another)
+        lengths = [sum(len(p) + len(c) for p, c in (row if cfg.packing else [row])) for row in batch[rank::size]]
+        compute.count("trained", sum(lengths), sum(map(compute.pairs, lengths)))
         (loss_sum * size / n_tokens / cfg.grad_accum).backward()
         total += loss_sum.item() / n_tokens / cfg.grad_accum
     return all_reduce_sum(total)

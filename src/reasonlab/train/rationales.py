@@ -142,10 +142,11 @@ def sampling_fingerprint(source, prompts: list[str], params: SamplingParams) -> 
     return h.hexdigest()
 
 
-def read_sample_cache(path, fingerprint: str) -> dict[int, tuple[list[str], int]]:
+def read_sample_cache(path, fingerprint: str) -> dict[int, tuple[list[str], int, int]]:
     """Chunks already sampled: {first prompt index: (texts, the tokens sampling them put through the
-    model)}, from a cache whose first line names the same `sampling_fingerprint` ({} otherwise:
-    another generator, prompts or settings made it). A line torn by a kill is ignored."""
+    model, their attention's query-key pairs (0 in a cache written before pairs were counted))},
+    from a cache whose first line names the same `sampling_fingerprint` ({} otherwise: another
+    generator, prompts or settings made it). A line torn by a kill is ignored."""
     done, lines = {}, Path(path).read_text().splitlines() if Path(path).is_file() else []
     try:
         if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
@@ -155,7 +156,7 @@ def read_sample_cache(path, fingerprint: str) -> dict[int, tuple[list[str], int]
     for line in lines[1:]:
         try:
             row = json.loads(line)
-            done[row["start"]] = (row["texts"], row.get("tokens", 0))
+            done[row["start"]] = (row["texts"], row.get("tokens", 0), row.get("pairs", 0))
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
@@ -185,15 +186,16 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
         if not done:  # a new cache (an old one from other samples is replaced)
             Path(cache).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     for i in range(0, len(prompts), 512):
-        texts, tokens = done.get(i, (None, 0))
+        texts, tokens, pairs = done.get(i, (None, 0, 0))
         if texts is None:
             with compute.track() as chunk:
                 texts = sample_texts(generator, tokenizer, prompts[i:i + 512], params)
             if cache:
                 with open(cache, "a") as f:
-                    f.write(json.dumps({"start": i, "texts": texts, "tokens": chunk.sampled}) + "\n")
+                    f.write(json.dumps({"start": i, "texts": texts, "tokens": chunk.sampled,
+                                        "pairs": chunk.sampled_pairs}) + "\n")
         else:  # sampled by an earlier run: its tokens count as this run's (the compute was spent on them)
-            compute.count("sampled", tokens)
+            compute.count("sampled", tokens, pairs)
         chunk_problems = [problems[(i + j) // cfg.samples] for j in range(len(texts))]
         completions, read_prompts = as_template(texts, prompts[i:i + len(texts)], cfg, counts)
         parsed = [parse_completion(t, p) for t, p in zip(completions, read_prompts)]
@@ -272,8 +274,7 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         model.load_state_dict(state["model"])
         records, first = state["records"], state["round"] + 1
         for part, ledger in spent.items():  # the finished rounds' compute (a resumed round counts what it redoes)
-            for kind in compute.KINDS:
-                ledger.add(kind, records[-1].get("compute", {}).get(part, {}).get(kind, 0))
+            ledger.restore(records[-1].get("compute", {}).get(part, {}))
     if out:
         out.start(config)
         # The log holds this run's finished rounds (a kill can come between saving a round and
@@ -337,9 +338,9 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
 
 
 def spent_so_far(spent: dict, generator, model) -> dict:
-    """The compute a run has spent up to now (`compute`): its sampling's tokens at the generator's N
-    (none counted for an endpoint, whose model is not here), its fine-tuning's at the trained model's;
-    `flops` their sum."""
-    n_gen = 0 if isinstance(generator, RemoteGenerator) else compute.n_params(generator)
-    sampling, training = spent["sampling"].record(n_gen), spent["training"].record(compute.n_params(model))
+    """The compute a run has spent up to now (`compute`): its sampling's tokens and attention at the
+    generator's `compute.model_cost` (none counted for an endpoint, whose model is not here), its
+    fine-tuning's at the trained model's; `flops` their sum."""
+    gen = compute.ModelCost(0, 0) if isinstance(generator, RemoteGenerator) else compute.model_cost(generator)
+    sampling, training = spent["sampling"].record(gen), spent["training"].record(compute.model_cost(model))
     return {"sampling": sampling, "training": training, "flops": sampling["flops"] + training["flops"]}
