@@ -355,7 +355,8 @@ def test_a_full_disk_on_save_is_one_line_and_keeps_the_last_good_state(tmp_path,
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_fills_on_the_second_state)
-    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, "--save-every", "2"]) == 2
+    quiet = ["--report-to", "none"]  # the folder holds the run's own files only (no tracker's)
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet, "--save-every", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"reasonlab sft: error: cannot write the training state {tmp_path / 'a' / 'state' / 'state.pt'}: "
                    "No space left on device (the states saved before are kept)"]
@@ -364,14 +365,14 @@ def test_a_full_disk_on_save_is_one_line_and_keeps_the_last_good_state(tmp_path,
     assert load_training_state(tmp_path / "a" / "state")["step"] == 2
     monkeypatch.setattr(torch, "save", real_save)
 
-    assert main(["sft", "--data", str(data), "--out", str(out), *SFT]) == 0
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet]) == 0
     before = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
     for code in (errno.ENOSPC, errno.EROFS):  # the checkpoint at the end: a full disk, a read-only one
         def fails(*args, code=code, **kwargs):
             raise OSError(code, os.strerror(code))
 
         monkeypatch.setattr(safetensors.torch, "save_file", fails)
-        assert main(["sft", "--data", str(data), "--out", str(out), *SFT]) == 2
+        assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet]) == 2
         assert f"cannot save the checkpoint {out / 'model'}: {os.strerror(code)} (nothing was changed there)" in \
             capsys.readouterr().err
         assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before  # the earlier checkpoint, as it was

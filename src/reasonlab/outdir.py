@@ -10,6 +10,7 @@ each stage of a demo or of a Method 1 round writes its own, in one layout (`RunF
     state/         the resumable training state (state.pt, and the one before it, state.prev.pt)
     model/         the trained checkpoint, written at the end (`--model OUT` finds it)
     report.html    `reasonlab report OUT`
+    tensorboard/   TensorBoard event files of metrics.jsonl's rows (`--report-to`, see `trackers`)
 
 Before any work, `claim` checks ``--out``: an empty name, ``.``, ``..`` or an existing file is
 refused; so is an existing folder holding files, unless it is an earlier run of the same command
@@ -25,6 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import trackers
 from .errors import UserError
 from .jsonl import RUN_MARKER, made_by, trim_log
 
@@ -40,15 +42,16 @@ def out_field(default: str):
 
 @dataclass
 class RunOptions:
-    """--out, --resume and --overwrite: where a training command writes (a command sets its own
-    `out = out_field(...)` default)."""
+    """--out, --resume, --overwrite and --report-to: where a training command writes (a command sets
+    its own `out = out_field(...)` default), and which trackers get its metrics too."""
 
     out: str = out_field("runs/run")
     resume: bool = field(default=False, metadata={
         "action": "store_true", "help": "continue a stopped run from OUT/state (saved every --save-every steps, "
         "and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
-        "and --save-every"})
+        "and --save-every (and --report-to)"})
     overwrite: bool = field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})
+    report_to: str = field(default="auto", metadata={"help": trackers.REPORT_TO_HELP, "metavar": "TRACKERS"})
 
 
 def claim(path, command: str, overwrite: bool = False, flag: str = "--out") -> Path:
@@ -86,23 +89,31 @@ def mark(folder, command: str, config: dict | None = None) -> None:
 
 
 class RunFolder:
-    """One run's (or one stage's) folder in the layout of the module docstring."""
+    """One run's (or one stage's) folder in the layout of the module docstring. Its step rows go
+    through `log`: to metrics.jsonl, and on rank 0 to the trackers `report_to` names (`trackers`;
+    default none), opened at the first row and closed by `close` (the trainers close them when
+    their training ends)."""
 
-    def __init__(self, path, command: str):
+    def __init__(self, path, command: str, report_to: str | tuple = "none"):
         self.path, self.command = Path(path), command
         self.metrics = self.path / "metrics.jsonl"
         self.samples = self.path / "samples.jsonl"
         self.state = self.path / "state"
         self.model = self.path / "model"
+        self.report_to = trackers.resolve(report_to)
+        self.config: dict | None = None  # the settings `start` recorded: what wandb / trackio show
+        self._purge_step: int | None = None  # a resumed run's first step: TensorBoard hides what came from it on
+        self._trackers: trackers.Trackers | None = None
 
     @classmethod
-    def claim(cls, path, command: str, overwrite: bool = False) -> "RunFolder":
+    def claim(cls, path, command: str, overwrite: bool = False, report_to: str = "none") -> "RunFolder":
         """The folder `--out PATH` names, checked (`claim`) before any work, and so is its model/:
         the save at the end replaces only a folder of checkpoint files (or writes into it, with
-        `overwrite`)."""
+        `overwrite`); and so is `report_to` (`trackers.resolve`)."""
         from .model.checkpoint import is_checkpoint_folder
 
-        folder = cls(claim(path, command, overwrite), command)
+        wanted = trackers.resolve(report_to)
+        folder = cls(claim(path, command, overwrite), command, wanted)
         if folder.model.exists() and not overwrite and not is_checkpoint_folder(folder.model):
             raise UserError(f"{folder.model} holds files that are not a checkpoint's: give another --out, or "
                             f"--overwrite to write the model into it (nothing else there is deleted)")
@@ -111,15 +122,21 @@ class RunFolder:
     def start(self, config: dict | None = None) -> None:
         """Create the folder and write run.json with the run's settings."""
         mark(self.path, self.command, config)
+        self.config = config
 
     def restart_logs(self, resumed_at: int | None, rank: int = 0) -> None:
-        """Make the logs this run's only: a fresh run (`resumed_at` None) empties them, a run resumed
-        from the state after step `resumed_at` drops the rows logged after it."""
+        """Make the logs this run's only: a fresh run (`resumed_at` None) empties them (and drops the
+        TensorBoard event files an earlier run left), a run resumed from the state after step
+        `resumed_at` drops the rows logged after it (and TensorBoard hides those steps: `purge_step`)."""
+        self._purge_step = None if resumed_at is None else resumed_at + 1
         for path in [self.log_file(rank)] + ([self.samples] if rank == 0 else []):
             if resumed_at is None:
                 path.unlink(missing_ok=True)
             else:
                 trim_log(path, lambda row: row.get("step", 0) <= resumed_at)
+        if resumed_at is None and rank == 0:
+            for events in (self.path / "tensorboard").glob("events.out.tfevents.*"):
+                events.unlink(missing_ok=True)
 
     def log_file(self, rank: int = 0) -> Path:
         return self.metrics if rank == 0 else self.path / f"metrics.rank{rank}.jsonl"
@@ -128,3 +145,19 @@ class RunFolder:
         with open(path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
+
+    def log(self, row: dict, rank: int = 0, step: int | None = None) -> None:
+        """One row of the run's log (a step's metrics): appended to rank `rank`'s metrics file and,
+        on rank 0, given to the trackers (at `step`, default the row's "step")."""
+        self.append(self.log_file(rank), [row])
+        if rank == 0 and self.report_to:
+            if self._trackers is None:
+                purge, self._purge_step = self._purge_step, None  # once: the steps logged again stay
+                self._trackers = trackers.Trackers(self.report_to, self.path, self.config, purge)
+            self._trackers.log(row, step)
+
+    def close(self) -> None:
+        """Flush and close the trackers (a later `log` opens them again)."""
+        opened, self._trackers = self._trackers, None
+        if opened is not None:
+            opened.close()

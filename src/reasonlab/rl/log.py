@@ -1,7 +1,8 @@
 """What a GRPO run writes and reports: its folder's logs, and each step's metrics.
 
 The folder (rank 0 only) is a `RunFolder`: ``run.json`` (the command and its settings),
-``metrics.jsonl`` (one row a step: metrics first, then the state, so a resumed run finds its row),
+``metrics.jsonl`` (one row a step: metrics first, then the state, so a resumed run finds its row;
+the same rows go to the folder's trackers, `trackers`),
 ``samples.jsonl`` (two completions a step), ``state/`` (resumable states) and, from the CLI, ``model/``.
 
 Metric names follow TRL's where they exist: ``reward/*`` (over every row drawn, and over the
@@ -29,7 +30,8 @@ SAMPLES_PER_STEP = 2
 
 
 class RunLog:
-    """Where a run's rows go: the folder's logs (when it has one), `log` and `progress`."""
+    """Where a run's rows go: the folder's logs and trackers (when it has one: `RunFolder.log`),
+    `log` and `progress`. As a context manager it closes the folder's trackers at the end."""
 
     def __init__(self, folder: RunFolder | None, log=None, progress=None):
         self.folder, self.log, self.progress = folder, log, progress
@@ -50,9 +52,16 @@ class RunLog:
             self.progress(metrics)
         return metrics
 
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.folder:
+            self.folder.close()
+
     def emit(self, row: dict) -> None:
         if self.folder:
-            self.folder.append(self.folder.metrics, [row])
+            self.folder.log(row)
         for sink in (self.log, self.progress):
             if sink:
                 sink(row)

@@ -64,7 +64,8 @@ from .update import update
 def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None,
                resume: bool = False, held_out=None):
     """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
-    out_dir/metrics.jsonl and two sample completions per step to out_dir/samples.jsonl. With
+    out_dir/metrics.jsonl (and to its trackers: `out_dir` may be a `RunFolder` with `report_to`)
+    and two sample completions per step to out_dir/samples.jsonl. With
     `cfg.save_every`, a resumable state (weights, optimiser, reference, problem stream) goes to
     out_dir/state; `resume=True` continues from it: sampling seeds derive from the step, so the run
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
@@ -84,7 +85,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     core = unwrap(train_model)
     optimizer = make_optimizer(train_model, cfg.lr)
     collector = Collector(task, tokenizer, cfg, ProblemStream(task, cfg.seed))
-    folder = RunFolder(out_dir, "rl") if out_dir else None
+    folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rl") if out_dir else None
     state_dir = folder.state if folder else None
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
     first, elapsed, ledger, cost = 0, 0.0, compute.Ledger(), compute.model_cost(core)
@@ -106,11 +107,12 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                                             "config": config, **at,
                                             "reference": ref_model.state_dict() if ref_model else None})
 
-    if held_out and first == 0:  # the starting point, on the curve
-        metrics = {"step": 0, **evaluate(), "seconds": 0.0}
-        run.emit(metrics)
     bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and getattr(core, "shares_prompts", False)
-    with compute.track(ledger):  # what this run's sampling and updates cost (evaluations are not counted)
+    # what this run's sampling and updates cost (evaluations are not counted); the trackers closed at the end
+    with run, compute.track(ledger):
+        if held_out and first == 0:  # the starting point, on the curve
+            metrics = {"step": 0, **evaluate(), "seconds": 0.0}
+            run.emit(metrics)
         device = next(core.parameters()).device
         for step in range(first, cfg.steps):
             good = boundary(collector, step, time.monotonic() - start, ledger)  # what a failure before the update saves

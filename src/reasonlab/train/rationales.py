@@ -257,8 +257,10 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
     `judge`: keep samples by the judge's verdict instead of the verifier (tasks without gold).
     With `out_dir`, each round's samples are cached as they arrive, the fine-tuning keeps a
     resumable state every `save_every` steps, and each finished round is saved: `resume=True`
-    picks up where a killed run stopped (mid-sampling, mid-fine-tuning or between rounds)."""
-    out = RunFolder(out_dir, "rationales") if out_dir else None
+    picks up where a killed run stopped (mid-sampling, mid-fine-tuning or between rounds). A
+    `RunFolder` as `out_dir` brings its trackers (`report_to`): the round records go to them at
+    step = round, each round's fine-tuning steps to those of its round{r}_train folder."""
+    out = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rationales") if out_dir else None
     fit_to_model(cfg, base)
     held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
@@ -281,59 +283,65 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         # logging it); a fresh run drops an earlier run's states (its rounds' and their fine-tunings'),
         # so a later `resume` never takes them.
         # Sample caches stay: each is reused only for the same generator, prompts and settings.
+        out.restart_logs(first - 1 or None)  # for the trackers: a fresh run drops an earlier run's events
         write_jsonl_atomic(out.metrics, records)
         if not resume:
             for folder in [out.state, *(p / "state" for p in out.path.glob("round*_train"))]:
                 discard_training_state(folder)
-    for round_ in range(first, cfg.rounds + 1):
-        start = time.monotonic()
-        problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
-        source = generator if generator is not None else model
-        cache = out.path / f"round{round_}_samples.jsonl" if out else None
-        counts = {"lucky": 0, "unread": 0}
-        with compute.track(spent["sampling"]):
-            kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_,
-                                            judge=judge, cache=cache, counts=counts)
-            solved = {row["question"] for row in kept}
-            rationalized = 0
-            if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
-                failed = [p for p in problems if p.question not in solved]
-                if failed:
-                    extra, more = sample_rationales(source, tokenizer, task, failed, cfg, seed=cfg.seed + 7 * round_,
-                                                    hinted=True, counts=counts)
-                    kept += extra
-                    drawn += more
-                    rationalized = len(extra)
-        sample_seconds = time.monotonic() - start
-        record = {"round": round_, "problems": len(problems), "samples": drawn, "kept": len(kept),
-                  "solved": len(solved), "rationalized": rationalized, "lucky_dropped": counts["lucky"],
-                  **({"unread": counts["unread"]} if cfg.free_form else {}),
-                  "yield": len(kept) / drawn if drawn else 0.0, "sample_seconds": sample_seconds}
-        rows = [training_row(r["question"], r["completion"], cfg, tokenizer) for r in kept]
+    try:
+        for round_ in range(first, cfg.rounds + 1):
+            start = time.monotonic()
+            problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
+            source = generator if generator is not None else model
+            cache = out.path / f"round{round_}_samples.jsonl" if out else None
+            counts = {"lucky": 0, "unread": 0}
+            with compute.track(spent["sampling"]):
+                kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_,
+                                                judge=judge, cache=cache, counts=counts)
+                solved = {row["question"] for row in kept}
+                rationalized = 0
+                if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
+                    failed = [p for p in problems if p.question not in solved]
+                    if failed:
+                        extra, more = sample_rationales(source, tokenizer, task, failed, cfg,
+                                                        seed=cfg.seed + 7 * round_, hinted=True, counts=counts)
+                        kept += extra
+                        drawn += more
+                        rationalized = len(extra)
+            sample_seconds = time.monotonic() - start
+            record = {"round": round_, "problems": len(problems), "samples": drawn, "kept": len(kept),
+                      "solved": len(solved), "rationalized": rationalized, "lucky_dropped": counts["lucky"],
+                      **({"unread": counts["unread"]} if cfg.free_form else {}),
+                      "yield": len(kept) / drawn if drawn else 0.0, "sample_seconds": sample_seconds}
+            rows = [training_row(r["question"], r["completion"], cfg, tokenizer) for r in kept]
+            if out:
+                write_jsonl_atomic(out.path / f"round{round_}_data.jsonl", rows)
+            if kept:
+                student = copy.deepcopy(model if cfg.continue_training else base)
+                examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
+                with compute.track(spent["training"]):
+                    train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
+                                     folder=RunFolder(out.path / f"round{round_}_train", "rationales", out.report_to)
+                                     if out else None,
+                                     resume=resume and round_ == first)  # only the round a stop cut short has a state
+                model = student
+            result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style,
+                                       params=greedy)
+            record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
+                          mean_think_tokens=result["mean_think_tokens"],
+                          seconds=time.monotonic() - start, compute=spent_so_far(spent, source, base))
+            records.append(record)
+            if out:  # the state first: a kill between the two loses a log line, never a round
+                save_training_state(out.state, {"model": model.state_dict(), "records": records, "round": round_,
+                                                "config": config})
+                out.log(record, step=round_)
+            if log:
+                log(record)
+            if on_round:
+                on_round(record, model)
+    finally:
         if out:
-            write_jsonl_atomic(out.path / f"round{round_}_data.jsonl", rows)
-        if kept:
-            student = copy.deepcopy(model if cfg.continue_training else base)
-            examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
-            with compute.track(spent["training"]):
-                train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
-                                 folder=RunFolder(out.path / f"round{round_}_train", "rationales") if out else None,
-                                 resume=resume and round_ == first)  # only the round a stop cut short has a state
-            model = student
-        result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style,
-                                   params=greedy)
-        record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
-                      mean_think_tokens=result["mean_think_tokens"],
-                      seconds=time.monotonic() - start, compute=spent_so_far(spent, source, base))
-        records.append(record)
-        if out:  # the state first: a kill between the two loses a log line, never a round
-            save_training_state(out.state, {"model": model.state_dict(), "records": records, "round": round_,
-                                            "config": config})
-            out.append(out.metrics, [record])
-        if log:
-            log(record)
-        if on_round:
-            on_round(record, model)
+            out.close()  # the trackers: complete event files, on an error too
     return model, records
 
 
