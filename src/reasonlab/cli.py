@@ -162,7 +162,7 @@ def cmd_pretrain(opts) -> int:
 
     cfg = narrow(opts, PretrainConfig)  # what the checkpoint records
     task = make_task(opts.task, opts.task_arg)
-    folder = RunFolder.claim(opts.out, "pretrain", opts.overwrite)
+    folder = RunFolder.claim(opts.out, "pretrain", opts.overwrite, opts.report_to)
     with TrainProgress(cfg.steps, "pretrain") as bar:
         model, tok, metrics = pretrain(task, cfg, progress=bar, folder=folder, resume=opts.resume, device=opts.device)
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
@@ -187,7 +187,7 @@ def cmd_rationales(opts) -> int:
 
     cfg = narrow(opts, RationalesConfig)
     task = make_task(opts.task, opts.task_arg, opts.model)
-    folder = RunFolder.claim(opts.out, "rationales", opts.overwrite)
+    folder = RunFolder.claim(opts.out, "rationales", opts.overwrite, opts.report_to)
     base, tok = load_model_or_exit(opts.model, device=opts.device, task=task)
     teacher = model_or_endpoint(opts.teacher, opts.device)[0] if opts.teacher else None
     judge = None
@@ -203,7 +203,7 @@ def cmd_rationales(opts) -> int:
                   "not fine-tuned; try --free-form (an instruct model writes no tags), --rationalize, more --samples "
                   "or a --teacher", file=sys.stderr, flush=True)
 
-    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder.path, judge=judge,
+    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder, judge=judge,
                                     log=log, resume=opts.resume)
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
     print(f"saved {folder.model}; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
@@ -238,12 +238,12 @@ def cmd_rl(opts) -> int:
 
     cfg = narrow(opts, GRPOConfig)
     task = make_task(opts.task, opts.task_arg, opts.model)
-    folder = RunFolder.claim(opts.out, "rl", opts.overwrite)
+    folder = RunFolder.claim(opts.out, "rl", opts.overwrite, opts.report_to)
     setup_distributed(opts.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(opts.model, load_dtype(cfg), opts.device, task)
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
-        metrics = train_grpo(model, tok, task, cfg, out_dir=folder.path, progress=bar, resume=opts.resume)
+        metrics = train_grpo(model, tok, task, cfg, out_dir=folder, progress=bar, resume=opts.resume)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
         save_checkpoint(folder.model, final, tok, train_record(cfg, task), into=opts.overwrite)

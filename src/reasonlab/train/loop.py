@@ -229,9 +229,9 @@ def _remove_quietly(file: Path) -> None:
 
 
 # What a resumed run may change: how far it goes, and how often it evaluates and saves. `resume`,
-# `overwrite` and `out` are how a run is started, not settings of the run.
+# `overwrite`, `out` and `report_to` are how a run is started and watched, not settings of the run.
 RESUMABLE = ("steps", "max_seconds", "max_flops", "eval_every", "save_every")
-NOT_SETTINGS = ("resume", "overwrite", "out")
+NOT_SETTINGS = ("resume", "overwrite", "out", "report_to")
 
 
 def task_setting(task) -> dict:
@@ -327,7 +327,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     continues from it, so the remaining steps see exactly the batches and updates an uninterrupted
     run would have, after checking the settings are the same (`check_resume`). With `folder`, every
     step's metrics also go to its metrics.jsonl (rank r > 0: metrics.rank{r}.jsonl), before the
-    state, which `reasonlab report` draws; a resumed run drops the lines logged after its saved state.
+    state, which `reasonlab report` draws, and to the folder's trackers (`RunFolder.log`), closed
+    when training ends; a resumed run drops the lines logged after its saved state.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -404,6 +405,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         if stop is e:
             raise
         raise stop from e
+    finally:
+        if folder:
+            folder.close()  # the trackers: complete event files, on an error too
     model.eval()
     return metrics
 
@@ -466,7 +470,7 @@ def _step_log(folder: RunFolder, rank: int, resumed_at: int | None, then=None):
     folder.restart_logs(resumed_at, rank)
 
     def log(m):
-        folder.append(folder.log_file(rank), [m])
+        folder.log(m, rank)
         if then:
             then(m)
 
