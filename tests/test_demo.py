@@ -58,6 +58,14 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert set(results["pass_at_k"]) == {"base", "method1", "method2", "method1_then_2"}
     assert results["r1_zero_format_curve"] and results["r1_zero"]["steps"] >= 1
     assert [set(s["replies"]) for s in results["stage_samples"]] == [set(results["stage_samples"][0]["replies"])] * 3
+    # the ledger: each stage's compute and time; training stages cost FLOPs, evaluations none
+    ledger = results["ledger"]
+    assert list(ledger) == ["pretrain", "prompting", "method1", "method1_then_2", "r1_zero", "head_to_head",
+                            "budget_aware", "faithfulness"]
+    assert all(ledger[s]["flops"] > 0 for s in ("pretrain", "method1", "method1_then_2", "r1_zero", "budget_aware"))
+    assert all(ledger[s]["flops"] == 0 for s in ("prompting", "head_to_head", "faithfulness"))
+    assert ledger["method1"]["flops"] == results["methods"]["method1"]["flops"][0]  # the same count, two views
+    assert sum(s["seconds"] for s in ledger.values()) <= results["seconds"]
     for png in ("compute.png", "pass_at_k.png", "r1_zero.png"):
         assert (out / png).stat().st_size > 5000 and png in html
     assert "What the model writes at each stage" in html

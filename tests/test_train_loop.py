@@ -54,8 +54,14 @@ def test_training_learns_a_tiny_mapping(tiny_gpt):
     examples = tokenize_examples(tok, rows, 64)
     cfg = TrainConfig(steps=150, batch_size=10, lr=1e-2, warmup_steps=5, eval_every=0)
     first = train_supervised(model, tok, examples, TrainConfig(steps=1, batch_size=10, lr=1e-9, warmup_steps=1))["loss"]
-    last = train_supervised(model, tok, examples, cfg)["loss"]
-    assert last < first / 10
+    last = train_supervised(model, tok, examples, cfg)
+    assert last["loss"] < first / 10
+    # what the steps cost: 150 steps of the 10 examples, each 6N a token plus its attention pairs
+    lengths = [len(p) + len(c) for p, c in examples]
+    layers, width = model.config.n_layer, model.config.n_head * (model.config.d_model // model.config.n_head)
+    n = sum(p.numel() for p in model.parameters())
+    per_step = sum(6 * n * t + 12 * layers * width * t * (t + 1) // 2 for t in lengths)
+    assert last["compute/flops"] == pytest.approx(150 * per_step)
 
 
 def test_non_finite_losses_skip_and_then_stop(tiny_gpt):

@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, fields
 KINDS = ("sampled", "trained", "scored")
 FLOPS_PER_TOKEN = {"sampled": 2, "trained": 6, "scored": 2}  # times N
 PASSES = {"sampled": 1, "trained": 3, "scored": 1}  # times a forward pass's attention FLOPs
+COUNTED = ("FLOPs: 2N a sampled or scored token and 6N a trained one (N parameters), plus attention: "
+           "4·layers·d_attn a query-key pair forward, 3× that trained; evaluations not counted")
 
 
 @dataclass(frozen=True)

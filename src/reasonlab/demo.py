@@ -13,11 +13,13 @@ import copy
 import json
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from . import compute
 from .config import SEED, check_options
 from .engine import SamplingParams
 from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe, length_control
@@ -165,6 +167,7 @@ class DemoRun:
         lengths = f"{t.min_length} to {t.length}" if t.min_length != t.length else t.length
         self.results: dict = {"task": f"chain of {lengths} variables", "config": asdict(cfg)}
         self.reuse = bool(self.earlier)
+        self.base = None  # the pretrained model, once there is one
         if not self.earlier:
             self.save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
 
@@ -192,6 +195,21 @@ class DemoRun:
         if self.reuse:
             self.results.update({k: self.earlier[k] for k in keys})
         return self.reuse
+
+    @contextmanager
+    def ledger(self, stage: str):
+        """Count the block's compute and time under results' ``ledger[stage]`` ({flops, seconds}; a
+        stage taken from the stopped run keeps what it recorded then)."""
+        t = time.monotonic()
+        with compute.track() as spent:
+            yield
+        ledger = self.results.setdefault("ledger", {})
+        if not self.reuse:
+            cost = compute.model_cost(self.base)  # every stage trains a model of the base's shape
+            ledger[stage] = {"flops": spent.flops(cost), "seconds": time.monotonic() - t}
+        elif stage in self.earlier.get("ledger", {}):
+            ledger[stage] = self.earlier["ledger"][stage]
+        self.save()
 
     def load(self, name: str):
         model, tokenizer = load_model(self.out / "checkpoints" / name)
@@ -383,16 +401,24 @@ def run_demo(cfg: DemoConfig) -> dict:
         return run_real_demo(cfg)
     run = DemoRun(cfg)
     with Stages() as ui:
-        base = run.pretrain_base(ui)
-        run.prompting(ui, base)
+        with run.ledger("pretrain"):
+            run.base = base = run.pretrain_base(ui)
+        with run.ledger("prompting"):
+            run.prompting(ui, base)
         run.arms = Arms(base, run.tok, run.task, run.held_out, [], cfg.seed, run.out, cfg.quick,
                         run.results["base_template_acc"])
-        method1 = run.method1(ui, base)
-        chain = run.method2(ui)
-        zero = run.r1_zero(ui, base)
-        run.head_to_head(ui, base, {"method1": method1, "method2": zero, "method1_then_2": chain})
-        run.budget(ui, method1)
-        run.faithfulness(ui, base, method1)
+        with run.ledger("method1"):
+            method1 = run.method1(ui, base)
+        with run.ledger("method1_then_2"):
+            chain = run.method2(ui)
+        with run.ledger("r1_zero"):
+            zero = run.r1_zero(ui, base)
+        with run.ledger("head_to_head"):
+            run.head_to_head(ui, base, {"method1": method1, "method2": zero, "method1_then_2": chain})
+        with run.ledger("budget_aware"):
+            run.budget(ui, method1)
+        with run.ledger("faithfulness"):
+            run.faithfulness(ui, base, method1)
     return run.report()
 
 

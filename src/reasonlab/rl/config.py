@@ -73,7 +73,7 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
                                                             "above": 0, "max": 1})
     max_flops: float = field(default=0.0, metadata={
         "help": "stop once the run's sampling and updates have cost this many FLOPs (2N a sampled token, 6N a "
-                "trained one: `compute`; 0 = no limit)", "min": 0})
+                "trained one, plus attention: `compute`; 0 = no limit)", "min": 0})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation", "min": 1})
     no_format_patience: int = field(default=5, metadata={
         "help": "stop when no completion drawn in the first N steps is well-formed (every reward 0: nothing "

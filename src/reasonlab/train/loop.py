@@ -301,6 +301,17 @@ def stop_if_diverged(bad_in_a_row: int, step: int) -> None:
                         "(lower --lr?)")
 
 
+@torch.no_grad()
+def held_out_loss(model, pad_id: int, examples: list[tuple[list[int], list[int]]], batch_size: int = 64) -> float:
+    """The mean loss per completion token on `examples` (the same for any batch size)."""
+    total, n = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        input_ids, labels = collate(examples[i:i + batch_size], pad_id)
+        total += float(lm_loss(model, input_ids, labels, reduction="sum"))
+        n += int((labels != IGNORE).sum())
+    return total / max(n, 1)
+
+
 def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over labelled tokens (their mean, or their sum)."""
     device = next(model.parameters()).device
@@ -343,12 +354,14 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     config = {**dataclasses.asdict(cfg), **(settings or {}), "examples": len(examples)}
     start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
+    ledger, cost = compute.Ledger(), compute.model_cost(model)  # what the run's steps cost (`compute/flops`)
     state_dir = folder.state if folder else None
     if state_dir and not resume and rank == 0:
         discard_training_state(state_dir)
     if resume and state_dir and (state := _resume_from(state_dir, model, optimizer, batches, config)):
         first, bad_in_a_row = state["step"], state["bad_in_a_row"]
         start -= state.get("seconds", 0.0)  # elapsed time (and so --max-seconds) counts on
+        ledger.restore(state.get("compute", {}))  # and so does the compute
     if folder:
         log = _step_log(folder, rank, first if resume else None, log)
         if resume and first:  # start from the saved step's logged metrics (all there is when the run had finished)
@@ -358,7 +371,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
 
     def point(step: int) -> dict:  # the state after `step` steps, but for the weights and optimiser
         return {"batches": batches.state(), "torch_rng": torch.get_rng_state(), "step": step,
-                "bad_in_a_row": bad_in_a_row, "config": config, "seconds": time.monotonic() - start}
+                "bad_in_a_row": bad_in_a_row, "config": config, "seconds": time.monotonic() - start,
+                "compute": dataclasses.asdict(ledger)}
 
     def save(at: dict) -> None:
         save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **at})
@@ -369,7 +383,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         for step in range(first, cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            total = _forward_backward(model, tokenizer.pad_id, batches, cfg)
+            with compute.track(ledger):
+                total = _forward_backward(model, tokenizer.pad_id, batches, cfg)
             if not math.isfinite(total) or not grads_finite(model):
                 optimizer.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
@@ -384,7 +399,7 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             optimizer.zero_grad(set_to_none=True)
             good = point(step + 1)
             metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
-                       "seconds": good["seconds"]}
+                       "seconds": good["seconds"], "compute/flops": all_reduce_sum(ledger.flops(cost))}
             last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
             if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
                 model.eval()  # every rank evaluates the same model: the same stop decision everywhere

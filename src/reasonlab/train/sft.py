@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint, train_record
 from ..outdir import RunFolder, RunOptions, out_field
-from .loop import TrainConfig, collate, fit_to_model, lm_loss, tokenize_examples, train_supervised
+from .loop import TrainConfig, fit_to_model, held_out_loss, tokenize_examples, train_supervised
 from ..runtime import (RuntimeOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
                        shutdown_distributed, world)
 
@@ -92,11 +92,7 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
         held = tokenize_examples(tokenizer, read_sft_rows(cfg.eval_data, tokenizer), cfg.max_seq_len)
 
         def evaluate(m):
-            import torch
-
-            with torch.no_grad():
-                losses = [float(lm_loss(m, *collate(held[i:i + 64], tokenizer.pad_id))) for i in range(0, len(held), 64)]
-            return {"eval_loss": sum(losses) / len(losses)}
+            return {"eval_loss": held_out_loss(m, tokenizer.pad_id, held)}
 
     if rank == 0:
         folder.start(asdict(cfg))
