@@ -187,5 +187,7 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and (other / "notes.txt").read_text() == "mine"
     assert main(["study", "methods", "--quick", "--pass-problems", "500", "--out", str(tmp_path / "x")]) == 2
     assert "--pass-problems 500 is more than --held-out 200" in capsys.readouterr().err
-    assert main(["study", "budgets", "--out", str(tmp_path / "y")]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse: not a study
+        main(["study", "budgets", "--out", str(tmp_path / "y")])
+    assert refused.value.code == 2
     assert not (tmp_path / "y").exists()

@@ -18,7 +18,7 @@ from .errors import UserError
 from .outdir import RunFolder
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
                       RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions,
-                      StudyOptions)
+                      StudyOptions, ComputeStudyOptions)
 from .remote import RemoteError, RemoteGenerator
 
 
@@ -273,6 +273,15 @@ def cmd_study(cfg) -> int:
     return 0
 
 
+def cmd_study_compute(cfg) -> int:
+    from .console import print_compute_study
+    from .study_compute import run_compute_study
+
+    print_compute_study(run_compute_study(cfg))
+    print(f"\nresults: {cfg.out}/results.json   report: {cfg.out}/report.html")
+    return 0
+
+
 def cmd_eval(opts) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -379,8 +388,10 @@ COMMANDS = (
     Command("generate", "sample completions for a task and show their parse and reward", GenerateOptions,
             cmd_generate),
     Command("demo", "the whole story on the built-in tiny model (CPU, minutes)", DemoOptions, cmd_demo),
-    Command("study", "methods: Method 1 vs Method 2 from one base at equal compute, over seeds (pass@k, R1-Zero)",
+    Command("study methods", "Method 1 vs Method 2 from one base at equal compute, over seeds (pass@k, R1-Zero)",
             StudyOptions, cmd_study),
+    Command("study compute", "train-time vs test-time compute: model sizes x training budgets, answering directly "
+            "or thinking (budgets, votes); power-law fits, iso-accuracy", ComputeStudyOptions, cmd_study_compute),
     Command("pretrain", "train the built-in model from scratch on a synthetic corpus", PretrainOptions, cmd_pretrain),
     Command("sft", "supervised fine-tuning on prompt/completion or messages JSONL", SFTOptions, cmd_sft),
     Command("rationales", "Method 1: sample rationales, keep verified ones, fine-tune, repeat", RationalesOptions,
@@ -399,9 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.commands = sub.choices  # name -> its parser
+    parser.commands = {}  # name ("study compute" for a command's sub-command) -> its parser
+    groups = {}  # "study" -> the subparsers of its sub-commands
     for command in COMMANDS:
-        add_config_args(sub.add_parser(command.name, help=command.help, parents=[common]), command.options)
+        group, _, name = command.name.rpartition(" ")
+        if group and group not in groups:
+            helps = [c.name.split(" ", 1)[1] for c in COMMANDS if c.name.startswith(group + " ")]
+            groups[group] = sub.add_parser(group, help=f"{group}: {' or '.join(helps)}").add_subparsers(
+                dest="sub", required=True, metavar="|".join(helps))
+        where = groups[group] if group else sub
+        parser.commands[command.name] = where.add_parser(name, help=command.help, parents=[common])
+        add_config_args(parser.commands[command.name], command.options)
     return parser
 
 
@@ -420,13 +439,14 @@ def abort_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = next(c for c in COMMANDS if c.name == args.command)
+    name = f"{args.command} {args.sub}" if getattr(args, "sub", None) else args.command
+    command = next(c for c in COMMANDS if c.name == name)
     try:  # every option, from the command line or --config, through the one `build_config`
         return command.run(build_config(command.options, args))
     except (UserError, ValueError, OSError, RemoteError) as e:  # OSError: a file or folder that cannot be read or written
         if args.debug:
             raise
-        print(f"reasonlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"reasonlab {name}: error: {e}", file=sys.stderr)
         abort_distributed()
         # An endpoint down or failing is not a usage error (1, not 2): what arrived is on disk, rerun to go on.
         return 1 if isinstance(e, RemoteError) else 2

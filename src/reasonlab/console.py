@@ -140,3 +140,43 @@ def study_rows(results: dict) -> list[tuple[str, str]]:
 def print_study(results: dict) -> None:
     """A methods study's results table, on the terminal."""
     print_table(f"reasonlab study methods: {results.get('task', '')} (held-out, greedy)", "result", study_rows(results))
+
+
+def compute_rows(results: dict) -> list[tuple[str, str]]:
+    """A compute study's summary: the fits, each size's best accuracies, and the iso-accuracy table."""
+    from .study_compute import human
+
+    rows = []
+    for key, label in (("loss", "held-out loss"), ("direct_error", "error answering directly"),
+                       ("thinking_error", "error thinking")):
+        fit = results.get("fit", {}).get(key, {})
+        value = (f"α = {fit['exponent']:.3f} [{fit['ci'][0]:.3f}, {fit['ci'][1]:.3f}] on {fit['n']} points"
+                 if fit.get("exponent") is not None else fit.get("why", "—"))
+        rows.append((f"power law of {label} against training FLOPs", value))
+    for p in results.get("points", []):
+        think = next(t for t in p["think"] if t["budget"] is None)
+        vote = p["vote"][-1]
+        rows.append((f"{human(p['n_params'])} params, {human(p['tokens'])} tokens ({human(p['train_flops'])}FLOP)",
+                     f"direct {percent(p['direct']['acc'])} · thinking {percent(think['acc'])} · "
+                     f"vote of {vote['k']} {percent(vote['acc'])}"))
+    for q, table in results.get("iso_accuracy", {}).get("overall", {}).items():
+        for row in table:
+            rows.append((f"reach {row['target']:.0%} at {human(float(q))} queries", iso_text(row)))
+    return rows
+
+
+def iso_text(row: dict) -> str:
+    """One iso-accuracy row: the cheapest configuration, its total FLOPs, and by how much it beats the other family."""
+    from .study_compute import human
+
+    if row["winner"] is None:
+        return "not reached"
+    best = row[row["winner"]]
+    beaten = f", {row['ratio']:.3g}x cheaper than {'thinking' if row['winner'] == 'direct' else 'direct'}" \
+        if row["ratio"] else f" ({'thinking' if row['winner'] == 'direct' else 'direct'}: not reached)"
+    return f"{best['label']}: {human(best['total'])}FLOP{beaten}"
+
+
+def print_compute_study(results: dict) -> None:
+    """A compute study's results, on the terminal."""
+    print_table(f"reasonlab study compute: {results.get('task', '')} (held-out)", "result", compute_rows(results))

@@ -17,6 +17,7 @@ from .evaluate import EvalConfig, SampleConfig
 from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
 from .study import StudyConfig
+from .study_compute import ComputeStudyConfig
 from .template import PROMPT_STYLES
 from .train.pretrain import PretrainConfig
 from .train.rationales import RationalesConfig
@@ -127,3 +128,4 @@ class ServeOptions(DeviceOptions):
 
 DemoOptions = DemoConfig  # all of them the demo's own
 StudyOptions = StudyConfig
+ComputeStudyOptions = ComputeStudyConfig

@@ -142,7 +142,7 @@ def plot_compute(methods: dict, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, column, xlabel in ((axes[0], 2, "wall time (s, this machine: the budget each method gets)"),
-                               (axes[1], 0, "FLOPs spent (2N a sampled token, 6N a trained one)")):
+                               (axes[1], 0, "FLOPs spent (2N a sampled token, 6N a trained one, + attention)")):
         for name, m in methods.items():
             curves = [np.array(c, dtype=float) for c in m["curve"] if len(c) > 1]
             if not curves:
@@ -445,6 +445,91 @@ def _loss_report(run: Path) -> Path:
     return _write_page(run, f"reasonlab: {folder.name}", note, rows, figures)
 
 
+SIZE_COLORS = ("#9aa5b1", "#5b8def", "#2fa36b", "#a05bd6", "#f0a030", "#d64545")
+
+
+def plot_scaling(results: dict, path: Path) -> Path:
+    """A compute study's train-time scaling: held-out loss against training FLOPs (every size's
+    curve, the power law fitted on the frontier), and accuracy against training FLOPs, directly and
+    thinking."""
+    from .study_compute import human
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, size in enumerate(results.get("sizes", [])):
+        color = SIZE_COLORS[i % len(SIZE_COLORS)]
+        curve = sorted((c, loss) for c, loss, _, s in results.get("losses", []) if s == i)
+        points = sorted((p["train_flops"], p["direct"]["acc"], p["think"][-1]["acc"])
+                        for p in results.get("points", []) if p["size"] == i)
+        n = next((p["n_params"] for p in results.get("points", []) if p["size"] == i), None)
+        label = f"{size['n_layer']} x {size['d_model']}" + (f", {human(n)} params" if n else "")
+        if curve:
+            left.plot(*zip(*curve), "-o", color=color, ms=3, label=label)
+        if points:
+            right.plot([c for c, _, _ in points], [a for _, a, _ in points], "--o", color=color, ms=4)
+            right.plot([c for c, _, _ in points], [a for _, _, a in points], "-^", color=color, ms=5, label=label)
+    fit = results.get("fit", {}).get("loss", {})
+    if fit.get("exponent") is not None:
+        xs = [x for x, _ in fit["points"]]
+        left.plot(xs, [fit["coef"] * x ** -fit["exponent"] for x in xs], ":", color="black",
+                  label=f"fit: α = {fit['exponent']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
+    for ax in (left, right):
+        ax.set_xscale("log")
+    left.set_yscale("log")
+    _style(left, "Held-out loss", "training FLOPs", "loss per completion token")
+    _style(right, "Accuracy (dashed: direct, solid: thinking)", "training FLOPs", "held-out accuracy")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_total_compute(results: dict, path: Path) -> Path:
+    """Accuracy against total compute (training + Q x inference) at each reported Q: every
+    configuration, the direct and the thinking family, and each family's frontier; then, at the
+    headline Q, the same per difficulty."""
+    from .study_compute import families, frontier
+
+    counts = results.get("queries", [])
+    difficulties = sorted({d for p in results.get("points", []) for d in p["direct"]["by_difficulty"]}, key=int)
+    headline = counts[len(counts) // 2] if counts else 1
+    rows = [[(q, None) for q in counts]] + ([[(headline, d) for d in difficulties]] if difficulties else [])
+    width = max(1, *(len(r) for r in rows))
+    fig, axes = plt.subplots(len(rows), width, figsize=(3.6 * width, 3.3 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(width):
+            ax = axes[r][c]
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            q, difficulty = row[c]
+            configs = families(results["points"], difficulty)
+            for family, color, marker in (("direct", COLORS["base"], "o"), ("thinking", COLORS["think"], "^")):
+                pts = [(x["train"] + q * x["inference"], x["acc"]) for x in configs if x["family"] == family]
+                if pts:
+                    ax.scatter(*zip(*pts), s=12, color=color, marker=marker, alpha=0.5)
+                    ax.step(*zip(*frontier(pts, lower=False)), where="post", color=color, label=family)
+            ax.set_xscale("log")
+            title = (f"all problems, {q:.0e} queries" if difficulty is None else
+                     f"{difficulty} hop{'s' if difficulty != '1' else ''}, {q:.0e} queries")
+            _style(ax, title, "total FLOPs", "accuracy" if c == 0 else "")
+            ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _compute_report(run: Path) -> Path:
+    """A `reasonlab study compute` folder: the fits, accuracy against total compute, iso-accuracy."""
+    from .console import compute_rows
+
+    results = read_json(run / "results.json")
+    figures = [("Train-time scaling", plot_scaling(results, run / "scaling.png")),
+               ("Accuracy against total compute (training + queries x inference)",
+                plot_total_compute(results, run / "total_compute.png"))]
+    note = (f"Task: {results.get('task', '')}. Compute: {results.get('compute', 'FLOPs')}. Every accuracy on the same "
+            f"held-out problems; thinking budgets {results.get('think_budgets')}, votes of "
+            f"{results.get('votes')} samples at T = {results.get('vote_temperature')}.")
+    return _write_page(run, "reasonlab study: train-time vs test-time compute", note, compute_rows(results), figures)
+
+
 def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], figures, extra: str = "") -> Path:
     table = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     images = "\n".join(f'<h2>{html.escape(t)}</h2><img src="{p.name}" alt="{html.escape(t)}">' for t, p in figures)
@@ -468,5 +553,5 @@ img {{ max-width: 100%; }} td.reply {{ text-align: left; font-weight: normal; wh
     return out
 
 
-REPORTS = {"demo": _demo_report, "study": _study_report, "rl": _rl_report, "rationales": _rationales_report,  # by run.json's command
+REPORTS = {"demo": _demo_report, "study": _study_report, "study compute": _compute_report, "rl": _rl_report, "rationales": _rationales_report,  # by run.json's command
            "pretrain": _loss_report, "sft": _loss_report}

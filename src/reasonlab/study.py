@@ -12,8 +12,8 @@ base writes the template now and then, as a pretrained LM does). From it, for ea
   the two together have taken T.
 
 Equal compute is equal wall time on one machine (each arm's periodic held-out evaluations
-included). FLOPs are counted beside it (`compute`: 2N a sampled token, 6N a trained one;
-evaluations not counted): on a CPU, GRPO's small decoding batches use the FLOPs far less well than
+included). FLOPs are counted beside it (`compute`: 2N a sampled token, 6N a trained one, plus
+attention; evaluations not counted): on a CPU, GRPO's small decoding batches use the FLOPs far less well than
 Method 1's large fine-tuning batches, so equal FLOPs would give GRPO several times Method 1's time
 (`GRPOConfig.max_flops` runs that comparison). Every model is evaluated on the same held-out problems:
 greedy accuracy, format rate, thinking length, and pass@k for k = 1 … 64 from 64 samples a problem at
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from . import compute
 from .config import check_options
 from .engine import SamplingParams
 from .errors import NoFormatError, UserError
@@ -63,8 +64,6 @@ LABELS = {"base": "base", "method1": "Method 1 alone", "method2": "Method 2 alon
 
 @dataclass
 class StudyConfig:
-    study: str = field(default="methods", metadata={"positional": True, "choices": ("methods",),
-                                                    "help": "which study: methods (Method 1 vs Method 2)"})
     out: str = field(default="runs/study-methods", metadata={"help": "output folder", "nonempty": True})
     seeds: int = field(default=3, metadata={"help": "seeds of every method (the spread across them is its "
                                                     "reliability)", "min": 1})
@@ -255,7 +254,7 @@ def run_study(cfg: StudyConfig) -> dict:
     held_out = task.problems(cfg.held_out, "test", seed=99)
     pass_problems = held_out[:cfg.pass_problems] if not cfg.quick else held_out[:min(cfg.pass_problems, 8)]
     results: dict = {"study": "methods", "task": f"chain of {cfg.length} variables", "config": asdict(cfg),
-                     "template_fraction": TEMPLATE_FRACTION, "compute": "FLOPs: 2N a sampled token, 6N a trained one",
+                     "template_fraction": TEMPLATE_FRACTION, "compute": compute.COUNTED,
                      "pass_temperature": PASS_TEMPERATURE}
 
     def save():
