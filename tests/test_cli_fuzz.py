@@ -180,12 +180,12 @@ def snapshot(root) -> dict:
 def run(argv, capsys, monkeypatch) -> tuple[int, str]:
     """(exit code, stderr) of `reasonlab argv` in-process; `serve`/`demo` stop where they would start."""
     import reasonlab.demo
-    import reasonlab.remote
+    import reasonlab.serve
 
     def started(*args, **kwargs):
         raise Started
 
-    monkeypatch.setattr(reasonlab.remote, "serve", started)
+    monkeypatch.setattr(reasonlab.serve, "run_server", started)
     monkeypatch.setattr(reasonlab.demo, "run_demo", started)
     try:
         code = cli.main(argv)

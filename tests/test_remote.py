@@ -1,5 +1,5 @@
-"""The OpenAI-compatible path, against a real HTTP server on 127.0.0.1 started by the test:
-completions, retries with back-off, clear failures; the LLM judge (local and over HTTP) on a task
+"""The OpenAI-compatible path, against a real HTTP server (`reasonlab.serve`) on 127.0.0.1 started
+by the test: completions, retries with back-off, clear failures; the LLM judge (local and over HTTP) on a task
 without gold answers; samples persisted as they arrive. Run: pytest tests/test_remote.py"""
 
 import json
@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from reasonlab.model import new_builtin
-from reasonlab.remote import RemoteError, RemoteGenerator, make_server
+from reasonlab.remote import RemoteError, RemoteGenerator
+from reasonlab.serve import ServerThread, make_app
 from reasonlab.tasks import Problem, Task, register_task
 from reasonlab.train.rationales import Judge, RationalesConfig, sample_rationales
 from tests.conftest import BigramLM
@@ -36,12 +37,15 @@ def start(server):
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def serving(model, tok=TOK) -> ServerThread:
+    """`reasonlab serve`'s app for `model` on a free port, on a thread."""
+    return ServerThread(make_app(model, tok))
+
+
 @pytest.fixture
 def endpoint():
-    server = make_server(writer(), TOK)
-    yield start(server)
-    server.shutdown()
-    server.server_close()
+    with serving(writer()) as server:
+        yield server.url
 
 
 def test_completions_over_http(endpoint):
@@ -106,14 +110,9 @@ def test_judge_filters_a_task_without_gold_locally_and_over_http(score, kept):
     judge = Judge(scorer(score), TOK, "Score how well the response answers.", threshold=7)
     local, drawn = sample_rationales(writer(), TOK, task, problems, cfg, seed=0, judge=judge)
     assert drawn == 10 and (len(local) == 5) is kept  # one survivor per question after dedup, or none
-    server = make_server(scorer(score), TOK)
-    url = start(server)
-    try:
-        remote_judge = Judge(RemoteGenerator(url), TOK, "Score how well the response answers.", threshold=7)
+    with serving(scorer(score)) as server:
+        remote_judge = Judge(RemoteGenerator(server.url), TOK, "Score how well the response answers.", threshold=7)
         over_http, _ = sample_rationales(writer(), TOK, task, problems, cfg, seed=0, judge=remote_judge)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert over_http == local
     with pytest.raises(ValueError, match="rubric"):
         Judge(scorer(score), TOK, " ")
@@ -216,7 +215,7 @@ def _post(url: str, body: bytes | None, headers: dict | None = None, path: str =
     ({"prompt": 5}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": ["a", 3]}, "prompt"),
     ({"prompt": "q\n", "n": 0}, "n"), ({"prompt": "q\n", "n": "2"}, "n"), ({"prompt": "q\n", "seed": "abc"}, "seed"),
     ({"prompt": "q\n", "temperature": float("nan")}, "temperature"), ({"prompt": "q\n", "temperature": -1}, "temperature"),
-    ({"prompt": "q\n", "max_tokens": 0}, "max_tokens"), ({"prompt": "q\n", "top_p": 0}, None),
+    ({"prompt": "q\n", "max_tokens": 0}, "max_tokens"), ({"prompt": "q\n", "top_p": 0}, "top_p"),
     ({"prompt": "9" * 200}, "prompt"),  # longer than the model's 128 positions
     ([1, 2], None),
 ])
@@ -224,8 +223,8 @@ def test_server_answers_a_bad_request_with_an_openai_error(body, param, capsys):
     from reasonlab.model import GPTConfig
 
     model, tok = new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=128))
-    server = make_server(model, tok)
-    url = start(server)
+    server = serving(model, tok)
+    url = server.url
     try:
         data = json.dumps(body).encode()
         status, answer = _post(url, data, {"Content-Type": "application/json", "Content-Length": str(len(data))})
@@ -233,16 +232,15 @@ def test_server_answers_a_bad_request_with_an_openai_error(body, param, capsys):
         assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param
         status, answer = _post(url, b"{not json", {"Content-Length": "9"})
         assert status == 400 and "not valid JSON" in answer["error"]["message"]
-        status, answer = _post(url, None, {})  # no Content-Length
-        assert status == 400 and "Content-Length" in answer["error"]["message"]
+        status, answer = _post(url, None, {})  # no body
+        assert status == 400 and "not valid JSON" in answer["error"]["message"]
         status, answer = _post(url, b"{}", {"Content-Length": "2"}, path="/v1/chat")
         assert status == 404 and answer["error"]["code"] == "not_found"
         ok = json.dumps({"prompt": "1+1\n", "max_tokens": 3, "n": 2, "seed": 1}).encode()
         status, answer = _post(url, ok, {"Content-Length": str(len(ok))})
         assert status == 200 and len(answer["choices"]) == 2  # the server still serves
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -253,14 +251,9 @@ def test_server_answers_an_internal_failure_with_500(capsys):
 
         decode = forward
 
-    server = make_server(Broken(len(TOK), {}, default=0), TOK)
-    url = start(server)
-    try:
+    with serving(Broken(len(TOK), {}, default=0)) as server:
         body = json.dumps({"prompt": "q\n", "max_tokens": 2}).encode()
-        status, answer = _post(url, body, {"Content-Length": str(len(body))})
-    finally:
-        server.shutdown()
-        server.server_close()
+        status, answer = _post(server.url, body, {"Content-Length": str(len(body))})
     assert status == 500 and answer["error"]["type"] == "server_error"
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: boom" in err and "Traceback" not in err

@@ -218,16 +218,27 @@ def model_or_endpoint(spec: str, device: str = "auto"):
 
 
 def cmd_serve(opts) -> int:
-    from .remote import make_server, serve
+    try:
+        from .serve import Limits, bind, make_app, model_name_of, run_server
+    except ImportError as e:
+        raise UserError(f"reasonlab serve needs the serve extra ({e.name} is missing): pip install 'reasonlab[serve]'") from None
 
     if not 0 <= opts.port <= 65535:
         raise UserError(f"--port must be 0-65535, got {opts.port}")
-    try:  # the address is checked before the model loads: a port in use is one line, at once
-        make_server(None, None, opts.host, opts.port).server_close()
+    limits = Limits(max_batch_rows=opts.max_batch_rows, max_queue=opts.max_queue, max_tokens=opts.max_tokens,
+                    default_max_tokens=min(Limits.default_max_tokens, opts.max_tokens),
+                    max_body_bytes=opts.max_body_bytes)
+    try:  # the address is taken before the model loads: a port in use is one line, at once
+        sock = bind(opts.host, opts.port)
     except OSError as e:
         raise UserError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}") from None
-    model, tok = load_model_or_exit(opts.model, device=opts.device)
-    serve(model, tok, opts.host, opts.port)
+    with sock:
+        model, tok = load_model_or_exit(opts.model, device=opts.device)
+        name = model_name_of(opts.model)
+        url = f"http://{opts.host}:{sock.getsockname()[1]}/v1/"
+        run_server(make_app(model, tok, limits, name), sock,
+                   on_start=lambda: print(f"serving {name} (POST chat/completions, completions; GET models; "
+                                          f"/health) on {url}", flush=True))
     return 0
 
 
@@ -400,7 +411,7 @@ COMMANDS = (
     Command("eval", "accuracy, pass@k, maj@k, format rate, thinking length, budget sweep", EvalOptions, cmd_eval),
     Command("faithfulness", "does the model follow a hint in the prompt, and does its thought say so?",
             FaithfulnessOptions, cmd_faithfulness),
-    Command("serve", "serve a model on an OpenAI-compatible /v1/completions endpoint", ServeOptions, cmd_serve),
+    Command("serve", "serve a model over the OpenAI API (chat with reasoning_content, completions), batched", ServeOptions, cmd_serve),
     Command("report", "plots and an HTML page from a run folder", ReportOptions, cmd_report),
 )
 

@@ -124,6 +124,14 @@ class ServeOptions(DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
     host: str = "127.0.0.1"
     port: int = 8000  # 0-65535, checked by `cmd_serve`
+    max_batch_rows: int = field(default=64, metadata={"help": "rows (prompts x n) one generate call takes at most; "
+                                "concurrent requests share calls up to it", "min": 1})
+    max_queue: int = field(default=512, metadata={"help": "rows waiting for the model at most; more: HTTP 429",
+                           "min": 1})
+    max_tokens: int = field(default=1024, metadata={"help": "cap on a request's max_tokens; above: HTTP 400",
+                            "min": 1})
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "request body size at most; larger: HTTP 413",
+                                "min": 1})
 
 
 DemoOptions = DemoConfig  # all of them the demo's own
