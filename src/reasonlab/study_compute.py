@@ -2,7 +2,7 @@
 
 Does spending compute at answer time (a longer thought, several votes) buy more accuracy than
 spending it on a bigger model or longer training? The study trains the built-in model from scratch
-at four sizes (`SIZES`, 17k to 817k parameters: 49×), each to three training budgets (checkpoints
+at four sizes (`SIZES`, 16.4k to 817k parameters: 50×), each to three training budgets (checkpoints
 at 1/9, 1/3 and all of its run; a constant learning rate after warm-up, so a checkpoint is what a
 run of that length gives), on one corpus of chain problems (1 to 3 hops, `TASK`) in which half
 the documents answer directly (``<think></think><answer>X</answer>`` after the bare question) and
@@ -68,7 +68,7 @@ from .train.loop import TrainConfig, held_out_loss, tokenize_examples, train_sup
 
 COMMAND = "study compute"
 TASK = {"length": 4, "min_length": 2, "max_value": 9}  # chains of 2 to 4 variables (1 to 3 hops), values 0..9
-SIZES = ((2, 24, 2), (2, 48, 4), (3, 80, 4), (4, 128, 4))  # (layers, width, heads): 17k … 817k parameters
+SIZES = ((2, 24, 2), (2, 48, 4), (3, 80, 4), (4, 128, 4))  # (layers, width, heads): 16.4k … 817k parameters
 STEPS = (5400, 3600, 2250, 1350)  # each size's run (batch 64): 3 to 6 minutes each here
 QUICK_SIZES = ((1, 16, 2), (1, 32, 2), (2, 48, 4), (2, 96, 4))
 QUICK_STEPS = (36, 27, 18, 18)
