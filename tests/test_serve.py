@@ -3,7 +3,6 @@ client: chat with reasoning_content, streaming, completions, models, thinking bu
 objects, batching of concurrent requests and a bounded load test. Run: pytest tests/test_serve.py"""
 
 import asyncio
-import json
 import threading
 import time
 
@@ -36,20 +35,25 @@ def thinker():
     return BigramLM(len(TOK), script, default=TOK.eos_id)
 
 
-class Slow(BigramLM):
-    """A writer whose every decode step takes `delay` seconds: requests pile up behind it."""
-
-    delay = 0.05
+class Gated(BigramLM):
+    """A model whose every decode step waits for `gate`: the test decides when the model is busy."""
 
     def decode(self, *args):
-        time.sleep(self.delay)
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
         return super().decode(*args)
 
 
-def slow_writer():
-    model = writer()
-    model.__class__ = Slow
+def gated(model):
+    model.__class__ = Gated
+    model.gate = threading.Event()
     return model
+
+
+def wait_for(server, key, value):
+    deadline = time.monotonic() + 20
+    while httpx.get(server.url + "/health").json()[key] != value:
+        assert time.monotonic() < deadline, f"/health never showed {key} = {value}"
+        time.sleep(0.01)
 
 
 def client(server, **kw):
@@ -69,7 +73,8 @@ def test_chat_splits_thought_and_answer_with_usage(server):
     assert len(reply.choices) == 2 and reply.object == "chat.completion"
     for choice in reply.choices:
         assert choice.message.role == "assistant" and choice.finish_reason == "stop"
-        assert (choice.message.reasoning_content, choice.message.content) == (parsed.think, parsed.answer) == ("ab", "7")
+        split = (choice.message.reasoning_content, choice.message.content)
+        assert split == (parsed.think, parsed.answer) == ("ab", "7")
     u = reply.usage
     assert u.completion_tokens == 2 * len(TOK.encode(raw)) and u.total_tokens == u.prompt_tokens + u.completion_tokens
     assert u.prompt_tokens == len(TOK.encode("3+4\nLet's think step by step.\n"))  # the prompt counted once for n=2
@@ -151,9 +156,31 @@ def test_max_thinking_tokens_caps_the_thought_exactly():
         assert low.choices[0].message.reasoning_content == "a" * 10  # low: a quarter of max_tokens
         uncapped = c.chat.completions.create(model="m", messages=USER, max_tokens=12)
         assert uncapped.choices[0].finish_reason == "length" and uncapped.choices[0].message.content == ""
-        # Rows with different budgets share one generate call: the budget is per row in the engine.
-        calls = s.app.state.batcher.calls
-        assert calls >= 1
+
+
+def test_requests_with_different_budgets_share_one_generate_call():
+    model = gated(thinker())
+    with ServerThread(make_app(model, TOK)) as s:
+        replies = {}
+
+        def ask(budget):
+            replies[budget] = client(s).chat.completions.create(model="m", messages=USER, max_tokens=20,
+                                                                extra_body={"max_thinking_tokens": budget})
+
+        first = threading.Thread(target=ask, args=(1,))
+        first.start()
+        wait_for(s, "busy", True)
+        rest = [threading.Thread(target=ask, args=(b,)) for b in (2, 5, 7)]
+        for t in rest:
+            t.start()
+        wait_for(s, "waiting_rows", 3)
+        model.gate.set()
+        for t in [first, *rest]:
+            t.join()
+        assert s.app.state.batcher.calls == 2  # the first alone, then the three waiting ones together
+        for budget, reply in replies.items():
+            assert reply.choices[0].message.reasoning_content == "a" * budget
+            assert reply.usage.completion_tokens_details.reasoning_tokens == budget
 
 
 def test_errors_are_openai_error_objects():
@@ -184,7 +211,8 @@ def test_errors_are_openai_error_objects():
 
 
 def test_queue_full_is_429_and_a_disconnect_does_not_stop_the_worker():
-    with ServerThread(make_app(slow_writer(), TOK, Limits(max_queue=2))) as s:
+    model = gated(writer())
+    with ServerThread(make_app(model, TOK, Limits(max_queue=2))) as s:
         body = {"model": "m", "messages": USER, "max_tokens": 20}
         done = {}
 
@@ -193,21 +221,23 @@ def test_queue_full_is_429_and_a_disconnect_does_not_stop_the_worker():
 
         first = threading.Thread(target=ask, args=("first",))
         first.start()
-        while not httpx.get(s.url + "/health").json()["busy"]:
-            time.sleep(0.01)
+        wait_for(s, "busy", True)  # the first request is in the model, the waiting list empty
         second = threading.Thread(target=ask, args=("second",), kwargs={"n": 2})
         second.start()
-        while httpx.get(s.url + "/health").json()["waiting_rows"] < 2:
-            time.sleep(0.01)
+        wait_for(s, "waiting_rows", 2)
         full = httpx.post(s.url + "/v1/chat/completions", json=body)
         assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        assert full.json()["error"]["type"] == "rate_limit_error"
         with pytest.raises(openai.RateLimitError):
             client(s).chat.completions.create(**body)
+        model.gate.set()
         first.join()
         second.join()
         assert done["first"].status_code == done["second"].status_code == 200
+        model.gate.clear()
         with pytest.raises(httpx.ReadTimeout):  # a client that gives up while its rows are generated
-            httpx.post(s.url + "/v1/chat/completions", json=body, timeout=0.1)
+            httpx.post(s.url + "/v1/chat/completions", json=body, timeout=0.2)
+        model.gate.set()
         reply = client(s).chat.completions.create(**body)  # the worker went on
         assert reply.choices[0].message.content == "7"
 
@@ -251,3 +281,16 @@ def test_load_concurrent_clients_are_batched_and_faster():
     print(f"\nload: 256 requests one at a time {one_at_a_time:.2f} s ({256 / one_at_a_time:.0f} req/s), "
           f"32 clients x 8 {concurrent:.2f} s ({256 / concurrent:.0f} req/s) in {calls} generate calls: {ratio:.1f}x")
     assert calls < 256 and ratio > 1.0
+
+
+def test_serve_without_the_extra_is_one_line(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from reasonlab.cli import main
+
+    for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "reasonlab.serve")
+    assert main(["serve", "--model", str(tmp_path / "m"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'reasonlab[serve]'" in err and "starlette" in err and "Traceback" not in err

@@ -16,10 +16,11 @@ Batching. A request is checked, its prompts built and tokenised on the event loo
 waiting each time the model is free: the oldest job's sampling key (temperature, top_p, max_tokens:
 the engine takes those once per `generate` call) and every waiting job with the same key, oldest
 first, up to `Limits.max_batch_rows` rows (a larger job runs alone, in calls of that many rows); jobs
-with other keys wait for a later turn (oldest key first). Thinking budgets and seeds differ per row inside a batch: the engine takes `think_budget` as
-a per-row list and `row_seeds` (a row's samples depend only on its own seed, never on the rows it
-shares a batch with). The `generate` call runs in a thread (`asyncio.to_thread`), so the loop keeps
-accepting requests; each job's future gets its rows. A client that disconnects leaves a future
+with other keys wait for a later turn (oldest key first). Thinking budgets and seeds differ per row
+inside a batch: the engine takes `think_budget` as a per-row list and `row_seeds` (a row's samples
+depend only on its own seed, never on the rows it shares a batch with). The `generate` call runs
+in a thread (`asyncio.to_thread`), so the loop keeps accepting requests; each job's future gets its
+rows. A client that disconnects leaves a future
 nobody awaits: its rows are dropped and the worker goes on. A request whose rows would take the
 waiting rows past `Limits.max_queue`: 429 (alone, a request is always taken).
 
@@ -133,7 +134,7 @@ def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
     if max_tokens > limits.max_tokens:
         raise ServeError(f"'{token_key}' is {max_tokens}, above this server's cap of {limits.max_tokens} "
                          "(reasonlab serve --max-tokens)", token_key, code="max_tokens_too_large")
-    temperature = _number(body, "temperature", 1.0, float, 0, 2)
+    temperature = _number(body, "temperature", 1.0, float, 0)  # no cap at 2: rationales may ask more
     top_p = _number(body, "top_p", 1.0, float, 0, 1)
     if top_p == 0:
         raise ServeError("'top_p' must be above 0", "top_p")
@@ -160,7 +161,8 @@ def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
             raise ServeError("'logprobs' must be an integer", "logprobs")
         if logprobs:
             raise ServeError("'logprobs' above 0 (top alternatives) is not supported: the engine keeps only the "
-                             "chosen token's log-probability (use logprobs=0)", "logprobs", code="unsupported_parameter")
+                             "chosen token's log-probability (use logprobs=0)", "logprobs",
+                             code="unsupported_parameter")
         logprobs = logprobs == 0
     if logprobs and body.get("stream"):
         raise ServeError("'logprobs' is not supported with 'stream'", "logprobs", code="unsupported_parameter")
@@ -546,7 +548,8 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
 
     async def health(request: Request):
         batcher = state["batcher"]
-        return JSONResponse({"status": "ok", "busy": batcher.busy, "waiting_rows": sum(len(j.prompts) for j in batcher.waiting),
+        waiting = sum(len(j.prompts) for j in batcher.waiting)
+        return JSONResponse({"status": "ok", "busy": batcher.busy, "waiting_rows": waiting,
                              "generate_calls": batcher.calls, "rows_done": batcher.rows_done})
 
     async def http_error(request: Request, exc: HTTPException):
