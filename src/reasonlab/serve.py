@@ -20,9 +20,9 @@ with other keys wait for a later turn (oldest key first). Thinking budgets and s
 inside a batch: the engine takes `think_budget` as a per-row list and `row_seeds` (a row's samples
 depend only on its own seed, never on the rows it shares a batch with). The `generate` call runs
 in a thread (`asyncio.to_thread`), so the loop keeps accepting requests; each job's future gets its
-rows. A client that disconnects leaves a future
-nobody awaits: its rows are dropped and the worker goes on. A request whose rows would take the
-waiting rows past `Limits.max_queue`: 429 (alone, a request is always taken).
+rows. A client that disconnects leaves a future nobody awaits: its rows are dropped and the worker
+goes on. A request whose rows would take the waiting rows past `Limits.max_queue`: 429 (alone, a
+request is always taken).
 
 Streaming. The engine returns whole rollouts (it has no per-step hook), so a streamed reply starts
 when its batch has finished: the thought is sent as ``delta.reasoning_content`` one token's text at
