@@ -8,8 +8,8 @@ import random
 import pytest
 
 from reasonlab.cli import main
-from reasonlab.study_compute import (VOTES, cheapest, families, frontier, iso_accuracy, power_fit, query_counts,
-                                     returns)
+from reasonlab.compute_analysis import cheapest, families, frontier, iso_accuracy, power_fit, query_counts, returns
+from reasonlab.study_compute import VOTES
 
 
 def test_frontier_keeps_the_best_reached_at_or_below_each_compute():

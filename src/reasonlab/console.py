@@ -144,7 +144,7 @@ def print_study(results: dict) -> None:
 
 def compute_rows(results: dict) -> list[tuple[str, str]]:
     """A compute study's summary: the fits, each size's best accuracies, and the iso-accuracy table."""
-    from .study_compute import human
+    from .compute_analysis import human
 
     rows = []
     for key, label in (("loss", "held-out loss"), ("direct_error", "error answering directly"),
@@ -167,7 +167,7 @@ def compute_rows(results: dict) -> list[tuple[str, str]]:
 
 def iso_text(row: dict) -> str:
     """One iso-accuracy row: the cheapest configuration, its total FLOPs, and by how much it beats the other family."""
-    from .study_compute import human
+    from .compute_analysis import human
 
     if row["winner"] is None:
         return "not reached"

@@ -452,7 +452,7 @@ def plot_scaling(results: dict, path: Path) -> Path:
     """A compute study's train-time scaling: held-out loss against training FLOPs (every size's
     curve, the power law fitted on the frontier), and accuracy against training FLOPs, directly and
     thinking."""
-    from .study_compute import human
+    from .compute_analysis import human
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, size in enumerate(results.get("sizes", [])):
@@ -486,7 +486,7 @@ def plot_total_compute(results: dict, path: Path) -> Path:
     """Accuracy against total compute (training + Q x inference) at each reported Q: every
     configuration, the direct and the thinking family, and each family's frontier; then, at the
     headline Q, the same per difficulty."""
-    from .study_compute import families, frontier
+    from .compute_analysis import families, frontier
 
     counts = results.get("queries", [])
     difficulties = sorted({d for p in results.get("points", []) for d in p["direct"]["by_difficulty"]}, key=int)
