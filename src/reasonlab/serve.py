@@ -404,6 +404,26 @@ def _token_logprobs(tokenizer, row: Row) -> list[dict]:
             for t, lp in zip(texts, row.logprobs)]
 
 
+def _streamed(body: dict, rows: list, header: dict, choice_chunks) -> StreamingResponse:
+    """A streamed reply (chat or completions): for each row, one SSE chunk per choice dict that
+    `choice_chunks(index, row)` yields (`header` around it), then a usage chunk when
+    ``stream_options.include_usage``, then ``[DONE]``."""
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def chunk(choices, **extra):
+        return _sse({**header, "choices": choices, **extra})
+
+    async def events():
+        for i, row in enumerate(rows):
+            for choice in choice_chunks(i, row):
+                yield chunk([choice])
+        if include_usage:
+            yield chunk([], usage=usage(rows))
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 def _sse(payload) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -482,25 +502,17 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
                 choices.append(choice)
             return JSONResponse({"id": ident, "object": "chat.completion", "created": now, "model": name,
                                  "choices": choices, "usage": usage(rows)})
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        def deltas(i, row):
+            thought, answer = splits[i]
+            yield {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            for piece in _pieces(tokenizer, thought or ""):
+                yield {"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}
+            for piece in _pieces(tokenizer, answer):
+                yield {"index": i, "delta": {"content": piece}, "finish_reason": None}
+            yield {"index": i, "delta": {}, "finish_reason": row.finish_reason}
 
-        def chunk(choices, **extra):
-            return _sse({"id": ident, "object": "chat.completion.chunk", "created": now, "model": name,
-                         "choices": choices, **extra})
-
-        async def events():
-            for i, (row, (thought, answer)) in enumerate(zip(rows, splits)):
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-                for piece in _pieces(tokenizer, thought or ""):
-                    yield chunk([{"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}])
-                for piece in _pieces(tokenizer, answer):
-                    yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-                yield chunk([{"index": i, "delta": {}, "finish_reason": row.finish_reason}])
-            if include_usage:
-                yield chunk([], usage=usage(rows))
-            yield _sse("[DONE]")
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        header = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name}
+        return _streamed(body, rows, header, deltas)
 
     async def completions(request: Request):
         try:
@@ -525,22 +537,13 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
                         "logprobs": legacy_logprobs(r) if s.logprobs else None} for i, r in enumerate(rows)]
             return JSONResponse({"id": ident, "object": "text_completion", "created": now, "model": name,
                                  "choices": choices, "usage": usage(rows)})
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        def pieces(i, row):
+            for piece in _pieces(tokenizer, row.text):
+                yield {"index": i, "text": piece, "finish_reason": None, "logprobs": None}
+            yield {"index": i, "text": "", "finish_reason": row.finish_reason, "logprobs": None}
 
-        def chunk(choices, **extra):
-            return _sse({"id": ident, "object": "text_completion", "created": now, "model": name,
-                         "choices": choices, **extra})
-
-        async def events():
-            for i, row in enumerate(rows):
-                for piece in _pieces(tokenizer, row.text):
-                    yield chunk([{"index": i, "text": piece, "finish_reason": None, "logprobs": None}])
-                yield chunk([{"index": i, "text": "", "finish_reason": row.finish_reason, "logprobs": None}])
-            if include_usage:
-                yield chunk([], usage=usage(rows))
-            yield _sse("[DONE]")
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        header = {"id": ident, "object": "text_completion", "created": now, "model": name}
+        return _streamed(body, rows, header, pieces)
 
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
