@@ -112,8 +112,7 @@ class RunFolder:
         `overwrite`); and so is `report_to` (`trackers.resolve`)."""
         from .model.checkpoint import is_checkpoint_folder
 
-        wanted = trackers.resolve(report_to)
-        folder = cls(claim(path, command, overwrite), command, wanted)
+        folder = cls(claim(path, command, overwrite), command, report_to)
         if folder.model.exists() and not overwrite and not is_checkpoint_folder(folder.model):
             raise UserError(f"{folder.model} holds files that are not a checkpoint's: give another --out, or "
                             f"--overwrite to write the model into it (nothing else there is deleted)")
