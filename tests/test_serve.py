@@ -290,7 +290,8 @@ def test_serve_without_the_extra_is_one_line(monkeypatch, capsys, tmp_path):
 
     for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")]:
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
-    monkeypatch.delitem(sys.modules, "reasonlab.serve")
+    for name in [m for m in sys.modules if m == "reasonlab.serve" or m.startswith("reasonlab.serve.")]:
+        monkeypatch.delitem(sys.modules, name)
     assert main(["serve", "--model", str(tmp_path / "m"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'reasonlab[serve]'" in err and "starlette" in err and "Traceback" not in err

@@ -1,0 +1,143 @@
+"""The batching worker of `reasonlab serve` (the package docstring tells how requests are batched)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from dataclasses import dataclass, field
+
+from ..engine import SamplingParams, generate
+from ..template import THINK_CLOSE, THINK_OPEN, prompt_opens_think
+from .protocol import Limits, Row, Sampling, ServeError
+
+
+@dataclass
+class Job:
+    prompts: list[str]  # one per row
+    budgets: list[int | None]
+    seeds: list[int]
+    sampling: Sampling
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """The waiting list and the worker that turns it into shared `generate` calls (module docstring)."""
+
+    def __init__(self, model, tokenizer, limits: Limits):
+        self.model, self.tokenizer, self.limits = model, tokenizer, limits
+        self.waiting: list[Job] = []
+        self.wake = asyncio.Event()
+        self.calls = 0  # generate calls made (tests read how much was batched)
+        self.rows_done = 0
+        self.busy = False  # a generate call is running
+        self.task: asyncio.Task | None = None
+
+    def submit(self, job: Job) -> asyncio.Future:
+        queued = sum(len(j.prompts) for j in self.waiting)
+        if queued and queued + len(job.prompts) > self.limits.max_queue:  # alone, a request is always taken
+            raise ServeError(f"the server is busy: {queued} rows are waiting (limit {self.limits.max_queue}); "
+                             "retry later", status=429, code="queue_full", kind="rate_limit_error")
+        self.waiting.append(job)
+        self.wake.set()
+        return job.future
+
+    def _take(self) -> list[Job]:
+        key, rows, taken = self.waiting[0].sampling.key, 0, []
+        for job in list(self.waiting):
+            if not taken or (job.sampling.key == key and rows + len(job.prompts) <= self.limits.max_batch_rows):
+                taken.append(job)
+                rows += len(job.prompts)
+        for job in taken:
+            self.waiting.remove(job)
+        return taken
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.waiting:
+                jobs = [j for j in self._take() if not j.future.cancelled()]
+                if not jobs:
+                    continue
+                self.busy = True
+                try:
+                    rows = await asyncio.to_thread(self._generate, jobs)
+                except Exception as e:  # noqa: BLE001 - every waiting client gets an answer, the worker goes on
+                    print(f"serve: internal error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(e)
+                    continue
+                finally:
+                    self.busy = False
+                start = 0
+                for job in jobs:
+                    mine = rows[start:start + len(job.prompts)]
+                    start += len(job.prompts)
+                    if not job.future.done():  # a client that went away: dropped
+                        job.future.set_result(mine)
+
+    def _generate(self, jobs: list[Job]) -> list[Row]:
+        """The jobs' rows through the engine: one call, or calls of max_batch_rows for a job above it."""
+        prompts = [p for j in jobs for p in j.prompts]
+        budgets = [b for j in jobs for b in j.budgets]
+        seeds = [k for j in jobs for k in j.seeds]
+        step = self.limits.max_batch_rows
+        return [row for i in range(0, len(prompts), step)
+                for row in self._call(jobs[0].sampling, prompts[i:i + step], budgets[i:i + step], seeds[i:i + step])]
+
+    def _call(self, s: Sampling, prompts: list[str], budgets: list, seeds: list[int]) -> list[Row]:
+        params = SamplingParams(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                                think_budget=budgets if any(b is not None for b in budgets) else None,
+                                row_seeds=seeds)
+        rollout = generate(self.model, self.tokenizer, prompts, params)
+        self.calls += 1
+        self.rows_done += len(prompts)
+        rows = []
+        for i, prompt in enumerate(prompts):
+            n = int(rollout.lengths[i])
+            ids = rollout.tokens[i, :n].tolist()
+            reason = "length" if rollout.finish_reason[i] == "length" else "stop"
+            rows.append(Row(prompt, rollout.texts[i], ids, len(rollout.prompt_ids[i]), rollout.think_tokens[i],
+                            reason, rollout.logprobs[i, :n].tolist()))
+        return rows
+
+
+def row_seeds(seed: int | None, count: int) -> list[int]:
+    """Per-row engine seeds: derived from the request's seed (the same request, the same samples, in
+    any batch), else random."""
+    if seed is None:
+        return [random.getrandbits(62) for _ in range(count)]
+    return [random.Random(f"{seed}:{i}").getrandbits(62) for i in range(count)]
+
+
+def _think_in_prefix(ids: list[int], k: int, tags: dict, opened: bool) -> int:
+    """Tokens strictly inside the thought among the first `k` of `ids`."""
+    def find(seq, start):
+        for j in range(start, len(ids) - len(seq) + 1):
+            if ids[j:j + len(seq)] == seq:
+                return j
+        return -1
+    start = 0
+    if not opened:
+        at = find(tags[THINK_OPEN], 0)
+        if at < 0:
+            return 0
+        start = at + len(tags[THINK_OPEN])
+    end = find(tags[THINK_CLOSE], start)
+    end = len(ids) if end < 0 else end
+    return max(0, min(end, k) - start)
+
+
+def apply_stop(row: Row, stops: list[str], tokenizer) -> Row:
+    """The row cut before the first `stop` string (OpenAI's rule: the stop text is not returned):
+    its text, the tokens up to the one that completed the stop, its thought's tokens among them."""
+    hits = [row.text.find(s) for s in stops if s in row.text]
+    if not hits:
+        return row
+    cut = min(hits)
+    prefixes = tokenizer.decode_batch([row.ids[:k] for k in range(1, len(row.ids) + 1)])
+    k = next((k + 1 for k, text in enumerate(prefixes) if any(s in text for s in stops)), len(row.ids))
+    think = min(row.think_tokens, _think_in_prefix(row.ids, k, tokenizer.tags, prompt_opens_think(row.prompt)))
+    return Row(row.prompt, row.text[:cut], row.ids[:k], row.prompt_tokens, think, "stop", row.logprobs[:k])
