@@ -14,7 +14,7 @@ import uuid
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from ..remote import BadRequest, error_body
@@ -45,6 +45,17 @@ def _streamed(body: dict, rows: list, header: dict, choice_chunks) -> StreamingR
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def chat_page(model_name: str, limits: Limits) -> str:
+    """The chat page (`chat.html`, package data) with the server's settings in ``window.REASONLAB``:
+    the model's name, the cap on max_tokens and the default (the page's thinking-budget slider runs
+    from 0 to the cap)."""
+    from importlib.resources import files
+
+    settings = {"model": model_name, "max_tokens": limits.max_tokens, "default_max_tokens": limits.default_max_tokens}
+    html = files(__package__).joinpath("chat.html").read_text(encoding="utf-8")
+    return html.replace("/*REASONLAB_SETTINGS*/{}", json.dumps(settings).replace("</", "<\\/"))
 
 
 def _sse(payload) -> str:
@@ -168,6 +179,9 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
         header = {"id": ident, "object": "text_completion", "created": now, "model": name}
         return _streamed(body, rows, header, text_chunks)
 
+    async def page(request: Request):
+        return HTMLResponse(chat_page(model_name, limits))
+
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                                           "owned_by": "reasonlab", "max_model_len": max_len}]})
@@ -179,7 +193,7 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
                              "generate_calls": batcher.calls, "rows_done": batcher.rows_done})
 
     async def http_error(request: Request, exc: HTTPException):
-        routes = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health"
+        routes = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET / (the chat page)"
         code = "not_found" if exc.status_code == 404 else "method_not_allowed"
         return JSONResponse(error_body(f"{request.method} {request.url.path}: {exc.detail}; this server has {routes}",
                                        code=code), exc.status_code)
@@ -203,7 +217,8 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                              Route("/v1/completions", completions, methods=["POST"]),
                              Route("/v1/models", models, methods=["GET"]),
-                             Route("/health", health, methods=["GET"])],
+                             Route("/health", health, methods=["GET"]),
+                             Route("/", page, methods=["GET"])],
                      exception_handlers={HTTPException: http_error, Exception: internal_error}, lifespan=lifespan)
 
 
