@@ -288,3 +288,65 @@ def test_vectorized_budget_cap_equals_the_row_state_machine(monkeypatch):
     reasons = {r for rollout in runs[0] for r in rollout.finish_reason}
     assert reasons == {"stop", "budget", "length"}
     assert all(((1 - r.sampled_mask) * r.attention_mask).sum() > 0 for r in runs[0])  # every run forced tokens
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_per_row_max_new_tokens_cut_each_row_at_its_own_limit(monkeypatch, vectorized):
+    """`max_new_tokens` as a list: each row ends at its own limit ("length") and writes what it
+    writes alone with that limit (row seeds: a row's samples never depend on its batch); a row that
+    stops on its last allowed token says "stop"."""
+    from reasonlab import engine
+
+    monkeypatch.setattr(engine, "_vectorizable", lambda *a, v=vectorized: v)
+    model = random_tag_writer(TOK, tag_boost=2.5, eos_boost=0.5)
+    prompts = ["1+1\n", "2+2\n<think>", "33\n", "x\n<think>"] * 4
+    limits, seeds = [1, 3, 7, 24] * 4, list(range(100, 116))
+    mixed = generate(model, TOK, prompts, SamplingParams(max_new_tokens=limits, row_seeds=seeds, think_budget=5))
+    for i, (prompt, n, seed) in enumerate(zip(prompts, limits, seeds)):
+        alone = generate(model, TOK, [prompt], SamplingParams(max_new_tokens=n, row_seeds=[seed], think_budget=5))
+        assert mixed.texts[i] == alone.texts[0] and mixed.finish_reason[i] == alone.finish_reason[0]
+        assert int(mixed.lengths[i]) <= n and (mixed.finish_reason[i] != "length" or int(mixed.lengths[i]) == n)
+    assert "length" in [r for r, n in zip(mixed.finish_reason, limits) if n in (1, 3)]
+    assert "length" in mixed.finish_reason and {"stop", "budget"} & set(mixed.finish_reason)
+    with pytest.raises(ValueError, match="max_new_tokens has 2 entries for 16"):
+        generate(model, TOK, prompts, SamplingParams(max_new_tokens=[4, 5]))
+    with pytest.raises(ValueError):
+        SamplingParams(max_new_tokens=[3, 0])
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_on_step_streams_every_token_and_ends_rows_it_names(monkeypatch, vectorized):
+    """`generate(..., on_step=)` hears each step's rows and tokens: put together per row they are
+    the rollout's tokens, in order. The rows it returns end at once ("stop", or "budget" when
+    capped) and their tokens stop there; the other rows sample exactly what they sample without it."""
+    from reasonlab import engine
+
+    monkeypatch.setattr(engine, "_vectorizable", lambda *a, v=vectorized: v)
+    model = random_tag_writer(TOK, tag_boost=1.0, eos_boost=-2.0)
+    prompts = ["1+1\n", "2+2\n<think>", "33\n", "x\n<think>"] * 3
+    params = SamplingParams(max_new_tokens=30, row_seeds=list(range(12)), think_budget=[None, 2] * 6)
+    heard = {i: [] for i in range(len(prompts))}
+
+    def listen(rows, tokens):
+        assert len(rows) == len(tokens) == len(set(rows))
+        for i, t in zip(rows, tokens):
+            heard[i].append(t)
+    plain = generate(model, TOK, prompts, params, on_step=listen)
+    assert [heard[i] for i in range(len(prompts))] == [r[:n].tolist() for r, n in zip(plain.tokens, plain.lengths)]
+
+    ends = {0: 4, 3: 6, 5: 1}  # row -> the step after which it is ended
+    seen = {i: 0 for i in range(len(prompts))}
+
+    def stopper(rows, tokens):
+        for i in rows:
+            seen[i] += 1
+        return [i for i in rows if seen[i] == ends.get(i)]
+    cut = generate(model, TOK, prompts, params, on_step=stopper)
+    for i in range(len(prompts)):
+        n = ends.get(i)
+        if n is None or int(plain.lengths[i]) <= n:
+            assert cut.texts[i] == plain.texts[i] and cut.finish_reason[i] == plain.finish_reason[i]
+        else:
+            assert int(cut.lengths[i]) == n and cut.tokens[i, :n].tolist() == plain.tokens[i, :n].tolist()
+            assert cut.finish_reason[i] in ("stop", "budget")
+    assert any(int(plain.lengths[i]) > n for i, n in ends.items())

@@ -17,7 +17,13 @@ of the loss. `logprobs` are the log-probabilities of each emitted token under th
 distribution (logits / temperature, before top-k/top-p truncation; raw logits when greedy).
 
 A row stops at ``</answer>`` (when `stop_at_answer`) or EOS: finish reason ``stop``, or ``budget`` when
-its thinking was cut by the cap; a row that runs out of `max_new_tokens` finishes with ``length``.
+its thinking was cut by the cap; a row that runs out of `max_new_tokens` (one for all rows or per
+row) finishes with ``length``.
+
+`on_step(rows, tokens)`, when given, is called after every decoding step with the rows (indices
+into `prompts`) that emitted a token in that step and those tokens: a server streams them as they
+come. It may return rows to end now (a client that went away, a stop string seen); they finish
+with ``stop`` (``budget`` if capped) and leave the batch.
 
 Tags are matched as token sequences, so tokenizers that spell ``</think>`` with several tokens work;
 extension then watches for the first token of that sequence.
@@ -38,7 +44,7 @@ from .template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, prompt
 
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 128
+    max_new_tokens: int | list[int] = 128  # one for all rows or per row
     min_new_tokens: int = 0  # EOS is not sampled before this many tokens
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
@@ -52,7 +58,8 @@ class SamplingParams:
     row_seeds: list[int] | None = None
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
+        limits = self.max_new_tokens if isinstance(self.max_new_tokens, list) else [self.max_new_tokens]
+        if not limits or any(n < 1 for n in limits):
             raise ValueError("max_new_tokens must be >= 1")
         if not (0 <= self.temperature < math.inf and self.top_k >= 0 and 0 < self.top_p <= 1):  # NaN fails too
             raise ValueError("need a finite temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
@@ -190,9 +197,9 @@ class RowState:
     """Per-row state machine: where the row is in the template and what it must be made to write."""
 
     def __init__(self, tags: dict, wait_ids: list[int], eos_id: int, budget: int | None, extend: int,
-                 thinking: bool):
+                 thinking: bool, max_tokens: int | None = None):
         self.tags, self.wait_ids, self.eos_id = tags, wait_ids, eos_id
-        self.budget, self.extend = budget, extend
+        self.budget, self.extend, self.max_tokens = budget, extend, max_tokens
         self.phase = "think" if thinking else "pre"  # pre -> think -> post -> done
         self.history: list[int] = []  # emitted tokens
         self.logprobs: list[float] = []  # their log-probs
@@ -236,13 +243,20 @@ class RowState:
             self.phase, self.reason = "done", "stop"
         if self.reason == "stop" and self.capped:
             self.reason = "budget"
+        if self.phase != "done" and self.max_tokens is not None and len(self.history) >= self.max_tokens:
+            self.phase = "done"  # reason None: "length"
+
+    def end(self) -> None:
+        """Ended from outside (`generate`'s `on_step`): finished as by a stop rule."""
+        if self.phase != "done":
+            self.phase, self.reason = "done", "budget" if self.capped else "stop"
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None = None) -> Rollout:
+def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None = None, on_step=None) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups). See the module docstring."""
     params = params or SamplingParams()
-    budgets = _check_request(prompts, params)
+    budgets, limits = _check_request(prompts, params)
     prompt_ids = tokenizer.encode_batch(prompts)
     if min(len(p) for p in prompt_ids) == 0:
         raise ValueError("empty prompt")
@@ -254,7 +268,7 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     limit = getattr(model, "max_seq_len", None)  # positions the model has (RoPE tables)
     if limit is not None and P >= limit:
         raise ValueError(f"prompt of {P} tokens does not fit the model's {limit} positions")
-    N = params.max_new_tokens if limit is None else min(params.max_new_tokens, limit - P)
+    N = max(limits) if limit is None else min(max(limits), limit - P)
     uniforms = None  # with row seeds: (B, N), row i's uniform for every step (compacted with the batch)
     if params.row_seeds is not None and params.temperature > 0:
         seeds = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
@@ -263,11 +277,11 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
                               for s in range(0, N, 512)], dim=1)
     cache, logits, attn, next_pos = _prefill(model, tokenizer.pad_id, prompt_ids, P, N, device)
     if _vectorizable(tokenizer, budgets, params):
-        return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, cache, logits,
-                                                attn, next_pos, uniforms, generator, P, N))
+        return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, cache,
+                                                logits, attn, next_pos, uniforms, generator, P, N, on_step))
     rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
-                     prompt_opens_think(prompts[i])) for i in range(len(prompts))]
-    _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N)
+                     prompt_opens_think(prompts[i]), limits[i]) for i in range(len(prompts))]
+    _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N, on_step)
     return count_rollout(assemble_rollout(rows, prompt_ids, tokenizer))
 
 
@@ -284,17 +298,21 @@ def count_rollout(rollout: Rollout) -> Rollout:
     return rollout
 
 
-def _check_request(prompts: list[str], params: SamplingParams) -> list:
-    """The per-row thinking budgets; a request whose lists do not match its prompts is a ValueError."""
+def _check_request(prompts: list[str], params: SamplingParams) -> tuple[list, list[int]]:
+    """The per-row thinking budgets and token limits; a request whose lists do not match its prompts
+    is a ValueError."""
     B = len(prompts)
     if B == 0:
         raise ValueError("no prompts to generate from")
     budgets = params.think_budget if isinstance(params.think_budget, list) else [params.think_budget] * B
     if len(budgets) != B:
         raise ValueError(f"think_budget has {len(budgets)} entries for {B} prompts")
+    limits = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * B
+    if len(limits) != B:
+        raise ValueError(f"max_new_tokens has {len(limits)} entries for {B} prompts")
     if params.row_seeds is not None and len(params.row_seeds) != B:
         raise ValueError(f"row_seeds has {len(params.row_seeds)} entries for {B} prompts")
-    return budgets
+    return budgets, limits
 
 
 def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, device):
@@ -329,7 +347,7 @@ def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, de
 
 
 def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, logits, attn, next_pos, uniforms,
-                 generator, P: int, N: int) -> None:
+                 generator, P: int, N: int, on_step=None) -> None:
     """The general decode loop: each row's `RowState` chooses (or forces) its token every step;
     finished rows leave the batch."""
     device = logits.device
@@ -340,7 +358,7 @@ def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, lo
         sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator,
                                     None if uniforms is None else uniforms[:, step])
         proposal = sampled.tolist()
-        chosen = []
+        chosen, emitted = [], []
         for j, i in enumerate(live):
             row = rows[i]
             if row.phase == "done":
@@ -350,6 +368,10 @@ def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, lo
             row.push(token, params.stop_at_answer)
             row.sampled.append(0 if forced else 1)
             chosen.append(token)
+            emitted.append(i)
+        if on_step is not None:
+            for i in on_step(emitted, [rows[i].history[-1] for i in emitted]) or ():
+                rows[i].end()
         token_t = torch.tensor(chosen, dtype=torch.long, device=device)
         for i, lp in zip(live, logp.gather(-1, token_t[:, None]).squeeze(-1).tolist()):
             if len(rows[i].logprobs) < len(rows[i].history):
@@ -385,8 +407,8 @@ def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
     return params.extend == 0 and all(len(tokenizer.tags[t]) == 1 for t in tags)
 
 
-def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, cache, logits, attn, next_pos,
-                       uniforms, generator, P: int, N: int) -> Rollout:
+def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, cache, logits, attn, next_pos,
+                       uniforms, generator, P: int, N: int, on_step=None) -> Rollout:
     """The decode loop without extension: `RowState`'s phases (pre, think, post), thinking cap and
     stop rules as tensor ops over the batch, no per-row Python (the same tokens; tested)."""
     B, device = len(prompts), logits.device
@@ -395,9 +417,11 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, c
     eos = -1 if tokenizer.eos_id is None else tokenizer.eos_id
     never = torch.iinfo(torch.long).max  # the budget of a row without one
     budget = torch.tensor([never if b is None else b for b in budgets], device=device)
+    limit = torch.tensor(limits, device=device)
     phase = torch.tensor([1 if prompt_opens_think(p) else 0 for p in prompts], device=device)  # 0 pre 1 think 2 post
     done = torch.zeros(B, dtype=torch.bool, device=device)
     capped = torch.zeros(B, dtype=torch.bool, device=device)  # thinking was cut by the cap
+    cut = torch.zeros(B, dtype=torch.bool, device=device)  # ended at its own max_new_tokens: "length"
     pending = torch.zeros(B, dtype=torch.bool, device=device)  # capped last step: <answer> is forced next
     think = torch.zeros(B, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
@@ -429,7 +453,12 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, c
         think[rows] += ((ph == 1) & ~closes & (tok != eos)).long()
         stop = (tok == eos) | (params.stop_at_answer & (ph != 1) & (tok == answer_id))
         phase[rows] = torch.where((ph == 0) & (tok == open_id), 1, torch.where(closes, 2, ph))
-        done[rows] = stop
+        cut[rows] = ~stop & (step + 1 >= limit[rows])
+        done[rows] = stop | cut[rows]
+        if on_step is not None and (ended := on_step(rows.tolist(), tok.tolist())):
+            ended = torch.tensor(sorted(set(ended)), dtype=torch.long, device=device)
+            ended = ended[~done[ended]]  # a row that finished this step keeps its own reason
+            done[ended] = True
         keep = (~done[live]).nonzero().squeeze(-1)
         if len(keep) == 0 or step == N - 1:
             break
@@ -439,7 +468,8 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, params, c
     T = max(int(lengths.max()), 1)
     tokens, logprobs, sampled = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), sampled[:, :T].cpu()
     lengths = lengths.cpu()
-    reasons = [("budget" if c else "stop") if d else "length" for d, c in zip(done.tolist(), capped.tolist())]
+    reasons = [("budget" if c else "stop") if d and not k else "length"
+               for d, c, k in zip(done.tolist(), capped.tolist(), cut.tolist())]
     texts = tokenizer.decode_batch([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())])
     return Rollout(prompt_ids, tokens, logprobs, sampled, lengths, think.tolist(), reasons, texts)
 
