@@ -40,12 +40,13 @@ class Gated(BigramLM):
 
     def decode(self, *args):
         assert self.gate.wait(timeout=30), "the test never opened the gate"
+        self.steps += 1
         return super().decode(*args)
 
 
 def gated(model):
     model.__class__ = Gated
-    model.gate = threading.Event()
+    model.gate, model.steps = threading.Event(), 0
     return model
 
 
@@ -183,6 +184,99 @@ def test_requests_with_different_budgets_share_one_generate_call():
             assert reply.usage.completion_tokens_details.reasoning_tokens == budget
 
 
+class Stepped(BigramLM):
+    """A model that takes one decoding step per permit the test releases (the prefill takes one)."""
+
+    def decode(self, *args):
+        assert self.permits.acquire(timeout=30), "the test never released a step"
+        self.steps += 1
+        return super().decode(*args)
+
+
+def stepped(model):
+    model.__class__ = Stepped
+    model.permits, model.steps = threading.Semaphore(0), 0
+    return model
+
+
+def sse_events(response):
+    """The JSON payloads of an SSE response, as they arrive (until [DONE])."""
+    import json
+
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            if line == "data: [DONE]":
+                return
+            yield json.loads(line[6:])
+
+
+def test_streaming_is_live_and_a_disconnect_frees_the_rows():
+    """The thought streams while the model is still writing it: each step's token reaches the client
+    before the next step runs. A client that then goes away ends its row at the next step (the
+    model is not run to max_tokens for nobody)."""
+    model = stepped(thinker())
+    with ServerThread(make_app(model, TOK)) as s:
+        body = {"messages": USER, "max_tokens": 1000, "stream": True}
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, timeout=20) as response:
+            events = sse_events(response)
+            assert next(events)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            model.permits.release(2)  # the prefill, then the step that samples "a" after <think>
+            for k in range(1, 4):
+                chunk = next(events)
+                assert chunk["choices"][0]["delta"] == {"reasoning_content": "a"} and model.steps == k + 1
+                assert httpx.get(s.url + "/health").json()["busy"]  # the thought arrives while it is written
+                model.permits.release()
+        model.permits.release(1000)
+        wait_for(s, "rows_dropped", 1)
+        wait_for(s, "busy", False)
+        assert model.steps < 20  # ended at the next step, not run on to 1000 tokens
+
+
+def test_a_client_that_times_out_frees_its_rows():
+    model = stepped(thinker())
+    with ServerThread(make_app(model, TOK)) as s:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(s.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 1000}, timeout=0.3)
+        model.permits.release(1000)
+        wait_for(s, "rows_dropped", 1)
+        wait_for(s, "busy", False)
+        assert model.steps < 50
+
+
+def test_requests_with_different_max_tokens_share_one_generate_call_and_stop_strings_end_rows():
+    """Rows with their own max_tokens run in one engine call, each cut at its own limit; a row
+    whose text reaches a stop string ends there (the model does not run on to max_tokens)."""
+    model = gated(thinker())
+    with ServerThread(make_app(model, TOK)) as s:
+        replies = {}
+
+        def ask(n):
+            replies[n] = client(s).completions.create(model="m", prompt="3+4\n", max_tokens=n, temperature=0)
+
+        first = threading.Thread(target=ask, args=(4,))
+        first.start()
+        wait_for(s, "busy", True)
+        rest = [threading.Thread(target=ask, args=(n,)) for n in (3, 9, 30)]
+        for t in rest:
+            t.start()
+        wait_for(s, "waiting_rows", 3)
+        model.gate.set()
+        for t in [first, *rest]:
+            t.join()
+        assert s.app.state.batcher.calls == 2  # the first alone, then the three waiting ones together
+        for n, reply in replies.items():
+            assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == n
+            assert reply.choices[0].text == "<think>" + "a" * (n - 1)
+        calls, steps = s.app.state.batcher.calls, model.steps
+        cut = client(s).completions.create(model="m", prompt="3+4\n", max_tokens=500, temperature=0, stop=["aaa"])
+        assert cut.choices[0].text == "<think>" and cut.choices[0].finish_reason == "stop"
+        assert cut.usage.completion_tokens == 4 and s.app.state.batcher.calls == calls + 1
+        assert model.steps - steps == 4  # the prefill and 3 steps: the row ended at "aaa", not at 500 tokens
+        streamed = [c.choices[0].text for c in client(s).completions.create(
+            model="m", prompt="3+4\n", max_tokens=500, temperature=0, stop=["aaa"], stream=True) if c.choices]
+        assert "".join(streamed) == "<think>"
+
+
 def test_errors_are_openai_error_objects():
     limits = Limits(max_tokens=64, max_body_bytes=2000)
     with ServerThread(make_app(writer(), TOK, limits)) as s:
@@ -295,3 +389,35 @@ def test_serve_without_the_extra_is_one_line(monkeypatch, capsys, tmp_path):
     assert main(["serve", "--model", str(tmp_path / "m"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'reasonlab[serve]'" in err and "starlette" in err and "Traceback" not in err
+
+
+PARTS = ["<think>", "</think>", "<answer>", "</answer>", "<thi", "</ans", "a", "7", " ", "\n", "ok"]
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_a_streamed_split_only_grows_to_the_final_split(opened):
+    """`split_reply(final=False)` on every prefix of a reply (character by character) is a prefix,
+    field by field, of the final split, for every reply in the template, and for replies out of it
+    unless the model writes an answer and then a thought (nothing streamed can be taken back)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    prompt = "q\n<think>" if opened else "q\n"
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.lists(st.sampled_from(PARTS), max_size=12), st.booleans())
+    def check(parts, in_template):
+        text = "".join(parts)
+        if in_template:
+            text = text.replace("<", "")
+            text = ("" if opened else "<think>") + text + "</think> <answer>7" + text[:3] + "</answer>"
+        thought, answer = split_reply(text, prompt)
+        if in_template:
+            assert parse_completion(text, prompt).format_ok and (thought, answer) == (
+                parse_completion(text, prompt).think, parse_completion(text, prompt).answer)
+        out_of_order = not opened and "<answer>" in text and "<think>" in text.split("<answer>", 1)[1]
+        for k in range(len(text) + 1):
+            t, a = split_reply(text[:k], prompt, final=False)
+            if not out_of_order:
+                assert (thought or "").startswith(t or "") and answer.startswith(a), (text, k)
+    check()

@@ -19,32 +19,112 @@ from starlette.routing import Route
 
 from ..remote import BadRequest, error_body
 from .batcher import Batcher, Job, apply_stop, row_seeds
-from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, parse_sampling, pieces,
-                       split_reply, token_logprobs, usage)
+from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, parse_sampling,
+                       split_reply, token_logprobs, usage, visible)
 
 
 def _error(e: BadRequest) -> JSONResponse:
     return JSONResponse(error_body(str(e), getattr(e, "kind", "invalid_request_error"), e.param, e.code), e.status)
 
 
-def _streamed(body: dict, rows: list, header: dict, choice_chunks) -> StreamingResponse:
-    """A streamed reply (chat or completions): for each row, one SSE chunk per choice dict that
-    `choice_chunks(index, row)` yields (`header` around it), then a usage chunk when
-    ``stream_options.include_usage``, then ``[DONE]``."""
+class _RowStream:
+    """One row of a streamed reply: its tokens so far and what of its text has been sent. Chat sends
+    two fields (the thought, the answer: `split_reply`), completions one (the text); each field grows
+    by what is new since the last step, so the pieces add up to the non-streamed reply."""
+
+    def __init__(self, index: int, prompt: str, chat: bool, stops: list[str]):
+        self.index, self.prompt, self.chat, self.stops = index, prompt, chat, stops
+        self.ids: list[int] = []
+        self.sent = ["", ""] if chat else [""]
+
+    def choices(self, text: str, final: bool) -> list[dict]:
+        shown = visible(text, self.stops, final)
+        fields = list(split_reply(shown, self.prompt, final)) if self.chat else [shown]
+        out = []
+        for k, now in enumerate(fields):
+            now = now or ""
+            if len(now) > len(self.sent[k]) and now.startswith(self.sent[k]):  # a stream takes nothing back
+                piece, self.sent[k] = now[len(self.sent[k]):], now
+                out.append(self.choice(piece, k))
+        return out
+
+    def choice(self, piece: str | None, field: int = 0, finish_reason: str | None = None) -> dict:
+        if not self.chat:
+            return {"index": self.index, "text": piece or "", "finish_reason": finish_reason, "logprobs": None}
+        delta = {} if piece is None else {("reasoning_content", "content")[field]: piece}
+        return {"index": self.index, "delta": delta, "finish_reason": finish_reason}
+
+
+def _streamed(body: dict, job: Job, header: dict, tokenizer, chat: bool) -> StreamingResponse:
+    """A streamed reply (chat or completions), live: each decoding step's tokens, as the batcher
+    puts them in the job's queue, become one SSE chunk per row with the new text (the thought as
+    ``delta.reasoning_content``, the answer as ``delta.content``; completions: ``text``). When the
+    job is done: the rest (what was held back), a chunk with each row's finish reason, a usage
+    chunk when ``stream_options.include_usage``, then ``[DONE]``. A client that goes away ends its
+    rows at the next step."""
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    streams = [_RowStream(i, prompt, chat, job.sampling.stop) for i, prompt in enumerate(job.prompts)]
 
     def chunk(choices, **extra):
         return _sse({**header, "choices": choices, **extra})
 
-    async def events():
-        for i, row in enumerate(rows):
-            for choice in choice_chunks(i, row):
+    def advance(events: list[tuple[int, int]]):
+        for i, token in events:
+            streams[i].ids.append(token)
+        updated = sorted({i for i, _ in events})
+        for i, text in zip(updated, tokenizer.decode_batch([streams[i].ids for i in updated])):
+            for choice in streams[i].choices(text, final=False):
                 yield chunk([choice])
-        if include_usage:
-            yield chunk([], usage=usage(rows))
-        yield _sse("[DONE]")
+
+    async def events():
+        try:
+            if chat:
+                for row in streams:
+                    yield chunk([{"index": row.index, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None}])
+            while True:
+                getter = asyncio.ensure_future(job.stream.get())
+                await asyncio.wait({getter, job.future}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                steps = [getter.result()]
+                while not job.stream.empty():
+                    steps.append(job.stream.get_nowait())
+                for step in steps:  # one chunk per row per step: a token's text at a time
+                    for event in advance(step):
+                        yield event
+            while not job.stream.empty():
+                for event in advance(job.stream.get_nowait()):
+                    yield event
+            try:
+                rows = [apply_stop(r, job.sampling.stop, tokenizer) for r in job.future.result()]
+            except Exception as e:  # noqa: BLE001 - the worker printed it; the stream has begun (200)
+                yield _sse(error_body(f"internal error: {type(e).__name__}", "server_error"))
+                yield _sse("[DONE]")
+                return
+            for stream, row in zip(streams, rows):
+                for choice in stream.choices(row.text, final=True):
+                    yield chunk([choice])
+                yield chunk([stream.choice(None, finish_reason=row.finish_reason)])
+            if include_usage:
+                yield chunk([], usage=usage(rows))
+            yield _sse("[DONE]")
+        finally:
+            if not job.future.done():  # the client went away (Starlette cancels this generator)
+                job.cancelled = True
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _watch_disconnect(request: Request, job: Job) -> None:
+    """Marks `job` cancelled if its client goes away before its reply (ASGI's http.disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            job.cancelled = True
+            return
+        await asyncio.sleep(0.05)
 
 
 def chat_page(model_name: str, limits: Limits) -> str:
@@ -98,19 +178,25 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
                 raise ServeError(f"the prompt has {len(ids)} tokens and does not fit the model's {max_len} positions",
                                  "prompt", code="context_length_exceeded")
 
-    async def run_rows(prompts: list[str], s: Sampling) -> list[Row]:
-        """Each prompt `s.n` times through the batcher; the rows, prompt-major."""
+    def submit(prompts: list[str], s: Sampling, stream: bool) -> Job:
+        """Each prompt `s.n` times (prompt-major) into the batcher's waiting list."""
         check_prompts(prompts)
         rows_per = [p for p in prompts for _ in range(s.n)]
         job = Job(rows_per, [s.budget] * len(rows_per), row_seeds(s.seed, len(rows_per)), s,
-                  asyncio.get_running_loop().create_future())
+                  asyncio.get_running_loop().create_future(), asyncio.Queue() if stream else None)
+        state["batcher"].submit(job)
+        return job
+
+    async def finished(request: Request, job: Job) -> list[Row]:
+        """The job's rows once done, cut at their stop strings; its rows end early if the client goes away."""
+        watcher = asyncio.create_task(_watch_disconnect(request, job))
         try:
-            rows = await state["batcher"].submit(job)
-        except BadRequest:
-            raise
+            rows = await job.future
         except Exception as e:  # noqa: BLE001 - the worker printed it
             raise ServeError(f"internal error: {type(e).__name__}", status=500, kind="server_error") from None
-        return [apply_stop(r, s.stop, tokenizer) for r in rows]
+        finally:
+            watcher.cancel()
+        return [apply_stop(r, job.sampling.stop, tokenizer) for r in rows]
 
     def rid(prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex[:24]}"
@@ -121,32 +207,24 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             messages = chat_messages(body)
             s = parse_sampling(body, limits, chat=True)
             prompt = chat_to_prompt(tokenizer, messages, s.budget)
-            rows = await run_rows([prompt], s)
+            job = submit([prompt], s, bool(body.get("stream")))
+            name, ident, now = body.get("model") or model_name, rid("chatcmpl"), int(time.time())
+            if body.get("stream"):
+                header = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name}
+                return _streamed(body, job, header, tokenizer, chat=True)
+            rows = await finished(request, job)
         except BadRequest as e:
             return _error(e)
-        name, ident, now = body.get("model") or model_name, rid("chatcmpl"), int(time.time())
-        splits = [split_reply(r.text, r.prompt) for r in rows]
-        if not body.get("stream"):
-            choices = []
-            for i, (row, (thought, answer)) in enumerate(zip(rows, splits)):
-                choice = {"index": i, "message": {"role": "assistant", "reasoning_content": thought, "content": answer},
-                          "finish_reason": row.finish_reason, "logprobs": None}
-                if s.logprobs:
-                    choice["logprobs"] = {"content": token_logprobs(tokenizer, row)}
-                choices.append(choice)
-            return JSONResponse({"id": ident, "object": "chat.completion", "created": now, "model": name,
-                                 "choices": choices, "usage": usage(rows)})
-        def deltas(i, row):
-            thought, answer = splits[i]
-            yield {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            for piece in pieces(tokenizer, thought or ""):
-                yield {"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}
-            for piece in pieces(tokenizer, answer):
-                yield {"index": i, "delta": {"content": piece}, "finish_reason": None}
-            yield {"index": i, "delta": {}, "finish_reason": row.finish_reason}
-
-        header = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name}
-        return _streamed(body, rows, header, deltas)
+        choices = []
+        for i, row in enumerate(rows):
+            thought, answer = split_reply(row.text, row.prompt)
+            choice = {"index": i, "message": {"role": "assistant", "reasoning_content": thought, "content": answer},
+                      "finish_reason": row.finish_reason, "logprobs": None}
+            if s.logprobs:
+                choice["logprobs"] = {"content": token_logprobs(tokenizer, row)}
+            choices.append(choice)
+        return JSONResponse({"id": ident, "object": "chat.completion", "created": now, "model": name,
+                             "choices": choices, "usage": usage(rows)})
 
     async def completions(request: Request):
         try:
@@ -156,28 +234,24 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             if not prompts or not all(isinstance(p, str) and p for p in prompts):
                 raise ServeError("'prompt' must be a non-empty string or a non-empty list of them", "prompt")
             s = parse_sampling(body, limits, chat=False)
-            rows = await run_rows(prompts, s)
+            job = submit(prompts, s, bool(body.get("stream")))
+            name, ident, now = body.get("model") or model_name, rid("cmpl"), int(time.time())
+            if body.get("stream"):
+                header = {"id": ident, "object": "text_completion", "created": now, "model": name}
+                return _streamed(body, job, header, tokenizer, chat=False)
+            rows = await finished(request, job)
         except BadRequest as e:
             return _error(e)
-        name, ident, now = body.get("model") or model_name, rid("cmpl"), int(time.time())
 
         def legacy_logprobs(row):
             tokens = [t["token"] for t in token_logprobs(tokenizer, row)]
             offsets = [sum(len(t) for t in tokens[:j]) for j in range(len(tokens))]
             return {"tokens": tokens, "token_logprobs": row.logprobs, "top_logprobs": None, "text_offset": offsets}
 
-        if not body.get("stream"):
-            choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
-                        "logprobs": legacy_logprobs(r) if s.logprobs else None} for i, r in enumerate(rows)]
-            return JSONResponse({"id": ident, "object": "text_completion", "created": now, "model": name,
-                                 "choices": choices, "usage": usage(rows)})
-        def text_chunks(i, row):
-            for piece in pieces(tokenizer, row.text):
-                yield {"index": i, "text": piece, "finish_reason": None, "logprobs": None}
-            yield {"index": i, "text": "", "finish_reason": row.finish_reason, "logprobs": None}
-
-        header = {"id": ident, "object": "text_completion", "created": now, "model": name}
-        return _streamed(body, rows, header, text_chunks)
+        choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
+                    "logprobs": legacy_logprobs(r) if s.logprobs else None} for i, r in enumerate(rows)]
+        return JSONResponse({"id": ident, "object": "text_completion", "created": now, "model": name,
+                             "choices": choices, "usage": usage(rows)})
 
     async def page(request: Request):
         return HTMLResponse(chat_page(model_name, limits))
@@ -190,7 +264,8 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
         batcher = state["batcher"]
         waiting = sum(len(j.prompts) for j in batcher.waiting)
         return JSONResponse({"status": "ok", "busy": batcher.busy, "waiting_rows": waiting,
-                             "generate_calls": batcher.calls, "rows_done": batcher.rows_done})
+                             "generate_calls": batcher.calls, "rows_done": batcher.rows_done,
+                             "rows_dropped": batcher.rows_dropped})
 
     async def http_error(request: Request, exc: HTTPException):
         routes = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET / (the chat page)"

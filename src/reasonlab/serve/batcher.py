@@ -14,15 +14,24 @@ from .protocol import Limits, Row, Sampling, ServeError
 
 @dataclass
 class Job:
+    """One request's rows (prompt x n) waiting for, or in, a `generate` call."""
+
     prompts: list[str]  # one per row
     budgets: list[int | None]
     seeds: list[int]
     sampling: Sampling
     future: asyncio.Future = field(repr=False)
+    # A streamed request: each decoding step puts [(row, token id), …] of its rows here, as they come
+    stream: asyncio.Queue | None = field(default=None, repr=False)
+    cancelled: bool = False  # its client went away: its rows end at the next step
+
+    @property
+    def gone(self) -> bool:
+        return self.cancelled or self.future.cancelled()
 
 
 class Batcher:
-    """The waiting list and the worker that turns it into shared `generate` calls (module docstring)."""
+    """The waiting list and the worker that turns it into shared `generate` calls (package docstring)."""
 
     def __init__(self, model, tokenizer, limits: Limits):
         self.model, self.tokenizer, self.limits = model, tokenizer, limits
@@ -30,8 +39,10 @@ class Batcher:
         self.wake = asyncio.Event()
         self.calls = 0  # generate calls made (tests read how much was batched)
         self.rows_done = 0
+        self.rows_dropped = 0  # rows ended early because their client went away
         self.busy = False  # a generate call is running
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, job: Job) -> asyncio.Future:
         queued = sum(len(j.prompts) for j in self.waiting)
@@ -53,11 +64,12 @@ class Batcher:
         return taken
 
     async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
             self.wake.clear()
             while self.waiting:
-                jobs = [j for j in self._take() if not j.future.cancelled()]
+                jobs = [j for j in self._take() if not j.gone]
                 if not jobs:
                     continue
                 self.busy = True
@@ -80,18 +92,22 @@ class Batcher:
 
     def _generate(self, jobs: list[Job]) -> list[Row]:
         """The jobs' rows through the engine: one call, or calls of max_batch_rows for a job above it."""
-        prompts = [p for j in jobs for p in j.prompts]
-        budgets = [b for j in jobs for b in j.budgets]
-        seeds = [k for j in jobs for k in j.seeds]
+        owners = [(job, i) for job in jobs for i in range(len(job.prompts))]
         step = self.limits.max_batch_rows
-        return [row for i in range(0, len(prompts), step)
-                for row in self._call(jobs[0].sampling, prompts[i:i + step], budgets[i:i + step], seeds[i:i + step])]
+        return [row for i in range(0, len(owners), step) for row in self._call(owners[i:i + step])]
 
-    def _call(self, s: Sampling, prompts: list[str], budgets: list, seeds: list[int]) -> list[Row]:
-        params = SamplingParams(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+    def _call(self, owners: list[tuple[Job, int]]) -> list[Row]:
+        """One `generate` call for these rows (each a job and its row in it), with each row's budget,
+        seed and max_tokens; every step's tokens go to the streaming jobs' queues, and rows whose
+        client went away or whose text reached a stop string end there."""
+        prompts = [job.prompts[i] for job, i in owners]
+        budgets = [job.budgets[i] for job, i in owners]
+        first = owners[0][0].sampling
+        params = SamplingParams(max_new_tokens=[job.sampling.max_tokens for job, _ in owners],
+                                temperature=first.temperature, top_p=first.top_p,
                                 think_budget=budgets if any(b is not None for b in budgets) else None,
-                                row_seeds=seeds)
-        rollout = generate(self.model, self.tokenizer, prompts, params)
+                                row_seeds=[job.seeds[i] for job, i in owners])
+        rollout = generate(self.model, self.tokenizer, prompts, params, on_step=self._listener(owners))
         self.calls += 1
         self.rows_done += len(prompts)
         rows = []
@@ -102,6 +118,29 @@ class Batcher:
             rows.append(Row(prompt, rollout.texts[i], ids, len(rollout.prompt_ids[i]), rollout.think_tokens[i],
                             reason, rollout.logprobs[i, :n].tolist()))
         return rows
+
+    def _listener(self, owners: list[tuple[Job, int]]):
+        """`generate`'s on_step for these rows (it runs on the worker thread)."""
+        written: dict[int, list[int]] = {}  # the tokens so far of the rows that have stop strings
+
+        def on_step(rows: list[int], tokens: list[int]) -> list[int]:
+            ended, streamed = [], {}
+            for r, token in zip(rows, tokens):
+                job, i = owners[r]
+                if job.gone:
+                    ended.append(r)
+                    self.rows_dropped += 1
+                    continue
+                if job.stream is not None:
+                    streamed.setdefault(id(job), (job, []))[1].append((i, token))
+                if job.sampling.stop:
+                    written.setdefault(r, []).append(token)
+                    if any(stop in self.tokenizer.decode(written[r]) for stop in job.sampling.stop):
+                        ended.append(r)
+            for job, events in streamed.values():
+                self.loop.call_soon_threadsafe(job.stream.put_nowait, events)
+            return ended
+        return on_step
 
 
 def row_seeds(seed: int | None, count: int) -> list[int]:

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 
 from ..remote import BadRequest
-from ..template import (ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, build_prompt, chat_prompt,
-                        parse_completion, prompt_opens_think)
+from ..template import (ANSWER_CLOSE, ANSWER_OPEN, TAGS, THINK_CLOSE, THINK_OPEN, build_prompt, chat_prompt,
+                        prompt_opens_think)
 
 # reasoning_effort -> the thinking budget, as a share of the request's max_tokens ("none": answer at once)
 EFFORT_SHARE = {"none": 0.0, "minimal": 1 / 16, "low": 1 / 4, "medium": 1 / 2, "high": 3 / 4}
@@ -75,7 +75,8 @@ class Sampling:
 
     @property
     def key(self) -> tuple:
-        return (self.temperature, self.top_p, self.max_tokens)
+        """What rows must share to share a `generate` call (budgets, seeds and max_tokens are per row)."""
+        return (self.temperature, self.top_p)
 
 
 def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
@@ -157,22 +158,54 @@ def chat_to_prompt(tokenizer, messages: list[dict], budget: int | None) -> str:
     return build_prompt(question, "plain", trigger=budget != 0)
 
 
-def split_reply(text: str, prompt: str | None = None) -> tuple[str | None, str]:
-    """(reasoning_content, content) of a completion. In the template: `template.parse_completion`'s
-    think and answer. Out of it: the closed thought if any and the rest without answer tags; an
-    unclosed thought (cut by max_tokens) is all reasoning and no content; no thought, all content."""
-    parsed = parse_completion(text, prompt)
-    if parsed.format_ok:
-        return parsed.think, parsed.answer
-    full = THINK_OPEN + text if prompt_opens_think(prompt) else text
-    if parsed.think is not None:
-        rest = full.split(THINK_CLOSE, 1)[1]
-    elif THINK_OPEN in full:
-        return full.split(THINK_OPEN, 1)[1].strip(), ""
-    else:
-        rest = full
-    return parsed.think, rest.replace(ANSWER_OPEN, "").replace(ANSWER_CLOSE, "").strip()
+def split_reply(text: str, prompt: str | None = None, final: bool = True) -> tuple[str | None, str]:
+    """(reasoning_content, content) of a completion: the thought is the text of the first
+    ``<think>`` block, the answer what follows its ``</think>`` without the answer tags, both
+    stripped; for a completion in the template, `template.parse_completion`'s think and answer. An
+    unclosed thought (cut by max_tokens) is all reasoning and no content; no thought, all content.
 
+    `final=False`: what of an unfinished completion can be sent already, so that a stream's pieces
+    add up to the final split: a tag half written at the end is held back, and so is text before
+    any ``<think>`` until an ``<answer>`` shows the model is answering without one."""
+    full = THINK_OPEN + text if prompt_opens_think(prompt) else text
+    if not final:
+        full = _hold_back(full, TAGS)
+    if THINK_OPEN in full:
+        after = full.split(THINK_OPEN, 1)[1]
+        if THINK_CLOSE not in after:
+            return after.strip(), ""
+        thought, rest = after.split(THINK_CLOSE, 1)
+        return thought.strip(), _untagged(rest)
+    if not final and ANSWER_OPEN not in full:
+        return None, ""
+    return None, _untagged(full)
+
+
+def _untagged(text: str) -> str:
+    return text.replace(ANSWER_OPEN, "").replace(ANSWER_CLOSE, "").strip()
+
+
+def _hold_back(text: str, marks) -> str:
+    """`text` without an end that is the start of one of `marks` (it may become it), or an
+    incomplete character (a byte-level tokenizer decodes half a UTF-8 sequence to U+FFFD)."""
+    cut = len(text)
+    for mark in marks:
+        for k in range(min(len(mark) - 1, len(text)), 0, -1):
+            if text.endswith(mark[:k]):
+                cut = min(cut, len(text) - k)
+                break
+    text = text[:cut]
+    return text[:-1] if text.endswith("\ufffd") else text
+
+
+def visible(text: str, stops: list[str], final: bool) -> str:
+    """What of a row's text a reply shows: the text before its first stop string (OpenAI's rule:
+    the stop text is not returned); while it is unfinished, without an end that may still become a
+    stop string (`_hold_back`)."""
+    hits = [text.find(s) for s in stops if s in text]
+    if hits:
+        return text[:min(hits)]
+    return text if final else _hold_back(text, stops)
 
 
 # ---- a reply -----------------------------------------------------------------------------------------
@@ -201,22 +234,6 @@ def usage(rows: list[Row], prompts: list[str] | None = None) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion,
             "completion_tokens_details": {"reasoning_tokens": sum(r.think_tokens for r in rows)}}
-
-
-def pieces(tokenizer, text: str) -> list[str]:
-    """`text` in pieces of one token's text each (their concatenation is `text`)."""
-    if not text:
-        return []
-    ids = tokenizer.encode(text)
-    prefixes = tokenizer.decode_batch([ids[:k] for k in range(1, len(ids) + 1)])
-    pieces, sent = [], ""
-    for prefix in prefixes:
-        if prefix.startswith(sent) and len(prefix) > len(sent):
-            pieces.append(prefix[len(sent):])
-            sent = prefix
-    if sent != text:  # a tokenizer that does not decode back to the text: one piece
-        return [text]
-    return pieces
 
 
 def token_logprobs(tokenizer, row: Row) -> list[dict]:
