@@ -66,6 +66,16 @@ def test_extend_inserts_exactly_n_waits(n):
     assert r.finish_reason == ["stop"] and r.think_tokens == [1 + n * 6]
 
 
+def test_extend_per_row():
+    r = generate(closes_at_once(), TOK, ["q\n<think>"] * 3, SamplingParams(max_new_tokens=80, extend=[0, 1, 3],
+                                                                        temperature=0))
+    assert r.texts == ["a" + "Wait,a" * n + "</think><answer>7</answer>" for n in (0, 1, 3)]
+    with pytest.raises(ValueError, match="extend has 2 entries for 3"):
+        generate(closes_at_once(), TOK, ["q\n<think>"] * 3, SamplingParams(extend=[1, 2]))
+    with pytest.raises(ValueError):
+        SamplingParams(extend=[1, -1])
+
+
 def test_extend_then_cap_never_exceeds_budget():
     r = generate(closes_at_once(), TOK, ["q\n<think>"], SamplingParams(max_new_tokens=80, extend=5, think_budget=9, temperature=0))
     assert r.think_tokens == [9] and thinking_tokens(r.tokens[0, :r.lengths[0]].tolist(), True) == 9

@@ -159,6 +159,23 @@ def test_max_thinking_tokens_caps_the_thought_exactly():
         assert uncapped.choices[0].finish_reason == "length" and uncapped.choices[0].message.content == ""
 
 
+def test_thinking_extensions_force_wait_per_request_in_one_call():
+    """thinking_extensions = n: the model's first n attempts to close its thought become "Wait,"
+    (s1's budget forcing), per row in a shared engine call."""
+    comma = TOK.encode(",")[0]
+    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["</think>"], comma: ID["a"],
+              ID["</think>"]: ID["<answer>"], ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    with ServerThread(make_app(BigramLM(len(TOK), script, default=TOK.eos_id), TOK)) as s:
+        c = client(s)
+        for n in (0, 1, 3):
+            reply = c.chat.completions.create(model="m", messages=USER, max_tokens=60, temperature=0,
+                                              extra_body={"thinking_extensions": n})
+            assert reply.choices[0].message.reasoning_content == "a" + "Wait,a" * n
+            assert reply.choices[0].message.content == "7"
+        with pytest.raises(openai.BadRequestError, match="thinking_extensions"):
+            c.chat.completions.create(model="m", messages=USER, extra_body={"thinking_extensions": 99})
+
+
 def test_requests_with_different_budgets_share_one_generate_call():
     model = gated(thinker())
     with ServerThread(make_app(model, TOK)) as s:

@@ -9,7 +9,7 @@ top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
 - **cap** (`think_budget` = B, per row or one for all): once a row has written B thinking tokens
   (tokens strictly inside ``<think>…</think>``) it is made to write ``</think><answer>``; the answer
   that follows is its own.
-- **extend** (`extend` = n, s1's budget forcing, Muennighoff et al. 2025): when a row starts to close
+- **extend** (`extend` = n, one for all rows or per row; s1's budget forcing, Muennighoff et al. 2025): when a row starts to close
   its thinking, ``</think>`` is replaced by ``Wait,`` — up to n times per row.
 
 Every forced token has 0 in `sampled_mask` (sampled tokens 1), so trainers keep forced tokens out
@@ -50,7 +50,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     think_budget: int | list[int] | None = None  # cap on thinking tokens, one for all rows or per row
-    extend: int = 0  # how many times an early </think> becomes "Wait,"
+    extend: int | list[int] = 0  # how many times an early </think> becomes "Wait,", one for all rows or per row
     stop_at_answer: bool = True  # end a row at </answer>
     seed: int | None = None  # same seed, same samples
     # Per-row seeds: row i's samples depend only on (row_seeds[i], step), never on the rows it shares a
@@ -66,7 +66,7 @@ class SamplingParams:
         budgets = self.think_budget if isinstance(self.think_budget, list) else [self.think_budget]
         if any(b is not None and b < 0 for b in budgets):
             raise ValueError("think_budget must be >= 0")
-        if self.extend < 0:
+        if any(n < 0 for n in (self.extend if isinstance(self.extend, list) else [self.extend])):
             raise ValueError("extend must be >= 0")
         if self.row_seeds is not None and any(not 0 <= k < 2**62 for k in self.row_seeds):
             raise ValueError("row_seeds must be integers in [0, 2**62)")
@@ -256,7 +256,7 @@ class RowState:
 def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None = None, on_step=None) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups). See the module docstring."""
     params = params or SamplingParams()
-    budgets, limits = _check_request(prompts, params)
+    budgets, limits, extends = _check_request(prompts, params)
     prompt_ids = tokenizer.encode_batch(prompts)
     if min(len(p) for p in prompt_ids) == 0:
         raise ValueError("empty prompt")
@@ -279,7 +279,7 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     if _vectorizable(tokenizer, budgets, params):
         return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, cache,
                                                 logits, attn, next_pos, uniforms, generator, P, N, on_step))
-    rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], params.extend,
+    rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], extends[i],
                      prompt_opens_think(prompts[i]), limits[i]) for i in range(len(prompts))]
     _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N, on_step)
     return count_rollout(assemble_rollout(rows, prompt_ids, tokenizer))
@@ -298,9 +298,9 @@ def count_rollout(rollout: Rollout) -> Rollout:
     return rollout
 
 
-def _check_request(prompts: list[str], params: SamplingParams) -> tuple[list, list[int]]:
-    """The per-row thinking budgets and token limits; a request whose lists do not match its prompts
-    is a ValueError."""
+def _check_request(prompts: list[str], params: SamplingParams) -> tuple[list, list[int], list[int]]:
+    """The per-row thinking budgets, token limits and extensions; a request whose lists do not match
+    its prompts is a ValueError."""
     B = len(prompts)
     if B == 0:
         raise ValueError("no prompts to generate from")
@@ -310,9 +310,12 @@ def _check_request(prompts: list[str], params: SamplingParams) -> tuple[list, li
     limits = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * B
     if len(limits) != B:
         raise ValueError(f"max_new_tokens has {len(limits)} entries for {B} prompts")
+    extends = params.extend if isinstance(params.extend, list) else [params.extend] * B
+    if len(extends) != B:
+        raise ValueError(f"extend has {len(extends)} entries for {B} prompts")
     if params.row_seeds is not None and len(params.row_seeds) != B:
         raise ValueError(f"row_seeds has {len(params.row_seeds)} entries for {B} prompts")
-    return budgets, limits
+    return budgets, limits, extends
 
 
 def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, device):
@@ -404,7 +407,8 @@ def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
     """No extension and single-token tags (``<answer>`` too when a row has a budget, as the cap
     forces it): the row state machine runs as tensor ops."""
     tags = (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE) + ((ANSWER_OPEN,) if any(b is not None for b in budgets) else ())
-    return params.extend == 0 and all(len(tokenizer.tags[t]) == 1 for t in tags)
+    extends = params.extend if isinstance(params.extend, list) else [params.extend]
+    return not any(extends) and all(len(tokenizer.tags[t]) == 1 for t in tags)
 
 
 def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, cache, logits, attn, next_pos,

@@ -43,7 +43,7 @@ def vllm_request_params(params: SamplingParams, n_prompts: int) -> list[dict]:
     per-request seeds). Raises ValueError for what vLLM rollouts do not support."""
     if params.think_budget is not None and params.think_budget != [None] * n_prompts:
         raise ValueError("vLLM rollouts do not apply a thinking-budget cap: use the built-in engine")
-    if params.extend:
+    if any(params.extend if isinstance(params.extend, list) else [params.extend]):
         raise ValueError("vLLM rollouts do not extend thinking with 'Wait': use the built-in engine")
     if params.row_seeds is not None and len(params.row_seeds) != n_prompts:
         raise ValueError(f"row_seeds has {len(params.row_seeds)} entries for {n_prompts} prompts")
@@ -51,7 +51,6 @@ def vllm_request_params(params: SamplingParams, n_prompts: int) -> list[dict]:
         "temperature": params.temperature,
         "top_k": params.top_k if params.top_k > 0 else -1,  # vLLM: -1 = off
         "top_p": params.top_p,
-        "max_tokens": params.max_new_tokens,
         "min_tokens": params.min_new_tokens,
         "stop": [ANSWER_CLOSE] if params.stop_at_answer else [],
         "include_stop_str_in_output": True,  # keep </answer>: the format reward needs it
@@ -60,7 +59,10 @@ def vllm_request_params(params: SamplingParams, n_prompts: int) -> list[dict]:
     }
     seeds = params.row_seeds if params.row_seeds is not None else \
         [None if params.seed is None else params.seed + i for i in range(n_prompts)]
-    return [{**base, "seed": seed} for seed in seeds]
+    limits = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * n_prompts
+    if len(limits) != n_prompts:
+        raise ValueError(f"max_new_tokens has {len(limits)} entries for {n_prompts} prompts")
+    return [{**base, "max_tokens": n, "seed": seed} for n, seed in zip(limits, seeds)]
 
 
 def hf_named_weights(model) -> list[tuple[str, torch.Tensor]]:

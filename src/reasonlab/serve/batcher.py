@@ -98,7 +98,7 @@ class Batcher:
 
     def _call(self, owners: list[tuple[Job, int]]) -> list[Row]:
         """One `generate` call for these rows (each a job and its row in it), with each row's budget,
-        seed and max_tokens; every step's tokens go to the streaming jobs' queues, and rows whose
+        extensions, seed and max_tokens; every step's tokens go to the streaming jobs' queues, and rows whose
         client went away or whose text reached a stop string end there."""
         prompts = [job.prompts[i] for job, i in owners]
         budgets = [job.budgets[i] for job, i in owners]
@@ -106,6 +106,7 @@ class Batcher:
         params = SamplingParams(max_new_tokens=[job.sampling.max_tokens for job, _ in owners],
                                 temperature=first.temperature, top_p=first.top_p,
                                 think_budget=budgets if any(b is not None for b in budgets) else None,
+                                extend=[job.sampling.extend for job, _ in owners],
                                 row_seeds=[job.seeds[i] for job, i in owners])
         rollout = generate(self.model, self.tokenizer, prompts, params, on_step=self._listener(owners))
         self.calls += 1

@@ -14,6 +14,7 @@ from ..template import (ANSWER_CLOSE, ANSWER_OPEN, TAGS, THINK_CLOSE, THINK_OPEN
 # reasoning_effort -> the thinking budget, as a share of the request's max_tokens ("none": answer at once)
 EFFORT_SHARE = {"none": 0.0, "minimal": 1 / 16, "low": 1 / 4, "medium": 1 / 2, "high": 3 / 4}
 MAX_N = 128
+MAX_EXTENSIONS = 16  # thinking_extensions at most
 # OpenAI parameters the engine has no counterpart for: refused (400 naming them) unless at their no-op value
 UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
                "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0, "best_of": 1, "echo": False,
@@ -70,6 +71,7 @@ class Sampling:
     top_p: float
     seed: int | None
     budget: int | None  # thinking tokens at most (None: no cap)
+    extend: int  # times an early </think> becomes "Wait," (s1's budget forcing)
     stop: list[str]
     logprobs: bool
 
@@ -97,6 +99,7 @@ def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise ServeError("'stop' must be a non-empty string or a list of up to 4 of them", "stop")
     budget = _number(body, "max_thinking_tokens", None, int, 0)
+    extend = _number(body, "thinking_extensions", 0, int, 0, MAX_EXTENSIONS)
     effort = body.get("reasoning_effort")
     if effort is not None:
         if effort not in EFFORT_SHARE:
@@ -119,7 +122,7 @@ def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
         logprobs = logprobs == 0
     if logprobs and body.get("stream"):
         raise ServeError("'logprobs' is not supported with 'stream'", "logprobs", code="unsupported_parameter")
-    return Sampling(n, max_tokens, temperature, top_p, seed, budget, stop, logprobs)
+    return Sampling(n, max_tokens, temperature, top_p, seed, budget, extend, stop, logprobs)
 
 
 def _text_of(content, where: str) -> str:
