@@ -170,3 +170,45 @@ def test_top_p_among_the_top_candidates_keeps_what_a_full_sort_keeps(spread):
     assert (width > TOP_P_CANDIDATES).any() == (spread < 1) and (width <= TOP_P_CANDIDATES).any()  # both paths
     expected = torch.zeros_like(probs).scatter(-1, order.indices, order.values * (torch.arange(5000) < width[:, None]))
     assert torch.equal(kept, expected)
+
+
+def test_floored_exp_and_the_entropy():
+    """`floored_exp` is exp above its floor, exactly 0 at and below it and at -inf, never a denormal;
+    `probs_entropy` is the softmax's entropy, on logits in range and on a confident model's kind
+    (most of the vocabulary far below the top, where torch's exp is slow), with -inf entries."""
+    import torch.nn.functional as F
+
+    from reasonlab.softmax import FLOOR, floored_exp, probs_entropy
+
+    z = torch.tensor([0.0, -1.0, -50.0, -86.9, -87.0, -87.5, -200.0, float("-inf")])
+    e = floored_exp(z)
+    assert (e[4:] == 0).all() and torch.allclose(e[:3], z[:3].exp(), rtol=1e-6) and e[3] > 0
+    assert ((e == 0) | (e >= torch.finfo(torch.float32).tiny)).all() and FLOOR < -80
+    g = torch.Generator().manual_seed(0)
+    far = torch.rand(16, 3000, generator=g) * -300
+    far[:, :50] = torch.randn(16, 50, generator=g)
+    far[:, 7] = float("-inf")
+    for x in (torch.randn(16, 3000, generator=g), far):
+        logp = F.log_softmax(x, dim=-1)
+        assert torch.allclose(floored_exp(logp).sum(-1), torch.ones(16), atol=1e-5)
+        expected = -(logp.exp() * logp.nan_to_num(0, 0, 0)).sum(-1)
+        assert torch.allclose(probs_entropy(logp), expected, atol=1e-5)
+
+
+def test_the_sampler_draws_the_same_tokens_as_an_unfloored_softmax():
+    """Flooring changes no draw: keyed uniforms on LM-like logits (and top-k, top-p) give the tokens
+    an exact float64 softmax's inverse CDF gives."""
+    g = torch.Generator().manual_seed(1)
+    B, V = 256, 5000
+    logits = torch.rand(B, V, generator=g) * -150
+    logits[:, :40] += 150 + torch.randn(B, 40, generator=g) * 2
+    u = keyed_uniform(torch.arange(B) * 31 + 5, 0)
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.9)):
+        tokens, logp = sample_next(logits, temperature, top_k, top_p, None, u)
+        exact = torch.softmax(logits.double() / temperature, -1)
+        from reasonlab.engine import truncate
+
+        expected = inverse_cdf(truncate(logits.double() / temperature, exact, top_k, top_p), u)
+        assert (tokens == expected).float().mean() > 0.995  # float32 against float64 weights: a boundary may move
+        assert torch.allclose(logp.gather(-1, tokens[:, None]).double(), exact.log().gather(-1, tokens[:, None]),
+                              atol=1e-4)

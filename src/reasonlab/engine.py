@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from . import compute
+from .softmax import floored_exp
 from .template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, prompt_opens_think
 
 
@@ -120,9 +121,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     49k-token vocabulary cost more than the rest of the sampling step."""
     if temperature == 0:
         return logits.argmax(-1), F.log_softmax(logits, dim=-1)
-    scaled = logits / temperature
+    scaled = logits if temperature == 1 else logits / temperature
     logp = F.log_softmax(scaled, dim=-1)
-    weights = truncate(scaled, logp.exp(), top_k, top_p)
+    weights = truncate(scaled, floored_exp(logp), top_k, top_p)
     if uniform is None:
         uniform = torch.rand(len(logits), dtype=torch.float64, generator=generator, device=logits.device)
     return inverse_cdf(weights, uniform), logp

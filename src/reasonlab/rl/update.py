@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import compute
+from ..softmax import probs_entropy
 from ..model.grouped import GroupedBatch
 from ..runtime import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
                               grads_finite, world)
@@ -45,9 +46,7 @@ def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: floa
     """Log-prob of each target under softmax(logits / T), and the entropy of that softmax (for
     logging: computed without gradient)."""
     logp_all = F.log_softmax(logits / temperature, dim=-1)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp_all.gather(-1, targets[..., None]).squeeze(-1), entropy
+    return logp_all.gather(-1, targets[..., None]).squeeze(-1), probs_entropy(logp_all)
 
 
 def reference_logprobs(core, ref_model, inputs, temperature: float) -> torch.Tensor:
