@@ -47,6 +47,7 @@ from reasonlab.jsonl import read_jsonl
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt, format_completion, length_prompt, parse_completion
 from reasonlab.train.loop import TrainConfig, tokenize_examples, train_supervised
+from reasonlab.runtime import keep_freed_memory
 
 
 def relabelled(rows: list[dict], tok) -> list[dict]:
@@ -82,6 +83,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+        keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = read_json(run / "results.json")["config"]

@@ -22,6 +22,7 @@ from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import GPTConfig, export_hf, new_builtin
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
+from reasonlab.runtime import keep_freed_memory
 
 
 def timed(fn, repeats):
@@ -41,6 +42,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     hf_logging.disable_progress_bar()
 
     model, tok = new_builtin(GPTConfig(n_layer=4, n_head=4, n_kv_head=4, d_model=128), seed=0)

@@ -27,6 +27,7 @@ from reasonlab.rl.types import Group
 from reasonlab.rl.update import step_loss
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
+from reasonlab.runtime import keep_freed_memory
 
 
 LAYOUTS = (("padded", False), ("grouped", True))
@@ -74,6 +75,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     model, tok = load_model(args.model)
     model.train()
     if not model.shares_prompts:

@@ -36,6 +36,7 @@ from reasonlab.rl import train_grpo
 from reasonlab.runtime import setup_distributed, shutdown_distributed, world
 from reasonlab.train.pretrain import pretrain
 from reasonlab.train.rationales import run_rationales
+from reasonlab.runtime import keep_freed_memory
 
 
 def main():
@@ -74,6 +75,7 @@ def run(args, task, pre_cfg, m1_cfg, rl_cfg, work):
     if "RANK" in os.environ:
         setup_distributed()
         torch.set_num_threads(1)
+        keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     # The run is bounded by time; the step count matters only to a decaying schedule (over the demo's steps).
     schedule = args.schedule or rl_cfg.schedule
     steps = args.steps or (100_000 if schedule == "constant" else rl_cfg.steps)

@@ -31,6 +31,7 @@ from reasonlab.rewards import reasoning_reward
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
 from reasonlab.rl import GRPOConfig, train_grpo
+from reasonlab.runtime import keep_freed_memory
 
 P, G, NEW = 16, 8, 64
 
@@ -216,6 +217,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=300, help="training seconds each may take in the race")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     if args.start:
         task = get_task("chain", length=4)
         ours, trl = race_ours(args.start, task, args.seconds), race_trl(args.start, task, args.seconds)

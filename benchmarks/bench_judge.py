@@ -42,6 +42,7 @@ from reasonlab.model import load_model
 from reasonlab.tasks import get_task
 from reasonlab.template import chat_prompt, free_form_prompt
 from reasonlab.train.rationales import Judge, judge_agreement
+from reasonlab.runtime import keep_freed_memory
 
 RUBRIC = ("You check answers to arithmetic questions. Score the response 10 if its final answer is correct "
           "and 0 if it is wrong. Reply with the score only.")
@@ -85,6 +86,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     hf_logging.disable_progress_bar()
 
     model_path = args.model or default_model()

@@ -24,6 +24,7 @@ from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import load_model
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
+from reasonlab.runtime import keep_freed_memory
 
 
 def prompt_logits(model, tok, prompts: list[str]) -> torch.Tensor:
@@ -60,6 +61,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     hf_logging.disable_progress_bar()
 
     problems = get_task("arithmetic", digits=2).problems(args.prompts, "test", seed=0)

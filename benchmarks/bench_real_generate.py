@@ -29,6 +29,7 @@ from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import load_model
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
+from reasonlab.runtime import keep_freed_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -91,6 +92,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     hf_logging.disable_progress_bar()
     dtype = DTYPES[args.dtype]
 

@@ -38,6 +38,7 @@ from reasonlab.rewards import reasoning_reward
 from reasonlab.rl import GRPOConfig, train_grpo
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
+from reasonlab.runtime import keep_freed_memory
 
 P, G, NEW, LR, MICRO = 8, 8, 128, 1e-5, 16
 
@@ -102,6 +103,7 @@ def main():
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     task = get_task("arithmetic", digits=2)
     folder = hf_folder(args.model)
     model, tok = load_model(folder)

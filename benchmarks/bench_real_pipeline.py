@@ -15,6 +15,7 @@ import resource
 import time
 
 from reasonlab.demo import DemoConfig, run_demo
+from reasonlab.runtime import keep_freed_memory
 
 
 def main():
@@ -24,6 +25,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.monotonic()
+    keep_freed_memory()  # as the CLI does
     results = run_demo(DemoConfig(model=args.model, out=args.out, seed=args.seed, overwrite=True))
     seconds = time.monotonic() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB

@@ -20,6 +20,7 @@ from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOpt
                       RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions,
                       StudyOptions, ComputeStudyOptions)
 from .remote import RemoteError, RemoteGenerator
+from .runtime import keep_freed_memory
 
 
 def parse_value(text: str):
@@ -450,6 +451,7 @@ def abort_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     name = f"{args.command} {args.sub}" if getattr(args, "sub", None) else args.command
     command = next(c for c in COMMANDS if c.name == name)
     try:  # every option, from the command line or --config, through the one `build_config`
