@@ -101,6 +101,37 @@ def test_decode_equals_a_full_forward_with_nothing_deprecated(tmp_path, kind):
     assert notes == []
 
 
+@pytest.mark.parametrize("capacity", [3, 16])
+def test_reserved_cache_layers_write_in_place_and_grow_past_capacity(tmp_path, capacity):
+    """The engine's HF cache reserves its positions: a step writes into the buffers (the same
+    storage from step to step) and reads exactly the filled length; a sequence past the capacity
+    grows the buffers and stays right. Logits equal full forwards either way."""
+    from reasonlab.model.hf import HFCache, reserved_layer_class
+
+    tiny_hf("llama").save_pretrained(tmp_path)
+    model = load_hf_model(tmp_path)
+    cache = HFCache(model.config, capacity=capacity)
+    assert all(type(layer) is reserved_layer_class() for layer in cache.kv.layers)
+    seq = [5, 9, 2, 7]
+    ids = torch.tensor([seq])
+    logits = model.decode(ids, torch.arange(4)[None], torch.ones(1, 4, dtype=torch.long), cache)[:, -1]
+    buffers = []
+    for step in range(6):
+        assert_logits_of_full_forwards(model, logits, [seq])
+        assert cache.kv.get_seq_length() == len(seq) == cache.kv.layers[0].keys.shape[-2]
+        buffers.append(cache.kv.layers[0].key_buffer.data_ptr())
+        token = int(logits.argmax(-1))
+        seq.append(token)
+        n = len(seq)
+        logits = model.decode(torch.tensor([[token]]), torch.tensor([[n - 1]]), torch.ones(1, n, dtype=torch.long),
+                              cache)[:, -1]
+    assert_logits_of_full_forwards(model, logits, [seq])
+    if capacity >= len(seq):
+        assert len(set(buffers)) == 1  # written in place: never reallocated
+    else:
+        assert cache.kv.layers[0].key_buffer.shape[-2] >= len(seq)
+
+
 def assert_logits_of_full_forwards(model, logits, seqs):
     """logits (B, V) are, row by row, the last-position logits of a forward over each whole sequence."""
     for row, seq in zip(logits, seqs):

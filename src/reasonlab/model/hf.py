@@ -22,6 +22,7 @@ back from the output (the cache is updated in place; the output's attribute was 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -36,11 +37,95 @@ GROUPED_ATTENTION = ("eager", "sdpa")
 
 
 class HFCache:
-    def __init__(self, config):
+    """The engine's KV cache for an HF model: a `transformers.DynamicCache` whose plain layers are
+    `ReservedLayer`s holding `capacity` positions (the prompt and every new token), so a decoding
+    step writes its token in place instead of concatenating a copy of the whole cache per layer."""
+
+    def __init__(self, config, capacity: int | None = None):
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         self.kv = DynamicCache(config=config)
+        if capacity is not None:
+            reserved = reserved_layer_class()
+            self.kv.layers = [reserved(capacity) if type(layer) is DynamicLayer else layer
+                              for layer in self.kv.layers]
         self.pos = 0
+
+
+@functools.cache
+def reserved_layer_class():
+    """`ReservedLayer`, built on first use (it subclasses a transformers class; transformers is
+    imported only when an HF model is used)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        """A `DynamicLayer` (keys and values of shape (batch, heads, length, head_dim)) whose keys and
+        values are views of buffers reserved for `capacity` positions at the first update: the next
+        tokens are written into them (more than `capacity` falls back to growing by concatenation).
+        Attention reads exactly the filled length, as with the plain layer."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def lazy_initialization(self, key_states, value_states):
+            super().lazy_initialization(key_states, value_states)
+            B, H, _, D = key_states.shape
+            self.key_buffer = key_states.new_empty(B, H, self.capacity, D)
+            self.value_buffer = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            if self.length + n > self.key_buffer.shape[-2]:  # past what was reserved: grow (copies once)
+                extra = max(n, self.key_buffer.shape[-2])
+                self.key_buffer = torch.cat([self.key_buffer, self.key_buffer.new_empty(
+                    *self.key_buffer.shape[:2], extra, self.key_buffer.shape[-1])], dim=-2)
+                self.value_buffer = torch.cat([self.value_buffer, self.value_buffer.new_empty(
+                    *self.value_buffer.shape[:2], extra, self.value_buffer.shape[-1])], dim=-2)
+            self.key_buffer[:, :, self.length:self.length + n] = key_states
+            self.value_buffer[:, :, self.length:self.length + n] = value_states
+            self.length += n
+            self._views()
+            return self.keys, self.values
+
+        def _views(self):
+            self.keys = self.key_buffer[:, :, :self.length]
+            self.values = self.value_buffer[:, :, :self.length]
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def reorder_cache(self, index):
+            if self.is_initialized:
+                index = index.to(self.key_buffer.device)
+                self.key_buffer = self.key_buffer.index_select(0, index)
+                self.value_buffer = self.value_buffer.index_select(0, index)
+                self._views()
+
+        batch_select_indices = reorder_cache
+
+        def batch_repeat_interleave(self, repeats: int):
+            if self.is_initialized:
+                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+                self._views()
+
+        def crop(self, tokens_to_remove: int):
+            if tokens_to_remove > 0:
+                raise ValueError("crop takes a negative number of tokens to remove")
+            if self.is_initialized and tokens_to_remove:
+                self.length = max(0, self.length + tokens_to_remove)
+                self._views()
+
+        def reset(self):
+            super().reset()
+            self.length = 0
+
+    return ReservedLayer
+
 
 
 class HFCausalLM(nn.Module):
@@ -74,7 +159,7 @@ class HFCausalLM(nn.Module):
                        use_cache=False).logits
 
     def init_cache(self, batch: int, max_len: int) -> HFCache:
-        return HFCache(self.hf.config)
+        return HFCache(self.hf.config, capacity=max_len)
 
     def select_rows(self, cache: HFCache, index: torch.Tensor) -> None:
         cache.kv.reorder_cache(index)
