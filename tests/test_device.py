@@ -140,3 +140,18 @@ def test_gpu_cli_pretrain_sft_rl_eval(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "rl-sft" / "model"), "--task", "arithmetic", "--problems", "4",
                  "--max-new-tokens", "16", "--device", "cuda"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_keep_freed_memory_sets_glibc_malloc_unless_the_user_did(monkeypatch):
+    import platform
+
+    from reasonlab.runtime import MALLOC_ENV, keep_freed_memory
+
+    for name in MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert keep_freed_memory() is False
+        return
+    assert keep_freed_memory() is True
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # the user's choice wins
+    assert keep_freed_memory() is False
