@@ -155,3 +155,23 @@ def test_keep_freed_memory_sets_glibc_malloc_unless_the_user_did(monkeypatch):
     assert keep_freed_memory() is True
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # the user's choice wins
     assert keep_freed_memory() is False
+
+
+def test_autocast_modes_on_the_cpu(tiny_gpt):
+    """`--autocast`: auto leaves CPU passes in float32 (GPUs only), on runs them in bf16 (the log-probs
+    close to float32's, not equal), off never; a bad mode is refused."""
+    from reasonlab.rl.update import token_logprobs
+    from reasonlab.runtime import autocast
+
+    cpu = torch.device("cpu")
+    for mode, on in (("auto", False), ("on", True), ("off", False)):
+        with autocast(cpu, mode):
+            assert torch.is_autocast_enabled("cpu") is on
+    with pytest.raises(ValueError, match="autocast"):
+        autocast(cpu, "bf16")
+    model, tok = tiny_gpt
+    inputs = torch.tensor([tok.encode("12+34\n<think>1+3=4</think><answer>46</answer>")])
+    fp32, _ = token_logprobs(model, inputs, 1.0, "auto")
+    assert torch.equal(fp32, token_logprobs(model, inputs, 1.0, "off")[0])
+    bf16, _ = token_logprobs(model, inputs, 1.0, "on")
+    assert not torch.equal(bf16, fp32) and torch.allclose(bf16, fp32, atol=0.1)

@@ -26,6 +26,9 @@ import torch
 from .errors import UserError
 
 
+AUTOCAST = ("auto", "on", "off")
+
+
 @dataclass
 class RuntimeOptions:
     """Options every trainer shares: how the model is wrapped when it outgrows one process."""
@@ -34,6 +37,9 @@ class RuntimeOptions:
         "help": "under torchrun: shard parameters, gradients and optimiser state with FSDP2 (default: DDP)"})
     dtype: str = field(default="float32", metadata={
         "help": "weights load as float32 (full fine-tuning; GPUs compute in bf16 autocast) or bfloat16 (a frozen LoRA base)"})
+    autocast: str = field(default="auto", metadata={
+        "help": "bf16 autocast of the trainers' forward passes (weights and optimiser stay float32): auto = on GPUs; "
+                "on = on CPUs too (fast only where they have AMX or AVX-512 BF16); off", "choices": AUTOCAST})
     lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)",
                                                 "min": 0})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)",
@@ -77,9 +83,14 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def autocast(device: torch.device):
-    """bf16 autocast for forward passes on GPUs (weights and optimiser stay float32); off on CPUs."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, mode: str = "auto"):
+    """bf16 autocast for a forward pass (weights and optimiser stay float32): `mode` "auto" on GPUs
+    only, "on" on CPUs too, "off" never (`RuntimeOptions.autocast`)."""
+    if mode not in AUTOCAST:
+        raise ValueError(f"autocast must be one of {', '.join(AUTOCAST)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

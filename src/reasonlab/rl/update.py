@@ -26,18 +26,19 @@ from .config import GRPOConfig
 from .types import Batch, Update
 
 
-def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0,
+                   precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
     prediction; for a `GroupedBatch` (the built-in model, or an HF model whose `shares_prompts`),
     (N, Lc) for each completion token, 0 past each row's end."""
     if isinstance(inputs, GroupedBatch):  # the model returns only real predictions: no lm_head on padding
         places, (N, Lc) = inputs.places(), inputs.completion_ids.shape
-        with autocast(places.device):
+        with autocast(places.device, precision):
             logits = model(dataclasses.replace(inputs, packed=True)).float()
         logp, entropy = _logp_entropy(logits, inputs.completion_ids.reshape(-1)[places], temperature)
         grid = lambda v: v.new_zeros(N * Lc).index_copy(0, places, v).view(N, Lc)  # noqa: E731
         return grid(logp), grid(entropy)
-    with autocast(inputs.device):
+    with autocast(inputs.device, precision):
         logits = model(inputs)[:, :-1].float()
     return _logp_entropy(logits, inputs[:, 1:], temperature)
 
@@ -49,18 +50,18 @@ def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: floa
     return logp_all.gather(-1, targets[..., None]).squeeze(-1), probs_entropy(logp_all)
 
 
-def reference_logprobs(core, ref_model, inputs, temperature: float) -> torch.Tensor:
+def reference_logprobs(core, ref_model, inputs, temperature: float, precision: str = "auto") -> torch.Tensor:
     """Token log-probs under the frozen reference: a kept copy, or the LoRA model with adapters off."""
     with torch.no_grad():
         if ref_model is not None:
-            return token_logprobs(ref_model, inputs, temperature)[0]
+            return token_logprobs(ref_model, inputs, temperature, precision)[0]
         with core.hf.disable_adapter():
-            return token_logprobs(core, inputs, temperature)[0]
+            return token_logprobs(core, inputs, temperature, precision)[0]
 
 
 def step_loss(model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConfig, total=None):
     """One micro-batch's loss and statistics (clip_frac, kl, entropy)."""
-    logp, entropy = token_logprobs(model, inputs, cfg.temperature)
+    logp, entropy = token_logprobs(model, inputs, cfg.temperature, cfg.autocast)
     old = logp.detach() if old_logp is None else old_logp
     loss, stats = policy_loss(logp, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                               agg=cfg.loss_agg, max_tokens=cfg.max_new_tokens, ref_logp=ref_logp, beta=cfg.beta,
@@ -87,9 +88,11 @@ def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr:
     compute.count("trained", tokens * cfg.updates, pairs * cfg.updates)
     if cfg.updates > 1:  # the ratio's denominator: the policy before this batch's first step
         with torch.no_grad():
-            old_logp = torch.cat([token_logprobs(model, inputs[c], cfg.temperature)[0] for c in chunks][:real])
+            old_logp = torch.cat([token_logprobs(model, inputs[c], cfg.temperature, cfg.autocast)[0]
+                                  for c in chunks][:real])
     if cfg.beta > 0:
-        ref_logp = torch.cat([reference_logprobs(core, ref_model, inputs[c], cfg.temperature) for c in chunks][:real])
+        ref_logp = torch.cat([reference_logprobs(core, ref_model, inputs[c], cfg.temperature, cfg.autocast)
+                              for c in chunks][:real])
     for group in optimizer.param_groups:
         group["lr"] = lr
     out = Update()

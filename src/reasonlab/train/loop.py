@@ -312,11 +312,13 @@ def held_out_loss(model, pad_id: int, examples: list[tuple[list[int], list[int]]
     return total / max(n, 1)
 
 
-def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over labelled tokens (their mean, or their sum)."""
+def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean",
+            precision: str = "auto") -> torch.Tensor:
+    """Next-token cross-entropy over labelled tokens (their mean, or their sum); `precision`: the
+    forward's autocast (`runtime.autocast`)."""
     device = next(model.parameters()).device
     input_ids, labels = input_ids.to(device), labels.to(device)
-    with autocast(device):
+    with autocast(device, precision):
         logits = model(input_ids)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
                            reduction=reduction)
@@ -438,7 +440,8 @@ def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig
         batch = batches.next()
         input_ids, labels = collate_packed(batch, pad_id) if cfg.packing else collate(batch, pad_id)
         n_tokens = max(1, int((labels != IGNORE).sum()))
-        loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum")
+        loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum",
+                           precision=getattr(cfg, "autocast", "auto"))  # RuntimeOptions' (sft), else auto
         # a sequence each: an example, or a packed row (its examples attend across one another)
         lengths = [sum(len(p) + len(c) for p, c in (row if cfg.packing else [row])) for row in batch[rank::size]]
         compute.count("trained", sum(lengths), sum(map(compute.pairs, lengths)))
