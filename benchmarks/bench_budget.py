@@ -81,9 +81,9 @@ def main():
     ap.add_argument("--out", default="runs/bench_budget")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    keep_freed_memory()  # as the CLI does
     if args.threads:
         torch.set_num_threads(args.threads)
-        keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = read_json(run / "results.json")["config"]

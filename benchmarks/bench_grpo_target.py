@@ -14,7 +14,7 @@ one process of two threads: each rank samples and trains on half of every step's
 gradients are averaged (the same update; see docs/scaling.md). Two decode loops at once use the
 cores better when the loop is bound by per-step overhead (T = 1: a step ~15% cheaper); at T = 0.7,
 where dynamic sampling draws many groups a step, the two came out even (at 16 x 8 and at 32 x 4).
-Run: python benchmarks/bench_grpo_target.py [--seconds 360] [--seed 0] [--start CKPT] [--procs 2]
+Run: python benchmarks/bench_grpo_target.py [--seconds 360] [--seed 0] [--start CKPT] [--procs 2] [--autocast on]
                                            [--schedule cosine [--steps N]]
 """
 
@@ -45,11 +45,14 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", "--checkpoint", default="", help="a starting checkpoint (skips building one)")
     parser.add_argument("--keep-start", default="", help="also save the starting checkpoint here")
+    parser.add_argument("--autocast", default="auto", choices=("auto", "on", "off"),
+                        help="GRPO's forward passes in bf16 autocast (on: on the CPU too)")
     parser.add_argument("--procs", type=int, default=1, help="GRPO as N torchrun processes of one thread each")
     parser.add_argument("--schedule", default="", help="override the demo's lr schedule (constant, cosine, linear)")
     parser.add_argument("--steps", type=int, default=0, help="with --schedule: the steps the decay spans "
                         "(default: the demo's)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does
     task = get_task("chain", length=4)
     pre_cfg, m1_cfg, rl_cfg = stage_configs(DemoConfig(seed=args.seed))
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as work:
@@ -70,16 +73,16 @@ def run(args, task, pre_cfg, m1_cfg, rl_cfg, work):
     if args.procs > 1 and "RANK" not in os.environ:  # relaunch the GRPO part under torchrun
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}",
                    __file__, "--checkpoint", args.start, "--seconds", str(args.seconds), "--seed", str(args.seed),
-                   "--schedule", args.schedule, "--steps", str(args.steps)]
+                   "--schedule", args.schedule, "--steps", str(args.steps), "--autocast", args.autocast]
         sys.exit(subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode)
     if "RANK" in os.environ:
         setup_distributed()
         torch.set_num_threads(1)
-        keep_freed_memory()  # as the CLI does (for every side compared here: one process)
     # The run is bounded by time; the step count matters only to a decaying schedule (over the demo's steps).
     schedule = args.schedule or rl_cfg.schedule
     steps = args.steps or (100_000 if schedule == "constant" else rl_cfg.steps)
-    cfg = dataclasses.replace(rl_cfg, steps=steps, schedule=schedule, max_seconds=args.seconds, eval_every=25)
+    cfg = dataclasses.replace(rl_cfg, steps=steps, schedule=schedule, max_seconds=args.seconds, eval_every=25,
+                              autocast=args.autocast)
     curve = []
 
     def log(m):

@@ -19,7 +19,7 @@ completion (N: the parameters a token multiplies by), against this machine's mat
 dtype used. The last line is one JSON line with a `ratio` key (TRL s/step over ours).
 
 Needs the `bench` extra (TRL): pip install -e '.[bench]'
-Run: python benchmarks/bench_real_grpo_vs_trl.py --model PATH [--steps 3] [--threads 2] [--dtype float32]
+Run: python benchmarks/bench_real_grpo_vs_trl.py --model PATH [--steps 3] [--threads 2] [--dtype float32] [--autocast]
 """
 
 import argparse
@@ -52,7 +52,7 @@ def hf_folder(spec: str) -> Path:
     return model_folder(spec)
 
 
-def run_ours(spec: str, task, steps: int, dtype: str) -> tuple[float, float]:
+def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = False) -> tuple[float, float]:
     """Median seconds a step (the first left out) and the mean completion length."""
     model, tok = load_model(spec, DTYPES[dtype])
     seconds, lengths = [], []
@@ -64,12 +64,13 @@ def run_ours(spec: str, task, steps: int, dtype: str) -> tuple[float, float]:
 
     cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=LR,
                      eval_every=0, loss_agg="token_mean", seed=0, style="chat", skip_flat_groups=False,
-                     no_format_patience=0, dtype=dtype, micro_batch_size=MICRO)
+                     no_format_patience=0, dtype=dtype, micro_batch_size=MICRO,
+                     autocast="on" if bf16_autocast else "auto")
     train_grpo(model, tok, task, cfg, log=log)
     return statistics.median(seconds[1:]), statistics.mean(lengths)
 
 
-def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
+def run_trl(folder: Path, task, steps: int, dtype: str, bf16_autocast: bool = False) -> tuple[float, float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig as TRLConfig, GRPOTrainer
@@ -87,7 +88,7 @@ def run_trl(folder: Path, task, steps: int, dtype: str) -> tuple[float, float]:
                          num_generations=G, max_completion_length=NEW,
                          beta=0.0, learning_rate=LR, temperature=1.0, max_steps=steps, logging_steps=1, use_cpu=True,
                          report_to="none", gradient_checkpointing=False, save_strategy="no", loss_type="dapo",
-                         bf16=False, seed=0, disable_tqdm=True)
+                         bf16=bf16_autocast, seed=0, disable_tqdm=True)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
         trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
         seconds = timed_train(trainer)
@@ -101,6 +102,9 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--autocast", action="store_true",
+                        help="float32 weights, forward passes in bf16 autocast on both sides (ours: --autocast on; "
+                             "TRL: bf16=True)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the CLI does (for every side compared here: one process)
@@ -111,19 +115,20 @@ def main():
     prompt_tokens = statistics.mean(len(tok.encode(build_prompt(p.question, style="chat", tokenizer=tok.hf)))
                                     for p in task.problems(64, seed=0))
     del model
-    ours_s, ours_len = run_ours(str(folder), task, args.steps, args.dtype)
-    trl_s, trl_len = run_trl(folder, task, args.steps, args.dtype)
-    peak = matmul_peak(DTYPES[args.dtype])
+    ours_s, ours_len = run_ours(str(folder), task, args.steps, args.dtype, args.autocast)
+    trl_s, trl_len = run_trl(folder, task, args.steps, args.dtype, args.autocast)
+    peak = matmul_peak(torch.bfloat16 if args.autocast else DTYPES[args.dtype])
 
     def mfu(seconds: float, length: float) -> float:
         return P * G * (prompt_tokens + length) * 8 * n / seconds / peak
 
-    print(f"model {n:,} matmul params, {args.dtype}; {P} prompts x {G} completions, <= {NEW} new tokens; "
+    print(f"model {n:,} matmul params, {args.dtype}{' + bf16 autocast' if args.autocast else ''}; {P} prompts x {G} completions, <= {NEW} new tokens; "
           f"{args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"{'trainer':<12}{'s/step':>8}{'mean completion':>17}{'MFU':>8}")
     print(f"{'reasonlab':<12}{ours_s:>8.1f}{ours_len:>17.1f}{mfu(ours_s, ours_len):>8.1%}")
     print(f"{'TRL':<12}{trl_s:>8.1f}{trl_len:>17.1f}{mfu(trl_s, trl_len):>8.1%}")
-    print(json.dumps({"bench": "real_grpo_vs_trl", "model": str(args.model), "dtype": args.dtype, "threads": args.threads,
+    print(json.dumps({"bench": "real_grpo_vs_trl", "model": str(args.model), "dtype": args.dtype, "autocast": args.autocast,
+                      "threads": args.threads,
                       "ours_s_per_step": round(ours_s, 2), "trl_s_per_step": round(trl_s, 2),
                       "ours_mean_completion": round(ours_len, 1), "trl_mean_completion": round(trl_len, 1),
                       "ours_mfu": round(mfu(ours_s, ours_len), 4), "trl_mfu": round(mfu(trl_s, trl_len), 4),
