@@ -57,6 +57,22 @@ def wait_for(server, key, value):
         time.sleep(0.01)
 
 
+def first_alone_then_together(server, model, ask, first, rest):
+    """`ask(first)` runs in the gated model; then `ask(r)` for each of `rest` waits; the gate opens:
+    the first ran alone and the waiting ones share one generate call."""
+    threads = [threading.Thread(target=ask, args=(first,))]
+    threads[0].start()
+    wait_for(server, "busy", True)
+    threads += [threading.Thread(target=ask, args=(r,)) for r in rest]
+    for t in threads[1:]:
+        t.start()
+    wait_for(server, "waiting_rows", len(rest))
+    model.gate.set()
+    for t in threads:
+        t.join()
+    assert server.app.state.batcher.calls == 2
+
+
 def client(server, **kw):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, **kw)
 
@@ -185,17 +201,7 @@ def test_requests_with_different_budgets_share_one_generate_call():
             replies[budget] = client(s).chat.completions.create(model="m", messages=USER, max_tokens=20,
                                                                 extra_body={"max_thinking_tokens": budget})
 
-        first = threading.Thread(target=ask, args=(1,))
-        first.start()
-        wait_for(s, "busy", True)
-        rest = [threading.Thread(target=ask, args=(b,)) for b in (2, 5, 7)]
-        for t in rest:
-            t.start()
-        wait_for(s, "waiting_rows", 3)
-        model.gate.set()
-        for t in [first, *rest]:
-            t.join()
-        assert s.app.state.batcher.calls == 2  # the first alone, then the three waiting ones together
+        first_alone_then_together(s, model, ask, 1, (2, 5, 7))
         for budget, reply in replies.items():
             assert reply.choices[0].message.reasoning_content == "a" * budget
             assert reply.usage.completion_tokens_details.reasoning_tokens == budget
@@ -270,17 +276,7 @@ def test_requests_with_different_max_tokens_share_one_generate_call_and_stop_str
         def ask(n):
             replies[n] = client(s).completions.create(model="m", prompt="3+4\n", max_tokens=n, temperature=0)
 
-        first = threading.Thread(target=ask, args=(4,))
-        first.start()
-        wait_for(s, "busy", True)
-        rest = [threading.Thread(target=ask, args=(n,)) for n in (3, 9, 30)]
-        for t in rest:
-            t.start()
-        wait_for(s, "waiting_rows", 3)
-        model.gate.set()
-        for t in [first, *rest]:
-            t.join()
-        assert s.app.state.batcher.calls == 2  # the first alone, then the three waiting ones together
+        first_alone_then_together(s, model, ask, 4, (3, 9, 30))
         for n, reply in replies.items():
             assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == n
             assert reply.choices[0].text == "<think>" + "a" * (n - 1)
