@@ -9,8 +9,9 @@ top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
 - **cap** (`think_budget` = B, per row or one for all): once a row has written B thinking tokens
   (tokens strictly inside ``<think>…</think>``) it is made to write ``</think><answer>``; the answer
   that follows is its own.
-- **extend** (`extend` = n, one for all rows or per row; s1's budget forcing, Muennighoff et al. 2025): when a row starts to close
-  its thinking, ``</think>`` is replaced by ``Wait,`` — up to n times per row.
+- **extend** (`extend` = n, one for all rows or per row; s1's budget forcing, Muennighoff et al.
+  2025): when a row starts to close its thinking, ``</think>`` is replaced by ``Wait,`` — up to n
+  times per row.
 
 Every forced token has 0 in `sampled_mask` (sampled tokens 1), so trainers keep forced tokens out
 of the loss. `logprobs` are the log-probabilities of each emitted token under the sampling
