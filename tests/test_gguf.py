@@ -82,7 +82,8 @@ def write_gguf(path: Path, model: LlamaForCausalLM | None, arch: str = "llama") 
         writer.add_head_count(c.num_attention_heads)
         writer.add_head_count_kv(c.num_key_value_heads)
         writer.add_rope_dimension_count(c.head_dim)
-        writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+        rope = getattr(c, "rope_parameters", None) or {"rope_theta": c.rope_theta}  # transformers < 5: rope_theta
+        writer.add_rope_freq_base(rope["rope_theta"])
         writer.add_layer_norm_rms_eps(c.rms_norm_eps)
         for name, array in gguf_tensors(model).items():
             writer.add_tensor(name, array)

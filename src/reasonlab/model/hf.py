@@ -14,7 +14,9 @@ N padded prompt + completion rows (tested). It runs on the model types in `GROUP
 whose every layer caches plainly (`grouped_unsupported` says why not otherwise, and the trainer
 then builds padded rows).
 
-Needs transformers >= 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``). 5.24
+Declared for transformers 5.24 to 6 (pyproject: the versions CI tests); the engine's path also runs
+on 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``), where the grouped pass is
+refused for want of boolean ``logits_to_keep``. 5.24
 renamed ``forward``'s ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40), so the
 adapter passes the cache under whichever name the model's ``forward`` takes, and never reads it
 back from the output (the cache is updated in place; the output's attribute was renamed too).
@@ -68,15 +70,19 @@ def reserved_layer_class():
         def __init__(self, capacity: int):
             super().__init__()
             self.capacity, self.length = capacity, 0
+            self.key_buffer = self.value_buffer = None
 
-        def lazy_initialization(self, key_states, value_states):
-            super().lazy_initialization(key_states, value_states)
+        def lazy_initialization(self, key_states, value_states=None):  # transformers 4.56 passes the keys only
+            value_states = key_states if value_states is None else value_states
+            self.device, self.dtype = key_states.device, key_states.dtype
             B, H, _, D = key_states.shape
             self.key_buffer = key_states.new_empty(B, H, self.capacity, D)
             self.value_buffer = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
+            self.is_initialized = True
+            self._views()
 
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
+            if self.key_buffer is None:
                 self.lazy_initialization(key_states, value_states)
             n = key_states.shape[-2]
             if self.length + n > self.key_buffer.shape[-2]:  # past what was reserved: grow (copies once)
@@ -95,11 +101,11 @@ def reserved_layer_class():
             self.keys = self.key_buffer[:, :, :self.length]
             self.values = self.value_buffer[:, :, :self.length]
 
-        def get_seq_length(self) -> int:
+        def get_seq_length(self, *args) -> int:
             return self.length
 
         def reorder_cache(self, index):
-            if self.is_initialized:
+            if self.key_buffer is not None:
                 index = index.to(self.key_buffer.device)
                 self.key_buffer = self.key_buffer.index_select(0, index)
                 self.value_buffer = self.value_buffer.index_select(0, index)
@@ -108,7 +114,7 @@ def reserved_layer_class():
         batch_select_indices = reorder_cache
 
         def batch_repeat_interleave(self, repeats: int):
-            if self.is_initialized:
+            if self.key_buffer is not None:
                 self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
                 self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
                 self._views()
@@ -116,13 +122,13 @@ def reserved_layer_class():
         def crop(self, tokens_to_remove: int):
             if tokens_to_remove > 0:
                 raise ValueError("crop takes a negative number of tokens to remove")
-            if self.is_initialized and tokens_to_remove:
+            if self.key_buffer is not None and tokens_to_remove:
                 self.length = max(0, self.length + tokens_to_remove)
                 self._views()
 
         def reset(self):
-            super().reset()
-            self.length = 0
+            self.key_buffer = self.value_buffer = self.keys = self.values = None
+            self.length, self.is_initialized = 0, False
 
     return ReservedLayer
 
