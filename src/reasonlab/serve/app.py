@@ -82,21 +82,19 @@ def _streamed(body: dict, job: Job, header: dict, tokenizer, chat: bool) -> Stre
                 for row in streams:
                     yield chunk([{"index": row.index, "delta": {"role": "assistant", "content": ""},
                                   "finish_reason": None}])
-            while True:
+            done = False
+            while not done:  # each step's tokens until the job is done, then what is left in the queue
                 getter = asyncio.ensure_future(job.stream.get())
                 await asyncio.wait({getter, job.future}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
+                done = not getter.done()
+                if done:
                     getter.cancel()
-                    break
-                steps = [getter.result()]
+                steps = [] if done else [getter.result()]
                 while not job.stream.empty():
                     steps.append(job.stream.get_nowait())
                 for step in steps:  # one chunk per row per step: a token's text at a time
                     for event in advance(step):
                         yield event
-            while not job.stream.empty():
-                for event in advance(job.stream.get_nowait()):
-                    yield event
             try:
                 rows = [apply_stop(r, job.sampling.stop, tokenizer) for r in job.future.result()]
             except Exception as e:  # noqa: BLE001 - the worker printed it; the stream has begun (200)
@@ -182,8 +180,8 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
         """Each prompt `s.n` times (prompt-major) into the batcher's waiting list."""
         check_prompts(prompts)
         rows_per = [p for p in prompts for _ in range(s.n)]
-        job = Job(rows_per, [s.budget] * len(rows_per), row_seeds(s.seed, len(rows_per)), s,
-                  asyncio.get_running_loop().create_future(), asyncio.Queue() if stream else None)
+        job = Job(rows_per, row_seeds(s.seed, len(rows_per)), s, asyncio.get_running_loop().create_future(),
+                  asyncio.Queue() if stream else None)
         state["batcher"].submit(job)
         return job
 

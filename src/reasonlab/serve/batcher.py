@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..engine import SamplingParams, generate
 from ..template import THINK_CLOSE, THINK_OPEN, prompt_opens_think
-from .protocol import Limits, Row, Sampling, ServeError
+from .protocol import Limits, Row, Sampling, ServeError, visible
 
 
 @dataclass
@@ -17,7 +17,6 @@ class Job:
     """One request's rows (prompt x n) waiting for, or in, a `generate` call."""
 
     prompts: list[str]  # one per row
-    budgets: list[int | None]
     seeds: list[int]
     sampling: Sampling
     future: asyncio.Future = field(repr=False)
@@ -101,7 +100,7 @@ class Batcher:
         extensions, seed and max_tokens; every step's tokens go to the streaming jobs' queues, and rows whose
         client went away or whose text reached a stop string end there."""
         prompts = [job.prompts[i] for job, i in owners]
-        budgets = [job.budgets[i] for job, i in owners]
+        budgets = [job.sampling.budget for job, _ in owners]
         first = owners[0][0].sampling
         params = SamplingParams(max_new_tokens=[job.sampling.max_tokens for job, _ in owners],
                                 temperature=first.temperature, top_p=first.top_p,
@@ -173,11 +172,10 @@ def _think_in_prefix(ids: list[int], k: int, tags: dict, opened: bool) -> int:
 def apply_stop(row: Row, stops: list[str], tokenizer) -> Row:
     """The row cut before the first `stop` string (OpenAI's rule: the stop text is not returned):
     its text, the tokens up to the one that completed the stop, its thought's tokens among them."""
-    hits = [row.text.find(s) for s in stops if s in row.text]
-    if not hits:
+    text = visible(row.text, stops, final=True)
+    if len(text) == len(row.text):
         return row
-    cut = min(hits)
     prefixes = tokenizer.decode_batch([row.ids[:k] for k in range(1, len(row.ids) + 1)])
     k = next((k + 1 for k, text in enumerate(prefixes) if any(s in text for s in stops)), len(row.ids))
     think = min(row.think_tokens, _think_in_prefix(row.ids, k, tokenizer.tags, prompt_opens_think(row.prompt)))
-    return Row(row.prompt, row.text[:cut], row.ids[:k], row.prompt_tokens, think, "stop", row.logprobs[:k])
+    return Row(row.prompt, text, row.ids[:k], row.prompt_tokens, think, "stop", row.logprobs[:k])
