@@ -87,10 +87,8 @@ def reserved_layer_class():
             n = key_states.shape[-2]
             if self.length + n > self.key_buffer.shape[-2]:  # past what was reserved: grow (copies once)
                 extra = max(n, self.key_buffer.shape[-2])
-                self.key_buffer = torch.cat([self.key_buffer, self.key_buffer.new_empty(
-                    *self.key_buffer.shape[:2], extra, self.key_buffer.shape[-1])], dim=-2)
-                self.value_buffer = torch.cat([self.value_buffer, self.value_buffer.new_empty(
-                    *self.value_buffer.shape[:2], extra, self.value_buffer.shape[-1])], dim=-2)
+                grow = lambda b: torch.cat([b, b.new_empty(*b.shape[:2], extra, b.shape[-1])], dim=-2)  # noqa: E731
+                self.key_buffer, self.value_buffer = grow(self.key_buffer), grow(self.value_buffer)
             self.key_buffer[:, :, self.length:self.length + n] = key_states
             self.value_buffer[:, :, self.length:self.length + n] = value_states
             self.length += n
