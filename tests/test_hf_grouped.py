@@ -1,5 +1,5 @@
 """GRPO's shared-prompt pass on Hugging Face models (`HFCausalLM.forward(GroupedBatch)`: each prompt
-once into a KV cache, the cache repeated G times, the completions on it) against padded prompt +
+once into a KV cache, each group's completions packed into rows on it) against padded prompt +
 completion rows: token log-probs, every parameter's gradient, whole runs (plain, LoRA, DDP and
 FSDP2 wrappers); models that cannot take it train on padded rows. Run: pytest tests/test_hf_grouped.py"""
 
@@ -47,11 +47,11 @@ def tiny(kind: str, **overrides) -> HFCausalLM:
     return HFCausalLM(getattr(transformers, f"{name}ForCausalLM")(config)).train()
 
 
-def groups() -> list[Group]:
+def groups(lens=(4, 1, 9, 0, 6, 2, 7, 7, 3)) -> list[Group]:
     """P groups of G rows: prompts of 3, 8 and 5 tokens; completions of 0 to 9 tokens, some forced
     (mask 0), one cut at max_new_tokens; rewards with a spread."""
     torch.manual_seed(1)
-    prompt_lens, lens = [3, 8, 5], torch.tensor([4, 1, 9, 0, 6, 2, 7, 7, 3])
+    prompt_lens, lens = [3, 8, 5], torch.tensor(lens)
     prompts = [torch.randint(3, V, (n,)).tolist() for n in prompt_lens]
     tokens = torch.randint(3, V, (P * G, 9)) * (torch.arange(9)[None, :] < lens[:, None])
     sampled = (torch.rand(P * G, 9) > 0.2).long() * (tokens > 0)
@@ -96,7 +96,7 @@ def assert_same_gradients(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 @pytest.mark.parametrize("kind,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
                                             ("qwen2", "sdpa"), ("qwen3", "sdpa")])
 def test_grouped_pass_gives_the_padded_rows_logprobs_and_gradients(kind, attention):
-    """Each prompt once and its cache repeated for its G completions computes what N padded rows
+    """Each prompt once and its G completions packed on its cache computes what N padded rows
     compute: every completion token's log-prob (the first from the prompt's last logit), the
     (N, Lc) logits grid, the loss and every parameter's gradient (it reaches the prompt pass
     through the cache). Completions of length 0 and 1, forced and truncated rows included."""
@@ -115,6 +115,30 @@ def test_grouped_pass_gives_the_padded_rows_logprobs_and_gradients(kind, attenti
     loss_padded, grads_padded = loss_and_grads(model, padded, cfg)
     loss_grouped, grads_grouped = loss_and_grads(model, grouped, cfg)
     assert float(loss_padded) != 0
+    torch.testing.assert_close(loss_grouped, loss_padded, rtol=1e-5, atol=1e-7)
+    assert_same_gradients(grads_grouped, grads_padded)
+
+
+@needs_grouped
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("lens,packed", [
+    ((4, 1, 9, 0, 6, 2, 7, 7, 3), (5, 8)),  # fed 3 0 8 | 0 5 1 | 6 6 2 into rows of 8: [3] [8] [5 1] [6] [6 2]
+    ((4, 1, 9, 1, 0, 1, 7, 7, 3), (4, 8)),  # group 1 has nothing to feed: no row of its own
+    ((1, 0, 1, 1, 1, 0, 0, 1, 1), None),  # nothing to feed at all: the prompt pass alone
+])
+def test_grouped_pass_packs_each_groups_completions_into_rows_of_the_longest(attention, lens, packed):
+    """The token-wise layers see the P prompts, then each group's completions' fed tokens back to
+    back in rows as wide as the longest (next fit, in order; groups never share a row): fewer rows
+    than the padded N, logits and gradients those of the padded rows, no NaN from an empty slot."""
+    model = tiny("llama", attn_implementation=attention)
+    shapes = []
+    model.hf.model.embed_tokens.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    cfg = GRPOConfig(max_new_tokens=9)
+    loss_padded, grads_padded = loss_and_grads(model, build_batch(groups(lens), G, 0), cfg)
+    shapes.clear()
+    loss_grouped, grads_grouped = loss_and_grads(model, build_batch(groups(lens), G, 0, shared=True), cfg)
+    assert shapes == [(P, 8)] + ([packed] if packed else [])
+    assert torch.isfinite(loss_grouped) and all(torch.isfinite(g).all() for g in grads_grouped)
     torch.testing.assert_close(loss_grouped, loss_padded, rtol=1e-5, atol=1e-7)
     assert_same_gradients(grads_grouped, grads_padded)
 

@@ -6,13 +6,14 @@
 folder.
 
 ``forward(GroupedBatch)`` is GRPO's shared-prompt pass, through transformers' own interfaces: the P
-distinct prompts are run once into a `DynamicCache` that keeps its graph, each layer's keys and
-values are repeated G times (`batch_repeat_interleave`, differentiable), and the N = P·G
-completions run on that cache with their real positions and a mask that hides the prompts'
-padding. The gradient reaches the prompt pass through the cache, so loss and gradient are those of
-N padded prompt + completion rows (tested). It runs on the model types in `GROUPED_MODEL_TYPES`
-whose every layer caches plainly (`grouped_unsupported` says why not otherwise, and the trainer
-then builds padded rows).
+distinct prompts are run once into a `DynamicCache` that keeps its graph, then each group's G
+completions run back to back in rows as wide as the longest, each row on its prompt's cache, with
+their real positions and a 4D mask (a token sees its prompt's real tokens and its own completion
+up to itself), so the token-wise layers compute less padding than one row per completion and the
+attention no more scores. The gradient reaches the prompt pass
+through the cache, so loss and gradient are those of N padded prompt + completion rows (tested).
+It runs on the model types in `GROUPED_MODEL_TYPES` whose every layer caches plainly
+(`grouped_unsupported` says why not otherwise, and the trainer then builds padded rows).
 
 Declared for transformers 5.24 to 6 (pyproject: the versions CI tests); the engine's path also runs
 on 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``), where the grouped pass is
@@ -185,41 +186,81 @@ class HFCausalLM(nn.Module):
         (P, _), (N, Lc), G = b.prompt_ids.shape, b.completion_ids.shape, b.group_size
         if N != P * G:
             raise ValueError(f"{N} completions for {P} prompts in groups of {G}")
-        cache = DynamicCache(config=self.hf.config)
-        first = self._prompt_pass(b, cache)  # (P, vocab): each prompt's prediction of completion token 0
-        cache.batch_repeat_interleave(G)  # [n_layer] x (N, Hkv, Lp, hd), gradients flow back to pass 1
-        rest = self._completion_pass(b, cache)  # (fed tokens, vocab)
-        logits = torch.cat([first.repeat_interleave(G, 0)[b.completion_lens > 0], rest])
+        cache, decoder = DynamicCache(config=self.hf.config), self.hf.get_decoder()
+        first = self._prompt_pass(decoder, b, cache)  # (P, d): the states that predict completion token 0
+        rest = self._completion_pass(decoder, b, cache)  # (fed tokens, d); gradients reach pass 1 through the cache
+        hidden = torch.cat([first.repeat_interleave(G, 0)[b.completion_lens > 0], rest])
+        logits = self.hf.get_output_embeddings()(hidden)  # the lm_head once, on the real predictions only
         if b.packed:
             return logits
         return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, b.places(), logits).view(N, Lc, -1)
 
-    def _prompt_pass(self, b: GroupedBatch, cache) -> torch.Tensor:
-        """The P right-padded prompts into `cache`; (P, vocab) logits at each prompt's last token.
-        No attention mask: causal attention alone keeps real tokens off the padding to their right
-        (the completions' mask hides it from them)."""
+    @staticmethod
+    def _prompt_pass(decoder, b: GroupedBatch, cache) -> torch.Tensor:
+        """The P right-padded prompts through the decoder into `cache`; (P, d) final hidden states
+        at each prompt's last token. No attention mask: causal attention alone keeps real tokens off
+        the padding to their right (the completions' mask hides it from them)."""
         P, Lp = b.prompt_ids.shape
         positions = torch.arange(Lp, device=b.prompt_ids.device).expand(P, Lp)
-        last = (b.prompt_lens - 1)[:, None]  # (P, 1) positions whose logits are kept
-        out = self.hf(input_ids=b.prompt_ids, position_ids=positions, use_cache=True, logits_to_keep=last,
-                      **{self.cache_arg: cache})
+        out = decoder(input_ids=b.prompt_ids, position_ids=positions, use_cache=True,
+                      **{cache_argument(decoder): cache})
         if cache.get_seq_length() != Lp:  # a model that dropped the cache: pass 2 would see no prompt
             raise RuntimeError("grouped GRPO pass: the prompt pass left no KV cache")
-        return out.logits[:, 0]
+        return out.last_hidden_state[torch.arange(P, device=positions.device), b.prompt_lens - 1]
 
-    def _completion_pass(self, b: GroupedBatch, cache) -> torch.Tensor:
-        """The N completions (all but each row's last token, `b.fed()`) after their prompts' cached
-        keys; (fed tokens, vocab) logits, row by row, of the real fed tokens only."""
-        G, Lp = b.group_size, b.prompt_ids.shape[1]
+    def _completion_pass(self, decoder, b: GroupedBatch, cache) -> torch.Tensor:
+        """The N completions (all but each row's last token, `b.fed()`) on their prompts' cached
+        keys, packed: a group's rows go back to back into rows as wide as the longest (next fit, in
+        order), each on its prompt's cache, with their real positions and a 4D mask (a token sees
+        its prompt's real tokens and its own completion up to itself). So the token-wise layers
+        compute less padding than one row per completion, and no attention score more. Returns the
+        (fed tokens, d) final hidden states, row by row, of the real fed tokens only."""
+        G, (P, Lp) = b.group_size, b.prompt_ids.shape
+        device = b.prompt_ids.device
         cols, fed = b.fed()  # (W,), (N, W)
-        prompt_lens = b.prompt_lens.repeat_interleave(G)  # (N,)
-        prompt_keys = torch.arange(Lp, device=cols.device)[None, :] < prompt_lens[:, None]  # (N, Lp)
-        # (N, Lp + W): the prompt's real tokens, then the completion's (causal attention keeps the
-        # real ones off the padding after them).
-        mask = torch.cat([prompt_keys, torch.ones_like(fed)], dim=1).long()
-        out = self.hf(input_ids=b.completion_ids[:, :len(cols)], position_ids=prompt_lens[:, None] + cols[None, :],
-                      attention_mask=mask, use_cache=True, logits_to_keep=fed, **{self.cache_arg: cache})
-        return out.logits
+        counts = fed.sum(1).tolist()
+        width = len(cols)
+        bins, segments, starts = _next_fit(counts, G, width)  # per packed row: its group; per fed row: row, offset
+        if not bins:
+            return self.hf.get_output_embeddings().weight.new_zeros(0, self.hf.config.hidden_size)
+        rows = torch.arange(len(b), device=device)[:, None].expand_as(fed)[fed]  # each fed token's row, row by row
+        where = torch.tensor(segments, device=device)[rows]  # its packed row
+        slot = torch.tensor(starts, device=device)[rows] + cols.expand_as(fed)[fed]
+        group = torch.tensor(bins, device=device)  # (K,) each packed row's prompt
+        K = len(bins)
+        ids = b.completion_ids.new_zeros(K, width)
+        ids[where, slot] = b.completion_ids[:, :width][fed]
+        positions = torch.zeros(K, width, dtype=torch.long, device=device)
+        positions[where, slot] = b.prompt_lens[rows // G] + cols.expand_as(fed)[fed]
+        segment = torch.full((K, width), -1, dtype=torch.long, device=device)
+        segment[where, slot] = rows
+        kept = segment >= 0
+        t = torch.arange(width, device=device)
+        prompt_keys = (torch.arange(Lp, device=device)[None, :] < b.prompt_lens[group, None])[:, None, :] & kept[:, :, None]
+        own = (segment[:, :, None] == segment[:, None, :]) & (t[:, None] >= t[None, :]) & kept[:, :, None]
+        own |= torch.eye(width, dtype=torch.bool, device=device)  # an empty slot sees itself (no all-masked softmax)
+        allowed = torch.cat([prompt_keys, own], dim=2)[:, None]  # (K, 1, W, Lp + W), returned as-is by transformers
+        mask = allowed if self.hf.config._attn_implementation == "sdpa" else \
+            torch.zeros(allowed.shape, dtype=self.hf.dtype, device=device).masked_fill(~allowed, torch.finfo(self.hf.dtype).min)
+        cache.reorder_cache(group)  # each packed row on its prompt's keys and values (differentiable)
+        out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                      **{cache_argument(decoder): cache})
+        return out.last_hidden_state[kept]
+
+
+def _next_fit(counts: list[int], group_size: int, width: int) -> tuple[list[int], list[int], list[int]]:
+    """Rows of `counts[i]` tokens packed in order into rows of `width`, a group's rows never sharing a
+    packed row with another group's: each packed row's group, and each row's packed row and offset
+    (rows of 0 tokens take no room). The order of the tokens, row by row, is kept."""
+    bins, segments, starts, used = [], [], [], width
+    for i, n in enumerate(counts):
+        if n and (used + n > width or i // group_size != bins[-1]):
+            bins.append(i // group_size)
+            used = 0
+        segments.append(len(bins) - 1 if bins else 0)
+        starts.append(used)
+        used += n
+    return bins, segments, starts
 
 
 def grouped_unsupported(hf_model) -> str | None:
