@@ -29,7 +29,18 @@ def floored_exp(z: torch.Tensor) -> torch.Tensor:
     return F.threshold_(z.clamp(min=FLOOR).exp_(), _ABOVE_FLOOR, 0.0)
 
 
+CHUNK_BYTES = 16 << 20  # the entropy's temporaries: kept under malloc's mmap threshold, reused in cache
+
+
 def probs_entropy(logp: torch.Tensor) -> torch.Tensor:
-    """The entropy of each row of log-probabilities `logp` (..., V), without gradient."""
+    """The entropy of each row of log-probabilities `logp` (..., V), without gradient. Computed a
+    few rows at a time: on a (tokens, 49,152) batch of logits each whole-batch temporary would be
+    hundreds of MB, mapped fresh and faulted in page by page."""
+    flat = logp.detach().reshape(-1, logp.shape[-1])
+    rows = max(1, CHUNK_BYTES // (flat.shape[1] * flat.element_size()))
+    out = flat.new_empty(flat.shape[0])
     with torch.no_grad():
-        return -(floored_exp(logp) * logp.clamp(min=FLOOR)).sum(-1)
+        for start in range(0, flat.shape[0], rows):
+            z = flat[start:start + rows]
+            torch.sum(floored_exp(z).mul_(z.clamp(min=FLOOR)), -1, out=out[start:start + rows])
+    return out.neg_().view(logp.shape[:-1])

@@ -46,7 +46,7 @@ def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: floa
 def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
     """Log-prob of each target under softmax(logits / T), and the entropy of that softmax (for
     logging: computed without gradient)."""
-    logp_all = F.log_softmax(logits / temperature, dim=-1)
+    logp_all = F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
     return logp_all.gather(-1, targets[..., None]).squeeze(-1), probs_entropy(logp_all)
 
 
