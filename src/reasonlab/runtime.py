@@ -57,20 +57,21 @@ def load_dtype(options: RuntimeOptions) -> torch.dtype:
     return DTYPES[options.dtype]
 
 
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
+MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 TRIM_THRESHOLD = 2**31 - 1
 
 
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory freed tensors leave, instead of handing it back to the
-    kernel and faulting it in again for the next one: blocks up to 32 MB come from the heap (not a
-    fresh ``mmap`` each), and the heap is not trimmed below 2 GB of free space. On CPU every decoding
-    step allocates several (rows x vocabulary) tensors; with glibc's adaptive defaults each
-    elementwise pass on SmolLM2's 64 x 49,152 logits took ~20 ms instead of ~2 ms
-    (benchmarks/README.md), so the CLI and the benchmarks call this first. The process keeps its
-    peak memory once reached. Does nothing (False) off glibc, or when the user set a MALLOC_*
-    variable of these (theirs wins)."""
+    kernel and faulting it in again for the next one: no block comes from a fresh ``mmap`` (the
+    main heap serves them all; glibc still maps memory where the heap cannot grow, and for threads'
+    arenas past their 64 MB heaps), and the heap is not trimmed below 2 GB of free space. Faulting
+    fresh memory in costs about 1.4 ms a MB on the machines measured: on CPU every decoding step
+    allocates several (rows x vocabulary) tensors, and a training micro-batch's logits, their
+    log-softmax and both gradients are hundreds of MB each (benchmarks/README.md: a decoding
+    step's sampler passes ~20 ms instead of ~2 ms each, a GRPO batch's forward + backward 18% slower).
+    So the CLI and the benchmarks call this first. The process keeps its peak memory once reached.
+    Does nothing (False) off glibc, or when the user set a MALLOC_* variable of these (theirs wins)."""
     import ctypes
 
     if any(name in os.environ for name in MALLOC_ENV):
@@ -79,8 +80,8 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def autocast(device: torch.device, mode: str = "auto"):
