@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import sys
 from dataclasses import dataclass, field
@@ -171,11 +172,13 @@ def _think_in_prefix(ids: list[int], k: int, tags: dict, opened: bool) -> int:
 
 def apply_stop(row: Row, stops: list[str], tokenizer) -> Row:
     """The row cut before the first `stop` string (OpenAI's rule: the stop text is not returned):
-    its text, the tokens up to the one that completed the stop, its thought's tokens among them."""
+    its text, the tokens up to the one that completed the stop, its thought's tokens among them.
+    That token is found by bisection (a prefix that holds a stop string stays holding it as it
+    grows): O(log T) decodes, not one per prefix."""
     text = visible(row.text, stops, final=True)
     if len(text) == len(row.text):
         return row
-    prefixes = tokenizer.decode_batch([row.ids[:k] for k in range(1, len(row.ids) + 1)])
-    k = next((k + 1 for k, text in enumerate(prefixes) if any(s in text for s in stops)), len(row.ids))
+    holds = lambda k: any(s in tokenizer.decode(row.ids[:k]) for s in stops)  # noqa: E731
+    k = min(bisect.bisect_left(range(len(row.ids) + 1), True, lo=1, key=holds), len(row.ids))
     think = min(row.think_tokens, _think_in_prefix(row.ids, k, tokenizer.tags, prompt_opens_think(row.prompt)))
     return Row(row.prompt, text, row.ids[:k], row.prompt_tokens, think, "stop", row.logprobs[:k])
