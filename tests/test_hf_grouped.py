@@ -20,21 +20,6 @@ from tests.test_model import make_tiny_hf
 V, P, G = 64, 3, 3
 
 
-def _keeps_logits_by_mask() -> bool:
-    import inspect
-
-    from transformers import LlamaForCausalLM, modeling_utils
-
-    return "logits_to_keep" in inspect.signature(LlamaForCausalLM.forward).parameters and \
-        hasattr(modeling_utils, "slice_logits_to_keep")
-
-
-# The grouped pass needs a transformers that keeps logits by a boolean mask; an older one (4.56) is
-# refused with that reason and trains on padded rows (test_grpo_falls_back_... covers the refusal path).
-needs_grouped = pytest.mark.skipif(not _keeps_logits_by_mask(),
-                                   reason="this transformers cannot keep logits by a boolean mask (logits_to_keep)")
-
-
 def tiny(kind: str, **overrides) -> HFCausalLM:
     """A random 2-layer model of `kind`, 4 query heads sharing 2 key/value heads, in train mode."""
     import transformers
@@ -92,7 +77,6 @@ def assert_same_gradients(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         assert float((x - y).norm()) <= 1e-5 * float(y.norm()) + 1e-9
 
 
-@needs_grouped
 @pytest.mark.parametrize("kind,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
                                             ("qwen2", "sdpa"), ("qwen3", "sdpa")])
 def test_grouped_pass_gives_the_padded_rows_logprobs_and_gradients(kind, attention):
@@ -119,7 +103,6 @@ def test_grouped_pass_gives_the_padded_rows_logprobs_and_gradients(kind, attenti
     assert_same_gradients(grads_grouped, grads_padded)
 
 
-@needs_grouped
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("lens,packed", [
     ((4, 1, 9, 0, 6, 2, 7, 7, 3), (5, 8)),  # fed 3 0 8 | 0 5 1 | 6 6 2 into rows of 8: [3] [8] [5 1] [6] [6 2]
@@ -143,7 +126,6 @@ def test_grouped_pass_packs_each_groups_completions_into_rows_of_the_longest(att
     assert_same_gradients(grads_grouped, grads_padded)
 
 
-@needs_grouped
 def test_lora_grouped_pass_trains_the_adapters_as_padded_rows_do():
     """peft's LoRA wrapper passes the cache through: the adapters get the padded rows' gradients,
     and with the adapters off (the KL reference) the log-probs are the base model's."""
@@ -176,7 +158,6 @@ def test_lora_grouped_pass_trains_the_adapters_as_padded_rows_do():
     ("checkpointing", "gradient checkpointing"),
     ("gpt2", "model type 'gpt2'"),
 ])
-@needs_grouped
 def test_models_that_cannot_share_prompts_say_why_and_refuse(case, reason):
     """A sliding-window cache keeps its window of the padded prompt's cache slots, not of the
     real tokens; other attention kernels and model types are untested; checkpointing turns the
@@ -225,7 +206,6 @@ def assert_same_runs(a: list[dict], b: list[dict]) -> None:
     assert any(m["grad_norm"] > 0 for m in a)  # some step had a reward spread: a real update
 
 
-@needs_grouped
 @pytest.mark.parametrize("kind,lora", [("llama", 0), ("qwen2", 4)])
 def test_grpo_on_hf_models_is_the_same_with_shared_prompts_on_and_off(tmp_path, grouped_calls, kind, lora):
     """Whole runs (μ = 2 with clipping, the KL term on, micro-batches of one group): the losses,
@@ -254,7 +234,6 @@ def test_grpo_falls_back_to_padded_rows_on_a_model_that_cannot_share(tmp_path, g
     assert_same_runs(run(tmp_path, shared_prompts=False), on)
 
 
-@needs_grouped
 @pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
 def test_ddp_and_fsdp2_wrappers_reach_the_grouped_pass(tmp_path, wrapper):
     """The grouped batch goes through the wrapper's forward (DDP, or FSDP2 with one unit per block,

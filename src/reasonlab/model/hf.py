@@ -15,9 +15,9 @@ through the cache, so loss and gradient are those of N padded prompt + completio
 It runs on the model types in `GROUPED_MODEL_TYPES` whose every layer caches plainly
 (`grouped_unsupported` says why not otherwise, and the trainer then builds padded rows).
 
-Declared for transformers 5.24 to 6 (pyproject: the versions CI tests); the engine's path also runs
-on 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``), where the grouped pass is
-refused for want of boolean ``logits_to_keep``. 5.24
+Declared for transformers 5.24 to 6 (pyproject: the versions CI tests); the engine's path and the
+grouped pass also run on 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``), which
+CI does not test. 5.24
 renamed ``forward``'s ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40), so the
 adapter passes the cache under whichever name the model's ``forward`` takes, and never reads it
 back from the output (the cache is updated in place; the output's attribute was renamed too).
@@ -33,8 +33,8 @@ import torch.nn as nn
 
 from .grouped import GroupedBatch
 
-# Tested by tests/test_hf_grouped.py: decoder-only, RoPE from position_ids, masks built from the
-# cache's length (the query offset) and the 2D attention mask, the lm_head on `logits_to_keep`.
+# Tested by tests/test_hf_grouped.py: decoder-only, RoPE from position_ids, a 4D attention mask
+# taken as given, the decoder and the lm_head reachable apart (base_model, get_output_embeddings).
 GROUPED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 GROUPED_ATTENTION = ("eager", "sdpa")
 
@@ -186,11 +186,12 @@ class HFCausalLM(nn.Module):
         (P, _), (N, Lc), G = b.prompt_ids.shape, b.completion_ids.shape, b.group_size
         if N != P * G:
             raise ValueError(f"{N} completions for {P} prompts in groups of {G}")
-        cache, decoder = DynamicCache(config=self.hf.config), self.hf.get_decoder()
+        core = unwrapped(self.hf)  # LoRA's layers sit inside it
+        cache, decoder = DynamicCache(config=self.hf.config), core.base_model
         first = self._prompt_pass(decoder, b, cache)  # (P, d): the states that predict completion token 0
         rest = self._completion_pass(decoder, b, cache)  # (fed tokens, d); gradients reach pass 1 through the cache
         hidden = torch.cat([first.repeat_interleave(G, 0)[b.completion_lens > 0], rest])
-        logits = self.hf.get_output_embeddings()(hidden)  # the lm_head once, on the real predictions only
+        logits = core.get_output_embeddings()(hidden)  # the lm_head once, on the real predictions only
         if b.packed:
             return logits
         return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, b.places(), logits).view(N, Lc, -1)
@@ -215,14 +216,14 @@ class HFCausalLM(nn.Module):
         its prompt's real tokens and its own completion up to itself). So the token-wise layers
         compute less padding than one row per completion, and no attention score more. Returns the
         (fed tokens, d) final hidden states, row by row, of the real fed tokens only."""
-        G, (P, Lp) = b.group_size, b.prompt_ids.shape
+        G, Lp = b.group_size, b.prompt_ids.shape[1]
         device = b.prompt_ids.device
         cols, fed = b.fed()  # (W,), (N, W)
         counts = fed.sum(1).tolist()
         width = len(cols)
         bins, segments, starts = _next_fit(counts, G, width)  # per packed row: its group; per fed row: row, offset
         if not bins:
-            return self.hf.get_output_embeddings().weight.new_zeros(0, self.hf.config.hidden_size)
+            return b.completion_lens.new_zeros(0, self.hf.config.hidden_size, dtype=self.hf.dtype)
         rows = torch.arange(len(b), device=device)[:, None].expand_as(fed)[fed]  # each fed token's row, row by row
         where = torch.tensor(segments, device=device)[rows]  # its packed row
         slot = torch.tensor(starts, device=device)[rows] + cols.expand_as(fed)[fed]
@@ -267,12 +268,12 @@ def grouped_unsupported(hf_model) -> str | None:
     """Why `HFCausalLM.forward(GroupedBatch)` cannot run on `hf_model` (a transformers model, maybe
     peft-wrapped), or None when it can: a model type in `GROUPED_MODEL_TYPES`, eager or SDPA
     attention, LoRA as the only peft method, no gradient checkpointing (it turns the cache off),
-    a forward that takes the cache and a boolean `logits_to_keep`, and a `DynamicCache` of plain
-    layers (a sliding-window layer keeps only its window of the padded prompt's cache slots)."""
-    from transformers import DynamicCache, modeling_utils
+    and a `DynamicCache` of plain layers (a sliding-window layer keeps only its window of the
+    padded prompt's cache slots)."""
+    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+    base = unwrapped(hf_model)
     config = base.config
     methods = {str(getattr(c.peft_type, "value", c.peft_type)) for c in getattr(hf_model, "peft_config", {}).values()}
     if config.model_type not in GROUPED_MODEL_TYPES:
@@ -283,20 +284,24 @@ def grouped_unsupported(hf_model) -> str | None:
         return f"peft method {', '.join(sorted(methods - {'LORA'}))}"
     if any(getattr(m, "gradient_checkpointing", False) for m in base.modules()):
         return "gradient checkpointing turns the KV cache off"
-    params = inspect.signature(base.forward).parameters
-    if "logits_to_keep" not in params or not hasattr(modeling_utils, "slice_logits_to_keep"):
-        return "this transformers cannot keep logits by a boolean mask (logits_to_keep)"
     kinds = {type(layer).__name__ for layer in DynamicCache(config=config).layers if type(layer) is not DynamicLayer}
     if kinds:
         return f"cache layers {', '.join(sorted(kinds))} (only plain DynamicLayer caches are supported)"
     return None
 
 
+def unwrapped(hf_model):
+    """The transformers model inside a peft wrapper, or `hf_model` itself (transformers 4.56's
+    bare decoders have a `get_base_model` that returns None)."""
+    get = getattr(hf_model, "get_base_model", None)
+    return (get() if get is not None else None) or hf_model
+
+
 def cache_argument(hf_model) -> str:
     """The name under which `hf_model.forward` takes its KV cache: ``cache`` from transformers 5.24,
     ``past_key_values`` before (and in remote-code models written before the rename). A peft wrapper
     passes keyword arguments through, so its base model's forward decides."""
-    base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+    base = unwrapped(hf_model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
