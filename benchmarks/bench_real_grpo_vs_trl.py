@@ -16,7 +16,10 @@ checkpointing off.
 Prints seconds a step for each (the median after the first), the ratio, and the training MFU:
 `2N` FLOPs a prompt or sampled token plus `6N` a trained token, over every row's prompt and
 completion (N: the parameters a token multiplies by), against this machine's matmul peak in the
-dtype used. The last line is one JSON line with a `ratio` key (TRL s/step over ours).
+dtype used, and our step's split into generation and training. Its floor: the work our step
+computes (each prompt once, each sampled token: 2N to generate, 6N to train) at that peak; TRL's
+step over it is the highest ratio this machine allows. The last line is one JSON line with a
+`ratio` key (TRL s/step over ours).
 
 Needs the `bench` extra (TRL): pip install -e '.[bench]'
 Run: python benchmarks/bench_real_grpo_vs_trl.py --model PATH [--steps 3] [--threads 2] [--dtype float32] [--autocast]
@@ -52,14 +55,17 @@ def hf_folder(spec: str) -> Path:
     return model_folder(spec)
 
 
-def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = False) -> tuple[float, float]:
-    """Median seconds a step (the first left out) and the mean completion length."""
+def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = False):
+    """Median seconds a step (the first left out), the mean completion length, and the median
+    (generation, training) seconds of a step."""
     model, tok = load_model(spec, DTYPES[dtype])
-    seconds, lengths = [], []
+    seconds, lengths, gen, train = [], [], [], []
 
     def log(m):
         if "time/generate_s" in m:
             seconds.append(m["time/generate_s"] + m["time/train_s"])
+            gen.append(m["time/generate_s"])
+            train.append(m["time/train_s"])
             lengths.append(m["completions/mean_length"])
 
     cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=LR,
@@ -67,7 +73,8 @@ def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = Fals
                      no_format_patience=0, dtype=dtype, micro_batch_size=MICRO,
                      autocast="on" if bf16_autocast else "auto")
     train_grpo(model, tok, task, cfg, log=log)
-    return statistics.median(seconds[1:]), statistics.mean(lengths)
+    return statistics.median(seconds[1:]), statistics.mean(lengths), (statistics.median(gen[1:]),
+                                                                      statistics.median(train[1:]))
 
 
 def run_trl(folder: Path, task, steps: int, dtype: str, bf16_autocast: bool = False) -> tuple[float, float]:
@@ -115,21 +122,29 @@ def main():
     prompt_tokens = statistics.mean(len(tok.encode(build_prompt(p.question, style="chat", tokenizer=tok.hf)))
                                     for p in task.problems(64, seed=0))
     del model
-    ours_s, ours_len = run_ours(str(folder), task, args.steps, args.dtype, args.autocast)
+    ours_s, ours_len, (ours_gen, ours_train) = run_ours(str(folder), task, args.steps, args.dtype, args.autocast)
     trl_s, trl_len = run_trl(folder, task, args.steps, args.dtype, args.autocast)
     peak = matmul_peak(torch.bfloat16 if args.autocast else DTYPES[args.dtype])
 
     def mfu(seconds: float, length: float) -> float:
         return P * G * (prompt_tokens + length) * 8 * n / seconds / peak
 
+    # The floor: our step's own work (each prompt once, each sampled token; 2N to generate, 6N to
+    # train) at the measured peak; TRL's step over it is the highest ratio this machine allows.
+    floor = P * (prompt_tokens + G * ours_len) * 8 * n / peak
+
     print(f"model {n:,} matmul params, {args.dtype}{' + bf16 autocast' if args.autocast else ''}; {P} prompts x {G} completions, <= {NEW} new tokens; "
           f"{args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"{'trainer':<12}{'s/step':>8}{'mean completion':>17}{'MFU':>8}")
     print(f"{'reasonlab':<12}{ours_s:>8.1f}{ours_len:>17.1f}{mfu(ours_s, ours_len):>8.1%}")
     print(f"{'TRL':<12}{trl_s:>8.1f}{trl_len:>17.1f}{mfu(trl_s, trl_len):>8.1%}")
+    print(f"ours: {ours_gen:.1f} s generating + {ours_train:.1f} s training; its work at the peak takes {floor:.1f} s, "
+          f"so the ratio cannot pass {trl_s / floor:.2f} here")
     print(json.dumps({"bench": "real_grpo_vs_trl", "model": str(args.model), "dtype": args.dtype, "autocast": args.autocast,
                       "threads": args.threads,
                       "ours_s_per_step": round(ours_s, 2), "trl_s_per_step": round(trl_s, 2),
+                      "ours_generate_s": round(ours_gen, 2), "ours_train_s": round(ours_train, 2),
+                      "ours_floor_s": round(floor, 2), "ratio_ceiling": round(trl_s / floor, 2),
                       "ours_mean_completion": round(ours_len, 1), "trl_mean_completion": round(trl_len, 1),
                       "ours_mfu": round(mfu(ours_s, ours_len), 4), "trl_mfu": round(mfu(trl_s, trl_len), 4),
                       "ratio": round(trl_s / ours_s, 2)}))
