@@ -1,10 +1,10 @@
 """One GRPO batch's forward + backward on a Hugging Face model: padded prompt + completion rows
 against the shared-prompt pass (`HFCausalLM.forward(GroupedBatch)`: each prompt once into a KV
-cache, its G completions packed into one row on it). Same loss and gradient (tests/test_hf_grouped.py); this
-measures the time.
+cache, its G completions packed back to back into rows as wide as the longest). Same loss and
+gradient (tests/test_hf_grouped.py); this measures the time.
 
-The batch: P chat-template prompts of two-digit sums, G completions each of 64 (`--shortest`) to 128 random tokens
-(the cost does not depend on which tokens), every completion token sampled, fp32. The batch runs in
+The batch: P chat-template prompts of two-digit sums, G completions each of 64 (`--shortest`) to
+128 random tokens (the cost does not depend on which tokens), every completion token sampled, fp32. The batch runs in
 micro-batches of `--micro` whole groups, as `update` runs it (the same gradient; it bounds the
 memory of the (rows, T, vocab) logits). Prints both times (median of `--repeats` after a warm-up),
 the tokens each layout computes, and one JSON line. The layouts alternate, after `--warmup` untimed rounds.
@@ -22,6 +22,7 @@ import torch
 
 from reasonlab.engine import Rollout
 from reasonlab.model import load_model
+from reasonlab.model.hf import next_fit
 from reasonlab.rl import GRPOConfig
 from reasonlab.rl.batch import build_batch, micro_batches
 from reasonlab.rl.types import Group
@@ -60,15 +61,16 @@ def forward_backward(model, batch, cfg: GRPOConfig, rows: int) -> float:
 
 def computed_tokens(batch, rows: int, G: int) -> int:
     """Token positions the layout runs through the model's layers: N·T padded; grouped, per
-    micro-batch, P·Lp prompt positions and one row per group as wide as its largest group's fed
-    tokens (a row's last token is not fed)."""
+    micro-batch, P·Lp prompt positions and the packed completion rows `HFCausalLM` builds (each as
+    wide as the micro-batch's longest fed completion; a row's last token is not fed)."""
     if isinstance(batch.inputs, torch.Tensor):
         return batch.inputs.numel()
     total = 0
     for c in micro_batches(len(batch), rows, G):
         b = batch.inputs[c]
-        fed = (b.completion_lens - 1).clamp(min=0).view(-1, G).sum(1)
-        total += b.prompt_ids.numel() + len(fed) * max(int(fed.max()), 1)
+        cols, fed = b.fed()
+        packed_rows = next_fit(fed.sum(1).tolist(), G, len(cols))[0]
+        total += b.prompt_ids.numel() + len(packed_rows) * len(cols)
     return total
 
 

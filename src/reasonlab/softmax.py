@@ -29,7 +29,7 @@ def floored_exp(z: torch.Tensor) -> torch.Tensor:
     return F.threshold_(z.clamp(min=FLOOR).exp_(), _ABOVE_FLOOR, 0.0)
 
 
-CHUNK_BYTES = 16 << 20  # the entropy's temporaries: kept under malloc's mmap threshold, reused in cache
+CHUNK_BYTES = 16 << 20  # the entropy's temporaries: small enough to be reused from malloc's heap
 
 
 def probs_entropy(logp: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ distinct prompts are run once into a `DynamicCache` that keeps its graph, then e
 completions run back to back in rows as wide as the longest, each row on its prompt's cache, with
 their real positions and a 4D mask (a token sees its prompt's real tokens and its own completion
 up to itself), so the token-wise layers compute less padding than one row per completion and the
-attention no more scores. The gradient reaches the prompt pass
-through the cache, so loss and gradient are those of N padded prompt + completion rows (tested).
-It runs on the model types in `GROUPED_MODEL_TYPES` whose every layer caches plainly
-(`grouped_unsupported` says why not otherwise, and the trainer then builds padded rows).
+attention no more scores. The gradient reaches the prompt pass through the cache, so loss and
+gradient are those of N padded prompt + completion rows (tested). It runs on the model types in
+`GROUPED_MODEL_TYPES` whose every layer caches plainly (`grouped_unsupported` says why not
+otherwise, and the trainer then builds padded rows).
 
 Declared for transformers 5.24 to 6 (pyproject: the versions CI tests); the engine's path and the
 grouped pass also run on 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``), which
@@ -132,7 +132,6 @@ def reserved_layer_class():
     return ReservedLayer
 
 
-
 class HFCausalLM(nn.Module):
     kind = "hf"
 
@@ -196,15 +195,13 @@ class HFCausalLM(nn.Module):
             return logits
         return logits.new_zeros(N * Lc, logits.shape[-1]).index_copy(0, b.places(), logits).view(N, Lc, -1)
 
-    @staticmethod
-    def _prompt_pass(decoder, b: GroupedBatch, cache) -> torch.Tensor:
+    def _prompt_pass(self, decoder, b: GroupedBatch, cache) -> torch.Tensor:
         """The P right-padded prompts through the decoder into `cache`; (P, d) final hidden states
         at each prompt's last token. No attention mask: causal attention alone keeps real tokens off
         the padding to their right (the completions' mask hides it from them)."""
         P, Lp = b.prompt_ids.shape
         positions = torch.arange(Lp, device=b.prompt_ids.device).expand(P, Lp)
-        out = decoder(input_ids=b.prompt_ids, position_ids=positions, use_cache=True,
-                      **{cache_argument(decoder): cache})
+        out = decoder(input_ids=b.prompt_ids, position_ids=positions, use_cache=True, **{self.cache_arg: cache})
         if cache.get_seq_length() != Lp:  # a model that dropped the cache: pass 2 would see no prompt
             raise RuntimeError("grouped GRPO pass: the prompt pass left no KV cache")
         return out.last_hidden_state[torch.arange(P, device=positions.device), b.prompt_lens - 1]
@@ -221,18 +218,19 @@ class HFCausalLM(nn.Module):
         cols, fed = b.fed()  # (W,), (N, W)
         counts = fed.sum(1).tolist()
         width = len(cols)
-        bins, segments, starts = _next_fit(counts, G, width)  # per packed row: its group; per fed row: row, offset
+        bins, segments, starts = next_fit(counts, G, width)  # per packed row: its group; per fed row: row, offset
         if not bins:
             return b.completion_lens.new_zeros(0, self.hf.config.hidden_size, dtype=self.hf.dtype)
         rows = torch.arange(len(b), device=device)[:, None].expand_as(fed)[fed]  # each fed token's row, row by row
+        col = cols.expand_as(fed)[fed]  # and its place in that row
         where = torch.tensor(segments, device=device)[rows]  # its packed row
-        slot = torch.tensor(starts, device=device)[rows] + cols.expand_as(fed)[fed]
+        slot = torch.tensor(starts, device=device)[rows] + col
         group = torch.tensor(bins, device=device)  # (K,) each packed row's prompt
         K = len(bins)
         ids = b.completion_ids.new_zeros(K, width)
         ids[where, slot] = b.completion_ids[:, :width][fed]
         positions = torch.zeros(K, width, dtype=torch.long, device=device)
-        positions[where, slot] = b.prompt_lens[rows // G] + cols.expand_as(fed)[fed]
+        positions[where, slot] = b.prompt_lens[rows // G] + col
         segment = torch.full((K, width), -1, dtype=torch.long, device=device)
         segment[where, slot] = rows
         kept = segment >= 0
@@ -245,11 +243,11 @@ class HFCausalLM(nn.Module):
             torch.zeros(allowed.shape, dtype=self.hf.dtype, device=device).masked_fill(~allowed, torch.finfo(self.hf.dtype).min)
         cache.reorder_cache(group)  # each packed row on its prompt's keys and values (differentiable)
         out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                      **{cache_argument(decoder): cache})
+                      **{self.cache_arg: cache})
         return out.last_hidden_state[kept]
 
 
-def _next_fit(counts: list[int], group_size: int, width: int) -> tuple[list[int], list[int], list[int]]:
+def next_fit(counts: list[int], group_size: int, width: int) -> tuple[list[int], list[int], list[int]]:
     """Rows of `counts[i]` tokens packed in order into rows of `width`, a group's rows never sharing a
     packed row with another group's: each packed row's group, and each row's packed row and offset
     (rows of 0 tokens take no room). The order of the tokens, row by row, is kept."""
