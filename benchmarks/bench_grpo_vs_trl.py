@@ -52,26 +52,36 @@ def step_flops(params: int, prompt_tokens: float, completion_tokens: float) -> f
     return 2 * params * tokens + 6 * params * tokens
 
 
-def run_ours(model, tok, task, steps: int) -> tuple[float, float, tuple[float, float]]:
-    """Median seconds a step (the first left out), mean completion length, and the median split of
-    a step into (generation, training) seconds."""
-    gen, train, lengths = [], [], []
+class StepTimes:
+    """A `train_grpo` log that keeps each step's generation and training seconds and mean
+    completion length; `summary()`: the median seconds a step (the first left out), the mean
+    completion length, and the median (generation, training) split of a step."""
 
-    def log(m):
+    def __init__(self):
+        self.gen, self.train, self.lengths = [], [], []
+
+    def __call__(self, m: dict) -> None:
         if "time/generate_s" in m:
-            gen.append(m["time/generate_s"])
-            train.append(m["time/train_s"])
-            lengths.append(m["completions/mean_length"])
+            self.gen.append(m["time/generate_s"])
+            self.train.append(m["time/train_s"])
+            self.lengths.append(m["completions/mean_length"])
 
+    def summary(self) -> tuple[float, float, tuple[float, float]]:
+        steps_s = [a + b for a, b in zip(self.gen, self.train)]
+        return statistics.median(steps_s[1:]), statistics.mean(self.lengths), (statistics.median(self.gen[1:]),
+                                                                              statistics.median(self.train[1:]))
+
+
+def run_ours(model, tok, task, steps: int) -> tuple[float, float, tuple[float, float]]:
+    """`StepTimes.summary()` of our run."""
     # A random model earns 0 everywhere: every group is flat. TRL still runs the forward and backward
     # on them, so ours does too here (skip_flat_groups off): the same work; nor does it stop such a
     # run (no_format_patience 0).
     cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=1e-4,
                      eval_every=0, loss_agg="token_mean", seed=0, skip_flat_groups=False, no_format_patience=0)
-    train_grpo(model, tok, task, cfg, log=log)
-    steps_s = [a + b for a, b in zip(gen, train)]
-    return statistics.median(steps_s[1:]), statistics.mean(lengths), (statistics.median(gen[1:]),
-                                                                      statistics.median(train[1:]))
+    times = StepTimes()
+    train_grpo(model, tok, task, cfg, log=times)
+    return times.summary()
 
 
 def run_trl(folder: str, tok, task, steps: int) -> tuple[float, float]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench_grpo_vs_trl import timed_train
+from bench_grpo_vs_trl import StepTimes, timed_train
 from bench_real_generate import DTYPES, matmul_params, matmul_peak
 from reasonlab.model import load_model
 from reasonlab.model.checkpoint import model_folder
@@ -56,25 +56,16 @@ def hf_folder(spec: str) -> Path:
 
 
 def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = False):
-    """Median seconds a step (the first left out), the mean completion length, and the median
-    (generation, training) seconds of a step."""
+    """`StepTimes.summary()` of our run: the median seconds a step (the first left out), the mean
+    completion length, and the median (generation, training) seconds of a step."""
     model, tok = load_model(spec, DTYPES[dtype])
-    seconds, lengths, gen, train = [], [], [], []
-
-    def log(m):
-        if "time/generate_s" in m:
-            seconds.append(m["time/generate_s"] + m["time/train_s"])
-            gen.append(m["time/generate_s"])
-            train.append(m["time/train_s"])
-            lengths.append(m["completions/mean_length"])
-
     cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=LR,
                      eval_every=0, loss_agg="token_mean", seed=0, style="chat", skip_flat_groups=False,
                      no_format_patience=0, dtype=dtype, micro_batch_size=MICRO,
                      autocast="on" if bf16_autocast else "auto")
-    train_grpo(model, tok, task, cfg, log=log)
-    return statistics.median(seconds[1:]), statistics.mean(lengths), (statistics.median(gen[1:]),
-                                                                      statistics.median(train[1:]))
+    times = StepTimes()
+    train_grpo(model, tok, task, cfg, log=times)
+    return times.summary()
 
 
 def run_trl(folder: Path, task, steps: int, dtype: str, bf16_autocast: bool = False) -> tuple[float, float]:
