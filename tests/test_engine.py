@@ -241,7 +241,7 @@ def test_dense_groups_sample_what_copied_caches_sample(tiny_gpt, monkeypatch):
     params = SamplingParams(max_new_tokens=40, row_seeds=list(range(12)), temperature=1.5)
     dense = []
     share = KVCache.share_rows
-    monkeypatch.setattr(KVCache, "share_rows", lambda self, index: (share(self, index), dense.append(self.dense)))
+    monkeypatch.setattr(KVCache, "share_rows", lambda self, index: (share(self, index), dense.append(self.shared.dense)))
     shared = generate(model, tok, prompts, params)
     assert dense == [True]
     monkeypatch.delattr(GPT, "share_rows")

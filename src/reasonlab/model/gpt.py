@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..config import value_fits
 from .grouped import GroupedBatch
+from .shared import SharedPrompts
 
 
 MAX_POSITIONS = 2**20
@@ -117,20 +118,17 @@ class KVCache:
                               for b in model.model.layers]
 
         self.start = 0  # positions before `start` live in the shared prompt cache (see `share_rows`)
-        self.prefix_k = self.prefix_v = self.prefix_bias = self.slot = None
-        self.width = 0  # most rows any one prompt has (shared mode)
-        self.dense = False  # shared mode, rows in prompt order, `width` rows each: groups are views
+        self.shared: SharedPrompts | None = None
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (finished rows leave the batch). Only the positions
         written so far are copied: the rest of the buffer is never read before it is written."""
         self.k = [self._take(k, index) for k in self.k]
         self.v = [self._take(v, index) for v in self.v]
-        if self.slot is None:
+        if self.shared is None:
             self.key_bias = self.key_bias.index_select(0, index)
         else:
-            self.slot = tuple(x.index_select(0, index) for x in self.slot)
-            self.dense = False
+            self.shared.select(index)
 
     def _take(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         filled = self.pos - self.start
@@ -141,25 +139,13 @@ class KVCache:
         return out
 
     def share_rows(self, index: torch.Tensor) -> None:
-        """Row b of the batch from now on continues prefilled row index[b] (GRPO: G rows a prompt).
-
-        The prompts' keys and values stay one copy: each decode step attends to them once per
-        prompt, with the queries of all its rows as one matrix (so a group reads its prompt's cache
-        once, not G times), and to each row's own tokens in a per-row cache from position `start`.
-        """
-        U, B, P = self.k[0].shape[0], index.shape[0], self.pos
-        self.prefix_k = [k[:, :, :P].contiguous() for k in self.k]
-        self.prefix_v = [v[:, :, :P].contiguous() for v in self.v]
-        self.prefix_bias = self.key_bias[:, :, :, :P].contiguous()  # (U, 1, 1, P): the prompt padding
-        counts = torch.bincount(index, minlength=U)
-        self.width = int(counts.max())
-        firsts = torch.cumsum(counts, 0) - counts  # rows are grouped by prompt in any order: rank them
-        order = torch.argsort(index, stable=True)
-        rank = torch.empty_like(index)
-        rank[order] = torch.arange(B, device=index.device) - firsts[index[order]]
-        self.slot = (index, rank)  # the row's prompt and its place among that prompt's rows
-        self.dense = B == U * self.width and torch.equal(
-            index, torch.arange(U, device=index.device).repeat_interleave(self.width))
+        """Row b of the batch from now on continues prefilled row index[b] (GRPO: G rows a prompt):
+        the prompts' keys and values stay one copy (`SharedPrompts`), each row's own tokens go to a
+        per-row cache from position `start`."""
+        B, P = index.shape[0], self.pos
+        self.shared = SharedPrompts(index, [k[:, :, :P].contiguous() for k in self.k],
+                                    [v[:, :, :P].contiguous() for v in self.v],
+                                    self.key_bias[:, :, :, :P].contiguous())  # (U, 1, 1, P): the prompt padding
         shape = (B, self.k[0].shape[1], self.k[0].shape[2] - P, self.k[0].shape[3])
         self.k = [torch.empty(shape, dtype=k.dtype, device=k.device) for k in self.k]
         self.v = [torch.empty(shape, dtype=v.dtype, device=v.device) for v in self.v]
@@ -170,40 +156,16 @@ class KVCache:
         `bias` (B*H, 1, end): the padding mask of an unshared cache."""
         B, H, hd = q.shape
         keys, values = self.k[layer][:, :, :end - self.start], self.v[layer][:, :, :end - self.start]
+        if self.shared is not None:
+            Hk = keys.shape[1]
+            return self.shared.attend(layer, q.view(B, Hk, H // Hk, hd), keys, values, hd ** -0.5).reshape(B, H * hd)
         if keys.shape[1] != H:  # grouped-query attention: share each key/value head
             rep = H // keys.shape[1]
             keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
         t = end - self.start
         keys, values = keys.reshape(B * H, t, hd), values.reshape(B * H, t, hd)
-        if self.slot is None:
-            scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), keys.transpose(1, 2), alpha=hd ** -0.5)
-            return torch.bmm(torch.softmax(scores, dim=-1), values).view(B, H * hd)
-        pk, pv = self.prefix_k[layer], self.prefix_v[layer]  # (U, Hk, P, hd)
-        if pk.shape[1] != H:
-            rep = H // pk.shape[1]
-            pk, pv = pk.repeat_interleave(rep, 1), pv.repeat_interleave(rep, 1)
-        P = pk.shape[2]
-        s_row = torch.bmm(q.reshape(B * H, 1, hd), keys.transpose(1, 2)).view(B, H, t) * hd ** -0.5
-        s_pre = torch.matmul(self._to_groups(q), pk.transpose(-1, -2)) * hd ** -0.5 + self.prefix_bias  # (U, H, W, P)
-        probs = torch.softmax(torch.cat([self._from_groups(s_pre), s_row], dim=-1), dim=-1)
-        y_pre = self._from_groups(torch.matmul(self._to_groups(probs[..., :P]), pv))  # (B, H, hd)
-        y_row = torch.bmm(probs[..., P:].reshape(B * H, 1, t), values).view(B, H, hd)
-        return (y_pre + y_row).reshape(B, H * hd)
-
-    def _to_groups(self, x: torch.Tensor) -> torch.Tensor:
-        """Shared mode: (B, H, n) per row -> (U, H, W, n), each prompt's rows as one matrix (zeros
-        where a prompt has fewer than W rows). Dense layout: a view; otherwise a scatter."""
-        U, W = self.prefix_k[0].shape[0], self.width
-        if self.dense:
-            return x.view(U, W, *x.shape[1:]).transpose(1, 2)
-        out = x.new_zeros(U, W, *x.shape[1:])
-        out[self.slot] = x
-        return out.transpose(1, 2)
-
-    def _from_groups(self, y: torch.Tensor) -> torch.Tensor:
-        """The inverse of `_to_groups`: (U, H, W, n) -> (B, H, n)."""
-        y = y.transpose(1, 2)
-        return y.reshape(-1, *y.shape[2:]) if self.dense else y[self.slot]
+        scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), keys.transpose(1, 2), alpha=hd ** -0.5)
+        return torch.bmm(torch.softmax(scores, dim=-1), values).view(B, H * hd)
 
 
 class Attention(nn.Module):
@@ -363,7 +325,7 @@ class GPT(nn.Module):
         H, Hk, hd, pos = c.n_head, c.n_kv_head, c.head_dim, cache.pos
         end = pos + 1
         cos, sin = self.cos[position_ids], self.sin[position_ids]  # (B, 1, hd)
-        bias = None if cache.slot is not None else \
+        bias = None if cache.shared is not None else \
             cache.key_bias[:, :, :, :end].expand(B, H, 1, end).reshape(B * H, 1, end)
         x = self.model.embed_tokens(input_ids)  # (B, 1, d)
         for i, block in enumerate(self.model.layers):
@@ -442,7 +404,7 @@ class GPT(nn.Module):
             logits = self._decode_one(input_ids, position_ids, cache)
             cache.pos += 1
             return logits
-        if cache.slot is not None:
+        if cache.shared is not None:
             raise ValueError("a shared-prompt cache takes one token per row a step")
         keys = attention_mask.bool()
         cache.key_bias[:, 0, 0, :end].masked_fill_(~keys, float("-inf"))
