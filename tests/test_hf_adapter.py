@@ -76,8 +76,8 @@ def test_the_deprecation_catcher_sees_both_channels():
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_decode_equals_a_full_forward_with_nothing_deprecated(tmp_path, kind):
-    """The engine's own prefill (a repeated prompt is computed once and its cache rows copied with
-    select_rows) and decode steps (a finished row is dropped with select_rows) give, row by row, the
+    """The engine's own prefill (a repeated prompt is computed once and its cache kept once,
+    share_rows) and decode steps (a finished row is dropped with select_rows) give, row by row, the
     logits of a forward over the row's whole sequence; loading, forward and decode raise no
     deprecation from transformers."""
     tiny_hf(kind).save_pretrained(tmp_path)

@@ -265,3 +265,58 @@ def test_ddp_and_fsdp2_wrappers_reach_the_grouped_pass(tmp_path, wrapper):
     finally:
         dist.destroy_process_group()
     assert_same_gradients(got, want)
+
+
+@pytest.mark.parametrize("kind,attention", [("llama", "sdpa"), ("qwen2", "eager")])
+@pytest.mark.parametrize("prompts", [
+    ["12+34\n"] * 4 + ["7*8\n"] * 4 + ["9\n"] * 4,  # GRPO's layout: the dense path
+    ["12+34\n"] * 3 + ["7*8\n"] * 5 + ["12+34\n", "9\n"],  # groups of unequal sizes, out of order
+])
+def test_decoding_on_one_copy_of_each_prompt_samples_what_copied_caches_sample(
+        tmp_path, monkeypatch, kind, attention, prompts):
+    """The engine keeps each distinct prompt's keys and values once for an HF model (the layers
+    hold each row's own tokens) and attends to them once per prompt through the shared-prompt
+    attention interface: completions, log-probs and finish reasons equal those of copying each
+    prompt's cache to its rows, also after finished rows leave the batch; the model's attention
+    setting is as it was after each step."""
+    from reasonlab.engine import SamplingParams, generate
+    from reasonlab.model.hf import SHARED_ATTENTION
+
+    make_tiny_hf(tmp_path, kind)
+    model, tok = load_model(tmp_path)
+    model.hf.config._attn_implementation = attention
+    params = SamplingParams(max_new_tokens=40, row_seeds=list(range(len(prompts))), temperature=1.5)
+    caches, seen, share = [], [], HFCausalLM.share_rows
+    monkeypatch.setattr(HFCausalLM, "share_rows", lambda self, cache, index: (share(self, cache, index),
+                                                                              caches.append(cache)))
+    decode = HFCausalLM.decode
+    monkeypatch.setattr(HFCausalLM, "decode", lambda self, *a: (decode(self, *a), seen.append(
+        self.hf.config._attn_implementation))[0])
+    shared = generate(model, tok, prompts, params)
+    (cache,) = caches
+    assert cache.shared is not None and cache.kv.layers[0].offset == cache.shared.prefix_k[0].shape[2]
+    assert cache.shared.prefix_k[0].shape[0] == len(set(prompts))  # one copy of each prompt
+    assert set(seen) == {attention} and SHARED_ATTENTION not in seen
+    monkeypatch.delattr(HFCausalLM, "share_rows")
+    copied = generate(model, tok, prompts, params)
+    assert shared.texts == copied.texts and shared.finish_reason == copied.finish_reason
+    assert len(set(shared.lengths.tolist())) > 2  # rows ended at different steps: compaction ran
+    torch.testing.assert_close(shared.logprobs, copied.logprobs, rtol=0, atol=1e-5)
+
+
+def test_a_model_that_cannot_share_prompts_decodes_on_copies(tmp_path):
+    """A sliding-window Qwen2 keeps a copy of its prompt's cache per row (and samples the same)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from reasonlab.engine import _prefill
+
+    make_tiny_hf(tmp_path, "qwen2")
+    config = AutoConfig.from_pretrained(tmp_path)
+    config.use_sliding_window, config.sliding_window = True, 64
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    AutoModelForCausalLM.from_pretrained(tmp_path, config=config).save_pretrained(tmp_path)
+    model, tok = load_model(tmp_path)
+    cache, logits, _, _ = _prefill(model, tok.pad_id, [[5, 6, 7], [5, 6, 7], [8]], 3, 4, torch.device("cpu"))
+    assert cache.shared is None and cache.kv.layers[0].keys.shape[0] == 3 and logits.shape[0] == 3
+    with pytest.raises(ValueError, match="reserved layers"):
+        cache.share(torch.tensor([0, 0, 1]))

@@ -3,7 +3,7 @@
 `generate(model, tokenizer, prompts, SamplingParams(...))` works the same for the built-in GPT and for
 any Hugging Face causal LM (both expose ``init_cache`` and ``decode``). Prompts are left-padded
 and run through the model once (prefill; a prompt repeated for a group is prefilled once, and the
-built-in model keeps its cache once for the group: `share_rows`); then one token per row per step is sampled (temperature,
+model keeps its cache once for the group: `share_rows`); then one token per row per step is sampled (temperature,
 top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
 
 - **cap** (`think_budget` = B, per row or one for all): once a row has written B thinking tokens
@@ -345,7 +345,7 @@ def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, de
         cache = model.init_cache(len(firsts), P + N)
         logits = model.decode(input_ids[first], positions[first], attn[first, :P], cache)[:, -1].float()
         expand = torch.tensor(inverse, device=device)
-        getattr(model, "share_rows", model.select_rows)(cache, expand)  # the built-in model keeps one copy
+        getattr(model, "share_rows", model.select_rows)(cache, expand)  # one copy of each prompt's cache
         return cache, logits[expand], attn, next_pos
     cache = model.init_cache(B, P + N)
     return cache, model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float(), attn, next_pos

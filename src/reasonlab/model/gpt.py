@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import value_fits
 from .grouped import GroupedBatch
-from .shared import SharedPrompts
+from .shared import SharedPrompts, take_rows
 
 
 MAX_POSITIONS = 2**20
@@ -123,20 +123,13 @@ class KVCache:
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (finished rows leave the batch). Only the positions
         written so far are copied: the rest of the buffer is never read before it is written."""
-        self.k = [self._take(k, index) for k in self.k]
-        self.v = [self._take(v, index) for v in self.v]
+        filled = self.pos - self.start
+        self.k = [take_rows(k, index, filled) for k in self.k]
+        self.v = [take_rows(v, index, filled) for v in self.v]
         if self.shared is None:
             self.key_bias = self.key_bias.index_select(0, index)
         else:
             self.shared.select(index)
-
-    def _take(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        filled = self.pos - self.start
-        if 2 * filled >= x.shape[2]:
-            return x.index_select(0, index)
-        out = x.new_empty((len(index),) + x.shape[1:])
-        out[:, :, :filled] = x[:, :, :filled].index_select(0, index)
-        return out
 
     def share_rows(self, index: torch.Tensor) -> None:
         """Row b of the batch from now on continues prefilled row index[b] (GRPO: G rows a prompt):

@@ -2,8 +2,10 @@
 
 `HFCausalLM` wraps a `transformers` model so the engine and the trainers call it exactly as they call
 `GPT`: ``forward(input_ids, position_ids, attention_mask) -> logits`` and ``init_cache`` + ``decode``
-(the cache is a `transformers.DynamicCache`). Nothing is ever downloaded: models load from a local
-folder.
+(the cache is a `transformers.DynamicCache`), plus ``share_rows``: after a prefill, GRPO's groups
+decode on one copy of each prompt's keys and values (`SharedPrompts`), through an attention function
+registered with transformers' `AttentionInterface` for those steps. Nothing is ever downloaded:
+models load from a local folder.
 
 ``forward(GroupedBatch)`` is GRPO's shared-prompt pass, through transformers' own interfaces: the P
 distinct prompts are run once into a `DynamicCache` that keeps its graph, then each group's G
@@ -25,6 +27,7 @@ back from the output (the cache is updated in place; the output's attribute was 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -32,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from .grouped import GroupedBatch
+from .shared import SharedPrompts, take_rows
 
 # Tested by tests/test_hf_grouped.py: decoder-only, RoPE from position_ids, a 4D attention mask
 # taken as given, the decoder and the lm_head reachable apart (base_model, get_output_embeddings).
@@ -42,18 +46,49 @@ GROUPED_ATTENTION = ("eager", "sdpa")
 class HFCache:
     """The engine's KV cache for an HF model: a `transformers.DynamicCache` whose plain layers are
     `ReservedLayer`s holding `capacity` positions (the prompt and every new token), so a decoding
-    step writes its token in place instead of concatenating a copy of the whole cache per layer."""
+    step writes its token in place instead of concatenating a copy of the whole cache per layer.
+
+    After `share` (GRPO's groups), the prompts' keys and values are kept once in `shared`
+    (`SharedPrompts`) and the layers hold each row's own tokens only, from position `pos`."""
 
     def __init__(self, config, capacity: int | None = None):
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
         self.kv = DynamicCache(config=config)
+        self.capacity = capacity
         if capacity is not None:
             reserved = reserved_layer_class()
             self.kv.layers = [reserved(capacity) if type(layer) is DynamicLayer else layer
                               for layer in self.kv.layers]
         self.pos = 0
+        self.prompt_mask: torch.Tensor | None = None  # (U, P) of the prefill: 1 on real prompt tokens
+        self.shared: SharedPrompts | None = None
+
+    def can_share(self) -> bool:
+        """Prefilled, every layer reserved (a plain full-attention layer), not yet shared."""
+        reserved = reserved_layer_class()
+        return (self.shared is None and self.prompt_mask is not None and self.capacity is not None
+                and all(type(layer) is reserved and layer.length == self.pos for layer in self.kv.layers))
+
+    def share(self, index: torch.Tensor) -> None:
+        """Row b continues prefilled row index[b]: the prompts' keys and values move to one shared
+        copy and every layer starts a per-row cache of the tokens after them."""
+        if not self.can_share():
+            raise ValueError("only a prefilled cache of reserved layers can share its prompts")
+        P, layers = self.pos, self.kv.layers
+        keys = [layer.keys.contiguous() for layer in layers]  # (U, Hk, P, hd)
+        bias = torch.zeros(self.prompt_mask.shape, dtype=keys[0].dtype, device=keys[0].device)
+        bias.masked_fill_(self.prompt_mask == 0, float("-inf"))
+        self.shared = SharedPrompts(index.to(keys[0].device), keys, [layer.values.contiguous() for layer in layers],
+                                    bias[:, None, None, :])
+        reserved = reserved_layer_class()
+        self.kv.layers = [reserved(self.capacity - P, offset=P) for _ in layers]
+
+    def select(self, index: torch.Tensor) -> None:
+        self.kv.reorder_cache(index)
+        if self.shared is not None:
+            self.shared.select(index.to(self.shared.slot[0].device))
 
 
 @functools.cache
@@ -68,9 +103,10 @@ def reserved_layer_class():
         tokens are written into them (more than `capacity` falls back to growing by concatenation).
         Attention reads exactly the filled length, as with the plain layer."""
 
-        def __init__(self, capacity: int):
+        def __init__(self, capacity: int, offset: int = 0):
             super().__init__()
             self.capacity, self.length = capacity, 0
+            self.offset = offset  # positions before these, kept elsewhere (`SharedPrompts`)
             self.key_buffer = self.value_buffer = None
 
         def lazy_initialization(self, key_states, value_states=None):  # transformers 4.56 passes the keys only
@@ -101,13 +137,13 @@ def reserved_layer_class():
             self.values = self.value_buffer[:, :, :self.length]
 
         def get_seq_length(self, *args) -> int:
-            return self.length
+            return self.offset + self.length
 
         def reorder_cache(self, index):
             if self.key_buffer is not None:
                 index = index.to(self.key_buffer.device)
-                self.key_buffer = self.key_buffer.index_select(0, index)
-                self.value_buffer = self.value_buffer.index_select(0, index)
+                self.key_buffer = take_rows(self.key_buffer, index, self.length)
+                self.value_buffer = take_rows(self.value_buffer, index, self.length)
                 self._views()
 
         batch_select_indices = reorder_cache
@@ -166,11 +202,29 @@ class HFCausalLM(nn.Module):
         return HFCache(self.hf.config, capacity=max_len)
 
     def select_rows(self, cache: HFCache, index: torch.Tensor) -> None:
-        cache.kv.reorder_cache(index)
+        cache.select(index)
+
+    def share_rows(self, cache: HFCache, index: torch.Tensor) -> None:
+        """After a prefill: row b continues prefilled row index[b]. On a model the shared-prompt
+        attention runs on (`shares_prompts`), the prompts' cache is kept once and each decode step
+        attends to it once per prompt (`SharedPrompts`); otherwise each row gets a copy."""
+        if self.shares_prompts and cache.can_share():
+            cache.share(index)
+        else:
+            cache.select(index)
 
     def decode(self, input_ids, position_ids, attention_mask, cache: HFCache):
-        out = self.hf(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                      use_cache=True, **{self.cache_arg: cache.kv})
+        if cache.shared is None:
+            if cache.pos == 0:
+                cache.prompt_mask = attention_mask
+            out = self.hf(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                          use_cache=True, **{self.cache_arg: cache.kv})
+        else:
+            if input_ids.shape[1] != 1:
+                raise ValueError("a shared-prompt cache takes one token per row a step")
+            with attention_implementation(self.hf, SHARED_ATTENTION):  # no mask: the prompts' padding is in `shared`
+                out = self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                              shared_prompts=cache.shared, **{self.cache_arg: cache.kv})
         cache.pos += input_ids.shape[1]
         return out.logits
 
@@ -245,6 +299,47 @@ class HFCausalLM(nn.Module):
         out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
                       **{self.cache_arg: cache})
         return out.last_hidden_state[kept]
+
+
+SHARED_ATTENTION = "reasonlab_shared_prompts"
+
+
+def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                            shared_prompts: SharedPrompts | None = None, **kwargs):
+    """transformers' attention interface for a decode step on a shared-prompt cache: query
+    (B, H, 1, hd); key, value (B, Hk, t, hd), each row's own tokens; the prompts' keys from
+    `shared_prompts` at the module's layer. Returns (B, 1, H, hd), as the other interfaces do."""
+    if shared_prompts is None:
+        raise ValueError(f"attention {SHARED_ATTENTION!r} runs only on a shared-prompt cache")
+    B, H, T, hd = query.shape
+    Hk = key.shape[1]
+    if T != 1 or H % Hk or kwargs.get("sliding_window") or kwargs.get("softcap"):
+        raise ValueError("shared-prompt attention takes one query a row, full attention, no softcap")
+    scale = hd ** -0.5 if scaling is None else scaling
+    y = shared_prompts.attend(module.layer_idx, query.view(B, Hk, H // Hk, hd), key, value, scale)
+    return y.reshape(B, 1, H, hd), None
+
+
+@functools.cache
+def _register_shared_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SHARED_ATTENTION, shared_prompt_attention)
+
+
+@contextlib.contextmanager
+def attention_implementation(hf_model, name: str):
+    """Run `hf_model` with the attention interface `name` for the duration (no mask is built for
+    it: transformers builds masks only for the implementations it knows)."""
+    if name == SHARED_ATTENTION:
+        _register_shared_attention()
+    config = unwrapped(hf_model).config
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def next_fit(counts: list[int], group_size: int, width: int) -> tuple[list[int], list[int], list[int]]:

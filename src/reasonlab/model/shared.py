@@ -69,3 +69,14 @@ class SharedPrompts:
         U, Hk, _, n = y.shape
         y = y.view(U, Hk, self.width, r, n).transpose(1, 2)  # (U, W, Hk, r, n)
         return y.reshape(-1, Hk, r, n) if self.dense else y[self.slot]
+
+
+def take_rows(x: torch.Tensor, index: torch.Tensor, filled: int) -> torch.Tensor:
+    """Rows `index` of a preallocated (B, heads, capacity, hd) cache buffer of which the first
+    `filled` positions are written: only those are copied when they are under half of it (the rest
+    is never read before it is written)."""
+    if 2 * filled >= x.shape[2]:
+        return x.index_select(0, index)
+    out = x.new_empty((len(index),) + x.shape[1:])
+    out[:, :, :filled] = x[:, :, :filled].index_select(0, index)
+    return out
