@@ -41,7 +41,7 @@ from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.evaluate import budget_sweep, evaluate_problems, length_control, wilson_interval
 from reasonlab.jsonl import read_json
 from reasonlab.model import load_model
-from reasonlab.report import plot_budget
+from reasonlab.plots import plot_budget
 from reasonlab.rl import train_grpo
 from reasonlab.jsonl import read_jsonl
 from reasonlab.tasks import get_task

@@ -104,19 +104,19 @@ def test_training_plot_shows_every_sample_at_the_runs_temperature(tmp_path, monk
     """The RL plot draws the reward of every row sampled (the groups trained on under dynamic
     sampling are the mixed ones, whose mean stays low however good the model gets) and labels the
     samples with the run's own temperature and reward points; older logs fall back to the kept mean."""
-    from reasonlab import report
+    from reasonlab import plots
 
     figures = []
-    monkeypatch.setattr(report.plt, "close", figures.append)
+    monkeypatch.setattr(plots.plt, "close", figures.append)
     steps = [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.75 + s / 8, "reward/accuracy": 0.75 + s / 8,
               "completions/mean_think_tokens": 40} for s in (1, 2)]
-    report.plot_training(steps + [{"step": 2, "eval/accuracy": 0.95}], tmp_path / "a.png",
+    plots.plot_training(steps + [{"step": 2, "eval/accuracy": 0.95}], tmp_path / "a.png",
                          {"temperature": 0.7, "format_points": 4.0, "correct_points": 1.0})
     reward, accuracy, _ = figures[-1].axes
     assert list(reward.lines[0].get_ydata()) == [2.875, 3.0] and reward.get_title(loc="left") == "Reward (format 4 + correct 1)"
     assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["samples (T=0.7)", "held-out (greedy)"]
     old = [{k: v for k, v in m.items() if k != "reward/sampled_mean"} for m in steps]
-    report.plot_training(old, tmp_path / "b.png")
+    plots.plot_training(old, tmp_path / "b.png")
     reward, accuracy, _ = figures[-1].axes
     assert list(reward.lines[0].get_ydata()) == [2.5, 2.5] and reward.get_ylabel() == "mean reward, groups trained on"
     assert accuracy.get_legend().get_texts()[0].get_text() == "samples"

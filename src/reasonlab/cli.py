@@ -338,7 +338,7 @@ def cmd_eval(opts) -> int:
         print(f"wrote {output}: the metrics and {len(out['completions'])} of the {out['n_problems']} "
               "greedy completions (--keep-completions)")
         if out.get("budget_curve"):  # the sweep as a picture beside the numbers
-            from .report import plot_budget
+            from .plots import plot_budget
 
             print(f"wrote {plot_budget(out['budget_curve'], output.with_suffix('.png'))}")
     return 0
