@@ -3,6 +3,8 @@ once into a KV cache, each group's completions packed into rows on it) against p
 completion rows: token log-probs, every parameter's gradient, whole runs (plain, LoRA, DDP and
 FSDP2 wrappers); models that cannot take it train on padded rows. Run: pytest tests/test_hf_grouped.py"""
 
+import gc
+
 import pytest
 import torch
 
@@ -244,6 +246,7 @@ def test_ddp_and_fsdp2_wrappers_reach_the_grouped_pass(tmp_path, wrapper):
     padded, grouped = build_batch(groups(), G, 0), build_batch(groups(), G, 0, shared=True)
     _, want = loss_and_grads(model, padded, cfg)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    wrapped = loss = None
     try:
         if wrapper == "ddp":
             from torch.nn.parallel import DistributedDataParallel
@@ -263,6 +266,10 @@ def test_ddp_and_fsdp2_wrappers_reach_the_grouped_pass(tmp_path, wrapper):
         loss.backward()
         got = [g.full_tensor() if hasattr(g, "full_tensor") else g for g in grads_of(model)]
     finally:
+        # DDP's reducer holds the gloo group: freed after the group is destroyed, its destructor
+        # can hang joining gloo's threads (seen once in CI), so it goes first.
+        wrapped = loss = None
+        gc.collect()
         dist.destroy_process_group()
     assert_same_gradients(got, want)
 
