@@ -360,3 +360,20 @@ def test_on_step_streams_every_token_and_ends_rows_it_names(monkeypatch, vectori
             assert int(cut.lengths[i]) == n and cut.tokens[i, :n].tolist() == plain.tokens[i, :n].tolist()
             assert cut.finish_reason[i] in ("stop", "budget")
     assert any(int(plain.lengths[i]) > n for i, n in ends.items())
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
+def test_a_tiny_temperature_generates_what_greedy_generates(tiny_gpt, tmp_path, temperature):
+    """`generate --temperature 1e-40` crashed (index 512 is out of bounds): the NaN softmax of
+    logits / 1e-40. It is greedy in the limit, for the built-in model and for an HF model."""
+    make_tiny_hf(tmp_path / "hf")
+    prompts = ["12+34\n", "7*8\n<think>"]
+    for model, tok in (tiny_gpt, load_model(tmp_path / "hf")):
+        greedy = generate(model, tok, prompts, SamplingParams(max_new_tokens=12, temperature=0))
+        for extra in ({"seed": 3}, {"row_seeds": [5, 6]}, {"extend": 1}):  # extend: the row state machine
+            tiny = generate(model, tok, prompts, SamplingParams(max_new_tokens=12, temperature=temperature, **extra))
+            if "extend" not in extra:
+                assert tiny.texts == greedy.texts
+                assert torch.equal(tiny.tokens, greedy.tokens)
+            assert torch.isfinite(tiny.logprobs).all()
+            assert (tiny.logprobs[tiny.sampled_mask.bool()] == 0).all()  # all the mass on the sampled token

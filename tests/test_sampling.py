@@ -212,3 +212,21 @@ def test_the_sampler_draws_the_same_tokens_as_an_unfloored_softmax():
         assert (tokens == expected).float().mean() > 0.995  # float32 against float64 weights: a boundary may move
         assert torch.allclose(logp.gather(-1, tokens[:, None]).double(), exact.log().gather(-1, tokens[:, None]),
                               atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 1e-6])
+@pytest.mark.parametrize("keyed", [False, True], ids=["seed", "row_seeds"])
+def test_a_tiny_temperature_samples_its_limit_greedy_with_finite_logprobs(temperature, keyed):
+    """logits / 1e-40 overflows to inf (and 1e-300 is 0 in float32): the softmax was NaN and the
+    draw ran off the vocabulary. Its limit is greedy: all the mass on the argmax."""
+    logits = torch.stack([LOGITS, -LOGITS, LOGITS * 1e4, torch.tensor([float("-inf"), 2.0, 1.0, 2.0, 0, 0, 0, 0])])
+    for seed in range(20):
+        uniform = keyed_uniform(torch.arange(4) + 100 * seed, 0) if keyed else None
+        tokens, logp = sample_next(logits, temperature, 0, 1.0, torch.Generator().manual_seed(seed), uniform)
+        assert tokens[:3].tolist() == logits[:3].argmax(-1).tolist()
+        assert tokens[3].item() in (1, 3)  # an exact tie: split as at any positive temperature
+        assert torch.isfinite(logp).all()
+        assert logp.gather(-1, tokens[:, None]).squeeze(-1).tolist() == pytest.approx([0, 0, 0, -0.6931472])
+    for top_k, top_p in ((3, 1.0), (0, 0.5)):
+        tokens, _ = sample_next(logits[:3], temperature, top_k, top_p, torch.Generator().manual_seed(0))
+        assert tokens.tolist() == logits[:3].argmax(-1).tolist()

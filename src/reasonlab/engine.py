@@ -15,7 +15,8 @@ top-k, top-p; greedy at temperature 0; seeded by `seed`) or *forced*:
 
 Every forced token has 0 in `sampled_mask` (sampled tokens 1), so trainers keep forced tokens out
 of the loss. `logprobs` are the log-probabilities of each emitted token under the sampling
-distribution (logits / temperature, before top-k/top-p truncation; raw logits when greedy).
+distribution (logits / temperature, before top-k/top-p truncation; raw logits when greedy). A tiny
+positive temperature (1e-40, 1e-300) samples its limit, greedy (`temper`), with finite log-probs.
 
 A row stops at ``</answer>`` (when `stop_at_answer`) or EOS: finish reason ``stop``, or ``budget`` when
 its thinking was cut by the cap; a row that runs out of `max_new_tokens` (one for all rows or per
@@ -122,12 +123,34 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     49k-token vocabulary cost more than the rest of the sampling step."""
     if temperature == 0:
         return logits.argmax(-1), F.log_softmax(logits, dim=-1)
-    scaled = logits if temperature == 1 else logits / temperature
+    scaled = temper(logits, temperature)
     logp = F.log_softmax(scaled, dim=-1)
     weights = truncate(scaled, floored_exp(logp), top_k, top_p)
     if uniform is None:
         uniform = torch.rand(len(logits), dtype=torch.float64, generator=generator, device=logits.device)
     return inverse_cdf(weights, uniform), logp
+
+
+TINY_TEMPERATURE = 1e-2  # below it `temper` divides logits shifted by their row's max
+LOGIT_FLOOR = -1e30  # what `temper` puts where logits / temperature overflows to -inf
+
+
+def temper(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`logits` (B, V) / `temperature` (> 0), finite for every positive temperature. Below
+    `TINY_TEMPERATURE` each row is first shifted by its max, so the row's top logits become 0 and
+    the rest (logits - max) / T: a tiny temperature (1e-40, or 1e-300, which is 0 in float32) then
+    gives 0 at the top and very negative values elsewhere, i.e. all the mass on the argmax (split
+    evenly between exact ties, as at any positive temperature), instead of inf - inf = NaN in the
+    softmax. What overflows to -inf (and logits that are -inf) is set to `LOGIT_FLOOR`: probability
+    exactly 0 (`floored_exp`), but a finite log-prob for a forced token. At and above
+    `TINY_TEMPERATURE` the plain division: logits / T stays finite for any logit below 3e36 in size."""
+    if temperature == 1:
+        return logits
+    if temperature >= TINY_TEMPERATURE:
+        return logits / temperature
+    shifted = logits - logits.amax(-1, keepdim=True)
+    # 0 / T is NaN where T rounds to 0 in float32 (1e-300, or a denormal flushed on a GPU): the top is 0.
+    return shifted.div_(temperature).nan_to_num_(nan=0.0, neginf=LOGIT_FLOOR)
 
 
 def truncate(scaled: torch.Tensor, probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
