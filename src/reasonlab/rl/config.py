@@ -25,7 +25,11 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     seed: int = default_of("seed", 0, "problem order and sampling seed")
     prompts_per_step: int = field(default=16, metadata={"help": "P: problems per step", "min": 1})
     group_size: int = field(default=8, metadata={"help": "G: completions per problem (>= 2)", "min": 2})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "above": 0})
+    # At least 1e-3: below it sampling is greedy for all practical purposes (a logit 0.02 below the top is drawn
+    # e^-20 as often; `engine.temper`), so a group's G samples are one completion with equal rewards (no advantage,
+    # nothing to learn), and the log-probs of logits / T scale gradients by 1 / T: inf, NaN losses, at 1e-40.
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (>= 1e-3: lower is greedy)",
+                                                      "min": 1e-3})
     max_new_tokens: int = field(default=160, metadata={"help": "tokens per completion at most", "min": 1})
     updates: int = field(default=1, metadata={"help": "μ: gradient steps per batch (ratio clipping applies when > 1)", "min": 1})
     eps_low: float = field(default=0.2, metadata={"help": "clip ratio below at 1 - eps_low", **FRACTION})
