@@ -85,3 +85,24 @@ def test_task_options_from_the_command_line(tmp_path, capsys):
                                          "answer": "2 3 5 7 -> 22"}])
     assert main(["score", "--task", "countdown", "--task-arg", "count=4", str(inp)]) == 0
     assert json.loads(capsys.readouterr().out)["correct"] is True
+
+
+def test_output_modes_follow_the_umask_and_an_overwritten_file_keeps_its_own(tmp_path, capsys):
+    """The output went through mkstemp: always 0600, and `-o` onto its own input turned 0644 into 0600."""
+    import os
+
+    from reasonlab.jsonl import current_umask
+
+    old = os.umask(0o022)
+    current_umask.cache_clear()
+    try:
+        inp, out = write(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
+        assert main(["score", "--task", "arithmetic", str(inp), "-o", str(out)]) == 0
+        assert os.stat(out).st_mode & 0o777 == 0o644  # what `open(out, "w")` gives under umask 022
+        for mode in (0o644, 0o640):
+            os.chmod(inp, mode)
+            assert main(["score", "--task", "arithmetic", str(inp), "-o", str(inp)]) == 0
+            assert os.stat(inp).st_mode & 0o777 == mode and '"reward"' in inp.read_text()
+    finally:
+        os.umask(old)
+        current_umask.cache_clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -17,6 +18,8 @@ def input_file(path, what: str = "file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {str(path)!r} is a folder, not a file")
+    if path.exists() and not path.is_file():  # /dev/zero, a FIFO: reading it never ends
+        raise UserError(f"{what} {str(path)!r} is not a regular file")
     if not path.is_file():
         raise UserError(f"{what} {str(path)!r} not found")
     return path
@@ -128,6 +131,7 @@ def jsonl_writer(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, existing_mode(path, plain_mode()))  # not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield lambda row: f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
@@ -136,6 +140,30 @@ def jsonl_writer(path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@functools.cache
+def current_umask() -> int:
+    """The process's umask, read once (`os.umask` can only be read by setting it, then restored)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(folder: bool = False) -> int:
+    """The mode a plain ``open(path, "w")`` (or ``mkdir``, `folder`) gives under the current umask:
+    what a file or folder made with `tempfile.mkstemp` / `mkdtemp` (always 0600 / 0700) and renamed
+    into place is set to, so outputs written atomically look like any other."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def existing_mode(path, default: int) -> int:
+    """The permission bits of the file at `path` when there is one (a file rewritten in place keeps
+    them), else `default`."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return default
 
 
 RUN_MARKER = "run.json"  # {"command", "config"}: which reasonlab command made a folder, how (see `outdir`)
