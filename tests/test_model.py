@@ -212,3 +212,25 @@ def test_dropping_rows_from_the_cache_keeps_the_rest_exact(tiny_gpt, shared):
 
     full, kept = run(None), run(torch.tensor([3, 0, 2]))
     assert torch.allclose(kept, full[[3, 0, 2]], atol=1e-6)
+
+
+@pytest.mark.parametrize("mask, files, folders", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_checkpoint_modes_follow_the_umask(tiny_gpt, tmp_path, mask, files, folders):
+    """Checkpoints were written into a mkdtemp folder: 0700 whatever the umask."""
+    import os
+
+    from reasonlab.jsonl import current_umask
+
+    model, tok = tiny_gpt
+    old = os.umask(mask)
+    current_umask.cache_clear()
+    try:
+        for path in (tmp_path / "run" / "model", tmp_path / "run" / "model"):  # new, then replacing itself
+            save_checkpoint(path, model, tok, {"steps": 1})
+            assert os.stat(path).st_mode & 0o777 == folders and os.stat(path.parent).st_mode & 0o777 == folders
+            assert {p.name: os.stat(p).st_mode & 0o777 for p in path.iterdir()} == {
+                p.name: files for p in path.iterdir()}
+            assert {"model.safetensors", "config.json", "train_config.json"} <= {p.name for p in path.iterdir()}
+    finally:
+        os.umask(old)
+        current_umask.cache_clear()

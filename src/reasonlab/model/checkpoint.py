@@ -4,7 +4,8 @@ A built-in model's folder holds ``model.safetensors`` (Llama parameter names), `
 `LlamaConfig` plus a ``reasonlab`` entry with the `GPTConfig`), the tokenizer files, and
 ``train_config.json`` (the configuration that produced it), when given, and ``run.json`` (the command
 that made it), when given. Folders are written atomically: to a temporary sibling first, then
-renamed into place, so a crash never leaves a half-written checkpoint where a good one was. Only a
+renamed into place, so a crash never leaves a half-written checkpoint where a good one was (with the
+modes a plain mkdir and open give under the umask). Only a
 folder of checkpoint files is ever replaced: a folder holding anything else is written into (each
 file replaced atomically) when the caller allows it, else refused; a file is never replaced.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..jsonl import RUN_MARKER, read_json
+from ..jsonl import RUN_MARKER, plain_mode, read_json
 from .gpt import GPT, GPTConfig
 from .hf import HFCausalLM, load_hf_model
 from .tokenizer import TokenizerAdapter, build_char_tokenizer, load_tokenizer
@@ -104,6 +105,7 @@ def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        os.chmod(tmp, plain_mode(folder=True))  # what mkdir gives under the umask, not mkdtemp's 0700
     except OSError as e:
         raise UserError(f"cannot save the checkpoint {path}: {e.strerror or e}") from None
     try:
@@ -112,6 +114,7 @@ def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict
             (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2, default=str))
         for file in tmp.iterdir():
             with open(file, "rb") as f:
+                os.fchmod(f.fileno(), plain_mode())  # safetensors writes its file 0600
                 os.fsync(f.fileno())
         _swap_in(tmp, path) if replace else _move_files_into(tmp, path)
     except OSError as e:
