@@ -73,10 +73,18 @@ def cmd_tasks(opts) -> int:
     from .tasks import get_task, list_tasks
     from .tasks.base import task_options
 
+    import inspect
+    import re
+    import shutil
+    import textwrap
+
+    width = max(60, min(100, shutil.get_terminal_size().columns))
     for name in list_tasks():
         cls = type(get_task(name))
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:12s} {doc[0] if doc else ''}".rstrip())
+        # The docstring's first sentence whole, wrapped (its first line stopped mid-sentence).
+        paragraph = " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
+        first = re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
+        print(textwrap.fill(first, width, initial_indent=f"{name:12s} ", subsequent_indent=" " * 13) or name)
         options = " ".join(f"{key}={p.default!r}" for key, p in task_options(cls).items())
         if options:
             print(f"{'':12s} --task-arg: {options}")
