@@ -37,3 +37,33 @@ def test_rl_refuses_a_temperature_below_its_floor_before_any_work(checkpoint, tm
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--temperature must be >= 0.001, got 1e-40" in err and "--resume" not in err
     assert not out.exists()
+
+
+def test_tasks_prints_whole_first_sentences_wrapped(monkeypatch, capsys):
+    """`reasonlab tasks` printed each docstring's first line: chain's stopped at "; each"."""
+    from reasonlab.tasks import base
+
+    class Long(base.Task):
+        """A task whose first sentence runs over three lines of its docstring, long enough to need
+        wrapping at eighty columns, e.g. one that names `options` in words and keeps going on
+        for a while. Its second sentence is not printed.
+
+        Nor is this paragraph."""
+
+    monkeypatch.setitem(base._REGISTRY, "zz_long", Long)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 80
+    described = {}
+    for line in lines:
+        if not line.startswith(" "):
+            name, _, text = line.partition(" ")
+            described[name] = text.strip()
+        elif not line.strip().startswith("--task-arg"):
+            described[name] += " " + line.strip()
+    assert described["chain"].endswith("each after the first is the previous one plus or minus 1..9.")
+    assert described["zz_long"] == ("A task whose first sentence runs over three lines of its docstring, long enough to "
+                                    "need wrapping at eighty columns, e.g. one that names `options` in words and "
+                                    "keeps going on for a while.")
+    assert all(text.endswith(".") for text in described.values())
