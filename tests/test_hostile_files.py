@@ -67,3 +67,15 @@ def test_tasks_prints_whole_first_sentences_wrapped(monkeypatch, capsys):
                                     "need wrapping at eighty columns, e.g. one that names `options` in words and "
                                     "keeps going on for a while.")
     assert all(text.endswith(".") for text in described.values())
+
+
+@pytest.mark.parametrize("flag", ["--warmup-steps", "--steps", "--eval-every", "--save-every"])
+def test_runaway_step_counts_are_refused_before_any_work(checkpoint, tmp_path, capsys, flag):
+    """`--warmup-steps 10**21` was accepted: a schedule no run reaches the end of."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1\\n", "completion": "<think></think><answer>2</answer>"}\n')
+    for argv in (["sft", "--data", str(data)], ["rl", "--model", str(checkpoint), "--task", "arithmetic"]):
+        out = tmp_path / argv[0]
+        assert main(argv + ["--out", str(out), flag, str(10**21)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} must be <= " in err and not out.exists()
