@@ -89,7 +89,13 @@ def test_an_earlier_run_of_the_same_command_may_be_replaced_but_not_another_comm
     data = str(d / "sft.jsonl")
     ck = tmp_path / "ck"
     assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 0
-    assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 0  # its own earlier run: replaced
+    capsys.readouterr()
+    base = snapshot(ck)
+    # its own earlier run: never replaced unasked (its log and model are results), replaced with --overwrite
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--lr", "1e-4"]) == 2
+    assert "holds an earlier `reasonlab sft` run: --resume to continue it, --overwrite" in capsys.readouterr().err
+    assert snapshot(ck) == base
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0
     capsys.readouterr()
     base = snapshot(ck)
     assert main(["pretrain", "--task", "chain", "--out", str(ck)]) == 2  # another command's checkpoint
@@ -97,12 +103,12 @@ def test_an_earlier_run_of_the_same_command_may_be_replaced_but_not_another_comm
     assert "not an earlier `reasonlab rl` run" in capsys.readouterr().err
     assert snapshot(ck) == base
     (ck / "notes.txt").write_text("my notes on this run")  # beside the run's files: a rerun keeps it
-    assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 0
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0
     assert (ck / "notes.txt").read_text() == "my notes on this run"
     (ck / "model" / "notes.txt").write_text("x")  # the model folder no longer holds checkpoint files only
     capsys.readouterr()
     base = snapshot(ck)
-    assert main(["sft", "--data", data, "--out", str(ck), *SFT]) == 2  # refused before any work
+    assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--resume"]) == 2  # refused before any work
     assert f"{ck / 'model'} holds files that are not a checkpoint's" in capsys.readouterr().err
     assert snapshot(ck) == base
     assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0  # written into: notes stay

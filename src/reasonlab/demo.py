@@ -46,11 +46,11 @@ class DemoConfig:
                 "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
-    length: int = field(default=4, metadata={"help": "variables per chain problem at most (the built-in demo's task; --model runs two-digit sums)", "min": 2})
+    length: int = field(default=4, metadata={"help": "variables per chain problem at most (the built-in demo's task; --model runs two-digit sums)", "min": 2, "max": 64})
     min_length: int = field(default=2, metadata={
         "help": "variables per chain problem at least: each problem draws its length from here to --length, "
-                "a mix of difficulties (0 = every problem --length)", "min": 0})
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
+                "a mix of difficulties (0 = every problem --length)", "min": 0, "max": 64})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
     device: str = field(default="cpu", metadata={
         "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
     resume: bool = field(default=False, metadata={
@@ -175,7 +175,7 @@ class DemoRun:
         """Claim --out (with --resume, read what the stopped run saved there), start the clock, set
         the threads."""
         cfg = self.cfg
-        self.out = claim(cfg.out, "demo", cfg.overwrite)
+        self.out = claim(cfg.out, "demo", cfg.overwrite, resume=cfg.resume)
         self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
         self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
         mark(self.out, "demo")

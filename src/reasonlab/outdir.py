@@ -12,17 +12,24 @@ each stage of a demo or of a Method 1 round writes its own, in one layout (`RunF
     report.html    `reasonlab report OUT`
     tensorboard/   TensorBoard event files of metrics.jsonl's rows (`--report-to`, see `trackers`)
 
-Before any work, `claim` checks ``--out``: an empty name, ``.``, ``..`` or an existing file is
-refused; so is an existing folder holding files, unless it is an earlier run of the same command
-(which the run may continue with ``--resume`` or replace with its own files) or ``--overwrite``
-is given, which means "write this run's files into it" (files of the same names are replaced,
-nothing else there is touched); so is a place that cannot be written.
+Before any work, `claim` checks ``--out`` (``~`` expanded): an empty name, ``.``, ``..``, an
+existing file or a broken symbolic link is refused; so is an existing folder holding files, unless
+it is an earlier run of the same command, which the run continues with ``--resume`` or replaces
+with ``--overwrite`` (a fresh run never deletes an earlier run's results unasked), or
+``--overwrite`` is given, which means "write this run's files into it" (files of the same names are
+replaced, nothing else there is touched); so is a place that cannot be written.
+
+A folder is owned by one run at a time: `claim` takes an exclusive lock (``flock``) on its
+``.lock`` file, which the kernel releases when the process ends however it ends (a `kill -9` leaves
+no stale lock), so a second run into the same folder is refused in one line naming the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,23 +61,99 @@ class RunOptions:
     report_to: str = field(default="auto", metadata={"help": trackers.REPORT_TO_HELP, "metavar": "TRACKERS"})
 
 
-def claim(path, command: str, overwrite: bool = False, flag: str = "--out") -> Path:
-    """`path` checked as the folder a `reasonlab command` run writes (see the module docstring);
-    one `UserError` line otherwise."""
-    text = str(path)
+def claim(path, command: str, overwrite: bool = False, flag: str = "--out", resume: bool = False) -> Path:
+    """`path` checked as the folder a `reasonlab command` run writes (see the module docstring) and
+    locked for this process; one `UserError` line otherwise."""
+    text = os.path.expanduser(str(path))
     out = Path(text)
     if not text.strip() or out.name in ("", ".", ".."):
         raise UserError(f"{flag} {text!r} names no folder of its own: give a new folder (e.g. {flag} runs/{command})")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"{flag} {out} is a symbolic link to {os.readlink(out)}, which does not exist: "
+                        "remove the link or give another folder")
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file: give a folder name")
-    if out.is_dir() and not overwrite and made_by(out) != command and any(out.iterdir()):
+    if out.is_dir() and not overwrite and made_by(out) != command and _entries(out):
         raise UserError(f"{flag} {out} already holds files that are not an earlier `reasonlab {command}` run: "
                         f"give another folder, or --overwrite to write this run's files into it (nothing else "
                         f"there is deleted)")
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {flag} {out}: {existing} is not a writable folder")
+    if not primary_process():  # under torchrun rank 0 checks the earlier run and holds the lock
+        return out
+    lock(out, flag)
+    if out.is_dir() and not (overwrite or resume) and made_by(out) == command and _entries(out) - {RUN_MARKER}:
+        release(out)
+        raise UserError(f"{flag} {out} holds an earlier `reasonlab {command}` run: --resume to continue it, "
+                        f"--overwrite to replace its results, or give another folder")
+    fd = _held[out.absolute()][0]  # who holds it, for a run refused while this one goes on
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}, reasonlab {command}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     return out
+
+
+LOCK = ".lock"  # in a run folder: flock()ed by the process that writes the folder
+_held: dict[Path, tuple[int, bool, bool]] = {}  # folder -> (the lock's descriptor, whether it made the folder, the file)
+
+
+def _entries(folder: Path) -> set[str]:
+    """The names in `folder`, but for its lock file."""
+    return {p.name for p in folder.iterdir()} - {LOCK}
+
+
+def primary_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def lock(folder, flag: str = "--out") -> None:
+    """Lock `folder` (created if need be) for this process, or one `UserError` line naming the
+    process that holds it. Taken again by the process that holds it, it is a no-op. A lock file
+    this call created is removed again by `release` (a refused run leaves nothing behind)."""
+    folder = Path(folder)
+    key = folder.absolute()
+    if key in _held:
+        return
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        made_file = not (folder / LOCK).exists()
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write {flag} {folder}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"{flag} {folder} is in use by another run ({holder}): wait for it to end, or give "
+                        "another folder") from None
+    _held[key] = (fd, made, made_file)
+
+
+def release(folder) -> None:
+    """Give up this process's lock on `folder`. A folder the lock made that holds nothing else is
+    removed, and so is a lock file it made in a folder where no run wrote (a run that stopped or was
+    refused before writing anything leaves nothing behind)."""
+    key = Path(folder).absolute()
+    if key not in _held:
+        return
+    fd, made, made_file = _held.pop(key)
+    try:
+        if made_file and not (key / RUN_MARKER).exists():
+            (key / LOCK).unlink(missing_ok=True)
+        if made and not _entries(key):
+            (key / LOCK).unlink(missing_ok=True)
+            key.rmdir()
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def release_all() -> None:
+    """Every lock this process holds (the CLI calls it as a command ends)."""
+    for folder in list(_held):
+        release(folder)
 
 
 def mark(folder, command: str, config: dict | None = None) -> None:
@@ -106,13 +189,14 @@ class RunFolder:
         self._trackers: trackers.Trackers | None = None
 
     @classmethod
-    def claim(cls, path, command: str, overwrite: bool = False, report_to: str = "none") -> "RunFolder":
+    def claim(cls, path, command: str, overwrite: bool = False, report_to: str = "none",
+              resume: bool = False) -> "RunFolder":
         """The folder `--out PATH` names, checked (`claim`) before any work, and so is its model/:
         the save at the end replaces only a folder of checkpoint files (or writes into it, with
         `overwrite`); and so is `report_to` (`trackers.resolve`)."""
         from .model.checkpoint import is_checkpoint_folder
 
-        folder = cls(claim(path, command, overwrite), command, report_to)
+        folder = cls(claim(path, command, overwrite, resume=resume), command, report_to)
         if folder.model.exists() and not overwrite and not is_checkpoint_folder(folder.model):
             raise UserError(f"{folder.model} holds files that are not a checkpoint's: give another --out, or "
                             f"--overwrite to write the model into it (nothing else there is deleted)")

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from . import compute
-from .config import check_options
+from .config import MAX_PROBLEMS, check_options
 from .engine import SamplingParams
 from .errors import NoFormatError, UserError
 from .evaluate import evaluate_problems, k_samples, pass_curve
@@ -66,12 +66,12 @@ LABELS = {"base": "base", "method1": "Method 1 alone", "method2": "Method 2 alon
 class StudyConfig:
     out: str = field(default="runs/study-methods", metadata={"help": "output folder", "nonempty": True})
     seeds: int = field(default=3, metadata={"help": "seeds of every method (the spread across them is its "
-                                                    "reliability)", "min": 1})
+                                                    "reliability)", "min": 1, "max": 1000})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
-    length: int = field(default=4, metadata={"help": "variables per chain problem", "min": 2})
-    held_out: int = field(default=200, metadata={"help": "held-out problems every model is evaluated on", "min": 1})
-    pass_problems: int = field(default=100, metadata={"help": "of those, the ones pass@k samples 64 times", "min": 1})
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
+    length: int = field(default=4, metadata={"help": "variables per chain problem", "min": 2, "max": 64})
+    held_out: int = field(default=200, metadata={"help": "held-out problems every model is evaluated on", "min": 1, "max": MAX_PROBLEMS})
+    pass_problems: int = field(default=100, metadata={"help": "of those, the ones pass@k samples 64 times", "min": 1, "max": MAX_PROBLEMS})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
     resume: bool = field(default=False, metadata={
         "help": "go on from the seeds a stopped study in --out finished (same settings; --seeds may grow)"})
@@ -244,7 +244,7 @@ def run_study(cfg: StudyConfig) -> dict:
     from .report import build_report
 
     where = resolve_device(cfg.device)
-    out = claim(cfg.out, "study", cfg.overwrite)
+    out = claim(cfg.out, "study", cfg.overwrite, resume=cfg.resume)
     earlier = earlier_study(out, cfg) if cfg.resume else {}
     mark(out, "study")
     if cfg.threads:

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from . import compute
-from .config import check_options
+from .config import MAX_PROBLEMS, check_options
 from .engine import SamplingParams
 from .errors import UserError
 from .compute_analysis import TARGETS, analyse, query_counts
@@ -88,12 +88,12 @@ class ComputeStudyConfig:
     out: str = field(default="runs/study-compute", metadata={"help": "output folder", "nonempty": True})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     held_out: int = field(default=400, metadata={"help": "held-out problems every checkpoint is evaluated on",
-                                                 "min": 10})
+                                                 "min": 10, "max": MAX_PROBLEMS})
     queries: int = field(default=100_000, metadata={
         "help": "answered queries Q of the headline figure: total compute = training + Q x inference (the tables "
-                "give Q/100 and 100 Q too)", "min": 1})
+                "give Q/100 and 100 Q too)", "min": 1, "max": 10**12})
     seed: int = field(default=0, metadata={"help": "corpus, initialisation and sampling seed", "min": 0})
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0})
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
     resume: bool = field(default=False, metadata={
         "help": "go on from the sizes a stopped study in --out finished (same settings)"})
@@ -216,7 +216,7 @@ def run_compute_study(cfg: ComputeStudyConfig) -> dict:
     from .report import build_report
 
     where = resolve_device(cfg.device)
-    out = claim(cfg.out, COMMAND, cfg.overwrite)
+    out = claim(cfg.out, COMMAND, cfg.overwrite, resume=cfg.resume)
     earlier = earlier_study(out, cfg) if cfg.resume else {}
     mark(out, COMMAND)
     if cfg.threads:

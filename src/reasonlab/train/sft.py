@@ -77,7 +77,7 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
     `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
-    folder = RunFolder.claim(cfg.out, "sft", cfg.overwrite, cfg.report_to)  # before any work: the save at the end will work
+    folder = RunFolder.claim(cfg.out, "sft", cfg.overwrite, cfg.report_to, cfg.resume)  # before any work: the save at the end will work
     where = resolve_device(device)
     setup_distributed(device)
     model, tokenizer = load_model(cfg.model, load_dtype(cfg)) if cfg.model else new_builtin(seed=cfg.seed)
