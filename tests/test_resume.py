@@ -249,7 +249,7 @@ def test_resume_refuses_changed_settings_and_says_when_there_is_nothing_to_resum
     assert main(["sft", "--data", str(data), "--out", out, *SFT, "--save-every", "2", "--resume", "--lr", "0.05",
                  "--seed", "3"]) == 2
     assert f"--resume: the run in {out}/state was made with lr 0.003 (now 0.05), seed 0 (now 3); only --steps, " \
-           "--max-seconds, --eval-every and --save-every may change" in capsys.readouterr().err
+           "--max-seconds, --eval-every, --save-every and --save-minutes may change" in capsys.readouterr().err
     smaller = tmp_path / "small.jsonl"
     smaller.write_text("".join(data.read_text().splitlines(keepends=True)[:50]))
     assert main(["sft", "--data", str(smaller), "--out", out, *SFT, "--resume"]) == 2
@@ -361,7 +361,7 @@ def test_a_full_disk_on_save_is_one_line_and_keeps_the_last_good_state(tmp_path,
     assert err == [f"reasonlab sft: error: cannot write the training state {tmp_path / 'a' / 'state' / 'state.pt'}: "
                    "No space left on device (the states saved before are kept)"]
     assert sorted(p.name for p in (tmp_path / "a" / "state").iterdir()) == ["state.pt"]
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.jsonl", "run.json", "state"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".lock", "metrics.jsonl", "run.json", "state"]
     assert load_training_state(tmp_path / "a" / "state")["step"] == 2
     monkeypatch.setattr(torch, "save", real_save)
 

@@ -43,14 +43,15 @@ from dataclasses import asdict
 
 import torch
 
-from .. import compute
+from .. import compute, memory
 from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..outdir import RunFolder
 from ..tasks import Task
 from ..tasks.base import problems_for
-from ..train.loop import failed_run, lr_at, make_optimizer, resumable_state, save_training_state, stop_if_diverged, task_setting
+from ..train.loop import (SaveClock, failed_run, lr_at, make_optimizer, resumable_state, save_training_state,
+                          stop_if_diverged, task_setting)
 from ..runtime import (all_gather_list, all_reduce_sum, any_rank, broadcast_flag, gathered, prepare,
                               rank_device, refuse_fsdp_states, unwrap, world)
 from .batch import build_batch
@@ -79,6 +80,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     if held_out is None:  # the problems evaluated every `eval_every` steps (a study passes its own)
         held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems") if cfg.eval_every else []
     held_out = held_out if cfg.eval_every else []
+    check_memory(model, cfg, size)
     ref_model = reference_model(model, cfg)
     vllm = start_vllm(model, tokenizer, cfg)  # from the plain model, before adapters or sharding
     train_model = prepare(model, cfg)
@@ -107,6 +109,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                                             "config": config, **at,
                                             "reference": ref_model.state_dict() if ref_model else None})
 
+    clock = SaveClock(cfg, enabled=state_dir is not None and not cfg.fsdp)  # every --save-every steps / minutes
     bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and getattr(core, "shares_prompts", False)
     # what this run's sampling and updates cost (evaluations are not counted); the trackers closed at the end
     with run, compute.track(ledger):
@@ -152,13 +155,23 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                 metrics.update(evaluate())
             run.samples(step + 1, collected.groups[0], G)
             run.emit(metrics)  # before the state: a run resumed from it finds this step's row
-            if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                save(boundary(collector, step + 1, metrics["seconds"], ledger))
+            if clock.due(step + 1):
+                clock.save(lambda: save(boundary(collector, step + 1, metrics["seconds"], ledger)))
             stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
             collector.format_watch.check()  # after the row too: a model that never writes the template
             if last:
                 break
         return metrics
+
+
+def check_memory(model, cfg: GRPOConfig, size: int) -> None:
+    """Refuse, before any step, a batch whose training pass cannot fit when completions reach
+    `max_new_tokens` (`memory.step_bytes`)."""
+    rows = cfg.micro_batch_size or cfg.prompts_per_step * cfg.group_size // size
+    memory.check_fits(memory.step_bytes(model, rows, cfg.max_new_tokens, None if not cfg.lora_rank else 0),
+                      f"a training pass of {rows} completions of {cfg.max_new_tokens} tokens",
+                      "lower --micro-batch-size (the update stays the same), --prompts-per-step, --group-size or "
+                      "--max-new-tokens", next(model.parameters()).device)
 
 
 def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: bool):

@@ -82,6 +82,11 @@ class Task:
         rationale: Method 1 uses it to drop samples whose answer is right by luck."""
         return None
 
+    def data_files(self) -> list:
+        """The files the task reads its problems from ([] for a generated task): a resume checks
+        their content is what the run started on."""
+        return []
+
     def problems(self, n: int, split: str = "train", seed: int = 0, at_most: bool = False) -> list[Problem]:
         """`n` distinct problems of `split`, the same for the same seed.
 

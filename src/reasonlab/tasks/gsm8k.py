@@ -106,6 +106,12 @@ class GSM8KTask(Task):
         self.path = path
         self._rows: dict[str, list[dict]] = {}
 
+    def data_files(self) -> list[Path]:
+        data = find_data_dir(self.path)
+        if data is None or not data.is_dir():
+            return [data] if data else []
+        return [data / f"{split}.jsonl" for split in ("train", "test") if (data / f"{split}.jsonl").is_file()]
+
     def rows(self, split: str) -> list[dict]:
         check_split(split)
         if split not in self._rows:

@@ -307,6 +307,12 @@ class MathTask(Task):
             problems.append(Problem(r.get("problem") or r["question"], str(r["answer"]), r.get("solution")))
         return problems if n is None else problems[:n]
 
+    def data_files(self) -> list[Path]:
+        if not self.path:
+            return []
+        file = Path(self.path)
+        return [f for f in (file / "train.jsonl", file / "test.jsonl") if f.is_file()] if file.is_dir() else [file]
+
     def verify(self, predicted: str, gold: str) -> bool:
         return self.verify_batch([predicted], [gold])[0]
 

@@ -9,11 +9,14 @@ position 0, so no attention mask is needed (padding sits after the real tokens).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import random
+import shutil
 import sys
 import time
+from array import array
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,8 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import compute
-from ..config import FRACTION, SEED, check_options
+from .. import compute, memory
+from ..config import FRACTION, MAX_ROWS, SEED, check_options
 from ..errors import UserError
 from ..jsonl import logged_step
 from ..outdir import RunFolder
@@ -30,6 +33,8 @@ from ..runtime import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm,
                        refuse_fsdp_states, unwrap, world)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+MAX_CHARS_PER_TOKEN = 64  # no tokenizer's token covers more characters (the longest BPE tokens: ~16-32)
+MAX_STEPS = 10**9  # the most steps (and step counts: warm-up, cadences) any option takes
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -39,18 +44,22 @@ class OptimConfig:
     (`lr_at`), gradient clipping, the seed, and when it evaluates, saves and stops. A trainer sets
     its own defaults with `default_of`."""
 
-    steps: int = field(default=500, metadata={"help": "optimiser steps at most", "min": 1})
+    steps: int = field(default=500, metadata={"help": "optimiser steps at most", "min": 1, "max": MAX_STEPS})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate", "above": 0})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0, "max": MAX_STEPS})
     schedule: str = field(default="cosine", metadata={
         "help": "after warm-up: cosine or linear decay over `steps` (not over max_seconds), or constant",
         "choices": SCHEDULES})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak",
                                                         **FRACTION})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)", "min": 0})
-    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0})
+    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0,
+                                                   "max": MAX_STEPS})
     save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)",
-                                                 "min": 0})
+                                                 "min": 0, "max": MAX_STEPS})
+    save_minutes: float = field(default=2.0, metadata={
+        "help": "also write it every N minutes of training, so a kill loses at most that (stretched to keep saving "
+                "under 5% of the time; 0 = only --save-every)", "min": 0, "max": 10**6})
     max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0})
     seed: int = field(default=0, metadata={"help": "data order, initialisation and sampling seed", **SEED})
 
@@ -71,10 +80,10 @@ def default_of(name: str, default, help: str | None = None):
 class TrainConfig(OptimConfig):
     """Supervised training (pretrain, sft, Method 1's fine-tuning): `OptimConfig` and the batches."""
 
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch", "min": 1})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch", "min": 1, "max": MAX_ROWS})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "min": 1, "max": MAX_ROWS})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
-    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut", "min": 2})
+    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut", "min": 2, "max": 10**7})
     packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
     group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
 
@@ -99,9 +108,12 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> torch.optim.O
 
 
 def tokenize_examples(tokenizer, rows: list[dict], max_len: int, eos: bool = True) -> list[tuple[list[int], list[int]]]:
-    """`{"prompt", "completion"}` rows to id pairs, EOS after the completion, cut to `max_len`."""
-    prompts = tokenizer.encode_batch([r["prompt"] for r in rows])
-    completions = tokenizer.encode_batch([r["completion"] for r in rows])
+    """`{"prompt", "completion"}` rows to id pairs, EOS after the completion, cut to `max_len`.
+    Texts are cut to `max_len` x `MAX_CHARS_PER_TOKEN` characters first: tokenising a 50 MB line
+    whole took gigabytes for the 256 tokens kept."""
+    chars = max_len * MAX_CHARS_PER_TOKEN
+    prompts = tokenizer.encode_batch([r["prompt"][:chars] for r in rows])
+    completions = tokenizer.encode_batch([r["completion"][:chars] for r in rows])
     out = []
     for p, c in zip(prompts, completions):
         c = c + [tokenizer.eos_id] if eos and tokenizer.eos_id is not None else c
@@ -216,9 +228,67 @@ def save_training_state(folder, state: dict) -> None:
             os.replace(folder / STATE, folder / PREVIOUS)
         os.replace(tmp, folder / STATE)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        written = tmp.stat().st_size if tmp.exists() else 0
         _remove_quietly(tmp)
-        raise UserError(f"cannot write the training state {folder / STATE}: {getattr(e, 'strerror', None) or e} "
+        raise UserError(f"cannot write the training state {folder / STATE}: {write_failure(e, folder, written)} "
                         "(the states saved before are kept)") from None
+
+
+class SaveClock:
+    """When a trainer writes its resumable state: after every `save_every`-th step, and once
+    `save_minutes` of wall time have passed since the last save (the interval stretched to 20x the
+    last save's duration: saving stays under 5% of the run). Off (`enabled` False) where no state
+    can be kept (no run folder; FSDP2). Every rank must call `due` at every step: rank 0's clock
+    decides for all (a collective)."""
+
+    def __init__(self, cfg: OptimConfig, enabled: bool = True):
+        self.every, self.enabled = cfg.save_every, enabled
+        self.interval = 60 * getattr(cfg, "save_minutes", 0.0)
+        self.last, self.cost = time.monotonic(), 0.0
+
+    def due(self, step: int) -> bool:
+        if not self.enabled:
+            return False
+        by_steps = bool(self.every) and step % self.every == 0
+        by_time = bool(self.interval) and time.monotonic() - self.last >= max(self.interval, 20 * self.cost)
+        return broadcast_flag(by_steps or by_time)
+
+    def save(self, write: Callable[[], None]) -> None:
+        """Run `write` (a state save), timing it."""
+        began = time.monotonic()
+        write()
+        self.last = time.monotonic()
+        self.cost = self.last - began
+
+
+def data_fingerprint(examples: list[tuple[list[int], list[int]]]) -> str:
+    """A hash of the training examples' token ids: a resume on data whose content changed (even at
+    the same size) is refused (`check_resume`)."""
+    digest = hashlib.sha256()
+    for prompt, completion in examples:
+        digest.update(array("q", prompt).tobytes() + b"|" + array("q", completion).tobytes() + b";")
+    return digest.hexdigest()[:16]
+
+
+def trainable_tokens(example: tuple[list[int], list[int]]) -> int:
+    """The tokens an example's loss covers: its completion's, less the first when there is no prompt
+    to predict it from."""
+    prompt, completion = example
+    return max(0, len(completion) - (0 if prompt else 1))
+
+
+def write_failure(error: BaseException, folder: Path, written: int = 0) -> str:
+    """Why a write into `folder` failed, in words: torch.save's RuntimeError on a full disk reads
+    "[enforce fail at inline_container.cc] unexpected pos", which names no cause."""
+    if getattr(error, "strerror", None):
+        return error.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return str(error)
+    if isinstance(error, RuntimeError) and ("unexpected pos" in str(error) or free < max(written, 1 << 20)):
+        return f"no space left on the device ({free / 2**20:.0f} MB free after {written / 2**20:.0f} MB written)"
+    return str(error)
 
 
 def _remove_quietly(file: Path) -> None:
@@ -230,13 +300,29 @@ def _remove_quietly(file: Path) -> None:
 
 # What a resumed run may change: how far it goes, and how often it evaluates and saves. `resume`,
 # `overwrite`, `out` and `report_to` are how a run is started and watched, not settings of the run.
-RESUMABLE = ("steps", "max_seconds", "max_flops", "eval_every", "save_every")
+RESUMABLE = ("steps", "max_seconds", "max_flops", "eval_every", "save_every", "save_minutes")
 NOT_SETTINGS = ("resume", "overwrite", "out", "report_to")
 
 
 def task_setting(task) -> dict:
-    """A run's task as a setting `check_resume` compares: its name and options (`get_task`'s spec)."""
-    return {"task": getattr(task, "spec", None) or {"name": getattr(task, "name", type(task).__name__)}}
+    """A run's task as a setting `check_resume` compares: its name and options (`get_task`'s spec),
+    and a hash of the content of the files it reads its problems from, if any."""
+    setting = {"task": getattr(task, "spec", None) or {"name": getattr(task, "name", type(task).__name__)}}
+    files = task.data_files() if hasattr(task, "data_files") else []
+    if files:
+        setting["task_data"] = files_fingerprint(files)
+    return setting
+
+
+def files_fingerprint(files) -> str:
+    """A hash of the files' content (read in 1 MB blocks)."""
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
 
 def check_resume(saved: dict | None, now: dict, where) -> None:
@@ -345,6 +431,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     """
     if not examples:
         raise ValueError("no training examples")
+    if not any(map(trainable_tokens, examples)):
+        raise UserError("no example has a completion token to train on (empty completions, or prompts that fill "
+                        "--max-seq-len)")
     rank, size = world()
     refuse_fsdp_states(cfg.save_every, is_fsdp(model))
     if cfg.batch_size % size:
@@ -353,8 +442,16 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     units = pack(examples, cfg.max_seq_len) if cfg.packing else examples
     by_length = cfg.group_by_length and not cfg.packing
     batches = BatchStream(units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None)
+    longest = cfg.max_seq_len if cfg.packing else max(len(p) + len(c) for p, c in examples)
+    memory.check_fits(memory.step_bytes(model, max(1, cfg.batch_size // size), min(longest, cfg.max_seq_len),
+                                        sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                      f"a step of {cfg.batch_size} sequences of up to {longest} tokens",
+                      "lower --batch-size (--grad-accum keeps the batch) or --max-seq-len",
+                      next(model.parameters()).device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    config = {**dataclasses.asdict(cfg), **(settings or {}), "examples": len(examples)}
+    config = {**dataclasses.asdict(cfg), **(settings or {}), "examples": len(examples),
+              "data": data_fingerprint(examples)}
+    clock = SaveClock(cfg, enabled=folder is not None and not is_fsdp(model))
     start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
     ledger, cost = compute.Ledger(), compute.model_cost(model)  # what the run's steps cost (`compute/flops`)
     state_dir = folder.state if folder else None
@@ -410,8 +507,8 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
                 model.train()
             if log:  # before the state: a run resumed from it finds this step's row
                 log(metrics)
-            if state_dir and cfg.save_every and (step + 1) % cfg.save_every == 0 and rank == 0:
-                save(good)
+            if clock.due(step + 1) and rank == 0:
+                clock.save(lambda: save(good))
             if progress:
                 progress(metrics)
             if last or (stop_when and stop_when(metrics)):
@@ -478,7 +575,19 @@ def failed_run(error: BaseException, save: Callable[[], None] | None, where, ste
     if isinstance(error, KeyboardInterrupt):
         print(f"interrupted: {kept}", file=sys.stderr)
         return error
+    if is_out_of_memory(error):  # resuming with the same settings would fail the same way
+        return UserError(f"out of memory after step {step}: this run needs more memory than the machine has: lower "
+                         "--batch-size, --max-seq-len or --max-new-tokens (or set --micro-batch-size) and start "
+                         f"again ({kept.split(':')[0]})")
     return UserError(f"training stopped by {type(error).__name__}: {error}; {kept}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, or torch's allocator failing (CPU: "DefaultCPUAllocator: can't allocate";
+    CUDA: OutOfMemoryError)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "not enough memory" in text
 
 
 def _step_log(folder: RunFolder, rank: int, resumed_at: int | None, then=None):
