@@ -68,7 +68,7 @@ def demo_rounds(run: Path) -> int:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--run", required=True, help="a reasonlab demo folder (its checkpoints/method1)")
     ap.add_argument("--seconds", type=float, default=90.0)
     ap.add_argument("--share", type=float, default=0.5)

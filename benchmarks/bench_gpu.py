@@ -66,7 +66,7 @@ def run(name: str, model, tok, cfg: GRPOConfig) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--models", default="tiny,qwen05")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=256)

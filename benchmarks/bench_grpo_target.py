@@ -40,7 +40,7 @@ from reasonlab.runtime import keep_freed_memory
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", "--checkpoint", default="", help="a starting checkpoint (skips building one)")

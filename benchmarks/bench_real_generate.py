@@ -97,7 +97,7 @@ def theirs(hf_model, tok, prompts: list[str], group: int, new_tokens: int, seed:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", required=True, help="HF folder, reasonlab run folder or .gguf file")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)

@@ -19,7 +19,7 @@ from reasonlab.runtime import keep_freed_memory
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", required=True, help="Hugging Face folder or .gguf file (SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default="runs/real")
     parser.add_argument("--seed", type=int, default=0)

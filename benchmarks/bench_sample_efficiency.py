@@ -24,7 +24,7 @@ from reasonlab.train.loop import TrainConfig, tokenize_examples, train_supervise
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--examples", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--steps", type=int, default=3000)

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 from .config import add_config_args, build_config, narrow
 from .console import TrainProgress, print_results
 from .errors import UserError
-from .outdir import RunFolder
+from .outdir import RunFolder, release_all
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
                       RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions,
                       StudyOptions, ComputeStudyOptions)
@@ -171,7 +171,7 @@ def cmd_pretrain(opts) -> int:
 
     cfg = narrow(opts, PretrainConfig)  # what the checkpoint records
     task = make_task(opts.task, opts.task_arg)
-    folder = RunFolder.claim(opts.out, "pretrain", opts.overwrite, opts.report_to)
+    folder = RunFolder.claim(opts.out, "pretrain", opts.overwrite, opts.report_to, opts.resume)
     with TrainProgress(cfg.steps, "pretrain") as bar:
         model, tok, metrics = pretrain(task, cfg, progress=bar, folder=folder, resume=opts.resume, device=opts.device)
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
@@ -196,7 +196,7 @@ def cmd_rationales(opts) -> int:
 
     cfg = narrow(opts, RationalesConfig)
     task = make_task(opts.task, opts.task_arg, opts.model)
-    folder = RunFolder.claim(opts.out, "rationales", opts.overwrite, opts.report_to)
+    folder = RunFolder.claim(opts.out, "rationales", opts.overwrite, opts.report_to, opts.resume)
     base, tok = load_model_or_exit(opts.model, device=opts.device, task=task)
     teacher = model_or_endpoint(opts.teacher, opts.device)[0] if opts.teacher else None
     judge = None
@@ -258,7 +258,7 @@ def cmd_rl(opts) -> int:
 
     cfg = narrow(opts, GRPOConfig)
     task = make_task(opts.task, opts.task_arg, opts.model)
-    folder = RunFolder.claim(opts.out, "rl", opts.overwrite, opts.report_to)
+    folder = RunFolder.claim(opts.out, "rl", opts.overwrite, opts.report_to, opts.resume)
     setup_distributed(opts.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(opts.model, load_dtype(cfg), opts.device, task)
     rank = world()[0]
@@ -355,7 +355,7 @@ def cmd_eval(opts) -> int:
 def cmd_faithfulness(opts) -> int:
     import random
 
-    from .evaluate import faithfulness_probe
+    from .evaluate import faithfulness_probe, refuse_unreadable
     from .console import percent
 
     task = make_task(opts.task, opts.task_arg, opts.model)
@@ -364,6 +364,7 @@ def cmd_faithfulness(opts) -> int:
     from .tasks.base import problems_for
 
     problems = problems_for(task, opts.problems, "test", opts.seed, "--problems")
+    refuse_unreadable(tokenizer, problems)
     answers = [p.solution or p.answer for p in problems]
     rng = random.Random(opts.seed)
 
@@ -426,8 +427,9 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0])
-    common = argparse.ArgumentParser(add_help=False)
+    # allow_abbrev=False everywhere: `eval --n 8` must not be taken as `--no-trigger`
+    parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0], allow_abbrev=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = {}  # name ("study compute" for a command's sub-command) -> its parser
@@ -436,10 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
         group, _, name = command.name.rpartition(" ")
         if group and group not in groups:
             helps = [c.name.split(" ", 1)[1] for c in COMMANDS if c.name.startswith(group + " ")]
-            groups[group] = sub.add_parser(group, help=f"{group}: {' or '.join(helps)}").add_subparsers(
+            groups[group] = sub.add_parser(group, help=f"{group}: {' or '.join(helps)}", allow_abbrev=False).add_subparsers(
                 dest="sub", required=True, metavar="|".join(helps))
         where = groups[group] if group else sub
-        parser.commands[command.name] = where.add_parser(name, help=command.help, parents=[common])
+        parser.commands[command.name] = where.add_parser(name, help=command.help, parents=[common],
+                                                             allow_abbrev=False)
         add_config_args(parser.commands[command.name], command.options)
     return parser
 
@@ -462,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     name = f"{args.command} {args.sub}" if getattr(args, "sub", None) else args.command
     command = next(c for c in COMMANDS if c.name == name)
+    try:
+        return run_command(command, args, name)
+    finally:
+        release_all()  # the output folders' locks (a test or script may run another command next)
+
+
+def run_command(command: Command, args, name: str) -> int:
     try:  # every option, from the command line or --config, through the one `build_config`
         return command.run(build_config(command.options, args))
     except (UserError, ValueError, OSError, RemoteError) as e:  # OSError: a file or folder that cannot be read or written

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tomllib
 import types
 import typing
@@ -24,7 +25,12 @@ from .jsonl import input_file
 
 FRACTION = {"min": 0, "max": 1}  # limits of a share: **FRACTION in a field's metadata
 SEED = {"min": 0, "max": 2**32 - 1}
+# Upper limits of sizes, checked before any work (a run may still not fit: `memory.check_fits`)
+MAX_ROWS = 65536  # sequences in one batch: a micro-batch, problems per step
+MAX_PROBLEMS = 10**6  # problems one evaluation draws
 FLOAT32_MAX = 3.4028234663852886e38
+# options naming files or folders: a leading ~ is the home folder, as in a shell
+PATH_OPTIONS = {"out", "model", "data", "eval_data", "output", "input", "teacher", "judge", "run_dir"}
 
 
 def unwrap_optional(hint):
@@ -144,6 +150,9 @@ def build_config(cls, args: argparse.Namespace | None = None, file: str | Path |
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None} if args is not None else {}
     for name, value in {**given, **overrides}.items():
         values[name] = _coerce(cls, fields[name], value, "option")
+    for name in PATH_OPTIONS & values.keys():  # `out = "~/x"` in a file: no shell expanded it
+        if isinstance(values[name], str):
+            values[name] = os.path.expanduser(values[name])
     try:
         config = cls(**values)
     except (TypeError, ValueError) as e:
@@ -159,11 +168,17 @@ def narrow(config, cls):
 
 def _read_file(path: Path, known) -> dict:
     """The options in config file `path` (TOML, or JSON); a key not in `known` is a UserError."""
+    path = Path(os.path.expanduser(str(path)))
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise UserError(f"config file {path}: YAML is not read; write the options as TOML (.toml) or JSON (.json)")
     text = input_file(path, "config file").read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path}: not valid TOML ({e})") from None
+    except json.JSONDecodeError as e:
+        kind = "JSON" if path.suffix == ".json" else "JSON (a config file is .toml, or else JSON)"
+        raise UserError(f"config file {path}: not valid {kind}: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: expected a table of options")
     unknown = sorted(set(data) - set(known))

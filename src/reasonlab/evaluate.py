@@ -9,7 +9,7 @@ from itertools import islice
 from dataclasses import dataclass, field
 
 from . import compute
-from .config import SEED, check_options
+from .config import MAX_PROBLEMS, SEED, check_options
 from .engine import SamplingParams, generate
 from .errors import UserError
 from .jsonl import iter_jsonl, jsonl_writer
@@ -95,7 +95,7 @@ class ModelTaskConfig:
     split: str = field(default="test", metadata={"help": "train or test problems", "choices": ("train", "test")})
     style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
     trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
-    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most", "min": 1})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most", "min": 1, "max": 10**6})
     seed: int = field(default=0, metadata={"help": "problem and sampling seed", **SEED})
 
 
@@ -104,14 +104,14 @@ class SampleConfig(ModelTaskConfig):
     """What `reasonlab generate` samples: which problems, how, with what budget."""
 
     task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
-    problems: int = field(default=4, metadata={"help": "how many problems", "min": 1})
-    n: int = field(default=1, metadata={"help": "completions per problem", "min": 1})
+    problems: int = field(default=4, metadata={"help": "how many problems", "min": 1, "max": MAX_PROBLEMS})
+    n: int = field(default=1, metadata={"help": "completions per problem", "min": 1, "max": 1024})
     prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
     temperature: float = field(default=1.0, metadata={"help": "0 = greedy", "min": 0})
-    top_k: int = field(default=0, metadata={"help": "0 = off", "min": 0})
+    top_k: int = field(default=0, metadata={"help": "0 = off", "min": 0, "max": 10**7})
     top_p: float = field(default=1.0, metadata={"help": "1 = off", "above": 0, "max": 1})
-    think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens", "min": 0})
-    extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times", "min": 0})
+    think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens", "min": 0, "max": 10**6})
+    extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times", "min": 0, "max": 100})
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -122,6 +122,7 @@ class SampleConfig(ModelTaskConfig):
 def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
     """Sample `cfg.n` completions for each of `cfg.problems` problems; score each one."""
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
+    refuse_unreadable(tokenizer, problems)
     prompts = [build_prompt(p.question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf,
                             prefill_think=cfg.prefill_think) for p in problems for _ in range(cfg.n)]
     rollout = generate(model, tokenizer, prompts, cfg.sampling())
@@ -134,6 +135,18 @@ def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
                    finish_reason=rollout.finish_reason[i])
         out.append(row)
     return out
+
+
+def refuse_unreadable(tokenizer, problems) -> None:
+    """One UserError naming the first problem with a character `tokenizer` would silently read as
+    its unknown token (the built-in model knows printable ASCII and newline): its answer would be to
+    another question."""
+    lost = tokenizer.unknown_characters({c for p in problems for c in p.question})
+    for i, problem in enumerate(problems if lost else []):
+        if bad := next((c for c in problem.question if c in lost), None):
+            raise UserError(f"problem {i} ({problem.question[:40]!r}...) has the character {bad!r} (U+{ord(bad):04X}), "
+                            f"which the model's tokenizer would read as {tokenizer.unk_token!r}: this model cannot read "
+                            "these problems (the built-in model knows printable ASCII and newline)")
 
 
 # ---- accuracy on held-out problems -------------------------------------------------------------
@@ -397,12 +410,12 @@ def length_control(model, tokenizer, task: Task, problems, targets: list[int], *
 @dataclass
 class EvalConfig(ModelTaskConfig):
     task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
-    problems: int = field(default=200, metadata={"help": "how many problems", "min": 1})
-    k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)", "min": 1})
+    problems: int = field(default=200, metadata={"help": "how many problems", "min": 1, "max": MAX_PROBLEMS})
+    k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)", "min": 1, "max": 1024})
     temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples", "min": 0})
     budgets: str | None = field(default=None, metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32 "
                                                        "(not given: no sweep)", "nonempty": True})
-    extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0})
+    extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0, "max": 100})
     think_for: str | None = field(default=None, metadata={
         "help": "comma-separated length targets N: ask \"think for N tokens\" (what rl --length-target trains), "
                 "uncapped, and report |n - N| / N per N (not given: not measured)", "nonempty": True})
@@ -417,7 +430,7 @@ class EvalConfig(ModelTaskConfig):
                 "prompting", "choices": PROMPT_KINDS})
     keep_completions: int = field(default=200, metadata={
         "help": "greedy completions --output keeps: those of the first N problems (a seeded random sample; "
-                "0 = none)", "min": 0})
+                "0 = none)", "min": 0, "max": MAX_PROBLEMS})
 
     def __post_init__(self):
         check_options(self)
@@ -451,6 +464,7 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
     ``"completions"``, the greedy completions of the first `cfg.keep_completions` problems, so a
     reader sees why an answer was wrong or the format broke."""
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
+    refuse_unreadable(tokenizer, problems)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
     result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy,
                                keep=cfg.keep_completions, prompt=cfg.prompt)

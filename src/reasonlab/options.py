@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config import MAX_PROBLEMS, MAX_ROWS
 from .demo import DemoConfig
 from .evaluate import EvalConfig, SampleConfig
 from .outdir import RunOptions, out_field
@@ -113,7 +114,7 @@ class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
 @dataclass
 class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
-    problems: int = field(default=100, metadata={"help": "held-out problems", "min": 1})
+    problems: int = field(default=100, metadata={"help": "held-out problems", "min": 1, "max": MAX_PROBLEMS})
     style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
     seed: int = 0
     output: str = field(default="", metadata={"help": "write the JSON results here"})
@@ -125,13 +126,13 @@ class ServeOptions(DeviceOptions):
     host: str = "127.0.0.1"
     port: int = 8000  # 0-65535, checked by `cmd_serve`
     max_batch_rows: int = field(default=64, metadata={"help": "rows (prompts x n) one generate call takes at most; "
-                                "concurrent requests share calls up to it", "min": 1})
+                                "concurrent requests share calls up to it", "min": 1, "max": MAX_ROWS})
     max_queue: int = field(default=512, metadata={"help": "rows waiting for the model at most; more: HTTP 429",
-                           "min": 1})
+                           "min": 1, "max": 10**6})
     max_tokens: int = field(default=1024, metadata={"help": "cap on a request's max_tokens; above: HTTP 400",
-                            "min": 1})
+                            "min": 1, "max": 10**6})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "request body size at most; larger: HTTP 413",
-                                "min": 1})
+                                "min": 1, "max": 2**31})
 
 
 DemoOptions = DemoConfig  # all of them the demo's own

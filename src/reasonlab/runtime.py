@@ -41,7 +41,7 @@ class RuntimeOptions:
         "help": "bf16 autocast of the trainers' forward passes (weights and optimiser stay float32): auto = on GPUs; "
                 "on = on CPUs too (fast only where they have AMX or AVX-512 BF16); off", "choices": AUTOCAST})
     lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)",
-                                                "min": 0})
+                                                "min": 0, "max": 65536})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)",
                                                    "above": 0})
     lora_targets: str = field(default="all-linear", metadata={

@@ -35,7 +35,7 @@ from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..tasks.hints import admission, hint_line, wrong_answer
 from ..template import TRIGGER, format_completion
-from ..config import FRACTION
+from ..config import FRACTION, MAX_PROBLEMS
 from .loop import TrainConfig, task_setting, tokenize_examples, train_supervised
 from ..runtime import resolve_device
 
@@ -48,15 +48,15 @@ class PretrainConfig(TrainConfig):
                                                         **FRACTION})
     hint_fraction: float = field(default=0.1, metadata={"help": "share of worked documents with a hint line",
                                                        **FRACTION})
-    corpus_size: int = field(default=20000, metadata={"help": "documents in the corpus", "min": 1})
+    corpus_size: int = field(default=20000, metadata={"help": "documents in the corpus", "min": 1, "max": 10**8})
     target_trigger_acc: float = field(default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)",
                                                             **FRACTION})
     check_problems: int = field(default=100, metadata={"help": "held-out problems per trigger-accuracy check",
-                                                   "min": 1})
-    n_layer: int = field(default=2, metadata={"help": "model layers", "min": 1})
-    n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1})
-    d_model: int = field(default=64, metadata={"help": "model width (a multiple of 2 * n_head)", "min": 2})
-    max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking", "min": 1})
+                                                   "min": 1, "max": MAX_PROBLEMS})
+    n_layer: int = field(default=2, metadata={"help": "model layers", "min": 1, "max": 1024})
+    n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1, "max": 1024})
+    d_model: int = field(default=64, metadata={"help": "model width (a multiple of 2 * n_head)", "min": 2, "max": 65536})
+    max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking", "min": 1, "max": 10**6})
     template_fraction: float = field(default=1.0, metadata={
         "help": "share of documents written in the <think>/<answer> template; the rest are free text (steps, then "
                 "\"The answer is X.\"), and the trigger-accuracy check reads free text too: a base that has seen "

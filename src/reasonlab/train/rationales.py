@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .. import compute
+from ..config import MAX_PROBLEMS
 from ..engine import SamplingParams, generate
 from ..evaluate import evaluate_problems
 from ..jsonl import made_by, write_jsonl_atomic
@@ -54,15 +55,15 @@ from .loop import (TrainConfig, check_resume, discard_training_state, fit_to_mod
 
 @dataclass
 class RationalesConfig(TrainConfig):
-    rounds: int = field(default=3, metadata={"help": "sample -> filter -> fine-tune rounds", "min": 1})
-    problems: int = field(default=2000, metadata={"help": "training problems sampled per round", "min": 1})
-    samples: int = field(default=4, metadata={"help": "k: chains of thought per problem", "min": 1})
+    rounds: int = field(default=3, metadata={"help": "sample -> filter -> fine-tune rounds", "min": 1, "max": 1000})
+    problems: int = field(default=2000, metadata={"help": "training problems sampled per round", "min": 1, "max": MAX_PROBLEMS})
+    samples: int = field(default=4, metadata={"help": "k: chains of thought per problem", "min": 1, "max": 1024})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature for rationales", "min": 0})
-    max_new_tokens: int = field(default=160, metadata={"help": "tokens per rationale at most", "min": 1})
+    max_new_tokens: int = field(default=160, metadata={"help": "tokens per rationale at most", "min": 1, "max": 10**6})
     rationalize: bool = field(default=False, metadata={"help": "retry failed problems with the answer as a hint"})
     continue_training: bool = field(default=False, metadata={"help": "fine-tune the last round's model instead of the base"})
     train_trigger: bool = field(default=True, metadata={"help": "keep the trigger phrase in fine-tuning prompts"})
-    eval_problems: int = field(default=200, metadata={"help": "held-out problems per round", "min": 1})
+    eval_problems: int = field(default=200, metadata={"help": "held-out problems per round", "min": 1, "max": MAX_PROBLEMS})
     judge_rubric: str = field(default="", metadata={"help": "criteria an LLM judge scores each sample against (no gold needed)"})
     judge_threshold: float = field(default=7.0, metadata={"help": "keep samples the judge scores at least this (0-10)",
                                                           "min": 0, "max": 10})
