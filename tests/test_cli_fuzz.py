@@ -28,8 +28,8 @@ from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
 
 PATHS = {"out", "output", "model", "data", "eval_data", "teacher", "judge", "config", "host", "run_dir", "input"}
 SKIP = {"help", "debug"} | PATHS
-FLOATS = ["nan", "inf", "-inf", "-1", "0", "1e300", "1e30", "-0.0", "abc", ""]
-INTS = ["-1", "0", "abc", "1.5", "", "nan"]
+FLOATS = ["nan", "inf", "-inf", "-1", "0", "1e300", "1e30", "-0.0", "abc", "", "1e-40", "1e-300", "5e-324"]
+INTS = ["-1", "0", "abc", "1.5", "", "nan", "1000000000000", "9" * 30, "1e12"]
 STRINGS = ["", "abc", "nan", " "]
 TASK_ARGS = ["digits=0", "digits=abc", "nope=1", "noequals", "digits=999", "digits=-3"]
 
@@ -81,8 +81,11 @@ def options(command: str) -> list[argparse.Action]:
 
 
 def fuzz_value(action: argparse.Action, rng: random.Random) -> list[str]:
-    """The flag(s) setting `action` to a random, probably bad, value."""
+    """The flag(s) setting `action` to a random, probably bad, value; now and then through an
+    abbreviation of its flag, which must be refused."""
     flag = action.option_strings[-1]
+    if rng.random() < 0.1 and len(flag) > 4:
+        return [flag[:rng.randrange(3, len(flag))], "1"]
     if action.nargs == 0:  # a switch: on, or (BooleanOptionalAction) off
         return [rng.choice(action.option_strings)]
     if action.dest == "task_arg":
@@ -232,7 +235,9 @@ def fuzz(seed: int, n: int, files, tmp_path, capsys, monkeypatch):
         if kind == "option":
             extra = fuzz_value(action, rng)
             argv += extra
-            refuse = len(extra) == 2 and must_refuse(command, action, extra[1])
+            flags = {f for a in cli.build_parser().commands[command]._actions for f in a.option_strings}
+            abbreviated = extra[0] not in flags  # argparse took a flag's prefixes as the flag once
+            refuse = abbreviated or (len(extra) == 2 and must_refuse(command, action, extra[1]))
         elif kind == "model":
             shutil.rmtree(inputs / "ck")
             corrupt_model(files / "ck", inputs / "ck", rng)

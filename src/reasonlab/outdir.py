@@ -165,8 +165,11 @@ def mark(folder, command: str, config: dict | None = None) -> None:
         marker = {"command": command, **({"config": config} if config is not None else {})}
         if config is not None or made_by(folder) != command:
             tmp = folder / f"{RUN_MARKER}.tmp"
-            tmp.write_text(json.dumps(marker, indent=2, default=str) + "\n")
-            os.replace(tmp, folder / RUN_MARKER)
+            try:
+                tmp.write_text(json.dumps(marker, indent=2, default=str) + "\n")
+                os.replace(tmp, folder / RUN_MARKER)
+            finally:
+                tmp.unlink(missing_ok=True)  # a full disk left it, and it marks the folder as not a run's
     except OSError as e:
         raise UserError(f"cannot write {folder}: {e.strerror or e}") from None
 

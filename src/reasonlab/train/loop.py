@@ -286,8 +286,10 @@ def write_failure(error: BaseException, folder: Path, written: int = 0) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return str(error)
-    if isinstance(error, RuntimeError) and ("unexpected pos" in str(error) or free < max(written, 1 << 20)):
+    if free < max(written, 1 << 20):
         return f"no space left on the device ({free / 2**20:.0f} MB free after {written / 2**20:.0f} MB written)"
+    if "unexpected pos" in str(error):
+        return f"the write stopped short, as on a full disk ({free / 2**20:.0f} MB free now)"
     return str(error)
 
 
