@@ -23,19 +23,27 @@ per row inside a batch: the engine takes `think_budget` and `max_new_tokens` as 
 `row_seeds` (a row's samples depend only on its own seed, never on the rows it shares a batch
 with). The `generate` call runs in a thread (`asyncio.to_thread`), so the loop keeps accepting
 requests; rows leave the batch as they finish, and each job's future gets its rows. A request
-whose rows would take the waiting rows past `Limits.max_queue`: 429 (alone, a request is always
-taken).
+of more rows than `Limits.max_queue`: 400 before its prompts are even tokenised (it could never be
+taken); one whose rows would take the waiting rows past it: 429 (retry later).
 
 Every step. The engine calls the batcher after each decoding step (`generate`'s ``on_step``) with
 the tokens just written. A streamed job gets them in its queue at once; a row whose client went
 away (a closed stream, or a request that timed out: ASGI's ``http.disconnect``) or whose text
-reached one of its stop strings is ended there, so no step is spent on text nobody reads.
+reached one of its stop strings is ended there, so no step is spent on text nobody reads; a job
+whose client went away leaves the waiting list, and the engine calls its rows had left to run (a
+job above max_batch_rows) are not made.
 
 Streaming is live: each step's token becomes one SSE chunk per row, the thought as
 ``delta.reasoning_content``, then the answer as ``delta.content`` (`protocol.split_reply` with
 ``final=False`` holds back a half-written tag or stop string, so the pieces add up to the
 non-streamed reply), then a chunk with the finish reason, a ``usage`` chunk when
-``stream_options.include_usage``, and ``data: [DONE]``.
+``stream_options.include_usage``, and ``data: [DONE]``. A reply with no ``<think>`` (a stock
+instruct model) is ``delta.content`` as it is written.
+
+Every body field the server reads is checked for its JSON type and range (`protocol`): a client's
+mistake is a 400 naming the parameter, never a 500, including bodies `json.loads` itself fails on
+(an integer past Python's int-string limit, nesting past its recursion limit) and characters the
+built-in tokenizer does not know (it would read them as '?').
 """
 
 from .app import ServerThread, bind, make_app, model_name_of, run_server

@@ -19,8 +19,9 @@ from starlette.routing import Route
 
 from ..remote import BadRequest, error_body
 from .batcher import Batcher, Job, apply_stop, row_seeds
-from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, parse_sampling,
-                       split_reply, token_logprobs, usage, visible)
+from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, json_type, parse_json,
+                       parse_sampling, refuse_unknown_characters, reply_model, split_reply, token_logprobs,
+                       unknown_token_ids, usage, visible)
 
 
 def _error(e: BadRequest) -> JSONResponse:
@@ -55,14 +56,17 @@ class _RowStream:
         return {"index": self.index, "delta": delta, "finish_reason": finish_reason}
 
 
-def _streamed(body: dict, job: Job, header: dict, tokenizer, chat: bool) -> StreamingResponse:
+def _streamed(job: Job, header: dict, tokenizer, chat: bool) -> StreamingResponse:
     """A streamed reply (chat or completions), live: each decoding step's tokens, as the batcher
     puts them in the job's queue, become one SSE chunk per row with the new text (the thought as
     ``delta.reasoning_content``, the answer as ``delta.content``; completions: ``text``). When the
     job is done: the rest (what was held back), a chunk with each row's finish reason, a usage
     chunk when ``stream_options.include_usage``, then ``[DONE]``. A client that goes away ends its
-    rows at the next step."""
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    rows at the next step.
+
+    The chunks ready at one time go out in one write: a client that went away is only seen once
+    the loop runs again, and every write to its closed socket before that is logged by asyncio
+    ("socket.send() raised exception.")."""
     streams = [_RowStream(i, prompt, chat, job.sampling.stop) for i, prompt in enumerate(job.prompts)]
 
     def chunk(choices, **extra):
@@ -76,39 +80,41 @@ def _streamed(body: dict, job: Job, header: dict, tokenizer, chat: bool) -> Stre
             for choice in streams[i].choices(text, final=False):
                 yield chunk([choice])
 
+    def ending(rows: list[Row]):
+        for stream, row in zip(streams, rows):
+            for choice in stream.choices(row.text, final=True):
+                yield chunk([choice])
+            yield chunk([stream.choice(None, finish_reason=row.finish_reason)])
+        if job.sampling.include_usage:
+            yield chunk([], usage=usage(rows))
+        yield _sse("[DONE]")
+
     async def events():
+        getter = None
         try:
             if chat:
-                for row in streams:
-                    yield chunk([{"index": row.index, "delta": {"role": "assistant", "content": ""},
-                                  "finish_reason": None}])
+                yield "".join(chunk([{"index": row.index, "delta": {"role": "assistant", "content": ""},
+                                      "finish_reason": None}]) for row in streams)
             done = False
             while not done:  # each step's tokens until the job is done, then what is left in the queue
                 getter = asyncio.ensure_future(job.stream.get())
                 await asyncio.wait({getter, job.future}, return_when=asyncio.FIRST_COMPLETED)
                 done = not getter.done()
-                if done:
-                    getter.cancel()
                 steps = [] if done else [getter.result()]
                 while not job.stream.empty():
                     steps.append(job.stream.get_nowait())
-                for step in steps:  # one chunk per row per step: a token's text at a time
-                    for event in advance(step):
-                        yield event
+                ready = "".join(event for step in steps for event in advance(step))  # a token's text a chunk
+                if ready:
+                    yield ready
             try:
                 rows = [apply_stop(r, job.sampling.stop, tokenizer) for r in job.future.result()]
             except Exception as e:  # noqa: BLE001 - the worker printed it; the stream has begun (200)
-                yield _sse(error_body(f"internal error: {type(e).__name__}", "server_error"))
-                yield _sse("[DONE]")
+                yield _sse(error_body(f"internal error: {type(e).__name__}", "server_error")) + _sse("[DONE]")
                 return
-            for stream, row in zip(streams, rows):
-                for choice in stream.choices(row.text, final=True):
-                    yield chunk([choice])
-                yield chunk([stream.choice(None, finish_reason=row.finish_reason)])
-            if include_usage:
-                yield chunk([], usage=usage(rows))
-            yield _sse("[DONE]")
+            yield "".join(ending(rows))
         finally:
+            if getter is not None:  # else left pending when Starlette cancels this generator
+                getter.cancel()
             if not job.future.done():  # the client went away (Starlette cancels this generator)
                 job.cancelled = True
 
@@ -149,7 +155,7 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
     created = int(time.time())
     max_len = getattr(model, "max_seq_len", None)
 
-    async def body_of(request: Request):
+    async def body_of(request: Request) -> dict:
         length = request.headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > limits.max_body_bytes:
             raise ServeError(f"the body has {int(length)} bytes, above this server's {limits.max_body_bytes} "
@@ -160,29 +166,35 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             if len(data) > limits.max_body_bytes:
                 raise ServeError(f"the body is larger than this server's {limits.max_body_bytes} bytes", status=413,
                                  code="body_too_large")
-        try:
-            body = json.loads(bytes(data))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ServeError(f"the body is not valid JSON: {e}", code="bad_json") from None
+        body = parse_json(bytes(data))
         if not isinstance(body, dict):
-            raise ServeError("the body must be a JSON object")
+            raise ServeError(f"the body must be a JSON object, got {json_type(body)}")
         return body
 
-    def check_prompts(prompts: list[str]) -> None:
-        for ids in tokenizer.encode_batch(prompts):
+    unknown = unknown_token_ids(tokenizer)
+
+    def check_prompts(prompts: list[str], param: str) -> None:
+        for prompt, ids in zip(prompts, tokenizer.encode_batch(prompts)):
             if not ids:
-                raise ServeError("empty prompt", "prompt")
+                raise ServeError("empty prompt", param)
             if max_len is not None and len(ids) >= max_len:
                 raise ServeError(f"the prompt has {len(ids)} tokens and does not fit the model's {max_len} positions",
-                                 "prompt", code="context_length_exceeded")
+                                 param, code="context_length_exceeded")
+            if unknown & set(ids):  # the unknown token, or a character that is written like it ('?')
+                refuse_unknown_characters(tokenizer, prompt, param)
 
-    def submit(prompts: list[str], s: Sampling, stream: bool) -> Job:
-        """Each prompt `s.n` times (prompt-major) into the batcher's waiting list."""
-        check_prompts(prompts)
+    def submit(prompts: list[str], s: Sampling, param: str) -> Job:
+        """Each prompt `s.n` times (prompt-major) into the batcher's waiting list. The rows are
+        counted before anything else is done with them (a 2,000-prompt request is refused before
+        its prompts are tokenised); a full queue (429) is told after the prompts are checked (a
+        client's mistake is a 400 whether the server is busy or not)."""
+        batcher = state["batcher"]
+        batcher.check_size(len(prompts) * s.n, "n" if s.n > 1 else param)
+        check_prompts(prompts, param)
         rows_per = [p for p in prompts for _ in range(s.n)]
         job = Job(rows_per, row_seeds(s.seed, len(rows_per)), s, asyncio.get_running_loop().create_future(),
-                  asyncio.Queue() if stream else None)
-        state["batcher"].submit(job)
+                  asyncio.Queue() if s.stream else None)
+        batcher.submit(job)
         return job
 
     async def finished(request: Request, job: Job) -> list[Row]:
@@ -194,6 +206,8 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             raise ServeError(f"internal error: {type(e).__name__}", status=500, kind="server_error") from None
         finally:
             watcher.cancel()
+        if job.gone:  # its rows were cut short or skipped; nobody reads this answer (nginx's status for it)
+            raise ServeError("the client closed the request", status=499, code="client_closed")
         return [apply_stop(r, job.sampling.stop, tokenizer) for r in rows]
 
     def rid(prefix: str) -> str:
@@ -204,12 +218,11 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             body = await body_of(request)
             messages = chat_messages(body)
             s = parse_sampling(body, limits, chat=True)
-            prompt = chat_to_prompt(tokenizer, messages, s.budget)
-            job = submit([prompt], s, bool(body.get("stream")))
-            name, ident, now = body.get("model") or model_name, rid("chatcmpl"), int(time.time())
-            if body.get("stream"):
+            name, ident, now = reply_model(body, model_name), rid("chatcmpl"), int(time.time())
+            job = submit([chat_to_prompt(tokenizer, messages, s.budget)], s, "messages")
+            if s.stream:
                 header = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name}
-                return _streamed(body, job, header, tokenizer, chat=True)
+                return _streamed(job, header, tokenizer, chat=True)
             rows = await finished(request, job)
         except BadRequest as e:
             return _error(e)
@@ -232,11 +245,11 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             if not prompts or not all(isinstance(p, str) and p for p in prompts):
                 raise ServeError("'prompt' must be a non-empty string or a non-empty list of them", "prompt")
             s = parse_sampling(body, limits, chat=False)
-            job = submit(prompts, s, bool(body.get("stream")))
-            name, ident, now = body.get("model") or model_name, rid("cmpl"), int(time.time())
-            if body.get("stream"):
+            name, ident, now = reply_model(body, model_name), rid("cmpl"), int(time.time())
+            job = submit(prompts, s, "prompt")
+            if s.stream:
                 header = {"id": ident, "object": "text_completion", "created": now, "model": name}
-                return _streamed(body, job, header, tokenizer, chat=False)
+                return _streamed(job, header, tokenizer, chat=False)
             rows = await finished(request, job)
         except BadRequest as e:
             return _error(e)

@@ -39,21 +39,49 @@ class Batcher:
         self.wake = asyncio.Event()
         self.calls = 0  # generate calls made (tests read how much was batched)
         self.rows_done = 0
-        self.rows_dropped = 0  # rows ended early because their client went away
+        self.rows_dropped = 0  # rows of requests whose client went away: ended early, or never run
         self.busy = False  # a generate call is running
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    def queued_rows(self) -> int:
+        return sum(len(j.prompts) for j in self.waiting)
+
+    def check_size(self, rows: int, param: str) -> None:
+        """A request of `rows` rows (prompts x n) above the whole queue: a 400 (it could never be taken)."""
+        if rows > self.limits.max_queue:
+            raise ServeError(f"the request has {rows} rows (prompts x n), above this server's queue of "
+                             f"{self.limits.max_queue} rows (reasonlab serve --max-queue)", param, code="too_many_rows")
+
     def submit(self, job: Job) -> asyncio.Future:
-        queued = sum(len(j.prompts) for j in self.waiting)
-        if queued and queued + len(job.prompts) > self.limits.max_queue:  # alone, a request is always taken
-            raise ServeError(f"the server is busy: {queued} rows are waiting (limit {self.limits.max_queue}); "
-                             "retry later", status=429, code="queue_full", kind="rate_limit_error")
+        """`job` into the waiting list; a 429 if its rows would take the waiting rows past the queue
+        (later, they may fit). Its size was checked before (`check_size`)."""
+        self._drop_gone()
+        queued, cap = self.queued_rows(), self.limits.max_queue
+        if queued + len(job.prompts) > cap:
+            raise ServeError(f"the server is busy: {queued} rows are waiting (limit {cap}); retry later", status=429,
+                             code="queue_full", kind="rate_limit_error")
         self.waiting.append(job)
         self.wake.set()
         return job.future
 
+    def _drop_gone(self) -> None:
+        """Waiting jobs whose clients went away leave the list (they take no room and no engine call)."""
+        for job in [j for j in self.waiting if j.gone]:
+            self.waiting.remove(job)
+            self._end(job, [])
+
+    def _end(self, job: Job, rows: list[Row]) -> None:
+        """Gives `job` its rows (a job whose client went away: the rows it got, which nobody reads)."""
+        if job.gone:
+            self.rows_dropped += len(job.prompts)
+        if not job.future.done():
+            job.future.set_result(rows)
+
     def _take(self) -> list[Job]:
+        self._drop_gone()
+        if not self.waiting:
+            return []
         key, rows, taken = self.waiting[0].sampling.key, 0, []
         for job in list(self.waiting):
             if not taken or (job.sampling.key == key and rows + len(job.prompts) <= self.limits.max_batch_rows):
@@ -68,10 +96,7 @@ class Batcher:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.waiting:
-                jobs = [j for j in self._take() if not j.gone]
-                if not jobs:
-                    continue
+            while jobs := self._take():
                 self.busy = True
                 try:
                     rows = await asyncio.to_thread(self._generate, jobs)
@@ -83,18 +108,21 @@ class Batcher:
                     continue
                 finally:
                     self.busy = False
-                start = 0
                 for job in jobs:
-                    mine = rows[start:start + len(job.prompts)]
-                    start += len(job.prompts)
-                    if not job.future.done():  # a client that went away: dropped
-                        job.future.set_result(mine)
+                    self._end(job, rows[id(job)])
 
-    def _generate(self, jobs: list[Job]) -> list[Row]:
-        """The jobs' rows through the engine: one call, or calls of max_batch_rows for a job above it."""
-        owners = [(job, i) for job in jobs for i in range(len(job.prompts))]
-        step = self.limits.max_batch_rows
-        return [row for i in range(0, len(owners), step) for row in self._call(owners[i:i + step])]
+    def _generate(self, jobs: list[Job]) -> dict[int, list[Row]]:
+        """The jobs' rows (by `id(job)`) through the engine: one call, or calls of max_batch_rows rows
+        for jobs above it. Before each call the rows of jobs whose client went away are left out, so
+        a large request that lost its client costs no more calls (only the one under way, which
+        ends its rows at the next step: `_listener`)."""
+        pending = [(job, i) for job in jobs for i in range(len(job.prompts))]
+        out: dict[int, list[Row]] = {id(job): [] for job in jobs}
+        while pending := [(job, i) for job, i in pending if not job.gone]:
+            chunk, pending = pending[:self.limits.max_batch_rows], pending[self.limits.max_batch_rows:]
+            for (job, _), row in zip(chunk, self._call(chunk)):
+                out[id(job)].append(row)
+        return out
 
     def _call(self, owners: list[tuple[Job, int]]) -> list[Row]:
         """One `generate` call for these rows (each a job and its row in it), with each row's budget,
@@ -128,9 +156,8 @@ class Batcher:
             ended, streamed = [], {}
             for r, token in zip(rows, tokens):
                 job, i = owners[r]
-                if job.gone:
+                if job.gone:  # counted in rows_dropped when the job ends (`_end`)
                     ended.append(r)
-                    self.rows_dropped += 1
                     continue
                 if job.stream is not None:
                     streamed.setdefault(id(job), (job, []))[1].append((i, token))

@@ -4,7 +4,9 @@ split into the thought (``reasoning_content``) and the answer (``content``), and
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from dataclasses import dataclass
 
 from ..remote import BadRequest
@@ -15,7 +17,9 @@ from ..template import (ANSWER_CLOSE, ANSWER_OPEN, TAGS, THINK_CLOSE, THINK_OPEN
 EFFORT_SHARE = {"none": 0.0, "minimal": 1 / 16, "low": 1 / 4, "medium": 1 / 2, "high": 3 / 4}
 MAX_N = 128
 MAX_EXTENSIONS = 16  # thinking_extensions at most
-# OpenAI parameters the engine has no counterpart for: refused (400 naming them) unless at their no-op value
+MAX_THINKING_TOKENS = 2**31 - 1  # a bound for the engine's integer tensors; any real budget is far below
+# OpenAI parameters the engine has no counterpart for: refused (400 naming them) unless absent, null or at
+# their no-op value (None here: an empty list or object)
 UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
                "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0, "best_of": 1, "echo": False,
                "suffix": None, "audio": None, "modalities": None, "prediction": None}
@@ -42,23 +46,108 @@ class ServeError(BadRequest):
 
 # ---- a request -------------------------------------------------------------------------
 
-def _number(body: dict, key: str, default, kind, low, high=math.inf):
-    value = body.get(key, default)
+def parse_json(data: bytes):
+    """The body, parsed; a 400 (code ``bad_json``) for anything `json.loads` refuses: not JSON, not
+    UTF-8, an integer of more digits than Python converts (``sys.get_int_max_str_digits()``, a
+    ValueError) or nesting deeper than its recursion limit (a RecursionError)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ServeError("the body is not valid JSON: it nests too deep", code="bad_json") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        if "integer string conversion" in str(e):
+            raise ServeError(f"the body has an integer of more than {sys.get_int_max_str_digits()} digits, more "
+                             "than this server reads", code="bad_json") from None
+        raise ServeError(f"the body is not valid JSON: {e}", code="bad_json") from None
+
+
+def unknown_token_ids(tokenizer) -> set[int]:
+    """The ids of the token a tokenizer reads unknown characters as (the built-in one: '?'); none
+    for byte-level vocabularies, which have no unknown token."""
+    unk = getattr(tokenizer, "unk_token", None)
+    return set(tokenizer.encode(unk)) if unk else set()
+
+
+def refuse_unknown_characters(tokenizer, prompt: str, param: str) -> None:
+    """A 400 naming the first character of `prompt` the tokenizer would silently read as its unknown
+    token (`TokenizerAdapter.unknown_characters`: the built-in model knows printable ASCII and newline)."""
+    lost = tokenizer.unknown_characters(set(prompt))
+    if bad := next((c for c in prompt if c in lost), None):
+        raise ServeError(f"character {bad!r} (U+{ord(bad):04X}) is not in the model's vocabulary: its tokenizer "
+                         f"would read it as {tokenizer.unk_token!r} (the built-in model knows printable ASCII and "
+                         "newline)", param, code="unknown_character")
+
+
+def json_type(value) -> str:
+    """The JSON type of a parsed value, as an error message names it (never the value itself: it may
+    be a megabyte list or a 4,000-digit integer)."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                       (list, "an array")):
+        if isinstance(value, kind):  # bool first: True is an int to Python, not to JSON
+            return name
+    return "an object"
+
+
+def _shown(value) -> str:
+    """`value` in an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def typed(body: dict, key: str, kinds: tuple, what: str, default=None):
+    """body[key] when it is one of `kinds`, `default` when absent or null; else a 400 naming `key`.
+    A boolean is only taken where `kinds` has bool (Python counts True as the integer 1)."""
+    value = body.get(key)
     if value is None:
         return default
-    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-        shown = "an integer" if kind is int else "a number"
-        raise ServeError(f"'{key}' must be {shown} in [{low}, {high}], got {value!r}", key)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ServeError(f"'{key}' must be {what}, got {json_type(value)}", key, code="invalid_type")
+    return value
+
+
+def _number(body: dict, key: str, default, kind, low, high=math.inf):
+    what = "an integer" if kind is int else "a number"
+    value = typed(body, key, (int, float) if kind is float else (int,), what)
+    if value is None:
+        return default
+    if kind is float:  # also refuses NaN and Infinity (json.loads takes them) and integers past float range
+        high = min(high, sys.float_info.max)
+    if not low <= value <= high:
+        span = f">= {low}" if high in (math.inf, sys.float_info.max) else f"in [{low}, {high}]"
+        raise ServeError(f"'{key}' must be {what} {span}, got {_shown(value)}", key)
     return kind(value)
+
+
+def _neutral(value, neutral) -> bool:
+    if value is None:
+        return True
+    if neutral is None:
+        return isinstance(value, (list, dict)) and not value
+    if isinstance(neutral, bool):
+        return value is neutral
+    return type(value) in (int, float) and value == neutral  # not True for best_of=1: a boolean is no number
 
 
 def _refuse_unsupported(body: dict) -> None:
     for key, neutral in UNSUPPORTED.items():
-        value = body.get(key)
-        if value is not None and value != neutral and value != {} and value != []:
+        if not _neutral(body.get(key), neutral):
             raise ServeError(f"'{key}' is not supported by this server (the engine has no counterpart)", key,
                              code="unsupported_parameter")
+
+
+def _refuse_response_format(body: dict) -> None:
+    """Only plain text: the engine cannot constrain its output to JSON (json_object, json_schema)."""
+    fmt = typed(body, "response_format", (dict,), "an object")
+    if fmt is not None and fmt.get("type") != "text":
+        raise ServeError("'response_format' must be {\"type\": \"text\"}: this server cannot constrain its output "
+                         "to JSON (json_object, json_schema)", "response_format", code="unsupported_parameter")
+
+
+def reply_model(body: dict, default: str) -> str:
+    """The model a reply names: the request's (OpenAI echoes it), else the server's."""
+    return typed(body, "model", (str,), "a string") or default
 
 
 @dataclass
@@ -74,6 +163,8 @@ class Sampling:
     extend: int  # times an early </think> becomes "Wait," (s1's budget forcing)
     stop: list[str]
     logprobs: bool
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a streamed reply ends with a usage chunk
 
     @property
     def key(self) -> tuple:
@@ -82,55 +173,82 @@ class Sampling:
 
 
 def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
+    """Every body field the server reads besides the prompt or messages and the model, checked
+    (type and range; a wrong one is a 400 naming it) into a `Sampling`."""
     _refuse_unsupported(body)
+    _refuse_response_format(body)
     n = _number(body, "n", 1, int, 1, MAX_N)
-    token_key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, token_key, min(limits.default_max_tokens, limits.max_tokens), int, 1)
+    keys = ["max_completion_tokens", "max_tokens"] if chat else ["max_tokens"]  # chat: the first given wins
+    given = {key: _number(body, key, None, int, 1) for key in keys}  # both checked, even the one not used
+    token_key = next((key for key in keys if given[key] is not None), "max_tokens")
+    max_tokens = given[token_key] or min(limits.default_max_tokens, limits.max_tokens)
     if max_tokens > limits.max_tokens:
-        raise ServeError(f"'{token_key}' is {max_tokens}, above this server's cap of {limits.max_tokens} "
+        raise ServeError(f"'{token_key}' is {_shown(max_tokens)}, above this server's cap of {limits.max_tokens} "
                          "(reasonlab serve --max-tokens)", token_key, code="max_tokens_too_large")
     temperature = _number(body, "temperature", 1.0, float, 0)  # no cap at 2: rationales may ask more
     top_p = _number(body, "top_p", 1.0, float, 0, 1)
     if top_p == 0:
         raise ServeError("'top_p' must be above 0", "top_p")
     seed = _number(body, "seed", None, int, -(2**63), 2**63 - 1)
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else (stop or [])
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise ServeError("'stop' must be a non-empty string or a list of up to 4 of them", "stop")
-    budget = _number(body, "max_thinking_tokens", None, int, 0)
+    budget = _number(body, "max_thinking_tokens", None, int, 0, MAX_THINKING_TOKENS)
     extend = _number(body, "thinking_extensions", 0, int, 0, MAX_EXTENSIONS)
-    effort = body.get("reasoning_effort")
+    effort = typed(body, "reasoning_effort", (str,), f"one of {', '.join(EFFORT_SHARE)}")
     if effort is not None:
         if effort not in EFFORT_SHARE:
-            raise ServeError(f"'reasoning_effort' must be one of {', '.join(EFFORT_SHARE)}, got {effort!r}",
+            raise ServeError(f"'reasoning_effort' must be one of {', '.join(EFFORT_SHARE)}, got {_shown(effort)}",
                              "reasoning_effort")
         if budget is None:  # an explicit max_thinking_tokens wins
             budget = int(EFFORT_SHARE[effort] * max_tokens)
-    logprobs = body.get("logprobs")
-    if chat:
-        if logprobs is not None and not isinstance(logprobs, bool):
-            raise ServeError("'logprobs' must be true or false", "logprobs")
-        logprobs = bool(logprobs)
-    else:  # the legacy API: an integer, the number of top tokens beside the chosen one (0 only here)
-        if logprobs not in (None, 0) and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)):
-            raise ServeError("'logprobs' must be an integer", "logprobs")
-        if logprobs:
-            raise ServeError("'logprobs' above 0 (top alternatives) is not supported: the engine keeps only the "
-                             "chosen token's log-probability (use logprobs=0)", "logprobs",
-                             code="unsupported_parameter")
-        logprobs = logprobs == 0
-    if logprobs and body.get("stream"):
+    stream, include_usage = _streaming(body)
+    logprobs = _logprobs(body, chat)
+    if logprobs and stream:
         raise ServeError("'logprobs' is not supported with 'stream'", "logprobs", code="unsupported_parameter")
-    return Sampling(n, max_tokens, temperature, top_p, seed, budget, extend, stop, logprobs)
+    return Sampling(n, max_tokens, temperature, top_p, seed, budget, extend, _stops(body), logprobs, stream,
+                    include_usage)
+
+
+def _stops(body: dict) -> list[str]:
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise ServeError("'stop' must be a non-empty string or a list of up to 4 of them", "stop")
+    return stop
+
+
+def _streaming(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage): booleans, not strings ("false" is not false)."""
+    stream = typed(body, "stream", (bool,), "a boolean", False)
+    options = typed(body, "stream_options", (dict,), "an object", {})
+    usage = options.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise ServeError(f"'stream_options.include_usage' must be a boolean, got {json_type(usage)}",
+                         "stream_options", code="invalid_type")
+    return stream, bool(usage)
+
+
+def _logprobs(body: dict, chat: bool) -> bool:
+    """Whether to return the chosen tokens' log-probabilities. Chat: `logprobs` is a boolean (and
+    `top_logprobs`, alternatives, is refused above 0 by `_refuse_unsupported`). Legacy completions:
+    an integer or null, the number of top alternatives beside the chosen token: 0 only here (a
+    boolean is not taken for it: false == 0 would turn log-probabilities on)."""
+    if chat:
+        return typed(body, "logprobs", (bool,), "a boolean", False)
+    typed(body, "logprobs", (int,), "an integer or null (0: the chosen tokens' log-probabilities)")
+    top = _number(body, "logprobs", None, int, 0, 5)  # OpenAI's range
+    if top:
+        raise ServeError("'logprobs' above 0 (top alternatives) is not supported: the engine keeps only the "
+                         "chosen token's log-probability (use logprobs=0)", "logprobs", code="unsupported_parameter")
+    return top == 0
 
 
 def _text_of(content, where: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise ServeError(f"{where}: 'content' must be a string or a list of text parts", "messages")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ServeError(f"{where}: 'content' must be a string or a list of text parts ({{\"type\": \"text\", "
+                     "\"text\": a string})", "messages")
 
 
 def chat_messages(body: dict) -> list[dict]:
@@ -163,25 +281,25 @@ def chat_to_prompt(tokenizer, messages: list[dict], budget: int | None) -> str:
 
 def split_reply(text: str, prompt: str | None = None, final: bool = True) -> tuple[str | None, str]:
     """(reasoning_content, content) of a completion: the thought is the text of the first
-    ``<think>`` block, the answer what follows its ``</think>`` without the answer tags, both
-    stripped; for a completion in the template, `template.parse_completion`'s think and answer. An
-    unclosed thought (cut by max_tokens) is all reasoning and no content; no thought, all content.
+    ``<think>`` block, stripped; the answer is the text outside it (what follows its ``</think>``,
+    and what a model wrote before its ``<think>``, if anything), without the answer tags, stripped.
+    For a completion in the template: `template.parse_completion`'s think and answer. An unclosed
+    thought (cut by max_tokens) is all reasoning; no thought (a stock instruct model), all content.
 
     `final=False`: what of an unfinished completion can be sent already, so that a stream's pieces
-    add up to the final split: a tag half written at the end is held back, and so is text before
-    any ``<think>`` until an ``<answer>`` shows the model is answering without one."""
+    add up to the final split: only a tag half written at the end is held back. Text before any
+    ``<think>`` is content as it comes: a model that never thinks streams its whole reply."""
     full = THINK_OPEN + text if prompt_opens_think(prompt) else text
     if not final:
         full = _hold_back(full, TAGS)
-    if THINK_OPEN in full:
-        after = full.split(THINK_OPEN, 1)[1]
-        if THINK_CLOSE not in after:
-            return after.strip(), ""
-        thought, rest = after.split(THINK_CLOSE, 1)
-        return thought.strip(), _untagged(rest)
-    if not final and ANSWER_OPEN not in full:
-        return None, ""
-    return None, _untagged(full)
+    if THINK_OPEN not in full:
+        return None, _untagged(full)
+    before, after = full.split(THINK_OPEN, 1)
+    if THINK_CLOSE not in after:
+        return after.strip(), _untagged(before)
+    thought, rest = after.split(THINK_CLOSE, 1)
+    # Both parts of the answer: joined so that what was streamed of the first stays a prefix
+    return thought.strip(), "\n\n".join(part for part in (_untagged(before), _untagged(rest)) if part)
 
 
 def _untagged(text: str) -> str:
