@@ -54,8 +54,8 @@ class RunOptions:
 
     out: str = out_field("runs/run")
     resume: bool = field(default=False, metadata={
-        "action": "store_true", "help": "continue a stopped run from OUT/state (saved every --save-every steps, "
-        "and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
+        "action": "store_true", "help": "continue a stopped run from OUT/state (saved every --save-minutes and "
+        "--save-every steps, and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
         "and --save-every (and --report-to)"})
     overwrite: bool = field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})
     report_to: str = field(default="auto", metadata={"help": trackers.REPORT_TO_HELP, "metavar": "TRACKERS"})
