@@ -18,7 +18,7 @@ from .errors import UserError
 from .outdir import RunFolder, release_all
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
                       RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions,
-                      StudyOptions, ComputeStudyOptions)
+                      StudyOptions, ComputeStudyOptions, ExportOptions)
 from .remote import RemoteError, RemoteGenerator
 from .runtime import keep_freed_memory
 
@@ -393,6 +393,14 @@ def cmd_report(opts) -> int:
     return 0
 
 
+def cmd_export(opts) -> int:
+    from .model.export import export_summary, run_export
+
+    for line in export_summary(run_export(opts)):
+        print(line)
+    return 0
+
+
 class Command(NamedTuple):
     """A row of `COMMANDS`: the subcommand, its help line, the dataclass of all its options (a command
     that runs a model has `DeviceOptions` among them: --device) and the function it runs."""
@@ -423,6 +431,8 @@ COMMANDS = (
             FaithfulnessOptions, cmd_faithfulness),
     Command("serve", "serve a model over the OpenAI API (chat with reasoning_content, completions), batched", ServeOptions, cmd_serve),
     Command("report", "plots and an HTML page from a run folder", ReportOptions, cmd_report),
+    Command("export", "a model as a GGUF file (llama.cpp, ollama) and/or a plain Hugging Face folder", ExportOptions,
+            cmd_export),
 )
 
 

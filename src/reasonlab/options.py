@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .config import MAX_PROBLEMS, MAX_ROWS
 from .demo import DemoConfig
 from .evaluate import EvalConfig, SampleConfig
+from .model.export import GGUF_TYPES, HF_DTYPES
 from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
 from .study import StudyConfig
@@ -133,6 +134,21 @@ class ServeOptions(DeviceOptions):
                             "min": 1, "max": 10**6})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "request body size at most; larger: HTTP 413",
                                 "min": 1, "max": 2**31})
+
+
+@dataclass
+class ExportOptions:
+    """`export`: a model as a GGUF file and/or a plain Hugging Face folder (at least one)."""
+
+    model: str = field(default="", metadata={"help": "checkpoint, run folder or Hugging Face model folder to export"})
+    gguf: str = field(default="", metadata={"help": "write a GGUF file here (llama.cpp, ollama)", "metavar": "OUT.gguf"})
+    type: str = field(default="f16", metadata={"help": "the GGUF file's tensor type (1-D tensors stay f32)",
+                                               "choices": GGUF_TYPES})
+    hf: str = field(default="", metadata={"help": "write a Hugging Face folder (safetensors) here", "metavar": "OUT_DIR"})
+    dtype: str = field(default="bf16", metadata={"help": "the Hugging Face folder's weight type",
+                                                 "choices": tuple(HF_DTYPES)})
+    overwrite: bool = field(default=False, metadata={"action": "store_true",
+                                                     "help": "replace an existing OUT.gguf or OUT_DIR"})
 
 
 DemoOptions = DemoConfig  # all of them the demo's own

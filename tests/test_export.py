@@ -1,0 +1,262 @@
+"""`reasonlab export`: GGUF files that transformers' own GGUF reader (and llama.cpp) runs, plain
+Hugging Face folders, and a LoRA run's adapter in peft's format.
+
+Every model is tiny and random, built here: the built-in model with its character tokenizer, and
+HF Llama, Qwen2, Qwen3 and Gemma3 (text) from configs, with a byte-level BPE tokenizer trained here
+on a few lines (Qwen2's split regex, Qwen's special tokens, <think> tags as added tokens). Norm
+weights are randomised too, so a norm written wrong (Gemma's 1 + w) shows in the logits. The slow
+test runs a real llama.cpp (llama-cpp-python) on an exported built-in model.
+Run: pytest tests/test_export.py (-m slow for llama.cpp).
+"""
+
+import os
+import stat
+
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("accelerate")
+
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig,  # noqa: E402
+                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
+
+from reasonlab.cli import main  # noqa: E402
+from reasonlab.errors import UserError  # noqa: E402
+from reasonlab.model import GPTConfig, HFCausalLM, TokenizerAdapter, load_model, new_builtin, save_checkpoint  # noqa: E402
+from reasonlab.model.export import export_gguf, export_hf_folder, save_adapter  # noqa: E402
+from reasonlab.template import TAGS, build_prompt  # noqa: E402
+
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TEXT = "12+34\nLet's think step by step.\n<think>4+2=6, 3+1=4</think> <answer>46</answer>"
+
+
+def bpe_tokenizer() -> TokenizerAdapter:
+    """A byte-level BPE tokenizer as Qwen's is made (its split regex, <|endoftext|> as EOS), trained
+    on a few lines; the template tags are added tokens, not special (as Qwen3's <think>)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator([TEXT, "The answer is 46. What is 12 + 35? Think, then answer."] * 20, trainer)
+    core.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAGS])
+    hf = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", chat_template=CHATML)
+    return TokenizerAdapter(hf)
+
+
+def randomise(model, norm_center: float = 1.0):
+    """Weights of a visible size, norms around `norm_center` (Gemma's are offsets from 1)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(norm_center + 0.2 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6)
+
+
+def hf_model(kind: str, tokenizer: TokenizerAdapter) -> HFCausalLM:
+    """A tiny HF model of `kind` with 5 embedding rows past the tokenizer (padded, as Qwen's are)."""
+    rows = len(tokenizer) + 5
+    ids = dict(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, bos_token_id=None)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=rows, head_dim=16, tie_word_embeddings=False, **ids, **SHAPE))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=rows, tie_word_embeddings=True, **ids, **SHAPE))
+    elif kind == "qwen3":  # head_dim 128, as Qwen3's: transformers' GGUF reader takes it from Qwen3Config's default
+        model = Qwen3ForCausalLM(Qwen3Config(vocab_size=rows, head_dim=128, tie_word_embeddings=True, **ids, **SHAPE))
+    else:  # gemma3: five layers slide over 4 positions, the sixth attends to all. Gemma3's own head_dim and
+        # layer pattern: transformers' GGUF reader takes both from Gemma3TextConfig's defaults (llama.cpp reads them)
+        config = Gemma3TextConfig(vocab_size=rows, head_dim=256, query_pre_attn_scalar=256, sliding_window=4,
+                                  **ids, **{**SHAPE, "num_hidden_layers": 6})
+        return HFCausalLM(randomise(Gemma3ForCausalLM(config), norm_center=0.0))
+    return HFCausalLM(randomise(model))
+
+
+def builtin_model():
+    model, tokenizer = new_builtin(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=128))
+    return randomise(model), tokenizer
+
+
+def reread(path):
+    """transformers' own GGUF reader: the model (float32) and the tokenizer of file `path`."""
+    where = dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name)
+    return AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(**where)
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def as_stored(model, type: str):
+    """`model` with each matrix rounded as the file stores it in `type` (f16, bf16, or Q8_0's blocks
+    of 32 along a row: row-wise, so the q/k row reordering does not change it): the logits the file
+    must reproduce exactly, whatever the rounding costs."""
+    import copy
+
+    import numpy as np
+
+    stored = copy.deepcopy(model)
+    kinds = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
+    with torch.no_grad():
+        for p in stored.parameters():
+            if p.ndim < 2 or type == "f32":
+                continue
+            data = p.detach().numpy()
+            if type == "f16" or (type == "q8_0" and data.shape[-1] % 32):
+                rounded = data.astype(np.float16).astype(np.float32)
+            else:
+                rounded = gguf.quants.dequantize(gguf.quants.quantize(data, kinds[type]), kinds[type])
+            p.copy_(torch.from_numpy(rounded.reshape(data.shape)))
+    return stored
+
+
+def model_and_tokenizer(kind):
+    if kind == "builtin":
+        return builtin_model()
+    tokenizer = bpe_tokenizer()
+    return hf_model(kind, tokenizer), tokenizer
+
+
+@pytest.mark.parametrize("kind", ["builtin", "llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("type", ["f32", "f16", "bf16", "q8_0"])
+def test_transformers_reads_back_the_same_logits(tmp_path, kind, type):
+    model, tokenizer = model_and_tokenizer(kind)
+    path = tmp_path / f"{kind}.gguf"
+    summary = export_gguf(model, tokenizer, path, type)
+    assert summary["bytes"] == path.stat().st_size
+    ids = tokenizer.encode(TEXT)
+    back, _ = reread(path)
+    want, got = logits_of(as_stored(model, type), ids), logits_of(back, ids)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    if type in ("f32", "f16"):  # the same greedy choice as the model itself, everywhere
+        assert torch.equal(got.argmax(-1), logits_of(model, ids).argmax(-1))
+
+
+@pytest.mark.parametrize("kind", ["builtin", "qwen2"])
+def test_the_tokenizer_read_back_encodes_the_template_alike(tmp_path, kind):
+    model, tokenizer = model_and_tokenizer(kind)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tokenizer, path, "f16")
+    _, back = reread(path)
+    for text in (TEXT, *TAGS, "a  b\n\n c", "x</answer>y<think>"):
+        assert back.encode(text, add_special_tokens=False) == tokenizer.encode(text), text
+        assert all(len(back.encode(tag, add_special_tokens=False)) == 1 for tag in TAGS)
+    assert back.eos_token_id == tokenizer.eos_id
+    messages = [{"role": "user", "content": "12+34"}]
+    if kind == "builtin":  # the plain prompt the built-in model was trained on
+        assert back.apply_chat_template(messages, tokenize=False) == build_prompt("12+34", "plain")
+    else:
+        assert back.chat_template == tokenizer.hf.chat_template
+
+
+def test_metadata_names_the_stops(tmp_path):
+    model, tokenizer = builtin_model()
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tokenizer, path, "f32")
+    fields = gguf.GGUFReader(path).fields
+
+    def value(key):
+        return fields[key].contents()
+
+    assert value("general.architecture") == "llama"
+    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.merges") == []
+    assert value("tokenizer.ggml.eos_token_id") == tokenizer.eos_id
+    assert value("tokenizer.ggml.eot_token_id") == tokenizer.tags["</answer>"][0]
+    assert value("reasonlab.stop_strings") == ["</answer>"]
+    assert value("tokenizer.ggml.add_bos_token") is False
+    assert len(value("tokenizer.ggml.tokens")) == model.config.vocab_size
+
+
+def test_an_architecture_llama_cpp_would_run_differently_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = bpe_tokenizer()
+    other = HFCausalLM(GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)))
+    with pytest.raises(UserError, match="cannot export a 'gpt2' model to GGUF"):
+        export_gguf(other, tokenizer, tmp_path / "m.gguf")
+    yarn = hf_model("qwen2", tokenizer)
+    yarn.hf.config.rope_parameters = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
+    with pytest.raises(UserError, match="RoPE scaling 'yarn'"):
+        export_gguf(yarn, tokenizer, tmp_path / "m.gguf")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
+
+
+def write_run(tmp_path):
+    model, tokenizer = builtin_model()
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, model, tokenizer)
+    return folder
+
+
+def test_cli_exports_gguf_and_hf(tmp_path, capsys):
+    folder = write_run(tmp_path)
+    out, hf = tmp_path / "out" / "m.gguf", tmp_path / "hf"
+    assert main(["export", "--model", str(folder), "--gguf", str(out), "--type", "q8_0",
+                 "--hf", str(hf), "--dtype", "bf16"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in hf.iterdir()} == {0o666 & ~umask}
+    printed = capsys.readouterr().out
+    assert "m.gguf" in printed and "q8_0" in printed
+    from safetensors import safe_open
+
+    with safe_open(hf / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    reloaded, _ = load_model(hf)
+    original, tokenizer = load_model(folder)
+    with torch.no_grad():
+        for p in original.parameters():
+            p.copy_(p.to(torch.bfloat16).float())  # what the folder holds
+    ids = tokenizer.encode(TEXT)
+    want = logits_of(original, ids)
+    assert (logits_of(reloaded, ids) - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_cli_refusals_are_one_line_and_exit_2(tmp_path, capsys):
+    folder = write_run(tmp_path)
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"keep")
+    assert main(["export", "--model", str(folder), "--gguf", str(out)]) == 2
+    assert out.read_bytes() == b"keep"
+    assert main(["export", "--model", str(folder)]) == 2
+    assert main(["export", "--model", str(folder), "--gguf", str(tmp_path / "x.gguf"), "--type", "q4"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("reasonlab export: error:") for line in errors)
+    assert "--overwrite" in errors[0] and "--gguf" in errors[1] and "q8_0" in errors[2]
+
+
+def test_a_lora_adapter_is_saved_alone_in_peft_format(tmp_path):
+    peft = pytest.importorskip("peft")
+    from reasonlab.runtime import RuntimeOptions, add_lora, plain_model
+
+    tokenizer = bpe_tokenizer()
+    model = add_lora(hf_model("llama", tokenizer), RuntimeOptions(lora_rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)  # a trained adapter: not the zero update it starts as
+    ids = tokenizer.encode(TEXT)
+    tuned = logits_of(model, ids)
+    adapter = save_adapter(model, tmp_path)
+    assert adapter == tmp_path / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    merged = plain_model(model)
+    base = randomise(LlamaForCausalLM(merged.hf.config))  # the same seeded base weights
+    loaded = peft.PeftModel.from_pretrained(base, adapter).eval()
+    assert torch.allclose(logits_of(loaded, ids), tuned, atol=1e-4)
+    assert save_adapter(merged, tmp_path / "other") is None  # merged: no adapter left to save
