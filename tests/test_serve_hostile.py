@@ -23,16 +23,17 @@ HUGE = "9" * 4000  # an integer json.loads still reads (its limit is 4300 digits
 BAD = {"array": [1], "object": {"a": 1}, "string": "x", "boolean": True, "huge integer": HUGE, "null": None}
 NUMBERS = ["n", "max_tokens", "temperature", "top_p", "seed", "max_thinking_tokens", "thinking_extensions"]
 UNSUPPORTED = ["tools", "tool_choice", "functions", "function_call", "logit_bias", "presence_penalty",
-               "frequency_penalty", "top_logprobs", "best_of", "echo", "suffix", "audio", "modalities", "prediction"]
-# Each field the protocol reads, by endpoint, and which of BAD's values it takes (null: "the default")
+               "frequency_penalty", "top_logprobs", "best_of", "suffix", "audio", "modalities", "prediction"]
+# Each field the protocol reads, by endpoint, and which of BAD's values it takes (null: "the default").
+# A completions prompt may be token ids: BAD's array, [1], is one (the id of <eos>).
 FIELDS = {
     CHAT: {"model": {"string", "null"}, "messages": set(), "max_completion_tokens": {"null"},
            "reasoning_effort": {"null"}, "logprobs": {"boolean", "null"}, "stream": {"boolean", "null"},
            "stream_options": {"object", "null"}, "response_format": {"null"}, "stop": {"string", "null"},
-           **{k: {"null"} for k in NUMBERS + UNSUPPORTED}},
-    COMPLETIONS: {"model": {"string", "null"}, "prompt": {"string"}, "reasoning_effort": {"null"},
+           "echo": {"null"}, **{k: {"null"} for k in NUMBERS + UNSUPPORTED}},
+    COMPLETIONS: {"model": {"string", "null"}, "prompt": {"string", "array"}, "reasoning_effort": {"null"},
                   "logprobs": {"null"}, "stream": {"boolean", "null"}, "stream_options": {"object", "null"},
-                  "response_format": {"null"}, "stop": {"string", "null"},
+                  "response_format": {"null"}, "stop": {"string", "null"}, "echo": {"boolean", "null"},
                   **{k: {"null"} for k in NUMBERS + UNSUPPORTED}},
 }
 VALID = {CHAT: {"model": "m", "messages": USER, "max_tokens": 20}, COMPLETIONS: {"model": "m", "prompt": "q\n",

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/chat/completions`` (the reply split into ``message.reasoning_content``, the
 thought, and ``message.content``, the answer, as vLLM's reasoning parsers and DeepSeek's API do),
-``POST /v1/completions`` (raw text, what `remote.RemoteGenerator` reads), ``GET /v1/models``,
+``POST /v1/completions`` (raw text, what `remote.RemoteGenerator` reads; prompts as text or token
+ids, and ``echo`` with ``logprobs`` to score a prompt, as lm-evaluation-harness asks), ``GET /v1/models``,
 ``GET /health`` and ``GET /`` (a chat page). docs/serve.md has the parameters, the thinking budgets
 and measured numbers. `protocol` checks requests and shapes replies, `batcher` turns waiting
 requests into engine calls, `app` is the Starlette app and its uvicorn server.
@@ -39,6 +40,13 @@ Streaming is live: each step's token becomes one SSE chunk per row, the thought 
 non-streamed reply), then a chunk with the finish reason, a ``usage`` chunk when
 ``stream_options.include_usage``, and ``data: [DONE]``. A reply with no ``<think>`` (a stock
 instruct model) is ``delta.content`` as it is written.
+
+Scoring. A completions request with ``echo`` and ``logprobs: k`` gets back its prompt's tokens
+before the completion's, each with its log-probability given the tokens before it and its top k
+alternatives (OpenAI's legacy shape), from one forward pass of the model over the prompt and the
+completion (`scoring.score`, on the worker thread after the rows are written); ``max_tokens: 0``
+scores the prompt alone and makes no engine call. A prompt given as token ids reaches the model as
+those ids (the engine would re-encode a decoded text differently: `batcher._GivenIds`).
 
 Every body field the server reads is checked for its JSON type and range (`protocol`): a client's
 mistake is a 400 naming the parameter, never a 500, including bodies `json.loads` itself fails on

@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from ..remote import BadRequest, error_body
 from .batcher import Batcher, Job, apply_stop, row_seeds
-from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, json_type, parse_json,
-                       parse_sampling, refuse_unknown_characters, reply_model, split_reply, token_logprobs,
-                       unknown_token_ids, usage, visible)
+from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, completion_prompts, json_type,
+                       legacy_logprobs, parse_json, parse_sampling, refuse_unknown_characters, reply_model,
+                       split_reply, token_logprobs, unknown_token_ids, usage, visible)
 
 
 def _error(e: BadRequest) -> JSONResponse:
@@ -95,6 +95,8 @@ def _streamed(job: Job, header: dict, tokenizer, chat: bool) -> StreamingRespons
             if chat:
                 yield "".join(chunk([{"index": row.index, "delta": {"role": "assistant", "content": ""},
                                       "finish_reason": None}]) for row in streams)
+            elif job.sampling.echo:  # each row's prompt first, as the non-streamed text has it
+                yield "".join(chunk([row.choice(row.prompt)]) for row in streams)
             done = False
             while not done:  # each step's tokens until the job is done, then what is left in the queue
                 getter = asyncio.ensure_future(job.stream.get())
@@ -154,6 +156,9 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
     state = {"batcher": None}
     created = int(time.time())
     max_len = getattr(model, "max_seq_len", None)
+    # Token ids a prompt may hold: the tokenizer's, and no more than the model has rows for (an HF
+    # model's embedding is often padded past its tokenizer; the test models have no config)
+    vocab = min(len(tokenizer), getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer))
 
     async def body_of(request: Request) -> dict:
         length = request.headers.get("content-length")
@@ -173,26 +178,39 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
 
     unknown = unknown_token_ids(tokenizer)
 
-    def check_prompts(prompts: list[str], param: str) -> None:
-        for prompt, ids in zip(prompts, tokenizer.encode_batch(prompts)):
+    def check_fits(ids: list[int], s: Sampling, param: str) -> None:
+        """A prompt leaves the model a position to write in (with max_tokens 0, echo, it may fill them all)."""
+        if max_len is not None and len(ids) > max_len - (s.max_tokens > 0):
+            raise ServeError(f"the prompt has {len(ids)} tokens and does not fit the model's {max_len} positions",
+                             param, code="context_length_exceeded")
+
+    def encode_prompts(prompts: list[str], s: Sampling, param: str) -> list[list[int]]:
+        encoded = tokenizer.encode_batch(prompts)
+        for prompt, ids in zip(prompts, encoded):
             if not ids:
                 raise ServeError("empty prompt", param)
-            if max_len is not None and len(ids) >= max_len:
-                raise ServeError(f"the prompt has {len(ids)} tokens and does not fit the model's {max_len} positions",
-                                 param, code="context_length_exceeded")
+            check_fits(ids, s, param)
             if unknown & set(ids):  # the unknown token, or a character that is written like it ('?')
                 refuse_unknown_characters(tokenizer, prompt, param)
+        return encoded
 
-    def submit(prompts: list[str], s: Sampling, param: str) -> Job:
-        """Each prompt `s.n` times (prompt-major) into the batcher's waiting list. The rows are
-        counted before anything else is done with them (a 2,000-prompt request is refused before
-        its prompts are tokenised); a full queue (429) is told after the prompts are checked (a
-        client's mistake is a 400 whether the server is busy or not)."""
+    def submit(prompts: list[str] | None, s: Sampling, param: str, ids: list[list[int]] | None = None) -> Job:
+        """Each prompt `s.n` times (prompt-major) into the batcher's waiting list: texts, or token ids
+        (`ids`; their text, decoded, is what a reply shows). The rows are counted before anything
+        else is done with them (a 2,000-prompt request is refused before its prompts are
+        tokenised); a full queue (429) is told after the prompts are checked (a client's mistake is
+        a 400 whether the server is busy or not)."""
         batcher = state["batcher"]
-        batcher.check_size(len(prompts) * s.n, "n" if s.n > 1 else param)
-        check_prompts(prompts, param)
+        batcher.check_size(len(prompts or ids) * s.n, "n" if s.n > 1 else param)
+        if ids is None:
+            ids = encode_prompts(prompts, s, param)
+        else:
+            for one in ids:
+                check_fits(one, s, param)
+            prompts = tokenizer.decode_batch(ids)
         rows_per = [p for p in prompts for _ in range(s.n)]
-        job = Job(rows_per, row_seeds(s.seed, len(rows_per)), s, asyncio.get_running_loop().create_future(),
+        ids_per = [one for one in ids for _ in range(s.n)]
+        job = Job(rows_per, ids_per, row_seeds(s.seed, len(rows_per)), s, asyncio.get_running_loop().create_future(),
                   asyncio.Queue() if s.stream else None)
         batcher.submit(job)
         return job
@@ -240,27 +258,19 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
     async def completions(request: Request):
         try:
             body = await body_of(request)
-            prompt = body.get("prompt")
-            prompts = prompt if isinstance(prompt, list) else [prompt]
-            if not prompts or not all(isinstance(p, str) and p for p in prompts):
-                raise ServeError("'prompt' must be a non-empty string or a non-empty list of them", "prompt")
+            texts, ids = completion_prompts(body, vocab)
             s = parse_sampling(body, limits, chat=False)
             name, ident, now = reply_model(body, model_name), rid("cmpl"), int(time.time())
-            job = submit(prompts, s, "prompt")
+            job = submit(texts, s, "prompt", ids)
             if s.stream:
                 header = {"id": ident, "object": "text_completion", "created": now, "model": name}
                 return _streamed(job, header, tokenizer, chat=False)
             rows = await finished(request, job)
         except BadRequest as e:
             return _error(e)
-
-        def legacy_logprobs(row):
-            tokens = [t["token"] for t in token_logprobs(tokenizer, row)]
-            offsets = [sum(len(t) for t in tokens[:j]) for j in range(len(tokens))]
-            return {"tokens": tokens, "token_logprobs": row.logprobs, "top_logprobs": None, "text_offset": offsets}
-
-        choices = [{"index": i, "text": r.text, "finish_reason": r.finish_reason,
-                    "logprobs": legacy_logprobs(r) if s.logprobs else None} for i, r in enumerate(rows)]
+        choices = [{"index": i, "text": r.prompt + r.text if s.echo else r.text, "finish_reason": r.finish_reason,
+                    "logprobs": legacy_logprobs(tokenizer, r, s.top_logprobs) if s.logprobs else None}
+                   for i, r in enumerate(rows)]
         return JSONResponse({"id": ident, "object": "text_completion", "created": now, "model": name,
                              "choices": choices, "usage": usage(rows)})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import random
 import sys
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from ..engine import SamplingParams, generate
 from ..template import THINK_CLOSE, THINK_OPEN, prompt_opens_think
 from .protocol import Limits, Row, Sampling, ServeError, visible
+from .scoring import score
 
 
 @dataclass
@@ -18,6 +20,7 @@ class Job:
     """One request's rows (prompt x n) waiting for, or in, a `generate` call."""
 
     prompts: list[str]  # one per row
+    prompt_ids: list[list[int]]  # one per row: what the model reads (checked when the request came)
     seeds: list[int]
     sampling: Sampling
     future: asyncio.Future = field(repr=False)
@@ -125,9 +128,34 @@ class Batcher:
         return out
 
     def _call(self, owners: list[tuple[Job, int]]) -> list[Row]:
-        """One `generate` call for these rows (each a job and its row in it), with each row's budget,
-        extensions, seed and max_tokens; every step's tokens go to the streaming jobs' queues, and rows whose
-        client went away or whose text reached a stop string end there."""
+        """These rows (each a job and its row in it): written by one `generate` call (`_write`),
+        but rows of max_tokens 0 (echo: the prompt alone), which are not; then the rows that echo
+        with logprobs are scored (`_score`)."""
+        rows = [Row(job.prompts[i], "", [], len(job.prompt_ids[i]), 0, "length", []) for job, i in owners]
+        writing = [k for k, (job, _) in enumerate(owners) if job.sampling.max_tokens > 0]
+        if writing:
+            for k, row in zip(writing, self._write([owners[k] for k in writing])):
+                rows[k] = row
+        self.rows_done += len(owners)
+        self._score(owners, rows)
+        return rows
+
+    def _score(self, owners: list[tuple[Job, int]], rows: list[Row]) -> None:
+        """Echo with logprobs: each row's prompt and completion through one forward pass of the model
+        (`scoring.score`), on this worker thread like the engine; rows with the same tokens once (n > 1)."""
+        done = {}
+        for (job, i), row in zip(owners, rows):
+            s = job.sampling
+            if s.echo and s.logprobs and not job.gone:
+                key = (tuple(job.prompt_ids[i]), tuple(row.ids), s.top_logprobs)
+                if key not in done:
+                    done[key] = score(self.model, job.prompt_ids[i], row.ids, s.top_logprobs)
+                row.scored = done[key]
+
+    def _write(self, owners: list[tuple[Job, int]]) -> list[Row]:
+        """One `generate` call for these rows, with each row's budget, extensions, seed and
+        max_tokens; every step's tokens go to the streaming jobs' queues, and rows whose client went
+        away or whose text reached a stop string end there."""
         prompts = [job.prompts[i] for job, i in owners]
         budgets = [job.sampling.budget for job, _ in owners]
         first = owners[0][0].sampling
@@ -136,9 +164,9 @@ class Batcher:
                                 think_budget=budgets if any(b is not None for b in budgets) else None,
                                 extend=[job.sampling.extend for job, _ in owners],
                                 row_seeds=[job.seeds[i] for job, i in owners])
-        rollout = generate(self.model, self.tokenizer, prompts, params, on_step=self._listener(owners))
+        given = _GivenIds(self.tokenizer, prompts, [job.prompt_ids[i] for job, i in owners])
+        rollout = generate(self.model, given, prompts, params, on_step=self._listener(owners))
         self.calls += 1
-        self.rows_done += len(prompts)
         rows = []
         for i, prompt in enumerate(prompts):
             n = int(rollout.lengths[i])
@@ -169,6 +197,24 @@ class Batcher:
                 self.loop.call_soon_threadsafe(job.stream.put_nowait, events)
             return ended
         return on_step
+
+
+class _GivenIds:
+    """The tokenizer, except that encoding this call's prompts gives the ids each row was checked as.
+    The engine encodes its prompt texts itself, and a prompt sent as token ids does not survive
+    decoding and encoding again: the built-in vocabulary's '<', 't', 'h', ... come back as the one
+    <think> token, EOS decodes to nothing, a BPE merges what the client split."""
+
+    def __init__(self, tokenizer, prompts: list[str], ids: list[list[int]]):
+        self._tokenizer, self._prompts, self._ids = tokenizer, prompts, ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if list(texts) != self._prompts:
+            raise ValueError("_GivenIds encodes only the prompts of its own generate call")
+        return [list(ids) for ids in self._ids]
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
 
 
 def row_seeds(seed: int | None, count: int) -> list[int]:
@@ -208,4 +254,6 @@ def apply_stop(row: Row, stops: list[str], tokenizer) -> Row:
     holds = lambda k: any(s in tokenizer.decode(row.ids[:k]) for s in stops)  # noqa: E731
     k = min(bisect.bisect_left(range(len(row.ids) + 1), True, lo=1, key=holds), len(row.ids))
     think = min(row.think_tokens, _think_in_prefix(row.ids, k, tokenizer.tags, prompt_opens_think(row.prompt)))
-    return Row(row.prompt, text, row.ids[:k], row.prompt_tokens, think, "stop", row.logprobs[:k])
+    # A row scored for echo keeps its scores: the reply shows them up to the cut (`legacy_logprobs`).
+    return dataclasses.replace(row, text=text, ids=row.ids[:k], think_tokens=think, finish_reason="stop",
+                               logprobs=row.logprobs[:k])

@@ -4,6 +4,7 @@ split into the thought (``reasoning_content``) and the answer (``content``), and
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -18,10 +19,11 @@ EFFORT_SHARE = {"none": 0.0, "minimal": 1 / 16, "low": 1 / 4, "medium": 1 / 2, "
 MAX_N = 128
 MAX_EXTENSIONS = 16  # thinking_extensions at most
 MAX_THINKING_TOKENS = 2**31 - 1  # a bound for the engine's integer tensors; any real budget is far below
+MAX_TOP_LOGPROBS = 5  # legacy completions' `logprobs` at most (OpenAI's range)
 # OpenAI parameters the engine has no counterpart for: refused (400 naming them) unless absent, null or at
-# their no-op value (None here: an empty list or object)
+# their no-op value (None here: an empty list or object). `echo` only for chat: completions take it.
 UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
-               "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0, "best_of": 1, "echo": False,
+               "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0, "best_of": 1,
                "suffix": None, "audio": None, "modalities": None, "prediction": None}
 
 
@@ -130,8 +132,8 @@ def _neutral(value, neutral) -> bool:
     return type(value) in (int, float) and value == neutral  # not True for best_of=1: a boolean is no number
 
 
-def _refuse_unsupported(body: dict) -> None:
-    for key, neutral in UNSUPPORTED.items():
+def _refuse_unsupported(body: dict, chat: bool) -> None:
+    for key, neutral in {**UNSUPPORTED, **({"echo": False} if chat else {})}.items():
         if not _neutral(body.get(key), neutral):
             raise ServeError(f"'{key}' is not supported by this server (the engine has no counterpart)", key,
                              code="unsupported_parameter")
@@ -165,6 +167,8 @@ class Sampling:
     logprobs: bool
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a streamed reply ends with a usage chunk
+    echo: bool = False  # completions: the prompt comes back before the completion (and is scored with logprobs)
+    top_logprobs: int = 0  # completions with echo: the top alternatives of each token (legacy `logprobs`: k)
 
     @property
     def key(self) -> tuple:
@@ -175,16 +179,11 @@ class Sampling:
 def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
     """Every body field the server reads besides the prompt or messages and the model, checked
     (type and range; a wrong one is a 400 naming it) into a `Sampling`."""
-    _refuse_unsupported(body)
+    _refuse_unsupported(body, chat)
     _refuse_response_format(body)
+    echo = False if chat else typed(body, "echo", (bool,), "a boolean", False)
     n = _number(body, "n", 1, int, 1, MAX_N)
-    keys = ["max_completion_tokens", "max_tokens"] if chat else ["max_tokens"]  # chat: the first given wins
-    given = {key: _number(body, key, None, int, 1) for key in keys}  # both checked, even the one not used
-    token_key = next((key for key in keys if given[key] is not None), "max_tokens")
-    max_tokens = given[token_key] or min(limits.default_max_tokens, limits.max_tokens)
-    if max_tokens > limits.max_tokens:
-        raise ServeError(f"'{token_key}' is {_shown(max_tokens)}, above this server's cap of {limits.max_tokens} "
-                         "(reasonlab serve --max-tokens)", token_key, code="max_tokens_too_large")
+    max_tokens = _max_tokens(body, limits, chat, echo)
     temperature = _number(body, "temperature", 1.0, float, 0)  # no cap at 2: rationales may ask more
     top_p = _number(body, "top_p", 1.0, float, 0, 1)
     if top_p == 0:
@@ -200,11 +199,31 @@ def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
         if budget is None:  # an explicit max_thinking_tokens wins
             budget = int(EFFORT_SHARE[effort] * max_tokens)
     stream, include_usage = _streaming(body)
-    logprobs = _logprobs(body, chat)
+    logprobs, top = _logprobs(body, chat, echo)
     if logprobs and stream:
         raise ServeError("'logprobs' is not supported with 'stream'", "logprobs", code="unsupported_parameter")
     return Sampling(n, max_tokens, temperature, top_p, seed, budget, extend, _stops(body), logprobs, stream,
-                    include_usage)
+                    include_usage, echo, top)
+
+
+def _max_tokens(body: dict, limits: Limits, chat: bool, echo: bool) -> int:
+    """The request's token limit. Chat takes `max_completion_tokens`, else
+    `max_tokens` (both checked, even the one not used). 0 only for completions with `echo`: the
+    prompt alone is returned (and scored, with `logprobs`), nothing written."""
+    keys = ["max_completion_tokens", "max_tokens"] if chat else ["max_tokens"]
+    given = {key: _number(body, key, None, int, 0) for key in keys}
+    for key, value in given.items():
+        if value == 0 and not echo:
+            also = "" if chat else " (0 only with echo: true, which returns the prompt scored)"
+            raise ServeError(f"'{key}' must be an integer >= 1, got 0{also}", key)
+    token_key = next((key for key in keys if given[key] is not None), "max_tokens")
+    max_tokens = given[token_key]
+    if max_tokens is None:
+        max_tokens = min(limits.default_max_tokens, limits.max_tokens)
+    if max_tokens > limits.max_tokens:
+        raise ServeError(f"'{token_key}' is {_shown(max_tokens)}, above this server's cap of {limits.max_tokens} "
+                         "(reasonlab serve --max-tokens)", token_key, code="max_tokens_too_large")
+    return max_tokens
 
 
 def _stops(body: dict) -> list[str]:
@@ -226,19 +245,22 @@ def _streaming(body: dict) -> tuple[bool, bool]:
     return stream, bool(usage)
 
 
-def _logprobs(body: dict, chat: bool) -> bool:
-    """Whether to return the chosen tokens' log-probabilities. Chat: `logprobs` is a boolean (and
-    `top_logprobs`, alternatives, is refused above 0 by `_refuse_unsupported`). Legacy completions:
-    an integer or null, the number of top alternatives beside the chosen token: 0 only here (a
-    boolean is not taken for it: false == 0 would turn log-probabilities on)."""
+def _logprobs(body: dict, chat: bool, echo: bool) -> tuple[bool, int]:
+    """(whether to return the tokens' log-probabilities, how many top alternatives of each). Chat:
+    `logprobs` is a boolean (and `top_logprobs`, alternatives, is refused above 0 by
+    `_refuse_unsupported`). Legacy completions: an integer or null, the number of top alternatives
+    beside the chosen token (a boolean is not taken for it: false == 0 would turn log-probabilities
+    on). Above 0 only with `echo`: the reply is then scored by a forward pass, which has every
+    token's distribution; the engine keeps only the chosen token's log-probability."""
     if chat:
-        return typed(body, "logprobs", (bool,), "a boolean", False)
+        return typed(body, "logprobs", (bool,), "a boolean", False), 0
     typed(body, "logprobs", (int,), "an integer or null (0: the chosen tokens' log-probabilities)")
-    top = _number(body, "logprobs", None, int, 0, 5)  # OpenAI's range
-    if top:
-        raise ServeError("'logprobs' above 0 (top alternatives) is not supported: the engine keeps only the "
-                         "chosen token's log-probability (use logprobs=0)", "logprobs", code="unsupported_parameter")
-    return top == 0
+    top = _number(body, "logprobs", None, int, 0, MAX_TOP_LOGPROBS)
+    if top and not echo:
+        raise ServeError("'logprobs' above 0 (top alternatives) is only supported with echo: true (the prompt and "
+                         "completion scored by a forward pass); the engine keeps only the chosen token's "
+                         "log-probability (use logprobs=0)", "logprobs", code="unsupported_parameter")
+    return top is not None, top or 0
 
 
 def _text_of(content, where: str) -> str:
@@ -249,6 +271,43 @@ def _text_of(content, where: str) -> str:
         return "".join(p["text"] for p in content)
     raise ServeError(f"{where}: 'content' must be a string or a list of text parts ({{\"type\": \"text\", "
                      "\"text\": a string})", "messages")
+
+
+PROMPT_FORMS = ("'prompt' must be a non-empty string, a non-empty list of token ids (integers), or a non-empty "
+                "list of either")
+
+
+def completion_prompts(body: dict, vocab: int) -> tuple[list[str] | None, list[list[int]] | None]:
+    """(texts, None) or (None, token ids): the prompts of a completions request, in any of OpenAI's
+    four forms: a string, a list of strings, a list of token ids, a list of such lists. An id must
+    be an integer (not a boolean, not 3.0) in [0, `vocab`); anything else is a 400 naming `prompt`."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    elif isinstance(prompt, list) and prompt and all(_is_id(t) for t in prompt):
+        prompt = [prompt]  # one prompt of token ids
+    if not isinstance(prompt, list) or not prompt:
+        got = "an empty array" if prompt == [] else json_type(prompt)
+        raise ServeError(f"{PROMPT_FORMS}, got {got}", "prompt", code=None if prompt is None else "invalid_type")
+    if all(isinstance(p, str) for p in prompt):
+        if not all(prompt):
+            raise ServeError("empty prompt", "prompt")
+        return prompt, None
+    if any(isinstance(p, str) for p in prompt):
+        raise ServeError(f"{PROMPT_FORMS}: not strings and token ids mixed", "prompt", code="invalid_type")
+    for i, ids in enumerate(prompt):
+        if not isinstance(ids, list) or not ids or not all(_is_id(t) for t in ids):
+            what = "an empty list" if ids == [] else json_type(ids) if not isinstance(ids, list) else \
+                "a list holding " + json_type(next(t for t in ids if not _is_id(t)))
+            raise ServeError(f"{PROMPT_FORMS}; prompt[{i}] is {what}", "prompt", code="invalid_type")
+        if (bad := next((t for t in ids if not 0 <= t < vocab), None)) is not None:
+            raise ServeError(f"prompt[{i}] has the token id {_shown(bad)}, outside the model's vocabulary "
+                             f"(0-{vocab - 1})", "prompt", code="invalid_token_id")
+    return None, prompt
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to JSON
 
 
 def chat_messages(body: dict) -> list[dict]:
@@ -332,16 +391,28 @@ def visible(text: str, stops: list[str], final: bool) -> str:
 # ---- a reply -----------------------------------------------------------------------------------------
 
 @dataclass
+class Scored:
+    """A row's prompt and completion scored by one forward pass (`scoring.score`): what `echo`
+    with `logprobs` returns. Entry j of `logprobs` and `top` is about ids[j + 1]."""
+
+    ids: list[int]  # the prompt's, then the completion's
+    prompt_len: int
+    logprobs: list[float]  # log p(ids[j + 1] | ids[:j + 1]), at temperature 1: the model's own
+    top: list[list[tuple[int, float]]]  # the top alternatives (id, log-prob) at each place, best first
+
+
+@dataclass
 class Row:
     """One finished completion, as a reply reports it."""
 
-    prompt: str
+    prompt: str  # the prompt's text (a prompt of token ids: decoded)
     text: str
     ids: list[int]
     prompt_tokens: int
     think_tokens: int
     finish_reason: str  # "stop" or "length" (OpenAI's); the engine's "budget" (capped, then answered) is "stop"
     logprobs: list[float]
+    scored: Scored | None = None  # echo with logprobs
 
 
 
@@ -361,3 +432,33 @@ def token_logprobs(tokenizer, row: Row) -> list[dict]:
     texts = tokenizer.decode_batch([[i] for i in row.ids])
     return [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
             for t, lp in zip(texts, row.logprobs)]
+
+
+def legacy_logprobs(tokenizer, row: Row, top: int) -> dict:
+    """Legacy completions' ``choices[i].logprobs``: ``tokens``, ``token_logprobs``, ``top_logprobs``
+    (per token a {token text: log-prob} object of `top` entries, or null when `top` is 0) and
+    ``text_offset`` (where each token starts in the choice's text). Without echo: the completion's
+    tokens with the engine's log-probs. With echo (`row.scored`): the prompt's tokens, then the
+    completion's, from the forward pass; the first token's entries are null (nothing predicts it)."""
+    if row.scored is None:
+        ids, logprobs, tops = row.ids, row.logprobs, None
+    else:
+        kept = row.scored.prompt_len + len(row.ids)  # the completion as cut at a stop string
+        ids, logprobs = row.scored.ids[:kept], [None] + row.scored.logprobs[:kept - 1]
+        tops = [None] + row.scored.top[:kept - 1] if top else None
+    alternatives = {i for place in tops or () if place for i, _ in place}
+    distinct = list(set(ids) | alternatives)
+    text = dict(zip(distinct, tokenizer.decode_batch([[i] for i in distinct])))
+    offsets = list(itertools.accumulate((len(text[i]) for i in ids), initial=0))[:-1]
+    return {"tokens": [text[i] for i in ids], "token_logprobs": logprobs, "text_offset": offsets,
+            "top_logprobs": None if tops is None else [None if p is None else _top_object(p, text) for p in tops]}
+
+
+def _top_object(place: list[tuple[int, float]], text: dict) -> dict:
+    """{token text: log-prob}, best first. Two ids may decode to the same text (a byte-level
+    vocabulary's halves of one character): the better one is kept, so the object's largest value
+    is still the place's best log-prob (lm-eval compares the chosen token's with it: "is greedy")."""
+    out = {}
+    for i, logprob in place:
+        out.setdefault(text[i], logprob)
+    return out
