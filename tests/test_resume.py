@@ -365,15 +365,15 @@ def test_a_full_disk_on_save_is_one_line_and_keeps_the_last_good_state(tmp_path,
     assert load_training_state(tmp_path / "a" / "state")["step"] == 2
     monkeypatch.setattr(torch, "save", real_save)
 
-    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet]) == 0
+    assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet, "--resume"]) == 0  # room again
     before = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
     for code in (errno.ENOSPC, errno.EROFS):  # the checkpoint at the end: a full disk, a read-only one
         def fails(*args, code=code, **kwargs):
             raise OSError(code, os.strerror(code))
 
         monkeypatch.setattr(safetensors.torch, "save_file", fails)
-        assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet]) == 2
+        assert main(["sft", "--data", str(data), "--out", str(out), *SFT, *quiet, "--resume"]) == 2
         assert f"cannot save the checkpoint {out / 'model'}: {os.strerror(code)} (nothing was changed there)" in \
             capsys.readouterr().err
         assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before  # the earlier checkpoint, as it was
-        assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model", "run.json", "state"]  # no .model.tmp-*
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "metrics.jsonl", "model", "run.json", "state"]  # no .model.tmp-*
