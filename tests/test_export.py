@@ -260,3 +260,51 @@ def test_a_lora_adapter_is_saved_alone_in_peft_format(tmp_path):
     loaded = peft.PeftModel.from_pretrained(base, adapter).eval()
     assert torch.allclose(logits_of(loaded, ids), tuned, atol=1e-4)
     assert save_adapter(merged, tmp_path / "other") is None  # merged: no adapter left to save
+
+
+
+def test_a_lora_sft_run_keeps_its_adapter_beside_the_merged_model(tmp_path, capsys):
+    """sft --lora-rank writes OUT/adapter (peft) and OUT/model (merged): the base plus the adapter
+    computes what the merged model computes, and `export` of the run names the adapter."""
+    import json
+
+    peft = pytest.importorskip("peft")
+    tokenizer = bpe_tokenizer()
+    save_checkpoint(tmp_path / "base", hf_model("llama", tokenizer), tokenizer)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"<answer>{i + 1}</answer>"}) + "\n"
+                            for i in range(8)))
+    assert main(["sft", "--model", str(tmp_path / "base"), "--data", str(data), "--steps", "2", "--batch-size", "4",
+                 "--lr", "1e-2", "--lora-rank", "4", "--out", str(tmp_path / "run")]) == 0
+    merged, _ = load_model(tmp_path / "run")
+    base, _ = load_model(tmp_path / "base")
+    ids = tokenizer.encode(TEXT)
+    assert not torch.allclose(logits_of(base, ids), logits_of(merged, ids), atol=1e-4)  # it trained
+    tuned = peft.PeftModel.from_pretrained(base.hf, tmp_path / "run" / "adapter").eval()
+    assert torch.allclose(logits_of(tuned, ids), logits_of(merged, ids), atol=1e-4)
+    capsys.readouterr()
+    assert main(["export", "--model", str(tmp_path / "run"), "--gguf", str(tmp_path / "m.gguf")]) == 0
+    assert f"peft's format: {tmp_path / 'run' / 'adapter'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_exported_file_as_reasonlab_does(tmp_path):
+    """llama.cpp on a built-in model trained a few dozen steps: the same greedy completions (f32,
+    f16) on >= 95% of 50 held-out prompts, stopping where reasonlab stops (benchmarks/
+    bench_export_llamacpp.py measures it; q8_0's numbers are printed, not asserted)."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip('needs llama.cpp: CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python')
+    bench = Path(__file__).parent.parent / "benchmarks" / "bench_export_llamacpp.py"
+    spec = importlib.util.spec_from_file_location("bench_export_llamacpp", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert main(["pretrain", "--task", "chain", "--steps", "60", "--out", str(tmp_path / "run")]) == 0
+    results = module.compare(tmp_path / "run", ("f32", "f16", "q8_0"), n_prompts=50, max_new=64)
+    module.print_table(results)
+    for type in ("f32", "f16"):
+        assert results[type]["same_prompt_tokens"]
+        assert results[type]["identical_greedy"] >= 0.95, (type, results[type])
+    assert results["f32"]["max_top5_logprob_diff"] < 1e-3

@@ -253,6 +253,7 @@ def cmd_serve(opts) -> int:
 
 def cmd_rl(opts) -> int:
     from .model import save_checkpoint, train_record
+    from .model.export import save_adapter
     from .rl import GRPOConfig, train_grpo
     from .runtime import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
@@ -264,6 +265,8 @@ def cmd_rl(opts) -> int:
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
         metrics = train_grpo(model, tok, task, cfg, out_dir=folder, progress=bar, resume=opts.resume)
+    if rank == 0:  # --lora-rank: the adapter alone, in peft's format, beside the merged model
+        save_adapter(model, folder.path)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
         save_checkpoint(folder.model, final, tok, train_record(cfg, task), into=opts.overwrite)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UserError
 from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint, train_record
+from ..model.export import save_adapter
 from ..outdir import RunFolder, RunOptions, out_field
 from .loop import TrainConfig, fit_to_model, held_out_loss, tokenize_examples, train_supervised
 from ..runtime import (RuntimeOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
@@ -98,6 +99,8 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
         folder.start(asdict(cfg))
     metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log,
                                progress=progress if rank == 0 else None, folder=folder, resume=cfg.resume)
+    if rank == 0:  # --lora-rank: the adapter alone, in peft's format, beside the merged model
+        save_adapter(model, folder.path)
     final = plain_model(model)  # every rank: FSDP2 gathers its shards
     if rank == 0:
         save_checkpoint(folder.model, final, tokenizer, train_record(cfg), into=cfg.overwrite)

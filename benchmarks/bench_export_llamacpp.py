@@ -1,0 +1,196 @@
+"""llama.cpp against reasonlab on an exported GGUF: the same greedy completions, the same
+log-probabilities, and the speed of each, on the CPU.
+
+From a checkpoint or run folder (`--model`; its task is the one it was trained on), `--prompts`
+held-out problems in the plain prompt style are completed greedily (at most `--max-new-tokens`,
+stopping at </answer> or EOS) by reasonlab's engine, then by llama.cpp (llama-cpp-python) on the
+model exported with `reasonlab export --gguf` in each of `--types`. llama.cpp stops on its own,
+at the end-of-generation tokens the file names (EOS, and </answer> as end-of-turn), and adds no BOS
+(the file says so), so the token sequences compare as they are. Reported per type:
+
+- prompts: llama.cpp tokenizes every prompt (and a text with the template tags) as reasonlab does;
+- greedy: the share of prompts whose llama.cpp completion is token for token reasonlab's;
+- log-probs: along llama.cpp's completions, reasonlab's log-probabilities of the same prefixes
+  (one forward pass): how often the top token agrees, and the largest difference over each step's
+  top 5 tokens (reasonlab's);
+- speed: new tokens a second, one prompt at a time (prompt processing included), llama.cpp and
+  reasonlab's engine on `--threads` threads; reasonlab's engine with all prompts in one batch too.
+
+The last stdout line is one JSON line of the numbers. tests/test_export.py's slow test runs
+`compare` on a model it trains; llama.cpp is `pip install llama-cpp-python` (it builds llama.cpp
+with cmake: CMAKE_ARGS="-DGGML_NATIVE=ON" for this CPU's instructions).
+
+Run: python benchmarks/bench_export_llamacpp.py --model runs/base [--prompts 50] [--types f32 f16 q8_0]
+     [--max-new-tokens 96] [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reasonlab.engine import SamplingParams, generate
+from reasonlab.model import load_model
+from reasonlab.model.checkpoint import recorded_task
+from reasonlab.model.export import export_gguf
+from reasonlab.runtime import keep_freed_memory
+from reasonlab.tasks import get_task
+from reasonlab.template import build_prompt
+
+TOP = 5  # log-probs compared per step
+INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
+
+
+def task_prompts(model_path, n: int) -> list[str]:
+    spec = recorded_task(model_path)
+    if not isinstance(spec, dict):
+        sys.exit(f"{model_path} records no task it was trained on")
+    task = get_task(spec["name"], **spec.get("options", {}))
+    return [build_prompt(p.question, "plain") for p in task.problems(n, "test", 0)]
+
+
+def reasonlab_greedy(model, tokenizer, prompts, max_new: int):
+    """(completion ids per prompt, seconds) of the engine, one prompt a call."""
+    params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
+    out, start = [], time.perf_counter()
+    for prompt in prompts:
+        r = generate(model, tokenizer, [prompt], params)
+        out.append(r.tokens[0, :int(r.lengths[0])].tolist())
+    return out, time.perf_counter() - start
+
+
+def reasonlab_batched_seconds(model, tokenizer, prompts, max_new: int) -> float:
+    start = time.perf_counter()
+    generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=max_new, temperature=0.0))
+    return time.perf_counter() - start
+
+
+def open_llama(path: Path, n_ctx: int, threads: int):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+
+def llama_greedy(llm, prompt_ids: list[int], max_new: int):
+    """(completion ids, log-prob rows) of llama.cpp's greedy decoding: it stops at the tokens the
+    file marks as end of generation (the last one is kept, as reasonlab's engine keeps it)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    llm.reset()
+    llm.eval(prompt_ids)
+    ids, rows = [], []
+    for _ in range(max_new):
+        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        rows.append(logits - np.logaddexp.reduce(logits))
+        ids.append(int(logits.argmax()))
+        if llama_cpp.llama_vocab_is_eog(vocab, ids[-1]):
+            break
+        llm.eval([ids[-1]])
+    return ids, rows
+
+
+def reasonlab_logprobs(model, prompt_ids: list[int], completion: list[int]) -> np.ndarray:
+    """Log-probs (steps, vocab) of each completion token's prefix, in one forward pass."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + completion[:-1]]))[0, len(prompt_ids) - 1:]
+    return torch.log_softmax(logits.double(), -1).numpy()
+
+
+def compare_logprobs(ours: np.ndarray, theirs: list) -> tuple[int, float]:
+    """(steps whose top token agrees, largest |difference| over our top tokens of any step)."""
+    agree, worst = 0, 0.0
+    for mine, other in zip(ours, theirs):
+        top = np.argsort(-mine)[:TOP]
+        agree += int(mine.argmax() == other.argmax())
+        worst = max(worst, float(np.abs(mine[top] - other[top]).max()))
+    return agree, worst
+
+
+def run_type(model, tokenizer, prompts, ours, gguf_path, max_new, threads) -> dict:
+    """llama.cpp on one exported file against the engine's completions `ours`."""
+    llm = open_llama(gguf_path, model.max_seq_len, threads)
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    tags = "<think>1+2=3</think> <answer>3</answer>"
+    same_tokens = all(llm.tokenize(p.encode(), add_bos=True) == ids for p, ids in zip(prompts, prompt_ids)) \
+        and llm.tokenize(tags.encode()) == tokenizer.encode(tags)
+    theirs, steps, agree, worst = [], 0, 0, 0.0
+    start = time.perf_counter()
+    for ids in prompt_ids:
+        theirs.append(llama_greedy(llm, ids, max_new))
+    seconds = time.perf_counter() - start
+    for ids, (completion, rows) in zip(prompt_ids, theirs):
+        a, w = compare_logprobs(reasonlab_logprobs(model, ids, completion), rows)
+        steps, agree, worst = steps + len(rows), agree + a, max(worst, w)
+    llm.close()
+    tokens = sum(len(c) for c, _ in theirs)
+    identical = sum(c == mine for (c, _), mine in zip(theirs, ours))
+    return {"same_prompt_tokens": same_tokens, "identical_greedy": identical / len(prompts),
+            "top1_agreement": agree / steps, "max_top5_logprob_diff": worst, "tokens": tokens,
+            "tokens_per_s": tokens / seconds, "bytes": gguf_path.stat().st_size,
+            "examples": [tokenizer.decode(c) for c, _ in theirs[:2]]}
+
+
+def compare(model_path, types=("f32", "f16", "q8_0"), n_prompts: int = 50, max_new: int = 96,
+            threads: int = 2) -> dict:
+    """Every number of the module docstring, by type; also the engine's own speeds."""
+    torch.set_num_threads(threads)
+    model, tokenizer = load_model(model_path)
+    model.eval()
+    prompts = task_prompts(model_path, n_prompts)
+    ours, seconds = reasonlab_greedy(model, tokenizer, prompts, max_new)
+    tokens = sum(map(len, ours))
+    results = {"prompts": len(prompts), "reasonlab": {
+        "tokens": tokens, "tokens_per_s": tokens / seconds,
+        "batched_tokens_per_s": tokens / reasonlab_batched_seconds(model, tokenizer, prompts, max_new),
+        "examples": [tokenizer.decode(c) for c in ours[:2]]}}
+    with tempfile.TemporaryDirectory() as folder:
+        for type in types:
+            path = Path(folder) / f"model-{type}.gguf"
+            export_gguf(model, tokenizer, path, type)
+            results[type] = run_type(model, tokenizer, prompts, ours, path, max_new, threads)
+    return results
+
+
+def print_table(results: dict) -> None:
+    ours = results["reasonlab"]
+    print(f"reasonlab engine: {ours['tokens']} tokens, {ours['tokens_per_s']:.0f} tokens/s one prompt at a time, "
+          f"{ours['batched_tokens_per_s']:.0f} tokens/s batched ({results['prompts']} prompts)")
+    print(f"{'type':6s} {'MB':>6s} {'prompts tokenized alike':>24s} {'identical greedy':>17s} {'top-1 agrees':>13s} "
+          f"{'max |dlogp| top5':>17s} {'llama.cpp tok/s':>16s}")
+    for type, r in results.items():
+        if type in ("reasonlab", "prompts"):
+            continue
+        print(f"{type:6s} {r['bytes'] / 1e6:6.2f} {str(r['same_prompt_tokens']):>24s} {r['identical_greedy']:17.1%} "
+              f"{r['top1_agreement']:13.2%} {r['max_top5_logprob_diff']:17.2e} {r['tokens_per_s']:16.0f}")
+
+
+def main() -> None:
+    keep_freed_memory()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        sys.exit(f"needs llama.cpp's Python binding: {INSTALL}")
+    results = compare(args.model, args.types, args.prompts, args.max_new_tokens, args.threads)
+    print_table(results)
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "threads": args.threads}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
