@@ -13,7 +13,7 @@ import sys
 from typing import Callable, NamedTuple
 
 from .config import add_config_args, build_config, narrow
-from .console import TrainProgress, print_results
+from .console import PROGRESS_RULE, TrainProgress, print_results
 from .errors import UserError
 from .outdir import RunFolder, release_all
 from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
@@ -212,8 +212,9 @@ def cmd_rationales(opts) -> int:
                   "not fine-tuned; try --free-form (an instruct model writes no tags), --rationalize, more --samples "
                   "or a --teacher", file=sys.stderr, flush=True)
 
-    model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder, judge=judge,
-                                    log=log, resume=opts.resume)
+    with TrainProgress(cfg.steps, "rationales") as bar:  # each round's fine-tuning, from step 1
+        model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder, judge=judge,
+                                        log=log, progress=bar, resume=opts.resume)
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
     print(f"saved {folder.model}; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
@@ -455,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                 dest="sub", required=True, metavar="|".join(helps))
         where = groups[group] if group else sub
         parser.commands[command.name] = where.add_parser(name, help=command.help, parents=[common],
-                                                             allow_abbrev=False)
+                                                             allow_abbrev=False, epilog=PROGRESS_RULE
+                                                             if command.name in ("pretrain", "sft", "rationales", "rl")
+                                                             else None)
         add_config_args(parser.commands[command.name], command.options)
     return parser
 

@@ -5,8 +5,11 @@ rich is imported inside the functions that draw, so importing this module costs 
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import statistics
+import time
 
 
 def console():
@@ -22,36 +25,135 @@ def percent(value: float | None) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "—"
 
 
+LINES_PER_RUN = 200  # redirected output: a line every ceil(steps / 200) steps at most (see TrainProgress)
+PROGRESS_RULE = ("Progress: on a terminal, a bar with the elapsed time and an ETA; redirected to a file or a pipe, one "
+                 "line a step (step/total, loss, reward, accuracy when evaluated, format rate, lr, tokens/s or "
+                 "steps/s, elapsed, ETA), every ceil(steps/200)-th step when a run has more than 200 steps (at "
+                 "most about 200 lines), and always the first, every evaluated and the last step.")
+
+
 class TrainProgress:
-    """A progress bar over training steps (loss and reward on it); evaluation lines stay printed.
-    The bar appears with the first step's report, so a run that fails while loading shows none."""
+    """Training progress on rank 0, fed one metrics row a step; evaluation lines are printed too.
+
+    On a terminal: a rich bar over the steps (loss and reward on it, elapsed time and ETA).
+    Redirected (a file, a pipe, a CI log: rich would print one bar at the very end): one flushed
+    line a step (`step_line`), every `every`-th step (at most ~`LINES_PER_RUN` a run), and always
+    the first row reported, every evaluated step and the last one (at exit when the run stopped
+    early). Nothing appears before the first row, so a run that fails while loading shows none. A
+    step lower than the last starts over (Method 1 fine-tunes each round from step 1)."""
 
     def __init__(self, total: int, what: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
-        self.total, self.shown = total, False
+        self.total, self.what, self.shown = total, what, False
+        self.every = max(1, math.ceil(total / LINES_PER_RUN))
+        enabled = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 only
+        self.lines = enabled and not console().is_terminal
         self.progress = Progress(TextColumn(what), BarColumn(bar_width=30), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console(),
-                                 disable=os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 only
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                 TimeRemainingColumn(), console=console(), disable=not enabled or self.lines)
+        self.last: dict = {}  # the last row reported (lines: with its elapsed "seconds")
+        self.pending = False  # lines: the last row's line is not printed yet
+        self.mark = None  # lines: (step, seconds, num_tokens) at the last line printed; None before the first
+        self.offset = -time.monotonic()
 
     def __enter__(self):
         self.task = self.progress.add_task("", total=self.total, info="")  # the clock starts here
+        self.offset = -time.monotonic()  # elapsed = monotonic + offset, until a row brings the run's own clock
         return self
 
     def __exit__(self, *exc):
+        if self.pending:  # the run stopped before its last step (--max-seconds, a target reached, an error)
+            self._print_line(self.last)
         if self.shown:
             self.progress.stop()
 
     def __call__(self, m: dict):
+        step = m.get("step", 0)
+        if step < self.last.get("step", 0):  # a new run of steps (Method 1's next round): from step 1 again
+            if self.pending:  # the last round's last step first
+                self._print_line(self.last)
+            self.mark = None
+            self.progress.reset(self.task)
+        elapsed = self._elapsed(m)
+        evals = {k: v for k, v in m.items() if k.startswith("eval") or k == "trigger_acc"}
+        if self.lines:
+            self._line({**m, "seconds": elapsed}, due=bool(evals))
+        else:
+            self._bar(m)
+        if evals:
+            text = f"step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in evals.items())
+            if self.lines:
+                print(text, flush=True)
+            else:
+                self.progress.console.print(text)
+
+    def _elapsed(self, m: dict) -> float:
+        """The run's elapsed seconds at row `m`: its "seconds" (the run's clock, which counts on across
+        a resume), else our clock, set to agree with the last row that had one."""
+        now = time.monotonic()
+        if _number(m, "seconds"):
+            self.offset = m["seconds"] - now
+        return now + self.offset
+
+    def _line(self, m: dict, due: bool) -> None:
+        """Print `m`'s line if it is due (`due`: it was evaluated); else keep it for `__exit__`.
+        Step 0 (the evaluation before any training) has its evaluation line only."""
+        step = m.get("step", 0)
+        self.last, self.pending = m, False
+        if step >= 1 and (due or self.mark is None or step % self.every == 0 or step >= self.total):
+            self._print_line(m)
+        else:
+            self.pending = step >= 1
+
+    def _print_line(self, m: dict) -> None:
+        print(step_line(self.what, self.total, m, self.mark or (0, 0.0, 0)), flush=True)
+        self.mark, self.pending = (m.get("step", 0), m["seconds"], m.get("num_tokens", 0)), False
+
+    def _bar(self, m: dict) -> None:
         if not self.shown:
             self.progress.start()
             self.shown = True
-        shown = [f"{k} {m[k]:.3f}" for k in ("loss", "reward/mean") if isinstance(m.get(k), float)]
+        shown = [f"{k} {m[k]:.3f}" for k in ("loss", "reward") if isinstance(m.get(k), float)]
         self.progress.update(self.task, completed=m.get("step", 0), info=", ".join(shown))
-        evals = {k: v for k, v in m.items() if k.startswith("eval") or k == "trigger_acc"}
-        if evals:
-            self.progress.console.print(f"step {m.get('step', 0)}: " + " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evals.items()))
+        self.last = m
+
+
+def _number(m: dict, key: str) -> bool:
+    return isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)
+
+
+def step_line(what: str, total: int, m: dict, mark: tuple[int, float, int] = (0, 0.0, 0)) -> str:
+    """One step's progress line, its fields in a fixed order, those a row lacks left out:
+    ``rl step=12/114 loss=0.0123 reward=2.310 accuracy=45.0% format=98.0% lr=1.00e-04 steps/s=0.85
+    elapsed=0:00:14 eta=0:01:58``. `m["seconds"]` is the run's elapsed time; tokens/s (rows with
+    ``num_tokens``, a running count) or steps/s are measured since `mark`, (step, seconds,
+    num_tokens) at the line before; the ETA is the steps left at the run's mean time a step so far."""
+    step, elapsed = m.get("step", 0), m["seconds"]
+    number = functools.partial(_number, m)
+    accuracy = next((k for k in ("eval/accuracy", "trigger_acc") if number(k)), None)
+    lr = next((k for k in ("learning_rate", "lr") if number(k)), None)  # "lr" alone: a row logged before the alias
+    fields = [f"step={step}/{total}",
+              f"loss={m['loss']:.4g}" if number("loss") else None,
+              f"reward={m['reward']:.3f}" if number("reward") else None,
+              f"accuracy={percent(m[accuracy])}" if accuracy else None,
+              f"format={percent(m['reward/format_rate'])}" if number("reward/format_rate") else None,
+              f"lr={m[lr]:.2e}" if lr else None]
+    seconds = elapsed - mark[1]
+    if seconds > 0 and step > mark[0]:
+        fields.append(f"tokens/s={(m['num_tokens'] - mark[2]) / seconds:.0f}" if number("num_tokens")
+                      else f"steps/s={(step - mark[0]) / seconds:.3g}")
+    fields += [f"elapsed={clock(elapsed)}", f"eta={clock(elapsed / step * (total - step)) if step > 0 else '?'}",
+               "skipped" if "skipped" in m else None]
+    return f"{what} " + " ".join(f for f in fields if f)
+
+
+def clock(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def demo_rows(results: dict) -> list[tuple[str, str]]:
