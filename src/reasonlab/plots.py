@@ -218,7 +218,8 @@ def plot_loss(steps: list[dict], path: Path) -> Path:
     checks it logged (pretrain: trigger accuracy) and the learning rate."""
     trained = [m for m in steps if "loss" in m]
     checks = sorted({k for m in trained for k, v in m.items()
-                     if isinstance(v, (int, float)) and k not in ("step", "loss", "lr", "grad_norm", "seconds", "eval_loss")})
+                     if isinstance(v, (int, float)) and k not in ("step", "loss", "lr", "grad_norm", "seconds", "eval_loss",
+                                                                 "learning_rate", "num_tokens", "epoch")})
     fig, axes = plt.subplots(1, 3 if checks else 2, figsize=(12 if checks else 9, 3.6))
     x = [m["step"] for m in trained]
     axes[0].plot(x, [m["loss"] for m in trained], color=COLORS["prompt"], label="training")

@@ -79,6 +79,9 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
         "help": "stop once the run's sampling and updates have cost this many FLOPs (2N a sampled token, 6N a "
                 "trained one, plus attention: `compute`; 0 = no limit)", "min": 0})
     eval_problems: int = field(default=200, metadata={"help": "held-out problems per evaluation", "min": 1, "max": MAX_PROBLEMS})
+    log_completions: int = field(default=2, metadata={
+        "help": "completions a step written to samples.jsonl, whole groups first, with their prompt, reward parts "
+                "and verdict", "min": 0, "max": 1024})
     no_format_patience: int = field(default=5, metadata={
         "help": "stop when no completion drawn in the first N steps is well-formed (every reward 0: nothing "
                 "to learn from); 0 = never stop", "min": 0, "max": 10**9})

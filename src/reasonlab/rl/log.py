@@ -3,12 +3,15 @@
 The folder (rank 0 only) is a `RunFolder`: ``run.json`` (the command and its settings),
 ``metrics.jsonl`` (one row a step: metrics first, then the state, so a resumed run finds its row;
 the same rows go to the folder's trackers, `trackers`),
-``samples.jsonl`` (two completions a step), ``state/`` (resumable states) and, from the CLI, ``model/``.
+``samples.jsonl`` (`log_completions` completions a step: prompt, completion, reward parts, verdict),
+``state/`` (resumable states) and, from the CLI, ``model/``.
 
-Metric names follow TRL's where they exist: ``reward/*`` (over every row drawn, and over the
-groups trained on), ``frac_reward_zero_std``, ``completions/*``, ``sampling/*``, ``verify/*``
-(answers the verifier could not judge), ``eval/*`` (held-out greedy accuracy), ``time/*``;
-``budget/*`` in budget-aware RL (the rows cut at their budget: their share, format rate, accuracy).
+Metrics: ``reward/*`` (over every row drawn, and over the groups trained on), ``frac_reward_zero_std``,
+``completions/*``, ``sampling/*``, ``verify/*`` (answers the verifier could not judge), ``eval/*``
+(held-out greedy accuracy), ``time/*``; ``budget/*`` in budget-aware RL (the rows cut at their
+budget: their share, format rate, accuracy). Where TRL's GRPOTrainer logs the same quantity under
+another name, each row carries TRL's name too (`trl_names`; the table is in docs/methods.md,
+"Logged metrics").
 """
 
 from __future__ import annotations
@@ -21,12 +24,26 @@ from ..jsonl import logged_step
 from ..outdir import RunFolder
 from ..rewards import Scores
 from ..tasks.base import VERIFY_EVENTS
-from ..template import parse_completion
 from ..train.loop import discard_training_state
 from ..runtime import all_gather_list, all_reduce_sum
 from .types import Collected, Group, Update
 
-SAMPLES_PER_STEP = 2
+# Our name -> TRL GRPOTrainer's, for the same quantity (over the same rows: `reward` is TRL's mean over
+# every completion generated, so our `reward/sampled_mean`, not `reward/mean` over the groups trained on).
+TRL_NAMES = {"lr": "learning_rate", "reward/sampled_mean": "reward", "reward/sampled_std": "reward_std",
+             "clip_frac": "clip_ratio/region_mean"}
+SCORE_COLUMNS = ("sampled_mean", "sampled_std", "format_rate", "format_std", "accuracy", "accuracy_std")
+
+
+def trl_names(row: dict) -> dict:
+    """`row`'s values under TRL's names where ours differ: `TRL_NAMES`, and each reward part's
+    ``reward/<part>`` and ``reward/<part>_std`` (`Scores.log`) as ``rewards/<part>/mean`` and ``/std``."""
+    out = {trl: row[ours] for ours, trl in TRL_NAMES.items() if ours in row}
+    parts = [k[len("reward/"):-len("_std")] for k in row
+             if k.startswith("reward/") and k.endswith("_std") and k[len("reward/"):] not in SCORE_COLUMNS]
+    for part in (p for p in parts if f"reward/{p}" in row):
+        out.update({f"rewards/{part}/mean": row[f"reward/{part}"], f"rewards/{part}/std": row[f"reward/{part}_std"]})
+    return out
 
 
 class RunLog:
@@ -35,11 +52,13 @@ class RunLog:
 
     def __init__(self, folder: RunFolder | None, log=None, progress=None):
         self.folder, self.log, self.progress = folder, log, progress
+        self.config: dict = {}  # the run's settings (`start`): the reward's points, log_completions
 
     def start(self, config: dict, first: int, resume: bool) -> dict:
         """Mark the folder with the settings; the logs keep only this run (a fresh start empties
         them and drops an earlier run's states, a resumed one drops what came after its state).
         Returns the metrics logged at the step resumed from ({} for a fresh run)."""
+        self.config = config
         if self.folder is None:
             return {}
         self.folder.start(config)
@@ -60,26 +79,64 @@ class RunLog:
             self.folder.close()
 
     def emit(self, row: dict) -> None:
+        """Log `row`, TRL's names added to it in place (`trl_names`: the caller's copy has them too)."""
+        row.update(trl_names(row))
         if self.folder:
             self.folder.log(row)
         for sink in (self.log, self.progress):
             if sink:
                 sink(row)
 
-    def samples(self, step: int, group: Group, G: int) -> None:
-        if self.folder:
-            texts = group.rollout.texts[group.index * G:group.index * G + min(G, SAMPLES_PER_STEP)]
-            self.folder.append(self.folder.samples, [{"step": step, "completion": text,
-                                                      "format_ok": parse_completion(text).format_ok} for text in texts])
+    def samples(self, step: int, collected: Collected, tokenizer) -> None:
+        """The first `log_completions` completions of the step's groups (whole groups first, this
+        rank's: rank 0's under torchrun) to samples.jsonl, with their prompt, reward parts and verdict."""
+        n, G = self.config.get("log_completions", 2), self.config["group_size"]
+        if not self.folder or not n:
+            return
+        rows = []
+        for k, (group, scores) in enumerate(group_scores(collected, G)):
+            if len(rows) == n:
+                break
+            for i in range(group.index * G, (group.index + 1) * G)[:n - len(rows)]:
+                rows.append({"step": step, "group": k, "prompt": tokenizer.decode(group.rollout.prompt_ids[i]),
+                             "completion": group.rollout.texts[i], **self.verdict(scores, i)})
+        self.folder.append(self.folder.samples, rows)
+
+    def verdict(self, scores: Scores, i: int) -> dict:
+        """Row `i`'s reward in parts (format and correct points, each other part by name, the total),
+        its verdict (correct, wrong or broken format) and format_ok."""
+        ok, correct = scores.format_ok[i], scores.correct[i]
+        parts = {"format": self.config["format_points"] if ok else 0.0,  # the "reasoning" part, split
+                 "correct": self.config["correct_points"] if correct else 0.0,
+                 **{name: values[i] for name, values in scores.parts.items() if name != "reasoning"},
+                 "total": scores.total[i]}
+        return {"reward": parts, "verdict": ("correct" if correct else "wrong") if ok else "broken format",
+                "format_ok": ok}
+
+
+def group_scores(collected: Collected, G: int) -> list[tuple[Group, Scores]]:
+    """Each group kept, with the scores of the sampling call it came from. `collected.scores` has one
+    entry a call, in call order, and the groups come in that order too, but a call may keep no group
+    (dynamic sampling dropped them all, every one flat): a call is the next one whose rows number
+    the group's rollout's and whose rewards at the group's rows are the group's (a kept group is not
+    flat under dynamic sampling, so a dropped call never matches it)."""
+    out, calls = [], iter(collected.scores)
+    scores, rollout = None, None
+    for group in collected.groups:
+        if group.rollout is not rollout:
+            rollout = group.rollout
+            scores = next((s for s in calls if len(s.total) == len(rollout.texts)  # float32, as `rewards` is
+                           and torch.equal(torch.tensor(s.total[group.rows(G)]), group.rewards.cpu())), None)
+            if scores is None:
+                raise RuntimeError(f"samples.jsonl: no sampling call's scores match group {group.index}'s rewards")
+        out.append((group, scores))
+    return out
 
 
 def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept: list[float],
                  trained: list[Group], result: Update, verify_before: Counter, task, seconds: dict) -> dict:
     """One step's row (a collective call under torchrun: every rank gathers the same things)."""
     G = len(trained[0].rewards)
-    groups = collected.groups  # every group kept, trained on or skipped as flat
-    lengths = all_gather_list(torch.cat([g.rollout.lengths[g.rows(G)] for g in groups]).tolist())
-    think = all_gather_list([t for g in groups for t in g.rollout.think_tokens[g.rows(G)]])
     flat = collected.flat_everywhere
     reward_all = torch.tensor(kept)
     row = {
@@ -91,8 +148,7 @@ def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept
         "sampling/groups_trained": int(all_reduce_sum(len(trained))),
         # answers scored wrong because the verifier could not judge them (never in silence)
         **{f"verify/{k}": int(all_reduce_sum(task.counts[k] - verify_before[k])) for k in VERIFY_EVENTS},
-        "completions/mean_length": sum(lengths) / len(lengths),
-        "completions/mean_think_tokens": sum(think) / len(think),
+        **completion_stats(collected.groups, G),  # every group kept, trained on or skipped as flat
         **result.stats,
     }
     cut = all_gather_list(collected.cut)  # in the order of `drawn`'s rows
@@ -103,3 +159,17 @@ def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept
     if result.skipped:
         row["skipped"] = "non-finite loss or gradient"
     return {**row, **seconds}
+
+
+def completion_stats(groups: list[Group], G: int) -> dict:
+    """The lengths of the groups' completions (every rank's): mean, min and max, the mean of those
+    that ended on their own, the share cut at max_new_tokens (`clipped_ratio`, TRL's: finish
+    reason "length") and the mean thinking tokens."""
+    lengths = all_gather_list(torch.cat([g.rollout.lengths[g.rows(G)] for g in groups]).tolist())
+    clipped = all_gather_list([r == "length" for g in groups for r in g.rollout.finish_reason[g.rows(G)]])
+    think = all_gather_list([t for g in groups for t in g.rollout.think_tokens[g.rows(G)]])
+    ended = [n for n, cut in zip(lengths, clipped) if not cut] or [0]  # none ended: 0, as TRL logs it
+    return {"completions/mean_length": sum(lengths) / len(lengths), "completions/min_length": min(lengths),
+            "completions/max_length": max(lengths), "completions/mean_terminated_length": sum(ended) / len(ended),
+            "completions/clipped_ratio": sum(clipped) / len(clipped),
+            "completions/mean_think_tokens": sum(think) / len(think)}

@@ -66,7 +66,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                resume: bool = False, held_out=None):
     """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
     out_dir/metrics.jsonl (and to its trackers: `out_dir` may be a `RunFolder` with `report_to`)
-    and two sample completions per step to out_dir/samples.jsonl. With
+    and `cfg.log_completions` completions per step to out_dir/samples.jsonl. With
     `cfg.save_every`, a resumable state (weights, optimiser, reference, problem stream) goes to
     out_dir/state; `resume=True` continues from it: sampling seeds derive from the step, so the run
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
@@ -153,7 +153,7 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
                                   or bool(cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops))
             if held_out and ((step + 1) % cfg.eval_every == 0 or last):
                 metrics.update(evaluate())
-            run.samples(step + 1, collected.groups[0], G)
+            run.samples(step + 1, collected, tokenizer)  # cfg.log_completions rows
             run.emit(metrics)  # before the state: a run resumed from it finds this step's row
             if clock.due(step + 1):
                 clock.save(lambda: save(boundary(collector, step + 1, metrics["seconds"], ledger)))

@@ -57,9 +57,9 @@ class OptimConfig:
                                                    "max": MAX_STEPS})
     save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)",
                                                  "min": 0, "max": MAX_STEPS})
-    save_minutes: float = field(default=2.0, metadata={
+    save_minutes: float = field(default=2.0, metadata={  # no percent sign in a help: argparse formats it (--help failed)
         "help": "also write it every N minutes of training, so a kill loses at most that (stretched to keep saving "
-                "under 5% of the time; 0 = only --save-every)", "min": 0, "max": 10**6})
+                "under 5 percent of the time; 0 = only --save-every)", "min": 0, "max": 10**6})
     max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0})
     seed: int = field(default=0, metadata={"help": "data order, initialisation and sampling seed", **SEED})
 
@@ -301,9 +301,9 @@ def _remove_quietly(file: Path) -> None:
 
 
 # What a resumed run may change: how far it goes, and how often it evaluates and saves. `resume`,
-# `overwrite`, `out` and `report_to` are how a run is started and watched, not settings of the run.
+# `overwrite`, `out`, `report_to` and `log_completions` are how a run is started and watched, not settings of the run.
 RESUMABLE = ("steps", "max_seconds", "max_flops", "eval_every", "save_every", "save_minutes")
-NOT_SETTINGS = ("resume", "overwrite", "out", "report_to")
+NOT_SETTINGS = ("resume", "overwrite", "out", "report_to", "log_completions")
 
 
 def task_setting(task) -> dict:
@@ -500,7 +500,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             optimizer.zero_grad(set_to_none=True)
             good = point(step + 1)
             metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
-                       "seconds": good["seconds"], "compute/flops": all_reduce_sum(ledger.flops(cost))}
+                       "seconds": good["seconds"], "compute/flops": all_reduce_sum(ledger.flops(cost)),
+                       # TRL's names: lr's, the tokens trained on so far, the passes over the examples
+                       "learning_rate": lr_at(step, cfg), "num_tokens": int(all_reduce_sum(ledger.trained)),
+                       "epoch": (step + 1) * cfg.batch_size * cfg.grad_accum / len(units)}
             last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
             if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
                 model.eval()  # every rank evaluates the same model: the same stop decision everywhere
