@@ -163,6 +163,39 @@ def test_the_tokenizer_read_back_encodes_the_template_alike(tmp_path, kind):
         assert back.chat_template == tokenizer.hf.chat_template
 
 
+def sentencepiece_tokenizer() -> TokenizerAdapter:
+    """A SentencePiece-style BPE as Llama 2's tokenizer.json has it: byte fallback (<0xXX> tokens),
+    "▁" for spaces and one before the text, <s> and </s>; the template tags as added tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, trainers
+
+    core = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=specials, show_progress=False)
+    core.train_from_iterator([TEXT, "The answer is 46. What is 12 + 35? Think, then answer."] * 20, trainer)
+    core.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAGS])
+    return TokenizerAdapter(PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                                    unk_token="<unk>"))
+
+
+def test_a_sentencepiece_vocabulary_reads_back(tmp_path):
+    """SentencePiece-style BPE becomes llama.cpp's `llama` vocabulary, scored by merge order: the
+    reader rebuilds the same merges. One difference stays, the reader's as llama.cpp's: text right
+    after an added token gets no second "▁" prefix, which this tokenizer's Prepend normalizer gives."""
+    tokenizer = sentencepiece_tokenizer()
+    model = hf_model("llama", tokenizer)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tokenizer, path, "f32")
+    back, back_tokenizer = reread(path)
+    for text in ("12+34\nLet's think step by step.\n", "a  b\n\n c", "é ü", *TAGS):
+        assert back_tokenizer.encode(text, add_special_tokens=False) == tokenizer.encode(text), text
+    ids = tokenizer.encode(TEXT)
+    assert (logits_of(back, ids) - logits_of(model, ids)).abs().max() <= 1e-4 * logits_of(model, ids).abs().max()
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "llama"
+
+
 def test_metadata_names_the_stops(tmp_path):
     model, tokenizer = builtin_model()
     path = tmp_path / "m.gguf"

@@ -17,7 +17,9 @@ Three kinds of Hugging Face tokenizer are expressed, read from the fast tokenize
   since a wrong one silently tokenizes differently).
 - **SentencePiece-style BPE** (``byte_fallback``, ``▁`` for spaces: Llama 2, Mistral, Gemma) →
   ``llama``, each token's score the negated rank of the merge that makes it (llama.cpp merges the
-  highest-scoring pair first, which is BPE's order).
+  highest-scoring pair first, which is BPE's order). A tokenizer whose normalizer prepends ``▁``
+  (Llama 2's) prepends it again after each added token in Hugging Face; llama.cpp (and
+  transformers' GGUF reader) only at the start: text right after a tag can tokenize differently.
 
 Anything else is one `UserError`. Token types: special added tokens are CONTROL, other added
 tokens USER_DEFINED (matched whole in any text), ``<0xXX>`` tokens BYTE. Embedding rows beyond the
