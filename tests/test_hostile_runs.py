@@ -338,3 +338,14 @@ def error_line_of(err: str) -> str:
     lines = [line for line in err.splitlines() if "error:" in line]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def test_every_command_prints_its_help(capsys):
+    """A `%` in an option's help once crashed argparse's --help for four commands."""
+    from reasonlab.cli import COMMANDS
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as stop:
+            main([*command.name.split(), "--help"])
+        assert stop.value.code == 0, command.name
+        assert "usage: reasonlab" in capsys.readouterr().out

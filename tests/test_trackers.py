@@ -126,8 +126,8 @@ def test_report_to_none_auto_and_a_resume_with_other_trackers(tmp_path):
                  "--report-to", "none"]) == 0
     assert [r["step"] for r in rows_of(out)] == [1, 2, 3, 4, 5]
     assert max(tensorboard_scalars(out)["loss"]) == 4
-    # a fresh run in the folder drops the event files the earlier one left
-    assert main(["sft", "--data", str(data), *SFT[2:], "--steps", "2", "--out", str(out)]) == 0
+    # a fresh run replacing the earlier one (--overwrite) drops the event files it left
+    assert main(["sft", "--data", str(data), *SFT[2:], "--steps", "2", "--out", str(out), "--overwrite"]) == 0
     assert_same(tensorboard_scalars(out), logged(rows_of(out)))
 
 

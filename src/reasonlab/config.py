@@ -76,7 +76,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     for f in fields:
         kind, _ = _field_type(cls, f)
         meta = f.metadata
-        help_text = meta.get("help", "")
+        help_text = meta.get("help", "").replace("%", "%%")  # argparse formats help with %
         if meta.get("positional"):
             parser.add_argument(f.name, help=help_text or None)
             continue

@@ -6,7 +6,8 @@ each stage of a demo or of a Method 1 round writes its own, in one layout (`RunF
     run.json       {"command": "rl", "config": {...}}: the command that made the folder, and its settings
     metrics.jsonl  one row a step (a round, for rationales); under torchrun rank r > 0 writes
                    metrics.rank{r}.jsonl
-    samples.jsonl  completions sampled along the way (rl: two a step)
+    samples.jsonl  completions sampled along the way (rl: --log-completions groups a step, with
+                   their prompts, reward parts and verdicts)
     state/         the resumable training state (state.pt, and the one before it, state.prev.pt)
     model/         the trained checkpoint, written at the end (`--model OUT` finds it)
     report.html    `reasonlab report OUT`
