@@ -196,6 +196,24 @@ def test_a_sentencepiece_vocabulary_reads_back(tmp_path):
     assert gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "llama"
 
 
+def test_pre_tokenizers_are_named_as_llama_cpp_names_them_or_refused():
+    from reasonlab.model.export.vocab import pre_tokenizer_name
+
+    def split(regex):
+        return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    plain = {**byte_level, "use_regex": False}
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [split(QWEN_SPLIT), plain]}) == "qwen2"
+    assert pre_tokenizer_name(byte_level) == "gpt-2"
+    digits = {"type": "Digits", "individual_digits": True}
+    assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [digits, byte_level]}) == "smollm"
+    for unknown in ({"type": "Sequence", "pretokenizers": [split(r"\w+"), plain]},
+                    {"type": "Sequence", "pretokenizers": [{**digits, "individual_digits": False}, byte_level]}):
+        with pytest.raises(UserError, match="llama.cpp knows no pre-tokenizer"):
+            pre_tokenizer_name(unknown)
+
+
 def test_metadata_names_the_stops(tmp_path):
     model, tokenizer = builtin_model()
     path = tmp_path / "m.gguf"
@@ -341,3 +359,25 @@ def test_llama_cpp_runs_the_exported_file_as_reasonlab_does(tmp_path):
         assert results[type]["same_prompt_tokens"]
         assert results[type]["identical_greedy"] >= 0.95, (type, results[type])
     assert results["f32"]["max_top5_logprob_diff"] < 2e-2  # llama.cpp keeps its KV cache in f16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["builtin", "llama", "qwen2", "qwen3", "gemma3"])
+def test_llama_cpp_computes_each_architecture_as_reasonlab_does(tmp_path, kind):
+    """Each exported architecture in llama.cpp itself (f32 weights and KV cache): the logits of
+    every position of a text with the template tags, tokenized by llama.cpp from the text."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason='needs llama.cpp: CMAKE_ARGS="-DGGML_NATIVE=ON" pip install '
+                                    "llama-cpp-python")
+    model, tokenizer = model_and_tokenizer(kind)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tokenizer, path, "f32")
+    f32 = 0  # ggml's type id
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, type_k=f32, type_v=f32,
+                          verbose=False)
+    ids = tokenizer.encode(TEXT)
+    assert llm.tokenize(TEXT.encode()) == ids
+    llm.eval(ids)
+    got, want = torch.tensor(llm.scores[:len(ids)]), logits_of(model, ids)[0]
+    llm.close()
+    # llama.cpp's GELU (Gemma) reads a table of f16 values: 1e-3 there, float32 rounding elsewhere
+    assert (got - want).abs().max() <= (1e-3 if kind == "gemma3" else 1e-4) * want.abs().max()

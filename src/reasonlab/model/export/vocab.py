@@ -142,21 +142,24 @@ def has_byte_level(pre: dict | None) -> bool:
 
 
 def pre_tokenizer_name(pre: dict | None) -> str:
-    """The name llama.cpp (and transformers' GGUF reader) give the split regex of `pre`: GPT-2's
-    own regex (ByteLevel's use_regex, no Split) is "gpt-2"; a Split's regex is looked up in
-    transformers' table of the regexes of each name, so the file reads back as it was written."""
-    splits = [p for p in (pre["pretokenizers"] if pre["type"] == "Sequence" else [pre]) if p["type"] == "Split"]
-    if not splits:
-        byte_level = [p for p in (pre["pretokenizers"] if pre["type"] == "Sequence" else [pre]) if p["type"] == "ByteLevel"]
-        if byte_level and byte_level[0].get("use_regex", True):
-            return "gpt-2"
-        raise UserError("cannot express this byte-level tokenizer in GGUF: it splits text with no regex llama.cpp knows")
-    regex = splits[0]["pattern"].get("Regex") or re.escape(splits[0]["pattern"].get("String", ""))
-    known = pre_tokenizer_names().get(regex)
-    if known is None:
+    """The name llama.cpp gives the way `pre` splits text before the merges: a Split's regex is
+    looked up in transformers' table of each name's regex (so the file reads back as written);
+    GPT-2's own regex (ByteLevel's use_regex) is "gpt-2", with single digits split first (SmolLM)
+    "smollm". Anything else is refused: a wrong name tokenizes differently without a word."""
+    parts = pre["pretokenizers"] if pre["type"] == "Sequence" else [pre]
+    shape = [(p["type"], p.get("use_regex", True) if p["type"] == "ByteLevel" else p.get("individual_digits"))
+             for p in parts]
+    if [t for t, _ in shape] == ["Split", "ByteLevel"] and not shape[1][1]:
+        regex = parts[0]["pattern"].get("Regex") or re.escape(parts[0]["pattern"].get("String", ""))
+        if regex in pre_tokenizer_names():
+            return pre_tokenizer_names()[regex]
         raise UserError(f"cannot express this tokenizer in GGUF: llama.cpp knows no pre-tokenizer with its split regex "
                         f"{regex[:60]!r}... (a wrong one would tokenize differently)")
-    return known
+    known = {(("ByteLevel", True),): "gpt-2", (("Digits", True), ("ByteLevel", True)): "smollm"}
+    if tuple(shape) in known:
+        return known[tuple(shape)]
+    raise UserError(f"cannot express this tokenizer in GGUF: llama.cpp knows no pre-tokenizer that splits text as "
+                    f"{' + '.join(t for t, _ in shape)} does")
 
 
 @functools.cache
