@@ -71,6 +71,10 @@ def hf_model(kind: str, tokenizer: TokenizerAdapter) -> HFCausalLM:
     ids = dict(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, bos_token_id=None)
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(vocab_size=rows, head_dim=16, tie_word_embeddings=False, **ids, **SHAPE))
+    elif kind == "llama3":  # Llama 3's RoPE scaling from 16 positions: every frequency of a head of 16 changes
+        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=rows, head_dim=16, rope_parameters=rope, **ids, **SHAPE))
     elif kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(vocab_size=rows, tie_word_embeddings=True, **ids, **SHAPE))
     elif kind == "qwen3":  # head_dim 128, as Qwen3's: transformers' GGUF reader takes it from Qwen3Config's default
@@ -212,6 +216,21 @@ def test_pre_tokenizers_are_named_as_llama_cpp_names_them_or_refused():
                     {"type": "Sequence", "pretokenizers": [{**digits, "individual_digits": False}, byte_level]}):
         with pytest.raises(UserError, match="llama.cpp knows no pre-tokenizer"):
             pre_tokenizer_name(unknown)
+
+
+def test_llama3_rope_scaling_goes_in_as_frequency_divisors(tmp_path):
+    """llama.cpp divides each RoPE frequency by `rope_freqs`: the plain frequencies over those of
+    transformers' rotary embedding give its own. (transformers' GGUF reader ignores the tensor: only
+    llama.cpp can check the logits, in the slow test.)"""
+    tokenizer = bpe_tokenizer()
+    model = hf_model("llama3", tokenizer)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tokenizer, path, "f16")
+    divisors = {t.name: t for t in gguf.GGUFReader(path).tensors}["rope_freqs.weight"].data
+    plain = 1.0 / 10000.0 ** (torch.arange(0, 16, 2).float() / 16)
+    scaled = model.hf.model.rotary_emb.inv_freq
+    assert torch.allclose(plain / torch.from_numpy(divisors.copy()), scaled, rtol=1e-6)
+    assert 1 < divisors[0] < 8 and (divisors[1:] == 8).all()  # the shortest wavelength is between the bounds
 
 
 def test_metadata_names_the_stops(tmp_path):
@@ -362,7 +381,7 @@ def test_llama_cpp_runs_the_exported_file_as_reasonlab_does(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["builtin", "llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("kind", ["builtin", "llama", "llama3", "qwen2", "qwen3", "gemma3"])
 def test_llama_cpp_computes_each_architecture_as_reasonlab_does(tmp_path, kind):
     """Each exported architecture in llama.cpp itself (f32 weights and KV cache): the logits of
     every position of a text with the template tags, tokenized by llama.cpp from the text."""

@@ -15,6 +15,9 @@ Two layouts differ from Hugging Face's:
   Qwen3 and Gemma3 use the rotate-half ("NEOX") RoPE in llama.cpp too: no reordering.
 - Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's by weight, so Gemma norms are written
   plus one.
+
+Llama 3's RoPE scaling (``rope_type`` "llama3") goes in as llama.cpp's ``rope_freqs`` tensor: one
+divisor per frequency, computed with transformers' own RoPE code.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def check_config(config, arch: Arch) -> None:
     unsupported = []
     for layer_type in set(getattr(config, "layer_types", None) or ["full_attention"]):
         rope = rope_parameters(config, layer_type)
-        if rope["rope_type"] not in ("default", "linear"):
+        if rope["rope_type"] not in ("default", "linear") and not (rope["rope_type"] == "llama3" and arch.gguf == "llama"):
             unsupported.append(f"RoPE scaling {rope['rope_type']!r}")
     if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
         unsupported.append("partial rotary embeddings")
@@ -151,6 +154,8 @@ def gguf_tensors(state: dict[str, torch.Tensor], config, arch: Arch):
     names = gguf.get_tensor_name_map(model_arch, config.num_hidden_layers)
     known = set(gguf.MODEL_TENSORS[model_arch])
     tied = getattr(config, "tie_word_embeddings", False)
+    if rope_parameters(config)["rope_type"] == "llama3":
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_freq_factors(config)
     for hf_name, tensor in state.items():
         if hf_name == "lm_head.weight" and tied:
             continue  # llama.cpp uses the token embedding when output.weight is absent
@@ -159,6 +164,17 @@ def gguf_tensors(state: dict[str, torch.Tensor], config, arch: Arch):
             raise UserError(f"cannot export tensor {hf_name} to GGUF: llama.cpp's {arch.gguf} has no such tensor")
         kind, name = found
         yield name, convert_tensor(tensor, kind, config, arch, hf_name)
+
+
+def rope_freq_factors(config) -> np.ndarray:
+    """Llama 3's RoPE scaling as llama.cpp takes it: a divisor of each rotation frequency (the
+    ``rope_freqs`` tensor), here the plain frequency over the one transformers computes."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    d, base = head_dim(config), rope_parameters(config)["rope_theta"]
+    plain = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+    return (plain / scaled.float()).numpy()
 
 
 def convert_tensor(tensor: torch.Tensor, kind, config, arch: Arch, hf_name: str) -> np.ndarray:
