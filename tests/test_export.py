@@ -305,9 +305,14 @@ def test_cli_refusals_are_one_line_and_exit_2(tmp_path, capsys):
     assert out.read_bytes() == b"keep"
     assert main(["export", "--model", str(folder)]) == 2
     assert main(["export", "--model", str(folder), "--gguf", str(tmp_path / "x.gguf"), "--type", "q4"]) == 2
+    (tmp_path / "link.gguf").symlink_to(out)
+    assert main(["export", "--model", str(folder), "--gguf", str(tmp_path / "link.gguf"), "--overwrite"]) == 2
+    assert main(["export", "--model", str(folder), "--gguf", "/dev/null", "--overwrite"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(line.startswith("reasonlab export: error:") for line in errors)
+    assert len(errors) == 5 and all(line.startswith("reasonlab export: error:") for line in errors)
     assert "--overwrite" in errors[0] and "--gguf" in errors[1] and "q8_0" in errors[2]
+    assert all("not a regular file" in line for line in errors[3:])
+    assert out.read_bytes() == b"keep" and os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
 
 
 def test_a_lora_adapter_is_saved_alone_in_peft_format(tmp_path):

@@ -97,11 +97,13 @@ def require_gguf():
 
 
 def output_file(path, overwrite: bool) -> Path:
-    """`path` (``~`` expanded) ready to be written: its folder made; a folder, or an existing file
-    without `overwrite`, refused."""
+    """`path` (``~`` expanded) ready to be written: its folder made; a folder, a link, a device, or
+    an existing file without `overwrite`, refused."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{path} is a folder; give the GGUF file's name")
+    if path.is_symlink() or (path.exists() and not path.is_file()):  # the rename would replace the link, or a device
+        raise UserError(f"{path} is not a regular file (a link, a device or a pipe): give another name")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it")
     try:
