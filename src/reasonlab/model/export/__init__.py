@@ -89,10 +89,16 @@ def export_gguf(model, tokenizer, path, type: str = "f16", overwrite: bool = Fal
 
 
 def require_gguf():
+    """The gguf package, new enough to write every key the export writes (0.19 was tested; 0.17
+    lacks Gemma3's sliding-window keys)."""
     try:
         import gguf
     except ImportError:
         raise UserError(f"GGUF export needs the gguf package: {INSTALL}") from None
+    missing = [m for m in ("add_sliding_window_pattern", "add_rope_freq_base_swa") if not hasattr(gguf.GGUFWriter, m)]
+    if missing:
+        raise UserError(f"GGUF export needs a newer gguf package (this one has no GGUFWriter.{missing[0]}): "
+                        "pip install -U 'gguf>=0.19'")
     return gguf
 
 
