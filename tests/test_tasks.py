@@ -318,7 +318,8 @@ def test_tasks_command_lists_every_task_with_its_description(capsys):
     assert list(named) == list(list_tasks())  # with any registered by other tests (no description: the name alone)
     for name in ("arithmetic", "chain", "countdown", "gsm8k", "math"):
         assert len(named[name].split()) > 3, named[name]  # a name and a one-line description
-    assert "--task-arg: op='+' digits=3 digits_b=None" in lines[1]  # then the options, with their defaults
+    # then (after the description, wrapped to the terminal) the options, with their defaults
+    assert "--task-arg: op='+' digits=3 digits_b=None" in next(line for line in lines[1:] if "--task-arg:" in line)
 
 
 def test_chain_mixes_difficulties_and_records_each_problems_hops():
