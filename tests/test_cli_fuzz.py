@@ -26,7 +26,8 @@ from reasonlab import cli
 from reasonlab.config import _limit_error
 from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
 
-PATHS = {"out", "output", "model", "data", "eval_data", "teacher", "judge", "config", "host", "run_dir", "input"}
+PATHS = {"out", "output", "model", "data", "eval_data", "teacher", "judge", "config", "host", "run_dir", "input",
+         "gguf", "hf"}
 SKIP = {"help", "debug"} | PATHS
 FLOATS = ["nan", "inf", "-inf", "-1", "0", "1e300", "1e30", "-0.0", "abc", "", "1e-40", "1e-300", "5e-324"]
 INTS = ["-1", "0", "abc", "1.5", "", "nan", "1000000000000", "9" * 30, "1e12"]
@@ -70,6 +71,7 @@ def base_argv(command: str, inputs, out: str) -> list[str]:
                        "--batch-size", "2", "--eval-problems", "1", "--eval-every", "0", *small, *run],
         "score": ["score", "--task", "arithmetic", str(inputs / "score.jsonl"), "-o", os.path.join(out, "s.jsonl")],
         "demo": ["demo", "--quick", "--out", out],
+        "export": ["export", "--model", ck, "--gguf", os.path.join(out, "m.gguf")],
         "report": ["report", str(inputs)],
         "tasks": ["tasks"],
     }[command]
@@ -212,7 +214,8 @@ def check(argv, code, err, refuse: bool):
 def cases(seed: int, n: int):
     """(command, mutation) pairs: ("option", action, value argv) or ("model" / "jsonl" / "config", None, [])."""
     rng = random.Random(seed)
-    commands = ["generate", "eval", "faithfulness", "serve", "rl", "sft", "pretrain", "rationales", "score", "demo"]
+    commands = ["generate", "eval", "faithfulness", "serve", "rl", "sft", "pretrain", "rationales", "score", "demo",
+                "export"]
     for _ in range(n):
         command = rng.choice(commands)
         kind = rng.choices(["option", "model", "jsonl", "config"], weights=[6, 2, 1, 1])[0]
