@@ -8,14 +8,13 @@ import json
 import re
 
 import pytest
-import torch
 
 from reasonlab.cli import main
 from reasonlab.console import TrainProgress
 from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
 from reasonlab.rl import GRPOConfig, train_grpo
 from tests.conftest import constant_task
-from tests.test_methods import ID, TOK, answers_seven
+from tests.test_methods import TOK, seven_or_eight
 
 CLOCK = r"\d+:\d\d:\d\d"
 LINE = re.compile(rf"^(\w+) step=(\d+)/(\d+) .*elapsed={CLOCK} eta={CLOCK}$")
@@ -72,13 +71,7 @@ def test_samples_carry_reward_parts_and_verdicts(tmp_path):
     """A model answering 7 (mostly) or 8 on a task whose answer is 7, with length control and dynamic
     sampling (flat groups dropped, more drawn: a step makes several sampling calls): each row's
     verdict and reward parts are its own completion's; log_completions 0 writes none."""
-    eight = TOK.encode("8")[0]
-    model = answers_seven()
-    with torch.no_grad():
-        model.table.weight[ID["<answer>"], ID["7"]] = 3.0
-        model.table.weight[ID["<answer>"], eight] = 0.0
-        model.table.weight[eight].fill_(-10.0)
-        model.table.weight[eight, ID["</answer>"]] = 10.0
+    model = seven_or_eight(3.0)
     cfg = GRPOConfig(steps=2, prompts_per_step=3, group_size=3, max_new_tokens=10, eval_every=0, lr=1e-3, seed=1,
                      length_target=3, dynamic_sampling=True, log_completions=6)
     train_grpo(model, TOK, constant_task("7"), cfg, out_dir=tmp_path)

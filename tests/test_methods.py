@@ -26,6 +26,19 @@ def answers_seven():
     return BigramLM(len(TOK), script, default=ID["\n"])
 
 
+def seven_or_eight(seven_logit: float):
+    """`answers_seven`, but after <answer> it writes 7 or 8 (logit `seven_logit` for 7 against 0
+    for 8), then </answer>."""
+    eight = TOK.encode("8")[0]
+    model = answers_seven()
+    with torch.no_grad():
+        model.table.weight[ID["<answer>"], ID["7"]] = seven_logit
+        model.table.weight[ID["<answer>"], eight] = 0.0
+        model.table.weight[eight].fill_(-10.0)
+        model.table.weight[eight, ID["</answer>"]] = 10.0
+    return model
+
+
 def test_sample_rationales_keeps_only_verified_and_deduplicates():
     task = get_task("arithmetic", op="+", digits=1)
     problems = task.problems(40, seed=0)
@@ -75,13 +88,7 @@ def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
 def test_grpo_learns_from_mixed_rewards():
     """A model that answers 7 or 8 at random, on a task whose answer is always 7: GRPO's signal
     (correct 3 points vs 2) must raise the accuracy."""
-    eight = TOK.encode("8")[0]
-    model = answers_seven()
-    with torch.no_grad():
-        model.table.weight[ID["<answer>"], ID["7"]] = 0.0
-        model.table.weight[ID["<answer>"], eight] = 0.0
-        model.table.weight[eight].fill_(-10.0)
-        model.table.weight[eight, ID["</answer>"]] = 10.0
+    model = seven_or_eight(0.0)
     cfg = GRPOConfig(steps=15, prompts_per_step=8, group_size=8, max_new_tokens=10, eval_every=0, lr=0.2,
                      warmup_steps=1, seed=1)
     history = []
