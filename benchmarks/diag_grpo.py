@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from reasonlab.cli import parse_value
 from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.evaluate import evaluate_problems, score_batch
@@ -33,15 +34,6 @@ from reasonlab.rl.update import token_logprobs
 from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-
-
-def parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def validation_set(task, cfg, n: int):
