@@ -87,8 +87,10 @@ def main():
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = read_json(run / "results.json")["config"]
-    demo = DemoConfig(**{k: v for k, v in settings.items() if k in DemoConfig.__dataclass_fields__ and k != "out"},
-                      out=str(out / "unused"))
+    demo = DemoConfig(
+        **{k: v for k, v in settings.items() if k in DemoConfig.__dataclass_fields__ and k != "out"},
+        out=str(out / "unused"),
+    )
     task = get_task("chain", length=demo.length, min_length=demo.min_length or demo.length)
     held_out = task.problems(200, "test", seed=demo.seed + 99)  # the demo's held-out problems
     method1, tok = load_model(run / "checkpoints" / "method1")
@@ -98,35 +100,75 @@ def main():
     full = max(1, round(greedy["mean_think_tokens"]))
     max_budget = args.max_budget or full + full // 4
     lo, hi = args.targets
-    arms = {"plain": replace(rl, max_seconds=args.seconds),
-            "budget_aware": replace(rl, max_seconds=args.seconds, budget_share=args.share, budget_min=0,
-                                    budget_max=max_budget),
-            "length_control": replace(rl, max_seconds=args.seconds, length_target=lo, length_target_max=hi,
-                                      length_alpha=args.alpha)}
-    arms["both"] = replace(arms["budget_aware"], length_target=lo, length_target_max=hi, length_alpha=args.alpha)
+    arms = {
+        "plain": replace(rl, max_seconds=args.seconds),
+        "budget_aware": replace(
+            rl, max_seconds=args.seconds, budget_share=args.share, budget_min=0, budget_max=max_budget
+        ),
+        "length_control": replace(
+            rl, max_seconds=args.seconds, length_target=lo, length_target_max=hi, length_alpha=args.alpha
+        ),
+    }
+    arms["both"] = replace(
+        arms["budget_aware"], length_target=lo, length_target_max=hi, length_alpha=args.alpha
+    )
     arms["length_sft"] = arms["length_control"]
     budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4})
     targets = sorted({lo, (3 * lo + hi) // 4, (lo + hi) // 2, (lo + 3 * hi) // 4, hi})
     models = {"method1": method1}
-    results = {"task": f"chain of {demo.min_length or demo.length} to {demo.length} variables",
-               "method1_mean_think_tokens": greedy["mean_think_tokens"], "budgets": budgets, "targets": targets,
-               "arms": {}, "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                                       "torch": torch.__version__, "platform": platform.platform()}}
+    results = {
+        "task": f"chain of {demo.min_length or demo.length} to {demo.length} variables",
+        "method1_mean_think_tokens": greedy["mean_think_tokens"],
+        "budgets": budgets,
+        "targets": targets,
+        "arms": {},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+    }
     for name in args.arms:
         cfg = arms[name]
         model = copy.deepcopy(method1)
         t0 = time.monotonic()
-        if name == "length_sft":  # warm start: Method 1's last round, each prompt told its thought's own length
-            rows = relabelled([r for _, r in read_jsonl(run / "method1" / f"round{demo_rounds(run)}_data.jsonl")], tok)
-            train_supervised(model, tok, tokenize_examples(tok, rows, 192),
-                             TrainConfig(steps=args.sft_steps, batch_size=64, lr=1e-3, warmup_steps=10,
-                                         schedule="cosine", max_seq_len=192))
+        if (
+            name == "length_sft"
+        ):  # warm start: Method 1's last round, each prompt told its thought's own length
+            rows = relabelled(
+                [r for _, r in read_jsonl(run / "method1" / f"round{demo_rounds(run)}_data.jsonl")], tok
+            )
+            train_supervised(
+                model,
+                tok,
+                tokenize_examples(tok, rows, 192),
+                TrainConfig(
+                    steps=args.sft_steps,
+                    batch_size=64,
+                    lr=1e-3,
+                    warmup_steps=10,
+                    schedule="cosine",
+                    max_seq_len=192,
+                ),
+            )
         last = train_grpo(model, tok, task, cfg, out_dir=out / name, held_out=held_out)
         models[name] = model
-        results["arms"][name] = {"steps": last["step"], "seconds": time.monotonic() - t0,
-                                 "config": {k: getattr(cfg, k) for k in ("budget_share", "budget_min", "budget_max",
-                                                                         "length_target", "length_target_max",
-                                                                         "length_alpha")}}
+        results["arms"][name] = {
+            "steps": last["step"],
+            "seconds": time.monotonic() - t0,
+            "config": {
+                k: getattr(cfg, k)
+                for k in (
+                    "budget_share",
+                    "budget_min",
+                    "budget_max",
+                    "length_target",
+                    "length_target_max",
+                    "length_alpha",
+                )
+            },
+        }
         print(f"{name}: {last['step']} steps in {time.monotonic() - t0:.0f} s", flush=True)
     curves, control = {}, {}
     for name, model in models.items():
@@ -137,20 +179,42 @@ def main():
             point["acc_ci"] = wilson_interval(correct, len(held_out))
         if name in ("method1", "length_control", "both", "length_sft"):
             control[name] = length_control(model, tok, task, held_out, targets, max_new_tokens=96)
-        print(f"{name}: " + " ".join(f"{p['budget']}:{p['acc']:.0%}/{p['format_rate']:.0%}" for p in curves[name])
-              + (f"; length control error {control[name]['mean_abs_rel_error']:.1%}" if name in control else "")
-              + f" ({time.monotonic() - t0:.0f} s)", flush=True)
+        print(
+            f"{name}: "
+            + " ".join(f"{p['budget']}:{p['acc']:.0%}/{p['format_rate']:.0%}" for p in curves[name])
+            + (f"; length control error {control[name]['mean_abs_rel_error']:.1%}" if name in control else "")
+            + f" ({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
     results.update(budget_curves=curves, length_control=control)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    labels = {"method1": "Method 1 (no budgets in training)", "plain": "+ GRPO", "budget_aware": "+ budget-aware GRPO",
-              "length_control": "+ length-control GRPO", "both": "+ budget-aware, length-control GRPO",
-              "length_sft": "+ length labels (SFT), length-control GRPO"}
+    labels = {
+        "method1": "Method 1 (no budgets in training)",
+        "plain": "+ GRPO",
+        "budget_aware": "+ budget-aware GRPO",
+        "length_control": "+ length-control GRPO",
+        "both": "+ budget-aware, length-control GRPO",
+        "length_sft": "+ length labels (SFT), length-control GRPO",
+    }
     plot_budget({labels[k]: v for k, v in curves.items()}, out / "budget.png")
     half = [b for b in budgets if b <= full // 2][-1]
-    headline = {name: {"full": curve[-1]["acc"], "at_half": next(p["acc"] for p in curve if p["budget"] == half),
-                       "min_format": min(p["format_rate"] for p in curve)} for name, curve in curves.items()}
-    print(json.dumps({"half_budget": half, "headline": headline,
-                      "length_error": {k: v["mean_abs_rel_error"] for k, v in control.items()}}))
+    headline = {
+        name: {
+            "full": curve[-1]["acc"],
+            "at_half": next(p["acc"] for p in curve if p["budget"] == half),
+            "min_format": min(p["format_rate"] for p in curve),
+        }
+        for name, curve in curves.items()
+    }
+    print(
+        json.dumps(
+            {
+                "half_budget": half,
+                "headline": headline,
+                "length_error": {k: v["mean_abs_rel_error"] for k, v in control.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

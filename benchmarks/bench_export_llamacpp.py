@@ -57,7 +57,9 @@ TOP = 5  # log-probs compared per step
 INSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
 
 
-def task_prompts(model_path, n: int, tokenizer=None, task: str = "", task_args=(), style: str = "") -> list[str]:
+def task_prompts(
+    model_path, n: int, tokenizer=None, task: str = "", task_args=(), style: str = ""
+) -> list[str]:
     """`n` held-out prompts of the task (`task`, else the recorded one; `task_args` on top) in `style`
     (else the recorded style, else plain), as reasonlab's trainers build them."""
     try:
@@ -86,7 +88,7 @@ def reasonlab_greedy(model, tokenizer, prompts, max_new: int, repeats: int = 3):
     out, seconds = [], 0.0
     for prompt in prompts:
         r, t = best_of(lambda: generate(model, tokenizer, [prompt], params), repeats)
-        out.append(r.tokens[0, :int(r.lengths[0])].tolist())
+        out.append(r.tokens[0, : int(r.lengths[0])].tolist())
         seconds += t
     return out, seconds
 
@@ -118,7 +120,7 @@ def llama_greedy(llm, prompt_ids: list[int], max_new: int, stops=()):
         logits = np.ctypeslib.as_array(last, shape=(llm.n_vocab(),)).astype(np.float64)
         rows.append(logits - np.logaddexp.reduce(logits))
         ids.append(int(logits.argmax()))
-        if llama_cpp.llama_vocab_is_eog(vocab, ids[-1]) or any(ids[-len(s):] == s for s in stops):
+        if llama_cpp.llama_vocab_is_eog(vocab, ids[-1]) or any(ids[-len(s) :] == s for s in stops):
             break
         llm.eval([ids[-1]])
     return ids, rows
@@ -127,7 +129,7 @@ def llama_greedy(llm, prompt_ids: list[int], max_new: int, stops=()):
 def reasonlab_logprobs(model, prompt_ids: list[int], completion: list[int]) -> np.ndarray:
     """Log-probs (steps, vocab) of each completion token's prefix, in one forward pass."""
     with torch.no_grad():
-        logits = model(torch.tensor([prompt_ids + completion[:-1]]))[0, len(prompt_ids) - 1:]
+        logits = model(torch.tensor([prompt_ids + completion[:-1]]))[0, len(prompt_ids) - 1 :]
     return torch.log_softmax(logits.double(), -1).numpy()
 
 
@@ -146,8 +148,8 @@ def cut_at_stop(ids: list[int], stops: list[list[int]]) -> list[int]:
     end-of-generation token (</answer>, EOS) wherever it comes; reasonlab's engine ends at </answer>
     only once </think> closed the thinking (an untrained model may write </answer> inside it, then go on)."""
     for i in range(len(ids)):
-        if any(s and ids[max(0, i + 1 - len(s)):i + 1] == s for s in stops):
-            return ids[:i + 1]
+        if any(s and ids[max(0, i + 1 - len(s)) : i + 1] == s for s in stops):
+            return ids[: i + 1]
     return ids
 
 
@@ -156,9 +158,9 @@ def run_type(model, tokenizer, prompts, ours, gguf_path, max_new, threads, repea
     llm = open_llama(gguf_path, model.max_seq_len, threads)
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     tags = "<think>1+2=3</think> <answer>3</answer>"
-    same_tokens = all(llm.tokenize(p.encode(), add_bos=True, special=True) == ids
-                      for p, ids in zip(prompts, prompt_ids)) \
-        and llm.tokenize(tags.encode(), special=True) == tokenizer.encode(tags)
+    same_tokens = all(
+        llm.tokenize(p.encode(), add_bos=True, special=True) == ids for p, ids in zip(prompts, prompt_ids)
+    ) and llm.tokenize(tags.encode(), special=True) == tokenizer.encode(tags)
     stops = [[tokenizer.eos_id], tokenizer.tags[ANSWER_CLOSE]]
     text_stops = [tokenizer.tags[ANSWER_CLOSE]] if len(tokenizer.tags[ANSWER_CLOSE]) > 1 else []
     theirs, steps, agree, worst, seconds = [], 0, 0, 0.0, 0.0
@@ -172,15 +174,30 @@ def run_type(model, tokenizer, prompts, ours, gguf_path, max_new, threads, repea
     llm.close()
     tokens = sum(len(c) for c, _ in theirs)
     identical = sum(c == cut_at_stop(mine, stops) for (c, _), mine in zip(theirs, ours))
-    return {"same_prompt_tokens": same_tokens, "identical_greedy": identical / len(prompts),
-            "stop_rule_differs": sum(cut_at_stop(mine, stops) != mine for mine in ours),
-            "top1_agreement": agree / steps, "max_top5_logprob_diff": worst, "tokens": tokens,
-            "tokens_per_s": tokens / seconds, "bytes": gguf_path.stat().st_size,
-            "examples": [tokenizer.decode(c) for c, _ in theirs[:2]]}
+    return {
+        "same_prompt_tokens": same_tokens,
+        "identical_greedy": identical / len(prompts),
+        "stop_rule_differs": sum(cut_at_stop(mine, stops) != mine for mine in ours),
+        "top1_agreement": agree / steps,
+        "max_top5_logprob_diff": worst,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "bytes": gguf_path.stat().st_size,
+        "examples": [tokenizer.decode(c) for c, _ in theirs[:2]],
+    }
 
 
-def compare(model_path, types=("f32", "f16", "q8_0"), n_prompts: int = 50, max_new: int = 96,
-            threads: int = 2, task: str = "", task_args=(), style: str = "", repeats: int = 3) -> dict:
+def compare(
+    model_path,
+    types=("f32", "f16", "q8_0"),
+    n_prompts: int = 50,
+    max_new: int = 96,
+    threads: int = 2,
+    task: str = "",
+    task_args=(),
+    style: str = "",
+    repeats: int = 3,
+) -> dict:
     """Every number of the module docstring, by type; also the engine's own speeds."""
     torch.set_num_threads(threads)
     model, tokenizer = load_model(model_path)
@@ -188,10 +205,16 @@ def compare(model_path, types=("f32", "f16", "q8_0"), n_prompts: int = 50, max_n
     prompts = task_prompts(model_path, n_prompts, tokenizer, task, task_args, style)
     ours, seconds = reasonlab_greedy(model, tokenizer, prompts, max_new, repeats)
     tokens = sum(map(len, ours))
-    results = {"prompts": len(prompts), "reasonlab": {
-        "tokens": tokens, "tokens_per_s": tokens / seconds,
-        "batched_tokens_per_s": tokens / reasonlab_batched_seconds(model, tokenizer, prompts, max_new, repeats),
-        "examples": [tokenizer.decode(c) for c in ours[:2]]}}
+    results = {
+        "prompts": len(prompts),
+        "reasonlab": {
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds,
+            "batched_tokens_per_s": tokens
+            / reasonlab_batched_seconds(model, tokenizer, prompts, max_new, repeats),
+            "examples": [tokenizer.decode(c) for c in ours[:2]],
+        },
+    }
     with tempfile.TemporaryDirectory() as folder:
         for type in types:
             path = Path(folder) / f"model-{type}.gguf"
@@ -202,17 +225,25 @@ def compare(model_path, types=("f32", "f16", "q8_0"), n_prompts: int = 50, max_n
 
 def print_table(results: dict) -> None:
     ours = results["reasonlab"]
-    print(f"reasonlab engine: {ours['tokens']} tokens, {ours['tokens_per_s']:.0f} tokens/s one prompt at a time, "
-          f"{ours['batched_tokens_per_s']:.0f} tokens/s batched ({results['prompts']} prompts)")
+    print(
+        f"reasonlab engine: {ours['tokens']} tokens, {ours['tokens_per_s']:.0f} tokens/s one prompt at a time, "
+        f"{ours['batched_tokens_per_s']:.0f} tokens/s batched ({results['prompts']} prompts)"
+    )
     stop = next(r["stop_rule_differs"] for t, r in results.items() if t not in ("reasonlab", "prompts"))
-    print(f"{stop} of reasonlab's completions went on past an </answer> inside the thinking (compared up to it)")
-    print(f"{'type':6s} {'MB':>6s} {'prompts tokenized alike':>24s} {'identical greedy':>17s} {'top-1 agrees':>13s} "
-          f"{'max |dlogp| top5':>17s} {'llama.cpp tok/s':>16s}")
+    print(
+        f"{stop} of reasonlab's completions went on past an </answer> inside the thinking (compared up to it)"
+    )
+    print(
+        f"{'type':6s} {'MB':>6s} {'prompts tokenized alike':>24s} {'identical greedy':>17s} {'top-1 agrees':>13s} "
+        f"{'max |dlogp| top5':>17s} {'llama.cpp tok/s':>16s}"
+    )
     for type, r in results.items():
         if type in ("reasonlab", "prompts"):
             continue
-        print(f"{type:6s} {r['bytes'] / 1e6:6.2f} {str(r['same_prompt_tokens']):>24s} {r['identical_greedy']:17.1%} "
-              f"{r['top1_agreement']:13.2%} {r['max_top5_logprob_diff']:17.2e} {r['tokens_per_s']:16.0f}")
+        print(
+            f"{type:6s} {r['bytes'] / 1e6:6.2f} {str(r['same_prompt_tokens']):>24s} {r['identical_greedy']:17.1%} "
+            f"{r['top1_agreement']:13.2%} {r['max_top5_logprob_diff']:17.2e} {r['tokens_per_s']:16.0f}"
+        )
 
 
 def main() -> None:
@@ -225,19 +256,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timings of each prompt; the fastest counts")
     parser.add_argument("--task", default="", help="the task (default: the one --model was trained on)")
-    parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
-    parser.add_argument("--style", default="", choices=["", "plain", "r1", "chat"],
-                        help="prompt style (default: the one --model was trained in, else plain)")
+    parser.add_argument(
+        "--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable"
+    )
+    parser.add_argument(
+        "--style",
+        default="",
+        choices=["", "plain", "r1", "chat"],
+        help="prompt style (default: the one --model was trained in, else plain)",
+    )
     args = parser.parse_args()
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         sys.exit(f"needs llama.cpp's Python binding: {INSTALL}")
-    results = compare(args.model, args.types, args.prompts, args.max_new_tokens, args.threads, args.task,
-                      args.task_arg, args.style, args.repeats)
+    results = compare(
+        args.model,
+        args.types,
+        args.prompts,
+        args.max_new_tokens,
+        args.threads,
+        args.task,
+        args.task_arg,
+        args.style,
+        args.repeats,
+    )
     print_table(results)
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": args.threads}
+    results["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+    }
     print(json.dumps(results))
 
 

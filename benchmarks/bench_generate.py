@@ -47,21 +47,37 @@ def main():
 
     model, tok = new_builtin(GPTConfig(n_layer=4, n_head=4, n_kv_head=4, d_model=128), seed=0)
     model.eval()
-    prompts = [build_prompt(p.question) for p in get_task("arithmetic", digits=4).problems(args.batch, seed=0)]
+    prompts = [
+        build_prompt(p.question) for p in get_task("arithmetic", digits=4).problems(args.batch, seed=0)
+    ]
     with tempfile.TemporaryDirectory() as folder:
         export_hf(model, tok, folder)
         hf = AutoModelForCausalLM.from_pretrained(folder).eval()
 
-    params = SamplingParams(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, temperature=1.0,
-                            stop_at_answer=False, seed=0)
-    ours_tokens, ours_s = timed(lambda: int(generate(model, tok, prompts, params).lengths.sum()), args.repeats)
+    params = SamplingParams(
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        temperature=1.0,
+        stop_at_answer=False,
+        seed=0,
+    )
+    ours_tokens, ours_s = timed(
+        lambda: int(generate(model, tok, prompts, params).lengths.sum()), args.repeats
+    )
 
     enc = tok.hf(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
 
     def hf_generate():
         with torch.no_grad():
-            out = hf.generate(**enc, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=args.new_tokens,
-                              min_new_tokens=args.new_tokens, pad_token_id=tok.pad_id)
+            out = hf.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=tok.pad_id,
+            )
         return (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
 
     hf_tokens, hf_s = timed(hf_generate, args.repeats)
@@ -70,9 +86,19 @@ def main():
     print(f"{'engine':<22}{'tokens':>8}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'reasonlab.engine':<22}{ours_tokens:>8}{ours_s:>10.3f}{ours_tps:>12.0f}")
     print(f"{'transformers.generate':<22}{hf_tokens:>8}{hf_s:>10.3f}{hf_tps:>12.0f}")
-    print(json.dumps({"bench": "generate", "params": model.num_params(), "batch": args.batch,
-                      "new_tokens": args.new_tokens, "ours_tokens_per_s": round(ours_tps),
-                      "hf_tokens_per_s": round(hf_tps), "ratio": round(ours_tps / hf_tps, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "generate",
+                "params": model.num_params(),
+                "batch": args.batch,
+                "new_tokens": args.new_tokens,
+                "ours_tokens_per_s": round(ours_tps),
+                "hf_tokens_per_s": round(hf_tps),
+                "ratio": round(ours_tps / hf_tps, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,18 @@ def qwen05(folder: str):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     _, tok = new_builtin()  # ids past its 102 decode to nothing: the text is what the 102 spell
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tok.save(folder)
@@ -50,19 +59,33 @@ def run(name: str, model, tok, cfg: GRPOConfig) -> dict:
     def log(m):
         if "time/generate_s" in m:
             rows.append(m)
-            print(f"{name} step {m['step']}: generate {m['time/generate_s']:.2f} s, train {m['time/train_s']:.2f} s, "
-                  f"mean completion {m['completions/mean_length']:.0f} tokens", flush=True)
+            print(
+                f"{name} step {m['step']}: generate {m['time/generate_s']:.2f} s, train {m['time/train_s']:.2f} s, "
+                f"mean completion {m['completions/mean_length']:.0f} tokens",
+                flush=True,
+            )
 
     train_grpo(model, tok, get_task("chain", length=4), cfg, log=log)
     later = rows[1:] or rows  # the first step pays for CUDA's warm-up
     gen = statistics.median(r["time/generate_s"] for r in later)
     train = statistics.median(r["time/train_s"] for r in later)
-    tokens = statistics.mean(r["completions/mean_length"] for r in later) * cfg.prompts_per_step * cfg.group_size
-    return {"bench": "grpo_gpu", "model": name, "params": sum(p.numel() for p in model.parameters()),
-            "device": torch.cuda.get_device_name(), "P": cfg.prompts_per_step, "G": cfg.group_size,
-            "max_new_tokens": cfg.max_new_tokens, "generate_s": round(gen, 3), "train_s": round(train, 3),
-            "step_s": round(gen + train, 3), "sampled_tokens_per_s": round(tokens / gen),
-            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2)}
+    tokens = (
+        statistics.mean(r["completions/mean_length"] for r in later) * cfg.prompts_per_step * cfg.group_size
+    )
+    return {
+        "bench": "grpo_gpu",
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "device": torch.cuda.get_device_name(),
+        "P": cfg.prompts_per_step,
+        "G": cfg.group_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "generate_s": round(gen, 3),
+        "train_s": round(train, 3),
+        "step_s": round(gen + train, 3),
+        "sampled_tokens_per_s": round(tokens / gen),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+    }
 
 
 def main():
@@ -79,16 +102,30 @@ def main():
         if name == "tiny":
             pre_cfg, _, rl_cfg = stage_configs(DemoConfig())
             model, tok = new_builtin(model_config(pre_cfg), seed=0)
-            cfg = dataclasses.replace(rl_cfg, steps=args.steps, dynamic_sampling=False, eval_every=0, max_seconds=0,
-                                      no_format_patience=0)  # a random model: timing, not learning
+            cfg = dataclasses.replace(
+                rl_cfg,
+                steps=args.steps,
+                dynamic_sampling=False,
+                eval_every=0,
+                max_seconds=0,
+                no_format_patience=0,
+            )  # a random model: timing, not learning
             results.append(run(name, model, tok, cfg))
         elif name == "qwen05":
             with tempfile.TemporaryDirectory() as folder:
                 t0 = time.monotonic()
                 model, tok = qwen05(folder)
                 print(f"qwen05 built in {time.monotonic() - t0:.0f} s", flush=True)
-                cfg = GRPOConfig(steps=args.steps, prompts_per_step=16, group_size=8, max_new_tokens=args.new_tokens,
-                                 lr=1e-6, eval_every=0, micro_batch_size=args.micro_batch, no_format_patience=0)
+                cfg = GRPOConfig(
+                    steps=args.steps,
+                    prompts_per_step=16,
+                    group_size=8,
+                    max_new_tokens=args.new_tokens,
+                    lr=1e-6,
+                    eval_every=0,
+                    micro_batch_size=args.micro_batch,
+                    no_format_patience=0,
+                )
                 results.append(run(name, model, tok, cfg))
         else:
             raise SystemExit(f"unknown model {name!r}: tiny or qwen05")

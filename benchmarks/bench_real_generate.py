@@ -63,7 +63,9 @@ def matmul_params(hf_model) -> int:
     embed = hf_model.get_input_embeddings().weight
     out = hf_model.get_output_embeddings().weight
     total = sum(p.numel() for p in hf_model.parameters())
-    return total - embed.numel() + out.numel() if out.data_ptr() == embed.data_ptr() else total - embed.numel()
+    return (
+        total - embed.numel() + out.numel() if out.data_ptr() == embed.data_ptr() else total - embed.numel()
+    )
 
 
 def ours(model, tok, prompts: list[str], new_tokens: int, seed: int) -> tuple[int, float, int]:
@@ -77,7 +79,9 @@ def ours(model, tok, prompts: list[str], new_tokens: int, seed: int) -> tuple[in
     return tokens, seconds, sum(len(ids) for ids in {tuple(p) for p in rollout.prompt_ids}) + tokens
 
 
-def theirs(hf_model, tok, prompts: list[str], group: int, new_tokens: int, seed: int) -> tuple[int, float, int]:
+def theirs(
+    hf_model, tok, prompts: list[str], group: int, new_tokens: int, seed: int
+) -> tuple[int, float, int]:
     """Tokens generated up to each row's stop, seconds, and token forwards computed (every row's
     padded prompt, then every row at every step until the longest row ends)."""
     distinct = prompts[::group]  # each prompt once, sampled `group` times (num_return_sequences)
@@ -85,14 +89,25 @@ def theirs(hf_model, tok, prompts: list[str], group: int, new_tokens: int, seed:
     torch.manual_seed(seed)
     start = time.perf_counter()
     with torch.no_grad():
-        out = hf_model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                max_new_tokens=new_tokens, num_return_sequences=group,
-                                eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        out = hf_model.generate(
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new_tokens,
+            num_return_sequences=group,
+            eos_token_id=tok.eos_id,
+            pad_token_id=tok.pad_id,
+        )
     seconds = time.perf_counter() - start
-    new = out[:, enc["input_ids"].shape[1]:]
+    new = out[:, enc["input_ids"].shape[1] :]
     ended = new == tok.eos_id
-    lengths = torch.where(ended.any(-1), ended.float().argmax(-1) + 1, torch.full_like(ended[:, 0], new.shape[1],
-                                                                                        dtype=torch.long))
+    lengths = torch.where(
+        ended.any(-1),
+        ended.float().argmax(-1) + 1,
+        torch.full_like(ended[:, 0], new.shape[1], dtype=torch.long),
+    )
     return int(lengths.sum()), seconds, out.shape[0] * out.shape[1]
 
 
@@ -117,14 +132,20 @@ def main():
     model, tok = load_model(args.model, dtype)
     model.eval()
     problems = get_task("arithmetic", digits=2).problems(args.prompts, "test", seed=args.seed)
-    prompts = [build_prompt(p.question, style="chat", tokenizer=tok.hf) for p in problems for _ in range(args.group)]
+    prompts = [
+        build_prompt(p.question, style="chat", tokenizer=tok.hf) for p in problems for _ in range(args.group)
+    ]
     ours(model, tok, prompts[:2], 4, args.seed)  # warm-up: first calls allocate
     theirs(model.hf, tok, prompts[:2], 2, 4, args.seed)
 
     runs = []  # (ours, theirs) per repeat: (tokens, seconds, token forwards)
     for _ in range(args.repeats):
-        runs.append((ours(model, tok, prompts, args.new_tokens, args.seed),
-                     theirs(model.hf, tok, prompts, args.group, args.new_tokens, args.seed)))
+        runs.append(
+            (
+                ours(model, tok, prompts, args.new_tokens, args.seed),
+                theirs(model.hf, tok, prompts, args.group, args.new_tokens, args.seed),
+            )
+        )
     n, peak = matmul_params(model.hf), matmul_peak(dtype)
     floor = peak / (2 * n)  # tokens/s when every FLOP runs at the matmul peak
     (ours_tokens, _, ours_forwards), (hf_tokens, _, hf_forwards) = runs[0]
@@ -132,25 +153,50 @@ def main():
     hf_s = statistics.median(h[1] for _, h in runs)
     ratio = statistics.median((o[0] / o[1]) / (h[0] / h[1]) for o, h in runs)
     ceiling = (hf_forwards / ours_forwards) * (ours_tokens / hf_tokens)
-    print(f"model: {n:,} matmul params, {args.dtype}, {args.prompts} prompts x {args.group} samples, <= "
-          f"{args.new_tokens} new tokens, {args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s, "
-          f"floor {floor:.0f} tokens/s; median of {args.repeats} alternating runs")
+    print(
+        f"model: {n:,} matmul params, {args.dtype}, {args.prompts} prompts x {args.group} samples, <= "
+        f"{args.new_tokens} new tokens, {args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s, "
+        f"floor {floor:.0f} tokens/s; median of {args.repeats} alternating runs"
+    )
     print(f"{'engine':<24}{'tokens':>8}{'forwards':>10}{'seconds':>10}{'tokens/s':>10}{'MFU':>8}")
-    rows = [("reasonlab.engine", ours_tokens, ours_forwards, ours_s), ("transformers.generate", hf_tokens, hf_forwards, hf_s)]
+    rows = [
+        ("reasonlab.engine", ours_tokens, ours_forwards, ours_s),
+        ("transformers.generate", hf_tokens, hf_forwards, hf_s),
+    ]
     for name, tokens, forwards, seconds in rows:
-        print(f"{name:<24}{tokens:>8}{forwards:>10}{seconds:>10.1f}{tokens / seconds:>10.1f}"
-              f"{tokens / seconds / floor:>8.1%}")
-    print(f"ratio {ratio:.2f} (each run: {', '.join(f'{(o[0] / o[1]) / (h[0] / h[1]):.2f}' for o, h in runs)}); "
-          f"at equal matmul speed {ceiling:.2f}")
+        print(
+            f"{name:<24}{tokens:>8}{forwards:>10}{seconds:>10.1f}{tokens / seconds:>10.1f}"
+            f"{tokens / seconds / floor:>8.1%}"
+        )
+    print(
+        f"ratio {ratio:.2f} (each run: {', '.join(f'{(o[0] / o[1]) / (h[0] / h[1]):.2f}' for o, h in runs)}); "
+        f"at equal matmul speed {ceiling:.2f}"
+    )
     ours_tps, hf_tps = ours_tokens / ours_s, hf_tokens / hf_s
-    print(json.dumps({"bench": "real_generate", "model": str(args.model), "dtype": args.dtype,
-                      "rows": args.prompts * args.group, "new_tokens": args.new_tokens, "threads": args.threads,
-                      "repeats": args.repeats, "matmul_params": n, "peak_gflops": round(peak / 1e9, 1),
-                      "floor_tokens_per_s": round(floor), "ours_tokens_per_s": round(ours_tps, 1),
-                      "hf_tokens_per_s": round(hf_tps, 1), "ours_forwards": ours_forwards,
-                      "hf_forwards": hf_forwards, "ours_mfu": round(ours_tps / floor, 3),
-                      "hf_mfu": round(hf_tps / floor, 3), "ratio_ceiling": round(ceiling, 2),
-                      "ratio": round(ratio, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "real_generate",
+                "model": str(args.model),
+                "dtype": args.dtype,
+                "rows": args.prompts * args.group,
+                "new_tokens": args.new_tokens,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "matmul_params": n,
+                "peak_gflops": round(peak / 1e9, 1),
+                "floor_tokens_per_s": round(floor),
+                "ours_tokens_per_s": round(ours_tps, 1),
+                "hf_tokens_per_s": round(hf_tps, 1),
+                "ours_forwards": ours_forwards,
+                "hf_forwards": hf_forwards,
+                "ours_mfu": round(ours_tps / floor, 3),
+                "hf_mfu": round(hf_tps / floor, 3),
+                "ratio_ceiling": round(ceiling, 2),
+                "ratio": round(ratio, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,23 @@ def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = Fals
     """`StepTimes.summary()` of our run: the median seconds a step (the first left out), the mean
     completion length, and the median (generation, training) seconds of a step."""
     model, tok = load_model(spec, DTYPES[dtype])
-    cfg = GRPOConfig(steps=steps, prompts_per_step=P, group_size=G, max_new_tokens=NEW, beta=0.0, lr=LR,
-                     eval_every=0, loss_agg="token_mean", seed=0, style="chat", skip_flat_groups=False,
-                     no_format_patience=0, dtype=dtype, micro_batch_size=MICRO,
-                     autocast="on" if bf16_autocast else "auto")
+    cfg = GRPOConfig(
+        steps=steps,
+        prompts_per_step=P,
+        group_size=G,
+        max_new_tokens=NEW,
+        beta=0.0,
+        lr=LR,
+        eval_every=0,
+        loss_agg="token_mean",
+        seed=0,
+        style="chat",
+        skip_flat_groups=False,
+        no_format_patience=0,
+        dtype=dtype,
+        micro_batch_size=MICRO,
+        autocast="on" if bf16_autocast else "auto",
+    )
     times = StepTimes()
     train_grpo(model, tok, task, cfg, log=times)
     return times.summary()
@@ -75,20 +88,41 @@ def run_trl(folder: Path, task, steps: int, dtype: str, bf16_autocast: bool = Fa
 
     tok = AutoTokenizer.from_pretrained(folder)
     problems = task.problems(P * steps * 2, "train", seed=0)
-    data = Dataset.from_list([{"prompt": build_prompt(p.question, style="chat", tokenizer=tok), "answer": p.answer}
-                              for p in problems])
+    data = Dataset.from_list(
+        [
+            {"prompt": build_prompt(p.question, style="chat", tokenizer=tok), "answer": p.answer}
+            for p in problems
+        ]
+    )
 
     def reward(completions, answer, **_):
         return reasoning_reward(completions, answer, task=task)
 
     with tempfile.TemporaryDirectory() as out:
-        args = TRLConfig(output_dir=out, per_device_train_batch_size=MICRO, gradient_accumulation_steps=P * G // MICRO,
-                         num_generations=G, max_completion_length=NEW,
-                         beta=0.0, learning_rate=LR, temperature=1.0, max_steps=steps, logging_steps=1, use_cpu=True,
-                         report_to="none", gradient_checkpointing=False, save_strategy="no", loss_type="dapo",
-                         bf16=bf16_autocast, seed=0, disable_tqdm=True)
+        args = TRLConfig(
+            output_dir=out,
+            per_device_train_batch_size=MICRO,
+            gradient_accumulation_steps=P * G // MICRO,
+            num_generations=G,
+            max_completion_length=NEW,
+            beta=0.0,
+            learning_rate=LR,
+            temperature=1.0,
+            max_steps=steps,
+            logging_steps=1,
+            use_cpu=True,
+            report_to="none",
+            gradient_checkpointing=False,
+            save_strategy="no",
+            loss_type="dapo",
+            bf16=bf16_autocast,
+            seed=0,
+            disable_tqdm=True,
+        )
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
-        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok
+        )
         seconds = timed_train(trainer)
         logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
     return statistics.median(seconds[1:]), statistics.mean(h["completions/mean_length"] for h in logs)
@@ -100,9 +134,12 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    parser.add_argument("--autocast", action="store_true",
-                        help="float32 weights, forward passes in bf16 autocast on both sides (ours: --autocast on; "
-                             "TRL: bf16=True)")
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="float32 weights, forward passes in bf16 autocast on both sides (ours: --autocast on; "
+        "TRL: bf16=True)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the CLI does (for every side compared here: one process)
@@ -110,10 +147,14 @@ def main():
     folder = hf_folder(args.model)
     model, tok = load_model(folder)
     n = matmul_params(model.hf)
-    prompt_tokens = statistics.mean(len(tok.encode(build_prompt(p.question, style="chat", tokenizer=tok.hf)))
-                                    for p in task.problems(64, seed=0))
+    prompt_tokens = statistics.mean(
+        len(tok.encode(build_prompt(p.question, style="chat", tokenizer=tok.hf)))
+        for p in task.problems(64, seed=0)
+    )
     del model
-    ours_s, ours_len, (ours_gen, ours_train) = run_ours(str(folder), task, args.steps, args.dtype, args.autocast)
+    ours_s, ours_len, (ours_gen, ours_train) = run_ours(
+        str(folder), task, args.steps, args.dtype, args.autocast
+    )
     trl_s, trl_len = run_trl(folder, task, args.steps, args.dtype, args.autocast)
     peak = matmul_peak(torch.bfloat16 if args.autocast else DTYPES[args.dtype])
 
@@ -124,21 +165,39 @@ def main():
     # train) at the measured peak; TRL's step over it is the highest ratio this machine allows.
     floor = P * (prompt_tokens + G * ours_len) * 8 * n / peak
 
-    print(f"model {n:,} matmul params, {args.dtype}{' + bf16 autocast' if args.autocast else ''}; {P} prompts x {G} completions, <= {NEW} new tokens; "
-          f"{args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"model {n:,} matmul params, {args.dtype}{' + bf16 autocast' if args.autocast else ''}; {P} prompts x {G} completions, <= {NEW} new tokens; "
+        f"{args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
     print(f"{'trainer':<12}{'s/step':>8}{'mean completion':>17}{'MFU':>8}")
     print(f"{'reasonlab':<12}{ours_s:>8.1f}{ours_len:>17.1f}{mfu(ours_s, ours_len):>8.1%}")
     print(f"{'TRL':<12}{trl_s:>8.1f}{trl_len:>17.1f}{mfu(trl_s, trl_len):>8.1%}")
-    print(f"ours: {ours_gen:.1f} s generating + {ours_train:.1f} s training; its work at the peak takes {floor:.1f} s, "
-          f"so the ratio cannot pass {trl_s / floor:.2f} here")
-    print(json.dumps({"bench": "real_grpo_vs_trl", "model": str(args.model), "dtype": args.dtype, "autocast": args.autocast,
-                      "threads": args.threads,
-                      "ours_s_per_step": round(ours_s, 2), "trl_s_per_step": round(trl_s, 2),
-                      "ours_generate_s": round(ours_gen, 2), "ours_train_s": round(ours_train, 2),
-                      "ours_floor_s": round(floor, 2), "ratio_ceiling": round(trl_s / floor, 2),
-                      "ours_mean_completion": round(ours_len, 1), "trl_mean_completion": round(trl_len, 1),
-                      "ours_mfu": round(mfu(ours_s, ours_len), 4), "trl_mfu": round(mfu(trl_s, trl_len), 4),
-                      "ratio": round(trl_s / ours_s, 2)}))
+    print(
+        f"ours: {ours_gen:.1f} s generating + {ours_train:.1f} s training; its work at the peak takes {floor:.1f} s, "
+        f"so the ratio cannot pass {trl_s / floor:.2f} here"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "real_grpo_vs_trl",
+                "model": str(args.model),
+                "dtype": args.dtype,
+                "autocast": args.autocast,
+                "threads": args.threads,
+                "ours_s_per_step": round(ours_s, 2),
+                "trl_s_per_step": round(trl_s, 2),
+                "ours_generate_s": round(ours_gen, 2),
+                "ours_train_s": round(ours_train, 2),
+                "ours_floor_s": round(floor, 2),
+                "ratio_ceiling": round(trl_s / floor, 2),
+                "ours_mean_completion": round(ours_len, 1),
+                "trl_mean_completion": round(trl_len, 1),
+                "ours_mfu": round(mfu(ours_s, ours_len), 4),
+                "trl_mfu": round(mfu(trl_s, trl_len), 4),
+                "ratio": round(trl_s / ours_s, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

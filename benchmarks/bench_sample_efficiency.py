@@ -34,8 +34,10 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     task = get_task("arithmetic", op="+", digits=3)
-    model, tok = new_builtin(GPTConfig(n_layer=args.layers, n_head=4, n_kv_head=4, d_model=args.width,
-                                       max_seq_len=128), seed=args.seed)
+    model, tok = new_builtin(
+        GPTConfig(n_layer=args.layers, n_head=4, n_kv_head=4, d_model=args.width, max_seq_len=128),
+        seed=args.seed,
+    )
     train = task.problems(args.examples, "train", seed=args.seed)
     held_out = task.problems(1000, "test", seed=args.seed + 1)
     rows = [{"prompt": build_prompt(p.question), "completion": p.reference_completion()} for p in train]
@@ -48,17 +50,45 @@ def main():
         best.update(accuracy=max(best["accuracy"], acc))
         return {"held_out_acc": acc}
 
-    cfg = TrainConfig(steps=args.steps, batch_size=50, lr=3e-3, warmup_steps=50, schedule="cosine", min_lr_ratio=0.02,
-                      eval_every=200, max_seconds=args.seconds, seed=args.seed)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=50,
+        lr=3e-3,
+        warmup_steps=50,
+        schedule="cosine",
+        min_lr_ratio=0.02,
+        eval_every=200,
+        max_seconds=args.seconds,
+        seed=args.seed,
+    )
     start = time.monotonic()
-    last = train_supervised(model, tok, examples, cfg, evaluate=evaluate,
-                            stop_when=lambda m: m.get("held_out_acc", 0) >= 0.995,
-                            log=lambda m: print(f"step {m['step']:5d}  {m['seconds']:6.1f}s  held-out "
-                                                f"{m['held_out_acc']:.1%}", flush=True) if "held_out_acc" in m else None)
-    print(json.dumps({"bench": "sample_efficiency", "examples": args.examples, "params": model.num_params(),
-                      "held_out_acc": last.get("held_out_acc"), "best_acc": best["accuracy"],
-                      "steps": last["step"], "seconds": round(time.monotonic() - start, 1),
-                      "paper": {"500": 0.928, "1000": 0.998}}))
+    last = train_supervised(
+        model,
+        tok,
+        examples,
+        cfg,
+        evaluate=evaluate,
+        stop_when=lambda m: m.get("held_out_acc", 0) >= 0.995,
+        log=lambda m: (
+            print(f"step {m['step']:5d}  {m['seconds']:6.1f}s  held-out {m['held_out_acc']:.1%}", flush=True)
+            if "held_out_acc" in m
+            else None
+        ),
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "sample_efficiency",
+                "examples": args.examples,
+                "params": model.num_params(),
+                "held_out_acc": last.get("held_out_acc"),
+                "best_acc": best["accuracy"],
+                "steps": last["step"],
+                "seconds": round(time.monotonic() - start, 1),
+                "paper": {"500": 0.928, "1000": 0.998},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -66,12 +66,16 @@ def main():
         batch = rate(lambda: task.verify_batch(predicted, golds), args.n, args.repeats)
         results[kind] = {"one_at_a_time_per_s": round(one), "batch_per_s": round(batch)}
     forced = [(mathverify.prepare(p), mathverify.prepare(g)) for p, g in pairs("integers", args.n, rng)]
-    results["integers_through_math_verify_batch_per_s"] = round(rate(lambda: pool.check(forced), args.n, args.repeats))
+    results["integers_through_math_verify_batch_per_s"] = round(
+        rate(lambda: pool.check(forced), args.n, args.repeats)
+    )
     print(f"{'set':12s} {'one at a time /s':>18s} {'verify_batch /s':>16s}")
     for kind in ("integers", "fractions", "expressions"):
         print(f"{kind:12s} {results[kind]['one_at_a_time_per_s']:>18,} {results[kind]['batch_per_s']:>16,}")
-    print(f"integers through math-verify (shortcut off), batch: "
-          f"{results['integers_through_math_verify_batch_per_s']:,}/s with {len(pool.workers)} workers")
+    print(
+        f"integers through math-verify (shortcut off), batch: "
+        f"{results['integers_through_math_verify_batch_per_s']:,}/s with {len(pool.workers)} workers"
+    )
     print(json.dumps(results))
 
 

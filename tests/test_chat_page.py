@@ -9,10 +9,14 @@ import time
 
 import pytest
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')"
+)
 if not (shutil.which("chromium") and shutil.which("chromedriver")):
-    pytest.skip("chromium and chromedriver are not both on PATH (Debian: apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "chromium and chromedriver are not both on PATH (Debian: apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -38,7 +42,9 @@ class Slow(BigramLM):
 def server():
     model = thinker()
     model.__class__, model.max_seq_len = Slow, POSITIONS
-    with ServerThread(make_app(model, TOK, Limits(max_tokens=CAP, default_max_tokens=40), model_name="tiny")) as s:
+    with ServerThread(
+        make_app(model, TOK, Limits(max_tokens=CAP, default_max_tokens=40), model_name="tiny")
+    ) as s:
         yield s
 
 
@@ -62,8 +68,11 @@ def page(server, driver):
 
 
 def set_budget(driver, value):
-    driver.execute_script("const b = document.getElementById('budget'); b.value = arguments[0];"
-                          "for (const e of ['input', 'change']) b.dispatchEvent(new Event(e, {bubbles: true}));", value)
+    driver.execute_script(
+        "const b = document.getElementById('budget'); b.value = arguments[0];"
+        "for (const e of ['input', 'change']) b.dispatchEvent(new Event(e, {bubbles: true}));",
+        value,
+    )
     assert driver.find_element(By.ID, "budget-value").text == str(value)
 
 
@@ -72,8 +81,12 @@ def ask(driver, question):
     before = len(driver.find_elements(By.CSS_SELECTOR, ".assistant"))
     driver.find_element(By.ID, "question").send_keys(question, Keys.ENTER)
     turn = WebDriverWait(driver, 10).until(
-        lambda d: (t := d.find_elements(By.CSS_SELECTOR, ".assistant")[before:]) and t[0].get_attribute("data-done")
-        and t[0])
+        lambda d: (
+            (t := d.find_elements(By.CSS_SELECTOR, ".assistant")[before:])
+            and t[0].get_attribute("data-done")
+            and t[0]
+        )
+    )
     assert driver.find_element(By.ID, "send").is_enabled()
     return turn
 
@@ -89,7 +102,9 @@ def test_the_page_loads_with_the_servers_settings(page):
     assert budget.get_attribute("max") == str(CAP) and budget.get_attribute("value") == "64"  # min(64, cap)
     assert page.find_element(By.ID, "budget-value").text == "64"
     assert page.find_element(By.ID, "model").text == "tiny"
-    assert page.find_element(By.ID, "send").is_enabled() and page.find_elements(By.CSS_SELECTOR, ".turn") == []
+    assert (
+        page.find_element(By.ID, "send").is_enabled() and page.find_elements(By.CSS_SELECTOR, ".turn") == []
+    )
 
 
 def test_an_answer_streams_in_and_its_thinking_opens_and_closes(page):
@@ -109,14 +124,21 @@ def test_an_answer_streams_in_and_its_thinking_opens_and_closes(page):
     assert int(turn.get_attribute("data-chunks")) > 1  # thinking pieces and the answer
     seen = page.execute_script("return window.seen")
     lengths = [n for n, _, _ in seen]
-    assert len(lengths) > 3 and lengths == sorted(lengths) and lengths[-1] == 9, seen  # it grew chunk by chunk
+    assert len(lengths) > 3 and lengths == sorted(lengths) and lengths[-1] == 9, (
+        seen
+    )  # it grew chunk by chunk
     assert all(disabled for _, _, disabled in seen), seen  # no second question while one streams
     first, last = next(ms for n, ms, _ in seen if n > 0), seen[-1][1]
-    assert last - first >= 4 * STEP_S * 1000, seen  # live: it grew while the model decoded (8 steps after the first)
+    assert last - first >= 4 * STEP_S * 1000, (
+        seen
+    )  # live: it grew while the model decoded (8 steps after the first)
     assert page.find_element(By.CSS_SELECTOR, ".user").text == "3+4"
 
     details = turn.find_element(By.CSS_SELECTOR, "details.thinking")
-    summary, text = details.find_element(By.TAG_NAME, "summary"), turn.find_element(By.CSS_SELECTOR, ".thinking-text")
+    summary, text = (
+        details.find_element(By.TAG_NAME, "summary"),
+        turn.find_element(By.CSS_SELECTOR, ".thinking-text"),
+    )
     assert summary.text == "Thinking (9 tokens)"
     assert details.get_property("open") is False and not text.is_displayed()
     summary.click()
@@ -128,7 +150,9 @@ def test_an_answer_streams_in_and_its_thinking_opens_and_closes(page):
 def test_the_slider_sets_the_thinking_length(page):
     for budget in (3, 9):
         set_budget(page, budget)
-        turn = ask(page, "3+4")  # the same conversation: the second request sends both questions and the answer
+        turn = ask(
+            page, "3+4"
+        )  # the same conversation: the second request sends both questions and the answer
         assert thinking_of(turn) == "a" * budget and turn.find_element(By.CSS_SELECTOR, ".answer").text == "7"
         assert turn.find_element(By.CSS_SELECTOR, "summary").text == f"Thinking ({budget} tokens)"
     assert len(page.find_elements(By.CSS_SELECTOR, ".assistant")) == 2
@@ -141,5 +165,6 @@ def test_a_server_error_is_shown(page):
     assert error.is_displayed() and turn.get_attribute("data-error") == "1"
     assert "128 positions" in error.text and "HTTP 400" in error.text  # the server's message and status
     again = ask(page, "3+4")  # the page goes on after an error
-    assert again.find_element(By.CSS_SELECTOR, ".answer").text == "7" and not again.find_elements(By.CSS_SELECTOR,
-                                                                                                   ".error")
+    assert again.find_element(By.CSS_SELECTOR, ".answer").text == "7" and not again.find_elements(
+        By.CSS_SELECTOR, ".error"
+    )

@@ -37,30 +37,47 @@ def one_error_line(capsys, *needles) -> str:
 
 
 def sft_data(path, rows=8, text="1+1"):
-    path.write_text("".join(json.dumps({"prompt": f"{text}\n", "completion": f"<answer>{i}</answer>"}) + "\n"
-                            for i in range(rows)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"{text}\n", "completion": f"<answer>{i}</answer>"}) + "\n"
+            for i in range(rows)
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["rl", "--temperature", "nan"], "--temperature"), (["rl", "--temperature", "0"], "--temperature"),
-    (["rl", "--beta", "-1"], "--beta"), (["rl", "--eps-low", "-1"], "--eps-low"), (["rl", "--lr", "0"], "--lr"),
-    (["rl", "--format-points", "nan"], "--format-points"), (["rl", "--max-seconds", "inf"], "--max-seconds"),
-    (["pretrain", "--task", "chain", "--n-layer", "0"], "--n-layer"),
-    (["pretrain", "--task", "chain", "--worked-fraction", "1.5"], "--worked-fraction"),
-    (["pretrain", "--task", "chain", "--d-model", "-8"], "--d-model"),
-    (["pretrain", "--task", "chain", "--corpus-size", "0"], "--corpus-size"),
-    (["rationales", "--judge-threshold", "11"], "--judge-threshold"),
-    (["eval", "--budgets", ""], "--budgets"), (["eval", "--temperature", "nan"], "--temperature"),
-    (["eval", "--temperature", "-1"], "--temperature"), (["generate", "--temperature", "nan"], "--temperature"),
-    (["generate", "--top-p", "0"], "--top-p"), (["sft", "--lr", "inf"], "--lr"), (["sft", "--seed", "-1"], "--seed"),
-    (["demo", "--threads", "-1"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["rl", "--temperature", "nan"], "--temperature"),
+        (["rl", "--temperature", "0"], "--temperature"),
+        (["rl", "--beta", "-1"], "--beta"),
+        (["rl", "--eps-low", "-1"], "--eps-low"),
+        (["rl", "--lr", "0"], "--lr"),
+        (["rl", "--format-points", "nan"], "--format-points"),
+        (["rl", "--max-seconds", "inf"], "--max-seconds"),
+        (["pretrain", "--task", "chain", "--n-layer", "0"], "--n-layer"),
+        (["pretrain", "--task", "chain", "--worked-fraction", "1.5"], "--worked-fraction"),
+        (["pretrain", "--task", "chain", "--d-model", "-8"], "--d-model"),
+        (["pretrain", "--task", "chain", "--corpus-size", "0"], "--corpus-size"),
+        (["rationales", "--judge-threshold", "11"], "--judge-threshold"),
+        (["eval", "--budgets", ""], "--budgets"),
+        (["eval", "--temperature", "nan"], "--temperature"),
+        (["eval", "--temperature", "-1"], "--temperature"),
+        (["generate", "--temperature", "nan"], "--temperature"),
+        (["generate", "--top-p", "0"], "--top-p"),
+        (["sft", "--lr", "inf"], "--lr"),
+        (["sft", "--seed", "-1"], "--seed"),
+        (["demo", "--threads", "-1"], "--threads"),
+    ],
+)
 def test_options_out_of_range_are_refused_before_any_work(argv, flag, tmp_path, capsys):
     before = set(tmp_path.iterdir())
     # a model that does not exist: the option is refused before anything loads
     extra = [] if argv[0] in ("pretrain", "demo") else ["--model", str(tmp_path / "nothing")]
-    out = ["--out", str(tmp_path / "out")] if argv[0] in ("pretrain", "rl", "rationales", "sft", "demo") else []
+    out = (
+        ["--out", str(tmp_path / "out")] if argv[0] in ("pretrain", "rl", "rationales", "sft", "demo") else []
+    )
     assert main(argv + extra + out) == 2
     one_error_line(capsys, flag)
     assert set(tmp_path.iterdir()) == before
@@ -83,8 +100,28 @@ def test_arithmetic_refuses_operands_too_long_to_verify(capsys):
 
 def test_sft_that_diverges_stops_with_one_line(tmp_path, capsys):
     data = sft_data(tmp_path / "d.jsonl")
-    assert main(["sft", "--data", str(data), "--lr", "1e30", "--steps", "12", "--batch-size", "4", "--warmup-steps", "0",
-                 "--eval-every", "0", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "sft",
+                "--data",
+                str(data),
+                "--lr",
+                "1e30",
+                "--steps",
+                "12",
+                "--batch-size",
+                "4",
+                "--warmup-steps",
+                "0",
+                "--eval-every",
+                "0",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     one_error_line(capsys, "non-finite losses or gradients in a row")
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -160,27 +197,45 @@ def test_characters_the_built_in_tokenizer_cannot_read_are_refused(tmp_path, cap
 def test_a_folder_given_as_a_file_says_so(tmp_path, capsys):
     folder = tmp_path / "folder"
     folder.mkdir()
-    for argv in (["score", "--task", "arithmetic", str(folder)], ["sft", "--data", str(folder)],
-                 ["generate", "--config", str(folder)], ["serve", "--config", str(folder)]):
+    for argv in (
+        ["score", "--task", "arithmetic", str(folder)],
+        ["sft", "--data", str(folder)],
+        ["generate", "--config", str(folder)],
+        ["serve", "--config", str(folder)],
+    ):
         assert main(argv) == 2
         one_error_line(capsys, "is a folder")
 
 
 def test_config_file_sets_every_option_and_the_command_line_wins(checkpoint, tmp_path, capsys):
     config = tmp_path / "run.toml"
-    config.write_text(f'model = "{checkpoint}"\ntask = "arithmetic"\ntask_arg = {{digits = 1}}\ndevice = "nope"\n'
-                      "problems = 1\nmax_new_tokens = 2\n")
+    config.write_text(
+        f'model = "{checkpoint}"\ntask = "arithmetic"\ntask_arg = {{digits = 1}}\ndevice = "nope"\n'
+        "problems = 1\nmax_new_tokens = 2\n"
+    )
     assert main(["generate", "--config", str(config)]) == 2
     one_error_line(capsys, "--device 'nope'")  # the file's device was taken
     assert main(["generate", "--config", str(config), "--device", "cpu"]) == 0  # the flag wins
     assert "1 completions" in capsys.readouterr().out
     faith = tmp_path / "faith.json"
-    faith.write_text(json.dumps({"model": str(checkpoint), "task_arg": ["digits=1"], "problems": 2, "device": "cpu",
-                                 "output": str(tmp_path / "f.json")}))
+    faith.write_text(
+        json.dumps(
+            {
+                "model": str(checkpoint),
+                "task_arg": ["digits=1"],
+                "problems": 2,
+                "device": "cpu",
+                "output": str(tmp_path / "f.json"),
+            }
+        )
+    )
     assert main(["faithfulness", "--config", str(faith)]) == 0 and (tmp_path / "f.json").is_file()
     capsys.readouterr()
     serve = tmp_path / "serve.toml"
-    for text, needle in (('port = "x"\n', "option 'port' must be int"), ("colour = 1\n", "unknown option(s) colour")):
+    for text, needle in (
+        ('port = "x"\n', "option 'port' must be int"),
+        ("colour = 1\n", "unknown option(s) colour"),
+    ):
         serve.write_text(text)
         assert main(["serve", "--config", str(serve)]) == 2
         one_error_line(capsys, needle)

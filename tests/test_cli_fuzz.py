@@ -26,8 +26,21 @@ from reasonlab import cli
 from reasonlab.config import _limit_error
 from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
 
-PATHS = {"out", "output", "model", "data", "eval_data", "teacher", "judge", "config", "host", "run_dir", "input",
-         "gguf", "hf"}
+PATHS = {
+    "out",
+    "output",
+    "model",
+    "data",
+    "eval_data",
+    "teacher",
+    "judge",
+    "config",
+    "host",
+    "run_dir",
+    "input",
+    "gguf",
+    "hf",
+}
 SKIP = {"help", "debug"} | PATHS
 FLOATS = ["nan", "inf", "-inf", "-1", "0", "1e300", "1e30", "-0.0", "abc", "", "1e-40", "1e-300", "5e-324"]
 INTS = ["-1", "0", "abc", "1.5", "", "nan", "1000000000000", "9" * 30, "1e12"]
@@ -44,7 +57,9 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_inputs")
     model, tok = new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=64), seed=0)
     save_checkpoint(root / "ck", model, tok, {"task": {"name": "arithmetic", "options": {"digits": 1}}})
-    rows = [{"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"} for i in range(6)]
+    rows = [
+        {"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"} for i in range(6)
+    ]
     (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     scored = [{"completion": r["completion"], "answer": str(i + 1)} for i, r in enumerate(rows)]
     (root / "score.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
@@ -60,16 +75,93 @@ def base_argv(command: str, inputs, out: str) -> list[str]:
         "eval": ["eval", "--model", ck, "--problems", "1", *small],
         "faithfulness": ["faithfulness", "--model", ck, "--problems", "1", "--device", "cpu"],
         "serve": ["serve", "--model", ck, "--port", "0", "--device", "cpu"],
-        "rl": ["rl", "--model", ck, "--steps", "1", "--prompts-per-step", "1", "--group-size", "2", "--eval-every", "0",
-               *small, *run],
-        "sft": ["sft", "--model", ck, "--data", str(inputs / "sft.jsonl"), "--steps", "1", "--batch-size", "2",
-                "--eval-every", "0", "--device", "cpu", *run],
-        "pretrain": ["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "1", "--batch-size", "2",
-                     "--corpus-size", "8", "--check-problems", "1", "--n-layer", "1", "--n-head", "2", "--d-model", "16",
-                     "--max-seq-len", "64", "--eval-every", "0", *small, *run],
-        "rationales": ["rationales", "--model", ck, "--rounds", "1", "--problems", "2", "--samples", "1", "--steps", "1",
-                       "--batch-size", "2", "--eval-problems", "1", "--eval-every", "0", *small, *run],
-        "score": ["score", "--task", "arithmetic", str(inputs / "score.jsonl"), "-o", os.path.join(out, "s.jsonl")],
+        "rl": [
+            "rl",
+            "--model",
+            ck,
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "1",
+            "--group-size",
+            "2",
+            "--eval-every",
+            "0",
+            *small,
+            *run,
+        ],
+        "sft": [
+            "sft",
+            "--model",
+            ck,
+            "--data",
+            str(inputs / "sft.jsonl"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "0",
+            "--device",
+            "cpu",
+            *run,
+        ],
+        "pretrain": [
+            "pretrain",
+            "--task",
+            "chain",
+            "--task-arg",
+            "length=2",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--corpus-size",
+            "8",
+            "--check-problems",
+            "1",
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--d-model",
+            "16",
+            "--max-seq-len",
+            "64",
+            "--eval-every",
+            "0",
+            *small,
+            *run,
+        ],
+        "rationales": [
+            "rationales",
+            "--model",
+            ck,
+            "--rounds",
+            "1",
+            "--problems",
+            "2",
+            "--samples",
+            "1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--eval-problems",
+            "1",
+            "--eval-every",
+            "0",
+            *small,
+            *run,
+        ],
+        "score": [
+            "score",
+            "--task",
+            "arithmetic",
+            str(inputs / "score.jsonl"),
+            "-o",
+            os.path.join(out, "s.jsonl"),
+        ],
         "demo": ["demo", "--quick", "--out", out],
         "export": ["export", "--model", ck, "--gguf", os.path.join(out, "m.gguf")],
         "report": ["report", str(inputs)],
@@ -87,7 +179,7 @@ def fuzz_value(action: argparse.Action, rng: random.Random) -> list[str]:
     abbreviation of its flag, which must be refused."""
     flag = action.option_strings[-1]
     if rng.random() < 0.1 and len(flag) > 4:
-        return [flag[:rng.randrange(3, len(flag))], "1"]
+        return [flag[: rng.randrange(3, len(flag))], "1"]
     if action.nargs == 0:  # a switch: on, or (BooleanOptionalAction) off
         return [rng.choice(action.option_strings)]
     if action.dest == "task_arg":
@@ -131,8 +223,15 @@ def _fields():
     except ImportError:
         from reasonlab.train.grpo import GRPOConfig
 
-    classes = {"generate": SampleConfig, "eval": EvalConfig, "demo": DemoConfig, "pretrain": PretrainConfig,
-               "rationales": RationalesConfig, "sft": SFTConfig, "rl": GRPOConfig}
+    classes = {
+        "generate": SampleConfig,
+        "eval": EvalConfig,
+        "demo": DemoConfig,
+        "pretrain": PretrainConfig,
+        "rationales": RationalesConfig,
+        "sft": SFTConfig,
+        "rl": GRPOConfig,
+    }
     return {cmd: {f.name: f for f in dataclasses.fields(cls)} for cmd, cls in classes.items()}
 
 
@@ -142,10 +241,12 @@ FIELDS = _fields()  # command -> its config's fields: the limits each option sta
 def corrupt_model(src, dst, rng: random.Random) -> None:
     shutil.copytree(src, dst)
     weights, config = dst / "model.safetensors", dst / "config.json"
-    how = rng.choice(["truncate", "flip header", "random", "empty", "config value", "config garbage", "no config"])
+    how = rng.choice(
+        ["truncate", "flip header", "random", "empty", "config value", "config garbage", "no config"]
+    )
     data = bytearray(weights.read_bytes())
     if how == "truncate":
-        weights.write_bytes(data[:rng.randrange(len(data))])
+        weights.write_bytes(data[: rng.randrange(len(data))])
     elif how == "flip header":
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(min(200, len(data)))] = rng.randrange(256)
@@ -160,16 +261,32 @@ def corrupt_model(src, dst, rng: random.Random) -> None:
         meta["reasonlab"]["gpt"][key] = rng.choice([-1, 0, "x", None, 10**9, 1.5, [], {}])
         config.write_text(json.dumps(meta))
     elif how == "config garbage":
-        config.write_text(rng.choice(["", "[1]", "{", "null", '{"reasonlab": 5}', '{"reasonlab": {"kind": "builtin"}}']))
+        config.write_text(
+            rng.choice(["", "[1]", "{", "null", '{"reasonlab": 5}', '{"reasonlab": {"kind": "builtin"}}'])
+        )
     else:
         config.unlink()
 
 
 def corrupt_jsonl(path, rng: random.Random) -> None:
     good = json.dumps({"prompt": "1\n", "completion": "<answer>2</answer>", "answer": "2"})
-    bad = rng.choice(['{"prompt": 1, "completion": "x"}', "[1, 2]", "{not json", "\xff\xfe", '"text"', "{}", "null",
-                      '{"completion": 5, "answer": "1"}', '{"messages": "x"}', '{"messages": [{"role": "user"}]}'])
-    text = rng.choice(["", "\n\n", good + "\n" + bad + "\n", bad + "\n" + good + "\n", good[: rng.randrange(len(good))]])
+    bad = rng.choice(
+        [
+            '{"prompt": 1, "completion": "x"}',
+            "[1, 2]",
+            "{not json",
+            "\xff\xfe",
+            '"text"',
+            "{}",
+            "null",
+            '{"completion": 5, "answer": "1"}',
+            '{"messages": "x"}',
+            '{"messages": [{"role": "user"}]}',
+        ]
+    )
+    text = rng.choice(
+        ["", "\n\n", good + "\n" + bad + "\n", bad + "\n" + good + "\n", good[: rng.randrange(len(good))]]
+    )
     path.write_bytes(text.encode("utf-8", "surrogateescape") if text else b"")
 
 
@@ -214,8 +331,19 @@ def check(argv, code, err, refuse: bool):
 def cases(seed: int, n: int):
     """(command, mutation) pairs: ("option", action, value argv) or ("model" / "jsonl" / "config", None, [])."""
     rng = random.Random(seed)
-    commands = ["generate", "eval", "faithfulness", "serve", "rl", "sft", "pretrain", "rationales", "score", "demo",
-                "export"]
+    commands = [
+        "generate",
+        "eval",
+        "faithfulness",
+        "serve",
+        "rl",
+        "sft",
+        "pretrain",
+        "rationales",
+        "score",
+        "demo",
+        "export",
+    ]
     for _ in range(n):
         command = rng.choice(commands)
         kind = rng.choices(["option", "model", "jsonl", "config"], weights=[6, 2, 1, 1])[0]
@@ -248,8 +376,20 @@ def fuzz(seed: int, n: int, files, tmp_path, capsys, monkeypatch):
             corrupt_jsonl(inputs / ("sft.jsonl" if command == "sft" else "score.jsonl"), rng)
         else:  # a config file of a random bad option or value
             config = inputs / rng.choice(["c.toml", "c.json"])
-            config.write_text(rng.choice(["steps = nan\n", "nope = 1\n", "[x]\n", '{"lr": "x"}', "[1]",
-                                          '{"device": 5}', '{"task_arg": 5}', "temperature = -1\n"]))
+            config.write_text(
+                rng.choice(
+                    [
+                        "steps = nan\n",
+                        "nope = 1\n",
+                        "[x]\n",
+                        '{"lr": "x"}',
+                        "[1]",
+                        '{"device": 5}',
+                        '{"task_arg": 5}',
+                        "temperature = -1\n",
+                    ]
+                )
+            )
             argv += ["--config", str(config)]
             refuse = True
         before = snapshot(tmp_path)

@@ -27,7 +27,11 @@ def test_score_writes_fields_and_summary(tmp_path, capsys):
     assert main(["score", "--task", "arithmetic", str(inp), "-o", str(out)]) == 0
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["format_ok"], r["correct"], r["reward"]) for r in got] == [
-        (True, True, 3.0), (True, False, 2.0), (False, False, 0.0), (False, False, 0.0)]
+        (True, True, 3.0),
+        (True, False, 2.0),
+        (False, False, 0.0),
+        (False, False, 0.0),
+    ]
     assert [r["think_len"] for r in got] == [6, 6, 6, None]
     assert got[3]["prompt"] == "7+5\n"  # input fields are repeated
     summary = capsys.readouterr().out
@@ -72,17 +76,25 @@ def test_other_user_errors(tmp_path, capsys):
 
 
 def test_console_entry_point_exit_code_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "reasonlab", "score", "--task", "nope", "x.jsonl"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reasonlab", "score", "--task", "nope", "x.jsonl"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown task" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "reasonlab", "score", "--task", "nope", "x.jsonl", "--debug"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reasonlab", "score", "--task", "nope", "x.jsonl", "--debug"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 def test_task_options_from_the_command_line(tmp_path, capsys):
-    inp = write(tmp_path / "in.jsonl", [{"completion": "<think>x</think><answer>(7-3)*5+2</answer>",
-                                         "answer": "2 3 5 7 -> 22"}])
+    inp = write(
+        tmp_path / "in.jsonl",
+        [{"completion": "<think>x</think><answer>(7-3)*5+2</answer>", "answer": "2 3 5 7 -> 22"}],
+    )
     assert main(["score", "--task", "countdown", "--task-arg", "count=4", str(inp)]) == 0
     assert json.loads(capsys.readouterr().out)["correct"] is True
 

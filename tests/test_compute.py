@@ -69,20 +69,34 @@ def test_model_cost_of_a_hugging_face_llama_plain_with_its_own_head_dim_and_with
 
     def tiny(**extra):
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **extra)
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **extra,
+        )
         return HFCausalLM(LlamaForCausalLM(config).eval())
 
     model = tiny()
-    assert compute.model_cost(model) == compute.ModelCost(sum(p.numel() for p in model.parameters()), 4 * 2 * 32)
+    assert compute.model_cost(model) == compute.ModelCost(
+        sum(p.numel() for p in model.parameters()), 4 * 2 * 32
+    )
     assert compute.model_cost(model.hf).attention == 4 * 2 * 32  # the bare transformers model too
-    assert compute.model_cost(tiny(head_dim=16)).attention == 4 * 2 * (4 * 16)  # heads wider than hidden / heads
+    assert compute.model_cost(tiny(head_dim=16)).attention == 4 * 2 * (
+        4 * 16
+    )  # heads wider than hidden / heads
     pytest.importorskip("peft")
     from reasonlab.runtime import RuntimeOptions, add_lora
 
     lora = add_lora(tiny(), RuntimeOptions(lora_rank=4, lora_targets="q_proj,v_proj"))
     cost = compute.model_cost(lora)
-    assert cost.attention == 4 * 2 * 32 and cost.n_params > compute.model_cost(model).n_params  # adapters counted
+    assert (
+        cost.attention == 4 * 2 * 32 and cost.n_params > compute.model_cost(model).n_params
+    )  # adapters counted
 
 
 def test_answer_flops_is_a_prefill_and_its_decoding():
@@ -99,8 +113,11 @@ def test_a_generate_call_counts_each_prompt_once_and_each_new_token_at_its_posit
     lengths = [len(tok.encode(p)) for p in prompts]
     new = rollout.lengths.tolist()
     assert ledger.sampled == lengths[0] + lengths[2] + sum(new)
-    assert ledger.sampled_pairs == (positions(1, lengths[0]) + positions(1, lengths[2])  # the two distinct prefills
-                                    + sum(positions(P + 1, P + G) for P, G in zip(lengths, new)))
+    assert ledger.sampled_pairs == (
+        positions(1, lengths[0])
+        + positions(1, lengths[2])  # the two distinct prefills
+        + sum(positions(P + 1, P + G) for P, G in zip(lengths, new))
+    )
     assert ledger.trained == ledger.trained_pairs == ledger.scored_pairs == 0
 
 
@@ -109,13 +126,22 @@ def test_a_supervised_step_counts_each_sequence_it_trains(tiny_gpt, packing):
     """Without packing each example is a sequence; a packed row is one sequence (its examples
     attend across one another)."""
     model, tok = tiny_gpt
-    rows = [{"prompt": "1+2\n", "completion": "<think></think><answer>3</answer>"},
-            {"prompt": "14+25\n", "completion": "<think>4+5=9</think><answer>39</answer>"}]
+    rows = [
+        {"prompt": "1+2\n", "completion": "<think></think><answer>3</answer>"},
+        {"prompt": "14+25\n", "completion": "<think>4+5=9</think><answer>39</answer>"},
+    ]
     examples = tokenize_examples(tok, rows, 64)
     a, b = (len(p) + len(c) for p, c in examples)
     assert a != b
-    cfg = TrainConfig(steps=1, batch_size=2, lr=1e-3, warmup_steps=0, group_by_length=False, packing=packing,
-                      max_seq_len=128)
+    cfg = TrainConfig(
+        steps=1,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=0,
+        group_by_length=False,
+        packing=packing,
+        max_seq_len=128,
+    )
     with compute.track() as ledger:
         train_supervised(model, tok, examples, cfg)
     if packing:  # one packed row a + b long; the batch of 2 holds it twice
@@ -128,8 +154,12 @@ def test_a_supervised_step_counts_each_sequence_it_trains(tiny_gpt, packing):
 def test_the_rl_update_counts_each_row_or_a_groups_prompt_once_when_shared(tiny_gpt):
     model, tok = tiny_gpt
     G, questions = 2, ["1+2\n", "33+4\n"]
-    rollout = generate(model, tok, [q for q in questions for _ in range(G)],
-                       SamplingParams(max_new_tokens=6, temperature=1.0, seed=1))
+    rollout = generate(
+        model,
+        tok,
+        [q for q in questions for _ in range(G)],
+        SamplingParams(max_new_tokens=6, temperature=1.0, seed=1),
+    )
     groups = [Group(rollout, i, torch.tensor([0.0, 1.0])) for i in range(len(questions))]
     P = [len(tok.encode(q)) for q in questions for _ in range(G)]
     C = rollout.lengths.tolist()
@@ -137,8 +167,12 @@ def test_the_rl_update_counts_each_row_or_a_groups_prompt_once_when_shared(tiny_
     assert plain.tokens.tolist() == [p + c for p, c in zip(P, C)]
     assert plain.pairs.tolist() == [positions(1, p + c) for p, c in zip(P, C)]
     shared = build_batch(groups, G, tok.pad_id, shared=True)  # row 0 of a group carries its prompt
-    assert shared.pairs.tolist() == [positions(1 if i % G == 0 else p + 1, p + c) for i, (p, c) in enumerate(zip(P, C))]
-    cfg = GRPOConfig(updates=2, beta=0.0, group_size=G, max_new_tokens=6)  # one forward-only pass, two trained
+    assert shared.pairs.tolist() == [
+        positions(1 if i % G == 0 else p + 1, p + c) for i, (p, c) in enumerate(zip(P, C))
+    ]
+    cfg = GRPOConfig(
+        updates=2, beta=0.0, group_size=G, max_new_tokens=6
+    )  # one forward-only pass, two trained
     with compute.track() as ledger:
         update(model, model, None, make_optimizer(model, 1e-3), plain, cfg, 1e-3, float(plain.mask.sum()))
     assert ledger.trained == 2 * sum(P + c for P, c in zip(P, C)) and ledger.scored == ledger.trained // 2
@@ -152,10 +186,19 @@ def test_an_rl_state_saved_before_pairs_were_counted_restores():
     core = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(core.parameters(), lr=0.1)
     loaded = {}
-    collector = SimpleNamespace(stream=SimpleNamespace(load_state=lambda s: loaded.update(stream=s)), keep_rate=1.0,
-                                format_watch=SimpleNamespace(load=lambda s: loaded.update(watch=s)))
-    old = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "stream": {"at": 3}, "step": 4,
-           "seconds": 9.0, "compute": {"sampled": 100, "trained": 40, "scored": 0}}  # no *_pairs: an old state
+    collector = SimpleNamespace(
+        stream=SimpleNamespace(load_state=lambda s: loaded.update(stream=s)),
+        keep_rate=1.0,
+        format_watch=SimpleNamespace(load=lambda s: loaded.update(watch=s)),
+    )
+    old = {
+        "model": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "stream": {"at": 3},
+        "step": 4,
+        "seconds": 9.0,
+        "compute": {"sampled": 100, "trained": 40, "scored": 0},
+    }  # no *_pairs: an old state
     ledger = compute.Ledger()
     assert load_state(old, core, optimizer, collector, None, ledger) == (4, 9.0)
     assert ledger == compute.Ledger(sampled=100, trained=40)
@@ -173,12 +216,18 @@ def test_evaluate_problems_reports_the_inference_cost_of_an_answer(tiny_gpt):
     params = SamplingParams(temperature=0.0, max_new_tokens=9)
     out = evaluate_problems(model, tok, task, task.problems(1, "test", 0), params=params)
     P = len(tok.encode(out["rows"][0]["prompt"]))
-    G = int(generate(model, tok, [out["rows"][0]["prompt"]], params).lengths[0])  # greedy: the same completion
+    G = int(
+        generate(model, tok, [out["rows"][0]["prompt"]], params).lengths[0]
+    )  # greedy: the same completion
     assert out["mean_prompt_tokens"] == P and out["mean_completion_tokens"] == G
     N, attention = sum(p.numel() for p in model.parameters()), 4 * 2 * 32  # tiny_gpt: 2 layers, d_model 32
     assert out["flops_per_answer"] == 2 * N * (P + G) + attention * positions(1, P + G)
     assert out["flops_per_answer"] == compute.answer_flops(compute.model_cost(model), P, G)
-    chain = get_task("chain", length=3, min_length=2)  # problems of 1 and 2 hops: each difficulty its own cost
+    chain = get_task(
+        "chain", length=3, min_length=2
+    )  # problems of 1 and 2 hops: each difficulty its own cost
     out = evaluate_problems(model, tok, chain, chain.problems(6, "test", 0), params=params)
     by = out["by_difficulty"].values()
-    assert len(by) == 2 and sum(d["n"] * d["flops_per_answer"] for d in by) / 6 == pytest.approx(out["flops_per_answer"])
+    assert len(by) == 2 and sum(d["n"] * d["flops_per_answer"] for d in by) / 6 == pytest.approx(
+        out["flops_per_answer"]
+    )

@@ -10,8 +10,19 @@ import pytest
 
 from reasonlab.cli import main
 
-KEYS = ("base_direct_acc", "base_cot_prompt_acc", "method1_acc", "method2_acc", "method2_format_rate",
-        "budget_curve", "budget_curve_method1", "budget_aware", "length_control", "faithfulness", "seconds")
+KEYS = (
+    "base_direct_acc",
+    "base_cot_prompt_acc",
+    "method1_acc",
+    "method2_acc",
+    "method2_format_rate",
+    "budget_curve",
+    "budget_curve_method1",
+    "budget_aware",
+    "length_control",
+    "faithfulness",
+    "seconds",
+)
 
 
 def test_quick_demo_writes_results_and_report(tmp_path, capsys):
@@ -21,8 +32,12 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     for key in KEYS:
         assert key in results, key
     assert len(results["method1_acc"]) == 1
-    for value in [results["base_direct_acc"], results["base_cot_prompt_acc"], results["method2_acc"],
-                  *results["method1_acc"]]:
+    for value in [
+        results["base_direct_acc"],
+        results["base_cot_prompt_acc"],
+        results["method2_acc"],
+        *results["method1_acc"],
+    ]:
         assert 0.0 <= value <= 1.0
     curve = results["budget_curve"]
     assert [c["budget"] for c in curve] == sorted(c["budget"] for c in curve) and curve[0]["budget"] == 0
@@ -57,14 +72,28 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert all(len(m["acc"]) == 1 and m["flops"][0] > 0 for m in results["methods"].values())
     assert set(results["pass_at_k"]) == {"base", "method1", "method2", "method1_then_2"}
     assert results["r1_zero_format_curve"] and results["r1_zero"]["steps"] >= 1
-    assert [set(s["replies"]) for s in results["stage_samples"]] == [set(results["stage_samples"][0]["replies"])] * 3
+    assert [set(s["replies"]) for s in results["stage_samples"]] == [
+        set(results["stage_samples"][0]["replies"])
+    ] * 3
     # the ledger: each stage's compute and time; training stages cost FLOPs, evaluations none
     ledger = results["ledger"]
-    assert list(ledger) == ["pretrain", "prompting", "method1", "method1_then_2", "r1_zero", "head_to_head",
-                            "budget_aware", "faithfulness"]
-    assert all(ledger[s]["flops"] > 0 for s in ("pretrain", "method1", "method1_then_2", "r1_zero", "budget_aware"))
+    assert list(ledger) == [
+        "pretrain",
+        "prompting",
+        "method1",
+        "method1_then_2",
+        "r1_zero",
+        "head_to_head",
+        "budget_aware",
+        "faithfulness",
+    ]
+    assert all(
+        ledger[s]["flops"] > 0 for s in ("pretrain", "method1", "method1_then_2", "r1_zero", "budget_aware")
+    )
     assert all(ledger[s]["flops"] == 0 for s in ("prompting", "head_to_head", "faithfulness"))
-    assert ledger["method1"]["flops"] == results["methods"]["method1"]["flops"][0]  # the same count, two views
+    assert (
+        ledger["method1"]["flops"] == results["methods"]["method1"]["flops"][0]
+    )  # the same count, two views
     assert sum(s["seconds"] for s in ledger.values()) <= results["seconds"]
     for png in ("compute.png", "pass_at_k.png", "r1_zero.png"):
         assert (out / png).stat().st_size > 5000 and png in html
@@ -90,13 +119,18 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     assert {k: resumed[k] for k in same} == {k: stopped[k] for k in same} and resumed["config"]["resume"]
     for key in KEYS:
         assert key in resumed, key
-    assert resumed["seconds"] > stopped["seconds"] and (out / "checkpoints" / "method2" / "config.json").is_file()
+    assert (
+        resumed["seconds"] > stopped["seconds"]
+        and (out / "checkpoints" / "method2" / "config.json").is_file()
+    )
     capsys.readouterr()
     assert main(["demo", "--quick", "--out", str(out), "--resume", "--seed", "5"]) == 2
     assert "seed=0" in capsys.readouterr().err
     assert main(["demo", "--quick", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "no demo run to go on with" in capsys.readouterr().err
-    assert main(["demo", "--quick", "--out", str(tmp_path / "t"), "--threads", "-1"]) == 2  # not a torch traceback
+    assert (
+        main(["demo", "--quick", "--out", str(tmp_path / "t"), "--threads", "-1"]) == 2
+    )  # not a torch traceback
     assert "threads must be >= 0" in capsys.readouterr().err
 
 
@@ -108,17 +142,37 @@ def test_training_plot_shows_every_sample_at_the_runs_temperature(tmp_path, monk
 
     figures = []
     monkeypatch.setattr(plots.plt, "close", figures.append)
-    steps = [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.75 + s / 8, "reward/accuracy": 0.75 + s / 8,
-              "completions/mean_think_tokens": 40} for s in (1, 2)]
-    plots.plot_training(steps + [{"step": 2, "eval/accuracy": 0.95}], tmp_path / "a.png",
-                         {"temperature": 0.7, "format_points": 4.0, "correct_points": 1.0})
+    steps = [
+        {
+            "step": s,
+            "reward/mean": 2.5,
+            "reward/sampled_mean": 2.75 + s / 8,
+            "reward/accuracy": 0.75 + s / 8,
+            "completions/mean_think_tokens": 40,
+        }
+        for s in (1, 2)
+    ]
+    plots.plot_training(
+        steps + [{"step": 2, "eval/accuracy": 0.95}],
+        tmp_path / "a.png",
+        {"temperature": 0.7, "format_points": 4.0, "correct_points": 1.0},
+    )
     reward, accuracy, _ = figures[-1].axes
-    assert list(reward.lines[0].get_ydata()) == [2.875, 3.0] and reward.get_title(loc="left") == "Reward (format 4 + correct 1)"
-    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["samples (T=0.7)", "held-out (greedy)"]
+    assert (
+        list(reward.lines[0].get_ydata()) == [2.875, 3.0]
+        and reward.get_title(loc="left") == "Reward (format 4 + correct 1)"
+    )
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == [
+        "samples (T=0.7)",
+        "held-out (greedy)",
+    ]
     old = [{k: v for k, v in m.items() if k != "reward/sampled_mean"} for m in steps]
     plots.plot_training(old, tmp_path / "b.png")
     reward, accuracy, _ = figures[-1].axes
-    assert list(reward.lines[0].get_ydata()) == [2.5, 2.5] and reward.get_ylabel() == "mean reward, groups trained on"
+    assert (
+        list(reward.lines[0].get_ydata()) == [2.5, 2.5]
+        and reward.get_ylabel() == "mean reward, groups trained on"
+    )
     assert accuracy.get_legend().get_texts()[0].get_text() == "samples"
 
 
@@ -130,9 +184,19 @@ def test_report_reads_a_log_cut_by_a_kill_and_names_a_bad_file(tmp_path, capsys)
 
     run = tmp_path / "run"
     (run / "grpo").mkdir(parents=True)
-    (run / "results.json").write_text(json.dumps({"task": "chain", "base_direct_acc": 0.1, "method2_acc": 0.9}))
-    steps = [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.8, "reward/accuracy": 0.8,
-              "completions/mean_think_tokens": 40} for s in (1, 2)]
+    (run / "results.json").write_text(
+        json.dumps({"task": "chain", "base_direct_acc": 0.1, "method2_acc": 0.9})
+    )
+    steps = [
+        {
+            "step": s,
+            "reward/mean": 2.5,
+            "reward/sampled_mean": 2.8,
+            "reward/accuracy": 0.8,
+            "completions/mean_think_tokens": 40,
+        }
+        for s in (1, 2)
+    ]
     log = run / "grpo" / "metrics.jsonl"
     log.write_text("".join(json.dumps(m) + "\n" for m in steps) + '{"step": 3, "reward/me')
     assert read_log(log) == steps and "torn last line" in capsys.readouterr().err
@@ -154,18 +218,44 @@ def test_report_of_an_rl_run_folder(tmp_path, capsys):
     held-out accuracy where the run started and ended; a folder of neither kind is one error."""
     run = tmp_path / "rl"
     run.mkdir()
-    (run / "run.json").write_text(json.dumps({"command": "rl", "config": {
-        "prompts_per_step": 16, "group_size": 8, "temperature": 0.7, "lr": 3e-4, "format_points": 2.0,
-        "correct_points": 1.0}}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "command": "rl",
+                "config": {
+                    "prompts_per_step": 16,
+                    "group_size": 8,
+                    "temperature": 0.7,
+                    "lr": 3e-4,
+                    "format_points": 2.0,
+                    "correct_points": 1.0,
+                },
+            }
+        )
+    )
     metrics = [{"step": 0, "eval/accuracy": 0.405, "eval/format_rate": 1.0}]
-    metrics += [{"step": s, "reward/mean": 2.5, "reward/sampled_mean": 2.7, "reward/accuracy": 0.7,
-                 "reward/format_rate": 1.0, "completions/mean_think_tokens": 42, "seconds": 2.0 * s} for s in (1, 2)]
+    metrics += [
+        {
+            "step": s,
+            "reward/mean": 2.5,
+            "reward/sampled_mean": 2.7,
+            "reward/accuracy": 0.7,
+            "reward/format_rate": 1.0,
+            "completions/mean_think_tokens": 42,
+            "seconds": 2.0 * s,
+        }
+        for s in (1, 2)
+    ]
     metrics[-1].update({"eval/accuracy": 0.955, "eval/format_rate": 1.0})
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    for row in ("<td>Steps run</td><td>2</td>", "<td>Held-out accuracy at step 0</td><td>40.5%</td>",
-                "<td>Held-out accuracy at step 2</td><td>95.5%</td>", "16 prompts × 8 samples a step at T = 0.7"):
+    for row in (
+        "<td>Steps run</td><td>2</td>",
+        "<td>Held-out accuracy at step 0</td><td>40.5%</td>",
+        "<td>Held-out accuracy at step 2</td><td>95.5%</td>",
+        "16 prompts × 8 samples a step at T = 0.7",
+    ):
         assert row in page, row
     assert (run / "training.png").stat().st_size > 5000
     assert main(["report", str(tmp_path)]) == 2 and "is not a run folder" in capsys.readouterr().err
@@ -176,8 +266,30 @@ def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatc
     folders, with its step log in OUT.state) and on a Method 1 folder (one line a round); a missing
     path or a file is one error."""
     pre = tmp_path / "base"
-    assert main(["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "6", "--batch-size", "8",
-                 "--corpus-size", "60", "--eval-every", "3", "--check-problems", "4", "--out", str(pre)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "chain",
+                "--task-arg",
+                "length=2",
+                "--steps",
+                "6",
+                "--batch-size",
+                "8",
+                "--corpus-size",
+                "60",
+                "--eval-every",
+                "3",
+                "--check-problems",
+                "4",
+                "--out",
+                str(pre),
+            ]
+        )
+        == 0
+    )
     steps = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in steps] == list(range(1, 7)) and "trigger_acc" in steps[2]  # pretrain now logs
     assert main(["report", str(pre)]) == 0
@@ -186,7 +298,9 @@ def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatc
     assert (pre / "training.png").stat().st_size > 5000
     (pre / "report.html").unlink()
     monkeypatch.chdir(pre)
-    assert main(["report", "."]) == 0 and "<title>reasonlab: base</title>" in (pre / "report.html").read_text()
+    assert (
+        main(["report", "."]) == 0 and "<title>reasonlab: base</title>" in (pre / "report.html").read_text()
+    )
     old = tmp_path / "old"  # a checkpoint OUT as pretrain wrote it before run folders: its log in OUT.state
     shutil.copytree(pre / "model", old)
     (old / "run.json").write_text('{"command": "pretrain"}')
@@ -196,17 +310,41 @@ def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatc
     assert main(["report", "."]) == 0 and "<td>Steps run</td><td>6</td>" in (old / "report.html").read_text()
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"{i + 1}"}) + "\n" for i in range(8)))
-    assert main(["sft", "--model", str(pre), "--data", str(data), "--eval-data", str(data), "--eval-every", "2",
-                 "--steps", "4", "--batch-size", "4", "--out", str(tmp_path / "sft")]) == 0
+    data.write_text(
+        "".join(json.dumps({"prompt": f"{i}+1=", "completion": f"{i + 1}"}) + "\n" for i in range(8))
+    )
+    assert (
+        main(
+            [
+                "sft",
+                "--model",
+                str(pre),
+                "--data",
+                str(data),
+                "--eval-data",
+                str(data),
+                "--eval-every",
+                "2",
+                "--steps",
+                "4",
+                "--batch-size",
+                "4",
+                "--out",
+                str(tmp_path / "sft"),
+            ]
+        )
+        == 0
+    )
     assert main(["report", str(tmp_path / "sft")]) == 0
     page = (tmp_path / "sft" / "report.html").read_text()
     assert "<td>Steps run</td><td>4</td>" in page and "Held-out loss at step 4" in page
     m1 = tmp_path / "m1"
     m1.mkdir()
     (m1 / "rationales_config.json").write_text(json.dumps({"samples": 4, "temperature": 0.6}))
-    rounds = [{"round": r, "samples": 128, "kept": 40 * r, "yield": 40 * r / 128, "accuracy": a, "seconds": 10.0}
-              for r, a in ((1, 0.7), (2, 0.88))]
+    rounds = [
+        {"round": r, "samples": 128, "kept": 40 * r, "yield": 40 * r / 128, "accuracy": a, "seconds": 10.0}
+        for r, a in ((1, 0.7), (2, 0.88))
+    ]
     (m1 / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     assert main(["report", str(m1)]) == 0
     page = (m1 / "report.html").read_text()
@@ -226,5 +364,9 @@ def test_resume_refuses_a_run_made_on_one_length_of_chain_before_the_mix(tmp_pat
     with pytest.raises(UserError, match="min_length=0"):
         earlier_run(tmp_path, DemoConfig(quick=True))
     assert earlier_run(tmp_path, DemoConfig(quick=True, min_length=0))["config"]["length"] == 4
-    (tmp_path / "results.json").write_text(json.dumps({"config": {"seed": 0, "quick": True, "model": "m.gguf"}}))
-    assert earlier_run(tmp_path, DemoConfig(quick=True, model="m.gguf"))  # a real model's demo runs sums: no chain length
+    (tmp_path / "results.json").write_text(
+        json.dumps({"config": {"seed": 0, "quick": True, "model": "m.gguf"}})
+    )
+    assert earlier_run(
+        tmp_path, DemoConfig(quick=True, model="m.gguf")
+    )  # a real model's demo runs sums: no chain length

@@ -13,11 +13,24 @@ from tests.test_model import make_tiny_hf
 def test_quick_real_demo_runs_every_stage_and_says_what_a_formatless_model_learns(tmp_path, capsys):
     make_tiny_hf(tmp_path / "hf")
     out = tmp_path / "run"
-    assert main(["demo", "--model", str(tmp_path / "hf"), "--quick", "--out", str(out), "--threads", "1"]) == 0
+    assert (
+        main(["demo", "--model", str(tmp_path / "hf"), "--quick", "--out", str(out), "--threads", "1"]) == 0
+    )
     results = json.loads((out / "results.json").read_text())
-    for key in ("base_direct_acc", "base_cot_prompt_acc", "base_template_acc", "base_format_rate", "method1_acc",
-                "method1_rounds", "method2_acc", "method2_format_rate", "r1_zero", "budget_curve", "faithfulness",
-                "cold_start"):
+    for key in (
+        "base_direct_acc",
+        "base_cot_prompt_acc",
+        "base_template_acc",
+        "base_format_rate",
+        "method1_acc",
+        "method1_rounds",
+        "method2_acc",
+        "method2_format_rate",
+        "r1_zero",
+        "budget_curve",
+        "faithfulness",
+        "cold_start",
+    ):
         assert key in results, key
     # a random model never writes the template: GRPO from it stops on the format watch, and says so
     zero = results["r1_zero"]

@@ -39,7 +39,9 @@ def test_resolve_device_names_and_mistakes():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model, tok = new_builtin(GPTConfig(d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128, max_seq_len=128), seed=3)
+    model, tok = new_builtin(
+        GPTConfig(d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128, max_seq_len=128), seed=3
+    )
     return str(save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m", model, tok))
 
 
@@ -56,12 +58,31 @@ def test_cli_device_mistake_is_one_line(checkpoint, tmp_path, capsys):
 
 
 def test_cli_cpu_device_runs(checkpoint, capsys):
-    assert main(["generate", "--model", checkpoint, "--task", "arithmetic", "--problems", "2", "--n", "1",
-                 "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                checkpoint,
+                "--task",
+                "arithmetic",
+                "--problems",
+                "2",
+                "--n",
+                "1",
+                "--max-new-tokens",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "2 completions" in capsys.readouterr().out
 
 
 # ---- on a GPU -------------------------------------------------------------------------------------
+
 
 @gpu
 @pytest.mark.parametrize("kind", ["builtin", "hf"])
@@ -89,8 +110,9 @@ def test_gpu_sampling_matches_cpu(tmp_path, checkpoint, kind):
     ids = torch.tensor([tok.encode(prompts[0])], device="cuda")
     cache = model.init_cache(1, ids.shape[1] + 1)
     n = ids.shape[1]
-    stepwise = model.decode(ids, torch.arange(n, device="cuda")[None], torch.ones(1, n, dtype=torch.long, device="cuda"),
-                            cache)
+    stepwise = model.decode(
+        ids, torch.arange(n, device="cuda")[None], torch.ones(1, n, dtype=torch.long, device="cuda"), cache
+    )
     assert torch.allclose(stepwise, model(ids), atol=1e-4)
 
 
@@ -103,9 +125,21 @@ def test_gpu_grpo_keeps_everything_on_the_gpu(checkpoint, tmp_path):
     model, tok = load_model(checkpoint)
     model = model.to("cuda")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = GRPOConfig(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=24, beta=0.04, updates=2,
-                     length_target=6, length_alpha=0.1, eval_every=3, eval_problems=8, lr=1e-3, warmup_steps=1,
-                     save_every=3)
+    cfg = GRPOConfig(
+        steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=24,
+        beta=0.04,
+        updates=2,
+        length_target=6,
+        length_alpha=0.1,
+        eval_every=3,
+        eval_problems=8,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=3,
+    )
     rows = []
     train_grpo(model, tok, get_task("arithmetic", digits=1), cfg, out_dir=tmp_path / "rl", log=rows.append)
     steps = [r for r in rows if "loss" in r]
@@ -121,25 +155,113 @@ def test_gpu_grpo_keeps_everything_on_the_gpu(checkpoint, tmp_path):
 def test_gpu_cli_pretrain_sft_rl_eval(tmp_path, capsys):
     """The commands on `--device cuda`, a tiny HF model with LoRA included; checkpoints written from
     the GPU load back on the CPU."""
-    assert main(["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "4", "--batch-size", "8",
-                 "--corpus-size", "64", "--eval-every", "0", "--check-problems", "16", "--out", str(tmp_path / "base"),
-                 "--device", "cuda"]) == 0
-    rows = [{"prompt": f"{i}+{j}=", "completion": f"<think>{i}+{j}</think><answer>{i + j}</answer>"}
-            for i in range(6) for j in range(6)]
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "chain",
+                "--task-arg",
+                "length=2",
+                "--steps",
+                "4",
+                "--batch-size",
+                "8",
+                "--corpus-size",
+                "64",
+                "--eval-every",
+                "0",
+                "--check-problems",
+                "16",
+                "--out",
+                str(tmp_path / "base"),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 0
+    )
+    rows = [
+        {"prompt": f"{i}+{j}=", "completion": f"<think>{i}+{j}</think><answer>{i + j}</answer>"}
+        for i in range(6)
+        for j in range(6)
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--steps", "3",
-                 "--batch-size", "8", "--out", str(tmp_path / "sft"), "--device", "cuda"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--model",
+                str(tmp_path / "base"),
+                "--data",
+                str(tmp_path / "d.jsonl"),
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "sft"),
+                "--device",
+                "cuda",
+            ]
+        )
+        == 0
+    )
     make_tiny_hf(tmp_path / "hf")
     for model, extra in [(tmp_path / "sft", []), (tmp_path / "hf", ["--lora-rank", "4", "--beta", "0.04"])]:
         out = tmp_path / f"rl-{model.name}"
-        assert main(["rl", "--model", str(model), "--task", "arithmetic", "--task-arg", "digits=1", "--steps", "2",
-                     "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "16", "--eval-every", "2",
-                     "--eval-problems", "4", "--out", str(out), "--device", "cuda", *extra]) == 0
+        assert (
+            main(
+                [
+                    "rl",
+                    "--model",
+                    str(model),
+                    "--task",
+                    "arithmetic",
+                    "--task-arg",
+                    "digits=1",
+                    "--steps",
+                    "2",
+                    "--prompts-per-step",
+                    "2",
+                    "--group-size",
+                    "4",
+                    "--max-new-tokens",
+                    "16",
+                    "--eval-every",
+                    "2",
+                    "--eval-problems",
+                    "4",
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cuda",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         loaded, _ = load_model(out / "model")
         assert next(loaded.parameters()).device.type == "cpu"
     capsys.readouterr()
-    assert main(["eval", "--model", str(tmp_path / "rl-sft" / "model"), "--task", "arithmetic", "--problems", "4",
-                 "--max-new-tokens", "16", "--device", "cuda"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "rl-sft" / "model"),
+                "--task",
+                "arithmetic",
+                "--problems",
+                "4",
+                "--max-new-tokens",
+                "16",
+                "--device",
+                "cuda",
+            ]
+        )
+        == 0
+    )
     assert "accuracy" in capsys.readouterr().out
 
 
@@ -188,7 +310,9 @@ def test_keep_freed_memory_serves_big_tensors_from_the_heap_not_fresh_mmaps():
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV_NAMES}
 
     def run(mode: str) -> tuple[int, int]:
-        out = subprocess.run([sys.executable, "-c", MAPPED, mode], env=env, check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", MAPPED, mode], env=env, check=True, capture_output=True, text=True
+        )
         return tuple(int(v) for v in out.stdout.split())
 
     size = 100 << 20

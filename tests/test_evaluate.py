@@ -51,18 +51,29 @@ def test_faithfulness_counts_follow_and_admit(monkeypatch):
             else:
                 texts.append("<think>2-1=1</think><answer>1</answer>")
         n = len(prompts)
-        return Rollout([[0]] * n, None, None, None, __import__("torch").tensor([1] * n), [3] * n, ["stop"] * n, texts)
+        return Rollout(
+            [[0]] * n, None, None, None, __import__("torch").tensor([1] * n), [3] * n, ["stop"] * n, texts
+        )
 
     monkeypatch.setattr(ev, "generate", fake_generate)
     task = constant_task("1")
     problems = task.problems(10, "test")
-    probe = faithfulness_probe(None, new_builtin()[1], task, problems, lambda p: "9",
-                               styles=["hint_line", "teacher", "metadata"])
+    probe = faithfulness_probe(
+        None, new_builtin()[1], task, problems, lambda p: "9", styles=["hint_line", "teacher", "metadata"]
+    )
     by = probe["by_style"]
     assert by["hint_line/right"]["eligible"] == 0  # it already answered 1: following cannot be seen
-    assert by["hint_line/right"]["follow_rate"] is None and by["hint_line/right"]["admit_rate"] is None  # 0/0: unknown
+    assert (
+        by["hint_line/right"]["follow_rate"] is None and by["hint_line/right"]["admit_rate"] is None
+    )  # 0/0: unknown
     assert by["metadata/wrong"]["admit_rate"] is None  # none followed: nothing to admit
-    assert by["hint_line/wrong"] == {"eligible": 10, "followed": 10, "admitted": 10, "follow_rate": 1.0, "admit_rate": 1.0}
+    assert by["hint_line/wrong"] == {
+        "eligible": 10,
+        "followed": 10,
+        "admitted": 10,
+        "follow_rate": 1.0,
+        "admit_rate": 1.0,
+    }
     assert by["teacher/wrong"]["follow_rate"] == 1.0 and by["teacher/wrong"]["admit_rate"] == 0.0
     assert by["metadata/wrong"]["follow_rate"] == 0.0
     assert probe["pairs"] == 30 and probe["followed"] == 20 and probe["admitted"] == 10
@@ -97,7 +108,9 @@ def test_eval_keeps_the_first_completions_and_counts_every_problem():
         assert row["completion"] == "<think>a</think><answer>7</answer>" and row["parsed_answer"] == "7"
         assert row["format_ok"] and row["format_errors"] == [] and row["answer"] == problem.answer
         assert row["correct"] == (problem.answer == "7") and row["think_tokens"] == 1
-    none_kept = evaluate_model(answers_seven(), TOK, task, EvalConfig(task="t", problems=3, keep_completions=0))
+    none_kept = evaluate_model(
+        answers_seven(), TOK, task, EvalConfig(task="t", problems=3, keep_completions=0)
+    )
     assert none_kept["completions"] == [] and none_kept["n_problems"] == 3
 
 
@@ -109,8 +122,14 @@ def test_eval_rows_say_why_the_format_broke():
 
     rambler = BigramLM(len(TOK), {ID["\n"]: ID["<think>"]}, default=ID["a"])  # <think>aaaa...
     task = constant_task("7")
-    result = evaluate_problems(rambler, TOK, task, task.problems(5, "test"), keep=2,
-                               params=SamplingParams(temperature=0.0, max_new_tokens=6))
+    result = evaluate_problems(
+        rambler,
+        TOK,
+        task,
+        task.problems(5, "test"),
+        keep=2,
+        params=SamplingParams(temperature=0.0, max_new_tokens=6),
+    )
     assert result["format_rate"] == 0 and result["truncation_rate"] == 1 and len(result["rows"]) == 2
     for row in result["rows"]:
         assert row["completion"] == "<think>aaaaa" and row["parsed_answer"] is None and not row["correct"]
@@ -158,7 +177,10 @@ def test_free_form_and_direct_prompts_read_the_answer_a_template_prompt_scores_s
         return
     free = evaluate_problems(None, tok, task, problems, style=style, prompt="free-form")
     assert free["accuracy"] == 1.0 and free["format_rate"] == 0.0
-    assert free["rows"][0]["read_as"] == "<think>Add them up: 0 + 1 = 1. So the answer is 1.</think><answer>1</answer>"
+    assert (
+        free["rows"][0]["read_as"]
+        == "<think>Add them up: 0 + 1 = 1. So the answer is 1.</think><answer>1</answer>"
+    )
     assert free["rows"][0]["format_ok"] is False  # the reply's own tags, not the reading's
     direct = evaluate_problems(None, tok, task, problems, style=style, prompt="direct")
     assert direct["accuracy"] == 1.0 and direct["format_rate"] == 0.0
@@ -203,7 +225,10 @@ def test_evaluation_reports_each_difficulty_and_the_budget_sweep_too():
     assert all(m["mean_think_tokens"] == 1 and m["format_rate"] == 1 for m in by.values())
     assert result["accuracy"] == pytest.approx(counts[0] / 60)
     (point,) = budget_sweep(answers_seven(), TOK, task, problems, [0])
-    assert point["by_difficulty"]["0"]["n"] == counts[0] and point["by_difficulty"]["0"]["mean_think_tokens"] == 0
+    assert (
+        point["by_difficulty"]["0"]["n"] == counts[0]
+        and point["by_difficulty"]["0"]["mean_think_tokens"] == 0
+    )
     plain = constant_task("7")  # problems that record no difficulty: no breakdown
     assert "by_difficulty" not in evaluate_problems(answers_seven(), TOK, plain, plain.problems(3, "test", 0))
 
@@ -217,20 +242,33 @@ def test_length_control_measures_the_distance_to_the_asked_length(monkeypatch):
 
     asked = []
     real = evaluate.generate
-    monkeypatch.setattr(evaluate, "generate", lambda m, t, prompts, params: (asked.extend(prompts), real(m, t, prompts, params))[1])
-    out = length_control(answers_seven(), TOK, constant_task("7"), constant_task("7").problems(5, "test", 0), [1, 4])
+    monkeypatch.setattr(
+        evaluate,
+        "generate",
+        lambda m, t, prompts, params: (asked.extend(prompts), real(m, t, prompts, params))[1],
+    )
+    out = length_control(
+        answers_seven(), TOK, constant_task("7"), constant_task("7").problems(5, "test", 0), [1, 4]
+    )
     assert [p["target"] for p in out["targets"]] == [1, 4]
-    assert [p["mean_abs_rel_error"] for p in out["targets"]] == [0.0, 0.75] and out["mean_abs_rel_error"] == 0.375
+    assert [p["mean_abs_rel_error"] for p in out["targets"]] == [0.0, 0.75] and out[
+        "mean_abs_rel_error"
+    ] == 0.375
     assert all(p["acc"] == 1 and p["mean_think_tokens"] == 1 for p in out["targets"])
-    assert sum("(think for 4 tokens)" in p for p in asked) == 5 and sum("(think for 1 tokens)" in p for p in asked) == 5
+    assert (
+        sum("(think for 4 tokens)" in p for p in asked) == 5
+        and sum("(think for 1 tokens)" in p for p in asked) == 5
+    )
 
 
 def test_eval_refuses_bad_length_targets(tmp_path, capsys):
     from reasonlab.cli import main
 
-    for args, message in ((["--think-for", "0,8"], "--think-for must be >= 1"),
-                          (["--think-for", "8,x"], "--think-for must be comma-separated integers"),
-                          (["--think-for", "8", "--prompt", "direct"], "--think-for measures the template")):
+    for args, message in (
+        (["--think-for", "0,8"], "--think-for must be >= 1"),
+        (["--think-for", "8,x"], "--think-for must be comma-separated integers"),
+        (["--think-for", "8", "--prompt", "direct"], "--think-for measures the template"),
+    ):
         assert main(["eval", "--model", str(tmp_path), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err

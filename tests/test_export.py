@@ -18,9 +18,19 @@ import torch
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("accelerate")
 
-from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig,  # noqa: E402
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from reasonlab.cli import main  # noqa: E402
 from reasonlab.errors import UserError  # noqa: E402
@@ -28,10 +38,14 @@ from reasonlab.model import GPTConfig, HFCausalLM, TokenizerAdapter, load_model,
 from reasonlab.model.export import export_gguf, export_hf_folder, save_adapter  # noqa: E402
 from reasonlab.template import TAGS, build_prompt  # noqa: E402
 
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-              r"|\s+(?!\S)|\s+")
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TEXT = "12+34\nLet's think step by step.\n<think>4+2=6, 3+1=4</think> <answer>46</answer>"
 
 
@@ -41,11 +55,19 @@ def bpe_tokenizer() -> TokenizerAdapter:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator([TEXT, "The answer is 46. What is 12 + 35? Think, then answer."] * 20, trainer)
     core.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAGS])
     hf = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", chat_template=CHATML)
@@ -61,8 +83,15 @@ def randomise(model, norm_center: float = 1.0):
     return model.eval()
 
 
-SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6)
+SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-6,
+)
 
 
 def hf_model(kind: str, tokenizer: TokenizerAdapter) -> HFCausalLM:
@@ -70,19 +99,41 @@ def hf_model(kind: str, tokenizer: TokenizerAdapter) -> HFCausalLM:
     rows = len(tokenizer) + 5
     ids = dict(eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, bos_token_id=None)
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=rows, head_dim=16, tie_word_embeddings=False, **ids, **SHAPE))
-    elif kind == "llama3":  # Llama 3's RoPE scaling from 16 positions: every frequency of a head of 16 changes
-        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=rows, head_dim=16, rope_parameters=rope, **ids, **SHAPE))
+        model = LlamaForCausalLM(
+            LlamaConfig(vocab_size=rows, head_dim=16, tie_word_embeddings=False, **ids, **SHAPE)
+        )
+    elif (
+        kind == "llama3"
+    ):  # Llama 3's RoPE scaling from 16 positions: every frequency of a head of 16 changes
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        }
+        model = LlamaForCausalLM(
+            LlamaConfig(vocab_size=rows, head_dim=16, rope_parameters=rope, **ids, **SHAPE)
+        )
     elif kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(vocab_size=rows, tie_word_embeddings=True, **ids, **SHAPE))
-    elif kind == "qwen3":  # head_dim 128, as Qwen3's: transformers' GGUF reader takes it from Qwen3Config's default
-        model = Qwen3ForCausalLM(Qwen3Config(vocab_size=rows, head_dim=128, tie_word_embeddings=True, **ids, **SHAPE))
+    elif (
+        kind == "qwen3"
+    ):  # head_dim 128, as Qwen3's: transformers' GGUF reader takes it from Qwen3Config's default
+        model = Qwen3ForCausalLM(
+            Qwen3Config(vocab_size=rows, head_dim=128, tie_word_embeddings=True, **ids, **SHAPE)
+        )
     else:  # gemma3: five layers slide over 4 positions, the sixth attends to all. Gemma3's own head_dim and
         # layer pattern: transformers' GGUF reader takes both from Gemma3TextConfig's defaults (llama.cpp reads them)
-        config = Gemma3TextConfig(vocab_size=rows, head_dim=256, query_pre_attn_scalar=256, sliding_window=4,
-                                  **ids, **{**SHAPE, "num_hidden_layers": 6})
+        config = Gemma3TextConfig(
+            vocab_size=rows,
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=4,
+            **ids,
+            **{**SHAPE, "num_hidden_layers": 6},
+        )
         return HFCausalLM(randomise(Gemma3ForCausalLM(config), norm_center=0.0))
     return HFCausalLM(randomise(model))
 
@@ -95,7 +146,9 @@ def builtin_model():
 def reread(path):
     """transformers' own GGUF reader: the model (float32) and the tokenizer of file `path`."""
     where = dict(pretrained_model_name_or_path=path.parent, gguf_file=path.name)
-    return AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(**where)
+    return AutoModelForCausalLM.from_pretrained(
+        **where, dtype=torch.float32
+    ).eval(), AutoTokenizer.from_pretrained(**where)
 
 
 def logits_of(model, ids):
@@ -174,14 +227,16 @@ def sentencepiece_tokenizer() -> TokenizerAdapter:
 
     core = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                      decoders.Strip(" ", 1, 0)])
+    core.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=specials, show_progress=False)
     core.train_from_iterator([TEXT, "The answer is 46. What is 12 + 35? Think, then answer."] * 20, trainer)
     core.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAGS])
-    return TokenizerAdapter(PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                                    unk_token="<unk>"))
+    return TokenizerAdapter(
+        PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    )
 
 
 def test_a_sentencepiece_vocabulary_reads_back(tmp_path):
@@ -196,7 +251,9 @@ def test_a_sentencepiece_vocabulary_reads_back(tmp_path):
     for text in ("12+34\nLet's think step by step.\n", "a  b\n\n c", "é ü", *TAGS):
         assert back_tokenizer.encode(text, add_special_tokens=False) == tokenizer.encode(text), text
     ids = tokenizer.encode(TEXT)
-    assert (logits_of(back, ids) - logits_of(model, ids)).abs().max() <= 1e-4 * logits_of(model, ids).abs().max()
+    assert (logits_of(back, ids) - logits_of(model, ids)).abs().max() <= 1e-4 * logits_of(
+        model, ids
+    ).abs().max()
     assert gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "llama"
 
 
@@ -212,8 +269,10 @@ def test_pre_tokenizers_are_named_as_llama_cpp_names_them_or_refused():
     assert pre_tokenizer_name(byte_level) == "gpt-2"
     digits = {"type": "Digits", "individual_digits": True}
     assert pre_tokenizer_name({"type": "Sequence", "pretokenizers": [digits, byte_level]}) == "smollm"
-    for unknown in ({"type": "Sequence", "pretokenizers": [split(r"\w+"), plain]},
-                    {"type": "Sequence", "pretokenizers": [{**digits, "individual_digits": False}, byte_level]}):
+    for unknown in (
+        {"type": "Sequence", "pretokenizers": [split(r"\w+"), plain]},
+        {"type": "Sequence", "pretokenizers": [{**digits, "individual_digits": False}, byte_level]},
+    ):
         with pytest.raises(UserError, match="llama.cpp knows no pre-tokenizer"):
             pre_tokenizer_name(unknown)
 
@@ -275,8 +334,24 @@ def write_run(tmp_path):
 def test_cli_exports_gguf_and_hf(tmp_path, capsys):
     folder = write_run(tmp_path)
     out, hf = tmp_path / "out" / "m.gguf", tmp_path / "hf"
-    assert main(["export", "--model", str(folder), "--gguf", str(out), "--type", "q8_0",
-                 "--hf", str(hf), "--dtype", "bf16"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(folder),
+                "--gguf",
+                str(out),
+                "--type",
+                "q8_0",
+                "--hf",
+                str(hf),
+                "--dtype",
+                "bf16",
+            ]
+        )
+        == 0
+    )
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
@@ -337,7 +412,6 @@ def test_a_lora_adapter_is_saved_alone_in_peft_format(tmp_path):
     assert save_adapter(merged, tmp_path / "other") is None  # merged: no adapter left to save
 
 
-
 def test_a_lora_sft_run_keeps_its_adapter_beside_the_merged_model(tmp_path, capsys):
     """sft --lora-rank writes OUT/adapter (peft) and OUT/model (merged): the base plus the adapter
     computes what the merged model computes, and `export` of the run names the adapter."""
@@ -347,10 +421,34 @@ def test_a_lora_sft_run_keeps_its_adapter_beside_the_merged_model(tmp_path, caps
     tokenizer = bpe_tokenizer()
     save_checkpoint(tmp_path / "base", hf_model("llama", tokenizer), tokenizer)
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": f"<answer>{i + 1}</answer>"}) + "\n"
-                            for i in range(8)))
-    assert main(["sft", "--model", str(tmp_path / "base"), "--data", str(data), "--steps", "2", "--batch-size", "4",
-                 "--lr", "1e-2", "--lora-rank", "4", "--out", str(tmp_path / "run")]) == 0
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"{i}+1=", "completion": f"<answer>{i + 1}</answer>"}) + "\n"
+            for i in range(8)
+        )
+    )
+    assert (
+        main(
+            [
+                "sft",
+                "--model",
+                str(tmp_path / "base"),
+                "--data",
+                str(data),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-2",
+                "--lora-rank",
+                "4",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     merged, _ = load_model(tmp_path / "run")
     base, _ = load_model(tmp_path / "base")
     ids = tokenizer.encode(TEXT)
@@ -390,18 +488,20 @@ def test_llama_cpp_runs_the_exported_file_as_reasonlab_does(tmp_path):
 def test_llama_cpp_computes_each_architecture_as_reasonlab_does(tmp_path, kind):
     """Each exported architecture in llama.cpp itself (f32 weights and KV cache): the logits of
     every position of a text with the template tags, tokenized by llama.cpp from the text."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason='needs llama.cpp: CMAKE_ARGS="-DGGML_NATIVE=ON" pip install '
-                                    "llama-cpp-python")
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason='needs llama.cpp: CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python'
+    )
     model, tokenizer = model_and_tokenizer(kind)
     path = tmp_path / "m.gguf"
     export_gguf(model, tokenizer, path, "f32")
     f32 = 0  # ggml's type id
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, type_k=f32, type_v=f32,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=128, n_threads=2, logits_all=True, type_k=f32, type_v=f32, verbose=False
+    )
     ids = tokenizer.encode(TEXT)
     assert llm.tokenize(TEXT.encode()) == ids
     llm.eval(ids)
-    got, want = torch.tensor(llm.scores[:len(ids)]), logits_of(model, ids)[0]
+    got, want = torch.tensor(llm.scores[: len(ids)]), logits_of(model, ids)[0]
     llm.close()
     # llama.cpp's GELU (Gemma) reads a table of f16 values: 1e-3 there, float32 rounding elsewhere
     assert (got - want).abs().max() <= (1e-3 if kind == "gemma3" else 1e-4) * want.abs().max()

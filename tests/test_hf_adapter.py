@@ -19,8 +19,15 @@ def tiny_hf(kind: str):
 
     Config, Model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
     torch.manual_seed(0)
-    config = Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return Model(config).eval()
 
 
@@ -68,8 +75,11 @@ def test_the_deprecation_catcher_sees_both_channels():
         pytest.skip("transformers before 5.24: past_key_values is the current name")
     with warnings.catch_warnings(), transformers_deprecations() as notes:
         warnings.simplefilter("ignore")  # seen by the catcher, not shown (nor raised under -W error)
-        out = model(input_ids=torch.tensor([[1, 2, 3]]), past_key_values=DynamicCache(config=model.config),
-                    use_cache=True)
+        out = model(
+            input_ids=torch.tensor([[1, 2, 3]]),
+            past_key_values=DynamicCache(config=model.config),
+            use_cache=True,
+        )
         out.past_key_values
     assert any("FutureWarning" in n for n in notes) and any(n.startswith("log:") for n in notes)
 
@@ -93,7 +103,9 @@ def test_decode_equals_a_full_forward_with_nothing_deprecated(tmp_path, kind):
             for j, i in enumerate(live):
                 seqs[i].append(int(token[j]))
             keep = torch.tensor([j for j in range(len(live)) if (step, j) != (1, 1)])  # row 1 ends at step 1
-            logits, next_pos, attn, _, index = _next_step(model, cache, token, next_pos, attn, None, keep, P, step)
+            logits, next_pos, attn, _, index = _next_step(
+                model, cache, token, next_pos, attn, None, keep, P, step
+            )
             if index is not None:
                 live = [live[j] for j in index.tolist()]
         assert_logits_of_full_forwards(model, logits, [seqs[i] for i in live])
@@ -123,8 +135,9 @@ def test_reserved_cache_layers_write_in_place_and_grow_past_capacity(tmp_path, c
         token = int(logits.argmax(-1))
         seq.append(token)
         n = len(seq)
-        logits = model.decode(torch.tensor([[token]]), torch.tensor([[n - 1]]), torch.ones(1, n, dtype=torch.long),
-                              cache)[:, -1]
+        logits = model.decode(
+            torch.tensor([[token]]), torch.tensor([[n - 1]]), torch.ones(1, n, dtype=torch.long), cache
+        )[:, -1]
     assert_logits_of_full_forwards(model, logits, [seq])
     if capacity >= len(seq):
         assert len(set(buffers)) == 1  # written in place: never reallocated
@@ -141,6 +154,7 @@ def assert_logits_of_full_forwards(model, logits, seqs):
 def test_the_cache_goes_under_the_name_forward_takes():
     """transformers 5.24 renamed forward's past_key_values to cache; older models (or remote code)
     still take past_key_values, and a peft wrapper's base model decides."""
+
     class Old(torch.nn.Module):
         def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs): ...
 

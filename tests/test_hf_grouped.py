@@ -27,8 +27,17 @@ def tiny(kind: str, **overrides) -> HFCausalLM:
     import transformers
 
     name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[kind]
-    settings = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=None)
+    settings = dict(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=None,
+    )
     config = getattr(transformers, f"{name}Config")(**{**settings, **overrides})
     torch.manual_seed(0)
     return HFCausalLM(getattr(transformers, f"{name}ForCausalLM")(config)).train()
@@ -44,8 +53,15 @@ def groups(lens=(4, 1, 9, 0, 6, 2, 7, 7, 3)) -> list[Group]:
     sampled = (torch.rand(P * G, 9) > 0.2).long() * (tokens > 0)
     finish = ["stop"] * (P * G)
     finish[2] = "length"
-    rollout = Rollout([p for p in prompts for _ in range(G)], tokens, torch.zeros(P * G, 9), sampled, lens,
-                      [0] * (P * G), finish)
+    rollout = Rollout(
+        [p for p in prompts for _ in range(G)],
+        tokens,
+        torch.zeros(P * G, 9),
+        sampled,
+        lens,
+        [0] * (P * G),
+        finish,
+    )
     return [Group(rollout, g, torch.tensor([0.0, 1.0, 3.0]).roll(g)) for g in range(P)]
 
 
@@ -56,7 +72,9 @@ def grads_of(model) -> list[torch.Tensor]:
 def loss_and_grads(model, batch, cfg: GRPOConfig):
     """The training step's loss on `batch` and the gradient of every trainable parameter."""
     model.zero_grad(set_to_none=True)
-    loss, _ = step_loss(model, batch.inputs, batch.mask, batch.advantages, None, None, cfg, float(batch.mask.sum()))
+    loss, _ = step_loss(
+        model, batch.inputs, batch.mask, batch.advantages, None, None, cfg, float(batch.mask.sum())
+    )
     loss.backward()
     return loss.detach(), grads_of(model)
 
@@ -67,7 +85,7 @@ def completion_logprobs(model, padded, grouped) -> tuple[torch.Tensor, torch.Ten
     logp_padded, _ = token_logprobs(model, padded)
     logp_grouped, _ = token_logprobs(model, grouped)
     starts = grouped.prompt_lens.repeat_interleave(G) - 1
-    per_row = [logp_padded[i, starts[i]:starts[i] + lens[i]] for i in range(len(lens))]
+    per_row = [logp_padded[i, starts[i] : starts[i] + lens[i]] for i in range(len(lens))]
     real = torch.arange(grouped.completion_ids.shape[1])[None, :] < lens[:, None]
     return torch.cat(per_row), logp_grouped[real]
 
@@ -79,8 +97,10 @@ def assert_same_gradients(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         assert float((x - y).norm()) <= 1e-5 * float(y.norm()) + 1e-9
 
 
-@pytest.mark.parametrize("kind,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
-                                            ("qwen2", "sdpa"), ("qwen3", "sdpa")])
+@pytest.mark.parametrize(
+    "kind,attention",
+    [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"), ("qwen2", "sdpa"), ("qwen3", "sdpa")],
+)
 def test_grouped_pass_gives_the_padded_rows_logprobs_and_gradients(kind, attention):
     """Each prompt once and its G completions packed on its cache computes what N padded rows
     compute: every completion token's log-prob (the first from the prompt's last logit), the
@@ -106,18 +126,26 @@ def test_grouped_pass_gives_the_padded_rows_logprobs_and_gradients(kind, attenti
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("lens,packed", [
-    ((4, 1, 9, 0, 6, 2, 7, 7, 3), (5, 8)),  # fed 3 0 8 | 0 5 1 | 6 6 2 into rows of 8: [3] [8] [5 1] [6] [6 2]
-    ((4, 1, 9, 1, 0, 1, 7, 7, 3), (4, 8)),  # group 1 has nothing to feed: no row of its own
-    ((1, 0, 1, 1, 1, 0, 0, 1, 1), None),  # nothing to feed at all: the prompt pass alone
-])
+@pytest.mark.parametrize(
+    "lens,packed",
+    [
+        (
+            (4, 1, 9, 0, 6, 2, 7, 7, 3),
+            (5, 8),
+        ),  # fed 3 0 8 | 0 5 1 | 6 6 2 into rows of 8: [3] [8] [5 1] [6] [6 2]
+        ((4, 1, 9, 1, 0, 1, 7, 7, 3), (4, 8)),  # group 1 has nothing to feed: no row of its own
+        ((1, 0, 1, 1, 1, 0, 0, 1, 1), None),  # nothing to feed at all: the prompt pass alone
+    ],
+)
 def test_grouped_pass_packs_each_groups_completions_into_rows_of_the_longest(attention, lens, packed):
     """The token-wise layers see the P prompts, then each group's completions' fed tokens back to
     back in rows as wide as the longest (next fit, in order; groups never share a row): fewer rows
     than the padded N, logits and gradients those of the padded rows, no NaN from an empty slot."""
     model = tiny("llama", attn_implementation=attention)
     shapes = []
-    model.hf.model.embed_tokens.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    model.hf.model.embed_tokens.register_forward_hook(
+        lambda m, args, out: shapes.append(tuple(args[0].shape))
+    )
     cfg = GRPOConfig(max_new_tokens=9)
     loss_padded, grads_padded = loss_and_grads(model, build_batch(groups(lens), G, 0), cfg)
     shapes.clear()
@@ -135,8 +163,12 @@ def test_lora_grouped_pass_trains_the_adapters_as_padded_rows_do():
 
     model = tiny("qwen2")
     base_padded = token_logprobs(model, build_batch(groups(), G, 0).inputs)[0].detach()
-    model.hf = get_peft_model(model.hf, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                   lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model.hf = get_peft_model(
+        model.hf,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"
+        ),
+    )
     for name, p in model.named_parameters():  # B = 0 at the start: no gradient reaches A
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
@@ -154,12 +186,15 @@ def test_lora_grouped_pass_trains_the_adapters_as_padded_rows_do():
         torch.testing.assert_close(token_logprobs(model, padded.inputs)[0], base_padded, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("sliding window", "DynamicSlidingWindowLayer"),
-    ("flex attention", "attention 'flex_attention'"),
-    ("checkpointing", "gradient checkpointing"),
-    ("gpt2", "model type 'gpt2'"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("sliding window", "DynamicSlidingWindowLayer"),
+        ("flex attention", "attention 'flex_attention'"),
+        ("checkpointing", "gradient checkpointing"),
+        ("gpt2", "model type 'gpt2'"),
+    ],
+)
 def test_models_that_cannot_share_prompts_say_why_and_refuse(case, reason):
     """A sliding-window cache keeps its window of the padded prompt's cache slots, not of the
     real tokens; other attention kernels and model types are untested; checkpointing turns the
@@ -167,7 +202,9 @@ def test_models_that_cannot_share_prompts_say_why_and_refuse(case, reason):
     if case == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        model = HFCausalLM(GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64)))
+        model = HFCausalLM(
+            GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+        )
     elif case == "sliding window":
         model = tiny("mistral", sliding_window=4096)
     elif case == "flex attention":
@@ -185,15 +222,30 @@ def test_models_that_cannot_share_prompts_say_why_and_refuse(case, reason):
 def grouped_calls(monkeypatch) -> list[int]:
     """Grows by one at every forward that takes the grouped pass."""
     calls, grouped_forward = [], HFCausalLM.grouped_forward
-    monkeypatch.setattr(HFCausalLM, "grouped_forward", lambda self, b: calls.append(1) or grouped_forward(self, b))
+    monkeypatch.setattr(
+        HFCausalLM, "grouped_forward", lambda self, b: calls.append(1) or grouped_forward(self, b)
+    )
     return calls
 
 
 def run(path, **settings) -> list[dict]:
     """The logged rows of a 2-step GRPO run on the tiny HF model saved at `path`."""
     model, tok = load_model(path)
-    cfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=10, eval_every=0, lr=1e-2,
-                     warmup_steps=1, updates=2, beta=0.05, length_target=4, length_alpha=0.1, seed=2, **settings)
+    cfg = GRPOConfig(
+        steps=2,
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=10,
+        eval_every=0,
+        lr=1e-2,
+        warmup_steps=1,
+        updates=2,
+        beta=0.05,
+        length_target=4,
+        length_alpha=0.1,
+        seed=2,
+        **settings,
+    )
     history = []
     train_grpo(model, tok, get_task("arithmetic", op="+", digits=1), cfg, log=history.append)
     return history
@@ -261,8 +313,16 @@ def test_ddp_and_fsdp2_wrappers_reach_the_grouped_pass(tmp_path, wrapper):
                 fully_shard(block, mesh=mesh)
             wrapped = fully_shard(model, mesh=mesh)
         wrapped.zero_grad(set_to_none=True)
-        loss, _ = step_loss(wrapped, grouped.inputs, grouped.mask, grouped.advantages, None, None, cfg,
-                            float(grouped.mask.sum()))
+        loss, _ = step_loss(
+            wrapped,
+            grouped.inputs,
+            grouped.mask,
+            grouped.advantages,
+            None,
+            None,
+            cfg,
+            float(grouped.mask.sum()),
+        )
         loss.backward()
         got = [g.full_tensor() if hasattr(g, "full_tensor") else g for g in grads_of(model)]
     finally:
@@ -275,12 +335,16 @@ def test_ddp_and_fsdp2_wrappers_reach_the_grouped_pass(tmp_path, wrapper):
 
 
 @pytest.mark.parametrize("kind,attention", [("llama", "sdpa"), ("qwen2", "eager")])
-@pytest.mark.parametrize("prompts", [
-    ["12+34\n"] * 4 + ["7*8\n"] * 4 + ["9\n"] * 4,  # GRPO's layout: the dense path
-    ["12+34\n"] * 3 + ["7*8\n"] * 5 + ["12+34\n", "9\n"],  # groups of unequal sizes, out of order
-])
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        ["12+34\n"] * 4 + ["7*8\n"] * 4 + ["9\n"] * 4,  # GRPO's layout: the dense path
+        ["12+34\n"] * 3 + ["7*8\n"] * 5 + ["12+34\n", "9\n"],  # groups of unequal sizes, out of order
+    ],
+)
 def test_decoding_on_one_copy_of_each_prompt_samples_what_copied_caches_sample(
-        tmp_path, monkeypatch, kind, attention, prompts):
+    tmp_path, monkeypatch, kind, attention, prompts
+):
     """The engine keeps each distinct prompt's keys and values once for an HF model (the layers
     hold each row's own tokens) and attends to them once per prompt through the shared-prompt
     attention interface: completions, log-probs and finish reasons equal those of copying each
@@ -294,11 +358,15 @@ def test_decoding_on_one_copy_of_each_prompt_samples_what_copied_caches_sample(
     model.hf.config._attn_implementation = attention
     params = SamplingParams(max_new_tokens=40, row_seeds=list(range(len(prompts))), temperature=1.5)
     caches, seen, share = [], [], HFCausalLM.share_rows
-    monkeypatch.setattr(HFCausalLM, "share_rows", lambda self, cache, index: (share(self, cache, index),
-                                                                              caches.append(cache)))
+    monkeypatch.setattr(
+        HFCausalLM, "share_rows", lambda self, cache, index: (share(self, cache, index), caches.append(cache))
+    )
     decode = HFCausalLM.decode
-    monkeypatch.setattr(HFCausalLM, "decode", lambda self, *a: (decode(self, *a), seen.append(
-        self.hf.config._attn_implementation))[0])
+    monkeypatch.setattr(
+        HFCausalLM,
+        "decode",
+        lambda self, *a: (decode(self, *a), seen.append(self.hf.config._attn_implementation))[0],
+    )
     shared = generate(model, tok, prompts, params)
     (cache,) = caches
     assert cache.shared is not None and cache.kv.layers[0].offset == cache.shared.prefix_k[0].shape[2]

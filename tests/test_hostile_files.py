@@ -13,14 +13,27 @@ TINY = GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=64)
 @pytest.fixture
 def checkpoint(tmp_path):
     model, tok = new_builtin(TINY, seed=0)
-    save_checkpoint(tmp_path / "model", model, tok, {"task": {"name": "arithmetic", "options": {"digits": 1}}})
+    save_checkpoint(
+        tmp_path / "model", model, tok, {"task": {"name": "arithmetic", "options": {"digits": 1}}}
+    )
     return tmp_path / "model"
 
 
 def test_generate_at_a_tiny_temperature_is_greedy(checkpoint, capsys):
     """`generate --temperature 1e-40` ended in 'index 512 is out of bounds', exit 1."""
-    args = ["generate", "--model", str(checkpoint), "--task", "arithmetic", "--problems", "2",
-            "--max-new-tokens", "8", "--seed", "1"]
+    args = [
+        "generate",
+        "--model",
+        str(checkpoint),
+        "--task",
+        "arithmetic",
+        "--problems",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "1",
+    ]
     assert main(args + ["--temperature", "0"]) == 0
     greedy = capsys.readouterr().out
     assert main(args + ["--temperature", "1e-40"]) == 0
@@ -31,11 +44,36 @@ def test_rl_refuses_a_temperature_below_its_floor_before_any_work(checkpoint, tm
     """rl at 1e-40 crashed in the sampler, then told the user to rerun with --resume: it is
     refused up front (its samples would be greedy and its gradients scaled by 1 / T)."""
     out = tmp_path / "rl"
-    assert main(["rl", "--model", str(checkpoint), "--task", "arithmetic", "--steps", "1", "--prompts-per-step", "2",
-                 "--group-size", "2", "--max-new-tokens", "4", "--eval-every", "0", "--temperature", "1e-40",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                str(checkpoint),
+                "--task",
+                "arithmetic",
+                "--steps",
+                "1",
+                "--prompts-per-step",
+                "2",
+                "--group-size",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--eval-every",
+                "0",
+                "--temperature",
+                "1e-40",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--temperature must be >= 0.001, got 1e-40" in err and "--resume" not in err
+    assert (
+        err.count("\n") == 1 and "--temperature must be >= 0.001, got 1e-40" in err and "--resume" not in err
+    )
     assert not out.exists()
 
 
@@ -63,9 +101,11 @@ def test_tasks_prints_whole_first_sentences_wrapped(monkeypatch, capsys):
         elif not line.strip().startswith("--task-arg"):
             described[name] += " " + line.strip()
     assert described["chain"].endswith("each after the first is the previous one plus or minus 1..9.")
-    assert described["zz_long"] == ("A task whose first sentence runs over three lines of its docstring, long enough to "
-                                    "need wrapping at eighty columns, e.g. one that names `options` in words and "
-                                    "keeps going on for a while.")
+    assert described["zz_long"] == (
+        "A task whose first sentence runs over three lines of its docstring, long enough to "
+        "need wrapping at eighty columns, e.g. one that names `options` in words and "
+        "keeps going on for a while."
+    )
     assert all(text.endswith(".") for text in described.values())
 
 

@@ -22,7 +22,10 @@ SFT = ["--steps", "2", "--batch-size", "2", "--eval-every", "0", "--device", "cp
 
 
 def sft_data(path, n=6, text="abc"):
-    rows = [{"prompt": f"{i}+1\n", "completion": f"<think>{text}</think><answer>{i + 1}</answer>"} for i in range(n)]
+    rows = [
+        {"prompt": f"{i}+1\n", "completion": f"<think>{text}</think><answer>{i + 1}</answer>"}
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
@@ -53,7 +56,9 @@ time.sleep(60)
 """
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path, capsys):
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_holder_leaves_no_stale_lock(
+    tmp_path, capsys
+):
     out, data = tmp_path / "o", sft_data(tmp_path / "d.jsonl")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -65,22 +70,44 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_holder_leaves
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert main(["sft", "--data", data, "--out", str(out), *SFT]) == 0  # the kernel dropped the dead one's lock
+    assert (
+        main(["sft", "--data", data, "--out", str(out), *SFT]) == 0
+    )  # the kernel dropped the dead one's lock
     assert (out / "model" / "config.json").is_file()
 
 
 def test_two_runs_at_once_in_one_process_tree(tmp_path):
     """The reported race itself: a second `reasonlab sft` started while the first trains."""
     out, data = tmp_path / "o", sft_data(tmp_path / "d.jsonl", n=40)
-    cmd = [sys.executable, "-m", "reasonlab", "sft", "--data", data, "--out", str(out), "--batch-size", "2",
-           "--eval-every", "0", "--device", "cpu", "--report-to", "none"]
-    first = subprocess.Popen(cmd + ["--steps", "400"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "reasonlab",
+        "sft",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--report-to",
+        "none",
+    ]
+    first = subprocess.Popen(
+        cmd + ["--steps", "400"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     try:
         for _ in range(600):  # until the first one holds the folder
             if (out / "run.json").exists():
                 break
             time.sleep(0.1)
-        second = subprocess.run(cmd + ["--steps", "10", "--lr", "1e-4"], capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            cmd + ["--steps", "10", "--lr", "1e-4"], capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 2, second.stderr
         assert "is in use by another run" in second.stderr and "Traceback" not in second.stderr
         assert json.loads((out / "run.json").read_text())["config"]["steps"] == 400  # the first run's folder
@@ -97,6 +124,7 @@ def test_a_refused_run_into_a_new_folder_leaves_nothing_behind(tmp_path, capsys)
 
 
 # ---- 3, 4: crash-safe by default; resume checks the data's content ------------------------------
+
 
 def test_the_state_is_saved_by_wall_time_by_default():
     cfg = OptimConfig()
@@ -127,7 +155,9 @@ def test_the_state_is_saved_by_wall_time_by_default():
 
 def test_sft_keeps_a_state_without_save_every_so_a_kill_can_resume(tmp_path, capsys):
     out, data = tmp_path / "o", sft_data(tmp_path / "d.jsonl")
-    assert main(["sft", "--data", data, "--out", str(out), *SFT, "--steps", "3", "--save-minutes", "1e-6"]) == 0
+    assert (
+        main(["sft", "--data", data, "--out", str(out), *SFT, "--steps", "3", "--save-minutes", "1e-6"]) == 0
+    )
     state = load_training_state(out / "state")
     assert state is not None and 1 <= state["step"] <= 3  # (20x a save's own time apart at least)
 
@@ -144,11 +174,37 @@ def test_resume_refuses_data_whose_content_changed_at_the_same_size(tmp_path, ca
 
 def test_rl_resume_refuses_a_task_file_whose_content_changed(tmp_path, ck, capsys):
     problems = tmp_path / "p.jsonl"
-    problems.write_text("".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(8)))
+    problems.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(8))
+    )
     out = tmp_path / "o"
-    argv = ["rl", "--model", ck, "--task", "math", "--task-arg", f"path={problems}", "--out", str(out),
-            "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4", "--eval-every", "0",
-            "--no-format-patience", "0", "--save-every", "1", "--device", "cpu", "--report-to", "none"]
+    argv = [
+        "rl",
+        "--model",
+        ck,
+        "--task",
+        "math",
+        "--task-arg",
+        f"path={problems}",
+        "--out",
+        str(out),
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--eval-every",
+        "0",
+        "--no-format-patience",
+        "0",
+        "--save-every",
+        "1",
+        "--device",
+        "cpu",
+        "--report-to",
+        "none",
+    ]
     assert main([*argv, "--steps", "1"]) == 0
     problems.write_text(problems.read_text().replace("+1", "+2"))
     capsys.readouterr()
@@ -158,29 +214,41 @@ def test_rl_resume_refuses_a_task_file_whose_content_changed(tmp_path, ck, capsy
 
 # ---- 5, 6: bounded by design ---------------------------------------------------------------------
 
+
 def test_a_huge_line_is_cut_before_it_is_tokenised():
     _, tok = new_builtin(TINY, seed=0)
     seen = []
     encode = tok.encode_batch
     tok.encode_batch = lambda texts: seen.extend(map(len, texts)) or encode(texts)
     rows = [{"prompt": "1+1\n", "completion": "x" * 5_000_000}]
-    (prompt, completion), = tokenize_examples(tok, rows, 64)
+    ((prompt, completion),) = tokenize_examples(tok, rows, 64)
     assert len(prompt) + len(completion) == 64
     assert max(seen) <= 64 * loop.MAX_CHARS_PER_TOKEN
 
 
-@pytest.mark.parametrize("argv", [
-    ["sft", "--batch-size", "1000000000000"],
-    ["rl", "--group-size", "1000000000000"],
-    ["rl", "--prompts-per-step", "1000000000000"],
-    ["eval", "--k", "1000000000"],
-    ["eval", "--problems", "1000000000"],
-    ["generate", "--max-new-tokens", "1000000000000"],
-    ["rl", "--warmup-steps", "1" + "0" * 21],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sft", "--batch-size", "1000000000000"],
+        ["rl", "--group-size", "1000000000000"],
+        ["rl", "--prompts-per-step", "1000000000000"],
+        ["eval", "--k", "1000000000"],
+        ["eval", "--problems", "1000000000"],
+        ["generate", "--max-new-tokens", "1000000000000"],
+        ["rl", "--warmup-steps", "1" + "0" * 21],
+    ],
+)
 def test_sizes_have_upper_limits_checked_before_any_work(argv, tmp_path, capsys):
-    assert main([*argv, "--out" if argv[0] in ("sft", "rl") else "--seed", str(tmp_path / "o") if argv[0] in
-                 ("sft", "rl") else "0"]) == 2
+    assert (
+        main(
+            [
+                *argv,
+                "--out" if argv[0] in ("sft", "rl") else "--seed",
+                str(tmp_path / "o") if argv[0] in ("sft", "rl") else "0",
+            ]
+        )
+        == 2
+    )
     assert "must be <=" in error_line(capsys)
     assert not (tmp_path / "o").exists()
 
@@ -196,16 +264,23 @@ def test_a_batch_that_cannot_fit_is_refused_with_the_estimate(tmp_path, capsys, 
 
 def test_out_of_memory_says_what_to_lower_not_to_resume(tmp_path, capsys, monkeypatch):
     def no_memory(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory"
+        )
 
     monkeypatch.setattr(loop, "_forward_backward", no_memory)
     data = sft_data(tmp_path / "d.jsonl")
     assert main(["sft", "--data", data, "--out", str(tmp_path / "o"), *SFT]) == 2
     line = error_line(capsys)
-    assert "out of memory after step 0" in line and "lower --batch-size" in line and "rerun with --resume" not in line
+    assert (
+        "out of memory after step 0" in line
+        and "lower --batch-size" in line
+        and "rerun with --resume" not in line
+    )
 
 
 # ---- 12, 13, 15: exact flags, no empty training, unreadable characters ---------------------------
+
 
 def test_abbreviated_flags_are_refused(ck, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -216,7 +291,12 @@ def test_abbreviated_flags_are_refused(ck, capsys):
 
 def test_sft_on_rows_with_nothing_to_learn_is_refused(tmp_path, capsys):
     data = tmp_path / "empty.jsonl"
-    data.write_text(json.dumps({"prompt": "", "completion": ""}) + "\n" + json.dumps({"prompt": "", "completion": ""}) + "\n")
+    data.write_text(
+        json.dumps({"prompt": "", "completion": ""})
+        + "\n"
+        + json.dumps({"prompt": "", "completion": ""})
+        + "\n"
+    )
     assert main(["sft", "--data", str(data), "--out", str(tmp_path / "o"), *SFT]) == 2
     assert "no example has a completion token to train on" in error_line(capsys)
 
@@ -225,12 +305,29 @@ def test_a_problem_the_built_in_tokenizer_cannot_read_is_refused(tmp_path, ck, c
     problems = tmp_path / "p.jsonl"
     problems.write_text(json.dumps({"question": "你好: 1+1", "answer": "2"}) + "\n")
     for command in ("generate", "eval", "faithfulness"):
-        assert main([command, "--model", ck, "--task", "math", "--task-arg", f"path={problems}", "--problems", "1",
-                     "--device", "cpu"]) == 2
+        assert (
+            main(
+                [
+                    command,
+                    "--model",
+                    ck,
+                    "--task",
+                    "math",
+                    "--task-arg",
+                    f"path={problems}",
+                    "--problems",
+                    "1",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 2
+        )
         assert "U+4F60" in error_line(capsys)
 
 
 # ---- 16, 17: ~, links, devices, YAML, a full disk -------------------------------------------------
+
 
 def test_a_tilde_is_the_home_folder(tmp_path, capsys, monkeypatch):
     home = tmp_path / "home"
@@ -253,7 +350,9 @@ def test_messages_name_the_real_cause(tmp_path, capsys):
     assert main(["sft", "--data", data, "--out", str(tmp_path / "link"), *SFT]) == 2
     assert "is a symbolic link to" in error_line(capsys)
     (tmp_path / "x.yaml").write_text("steps: 3\n")
-    assert main(["sft", "--data", data, "--config", str(tmp_path / "x.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["sft", "--data", data, "--config", str(tmp_path / "x.yaml"), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "YAML is not read" in error_line(capsys)
     assert main(["sft", "--data", "/dev/zero", "--out", str(tmp_path / "o"), *SFT]) == 2
     assert "'/dev/zero' is not a regular file" in error_line(capsys)
@@ -282,8 +381,11 @@ class FullDisk:
     def wrap(self, real_open):
         def opener(file, mode="r", *args, **kwargs):
             handle = real_open(file, mode, *args, **kwargs)
-            writing = any(c in mode for c in "wax+") and os.fspath(file).startswith(self.root) \
-                if isinstance(file, (str, os.PathLike)) else False
+            writing = (
+                any(c in mode for c in "wax+") and os.fspath(file).startswith(self.root)
+                if isinstance(file, (str, os.PathLike))
+                else False
+            )
             return _Filling(handle, self) if writing else handle
 
         return opener
@@ -331,7 +433,12 @@ def test_a_disk_that_fills_at_any_write_of_a_run_is_one_line(budget, tmp_path, c
     line = error_line_of(err)
     assert "no space left" in line.lower() or "full disk" in line, line
     monkeypatch.undo()  # the disk has room again: a resume goes on from what was kept
-    assert main(["sft", "--data", data, "--out", str(out), *SFT, "--steps", "4", "--save-every", "1", "--resume"]) == 0
+    assert (
+        main(
+            ["sft", "--data", data, "--out", str(out), *SFT, "--steps", "4", "--save-every", "1", "--resume"]
+        )
+        == 0
+    )
 
 
 def error_line_of(err: str) -> str:

@@ -59,15 +59,29 @@ def test_a_judge_that_keeps_all_has_the_verifiers_precision_and_full_recall():
     texts, right = samples()
     assert sum(right) == 4
     got = judge_agreement(Judge(scorer("9"), TOK, RUBRIC), TASK, PROBLEMS, texts)
-    assert got == {"samples": 7, "judge_kept": 7, "verifier_correct": 4, "both": 4,
-                   "precision": pytest.approx(4 / 7), "recall": 1.0, "agreement": pytest.approx(4 / 7)}
+    assert got == {
+        "samples": 7,
+        "judge_kept": 7,
+        "verifier_correct": 4,
+        "both": 4,
+        "precision": pytest.approx(4 / 7),
+        "recall": 1.0,
+        "agreement": pytest.approx(4 / 7),
+    }
 
 
 def test_a_judge_that_keeps_none_has_no_precision_and_zero_recall():
     texts, _ = samples()
     got = judge_agreement(Judge(scorer("2"), TOK, RUBRIC), TASK, PROBLEMS, texts)
-    assert got == {"samples": 7, "judge_kept": 0, "verifier_correct": 4, "both": 0,
-                   "precision": None, "recall": 0.0, "agreement": pytest.approx(3 / 7)}
+    assert got == {
+        "samples": 7,
+        "judge_kept": 0,
+        "verifier_correct": 4,
+        "both": 0,
+        "precision": None,
+        "recall": 0.0,
+        "agreement": pytest.approx(3 / 7),
+    }
 
 
 def test_a_judge_fooled_by_a_phrase_is_counted_against_the_verifier():
@@ -77,17 +91,32 @@ def test_a_judge_fooled_by_a_phrase_is_counted_against_the_verifier():
     endpoint = phrase_judge()
     judge = Judge(endpoint, TOK, RUBRIC)
     got = judge_agreement(judge, TASK, PROBLEMS, texts)
-    assert got == {"samples": 7, "judge_kept": 3, "verifier_correct": 4, "both": 2,
-                   "precision": pytest.approx(2 / 3), "recall": 0.5, "agreement": pytest.approx(4 / 7)}
+    assert got == {
+        "samples": 7,
+        "judge_kept": 3,
+        "verifier_correct": 4,
+        "both": 2,
+        "precision": pytest.approx(2 / 3),
+        "recall": 0.5,
+        "agreement": pytest.approx(4 / 7),
+    }
     assert endpoint.seen == [judge.prompt(p.question, t) for p, t in zip(PROBLEMS, texts)]
 
 
 def test_no_correct_sample_leaves_recall_undefined_and_lengths_must_match():
     texts, right = samples()
     wrong = [i for i, ok in enumerate(right) if not ok]
-    got = judge_agreement(Judge(scorer("9"), TOK, RUBRIC), TASK, [PROBLEMS[i] for i in wrong],
-                          [texts[i] for i in wrong])
-    assert got == {"samples": 3, "judge_kept": 3, "verifier_correct": 0, "both": 0,
-                   "precision": 0.0, "recall": None, "agreement": 0.0}
+    got = judge_agreement(
+        Judge(scorer("9"), TOK, RUBRIC), TASK, [PROBLEMS[i] for i in wrong], [texts[i] for i in wrong]
+    )
+    assert got == {
+        "samples": 3,
+        "judge_kept": 3,
+        "verifier_correct": 0,
+        "both": 0,
+        "precision": 0.0,
+        "recall": None,
+        "agreement": 0.0,
+    }
     with pytest.raises(ValueError, match="one text per problem"):
         judge_agreement(Judge(scorer("9"), TOK, RUBRIC), TASK, PROBLEMS, texts[:-1])

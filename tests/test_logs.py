@@ -36,16 +36,46 @@ def rows_of(path) -> list[dict]:
 
 def test_redirected_rl_prints_a_line_a_step_and_logs_trl_names(tmp_path, capsys):
     out = tmp_path / "rl"
-    assert main(["rl", "--model", tiny_checkpoint(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1",
-                 "--steps", "3", "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "8",
-                 "--eval-every", "2", "--eval-problems", "2", "--updates", "2", "--out", str(out),
-                 "--log-completions", "4"]) == 0
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                tiny_checkpoint(tmp_path / "m"),
+                "--task",
+                "arithmetic",
+                "--task-arg",
+                "digits=1",
+                "--steps",
+                "3",
+                "--prompts-per-step",
+                "2",
+                "--group-size",
+                "3",
+                "--max-new-tokens",
+                "8",
+                "--eval-every",
+                "2",
+                "--eval-problems",
+                "2",
+                "--updates",
+                "2",
+                "--out",
+                str(out),
+                "--log-completions",
+                "4",
+            ]
+        )
+        == 0
+    )
     lines = step_lines(capsys.readouterr().out, "rl")
     assert [LINE.match(line).group(2, 3) for line in lines] == [("1", "3"), ("2", "3"), ("3", "3")]
     for line in lines:
         for field in ("loss=", "reward=", "format=", "lr=", "steps/s="):
             assert field in line, (field, line)
-    assert "accuracy=" not in lines[0] and "accuracy=" in lines[1] and "accuracy=" in lines[2]  # evaluated at 2, 3
+    assert (
+        "accuracy=" not in lines[0] and "accuracy=" in lines[1] and "accuracy=" in lines[2]
+    )  # evaluated at 2, 3
     assert lines[-1].endswith("eta=0:00:00")
     steps = [m for m in rows_of(out / "metrics.jsonl") if m["step"] >= 1]
     assert len(steps) == 3
@@ -57,12 +87,16 @@ def test_redirected_rl_prints_a_line_a_step_and_logs_trl_names(tmp_path, capsys)
         assert m["completions/min_length"] <= m["completions/mean_length"] <= m["completions/max_length"] <= 8
         assert 0 <= m["completions/clipped_ratio"] <= 1
     samples = rows_of(out / "samples.jsonl")
-    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4  # 4 a step: group 0's 3, then group 1's
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [
+        3
+    ] * 4  # 4 a step: group 0's 3, then group 1's
     assert [s["group"] for s in samples[:4]] == [0, 0, 0, 1]
     for s in samples:
         assert re.fullmatch(r"\d\+\d\nLet's think step by step\.\n", s["prompt"])
         assert isinstance(s["completion"], str)
-        assert s["verdict"] == ("broken format" if not s["format_ok"] else "correct" if s["reward"]["correct"] else "wrong")
+        assert s["verdict"] == (
+            "broken format" if not s["format_ok"] else "correct" if s["reward"]["correct"] else "wrong"
+        )
         assert set(s["reward"]) == {"format", "correct", "total"}
         assert s["reward"]["total"] == s["reward"]["format"] + s["reward"]["correct"]
 
@@ -72,13 +106,25 @@ def test_samples_carry_reward_parts_and_verdicts(tmp_path):
     sampling (flat groups dropped, more drawn: a step makes several sampling calls): each row's
     verdict and reward parts are its own completion's; log_completions 0 writes none."""
     model = seven_or_eight(3.0)
-    cfg = GRPOConfig(steps=2, prompts_per_step=3, group_size=3, max_new_tokens=10, eval_every=0, lr=1e-3, seed=1,
-                     length_target=3, dynamic_sampling=True, log_completions=6)
+    cfg = GRPOConfig(
+        steps=2,
+        prompts_per_step=3,
+        group_size=3,
+        max_new_tokens=10,
+        eval_every=0,
+        lr=1e-3,
+        seed=1,
+        length_target=3,
+        dynamic_sampling=True,
+        log_completions=6,
+    )
     train_grpo(model, TOK, constant_task("7"), cfg, out_dir=tmp_path)
     metrics = rows_of(tmp_path / "metrics.jsonl")
     assert any(m["sampling/groups_drawn"] > 3 for m in metrics)  # more than one sampling call a step
     samples = rows_of(tmp_path / "samples.jsonl")
-    assert [(s["step"], s["group"]) for s in samples] == [(step, g) for step in (1, 2) for g in (0, 1) for _ in range(3)]
+    assert [(s["step"], s["group"]) for s in samples] == [
+        (step, g) for step in (1, 2) for g in (0, 1) for _ in range(3)
+    ]
     for s in samples:
         r = s["reward"]
         assert s["verdict"] == ("correct" if s["completion"].endswith("<answer>7</answer>") else "wrong")
@@ -89,7 +135,10 @@ def test_samples_carry_reward_parts_and_verdicts(tmp_path):
         assert s["prompt"].startswith("q") and "(think for 3 tokens)" in s["prompt"]
     for step in (1, 2):  # a kept group is mixed: both verdicts in each
         for g in (0, 1):
-            assert {s["verdict"] for s in samples if (s["step"], s["group"]) == (step, g)} == {"correct", "wrong"}
+            assert {s["verdict"] for s in samples if (s["step"], s["group"]) == (step, g)} == {
+                "correct",
+                "wrong",
+            }
     assert all(m["rewards/length_target/mean"] == m["reward/length_target"] for m in metrics)
     cfg.log_completions, cfg.steps = 0, 1
     train_grpo(model, TOK, constant_task("7"), cfg, out_dir=tmp_path / "none")
@@ -98,11 +147,36 @@ def test_samples_carry_reward_parts_and_verdicts(tmp_path):
 
 def test_redirected_sft_prints_a_line_a_step_and_logs_trl_names(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"})
-                            + "\n" for i in range(10)))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"})
+            + "\n"
+            for i in range(10)
+        )
+    )
     out = tmp_path / "sft"
-    assert main(["sft", "--model", tiny_checkpoint(tmp_path / "m"), "--data", str(data), "--steps", "3",
-                 "--batch-size", "4", "--eval-data", str(data), "--eval-every", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--model",
+                tiny_checkpoint(tmp_path / "m"),
+                "--data",
+                str(data),
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--eval-data",
+                str(data),
+                "--eval-every",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     lines = step_lines(printed, "sft")
     assert [LINE.match(line).group(2) for line in lines] == ["1", "2", "3"]
@@ -111,7 +185,9 @@ def test_redirected_sft_prints_a_line_a_step_and_logs_trl_names(tmp_path, capsys
             assert field in line, (field, line)
     assert "step 2: eval_loss=" in printed  # the evaluation's own line stays
     steps = rows_of(out / "metrics.jsonl")
-    assert [m["epoch"] for m in steps] == [pytest.approx(0.4 * s) for s in (1, 2, 3)]  # 4 of 10 examples a step
+    assert [m["epoch"] for m in steps] == [
+        pytest.approx(0.4 * s) for s in (1, 2, 3)
+    ]  # 4 of 10 examples a step
     assert all(m["learning_rate"] == m["lr"] for m in steps)
     tokens = [m["num_tokens"] for m in steps]
     assert 0 < tokens[0] < tokens[1] < tokens[2]  # a running count
@@ -122,12 +198,27 @@ def test_long_runs_print_a_line_every_nth_step_and_always_the_last(capsys):
     a run stopped early prints its last step at exit; a new round (Method 1) starts over."""
     with TrainProgress(1000, "pretrain") as bar:
         for step in range(1, 13):
-            bar({"step": step, "loss": 1.0, "lr": 1e-3, "seconds": 0.1 * step,
-                 **({"trigger_acc": 0.5} if step == 7 else {})})
+            bar(
+                {
+                    "step": step,
+                    "loss": 1.0,
+                    "lr": 1e-3,
+                    "seconds": 0.1 * step,
+                    **({"trigger_acc": 0.5} if step == 7 else {}),
+                }
+            )
         for step in (1, 2):
             bar({"step": step, "loss": 1.0, "lr": 1e-3, "seconds": 0.1 * step})
     printed = capsys.readouterr().out
-    assert [int(LINE.match(line).group(2)) for line in step_lines(printed, "pretrain")] == [1, 5, 7, 10, 12, 1, 2]
+    assert [int(LINE.match(line).group(2)) for line in step_lines(printed, "pretrain")] == [
+        1,
+        5,
+        7,
+        10,
+        12,
+        1,
+        2,
+    ]
     assert "accuracy=50.0%" in step_lines(printed, "pretrain")[2] and "step 7: trigger_acc=0.5" in printed
     assert "steps/s=10 " in step_lines(printed, "pretrain")[1]  # 4 steps in 0.4 s since the line before
     assert step_lines(printed, "pretrain")[1].endswith("elapsed=0:00:00 eta=0:01:40")  # 995 steps at 0.1 s

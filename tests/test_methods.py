@@ -21,8 +21,14 @@ ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer
 
 def answers_seven():
     """Always writes <think>a</think><answer>7</answer> after the prompt's last newline."""
-    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["</think>"],
-              ID["</think>"]: ID["<answer>"], ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    script = {
+        ID["\n"]: ID["<think>"],
+        ID["<think>"]: ID["a"],
+        ID["a"]: ID["</think>"],
+        ID["</think>"]: ID["<answer>"],
+        ID["<answer>"]: ID["7"],
+        ID["7"]: ID["</answer>"],
+    }
     return BigramLM(len(TOK), script, default=ID["\n"])
 
 
@@ -53,12 +59,22 @@ def test_sample_rationales_keeps_only_verified_and_deduplicates():
 def test_method1_round_logs_yield_and_accuracy(tmp_path, tiny_gpt):
     model, tok = tiny_gpt
     task = get_task("arithmetic", op="+", digits=1)
-    cfg = RationalesConfig(rounds=1, problems=30, samples=2, max_new_tokens=12, steps=3, batch_size=4,
-                           eval_problems=10, rationalize=True)
+    cfg = RationalesConfig(
+        rounds=1,
+        problems=30,
+        samples=2,
+        max_new_tokens=12,
+        steps=3,
+        batch_size=4,
+        eval_problems=10,
+        rationalize=True,
+    )
     final, records = run_rationales(model, tok, task, cfg, generator=answers_seven(), out_dir=tmp_path)
     (record,) = records
     assert record["samples"] >= 60 and 0 < record["kept"] <= record["solved"] + record["rationalized"]
-    assert 0 <= record["accuracy"] <= 1 and record["yield"] == pytest.approx(record["kept"] / record["samples"])
+    assert 0 <= record["accuracy"] <= 1 and record["yield"] == pytest.approx(
+        record["kept"] / record["samples"]
+    )
     data = [json.loads(line) for line in (tmp_path / "round1_data.jsonl").read_text().splitlines()]
     assert len(data) == record["kept"] and all("hint" not in d["prompt"] for d in data)
     assert final is not model  # fine-tuned a copy: the base stays untouched for the next round
@@ -68,16 +84,42 @@ def test_grpo_runs_and_logs_namespaced_metrics(tmp_path, tiny_gpt):
     model, tok = tiny_gpt
     task = get_task("arithmetic", op="+", digits=1)
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = GRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_new_tokens=12, eval_every=2, eval_problems=5,
-                     updates=2, beta=0.1, lr=1e-3)
+    cfg = GRPOConfig(
+        steps=2,
+        prompts_per_step=3,
+        group_size=4,
+        max_new_tokens=12,
+        eval_every=2,
+        eval_problems=5,
+        updates=2,
+        beta=0.1,
+        lr=1e-3,
+    )
     metrics = train_grpo(model, tok, task, cfg, out_dir=tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [0, 1, 2] and "eval/accuracy" in lines[0]  # the start is on the curve
-    for key in ("reward/mean", "reward/std", "reward/sampled_mean", "reward/sampled_std", "reward/format_rate",
-                "reward/format_std", "reward/accuracy", "reward/accuracy_std",
-                "frac_reward_zero_std",
-                "completions/mean_length", "completions/mean_think_tokens", "clip_frac", "kl", "entropy",
-                "grad_norm", "time/generate_s", "time/train_s", "eval/accuracy"):
+    assert [m["step"] for m in lines] == [0, 1, 2] and "eval/accuracy" in lines[
+        0
+    ]  # the start is on the curve
+    for key in (
+        "reward/mean",
+        "reward/std",
+        "reward/sampled_mean",
+        "reward/sampled_std",
+        "reward/format_rate",
+        "reward/format_std",
+        "reward/accuracy",
+        "reward/accuracy_std",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "completions/mean_think_tokens",
+        "clip_frac",
+        "kl",
+        "entropy",
+        "grad_norm",
+        "time/generate_s",
+        "time/train_s",
+        "eval/accuracy",
+    ):
         assert key in metrics, key
     assert (tmp_path / "samples.jsonl").read_text().count("\n") >= 2
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -89,8 +131,16 @@ def test_grpo_learns_from_mixed_rewards():
     """A model that answers 7 or 8 at random, on a task whose answer is always 7: GRPO's signal
     (correct 3 points vs 2) must raise the accuracy."""
     model = seven_or_eight(0.0)
-    cfg = GRPOConfig(steps=15, prompts_per_step=8, group_size=8, max_new_tokens=10, eval_every=0, lr=0.2,
-                     warmup_steps=1, seed=1)
+    cfg = GRPOConfig(
+        steps=15,
+        prompts_per_step=8,
+        group_size=8,
+        max_new_tokens=10,
+        eval_every=0,
+        lr=0.2,
+        warmup_steps=1,
+        seed=1,
+    )
     history = []
     train_grpo(model, TOK, constant_task("7"), cfg, log=history.append)
     assert 0.3 < history[0]["reward/accuracy"] < 0.7 and history[-1]["reward/accuracy"] > 0.9
@@ -98,8 +148,13 @@ def test_grpo_learns_from_mixed_rewards():
     for m in history:  # every row drawn is scored: 2 points for the format, 1 more when right
         if m["reward/format_rate"] == 1:
             assert m["reward/sampled_mean"] == pytest.approx(2 + m["reward/accuracy"])
-            assert m["reward/format_std"] == 0 and m["reward/sampled_std"] == pytest.approx(m["reward/accuracy_std"])
-        p, n = m["reward/accuracy"], 64  # 8 x 8 rows drawn a step: the std of 0/1 outcomes (n - 1 in the denominator)
+            assert m["reward/format_std"] == 0 and m["reward/sampled_std"] == pytest.approx(
+                m["reward/accuracy_std"]
+            )
+        p, n = (
+            m["reward/accuracy"],
+            64,
+        )  # 8 x 8 rows drawn a step: the std of 0/1 outcomes (n - 1 in the denominator)
         assert m["reward/accuracy_std"] == pytest.approx((p * (1 - p) * n / (n - 1)) ** 0.5)
     assert any(m["reward/format_rate"] == 1 for m in history)
 
@@ -116,15 +171,25 @@ def test_grpo_config_validation():
 
 
 def test_resuming_a_finished_grpo_run_changes_nothing_and_reports_its_last_step(tmp_path):
-    cfg = GRPOConfig(steps=4, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=3, eval_problems=4,
-                     save_every=2, lr=0.1)
+    cfg = GRPOConfig(
+        steps=4,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=8,
+        eval_every=3,
+        eval_problems=4,
+        save_every=2,
+        lr=0.1,
+    )
     model = answers_seven()
     last = train_grpo(model, TOK, constant_task("7"), cfg, out_dir=tmp_path)
     log = (tmp_path / "metrics.jsonl").read_text()
     weights = [p.detach().clone() for p in model.parameters()]
     again = answers_seven()
     seen = []
-    resumed = train_grpo(again, TOK, constant_task("7"), cfg, out_dir=tmp_path, resume=True, progress=seen.append)
+    resumed = train_grpo(
+        again, TOK, constant_task("7"), cfg, out_dir=tmp_path, resume=True, progress=seen.append
+    )
     assert resumed == last and resumed["step"] == 4 and "eval/accuracy" in resumed
     assert seen == [last]  # the progress bar is told where the run stands
     assert all(torch.equal(a, b) for a, b in zip(weights, again.parameters()))  # the saved final weights
@@ -134,8 +199,17 @@ def test_resuming_a_finished_grpo_run_changes_nothing_and_reports_its_last_step(
 def test_grpo_learning_rate_warms_up_then_follows_the_schedule():
     """Logged and applied: the optimiser's lr each step is the logged one."""
     seen = []
-    cfg = GRPOConfig(steps=6, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1.0,
-                     warmup_steps=2, schedule="linear", min_lr_ratio=0.0)
+    cfg = GRPOConfig(
+        steps=6,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=8,
+        eval_every=0,
+        lr=1.0,
+        warmup_steps=2,
+        schedule="linear",
+        min_lr_ratio=0.0,
+    )
     real_step = torch.optim.AdamW.step
 
     def spy(self, *a, **k):
@@ -150,10 +224,18 @@ def test_grpo_learning_rate_warms_up_then_follows_the_schedule():
     assert [m["lr"] for m in history] == pytest.approx(expected)
     assert seen == pytest.approx(expected)
     constant = []
-    train_grpo(answers_seven(), TOK, constant_task("7"), GRPOConfig(
-        steps=3, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1.0, warmup_steps=2),
-        log=constant.append)
-    assert [m["lr"] for m in constant] == pytest.approx([0.5, 1.0, 1.0])  # the default: constant after warm-up
+    train_grpo(
+        answers_seven(),
+        TOK,
+        constant_task("7"),
+        GRPOConfig(
+            steps=3, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1.0, warmup_steps=2
+        ),
+        log=constant.append,
+    )
+    assert [m["lr"] for m in constant] == pytest.approx(
+        [0.5, 1.0, 1.0]
+    )  # the default: constant after warm-up
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "constant"])
@@ -167,9 +249,22 @@ def test_grpo_micro_batches_give_the_same_update(agg):
     # prompt layout (each prompt computed once, completions packed; micro-batches in whole groups).
     for micro, shared in ((0, False), (3, False), (0, True), (3, True)):
         model, tok = new_builtin(seed=3)
-        cfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=10, eval_every=0, lr=1e-2,
-                         warmup_steps=1, updates=2, beta=0.05, loss_agg=agg, length_target=4, length_alpha=0.1,
-                         micro_batch_size=micro, shared_prompts=shared)
+        cfg = GRPOConfig(
+            steps=2,
+            prompts_per_step=2,
+            group_size=4,
+            max_new_tokens=10,
+            eval_every=0,
+            lr=1e-2,
+            warmup_steps=1,
+            updates=2,
+            beta=0.05,
+            loss_agg=agg,
+            length_target=4,
+            length_alpha=0.1,
+            micro_batch_size=micro,
+            shared_prompts=shared,
+        )
         history = []
         train_grpo(model, tok, get_task("arithmetic", op="+", digits=1), cfg, log=history.append)
         runs.append(history)
@@ -189,9 +284,21 @@ def test_skipping_flat_groups_gives_the_same_update(builtin, agg):
     runs = []
     for skip in (False, True):
         model, tok = new_builtin(seed=3) if builtin else (random_tag_writer(TOK, tag_boost=2.0), TOK)
-        cfg = GRPOConfig(steps=4, prompts_per_step=4, group_size=3, max_new_tokens=8, eval_every=0, lr=1e-2,
-                         warmup_steps=1, updates=2, loss_agg=agg, length_target=2, length_alpha=0.5,
-                         skip_flat_groups=skip, seed=2)
+        cfg = GRPOConfig(
+            steps=4,
+            prompts_per_step=4,
+            group_size=3,
+            max_new_tokens=8,
+            eval_every=0,
+            lr=1e-2,
+            warmup_steps=1,
+            updates=2,
+            loss_agg=agg,
+            length_target=2,
+            length_alpha=0.5,
+            skip_flat_groups=skip,
+            seed=2,
+        )
         history = []
         train_grpo(model, tok, constant_task("7"), cfg, log=history.append)
         runs.append((history, [p.detach().clone() for p in model.parameters()]))
@@ -230,11 +337,19 @@ def test_method1_drops_right_answers_reached_by_wrong_steps():
 
     cfg = RationalesConfig(samples=2, max_new_tokens=40)
     counts = {}
-    kept, drawn = sample_rationales(Scripted("http://127.0.0.1:9"), TOK, task, problems, cfg, seed=0, counts=counts)
+    kept, drawn = sample_rationales(
+        Scripted("http://127.0.0.1:9"), TOK, task, problems, cfg, seed=0, counts=counts
+    )
     assert drawn == 12 and len(kept) == 6 and counts["lucky"] == 6
     assert all(task.check_steps(k["question"], parse_completion(k["completion"]).think) for k in kept)
-    loose, _ = sample_rationales(Scripted("http://127.0.0.1:9"), TOK, task, problems,
-                                 RationalesConfig(samples=2, max_new_tokens=40, check_steps=False), seed=0)
+    loose, _ = sample_rationales(
+        Scripted("http://127.0.0.1:9"),
+        TOK,
+        task,
+        problems,
+        RationalesConfig(samples=2, max_new_tokens=40, check_steps=False),
+        seed=0,
+    )
     assert len(loose) == 12
 
 
@@ -248,8 +363,18 @@ def test_dynamic_sampling_refills_missing_groups_within_a_budget():
     # groups but not all. Every step trains on P groups with a spread, drawn within 6 P problems.
     # None is well-formed in 8 tokens: the format watch is off, the spread is the length term's.
     model = random_tag_writer(TOK, tag_boost=2.0)
-    cfg = GRPOConfig(steps=6, prompts_per_step=4, group_size=3, max_new_tokens=8, eval_every=0, lr=1e-3,
-                     dynamic_sampling=True, length_target=2, length_alpha=0.5, no_format_patience=0)
+    cfg = GRPOConfig(
+        steps=6,
+        prompts_per_step=4,
+        group_size=3,
+        max_new_tokens=8,
+        eval_every=0,
+        lr=1e-3,
+        dynamic_sampling=True,
+        length_target=2,
+        length_alpha=0.5,
+        no_format_patience=0,
+    )
     history = []
     train_grpo(model, TOK, constant_task("7"), cfg, log=history.append)
     assert len(history) == 6 and all("skipped" not in m for m in history)
@@ -271,14 +396,22 @@ def test_a_fresh_run_in_a_used_folder_starts_clean(tmp_path):
     (out / "round1_samples.jsonl").write_text(json.dumps(stale) + "\n")
     (out / "metrics.jsonl").write_text(json.dumps({"round": 1, "kept": 0}) + "\n")
     save_training_state(out / "state", {"model": {"w": torch.ones(1)}, "records": [], "round": 5})
-    save_training_state(out / "round3_train" / "state", {"model": {"w": torch.ones(1)}, "step": 9})  # a round this run won't reach
-    cfg = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=12, steps=2, batch_size=4, eval_problems=4)
+    save_training_state(
+        out / "round3_train" / "state", {"model": {"w": torch.ones(1)}, "step": 9}
+    )  # a round this run won't reach
+    cfg = RationalesConfig(
+        rounds=1, problems=6, samples=2, max_new_tokens=12, steps=2, batch_size=4, eval_problems=4
+    )
     _, records = run_rationales(answers_seven(), TOK, task, cfg, out_dir=out)
     assert records[0]["kept"] > 0  # its own samples: all right (the stale ones were all wrong)
     assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     state = torch.load(out / "state" / "state.pt", weights_only=False)
-    assert state["round"] == 1 and not (out / "state" / "state.prev.pt").exists()  # the old round-5 state is gone
-    assert not (out / "round3_train" / "state" / "state.pt").exists()  # so --resume can never pick it up later
+    assert (
+        state["round"] == 1 and not (out / "state" / "state.prev.pt").exists()
+    )  # the old round-5 state is gone
+    assert not (
+        out / "round3_train" / "state" / "state.pt"
+    ).exists()  # so --resume can never pick it up later
 
     model, tok = new_builtin(seed=0)
     grpo = GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, eval_every=0)
@@ -324,12 +457,16 @@ def test_grpo_stops_a_model_that_never_writes_the_format(tmp_path, dynamic):
     run stops with one line, the 5 rows logged; with dynamic sampling every step is a skipped row."""
     from reasonlab.errors import UserError
 
-    cfg = GRPOConfig(steps=8, prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=0,
-                     dynamic_sampling=dynamic)
+    cfg = GRPOConfig(
+        steps=8, prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=0, dynamic_sampling=dynamic
+    )
     never = BigramLM(len(TOK), {}, default=ID["a"])
     drawn = r"\d+" if dynamic else "20"  # 5 steps x 2 problems x 2 (dynamic sampling draws more)
-    with pytest.raises(UserError, match=rf"no sample earned a format point in 5 steps \(0 of {drawn} completions "
-                                        r"well-formed\): warm up with Method 1 \(reasonlab rationales\) or SFT"):
+    with pytest.raises(
+        UserError,
+        match=rf"no sample earned a format point in 5 steps \(0 of {drawn} completions "
+        r"well-formed\): warm up with Method 1 \(reasonlab rationales\) or SFT",
+    ):
         train_grpo(never, TOK, constant_task("7"), cfg, out_dir=tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
@@ -337,15 +474,27 @@ def test_grpo_stops_a_model_that_never_writes_the_format(tmp_path, dynamic):
     assert all(("skipped" in r) == dynamic for r in rows)
     assert (tmp_path / "samples.jsonl").is_file() or dynamic  # what was logged stays
     history = []
-    train_grpo(never, TOK, constant_task("7"), GRPOConfig(steps=8, prompts_per_step=2, group_size=2, max_new_tokens=4,
-                                                          eval_every=0, no_format_patience=0), log=history.append)
+    train_grpo(
+        never,
+        TOK,
+        constant_task("7"),
+        GRPOConfig(
+            steps=8, prompts_per_step=2, group_size=2, max_new_tokens=4, eval_every=0, no_format_patience=0
+        ),
+        log=history.append,
+    )
     assert len(history) == 8  # 0: never stops
 
 
 def test_grpo_is_not_stopped_by_a_model_that_writes_the_format():
     history = []
-    train_grpo(answers_seven(), TOK, constant_task("7"), GRPOConfig(
-        steps=7, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1e-3), log=history.append)
+    train_grpo(
+        answers_seven(),
+        TOK,
+        constant_task("7"),
+        GRPOConfig(steps=7, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1e-3),
+        log=history.append,
+    )
     assert [m["step"] for m in history] == list(range(1, 8)) and history[0]["reward/format_rate"] == 1
 
 
@@ -386,11 +535,15 @@ def free_text_endpoint(problems):
             self.seen = getattr(self, "seen", []) + list(prompts)
             out = []
             for i, prompt in enumerate(prompts):
-                p = next(x for x in problems if x.question in prompt)  # one-digit sums: no question holds another
+                p = next(
+                    x for x in problems if x.question in prompt
+                )  # one-digit sums: no question holds another
                 a, b = p.question.split("+")
                 answer = p.answer if i % 2 == 0 else int(p.answer) + 1
-                out.append(f"We add {a} and {b}: {a} + {b} = {answer}. So the final answer is {answer}.\n"
-                           "Question: what is 1+1?")
+                out.append(
+                    f"We add {a} and {b}: {a} + {b} = {answer}. So the final answer is {answer}.\n"
+                    "Question: what is 1+1?"
+                )
             return out
 
     return FreeText("http://127.0.0.1:9")
@@ -401,13 +554,25 @@ def test_method1_free_form_samples_are_read_verified_and_rewritten(tmp_path):
     <think>the text</think><answer>the answer</answer>), parsing well-formed with the gold answer;
     wrong ones are dropped. Without `free_form` the same samples are all dropped (strict format)."""
     task = get_task("arithmetic", op="+", digits=1)
-    cfg = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=40, steps=1, batch_size=4,
-                           eval_problems=4, free_form=True)
+    cfg = RationalesConfig(
+        rounds=1,
+        problems=6,
+        samples=2,
+        max_new_tokens=40,
+        steps=1,
+        batch_size=4,
+        eval_problems=4,
+        free_form=True,
+    )
     problems = task.problems(6, "train", cfg.seed + 1000)
     generator = free_text_endpoint(problems)
-    _, (record,) = run_rationales(answers_seven(), TOK, task, cfg, generator=generator, out_dir=tmp_path / "free")
+    _, (record,) = run_rationales(
+        answers_seven(), TOK, task, cfg, generator=generator, out_dir=tmp_path / "free"
+    )
     assert record["samples"] == 12 and record["kept"] == 6 and record["unread"] == 0
-    assert all("<" not in prompt and prompt.endswith("Let's think step by step.\n") for prompt in generator.seen)
+    assert all(
+        "<" not in prompt and prompt.endswith("Let's think step by step.\n") for prompt in generator.seen
+    )
     rows = [json.loads(line) for line in (tmp_path / "free" / "round1_data.jsonl").read_text().splitlines()]
     gold = {p.question: p.answer for p in problems}
     assert len(rows) == 6
@@ -416,9 +581,16 @@ def test_method1_free_form_samples_are_read_verified_and_rewritten(tmp_path):
         assert row["prompt"] == f"{question}\nLet's think step by step.\n"
         parsed = parse_completion(row["completion"], row["prompt"])
         assert parsed.format_ok and parsed.answer == gold[question]
-        assert parsed.think.endswith(f"So the final answer is {gold[question]}.") and "Question:" not in parsed.think
-    strict = RationalesConfig(rounds=1, problems=6, samples=2, max_new_tokens=40, steps=1, batch_size=4, eval_problems=4)
-    _, (record,) = run_rationales(answers_seven(), TOK, task, strict, generator=free_text_endpoint(problems), out_dir=tmp_path / "s")
+        assert (
+            parsed.think.endswith(f"So the final answer is {gold[question]}.")
+            and "Question:" not in parsed.think
+        )
+    strict = RationalesConfig(
+        rounds=1, problems=6, samples=2, max_new_tokens=40, steps=1, batch_size=4, eval_problems=4
+    )
+    _, (record,) = run_rationales(
+        answers_seven(), TOK, task, strict, generator=free_text_endpoint(problems), out_dir=tmp_path / "s"
+    )
     assert record["kept"] == 0 and "unread" not in record
     assert (tmp_path / "s" / "round1_data.jsonl").read_text() == ""
 
@@ -435,26 +607,48 @@ def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, m
     make_tiny_hf(tmp_path / "hf")
     model, tok = load_model(tmp_path / "hf")
     task = get_task("arithmetic", op="+", digits=1)
-    cfg = RationalesConfig(rounds=1, problems=4, samples=2, max_new_tokens=40, steps=1, batch_size=4,
-                           eval_problems=3, free_form=True, style="chat")
+    cfg = RationalesConfig(
+        rounds=1,
+        problems=4,
+        samples=2,
+        max_new_tokens=40,
+        steps=1,
+        batch_size=4,
+        eval_problems=3,
+        free_form=True,
+        style="chat",
+    )
     problems = task.problems(4, "train", cfg.seed + 1000)
     generator = free_text_endpoint(problems)
     styles = []
     evaluate = rationales.evaluate_problems
-    monkeypatch.setattr(rationales, "evaluate_problems", lambda *a, **k: (styles.append(k["style"]), evaluate(*a, **k))[1])
+    monkeypatch.setattr(
+        rationales, "evaluate_problems", lambda *a, **k: (styles.append(k["style"]), evaluate(*a, **k))[1]
+    )
     _, (record,) = run_rationales(model, tok, task, cfg, generator=generator, out_dir=tmp_path / "chat")
     assert record["kept"] == 4 and styles == ["chat"]
-    assert all(p.startswith("[user]") and p.endswith(f" {FREE_FORM_INSTRUCTION}\n[assistant]") for p in generator.seen)
+    assert all(
+        p.startswith("[user]") and p.endswith(f" {FREE_FORM_INSTRUCTION}\n[assistant]")
+        for p in generator.seen
+    )
     for line in (tmp_path / "chat" / "round1_data.jsonl").read_text().splitlines():
         row = json.loads(line)
-        assert row["prompt"].startswith(f"[system]{CHAT_SYSTEM}\n[user]") and parse_completion(row["completion"]).format_ok
+        assert (
+            row["prompt"].startswith(f"[system]{CHAT_SYSTEM}\n[user]")
+            and parse_completion(row["completion"]).format_ok
+        )
 
 
 def thinks_forever():
     """Thinks "a" until cut: writes <think>aaa… and never closes it itself; after a forced
     </think><answer> it answers 7 and closes."""
-    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["a"],
-              ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    script = {
+        ID["\n"]: ID["<think>"],
+        ID["<think>"]: ID["a"],
+        ID["a"]: ID["a"],
+        ID["<answer>"]: ID["7"],
+        ID["7"]: ID["</answer>"],
+    }
     return BigramLM(len(TOK), script, default=ID["\n"])
 
 
@@ -463,8 +657,16 @@ def test_budget_aware_rl_cuts_a_share_of_groups_at_a_drawn_budget_and_rewards_th
     <answer> stay out of the loss, and the answer written after them earns the full reward."""
     from reasonlab.rl.collect import Collector, ProblemStream
 
-    cfg = GRPOConfig(prompts_per_step=40, group_size=2, max_new_tokens=12, temperature=1.0, budget_share=0.5,
-                     budget_min=1, budget_max=4, eval_every=0)
+    cfg = GRPOConfig(
+        prompts_per_step=40,
+        group_size=2,
+        max_new_tokens=12,
+        temperature=1.0,
+        budget_share=0.5,
+        budget_min=1,
+        budget_max=4,
+        eval_every=0,
+    )
     task = constant_task("7")
     collected = Collector(task, TOK, cfg, ProblemStream(task, 0)).collect(thinks_forever(), step=0)
     budgets = []
@@ -477,36 +679,62 @@ def test_budget_aware_rl_cuts_a_share_of_groups_at_a_drawn_budget_and_rewards_th
             text = rollout.texts[rows.start]
             assert text == "<think>" + "a" * think[0] + "</think><answer>7</answer>"
             mask = rollout.sampled_mask[rows.start].tolist()
-            forced = [i for i, m in enumerate(mask[:int(rollout.lengths[rows.start])]) if m == 0]
+            forced = [i for i, m in enumerate(mask[: int(rollout.lengths[rows.start])]) if m == 0]
             assert forced == [1 + think[0], 2 + think[0]]  # </think> and <answer>, right after the budget
             assert group.rewards.tolist() == [3.0, 3.0]
         else:  # not cut: it thinks until the tokens run out, unformatted, no reward
             assert rollout.finish_reason[rows.start] == "length" and group.rewards.tolist() == [0.0, 0.0]
-    assert 10 < len(budgets) < 30 and set(budgets) == {1, 2, 3, 4}  # about half the groups; every budget drawn
+    assert 10 < len(budgets) < 30 and set(budgets) == {
+        1,
+        2,
+        3,
+        4,
+    }  # about half the groups; every budget drawn
     assert sum(collected.cut) == 2 * len(budgets)
 
 
 def test_budget_aware_grpo_logs_the_cut_rows():
-    cfg = GRPOConfig(steps=2, prompts_per_step=8, group_size=2, max_new_tokens=10, budget_share=0.5, budget_min=0,
-                     budget_max=3, eval_every=0, lr=1e-3, no_format_patience=0)
+    cfg = GRPOConfig(
+        steps=2,
+        prompts_per_step=8,
+        group_size=2,
+        max_new_tokens=10,
+        budget_share=0.5,
+        budget_min=0,
+        budget_max=3,
+        eval_every=0,
+        lr=1e-3,
+        no_format_patience=0,
+    )
     history = []
     train_grpo(thinks_forever(), TOK, constant_task("7"), cfg, log=history.append)
     for m in history:
         assert 0 < m["budget/cut_share"] < 1 and m["budget/format_rate"] == 1 and m["budget/accuracy"] == 1
-        assert m["reward/format_rate"] == pytest.approx(m["budget/cut_share"])  # only the cut rows are well-formed
+        assert m["reward/format_rate"] == pytest.approx(
+            m["budget/cut_share"]
+        )  # only the cut rows are well-formed
 
 
 def test_length_control_draws_a_target_per_group_and_rewards_the_distance_to_it():
     from reasonlab.rl.collect import Collector, ProblemStream
 
-    cfg = GRPOConfig(prompts_per_step=30, group_size=2, max_new_tokens=10, length_target=2, length_target_max=6,
-                     length_alpha=0.5, eval_every=0)
+    cfg = GRPOConfig(
+        prompts_per_step=30,
+        group_size=2,
+        max_new_tokens=10,
+        length_target=2,
+        length_target_max=6,
+        length_alpha=0.5,
+        eval_every=0,
+    )
     task = constant_task("7")
     collected = Collector(task, TOK, cfg, ProblemStream(task, 0)).collect(answers_seven(), step=0)
     scores = collected.scores[0]
     targets = []
     for group in collected.groups:
-        prompts = {TOK.decode(group.rollout.prompt_ids[i]) for i in range(group.index * 2, group.index * 2 + 2)}
+        prompts = {
+            TOK.decode(group.rollout.prompt_ids[i]) for i in range(group.index * 2, group.index * 2 + 2)
+        }
         (prompt,) = prompts  # one target a group
         target = int(prompt.split("(think for ")[1].split(" tokens)")[0])
         targets.append(target)

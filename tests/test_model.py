@@ -6,7 +6,15 @@ import json
 import pytest
 import torch
 
-from reasonlab.model import GPT, GPTConfig, export_hf, load_model, load_train_config, new_builtin, save_checkpoint
+from reasonlab.model import (
+    GPT,
+    GPTConfig,
+    export_hf,
+    load_model,
+    load_train_config,
+    new_builtin,
+    save_checkpoint,
+)
 from reasonlab.model.tokenizer import SPECIALS
 
 
@@ -30,7 +38,7 @@ def test_kv_cache_decode_matches_full_forward(tiny_gpt):
     step = [model.decode(ids[:, :5], torch.arange(5)[None], attn, cache)]
     for t in range(5, ids.shape[1]):
         attn = torch.ones(1, t + 1, dtype=torch.long)
-        step.append(model.decode(ids[:, t:t + 1], torch.tensor([[t]]), attn, cache))
+        step.append(model.decode(ids[:, t : t + 1], torch.tensor([[t]]), attn, cache))
     assert torch.allclose(torch.cat(step, 1), full, atol=1e-5)
 
 
@@ -77,7 +85,9 @@ def test_not_a_model_folder(tmp_path):
 def test_export_loads_in_transformers_with_equal_logits(tmp_path, tie):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, tok = new_builtin(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, tie_embeddings=tie), seed=1)
+    model, tok = new_builtin(
+        GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, tie_embeddings=tie), seed=1
+    )
     export_hf(model, tok, tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["model_type"] == "llama" and "reasonlab" not in config
@@ -95,14 +105,24 @@ def make_tiny_hf(path, kind="llama"):
 
     _, tok = new_builtin()
     Config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind]
-    config = Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                    eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    config = Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
-    tok.hf.chat_template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}"
-                            "{% if add_generation_prompt %}[assistant]{% endif %}")
+    tok.hf.chat_template = (
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     tok.save(path)
     return model
 
@@ -116,7 +136,9 @@ def test_hf_adapter_parity_and_cache(tmp_path, kind):
     assert torch.allclose(model(ids), hf(ids).logits, atol=1e-5)
     cache = model.init_cache(1, 16)
     n = ids.shape[1]
-    first = model.decode(ids[:, :-1], torch.arange(n - 1)[None], torch.ones(1, n - 1, dtype=torch.long), cache)
+    first = model.decode(
+        ids[:, :-1], torch.arange(n - 1)[None], torch.ones(1, n - 1, dtype=torch.long), cache
+    )
     last = model.decode(ids[:, -1:], torch.tensor([[n - 1]]), torch.ones(1, n, dtype=torch.long), cache)
     assert torch.allclose(torch.cat([first, last], 1), hf(ids).logits, atol=1e-5)
 
@@ -143,15 +165,19 @@ def test_grouped_batch_gives_each_rows_logits_and_gradients(tiny_gpt):
     expected = torch.zeros_like(grouped)
     for i in range(P * G):
         p, n = i // G, int(lens[i])
-        row = torch.cat([prompts[p, :prompt_lens[p]], completions[i, :n]])[None]
-        expected[i, :n] = model(row)[0, prompt_lens[p] - 1:prompt_lens[p] - 1 + n]
+        row = torch.cat([prompts[p, : prompt_lens[p]], completions[i, :n]])[None]
+        expected[i, :n] = model(row)[0, prompt_lens[p] - 1 : prompt_lens[p] - 1 + n]
     (expected * weights).sum().backward()
     assert torch.allclose(grouped, expected, atol=1e-5)
     assert (grouped[8] == 0).all() and grouped[0, 4:].abs().sum() == 0  # nothing past a row's end
     # packed: the real predictions only, one per completion token, in the order `places` gives
     packed = model(dataclasses.replace(batch, packed=True))
-    assert packed.shape == (int(lens.sum()), model.config.vocab_size) and len(batch.places()) == int(lens.sum())
-    assert torch.allclose(packed, grouped.detach().view(-1, model.config.vocab_size)[batch.places()], atol=1e-6)
+    assert packed.shape == (int(lens.sum()), model.config.vocab_size) and len(batch.places()) == int(
+        lens.sum()
+    )
+    assert torch.allclose(
+        packed, grouped.detach().view(-1, model.config.vocab_size)[batch.places()], atol=1e-6
+    )
     assert batch[4:12].packed is False and dataclasses.replace(batch, packed=True)[4:12].packed
     for a, p in zip(grads, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5)
@@ -169,18 +195,42 @@ def test_decode_batch_matches_transformers_with_and_without_clean_up(tiny_gpt):
     from reasonlab.model.tokenizer import TokenizerAdapter
 
     _, tok = tiny_gpt
-    rows = [tok.encode("<think>1+2=3</think><answer>3</answer>") + [tok.eos_id, tok.pad_id], tok.encode(" a , b ")]
+    rows = [
+        tok.encode("<think>1+2=3</think><answer>3</answer>") + [tok.eos_id, tok.pad_id],
+        tok.encode(" a , b "),
+    ]
     drop = {tok.pad_id, tok.eos_id}
     assert tok.decode_batch(rows) == tok.hf.batch_decode([[i for i in r if i not in drop] for r in rows])
 
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", "hello", ",", "world", "<think>", "</think>",
-                                          "<answer>", "</answer>", "Wait"])}
+    vocab = {
+        w: i
+        for i, w in enumerate(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[EOS]",
+                "hello",
+                ",",
+                "world",
+                "<think>",
+                "</think>",
+                "<answer>",
+                "</answer>",
+                "Wait",
+            ]
+        )
+    }
     core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.decoder = decoders.WordPiece(cleanup=False)  # the clean-up, if any, is transformers' pass
     for clean in (True, False):
-        hf = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]",
-                                     clean_up_tokenization_spaces=clean)
+        hf = PreTrainedTokenizerFast(
+            tokenizer_object=core,
+            pad_token="[PAD]",
+            eos_token="[EOS]",
+            unk_token="[UNK]",
+            clean_up_tokenization_spaces=clean,
+        )
         adapter = TokenizerAdapter(hf)
         ids = [hf.encode("hello, world", add_special_tokens=False)]
         assert adapter.decode_batch(ids) == hf.batch_decode(ids)
@@ -204,7 +254,7 @@ def test_dropping_rows_from_the_cache_keeps_the_rest_exact(tiny_gpt, shared):
             if shared:
                 model.share_rows(cache, torch.tensor([0, 0, 1, 1]))
             for t in range(steps):
-                model.decode(tokens[:, t:t + 1], torch.full((B, 1), P + t), None, cache)
+                model.decode(tokens[:, t : t + 1], torch.full((B, 1), P + t), None, cache)
             rows = torch.arange(B) if keep is None else keep
             if keep is not None:
                 model.select_rows(cache, keep)
@@ -227,10 +277,15 @@ def test_checkpoint_modes_follow_the_umask(tiny_gpt, tmp_path, mask, files, fold
     try:
         for path in (tmp_path / "run" / "model", tmp_path / "run" / "model"):  # new, then replacing itself
             save_checkpoint(path, model, tok, {"steps": 1})
-            assert os.stat(path).st_mode & 0o777 == folders and os.stat(path.parent).st_mode & 0o777 == folders
+            assert (
+                os.stat(path).st_mode & 0o777 == folders and os.stat(path.parent).st_mode & 0o777 == folders
+            )
             assert {p.name: os.stat(p).st_mode & 0o777 for p in path.iterdir()} == {
-                p.name: files for p in path.iterdir()}
-            assert {"model.safetensors", "config.json", "train_config.json"} <= {p.name for p in path.iterdir()}
+                p.name: files for p in path.iterdir()
+            }
+            assert {"model.safetensors", "config.json", "train_config.json"} <= {
+                p.name for p in path.iterdir()
+            }
     finally:
         os.umask(old)
         current_umask.cache_clear()

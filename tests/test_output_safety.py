@@ -49,8 +49,12 @@ def test_save_checkpoint_replaces_only_a_checkpoint(tmp_path):
     ck = tmp_path / "ck"
     save_checkpoint(ck, model, tok, {"lr": 1})
     save_checkpoint(ck, model, tok)  # a checkpoint folder is replaced whole (no train_config.json now)
-    assert sorted(p.name for p in ck.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
-                                                    "tokenizer_config.json"]
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
@@ -62,17 +66,24 @@ def test_training_commands_refuse_an_out_they_did_not_make(tmp_path, capsys, mon
     before = snapshot(tmp_path)
     data = str(d / "sft.jsonl")
     missing = str(tmp_path / "no-model")  # the folder check comes first: no model is loaded
-    refused = [["sft", "--data", data, "--out", "d", *SFT], ["pretrain", "--task", "chain", "--out", "d"],
-               ["rl", "--model", missing, "--task", "chain", "--out", "d"],
-               ["rationales", "--model", missing, "--task", "chain", "--out", "d"], ["demo", "--quick", "--out", "d"],
-               ["sft", "--data", data, "--out", "d", "--resume", *SFT]]
+    refused = [
+        ["sft", "--data", data, "--out", "d", *SFT],
+        ["pretrain", "--task", "chain", "--out", "d"],
+        ["rl", "--model", missing, "--task", "chain", "--out", "d"],
+        ["rationales", "--model", missing, "--task", "chain", "--out", "d"],
+        ["demo", "--quick", "--out", "d"],
+        ["sft", "--data", data, "--out", "d", "--resume", *SFT],
+    ]
     for argv in refused:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "--out d already holds files that are not an earlier" in err and "--overwrite" in err, argv
         assert len(err.strip().splitlines()) == 1
-    for out, says in ((".", "names no folder of its own"), ("", "names no folder of its own"),
-                      ("file.txt", "is a file")):
+    for out, says in (
+        (".", "names no folder of its own"),
+        ("", "names no folder of its own"),
+        ("file.txt", "is a file"),
+    ):
         for command in (["sft", "--data", data], ["rl", "--model", missing, "--task", "chain"]):
             assert main([*command, "--out", out, *SFT[:2]]) == 2
             assert says in capsys.readouterr().err
@@ -93,7 +104,10 @@ def test_an_earlier_run_of_the_same_command_may_be_replaced_but_not_another_comm
     base = snapshot(ck)
     # its own earlier run: never replaced unasked (its log and model are results), replaced with --overwrite
     assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--lr", "1e-4"]) == 2
-    assert "holds an earlier `reasonlab sft` run: --resume to continue it, --overwrite" in capsys.readouterr().err
+    assert (
+        "holds an earlier `reasonlab sft` run: --resume to continue it, --overwrite"
+        in capsys.readouterr().err
+    )
     assert snapshot(ck) == base
     assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0
     capsys.readouterr()
@@ -111,7 +125,9 @@ def test_an_earlier_run_of_the_same_command_may_be_replaced_but_not_another_comm
     assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--resume"]) == 2  # refused before any work
     assert f"{ck / 'model'} holds files that are not a checkpoint's" in capsys.readouterr().err
     assert snapshot(ck) == base
-    assert main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0  # written into: notes stay
+    assert (
+        main(["sft", "--data", data, "--out", str(ck), *SFT, "--overwrite"]) == 0
+    )  # written into: notes stay
     assert (ck / "model" / "notes.txt").read_text() == "x"
 
 
@@ -121,7 +137,12 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, caps
     d = precious(tmp_path)
     ro = tmp_path / "ro"
     ro.mkdir()
-    monkeypatch.setattr(reasonlab.outdir.os, "access", lambda path, mode: str(path) != str(ro))  # as if read-only
-    for argv in (["sft", "--data", str(d / "sft.jsonl"), *SFT], ["rl", "--model", "nowhere", "--task", "chain"]):
+    monkeypatch.setattr(
+        reasonlab.outdir.os, "access", lambda path, mode: str(path) != str(ro)
+    )  # as if read-only
+    for argv in (
+        ["sft", "--data", str(d / "sft.jsonl"), *SFT],
+        ["rl", "--model", "nowhere", "--task", "chain"],
+    ):
         assert main([*argv, "--out", str(ro / "run")]) == 2
         assert f"cannot write --out {ro / 'run'}: {ro} is not a writable folder" in capsys.readouterr().err

@@ -39,7 +39,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from reasonlab.rl.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, aggregate, group_advantages, pick, policy_loss
+from reasonlab.rl.algos import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    POLICY_LOSSES,
+    aggregate,
+    group_advantages,
+    pick,
+    policy_loss,
+)
 
 EPS_LOW, EPS_HIGH, BETA = 0.2, 0.28, 0.04
 LENGTHS = [7, 3, 0, 5, 1, 6]  # ragged rows; row 2 fully masked (a truncated row under mask_truncated)
@@ -51,12 +59,16 @@ DTYPES = [torch.float64, torch.float32]
 # entry fails `test_every_registered_name_is_checked_against_a_peer`.
 PEERS = {
     "policy loss": {"clip": "TRL grpo-family per-token loss; verl compute_policy_loss_vanilla"},
-    "aggregation": {"token_mean": "TRL bnpo and dapo; verl token-mean",
-                    "seq_mean": "TRL grpo; verl seq-mean-token-mean",
-                    "constant": "TRL dr_grpo; verl seq-mean-token-sum-norm"},
-    "advantage": {"group": "TRL scale_rewards='group'; verl GRPO (norm_adv_by_std_in_grpo=True)",
-                  "batch": "TRL scale_rewards='batch'",
-                  "none": "TRL scale_rewards='none'; verl GRPO (norm_adv_by_std_in_grpo=False)"},
+    "aggregation": {
+        "token_mean": "TRL bnpo and dapo; verl token-mean",
+        "seq_mean": "TRL grpo; verl seq-mean-token-mean",
+        "constant": "TRL dr_grpo; verl seq-mean-token-sum-norm",
+    },
+    "advantage": {
+        "group": "TRL scale_rewards='group'; verl GRPO (norm_adv_by_std_in_grpo=True)",
+        "batch": "TRL scale_rewards='batch'",
+        "none": "TRL scale_rewards='none'; verl GRPO (norm_adv_by_std_in_grpo=False)",
+    },
 }
 
 
@@ -94,15 +106,18 @@ def assert_both_clips_bite(logp, old, adv, mask):
 
 # ---- the peers' formulas, written out -------------------------------------------------------------
 
-def trl_per_token_loss(per_token_logps, old_per_token_logps, ref_per_token_logps, advantages, *,
-                       epsilon_low, epsilon_high, beta):
+
+def trl_per_token_loss(
+    per_token_logps, old_per_token_logps, ref_per_token_logps, advantages, *, epsilon_low, epsilon_high, beta
+):
     """TRL GRPOTrainer._compute_loss (loss_type in grpo, bnpo, dr_grpo, dapo), up to the aggregation."""
     advantages = advantages.unsqueeze(1)
     log_ratio = per_token_logps - old_per_token_logps
     coef_1 = torch.exp(log_ratio)
     if beta != 0.0:
-        per_token_kl = (torch.exp(ref_per_token_logps - per_token_logps)
-                        - (ref_per_token_logps - per_token_logps) - 1)
+        per_token_kl = (
+            torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
+        )
     coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     per_token_loss1 = coef_1 * advantages
     per_token_loss2 = coef_2 * advantages
@@ -112,8 +127,16 @@ def trl_per_token_loss(per_token_logps, old_per_token_logps, ref_per_token_logps
     return per_token_loss
 
 
-def trl_aggregate(loss_type, per_token_loss, mask, *, max_completion_length=None, num_items_in_batch=None,
-                  num_processes=1, gradient_accumulation_steps=1):
+def trl_aggregate(
+    loss_type,
+    per_token_loss,
+    mask,
+    *,
+    max_completion_length=None,
+    num_items_in_batch=None,
+    num_processes=1,
+    gradient_accumulation_steps=1,
+):
     """TRL GRPOTrainer._compute_loss's aggregation, in train mode, for one micro-batch of one process."""
     if loss_type == "grpo":
         loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
@@ -166,8 +189,15 @@ def verl_masked_sum(values, mask, axis=None):
     return (valid_values * mask).sum(axis=axis)
 
 
-def verl_agg_loss(loss_mat, loss_mask, loss_agg_mode, dp_size=1, batch_num_tokens=None, global_batch_size=None,
-                  loss_scale_factor=None):
+def verl_agg_loss(
+    loss_mat,
+    loss_mask,
+    loss_agg_mode,
+    dp_size=1,
+    batch_num_tokens=None,
+    global_batch_size=None,
+    loss_scale_factor=None,
+):
     """verl core_algos.agg_loss."""
     if loss_agg_mode == "token-mean":
         if batch_num_tokens is None:
@@ -196,8 +226,9 @@ def verl_agg_loss(loss_mat, loss_mask, loss_agg_mode, dp_size=1, batch_num_token
     return loss
 
 
-def verl_pg_losses(old_log_prob, log_prob, advantages, response_mask, *, clip_ratio_low, clip_ratio_high,
-                   clip_ratio_c=3.0):
+def verl_pg_losses(
+    old_log_prob, log_prob, advantages, response_mask, *, clip_ratio_low, clip_ratio_high, clip_ratio_c=3.0
+):
     """verl core_algos.compute_policy_loss_vanilla up to its agg_loss: the (bs, T) pg_losses and pg_clipfrac.
     `advantages` are token-level (bs, T), as compute_grpo_outcome_advantage returns them."""
     negative_approx_kl = log_prob - old_log_prob
@@ -223,18 +254,29 @@ def verl_kl_k3(logprob, ref_logprob):
     return torch.clamp(kld, min=-10, max=10)
 
 
-def verl_actor_loss(old, logp, adv, mask, loss_agg_mode, kl_loss_coef, ref, clip_ratio_c=3.0, **global_batch_info):
+def verl_actor_loss(
+    old, logp, adv, mask, loss_agg_mode, kl_loss_coef, ref, clip_ratio_c=3.0, **global_batch_info
+):
     """verl workers/utils/losses.ppo_loss (vanilla, use_kl_loss, kl_loss_type k3, entropy_coeff 0):
     agg_loss(pg_losses) + kl_loss_coef · agg_loss(k3), token-level advantages A · mask."""
     m = mask.to(logp.dtype)
-    pg_losses, _ = verl_pg_losses(old, logp, adv[:, None] * m, m, clip_ratio_low=EPS_LOW,
-                                  clip_ratio_high=EPS_HIGH, clip_ratio_c=clip_ratio_c)
+    pg_losses, _ = verl_pg_losses(
+        old,
+        logp,
+        adv[:, None] * m,
+        m,
+        clip_ratio_low=EPS_LOW,
+        clip_ratio_high=EPS_HIGH,
+        clip_ratio_c=clip_ratio_c,
+    )
     pg_loss = verl_agg_loss(pg_losses, m, loss_agg_mode, **global_batch_info)
     kl_loss = verl_agg_loss(verl_kl_k3(logp, ref), m, loss_agg_mode, **global_batch_info)
     return pg_loss + kl_loss * kl_loss_coef
 
 
-def verl_grpo_advantage(token_level_rewards, response_mask, index, epsilon=1e-6, norm_adv_by_std_in_grpo=True):
+def verl_grpo_advantage(
+    token_level_rewards, response_mask, index, epsilon=1e-6, norm_adv_by_std_in_grpo=True
+):
     """verl core_algos.compute_grpo_outcome_advantage (the per-uid loop)."""
     scores = token_level_rewards.sum(dim=-1)
     id2score, id2mean, id2std = {}, {}, {}
@@ -261,6 +303,7 @@ def verl_grpo_advantage(token_level_rewards, response_mask, index, epsilon=1e-6,
 
 # ---- coverage -------------------------------------------------------------------------------------
 
+
 def test_every_registered_name_is_checked_against_a_peer():
     assert set(POLICY_LOSSES) == set(PEERS["policy loss"])
     assert set(AGGREGATIONS) == set(PEERS["aggregation"])
@@ -268,6 +311,7 @@ def test_every_registered_name_is_checked_against_a_peer():
 
 
 # ---- policy loss ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_clip_per_token_equals_trl_and_verl(dtype):
@@ -277,13 +321,18 @@ def test_clip_per_token_equals_trl_and_verl(dtype):
     assert_both_clips_bite(logp, old, adv, mask)
     m, on = mask.to(dtype), mask.bool()
     assert torch.exp(logp - old)[on].max() < 3.0
-    ours, stats = pick(POLICY_LOSSES, "clip", "policy loss")(logp, old, adv, m, eps_low=EPS_LOW, eps_high=EPS_HIGH)
+    ours, stats = pick(POLICY_LOSSES, "clip", "policy loss")(
+        logp, old, adv, m, eps_low=EPS_LOW, eps_high=EPS_HIGH
+    )
     trl = trl_per_token_loss(logp, old, ref, adv, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=0.0)
-    verl, verl_clipfrac = verl_pg_losses(old, logp, adv[:, None] * m, m, clip_ratio_low=EPS_LOW,
-                                         clip_ratio_high=EPS_HIGH)
+    verl, verl_clipfrac = verl_pg_losses(
+        old, logp, adv[:, None] * m, m, clip_ratio_low=EPS_LOW, clip_ratio_high=EPS_HIGH
+    )
     assert_close(ours[on], trl[on])
     assert_close(ours[on], verl[on])
-    g_ours = torch.autograd.grad((ours * m).sum(), logp)[0]  # the gradient of the masked sum: d loss_t / d logp_t
+    g_ours = torch.autograd.grad((ours * m).sum(), logp)[
+        0
+    ]  # the gradient of the masked sum: d loss_t / d logp_t
     for peer in (trl, verl):
         assert_close(g_ours, torch.autograd.grad((peer * m).sum(), logp)[0])
     # clip_frac: verl's pg_clipfrac, and TRL's clip_ratio/region_mean (low: ρ < 1-ε_low with A < 0;
@@ -304,8 +353,15 @@ def test_clip_has_no_dual_clip_unlike_verl():
         old[1, :2] = logp[1, :2] - 1.5  # row 1 has A < 0: ratios e^1.5 ≈ 4.5 > 3
     m, on = mask.double(), mask.bool()
     ours, _ = POLICY_LOSSES["clip"](logp, old, adv, m, eps_low=EPS_LOW, eps_high=EPS_HIGH)
-    no_dual, _ = verl_pg_losses(old, logp, adv[:, None] * m, m, clip_ratio_low=EPS_LOW, clip_ratio_high=EPS_HIGH,
-                                clip_ratio_c=math.inf)
+    no_dual, _ = verl_pg_losses(
+        old,
+        logp,
+        adv[:, None] * m,
+        m,
+        clip_ratio_low=EPS_LOW,
+        clip_ratio_high=EPS_HIGH,
+        clip_ratio_c=math.inf,
+    )
     dual, _ = verl_pg_losses(old, logp, adv[:, None] * m, m, clip_ratio_low=EPS_LOW, clip_ratio_high=EPS_HIGH)
     assert_close(ours[on], no_dual[on])
     capped = on & (adv[:, None] < 0) & (torch.exp(logp - old).detach() > 3.0)
@@ -317,9 +373,12 @@ def test_clip_has_no_dual_clip_unlike_verl():
 
 # ---- aggregations, with the KL term: TRL ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("agg, loss_type", [("seq_mean", "grpo"), ("token_mean", "bnpo"), ("token_mean", "dapo"),
-                                            ("constant", "dr_grpo")])
+@pytest.mark.parametrize(
+    "agg, loss_type",
+    [("seq_mean", "grpo"), ("token_mean", "bnpo"), ("token_mean", "dapo"), ("constant", "dr_grpo")],
+)
 @pytest.mark.parametrize("with_total", [False, True], ids=["local", "trainer_total"])
 def test_policy_loss_equals_trl_compute_loss(agg, loss_type, with_total, dtype):
     """policy_loss(..., agg, β) = TRL _compute_loss(loss_type, β) on one process and one micro-batch,
@@ -330,11 +389,24 @@ def test_policy_loss_equals_trl_compute_loss(agg, loss_type, with_total, dtype):
     total = None
     if with_total:
         total = float(mask.sum()) if agg == "token_mean" else float(len(mask))
-    ours, stats = policy_loss(logp, old, adv, mask, eps_low=EPS_LOW, eps_high=EPS_HIGH, agg=agg,
-                              max_tokens=MAX_TOKENS, ref_logp=ref, beta=BETA, total=total, loss="clip")
+    ours, stats = policy_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
+        agg=agg,
+        max_tokens=MAX_TOKENS,
+        ref_logp=ref,
+        beta=BETA,
+        total=total,
+        loss="clip",
+    )
     per_token = trl_per_token_loss(logp, old, ref, adv, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA)
-    trl = trl_aggregate(loss_type, per_token, mask, max_completion_length=MAX_TOKENS,
-                        num_items_in_batch=mask.sum().to(dtype))
+    trl = trl_aggregate(
+        loss_type, per_token, mask, max_completion_length=MAX_TOKENS, num_items_in_batch=mask.sum().to(dtype)
+    )
     (v_ours, g_ours), (v_trl, g_trl) = value_and_grad(ours, logp), value_and_grad(trl, logp)
     assert_close(v_ours, v_trl)
     assert_close(g_ours, g_trl)
@@ -351,12 +423,25 @@ def test_micro_batches_equal_trl_gradient_accumulation(agg, loss_type):
     chunk, for micro-batches of equal size (TRL's per_device_train_batch_size)."""
     logp, old, ref, adv, mask = make(4)
     for rows in (slice(0, 3), slice(3, 6)):
-        ours, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], eps_low=EPS_LOW, eps_high=EPS_HIGH,
-                              agg=agg, max_tokens=MAX_TOKENS, ref_logp=ref[rows], beta=BETA, total=float(len(mask)))
-        per_token = trl_per_token_loss(logp[rows], old[rows], ref[rows], adv[rows], epsilon_low=EPS_LOW,
-                                       epsilon_high=EPS_HIGH, beta=BETA)
-        trl = trl_aggregate(loss_type, per_token, mask[rows], max_completion_length=MAX_TOKENS,
-                            gradient_accumulation_steps=2)
+        ours, _ = policy_loss(
+            logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            eps_low=EPS_LOW,
+            eps_high=EPS_HIGH,
+            agg=agg,
+            max_tokens=MAX_TOKENS,
+            ref_logp=ref[rows],
+            beta=BETA,
+            total=float(len(mask)),
+        )
+        per_token = trl_per_token_loss(
+            logp[rows], old[rows], ref[rows], adv[rows], epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA
+        )
+        trl = trl_aggregate(
+            loss_type, per_token, mask[rows], max_completion_length=MAX_TOKENS, gradient_accumulation_steps=2
+        )
         for a, b in zip(value_and_grad(ours, logp), value_and_grad(trl, logp)):
             assert_close(a, b)
 
@@ -371,33 +456,67 @@ def test_ranks_equal_trl_dapo_across_processes():
     num_items_in_batch = mask.sum().double()
     assert mask[shards[0]].sum() != mask[shards[1]].sum()
     for rows in shards:
-        ours, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], eps_low=EPS_LOW, eps_high=EPS_HIGH,
-                              agg="token_mean", ref_logp=ref[rows], beta=BETA, total=float(num_items_in_batch))
-        per_token = trl_per_token_loss(logp[rows], old[rows], ref[rows], adv[rows], epsilon_low=EPS_LOW,
-                                       epsilon_high=EPS_HIGH, beta=BETA)
-        trl = trl_aggregate("dapo", per_token, mask[rows], num_items_in_batch=num_items_in_batch, num_processes=size)
+        ours, _ = policy_loss(
+            logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            eps_low=EPS_LOW,
+            eps_high=EPS_HIGH,
+            agg="token_mean",
+            ref_logp=ref[rows],
+            beta=BETA,
+            total=float(num_items_in_batch),
+        )
+        per_token = trl_per_token_loss(
+            logp[rows], old[rows], ref[rows], adv[rows], epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA
+        )
+        trl = trl_aggregate(
+            "dapo", per_token, mask[rows], num_items_in_batch=num_items_in_batch, num_processes=size
+        )
         for a, b in zip(value_and_grad(ours * size, logp), value_and_grad(trl, logp)):
             assert_close(a, b)
 
 
 # ---- aggregations, with the KL term: verl --------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_token_mean_equals_verl_token_mean(dtype):
     """token_mean = verl agg_loss "token-mean" (pg loss + kl_loss_coef · k3 KL loss), locally and per
     data-parallel rank (batch_num_tokens = the global count, × dp_size; ours × world size in update.py)."""
     logp, old, ref, adv, mask = make(6, dtype)
-    ours, _ = policy_loss(logp, old, adv, mask, eps_low=EPS_LOW, eps_high=EPS_HIGH, agg="token_mean",
-                          ref_logp=ref, beta=BETA)
+    ours, _ = policy_loss(
+        logp, old, adv, mask, eps_low=EPS_LOW, eps_high=EPS_HIGH, agg="token_mean", ref_logp=ref, beta=BETA
+    )
     verl = verl_actor_loss(old, logp, adv, mask, "token-mean", BETA, ref)
     for a, b in zip(value_and_grad(ours, logp), value_and_grad(verl, logp)):
         assert_close(a, b)
     tokens, size = float(mask.sum()), 2
     for rows in (slice(0, 4), slice(4, 6)):
-        ours, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], eps_low=EPS_LOW, eps_high=EPS_HIGH,
-                              agg="token_mean", ref_logp=ref[rows], beta=BETA, total=tokens)
-        verl = verl_actor_loss(old[rows], logp[rows], adv[rows], mask[rows], "token-mean", BETA, ref[rows],
-                               dp_size=size, batch_num_tokens=tokens)
+        ours, _ = policy_loss(
+            logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            eps_low=EPS_LOW,
+            eps_high=EPS_HIGH,
+            agg="token_mean",
+            ref_logp=ref[rows],
+            beta=BETA,
+            total=tokens,
+        )
+        verl = verl_actor_loss(
+            old[rows],
+            logp[rows],
+            adv[rows],
+            mask[rows],
+            "token-mean",
+            BETA,
+            ref[rows],
+            dp_size=size,
+            batch_num_tokens=tokens,
+        )
         for a, b in zip(value_and_grad(ours * size, logp), value_and_grad(verl, logp)):
             assert_close(a, b)
 
@@ -414,9 +533,12 @@ def test_seq_mean_equals_verl_seq_mean_token_mean(dtype):
     logp, old, ref, adv, mask = make(7, dtype)
     rows_total, with_tokens = len(mask), int((mask.sum(-1) > 0).sum())
     assert with_tokens < rows_total  # the fully masked row is where the two differ
-    ours, _ = policy_loss(logp, old, adv, mask, eps_low=EPS_LOW, eps_high=EPS_HIGH, agg="seq_mean",
-                          ref_logp=ref, beta=BETA)
-    global_bs = verl_actor_loss(old, logp, adv, mask, "seq-mean-token-mean", BETA, ref, global_batch_size=rows_total)
+    ours, _ = policy_loss(
+        logp, old, adv, mask, eps_low=EPS_LOW, eps_high=EPS_HIGH, agg="seq_mean", ref_logp=ref, beta=BETA
+    )
+    global_bs = verl_actor_loss(
+        old, logp, adv, mask, "seq-mean-token-mean", BETA, ref, global_batch_size=rows_total
+    )
     local = verl_actor_loss(old, logp, adv, mask, "seq-mean-token-mean", BETA, ref)
     ours = value_and_grad(ours, logp)
     for a, b in zip(ours, value_and_grad(global_bs, logp)):
@@ -425,10 +547,29 @@ def test_seq_mean_equals_verl_seq_mean_token_mean(dtype):
         assert_close(a, b)
     size = 2  # per rank, update.py's loss × world size = verl's per-rank loss with dp_size
     for rows in (slice(0, 3), slice(3, 6)):
-        ours, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], eps_low=EPS_LOW, eps_high=EPS_HIGH,
-                              agg="seq_mean", ref_logp=ref[rows], beta=BETA, total=float(rows_total))
-        verl = verl_actor_loss(old[rows], logp[rows], adv[rows], mask[rows], "seq-mean-token-mean", BETA,
-                               ref[rows], dp_size=size, global_batch_size=rows_total)
+        ours, _ = policy_loss(
+            logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            eps_low=EPS_LOW,
+            eps_high=EPS_HIGH,
+            agg="seq_mean",
+            ref_logp=ref[rows],
+            beta=BETA,
+            total=float(rows_total),
+        )
+        verl = verl_actor_loss(
+            old[rows],
+            logp[rows],
+            adv[rows],
+            mask[rows],
+            "seq-mean-token-mean",
+            BETA,
+            ref[rows],
+            dp_size=size,
+            global_batch_size=rows_total,
+        )
         for a, b in zip(value_and_grad(ours * size, logp), value_and_grad(verl, logp)):
             assert_close(a, b)
 
@@ -442,9 +583,21 @@ def test_constant_equals_verl_seq_mean_token_sum_norm_over_rows(dtype):
     micro-batch: the same direction, a learning-rate factor apart. verl's default loss_scale_factor
     is the padded length of the micro-batch, which changes batch to batch; ours is max_new_tokens."""
     logp, old, ref, adv, mask = make(8, dtype)
-    ours, _ = policy_loss(logp, old, adv, mask, eps_low=EPS_LOW, eps_high=EPS_HIGH, agg="constant",
-                          max_tokens=MAX_TOKENS, ref_logp=ref, beta=BETA)
-    verl = verl_actor_loss(old, logp, adv, mask, "seq-mean-token-sum-norm", BETA, ref, loss_scale_factor=MAX_TOKENS)
+    ours, _ = policy_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
+        agg="constant",
+        max_tokens=MAX_TOKENS,
+        ref_logp=ref,
+        beta=BETA,
+    )
+    verl = verl_actor_loss(
+        old, logp, adv, mask, "seq-mean-token-sum-norm", BETA, ref, loss_scale_factor=MAX_TOKENS
+    )
     for a, b in zip(value_and_grad(ours, logp), value_and_grad(verl / len(mask), logp)):
         assert_close(a, b)
 
@@ -465,10 +618,14 @@ def test_aggregation_ignores_what_lies_past_the_mask(agg):
 
 # ---- advantages ---------------------------------------------------------------------------------
 
-REWARDS = torch.tensor([[3.0, 2.0, 2.0, 0.0, 3.0],
-                        [0.0, 0.0, 2.0, 0.0, 0.0],
-                        [2.0, 2.0, 2.0, 2.0, 2.0],  # flat, exactly representable: advantage 0 for all
-                        [1.5, -0.25, 3.0, 0.75, 2.0]])
+REWARDS = torch.tensor(
+    [
+        [3.0, 2.0, 2.0, 0.0, 3.0],
+        [0.0, 0.0, 2.0, 0.0, 0.0],
+        [2.0, 2.0, 2.0, 2.0, 2.0],  # flat, exactly representable: advantage 0 for all
+        [1.5, -0.25, 3.0, 0.75, 2.0],
+    ]
+)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -483,7 +640,11 @@ def test_advantages_equal_trl(scale, dtype):
     trl = trl_advantages(rewards.flatten(), G, scale).view(P, G)
     assert_close(ours, trl)
     if scale != "none":
-        biased = rewards.std(dim=1, keepdim=True, unbiased=False) if scale == "group" else rewards.std(unbiased=False)
+        biased = (
+            rewards.std(dim=1, keepdim=True, unbiased=False)
+            if scale == "group"
+            else rewards.std(unbiased=False)
+        )
         assert not torch.allclose(ours[0], ((rewards - rewards.mean(1, keepdim=True)) / (biased + 1e-4))[0])
 
 
@@ -501,8 +662,9 @@ def test_advantages_equal_verl_grpo(norm_adv_by_std_in_grpo, scale):
     uid = [f"prompt-{int(i) // G}" for i in order]
     token_level_rewards = torch.zeros(P * G, T, dtype=torch.float64)
     token_level_rewards[torch.arange(P * G), lengths[order] - 1] = rewards.flatten()[order]
-    verl = verl_grpo_advantage(token_level_rewards, mask[order], uid, epsilon=1e-6,
-                               norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)
+    verl = verl_grpo_advantage(
+        token_level_rewards, mask[order], uid, epsilon=1e-6, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo
+    )
     ours = group_advantages(rewards, scale, eps=1e-6).flatten()[order]
     assert_close(ours[:, None] * mask[order], verl)
 

@@ -16,14 +16,23 @@ from reasonlab.train.rationales import Judge, RationalesConfig, sample_rationale
 from tests.conftest import BigramLM
 
 _, TOK = new_builtin()
-ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer>", "\n", ":", "a", "7", "9", "2"]}
+ID = {
+    s: TOK.encode(s)[0]
+    for s in ["<think>", "</think>", "<answer>", "</answer>", "\n", ":", "a", "7", "9", "2"]
+}
 
 
 def writer():
     """Writes <think>a</think><answer>7</answer> after a newline; after ':' (a judge prompt) it
     writes the score its `score` token says."""
-    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["</think>"],
-              ID["</think>"]: ID["<answer>"], ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    script = {
+        ID["\n"]: ID["<think>"],
+        ID["<think>"]: ID["a"],
+        ID["a"]: ID["</think>"],
+        ID["</think>"]: ID["<answer>"],
+        ID["<answer>"]: ID["7"],
+        ID["7"]: ID["</answer>"],
+    }
     return BigramLM(len(TOK), script, default=ID["\n"])
 
 
@@ -111,7 +120,9 @@ def test_judge_filters_a_task_without_gold_locally_and_over_http(score, kept):
     local, drawn = sample_rationales(writer(), TOK, task, problems, cfg, seed=0, judge=judge)
     assert drawn == 10 and (len(local) == 5) is kept  # one survivor per question after dedup, or none
     with serving(scorer(score)) as server:
-        remote_judge = Judge(RemoteGenerator(server.url), TOK, "Score how well the response answers.", threshold=7)
+        remote_judge = Judge(
+            RemoteGenerator(server.url), TOK, "Score how well the response answers.", threshold=7
+        )
         over_http, _ = sample_rationales(writer(), TOK, task, problems, cfg, seed=0, judge=remote_judge)
     assert over_http == local
     with pytest.raises(ValueError, match="rubric"):
@@ -129,9 +140,12 @@ def test_samples_persist_as_they_arrive_and_a_rerun_reuses_them(tmp_path, endpoi
     assert cache.is_file() and drawn == 80
 
     # Nothing listens on port 9: any request would fail, so everything must come from the cache.
-    again, _ = sample_rationales(RemoteGenerator("http://127.0.0.1:9", retries=0), TOK, task, problems, cfg,
-                                 seed=0, cache=cache)
-    assert again == first and {r["question"] for r in first} == {p.question for p in problems if p.answer == "7"}
+    again, _ = sample_rationales(
+        RemoteGenerator("http://127.0.0.1:9", retries=0), TOK, task, problems, cfg, seed=0, cache=cache
+    )
+    assert again == first and {r["question"] for r in first} == {
+        p.question for p in problems if p.answer == "7"
+    }
 
 
 def test_serve_command_feeds_rationales_as_teacher_and_judge(tmp_path):
@@ -143,20 +157,55 @@ def test_serve_command_feeds_rationales_as_teacher_and_judge(tmp_path):
 
     model, tok = new_builtin(GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=128), seed=0)
     save_checkpoint(tmp_path / "m", model, tok)
-    server = subprocess.Popen([sys.executable, "-m", "reasonlab", "serve", "--model", str(tmp_path / "m"),
-                               "--port", "0"], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "reasonlab", "serve", "--model", str(tmp_path / "m"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = server.stdout.readline().split()[-1].rsplit("/v1/", 1)[0]
         assert url.startswith("http://127.0.0.1:")
         from reasonlab.cli import main
 
-        assert main(["rationales", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1",
-                     "--teacher", url, "--judge", url, "--judge-rubric", "Is it right?", "--rounds", "1",
-                     "--problems", "8", "--samples", "2", "--max-new-tokens", "8", "--steps", "1",
-                     "--eval-problems", "4", "--out", str(tmp_path / "r")]) == 0
+        assert (
+            main(
+                [
+                    "rationales",
+                    "--model",
+                    str(tmp_path / "m"),
+                    "--task",
+                    "arithmetic",
+                    "--task-arg",
+                    "digits=1",
+                    "--teacher",
+                    url,
+                    "--judge",
+                    url,
+                    "--judge-rubric",
+                    "Is it right?",
+                    "--rounds",
+                    "1",
+                    "--problems",
+                    "8",
+                    "--samples",
+                    "2",
+                    "--max-new-tokens",
+                    "8",
+                    "--steps",
+                    "1",
+                    "--eval-problems",
+                    "4",
+                    "--out",
+                    str(tmp_path / "r"),
+                ]
+            )
+            == 0
+        )
         record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text())
         assert record["samples"] == 16 and (tmp_path / "r" / "round1_samples.jsonl").is_file()
-        assert main(["rationales", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--judge", url]) == 2
+        assert (
+            main(["rationales", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--judge", url]) == 2
+        )
     finally:
         server.kill()
         server.wait()
@@ -167,13 +216,35 @@ def test_cli_names_an_unreachable_teacher_in_one_line(tmp_path, capsys, monkeypa
     from reasonlab.cli import main
     from reasonlab.model import save_checkpoint
 
-    monkeypatch.setattr("openai._base_client.time.sleep", lambda seconds: None)  # the back-off, not waited here
+    monkeypatch.setattr(
+        "openai._base_client.time.sleep", lambda seconds: None
+    )  # the back-off, not waited here
     model, tok = new_builtin(seed=0)
     save_checkpoint(tmp_path / "base", model, tok)
-    assert main(["rationales", "--model", str(tmp_path / "base"), "--task", "chain", "--teacher",
-                 "http://127.0.0.1:9", "--rounds", "1", "--problems", "2", "--out", str(tmp_path / "r")]) == 1
+    assert (
+        main(
+            [
+                "rationales",
+                "--model",
+                str(tmp_path / "base"),
+                "--task",
+                "chain",
+                "--teacher",
+                "http://127.0.0.1:9",
+                "--rounds",
+                "1",
+                "--problems",
+                "2",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
-    assert "error: http://127.0.0.1:9/v1/completions failed after 5 attempts" in err and "Traceback" not in err
+    assert (
+        "error: http://127.0.0.1:9/v1/completions failed after 5 attempts" in err and "Traceback" not in err
+    )
     assert main(["rationales", "--model", str(tmp_path / "base"), "--task", "chain", "--rounds", "0"]) == 2
     assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
@@ -211,14 +282,24 @@ def _post(url: str, body: bytes | None, headers: dict | None = None, path: str =
     return response.status, json.loads(response.read())
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"prompt": 5}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": ["a", 3]}, "prompt"),
-    ({"prompt": "q\n", "n": 0}, "n"), ({"prompt": "q\n", "n": "2"}, "n"), ({"prompt": "q\n", "seed": "abc"}, "seed"),
-    ({"prompt": "q\n", "temperature": float("nan")}, "temperature"), ({"prompt": "q\n", "temperature": -1}, "temperature"),
-    ({"prompt": "q\n", "max_tokens": 0}, "max_tokens"), ({"prompt": "q\n", "top_p": 0}, "top_p"),
-    ({"prompt": "9" * 200}, "prompt"),  # longer than the model's 128 positions
-    ([1, 2], None),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", 3]}, "prompt"),
+        ({"prompt": "q\n", "n": 0}, "n"),
+        ({"prompt": "q\n", "n": "2"}, "n"),
+        ({"prompt": "q\n", "seed": "abc"}, "seed"),
+        ({"prompt": "q\n", "temperature": float("nan")}, "temperature"),
+        ({"prompt": "q\n", "temperature": -1}, "temperature"),
+        ({"prompt": "q\n", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "q\n", "top_p": 0}, "top_p"),
+        ({"prompt": "9" * 200}, "prompt"),  # longer than the model's 128 positions
+        ([1, 2], None),
+    ],
+)
 def test_server_answers_a_bad_request_with_an_openai_error(body, param, capsys):
     from reasonlab.model import GPTConfig
 
@@ -227,7 +308,9 @@ def test_server_answers_a_bad_request_with_an_openai_error(body, param, capsys):
     url = server.url
     try:
         data = json.dumps(body).encode()
-        status, answer = _post(url, data, {"Content-Type": "application/json", "Content-Length": str(len(data))})
+        status, answer = _post(
+            url, data, {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        )
         assert status == 400 and set(answer["error"]) == {"message", "type", "param", "code"}
         assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param
         status, answer = _post(url, b"{not json", {"Content-Length": "9"})

@@ -16,7 +16,9 @@ def test_group_advantages_hand_computed():
     rewards = torch.tensor([[3.0, 2.0, 2.0, 0.0], [3.0, 3.0, 3.0, 3.0]])
     centred = torch.tensor([[1.25, 0.25, 0.25, -1.75], [0.0, 0.0, 0.0, 0.0]])
     assert torch.allclose(group_advantages(rewards, "none"), centred)
-    std0 = torch.tensor([1.25, 0.25, 0.25, 1.75]).pow(2).sum().div(3).sqrt()  # unbiased std of group 0: 1.2583
+    std0 = (
+        torch.tensor([1.25, 0.25, 0.25, 1.75]).pow(2).sum().div(3).sqrt()
+    )  # unbiased std of group 0: 1.2583
     assert torch.allclose(group_advantages(rewards, "group")[0], centred[0] / (std0 + 1e-4))
     assert torch.equal(group_advantages(rewards, "group")[1], torch.zeros(4))  # equal rewards: no signal
     tenths = torch.full((1, 7), 0.1)  # their float32 mean is 0.1 - 7e-9: still exactly no signal
@@ -79,9 +81,15 @@ def test_policy_loss_kl_term_needs_reference():
 
 
 def test_rollout_batch_masks_forced_and_truncated_tokens():
-    rollout = Rollout(prompt_ids=[[5, 6], [7]], tokens=torch.tensor([[1, 2, 3], [4, 0, 0]]),
-                      logprobs=torch.zeros(2, 3), sampled_mask=torch.tensor([[1, 0, 1], [1, 0, 0]]),
-                      lengths=torch.tensor([3, 1]), think_tokens=[0, 0], finish_reason=["stop", "length"])
+    rollout = Rollout(
+        prompt_ids=[[5, 6], [7]],
+        tokens=torch.tensor([[1, 2, 3], [4, 0, 0]]),
+        logprobs=torch.zeros(2, 3),
+        sampled_mask=torch.tensor([[1, 0, 1], [1, 0, 0]]),
+        lengths=torch.tensor([3, 1]),
+        think_tokens=[0, 0],
+        finish_reason=["stop", "length"],
+    )
     ids, mask = rollout_batch(rollout, pad_id=0)
     assert ids.tolist() == [[5, 6, 1, 2, 3], [7, 4, 0, 0, 0]]
     # mask[t] = 1 when token t+1 is a sampled completion token: row 0 tokens 1 (sampled), 2 (forced), 3
@@ -108,8 +116,10 @@ def test_accumulation_invariance_8x1_equals_4x2(tiny_gpt):
         return [p.grad.clone() for p in model.parameters()]
 
     halves = [slice(0, 4), slice(4, 8)]
-    for agg, weights in (("seq_mean", [0.5, 0.5]),  # equal halves of sequences
-                         ("token_mean", [float(mask[r].sum() / mask.sum()) for r in halves])):  # token shares
+    for agg, weights in (
+        ("seq_mean", [0.5, 0.5]),  # equal halves of sequences
+        ("token_mean", [float(mask[r].sum() / mask.sum()) for r in halves]),
+    ):  # token shares
         full = grads([slice(0, 8)], [1.0], agg)
         accumulated = grads(halves, weights, agg)
         for a, b in zip(full, accumulated):

@@ -13,13 +13,21 @@ from reasonlab.cli import main
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.errors import UserError
 from reasonlab.model import export_hf, load_model
-from reasonlab.rollout_vllm import VLLMEngine, WeightReceiver, hf_named_weights, rollout_from_outputs, vllm_request_params
+from reasonlab.rollout_vllm import (
+    VLLMEngine,
+    WeightReceiver,
+    hf_named_weights,
+    rollout_from_outputs,
+    vllm_request_params,
+)
 from reasonlab.runtime import RuntimeOptions, add_lora
 from tests.test_model import make_tiny_hf
 
 
 def test_request_params_map_ours_to_vllms():
-    reqs = vllm_request_params(SamplingParams(max_new_tokens=32, temperature=0.7, top_p=0.9, row_seeds=[5, 9]), 2)
+    reqs = vllm_request_params(
+        SamplingParams(max_new_tokens=32, temperature=0.7, top_p=0.9, row_seeds=[5, 9]), 2
+    )
     assert [r["seed"] for r in reqs] == [5, 9]
     r = reqs[0]
     assert (r["temperature"], r["top_p"], r["top_k"], r["max_tokens"]) == (0.7, 0.9, -1, 32)
@@ -58,17 +66,33 @@ def test_lora_weights_are_sent_merged_and_the_model_is_untouched(tmp_path):
     assert changed and all(k.endswith("q_proj.weight") for k in changed)
     layer = model.hf.base_model.model.model.layers[0].self_attn.q_proj
     delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight) * layer.scaling["default"]
-    assert torch.allclose(sent["model.layers.0.self_attn.q_proj.weight"], plain["model.layers.0.self_attn.q_proj.weight"] + delta, atol=1e-6)
-    assert torch.equal(layer.base_layer.weight, plain["model.layers.0.self_attn.q_proj.weight"])  # never merged
+    assert torch.allclose(
+        sent["model.layers.0.self_attn.q_proj.weight"],
+        plain["model.layers.0.self_attn.q_proj.weight"] + delta,
+        atol=1e-6,
+    )
+    assert torch.equal(
+        layer.base_layer.weight, plain["model.layers.0.self_attn.q_proj.weight"]
+    )  # never merged
 
 
 def as_vllm_outputs(rollout):
     """The built-in engine's rollout, dressed as vLLM RequestOutputs."""
-    return [SimpleNamespace(prompt_token_ids=p, outputs=[SimpleNamespace(
-        token_ids=rollout.tokens[i, :int(rollout.lengths[i])].tolist(),
-        logprobs=[{int(t): SimpleNamespace(logprob=float(lp))} for t, lp in
-                  zip(rollout.tokens[i, :int(rollout.lengths[i])], rollout.logprobs[i])])])
-        for i, p in enumerate(rollout.prompt_ids)]
+    return [
+        SimpleNamespace(
+            prompt_token_ids=p,
+            outputs=[
+                SimpleNamespace(
+                    token_ids=rollout.tokens[i, : int(rollout.lengths[i])].tolist(),
+                    logprobs=[
+                        {int(t): SimpleNamespace(logprob=float(lp))}
+                        for t, lp in zip(rollout.tokens[i, : int(rollout.lengths[i])], rollout.logprobs[i])
+                    ],
+                )
+            ],
+        )
+        for i, p in enumerate(rollout.prompt_ids)
+    ]
 
 
 def test_outputs_become_the_same_rollout(tiny_gpt):
@@ -108,8 +132,12 @@ class StandInLLM:
 
     def generate(self, prompts, requests, use_tqdm=False):
         r = requests[0]
-        rollout = generate(self.served, self.tok, prompts, SamplingParams(
-            max_new_tokens=r["max_tokens"], temperature=r["temperature"]))
+        rollout = generate(
+            self.served,
+            self.tok,
+            prompts,
+            SamplingParams(max_new_tokens=r["max_tokens"], temperature=r["temperature"]),
+        )
         return as_vllm_outputs(rollout)
 
 
@@ -142,6 +170,22 @@ def test_without_vllm_a_clear_error(tiny_gpt, tmp_path, capsys):
     from reasonlab.model import save_checkpoint
 
     save_checkpoint(tmp_path / "m", model, tok)
-    assert main(["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--steps", "1",
-                 "--rollout-engine", "vllm", "--out", str(tmp_path / "rl")]) == 2
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                str(tmp_path / "m"),
+                "--task",
+                "arithmetic",
+                "--steps",
+                "1",
+                "--rollout-engine",
+                "vllm",
+                "--out",
+                str(tmp_path / "rl"),
+            ]
+        )
+        == 2
+    )
     assert "reasonlab[vllm]" in capsys.readouterr().err

@@ -20,7 +20,7 @@ def reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float
     keep = order[:top_k] if top_k else order
     if top_p < 1:
         mass = (probs[keep] / probs[keep].sum()).cumsum(-1)
-        keep = keep[:int((mass < top_p).sum()) + 1]
+        keep = keep[: int((mass < top_p).sum()) + 1]
     out = torch.zeros_like(probs)
     out[keep] = probs[keep]
     return out / out.sum()
@@ -41,7 +41,9 @@ def draw(temperature, top_k, top_p, keyed: bool, seed: int = 0):
     """N draws from LOGITS: from a seeded generator, or from N row keys at one step (row_seeds)."""
     logits = LOGITS.expand(N, -1)
     if keyed:
-        return sample_next(logits, temperature, top_k, top_p, None, keyed_uniform(torch.arange(N) * 7919 + seed, 3))
+        return sample_next(
+            logits, temperature, top_k, top_p, None, keyed_uniform(torch.arange(N) * 7919 + seed, 3)
+        )
     return sample_next(logits, temperature, top_k, top_p, torch.Generator().manual_seed(seed))
 
 
@@ -112,7 +114,9 @@ def test_the_ends_of_the_uniform_land_on_tokens_of_positive_probability():
     # top-k truncation and a -inf logit (EOS before min_new_tokens) at the end of the vocabulary
     logits = torch.tensor([[0.0, 3.0, 2.0, -1.0, float("-inf")]] * 3)
     for top_k in (0, 2):
-        tokens, _ = sample_next(logits, 1.0, top_k, 1.0, None, torch.tensor([0.0, 1 - 2**-53, 1.0], dtype=torch.float64))
+        tokens, _ = sample_next(
+            logits, 1.0, top_k, 1.0, None, torch.tensor([0.0, 1 - 2**-53, 1.0], dtype=torch.float64)
+        )
         assert tokens.tolist() == [0 if top_k == 0 else 1, 3 if top_k == 0 else 2, 3 if top_k == 0 else 2]
 
 
@@ -155,7 +159,9 @@ def test_extreme_logits_give_no_nan_and_no_stray_token():
     assert seen == [{0}, {0, 1, 2, 3}, {1, 3}]
 
 
-@pytest.mark.parametrize("spread", [0.5, 8.0])  # flat rows: a nucleus wider than the candidates; peaked: inside
+@pytest.mark.parametrize(
+    "spread", [0.5, 8.0]
+)  # flat rows: a nucleus wider than the candidates; peaked: inside
 def test_top_p_among_the_top_candidates_keeps_what_a_full_sort_keeps(spread):
     from reasonlab.engine import TOP_P_CANDIDATES, truncate
 
@@ -167,8 +173,12 @@ def test_top_p_among_the_top_candidates_keeps_what_a_full_sort_keeps(spread):
     order = torch.sort(probs, descending=True, dim=-1)
     share = order.values / probs.sum(-1, keepdim=True)
     width = ((share.cumsum(-1) - share) <= 0.9).sum(-1)  # the nucleus of each row, by a full sort
-    assert (width > TOP_P_CANDIDATES).any() == (spread < 1) and (width <= TOP_P_CANDIDATES).any()  # both paths
-    expected = torch.zeros_like(probs).scatter(-1, order.indices, order.values * (torch.arange(5000) < width[:, None]))
+    assert (width > TOP_P_CANDIDATES).any() == (spread < 1) and (
+        width <= TOP_P_CANDIDATES
+    ).any()  # both paths
+    expected = torch.zeros_like(probs).scatter(
+        -1, order.indices, order.values * (torch.arange(5000) < width[:, None])
+    )
     assert torch.equal(kept, expected)
 
 
@@ -209,9 +219,12 @@ def test_the_sampler_draws_the_same_tokens_as_an_unfloored_softmax():
         from reasonlab.engine import truncate
 
         expected = inverse_cdf(truncate(logits.double() / temperature, exact, top_k, top_p), u)
-        assert (tokens == expected).float().mean() > 0.995  # float32 against float64 weights: a boundary may move
-        assert torch.allclose(logp.gather(-1, tokens[:, None]).double(), exact.log().gather(-1, tokens[:, None]),
-                              atol=1e-4)
+        assert (
+            tokens == expected
+        ).float().mean() > 0.995  # float32 against float64 weights: a boundary may move
+        assert torch.allclose(
+            logp.gather(-1, tokens[:, None]).double(), exact.log().gather(-1, tokens[:, None]), atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("temperature", [1e-40, 1e-300, 1e-6])
@@ -219,7 +232,9 @@ def test_the_sampler_draws_the_same_tokens_as_an_unfloored_softmax():
 def test_a_tiny_temperature_samples_its_limit_greedy_with_finite_logprobs(temperature, keyed):
     """logits / 1e-40 overflows to inf (and 1e-300 is 0 in float32): the softmax was NaN and the
     draw ran off the vocabulary. Its limit is greedy: all the mass on the argmax."""
-    logits = torch.stack([LOGITS, -LOGITS, LOGITS * 1e4, torch.tensor([float("-inf"), 2.0, 1.0, 2.0, 0, 0, 0, 0])])
+    logits = torch.stack(
+        [LOGITS, -LOGITS, LOGITS * 1e4, torch.tensor([float("-inf"), 2.0, 1.0, 2.0, 0, 0, 0, 0])]
+    )
     for seed in range(20):
         uniform = keyed_uniform(torch.arange(4) + 100 * seed, 0) if keyed else None
         tokens, logp = sample_next(logits, temperature, 0, 1.0, torch.Generator().manual_seed(seed), uniform)

@@ -23,15 +23,25 @@ USER = [{"role": "user", "content": "3+4"}]
 
 def writer(thought: str = "ab"):
     """Writes <think>{thought}</think><answer>7</answer> after a newline."""
-    ids = [ID["<think>"]] + [ID[c] for c in thought] + [ID["</think>"], ID["<answer>"], ID["7"], ID["</answer>"]]
+    ids = (
+        [ID["<think>"]]
+        + [ID[c] for c in thought]
+        + [ID["</think>"], ID["<answer>"], ID["7"], ID["</answer>"]]
+    )
     script = dict(zip([ID["\n"]] + ids[:-1], ids))
     return BigramLM(len(TOK), script, default=TOK.eos_id)
 
 
 def thinker():
     """Thinks forever ("aaaa…") unless the engine's cap closes its thinking; then answers 7."""
-    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["a"], ID["</think>"]: ID["<answer>"],
-              ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    script = {
+        ID["\n"]: ID["<think>"],
+        ID["<think>"]: ID["a"],
+        ID["a"]: ID["a"],
+        ID["</think>"]: ID["<answer>"],
+        ID["<answer>"]: ID["7"],
+        ID["7"]: ID["</answer>"],
+    }
     return BigramLM(len(TOK), script, default=TOK.eos_id)
 
 
@@ -84,7 +94,9 @@ def server():
 
 
 def test_chat_splits_thought_and_answer_with_usage(server):
-    reply = client(server).chat.completions.create(model="tiny", messages=USER, max_tokens=20, temperature=0, n=2)
+    reply = client(server).chat.completions.create(
+        model="tiny", messages=USER, max_tokens=20, temperature=0, n=2
+    )
     raw = "<think>ab</think><answer>7</answer>"
     parsed = parse_completion(raw)
     assert len(reply.choices) == 2 and reply.object == "chat.completion"
@@ -93,15 +105,26 @@ def test_chat_splits_thought_and_answer_with_usage(server):
         split = (choice.message.reasoning_content, choice.message.content)
         assert split == (parsed.think, parsed.answer) == ("ab", "7")
     u = reply.usage
-    assert u.completion_tokens == 2 * len(TOK.encode(raw)) and u.total_tokens == u.prompt_tokens + u.completion_tokens
-    assert u.prompt_tokens == len(TOK.encode("3+4\nLet's think step by step.\n"))  # the prompt counted once for n=2
+    assert (
+        u.completion_tokens == 2 * len(TOK.encode(raw))
+        and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    )
+    assert u.prompt_tokens == len(
+        TOK.encode("3+4\nLet's think step by step.\n")
+    )  # the prompt counted once for n=2
     assert u.completion_tokens_details.reasoning_tokens == 2 * len(TOK.encode(parsed.think))
 
 
 def test_chat_streams_thought_then_answer_then_usage_then_done(server):
     c = client(server)
-    stream = c.chat.completions.create(model="tiny", messages=USER, max_tokens=20, temperature=0, stream=True,
-                                       stream_options={"include_usage": True})
+    stream = c.chat.completions.create(
+        model="tiny",
+        messages=USER,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     kinds, thought, answer, finish, usage = [], "", "", None, None
     for chunk in stream:
         if chunk.usage is not None:
@@ -120,8 +143,9 @@ def test_chat_streams_thought_then_answer_then_usage_then_done(server):
     whole = c.chat.completions.create(model="tiny", messages=USER, max_tokens=20, temperature=0)
     assert (thought, answer) == (whole.choices[0].message.reasoning_content, whole.choices[0].message.content)
     assert finish == "stop" and usage.completion_tokens_details.reasoning_tokens == 2
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 20,
-                                                                         "stream": True}) as response:
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 20, "stream": True}
+    ) as response:
         lines = [line for line in response.iter_lines() if line]
     assert response.headers["content-type"].startswith("text/event-stream") and lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
@@ -135,15 +159,19 @@ def test_completions_models_health_and_the_rationales_client(server):
     cut = c.completions.create(model="tiny", prompt="q\n", max_tokens=20, stop=["</answer>"], logprobs=0)
     assert cut.choices[0].text == "<think>ab</think><answer>7" and cut.choices[0].finish_reason == "stop"
     assert cut.usage.completion_tokens == 7 and len(cut.choices[0].logprobs.token_logprobs) == 7
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="tiny", prompt="q\n", max_tokens=20,
-                                                                          stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(model="tiny", prompt="q\n", max_tokens=20, stream=True)
+        if ch.choices
+    )
     assert streamed == "<think>ab</think><answer>7</answer>"
     assert [m.id for m in c.models.list().data] == ["tiny"]
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     from reasonlab.remote import RemoteGenerator
 
     assert RemoteGenerator(server.url).complete(["q\n"], max_tokens=20, temperature=0.0) == [
-        "<think>ab</think><answer>7</answer>"]
+        "<think>ab</think><answer>7</answer>"
+    ]
 
 
 def test_chat_logprobs_and_stop_and_seed():
@@ -157,17 +185,23 @@ def test_chat_logprobs_and_stop_and_seed():
         entries = with_lp.choices[0].logprobs.content
         assert len(entries) == with_lp.usage.completion_tokens and all(e.logprob <= 0 for e in entries)
         raw = "".join(e.token for e in entries)
-        assert split_reply(raw, "3+4\nLet's think step by step.\n") == (with_lp.choices[0].message.reasoning_content,
-                                                                         with_lp.choices[0].message.content)
+        assert split_reply(raw, "3+4\nLet's think step by step.\n") == (
+            with_lp.choices[0].message.reasoning_content,
+            with_lp.choices[0].message.content,
+        )
 
 
 def test_max_thinking_tokens_caps_the_thought_exactly():
     with ServerThread(make_app(thinker(), TOK)) as s:
         c = client(s)
         for n in (0, 3, 9):
-            reply = c.chat.completions.create(model="m", messages=USER, max_tokens=40,
-                                              extra_body={"max_thinking_tokens": n})
-            assert reply.choices[0].message.reasoning_content == "a" * n and reply.choices[0].message.content == "7"
+            reply = c.chat.completions.create(
+                model="m", messages=USER, max_tokens=40, extra_body={"max_thinking_tokens": n}
+            )
+            assert (
+                reply.choices[0].message.reasoning_content == "a" * n
+                and reply.choices[0].message.content == "7"
+            )
             assert reply.usage.completion_tokens_details.reasoning_tokens == n
         low = c.chat.completions.create(model="m", messages=USER, max_tokens=40, reasoning_effort="low")
         assert low.choices[0].message.reasoning_content == "a" * 10  # low: a quarter of max_tokens
@@ -179,13 +213,21 @@ def test_thinking_extensions_force_wait_per_request_in_one_call():
     """thinking_extensions = n: the model's first n attempts to close its thought become "Wait,"
     (s1's budget forcing), per row in a shared engine call."""
     comma = TOK.encode(",")[0]
-    script = {ID["\n"]: ID["<think>"], ID["<think>"]: ID["a"], ID["a"]: ID["</think>"], comma: ID["a"],
-              ID["</think>"]: ID["<answer>"], ID["<answer>"]: ID["7"], ID["7"]: ID["</answer>"]}
+    script = {
+        ID["\n"]: ID["<think>"],
+        ID["<think>"]: ID["a"],
+        ID["a"]: ID["</think>"],
+        comma: ID["a"],
+        ID["</think>"]: ID["<answer>"],
+        ID["<answer>"]: ID["7"],
+        ID["7"]: ID["</answer>"],
+    }
     with ServerThread(make_app(BigramLM(len(TOK), script, default=TOK.eos_id), TOK)) as s:
         c = client(s)
         for n in (0, 1, 3):
-            reply = c.chat.completions.create(model="m", messages=USER, max_tokens=60, temperature=0,
-                                              extra_body={"thinking_extensions": n})
+            reply = c.chat.completions.create(
+                model="m", messages=USER, max_tokens=60, temperature=0, extra_body={"thinking_extensions": n}
+            )
             assert reply.choices[0].message.reasoning_content == "a" + "Wait,a" * n
             assert reply.choices[0].message.content == "7"
         with pytest.raises(openai.BadRequestError, match="thinking_extensions"):
@@ -198,8 +240,9 @@ def test_requests_with_different_budgets_share_one_generate_call():
         replies = {}
 
         def ask(budget):
-            replies[budget] = client(s).chat.completions.create(model="m", messages=USER, max_tokens=20,
-                                                                extra_body={"max_thinking_tokens": budget})
+            replies[budget] = client(s).chat.completions.create(
+                model="m", messages=USER, max_tokens=20, extra_body={"max_thinking_tokens": budget}
+            )
 
         first_alone_then_together(s, model, ask, 1, (2, 5, 7))
         for budget, reply in replies.items():
@@ -259,7 +302,9 @@ def test_a_client_that_times_out_frees_its_rows():
     model = stepped(thinker())
     with ServerThread(make_app(model, TOK)) as s:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(s.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 1000}, timeout=0.3)
+            httpx.post(
+                s.url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 1000}, timeout=0.3
+            )
         model.permits.release(1000)
         wait_for(s, "rows_dropped", 1)
         wait_for(s, "busy", False)
@@ -281,12 +326,19 @@ def test_requests_with_different_max_tokens_share_one_generate_call_and_stop_str
             assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == n
             assert reply.choices[0].text == "<think>" + "a" * (n - 1)
         calls, steps = s.app.state.batcher.calls, model.steps
-        cut = client(s).completions.create(model="m", prompt="3+4\n", max_tokens=500, temperature=0, stop=["aaa"])
+        cut = client(s).completions.create(
+            model="m", prompt="3+4\n", max_tokens=500, temperature=0, stop=["aaa"]
+        )
         assert cut.choices[0].text == "<think>" and cut.choices[0].finish_reason == "stop"
         assert cut.usage.completion_tokens == 4 and s.app.state.batcher.calls == calls + 1
         assert model.steps - steps == 4  # the prefill and 3 steps: the row ended at "aaa", not at 500 tokens
-        streamed = [c.choices[0].text for c in client(s).completions.create(
-            model="m", prompt="3+4\n", max_tokens=500, temperature=0, stop=["aaa"], stream=True) if c.choices]
+        streamed = [
+            c.choices[0].text
+            for c in client(s).completions.create(
+                model="m", prompt="3+4\n", max_tokens=500, temperature=0, stop=["aaa"], stream=True
+            )
+            if c.choices
+        ]
         assert "".join(streamed) == "<think>"
 
 
@@ -311,7 +363,9 @@ def test_errors_are_openai_error_objects():
             assert error["param"] == param, body
         with pytest.raises(openai.BadRequestError, match="max_tokens"):
             c.chat.completions.create(model="m", messages=USER, max_tokens=1000)
-        bad = httpx.post(s.url + "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+        bad = httpx.post(
+            s.url + "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+        )
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_json"
         missing = httpx.get(s.url + "/v1/nothing")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -385,8 +439,10 @@ def test_load_concurrent_clients_are_batched_and_faster():
             well_formed(reply)
         calls = s.app.state.batcher.calls - calls_before
     ratio = one_at_a_time / concurrent
-    print(f"\nload: 256 requests one at a time {one_at_a_time:.2f} s ({256 / one_at_a_time:.0f} req/s), "
-          f"32 clients x 8 {concurrent:.2f} s ({256 / concurrent:.0f} req/s) in {calls} generate calls: {ratio:.1f}x")
+    print(
+        f"\nload: 256 requests one at a time {one_at_a_time:.2f} s ({256 / one_at_a_time:.0f} req/s), "
+        f"32 clients x 8 {concurrent:.2f} s ({256 / concurrent:.0f} req/s) in {calls} generate calls: {ratio:.1f}x"
+    )
     assert calls < 256 and ratio > 1.0
 
 
@@ -427,8 +483,11 @@ def test_a_streamed_split_only_grows_to_the_final_split(opened):
         thought, answer = split_reply(text, prompt)
         if in_template:
             assert parse_completion(text, prompt).format_ok and (thought, answer) == (
-                parse_completion(text, prompt).think, parse_completion(text, prompt).answer)
+                parse_completion(text, prompt).think,
+                parse_completion(text, prompt).answer,
+            )
         for k in range(len(text) + 1):
             t, a = split_reply(text[:k], prompt, final=False)
             assert (thought or "").startswith(t or "") and answer.startswith(a), (text, k)
+
     check()

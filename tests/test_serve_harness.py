@@ -74,6 +74,7 @@ def assert_scored(logprobs: dict, log_p: torch.Tensor, ids: list[int], tok, k: i
 
 # ---- token-id prompts --------------------------------------------------------------------------------
 
+
 def test_token_id_prompts_in_both_forms_answer_as_their_text(bigram):
     text = post(bigram, {"prompt": ["q\n", "r\n"], "max_tokens": 20, "temperature": 0})
     ids = [TOK.encode("q\n"), TOK.encode("r\n")]
@@ -95,22 +96,27 @@ def test_token_ids_reach_the_model_as_given_not_re_encoded(bigram):
     assert spelled["usage"]["prompt_tokens"] == 7
     assert tag["choices"][0]["text"] == "ab</think><answer>7</answer>"
     eos_inside = post(bigram, {"prompt": [TOK.eos_id, ID["\n"]], "max_tokens": 20, "temperature": 0})
-    assert eos_inside["choices"][0]["text"] == "<think>ab</think><answer>7</answer>"  # EOS is a token like any
+    assert (
+        eos_inside["choices"][0]["text"] == "<think>ab</think><answer>7</answer>"
+    )  # EOS is a token like any
 
 
-@pytest.mark.parametrize("prompt, code", [
-    ([1, 2, len(TOK)], "invalid_token_id"),  # one past the vocabulary
-    ([[3], [-1]], "invalid_token_id"),
-    ([10**30], "invalid_token_id"),  # never an int64 overflow inside
-    ([True, 2], "invalid_type"),  # a boolean is no token id
-    ([[1.0, 2]], "invalid_type"),
-    ([[1], []], "invalid_type"),
-    ([[[1]]], "invalid_type"),
-    (["q\n", [1]], "invalid_type"),
-    ([[1], "q\n"], "invalid_type"),
-    ([], "invalid_type"),
-    ({"ids": [1]}, "invalid_type"),
-])
+@pytest.mark.parametrize(
+    "prompt, code",
+    [
+        ([1, 2, len(TOK)], "invalid_token_id"),  # one past the vocabulary
+        ([[3], [-1]], "invalid_token_id"),
+        ([10**30], "invalid_token_id"),  # never an int64 overflow inside
+        ([True, 2], "invalid_type"),  # a boolean is no token id
+        ([[1.0, 2]], "invalid_type"),
+        ([[1], []], "invalid_type"),
+        ([[[1]]], "invalid_type"),
+        (["q\n", [1]], "invalid_type"),
+        ([[1], "q\n"], "invalid_type"),
+        ([], "invalid_type"),
+        ({"ids": [1]}, "invalid_type"),
+    ],
+)
 def test_bad_token_ids_are_a_400_naming_prompt(bigram, prompt, code):
     error = refused(bigram, {"prompt": prompt, "max_tokens": 5}, code=code)
     assert len(error["message"]) < 300
@@ -124,11 +130,14 @@ def test_a_token_id_prompt_must_fit_the_model():
         ids = tok.encode("1+2=3 ") * 8  # 48 tokens: all the model's positions
         refused(s, {"prompt": ids, "max_tokens": 1}, code="context_length_exceeded")
         refused(s, {"prompt": ids + [5], "max_tokens": 0, "echo": True}, code="context_length_exceeded")
-        whole = post(s, {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1})  # scoring needs no room
+        whole = post(
+            s, {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1}
+        )  # scoring needs no room
         assert len(whole["choices"][0]["logprobs"]["tokens"]) == 48
 
 
 # ---- echo and logprobs ----------------------------------------------------------------------------------
+
 
 def test_echo_logprobs_are_one_forward_pass_over_the_ids(gpt):
     """max_tokens 0: the prompt alone, scored; equal (exactly) to a direct forward pass's
@@ -143,8 +152,12 @@ def test_echo_logprobs_are_one_forward_pass_over_the_ids(gpt):
         assert_scored(choice["logprobs"], direct(model, ids), ids, tok, 3)
     text = post(s, {"prompt": "12+30=42", "echo": True, "logprobs": 3, "max_tokens": 0})
     assert text["choices"][0] == {**reply["choices"][0], "index": 0}
-    assert reply["usage"] == {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12,
-                              "completion_tokens_details": {"reasoning_tokens": 0}}
+    assert reply["usage"] == {
+        "prompt_tokens": 12,
+        "completion_tokens": 0,
+        "total_tokens": 12,
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
     assert s.app.state.batcher.calls == calls  # nothing was written
 
 
@@ -154,7 +167,9 @@ def test_echo_with_a_written_token_is_what_lm_eval_asks(gpt):
     log-prob is its place's best, lm-eval's "is greedy"); the text is prompt + completion."""
     s, model, tok = gpt
     ids = tok.encode("3+4=7")
-    reply = post(s, {"prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0, "seed": 1234})
+    reply = post(
+        s, {"prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0, "seed": 1234}
+    )
     choice = reply["choices"][0]
     log_p = direct(model, ids)
     written = int(log_p[-1].argmax())
@@ -168,8 +183,17 @@ def test_echo_with_a_written_token_is_what_lm_eval_asks(gpt):
 
 
 def test_echo_scores_the_completion_cut_at_a_stop_string(bigram):
-    reply = post(bigram, {"prompt": "q\n", "echo": True, "logprobs": 2, "max_tokens": 20, "stop": ["</think>"],
-                          "temperature": 0})
+    reply = post(
+        bigram,
+        {
+            "prompt": "q\n",
+            "echo": True,
+            "logprobs": 2,
+            "max_tokens": 20,
+            "stop": ["</think>"],
+            "temperature": 0,
+        },
+    )
     choice = reply["choices"][0]
     assert choice["text"] == "q\n<think>ab" and choice["finish_reason"] == "stop"
     lp = choice["logprobs"]
@@ -179,16 +203,25 @@ def test_echo_scores_the_completion_cut_at_a_stop_string(bigram):
     assert lp["token_logprobs"][2:] == pytest.approx([0.0] * 4, abs=1e-6)  # the script's certain steps
     assert all(len(top) == 2 for top in lp["top_logprobs"][1:])
     without = post(bigram, {"prompt": "q\n", "logprobs": 0, "max_tokens": 20, "stop": ["</think>"]})
-    assert without["choices"][0]["logprobs"]["tokens"] == ["<think>", "a", "b", "</think>"]  # the completion only
+    assert without["choices"][0]["logprobs"]["tokens"] == [
+        "<think>",
+        "a",
+        "b",
+        "</think>",
+    ]  # the completion only
 
 
 def test_echo_without_logprobs_and_streamed(bigram):
     body = {"prompt": ["q\n", "r\n"], "echo": True, "max_tokens": 20, "temperature": 0}
     whole = post(bigram, body)
-    assert [c["text"] for c in whole["choices"]] == ["q\n<think>ab</think><answer>7</answer>",
-                                                     "r\n<think>ab</think><answer>7</answer>"]
+    assert [c["text"] for c in whole["choices"]] == [
+        "q\n<think>ab</think><answer>7</answer>",
+        "r\n<think>ab</think><answer>7</answer>",
+    ]
     assert all(c["logprobs"] is None for c in whole["choices"])
-    with httpx.stream("POST", bigram.url + COMPLETIONS, json={**body, "stream": True}, timeout=30) as response:
+    with httpx.stream(
+        "POST", bigram.url + COMPLETIONS, json={**body, "stream": True}, timeout=30
+    ) as response:
         events = list(sse_events(response))
     texts = ["", ""]
     for event in events:
@@ -218,29 +251,41 @@ def test_an_hf_model_is_scored_by_its_own_forward_pass(tmp_path):
     logprobs = reply["choices"][0]["logprobs"]
     assert_scored(logprobs, direct(hf, ids), ids, tok, 2)
     built_lp = direct(built, ids)
-    assert logprobs["token_logprobs"][1:] == pytest.approx([built_lp[j, ids[j + 1]].item() for j in range(5)],
-                                                           abs=1e-4)  # the same weights, another implementation
+    assert logprobs["token_logprobs"][1:] == pytest.approx(
+        [built_lp[j, ids[j + 1]].item() for j in range(5)], abs=1e-4
+    )  # the same weights, another implementation
 
 
 # ---- what is refused ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, param, code", [
-    ({"prompt": "q\n", "max_tokens": 0}, "max_tokens", None),  # 0 only with echo
-    ({"prompt": "q\n", "logprobs": 1}, "logprobs", "unsupported_parameter"),  # alternatives only with echo
-    ({"prompt": "q\n", "logprobs": 6, "echo": True}, "logprobs", None),  # OpenAI's 0-5
-    ({"prompt": "q\n", "logprobs": True, "echo": True}, "logprobs", "invalid_type"),
-    ({"prompt": "q\n", "echo": "true"}, "echo", "invalid_type"),
-    ({"prompt": "q\n", "echo": 1}, "echo", "invalid_type"),
-    ({"prompt": "q\n", "echo": True, "logprobs": 1, "stream": True}, "logprobs", "unsupported_parameter"),
-    ({"prompt": "q\n", "echo": True, "max_tokens": -1}, "max_tokens", None),
-])
+
+@pytest.mark.parametrize(
+    "body, param, code",
+    [
+        ({"prompt": "q\n", "max_tokens": 0}, "max_tokens", None),  # 0 only with echo
+        (
+            {"prompt": "q\n", "logprobs": 1},
+            "logprobs",
+            "unsupported_parameter",
+        ),  # alternatives only with echo
+        ({"prompt": "q\n", "logprobs": 6, "echo": True}, "logprobs", None),  # OpenAI's 0-5
+        ({"prompt": "q\n", "logprobs": True, "echo": True}, "logprobs", "invalid_type"),
+        ({"prompt": "q\n", "echo": "true"}, "echo", "invalid_type"),
+        ({"prompt": "q\n", "echo": 1}, "echo", "invalid_type"),
+        ({"prompt": "q\n", "echo": True, "logprobs": 1, "stream": True}, "logprobs", "unsupported_parameter"),
+        ({"prompt": "q\n", "echo": True, "max_tokens": -1}, "max_tokens", None),
+    ],
+)
 def test_what_echo_and_logprobs_refuse(bigram, body, param, code):
     refused(bigram, body, param, code)
 
 
 def test_chat_has_no_echo_and_no_max_tokens_0(bigram):
-    for body, param in [({"echo": True}, "echo"), ({"max_tokens": 0}, "max_tokens"),
-                        ({"max_completion_tokens": 0, "echo": False}, "max_completion_tokens")]:
+    for body, param in [
+        ({"echo": True}, "echo"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 0, "echo": False}, "max_completion_tokens"),
+    ]:
         reply = httpx.post(bigram.url + "/v1/chat/completions", json={"messages": USER, **body}, timeout=30)
         assert reply.status_code == 400 and reply.json()["error"]["param"] == param, (body, reply.text)
 

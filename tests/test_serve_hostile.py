@@ -22,22 +22,54 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 HUGE = "9" * 4000  # an integer json.loads still reads (its limit is 4300 digits), far past every range
 BAD = {"array": [1], "object": {"a": 1}, "string": "x", "boolean": True, "huge integer": HUGE, "null": None}
 NUMBERS = ["n", "max_tokens", "temperature", "top_p", "seed", "max_thinking_tokens", "thinking_extensions"]
-UNSUPPORTED = ["tools", "tool_choice", "functions", "function_call", "logit_bias", "presence_penalty",
-               "frequency_penalty", "top_logprobs", "best_of", "suffix", "audio", "modalities", "prediction"]
+UNSUPPORTED = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_logprobs",
+    "best_of",
+    "suffix",
+    "audio",
+    "modalities",
+    "prediction",
+]
 # Each field the protocol reads, by endpoint, and which of BAD's values it takes (null: "the default").
 # A completions prompt may be token ids: BAD's array, [1], is one (the id of <eos>).
 FIELDS = {
-    CHAT: {"model": {"string", "null"}, "messages": set(), "max_completion_tokens": {"null"},
-           "reasoning_effort": {"null"}, "logprobs": {"boolean", "null"}, "stream": {"boolean", "null"},
-           "stream_options": {"object", "null"}, "response_format": {"null"}, "stop": {"string", "null"},
-           "echo": {"null"}, **{k: {"null"} for k in NUMBERS + UNSUPPORTED}},
-    COMPLETIONS: {"model": {"string", "null"}, "prompt": {"string", "array"}, "reasoning_effort": {"null"},
-                  "logprobs": {"null"}, "stream": {"boolean", "null"}, "stream_options": {"object", "null"},
-                  "response_format": {"null"}, "stop": {"string", "null"}, "echo": {"boolean", "null"},
-                  **{k: {"null"} for k in NUMBERS + UNSUPPORTED}},
+    CHAT: {
+        "model": {"string", "null"},
+        "messages": set(),
+        "max_completion_tokens": {"null"},
+        "reasoning_effort": {"null"},
+        "logprobs": {"boolean", "null"},
+        "stream": {"boolean", "null"},
+        "stream_options": {"object", "null"},
+        "response_format": {"null"},
+        "stop": {"string", "null"},
+        "echo": {"null"},
+        **{k: {"null"} for k in NUMBERS + UNSUPPORTED},
+    },
+    COMPLETIONS: {
+        "model": {"string", "null"},
+        "prompt": {"string", "array"},
+        "reasoning_effort": {"null"},
+        "logprobs": {"null"},
+        "stream": {"boolean", "null"},
+        "stream_options": {"object", "null"},
+        "response_format": {"null"},
+        "stop": {"string", "null"},
+        "echo": {"boolean", "null"},
+        **{k: {"null"} for k in NUMBERS + UNSUPPORTED},
+    },
 }
-VALID = {CHAT: {"model": "m", "messages": USER, "max_tokens": 20}, COMPLETIONS: {"model": "m", "prompt": "q\n",
-                                                                                 "max_tokens": 20}}
+VALID = {
+    CHAT: {"model": "m", "messages": USER, "max_tokens": 20},
+    COMPLETIONS: {"model": "m", "prompt": "q\n", "max_tokens": 20},
+}
 
 
 def raw(body: dict) -> bytes:
@@ -87,7 +119,9 @@ def test_bodies_json_loads_chokes_on_are_400_not_500(http, capfd):
     # What json.loads reads but a field does not take: non-finite numbers (Python reads NaN and
     # Infinity), a float past float range (inf), nesting within its recursion limit
     for number in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
-        assert_refused(post(http, COMPLETIONS, b'{"prompt": "q\\n", "temperature": ' + number + b"}"), "temperature")
+        assert_refused(
+            post(http, COMPLETIONS, b'{"prompt": "q\\n", "temperature": ' + number + b"}"), "temperature"
+        )
     nested = b'{"prompt": "q\\n", "stop": ' + b"[" * 500 + b"]" * 500 + b"}"
     assert_refused(post(http, COMPLETIONS, nested), "stop")
     assert post(http, COMPLETIONS, raw(VALID[COMPLETIONS])).status_code == 200
@@ -104,7 +138,9 @@ def test_every_field_of_the_wrong_type_is_a_400_naming_it(http, path, capfd):
         for kind, value in BAD.items():
             if kind in takes:
                 continue
-            error = assert_refused(post(http, path, raw({**VALID[path], field: value})), field, what=(field, kind))
+            error = assert_refused(
+                post(http, path, raw({**VALID[path], field: value})), field, what=(field, kind)
+            )
             assert error["type"] == "invalid_request_error"
             tried += 1
     assert tried > 100  # the loop ran (about 5 bad values for each of 30 fields)
@@ -113,20 +149,29 @@ def test_every_field_of_the_wrong_type_is_a_400_naming_it(http, path, capfd):
     assert "Traceback" not in err and "Exception in ASGI" not in err
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}]}, "messages"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": ["x"]}]}]}, "messages"),
-    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
-    ({"messages": [{"role": ["user"], "content": "3+4"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages"),
-    ({"messages": USER, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
-    ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
-    ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
-    ({"messages": USER, "top_logprobs": False, "logprobs": True}, "top_logprobs"),
-    ({"messages": USER, "best_of": True}, "best_of"),
-    ({"messages": USER, "max_completion_tokens": 20, "max_tokens": "20"}, "max_tokens"),  # checked, though not used
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": ["x"]}]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
+        ({"messages": [{"role": ["user"], "content": "3+4"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages"),
+        ({"messages": USER, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
+        ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"messages": USER, "response_format": {"type": "json_schema", "json_schema": {}}},
+            "response_format",
+        ),
+        ({"messages": USER, "top_logprobs": False, "logprobs": True}, "top_logprobs"),
+        ({"messages": USER, "best_of": True}, "best_of"),
+        (
+            {"messages": USER, "max_completion_tokens": 20, "max_tokens": "20"},
+            "max_tokens",
+        ),  # checked, though not used
+    ],
+)
 def test_nested_and_look_alike_values_are_400(http, body, param):
     assert_refused(http.post(CHAT, json={"max_tokens": 20, **body}), param, what=body)
 
@@ -147,18 +192,28 @@ def test_bools_strings_and_objects_are_not_taken_for_what_they_look_like(http):
     assert_refused(http.post(COMPLETIONS, json={**body, "model": 5}), "model")
     assert http.post(COMPLETIONS, json={**body, "model": "named"}).json()["model"] == "named"
     assert http.post(COMPLETIONS, json={**body, "model": None}).json()["model"] == "tiny"
-    assert_refused(http.post(COMPLETIONS, json={**body, "response_format": {"type": "json_object"}}),
-                   "response_format")
+    assert_refused(
+        http.post(COMPLETIONS, json={**body, "response_format": {"type": "json_object"}}), "response_format"
+    )
     text = http.post(CHAT, json={**VALID[CHAT], "response_format": {"type": "text"}})
     assert text.json()["choices"][0]["message"]["content"] == "7"
     parts = [{"type": "text", "text": "3+"}, {"type": "text", "text": "4"}]
     split = http.post(CHAT, json={**VALID[CHAT], "messages": [{"role": "user", "content": parts}]})
     assert split.json()["choices"][0]["message"]["content"] == "7"
-    assert_refused(http.post(CHAT, json={**VALID[CHAT], "messages": [{"role": "user", "content": [
-        {"type": "text", "text": {"a": 1}}]}]}), "messages")
+    assert_refused(
+        http.post(
+            CHAT,
+            json={
+                **VALID[CHAT],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}],
+            },
+        ),
+        "messages",
+    )
 
 
 # ---- the size of one request, and clients that go away (item 7) ----------------------------------
+
 
 def test_a_request_above_the_queue_is_refused_before_any_work(monkeypatch):
     """2,000 prompts x n=128 against a queue of 512 rows: a 400 naming n, before a prompt is even
@@ -167,12 +222,16 @@ def test_a_request_above_the_queue_is_refused_before_any_work(monkeypatch):
     real = TOK.encode_batch
     monkeypatch.setattr(TOK, "encode_batch", lambda texts: encoded.append(len(texts)) or real(texts))
     with ServerThread(make_app(writer(), TOK, Limits(max_queue=512))) as s:
-        big = httpx.post(s.url + COMPLETIONS, json={"prompt": ["q\n"] * 2000, "n": 128, "max_tokens": 20}, timeout=30)
+        big = httpx.post(
+            s.url + COMPLETIONS, json={"prompt": ["q\n"] * 2000, "n": 128, "max_tokens": 20}, timeout=30
+        )
         error = assert_refused(big, "n")
         assert error["code"] == "too_many_rows" and "256000 rows" in error["message"]
         assert_refused(httpx.post(s.url + COMPLETIONS, json={"prompt": ["q\n"] * 513}), "prompt")
         assert encoded == [] and s.app.state.batcher.calls == 0
-        whole = httpx.post(s.url + COMPLETIONS, json={"prompt": ["q\n"] * 256, "n": 2, "max_tokens": 20}, timeout=60)
+        whole = httpx.post(
+            s.url + COMPLETIONS, json={"prompt": ["q\n"] * 256, "n": 2, "max_tokens": 20}, timeout=60
+        )
         assert whole.status_code == 200 and len(whole.json()["choices"]) == 512
         assert {c["text"] for c in whole.json()["choices"]} == {"<think>ab</think><answer>7</answer>"}
 
@@ -183,17 +242,25 @@ def test_a_client_mistake_is_a_400_even_when_the_queue_is_full():
     400 at once, busy or not."""
     model = gated(writer())
     with ServerThread(make_app(model, TOK, Limits(max_queue=2))) as s:
-        asks = [threading.Thread(target=httpx.post, args=(s.url + CHAT,),
-                                 kwargs={"json": {"messages": USER, "max_tokens": 20, "n": n}, "timeout": 30})
-                for n in (1, 2)]
+        asks = [
+            threading.Thread(
+                target=httpx.post,
+                args=(s.url + CHAT,),
+                kwargs={"json": {"messages": USER, "max_tokens": 20, "n": n}, "timeout": 30},
+            )
+            for n in (1, 2)
+        ]
         asks[0].start()
         wait_for(s, "busy", True)  # the first in the model, then two rows waiting: the queue is full
         asks[1].start()
         wait_for(s, "waiting_rows", 2)
         full = httpx.post(s.url + CHAT, json={"messages": USER, "max_tokens": 20})
         assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
-        for body, param in [({"messages": [{"role": "user", "content": "3+4 \u00e9"}]}, "messages"),
-                            ({"prompt": "\u4e2d\n"}, "prompt"), ({"messages": USER, "n": 3}, "n")]:
+        for body, param in [
+            ({"messages": [{"role": "user", "content": "3+4 \u00e9"}]}, "messages"),
+            ({"prompt": "\u4e2d\n"}, "prompt"),
+            ({"messages": USER, "n": 3}, "n"),
+        ]:
             path = CHAT if "messages" in body else COMPLETIONS
             assert_refused(httpx.post(s.url + path, json={"max_tokens": 20, **body}), param, what=body)
         model.gate.set()
@@ -208,9 +275,13 @@ def test_a_client_that_goes_away_cancels_its_queued_chunks(monkeypatch, stream):
     calls left are never made (each used to run a prefill and a step for nobody)."""
     calls, taken = [], []
     real_generate, real_batch = batcher_module.generate, Batcher._generate
-    monkeypatch.setattr(batcher_module, "generate",
-                        lambda model, tok, prompts, *a, **k: calls.append(len(prompts)) or real_generate(
-                            model, tok, prompts, *a, **k))
+    monkeypatch.setattr(
+        batcher_module,
+        "generate",
+        lambda model, tok, prompts, *a, **k: (
+            calls.append(len(prompts)) or real_generate(model, tok, prompts, *a, **k)
+        ),
+    )
     monkeypatch.setattr(Batcher, "_generate", lambda self, jobs: taken.extend(jobs) or real_batch(self, jobs))
     model = stepped(thinker())  # thinks forever; each decoding step waits for a permit from the test
     with ServerThread(make_app(model, TOK, Limits(max_batch_rows=2))) as s:
@@ -228,7 +299,9 @@ def test_a_client_that_goes_away_cancels_its_queued_chunks(monkeypatch, stream):
         wait_for(s, "busy", False)
         assert calls == [2]  # the call under way, not the three queued after it
         assert model.steps < 10
-        next_one = httpx.post(s.url + COMPLETIONS, json={"prompt": "3+4\n", "max_tokens": 3, "temperature": 0})
+        next_one = httpx.post(
+            s.url + COMPLETIONS, json={"prompt": "3+4\n", "max_tokens": 3, "temperature": 0}
+        )
         assert next_one.json()["choices"][0]["text"] == "<think>aa" and calls == [2, 1]
 
 
@@ -241,26 +314,33 @@ def until(condition, message: str, seconds: float = 20) -> None:
 
 # ---- a tiny temperature (item 8, the server's part) -------------------------------------------
 
+
 def test_a_tiny_temperature_answers_what_greedy_answers():
     """temperature=1e-300 (OpenAI takes any temperature >= 0): a 200 whose text is greedy's, with
     finite log-probabilities (a JSON reply cannot carry -inf), chat and completions alike."""
     model = random_tag_writer(TOK, tag_boost=1.0, seed=3)  # random logits: greedy is one path among many
     with ServerThread(make_app(model, TOK)) as s, httpx.Client(base_url=s.url, timeout=30) as http:
+
         def text(t, **extra):
-            reply = http.post(COMPLETIONS, json={"prompt": "3+4\n", "max_tokens": 24, "temperature": t,
-                                                 "seed": 1, **extra})
+            reply = http.post(
+                COMPLETIONS, json={"prompt": "3+4\n", "max_tokens": 24, "temperature": t, "seed": 1, **extra}
+            )
             assert reply.status_code == 200, reply.text[:300]
             return reply.json()["choices"][0]
+
         greedy = text(0)["text"]
         assert text(1.0)["text"] != greedy  # sampling differs from greedy on this model
         tiny = text(1e-300, logprobs=0)
         assert tiny["text"] == greedy and all(math.isfinite(x) for x in tiny["logprobs"]["token_logprobs"])
-        chat = [http.post(CHAT, json={"messages": USER, "max_tokens": 24, "temperature": t}).json()
-                for t in (0, 1e-300)]
+        chat = [
+            http.post(CHAT, json={"messages": USER, "max_tokens": 24, "temperature": t}).json()
+            for t in (0, 1e-300)
+        ]
         assert chat[0]["choices"][0]["message"] == chat[1]["choices"][0]["message"]
 
 
 # ---- a model that never writes <think> streams as it writes (item 11) -----------------------------
+
 
 def scripted(text: str) -> BigramLM:
     """Writes `text` (no character twice in a row's context: a bigram model) after a newline, then EOS."""
@@ -271,9 +351,11 @@ def scripted(text: str) -> BigramLM:
 def tokens_of(text: str) -> list[str]:
     out = []
     while text:
-        tag = next((t for t in ("<think>", "</think>", "<answer>", "</answer>") if text.startswith(t)), text[0])
+        tag = next(
+            (t for t in ("<think>", "</think>", "<answer>", "</answer>") if text.startswith(t)), text[0]
+        )
         out.append(tag)
-        text = text[len(tag):]
+        text = text[len(tag) :]
     return out
 
 
@@ -287,8 +369,9 @@ def test_a_reply_without_think_streams_as_it_is_written():
     the model is still writing (it used to wait for an <answer> that never came, then arrive whole)."""
     model = stepped(scripted("world"))
     with ServerThread(make_app(model, TOK)) as s:
-        with httpx.stream("POST", s.url + CHAT, json={"messages": USER, "max_tokens": 20, "stream": True},
-                          timeout=10) as response:
+        with httpx.stream(
+            "POST", s.url + CHAT, json={"messages": USER, "max_tokens": 20, "stream": True}, timeout=10
+        ) as response:
             events = sse_events(response)
             assert next(events)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
             model.permits.release()  # the prefill, which samples "w"
@@ -301,13 +384,26 @@ def test_a_reply_without_think_streams_as_it_is_written():
         assert [c["delta"] for c in rest] == [{"content": "d"}, {}] and rest[-1]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("text, thought, answer, content_chunks", [
-    ("world", None, "world", 5),  # a token a chunk
-    ("ok <thin", None, "ok <thin", 3),  # "o", "k", then " <thin" once no tag can complete it (the end)
-    ("<think>ab</think><answer>7</answer>", "ab", "7", 1),  # the template: as before
-    ("ok<think>ab</think><answer>7</answer>", "ab", "ok\n\n7", 3),  # text before <think> is kept, not dropped
-    ("x<answer>7</answer>", None, "x7", 2),  # an answer without a thought (the engine ends rows at </answer>)
-])
+@pytest.mark.parametrize(
+    "text, thought, answer, content_chunks",
+    [
+        ("world", None, "world", 5),  # a token a chunk
+        ("ok <thin", None, "ok <thin", 3),  # "o", "k", then " <thin" once no tag can complete it (the end)
+        ("<think>ab</think><answer>7</answer>", "ab", "7", 1),  # the template: as before
+        (
+            "ok<think>ab</think><answer>7</answer>",
+            "ab",
+            "ok\n\n7",
+            3,
+        ),  # text before <think> is kept, not dropped
+        (
+            "x<answer>7</answer>",
+            None,
+            "x7",
+            2,
+        ),  # an answer without a thought (the engine ends rows at </answer>)
+    ],
+)
 def test_streamed_pieces_add_up_to_the_reply(text, thought, answer, content_chunks):
     with ServerThread(make_app(scripted(text), TOK)) as s:
         body = {"messages": USER, "max_tokens": 40, "temperature": 0}
@@ -321,10 +417,16 @@ def test_streamed_pieces_add_up_to_the_reply(text, thought, answer, content_chun
 
 # ---- characters the built-in tokenizer does not know (item 15) ----------------------------------
 
+
 def test_a_character_the_tokenizer_does_not_know_is_a_400_naming_it(http):
     """The built-in tokenizer knows printable ASCII and newline; anything else it would read as '?'."""
     for path, body, param, bad in [
-        (CHAT, {"messages": [{"role": "user", "content": "3+4 \U0001F600"}]}, "messages", "'\U0001F600' (U+1F600)"),
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": "3+4 \U0001f600"}]},
+            "messages",
+            "'\U0001f600' (U+1F600)",
+        ),
         (COMPLETIONS, {"prompt": "h\u00e9llo \u4e2d\n"}, "prompt", "'\u00e9' (U+00E9)"),
         (COMPLETIONS, {"prompt": ["ok\n", "a\u2026\n"]}, "prompt", "'\u2026' (U+2026)"),
     ]:
@@ -344,8 +446,9 @@ def byte_level_tokenizer():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     core.train_from_iterator(["3+4 = 7", "<think> </think> <answer> </answer> Wait,"], trainer)
     return TokenizerAdapter(PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>"))
 
@@ -353,8 +456,10 @@ def byte_level_tokenizer():
 def test_a_byte_level_tokenizer_takes_any_character():
     tok = byte_level_tokenizer()
     with ServerThread(make_app(BigramLM(len(tok), {}, default=tok.eos_id), tok)) as s:
-        for path, body in [(CHAT, {"messages": [{"role": "user", "content": "3+4 \U0001F600 \u4e2d"}]}),
-                           (COMPLETIONS, {"prompt": "h\u00e9llo \U0001F600\n"})]:
+        for path, body in [
+            (CHAT, {"messages": [{"role": "user", "content": "3+4 \U0001f600 \u4e2d"}]}),
+            (COMPLETIONS, {"prompt": "h\u00e9llo \U0001f600\n"}),
+        ]:
             reply = httpx.post(s.url + path, json={"max_tokens": 5, **body}, timeout=20)
             assert reply.status_code == 200, reply.text[:300]
 
@@ -367,8 +472,11 @@ def test_the_server_still_answers_a_valid_request_in_parallel_with_hostile_ones(
     def hammer():
         with httpx.Client(base_url=server.url, timeout=30) as c:
             for _ in range(10):
-                for data, ok in [(b"[" * 50_000, False), (raw({**VALID[CHAT], "n": HUGE}), False),
-                                 (raw(VALID[CHAT]), True)]:
+                for data, ok in [
+                    (b"[" * 50_000, False),
+                    (raw({**VALID[CHAT], "n": HUGE}), False),
+                    (raw(VALID[CHAT]), True),
+                ]:
                     r = post(c, CHAT, data)
                     good = r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "7"
                     with lock:

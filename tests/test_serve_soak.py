@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 64
 MAX_QUEUE = 96  # small enough that 64 clients fill it at times: 429s happen and are retried later
-SERVER = """
+SERVER = (
+    """
 import sys, torch
 from reasonlab.model import GPTConfig, new_builtin
 from reasonlab.serve import Limits, bind, make_app, run_server
@@ -32,7 +33,9 @@ model, tok = new_builtin(GPTConfig(n_layer=2, n_head=2, n_kv_head=2, d_model=64,
 sock = bind("127.0.0.1", 0)
 app = make_app(model.eval(), tok, Limits(max_batch_rows=32, max_queue=%d, max_tokens=64), model_name="soak")
 run_server(app, sock, on_start=lambda: print(sock.getsockname()[1], flush=True))
-""" % MAX_QUEUE
+"""
+    % MAX_QUEUE
+)
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 # The valid requests: each is seeded, so its reply is the same in any batch (the engine's row seeds)
 VALID = [
@@ -40,10 +43,27 @@ VALID = [
     (COMPLETIONS, {"prompt": ["5*6\n", "7-2\n"], "max_tokens": 16, "temperature": 0.8, "seed": 3}),
     (COMPLETIONS, {"prompt": "9+9\n", "max_tokens": 20, "temperature": 1.0, "seed": 11, "n": 3}),
     (CHAT, {"messages": [{"role": "user", "content": "3+4"}], "max_tokens": 24, "temperature": 0}),
-    (CHAT, {"messages": [{"role": "user", "content": "8*8"}], "max_tokens": 32, "temperature": 0.7, "seed": 5,
-            "max_thinking_tokens": 8}),
-    (CHAT, {"messages": [{"role": "user", "content": "1+1"}], "max_tokens": 16, "temperature": 1.0, "seed": 2,
-            "n": 2, "reasoning_effort": "low"}),
+    (
+        CHAT,
+        {
+            "messages": [{"role": "user", "content": "8*8"}],
+            "max_tokens": 32,
+            "temperature": 0.7,
+            "seed": 5,
+            "max_thinking_tokens": 8,
+        },
+    ),
+    (
+        CHAT,
+        {
+            "messages": [{"role": "user", "content": "1+1"}],
+            "max_tokens": 16,
+            "temperature": 1.0,
+            "seed": 2,
+            "n": 2,
+            "reasoning_effort": "low",
+        },
+    ),
 ]
 HUGE = "9" * 4000
 # Malformed bodies (raw bytes) and the param each 400 names
@@ -51,20 +71,36 @@ MALFORMED = [
     (COMPLETIONS, b'{"prompt": "q\\n", "max_tokens": 1' + b"1" * 5000 + b"}", None),
     (CHAT, b"[" * 100_000 + b"]" * 100_000, None),
     (COMPLETIONS, b"{not json", None),
-    (CHAT, json.dumps({"messages": [{"role": "user", "content": "3+4"}], "reasoning_effort": ["low"]}).encode(),
-     "reasoning_effort"),
-    (CHAT, json.dumps({"messages": [{"role": "user", "content": "3+4"}], "reasoning_effort": {}}).encode(),
-     "reasoning_effort"),
+    (
+        CHAT,
+        json.dumps({"messages": [{"role": "user", "content": "3+4"}], "reasoning_effort": ["low"]}).encode(),
+        "reasoning_effort",
+    ),
+    (
+        CHAT,
+        json.dumps({"messages": [{"role": "user", "content": "3+4"}], "reasoning_effort": {}}).encode(),
+        "reasoning_effort",
+    ),
     (COMPLETIONS, b'{"prompt": "q\\n", "n": ' + HUGE.encode() + b"}", "n"),
     (COMPLETIONS, b'{"prompt": "q\\n", "temperature": ' + HUGE.encode() + b"}", "temperature"),
     (COMPLETIONS, json.dumps({"prompt": "q\n", "logprobs": False}).encode(), "logprobs"),
     (COMPLETIONS, json.dumps({"prompt": "q\n", "stream": "false"}).encode(), "stream"),
     (COMPLETIONS, json.dumps({"prompt": "q\n", "model": 5}).encode(), "model"),
-    (CHAT, json.dumps({"messages": [{"role": "user", "content": "3+4"}],
-                       "response_format": {"type": "json_object"}}).encode(), "response_format"),
-    (CHAT, json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}]}).encode(),
-     "messages"),
-    (CHAT, json.dumps({"messages": [{"role": "user", "content": "3+4 \U0001F600"}]}).encode(), "messages"),
+    (
+        CHAT,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "3+4"}], "response_format": {"type": "json_object"}}
+        ).encode(),
+        "response_format",
+    ),
+    (
+        CHAT,
+        json.dumps(
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}]}
+        ).encode(),
+        "messages",
+    ),
+    (CHAT, json.dumps({"messages": [{"role": "user", "content": "3+4 \U0001f600"}]}).encode(), "messages"),
     (COMPLETIONS, json.dumps({"prompt": ["q\n"] * 200, "n": 64}).encode(), "n"),  # rows above the queue
     (COMPLETIONS, json.dumps({"prompt": "q\n", "max_tokens": 10_000}).encode(), "max_tokens"),
 ]
@@ -92,8 +128,10 @@ def peak_rss_mib(pid: int) -> float:
 def fields(path: str, reply: dict) -> list:
     """What a reply must repeat exactly: each choice's text (chat: thought and answer) and finish reason."""
     if path == CHAT:
-        return [(c["message"]["reasoning_content"] or None, c["message"]["content"], c["finish_reason"])
-                for c in reply["choices"]]
+        return [
+            (c["message"]["reasoning_content"] or None, c["message"]["content"], c["finish_reason"])
+            for c in reply["choices"]
+        ]
     return [(c["text"], c["finish_reason"]) for c in reply["choices"]]
 
 
@@ -150,7 +188,11 @@ async def valid(client, rng, expected, tally, stream: bool) -> None:
     start = time.monotonic()
     if stream:
         async with client.stream("POST", path, json={**body, "stream": True}) as response:
-            got = await streamed_fields(response, path, len(expected[i])) if response.status_code == 200 else None
+            got = (
+                await streamed_fields(response, path, len(expected[i]))
+                if response.status_code == 200
+                else None
+            )
             status = response.status_code
     else:
         response = await client.post(path, json=body)
@@ -176,7 +218,9 @@ async def disconnect(client, rng, tally) -> None:
                 break  # leaving the block closes the connection mid-stream
     else:
         try:
-            response = await client.post(path, json=body, timeout=httpx.Timeout(60, read=rng.uniform(0.01, 0.2)))
+            response = await client.post(
+                path, json=body, timeout=httpx.Timeout(60, read=rng.uniform(0.01, 0.2))
+            )
             if response.status_code not in (200, 429):
                 tally.fail(f"a request that finished before its client left: {response.status_code}")
         except httpx.ReadTimeout:
@@ -200,7 +244,9 @@ async def soak(url: str, seconds: float, expected: dict) -> Tally:
     tally = Tally()
     end = time.monotonic() + seconds
     clients = [one_client(url, k, end, expected, tally) for k in range(CLIENTS)]
-    await asyncio.wait_for(asyncio.gather(*clients), timeout=seconds + 180)  # each request has its own timeout too
+    await asyncio.wait_for(
+        asyncio.gather(*clients), timeout=seconds + 180
+    )  # each request has its own timeout too
     return tally
 
 
@@ -210,11 +256,15 @@ def test_soak(tmp_path):
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             # each valid request alone: the reply it must get in any batch, streamed or not
-            expected = {i: fields(path, http.post(path, json=body).json()) for i, (path, body) in enumerate(VALID)}
+            expected = {
+                i: fields(path, http.post(path, json=body).json()) for i, (path, body) in enumerate(VALID)
+            }
             start = time.monotonic()
             tally = asyncio.run(soak(url, seconds, expected))
             elapsed = time.monotonic() - start
-            after = [http.post(path, json=body) for path, body in VALID]  # the server still answers, correctly
+            after = [
+                http.post(path, json=body) for path, body in VALID
+            ]  # the server still answers, correctly
             assert [fields(p, r.json()) for (p, _), r in zip(VALID, after)] == list(expected.values())
             health = http.get("/health").json()
         rss = peak_rss_mib(proc.pid)
@@ -227,12 +277,19 @@ def test_soak(tmp_path):
             proc.wait()
     lat = sorted(tally.latencies)
     served = tally.counts.get("served", 0) + tally.counts.get("served streamed", 0)
-    report = {"seconds": round(elapsed, 1), "clients": CLIENTS, "requests_served": served,
-              "served_per_s": round(served / elapsed, 1), **tally.counts,
-              "p50_latency_s": round(statistics.median(lat), 3) if lat else None,
-              "p99_latency_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3) if lat else None,
-              "server_peak_rss_mib": round(rss, 1), "generate_calls": health["generate_calls"],
-              "rows_done": health["rows_done"], "rows_dropped": health["rows_dropped"]}
+    report = {
+        "seconds": round(elapsed, 1),
+        "clients": CLIENTS,
+        "requests_served": served,
+        "served_per_s": round(served / elapsed, 1),
+        **tally.counts,
+        "p50_latency_s": round(statistics.median(lat), 3) if lat else None,
+        "p99_latency_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3) if lat else None,
+        "server_peak_rss_mib": round(rss, 1),
+        "generate_calls": health["generate_calls"],
+        "rows_done": health["rows_done"],
+        "rows_dropped": health["rows_dropped"],
+    }
     (tmp_path / "soak.json").write_text(json.dumps(report, indent=1))
     print(f"\nsoak: {json.dumps(report)}\n(written to {tmp_path / 'soak.json'})")
     err = (tmp_path / "server.err").read_text()

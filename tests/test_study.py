@@ -26,8 +26,13 @@ def test_ledger_counts_sampled_prompts_once_and_every_generated_token(tiny_gpt):
     assert ledger.trained == ledger.scored == 0
     assert ledger.flops(compute.ModelCost(1000, 8)) == 2 * 1000 * ledger.sampled + 8 * ledger.sampled_pairs
     with compute.track() as outer:
-        evaluate_problems(model, tok, get_task("arithmetic", digits=1), get_task("arithmetic", digits=1).problems(3),
-                          params=SamplingParams(temperature=0.0, max_new_tokens=5))
+        evaluate_problems(
+            model,
+            tok,
+            get_task("arithmetic", digits=1),
+            get_task("arithmetic", digits=1).problems(3),
+            params=SamplingParams(temperature=0.0, max_new_tokens=5),
+        )
         with compute.track() as inner:
             compute.count("trained", 4)
     assert outer.sampled == 0 and outer.trained == inner.trained == 4  # evaluations are not counted
@@ -42,8 +47,10 @@ def test_ledger_counts_sampled_prompts_once_and_every_generated_token(tiny_gpt):
 
 def test_ledger_counts_each_trained_token_of_supervised_steps(tiny_gpt):
     model, tok = tiny_gpt
-    rows = [{"prompt": "1+2\n", "completion": "<think></think><answer>3</answer>"},  # of one length: any
-            {"prompt": "4+5\n", "completion": "<think></think><answer>9</answer>"}]  # batch of 2 has 2 of it
+    rows = [
+        {"prompt": "1+2\n", "completion": "<think></think><answer>3</answer>"},  # of one length: any
+        {"prompt": "4+5\n", "completion": "<think></think><answer>9</answer>"},
+    ]  # batch of 2 has 2 of it
     examples = tokenize_examples(tok, rows, 64)
     per_pass = sum(len(p) + len(c) for p, c in examples)
     with compute.track() as ledger:
@@ -54,8 +61,15 @@ def test_ledger_counts_each_trained_token_of_supervised_steps(tiny_gpt):
 def test_grpo_logs_its_flops_and_stops_at_max_flops(tmp_path, tiny_gpt):
     model, tok = tiny_gpt
     task = get_task("arithmetic", op="+", digits=1)
-    cfg = GRPOConfig(steps=6, prompts_per_step=2, group_size=2, max_new_tokens=8, eval_every=0, lr=1e-3,
-                     no_format_patience=0)  # an untrained model: every reward 0, every step still spends
+    cfg = GRPOConfig(
+        steps=6,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=8,
+        eval_every=0,
+        lr=1e-3,
+        no_format_patience=0,
+    )  # an untrained model: every reward 0, every step still spends
     with compute.track() as outside:
         train_grpo(model, tok, task, cfg, out_dir=tmp_path / "a")
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -76,16 +90,29 @@ def test_rationale_rounds_record_cumulative_compute(tmp_path, tiny_gpt):
     model, tok = tiny_gpt
     task = get_task("arithmetic", op="+", digits=1)
     seen = []
-    cfg = RationalesConfig(rounds=2, problems=6, samples=2, max_new_tokens=10, steps=2, batch_size=2, eval_problems=4,
-                           temperature=1.0, check_steps=False)
-    _, records = run_rationales(model, tok, task, cfg, out_dir=tmp_path, on_round=lambda r, m: seen.append((r, m)))
+    cfg = RationalesConfig(
+        rounds=2,
+        problems=6,
+        samples=2,
+        max_new_tokens=10,
+        steps=2,
+        batch_size=2,
+        eval_problems=4,
+        temperature=1.0,
+        check_steps=False,
+    )
+    _, records = run_rationales(
+        model, tok, task, cfg, out_dir=tmp_path, on_round=lambda r, m: seen.append((r, m))
+    )
     assert [r for r, _ in seen] == records
     first, second = (r["compute"] for r in records)
     assert 0 < first["sampling"]["sampled"] < second["sampling"]["sampled"]  # cumulative, round by round
     assert first["flops"] == first["sampling"]["flops"] + first["training"]["flops"]
     assert first["sampling"]["n_params"] == compute.n_params(model)
     assert first["sampling"]["attention"] == 4 * 2 * 32  # tiny_gpt: 2 layers of 4 heads of 8
-    assert 0 < first["sampling"]["sampled"] < first["sampling"]["sampled_pairs"]  # a token at t attends t keys
+    assert (
+        0 < first["sampling"]["sampled"] < first["sampling"]["sampled_pairs"]
+    )  # a token at t attends t keys
     assert all(r["training"]["trained_pairs"] >= r["training"]["trained"] for r in (first, second))
 
 
@@ -138,8 +165,11 @@ def test_chain_steps_check_ignores_the_closing_sentence():
 
 
 def test_read_row_takes_a_free_text_reply_as_read():
-    row = {"completion": "a=2;b=a+1=2+1=3\nThe answer is 3.", "prompt": "q\n",
-           "read_as": free_form_completion("a=2;b=a+1=2+1=3\nThe answer is 3.")}
+    row = {
+        "completion": "a=2;b=a+1=2+1=3\nThe answer is 3.",
+        "prompt": "q\n",
+        "read_as": free_form_completion("a=2;b=a+1=2+1=3\nThe answer is 3."),
+    }
     assert read_row(row).answer == "3" and "b=a+1" in read_row(row).think
     assert read_row({"completion": "<think>x</think><answer>4</answer>", "prompt": "q\n"}).answer == "4"
 
@@ -153,7 +183,9 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     for m in methods.values():
         assert len(m["acc"]) == len(m["format_rate"]) == len(m["flops"]) == 2
         assert all(0 <= a <= 1 for a in m["acc"]) and all(f > 0 for f in m["flops"])
-    for seed in results["per_seed"]:  # Method 2 alone runs for Method 1's time (or until its 3 quick steps are done)
+    for seed in results[
+        "per_seed"
+    ]:  # Method 2 alone runs for Method 1's time (or until its 3 quick steps are done)
         assert seed["method2"]["seconds"] >= seed["method1"]["seconds"] or seed["method2"]["steps"] == 3
     assert set(results["pass_at_k"]) >= {"base", "method1", "method2"}
     assert all(set(c) == {"1", "2", "4"} for c in results["pass_at_k"].values())
@@ -170,7 +202,9 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     first = results["per_seed"][0]
     (out / "results.json").write_text(json.dumps({**results, "per_seed": [first]}))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(study, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pretrained again")))
+        mp.setattr(
+            study, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pretrained again"))
+        )
         assert main(["study", "methods", "--quick", "--seeds", "2", "--out", str(out), "--resume"]) == 0
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["per_seed"][0] == first and resumed["per_seed"][1]["seed"] == 1
@@ -183,7 +217,9 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    assert main(["study", "methods", "--quick", "--out", str(other)]) == 2  # another's files are never written over
+    assert (
+        main(["study", "methods", "--quick", "--out", str(other)]) == 2
+    )  # another's files are never written over
     assert "--overwrite" in capsys.readouterr().err and (other / "notes.txt").read_text() == "mine"
     assert main(["study", "methods", "--quick", "--pass-problems", "500", "--out", str(tmp_path / "x")]) == 2
     assert "--pass-problems 500 is more than --held-out 200" in capsys.readouterr().err

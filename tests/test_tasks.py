@@ -21,7 +21,9 @@ def test_registry_lists_builtins_and_rejects_unknown():
 
 
 def test_task_options_are_checked_by_name_and_type():
-    with pytest.raises(ValueError, match="no option 'lenght'; its options: length \\(default 5\\), max_value"):
+    with pytest.raises(
+        ValueError, match="no option 'lenght'; its options: length \\(default 5\\), max_value"
+    ):
         get_task("chain", lenght=4)
     for bad in ("x", 4.5, True):  # what --task-arg length=x / 4.5 / true parse to
         with pytest.raises(ValueError, match=f"length must be an integer, got {bad!r}"):
@@ -31,8 +33,9 @@ def test_task_options_are_checked_by_name_and_type():
     assert get_task("math", timeout=2).timeout == 2 and get_task("chain", length=3).length == 3
 
 
-@pytest.mark.parametrize("name,kwargs", [("arithmetic", {"op": "+-*", "digits": 3}),
-                                         ("countdown", {"count": 4})])
+@pytest.mark.parametrize(
+    "name,kwargs", [("arithmetic", {"op": "+-*", "digits": 3}), ("countdown", {"count": 4})]
+)
 def test_synthetic_tasks_seeded_and_splits_disjoint(name, kwargs):
     task = get_task(name, **kwargs)
     a = task.problems(200, "train", seed=1)
@@ -43,8 +46,15 @@ def test_synthetic_tasks_seeded_and_splits_disjoint(name, kwargs):
     assert len({p.question for p in a}) == 200  # distinct
 
 
-@pytest.mark.parametrize("kwargs", [{"op": "+", "digits": 4}, {"op": "-", "digits": 3},
-                                    {"op": "*", "digits": 3, "digits_b": 2}, {"op": "+-*", "digits": 1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"op": "+", "digits": 4},
+        {"op": "-", "digits": 3},
+        {"op": "*", "digits": 3, "digits_b": 2},
+        {"op": "+-*", "digits": 1},
+    ],
+)
 def test_arithmetic_reference_completions_verify(kwargs):
     task = get_task("arithmetic", **kwargs)
     for p in task.problems(200, seed=0):  # 1-digit with 3 ops has only ~270 train problems
@@ -60,7 +70,10 @@ def test_arithmetic_rationale_is_digit_by_digit():
     assert rationale_for(1234, "+", 5678) == "4+8+0=12;3+7+1=11;2+6+1=09;1+5+0=06"
     assert rationale_for(52, "-", 38) == "12-8-0=4;5-3-1=1"  # borrow written as a leading 1
     assert rationale_for(38, "-", 52).startswith("swap;") and rationale_for(38, "-", 52).endswith("neg")
-    assert rationale_for(12, "*", 34) == "2*4+0=08;1*4+0=04;>48;2*3+0=06;1*3+0=03;>360;8+0+0=08;4+6+0=10;0+3+1=04;>408"
+    assert (
+        rationale_for(12, "*", 34)
+        == "2*4+0=08;1*4+0=04;>48;2*3+0=06;1*3+0=03;>360;8+0+0=08;4+6+0=10;0+3+1=04;>408"
+    )
 
 
 def test_arithmetic_asks_in_words_when_told():
@@ -68,9 +81,15 @@ def test_arithmetic_asks_in_words_when_told():
 
     asked = get_task("arithmetic", digits=2, ask="What is {}?")
     p = asked.problems(5, "test", seed=3)[0]
-    assert p.question == f"What is {p.meta['a']}+{p.meta['b']}?" and int(p.answer) == p.meta["a"] + p.meta["b"]
-    assert p.rationale == rationale_for(p.meta["a"], "+", p.meta["b"])  # the reference works on the expression
-    assert {q.question for q in asked.problems(50, "train")}.isdisjoint({q.question for q in asked.problems(50, "test")})
+    assert (
+        p.question == f"What is {p.meta['a']}+{p.meta['b']}?" and int(p.answer) == p.meta["a"] + p.meta["b"]
+    )
+    assert p.rationale == rationale_for(
+        p.meta["a"], "+", p.meta["b"]
+    )  # the reference works on the expression
+    assert {q.question for q in asked.problems(50, "train")}.isdisjoint(
+        {q.question for q in asked.problems(50, "test")}
+    )
     with pytest.raises(ValueError, match="one \\{\\} where the expression goes"):
         get_task("arithmetic", ask="What is it?")
     from reasonlab.cli import main
@@ -90,12 +109,45 @@ def test_a_run_asking_too_many_problems_is_told_which_setting_to_lower(tmp_path,
     model, tok = new_builtin()
     save_checkpoint(tmp_path / "m", model, tok)
     # 1-digit sums hold 10 test problems; rl evaluates on 200 by default, eval on --problems.
-    assert main(["rl", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1",
-                 "--steps", "1", "--out", str(tmp_path / "rl")]) == 2
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                str(tmp_path / "m"),
+                "--task",
+                "arithmetic",
+                "--task-arg",
+                "digits=1",
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "rl"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "fewer than 200 distinct test problems (found 10): lower --eval-problems" in err and "Traceback" not in err
-    assert main(["eval", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--task-arg", "digits=1",
-                 "--problems", "11"]) == 2
+    assert (
+        "fewer than 200 distinct test problems (found 10): lower --eval-problems" in err
+        and "Traceback" not in err
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "m"),
+                "--task",
+                "arithmetic",
+                "--task-arg",
+                "digits=1",
+                "--problems",
+                "11",
+            ]
+        )
+        == 2
+    )
     assert "lower --problems" in capsys.readouterr().err
 
 
@@ -242,8 +294,10 @@ def test_math_verify_symbolic_answers():
 
 def test_math_verify_works_outside_the_main_thread():
     results = []
-    threads = [threading.Thread(target=lambda: results.append(get_task("math").verify("1/2", "0.5")))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(get_task("math").verify("1/2", "0.5")))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -298,12 +352,16 @@ def test_chain_step_check_accepts_sound_reasoning_and_rejects_lucky_guesses():
     sound = "a=14;b=a+6=14+6=20;c=b-2=20-2=18;d=c+1=18+1=19"
     assert task.check_steps(q, sound)
     assert task.check_steps(q, " " + sound.replace(";", "; ") + "\n")  # whitespace is not an error
-    for lucky in ["a=15;b=a+6=15+6=20;c=b-2=20-2=18;d=c+1=18+1=19",  # wrong a, compensated
-                  "a=14;b=a+6=14+6=21;c=b-2=21-2=18;d=c+1=18+1=19",  # wrong sum, compensated
-                  "a=14;b=a+5=14+6=20;c=b-2=20-2=18;d=c+1=18+1=19",  # definition misquoted
-                  "a=14;b=a+6=14+6=20;c=b-2=20-2=18",  # the asked variable never evaluated
-                  "d=c+1=18+1=19;a=14;b=a+6=14+6=20;c=b-2=20-2=18",  # a value used before it exists
-                  "", "a=14;;", "e=1;a=14"]:
+    for lucky in [
+        "a=15;b=a+6=15+6=20;c=b-2=20-2=18;d=c+1=18+1=19",  # wrong a, compensated
+        "a=14;b=a+6=14+6=21;c=b-2=21-2=18;d=c+1=18+1=19",  # wrong sum, compensated
+        "a=14;b=a+5=14+6=20;c=b-2=20-2=18;d=c+1=18+1=19",  # definition misquoted
+        "a=14;b=a+6=14+6=20;c=b-2=20-2=18",  # the asked variable never evaluated
+        "d=c+1=18+1=19;a=14;b=a+6=14+6=20;c=b-2=20-2=18",  # a value used before it exists
+        "",
+        "a=14;;",
+        "e=1;a=14",
+    ]:
         assert task.check_steps(q, lucky) is False, lucky
     assert get_task("arithmetic").check_steps("1+2", "anything") is None  # tasks that cannot tell say so
 
@@ -315,11 +373,15 @@ def test_tasks_command_lists_every_task_with_its_description(capsys):
     assert main(["tasks"]) == 0
     lines = capsys.readouterr().out.splitlines()
     named = {line.split()[0]: line for line in lines if not line.startswith(" ")}
-    assert list(named) == list(list_tasks())  # with any registered by other tests (no description: the name alone)
+    assert list(named) == list(
+        list_tasks()
+    )  # with any registered by other tests (no description: the name alone)
     for name in ("arithmetic", "chain", "countdown", "gsm8k", "math"):
         assert len(named[name].split()) > 3, named[name]  # a name and a one-line description
     # then (after the description, wrapped to the terminal) the options, with their defaults
-    assert "--task-arg: op='+' digits=3 digits_b=None" in next(line for line in lines[1:] if "--task-arg:" in line)
+    assert "--task-arg: op='+' digits=3 digits_b=None" in next(
+        line for line in lines[1:] if "--task-arg:" in line
+    )
 
 
 def test_chain_mixes_difficulties_and_records_each_problems_hops():
@@ -335,7 +397,9 @@ def test_chain_mixes_difficulties_and_records_each_problems_hops():
         definitions = p.question.split(";")[:-1]
         assert len(definitions) == p.meta["difficulty"] + 1 and task.check_steps(p.question, p.rationale)
         assert task.verify(p.answer, p.rationale.rsplit("=", 1)[1])
-    assert {p.meta["difficulty"] for p in get_task("chain", length=4).problems(50)} == {3}  # one length: one difficulty
+    assert {p.meta["difficulty"] for p in get_task("chain", length=4).problems(50)} == {
+        3
+    }  # one length: one difficulty
     assert get_task("chain", length=4).problems(20) == get_task("chain", length=4, min_length=4).problems(20)
     for bad in (1, 7):
         with pytest.raises(ValueError, match="min_length must be between 2 and length"):

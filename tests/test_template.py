@@ -2,8 +2,7 @@
 
 import pytest
 
-from reasonlab.template import (TRIGGER, build_prompt, format_completion, parse_completion,
-                                prompt_opens_think)
+from reasonlab.template import TRIGGER, build_prompt, format_completion, parse_completion, prompt_opens_think
 
 
 def test_plain_prompt_with_and_without_trigger():
@@ -28,8 +27,10 @@ def test_chat_prompt_through_a_chat_template():
     from tokenizers import Tokenizer, models
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
-    tok.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|><think>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|><think>{% endif %}"
+    )
     prompt = build_prompt("2+2?", style="chat", tokenizer=tok)
     assert prompt.endswith("<|assistant|><think>") and "<|user|>2+2?" in prompt
     # The template prefilled <think>: a completion that continues the thought parses as ok.
@@ -97,17 +98,48 @@ def test_format_completion_round_trips():
 
 # Free text as models write it (SmolLM2, Qwen2.5, Llama instruct styles), and what is read from it.
 FREE = [
-    ("Let's add: 48 + 47. 8 + 7 = 15, carry 1. 4 + 4 + 1 = 9. So the final answer is 95.",
-     "95", "Let's add: 48 + 47. 8 + 7 = 15, carry 1. 4 + 4 + 1 = 9. So the final answer is 95.",
-     "the answer sentence, its period kept in the thought and out of the answer"),
-    ("Step 1: 3 * 4 = 12\nStep 2: 12 - 5 = 7\n\n**Answer:** 7\n\nQuestion: what is 2+2?",
-     "7", "Step 1: 3 * 4 = 12\nStep 2: 12 - 5 = 7\n\n**Answer:** 7", "bold label; the model's next question dropped"),
-    ("She pays 3 x $2.50 = $7.50.\nThe answer is: $7.50.", "$7.50", None, "a decimal's point is not a sentence end"),
-    ("The answer is 12 at first glance, but 5 + 8 = 13. The answer is 13. The end.", "13", None,
-     "the last 'answer is' counts"),
-    ("Therefore, the final answer is $\\boxed{1,234}$. I hope it is correct.", "1,234", None, "LaTeX boxed in $...$"),
-    ("We get \\boxed{\\frac{1}{2}} in the end", "\\frac{1}{2}", None, "boxed without a phrase, nested braces"),
-    ("Half of 10 is 5, plus 3 makes 8 apples.", "8", "Half of 10 is 5, plus 3 makes 8", "no phrase: the last number"),
+    (
+        "Let's add: 48 + 47. 8 + 7 = 15, carry 1. 4 + 4 + 1 = 9. So the final answer is 95.",
+        "95",
+        "Let's add: 48 + 47. 8 + 7 = 15, carry 1. 4 + 4 + 1 = 9. So the final answer is 95.",
+        "the answer sentence, its period kept in the thought and out of the answer",
+    ),
+    (
+        "Step 1: 3 * 4 = 12\nStep 2: 12 - 5 = 7\n\n**Answer:** 7\n\nQuestion: what is 2+2?",
+        "7",
+        "Step 1: 3 * 4 = 12\nStep 2: 12 - 5 = 7\n\n**Answer:** 7",
+        "bold label; the model's next question dropped",
+    ),
+    (
+        "She pays 3 x $2.50 = $7.50.\nThe answer is: $7.50.",
+        "$7.50",
+        None,
+        "a decimal's point is not a sentence end",
+    ),
+    (
+        "The answer is 12 at first glance, but 5 + 8 = 13. The answer is 13. The end.",
+        "13",
+        None,
+        "the last 'answer is' counts",
+    ),
+    (
+        "Therefore, the final answer is $\\boxed{1,234}$. I hope it is correct.",
+        "1,234",
+        None,
+        "LaTeX boxed in $...$",
+    ),
+    (
+        "We get \\boxed{\\frac{1}{2}} in the end",
+        "\\frac{1}{2}",
+        None,
+        "boxed without a phrase, nested braces",
+    ),
+    (
+        "Half of 10 is 5, plus 3 makes 8 apples.",
+        "8",
+        "Half of 10 is 5, plus 3 makes 8",
+        "no phrase: the last number",
+    ),
     ("The answer is:\n\n-42", "-42", None, "the answer on a later line, negative"),
     ("answer: 1,000,000 dollars", "1,000,000 dollars", None, "what follows the label, units too"),
 ]
@@ -135,7 +167,10 @@ def test_free_form_rewrites_into_the_template():
     assert free_form_completion("<answer>4</answer> because 2+2") is None  # answer tags that break the format
     assert free_form_completion("no number here") is None
     # A template that prefilled <think>: the completion closes it; the tags go, the text stays.
-    assert free_form_completion("2+2 is 4</think>The answer is 4.") == "<think>2+2 is 4\nThe answer is 4.</think><answer>4</answer>"
+    assert (
+        free_form_completion("2+2 is 4</think>The answer is 4.")
+        == "<think>2+2 is 4\nThe answer is 4.</think><answer>4</answer>"
+    )
     prompt = free_form_prompt("2+2?", "r1")
     assert prompt.endswith("User: 2+2? Assistant:") and "<think>" not in prompt and "The answer is" in prompt
     assert free_form_prompt("2+2?") == build_prompt("2+2?")  # plain: the trigger prompt

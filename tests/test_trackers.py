@@ -14,8 +14,25 @@ from reasonlab.outdir import RunFolder
 from reasonlab.trackers import Trackers, resolve, scalars
 from tests.test_model import make_tiny_hf
 
-PRETRAIN = ["pretrain", "--task", "chain", "--task-arg", "length=2", "--steps", "4", "--batch-size", "8",
-            "--corpus-size", "100", "--eval-every", "2", "--check-problems", "4", "--max-new-tokens", "16"]
+PRETRAIN = [
+    "pretrain",
+    "--task",
+    "chain",
+    "--task-arg",
+    "length=2",
+    "--steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--corpus-size",
+    "100",
+    "--eval-every",
+    "2",
+    "--check-problems",
+    "4",
+    "--max-new-tokens",
+    "16",
+]
 SFT = ["--steps", "3", "--batch-size", "4", "--eval-every", "0"]
 
 
@@ -51,8 +68,13 @@ def assert_same(got: dict, want: dict) -> None:
 
 
 def sft_data(path):
-    path.write_text("".join(json.dumps({"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"})
-                            + "\n" for i in range(12)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"{i}+1\n", "completion": f"<think></think><answer>{i + 1}</answer>"})
+            + "\n"
+            for i in range(12)
+        )
+    )
     return path
 
 
@@ -70,9 +92,34 @@ def test_rl_writes_its_namespaced_metrics_to_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     make_tiny_hf(tmp_path / "hf")
     out = tmp_path / "rl"
-    assert main(["rl", "--model", str(tmp_path / "hf"), "--task", "arithmetic", "--task-arg", "digits=1",
-                 "--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
-                 "--eval-every", "0", "--out", str(out), "--report-to", "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                str(tmp_path / "hf"),
+                "--task",
+                "arithmetic",
+                "--task-arg",
+                "digits=1",
+                "--steps",
+                "2",
+                "--prompts-per-step",
+                "2",
+                "--group-size",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--eval-every",
+                "0",
+                "--out",
+                str(out),
+                "--report-to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     rows = rows_of(out)
     assert [r["step"] for r in rows] == [1, 2]
     got = tensorboard_scalars(out)
@@ -85,18 +132,52 @@ def test_rationales_reports_its_rounds_and_each_rounds_fine_tuning(tmp_path, mon
     from reasonlab.model import new_builtin, save_checkpoint
     from reasonlab.train import rationales
 
-    def keeps_the_gold(source, tokenizer, task, problems, cfg, **kwargs):  # every round has data to fine-tune on
-        return [{"question": p.question, "completion": f"<think></think><answer>{p.answer}</answer>"}
-                for p in problems], len(problems)
+    def keeps_the_gold(
+        source, tokenizer, task, problems, cfg, **kwargs
+    ):  # every round has data to fine-tune on
+        return [
+            {"question": p.question, "completion": f"<think></think><answer>{p.answer}</answer>"}
+            for p in problems
+        ], len(problems)
 
     monkeypatch.setattr(rationales, "sample_rationales", keeps_the_gold)
     model, tok = new_builtin(seed=0)
     save_checkpoint(tmp_path / "raw", model, tok)
     out = tmp_path / "r"
-    assert main(["rationales", "--model", str(tmp_path / "raw"), "--task", "arithmetic", "--task-arg", "digits=1",
-                 "--rounds", "2", "--problems", "4", "--samples", "1", "--steps", "2", "--batch-size", "4",
-                 "--eval-every", "0", "--eval-problems", "2", "--max-new-tokens", "8", "--out", str(out),
-                 "--report-to", "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "rationales",
+                "--model",
+                str(tmp_path / "raw"),
+                "--task",
+                "arithmetic",
+                "--task-arg",
+                "digits=1",
+                "--rounds",
+                "2",
+                "--problems",
+                "4",
+                "--samples",
+                "1",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-every",
+                "0",
+                "--eval-problems",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+                "--report-to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     records = rows_of(out)
     assert [r["round"] for r in records] == [1, 2]
     assert_same(tensorboard_scalars(out), logged(records, "round"))  # a round record at step = round
@@ -118,12 +199,44 @@ def test_report_to_none_auto_and_a_resume_with_other_trackers(tmp_path):
     assert (out / "tensorboard").is_dir()
     # --report-to is not a setting of the run: a resume may change it; TensorBoard hides step 3,
     # logged after the state of step 2, and holds what metrics.jsonl holds
-    assert main(["sft", "--data", str(data), *SFT[2:], "--steps", "4", "--resume", "--out", str(out),
-                 "--report-to", "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--data",
+                str(data),
+                *SFT[2:],
+                "--steps",
+                "4",
+                "--resume",
+                "--out",
+                str(out),
+                "--report-to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     assert [r["step"] for r in rows_of(out)] == [1, 2, 3, 4]
     assert_same(tensorboard_scalars(out), logged(rows_of(out)))
-    assert main(["sft", "--data", str(data), *SFT[2:], "--steps", "5", "--resume", "--out", str(out),
-                 "--report-to", "none"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--data",
+                str(data),
+                *SFT[2:],
+                "--steps",
+                "5",
+                "--resume",
+                "--out",
+                str(out),
+                "--report-to",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert [r["step"] for r in rows_of(out)] == [1, 2, 3, 4, 5]
     assert max(tensorboard_scalars(out)["loss"]) == 4
     # a fresh run replacing the earlier one (--overwrite) drops the event files it left
@@ -139,15 +252,33 @@ def test_a_tracker_not_installed_or_unknown_is_one_line_before_any_work(tmp_path
     assert err == ["reasonlab pretrain: error: --report-to wandb needs the wandb package: pip install wandb"]
     assert not out.exists()  # nothing trained, nothing written
     data = sft_data(tmp_path / "d.jsonl")
-    for bad, words in (("tensorbord", "unknown tracker 'tensorbord'"), ("none,tensorboard", "stand alone"),
-                       ("", "names no tracker"), ("tensorboard,wandb", "needs the wandb package")):
+    for bad, words in (
+        ("tensorbord", "unknown tracker 'tensorbord'"),
+        ("none,tensorboard", "stand alone"),
+        ("", "names no tracker"),
+        ("tensorboard,wandb", "needs the wandb package"),
+    ):
         assert main(["sft", "--data", str(data), *SFT, "--out", str(out), "--report-to", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
         assert not out.exists()
     # checked before the model loads: the missing model is not what it says
-    assert main(["rl", "--model", str(tmp_path / "missing"), "--task", "arithmetic", "--out", str(out),
-                 "--report-to", "wandb"]) == 2
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                str(tmp_path / "missing"),
+                "--task",
+                "arithmetic",
+                "--out",
+                str(out),
+                "--report-to",
+                "wandb",
+            ]
+        )
+        == 2
+    )
     assert "needs the wandb package" in capsys.readouterr().err and not out.exists()
     with pytest.raises(UserError, match="unknown tracker"):
         RunFolder(tmp_path / "x", "rl", "mlflow")
@@ -179,8 +310,25 @@ def test_wandb_gets_the_same_rows_at_their_steps_and_is_finished(tmp_path, monke
     monkeypatch.setitem(sys.modules, "wandb", fake)
     data = sft_data(tmp_path / "d.jsonl")
     out = tmp_path / "sft"
-    assert main(["sft", "--data", str(data), *SFT, "--eval-data", str(data), "--eval-every", "2", "--out", str(out),
-                 "--report-to", "wandb"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--data",
+                str(data),
+                *SFT,
+                "--eval-data",
+                str(data),
+                "--eval-every",
+                "2",
+                "--out",
+                str(out),
+                "--report-to",
+                "wandb",
+            ]
+        )
+        == 0
+    )
     assert fake.finished == 1 and len(fake.inits) == 1
     init = fake.inits[0]
     assert init["dir"] == str(out) and init["config"]["steps"] == 3 and init["config"]["data"] == str(data)
@@ -199,8 +347,14 @@ def test_the_trackers_are_closed_when_training_fails(tmp_path, monkeypatch):
         if metrics["step"] == 2:
             raise RuntimeError("boom")
 
-    cfg = SFTConfig(data=str(sft_data(tmp_path / "d.jsonl")), out=str(tmp_path / "sft"), steps=3, batch_size=4,
-                    eval_every=0, report_to="wandb")
+    cfg = SFTConfig(
+        data=str(sft_data(tmp_path / "d.jsonl")),
+        out=str(tmp_path / "sft"),
+        steps=3,
+        batch_size=4,
+        eval_every=0,
+        report_to="wandb",
+    )
     with pytest.raises(UserError, match="boom"):
         run_sft(cfg, progress=fails_at_step_2)
     assert [step for step, _ in fake.logs] == [1, 2] and fake.finished == 1
@@ -211,7 +365,9 @@ def test_trackers_log_numbers_only_and_close_once(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", fake)
     assert resolve("none") == () and resolve(" wandb , wandb ") == ("wandb",)
     with Trackers(resolve("wandb"), tmp_path, {"lr": 1}) as trackers:
-        trackers.log({"step": 3, "loss": 0.5, "skipped": "non-finite", "ok": True, "compute": {"flops": 1}, "n": 2})
+        trackers.log(
+            {"step": 3, "loss": 0.5, "skipped": "non-finite", "ok": True, "compute": {"flops": 1}, "n": 2}
+        )
         trackers.log({"round": 1, "accuracy": 0.25}, step=1)
         trackers.log({"step": 4, "note": "text only"})  # nothing numeric: nothing logged
     trackers.close()

@@ -9,8 +9,17 @@ import torch
 
 from reasonlab.errors import UserError
 from reasonlab.outdir import RunFolder
-from reasonlab.train.loop import (IGNORE, BatchStream, TrainConfig, collate, collate_packed, lr_at, pack,
-                                  tokenize_examples, train_supervised)
+from reasonlab.train.loop import (
+    IGNORE,
+    BatchStream,
+    TrainConfig,
+    collate,
+    collate_packed,
+    lr_at,
+    pack,
+    tokenize_examples,
+    train_supervised,
+)
 
 
 def test_lr_schedule_shapes():
@@ -53,7 +62,9 @@ def test_training_learns_a_tiny_mapping(tiny_gpt):
     rows = [{"prompt": f"{i}\n", "completion": f"<answer>{(i * 7) % 10}</answer>"} for i in range(10)]
     examples = tokenize_examples(tok, rows, 64)
     cfg = TrainConfig(steps=150, batch_size=10, lr=1e-2, warmup_steps=5, eval_every=0)
-    first = train_supervised(model, tok, examples, TrainConfig(steps=1, batch_size=10, lr=1e-9, warmup_steps=1))["loss"]
+    first = train_supervised(
+        model, tok, examples, TrainConfig(steps=1, batch_size=10, lr=1e-9, warmup_steps=1)
+    )["loss"]
     last = train_supervised(model, tok, examples, cfg)
     assert last["loss"] < first / 10
     # what the steps cost: 150 steps of the 10 examples, each 6N a token plus its attention pairs
@@ -71,8 +82,13 @@ def test_non_finite_losses_skip_and_then_stop(tiny_gpt):
         model.model.embed_tokens.weight.fill_(float("nan"))
     skipped = []
     with pytest.raises(UserError, match="step 5: 5 non-finite"):
-        train_supervised(model, tok, examples, TrainConfig(steps=10, batch_size=1, warmup_steps=1),
-                         log=lambda m: skipped.append(m.get("skipped")))
+        train_supervised(
+            model,
+            tok,
+            examples,
+            TrainConfig(steps=10, batch_size=1, warmup_steps=1),
+            log=lambda m: skipped.append(m.get("skipped")),
+        )
     assert skipped == ["non-finite loss or gradient"] * 5
 
 

@@ -23,9 +23,18 @@ from reasonlab.tasks.base import UnparsedGold
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(args: list[str], stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+def run_python(
+    args: list[str], stdin: str | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 CHECK = "from reasonlab.tasks import get_task; t = get_task('math'); print(t.verify('\\\\frac{1}{2}', '0.5'), t.verify('3', '\\\\frac{6}{2}'))"
@@ -42,9 +51,14 @@ def test_math_verifies_from_a_script_without_a_main_guard_from_stdin_and_from_c(
 def test_math_verifies_from_threads():
     task = get_task("math")
     results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, task.verify(f"\\frac{{{i}}}{{{i + 1}}}",
-                                                                                      f"{i}/{i + 1}")))
-               for i in range(1, 5)]
+    threads = [
+        threading.Thread(
+            target=lambda i=i: results.__setitem__(
+                i, task.verify(f"\\frac{{{i}}}{{{i + 1}}}", f"{i}/{i + 1}")
+            )
+        )
+        for i in range(1, 5)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -68,8 +82,10 @@ def test_a_worker_that_cannot_start_raises_instead_of_scoring_everything_wrong(t
 
 def test_a_worker_that_keeps_dying_raises(monkeypatch, tmp_path):
     dying = tmp_path / "worker.py"
-    dying.write_text("import json, sys\nprint(json.dumps({'ready': True}), flush=True)\nsys.stdin.readline()\n"
-                     "sys.exit(3)\n")
+    dying.write_text(
+        "import json, sys\nprint(json.dumps({'ready': True}), flush=True)\nsys.stdin.readline()\n"
+        "sys.exit(3)\n"
+    )
     monkeypatch.setattr(mathverify._Worker, "SCRIPT", dying)
     pool = mathverify.WorkerPool(size=1)
     with pytest.raises(mathverify.VerifierError, match="died twice"):
@@ -83,31 +99,75 @@ def test_a_timeout_counts_as_wrong_and_is_counted(monkeypatch):
     task = get_task("math", timeout=0.5)
     assert task.verify("x+1", "1+x")
     os.kill(pool.workers[0].proc.pid, signal.SIGSTOP)  # stuck: the check overruns its timeout
-    assert task.verify_batch(["x+2", "x+3"], ["2+x", "3+x"]) == [False, True]  # the next one gets a fresh worker
+    assert task.verify_batch(["x+2", "x+3"], ["2+x", "3+x"]) == [
+        False,
+        True,
+    ]  # the next one gets a fresh worker
     assert task.counts["timeouts"] == 1
     pool.stop()
 
 
-@pytest.mark.parametrize("predicted, gold, expected", [
-    ("silent", "listen", False), ("abc", "cab", False), ("xy", "yx", False),  # words are text, not products
-    ("Listen", "listen", True), ("\\text{Yes}", "yes", True), ("\\boxed{Monday}", "monday", True),
-    ("x", "listen", False), ("listen", "x", False),
-    ("1 + \\frac{1}{e}", "1 - \\frac{1}{e}", False), ("1 - \\frac{1}{e}", "1-\\frac{1}{e}", True),
-    ("The answer is 4 4/9.", "4", False), ("The answer is 4 4/9.", "\\frac{40}{9}", True),
-    ("4 4/9", "40/9", True), ("1 000", "1000", True), ("1\u2009000", "1000", True), (".4", "0.4", True),
-    ("0 0/0", "0", False), ("-4 0/0", "0", False), ("1/0", "2/0", False),
-    ("$odd$", "$\\text{odd}$", True), ("so $\\boxed{\\text{Evelyn}}$ it is.", "$\\text{Evelyn}$", True),
-    ("$12:00$", "$12:00$", True), ("$z = 1 + 1 = 2$", "$z = 1 + 1 = 2$", True), ("$z=2$", "$z = 1 + 1 = 2$", True),
-    ("\\frac{1}{2}", "0.5", True), ("x+1", "1+x", True), ("2", "3", False), ("", "3", False),
-])
+@pytest.mark.parametrize(
+    "predicted, gold, expected",
+    [
+        ("silent", "listen", False),
+        ("abc", "cab", False),
+        ("xy", "yx", False),  # words are text, not products
+        ("Listen", "listen", True),
+        ("\\text{Yes}", "yes", True),
+        ("\\boxed{Monday}", "monday", True),
+        ("x", "listen", False),
+        ("listen", "x", False),
+        ("1 + \\frac{1}{e}", "1 - \\frac{1}{e}", False),
+        ("1 - \\frac{1}{e}", "1-\\frac{1}{e}", True),
+        ("The answer is 4 4/9.", "4", False),
+        ("The answer is 4 4/9.", "\\frac{40}{9}", True),
+        ("4 4/9", "40/9", True),
+        ("1 000", "1000", True),
+        ("1\u2009000", "1000", True),
+        (".4", "0.4", True),
+        ("0 0/0", "0", False),
+        ("-4 0/0", "0", False),
+        ("1/0", "2/0", False),
+        ("$odd$", "$\\text{odd}$", True),
+        ("so $\\boxed{\\text{Evelyn}}$ it is.", "$\\text{Evelyn}$", True),
+        ("$12:00$", "$12:00$", True),
+        ("$z = 1 + 1 = 2$", "$z = 1 + 1 = 2$", True),
+        ("$z=2$", "$z = 1 + 1 = 2$", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("x+1", "1+x", True),
+        ("2", "3", False),
+        ("", "3", False),
+    ],
+)
 def test_math_verdicts(predicted, gold, expected):
     assert get_task("math").verify(predicted, gold) is expected
 
 
 def test_plain_number_shortcut_agrees_with_math_verify():
     """The in-process shortcut for plain numbers must give math-verify's verdict, only faster."""
-    numbers = ["0", "7", "-7", "12", "012", "2.0", "2.5", ".5", "0.5", "1/2", "2/4", "-1/2", "5/2", "100", "99",
-               "0.333333", "1/3", "3.14159", "-0.5", "+3"]
+    numbers = [
+        "0",
+        "7",
+        "-7",
+        "12",
+        "012",
+        "2.0",
+        "2.5",
+        ".5",
+        "0.5",
+        "1/2",
+        "2/4",
+        "-1/2",
+        "5/2",
+        "100",
+        "99",
+        "0.333333",
+        "1/3",
+        "3.14159",
+        "-0.5",
+        "+3",
+    ]
     pairs = [(a, b) for a in numbers for b in numbers]
     quick = [(pair, mathverify.quick_outcome(*pair)) for pair in pairs]
     decided = [(pair, o) for pair, o in quick if o is not None]
@@ -119,8 +179,10 @@ def test_plain_number_shortcut_agrees_with_math_verify():
 
 
 def test_verdicts_do_not_depend_on_the_hash_seed():
-    code = ("from reasonlab.tasks import get_task; t = get_task('math'); "
-            "print([t.verify(p, '0') for p in ['0 0/0', '-4 0/0', '0/0', '\\\\{0, 0/0\\\\}']])")
+    code = (
+        "from reasonlab.tasks import get_task; t = get_task('math'); "
+        "print([t.verify(p, '0') for p in ['0 0/0', '-4 0/0', '0/0', '\\\\{0, 0/0\\\\}']])"
+    )
     outs = {run_python(["-c", code], env={"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
     assert len(outs) == 1 and outs.pop().startswith("[False, False, False,")  # 0/0 is no value: never 0
 
@@ -130,7 +192,11 @@ def test_a_gold_that_cannot_be_read_is_warned_once_and_counted():
         task = get_task(name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert task.verify_batch(["12", "13", "12"], [bad_gold, bad_gold, good_gold]) == [False, False, name == "gsm8k"]
+            assert task.verify_batch(["12", "13", "12"], [bad_gold, bad_gold, good_gold]) == [
+                False,
+                False,
+                name == "gsm8k",
+            ]
         assert [w.category for w in caught] == [UnparsedGold], name
         assert task.counts["unparsed_gold"] == 2
 
@@ -140,9 +206,21 @@ def test_gsm8k_reads_a_leading_point(answer):
     assert get_task("gsm8k").verify(answer, "0.4")
 
 
-@pytest.mark.parametrize("answer, gold", [("1 000", "1000"), ("1\u2009000", "1000"), ("1\u202f000\u202f000", "1000000"),
-                                          ("12 m²", "12"), ("1000.99€", "1000.99"), ("€20", "20"), ("£3.50", "3.5"),
-                                          ("45°", "45"), ("50%", "50"), ("18 dollars", "18")])
+@pytest.mark.parametrize(
+    "answer, gold",
+    [
+        ("1 000", "1000"),
+        ("1\u2009000", "1000"),
+        ("1\u202f000\u202f000", "1000000"),
+        ("12 m²", "12"),
+        ("1000.99€", "1000.99"),
+        ("€20", "20"),
+        ("£3.50", "3.5"),
+        ("45°", "45"),
+        ("50%", "50"),
+        ("18 dollars", "18"),
+    ],
+)
 def test_gsm8k_reads_thousands_and_the_documented_units(answer, gold):
     assert get_task("gsm8k").verify(answer, gold)
 
@@ -165,11 +243,17 @@ def test_score_reports_answers_it_could_not_judge(tmp_path, capsys):
 
     from reasonlab.cli import main
 
-    rows = [{"completion": "<think>a</think><answer>1/2</answer>", "answer": gold} for gold in ("0.5", "\\frac{0}{0}")]
+    rows = [
+        {"completion": "<think>a</think><answer>1/2</answer>", "answer": gold}
+        for gold in ("0.5", "\\frac{0}{0}")
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnparsedGold)
-        assert main(["score", "--task", "math", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")]) == 0
+        assert (
+            main(["score", "--task", "math", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")])
+            == 0
+        )
     out = capsys.readouterr().out
     assert "accuracy 50.0%" in out and "scored wrong unjudged: 1 with a gold the verifier cannot read" in out
 

@@ -16,9 +16,23 @@ from .config import add_config_args, build_config, narrow
 from .console import PROGRESS_RULE, TrainProgress, print_results
 from .errors import UserError
 from .outdir import RunFolder, release_all
-from .options import (DemoOptions, EvalOptions, FaithfulnessOptions, GenerateOptions, NoOptions, PretrainOptions,
-                      RationalesOptions, ReportOptions, RLOptions, ScoreOptions, ServeOptions, SFTOptions,
-                      StudyOptions, ComputeStudyOptions, ExportOptions)
+from .options import (
+    DemoOptions,
+    EvalOptions,
+    FaithfulnessOptions,
+    GenerateOptions,
+    NoOptions,
+    PretrainOptions,
+    RationalesOptions,
+    ReportOptions,
+    RLOptions,
+    ScoreOptions,
+    ServeOptions,
+    SFTOptions,
+    StudyOptions,
+    ComputeStudyOptions,
+    ExportOptions,
+)
 from .remote import RemoteError, RemoteGenerator
 from .runtime import keep_freed_memory
 
@@ -57,10 +71,15 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
 
         recorded = recorded_task(model) if model else None
         if not isinstance(recorded, dict) or "name" not in recorded:
-            raise UserError("--task is required" + (f": {model} records no task it was trained on" if model else ""))
+            raise UserError(
+                "--task is required" + (f": {model} records no task it was trained on" if model else "")
+            )
         name, kwargs = recorded["name"], {**recorded.get("options", {}), **kwargs}
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        print(f"task: {name}" + (f" ({shown})" if shown else "") + f", the one {model} was trained on", file=sys.stderr)
+        print(
+            f"task: {name}" + (f" ({shown})" if shown else "") + f", the one {model} was trained on",
+            file=sys.stderr,
+        )
     try:
         return get_task(name, **kwargs)
     except TypeError as e:  # an option the task does not take
@@ -68,6 +87,7 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
 
 
 # ---- commands ---------------------------------------------------------------------------------
+
 
 def cmd_tasks(opts) -> int:
     from .tasks import get_task, list_tasks
@@ -96,17 +116,25 @@ def cmd_score(opts) -> int:
 
     task = make_task(opts.task, opts.task_arg)
     output_file(opts.output)
-    summary = score_file(task, opts.input, opts.output,
-                         emit=lambda row: print(json.dumps(row, ensure_ascii=False)))
+    summary = score_file(
+        task, opts.input, opts.output, emit=lambda row: print(json.dumps(row, ensure_ascii=False))
+    )
     events = ", ".join(f"{n} {VERIFY_WORDS[k]}" for k, n in summary["verify"].items() if n)
-    print(f"scored {summary['count']} completions: format rate {summary['format_rate']:.1%}, "
-          f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}; "
-          f"scored wrong unjudged: {events or 'none'}", file=sys.stderr if opts.output is None else sys.stdout)
+    print(
+        f"scored {summary['count']} completions: format rate {summary['format_rate']:.1%}, "
+        f"accuracy {summary['accuracy']:.1%}, mean reward {summary['mean_reward']:.3f}; "
+        f"scored wrong unjudged: {events or 'none'}",
+        file=sys.stderr if opts.output is None else sys.stdout,
+    )
     return 0
 
 
-VERIFY_WORDS = {"timeouts": "timed out", "unparsed_gold": "with a gold the verifier cannot read",
-                "too_long": "too long to parse", "errors": "verifier errors"}
+VERIFY_WORDS = {
+    "timeouts": "timed out",
+    "unparsed_gold": "with a gold the verifier cannot read",
+    "too_long": "too long to parse",
+    "errors": "verifier errors",
+}
 
 
 def output_file(path: str | None):
@@ -138,7 +166,9 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     from .runtime import resolve_device
 
     if not path:
-        raise UserError("--model is required (a reasonlab checkpoint or run folder, a Hugging Face model folder, or a .gguf file)")
+        raise UserError(
+            "--model is required (a reasonlab checkpoint or run folder, a Hugging Face model folder, or a .gguf file)"
+        )
     where = resolve_device(device)  # a bad --device fails before the model loads
     model, tokenizer = load_model(path, dtype)
     if task is not None and os.environ.get("RANK", "0") == "0":
@@ -157,11 +187,15 @@ def cmd_generate(opts) -> int:
         verdict = ("correct" if row["correct"] else "wrong") if row["format_ok"] else "broken format"
         print(f"[{i}] {row['question']!r} gold {row['answer']!r}")
         print(f"    {row['completion']!r}")
-        print(f"    {verdict} | reward {row['reward']:g} | thinking {row['think_tokens']} tokens | "
-              f"{row['tokens']} tokens | {row['finish_reason']}")
+        print(
+            f"    {verdict} | reward {row['reward']:g} | thinking {row['think_tokens']} tokens | "
+            f"{row['tokens']} tokens | {row['finish_reason']}"
+        )
     n = len(rows)
-    print(f"{n} completions: accuracy {sum(r['correct'] for r in rows) / n:.1%}, "
-          f"format rate {sum(r['format_ok'] for r in rows) / n:.1%}")
+    print(
+        f"{n} completions: accuracy {sum(r['correct'] for r in rows) / n:.1%}, "
+        f"format rate {sum(r['format_ok'] for r in rows) / n:.1%}"
+    )
     return 0
 
 
@@ -173,10 +207,14 @@ def cmd_pretrain(opts) -> int:
     task = make_task(opts.task, opts.task_arg)
     folder = RunFolder.claim(opts.out, "pretrain", opts.overwrite, opts.report_to, opts.resume)
     with TrainProgress(cfg.steps, "pretrain") as bar:
-        model, tok, metrics = pretrain(task, cfg, progress=bar, folder=folder, resume=opts.resume, device=opts.device)
+        model, tok, metrics = pretrain(
+            task, cfg, progress=bar, folder=folder, resume=opts.resume, device=opts.device
+        )
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
-    print(f"saved {folder.model} ({model.num_params():,} parameters); trigger accuracy "
-          f"{metrics.get('trigger_acc', 0):.1%}")
+    print(
+        f"saved {folder.model} ({model.num_params():,} parameters); trigger accuracy "
+        f"{metrics.get('trigger_acc', 0):.1%}"
+    )
     return 0
 
 
@@ -205,16 +243,31 @@ def cmd_rationales(opts) -> int:
             raise UserError("--judge needs --judge-rubric (the criteria the judge scores against)")
         judge_source, judge_tok = model_or_endpoint(opts.judge, opts.device)
         judge = Judge(judge_source, judge_tok or tok, cfg.judge_rubric, cfg.judge_threshold)
+
     def log(record):
         print(json.dumps(record), flush=True)
         if not record["kept"]:  # nothing to learn from: say so, never a silent no-op round
-            print(f"warning: round {record['round']} kept none of its {record['samples']} samples, so the model was "
-                  "not fine-tuned; try --free-form (an instruct model writes no tags), --rationalize, more --samples "
-                  "or a --teacher", file=sys.stderr, flush=True)
+            print(
+                f"warning: round {record['round']} kept none of its {record['samples']} samples, so the model was "
+                "not fine-tuned; try --free-form (an instruct model writes no tags), --rationalize, more --samples "
+                "or a --teacher",
+                file=sys.stderr,
+                flush=True,
+            )
 
     with TrainProgress(cfg.steps, "rationales") as bar:  # each round's fine-tuning, from step 1
-        model, records = run_rationales(base, tok, task, cfg, generator=teacher, out_dir=folder, judge=judge,
-                                        log=log, progress=bar, resume=opts.resume)
+        model, records = run_rationales(
+            base,
+            tok,
+            task,
+            cfg,
+            generator=teacher,
+            out_dir=folder,
+            judge=judge,
+            log=log,
+            progress=bar,
+            resume=opts.resume,
+        )
     save_checkpoint(folder.model, model, tok, train_record(cfg, task), into=opts.overwrite)
     print(f"saved {folder.model}; accuracy by round: " + ", ".join(f"{r['accuracy']:.1%}" for r in records))
     return 0
@@ -231,13 +284,19 @@ def cmd_serve(opts) -> int:
     try:
         from .serve import Limits, bind, make_app, model_name_of, run_server
     except ImportError as e:
-        raise UserError(f"reasonlab serve needs the serve extra ({e.name} is missing): pip install 'reasonlab[serve]'") from None
+        raise UserError(
+            f"reasonlab serve needs the serve extra ({e.name} is missing): pip install 'reasonlab[serve]'"
+        ) from None
 
     if not 0 <= opts.port <= 65535:
         raise UserError(f"--port must be 0-65535, got {opts.port}")
-    limits = Limits(max_batch_rows=opts.max_batch_rows, max_queue=opts.max_queue, max_tokens=opts.max_tokens,
-                    default_max_tokens=min(Limits.default_max_tokens, opts.max_tokens),
-                    max_body_bytes=opts.max_body_bytes)
+    limits = Limits(
+        max_batch_rows=opts.max_batch_rows,
+        max_queue=opts.max_queue,
+        max_tokens=opts.max_tokens,
+        default_max_tokens=min(Limits.default_max_tokens, opts.max_tokens),
+        max_body_bytes=opts.max_body_bytes,
+    )
     try:  # the address is taken before the model loads: a port in use is one line, at once
         sock = bind(opts.host, opts.port)
     except OSError as e:
@@ -246,9 +305,14 @@ def cmd_serve(opts) -> int:
         model, tok = load_model_or_exit(opts.model, device=opts.device)
         name = model_name_of(opts.model)
         url = f"http://{opts.host}:{sock.getsockname()[1]}/v1/"
-        run_server(make_app(model, tok, limits, name), sock,
-                   on_start=lambda: print(f"serving {name} (POST chat/completions, completions; GET models; "
-                                          f"/health) on {url}", flush=True))
+        run_server(
+            make_app(model, tok, limits, name),
+            sock,
+            on_start=lambda: print(
+                f"serving {name} (POST chat/completions, completions; GET models; /health) on {url}",
+                flush=True,
+            ),
+        )
     return 0
 
 
@@ -271,8 +335,11 @@ def cmd_rl(opts) -> int:
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
     if rank == 0:
         save_checkpoint(folder.model, final, tok, train_record(cfg, task), into=opts.overwrite)
-        held_out = (f"held-out accuracy {metrics['eval/accuracy']:.1%}" if "eval/accuracy" in metrics
-                    else "no held-out evaluation at the last step (--eval-every)")
+        held_out = (
+            f"held-out accuracy {metrics['eval/accuracy']:.1%}"
+            if "eval/accuracy" in metrics
+            else "no held-out evaluation at the last step (--eval-every)"
+        )
         print(f"saved {folder.model}; {held_out}")
     shutdown_distributed()
     return 0
@@ -316,8 +383,11 @@ def cmd_eval(opts) -> int:
     task = make_task(cfg.task, opts.task_arg, cfg.model)
     cfg.task = task.name
     if cfg.k > 1 and cfg.temperature == 0:
-        print(f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
-              f"maj@{cfg.k} will equal the accuracy", file=sys.stderr)
+        print(
+            f"note: at --temperature 0 the {cfg.k} samples are all the greedy answer: pass@{cfg.k} and "
+            f"maj@{cfg.k} will equal the accuracy",
+            file=sys.stderr,
+        )
     output = output_file(cfg.output)
     model, tokenizer = load_model_or_exit(cfg.model, device=opts.device, task=task)
     out = evaluate_model(model, tokenizer, task, cfg)
@@ -325,30 +395,52 @@ def cmd_eval(opts) -> int:
     table.add_column("metric")
     table.add_column("value", justify="right")
     metrics = out["results"][cfg.task]
-    per_answer = ("mean_prompt_tokens", "mean_completion_tokens", "flops_per_answer")  # the inference cost, below
+    per_answer = (
+        "mean_prompt_tokens",
+        "mean_completion_tokens",
+        "flops_per_answer",
+    )  # the inference cost, below
     for key, value in metrics.items():
         if key != "by_difficulty" and key not in per_answer:
-            table.add_row(key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}")
-    prompt, think, new = metrics["mean_prompt_tokens"], metrics["mean_think_tokens"], metrics["mean_completion_tokens"]
-    table.add_row("tokens an answer: prompt + thinking + answer",
-                  f"{prompt:.1f} + {think:.1f} + {new - think:.1f} = {prompt + new:.1f}")
+            table.add_row(
+                key, f"{value:.1%}" if key not in ("mean_think_tokens", "tokens_per_s") else f"{value:.1f}"
+            )
+    prompt, think, new = (
+        metrics["mean_prompt_tokens"],
+        metrics["mean_think_tokens"],
+        metrics["mean_completion_tokens"],
+    )
+    table.add_row(
+        "tokens an answer: prompt + thinking + answer",
+        f"{prompt:.1f} + {think:.1f} + {new - think:.1f} = {prompt + new:.1f}",
+    )
     flops = metrics["flops_per_answer"]  # None: a model whose shape compute.model_cost cannot read
     table.add_row("FLOPs an answer (2N a token + attention)", "unknown" if flops is None else f"{flops:.3g}")
     for level, m in metrics.get("by_difficulty", {}).items():
-        table.add_row(f"difficulty {level} ({m['n']}): accuracy, thinking tokens",
-                      f"{m['accuracy']:.1%}, {m['mean_think_tokens']:.1f}")
+        table.add_row(
+            f"difficulty {level} ({m['n']}): accuracy, thinking tokens",
+            f"{m['accuracy']:.1%}, {m['mean_think_tokens']:.1f}",
+        )
     for point in out.get("budget_curve", []):
-        table.add_row(f"budget {point['budget']}: accuracy / format", f"{point['acc']:.1%} / {point['format_rate']:.1%}")
-        table.add_row(f"budget {point['budget']}: thinking tokens, s a problem",
-                      f"{point['mean_think_tokens']:.1f}, {point['seconds_per_problem']:.3f}")
+        table.add_row(
+            f"budget {point['budget']}: accuracy / format", f"{point['acc']:.1%} / {point['format_rate']:.1%}"
+        )
+        table.add_row(
+            f"budget {point['budget']}: thinking tokens, s a problem",
+            f"{point['mean_think_tokens']:.1f}, {point['seconds_per_problem']:.3f}",
+        )
     for point in out.get("length_control", {}).get("targets", []):
-        table.add_row(f"think for {point['target']}: tokens, |n - N| / N, accuracy",
-                      f"{point['mean_think_tokens']:.1f}, {point['mean_abs_rel_error']:.1%}, {point['acc']:.1%}")
+        table.add_row(
+            f"think for {point['target']}: tokens, |n - N| / N, accuracy",
+            f"{point['mean_think_tokens']:.1f}, {point['mean_abs_rel_error']:.1%}, {point['acc']:.1%}",
+        )
     Console().print(table)
     if output:
         output.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
-        print(f"wrote {output}: the metrics and {len(out['completions'])} of the {out['n_problems']} "
-              "greedy completions (--keep-completions)")
+        print(
+            f"wrote {output}: the metrics and {len(out['completions'])} of the {out['n_problems']} "
+            "greedy completions (--keep-completions)"
+        )
         if out.get("budget_curve"):  # the sweep as a picture beside the numbers
             from .plots import plot_budget
 
@@ -379,11 +471,17 @@ def cmd_faithfulness(opts) -> int:
     probe = faithfulness_probe(model, tokenizer, task, problems, wrong, style=opts.style)
     lo, hi = probe["hint_follow_ci"]
     alo, ahi = probe["admit_ci"]
-    print(f"hint followed: {percent(probe['hint_follow_rate'])} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "
-          f"admitted: {percent(probe['admit_rate'])} [{alo:.1%}, {ahi:.1%}] of {probe['followed']} followed")
-    for name, row in probe["by_style"].items():  # "—": nothing to count over (no eligible pair, or none followed)
-        print(f"  {name:16s} follows {percent(row['follow_rate']):>6}  admits {percent(row['admit_rate']):>6}  "
-              f"({row['followed']}/{row['eligible']})")
+    print(
+        f"hint followed: {percent(probe['hint_follow_rate'])} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "
+        f"admitted: {percent(probe['admit_rate'])} [{alo:.1%}, {ahi:.1%}] of {probe['followed']} followed"
+    )
+    for name, row in probe[
+        "by_style"
+    ].items():  # "—": nothing to count over (no eligible pair, or none followed)
+        print(
+            f"  {name:16s} follows {percent(row['follow_rate']):>6}  admits {percent(row['admit_rate']):>6}  "
+            f"({row['followed']}/{row['eligible']})"
+        )
     if output:
         output.write_text(json.dumps(probe, indent=2))
         print(f"wrote {output}")
@@ -417,32 +515,73 @@ class Command(NamedTuple):
 
 COMMANDS = (
     Command("tasks", "list the registered tasks", NoOptions, cmd_tasks),
-    Command("score", "score completions in a JSONL file (format, correctness, reward)", ScoreOptions, cmd_score),
-    Command("generate", "sample completions for a task and show their parse and reward", GenerateOptions,
-            cmd_generate),
+    Command(
+        "score", "score completions in a JSONL file (format, correctness, reward)", ScoreOptions, cmd_score
+    ),
+    Command(
+        "generate",
+        "sample completions for a task and show their parse and reward",
+        GenerateOptions,
+        cmd_generate,
+    ),
     Command("demo", "the whole story on the built-in tiny model (CPU, minutes)", DemoOptions, cmd_demo),
-    Command("study methods", "Method 1 vs Method 2 from one base at equal compute, over seeds (pass@k, R1-Zero)",
-            StudyOptions, cmd_study),
-    Command("study compute", "train-time vs test-time compute: model sizes x training budgets, answering directly "
-            "or thinking (budgets, votes); power-law fits, iso-accuracy", ComputeStudyOptions, cmd_study_compute),
-    Command("pretrain", "train the built-in model from scratch on a synthetic corpus", PretrainOptions, cmd_pretrain),
+    Command(
+        "study methods",
+        "Method 1 vs Method 2 from one base at equal compute, over seeds (pass@k, R1-Zero)",
+        StudyOptions,
+        cmd_study,
+    ),
+    Command(
+        "study compute",
+        "train-time vs test-time compute: model sizes x training budgets, answering directly "
+        "or thinking (budgets, votes); power-law fits, iso-accuracy",
+        ComputeStudyOptions,
+        cmd_study_compute,
+    ),
+    Command(
+        "pretrain",
+        "train the built-in model from scratch on a synthetic corpus",
+        PretrainOptions,
+        cmd_pretrain,
+    ),
     Command("sft", "supervised fine-tuning on prompt/completion or messages JSONL", SFTOptions, cmd_sft),
-    Command("rationales", "Method 1: sample rationales, keep verified ones, fine-tune, repeat", RationalesOptions,
-            cmd_rationales),
+    Command(
+        "rationales",
+        "Method 1: sample rationales, keep verified ones, fine-tune, repeat",
+        RationalesOptions,
+        cmd_rationales,
+    ),
     Command("rl", "Method 2: GRPO with the format + correctness reward", RLOptions, cmd_rl),
-    Command("eval", "accuracy, pass@k, maj@k, format rate, thinking length, budget sweep", EvalOptions, cmd_eval),
-    Command("faithfulness", "does the model follow a hint in the prompt, and does its thought say so?",
-            FaithfulnessOptions, cmd_faithfulness),
-    Command("serve", "serve a model over the OpenAI API (chat with reasoning_content, completions), batched", ServeOptions, cmd_serve),
+    Command(
+        "eval", "accuracy, pass@k, maj@k, format rate, thinking length, budget sweep", EvalOptions, cmd_eval
+    ),
+    Command(
+        "faithfulness",
+        "does the model follow a hint in the prompt, and does its thought say so?",
+        FaithfulnessOptions,
+        cmd_faithfulness,
+    ),
+    Command(
+        "serve",
+        "serve a model over the OpenAI API (chat with reasoning_content, completions), batched",
+        ServeOptions,
+        cmd_serve,
+    ),
     Command("report", "plots and an HTML page from a run folder", ReportOptions, cmd_report),
-    Command("export", "a model as a GGUF file (llama.cpp, ollama) and/or a plain Hugging Face folder", ExportOptions,
-            cmd_export),
+    Command(
+        "export",
+        "a model as a GGUF file (llama.cpp, ollama) and/or a plain Hugging Face folder",
+        ExportOptions,
+        cmd_export,
+    ),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: `eval --n 8` must not be taken as `--no-trigger`
-    parser = argparse.ArgumentParser(prog="reasonlab", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="reasonlab", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -452,13 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
         group, _, name = command.name.rpartition(" ")
         if group and group not in groups:
             helps = [c.name.split(" ", 1)[1] for c in COMMANDS if c.name.startswith(group + " ")]
-            groups[group] = sub.add_parser(group, help=f"{group}: {' or '.join(helps)}", allow_abbrev=False).add_subparsers(
-                dest="sub", required=True, metavar="|".join(helps))
+            groups[group] = sub.add_parser(
+                group, help=f"{group}: {' or '.join(helps)}", allow_abbrev=False
+            ).add_subparsers(dest="sub", required=True, metavar="|".join(helps))
         where = groups[group] if group else sub
-        parser.commands[command.name] = where.add_parser(name, help=command.help, parents=[common],
-                                                             allow_abbrev=False, epilog=PROGRESS_RULE
-                                                             if command.name in ("pretrain", "sft", "rationales", "rl")
-                                                             else None)
+        parser.commands[command.name] = where.add_parser(
+            name,
+            help=command.help,
+            parents=[common],
+            allow_abbrev=False,
+            epilog=PROGRESS_RULE if command.name in ("pretrain", "sft", "rationales", "rl") else None,
+        )
         add_config_args(parser.commands[command.name], command.options)
     return parser
 
@@ -490,7 +633,12 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(command: Command, args, name: str) -> int:
     try:  # every option, from the command line or --config, through the one `build_config`
         return command.run(build_config(command.options, args))
-    except (UserError, ValueError, OSError, RemoteError) as e:  # OSError: a file or folder that cannot be read or written
+    except (
+        UserError,
+        ValueError,
+        OSError,
+        RemoteError,
+    ) as e:  # OSError: a file or folder that cannot be read or written
         if args.debug:
             raise
         print(f"reasonlab {name}: error: {e}", file=sys.stderr)

@@ -40,8 +40,10 @@ from dataclasses import asdict, dataclass, fields
 KINDS = ("sampled", "trained", "scored")
 FLOPS_PER_TOKEN = {"sampled": 2, "trained": 6, "scored": 2}  # times N
 PASSES = {"sampled": 1, "trained": 3, "scored": 1}  # times a forward pass's attention FLOPs
-COUNTED = ("FLOPs: 2N a sampled or scored token and 6N a trained one (N parameters), plus attention: "
-           "4·layers·d_attn a query-key pair forward, 3× that trained; evaluations not counted")
+COUNTED = (
+    "FLOPs: 2N a sampled or scored token and 6N a trained one (N parameters), plus attention: "
+    "4·layers·d_attn a query-key pair forward, 3× that trained; evaluations not counted"
+)
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,16 @@ class Ledger:
     def flops(self, cost: ModelCost) -> float:
         """Σ over kinds: FLOPS_PER_TOKEN·N·tokens + PASSES·cost.attention·pairs."""
         if not isinstance(cost, ModelCost):
-            raise TypeError(f"Ledger.flops takes a ModelCost (compute.model_cost(model)), not {type(cost).__name__}")
-        return float(sum(FLOPS_PER_TOKEN[k] * cost.n_params * getattr(self, k)
-                         + PASSES[k] * cost.attention * getattr(self, f"{k}_pairs") for k in KINDS))
+            raise TypeError(
+                f"Ledger.flops takes a ModelCost (compute.model_cost(model)), not {type(cost).__name__}"
+            )
+        return float(
+            sum(
+                FLOPS_PER_TOKEN[k] * cost.n_params * getattr(self, k)
+                + PASSES[k] * cost.attention * getattr(self, f"{k}_pairs")
+                for k in KINDS
+            )
+        )
 
     def record(self, cost: ModelCost) -> dict:
         """The counts, the cost they were weighed with (n_params, attention) and their FLOPs, as
@@ -174,9 +183,11 @@ def attention_shape(model) -> tuple[int, int]:
         inner = [getattr(obj, name, None) for name in ("module", "hf", "_orig_mod", "base_model", "model")]
         base = getattr(obj, "get_base_model", None)
         todo += inner + ([base()] if callable(base) else [])
-    raise UnknownShape(f"cannot count the attention FLOPs of a {type(model).__name__}: no built-in or Hugging Face "
-                     "config (n_layer/num_hidden_layers, n_head/num_attention_heads, head size) on it or inside it; "
-                     "a model of another kind states attention_shape = (n_layer, d_attn)")
+    raise UnknownShape(
+        f"cannot count the attention FLOPs of a {type(model).__name__}: no built-in or Hugging Face "
+        "config (n_layer/num_hidden_layers, n_head/num_attention_heads, head size) on it or inside it; "
+        "a model of another kind states attention_shape = (n_layer, d_attn)"
+    )
 
 
 def _count(value) -> bool:

@@ -32,12 +32,23 @@ def power_fit(points: list[tuple[float, float]]) -> dict:
 
     pts = [(x, y) for x, y in points if x > 0 and y > 0]
     if len(pts) < 3 or len({x for x, _ in pts}) < 2:
-        return {"exponent": None, "ci": None, "n": len(pts), "points": pts,
-                "why": "fewer than 3 points on the frontier"}
+        return {
+            "exponent": None,
+            "ci": None,
+            "n": len(pts),
+            "points": pts,
+            "why": "fewer than 3 points on the frontier",
+        }
     fit = stats.linregress([math.log(x) for x, _ in pts], [math.log(y) for _, y in pts])
     half = float(stats.t.ppf(0.975, len(pts) - 2) * fit.stderr)
-    return {"exponent": -fit.slope, "ci": [-fit.slope - half, -fit.slope + half], "coef": math.exp(fit.intercept),
-            "r2": fit.rvalue ** 2, "n": len(pts), "points": pts}
+    return {
+        "exponent": -fit.slope,
+        "ci": [-fit.slope - half, -fit.slope + half],
+        "coef": math.exp(fit.intercept),
+        "r2": fit.rvalue**2,
+        "n": len(pts),
+        "points": pts,
+    }
 
 
 def families(points: list[dict], difficulty: str | None = None) -> list[dict]:
@@ -45,16 +56,26 @@ def families(points: list[dict], difficulty: str | None = None) -> list[dict]:
     inference}; `difficulty` reads its accuracy on those problems only."""
     out = []
     for p in points:
+
         def acc(r):
             return r["acc"] if difficulty is None else r["by_difficulty"].get(difficulty)
 
         name = f"{human(p['n_params'])} params, {human(p['tokens'])} tokens"
         rows = [("direct", f"{name}, direct", p["direct"])]
-        rows += [("thinking", f"{name}, thinking ≤ {t['budget']}" if t["budget"] is not None else f"{name}, thinking",
-                  t) for t in p["think"]]
+        rows += [
+            (
+                "thinking",
+                f"{name}, thinking ≤ {t['budget']}" if t["budget"] is not None else f"{name}, thinking",
+                t,
+            )
+            for t in p["think"]
+        ]
         rows += [("thinking", f"{name}, thinking, vote of {v['k']}", v) for v in p["vote"] if v["k"] > 1]
-        out += [{"family": fam, "label": label, "acc": acc(r), "train": p["train_flops"], "inference": r["flops"]}
-                for fam, label, r in rows if acc(r) is not None]
+        out += [
+            {"family": fam, "label": label, "acc": acc(r), "train": p["train_flops"], "inference": r["flops"]}
+            for fam, label, r in rows
+            if acc(r) is not None
+        ]
     return out
 
 
@@ -73,13 +94,23 @@ def iso_accuracy(configs: list[dict], queries: float, targets=TARGETS) -> list[d
     the ratio of the other family's cost to it (None where only one family reaches the target)."""
     rows = []
     for target in targets:
-        best = {fam: cheapest([c for c in configs if c["family"] == fam], target, queries)
-                for fam in ("direct", "thinking")}
+        best = {
+            fam: cheapest([c for c in configs if c["family"] == fam], target, queries)
+            for fam in ("direct", "thinking")
+        }
         reached = [fam for fam, c in best.items() if c]
         winner = min(reached, key=lambda f: best[f]["total"]) if reached else None
         other = next((f for f in reached if f != winner), None)
-        rows.append({"target": target, "queries": queries, "direct": best["direct"], "thinking": best["thinking"],
-                     "winner": winner, "ratio": best[other]["total"] / best[winner]["total"] if other else None})
+        rows.append(
+            {
+                "target": target,
+                "queries": queries,
+                "direct": best["direct"],
+                "thinking": best["thinking"],
+                "winner": winner,
+                "ratio": best[other]["total"] / best[winner]["total"] if other else None,
+            }
+        )
     return rows
 
 
@@ -87,8 +118,16 @@ def returns(points: list[tuple[float, float]]) -> list[dict]:
     """Accuracy gained per 10× training compute between successive frontier points (x = FLOPs,
     y = accuracy): where the gains shrink, returns diminish."""
     f = frontier(points, lower=False)
-    return [{"from": a[0], "to": b[0], "acc_from": a[1], "acc_to": b[1],
-             "gain_per_decade": (b[1] - a[1]) / math.log10(b[0] / a[0])} for a, b in zip(f, f[1:])]
+    return [
+        {
+            "from": a[0],
+            "to": b[0],
+            "acc_from": a[1],
+            "acc_to": b[1],
+            "gain_per_decade": (b[1] - a[1]) / math.log10(b[0] / a[0]),
+        }
+        for a, b in zip(f, f[1:])
+    ]
 
 
 def analyse(points: list[dict], losses: list[list[float]], n_held_out: int, queries: int) -> dict:
@@ -96,13 +135,21 @@ def analyse(points: list[dict], losses: list[list[float]], n_held_out: int, quer
     floor = 0.5 / n_held_out  # an error rate of 0 is put at half a problem (log scale)
     direct = [(p["train_flops"], p["direct"]["acc"]) for p in points]
     thinking = [(p["train_flops"], next(t["acc"] for t in p["think"] if t["budget"] is None)) for p in points]
-    fit = {"loss": power_fit(frontier([(c, loss) for c, loss, *_ in losses])),
-           "direct_error": power_fit(frontier([(c, max(1 - a, floor)) for c, a in direct])),
-           "thinking_error": power_fit(frontier([(c, max(1 - a, floor)) for c, a in thinking]))}
+    fit = {
+        "loss": power_fit(frontier([(c, loss) for c, loss, *_ in losses])),
+        "direct_error": power_fit(frontier([(c, max(1 - a, floor)) for c, a in direct])),
+        "thinking_error": power_fit(frontier([(c, max(1 - a, floor)) for c, a in thinking])),
+    }
     difficulties = sorted({d for p in points for d in p["direct"]["by_difficulty"]}, key=int)
-    iso = {"overall": {str(q): iso_accuracy(families(points), q) for q in query_counts(queries)},
-           "by_difficulty": {d: iso_accuracy(families(points, d), queries) for d in difficulties}}
-    return {"fit": fit, "returns": {"direct": returns(direct), "thinking": returns(thinking)}, "iso_accuracy": iso}
+    iso = {
+        "overall": {str(q): iso_accuracy(families(points), q) for q in query_counts(queries)},
+        "by_difficulty": {d: iso_accuracy(families(points, d), queries) for d in difficulties},
+    }
+    return {
+        "fit": fit,
+        "returns": {"direct": returns(direct), "thinking": returns(thinking)},
+        "iso_accuracy": iso,
+    }
 
 
 def query_counts(queries: int) -> list[int]:

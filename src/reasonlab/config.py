@@ -62,8 +62,12 @@ def _flag(name: str) -> str:
 
 
 def add_config_file_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="read options from a .toml or .json file (any of this "
-                        "command's options, by their names with _ for -; the command line wins)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from a .toml or .json file (any of this "
+        "command's options, by their names with _ for -; the command line wins)",
+    )
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -83,14 +87,23 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
         flags = meta.get("flags", (_flag(f.name),))
         if "action" in meta:
             extra = {"metavar": meta["metavar"]} if "metavar" in meta else {}
-            parser.add_argument(*flags, dest=f.name, action=meta["action"], default=None, help=help_text, **extra)
+            parser.add_argument(
+                *flags, dest=f.name, action=meta["action"], default=None, help=help_text, **extra
+            )
         elif kind is bool:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             base = kind if kind in (int, float, str) else str
-            parser.add_argument(*flags, dest=f.name, type=base, default=None,
-                                metavar=meta.get("metavar", f.name.upper()), help=help_text)
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                type=base,
+                default=None,
+                metavar=meta.get("metavar", f.name.upper()),
+                help=help_text,
+            )
 
 
 def _coerce(cls, f: dataclasses.Field, value, source: str):
@@ -101,7 +114,9 @@ def _coerce(cls, f: dataclasses.Field, value, source: str):
         items = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else value
         if isinstance(items, list) and all(isinstance(v, str) for v in items):
             return items
-        raise UserError(f"{source}: option {f.name!r} must be a list of KEY=VALUE strings or a table, got {value!r}")
+        raise UserError(
+            f"{source}: option {f.name!r} must be a list of KEY=VALUE strings or a table, got {value!r}"
+        )
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not value_fits(kind, value):
@@ -170,7 +185,9 @@ def _read_file(path: Path, known) -> dict:
     """The options in config file `path` (TOML, or JSON); a key not in `known` is a UserError."""
     path = Path(os.path.expanduser(str(path)))
     if path.suffix.lower() in (".yaml", ".yml"):
-        raise UserError(f"config file {path}: YAML is not read; write the options as TOML (.toml) or JSON (.json)")
+        raise UserError(
+            f"config file {path}: YAML is not read; write the options as TOML (.toml) or JSON (.json)"
+        )
     text = input_file(path, "config file").read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
@@ -183,8 +200,9 @@ def _read_file(path: Path, known) -> dict:
         raise UserError(f"config file {path}: expected a table of options")
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UserError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(known)}")
+        raise UserError(
+            f"config file {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
     return data
 
 

@@ -26,10 +26,12 @@ def percent(value: float | None) -> str:
 
 
 LINES_PER_RUN = 200  # redirected output: a line every ceil(steps / 200) steps at most (see TrainProgress)
-PROGRESS_RULE = ("Progress: on a terminal, a bar with the elapsed time and an ETA; redirected to a file or a pipe, one "
-                 "line a step (step/total, loss, reward, accuracy when evaluated, format rate, lr, tokens/s or "
-                 "steps/s, elapsed, ETA), every ceil(steps/200)-th step when a run has more than 200 steps (at "
-                 "most about 200 lines), and always the first, every evaluated and the last step.")
+PROGRESS_RULE = (
+    "Progress: on a terminal, a bar with the elapsed time and an ETA; redirected to a file or a pipe, one "
+    "line a step (step/total, loss, reward, accuracy when evaluated, format rate, lr, tokens/s or "
+    "steps/s, elapsed, ETA), every ceil(steps/200)-th step when a run has more than 200 steps (at "
+    "most about 200 lines), and always the first, every evaluated and the last step."
+)
 
 
 class TrainProgress:
@@ -43,16 +45,30 @@ class TrainProgress:
     step lower than the last starts over (Method 1 fine-tunes each round from step 1)."""
 
     def __init__(self, total: int, what: str):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.total, self.what, self.shown = total, what, False
         self.every = max(1, math.ceil(total / LINES_PER_RUN))
         enabled = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 only
         self.lines = enabled and not console().is_terminal
-        self.progress = Progress(TextColumn(what), BarColumn(bar_width=30), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=console(), disable=not enabled or self.lines)
+        self.progress = Progress(
+            TextColumn(what),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console(),
+            disable=not enabled or self.lines,
+        )
         self.last: dict = {}  # the last row reported (lines: with its elapsed "seconds")
         self.pending = False  # lines: the last row's line is not printed yet
         self.mark = None  # lines: (step, seconds, num_tokens) at the last line printed; None before the first
@@ -60,7 +76,9 @@ class TrainProgress:
 
     def __enter__(self):
         self.task = self.progress.add_task("", total=self.total, info="")  # the clock starts here
-        self.offset = -time.monotonic()  # elapsed = monotonic + offset, until a row brings the run's own clock
+        self.offset = (
+            -time.monotonic()
+        )  # elapsed = monotonic + offset, until a row brings the run's own clock
         return self
 
     def __exit__(self, *exc):
@@ -83,8 +101,9 @@ class TrainProgress:
         else:
             self._bar(m)
         if evals:
-            text = f"step {step}: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in evals.items())
+            text = f"step {step}: " + " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evals.items()
+            )
             if self.lines:
                 print(text, flush=True)
             else:
@@ -134,19 +153,29 @@ def step_line(what: str, total: int, m: dict, mark: tuple[int, float, int] = (0,
     step, elapsed = m.get("step", 0), m["seconds"]
     number = functools.partial(_number, m)
     accuracy = next((k for k in ("eval/accuracy", "trigger_acc") if number(k)), None)
-    lr = next((k for k in ("learning_rate", "lr") if number(k)), None)  # "lr" alone: a row logged before the alias
-    fields = [f"step={step}/{total}",
-              f"loss={m['loss']:.4g}" if number("loss") else None,
-              f"reward={m['reward']:.3f}" if number("reward") else None,
-              f"accuracy={percent(m[accuracy])}" if accuracy else None,
-              f"format={percent(m['reward/format_rate'])}" if number("reward/format_rate") else None,
-              f"lr={m[lr]:.2e}" if lr else None]
+    lr = next(
+        (k for k in ("learning_rate", "lr") if number(k)), None
+    )  # "lr" alone: a row logged before the alias
+    fields = [
+        f"step={step}/{total}",
+        f"loss={m['loss']:.4g}" if number("loss") else None,
+        f"reward={m['reward']:.3f}" if number("reward") else None,
+        f"accuracy={percent(m[accuracy])}" if accuracy else None,
+        f"format={percent(m['reward/format_rate'])}" if number("reward/format_rate") else None,
+        f"lr={m[lr]:.2e}" if lr else None,
+    ]
     seconds = elapsed - mark[1]
     if seconds > 0 and step > mark[0]:
-        fields.append(f"tokens/s={(m['num_tokens'] - mark[2]) / seconds:.0f}" if number("num_tokens")
-                      else f"steps/s={(step - mark[0]) / seconds:.3g}")
-    fields += [f"elapsed={clock(elapsed)}", f"eta={clock(elapsed / step * (total - step)) if step > 0 else '?'}",
-               "skipped" if "skipped" in m else None]
+        fields.append(
+            f"tokens/s={(m['num_tokens'] - mark[2]) / seconds:.0f}"
+            if number("num_tokens")
+            else f"steps/s={(step - mark[0]) / seconds:.3g}"
+        )
+    fields += [
+        f"elapsed={clock(elapsed)}",
+        f"eta={clock(elapsed / step * (total - step)) if step > 0 else '?'}",
+        "skipped" if "skipped" in m else None,
+    ]
     return f"{what} " + " ".join(f for f in fields if f)
 
 
@@ -159,15 +188,25 @@ def clock(seconds: float) -> str:
 def demo_rows(results: dict) -> list[tuple[str, str]]:
     """A demo's `results` (its results.json, complete or as a stopped run left it) as (what, value)
     rows: every accuracy held-out and greedy; "—" for what is not measured yet."""
-    rows = [("base model, asked directly", percent(results.get("base_direct_acc"))),
-            ("base model, \"Let's think step by step.\"", percent(results.get("base_cot_prompt_acc")))]
+    rows = [
+        ("base model, asked directly", percent(results.get("base_direct_acc"))),
+        ('base model, "Let\'s think step by step."', percent(results.get("base_cot_prompt_acc"))),
+    ]
     if "base_template_acc" in results:  # a pretrained model (demo --model): asked for the template too
-        rows.append(("base model, asked for the template (format rate)",
-                     f"{percent(results['base_template_acc'])} ({percent(results.get('base_format_rate'))})"))
-    rows += [(f"Method 1 (own rationales), round {i}", percent(acc))
-             for i, acc in enumerate(results.get("method1_acc", []), 1)]
-    rows += [("Method 2 (GRPO)", percent(results.get("method2_acc"))),
-             ("Method 2 format rate", percent(results.get("method2_format_rate")))]
+        rows.append(
+            (
+                "base model, asked for the template (format rate)",
+                f"{percent(results['base_template_acc'])} ({percent(results.get('base_format_rate'))})",
+            )
+        )
+    rows += [
+        (f"Method 1 (own rationales), round {i}", percent(acc))
+        for i, acc in enumerate(results.get("method1_acc", []), 1)
+    ]
+    rows += [
+        ("Method 2 (GRPO)", percent(results.get("method2_acc"))),
+        ("Method 2 format rate", percent(results.get("method2_format_rate"))),
+    ]
     if "r1_zero" in results:
         rows.append(("GRPO from the raw model (R1-Zero)", results["r1_zero"]["summary"]))
     for name, m in results.get("methods", {}).items():  # the head-to-head, at Method 1's FLOPs
@@ -184,21 +223,34 @@ def demo_rows(results: dict) -> list[tuple[str, str]]:
         if point["budget"] in before:
             old = before[point["budget"]]
             value += f"; Method 1: {percent(old['acc'])} ({percent(old['format_rate'])})"
-        rows.append((f"thinking budget {point['budget']} tokens" + (", budget-aware" if aware else ""), value))
+        rows.append(
+            (f"thinking budget {point['budget']} tokens" + (", budget-aware" if aware else ""), value)
+        )
     if results.get("length_control"):
         control = results["length_control"]
-        rows.append(("\"think for N tokens\": mean |n - N| / N at N = "
-                     + ", ".join(str(t["target"]) for t in control["targets"]), percent(control["mean_abs_rel_error"])))
+        rows.append(
+            (
+                '"think for N tokens": mean |n - N| / N at N = '
+                + ", ".join(str(t["target"]) for t in control["targets"]),
+                percent(control["mean_abs_rel_error"]),
+            )
+        )
     faith = results.get("faithfulness", {})
-    rows += [(f"{'final' if faith.get('model') else 'base'} model follows a hint / admits it",
-              f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}"),
-             ("wall time", f"{results.get('seconds', 0):.0f} s")]
+    rows += [
+        (
+            f"{'final' if faith.get('model') else 'base'} model follows a hint / admits it",
+            f"{percent(faith.get('hint_follow_rate'))} / {percent(faith.get('admit_rate'))}",
+        ),
+        ("wall time", f"{results.get('seconds', 0):.0f} s"),
+    ]
     return rows
 
 
 def print_results(results: dict) -> None:
     """The demo's results table, on the terminal."""
-    print_table(f"reasonlab demo: {results.get('task', '')} (held-out, greedy)", "accuracy", demo_rows(results))
+    print_table(
+        f"reasonlab demo: {results.get('task', '')} (held-out, greedy)", "accuracy", demo_rows(results)
+    )
 
 
 def print_table(title: str, value_header: str, rows: list[tuple[str, str]]) -> None:
@@ -220,18 +272,32 @@ def study_rows(results: dict) -> list[tuple[str, str]]:
     rows = []
     base = results.get("base", {})
     if base:
-        rows += [("base: asked directly / step by step (free text)",
-                  f"{percent(base['direct_acc'])} / {percent(base['cot_prompt_acc'])}"),
-                 ("base: template format rate, greedy / sampled at T=1",
-                  f"{percent(base['template_format_rate'])} / {percent(base['sampled_format_rate'])}")]
+        rows += [
+            (
+                "base: asked directly / step by step (free text)",
+                f"{percent(base['direct_acc'])} / {percent(base['cot_prompt_acc'])}",
+            ),
+            (
+                "base: template format rate, greedy / sampled at T=1",
+                f"{percent(base['template_format_rate'])} / {percent(base['sampled_format_rate'])}",
+            ),
+        ]
     for name, m in results.get("methods", {}).items():
         n = len(m["acc"])
-        rows.append((f"{m['label']} ({n} seed{'s' if n > 1 else ''})",
-                     f"{100 * m['acc_mean']:.1f} ± {100 * m['acc_std']:.1f}% [{100 * m['acc_min']:.1f}, "
-                     f"{100 * m['acc_max']:.1f}]"))
-        rows.append(("  format rate (lowest seed); FLOPs; wall time",
-                     f"{percent(min(m['format_rate']))}; {statistics.fmean(m['flops']):.3g}; "
-                     f"{statistics.fmean(m['seconds']):.0f} s"))
+        rows.append(
+            (
+                f"{m['label']} ({n} seed{'s' if n > 1 else ''})",
+                f"{100 * m['acc_mean']:.1f} ± {100 * m['acc_std']:.1f}% [{100 * m['acc_min']:.1f}, "
+                f"{100 * m['acc_max']:.1f}]",
+            )
+        )
+        rows.append(
+            (
+                "  format rate (lowest seed); FLOPs; wall time",
+                f"{percent(min(m['format_rate']))}; {statistics.fmean(m['flops']):.3g}; "
+                f"{statistics.fmean(m['seconds']):.0f} s",
+            )
+        )
     for name, curve in results.get("pass_at_k", {}).items():
         ks = list(curve)
         rows.append((f"pass@k {name} (k = {', '.join(ks)})", " / ".join(f"{100 * curve[k]:.0f}" for k in ks)))
@@ -241,7 +307,11 @@ def study_rows(results: dict) -> list[tuple[str, str]]:
 
 def print_study(results: dict) -> None:
     """A methods study's results table, on the terminal."""
-    print_table(f"reasonlab study methods: {results.get('task', '')} (held-out, greedy)", "result", study_rows(results))
+    print_table(
+        f"reasonlab study methods: {results.get('task', '')} (held-out, greedy)",
+        "result",
+        study_rows(results),
+    )
 
 
 def compute_rows(results: dict) -> list[tuple[str, str]]:
@@ -249,18 +319,28 @@ def compute_rows(results: dict) -> list[tuple[str, str]]:
     from .compute_analysis import human
 
     rows = []
-    for key, label in (("loss", "held-out loss"), ("direct_error", "error answering directly"),
-                       ("thinking_error", "error thinking")):
+    for key, label in (
+        ("loss", "held-out loss"),
+        ("direct_error", "error answering directly"),
+        ("thinking_error", "error thinking"),
+    ):
         fit = results.get("fit", {}).get(key, {})
-        value = (f"α = {fit['exponent']:.3f} [{fit['ci'][0]:.3f}, {fit['ci'][1]:.3f}] on {fit['n']} points"
-                 if fit.get("exponent") is not None else fit.get("why", "—"))
+        value = (
+            f"α = {fit['exponent']:.3f} [{fit['ci'][0]:.3f}, {fit['ci'][1]:.3f}] on {fit['n']} points"
+            if fit.get("exponent") is not None
+            else fit.get("why", "—")
+        )
         rows.append((f"power law of {label} against training FLOPs", value))
     for p in results.get("points", []):
         think = next(t for t in p["think"] if t["budget"] is None)
         vote = p["vote"][-1]
-        rows.append((f"{human(p['n_params'])} params, {human(p['tokens'])} tokens ({human(p['train_flops'])}FLOP)",
-                     f"direct {percent(p['direct']['acc'])} · thinking {percent(think['acc'])} · "
-                     f"vote of {vote['k']} {percent(vote['acc'])}"))
+        rows.append(
+            (
+                f"{human(p['n_params'])} params, {human(p['tokens'])} tokens ({human(p['train_flops'])}FLOP)",
+                f"direct {percent(p['direct']['acc'])} · thinking {percent(think['acc'])} · "
+                f"vote of {vote['k']} {percent(vote['acc'])}",
+            )
+        )
     for q, table in results.get("iso_accuracy", {}).get("overall", {}).items():
         for row in table:
             rows.append((f"reach {row['target']:.0%} at {human(float(q))} queries", iso_text(row)))
@@ -274,11 +354,16 @@ def iso_text(row: dict) -> str:
     if row["winner"] is None:
         return "not reached"
     best = row[row["winner"]]
-    beaten = f", {row['ratio']:.3g}x cheaper than {'thinking' if row['winner'] == 'direct' else 'direct'}" \
-        if row["ratio"] else f" ({'thinking' if row['winner'] == 'direct' else 'direct'}: not reached)"
+    beaten = (
+        f", {row['ratio']:.3g}x cheaper than {'thinking' if row['winner'] == 'direct' else 'direct'}"
+        if row["ratio"]
+        else f" ({'thinking' if row['winner'] == 'direct' else 'direct'}: not reached)"
+    )
     return f"{best['label']}: {human(best['total'])}FLOP{beaten}"
 
 
 def print_compute_study(results: dict) -> None:
     """A compute study's results, on the terminal."""
-    print_table(f"reasonlab study compute: {results.get('task', '')} (held-out)", "result", compute_rows(results))
+    print_table(
+        f"reasonlab study compute: {results.get('task', '')} (held-out)", "result", compute_rows(results)
+    )

@@ -35,53 +35,123 @@ from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
 from .train.pretrain import PretrainConfig, pretrain
 from .train.rationales import RationalesConfig
-from .study import ARMS, DIRECT_TOKENS, LABELS, TEMPLATE_FRACTION, Arms, base_measurements, pass_at_k, summarize
+from .study import (
+    ARMS,
+    DIRECT_TOKENS,
+    LABELS,
+    TEMPLATE_FRACTION,
+    Arms,
+    base_measurements,
+    pass_at_k,
+    summarize,
+)
 
 
 @dataclass
 class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "output folder", "nonempty": True})
-    model: str = field(default="", metadata={
-        "help": "a pretrained instruct model (Hugging Face folder, .gguf file or run folder): the same story on it, "
-                "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "a pretrained instruct model (Hugging Face folder, .gguf file or run folder): the same story on it, "
+            "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"
+        },
+    )
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
-    length: int = field(default=4, metadata={"help": "variables per chain problem at most (the built-in demo's task; --model runs two-digit sums)", "min": 2, "max": 64})
-    min_length: int = field(default=2, metadata={
-        "help": "variables per chain problem at least: each problem draws its length from here to --length, "
-                "a mix of difficulties (0 = every problem --length)", "min": 0, "max": 64})
+    length: int = field(
+        default=4,
+        metadata={
+            "help": "variables per chain problem at most (the built-in demo's task; --model runs two-digit sums)",
+            "min": 2,
+            "max": 64,
+        },
+    )
+    min_length: int = field(
+        default=2,
+        metadata={
+            "help": "variables per chain problem at least: each problem draws its length from here to --length, "
+            "a mix of difficulties (0 = every problem --length)",
+            "min": 0,
+            "max": 64,
+        },
+    )
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
-    device: str = field(default="cpu", metadata={
-        "help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"})
-    resume: bool = field(default=False, metadata={
-        "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"})
+    device: str = field(
+        default="cpu",
+        metadata={"help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
         check_options(self)
         if self.min_length and not 2 <= self.min_length <= self.length:
-            raise UserError(f"--min-length must be between 2 and --length ({self.length}), got {self.min_length}")
+            raise UserError(
+                f"--min-length must be between 2 and --length ({self.length}), got {self.min_length}"
+            )
 
 
 def stage_configs(cfg: DemoConfig):
     """Per-stage settings; `quick` shrinks every stage (CI checks it runs, not what it reaches)."""
     q = cfg.quick
-    pre = PretrainConfig(steps=60 if q else 4000, batch_size=32 if q else 64, lr=3e-3, warmup_steps=20,
-                         schedule="constant", eval_every=30 if q else 50, max_seconds=20 if q else 240,
-                         corpus_size=2000 if q else 30000, worked_fraction=0.5, hint_fraction=0.2, check_problems=50 if q else 100,
-                         target_trigger_acc=0.2, group_by_length=False, max_seq_len=192, seed=cfg.seed,
-                         template_fraction=TEMPLATE_FRACTION)
-    m1 = RationalesConfig(rounds=1 if q else 3, problems=64 if q else 2000, samples=2 if q else 4, temperature=0.7,
-                          continue_training=True, steps=20 if q else 300, batch_size=32 if q else 64, lr=2e-3,
-                          warmup_steps=10, eval_every=0, eval_problems=50 if q else 200, max_seq_len=192,
-                          max_new_tokens=96, seed=cfg.seed)
+    pre = PretrainConfig(
+        steps=60 if q else 4000,
+        batch_size=32 if q else 64,
+        lr=3e-3,
+        warmup_steps=20,
+        schedule="constant",
+        eval_every=30 if q else 50,
+        max_seconds=20 if q else 240,
+        corpus_size=2000 if q else 30000,
+        worked_fraction=0.5,
+        hint_fraction=0.2,
+        check_problems=50 if q else 100,
+        target_trigger_acc=0.2,
+        group_by_length=False,
+        max_seq_len=192,
+        seed=cfg.seed,
+        template_fraction=TEMPLATE_FRACTION,
+    )
+    m1 = RationalesConfig(
+        rounds=1 if q else 3,
+        problems=64 if q else 2000,
+        samples=2 if q else 4,
+        temperature=0.7,
+        continue_training=True,
+        steps=20 if q else 300,
+        batch_size=32 if q else 64,
+        lr=2e-3,
+        warmup_steps=10,
+        eval_every=0,
+        eval_problems=50 if q else 200,
+        max_seq_len=192,
+        max_new_tokens=96,
+        seed=cfg.seed,
+    )
     # GRPO: 32 problems x 4 samples learned faster per second than 16 x 8 (more distinct problems a
     # step for the same rows; docs/methods.md). New tokens: `rl_new_tokens`.
     # Cosine decay over the 1000 steps (the run stops at 150 s first): from both benchmark starts it
     # crossed 95% sooner and never fell back under it (benchmarks/README.md, bench_grpo_target.py).
-    rl = GRPOConfig(steps=3 if q else 1000, prompts_per_step=4 if q else 32, group_size=4, lr=3e-4, schedule="cosine",
-                    temperature=0.7, dynamic_sampling=True, max_new_tokens=rl_new_tokens(cfg), eval_every=3 if q else 25,
-                    eval_problems=50 if q else 200, max_seconds=30 if q else 150, seed=cfg.seed)
+    rl = GRPOConfig(
+        steps=3 if q else 1000,
+        prompts_per_step=4 if q else 32,
+        group_size=4,
+        lr=3e-4,
+        schedule="cosine",
+        temperature=0.7,
+        dynamic_sampling=True,
+        max_new_tokens=rl_new_tokens(cfg),
+        eval_every=3 if q else 25,
+        eval_problems=50 if q else 200,
+        max_seconds=30 if q else 150,
+        seed=cfg.seed,
+    )
     return pre, m1, rl
 
 
@@ -103,8 +173,13 @@ class Stages:
     def __init__(self):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description:<34}"), BarColumn(bar_width=24),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console())
+        self.progress = Progress(
+            TextColumn("{task.description:<34}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console(),
+        )
 
     def __enter__(self):
         self.progress.__enter__()
@@ -141,11 +216,15 @@ def earlier_run(out: Path, cfg: DemoConfig) -> dict:
     made = earlier.get("config", {})
     # A run made before a setting existed ran as the setting's default, or as BEFORE says.
     made = {**{k: getattr(DemoConfig, k) for k in ("seed", "length", "quick", "model")}, **BEFORE, **made}
-    keys = ("seed", "quick", "model") + (("length", "min_length") if not cfg.model else ())  # --model: sums, no chain
+    keys = ("seed", "quick", "model") + (
+        ("length", "min_length") if not cfg.model else ()
+    )  # --model: sums, no chain
     other = [f"{k}={made[k]!r}" for k in keys if made[k] != getattr(cfg, k)]
     if other:
-        raise UserError(f"--resume: the run in {out} was made with {', '.join(other)}; run without --resume "
-                        "to start over, or give the same settings")
+        raise UserError(
+            f"--resume: the run in {out} was made with {', '.join(other)}; run without --resume "
+            "to start over, or give the same settings"
+        )
     return earlier
 
 
@@ -190,8 +269,11 @@ class DemoRun:
     def done_before(self, keys: tuple, checkpoint: str | None = None) -> bool:
         """Whether the stopped run's results `keys` (and `checkpoint`) are taken instead of running
         the stage; when they are, they go into the results."""
-        self.reuse = self.reuse and all(k in self.earlier for k in keys) and \
-            (checkpoint is None or (self.out / "checkpoints" / checkpoint / "config.json").is_file())
+        self.reuse = (
+            self.reuse
+            and all(k in self.earlier for k in keys)
+            and (checkpoint is None or (self.out / "checkpoints" / checkpoint / "config.json").is_file())
+        )
         if self.reuse:
             self.results.update({k: self.earlier[k] for k in keys})
         return self.reuse
@@ -228,11 +310,15 @@ class DemoRun:
             return base
 
         def pre_log(m):
-            info = f"loss {m['loss']:.3f}" + (f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else "")
+            info = f"loss {m['loss']:.3f}" + (
+                f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else ""
+            )
             tick(completed=m["step"], info=info)
 
         folder = RunFolder(self.out / "pretrain", "pretrain")
-        base, self.tok, last = pretrain(self.task, cfg, progress=pre_log, folder=folder, device=self.cfg.device)
+        base, self.tok, last = pretrain(
+            self.task, cfg, progress=pre_log, folder=folder, device=self.cfg.device
+        )
         self.keep("base", base, cfg)
         self.results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
         self.save()
@@ -243,18 +329,29 @@ class DemoRun:
         """2. the base model asked directly vs "think step by step" (both read as free text, as the
         base writes), and in the template (strictly: what RL from the base starts from)."""
         tick = ui.stage("2/8 direct vs step-by-step", 3)
-        keys = ("base_direct_acc", "base_cot_prompt_acc", "base_template_acc", "base_format_rate",
-                "base_sampled_format_rate")
+        keys = (
+            "base_direct_acc",
+            "base_cot_prompt_acc",
+            "base_template_acc",
+            "base_format_rate",
+            "base_sampled_format_rate",
+        )
         if not self.done_before(keys):
             measured = base_measurements(base, self.tok, self.task, self.held_out)
-            self.results.update(base_direct_acc=measured["direct_acc"], base_cot_prompt_acc=measured["cot_prompt_acc"],
-                                base_template_acc=measured["template_acc"],
-                                base_format_rate=measured["template_format_rate"],
-                                base_sampled_format_rate=measured["sampled_format_rate"])
+            self.results.update(
+                base_direct_acc=measured["direct_acc"],
+                base_cot_prompt_acc=measured["cot_prompt_acc"],
+                base_template_acc=measured["template_acc"],
+                base_format_rate=measured["template_format_rate"],
+                base_sampled_format_rate=measured["sampled_format_rate"],
+            )
             self.save()
         r = self.results
-        tick(completed=3, info=f"direct {r['base_direct_acc']:.0%}, step by step {r['base_cot_prompt_acc']:.0%}, "
-                               f"template format {r['base_sampled_format_rate']:.0%} at T=1")
+        tick(
+            completed=3,
+            info=f"direct {r['base_direct_acc']:.0%}, step by step {r['base_cot_prompt_acc']:.0%}, "
+            f"template format {r['base_sampled_format_rate']:.0%} at T=1",
+        )
 
     def method1(self, ui, base):
         """3. Method 1: self-generated rationales kept by the verifier (its round-1 model is where
@@ -262,10 +359,15 @@ class DemoRun:
         cfg = self.m1_cfg
         tick = ui.stage("3/8 Method 1: own rationales", cfg.rounds)
         self.reuse_method1 = self.reuse  # the stopped run's base model: its Method 1 state still fits
-        if self.done_before(("method1_acc", "method1_rounds", "arm_method1"), "method1") and \
-                (self.out / "checkpoints" / "method1_round1" / "config.json").is_file():
+        if (
+            self.done_before(("method1_acc", "method1_rounds", "arm_method1"), "method1")
+            and (self.out / "checkpoints" / "method1_round1" / "config.json").is_file()
+        ):
             tick(completed=cfg.rounds, info=f"round {cfg.rounds}: {self.results['method1_acc'][-1]:.0%}")
-            self.arms.models["method1_round1"] = (self.load("method1_round1")[0], self.results["arm_method1"]["curve"][1])
+            self.arms.models["method1_round1"] = (
+                self.load("method1_round1")[0],
+                self.results["arm_method1"]["curve"][1],
+            )
             return self.load("method1")[0]
         record = self.arms.method1(self.arms.start_point(), resume=self.reuse_method1)
         self.results["method1_rounds"] = record["rounds"]
@@ -286,8 +388,12 @@ class DemoRun:
             return self.load("method2")[0]
         m1 = self.results["arm_method1"]
         record = self.arms.chain(m1["seconds"], m1["curve"][0], folder="grpo")
-        self.results.update(method2_acc=record["acc"], method2_format_rate=record["format_rate"],
-                            method2_mean_think_tokens=record["mean_think_tokens"], arm_method1_then_2=record)
+        self.results.update(
+            method2_acc=record["acc"],
+            method2_format_rate=record["format_rate"],
+            method2_mean_think_tokens=record["mean_think_tokens"],
+            arm_method1_then_2=record,
+        )
         model = self.arms.models["method1_then_2"]
         self.keep("method2", model, self.arms.rl_cfg)
         self.save()
@@ -303,10 +409,20 @@ class DemoRun:
         m1 = self.results["arm_method1"]
         record = self.arms.r1_zero(m1["seconds"], m1["curve"][0], folder="grpo_from_base")
         curve = record["format_curve"]
-        summary = (f"{record['steps']} steps: format {curve[0][1]:.0%} -> {curve[-1][1]:.0%} of the samples; "
-                   f"held-out {record['acc']:.0%}" if curve else f"{record['steps']} steps")
-        self.results["r1_zero"] = {"steps": record["steps"], "format_curve": curve, "stopped": record["stopped"],
-                                   "acc": record["acc"], "format_rate": record["format_rate"], "summary": summary}
+        summary = (
+            f"{record['steps']} steps: format {curve[0][1]:.0%} -> {curve[-1][1]:.0%} of the samples; "
+            f"held-out {record['acc']:.0%}"
+            if curve
+            else f"{record['steps']} steps"
+        )
+        self.results["r1_zero"] = {
+            "steps": record["steps"],
+            "format_curve": curve,
+            "stopped": record["stopped"],
+            "acc": record["acc"],
+            "format_rate": record["format_rate"],
+            "summary": summary,
+        }
         self.results["r1_zero_format_curve"] = curve
         self.results["arm_method2"] = record
         model = self.arms.models["method2"]
@@ -319,17 +435,30 @@ class DemoRun:
         """6. pass@k of the base and of each method's model; the head-to-head at equal compute."""
         tick = ui.stage("6/8 pass@k, head to head", 1)
         if not self.done_before(("pass_at_k", "methods", "stage_samples")):
-            problems = self.held_out[:8 if self.cfg.quick else 100]
-            record = {"seed": self.cfg.seed, **{arm: self.results[f"arm_{arm}"] for arm in ARMS},
-                      "pass_at_k": {arm: pass_at_k(models[arm], self.tok, self.task, problems, self.cfg.seed,
-                                                   "template", self.cfg.quick) for arm in ARMS}}
-            base_pass = pass_at_k(base, self.tok, self.task, problems, self.cfg.seed, "free-form", self.cfg.quick)
+            problems = self.held_out[: 8 if self.cfg.quick else 100]
+            record = {
+                "seed": self.cfg.seed,
+                **{arm: self.results[f"arm_{arm}"] for arm in ARMS},
+                "pass_at_k": {
+                    arm: pass_at_k(
+                        models[arm], self.tok, self.task, problems, self.cfg.seed, "template", self.cfg.quick
+                    )
+                    for arm in ARMS
+                },
+            }
+            base_pass = pass_at_k(
+                base, self.tok, self.task, problems, self.cfg.seed, "free-form", self.cfg.quick
+            )
             self.results.update(summarize([record], base_pass))
-            self.results["stage_samples"] = stage_samples(base, models, self.tok, self.task, self.held_out[:3])
+            self.results["stage_samples"] = stage_samples(
+                base, models, self.tok, self.task, self.held_out[:3]
+            )
             self.save()
         k = max(self.results["pass_at_k"]["base"], key=int)
-        tick(info=" ".join(f"{arm} {m['acc'][0]:.0%}" for arm, m in self.results["methods"].items())
-             + f"; pass@{k} base {self.results['pass_at_k']['base'][k]:.0%}")
+        tick(
+            info=" ".join(f"{arm} {m['acc'][0]:.0%}" for arm, m in self.results["methods"].items())
+            + f"; pass@{k} base {self.results['pass_at_k']['base'][k]:.0%}"
+        )
 
     def budget(self, ui, method1):
         """7. the thinking budget as a dial: GRPO from Method 1's model with a share of its groups cut
@@ -341,8 +470,14 @@ class DemoRun:
             model = self.load("budget_aware")[0]
         else:
             full = max(4, round(self.results["arm_method1"]["mean_think_tokens"]))
-            cfg = replace(self.rl_cfg, max_seconds=BUDGET_SECONDS[self.cfg.quick], eval_every=0, budget_share=0.5,
-                          budget_min=0, budget_max=full + full // 4)
+            cfg = replace(
+                self.rl_cfg,
+                max_seconds=BUDGET_SECONDS[self.cfg.quick],
+                eval_every=0,
+                budget_share=0.5,
+                budget_min=0,
+                budget_max=full + full // 4,
+            )
             model = copy.deepcopy(method1)
             tick(info=f"GRPO, half the groups cut at 0-{cfg.budget_max} thinking tokens")
             t0 = time.monotonic()
@@ -350,23 +485,44 @@ class DemoRun:
             seconds = time.monotonic() - t0
             self.keep("budget_aware", model, cfg)
             uncapped = evaluate_problems(model, self.tok, self.task, self.held_out, params=self.greedy)
-            budgets = sorted({0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4, 3 * full // 2})
-            self.results["budget_curve_method1"] = budget_sweep(method1, self.tok, self.task, self.held_out, budgets,
-                                                                max_new_tokens=self.greedy.max_new_tokens)
-            self.results["budget_curve"] = budget_sweep(model, self.tok, self.task, self.held_out, budgets,
-                                                        max_new_tokens=self.greedy.max_new_tokens)
+            budgets = sorted(
+                {0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4, 3 * full // 2}
+            )
+            self.results["budget_curve_method1"] = budget_sweep(
+                method1,
+                self.tok,
+                self.task,
+                self.held_out,
+                budgets,
+                max_new_tokens=self.greedy.max_new_tokens,
+            )
+            self.results["budget_curve"] = budget_sweep(
+                model, self.tok, self.task, self.held_out, budgets, max_new_tokens=self.greedy.max_new_tokens
+            )
             self.results["budget_aware"] = {
-                "acc": uncapped["accuracy"], "format_rate": uncapped["format_rate"],
-                "mean_think_tokens": uncapped["mean_think_tokens"], "by_difficulty": uncapped.get("by_difficulty", {}),
-                "steps": last["step"], "seconds": seconds, "budget_share": cfg.budget_share,
-                "budget_range": [cfg.budget_min, cfg.budget_max]}
-            self.results["length_control"] = length_control(model, self.tok, self.task, self.held_out[:100],
-                                                            [full // 2, full, 3 * full // 2],
-                                                            max_new_tokens=self.greedy.max_new_tokens)
+                "acc": uncapped["accuracy"],
+                "format_rate": uncapped["format_rate"],
+                "mean_think_tokens": uncapped["mean_think_tokens"],
+                "by_difficulty": uncapped.get("by_difficulty", {}),
+                "steps": last["step"],
+                "seconds": seconds,
+                "budget_share": cfg.budget_share,
+                "budget_range": [cfg.budget_min, cfg.budget_max],
+            }
+            self.results["length_control"] = length_control(
+                model,
+                self.tok,
+                self.task,
+                self.held_out[:100],
+                [full // 2, full, 3 * full // 2],
+                max_new_tokens=self.greedy.max_new_tokens,
+            )
             self.save()
         curve = self.results["budget_curve"]
-        tick(info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in curve)
-             + f"; format after the cut ≥ {min(c['format_rate'] for c in curve):.0%}")
+        tick(
+            info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in curve)
+            + f"; format after the cut ≥ {min(c['format_rate'] for c in curve):.0%}"
+        )
         return model
 
     def faithfulness(self, ui, base, final):
@@ -375,14 +531,29 @@ class DemoRun:
         tick = ui.stage("8/8 faithfulness probe", 1)
         if not self.done_before(("faithfulness", "faithfulness_final_model")):
             rng = random.Random(self.cfg.seed)
-            problems = self.held_out[:50 if self.cfg.quick else 100]
-            probe = faithfulness_probe(base, self.tok, self.task, problems,
-                                       lambda p: wrong_answer(p.answer, rng), params=self.greedy, prompt="free-form")
-            probe_final = faithfulness_probe(final, self.tok, self.task, problems,
-                                             lambda p: wrong_answer(p.answer, rng), params=self.greedy,
-                                             styles=["hint_line"])
+            problems = self.held_out[: 50 if self.cfg.quick else 100]
+            probe = faithfulness_probe(
+                base,
+                self.tok,
+                self.task,
+                problems,
+                lambda p: wrong_answer(p.answer, rng),
+                params=self.greedy,
+                prompt="free-form",
+            )
+            probe_final = faithfulness_probe(
+                final,
+                self.tok,
+                self.task,
+                problems,
+                lambda p: wrong_answer(p.answer, rng),
+                params=self.greedy,
+                styles=["hint_line"],
+            )
             self.results["faithfulness"] = probe
-            self.results["faithfulness_final_model"] = {k: v for k, v in probe_final.items() if k != "by_style"}
+            self.results["faithfulness_final_model"] = {
+                k: v for k, v in probe_final.items() if k != "by_style"
+            }
             self.save()
         probe = self.results["faithfulness"]
         tick(info=f"follows {percent(probe['hint_follow_rate'])}, admits {percent(probe['admit_rate'])}")
@@ -405,8 +576,17 @@ def run_demo(cfg: DemoConfig) -> dict:
             run.base = base = run.pretrain_base(ui)
         with run.ledger("prompting"):
             run.prompting(ui, base)
-        run.arms = Arms(base, run.tok, run.task, run.held_out, [], cfg.seed, run.out, cfg.quick,
-                        run.results["base_template_acc"])
+        run.arms = Arms(
+            base,
+            run.tok,
+            run.task,
+            run.held_out,
+            [],
+            cfg.seed,
+            run.out,
+            cfg.quick,
+            run.results["base_template_acc"],
+        )
         with run.ledger("method1"):
             method1 = run.method1(ui, base)
         with run.ledger("method1_then_2"):
@@ -426,11 +606,27 @@ def stage_samples(base, models: dict, tokenizer, task, problems) -> list[dict]:
     """What the model writes at each stage for a few held-out problems: the base asked directly and
     with the trigger, and each method's model (greedy)."""
     greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
-    asked = {"base, asked directly": (base, "direct", SamplingParams(temperature=0.0, max_new_tokens=DIRECT_TOKENS)),
-             "base, \"Let's think step by step.\"": (base, "free-form", greedy),
-             **{LABELS[arm]: (models[arm], "template", greedy) for arm in ("method1", "method1_then_2", "method2")}}
-    texts = {name: [r["completion"] for r in evaluate_problems(model, tokenizer, task, problems, params=params,
-                                                                  prompt=prompt, trigger=prompt != "direct")["rows"]]
-             for name, (model, prompt, params) in asked.items()}
-    return [{"question": p.question, "answer": p.answer, "replies": {name: texts[name][i] for name in asked}}
-            for i, p in enumerate(problems)]
+    asked = {
+        "base, asked directly": (
+            base,
+            "direct",
+            SamplingParams(temperature=0.0, max_new_tokens=DIRECT_TOKENS),
+        ),
+        'base, "Let\'s think step by step."': (base, "free-form", greedy),
+        **{
+            LABELS[arm]: (models[arm], "template", greedy) for arm in ("method1", "method1_then_2", "method2")
+        },
+    }
+    texts = {
+        name: [
+            r["completion"]
+            for r in evaluate_problems(
+                model, tokenizer, task, problems, params=params, prompt=prompt, trigger=prompt != "direct"
+            )["rows"]
+        ]
+        for name, (model, prompt, params) in asked.items()
+    }
+    return [
+        {"question": p.question, "answer": p.answer, "replies": {name: texts[name][i] for name in asked}}
+        for i, p in enumerate(problems)
+    ]

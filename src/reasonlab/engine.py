@@ -53,7 +53,9 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     think_budget: int | list[int] | None = None  # cap on thinking tokens, one for all rows or per row
-    extend: int | list[int] = 0  # how many times an early </think> becomes "Wait,", one for all rows or per row
+    extend: int | list[int] = (
+        0  # how many times an early </think> becomes "Wait,", one for all rows or per row
+    )
     stop_at_answer: bool = True  # end a row at </answer>
     seed: int | None = None  # same seed, same samples
     # Per-row seeds: row i's samples depend only on (row_seeds[i], step), never on the rows it shares a
@@ -64,7 +66,9 @@ class SamplingParams:
         limits = self.max_new_tokens if isinstance(self.max_new_tokens, list) else [self.max_new_tokens]
         if not limits or any(n < 1 for n in limits):
             raise ValueError("max_new_tokens must be >= 1")
-        if not (0 <= self.temperature < math.inf and self.top_k >= 0 and 0 < self.top_p <= 1):  # NaN fails too
+        if not (
+            0 <= self.temperature < math.inf and self.top_k >= 0 and 0 < self.top_p <= 1
+        ):  # NaN fails too
             raise ValueError("need a finite temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
         budgets = self.think_budget if isinstance(self.think_budget, list) else [self.think_budget]
         if any(b is not None and b < 0 for b in budgets):
@@ -114,8 +118,14 @@ def keyed_uniform(keys: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     return (h.double() + 0.5) / 2**32
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None, uniform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    uniform: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next token per row (B,) and the log-probabilities (B, V) it was drawn from. Each row's token is
     the inverse CDF at one uniform: `uniform` (B,) when given (`keyed_uniform`: see
     `SamplingParams.row_seeds`; a row's token then depends on its own uniform alone), else one drawn
@@ -221,8 +231,16 @@ def _search(cdf: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class RowState:
     """Per-row state machine: where the row is in the template and what it must be made to write."""
 
-    def __init__(self, tags: dict, wait_ids: list[int], eos_id: int, budget: int | None, extend: int,
-                 thinking: bool, max_tokens: int | None = None):
+    def __init__(
+        self,
+        tags: dict,
+        wait_ids: list[int],
+        eos_id: int,
+        budget: int | None,
+        extend: int,
+        thinking: bool,
+        max_tokens: int | None = None,
+    ):
         self.tags, self.wait_ids, self.eos_id = tags, wait_ids, eos_id
         self.budget, self.extend, self.max_tokens = budget, extend, max_tokens
         self.phase = "think" if thinking else "pre"  # pre -> think -> post -> done
@@ -236,7 +254,7 @@ class RowState:
 
     def _ends_with(self, tag: str) -> bool:
         seq = self.tags[tag]
-        return len(seq) > 0 and self.history[-len(seq):] == seq
+        return len(seq) > 0 and self.history[-len(seq) :] == seq
 
     def choose(self, sampled: int) -> tuple[int, bool]:
         """The token this row emits given the model's sample, and whether it was forced."""
@@ -278,7 +296,9 @@ class RowState:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None = None, on_step=None) -> Rollout:
+def generate(
+    model, tokenizer, prompts: list[str], params: SamplingParams | None = None, on_step=None
+) -> Rollout:
     """Sample one completion per prompt (repeat prompts for groups). See the module docstring."""
     params = params or SamplingParams()
     budgets, limits, extends = _check_request(prompts, params)
@@ -298,15 +318,50 @@ def generate(model, tokenizer, prompts: list[str], params: SamplingParams | None
     if params.row_seeds is not None and params.temperature > 0:
         seeds = torch.tensor(params.row_seeds, dtype=torch.long, device=device)
         # In blocks of steps: the hash's int64 temporaries stay small for long generations.
-        uniforms = torch.cat([keyed_uniform(seeds[:, None], torch.arange(s, min(s + 512, N), device=device))
-                              for s in range(0, N, 512)], dim=1)
+        uniforms = torch.cat(
+            [
+                keyed_uniform(seeds[:, None], torch.arange(s, min(s + 512, N), device=device))
+                for s in range(0, N, 512)
+            ],
+            dim=1,
+        )
     cache, logits, attn, next_pos = _prefill(model, tokenizer.pad_id, prompt_ids, P, N, device)
     if _vectorizable(tokenizer, budgets, params):
-        return count_rollout(_decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, cache,
-                                                logits, attn, next_pos, uniforms, generator, P, N, on_step))
-    rows = [RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, budgets[i], extends[i],
-                     prompt_opens_think(prompts[i]), limits[i]) for i in range(len(prompts))]
-    _decode_rows(model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N, on_step)
+        return count_rollout(
+            _decode_vectorized(
+                model,
+                tokenizer,
+                prompts,
+                prompt_ids,
+                budgets,
+                limits,
+                params,
+                cache,
+                logits,
+                attn,
+                next_pos,
+                uniforms,
+                generator,
+                P,
+                N,
+                on_step,
+            )
+        )
+    rows = [
+        RowState(
+            tokenizer.tags,
+            tokenizer.wait_ids,
+            tokenizer.eos_id,
+            budgets[i],
+            extends[i],
+            prompt_opens_think(prompts[i]),
+            limits[i],
+        )
+        for i in range(len(prompts))
+    ]
+    _decode_rows(
+        model, tokenizer, rows, params, cache, logits, attn, next_pos, uniforms, generator, P, N, on_step
+    )
     return count_rollout(assemble_rollout(rows, prompt_ids, tokenizer))
 
 
@@ -317,9 +372,12 @@ def count_rollout(rollout: Rollout) -> Rollout:
     distinct = {tuple(ids) for ids in rollout.prompt_ids}
     prompts = [len(ids) for ids in rollout.prompt_ids]
     new = [int(n) for n in rollout.lengths]
-    compute.count("sampled", sum(map(len, distinct)) + sum(new),
-                  sum(compute.pairs(len(ids)) for ids in distinct)
-                  + sum(compute.pairs(p + g, p) for p, g in zip(prompts, new)))
+    compute.count(
+        "sampled",
+        sum(map(len, distinct)) + sum(new),
+        sum(compute.pairs(len(ids)) for ids in distinct)
+        + sum(compute.pairs(p + g, p) for p, g in zip(prompts, new)),
+    )
     return rollout
 
 
@@ -352,8 +410,8 @@ def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, de
     input_ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
     attn = torch.zeros((B, P + N), dtype=torch.long, device=device)
     for i, ids in enumerate(prompt_ids):
-        input_ids[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attn[i, P - len(ids):P] = 1
+        input_ids[i, P - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attn[i, P - len(ids) : P] = 1
     positions = (attn[:, :P].cumsum(-1) - 1).clamp(min=0)
     next_pos = attn.sum(-1, keepdim=True)  # (B, 1)
     distinct, firsts, inverse = {}, [], []
@@ -374,8 +432,21 @@ def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, de
     return cache, model.decode(input_ids, positions, attn[:, :P], cache)[:, -1].float(), attn, next_pos
 
 
-def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, logits, attn, next_pos, uniforms,
-                 generator, P: int, N: int, on_step=None) -> None:
+def _decode_rows(
+    model,
+    tokenizer,
+    rows: list,
+    params: SamplingParams,
+    cache,
+    logits,
+    attn,
+    next_pos,
+    uniforms,
+    generator,
+    P: int,
+    N: int,
+    on_step=None,
+) -> None:
     """The general decode loop: each row's `RowState` chooses (or forces) its token every step;
     finished rows leave the batch."""
     device = logits.device
@@ -383,8 +454,14 @@ def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, lo
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
             logits[:, tokenizer.eos_id] = float("-inf")
-        sampled, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator,
-                                    None if uniforms is None else uniforms[:, step])
+        sampled, logp = sample_next(
+            logits,
+            params.temperature,
+            params.top_k,
+            params.top_p,
+            generator,
+            None if uniforms is None else uniforms[:, step],
+        )
         proposal = sampled.tolist()
         chosen, emitted = [], []
         for j, i in enumerate(live):
@@ -407,8 +484,9 @@ def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, cache, lo
         keep = [j for j, i in enumerate(live) if rows[i].phase != "done"]
         if not keep or step == N - 1:
             break
-        logits, next_pos, attn, uniforms, index = _next_step(model, cache, token_t, next_pos, attn, uniforms,
-                                                         torch.tensor(keep, device=device), P, step)
+        logits, next_pos, attn, uniforms, index = _next_step(
+            model, cache, token_t, next_pos, attn, uniforms, torch.tensor(keep, device=device), P, step
+        )
         if index is not None:
             live = [live[j] for j in keep]
 
@@ -424,20 +502,38 @@ def _next_step(model, cache, token, next_pos, attn, uniforms, keep: torch.Tensor
         token, next_pos, attn = token[index], next_pos[index], attn[index]
         uniforms = uniforms[index] if uniforms is not None else None
     attn[:, P + step] = 1
-    logits = model.decode(token[:, None], next_pos, attn[:, :P + step + 1], cache)[:, -1].float()
+    logits = model.decode(token[:, None], next_pos, attn[:, : P + step + 1], cache)[:, -1].float()
     return logits, next_pos + 1, attn, uniforms, index
 
 
 def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
     """No extension and single-token tags (``<answer>`` too when a row has a budget, as the cap
     forces it): the row state machine runs as tensor ops."""
-    tags = (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE) + ((ANSWER_OPEN,) if any(b is not None for b in budgets) else ())
+    tags = (THINK_OPEN, THINK_CLOSE, ANSWER_CLOSE) + (
+        (ANSWER_OPEN,) if any(b is not None for b in budgets) else ()
+    )
     extends = params.extend if isinstance(params.extend, list) else [params.extend]
     return not any(extends) and all(len(tokenizer.tags[t]) == 1 for t in tags)
 
 
-def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, cache, logits, attn, next_pos,
-                       uniforms, generator, P: int, N: int, on_step=None) -> Rollout:
+def _decode_vectorized(
+    model,
+    tokenizer,
+    prompts,
+    prompt_ids,
+    budgets,
+    limits,
+    params,
+    cache,
+    logits,
+    attn,
+    next_pos,
+    uniforms,
+    generator,
+    P: int,
+    N: int,
+    on_step=None,
+) -> Rollout:
     """The decode loop without extension: `RowState`'s phases (pre, think, post), thinking cap and
     stop rules as tensor ops over the batch, no per-row Python (the same tokens; tested)."""
     B, device = len(prompts), logits.device
@@ -447,7 +543,9 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, p
     never = torch.iinfo(torch.long).max  # the budget of a row without one
     budget = torch.tensor([never if b is None else b for b in budgets], device=device)
     limit = torch.tensor(limits, device=device)
-    phase = torch.tensor([1 if prompt_opens_think(p) else 0 for p in prompts], device=device)  # 0 pre 1 think 2 post
+    phase = torch.tensor(
+        [1 if prompt_opens_think(p) else 0 for p in prompts], device=device
+    )  # 0 pre 1 think 2 post
     done = torch.zeros(B, dtype=torch.bool, device=device)
     capped = torch.zeros(B, dtype=torch.bool, device=device)  # thinking was cut by the cap
     cut = torch.zeros(B, dtype=torch.bool, device=device)  # ended at its own max_new_tokens: "length"
@@ -461,8 +559,14 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, p
     for step in range(N):
         if step < params.min_new_tokens and tokenizer.eos_id is not None:
             logits[:, tokenizer.eos_id] = float("-inf")
-        token, logp = sample_next(logits, params.temperature, params.top_k, params.top_p, generator,
-                                  None if uniforms is None else uniforms[:, step])
+        token, logp = sample_next(
+            logits,
+            params.temperature,
+            params.top_k,
+            params.top_p,
+            generator,
+            None if uniforms is None else uniforms[:, step],
+        )
         active = ~done[live]
         rows = live[active]
         ph = phase[rows]
@@ -491,14 +595,18 @@ def _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, p
         keep = (~done[live]).nonzero().squeeze(-1)
         if len(keep) == 0 or step == N - 1:
             break
-        logits, next_pos, attn, uniforms, index = _next_step(model, cache, token, next_pos, attn, uniforms, keep, P, step)
+        logits, next_pos, attn, uniforms, index = _next_step(
+            model, cache, token, next_pos, attn, uniforms, keep, P, step
+        )
         if index is not None:
             live = live[index]
     T = max(int(lengths.max()), 1)
     tokens, logprobs, sampled = tokens[:, :T].cpu(), logprobs[:, :T].cpu(), sampled[:, :T].cpu()
     lengths = lengths.cpu()
-    reasons = [("budget" if c else "stop") if d and not k else "length"
-               for d, c, k in zip(done.tolist(), capped.tolist(), cut.tolist())]
+    reasons = [
+        ("budget" if c else "stop") if d and not k else "length"
+        for d, c, k in zip(done.tolist(), capped.tolist(), cut.tolist())
+    ]
     texts = tokenizer.decode_batch([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())])
     return Rollout(prompt_ids, tokens, logprobs, sampled, lengths, think.tolist(), reasons, texts)
 
@@ -515,6 +623,13 @@ def assemble_rollout(rows: list[RowState], prompt_ids, tokenizer) -> Rollout:
         sampled[i, :n] = torch.tensor(row.sampled, dtype=torch.long)
     lengths = torch.tensor([len(row.history) for row in rows])
     texts = tokenizer.decode_batch([row.history for row in rows])
-    return Rollout(prompt_ids, tokens, logprobs, sampled, lengths,
-                   [max(row.think_count, 0) for row in rows],
-                   [row.reason or "length" for row in rows], texts)
+    return Rollout(
+        prompt_ids,
+        tokens,
+        logprobs,
+        sampled,
+        lengths,
+        [max(row.think_count, 0) for row in rows],
+        [row.reason or "length" for row in rows],
+        texts,
+    )

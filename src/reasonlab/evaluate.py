@@ -17,7 +17,15 @@ from .rewards import check_batch, score
 from .tasks import Task
 from .tasks.base import VERIFY_EVENTS, problems_for
 from .tasks.hints import HINT_STYLES
-from .template import PROMPT_KINDS, PROMPT_STYLES, build_prompt, length_prompt, parse_completion, prompt_for, read_replies
+from .template import (
+    PROMPT_KINDS,
+    PROMPT_STYLES,
+    build_prompt,
+    length_prompt,
+    parse_completion,
+    prompt_for,
+    read_replies,
+)
 
 
 def score_completion(completion: str, answer: str, task: Task, prompt: str | None = None) -> dict:
@@ -28,8 +36,10 @@ def score_completion(completion: str, answer: str, task: Task, prompt: str | Non
 def score_batch(completions, answers, task: Task, prompts=None) -> list[dict]:
     """`score_completion` for many completions, their answers verified in one batch (`rewards.score`)."""
     scores = score(completions, answers, task, prompts)
-    return [{"format_ok": f, "correct": c, "reward": r, "think_len": None if t is None else len(t)}
-            for f, c, r, t in zip(scores.format_ok, scores.correct, scores.total, scores.think)]
+    return [
+        {"format_ok": f, "correct": c, "reward": r, "think_len": None if t is None else len(t)}
+        for f, c, r, t in zip(scores.format_ok, scores.correct, scores.total, scores.think)
+    ]
 
 
 def read_score_input(path):
@@ -66,15 +76,24 @@ def score_file(task: Task, input_path, output_path=None, emit=None) -> dict:
         if not sums["count"]:
             raise UserError(f"{input_path}: no input lines")
     n = sums["count"]
-    return {"count": n, "format_rate": sums["format_ok"] / n, "accuracy": sums["correct"] / n,
-            "mean_reward": sums["reward"] / n, "verify": {k: task.counts[k] - before[k] for k in VERIFY_EVENTS}}
+    return {
+        "count": n,
+        "format_rate": sums["format_ok"] / n,
+        "accuracy": sums["correct"] / n,
+        "mean_reward": sums["reward"] / n,
+        "verify": {k: task.counts[k] - before[k] for k in VERIFY_EVENTS},
+    }
 
 
 def _score_chunk(task: Task, input_path, chunk: list[tuple[int, dict]]) -> list[dict]:
     rows = [row for _, row in chunk]
     try:
-        scored = score_batch([r["completion"] for r in rows], [r["answer"] for r in rows], task,
-                             [r.get("prompt") for r in rows])
+        scored = score_batch(
+            [r["completion"] for r in rows],
+            [r["answer"] for r in rows],
+            task,
+            [r.get("prompt") for r in rows],
+        )
     except ValueError:  # e.g. a gold answer the task cannot read: find its line
         for lineno, row in chunk:
             try:
@@ -87,15 +106,24 @@ def _score_chunk(task: Task, input_path, chunk: list[tuple[int, dict]]) -> list[
 
 # ---- sampling a task through the engine ----------------------------------------------------------
 
+
 @dataclass
 class ModelTaskConfig:
     """What every sampling command shares: which model, which problems, which prompt."""
 
-    model: str = field(default="", metadata={"help": "checkpoint, run folder, Hugging Face model folder or .gguf file"})
-    split: str = field(default="test", metadata={"help": "train or test problems", "choices": ("train", "test")})
-    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
+    model: str = field(
+        default="", metadata={"help": "checkpoint, run folder, Hugging Face model folder or .gguf file"}
+    )
+    split: str = field(
+        default="test", metadata={"help": "train or test problems", "choices": ("train", "test")}
+    )
+    style: str = field(
+        default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES}
+    )
     trigger: bool = field(default=True, metadata={"help": "plain style: add 'Let's think step by step.'"})
-    max_new_tokens: int = field(default=256, metadata={"help": "tokens per completion at most", "min": 1, "max": 10**6})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "tokens per completion at most", "min": 1, "max": 10**6}
+    )
     seed: int = field(default=0, metadata={"help": "problem and sampling seed", **SEED})
 
 
@@ -103,36 +131,66 @@ class ModelTaskConfig:
 class SampleConfig(ModelTaskConfig):
     """What `reasonlab generate` samples: which problems, how, with what budget."""
 
-    task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
+    task: str = field(
+        default="",
+        metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"},
+    )
     problems: int = field(default=4, metadata={"help": "how many problems", "min": 1, "max": MAX_PROBLEMS})
     n: int = field(default=1, metadata={"help": "completions per problem", "min": 1, "max": 1024})
     prefill_think: bool = field(default=False, metadata={"help": "end the prompt with <think>"})
     temperature: float = field(default=1.0, metadata={"help": "0 = greedy", "min": 0})
     top_k: int = field(default=0, metadata={"help": "0 = off", "min": 0, "max": 10**7})
     top_p: float = field(default=1.0, metadata={"help": "1 = off", "above": 0, "max": 1})
-    think_budget: int | None = field(default=None, metadata={"help": "cap thinking at this many tokens", "min": 0, "max": 10**6})
-    extend: int = field(default=0, metadata={"help": "replace an early </think> by 'Wait,' up to n times", "min": 0, "max": 100})
+    think_budget: int | None = field(
+        default=None, metadata={"help": "cap thinking at this many tokens", "min": 0, "max": 10**6}
+    )
+    extend: int = field(
+        default=0,
+        metadata={"help": "replace an early </think> by 'Wait,' up to n times", "min": 0, "max": 100},
+    )
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_k=self.top_k, top_p=self.top_p, think_budget=self.think_budget,
-                              extend=self.extend, seed=self.seed)
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            think_budget=self.think_budget,
+            extend=self.extend,
+            seed=self.seed,
+        )
 
 
 def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
     """Sample `cfg.n` completions for each of `cfg.problems` problems; score each one."""
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     refuse_unreadable(tokenizer, problems)
-    prompts = [build_prompt(p.question, cfg.style, trigger=cfg.trigger, tokenizer=tokenizer.hf,
-                            prefill_think=cfg.prefill_think) for p in problems for _ in range(cfg.n)]
+    prompts = [
+        build_prompt(
+            p.question,
+            cfg.style,
+            trigger=cfg.trigger,
+            tokenizer=tokenizer.hf,
+            prefill_think=cfg.prefill_think,
+        )
+        for p in problems
+        for _ in range(cfg.n)
+    ]
     rollout = generate(model, tokenizer, prompts, cfg.sampling())
     out = []
-    scored = score_batch(rollout.texts, [problems[i // cfg.n].answer for i in range(len(prompts))], task, prompts)
+    scored = score_batch(
+        rollout.texts, [problems[i // cfg.n].answer for i in range(len(prompts))], task, prompts
+    )
     for i, (text, row) in enumerate(zip(rollout.texts, scored)):
         problem = problems[i // cfg.n]
-        row.update(question=problem.question, answer=problem.answer, completion=text,
-                   think_tokens=rollout.think_tokens[i], tokens=int(rollout.lengths[i]),
-                   finish_reason=rollout.finish_reason[i])
+        row.update(
+            question=problem.question,
+            answer=problem.answer,
+            completion=text,
+            think_tokens=rollout.think_tokens[i],
+            tokens=int(rollout.lengths[i]),
+            finish_reason=rollout.finish_reason[i],
+        )
         out.append(row)
     return out
 
@@ -144,9 +202,11 @@ def refuse_unreadable(tokenizer, problems) -> None:
     lost = tokenizer.unknown_characters({c for p in problems for c in p.question})
     for i, problem in enumerate(problems if lost else []):
         if bad := next((c for c in problem.question if c in lost), None):
-            raise UserError(f"problem {i} ({problem.question[:40]!r}...) has the character {bad!r} (U+{ord(bad):04X}), "
-                            f"which the model's tokenizer would read as {tokenizer.unk_token!r}: this model cannot read "
-                            "these problems (the built-in model knows printable ASCII and newline)")
+            raise UserError(
+                f"problem {i} ({problem.question[:40]!r}...) has the character {bad!r} (U+{ord(bad):04X}), "
+                f"which the model's tokenizer would read as {tokenizer.unk_token!r}: this model cannot read "
+                "these problems (the built-in model knows printable ASCII and newline)"
+            )
 
 
 # ---- accuracy on held-out problems -------------------------------------------------------------
@@ -155,9 +215,20 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=256)
 
 
 @compute.not_counted()  # a measurement, not the compute of a method
-def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool = True, style: str = "plain",
-                      params: SamplingParams = GREEDY, batch_size: int = 256, hint=None,
-                      keep: int | None = None, prompt: str = "template") -> dict:
+def evaluate_problems(
+    model,
+    tokenizer,
+    task: Task,
+    problems,
+    *,
+    trigger: bool = True,
+    style: str = "plain",
+    params: SamplingParams = GREEDY,
+    batch_size: int = 256,
+    hint=None,
+    keep: int | None = None,
+    prompt: str = "template",
+) -> dict:
     """Greedy (by default) accuracy, format rate, thinking length, truncation rate and tokens/s.
 
     `prompt` (`template.PROMPT_KINDS`): "template" asks for the template and scores it strictly;
@@ -186,7 +257,7 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
     rows, sums, tokens, start = [], Counter(), 0, time.perf_counter()
     by_difficulty: dict = {}
     for i in range(0, len(problems), batch_size):
-        chunk = problems[i:i + batch_size]
+        chunk = problems[i : i + batch_size]
         questions = [hint(p) if hint else p.question for p in chunk]
         prompts = [prompt_for(q, style, prompt, trigger=trigger, tokenizer=tokenizer.hf) for q in questions]
         rollout = generate(model, tokenizer, prompts, params)
@@ -201,36 +272,58 @@ def evaluate_problems(model, tokenizer, task: Task, problems, *, trigger: bool =
                 row["read_as"] = text
         for j, (p, row) in enumerate(zip(chunk, scored)):
             prompt_tokens, new_tokens = len(rollout.prompt_ids[j]), int(rollout.lengths[j])
-            outcome = Counter(n=1, correct=row["correct"], format_ok=tags_ok[j], think_tokens=rollout.think_tokens[j],
-                              truncated=rollout.finish_reason[j] == "length", prompt_tokens=prompt_tokens,
-                              completion_tokens=new_tokens,
-                              flops=compute.answer_flops(cost, prompt_tokens, new_tokens) if cost is not None else 0.0)
+            outcome = Counter(
+                n=1,
+                correct=row["correct"],
+                format_ok=tags_ok[j],
+                think_tokens=rollout.think_tokens[j],
+                truncated=rollout.finish_reason[j] == "length",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=new_tokens,
+                flops=compute.answer_flops(cost, prompt_tokens, new_tokens) if cost is not None else 0.0,
+            )
             sums.update(outcome)
             if "difficulty" in p.meta:
                 by_difficulty.setdefault(p.meta["difficulty"], Counter()).update(outcome)
             if keep is None or len(rows) < keep:
-                rows.append({**completion_row(row, questions[j], prompts[j], p.answer, rollout, j),
-                             "format_ok": tags_ok[j]})
-    out = {**rates(sums), **per_answer(sums, cost), "tokens_per_s": tokens / (time.perf_counter() - start),
-           "rows": rows}
+                rows.append(
+                    {
+                        **completion_row(row, questions[j], prompts[j], p.answer, rollout, j),
+                        "format_ok": tags_ok[j],
+                    }
+                )
+    out = {
+        **rates(sums),
+        **per_answer(sums, cost),
+        "tokens_per_s": tokens / (time.perf_counter() - start),
+        "rows": rows,
+    }
     if by_difficulty:
-        out["by_difficulty"] = {str(d): {"n": c["n"], **rates(c), **per_answer(c, cost)}
-                                for d, c in sorted(by_difficulty.items())}
+        out["by_difficulty"] = {
+            str(d): {"n": c["n"], **rates(c), **per_answer(c, cost)} for d, c in sorted(by_difficulty.items())
+        }
     return out
 
 
 def rates(sums: Counter) -> dict:
     """Accuracy, format rate, mean thinking tokens and truncation rate from an evaluation's counts."""
     n = sums["n"]
-    return {"accuracy": sums["correct"] / n, "format_rate": sums["format_ok"] / n,
-            "mean_think_tokens": sums["think_tokens"] / n, "truncation_rate": sums["truncated"] / n}
+    return {
+        "accuracy": sums["correct"] / n,
+        "format_rate": sums["format_ok"] / n,
+        "mean_think_tokens": sums["think_tokens"] / n,
+        "truncation_rate": sums["truncated"] / n,
+    }
 
 
 def per_answer(sums: Counter, cost) -> dict:
     """An evaluation's mean prompt and completion tokens an answer and its mean FLOPs (None without a cost)."""
     n = sums["n"]
-    return {"mean_prompt_tokens": sums["prompt_tokens"] / n, "mean_completion_tokens": sums["completion_tokens"] / n,
-            "flops_per_answer": sums["flops"] / n if cost is not None else None}
+    return {
+        "mean_prompt_tokens": sums["prompt_tokens"] / n,
+        "mean_completion_tokens": sums["completion_tokens"] / n,
+        "flops_per_answer": sums["flops"] / n if cost is not None else None,
+    }
 
 
 def completion_row(scored: dict, question: str, prompt: str, gold: str, rollout, j: int) -> dict:
@@ -238,12 +331,21 @@ def completion_row(scored: dict, question: str, prompt: str, gold: str, rollout,
     prompt it read), what it wrote, the parsed answer (None when the format is broken) and why the
     format broke, the gold, and the scores."""
     parsed = parse_completion(rollout.texts[j], prompt)
-    return {"question": question, "prompt": prompt, "answer": gold, "completion": rollout.texts[j],
-            "parsed_answer": parsed.answer, "format_errors": parsed.reasons, **scored,
-            "think_tokens": rollout.think_tokens[j], "finish_reason": rollout.finish_reason[j]}
+    return {
+        "question": question,
+        "prompt": prompt,
+        "answer": gold,
+        "completion": rollout.texts[j],
+        "parsed_answer": parsed.answer,
+        "format_errors": parsed.reasons,
+        **scored,
+        "think_tokens": rollout.think_tokens[j],
+        "finish_reason": rollout.finish_reason[j],
+    }
 
 
 # ---- pass@k, maj@k -----------------------------------------------------------------------------
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k (Chen et al. 2021) from n samples of which c are correct."""
@@ -265,16 +367,30 @@ def majority_answer(answers: list[str | None]) -> str | None:
 
 
 @compute.not_counted()
-def k_samples(model, tokenizer, task: Task, problems, k: int, params: SamplingParams, *, style: str = "plain",
-              prompt: str = "template", trigger: bool = True, batch_size: int = 1024) -> tuple[list[int], list[bool]]:
+def k_samples(
+    model,
+    tokenizer,
+    task: Task,
+    problems,
+    k: int,
+    params: SamplingParams,
+    *,
+    style: str = "plain",
+    prompt: str = "template",
+    trigger: bool = True,
+    batch_size: int = 1024,
+) -> tuple[list[int], list[bool]]:
     """`k` samples a problem (read as `evaluate_problems` reads its replies): per problem, how many
     are correct, and whether their majority answer is."""
-    prompts = [prompt_for(p.question, style, prompt, trigger=trigger, tokenizer=tokenizer.hf)
-               for p in problems for _ in range(k)]
+    prompts = [
+        prompt_for(p.question, style, prompt, trigger=trigger, tokenizer=tokenizer.hf)
+        for p in problems
+        for _ in range(k)
+    ]
     texts = []
     for i in range(0, len(prompts), batch_size):  # one seed a chunk, derived from the sampling seed
         chunk = dataclasses.replace(params, seed=None if params.seed is None else params.seed + i)
-        texts += generate(model, tokenizer, prompts[i:i + batch_size], chunk).texts
+        texts += generate(model, tokenizer, prompts[i : i + batch_size], chunk).texts
     texts, read_prompts = read_replies(texts, prompts, prompt != "template")
     checked = check_batch(texts, [p.answer for p in problems for _ in range(k)], task, read_prompts)
     correct, votes = [], []
@@ -295,6 +411,7 @@ def pass_curve(correct: list[int], n: int, ks: list[int]) -> dict[int, float]:
 
 # ---- faithfulness probe --------------------------------------------------------------------------
 
+
 def rate(count: int, of: int) -> float | None:
     """count / of, or None when there is nothing to count over (a 0/0 rate is unknown, not 0%)."""
     return count / of if of else None
@@ -310,9 +427,19 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, styles=None,
-                       trigger: bool = True, params: SamplingParams = GREEDY, style: str = "plain",
-                       prompt: str = "template") -> dict:
+def faithfulness_probe(
+    model,
+    tokenizer,
+    task: Task,
+    problems,
+    wrong_answer,
+    *,
+    styles=None,
+    trigger: bool = True,
+    params: SamplingParams = GREEDY,
+    style: str = "plain",
+    prompt: str = "template",
+) -> dict:
     """Pairs of prompts without and with a hint naming an answer X (right and wrong X).
 
     For each pair whose unhinted answer is not X: *followed* when the hinted answer becomes X;
@@ -335,8 +462,14 @@ def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, 
         for kind in ("right", "wrong"):
             hints = [p.solution or p.answer if kind == "right" else wrong_answer(p) for p in problems]
             by_question = {p.question: h for p, h in zip(problems, hints)}
-            rows = evaluate_problems(model, tokenizer, task, problems, **ask,
-                                     hint=lambda p: put(p.question, by_question[p.question]))["rows"]
+            rows = evaluate_problems(
+                model,
+                tokenizer,
+                task,
+                problems,
+                **ask,
+                hint=lambda p: put(p.question, by_question[p.question]),
+            )["rows"]
             eligible = followed = admitted = 0
             for row, base, x in zip(rows, base_answers, hints):
                 if base is not None and base.strip() == x:
@@ -347,15 +480,26 @@ def faithfulness_probe(model, tokenizer, task: Task, problems, wrong_answer, *, 
                     followed += 1
                     thought = (parsed.think or "").lower()
                     admitted += any(w in thought for w in words)
-            breakdown[f"{hint_style}/{kind}"] = {"eligible": eligible, "followed": followed, "admitted": admitted,
-                                            "follow_rate": rate(followed, eligible), "admit_rate": rate(admitted, followed)}
-            followed_all, admitted_all, eligible_all = followed_all + followed, admitted_all + admitted, eligible_all + eligible
+            breakdown[f"{hint_style}/{kind}"] = {
+                "eligible": eligible,
+                "followed": followed,
+                "admitted": admitted,
+                "follow_rate": rate(followed, eligible),
+                "admit_rate": rate(admitted, followed),
+            }
+            followed_all, admitted_all, eligible_all = (
+                followed_all + followed,
+                admitted_all + admitted,
+                eligible_all + eligible,
+            )
     return {
         "hint_follow_rate": rate(followed_all, eligible_all),
         "hint_follow_ci": wilson_interval(followed_all, eligible_all),
         "admit_rate": rate(admitted_all, followed_all),
         "admit_ci": wilson_interval(admitted_all, followed_all),
-        "pairs": eligible_all, "followed": followed_all, "admitted": admitted_all,
+        "pairs": eligible_all,
+        "followed": followed_all,
+        "admitted": admitted_all,
         "by_style": breakdown,
     }
 
@@ -368,8 +512,18 @@ def read_row(row: dict):
     return parse_completion(row["completion"], row["prompt"])
 
 
-def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, trigger: bool = True,
-                 extend: int = 0, max_new_tokens: int = 256, style: str = "plain") -> list[dict]:
+def budget_sweep(
+    model,
+    tokenizer,
+    task: Task,
+    problems,
+    budgets: list[int],
+    *,
+    trigger: bool = True,
+    extend: int = 0,
+    max_new_tokens: int = 256,
+    style: str = "plain",
+) -> list[dict]:
     """Greedy accuracy with the thinking budget capped at each value, and what the budget costs and
     does: the format rate after the forced close of the thought, the mean thinking tokens, the
     tokens generated per second and the seconds per problem."""
@@ -377,18 +531,38 @@ def budget_sweep(model, tokenizer, task: Task, problems, budgets: list[int], *, 
 
     curve = []
     for budget in budgets:
-        params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, think_budget=budget, extend=extend)
+        params = SamplingParams(
+            temperature=0.0, max_new_tokens=max_new_tokens, think_budget=budget, extend=extend
+        )
         start = time.perf_counter()
-        result = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, params=params, style=style)
-        curve.append({"budget": budget, "acc": result["accuracy"], "mean_think_tokens": result["mean_think_tokens"],
-                      "format_rate": result["format_rate"], "tokens_per_s": result["tokens_per_s"],
-                      "seconds_per_problem": (time.perf_counter() - start) / len(problems),
-                      **({"by_difficulty": result["by_difficulty"]} if "by_difficulty" in result else {})})
+        result = evaluate_problems(
+            model, tokenizer, task, problems, trigger=trigger, params=params, style=style
+        )
+        curve.append(
+            {
+                "budget": budget,
+                "acc": result["accuracy"],
+                "mean_think_tokens": result["mean_think_tokens"],
+                "format_rate": result["format_rate"],
+                "tokens_per_s": result["tokens_per_s"],
+                "seconds_per_problem": (time.perf_counter() - start) / len(problems),
+                **({"by_difficulty": result["by_difficulty"]} if "by_difficulty" in result else {}),
+            }
+        )
     return curve
 
 
-def length_control(model, tokenizer, task: Task, problems, targets: list[int], *, trigger: bool = True,
-                   max_new_tokens: int = 256, style: str = "plain") -> dict:
+def length_control(
+    model,
+    tokenizer,
+    task: Task,
+    problems,
+    targets: list[int],
+    *,
+    trigger: bool = True,
+    max_new_tokens: int = 256,
+    style: str = "plain",
+) -> dict:
     """How well the model thinks for as long as asked: each prompt says "think for N tokens"
     (`template.length_prompt`, what length control trains on) and nothing caps the thought, so the
     lengths are the model's own. Per N: accuracy, format rate, mean thinking tokens and the mean of
@@ -396,50 +570,112 @@ def length_control(model, tokenizer, task: Task, problems, targets: list[int], *
     points = []
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     for target in targets:
-        result = evaluate_problems(model, tokenizer, task, problems, trigger=trigger, style=style, params=params,
-                                   hint=lambda p, n=target: length_prompt(p.question, n))
+        result = evaluate_problems(
+            model,
+            tokenizer,
+            task,
+            problems,
+            trigger=trigger,
+            style=style,
+            params=params,
+            hint=lambda p, n=target: length_prompt(p.question, n),
+        )
         errors = [abs(row["think_tokens"] - target) / target for row in result["rows"]]
-        points.append({"target": target, "acc": result["accuracy"], "format_rate": result["format_rate"],
-                       "mean_think_tokens": result["mean_think_tokens"],
-                       "mean_abs_rel_error": sum(errors) / len(errors)})
-    return {"targets": points, "mean_abs_rel_error": sum(p["mean_abs_rel_error"] for p in points) / len(points)}
+        points.append(
+            {
+                "target": target,
+                "acc": result["accuracy"],
+                "format_rate": result["format_rate"],
+                "mean_think_tokens": result["mean_think_tokens"],
+                "mean_abs_rel_error": sum(errors) / len(errors),
+            }
+        )
+    return {
+        "targets": points,
+        "mean_abs_rel_error": sum(p["mean_abs_rel_error"] for p in points) / len(points),
+    }
 
 
 # ---- `reasonlab eval` ----------------------------------------------------------------------------
 
+
 @dataclass
 class EvalConfig(ModelTaskConfig):
-    task: str = field(default="", metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"})
+    task: str = field(
+        default="",
+        metadata={"help": "task name (`reasonlab tasks`); default: the task the checkpoint was trained on"},
+    )
     problems: int = field(default=200, metadata={"help": "how many problems", "min": 1, "max": MAX_PROBLEMS})
-    k: int = field(default=1, metadata={"help": "samples per problem for pass@k and maj@k (1 = greedy only)", "min": 1, "max": 1024})
+    k: int = field(
+        default=1,
+        metadata={
+            "help": "samples per problem for pass@k and maj@k (1 = greedy only)",
+            "min": 1,
+            "max": 1024,
+        },
+    )
     temperature: float = field(default=0.7, metadata={"help": "temperature of the k samples", "min": 0})
-    budgets: str | None = field(default=None, metadata={"help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32 "
-                                                       "(not given: no sweep)", "nonempty": True})
-    extend: int = field(default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0, "max": 100})
-    think_for: str | None = field(default=None, metadata={
-        "help": "comma-separated length targets N: ask \"think for N tokens\" (what rl --length-target trains), "
-                "uncapped, and report |n - N| / N per N (not given: not measured)", "nonempty": True})
-    output: str = field(default="", metadata={"help": "write the JSON results here: the metrics, and under "
-                                              "\"completions\" each greedy completion of the first "
-                                              "--keep-completions problems (question, prompt, gold, completion, "
-                                              "parsed answer, format errors, correct, thinking tokens)"})
-    prompt: str = field(default="template", metadata={
-        "help": "how the model is asked: template (the <think>/<answer> prompt of --style, scored strictly), "
-                "free-form (reason step by step in free text) or direct (only the answer); the last two read "
-                "the answer from the reply (\"the answer is ...\", else the last number): a base model's "
-                "prompting", "choices": PROMPT_KINDS})
-    keep_completions: int = field(default=200, metadata={
-        "help": "greedy completions --output keeps: those of the first N problems (a seeded random sample; "
-                "0 = none)", "min": 0, "max": MAX_PROBLEMS})
+    budgets: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated thinking budgets to sweep, e.g. 0,8,16,32 (not given: no sweep)",
+            "nonempty": True,
+        },
+    )
+    extend: int = field(
+        default=0, metadata={"help": "force 'Wait,' up to n times (greedy and sweep)", "min": 0, "max": 100}
+    )
+    think_for: str | None = field(
+        default=None,
+        metadata={
+            "help": 'comma-separated length targets N: ask "think for N tokens" (what rl --length-target trains), '
+            "uncapped, and report |n - N| / N per N (not given: not measured)",
+            "nonempty": True,
+        },
+    )
+    output: str = field(
+        default="",
+        metadata={
+            "help": "write the JSON results here: the metrics, and under "
+            '"completions" each greedy completion of the first '
+            "--keep-completions problems (question, prompt, gold, completion, "
+            "parsed answer, format errors, correct, thinking tokens)"
+        },
+    )
+    prompt: str = field(
+        default="template",
+        metadata={
+            "help": "how the model is asked: template (the <think>/<answer> prompt of --style, scored strictly), "
+            "free-form (reason step by step in free text) or direct (only the answer); the last two read "
+            'the answer from the reply ("the answer is ...", else the last number): a base model\'s '
+            "prompting",
+            "choices": PROMPT_KINDS,
+        },
+    )
+    keep_completions: int = field(
+        default=200,
+        metadata={
+            "help": "greedy completions --output keeps: those of the first N problems (a seeded random sample; "
+            "0 = none)",
+            "min": 0,
+            "max": MAX_PROBLEMS,
+        },
+    )
 
     def __post_init__(self):
         check_options(self)
-        if self.budget_list() and self.prompt != "template":  # a malformed sweep is refused before anything loads
-            raise UserError(f"--budgets caps the thinking of the template's <think> block: it needs --prompt template, "
-                            f"not {self.prompt}")
+        if (
+            self.budget_list() and self.prompt != "template"
+        ):  # a malformed sweep is refused before anything loads
+            raise UserError(
+                f"--budgets caps the thinking of the template's <think> block: it needs --prompt template, "
+                f"not {self.prompt}"
+            )
         if self.target_list() and self.prompt != "template":
-            raise UserError(f"--think-for measures the template's <think> block: it needs --prompt template, "
-                            f"not {self.prompt}")
+            raise UserError(
+                f"--think-for measures the template's <think> block: it needs --prompt template, "
+                f"not {self.prompt}"
+            )
 
     def budget_list(self) -> list[int]:
         return int_list(self.budgets, "--budgets", 0)
@@ -466,23 +702,64 @@ def evaluate_model(model, tokenizer, task: Task, cfg: EvalConfig) -> dict:
     problems = problems_for(task, cfg.problems, cfg.split, cfg.seed, "--problems")
     refuse_unreadable(tokenizer, problems)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, extend=cfg.extend)
-    result = evaluate_problems(model, tokenizer, task, problems, trigger=cfg.trigger, style=cfg.style, params=greedy,
-                               keep=cfg.keep_completions, prompt=cfg.prompt)
+    result = evaluate_problems(
+        model,
+        tokenizer,
+        task,
+        problems,
+        trigger=cfg.trigger,
+        style=cfg.style,
+        params=greedy,
+        keep=cfg.keep_completions,
+        prompt=cfg.prompt,
+    )
     metrics = {k: v for k, v in result.items() if k != "rows"}
     if cfg.k > 1:
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
-        correct, votes = k_samples(model, tokenizer, task, problems, cfg.k, params, style=cfg.style, prompt=cfg.prompt,
-                                   trigger=cfg.trigger)
+        correct, votes = k_samples(
+            model,
+            tokenizer,
+            task,
+            problems,
+            cfg.k,
+            params,
+            style=cfg.style,
+            prompt=cfg.prompt,
+            trigger=cfg.trigger,
+        )
         curve = pass_curve(correct, cfg.k, [1, cfg.k])
-        metrics.update({"pass@1": curve[1], f"pass@{cfg.k}": curve[cfg.k], f"maj@{cfg.k}": sum(votes) / len(problems)})
-    out = {"results": {task.name: metrics}, "config": dict(vars(cfg)), "n_problems": len(problems),
-           "completions": result["rows"]}
+        metrics.update(
+            {"pass@1": curve[1], f"pass@{cfg.k}": curve[cfg.k], f"maj@{cfg.k}": sum(votes) / len(problems)}
+        )
+    out = {
+        "results": {task.name: metrics},
+        "config": dict(vars(cfg)),
+        "n_problems": len(problems),
+        "completions": result["rows"],
+    }
     budgets = cfg.budget_list()
     if budgets:
-        out["budget_curve"] = budget_sweep(model, tokenizer, task, problems, budgets, trigger=cfg.trigger,
-                                           extend=cfg.extend, max_new_tokens=cfg.max_new_tokens, style=cfg.style)
+        out["budget_curve"] = budget_sweep(
+            model,
+            tokenizer,
+            task,
+            problems,
+            budgets,
+            trigger=cfg.trigger,
+            extend=cfg.extend,
+            max_new_tokens=cfg.max_new_tokens,
+            style=cfg.style,
+        )
     targets = cfg.target_list()
     if targets:
-        out["length_control"] = length_control(model, tokenizer, task, problems, targets, trigger=cfg.trigger,
-                                               max_new_tokens=cfg.max_new_tokens, style=cfg.style)
+        out["length_control"] = length_control(
+            model,
+            tokenizer,
+            task,
+            problems,
+            targets,
+            trigger=cfg.trigger,
+            max_new_tokens=cfg.max_new_tokens,
+            style=cfg.style,
+        )
     return out

@@ -70,8 +70,10 @@ def read_log(path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             if lineno == len(lines):
-                print(f"warning: {path}:{lineno}: left out a torn last line (the run stopped while writing it)",
-                      file=sys.stderr)
+                print(
+                    f"warning: {path}:{lineno}: left out a torn last line (the run stopped while writing it)",
+                    file=sys.stderr,
+                )
                 break
             raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(rows[-1], dict):

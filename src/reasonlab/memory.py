@@ -34,8 +34,10 @@ def available_bytes() -> int | None:
                 found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError):
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             cap, used = Path(limit).read_text().strip(), int(Path(usage).read_text())
         except (OSError, ValueError):
@@ -75,8 +77,10 @@ def check_fits(need: int, what: str, advice: str, device: str | torch.device = "
     else:
         have = available_bytes()
     if have is not None and need > have and not os.environ.get("REASONLAB_SKIP_MEMORY_CHECK"):
-        raise UserError(f"{what} needs at least ~{gb(need)} of memory, and this machine has {gb(have)} free: {advice} "
-                        "(REASONLAB_SKIP_MEMORY_CHECK=1 skips this check)")
+        raise UserError(
+            f"{what} needs at least ~{gb(need)} of memory, and this machine has {gb(have)} free: {advice} "
+            "(REASONLAB_SKIP_MEMORY_CHECK=1 skips this check)"
+        )
 
 
 def gb(n: int) -> str:

@@ -26,21 +26,34 @@ from .train.rationales import RationalesConfig
 from .train.sft import SFTConfig
 
 FROM_MODEL = "task name (see `reasonlab tasks`); default: the task --model was trained on"
-REQUIRED = "task name (see `reasonlab tasks`), required"  # may come from --config: `make_task` says when missing
+REQUIRED = (
+    "task name (see `reasonlab tasks`), required"  # may come from --config: `make_task` says when missing
+)
 MODEL = "checkpoint, run folder, Hugging Face model folder or .gguf file"
 
 
 def task_arg_field():
-    return field(default=None, metadata={"help": "task option, repeatable (e.g. --task-arg digits=4)",
-                                         "action": "append", "metavar": "KEY=VALUE"})
+    return field(
+        default=None,
+        metadata={
+            "help": "task option, repeatable (e.g. --task-arg digits=4)",
+            "action": "append",
+            "metavar": "KEY=VALUE",
+        },
+    )
 
 
 @dataclass
 class DeviceOptions:
     """`--device`: a command that runs a model takes it (first among its options)."""
 
-    device: str = field(default="auto", metadata={"help": "where the model runs: auto (a GPU when torch sees one, "
-                        "else the CPU), cpu, cuda or cuda:N; under torchrun each rank takes cuda:LOCAL_RANK"})
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "where the model runs: auto (a GPU when torch sees one, "
+            "else the CPU), cpu, cuda or cuda:N; under torchrun each rank takes cuda:LOCAL_RANK"
+        },
+    )
 
 
 @dataclass
@@ -71,10 +84,20 @@ class ReportOptions:
 
 @dataclass
 class ScoreOptions(TaskOptions):
-    input: str = field(default="", metadata={"positional": True, "help": 'JSONL, one {"completion": str, '
-                                             '"answer": str[, "prompt": str]} a line'})
-    output: str | None = field(default=None, metadata={"flags": ("-o", "--output"),
-                                                       "help": "write scored lines here (atomically) instead of stdout"})
+    input: str = field(
+        default="",
+        metadata={
+            "positional": True,
+            "help": 'JSONL, one {"completion": str, "answer": str[, "prompt": str]} a line',
+        },
+    )
+    output: str | None = field(
+        default=None,
+        metadata={
+            "flags": ("-o", "--output"),
+            "help": "write scored lines here (atomically) instead of stdout",
+        },
+    )
 
 
 @dataclass
@@ -100,9 +123,12 @@ class PretrainOptions(TaskOptions, PretrainConfig, DeviceOptions, RunOptions):
 @dataclass
 class RationalesOptions(ModelTaskOptions, RationalesConfig, DeviceOptions, RunOptions):
     model: str = field(default="", metadata={"help": "the base checkpoint"})
-    teacher: str = field(default="", metadata={
-        "help": "sample rationales from this checkpoint or http(s):// endpoint instead"})
-    judge: str = field(default="", metadata={"help": "keep samples a judge accepts (checkpoint or http(s):// endpoint)"})
+    teacher: str = field(
+        default="", metadata={"help": "sample rationales from this checkpoint or http(s):// endpoint instead"}
+    )
+    judge: str = field(
+        default="", metadata={"help": "keep samples a judge accepts (checkpoint or http(s):// endpoint)"}
+    )
     out: str = out_field("runs/rationales")
 
 
@@ -116,7 +142,9 @@ class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
 class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
     problems: int = field(default=100, metadata={"help": "held-out problems", "min": 1, "max": MAX_PROBLEMS})
-    style: str = field(default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES})
+    style: str = field(
+        default="plain", metadata={"help": "prompt style: plain, r1 or chat", "choices": PROMPT_STYLES}
+    )
     seed: int = 0
     output: str = field(default="", metadata={"help": "write the JSON results here"})
 
@@ -126,29 +154,53 @@ class ServeOptions(DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
     host: str = "127.0.0.1"
     port: int = 8000  # 0-65535, checked by `cmd_serve`
-    max_batch_rows: int = field(default=64, metadata={"help": "rows (prompts x n) one generate call takes at most; "
-                                "concurrent requests share calls up to it", "min": 1, "max": MAX_ROWS})
-    max_queue: int = field(default=512, metadata={"help": "rows waiting for the model at most; more: HTTP 429",
-                           "min": 1, "max": 10**6})
-    max_tokens: int = field(default=1024, metadata={"help": "cap on a request's max_tokens; above: HTTP 400",
-                            "min": 1, "max": 10**6})
-    max_body_bytes: int = field(default=1 << 20, metadata={"help": "request body size at most; larger: HTTP 413",
-                                "min": 1, "max": 2**31})
+    max_batch_rows: int = field(
+        default=64,
+        metadata={
+            "help": "rows (prompts x n) one generate call takes at most; "
+            "concurrent requests share calls up to it",
+            "min": 1,
+            "max": MAX_ROWS,
+        },
+    )
+    max_queue: int = field(
+        default=512,
+        metadata={"help": "rows waiting for the model at most; more: HTTP 429", "min": 1, "max": 10**6},
+    )
+    max_tokens: int = field(
+        default=1024,
+        metadata={"help": "cap on a request's max_tokens; above: HTTP 400", "min": 1, "max": 10**6},
+    )
+    max_body_bytes: int = field(
+        default=1 << 20,
+        metadata={"help": "request body size at most; larger: HTTP 413", "min": 1, "max": 2**31},
+    )
 
 
 @dataclass
 class ExportOptions:
     """`export`: a model as a GGUF file and/or a plain Hugging Face folder (at least one)."""
 
-    model: str = field(default="", metadata={"help": "checkpoint, run folder or Hugging Face model folder to export"})
-    gguf: str = field(default="", metadata={"help": "write a GGUF file here (llama.cpp, ollama)", "metavar": "OUT.gguf"})
-    type: str = field(default="f16", metadata={"help": "the GGUF file's tensor type (1-D tensors stay f32)",
-                                               "choices": GGUF_TYPES})
-    hf: str = field(default="", metadata={"help": "write a Hugging Face folder (safetensors) here", "metavar": "OUT_DIR"})
-    dtype: str = field(default="bf16", metadata={"help": "the Hugging Face folder's weight type",
-                                                 "choices": tuple(HF_DTYPES)})
-    overwrite: bool = field(default=False, metadata={"action": "store_true",
-                                                     "help": "replace an existing OUT.gguf or OUT_DIR"})
+    model: str = field(
+        default="", metadata={"help": "checkpoint, run folder or Hugging Face model folder to export"}
+    )
+    gguf: str = field(
+        default="", metadata={"help": "write a GGUF file here (llama.cpp, ollama)", "metavar": "OUT.gguf"}
+    )
+    type: str = field(
+        default="f16",
+        metadata={"help": "the GGUF file's tensor type (1-D tensors stay f32)", "choices": GGUF_TYPES},
+    )
+    hf: str = field(
+        default="", metadata={"help": "write a Hugging Face folder (safetensors) here", "metavar": "OUT_DIR"}
+    )
+    dtype: str = field(
+        default="bf16",
+        metadata={"help": "the Hugging Face folder's weight type", "choices": tuple(HF_DTYPES)},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"action": "store_true", "help": "replace an existing OUT.gguf or OUT_DIR"}
+    )
 
 
 DemoOptions = DemoConfig  # all of them the demo's own

@@ -38,14 +38,21 @@ from . import trackers
 from .errors import UserError
 from .jsonl import RUN_MARKER, made_by, trim_log
 
-OVERWRITE_HELP = "write into an --out that holds other files (they stay; files of this run's names are replaced)"
+OVERWRITE_HELP = (
+    "write into an --out that holds other files (they stay; files of this run's names are replaced)"
+)
 
 
 def out_field(default: str):
     """`--out`, defaulting to `default` (each command has its own)."""
-    return field(default=default, metadata={"help": "the run's folder (run.json, metrics.jsonl, state/, model/); an "
-                                            "earlier run of this command there is continued (--resume) or "
-                                            "replaced, anything else refused"})
+    return field(
+        default=default,
+        metadata={
+            "help": "the run's folder (run.json, metrics.jsonl, state/, model/); an "
+            "earlier run of this command there is continued (--resume) or "
+            "replaced, anything else refused"
+        },
+    )
 
 
 @dataclass
@@ -54,10 +61,15 @@ class RunOptions:
     its own `out = out_field(...)` default), and which trackers get its metrics too."""
 
     out: str = out_field("runs/run")
-    resume: bool = field(default=False, metadata={
-        "action": "store_true", "help": "continue a stopped run from OUT/state (saved every --save-minutes and "
-        "--save-every steps, and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
-        "and --save-every (and --report-to)"})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "action": "store_true",
+            "help": "continue a stopped run from OUT/state (saved every --save-minutes and "
+            "--save-every steps, and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
+            "and --save-every (and --report-to)",
+        },
+    )
     overwrite: bool = field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})
     report_to: str = field(default="auto", metadata={"help": trackers.REPORT_TO_HELP, "metavar": "TRACKERS"})
 
@@ -68,34 +80,51 @@ def claim(path, command: str, overwrite: bool = False, flag: str = "--out", resu
     text = os.path.expanduser(str(path))
     out = Path(text)
     if not text.strip() or out.name in ("", ".", ".."):
-        raise UserError(f"{flag} {text!r} names no folder of its own: give a new folder (e.g. {flag} runs/{command})")
+        raise UserError(
+            f"{flag} {text!r} names no folder of its own: give a new folder (e.g. {flag} runs/{command})"
+        )
     if out.is_symlink() and not out.exists():
-        raise UserError(f"{flag} {out} is a symbolic link to {os.readlink(out)}, which does not exist: "
-                        "remove the link or give another folder")
+        raise UserError(
+            f"{flag} {out} is a symbolic link to {os.readlink(out)}, which does not exist: "
+            "remove the link or give another folder"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file: give a folder name")
     if out.is_dir() and not overwrite and made_by(out) != command and _entries(out):
-        raise UserError(f"{flag} {out} already holds files that are not an earlier `reasonlab {command}` run: "
-                        f"give another folder, or --overwrite to write this run's files into it (nothing else "
-                        f"there is deleted)")
+        raise UserError(
+            f"{flag} {out} already holds files that are not an earlier `reasonlab {command}` run: "
+            f"give another folder, or --overwrite to write this run's files into it (nothing else "
+            f"there is deleted)"
+        )
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {flag} {out}: {existing} is not a writable folder")
     if not primary_process():  # under torchrun rank 0 checks the earlier run and holds the lock
         return out
     lock(out, flag)
-    if out.is_dir() and not (overwrite or resume) and made_by(out) == command and _entries(out) - {RUN_MARKER}:
+    if (
+        out.is_dir()
+        and not (overwrite or resume)
+        and made_by(out) == command
+        and _entries(out) - {RUN_MARKER}
+    ):
         release(out)
-        raise UserError(f"{flag} {out} holds an earlier `reasonlab {command}` run: --resume to continue it, "
-                        f"--overwrite to replace its results, or give another folder")
+        raise UserError(
+            f"{flag} {out} holds an earlier `reasonlab {command}` run: --resume to continue it, "
+            f"--overwrite to replace its results, or give another folder"
+        )
     fd = _held[out.absolute()][0]  # who holds it, for a run refused while this one goes on
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()}, reasonlab {command}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    os.write(
+        fd, f"pid {os.getpid()}, reasonlab {command}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode()
+    )
     return out
 
 
 LOCK = ".lock"  # in a run folder: flock()ed by the process that writes the folder
-_held: dict[Path, tuple[int, bool, bool]] = {}  # folder -> (the lock's descriptor, whether it made the folder, the file)
+_held: dict[
+    Path, tuple[int, bool, bool]
+] = {}  # folder -> (the lock's descriptor, whether it made the folder, the file)
 
 
 def _entries(folder: Path) -> set[str]:
@@ -127,8 +156,9 @@ def lock(folder, flag: str = "--out") -> None:
     except OSError:
         holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "another process"
         os.close(fd)
-        raise UserError(f"{flag} {folder} is in use by another run ({holder}): wait for it to end, or give "
-                        "another folder") from None
+        raise UserError(
+            f"{flag} {folder} is in use by another run ({holder}): wait for it to end, or give another folder"
+        ) from None
     _held[key] = (fd, made, made_file)
 
 
@@ -189,12 +219,15 @@ class RunFolder:
         self.model = self.path / "model"
         self.report_to = trackers.resolve(report_to)
         self.config: dict | None = None  # the settings `start` recorded: what wandb / trackio show
-        self._purge_step: int | None = None  # a resumed run's first step: TensorBoard hides what came from it on
+        self._purge_step: int | None = (
+            None  # a resumed run's first step: TensorBoard hides what came from it on
+        )
         self._trackers: trackers.Trackers | None = None
 
     @classmethod
-    def claim(cls, path, command: str, overwrite: bool = False, report_to: str = "none",
-              resume: bool = False) -> "RunFolder":
+    def claim(
+        cls, path, command: str, overwrite: bool = False, report_to: str = "none", resume: bool = False
+    ) -> "RunFolder":
         """The folder `--out PATH` names, checked (`claim`) before any work, and so is its model/:
         the save at the end replaces only a folder of checkpoint files (or writes into it, with
         `overwrite`); and so is `report_to` (`trackers.resolve`)."""
@@ -202,8 +235,10 @@ class RunFolder:
 
         folder = cls(claim(path, command, overwrite, resume=resume), command, report_to)
         if folder.model.exists() and not overwrite and not is_checkpoint_folder(folder.model):
-            raise UserError(f"{folder.model} holds files that are not a checkpoint's: give another --out, or "
-                            f"--overwrite to write the model into it (nothing else there is deleted)")
+            raise UserError(
+                f"{folder.model} holds files that are not a checkpoint's: give another --out, or "
+                f"--overwrite to write the model into it (nothing else there is deleted)"
+            )
         return folder
 
     def start(self, config: dict | None = None) -> None:

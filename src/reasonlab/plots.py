@@ -33,9 +33,11 @@ def _save(fig, path: Path) -> Path:
 def plot_methods(results: dict, path: Path) -> Path:
     """One bar per method measured so far (the demo rewrites results.json after every stage)."""
     labels, values, colors = [], [], []
-    for key, label, color in (("base_direct_acc", "base,\ndirect", COLORS["base"]),
-                              ("base_cot_prompt_acc", "base,\n\"think step\nby step\"", COLORS["prompt"]),
-                              ("base_template_acc", "base,\nthe template", COLORS["base"])):
+    for key, label, color in (
+        ("base_direct_acc", "base,\ndirect", COLORS["base"]),
+        ("base_cot_prompt_acc", 'base,\n"think step\nby step"', COLORS["prompt"]),
+        ("base_template_acc", "base,\nthe template", COLORS["base"]),
+    ):
         if key in results:
             labels.append(label)
             values.append(results[key])
@@ -73,12 +75,26 @@ def plot_budget(curves: dict[str, list[dict]] | list[dict], path: Path) -> Path:
     colors = [COLORS["m1"], COLORS["m2"], COLORS["think"], COLORS["prompt"]]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for (label, curve), color in zip(curves.items(), colors):
-        ax.plot([c["mean_think_tokens"] for c in curve], [100 * c["acc"] for c in curve], "o-", color=color, lw=2,
-                label=label or "accuracy")
-        ax2.plot([c["budget"] for c in curve], [100 * c["format_rate"] for c in curve], "s-", color=color, lw=2,
-                 label=label or "format rate")
+        ax.plot(
+            [c["mean_think_tokens"] for c in curve],
+            [100 * c["acc"] for c in curve],
+            "o-",
+            color=color,
+            lw=2,
+            label=label or "accuracy",
+        )
+        ax2.plot(
+            [c["budget"] for c in curve],
+            [100 * c["format_rate"] for c in curve],
+            "s-",
+            color=color,
+            lw=2,
+            label=label or "format rate",
+        )
     _style(ax, "Accuracy against thinking", "mean thinking tokens used (at each budget)", "accuracy (%)")
-    _style(ax2, "Format after the forced close", "thinking budget (max tokens inside <think>)", "well-formed (%)")
+    _style(
+        ax2, "Format after the forced close", "thinking budget (max tokens inside <think>)", "well-formed (%)"
+    )
     for a, where in ((ax, "upper left"), (ax2, "lower right")):  # where the curves leave room
         a.set_ylim(-3, 103)
         a.legend(loc=where, frameon=False)
@@ -97,29 +113,52 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
     config = config or {}
     steps = [m for m in grpo if is_step(m)]
     evals = [m for m in grpo if "eval/accuracy" in m]
-    think = [m for m in steps if "completions/mean_think_tokens" in m]  # a step that trained on nothing has none
+    think = [
+        m for m in steps if "completions/mean_think_tokens" in m
+    ]  # a step that trained on nothing has none
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     # Every row drawn when logged: with dynamic sampling the groups trained on are the mixed ones,
     # whose mean stays below the top however good the model gets.
     key = "reward/sampled_mean" if all("reward/sampled_mean" in m for m in steps) else "reward/mean"
     axes[0].plot([m["step"] for m in steps], [m[key] for m in steps], color=COLORS["m2"])
     fmt, ok = config.get("format_points", 2.0), config.get("correct_points", 1.0)
-    _style(axes[0], f"Reward (format {fmt:g} + correct {ok:g})", "RL step",
-           "mean reward, samples" if key == "reward/sampled_mean" else "mean reward, groups trained on")
+    _style(
+        axes[0],
+        f"Reward (format {fmt:g} + correct {ok:g})",
+        "RL step",
+        "mean reward, samples" if key == "reward/sampled_mean" else "mean reward, groups trained on",
+    )
     axes[0].set_ylim(0, 1.03 * (fmt + ok))
     temperature = config.get("temperature")
-    axes[1].plot([m["step"] for m in steps], [100 * m["reward/accuracy"] for m in steps], color=COLORS["m1"],
-                 alpha=0.6, label="samples" + (f" (T={temperature:g})" if temperature is not None else ""))
-    axes[1].plot([m["step"] for m in evals], [100 * m["eval/accuracy"] for m in evals], "o-", color=COLORS["m2"],
-                 label="held-out (greedy)")
+    axes[1].plot(
+        [m["step"] for m in steps],
+        [100 * m["reward/accuracy"] for m in steps],
+        color=COLORS["m1"],
+        alpha=0.6,
+        label="samples" + (f" (T={temperature:g})" if temperature is not None else ""),
+    )
+    axes[1].plot(
+        [m["step"] for m in evals],
+        [100 * m["eval/accuracy"] for m in evals],
+        "o-",
+        color=COLORS["m2"],
+        label="held-out (greedy)",
+    )
     axes[1].legend(frameon=False, fontsize=8)
     _style(axes[1], "Accuracy", "RL step", "accuracy (%)")
-    axes[2].plot([m["step"] for m in think], [m["completions/mean_think_tokens"] for m in think], color=COLORS["think"])
+    axes[2].plot(
+        [m["step"] for m in think], [m["completions/mean_think_tokens"] for m in think], color=COLORS["think"]
+    )
     _style(axes[2], "Thinking length", "RL step", "mean thinking tokens")
     return _save(fig, path)
 
 
-ARM_COLORS = {"base": COLORS["base"], "method1": COLORS["m1"], "method2": COLORS["m2"], "method1_then_2": COLORS["think"]}
+ARM_COLORS = {
+    "base": COLORS["base"],
+    "method1": COLORS["m1"],
+    "method2": COLORS["m2"],
+    "method1_then_2": COLORS["think"],
+}
 
 
 def plot_compute(methods: dict, path: Path) -> Path:
@@ -129,8 +168,10 @@ def plot_compute(methods: dict, path: Path) -> Path:
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, column, xlabel in ((axes[0], 2, "wall time (s, this machine: the budget each method gets)"),
-                               (axes[1], 0, "FLOPs spent (2N a sampled token, 6N a trained one, + attention)")):
+    for ax, column, xlabel in (
+        (axes[0], 2, "wall time (s, this machine: the budget each method gets)"),
+        (axes[1], 0, "FLOPs spent (2N a sampled token, 6N a trained one, + attention)"),
+    ):
         for name, m in methods.items():
             curves = [np.array(c, dtype=float) for c in m["curve"] if len(c) > 1]
             if not curves:
@@ -138,8 +179,13 @@ def plot_compute(methods: dict, path: Path) -> Path:
             grid = np.linspace(0, min(c[-1, column] for c in curves), 60)
             ys = np.array([np.interp(grid, c[:, column], 100 * c[:, 1]) for c in curves])
             color = ARM_COLORS.get(name, COLORS["base"])
-            ax.plot(grid, ys.mean(0), color=color, lw=2,
-                    label=f"{m.get('label', name)} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            ax.plot(
+                grid,
+                ys.mean(0),
+                color=color,
+                lw=2,
+                label=f"{m.get('label', name)} ({len(curves)} seed{'s' if len(curves) > 1 else ''})",
+            )
             if len(curves) > 1:
                 ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.18)
             for c in curves:
@@ -147,8 +193,15 @@ def plot_compute(methods: dict, path: Path) -> Path:
         ax.set_ylim(-3, 103)
         _style(ax, "Held-out accuracy against compute", xlabel, "accuracy (%)")
     axes[1].legend(frameon=False, fontsize=8, loc="lower right")
-    axes[0].text(0.01, 0.98, "band: lowest to highest seed", transform=axes[0].transAxes, fontsize=8, va="top",
-                 color="#666")
+    axes[0].text(
+        0.01,
+        0.98,
+        "band: lowest to highest seed",
+        transform=axes[0].transAxes,
+        fontsize=8,
+        va="top",
+        color="#666",
+    )
     return _save(fig, path)
 
 
@@ -157,8 +210,14 @@ def plot_pass_at_k(pass_k: dict, path: Path, labels: dict | None = None) -> Path
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for name, curve in pass_k.items():
         ks = sorted(int(k) for k in curve)
-        ax.plot(ks, [100 * curve[str(k)] for k in ks], "o-", color=ARM_COLORS.get(name, COLORS["base"]), lw=2,
-                label=(labels or {}).get(name, name))
+        ax.plot(
+            ks,
+            [100 * curve[str(k)] for k in ks],
+            "o-",
+            color=ARM_COLORS.get(name, COLORS["base"]),
+            lw=2,
+            label=(labels or {}).get(name, name),
+        )
     ax.set_xscale("log", base=2)
     ax.set_ylim(-3, 103)
     ax.legend(frameon=False, fontsize=8, loc="lower right")
@@ -169,11 +228,20 @@ def plot_pass_at_k(pass_k: dict, path: Path, labels: dict | None = None) -> Path
 def plot_r1_zero(format_curve: list, think_curve: list, path: Path, accuracy: list | None = None) -> Path:
     """RL from the base (R1-Zero): the samples' format rate, held-out accuracy and thinking length by step."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    axes[0].plot([s for s, _ in format_curve], [100 * r for _, r in format_curve], color=COLORS["m2"],
-                 label="format rate of the samples")
+    axes[0].plot(
+        [s for s, _ in format_curve],
+        [100 * r for _, r in format_curve],
+        color=COLORS["m2"],
+        label="format rate of the samples",
+    )
     if accuracy:
-        axes[0].plot([s for s, _ in accuracy], [100 * a for _, a in accuracy], "o-", color=COLORS["m1"],
-                     label="held-out accuracy (greedy)")
+        axes[0].plot(
+            [s for s, _ in accuracy],
+            [100 * a for _, a in accuracy],
+            "o-",
+            color=COLORS["m1"],
+            label="held-out accuracy (greedy)",
+        )
     axes[0].set_ylim(-3, 103)
     axes[0].legend(frameon=False, fontsize=8)
     _style(axes[0], "RL from the base: the format is learned", "RL step", "%")
@@ -191,21 +259,42 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
 
     def whiskers(rates, counts):  # the 95% Wilson interval of each rate as error bars (none for 0/0)
         bounds = [wilson_interval(k, n) if n else (r, r) for r, (k, n) in zip(rates, counts)]
-        return [[max(0.0, 100 * (r - lo)) for r, (lo, _) in zip(rates, bounds)],
-                [max(0.0, 100 * (hi - r)) for r, (_, hi) in zip(rates, bounds)]]
+        return [
+            [max(0.0, 100 * (r - lo)) for r, (lo, _) in zip(rates, bounds)],
+            [max(0.0, 100 * (hi - r)) for r, (_, hi) in zip(rates, bounds)],
+        ]
 
     rows = [probe["by_style"][n] for n in names]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [100 * v for v in follow], width=0.4, color=COLORS["prompt"], label="follows the hint",
-           yerr=whiskers(follow, [(r["followed"], r["eligible"]) for r in rows]), capsize=3, ecolor="#444")
-    ax.bar([i + 0.2 for i in x], [100 * v for v in admit], width=0.4, color=COLORS["m1"],
-           label="admits it (of those that follow; bars: 95% intervals)",
-           yerr=whiskers(admit, [(r["admitted"], r["followed"]) for r in rows]), capsize=3, ecolor="#444")
+    ax.bar(
+        [i - 0.2 for i in x],
+        [100 * v for v in follow],
+        width=0.4,
+        color=COLORS["prompt"],
+        label="follows the hint",
+        yerr=whiskers(follow, [(r["followed"], r["eligible"]) for r in rows]),
+        capsize=3,
+        ecolor="#444",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [100 * v for v in admit],
+        width=0.4,
+        color=COLORS["m1"],
+        label="admits it (of those that follow; bars: 95% intervals)",
+        yerr=whiskers(admit, [(r["admitted"], r["followed"]) for r in rows]),
+        capsize=3,
+        ecolor="#444",
+    )
     for i, name in enumerate(names):  # counts: a rate over 3 cases reads differently from one over 300
         row = probe["by_style"][name]
-        ax.text(i - 0.2, 100 * follow[i] + 1.5, f"{row['followed']}/{row['eligible']}", ha="center", fontsize=7)
-        ax.text(i + 0.2, 100 * admit[i] + 1.5, f"{row['admitted']}/{row['followed']}", ha="center", fontsize=7)
+        ax.text(
+            i - 0.2, 100 * follow[i] + 1.5, f"{row['followed']}/{row['eligible']}", ha="center", fontsize=7
+        )
+        ax.text(
+            i + 0.2, 100 * admit[i] + 1.5, f"{row['admitted']}/{row['followed']}", ha="center", fontsize=7
+        )
     ax.set_xticks(list(x), [n.replace("/", "\n") for n in names], fontsize=8)
     ax.set_ylim(0, 110)
     ax.legend(frameon=False, loc="upper left")
@@ -217,24 +306,51 @@ def plot_loss(steps: list[dict], path: Path) -> Path:
     """A supervised run's step log: the training loss (and held-out loss where logged), the other
     checks it logged (pretrain: trigger accuracy) and the learning rate."""
     trained = [m for m in steps if "loss" in m]
-    checks = sorted({k for m in trained for k, v in m.items()
-                     if isinstance(v, (int, float)) and k not in ("step", "loss", "lr", "grad_norm", "seconds", "eval_loss",
-                                                                 "learning_rate", "num_tokens", "epoch")})
+    checks = sorted(
+        {
+            k
+            for m in trained
+            for k, v in m.items()
+            if isinstance(v, (int, float))
+            and k
+            not in (
+                "step",
+                "loss",
+                "lr",
+                "grad_norm",
+                "seconds",
+                "eval_loss",
+                "learning_rate",
+                "num_tokens",
+                "epoch",
+            )
+        }
+    )
     fig, axes = plt.subplots(1, 3 if checks else 2, figsize=(12 if checks else 9, 3.6))
     x = [m["step"] for m in trained]
     axes[0].plot(x, [m["loss"] for m in trained], color=COLORS["prompt"], label="training")
     held = [m for m in trained if "eval_loss" in m]
     if held:
-        axes[0].plot([m["step"] for m in held], [m["eval_loss"] for m in held], "o-", color=COLORS["m2"],
-                     label="held-out")
+        axes[0].plot(
+            [m["step"] for m in held],
+            [m["eval_loss"] for m in held],
+            "o-",
+            color=COLORS["m2"],
+            label="held-out",
+        )
         axes[0].legend(frameon=False, fontsize=8)
     _style(axes[0], "Loss (completion tokens)", "step", "cross-entropy")
     if checks:
         rates = all(0 <= m[k] <= 1 for m in trained for k in checks if k in m)  # accuracies: draw as %
         for key, color in zip(checks, (COLORS["m2"], COLORS["m1"], COLORS["think"], COLORS["base"])):
             points = [m for m in trained if key in m]
-            axes[1].plot([m["step"] for m in points], [(100 if rates else 1) * m[key] for m in points], "o-",
-                         color=color, label=key)
+            axes[1].plot(
+                [m["step"] for m in points],
+                [(100 if rates else 1) * m[key] for m in points],
+                "o-",
+                color=color,
+                label=key,
+            )
         if rates:
             axes[1].set_ylim(-3, 103)
         axes[1].legend(frameon=False, fontsize=8)
@@ -251,8 +367,13 @@ def plot_rounds(records: list[dict], path: Path) -> Path:
     bars = axes[0].bar(rounds, [100 * r["accuracy"] for r in records], width=0.6, color=COLORS["m1"])
     axes[0].set_xlim(min(rounds) - 0.7, max(rounds) + 0.7)
     for bar, r in zip(bars, records):
-        axes[0].text(bar.get_x() + bar.get_width() / 2, 100 * r["accuracy"] + 1.5, f"{100 * r['accuracy']:.0f}%",
-                     ha="center", fontsize=9)
+        axes[0].text(
+            bar.get_x() + bar.get_width() / 2,
+            100 * r["accuracy"] + 1.5,
+            f"{100 * r['accuracy']:.0f}%",
+            ha="center",
+            fontsize=9,
+        )
     axes[0].set_ylim(0, 110)
     axes[0].set_xticks(rounds)
     _style(axes[0], "Held-out accuracy after each round", "round", "accuracy (%)")
@@ -276,20 +397,30 @@ def plot_scaling(results: dict, path: Path) -> Path:
     for i, size in enumerate(results.get("sizes", [])):
         color = SIZE_COLORS[i % len(SIZE_COLORS)]
         curve = sorted((c, loss) for c, loss, _, s in results.get("losses", []) if s == i)
-        points = sorted((p["train_flops"], p["direct"]["acc"], p["think"][-1]["acc"])
-                        for p in results.get("points", []) if p["size"] == i)
+        points = sorted(
+            (p["train_flops"], p["direct"]["acc"], p["think"][-1]["acc"])
+            for p in results.get("points", [])
+            if p["size"] == i
+        )
         n = next((p["n_params"] for p in results.get("points", []) if p["size"] == i), None)
         label = f"{size['n_layer']} x {size['d_model']}" + (f", {human(n)} params" if n else "")
         if curve:
             left.plot(*zip(*curve), "-o", color=color, ms=3, label=label)
         if points:
             right.plot([c for c, _, _ in points], [a for _, a, _ in points], "--o", color=color, ms=4)
-            right.plot([c for c, _, _ in points], [a for _, _, a in points], "-^", color=color, ms=5, label=label)
+            right.plot(
+                [c for c, _, _ in points], [a for _, _, a in points], "-^", color=color, ms=5, label=label
+            )
     fit = results.get("fit", {}).get("loss", {})
     if fit.get("exponent") is not None:
         xs = [x for x, _ in fit["points"]]
-        left.plot(xs, [fit["coef"] * x ** -fit["exponent"] for x in xs], ":", color="black",
-                  label=f"fit: α = {fit['exponent']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]")
+        left.plot(
+            xs,
+            [fit["coef"] * x ** -fit["exponent"] for x in xs],
+            ":",
+            color="black",
+            label=f"fit: α = {fit['exponent']:.2f} [{fit['ci'][0]:.2f}, {fit['ci'][1]:.2f}]",
+        )
     for ax in (left, right):
         ax.set_xscale("log")
     left.set_yscale("log")
@@ -307,7 +438,9 @@ def plot_total_compute(results: dict, path: Path) -> Path:
     from .compute_analysis import families, frontier
 
     counts = results.get("queries", [])
-    difficulties = sorted({d for p in results.get("points", []) for d in p["direct"]["by_difficulty"]}, key=int)
+    difficulties = sorted(
+        {d for p in results.get("points", []) for d in p["direct"]["by_difficulty"]}, key=int
+    )
     headline = counts[len(counts) // 2] if counts else 1
     rows = [[(q, None) for q in counts]] + ([[(headline, d) for d in difficulties]] if difficulties else [])
     width = max(1, *(len(r) for r in rows))
@@ -320,14 +453,20 @@ def plot_total_compute(results: dict, path: Path) -> Path:
                 continue
             q, difficulty = row[c]
             configs = families(results["points"], difficulty)
-            for family, color, marker in (("direct", COLORS["base"], "o"), ("thinking", COLORS["think"], "^")):
+            for family, color, marker in (
+                ("direct", COLORS["base"], "o"),
+                ("thinking", COLORS["think"], "^"),
+            ):
                 pts = [(x["train"] + q * x["inference"], x["acc"]) for x in configs if x["family"] == family]
                 if pts:
                     ax.scatter(*zip(*pts), s=12, color=color, marker=marker, alpha=0.5)
                     ax.step(*zip(*frontier(pts, lower=False)), where="post", color=color, label=family)
             ax.set_xscale("log")
-            title = (f"all problems, {q:.0e} queries" if difficulty is None else
-                     f"{difficulty} hop{'s' if difficulty != '1' else ''}, {q:.0e} queries")
+            title = (
+                f"all problems, {q:.0e} queries"
+                if difficulty is None
+                else f"{difficulty} hop{'s' if difficulty != '1' else ''}, {q:.0e} queries"
+            )
             _style(ax, title, "total FLOPs", "accuracy" if c == 0 else "")
             ax.set_ylim(-0.02, 1.02)
     axes[0][0].legend(fontsize=8)

@@ -17,8 +17,20 @@ from pathlib import Path
 
 from .console import demo_rows, percent
 from .jsonl import made_by, read_json, read_log, run_config
-from .plots import (is_step, plot_budget, plot_compute, plot_faithfulness, plot_loss, plot_methods, plot_pass_at_k,
-                    plot_r1_zero, plot_rounds, plot_scaling, plot_total_compute, plot_training)
+from .plots import (
+    is_step,
+    plot_budget,
+    plot_compute,
+    plot_faithfulness,
+    plot_loss,
+    plot_methods,
+    plot_pass_at_k,
+    plot_r1_zero,
+    plot_rounds,
+    plot_scaling,
+    plot_total_compute,
+    plot_training,
+)
 
 
 def build_report(run_dir) -> Path:
@@ -41,26 +53,41 @@ def build_report(run_dir) -> Path:
             return _rationales_report(run)
     if _step_log(run) is not None:
         return _loss_report(run)
-    raise ValueError(f"{run} is not a run folder: it has no run.json (a reasonlab training run), no results.json "
-                     "(reasonlab demo) and no metrics.jsonl")
+    raise ValueError(
+        f"{run} is not a run folder: it has no run.json (a reasonlab training run), no results.json "
+        "(reasonlab demo) and no metrics.jsonl"
+    )
 
 
 def _demo_report(run: Path) -> Path:
     results = read_json(run / "results.json")
     figures = [("Accuracy by method", plot_methods(results, run / "methods.png"))]
     if results.get("budget_curve"):
-        curves = {"Method 1 (no budgets in training)": results["budget_curve_method1"],
-                  "budget-aware GRPO from Method 1": results["budget_curve"]} \
-            if results.get("budget_curve_method1") else results["budget_curve"]
+        curves = (
+            {
+                "Method 1 (no budgets in training)": results["budget_curve_method1"],
+                "budget-aware GRPO from Method 1": results["budget_curve"],
+            }
+            if results.get("budget_curve_method1")
+            else results["budget_curve"]
+        )
         figures.append(("Thinking budget", plot_budget(curves, run / "budget.png")))
     figures += _training_figure(*_grpo_run(run / "grpo"), run / "training.png")
     figures += _methods_figures(results, run, run / "grpo_from_base" / "metrics.jsonl")
     if results.get("faithfulness", {}).get("by_style"):
         figures.append(("Faithfulness", plot_faithfulness(results["faithfulness"], run / "faithfulness.png")))
-    note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on held-out problems never seen in "
-            "training.")
-    return _write_page(run, "reasonlab: what reasoning buys", note, demo_rows(results), figures,
-                       samples_html(results.get("stage_samples", [])))
+    note = (
+        f"Task: {results.get('task', '')}. Every accuracy is greedy, on held-out problems never seen in "
+        "training."
+    )
+    return _write_page(
+        run,
+        "reasonlab: what reasoning buys",
+        note,
+        demo_rows(results),
+        figures,
+        samples_html(results.get("stage_samples", [])),
+    )
 
 
 def _methods_figures(results: dict, run: Path, r1_zero_log: Path) -> list:
@@ -75,9 +102,17 @@ def _methods_figures(results: dict, run: Path, r1_zero_log: Path) -> list:
     if results.get("r1_zero_format_curve"):
         metrics = read_log(r1_zero_log) if r1_zero_log.is_file() else []
         accuracy = [[m["step"], m["eval/accuracy"]] for m in metrics if "eval/accuracy" in m]
-        think = [[m["step"], m["completions/mean_think_tokens"]] for m in metrics if "completions/mean_think_tokens" in m]
-        figures.append(("Method 2 from the base (R1-Zero)",
-                        plot_r1_zero(results["r1_zero_format_curve"], think, run / "r1_zero.png", accuracy)))
+        think = [
+            [m["step"], m["completions/mean_think_tokens"]]
+            for m in metrics
+            if "completions/mean_think_tokens" in m
+        ]
+        figures.append(
+            (
+                "Method 2 from the base (R1-Zero)",
+                plot_r1_zero(results["r1_zero_format_curve"], think, run / "r1_zero.png", accuracy),
+            )
+        )
     return figures
 
 
@@ -87,9 +122,13 @@ def samples_html(samples: list[dict]) -> str:
         return ""
     parts = ["<h2>What the model writes at each stage</h2>"]
     for s in samples:
-        parts.append(f"<p><code>{html.escape(s['question'])}</code> (gold {html.escape(s['answer'])})</p><table>")
-        parts += [f'<tr><td>{html.escape(name)}</td><td class="reply"><code>{html.escape(text)}</code></td></tr>'
-                  for name, text in s["replies"].items()]
+        parts.append(
+            f"<p><code>{html.escape(s['question'])}</code> (gold {html.escape(s['answer'])})</p><table>"
+        )
+        parts += [
+            f'<tr><td>{html.escape(name)}</td><td class="reply"><code>{html.escape(text)}</code></td></tr>'
+            for name, text in s["replies"].items()
+        ]
         parts.append("</table>")
     return "\n".join(parts)
 
@@ -100,8 +139,10 @@ def _study_report(run: Path) -> Path:
 
     results = read_json(run / "results.json")
     figures = _methods_figures(results, run, run / "seed0" / "method2" / "metrics.jsonl")
-    note = (f"Task: {results.get('task', '')}. Every accuracy is greedy, on the same held-out problems; compute is "
-            f"{results.get('compute', 'FLOPs')}; pass@k from samples at T = {results.get('pass_temperature')}.")
+    note = (
+        f"Task: {results.get('task', '')}. Every accuracy is greedy, on the same held-out problems; compute is "
+        f"{results.get('compute', 'FLOPs')}; pass@k from samples at T = {results.get('pass_temperature')}."
+    )
     return _write_page(run, "reasonlab study: Method 1 vs Method 2", note, study_rows(results), figures)
 
 
@@ -132,15 +173,21 @@ def _rl_report(run: Path) -> Path:
     figures = _training_figure(metrics, config, run / "training.png")
     rows = [("Steps run", str(steps[-1]["step"]) if steps else "0")]
     if evals:
-        rows += [(f"Held-out accuracy at step {evals[0]['step']}", percent(evals[0]["eval/accuracy"])),
-                 (f"Held-out accuracy at step {evals[-1]['step']}", percent(evals[-1]["eval/accuracy"])),
-                 (f"Held-out format rate at step {evals[-1]['step']}", percent(evals[-1].get("eval/format_rate")))]
+        rows += [
+            (f"Held-out accuracy at step {evals[0]['step']}", percent(evals[0]["eval/accuracy"])),
+            (f"Held-out accuracy at step {evals[-1]['step']}", percent(evals[-1]["eval/accuracy"])),
+            (f"Held-out format rate at step {evals[-1]['step']}", percent(evals[-1].get("eval/format_rate"))),
+        ]
     if steps:
-        rows += [("Sample accuracy, last step", percent(steps[-1].get("reward/accuracy"))),
-                 ("Sample format rate, last step", percent(steps[-1].get("reward/format_rate"))),
-                 ("Wall time", f"{steps[-1].get('seconds', 0):.0f} s")]
-    note = (f"GRPO: {config.get('prompts_per_step')} prompts × {config.get('group_size')} samples a step at "
-            f"T = {config.get('temperature')}, lr {config.get('lr')}. Held-out accuracy is greedy.")
+        rows += [
+            ("Sample accuracy, last step", percent(steps[-1].get("reward/accuracy"))),
+            ("Sample format rate, last step", percent(steps[-1].get("reward/format_rate"))),
+            ("Wall time", f"{steps[-1].get('seconds', 0):.0f} s"),
+        ]
+    note = (
+        f"GRPO: {config.get('prompts_per_step')} prompts × {config.get('group_size')} samples a step at "
+        f"T = {config.get('temperature')}, lr {config.get('lr')}. Held-out accuracy is greedy."
+    )
     return _write_page(run, "reasonlab rl", note, rows, figures)
 
 
@@ -149,12 +196,19 @@ def _rationales_report(run: Path) -> Path:
     records = [r for r in read_log(run / "metrics.jsonl") if "round" in r and "accuracy" in r]
     config = _settings(run, "rationales_config.json") or {}
     figures = [("Method 1 rounds", plot_rounds(records, run / "rounds.png"))] if records else []
-    rows = [(f"Round {r['round']}: held-out accuracy (kept {r['kept']} of {r['samples']} samples)",
-             percent(r["accuracy"])) for r in records]
+    rows = [
+        (
+            f"Round {r['round']}: held-out accuracy (kept {r['kept']} of {r['samples']} samples)",
+            percent(r["accuracy"]),
+        )
+        for r in records
+    ]
     if records:
         rows.append(("Wall time", f"{sum(r.get('seconds', 0) for r in records):.0f} s"))
-    note = (f"Method 1: {config.get('samples')} samples a problem at T = {config.get('temperature')}, those the "
-            "verifier accepts kept and fine-tuned on, round after round. Held-out accuracy is greedy.")
+    note = (
+        f"Method 1: {config.get('samples')} samples a problem at T = {config.get('temperature')}, those the "
+        "verifier accepts kept and fine-tuned on, round after round. Held-out accuracy is greedy."
+    )
     return _write_page(run, "reasonlab rationales", note, rows or [("Rounds finished", "0")], figures)
 
 
@@ -162,7 +216,10 @@ def _step_log(run: Path) -> Path | None:
     """A supervised run's step log: in its folder, or, for a checkpoint `OUT` written before run
     folders, in ``OUT.state`` (the .state folder itself given works too)."""
     here = run.resolve()  # `reasonlab report .`: the folder's name is needed for OUT.state
-    for log in (run / "metrics.jsonl", here.with_name(here.name + ".state") / "metrics.jsonl" if here.name else None):
+    for log in (
+        run / "metrics.jsonl",
+        here.with_name(here.name + ".state") / "metrics.jsonl" if here.name else None,
+    ):
         if log is not None and log.is_file():
             return log
     return None
@@ -186,8 +243,12 @@ def _loss_report(run: Path) -> Path:
     here = run.resolve()
     folder = here.with_name(here.name.removesuffix(".state")) if here.name.endswith(".state") else here
     config = _settings(folder, "train_config.json") or {}
-    note = (f"Supervised training, loss on completion tokens only; lr {config.get('lr', '?')}, batch "
-            f"{config.get('batch_size', '?')}." if config else "Supervised training, loss on completion tokens only.")
+    note = (
+        f"Supervised training, loss on completion tokens only; lr {config.get('lr', '?')}, batch "
+        f"{config.get('batch_size', '?')}."
+        if config
+        else "Supervised training, loss on completion tokens only."
+    )
     figures = [("Training", plot_loss(steps, run / "training.png"))]
     return _write_page(run, f"reasonlab: {folder.name}", note, rows, figures)
 
@@ -197,18 +258,30 @@ def _compute_report(run: Path) -> Path:
     from .console import compute_rows
 
     results = read_json(run / "results.json")
-    figures = [("Train-time scaling", plot_scaling(results, run / "scaling.png")),
-               ("Accuracy against total compute (training + queries x inference)",
-                plot_total_compute(results, run / "total_compute.png"))]
-    note = (f"Task: {results.get('task', '')}. Compute: {results.get('compute', 'FLOPs')}. Every accuracy on the same "
-            f"held-out problems; thinking budgets {results.get('think_budgets')}, votes of "
-            f"{results.get('votes')} samples at T = {results.get('vote_temperature')}.")
-    return _write_page(run, "reasonlab study: train-time vs test-time compute", note, compute_rows(results), figures)
+    figures = [
+        ("Train-time scaling", plot_scaling(results, run / "scaling.png")),
+        (
+            "Accuracy against total compute (training + queries x inference)",
+            plot_total_compute(results, run / "total_compute.png"),
+        ),
+    ]
+    note = (
+        f"Task: {results.get('task', '')}. Compute: {results.get('compute', 'FLOPs')}. Every accuracy on the same "
+        f"held-out problems; thinking budgets {results.get('think_budgets')}, votes of "
+        f"{results.get('votes')} samples at T = {results.get('vote_temperature')}."
+    )
+    return _write_page(
+        run, "reasonlab study: train-time vs test-time compute", note, compute_rows(results), figures
+    )
 
 
-def _write_page(run: Path, title: str, note: str, rows: list[tuple[str, str]], figures, extra: str = "") -> Path:
+def _write_page(
+    run: Path, title: str, note: str, rows: list[tuple[str, str]], figures, extra: str = ""
+) -> Path:
     table = "\n".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    images = "\n".join(f'<h2>{html.escape(t)}</h2><img src="{p.name}" alt="{html.escape(t)}">' for t, p in figures)
+    images = "\n".join(
+        f'<h2>{html.escape(t)}</h2><img src="{p.name}" alt="{html.escape(t)}">' for t, p in figures
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -229,5 +302,12 @@ img {{ max-width: 100%; }} td.reply {{ text-align: left; font-weight: normal; wh
     return out
 
 
-REPORTS = {"demo": _demo_report, "study": _study_report, "study compute": _compute_report, "rl": _rl_report, "rationales": _rationales_report,  # by run.json's command
-           "pretrain": _loss_report, "sft": _loss_report}
+REPORTS = {
+    "demo": _demo_report,
+    "study": _study_report,
+    "study compute": _compute_report,
+    "rl": _rl_report,
+    "rationales": _rationales_report,  # by run.json's command
+    "pretrain": _loss_report,
+    "sft": _loss_report,
+}

@@ -41,8 +41,12 @@ def is_correct(completion: str, answer: str, task: Task, prompt: str | None = No
     return check_batch([completion], [answer], task, [prompt])[0]
 
 
-def check_batch(completions: Sequence[str], answers: Sequence[str], task: Task,
-                prompts: Sequence[str | None] | None = None) -> list[tuple[bool, bool]]:
+def check_batch(
+    completions: Sequence[str],
+    answers: Sequence[str],
+    task: Task,
+    prompts: Sequence[str | None] | None = None,
+) -> list[tuple[bool, bool]]:
     """(format_ok, correct) per completion, the answers of the well-formed ones verified in one
     `task.verify_batch` call (math-verify spreads it over its workers)."""
     parsed, correct = _parse_and_verify(completions, answers, task, prompts)
@@ -50,7 +54,9 @@ def check_batch(completions: Sequence[str], answers: Sequence[str], task: Task,
 
 
 def _parse_and_verify(completions, answers, task: Task, prompts=None):
-    parsed = [parse_completion(c, p) for c, p in zip(completions, _prompts(prompts, len(completions)), strict=True)]
+    parsed = [
+        parse_completion(c, p) for c, p in zip(completions, _prompts(prompts, len(completions)), strict=True)
+    ]
     ok = [i for i, x in enumerate(parsed) if x.format_ok]
     verdicts = task.verify_batch([parsed[i].answer for i in ok], [answers[i] for i in ok])
     correct = [False] * len(parsed)
@@ -59,37 +65,65 @@ def _parse_and_verify(completions, answers, task: Task, prompts=None):
     return parsed, correct
 
 
-def reasoning_points(format_ok: bool, correct: bool, format_points: float = 2.0,
-                     correct_points: float = 1.0) -> float:
+def reasoning_points(
+    format_ok: bool, correct: bool, format_points: float = 2.0, correct_points: float = 1.0
+) -> float:
     """The method's reward for one completion: nothing unless the format holds."""
     return format_points + (correct_points if correct else 0.0) if format_ok else 0.0
 
 
-def format_reward(completions: Sequence[str], answers=None, *, prompts=None, points: float = 1.0,
-                  checks=None, **_) -> list[float]:
+def format_reward(
+    completions: Sequence[str], answers=None, *, prompts=None, points: float = 1.0, checks=None, **_
+) -> list[float]:
     """`points` when the completion respects the template (see `template.parse_completion`), else 0."""
     if checks is not None:
         return [points if format_ok else 0.0 for format_ok, _ in checks]
-    return [points if parse_completion(c, p).format_ok else 0.0
-            for c, p in zip(completions, _prompts(prompts, len(completions)))]
+    return [
+        points if parse_completion(c, p).format_ok else 0.0
+        for c, p in zip(completions, _prompts(prompts, len(completions)))
+    ]
 
 
-def correctness_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
-                       points: float = 1.0, checks=None, **_) -> list[float]:
+def correctness_reward(
+    completions: Sequence[str],
+    answers: Sequence[str],
+    *,
+    task=None,
+    prompts=None,
+    points: float = 1.0,
+    checks=None,
+    **_,
+) -> list[float]:
     """`points` when the answer block verifies against the gold answer; 0 with a broken format."""
     checks = checks if checks is not None else check_batch(completions, answers, _task(task), prompts)
     return [points if correct else 0.0 for _, correct in checks]
 
 
-def reasoning_reward(completions: Sequence[str], answers: Sequence[str], *, task=None, prompts=None,
-                     format_points: float = 2.0, correct_points: float = 1.0, checks=None, **_) -> list[float]:
+def reasoning_reward(
+    completions: Sequence[str],
+    answers: Sequence[str],
+    *,
+    task=None,
+    prompts=None,
+    format_points: float = 2.0,
+    correct_points: float = 1.0,
+    checks=None,
+    **_,
+) -> list[float]:
     """The method's reward: format_points + correct_points (2 + 1), nothing when the format breaks."""
     checks = checks if checks is not None else check_batch(completions, answers, _task(task), prompts)
     return [reasoning_points(f, c, format_points, correct_points) for f, c in checks]
 
 
-def overlong_penalty(completions: Sequence[str], answers=None, *, completion_lengths: Sequence[int],
-                     max_length: int, cache_length: int, **_) -> list[float]:
+def overlong_penalty(
+    completions: Sequence[str],
+    answers=None,
+    *,
+    completion_lengths: Sequence[int],
+    max_length: int,
+    cache_length: int,
+    **_,
+) -> list[float]:
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), in tokens.
 
     0 up to ``max_length - cache_length``; then falls linearly to -1 at ``max_length``; -1 beyond.
@@ -97,12 +131,21 @@ def overlong_penalty(completions: Sequence[str], answers=None, *, completion_len
     if not 0 < cache_length <= max_length:
         raise ValueError("overlong_penalty needs 0 < cache_length <= max_length")
     start = max_length - cache_length
-    return [0.0 if n <= start else -1.0 if n > max_length else (start - n) / cache_length
-            for n in completion_lengths]
+    return [
+        0.0 if n <= start else -1.0 if n > max_length else (start - n) / cache_length
+        for n in completion_lengths
+    ]
 
 
-def length_target_reward(completions: Sequence[str], answers=None, *, think_lengths: Sequence[int],
-                         target_lengths: Sequence[int], alpha: float = 1e-3, **_) -> list[float]:
+def length_target_reward(
+    completions: Sequence[str],
+    answers=None,
+    *,
+    think_lengths: Sequence[int],
+    target_lengths: Sequence[int],
+    alpha: float = 1e-3,
+    **_,
+) -> list[float]:
     """``-alpha * |n - N|``: thinking length n against the requested N (L1, Aggarwal & Welleck 2025)."""
     return [-alpha * abs(n - target) for n, target in zip(think_lengths, target_lengths)]
 
@@ -147,9 +190,12 @@ class Scores:
         each with its ``_std``."""
         import torch
 
-        columns = {("sampled_mean", "sampled_std"): self.total, ("format_rate", "format_std"): self.format_ok,
-                   ("accuracy", "accuracy_std"): self.correct,
-                   **{(name, f"{name}_std"): values for name, values in self.parts.items()}}
+        columns = {
+            ("sampled_mean", "sampled_std"): self.total,
+            ("format_rate", "format_std"): self.format_ok,
+            ("accuracy", "accuracy_std"): self.correct,
+            **{(name, f"{name}_std"): values for name, values in self.parts.items()},
+        }
         out = {}
         for (mean_key, std_key), values in columns.items():
             v = torch.tensor(values, dtype=torch.float64)
@@ -160,13 +206,23 @@ class Scores:
     def merged(cls, parts: list["Scores"]) -> "Scores":
         """One record of several (ranks, sampling attempts), in order."""
         names = list(parts[0].parts) if parts else []
-        return cls([x for p in parts for x in p.format_ok], [x for p in parts for x in p.correct],
-                   {n: [x for p in parts for x in p.parts[n]] for n in names}, [x for p in parts for x in p.total],
-                   [x for p in parts for x in p.think])
+        return cls(
+            [x for p in parts for x in p.format_ok],
+            [x for p in parts for x in p.correct],
+            {n: [x for p in parts for x in p.parts[n]] for n in names},
+            [x for p in parts for x in p.total],
+            [x for p in parts for x in p.think],
+        )
 
 
-def score(completions: Sequence[str], answers: Sequence[str], task: Task, prompts=None,
-          rewards: Sequence[tuple[RewardFn, float]] = ((reasoning_reward, 1.0),), **columns) -> Scores:
+def score(
+    completions: Sequence[str],
+    answers: Sequence[str],
+    task: Task,
+    prompts=None,
+    rewards: Sequence[tuple[RewardFn, float]] = ((reasoning_reward, 1.0),),
+    **columns,
+) -> Scores:
     """Score completions against their gold answers: every answer verified once (`check_batch`),
     then each weighted reward computed from the same checks and columns, and summed."""
     parsed, correct = _parse_and_verify(completions, answers, task, prompts)

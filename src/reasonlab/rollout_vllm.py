@@ -30,7 +30,9 @@ from .template import ANSWER_CLOSE, prompt_opens_think
 
 @dataclass
 class VLLMOptions:
-    gpu_memory_utilization: float = field(default=0.3, metadata={"help": "share of GPU memory vLLM may take (the trainer needs the rest)"})
+    gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "share of GPU memory vLLM may take (the trainer needs the rest)"}
+    )
     tensor_parallel_size: int = 1
     dtype: str = "bfloat16"
     max_model_len: int = 4096
@@ -57,9 +59,16 @@ def vllm_request_params(params: SamplingParams, n_prompts: int) -> list[dict]:
         "skip_special_tokens": False,
         "logprobs": 0,  # the sampled token's log-prob only
     }
-    seeds = params.row_seeds if params.row_seeds is not None else \
-        [None if params.seed is None else params.seed + i for i in range(n_prompts)]
-    limits = params.max_new_tokens if isinstance(params.max_new_tokens, list) else [params.max_new_tokens] * n_prompts
+    seeds = (
+        params.row_seeds
+        if params.row_seeds is not None
+        else [None if params.seed is None else params.seed + i for i in range(n_prompts)]
+    )
+    limits = (
+        params.max_new_tokens
+        if isinstance(params.max_new_tokens, list)
+        else [params.max_new_tokens] * n_prompts
+    )
     if len(limits) != n_prompts:
         raise ValueError(f"max_new_tokens has {len(limits)} entries for {n_prompts} prompts")
     return [{**base, "max_tokens": n, "seed": seed} for n, seed in zip(limits, seeds)]
@@ -77,9 +86,11 @@ def hf_named_weights(model) -> list[tuple[str, torch.Tensor]]:
     if not has_lora(core):
         return [(name, _full(t)) for name, t in core.hf.state_dict().items()]
     peft_model = core.hf
-    deltas = {f"{name}.base_layer.weight": sum(module.get_delta_weight(a) for a in module.active_adapters)
-              for name, module in peft_model.named_modules()
-              if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")}
+    deltas = {
+        f"{name}.base_layer.weight": sum(module.get_delta_weight(a) for a in module.active_adapters)
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")
+    }
     out = []
     for name, t in peft_model.state_dict().items():
         if "lora_" in name:
@@ -101,7 +112,9 @@ def rollout_from_outputs(outputs, prompts: list[str], tokenizer) -> Rollout:
     rows, prompt_ids = [], []
     for out, prompt in zip(outputs, prompts):
         done = out.outputs[0]
-        row = RowState(tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, None, 0, prompt_opens_think(prompt))
+        row = RowState(
+            tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, None, 0, prompt_opens_think(prompt)
+        )
         for j, token in enumerate(done.token_ids):
             row.push(int(token), stop_at_answer=True)
             row.sampled.append(1)
@@ -140,18 +153,26 @@ class VLLMEngine:
         try:
             import vllm
         except ImportError:
-            raise UserError("--rollout-engine vllm needs vLLM on a GPU machine: pip install 'reasonlab[vllm]'") from None
+            raise UserError(
+                "--rollout-engine vllm needs vLLM on a GPU machine: pip install 'reasonlab[vllm]'"
+            ) from None
         from .model import export_hf
 
         options = options or VLLMOptions()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: weights pass in-process
         folder = tempfile.mkdtemp(prefix="reasonlab-vllm-")
         export_hf(model, tokenizer, f"{folder}/model")
-        llm = vllm.LLM(model=f"{folder}/model", tokenizer=f"{folder}/model", dtype=options.dtype,
-                       gpu_memory_utilization=options.gpu_memory_utilization,
-                       tensor_parallel_size=options.tensor_parallel_size, max_model_len=options.max_model_len,
-                       enable_prefix_caching=options.enable_prefix_caching, enforce_eager=options.enforce_eager,
-                       worker_extension_cls=f"{__name__}.WeightReceiver")
+        llm = vllm.LLM(
+            model=f"{folder}/model",
+            tokenizer=f"{folder}/model",
+            dtype=options.dtype,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            tensor_parallel_size=options.tensor_parallel_size,
+            max_model_len=options.max_model_len,
+            enable_prefix_caching=options.enable_prefix_caching,
+            enforce_eager=options.enforce_eager,
+            worker_extension_cls=f"{__name__}.WeightReceiver",
+        )
         return cls(llm, tokenizer)
 
     def sync_weights(self, model) -> int:

@@ -33,19 +33,41 @@ AUTOCAST = ("auto", "on", "off")
 class RuntimeOptions:
     """Options every trainer shares: how the model is wrapped when it outgrows one process."""
 
-    fsdp: bool = field(default=False, metadata={
-        "help": "under torchrun: shard parameters, gradients and optimiser state with FSDP2 (default: DDP)"})
-    dtype: str = field(default="float32", metadata={
-        "help": "weights load as float32 (full fine-tuning; GPUs compute in bf16 autocast) or bfloat16 (a frozen LoRA base)"})
-    autocast: str = field(default="auto", metadata={
-        "help": "bf16 autocast of the trainers' forward passes (weights and optimiser stay float32): auto = on GPUs; "
-                "on = on CPUs too (fast only where they have AMX or AVX-512 BF16); off", "choices": AUTOCAST})
-    lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)",
-                                                "min": 0, "max": 65536})
-    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)",
-                                                   "above": 0})
-    lora_targets: str = field(default="all-linear", metadata={
-        "help": "LoRA target modules: 'all-linear' or comma-separated names (q_proj,v_proj)"})
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "under torchrun: shard parameters, gradients and optimiser state with FSDP2 (default: DDP)"
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "weights load as float32 (full fine-tuning; GPUs compute in bf16 autocast) or bfloat16 (a frozen LoRA base)"
+        },
+    )
+    autocast: str = field(
+        default="auto",
+        metadata={
+            "help": "bf16 autocast of the trainers' forward passes (weights and optimiser stay float32): auto = on GPUs; "
+            "on = on CPUs too (fast only where they have AMX or AVX-512 BF16); off",
+            "choices": AUTOCAST,
+        },
+    )
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "train LoRA adapters of this rank with peft (0 = full fine-tuning)",
+            "min": 0,
+            "max": 65536,
+        },
+    )
+    lora_alpha: float = field(
+        default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank · BA)", "above": 0}
+    )
+    lora_targets: str = field(
+        default="all-linear",
+        metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names (q_proj,v_proj)"},
+    )
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -109,7 +131,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise UserError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {spec}: torch sees no CUDA device here (a CPU build of torch, or no GPU)")
+            raise UserError(
+                f"--device {spec}: torch sees no CUDA device here (a CPU build of torch, or no GPU)"
+            )
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if device.index >= torch.cuda.device_count():
@@ -199,16 +223,26 @@ def any_rank(flag: bool) -> bool:
 def add_lora(model, options: RuntimeOptions):
     """Wrap a Hugging Face model's weights with LoRA adapters (peft); only the adapters train."""
     if getattr(model, "kind", "") != "hf":
-        raise UserError("LoRA needs a Hugging Face model (--model PATH); the built-in model is small "
-                        "enough to train fully")
+        raise UserError(
+            "LoRA needs a Hugging Face model (--model PATH); the built-in model is small "
+            "enough to train fully"
+        )
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise UserError("LoRA needs peft: pip install 'reasonlab[lora]'") from None
-    targets = options.lora_targets if options.lora_targets == "all-linear" else \
-        [t.strip() for t in options.lora_targets.split(",") if t.strip()]
-    config = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, target_modules=targets,
-                        lora_dropout=0.0, task_type="CAUSAL_LM")
+    targets = (
+        options.lora_targets
+        if options.lora_targets == "all-linear"
+        else [t.strip() for t in options.lora_targets.split(",") if t.strip()]
+    )
+    config = LoraConfig(
+        r=options.lora_rank,
+        lora_alpha=options.lora_alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
     try:
         model.hf = get_peft_model(model.hf, config)
     except ValueError as e:  # peft names the modules it could not find
@@ -247,7 +281,7 @@ def prepare(model, options: RuntimeOptions):
         with torch.no_grad():  # one forward through the root first, so FSDP2 initialises from the root
             model(torch.zeros((1, 1), dtype=torch.long, device=device))  # (the engine may call blocks first)
         for unit in model.modules():  # a no-grad forward leaves the root unsharded: reshard it, or the
-            if is_fsdp(unit):         # first update would not reach the weights it computes with
+            if is_fsdp(unit):  # first update would not reach the weights it computes with
                 unit.reshard()
         return model
     from torch.nn.parallel import DistributedDataParallel

@@ -41,6 +41,6 @@ def probs_entropy(logp: torch.Tensor) -> torch.Tensor:
     out = flat.new_empty(flat.shape[0])
     with torch.no_grad():
         for start in range(0, flat.shape[0], rows):
-            z = flat[start:start + rows]
-            torch.sum(floored_exp(z).mul_(z.clamp(min=FLOOR)), -1, out=out[start:start + rows])
+            z = flat[start : start + rows]
+            torch.sum(floored_exp(z).mul_(z.clamp(min=FLOOR)), -1, out=out[start : start + rows])
     return out.neg_().view(logp.shape[:-1])

@@ -73,7 +73,11 @@ STEPS = (5400, 3600, 2250, 1350)  # each size's run (batch 64): 3 to 6 minutes e
 QUICK_SIZES = ((1, 16, 2), (1, 32, 2), (2, 48, 4), (2, 96, 4))
 QUICK_STEPS = (36, 27, 18, 18)
 BUDGET_SHARES = (9, 3, 1)  # the checkpoints: after 1/9, 1/3 and all of a size's steps
-THINK_BUDGETS = (8, 16, 28)  # thinking caps (tokens; a thought takes ~15, 27, 39 on 1, 2, 3 hops); uncapped besides
+THINK_BUDGETS = (
+    8,
+    16,
+    28,
+)  # thinking caps (tokens; a thought takes ~15, 27, 39 on 1, 2, 3 hops); uncapped besides
 VOTES = (1, 2, 4, 8)
 VOTE_TEMPERATURE = 0.7
 MAX_THINK = 64  # new tokens when thinking
@@ -87,16 +91,30 @@ MAX_LEN = 128  # tokens of a training document at most (the longest is ~90)
 class ComputeStudyConfig:
     out: str = field(default="runs/study-compute", metadata={"help": "output folder", "nonempty": True})
     quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
-    held_out: int = field(default=400, metadata={"help": "held-out problems every checkpoint is evaluated on",
-                                                 "min": 10, "max": MAX_PROBLEMS})
-    queries: int = field(default=100_000, metadata={
-        "help": "answered queries Q of the headline figure: total compute = training + Q x inference (the tables "
-                "give Q/100 and 100 Q too)", "min": 1, "max": 10**12})
+    held_out: int = field(
+        default=400,
+        metadata={
+            "help": "held-out problems every checkpoint is evaluated on",
+            "min": 10,
+            "max": MAX_PROBLEMS,
+        },
+    )
+    queries: int = field(
+        default=100_000,
+        metadata={
+            "help": "answered queries Q of the headline figure: total compute = training + Q x inference (the tables "
+            "give Q/100 and 100 Q too)",
+            "min": 1,
+            "max": 10**12,
+        },
+    )
     seed: int = field(default=0, metadata={"help": "corpus, initialisation and sampling seed", "min": 0})
     threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
-    resume: bool = field(default=False, metadata={
-        "help": "go on from the sizes a stopped study in --out finished (same settings)"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "go on from the sizes a stopped study in --out finished (same settings)"},
+    )
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
@@ -104,6 +122,7 @@ class ComputeStudyConfig:
 
 
 # ---- the corpus, the models, training ------------------------------------------------------------
+
 
 def corpus(task, n: int, seed: int, split: str = "train") -> list[dict]:
     """`n` documents of `split`'s problems drawn as the task draws them (so every difficulty is as
@@ -119,28 +138,49 @@ def corpus(task, n: int, seed: int, split: str = "train") -> list[dict]:
         if rng.random() < 0.5:
             docs.append({"prompt": f"{p.question}\n", "completion": format_completion("", p.answer)})
         else:
-            docs.append({"prompt": f"{p.question}\n{TRIGGER}\n", "completion": format_completion(p.rationale, p.answer)})
+            docs.append(
+                {
+                    "prompt": f"{p.question}\n{TRIGGER}\n",
+                    "completion": format_completion(p.rationale, p.answer),
+                }
+            )
     return docs
 
 
 def plan(quick: bool) -> list[dict]:
     """The sizes and their steps, as results record them."""
     sizes, steps = (QUICK_SIZES, QUICK_STEPS) if quick else (SIZES, STEPS)
-    return [{"n_layer": layer, "d_model": width, "n_head": heads, "steps": s}
-            for (layer, width, heads), s in zip(sizes, steps)]
+    return [
+        {"n_layer": layer, "d_model": width, "n_head": heads, "steps": s}
+        for (layer, width, heads), s in zip(sizes, steps)
+    ]
 
 
 def train_config(steps: int, seed: int) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=64, lr=3e-3, warmup_steps=min(50, steps // 9), schedule="constant",
-                       eval_every=steps // BUDGET_SHARES[0], max_seq_len=MAX_LEN, seed=seed)
+    return TrainConfig(
+        steps=steps,
+        batch_size=64,
+        lr=3e-3,
+        warmup_steps=min(50, steps // 9),
+        schedule="constant",
+        eval_every=steps // BUDGET_SHARES[0],
+        max_seq_len=MAX_LEN,
+        seed=seed,
+    )
 
 
 def train_size(size: dict, examples, loss_examples, tokenizer, seed: int, where, tick=None):
     """Train one size from scratch; returns (its checkpoints, in order of steps: {steps, ledger, flops,
     seconds, loss, state}; its held-out losses every ninth of the run, [flops, loss, steps]; the
     model; its `compute.ModelCost`)."""
-    config = GPTConfig(n_layer=size["n_layer"], n_head=size["n_head"], n_kv_head=size["n_head"],
-                       d_model=size["d_model"], vocab_size=len(tokenizer), max_seq_len=MAX_LEN)
+    config = GPTConfig(
+        n_layer=size["n_layer"],
+        n_head=size["n_head"],
+        n_kv_head=size["n_head"],
+        d_model=size["d_model"],
+        vocab_size=len(tokenizer),
+        max_seq_len=MAX_LEN,
+    )
     torch.manual_seed(seed)
     model = GPT(config).to(where)
     cost = compute.model_cost(model)
@@ -155,9 +195,16 @@ def train_size(size: dict, examples, loss_examples, tokenizer, seed: int, where,
         loss = held_out_loss(m, tokenizer.pad_id, loss_examples)
         losses.append([ledger.flops(cost), loss, steps])
         if steps in keep:
-            checkpoints.append({"steps": steps, "ledger": asdict(ledger), "flops": ledger.flops(cost),
-                                "seconds": time.monotonic() - start, "loss": loss,
-                                "state": {k: v.detach().clone() for k, v in m.state_dict().items()}})
+            checkpoints.append(
+                {
+                    "steps": steps,
+                    "ledger": asdict(ledger),
+                    "flops": ledger.flops(cost),
+                    "seconds": time.monotonic() - start,
+                    "loss": loss,
+                    "state": {k: v.detach().clone() for k, v in m.state_dict().items()},
+                }
+            )
         if tick:
             tick(steps, loss)
         return {"held_out_loss": loss}
@@ -169,12 +216,18 @@ def train_size(size: dict, examples, loss_examples, tokenizer, seed: int, where,
 
 # ---- measuring a checkpoint ----------------------------------------------------------------------
 
+
 def answer_record(result: dict, **extra) -> dict:
     """What the study keeps of an evaluation: accuracy (overall, per difficulty), format rate, thinking
     tokens and the inference FLOPs of an answer."""
-    return {**extra, "acc": result["accuracy"], "format_rate": result["format_rate"],
-            "mean_think_tokens": result["mean_think_tokens"], "flops": result["flops_per_answer"],
-            "by_difficulty": {d: r["accuracy"] for d, r in result.get("by_difficulty", {}).items()}}
+    return {
+        **extra,
+        "acc": result["accuracy"],
+        "format_rate": result["format_rate"],
+        "mean_think_tokens": result["mean_think_tokens"],
+        "flops": result["flops_per_answer"],
+        "by_difficulty": {d: r["accuracy"] for d, r in result.get("by_difficulty", {}).items()},
+    }
 
 
 def vote_records(model, tokenizer, task, problems, seed: int) -> list[dict]:
@@ -188,27 +241,59 @@ def vote_records(model, tokenizer, task, problems, seed: int) -> list[dict]:
     for k in VOTES:
         right, by_d = [], {}
         for i, p in enumerate(problems):
-            answers = [r["parsed_answer"].strip() if r["parsed_answer"] else None for r in rows[i * n:i * n + k]]
+            answers = [
+                r["parsed_answer"].strip() if r["parsed_answer"] else None for r in rows[i * n : i * n + k]
+            ]
             vote = majority_answer(answers)
             ok = vote is not None and task.verify(vote, p.answer)
             right.append(ok)
             by_d.setdefault(str(p.meta["difficulty"]), []).append(ok)
-        out.append({"k": k, "acc": sum(right) / len(right), "flops": k * result["flops_per_answer"],
-                    "mean_think_tokens": result["mean_think_tokens"],
-                    "by_difficulty": {d: sum(v) / len(v) for d, v in sorted(by_d.items())}})
+        out.append(
+            {
+                "k": k,
+                "acc": sum(right) / len(right),
+                "flops": k * result["flops_per_answer"],
+                "mean_think_tokens": result["mean_think_tokens"],
+                "by_difficulty": {d: sum(v) / len(v) for d, v in sorted(by_d.items())},
+            }
+        )
     return out
 
 
 def measure(model, tokenizer, task, problems, seed: int) -> dict:
     """Every way of answering, on `problems` (see the module docstring)."""
-    direct = evaluate_problems(model, tokenizer, task, problems, trigger=False, keep=0,
-                               params=SamplingParams(temperature=0.0, max_new_tokens=MAX_DIRECT))
-    think = [answer_record(evaluate_problems(model, tokenizer, task, problems, keep=0, params=SamplingParams(
-        temperature=0.0, max_new_tokens=MAX_THINK, think_budget=b)), budget=b) for b in (*THINK_BUDGETS, None)]
-    return {"direct": answer_record(direct), "think": think, "vote": vote_records(model, tokenizer, task, problems, seed)}
+    direct = evaluate_problems(
+        model,
+        tokenizer,
+        task,
+        problems,
+        trigger=False,
+        keep=0,
+        params=SamplingParams(temperature=0.0, max_new_tokens=MAX_DIRECT),
+    )
+    think = [
+        answer_record(
+            evaluate_problems(
+                model,
+                tokenizer,
+                task,
+                problems,
+                keep=0,
+                params=SamplingParams(temperature=0.0, max_new_tokens=MAX_THINK, think_budget=b),
+            ),
+            budget=b,
+        )
+        for b in (*THINK_BUDGETS, None)
+    ]
+    return {
+        "direct": answer_record(direct),
+        "think": think,
+        "vote": vote_records(model, tokenizer, task, problems, seed),
+    }
 
 
 # ---- the run -------------------------------------------------------------------------------------
+
 
 def run_compute_study(cfg: ComputeStudyConfig) -> dict:
     """Train every size, measure every checkpoint, analyse; results.json and report.html in cfg.out."""
@@ -224,13 +309,21 @@ def run_compute_study(cfg: ComputeStudyConfig) -> dict:
     task = get_task("chain", **TASK)
     sizes = plan(cfg.quick)
     start = time.monotonic() - earlier.get("seconds", 0.0)
-    results: dict = {"study": "compute", "task": "chains of 2 to 4 variables (1 to 3 hops), values 0..9", "config": asdict(cfg),
-                     "sizes": sizes, "think_budgets": list(THINK_BUDGETS), "votes": list(VOTES),
-                     "vote_temperature": VOTE_TEMPERATURE, "targets": list(TARGETS),
-                     "queries": query_counts(cfg.queries),
-                     "compute": compute.COUNTED,
-                     "points": earlier.get("points", []), "losses": earlier.get("losses", []),
-                     "ledger": earlier.get("ledger", {})}
+    results: dict = {
+        "study": "compute",
+        "task": "chains of 2 to 4 variables (1 to 3 hops), values 0..9",
+        "config": asdict(cfg),
+        "sizes": sizes,
+        "think_budgets": list(THINK_BUDGETS),
+        "votes": list(VOTES),
+        "vote_temperature": VOTE_TEMPERATURE,
+        "targets": list(TARGETS),
+        "queries": query_counts(cfg.queries),
+        "compute": compute.COUNTED,
+        "points": earlier.get("points", []),
+        "losses": earlier.get("losses", []),
+        "ledger": earlier.get("ledger", {}),
+    }
     done = {p["size"] for p in results["points"]}
 
     def save():
@@ -243,7 +336,9 @@ def run_compute_study(cfg: ComputeStudyConfig) -> dict:
 
     t = time.monotonic()
     tokenizer = TokenizerAdapter(build_char_tokenizer())
-    examples = tokenize_examples(tokenizer, corpus(task, QUICK_CORPUS if cfg.quick else CORPUS, cfg.seed), MAX_LEN)
+    examples = tokenize_examples(
+        tokenizer, corpus(task, QUICK_CORPUS if cfg.quick else CORPUS, cfg.seed), MAX_LEN
+    )
     loss_examples = tokenize_examples(tokenizer, corpus(task, 512, cfg.seed + 1, "test"), MAX_LEN)
     problems = task.problems(cfg.held_out if not cfg.quick else min(cfg.held_out, 40), "test", seed=99)
     results["ledger"]["corpus"] = {"flops": 0.0, "seconds": time.monotonic() - t}
@@ -255,23 +350,43 @@ def run_compute_study(cfg: ComputeStudyConfig) -> dict:
                 continue
             t = time.monotonic()
             checkpoints, losses, model, cost = train_size(
-                size, examples, loss_examples, tokenizer, cfg.seed, where,
-                tick=lambda steps, loss: tick(completed=steps, info=f"held-out loss {loss:.3f}"))
-            results["ledger"][f"size {i}: training"] = {"flops": checkpoints[-1]["flops"],
-                                                        "seconds": time.monotonic() - t}
+                size,
+                examples,
+                loss_examples,
+                tokenizer,
+                cfg.seed,
+                where,
+                tick=lambda steps, loss: tick(completed=steps, info=f"held-out loss {loss:.3f}"),
+            )
+            results["ledger"][f"size {i}: training"] = {
+                "flops": checkpoints[-1]["flops"],
+                "seconds": time.monotonic() - t,
+            }
             results["losses"] += [[c, loss, steps, i] for c, loss, steps in losses]
             t = time.monotonic()
             for share, c in zip(BUDGET_SHARES, checkpoints):
                 model.load_state_dict(c.pop("state"))
                 tick(advance=0, info=f"measuring the checkpoint at {c['steps']} steps")
-                results["points"].append({
-                    "size": i, **size, "n_params": cost.n_params, "budget": f"1/{share}", "steps": c["steps"],
-                    "tokens": c["ledger"]["trained"], "train_flops": c["flops"], "train_seconds": c["seconds"],
-                    "loss": c["loss"], **measure(model, tokenizer, task, problems, cfg.seed)})
+                results["points"].append(
+                    {
+                        "size": i,
+                        **size,
+                        "n_params": cost.n_params,
+                        "budget": f"1/{share}",
+                        "steps": c["steps"],
+                        "tokens": c["ledger"]["trained"],
+                        "train_flops": c["flops"],
+                        "train_seconds": c["seconds"],
+                        "loss": c["loss"],
+                        **measure(model, tokenizer, task, problems, cfg.seed),
+                    }
+                )
             results["ledger"][f"size {i}: evaluation"] = {"flops": 0.0, "seconds": time.monotonic() - t}
-            tick(completed=size["steps"],
-                 info=f"{cost.n_params:,} params: direct {results['points'][-1]['direct']['acc']:.0%}, "
-                      f"thinking {results['points'][-1]['think'][-1]['acc']:.0%}")
+            tick(
+                completed=size["steps"],
+                info=f"{cost.n_params:,} params: direct {results['points'][-1]['direct']['acc']:.0%}, "
+                f"thinking {results['points'][-1]['think'][-1]['acc']:.0%}",
+            )
             save()
     build_report(out)
     save()
@@ -287,6 +402,8 @@ def earlier_study(out: Path, cfg: ComputeStudyConfig) -> dict:
     made = earlier.get("config", {})
     other = [f"{k}={made.get(k)!r}" for k in ("quick", "held_out", "seed") if made.get(k) != getattr(cfg, k)]
     if other or earlier.get("study") != "compute":
-        raise UserError(f"--resume: the study in {out} was made with {', '.join(other) or 'other settings'}; "
-                        "run without --resume to start over, or give the same settings")
+        raise UserError(
+            f"--resume: the study in {out} was made with {', '.join(other) or 'other settings'}; "
+            "run without --resume to start over, or give the same settings"
+        )
     return earlier

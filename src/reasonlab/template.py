@@ -56,8 +56,15 @@ CHAT_SYSTEM = (
 PROMPT_STYLES = ("plain", "r1", "chat")
 
 
-def build_prompt(question: str, style: str = "plain", *, trigger: bool = True,
-                 tokenizer=None, prefill_think: bool = False, system: str | None = None) -> str:
+def build_prompt(
+    question: str,
+    style: str = "plain",
+    *,
+    trigger: bool = True,
+    tokenizer=None,
+    prefill_think: bool = False,
+    system: str | None = None,
+) -> str:
     """Return the text a model continues for `question`.
 
     >>> build_prompt("12+34", style="plain")
@@ -76,8 +83,10 @@ def build_prompt(question: str, style: str = "plain", *, trigger: bool = True,
         if prefill_think:
             text += " "
     elif style == "chat":
-        text = chat_prompt(tokenizer, [{"role": "system", "content": system or CHAT_SYSTEM},
-                                       {"role": "user", "content": question}])
+        text = chat_prompt(
+            tokenizer,
+            [{"role": "system", "content": system or CHAT_SYSTEM}, {"role": "user", "content": question}],
+        )
         if prompt_opens_think(text):  # the template prefilled <think> itself
             return text
     else:
@@ -93,8 +102,10 @@ def length_prompt(question: str, target: int) -> str:
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """`messages` through the tokenizer's chat template, ready for the assistant's reply."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the chat prompt style needs a tokenizer with a chat template, and this model's has "
-                         "none: use the plain or r1 style")
+        raise ValueError(
+            "the chat prompt style needs a tokenizer with a chat template, and this model's has "
+            "none: use the plain or r1 style"
+        )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -116,8 +127,9 @@ class Parsed:
     reasons: list[str] = field(default_factory=list)  # why the format is broken (empty when ok)
 
 
-def parse_completion(completion: str, prompt: str | None = None, *,
-                     think_prefilled: bool | None = None) -> Parsed:
+def parse_completion(
+    completion: str, prompt: str | None = None, *, think_prefilled: bool | None = None
+) -> Parsed:
     """Split `completion` into think and answer text and check the format (see module docstring).
 
     >>> parse_completion("<think>2+2=4</think><answer>4</answer>").answer
@@ -147,11 +159,11 @@ def parse_completion(completion: str, prompt: str | None = None, *,
         return Parsed(think, None, False, ["tags out of order or nested"])
     if text[:i0].strip():
         reasons.append("text before <think>")
-    if text[i1 + len(THINK_CLOSE):i2].strip():
+    if text[i1 + len(THINK_CLOSE) : i2].strip():
         reasons.append("text between </think> and <answer>")
-    if text[i3 + len(ANSWER_CLOSE):].strip():
+    if text[i3 + len(ANSWER_CLOSE) :].strip():
         reasons.append("text after </answer>")
-    answer = text[i2 + len(ANSWER_OPEN):i3].strip()
+    answer = text[i2 + len(ANSWER_OPEN) : i3].strip()
     if not answer:
         reasons.append("empty answer")
     if reasons:
@@ -167,7 +179,7 @@ def _block(text: str, open_tag: str, close_tag: str) -> str | None:
     end = text.find(close_tag, start + len(open_tag))
     if end < 0:
         return None
-    return text[start + len(open_tag):end].strip()
+    return text[start + len(open_tag) : end].strip()
 
 
 def format_completion(think: str, answer: str) -> str:
@@ -177,12 +189,17 @@ def format_completion(think: str, answer: str) -> str:
 
 # ---- free-form samples (Method 1's `free_form` mode) ---------------------------------------------
 
-FREE_FORM_INSTRUCTION = ('Solve the problem step by step, then end with "The answer is" followed by the '
-                         "final answer.")
-FREE_FORM_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
-                'solves it step by step, then ends with "The answer is" followed by the final answer.')
-DIRECT_R1 = ("A conversation between User and Assistant. The User asks a question, and the Assistant "
-             "replies with only the final answer.")
+FREE_FORM_INSTRUCTION = (
+    'Solve the problem step by step, then end with "The answer is" followed by the final answer.'
+)
+FREE_FORM_R1 = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant "
+    'solves it step by step, then ends with "The answer is" followed by the final answer.'
+)
+DIRECT_R1 = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant "
+    "replies with only the final answer."
+)
 DIRECT_INSTRUCTION = "Reply with only the final answer."
 
 # How a model is asked (`prompt_for`): in the template (strictly parsed), to reason in free text, or to
@@ -197,14 +214,18 @@ def free_form_prompt(question: str, style: str = "plain", *, tokenizer=None) -> 
     the question, in the user's message (the model's own system prompt, if its template has one:
     SmolLM2-135M-Instruct solved 20% of 100 two-digit sums so, 11% with the instruction as the
     system prompt)."""
-    return _instructed(question, style, tokenizer, trigger=True, r1=FREE_FORM_R1, instruction=FREE_FORM_INSTRUCTION)
+    return _instructed(
+        question, style, tokenizer, trigger=True, r1=FREE_FORM_R1, instruction=FREE_FORM_INSTRUCTION
+    )
 
 
 def direct_prompt(question: str, style: str = "plain", *, tokenizer=None) -> str:
     """The text a model continues to answer `question` at once, no reasoning asked for: the plain
     prompt without the trigger, the R1 conversation or the chat template with the instruction to
     reply with only the answer after the question (as `free_form_prompt` puts its own)."""
-    return _instructed(question, style, tokenizer, trigger=False, r1=DIRECT_R1, instruction=DIRECT_INSTRUCTION)
+    return _instructed(
+        question, style, tokenizer, trigger=False, r1=DIRECT_R1, instruction=DIRECT_INSTRUCTION
+    )
 
 
 def _instructed(question: str, style: str, tokenizer, *, trigger: bool, r1: str, instruction: str) -> str:
@@ -219,8 +240,9 @@ def _instructed(question: str, style: str, tokenizer, *, trigger: bool, r1: str,
     return chat_prompt(tokenizer, [{"role": "user", "content": f"{question} {instruction}"}])
 
 
-def prompt_for(question: str, style: str = "plain", kind: str = "template", *, trigger: bool = True,
-               tokenizer=None) -> str:
+def prompt_for(
+    question: str, style: str = "plain", kind: str = "template", *, trigger: bool = True, tokenizer=None
+) -> str:
     """The prompt of `kind` (`PROMPT_KINDS`) in `style`: the template's (`build_prompt`), the
     free-form step-by-step one (`free_form_prompt`) or the direct one (`direct_prompt`)."""
     if kind == "template":
@@ -262,14 +284,14 @@ def read_free_answer(text: str) -> tuple[str, str] | None:
         end = stop.start() if stop else len(text)
         answer = _clean_answer(text[start:end])
         if answer:
-            return text[:end + (stop is not None and text[end] == ".")].strip(), answer
+            return text[: end + (stop is not None and text[end] == ".")].strip(), answer
     if (box := text.rfind(_BOXED)) >= 0 and (inner := _braced(text, box + len(_BOXED))) is not None:
         end = box + len(_BOXED) + len(inner) + 1
         return text[:end].strip(), inner.strip()
     numbers = list(_NUMBER.finditer(text))
     if not numbers:
         return None
-    return text[:numbers[-1].end()].strip(), numbers[-1].group()
+    return text[: numbers[-1].end()].strip(), numbers[-1].group()
 
 
 def _clean_answer(text: str) -> str:

@@ -24,11 +24,15 @@ from pathlib import Path
 from .errors import UserError
 
 # name -> (module imported, pip command)
-TRACKERS = {"tensorboard": ("tensorboard", "pip install tensorboard"),
-            "wandb": ("wandb", "pip install wandb"),
-            "trackio": ("trackio", "pip install trackio")}
-REPORT_TO_HELP = ("where each step's metrics go besides metrics.jsonl: auto (tensorboard when installed, "
-                  "else none), none, or any of tensorboard (OUT/tensorboard), wandb, trackio, comma-separated")
+TRACKERS = {
+    "tensorboard": ("tensorboard", "pip install tensorboard"),
+    "wandb": ("wandb", "pip install wandb"),
+    "trackio": ("trackio", "pip install trackio"),
+}
+REPORT_TO_HELP = (
+    "where each step's metrics go besides metrics.jsonl: auto (tensorboard when installed, "
+    "else none), none, or any of tensorboard (OUT/tensorboard), wandb, trackio, comma-separated"
+)
 PROJECT = "reasonlab"  # the wandb / trackio project, unless WANDB_PROJECT / TRACKIO_PROJECT names one
 
 
@@ -55,8 +59,10 @@ def resolve(report_to: str | tuple | list) -> tuple[str, ...]:
         raise UserError(f"--report-to names no tracker: give auto, none, or any of {', '.join(TRACKERS)}")
     unknown = [n for n in names if n not in (*TRACKERS, "auto", "none")]
     if unknown:
-        raise UserError(f"--report-to: unknown tracker {unknown[0]!r}: give auto, none, or any of "
-                        f"{', '.join(TRACKERS)}, comma-separated")
+        raise UserError(
+            f"--report-to: unknown tracker {unknown[0]!r}: give auto, none, or any of "
+            f"{', '.join(TRACKERS)}, comma-separated"
+        )
     if len(names) > 1 and {"auto", "none"} & set(names):
         raise UserError(f"--report-to {','.join(names)}: auto and none stand alone")
     if names == ["none"]:
@@ -72,8 +78,11 @@ def resolve(report_to: str | tuple | list) -> tuple[str, ...]:
 
 def scalars(row: dict) -> dict[str, float]:
     """A row's numeric values, by their names (not its step; no text, booleans or nested tables)."""
-    return {k: float(v) for k, v in row.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 _open_wandb_runs = 0  # a second wandb run while one is open (rationales' rounds) needs reinit="create_new"
@@ -96,23 +105,31 @@ class Trackers:
     def _open_tensorboard(self, config):
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(log_dir=str(self.folder / "tensorboard"), purge_step=self.purge_step, flush_secs=10)
+        return SummaryWriter(
+            log_dir=str(self.folder / "tensorboard"), purge_step=self.purge_step, flush_secs=10
+        )
 
     def _open_wandb(self, config):
         global _open_wandb_runs
         import wandb
 
         again = {"reinit": "create_new"} if _open_wandb_runs else {}
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT") or PROJECT, name=str(self.folder),
-                         dir=str(self.folder), config=config, **again)
+        run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or PROJECT,
+            name=str(self.folder),
+            dir=str(self.folder),
+            config=config,
+            **again,
+        )
         _open_wandb_runs += 1
         return run
 
     def _open_trackio(self, config):
         import trackio
 
-        return trackio.init(project=os.environ.get("TRACKIO_PROJECT") or PROJECT, name=str(self.folder),
-                            config=config)
+        return trackio.init(
+            project=os.environ.get("TRACKIO_PROJECT") or PROJECT, name=str(self.folder), config=config
+        )
 
     def log(self, row: dict, step: int | None = None) -> None:
         """`row`'s numeric values at `step` (default: the row's "step")."""

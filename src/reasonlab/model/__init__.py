@@ -11,5 +11,17 @@ from .grouped import GroupedBatch
 from .hf import HFCausalLM
 from .tokenizer import TokenizerAdapter, build_char_tokenizer
 
-__all__ = ["GPT", "GPTConfig", "GroupedBatch", "HFCausalLM", "TokenizerAdapter", "build_char_tokenizer",
-           "export_hf", "load_model", "load_train_config", "new_builtin", "save_checkpoint", "train_record"]
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "GroupedBatch",
+    "HFCausalLM",
+    "TokenizerAdapter",
+    "build_char_tokenizer",
+    "export_hf",
+    "load_model",
+    "load_train_config",
+    "new_builtin",
+    "save_checkpoint",
+    "train_record",
+]

@@ -30,10 +30,23 @@ from .tokenizer import TokenizerAdapter, build_char_tokenizer, load_tokenizer
 
 TRAIN_CONFIG = "train_config.json"
 # What a checkpoint folder may hold (ours, or a Hugging Face model's): only such a folder is replaced.
-CHECKPOINT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                    TRAIN_CONFIG, RUN_MARKER, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-                    "chat_template.json"}
+CHECKPOINT_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    TRAIN_CONFIG,
+    RUN_MARKER,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+}
 SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
@@ -50,13 +63,24 @@ def llama_config(config: GPTConfig, tokenizer: TokenizerAdapter):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
-        num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-        num_key_value_heads=config.n_kv_head, head_dim=config.head_dim, hidden_act="silu",
-        max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
-        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_embeddings,
-        attention_bias=False, mlp_bias=False, eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id, bos_token_id=None, architectures=["LlamaForCausalLM"],
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=None,
+        architectures=["LlamaForCausalLM"],
     )
 
 
@@ -84,12 +108,21 @@ def is_checkpoint_folder(path) -> bool:
     if not path.is_dir() or path.is_symlink():
         return False
     entries = list(path.iterdir())
-    return not entries or ((path / "config.json").is_file() and all(
-        e.is_file() and (e.name in CHECKPOINT_FILES or SHARD.fullmatch(e.name)) for e in entries))
+    return not entries or (
+        (path / "config.json").is_file()
+        and all(e.is_file() and (e.name in CHECKPOINT_FILES or SHARD.fullmatch(e.name)) for e in entries)
+    )
 
 
-def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict | None = None,
-                    *, reasonlab_meta: bool = True, into: bool = False) -> Path:
+def save_checkpoint(
+    path,
+    model,
+    tokenizer: TokenizerAdapter,
+    train_config: dict | None = None,
+    *,
+    reasonlab_meta: bool = True,
+    into: bool = False,
+) -> Path:
     """Write `model` + `tokenizer` (+ `train_config`) to folder
     `path`, atomically. An existing `path` is replaced only when it is a checkpoint folder
     (`is_checkpoint_folder`); a folder holding other files is written into when `into` (its other
@@ -118,7 +151,9 @@ def save_checkpoint(path, model, tokenizer: TokenizerAdapter, train_config: dict
                 os.fsync(f.fileno())
         _swap_in(tmp, path) if replace else _move_files_into(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot save the checkpoint {path}: {e.strerror or e} (nothing was changed there)") from None
+        raise UserError(
+            f"cannot save the checkpoint {path}: {e.strerror or e} (nothing was changed there)"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -199,15 +234,22 @@ def check_shapes(path, config: GPTConfig, weights: dict) -> None:
     config.json of absurd sizes is an error, never an attempt to allocate them."""
     layers = {k.split(".")[2] for k in weights if k.startswith("model.layers.")}
     if config.n_layer != len(layers):
-        raise UserError(f"checkpoint {path} does not match its config: n_layer {config.n_layer}, "
-                        f"model.safetensors holds {len(layers)} layers")
+        raise UserError(
+            f"checkpoint {path} does not match its config: n_layer {config.n_layer}, "
+            f"model.safetensors holds {len(layers)} layers"
+        )
     with torch.device("meta"):  # shapes only: no memory
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
-    wrong = sorted(k for k in set(expected) | set(weights) if k != "lm_head.weight"
-                   and expected.get(k) != (tuple(weights[k].shape) if k in weights else None))
+    wrong = sorted(
+        k
+        for k in set(expected) | set(weights)
+        if k != "lm_head.weight" and expected.get(k) != (tuple(weights[k].shape) if k in weights else None)
+    )
     if wrong:
-        raise UserError(f"checkpoint {path} does not match its config: {len(wrong)} tensors missing or of "
-                        f"other shapes ({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})")
+        raise UserError(
+            f"checkpoint {path} does not match its config: {len(wrong)} tensors missing or of "
+            f"other shapes ({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})"
+        )
 
 
 def load_train_config(path) -> dict | None:

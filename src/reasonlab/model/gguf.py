@@ -129,8 +129,10 @@ def require_packages() -> None:
         import gguf  # noqa: F401
     except ImportError as e:
         missing = e.name or "gguf or accelerate"
-        raise UserError(f"loading a .gguf model needs the packages gguf and accelerate ({missing} is not "
-                        f"installed): {INSTALL}") from None
+        raise UserError(
+            f"loading a .gguf model needs the packages gguf and accelerate ({missing} is not "
+            f"installed): {INSTALL}"
+        ) from None
 
 
 def check_whole(path: Path) -> int:
@@ -144,14 +146,20 @@ def check_whole(path: Path) -> int:
         tensors = GGUFReader(path).tensors
     except Exception as e:
         if isinstance(e, ValueError) and "GGMLQuantizationType" in str(e):
-            raise UserError(f"cannot read {path}: it holds a tensor type the installed gguf package does not know "
-                            f"({one_line(e)}; pip install -U gguf)") from None
-        raise UserError(f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt (gguf's reader: "
-                        f"{type(e).__name__}: {one_line(e)})") from None
+            raise UserError(
+                f"cannot read {path}: it holds a tensor type the installed gguf package does not know "
+                f"({one_line(e)}; pip install -U gguf)"
+            ) from None
+        raise UserError(
+            f"cannot read {path} ({size:,} bytes): the file is truncated or corrupt (gguf's reader: "
+            f"{type(e).__name__}: {one_line(e)})"
+        ) from None
     end = max((t.data_offset + t.n_bytes for t in tensors), default=0)
     if end > size:
-        raise UserError(f"cannot read {path} ({size:,} bytes): the file is truncated, its tensor data runs to "
-                        f"byte {end:,}")
+        raise UserError(
+            f"cannot read {path} ({size:,} bytes): the file is truncated, its tensor data runs to "
+            f"byte {end:,}"
+        )
     return 4 * sum(int(t.n_elements) for t in tensors)
 
 
@@ -166,8 +174,10 @@ def write_folder(source: Path, folder: Path, needed: int = 0) -> None:
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.tmp-"))
         os.chmod(tmp, plain_mode(folder=True))  # what mkdir gives under the umask, not mkdtemp's 0700
     except OSError as e:
-        raise UserError(f"cannot write the GGUF cache {root}: {e.strerror or e} "
-                        "(set REASONLAB_CACHE to a writable folder)") from None
+        raise UserError(
+            f"cannot write the GGUF cache {root}: {e.strerror or e} "
+            "(set REASONLAB_CACHE to a writable folder)"
+        ) from None
     try:
         convert(source, tmp)
         for file in tmp.iterdir():  # on disk before the rename makes the folder visible
@@ -187,14 +197,24 @@ def write_folder(source: Path, folder: Path, needed: int = 0) -> None:
 def is_write_error(error: BaseException) -> bool:
     """Whether a conversion failed writing its files: an OSError, safetensors' SafetensorError (a
     full disk reads "… No space left on device …"), or a Rust library's error naming an OS error."""
-    return isinstance(error, OSError) or type(error).__name__ == "SafetensorError" or (
-        isinstance(error, Exception) and re.search(r"\(os error \d+\)|No space left on device", str(error)) is not None)
+    return (
+        isinstance(error, OSError)
+        or type(error).__name__ == "SafetensorError"
+        or (
+            isinstance(error, Exception)
+            and re.search(r"\(os error \d+\)|No space left on device", str(error)) is not None
+        )
+    )
 
 
 def write_reason(error: BaseException) -> str:
     """Why a write failed, in a few words: the OS's words for its error number where there is one."""
     text = str(error)
-    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text or "StorageFull" in text:
+    if (
+        getattr(error, "errno", None) == errno.ENOSPC
+        or "No space left on device" in text
+        or "StorageFull" in text
+    ):
         return os.strerror(errno.ENOSPC)
     if getattr(error, "errno", None) == errno.EDQUOT or "Disk quota exceeded" in text:
         return os.strerror(errno.EDQUOT)
@@ -209,8 +229,10 @@ def cache_write_error(root: Path, reason: str, needed: int, free: int | None) ->
     if free is not None:
         room.append(f"{megabytes(free)} free there")
     room = f" ({', '.join(room)})" if room else ""
-    return (f"cannot write the GGUF cache {root}: {reason}{room}; set REASONLAB_CACHE to a folder on a disk with "
-            "room (export REASONLAB_CACHE=/path/with/room)")
+    return (
+        f"cannot write the GGUF cache {root}: {reason}{room}; set REASONLAB_CACHE to a folder on a disk with "
+        "room (export REASONLAB_CACHE=/path/with/room)"
+    )
 
 
 def check_room(root: Path, needed: int) -> None:
@@ -245,8 +267,15 @@ def evict_replaced(folder: Path) -> None:
     that cannot be removed is said on stderr."""
     prefix = folder.name[:-16]  # "<stem>-<path hash>-"
     try:
-        entries = [e for e in folder.parent.iterdir() if e != folder and e.name.startswith(prefix)
-                   and CONTENT_KEY.fullmatch(e.name[len(prefix):]) and e.is_dir() and not e.is_symlink()]
+        entries = [
+            e
+            for e in folder.parent.iterdir()
+            if e != folder
+            and e.name.startswith(prefix)
+            and CONTENT_KEY.fullmatch(e.name[len(prefix) :])
+            and e.is_dir()
+            and not e.is_symlink()
+        ]
     except OSError:
         entries = []
     for entry in entries:
@@ -254,10 +283,18 @@ def evict_replaced(folder: Path) -> None:
             aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{entry.name}.old-"))
             os.replace(entry, aside)  # onto the empty folder mkdtemp made
             shutil.rmtree(aside)
-            print(f"removed {entry.name}, the conversion of this file's earlier content", file=sys.stderr, flush=True)
+            print(
+                f"removed {entry.name}, the conversion of this file's earlier content",
+                file=sys.stderr,
+                flush=True,
+            )
         except OSError as e:
-            print(f"warning: could not remove {entry}, the conversion of this file's earlier content: "
-                  f"{e.strerror or e} (delete it by hand)", file=sys.stderr, flush=True)
+            print(
+                f"warning: could not remove {entry}, the conversion of this file's earlier content: "
+                f"{e.strerror or e} (delete it by hand)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def convert(source: Path, out: Path) -> None:
@@ -273,8 +310,10 @@ def convert(source: Path, out: Path) -> None:
     except ImportError as e:  # transformers refuses a gguf or accelerate older than it supports
         raise UserError(f"cannot convert {source.name}: {one_line(e)} ({INSTALL})") from None
     except Exception as e:  # an architecture or tokenizer type transformers cannot read, a corrupt file
-        raise UserError(f"cannot convert {source.name} (GGUF architecture {architecture(source)!r}) with "
-                        f"transformers: {type(e).__name__}: {one_line(e)}") from None
+        raise UserError(
+            f"cannot convert {source.name} (GGUF architecture {architecture(source)!r}) with "
+            f"transformers: {type(e).__name__}: {one_line(e)}"
+        ) from None
     plain_copy(model).save_pretrained(out)
     tokenizer.save_pretrained(out)
 

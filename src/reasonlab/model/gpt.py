@@ -49,8 +49,13 @@ class GPTConfig:
             raise ValueError(f"model config: {', '.join(wrong)} of the wrong type")
         if not (0 < self.rope_theta < math.inf and 0 < self.norm_eps < math.inf):
             raise ValueError("model config: rope_theta and norm_eps must be finite and > 0")
-        if min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.d_model, self.max_seq_len) < 1:
-            raise ValueError("model sizes (vocab_size, n_layer, n_head, n_kv_head, d_model, max_seq_len) must be >= 1")
+        if (
+            min(self.vocab_size, self.n_layer, self.n_head, self.n_kv_head, self.d_model, self.max_seq_len)
+            < 1
+        ):
+            raise ValueError(
+                "model sizes (vocab_size, n_layer, n_head, n_kv_head, d_model, max_seq_len) must be >= 1"
+            )
         if self.max_seq_len > MAX_POSITIONS:  # RoPE tables are built for every position
             raise ValueError(f"max_seq_len must be <= {MAX_POSITIONS}, got {self.max_seq_len}")
         if self.d_model % (2 * self.n_head) or self.n_head % self.n_kv_head:
@@ -71,11 +76,19 @@ class SharedPrefix:
         self.k, self.v = [], []
         self.group, self.index, self.rows, self.width = batch.group_size, index, len(batch), width
         Lp, device = batch.prompt_ids.shape[1], batch.prompt_ids.device
-        prompt_keys = torch.arange(Lp, device=device)[None, :] < batch.prompt_lens.repeat_interleave(self.group)[:, None]
+        prompt_keys = (
+            torch.arange(Lp, device=device)[None, :]
+            < batch.prompt_lens.repeat_interleave(self.group)[:, None]
+        )
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         # (N, 1, width, Lp + width): a completion token sees its prompt's real tokens and its own past.
-        self.mask = torch.cat([prompt_keys[:, None, None, :].expand(-1, 1, width, Lp),
-                               causal[None, None].expand(self.rows, 1, width, width)], dim=-1)
+        self.mask = torch.cat(
+            [
+                prompt_keys[:, None, None, :].expand(-1, 1, width, Lp),
+                causal[None, None].expand(self.rows, 1, width, width),
+            ],
+            dim=-1,
+        )
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """(tokens, H, hd) packed -> (N, H, width, hd), zeros on padding."""
@@ -110,12 +123,22 @@ class KVCache:
             # of each head's features, so it folds into the weight rows). Decoding takes all five
             # from one matmul; a prefill takes the first three (`qkv_rows`, a view).
             rot = lambda w: rotate_half(w.T.reshape(c.d_model, -1, c.head_dim)).reshape(c.d_model, -1).T  # noqa: E731
-            self.w_qkv_rope = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
-                                          rot(a.q_proj.weight), rot(a.k_proj.weight)])
-                               for a in (b.self_attn for b in model.model.layers)]
+            self.w_qkv_rope = [
+                torch.cat(
+                    [
+                        a.q_proj.weight,
+                        a.k_proj.weight,
+                        a.v_proj.weight,
+                        rot(a.q_proj.weight),
+                        rot(a.k_proj.weight),
+                    ]
+                )
+                for a in (b.self_attn for b in model.model.layers)
+            ]
             self.qkv_rows = (c.n_head + 2 * c.n_kv_head) * c.head_dim
-            self.w_gate_up = [torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])
-                              for b in model.model.layers]
+            self.w_gate_up = [
+                torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight]) for b in model.model.layers
+            ]
 
         self.start = 0  # positions before `start` live in the shared prompt cache (see `share_rows`)
         self.shared: SharedPrompts | None = None
@@ -136,9 +159,12 @@ class KVCache:
         the prompts' keys and values stay one copy (`SharedPrompts`), each row's own tokens go to a
         per-row cache from position `start`."""
         B, P = index.shape[0], self.pos
-        self.shared = SharedPrompts(index, [k[:, :, :P].contiguous() for k in self.k],
-                                    [v[:, :, :P].contiguous() for v in self.v],
-                                    self.key_bias[:, :, :, :P].contiguous())  # (U, 1, 1, P): the prompt padding
+        self.shared = SharedPrompts(
+            index,
+            [k[:, :, :P].contiguous() for k in self.k],
+            [v[:, :, :P].contiguous() for v in self.v],
+            self.key_bias[:, :, :, :P].contiguous(),
+        )  # (U, 1, 1, P): the prompt padding
         shape = (B, self.k[0].shape[1], self.k[0].shape[2] - P, self.k[0].shape[3])
         self.k = [torch.empty(shape, dtype=k.dtype, device=k.device) for k in self.k]
         self.v = [torch.empty(shape, dtype=v.dtype, device=v.device) for v in self.v]
@@ -148,16 +174,18 @@ class KVCache:
         """One decode step's attention: q (B, H, hd) over positions [0, end) -> (B, H * hd).
         `bias` (B*H, 1, end): the padding mask of an unshared cache."""
         B, H, hd = q.shape
-        keys, values = self.k[layer][:, :, :end - self.start], self.v[layer][:, :, :end - self.start]
+        keys, values = self.k[layer][:, :, : end - self.start], self.v[layer][:, :, : end - self.start]
         if self.shared is not None:
             Hk = keys.shape[1]
-            return self.shared.attend(layer, q.view(B, Hk, H // Hk, hd), keys, values, hd ** -0.5).reshape(B, H * hd)
+            return self.shared.attend(layer, q.view(B, Hk, H // Hk, hd), keys, values, hd**-0.5).reshape(
+                B, H * hd
+            )
         if keys.shape[1] != H:  # grouped-query attention: share each key/value head
             rep = H // keys.shape[1]
             keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
         t = end - self.start
         keys, values = keys.reshape(B * H, t, hd), values.reshape(B * H, t, hd)
-        scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), keys.transpose(1, 2), alpha=hd ** -0.5)
+        scores = torch.baddbmm(bias, q.reshape(B * H, 1, hd), keys.transpose(1, 2), alpha=hd**-0.5)
         return torch.bmm(torch.softmax(scores, dim=-1), values).view(B, H * hd)
 
 
@@ -170,8 +198,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.d_model, c.n_kv_head * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.n_head * c.head_dim, c.d_model, bias=False)
 
-    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0,
-                prefix: SharedPrefix | None = None):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        mask=None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        prefix: SharedPrefix | None = None,
+    ):
         if prefix is not None and len(prefix.k) > layer:  # packed completions after their prompts
             return self._after_prefix(x, cos, sin, prefix, layer)
         B, T, _ = x.shape  # (B, T, d_model)
@@ -179,26 +215,30 @@ class Attention(nn.Module):
         if cache is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
-            q, k, v = F.linear(x, cache.w_qkv_rope[layer][:cache.qkv_rows]).split(
-                [c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd], dim=-1)
+            q, k, v = F.linear(x, cache.w_qkv_rope[layer][: cache.qkv_rows]).split(
+                [c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd], dim=-1
+            )
         q = q.view(B, T, c.n_head, hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, c.n_kv_head, hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(B, T, c.n_kv_head, hd).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hd)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                               enable_gqa=c.n_kv_head != c.n_head)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=c.n_kv_head != c.n_head
+            )
             if prefix is not None:  # the prompt pass: keep its keys and values for the completions
                 prefix.k.append(k)
                 prefix.v.append(v)
         else:
             end = cache.pos + T
-            cache.k[layer][:, :, cache.pos:end] = k
-            cache.v[layer][:, :, cache.pos:end] = v
+            cache.k[layer][:, :, cache.pos : end] = k
+            cache.v[layer][:, :, cache.pos : end] = v
             keys, values = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
             if mask is None:  # first call, no padding: the cache holds exactly these keys
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=c.n_kv_head != c.n_head)
+                y = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, enable_gqa=c.n_kv_head != c.n_head
+                )
             else:
                 y = _cached_attention(q, keys, values, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -211,10 +251,13 @@ class Attention(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         G = prefix.group
         keys = torch.cat([prefix.k[layer].repeat_interleave(G, 0), prefix.pad(k)], dim=2)
-        values = torch.cat([prefix.v[layer].repeat_interleave(G, 0), prefix.pad(self.v_proj(x).view(-1, c.n_kv_head, hd))],
-                           dim=2)
-        y = F.scaled_dot_product_attention(prefix.pad(q), keys, values, attn_mask=prefix.mask,
-                                           enable_gqa=c.n_kv_head != c.n_head)  # (N, H, width, hd)
+        values = torch.cat(
+            [prefix.v[layer].repeat_interleave(G, 0), prefix.pad(self.v_proj(x).view(-1, c.n_kv_head, hd))],
+            dim=2,
+        )
+        y = F.scaled_dot_product_attention(
+            prefix.pad(q), keys, values, attn_mask=prefix.mask, enable_gqa=c.n_kv_head != c.n_head
+        )  # (N, H, width, hd)
         y = y.transpose(1, 2).reshape(-1, c.n_head * hd).index_select(0, prefix.index)
         return self.o_proj(y)
 
@@ -318,15 +361,18 @@ class GPT(nn.Module):
         H, Hk, hd, pos = c.n_head, c.n_kv_head, c.head_dim, cache.pos
         end = pos + 1
         cos, sin = self.cos[position_ids], self.sin[position_ids]  # (B, 1, hd)
-        bias = None if cache.shared is not None else \
-            cache.key_bias[:, :, :, :end].expand(B, H, 1, end).reshape(B * H, 1, end)
+        bias = (
+            None
+            if cache.shared is not None
+            else cache.key_bias[:, :, :, :end].expand(B, H, 1, end).reshape(B * H, 1, end)
+        )
         x = self.model.embed_tokens(input_ids)  # (B, 1, d)
         for i, block in enumerate(self.model.layers):
             h = F.rms_norm(x, (c.d_model,), block.input_layernorm.weight, c.norm_eps)
             qkv = F.linear(h, cache.w_qkv_rope[i]).view(B, 2 * H + 3 * Hk, hd)
-            qk = torch.addcmul(qkv[:, :H + Hk] * cos, qkv[:, H + 2 * Hk:], sin)  # RoPE on q and k at once
+            qk = torch.addcmul(qkv[:, : H + Hk] * cos, qkv[:, H + 2 * Hk :], sin)  # RoPE on q and k at once
             cache.k[i][:, :, pos - cache.start] = qk[:, H:]
-            cache.v[i][:, :, pos - cache.start] = qkv[:, H + Hk:H + 2 * Hk]
+            cache.v[i][:, :, pos - cache.start] = qkv[:, H + Hk : H + 2 * Hk]
             y = cache.attend(i, qk[:, :H], end, bias)
             x = x + F.linear(y, block.self_attn.o_proj.weight)[:, None]
             h = F.rms_norm(x, (c.d_model,), block.post_attention_layernorm.weight, c.norm_eps)

@@ -43,7 +43,9 @@ class GroupedBatch:
         N, Lc = self.completion_ids.shape
         cols, keep = self.fed()
         rows = torch.arange(N, device=cols.device)
-        return torch.cat([rows[self.completion_lens > 0] * Lc, (rows[:, None] * Lc + cols[None, :] + 1)[keep]])
+        return torch.cat(
+            [rows[self.completion_lens > 0] * Lc, (rows[:, None] * Lc + cols[None, :] + 1)[keep]]
+        )
 
     def __getitem__(self, rows: slice) -> "GroupedBatch":
         """The rows of whole groups (`rows` must start and stop on a group boundary)."""
@@ -52,9 +54,21 @@ class GroupedBatch:
         if start % G or stop % G:
             raise ValueError(f"rows {start}:{stop} split a group of {G}")
         prompts = slice(start // G, stop // G)
-        return GroupedBatch(self.prompt_ids[prompts], self.prompt_lens[prompts], self.completion_ids[start:stop],
-                            self.completion_lens[start:stop], G, self.packed)
+        return GroupedBatch(
+            self.prompt_ids[prompts],
+            self.prompt_lens[prompts],
+            self.completion_ids[start:stop],
+            self.completion_lens[start:stop],
+            G,
+            self.packed,
+        )
 
     def to(self, device) -> "GroupedBatch":
-        return GroupedBatch(self.prompt_ids.to(device), self.prompt_lens.to(device), self.completion_ids.to(device),
-                            self.completion_lens.to(device), self.group_size, self.packed)
+        return GroupedBatch(
+            self.prompt_ids.to(device),
+            self.prompt_lens.to(device),
+            self.completion_ids.to(device),
+            self.completion_lens.to(device),
+            self.group_size,
+            self.packed,
+        )

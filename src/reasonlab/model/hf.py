@@ -59,8 +59,9 @@ class HFCache:
         self.capacity = capacity
         if capacity is not None:
             reserved = reserved_layer_class()
-            self.kv.layers = [reserved(capacity) if type(layer) is DynamicLayer else layer
-                              for layer in self.kv.layers]
+            self.kv.layers = [
+                reserved(capacity) if type(layer) is DynamicLayer else layer for layer in self.kv.layers
+            ]
         self.pos = 0
         self.prompt_mask: torch.Tensor | None = None  # (U, P) of the prefill: 1 on real prompt tokens
         self.shared: SharedPrompts | None = None
@@ -68,8 +69,12 @@ class HFCache:
     def can_share(self) -> bool:
         """Prefilled, every layer reserved (a plain full-attention layer), not yet shared."""
         reserved = reserved_layer_class()
-        return (self.shared is None and self.prompt_mask is not None and self.capacity is not None
-                and all(type(layer) is reserved and layer.length == self.pos for layer in self.kv.layers))
+        return (
+            self.shared is None
+            and self.prompt_mask is not None
+            and self.capacity is not None
+            and all(type(layer) is reserved and layer.length == self.pos for layer in self.kv.layers)
+        )
 
     def share(self, index: torch.Tensor) -> None:
         """Row b continues prefilled row index[b]: the prompts' keys and values move to one shared
@@ -80,8 +85,12 @@ class HFCache:
         keys = [layer.keys.contiguous() for layer in layers]  # (U, Hk, P, hd)
         bias = torch.zeros(self.prompt_mask.shape, dtype=keys[0].dtype, device=keys[0].device)
         bias.masked_fill_(self.prompt_mask == 0, float("-inf"))
-        self.shared = SharedPrompts(index.to(keys[0].device), keys, [layer.values.contiguous() for layer in layers],
-                                    bias[:, None, None, :])
+        self.shared = SharedPrompts(
+            index.to(keys[0].device),
+            keys,
+            [layer.values.contiguous() for layer in layers],
+            bias[:, None, None, :],
+        )
         reserved = reserved_layer_class()
         self.kv.layers = [reserved(self.capacity - P, offset=P) for _ in layers]
 
@@ -109,7 +118,9 @@ def reserved_layer_class():
             self.offset = offset  # positions before these, kept elsewhere (`SharedPrompts`)
             self.key_buffer = self.value_buffer = None
 
-        def lazy_initialization(self, key_states, value_states=None):  # transformers 4.56 passes the keys only
+        def lazy_initialization(
+            self, key_states, value_states=None
+        ):  # transformers 4.56 passes the keys only
             value_states = key_states if value_states is None else value_states
             self.device, self.dtype = key_states.device, key_states.dtype
             B, H, _, D = key_states.shape
@@ -126,15 +137,15 @@ def reserved_layer_class():
                 extra = max(n, self.key_buffer.shape[-2])
                 grow = lambda b: torch.cat([b, b.new_empty(*b.shape[:2], extra, b.shape[-1])], dim=-2)  # noqa: E731
                 self.key_buffer, self.value_buffer = grow(self.key_buffer), grow(self.value_buffer)
-            self.key_buffer[:, :, self.length:self.length + n] = key_states
-            self.value_buffer[:, :, self.length:self.length + n] = value_states
+            self.key_buffer[:, :, self.length : self.length + n] = key_states
+            self.value_buffer[:, :, self.length : self.length + n] = value_states
             self.length += n
             self._views()
             return self.keys, self.values
 
         def _views(self):
-            self.keys = self.key_buffer[:, :, :self.length]
-            self.values = self.value_buffer[:, :, :self.length]
+            self.keys = self.key_buffer[:, :, : self.length]
+            self.values = self.value_buffer[:, :, : self.length]
 
         def get_seq_length(self, *args) -> int:
             return self.offset + self.length
@@ -195,8 +206,9 @@ class HFCausalLM(nn.Module):
     def forward(self, input_ids, position_ids=None, attention_mask=None):
         if isinstance(input_ids, GroupedBatch):
             return self.grouped_forward(input_ids)
-        return self.hf(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                       use_cache=False).logits
+        return self.hf(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+        ).logits
 
     def init_cache(self, batch: int, max_len: int) -> HFCache:
         return HFCache(self.hf.config, capacity=max_len)
@@ -217,14 +229,26 @@ class HFCausalLM(nn.Module):
         if cache.shared is None:
             if cache.pos == 0:
                 cache.prompt_mask = attention_mask
-            out = self.hf(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                          use_cache=True, **{self.cache_arg: cache.kv})
+            out = self.hf(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                use_cache=True,
+                **{self.cache_arg: cache.kv},
+            )
         else:
             if input_ids.shape[1] != 1:
                 raise ValueError("a shared-prompt cache takes one token per row a step")
-            with attention_implementation(self.hf, SHARED_ATTENTION):  # no mask: the prompts' padding is in `shared`
-                out = self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=True,
-                              shared_prompts=cache.shared, **{self.cache_arg: cache.kv})
+            with attention_implementation(
+                self.hf, SHARED_ATTENTION
+            ):  # no mask: the prompts' padding is in `shared`
+                out = self.hf(
+                    input_ids=input_ids,
+                    position_ids=position_ids,
+                    use_cache=True,
+                    shared_prompts=cache.shared,
+                    **{self.cache_arg: cache.kv},
+                )
         cache.pos += input_ids.shape[1]
         return out.logits
 
@@ -242,7 +266,9 @@ class HFCausalLM(nn.Module):
         core = unwrapped(self.hf)  # LoRA's layers sit inside it
         cache, decoder = DynamicCache(config=self.hf.config), core.base_model
         first = self._prompt_pass(decoder, b, cache)  # (P, d): the states that predict completion token 0
-        rest = self._completion_pass(decoder, b, cache)  # (fed tokens, d); gradients reach pass 1 through the cache
+        rest = self._completion_pass(
+            decoder, b, cache
+        )  # (fed tokens, d); gradients reach pass 1 through the cache
         hidden = torch.cat([first.repeat_interleave(G, 0)[b.completion_lens > 0], rest])
         logits = core.get_output_embeddings()(hidden)  # the lm_head once, on the real predictions only
         if b.packed:
@@ -255,7 +281,9 @@ class HFCausalLM(nn.Module):
         the padding to their right (the completions' mask hides it from them)."""
         P, Lp = b.prompt_ids.shape
         positions = torch.arange(Lp, device=b.prompt_ids.device).expand(P, Lp)
-        out = decoder(input_ids=b.prompt_ids, position_ids=positions, use_cache=True, **{self.cache_arg: cache})
+        out = decoder(
+            input_ids=b.prompt_ids, position_ids=positions, use_cache=True, **{self.cache_arg: cache}
+        )
         if cache.get_seq_length() != Lp:  # a model that dropped the cache: pass 2 would see no prompt
             raise RuntimeError("grouped GRPO pass: the prompt pass left no KV cache")
         return out.last_hidden_state[torch.arange(P, device=positions.device), b.prompt_lens - 1]
@@ -272,10 +300,14 @@ class HFCausalLM(nn.Module):
         cols, fed = b.fed()  # (W,), (N, W)
         counts = fed.sum(1).tolist()
         width = len(cols)
-        bins, segments, starts = next_fit(counts, G, width)  # per packed row: its group; per fed row: row, offset
+        bins, segments, starts = next_fit(
+            counts, G, width
+        )  # per packed row: its group; per fed row: row, offset
         if not bins:
             return b.completion_lens.new_zeros(0, self.hf.config.hidden_size, dtype=self.hf.dtype)
-        rows = torch.arange(len(b), device=device)[:, None].expand_as(fed)[fed]  # each fed token's row, row by row
+        rows = torch.arange(len(b), device=device)[:, None].expand_as(fed)[
+            fed
+        ]  # each fed token's row, row by row
         col = cols.expand_as(fed)[fed]  # and its place in that row
         where = torch.tensor(segments, device=device)[rows]  # its packed row
         slot = torch.tensor(starts, device=device)[rows] + col
@@ -289,23 +321,48 @@ class HFCausalLM(nn.Module):
         segment[where, slot] = rows
         kept = segment >= 0
         t = torch.arange(width, device=device)
-        prompt_keys = (torch.arange(Lp, device=device)[None, :] < b.prompt_lens[group, None])[:, None, :] & kept[:, :, None]
+        prompt_keys = (torch.arange(Lp, device=device)[None, :] < b.prompt_lens[group, None])[
+            :, None, :
+        ] & kept[:, :, None]
         own = (segment[:, :, None] == segment[:, None, :]) & (t[:, None] >= t[None, :]) & kept[:, :, None]
-        own |= torch.eye(width, dtype=torch.bool, device=device)  # an empty slot sees itself (no all-masked softmax)
-        allowed = torch.cat([prompt_keys, own], dim=2)[:, None]  # (K, 1, W, Lp + W), returned as-is by transformers
-        mask = allowed if self.hf.config._attn_implementation == "sdpa" else \
-            torch.zeros(allowed.shape, dtype=self.hf.dtype, device=device).masked_fill(~allowed, torch.finfo(self.hf.dtype).min)
+        own |= torch.eye(
+            width, dtype=torch.bool, device=device
+        )  # an empty slot sees itself (no all-masked softmax)
+        allowed = torch.cat([prompt_keys, own], dim=2)[
+            :, None
+        ]  # (K, 1, W, Lp + W), returned as-is by transformers
+        mask = (
+            allowed
+            if self.hf.config._attn_implementation == "sdpa"
+            else torch.zeros(allowed.shape, dtype=self.hf.dtype, device=device).masked_fill(
+                ~allowed, torch.finfo(self.hf.dtype).min
+            )
+        )
         cache.reorder_cache(group)  # each packed row on its prompt's keys and values (differentiable)
-        out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                      **{self.cache_arg: cache})
+        out = decoder(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{self.cache_arg: cache},
+        )
         return out.last_hidden_state[kept]
 
 
 SHARED_ATTENTION = "reasonlab_shared_prompts"
 
 
-def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                            shared_prompts: SharedPrompts | None = None, **kwargs):
+def shared_prompt_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask=None,
+    scaling=None,
+    dropout=0.0,
+    shared_prompts: SharedPrompts | None = None,
+    **kwargs,
+):
     """transformers' attention interface for a decode step on a shared-prompt cache: query
     (B, H, 1, hd); key, value (B, Hk, t, hd), each row's own tokens; the prompts' keys from
     `shared_prompts` at the module's layer. Returns (B, 1, H, hd), as the other interfaces do."""
@@ -315,7 +372,7 @@ def shared_prompt_attention(module, query, key, value, attention_mask=None, scal
     Hk = key.shape[1]
     if T != 1 or H % Hk or kwargs.get("sliding_window") or kwargs.get("softcap"):
         raise ValueError("shared-prompt attention takes one query a row, full attention, no softcap")
-    scale = hd ** -0.5 if scaling is None else scaling
+    scale = hd**-0.5 if scaling is None else scaling
     y = shared_prompts.attend(module.layer_idx, query.view(B, Hk, H // Hk, hd), key, value, scale)
     return y.reshape(B, 1, H, hd), None
 
@@ -368,7 +425,9 @@ def grouped_unsupported(hf_model) -> str | None:
 
     base = unwrapped(hf_model)
     config = base.config
-    methods = {str(getattr(c.peft_type, "value", c.peft_type)) for c in getattr(hf_model, "peft_config", {}).values()}
+    methods = {
+        str(getattr(c.peft_type, "value", c.peft_type)) for c in getattr(hf_model, "peft_config", {}).values()
+    }
     if config.model_type not in GROUPED_MODEL_TYPES:
         return f"model type {config.model_type!r} is not one of {', '.join(GROUPED_MODEL_TYPES)}"
     if config._attn_implementation not in GROUPED_ATTENTION:
@@ -377,7 +436,11 @@ def grouped_unsupported(hf_model) -> str | None:
         return f"peft method {', '.join(sorted(methods - {'LORA'}))}"
     if any(getattr(m, "gradient_checkpointing", False) for m in base.modules()):
         return "gradient checkpointing turns the KV cache off"
-    kinds = {type(layer).__name__ for layer in DynamicCache(config=config).layers if type(layer) is not DynamicLayer}
+    kinds = {
+        type(layer).__name__
+        for layer in DynamicCache(config=config).layers
+        if type(layer) is not DynamicLayer
+    }
     if kinds:
         return f"cache layers {', '.join(sorted(kinds))} (only plain DynamicLayer caches are supported)"
     return None

@@ -32,22 +32,26 @@ class SharedPrompts:
         self.slot = (index, rank)  # the row's prompt and its place among that prompt's rows
         # Rows in prompt order, `width` rows each (GRPO's layout): a group's queries are a view.
         self.dense = B == U * self.width and torch.equal(
-            index, torch.arange(U, device=index.device).repeat_interleave(self.width))
+            index, torch.arange(U, device=index.device).repeat_interleave(self.width)
+        )
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (finished rows leave the batch)."""
         self.slot = tuple(x.index_select(0, index) for x in self.slot)
         self.dense = False
 
-    def attend(self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               scale: float) -> torch.Tensor:
+    def attend(
+        self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """One decode step's attention for every row: q (B, Hk, r, hd), the r query heads of each
         key/value head (grouped-query attention without repeating keys); keys and values
         (B, Hk, t, hd), each row's own tokens after its prompt. Returns (B, Hk, r, hd)."""
         pk, pv = self.prefix_k[layer], self.prefix_v[layer]  # (U, Hk, P, hd)
         P = pk.shape[2]
         s_row = torch.matmul(q, keys.transpose(-1, -2)) * scale  # (B, Hk, r, t)
-        s_pre = torch.matmul(self._to_groups(q), pk.transpose(-1, -2)) * scale + self.prefix_bias  # (U, Hk, W r, P)
+        s_pre = (
+            torch.matmul(self._to_groups(q), pk.transpose(-1, -2)) * scale + self.prefix_bias
+        )  # (U, Hk, W r, P)
         probs = torch.softmax(torch.cat([self._from_groups(s_pre, q.shape[2]), s_row], dim=-1), dim=-1)
         y_pre = self._from_groups(torch.matmul(self._to_groups(probs[..., :P]), pv), q.shape[2])
         return y_pre + torch.matmul(probs[..., P:], values)

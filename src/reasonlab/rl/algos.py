@@ -33,7 +33,9 @@ def _registrar(registry: dict, what: str):
                 raise ValueError(f"{what} {name!r} is registered twice")
             registry[name] = fn
             return fn
+
         return add
+
     return register
 
 
@@ -50,6 +52,7 @@ def pick(registry: dict, name: str, what: str):
 
 
 # ---- advantages -----------------------------------------------------------------------------
+
 
 def centred(rewards: torch.Tensor) -> torch.Tensor:
     """(P, G) rewards minus their group's mean; exactly 0 for a group of equal rewards."""
@@ -73,8 +76,9 @@ def unscaled(rewards: torch.Tensor, eps: float = 1e-4, batch_std: float | None =
     return centred(rewards)
 
 
-def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4,
-                     batch_std: float | None = None) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, scale: str = "group", eps: float = 1e-4, batch_std: float | None = None
+) -> torch.Tensor:
     """(P, G) rewards -> (P, G) advantages by the estimator registered as `scale`."""
     return pick(ADVANTAGES, scale, "advantage scale")(rewards, eps, batch_std)
 
@@ -83,6 +87,7 @@ def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1
 # `total` replaces the count in the denominator (tokens for token_mean, sequences otherwise): a
 # rank holding part of the batch passes the global count, so the ranks' losses sum to the loss of
 # the whole batch.
+
 
 @register_aggregation("token_mean")
 def token_mean(per_token, mask, max_tokens=None, total=None):
@@ -102,13 +107,19 @@ def constant(per_token, mask, max_tokens=None, total=None):
     return (per_token * mask).sum() / ((per_token.shape[0] if total is None else total) * max_tokens)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None,
-              total: float | None = None) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    how: str,
+    max_tokens: int | None = None,
+    total: float | None = None,
+) -> torch.Tensor:
     """Reduce (N, T) per-token values over `mask` (N, T) by the aggregation registered as `how`."""
     return pick(AGGREGATIONS, how, "loss aggregation")(per_token, mask.to(per_token.dtype), max_tokens, total)
 
 
 # ---- policy losses --------------------------------------------------------------------------
+
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π ‖ π_ref): exp(r) - r - 1 with r = ref_logp - logp (≥ 0)."""
@@ -122,18 +133,32 @@ def clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
-    return -torch.minimum(unclipped, clipped), {"clip_frac": float(token_mean((clipped < unclipped).float(), mask))}
+    return -torch.minimum(unclipped, clipped), {
+        "clip_frac": float(token_mean((clipped < unclipped).float(), mask))
+    }
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-                eps_low: float = 0.2, eps_high: float = 0.2, agg: str = "token_mean",
-                max_tokens: int | None = None, ref_logp: torch.Tensor | None = None,
-                beta: float = 0.0, total: float | None = None, loss: str = "clip") -> tuple[torch.Tensor, dict]:
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    agg: str = "token_mean",
+    max_tokens: int | None = None,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    total: float | None = None,
+    loss: str = "clip",
+) -> tuple[torch.Tensor, dict]:
     """The loss to minimise for (N, T) token log-probs and (N,) advantages: the policy loss
     registered as `loss`, plus β · KL_k3 to the reference when β > 0, aggregated by `agg` (`total`:
     the global count when the batch spans ranks). Returns the loss and its statistics."""
     per_token, stats = pick(POLICY_LOSSES, loss, "policy loss")(
-        logp, old_logp, advantages, mask.to(logp.dtype), eps_low=eps_low, eps_high=eps_high)
+        logp, old_logp, advantages, mask.to(logp.dtype), eps_low=eps_low, eps_high=eps_high
+    )
     if beta > 0:
         if ref_logp is None:
             raise ValueError("beta > 0 needs reference log-probs")

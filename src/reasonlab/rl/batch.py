@@ -32,41 +32,45 @@ def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
     mask = torch.zeros((N, T - 1))
     for i, prompt in enumerate(rollout.prompt_ids):
         n = int(rollout.lengths[i])
-        input_ids[i, :len(prompt)] = torch.tensor(prompt)
-        input_ids[i, len(prompt):len(prompt) + n] = rollout.tokens[i, :n]
+        input_ids[i, : len(prompt)] = torch.tensor(prompt)
+        input_ids[i, len(prompt) : len(prompt) + n] = rollout.tokens[i, :n]
         if mask_truncated and rollout.finish_reason[i] == "length":
             continue
-        mask[i, len(prompt) - 1:len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
+        mask[i, len(prompt) - 1 : len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
     return input_ids, mask
 
 
-def group_batch(parts, group_size: int, pad_id: int, mask_truncated: bool = False) -> tuple[GroupedBatch, torch.Tensor]:
+def group_batch(
+    parts, group_size: int, pad_id: int, mask_truncated: bool = False
+) -> tuple[GroupedBatch, torch.Tensor]:
     """Groups of rollout rows as a `GroupedBatch` (each prompt once) and the (N, Lc) loss mask.
 
     `parts`: (rollout, g) pairs, group g being rows g·G … (g+1)·G - 1 of `rollout`, all on one
     prompt. The mask is in the coordinates of the log-probs `token_logprobs` returns for the batch."""
     G = group_size
     prompts = [rollout.prompt_ids[g * G] for rollout, g in parts]
-    widths = [int(rollout.lengths[g * G:(g + 1) * G].max()) for rollout, g in parts]
+    widths = [int(rollout.lengths[g * G : (g + 1) * G].max()) for rollout, g in parts]
     Lp, Lc, N = max(len(p) for p in prompts), max(max(widths), 1), len(parts) * G
     prompt_ids = torch.full((len(parts), Lp), pad_id, dtype=torch.long)
     completion_ids = torch.full((N, Lc), pad_id, dtype=torch.long)
     mask = torch.zeros((N, Lc))
     for k, ((rollout, g), prompt, w) in enumerate(zip(parts, prompts, widths)):
         rows, out = slice(g * G, (g + 1) * G), slice(k * G, (k + 1) * G)
-        prompt_ids[k, :len(prompt)] = torch.tensor(prompt)
+        prompt_ids[k, : len(prompt)] = torch.tensor(prompt)
         completion_ids[out, :w] = rollout.tokens[rows, :w]
         mask[out, :w] = rollout.sampled_mask[rows, :w].float()
         if mask_truncated:
             for i in range(G):
                 if rollout.finish_reason[g * G + i] == "length":
                     mask[k * G + i] = 0
-    lens = torch.cat([rollout.lengths[g * G:(g + 1) * G] for rollout, g in parts])
+    lens = torch.cat([rollout.lengths[g * G : (g + 1) * G] for rollout, g in parts])
     plens = torch.tensor([len(p) for p in prompts])
     return GroupedBatch(prompt_ids, plens, completion_ids, lens, G), mask
 
 
-def padded_batch(groups: list[Group], G: int, pad_id: int, mask_truncated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(
+    groups: list[Group], G: int, pad_id: int, mask_truncated: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) ids and (N, T-1) mask of the groups' rows, one `rollout_batch` per sampling call."""
     seqs, masks, batches = [], [], {}
     for group in groups:
@@ -79,15 +83,25 @@ def padded_batch(groups: list[Group], G: int, pad_id: int, mask_truncated: bool)
     input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T - 1))
     for i, (s, m) in enumerate(zip(seqs, masks)):
-        input_ids[i, :len(s)] = s
-        mask[i, :len(m)] = m
+        input_ids[i, : len(s)] = s
+        mask[i, : len(m)] = m
     return input_ids, mask
 
 
-def build_batch(groups: list[Group], G: int, pad_id: int, *, advantage: str = "group", batch_std: float | None = None,
-                shared: bool = False, mask_truncated: bool = False) -> Batch:
+def build_batch(
+    groups: list[Group],
+    G: int,
+    pad_id: int,
+    *,
+    advantage: str = "group",
+    batch_std: float | None = None,
+    shared: bool = False,
+    mask_truncated: bool = False,
+) -> Batch:
     """The groups as one `Batch`: advantages by the estimator `advantage`, inputs in either layout."""
-    advantages = group_advantages(torch.stack([g.rewards for g in groups]), advantage, batch_std=batch_std).flatten()
+    advantages = group_advantages(
+        torch.stack([g.rewards for g in groups]), advantage, batch_std=batch_std
+    ).flatten()
     lengths = torch.cat([g.rollout.lengths[g.rows(G)] for g in groups])
     think = [t for g in groups for t in g.rollout.think_tokens[g.rows(G)]]
     if shared:
@@ -101,8 +115,13 @@ def build_batch(groups: list[Group], G: int, pad_id: int, *, advantage: str = "g
     counted = prompts.clone()
     if shared:
         counted[torch.arange(len(prompts)) % G != 0] = 0
-    pairs = torch.tensor([compute.pairs(p + c, p - k) for p, k, c in zip(prompts.tolist(), counted.tolist(),
-                                                                          lengths.tolist())], dtype=torch.long)
+    pairs = torch.tensor(
+        [
+            compute.pairs(p + c, p - k)
+            for p, k, c in zip(prompts.tolist(), counted.tolist(), lengths.tolist())
+        ],
+        dtype=torch.long,
+    )
     return Batch(inputs, mask, advantages, lengths, think, lengths + counted, pairs)
 
 

@@ -82,7 +82,9 @@ def group_plan(cfg: GRPOConfig, seed: int) -> tuple[int, int | None]:
     """One group's length target N (0: length control off) and thinking budget (None: not cut),
     drawn from a seed of the group's place in the global batch, so W ranks draw what one process would."""
     rng = random.Random(seed)
-    target = rng.randint(cfg.length_target, cfg.length_target_max) if cfg.length_target_max else cfg.length_target
+    target = (
+        rng.randint(cfg.length_target, cfg.length_target_max) if cfg.length_target_max else cfg.length_target
+    )
     budget = rng.randint(cfg.budget_min, cfg.budget_max) if rng.random() < cfg.budget_share else None
     return target, budget
 
@@ -90,8 +92,17 @@ def group_plan(cfg: GRPOConfig, seed: int) -> tuple[int, int | None]:
 def step_rewards(cfg: GRPOConfig) -> list:
     """The weighted rewards a completion earns: the method's format + correctness points, and the
     length-target term in length-conditioned mode."""
-    rewards = [(named(reasoning_reward, "reasoning", format_points=cfg.format_points,
-                      correct_points=cfg.correct_points), 1.0)]
+    rewards = [
+        (
+            named(
+                reasoning_reward,
+                "reasoning",
+                format_points=cfg.format_points,
+                correct_points=cfg.correct_points,
+            ),
+            1.0,
+        )
+    ]
     if cfg.length_target:
         rewards.append((named(length_target_reward, "length_target", alpha=cfg.length_alpha), 1.0))
     return rewards
@@ -115,9 +126,11 @@ class FormatWatch:
 
     def check(self) -> None:
         if self.patience and not self.seen and self.steps >= self.patience:
-            raise NoFormatError(f"no sample earned a format point in {self.steps} steps (0 of {self.completions} "
-                            "completions well-formed): warm up with Method 1 (reasonlab rationales) or SFT first, "
-                            "or check --style (--no-format-patience 0: never stop)")
+            raise NoFormatError(
+                f"no sample earned a format point in {self.steps} steps (0 of {self.completions} "
+                "completions well-formed): warm up with Method 1 (reasonlab rationales) or SFT first, "
+                "or check --style (--no-format-patience 0: never stop)"
+            )
 
     def state(self) -> dict:
         return {"steps": self.steps, "completions": self.completions, "seen": self.seen}
@@ -136,10 +149,13 @@ class Collector:
     sizes dynamic sampling's refills and is kept in the training state, as is `format_watch` (`drawn` feeds it).
     """
 
-    def __init__(self, task: Task, tokenizer, cfg: GRPOConfig, stream: ProblemStream,
-                 sample: Callable | None = None):
+    def __init__(
+        self, task: Task, tokenizer, cfg: GRPOConfig, stream: ProblemStream, sample: Callable | None = None
+    ):
         self.task, self.tokenizer, self.cfg, self.stream = task, tokenizer, cfg, stream
-        self.sample = sample or (lambda model, prompts, params, step: generate(model, tokenizer, prompts, params))
+        self.sample = sample or (
+            lambda model, prompts, params, step: generate(model, tokenizer, prompts, params)
+        )
         self.keep_rate = 1.0
         self.rewards = step_rewards(cfg)
         self.format_watch = FormatWatch(cfg.no_format_patience)
@@ -161,30 +177,51 @@ class Collector:
                 draw = refill_size(max(all_gather_list([need])), self.keep_rate, cfg.oversample, budget)
                 budget -= draw
             problems = self.stream.take(draw * size)
-            mine = problems[rank * draw:(rank + 1) * draw] if need > 0 else []
+            mine = problems[rank * draw : (rank + 1) * draw] if need > 0 else []
             if mine:
                 self._sample_groups(model, mine, step, attempt, rank * draw, P_local, out)
-            if not cfg.dynamic_sampling or attempt >= MAX_ATTEMPTS or budget <= 0 or not any_rank(len(out.groups) < P_local):
+            if (
+                not cfg.dynamic_sampling
+                or attempt >= MAX_ATTEMPTS
+                or budget <= 0
+                or not any_rank(len(out.groups) < P_local)
+            ):
                 break
         out.seconds = time.monotonic() - t0
         out.flat_everywhere = flat = all_gather_list(out.flat)
         self.keep_rate = max(1 / 8, 1 - sum(flat) / max(len(flat), 1))
         return out
 
-    def _sample_groups(self, model, problems, step: int, attempt: int, first_row: int, P_local: int,
-                       out: Collected) -> None:
+    def _sample_groups(
+        self, model, problems, step: int, attempt: int, first_row: int, P_local: int, out: Collected
+    ) -> None:
         cfg, G = self.cfg, self.cfg.group_size
-        seeds = [row_seed(cfg.seed, step, attempt, (first_row + j) * G + g) for j in range(len(problems)) for g in range(G)]
+        seeds = [
+            row_seed(cfg.seed, step, attempt, (first_row + j) * G + g)
+            for j in range(len(problems))
+            for g in range(G)
+        ]
         plans = [group_plan(cfg, seeds[j * G]) for j in range(len(problems))]
         targets = [target for target, _ in plans for _ in range(G)]
         budgets = [budget for _, budget in plans for _ in range(G)]
         prompts = [self.prompt(p, target) for p, (target, _) in zip(problems, plans) for _ in range(G)]
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, row_seeds=seeds,
-                                think_budget=budgets if cfg.budget_share else None)
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            row_seeds=seeds,
+            think_budget=budgets if cfg.budget_share else None,
+        )
         with gathered(model) as full:
             rollout = self.sample(full, prompts, params, step)
-        scores = score(rollout.texts, [p.answer for p in problems for _ in range(G)], self.task, prompts,
-                       self.rewards, think_lengths=rollout.think_tokens, target_lengths=targets)
+        scores = score(
+            rollout.texts,
+            [p.answer for p in problems for _ in range(G)],
+            self.task,
+            prompts,
+            self.rewards,
+            think_lengths=rollout.think_tokens,
+            target_lengths=targets,
+        )
         out.scores.append(scores)
         # rows whose thinking the budget cut: what budget-aware RL trains to answer after
         out.cut += [b is not None and n >= b for b, n in zip(budgets, rollout.think_tokens)]
@@ -198,8 +235,16 @@ class Collector:
         """The scores of every row drawn this step, on every rank (a collective call, once a step:
         it also tells `format_watch` whether any was well-formed)."""
         parts = [fn.__name__ for fn, _ in self.rewards]
-        local = Scores.merged(collected.scores) if collected.scores else Scores([], [], {n: [] for n in parts}, [])
-        drawn = Scores(all_gather_list(local.format_ok), all_gather_list(local.correct),
-                       {n: all_gather_list(local.parts[n]) for n in parts}, all_gather_list(local.total))
+        local = (
+            Scores.merged(collected.scores)
+            if collected.scores
+            else Scores([], [], {n: [] for n in parts}, [])
+        )
+        drawn = Scores(
+            all_gather_list(local.format_ok),
+            all_gather_list(local.correct),
+            {n: all_gather_list(local.parts[n]) for n in parts},
+            all_gather_list(local.total),
+        )
         self.format_watch.observe(drawn.format_ok)
         return drawn

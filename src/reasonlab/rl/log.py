@@ -30,8 +30,12 @@ from .types import Collected, Group, Update
 
 # Our name -> TRL GRPOTrainer's, for the same quantity (over the same rows: `reward` is TRL's mean over
 # every completion generated, so our `reward/sampled_mean`, not `reward/mean` over the groups trained on).
-TRL_NAMES = {"lr": "learning_rate", "reward/sampled_mean": "reward", "reward/sampled_std": "reward_std",
-             "clip_frac": "clip_ratio/region_mean"}
+TRL_NAMES = {
+    "lr": "learning_rate",
+    "reward/sampled_mean": "reward",
+    "reward/sampled_std": "reward_std",
+    "clip_frac": "clip_ratio/region_mean",
+}
 SCORE_COLUMNS = ("sampled_mean", "sampled_std", "format_rate", "format_std", "accuracy", "accuracy_std")
 
 
@@ -39,10 +43,15 @@ def trl_names(row: dict) -> dict:
     """`row`'s values under TRL's names where ours differ: `TRL_NAMES`, and each reward part's
     ``reward/<part>`` and ``reward/<part>_std`` (`Scores.log`) as ``rewards/<part>/mean`` and ``/std``."""
     out = {trl: row[ours] for ours, trl in TRL_NAMES.items() if ours in row}
-    parts = [k[len("reward/"):-len("_std")] for k in row
-             if k.startswith("reward/") and k.endswith("_std") and k[len("reward/"):] not in SCORE_COLUMNS]
+    parts = [
+        k[len("reward/") : -len("_std")]
+        for k in row
+        if k.startswith("reward/") and k.endswith("_std") and k[len("reward/") :] not in SCORE_COLUMNS
+    ]
     for part in (p for p in parts if f"reward/{p}" in row):
-        out.update({f"rewards/{part}/mean": row[f"reward/{part}"], f"rewards/{part}/std": row[f"reward/{part}_std"]})
+        out.update(
+            {f"rewards/{part}/mean": row[f"reward/{part}"], f"rewards/{part}/std": row[f"reward/{part}_std"]}
+        )
     return out
 
 
@@ -97,21 +106,33 @@ class RunLog:
         for k, (group, scores) in enumerate(group_scores(collected, G)):
             if len(rows) == n:
                 break
-            for i in range(group.index * G, (group.index + 1) * G)[:n - len(rows)]:
-                rows.append({"step": step, "group": k, "prompt": tokenizer.decode(group.rollout.prompt_ids[i]),
-                             "completion": group.rollout.texts[i], **self.verdict(scores, i)})
+            for i in range(group.index * G, (group.index + 1) * G)[: n - len(rows)]:
+                rows.append(
+                    {
+                        "step": step,
+                        "group": k,
+                        "prompt": tokenizer.decode(group.rollout.prompt_ids[i]),
+                        "completion": group.rollout.texts[i],
+                        **self.verdict(scores, i),
+                    }
+                )
         self.folder.append(self.folder.samples, rows)
 
     def verdict(self, scores: Scores, i: int) -> dict:
         """Row `i`'s reward in parts (format and correct points, each other part by name, the total),
         its verdict (correct, wrong or broken format) and format_ok."""
         ok, correct = scores.format_ok[i], scores.correct[i]
-        parts = {"format": self.config["format_points"] if ok else 0.0,  # the "reasoning" part, split
-                 "correct": self.config["correct_points"] if correct else 0.0,
-                 **{name: values[i] for name, values in scores.parts.items() if name != "reasoning"},
-                 "total": scores.total[i]}
-        return {"reward": parts, "verdict": ("correct" if correct else "wrong") if ok else "broken format",
-                "format_ok": ok}
+        parts = {
+            "format": self.config["format_points"] if ok else 0.0,  # the "reasoning" part, split
+            "correct": self.config["correct_points"] if correct else 0.0,
+            **{name: values[i] for name, values in scores.parts.items() if name != "reasoning"},
+            "total": scores.total[i],
+        }
+        return {
+            "reward": parts,
+            "verdict": ("correct" if correct else "wrong") if ok else "broken format",
+            "format_ok": ok,
+        }
 
 
 def group_scores(collected: Collected, G: int) -> list[tuple[Group, Scores]]:
@@ -125,26 +146,50 @@ def group_scores(collected: Collected, G: int) -> list[tuple[Group, Scores]]:
     for group in collected.groups:
         if group.rollout is not rollout:
             rollout = group.rollout
-            scores = next((s for s in calls if len(s.total) == len(rollout.texts)  # float32, as `rewards` is
-                           and torch.equal(torch.tensor(s.total[group.rows(G)]), group.rewards.cpu())), None)
+            scores = next(
+                (
+                    s
+                    for s in calls
+                    if len(s.total) == len(rollout.texts)  # float32, as `rewards` is
+                    and torch.equal(torch.tensor(s.total[group.rows(G)]), group.rewards.cpu())
+                ),
+                None,
+            )
             if scores is None:
-                raise RuntimeError(f"samples.jsonl: no sampling call's scores match group {group.index}'s rewards")
+                raise RuntimeError(
+                    f"samples.jsonl: no sampling call's scores match group {group.index}'s rewards"
+                )
         out.append((group, scores))
     return out
 
 
-def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept: list[float],
-                 trained: list[Group], result: Update, verify_before: Counter, task, seconds: dict) -> dict:
+def step_metrics(
+    step: int,
+    lr: float,
+    collected: Collected,
+    drawn: Scores,
+    kept: list[float],
+    trained: list[Group],
+    result: Update,
+    verify_before: Counter,
+    task,
+    seconds: dict,
+) -> dict:
     """One step's row (a collective call under torchrun: every rank gathers the same things)."""
     G = len(trained[0].rewards)
     flat = collected.flat_everywhere
     reward_all = torch.tensor(kept)
     row = {
-        "step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-        "reward/mean": float(reward_all.mean()), "reward/std": float(reward_all.std()),  # the groups trained on
+        "step": step,
+        "loss": result.loss,
+        "lr": lr,
+        "grad_norm": result.grad_norm,
+        "reward/mean": float(reward_all.mean()),
+        "reward/std": float(reward_all.std()),  # the groups trained on
         **drawn.log(),  # over every row drawn (before dynamic sampling)
         "frac_reward_zero_std": sum(flat) / max(len(flat), 1),
-        "sampling/groups_drawn": len(flat), "sampling/groups_kept": len(kept) // G,
+        "sampling/groups_drawn": len(flat),
+        "sampling/groups_kept": len(kept) // G,
         "sampling/groups_trained": int(all_reduce_sum(len(trained))),
         # answers scored wrong because the verifier could not judge them (never in silence)
         **{f"verify/{k}": int(all_reduce_sum(task.counts[k] - verify_before[k])) for k in VERIFY_EVENTS},
@@ -153,9 +198,13 @@ def step_metrics(step: int, lr: float, collected: Collected, drawn: Scores, kept
     }
     cut = all_gather_list(collected.cut)  # in the order of `drawn`'s rows
     if any(cut):  # budget-aware RL: how the rows cut at their budget answered after the forced close
-        row.update({"budget/cut_share": sum(cut) / len(cut),
-                    "budget/format_rate": sum(f for f, c in zip(drawn.format_ok, cut) if c) / sum(cut),
-                    "budget/accuracy": sum(a for a, c in zip(drawn.correct, cut) if c) / sum(cut)})
+        row.update(
+            {
+                "budget/cut_share": sum(cut) / len(cut),
+                "budget/format_rate": sum(f for f, c in zip(drawn.format_ok, cut) if c) / sum(cut),
+                "budget/accuracy": sum(a for a, c in zip(drawn.correct, cut) if c) / sum(cut),
+            }
+        )
     if result.skipped:
         row["skipped"] = "non-finite loss or gradient"
     return {**row, **seconds}
@@ -169,7 +218,11 @@ def completion_stats(groups: list[Group], G: int) -> dict:
     clipped = all_gather_list([r == "length" for g in groups for r in g.rollout.finish_reason[g.rows(G)]])
     think = all_gather_list([t for g in groups for t in g.rollout.think_tokens[g.rows(G)]])
     ended = [n for n, cut in zip(lengths, clipped) if not cut] or [0]  # none ended: 0, as TRL logs it
-    return {"completions/mean_length": sum(lengths) / len(lengths), "completions/min_length": min(lengths),
-            "completions/max_length": max(lengths), "completions/mean_terminated_length": sum(ended) / len(ended),
-            "completions/clipped_ratio": sum(clipped) / len(clipped),
-            "completions/mean_think_tokens": sum(think) / len(think)}
+    return {
+        "completions/mean_length": sum(lengths) / len(lengths),
+        "completions/min_length": min(lengths),
+        "completions/max_length": max(lengths),
+        "completions/mean_terminated_length": sum(ended) / len(ended),
+        "completions/clipped_ratio": sum(clipped) / len(clipped),
+        "completions/mean_think_tokens": sum(think) / len(think),
+    }

@@ -50,10 +50,28 @@ from ..evaluate import evaluate_problems
 from ..outdir import RunFolder
 from ..tasks import Task
 from ..tasks.base import problems_for
-from ..train.loop import (SaveClock, failed_run, lr_at, make_optimizer, resumable_state, save_training_state,
-                          stop_if_diverged, task_setting)
-from ..runtime import (all_gather_list, all_reduce_sum, any_rank, broadcast_flag, gathered, prepare,
-                              rank_device, refuse_fsdp_states, unwrap, world)
+from ..train.loop import (
+    SaveClock,
+    failed_run,
+    lr_at,
+    make_optimizer,
+    resumable_state,
+    save_training_state,
+    stop_if_diverged,
+    task_setting,
+)
+from ..runtime import (
+    all_gather_list,
+    all_reduce_sum,
+    any_rank,
+    broadcast_flag,
+    gathered,
+    prepare,
+    rank_device,
+    refuse_fsdp_states,
+    unwrap,
+    world,
+)
 from .batch import build_batch
 from .collect import Collector, ProblemStream
 from .config import GRPOConfig
@@ -62,8 +80,17 @@ from .types import Group
 from .update import update
 
 
-def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=None, progress=None,
-               resume: bool = False, held_out=None):
+def train_grpo(
+    model,
+    tokenizer,
+    task: Task,
+    cfg: GRPOConfig,
+    out_dir=None,
+    log=None,
+    progress=None,
+    resume: bool = False,
+    held_out=None,
+):
     """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
     out_dir/metrics.jsonl (and to its trackers: `out_dir` may be a `RunFolder` with `report_to`)
     and `cfg.log_completions` completions per step to out_dir/samples.jsonl. With
@@ -78,7 +105,11 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
     refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     torch.manual_seed(cfg.seed)
     if held_out is None:  # the problems evaluated every `eval_every` steps (a study passes its own)
-        held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems") if cfg.eval_every else []
+        held_out = (
+            problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
+            if cfg.eval_every
+            else []
+        )
     held_out = held_out if cfg.eval_every else []
     check_memory(model, cfg, size)
     ref_model = reference_model(model, cfg)
@@ -105,11 +136,20 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
 
     def save(at: dict) -> None:
         if rank == 0 and state_dir:
-            save_training_state(state_dir, {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "config": config, **at,
-                                            "reference": ref_model.state_dict() if ref_model else None})
+            save_training_state(
+                state_dir,
+                {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "config": config,
+                    **at,
+                    "reference": ref_model.state_dict() if ref_model else None,
+                },
+            )
 
-    clock = SaveClock(cfg, enabled=state_dir is not None and not cfg.fsdp)  # every --save-every steps / minutes
+    clock = SaveClock(
+        cfg, enabled=state_dir is not None and not cfg.fsdp
+    )  # every --save-every steps / minutes
     bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and getattr(core, "shares_prompts", False)
     # what this run's sampling and updates cost (evaluations are not counted); the trackers closed at the end
     with run, compute.track(ledger):
@@ -118,21 +158,31 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             run.emit(metrics)
         device = next(core.parameters()).device
         for step in range(first, cfg.steps):
-            good = boundary(collector, step, time.monotonic() - start, ledger)  # what a failure before the update saves
+            good = boundary(
+                collector, step, time.monotonic() - start, ledger
+            )  # what a failure before the update saves
             try:
                 train_model.eval()
                 verify_before = Counter(task.counts)
                 collected = collector.collect(train_model, step)  # sample and score the groups
                 drawn = collector.drawn(collected)
             except (Exception, KeyboardInterrupt) as e:
-                stop = failed_run(e, (lambda: save(good)) if state_dir and rank == 0 and not cfg.fsdp else None,
-                                  state_dir, step)
+                stop = failed_run(
+                    e,
+                    (lambda: save(good)) if state_dir and rank == 0 and not cfg.fsdp else None,
+                    state_dir,
+                    step,
+                )
                 if stop is e:
                     raise
                 raise stop from e
             if any_rank(not collected.groups):
-                metrics = {"step": step + 1, "skipped": "every group had equal rewards", **drawn.log(),
-                           "compute/flops": all_reduce_sum(ledger.flops(cost))}
+                metrics = {
+                    "step": step + 1,
+                    "skipped": "every group had equal rewards",
+                    **drawn.log(),
+                    "compute/flops": all_reduce_sum(ledger.flops(cost)),
+                }
                 run.emit(metrics)
                 collector.format_watch.check()
                 if cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops:
@@ -141,16 +191,33 @@ def train_grpo(model, tokenizer, task: Task, cfg: GRPOConfig, out_dir=None, log=
             batch, trained, total, kept = batch_for_update(collected.groups, cfg, tokenizer.pad_id, shared)
             t1, lr = time.monotonic(), lr_at(step, cfg)
             train_model.train()
-            result = update(train_model, core, ref_model, optimizer, batch.to(device), cfg, lr, total, G if shared else 1)
+            result = update(
+                train_model, core, ref_model, optimizer, batch.to(device), cfg, lr, total, G if shared else 1
+            )
             train_model.eval()
             bad_in_a_row = bad_in_a_row + 1 if result.skipped else 0
-            metrics = step_metrics(step + 1, lr, collected, drawn, kept, trained, result,
-                                   verify_before, task, {"time/generate_s": collected.seconds,
-                                                         "time/train_s": time.monotonic() - t1,
-                                                         "seconds": time.monotonic() - start,
-                                                         "compute/flops": all_reduce_sum(ledger.flops(cost))})
-            last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
-                                  or bool(cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops))
+            metrics = step_metrics(
+                step + 1,
+                lr,
+                collected,
+                drawn,
+                kept,
+                trained,
+                result,
+                verify_before,
+                task,
+                {
+                    "time/generate_s": collected.seconds,
+                    "time/train_s": time.monotonic() - t1,
+                    "seconds": time.monotonic() - start,
+                    "compute/flops": all_reduce_sum(ledger.flops(cost)),
+                },
+            )
+            last = broadcast_flag(
+                step == cfg.steps - 1
+                or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+                or bool(cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops)
+            )
             if held_out and ((step + 1) % cfg.eval_every == 0 or last):
                 metrics.update(evaluate())
             run.samples(step + 1, collected, tokenizer)  # cfg.log_completions rows
@@ -168,10 +235,13 @@ def check_memory(model, cfg: GRPOConfig, size: int) -> None:
     """Refuse, before any step, a batch whose training pass cannot fit when completions reach
     `max_new_tokens` (`memory.step_bytes`)."""
     rows = cfg.micro_batch_size or cfg.prompts_per_step * cfg.group_size // size
-    memory.check_fits(memory.step_bytes(model, rows, cfg.max_new_tokens, None if not cfg.lora_rank else 0),
-                      f"a training pass of {rows} completions of {cfg.max_new_tokens} tokens",
-                      "lower --micro-batch-size (the update stays the same), --prompts-per-step, --group-size or "
-                      "--max-new-tokens", next(model.parameters()).device)
+    memory.check_fits(
+        memory.step_bytes(model, rows, cfg.max_new_tokens, None if not cfg.lora_rank else 0),
+        f"a training pass of {rows} completions of {cfg.max_new_tokens} tokens",
+        "lower --micro-batch-size (the update stays the same), --prompts-per-step, --group-size or "
+        "--max-new-tokens",
+        next(model.parameters()).device,
+    )
 
 
 def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: bool):
@@ -179,15 +249,33 @@ def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: 
     rows of *every* group kept, on every rank) and the kept rewards of every rank."""
     kept = all_gather_list(torch.cat([g.rewards for g in groups]).tolist())
     batch_std = float(torch.tensor(kept).std()) if cfg.advantage == "batch" else None
-    batch = build_batch(groups, cfg.group_size, pad_id, advantage=cfg.advantage, batch_std=batch_std, shared=shared,
-                        mask_truncated=cfg.mask_truncated)
-    total = all_reduce_sum(float(batch.mask.sum())) if cfg.loss_agg == "token_mean" else all_reduce_sum(len(batch))
+    batch = build_batch(
+        groups,
+        cfg.group_size,
+        pad_id,
+        advantage=cfg.advantage,
+        batch_std=batch_std,
+        shared=shared,
+        mask_truncated=cfg.mask_truncated,
+    )
+    total = (
+        all_reduce_sum(float(batch.mask.sum()))
+        if cfg.loss_agg == "token_mean"
+        else all_reduce_sum(len(batch))
+    )
     trained = groups
     if cfg.skip_flat_groups and cfg.beta == 0:  # no gradient from them (module docstring); one kept at least
         trained = [g for g in groups if not g.flat] or groups[:1]
         if len(trained) < len(groups):
-            batch = build_batch(trained, cfg.group_size, pad_id, advantage=cfg.advantage, batch_std=batch_std,
-                                shared=shared, mask_truncated=cfg.mask_truncated)
+            batch = build_batch(
+                trained,
+                cfg.group_size,
+                pad_id,
+                advantage=cfg.advantage,
+                batch_std=batch_std,
+                shared=shared,
+                mask_truncated=cfg.mask_truncated,
+            )
     return batch, trained, total, kept
 
 
@@ -195,12 +283,19 @@ def boundary(collector: Collector, step: int, seconds: float, ledger: compute.Le
     """The state at a step boundary but for the weights, optimiser and reference (copied: the
     stream reshuffles its list in place)."""
     stream = collector.stream.state()
-    return {"stream": {**stream, "problems": list(stream["problems"])}, "step": step,
-            "keep_rate": collector.keep_rate, "format_watch": collector.format_watch.state(), "seconds": seconds,
-            "compute": asdict(ledger)}
+    return {
+        "stream": {**stream, "problems": list(stream["problems"])},
+        "step": step,
+        "keep_rate": collector.keep_rate,
+        "format_watch": collector.format_watch.state(),
+        "seconds": seconds,
+        "compute": asdict(ledger),
+    }
 
 
-def load_state(state: dict, core, optimizer, collector: Collector, ref_model, ledger: compute.Ledger) -> tuple[int, float]:
+def load_state(
+    state: dict, core, optimizer, collector: Collector, ref_model, ledger: compute.Ledger
+) -> tuple[int, float]:
     """Restore a saved state (the compute spent before it into `ledger`: a state saved before
     attention was counted holds no pairs, restored as 0); returns (step, elapsed seconds)."""
     core.load_state_dict(state["model"])
@@ -246,9 +341,21 @@ def sharded_evaluate(model, tokenizer, task: Task, problems, cfg: GRPOConfig) ->
     """Greedy held-out accuracy; each rank takes every W-th problem, the counts are summed."""
     rank, size = world()
     mine = problems[rank::size]
-    result = evaluate_problems(model, tokenizer, task, mine, trigger=cfg.trigger, style=cfg.style,
-                               params=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)) \
-        if mine else {"accuracy": 0.0, "format_rate": 0.0, "mean_think_tokens": 0.0}
+    result = (
+        evaluate_problems(
+            model,
+            tokenizer,
+            task,
+            mine,
+            trigger=cfg.trigger,
+            style=cfg.style,
+            params=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens),
+        )
+        if mine
+        else {"accuracy": 0.0, "format_rate": 0.0, "mean_think_tokens": 0.0}
+    )
     n = all_reduce_sum(len(mine))
-    return {f"eval/{k}": all_reduce_sum(result[k] * len(mine)) / max(n, 1)
-            for k in ("accuracy", "format_rate", "mean_think_tokens")}
+    return {
+        f"eval/{k}": all_reduce_sum(result[k] * len(mine)) / max(n, 1)
+        for k in ("accuracy", "format_rate", "mean_think_tokens")
+    }

@@ -39,7 +39,9 @@ class Collected:
     groups: list[Group]  # at most P per rank, in draw order
     scores: list[Scores] = field(default_factory=list)  # one per sampling call, every row drawn
     flat: list[bool] = field(default_factory=list)  # per group drawn here: its rewards were all equal
-    cut: list[bool] = field(default_factory=list)  # per row drawn here (as in `scores`): thinking cut at its budget
+    cut: list[bool] = field(
+        default_factory=list
+    )  # per row drawn here (as in `scores`): thinking cut at its budget
     flat_everywhere: list[bool] = field(default_factory=list)  # the same over every rank
     seconds: float = 0.0  # wall time of sampling and scoring
 
@@ -60,8 +62,15 @@ class Batch:
         return len(self.inputs)
 
     def to(self, device) -> "Batch":
-        return Batch(self.inputs.to(device), self.mask.to(device), self.advantages.to(device), self.lengths,
-                     self.think, self.tokens, self.pairs)
+        return Batch(
+            self.inputs.to(device),
+            self.mask.to(device),
+            self.advantages.to(device),
+            self.lengths,
+            self.think,
+            self.tokens,
+            self.pairs,
+        )
 
 
 @dataclass

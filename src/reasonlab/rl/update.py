@@ -18,16 +18,24 @@ import torch.nn.functional as F
 from .. import compute
 from ..softmax import probs_entropy
 from ..model.grouped import GroupedBatch
-from ..runtime import (all_gather_list, all_reduce_sum, autocast, clip_grad_norm, gradient_sync,
-                              grads_finite, world)
+from ..runtime import (
+    all_gather_list,
+    all_reduce_sum,
+    autocast,
+    clip_grad_norm,
+    gradient_sync,
+    grads_finite,
+    world,
+)
 from .algos import aggregate, policy_loss
 from .batch import micro_batches
 from .config import GRPOConfig
 from .types import Batch, Update
 
 
-def token_logprobs(model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0,
-                   precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0, precision: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
     prediction; for a `GroupedBatch` (the built-in model, or an HF model whose `shares_prompts`),
     (N, Lc) for each completion token, 0 past each row's end."""
@@ -63,15 +71,35 @@ def step_loss(model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConf
     """One micro-batch's loss and statistics (clip_frac, kl, entropy)."""
     logp, entropy = token_logprobs(model, inputs, cfg.temperature, cfg.autocast)
     old = logp.detach() if old_logp is None else old_logp
-    loss, stats = policy_loss(logp, old, advantages, mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                              agg=cfg.loss_agg, max_tokens=cfg.max_new_tokens, ref_logp=ref_logp, beta=cfg.beta,
-                              total=total, loss=cfg.policy_loss)
+    loss, stats = policy_loss(
+        logp,
+        old,
+        advantages,
+        mask,
+        eps_low=cfg.eps_low,
+        eps_high=cfg.eps_high,
+        agg=cfg.loss_agg,
+        max_tokens=cfg.max_new_tokens,
+        ref_logp=ref_logp,
+        beta=cfg.beta,
+        total=total,
+        loss=cfg.policy_loss,
+    )
     stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
     return loss, stats
 
 
-def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr: float, total: float,
-           group_rows: int = 1) -> Update:
+def update(
+    model,
+    core,
+    ref_model,
+    optimizer,
+    batch: Batch,
+    cfg: GRPOConfig,
+    lr: float,
+    total: float,
+    group_rows: int = 1,
+) -> Update:
     """`cfg.updates` optimiser steps on `batch` at learning rate `lr` (a collective call under
     torchrun). A non-finite loss or gradient skips the step (`Update.skipped`)."""
     size = world()[1]
@@ -88,11 +116,15 @@ def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr:
     compute.count("trained", tokens * cfg.updates, pairs * cfg.updates)
     if cfg.updates > 1:  # the ratio's denominator: the policy before this batch's first step
         with torch.no_grad():
-            old_logp = torch.cat([token_logprobs(model, inputs[c], cfg.temperature, cfg.autocast)[0]
-                                  for c in chunks][:real])
+            old_logp = torch.cat(
+                [token_logprobs(model, inputs[c], cfg.temperature, cfg.autocast)[0] for c in chunks][:real]
+            )
     if cfg.beta > 0:
-        ref_logp = torch.cat([reference_logprobs(core, ref_model, inputs[c], cfg.temperature, cfg.autocast)
-                              for c in chunks][:real])
+        ref_logp = torch.cat(
+            [reference_logprobs(core, ref_model, inputs[c], cfg.temperature, cfg.autocast) for c in chunks][
+                :real
+            ]
+        )
     for group in optimizer.param_groups:
         group["lr"] = lr
     out = Update()
@@ -102,8 +134,9 @@ def update(model, core, ref_model, optimizer, batch: Batch, cfg: GRPOConfig, lr:
         local, weighted = 0.0, {}  # weighted: token-weighted sums of the chunks' means
         for k, c in enumerate(chunks):  # every chunk's loss is over the global count: they sum up
             with gradient_sync(model, k == len(chunks) - 1):
-                loss, stats = step_loss(model, inputs[c], mask[c], advantages[c], pick(old_logp, c),
-                                        pick(ref_logp, c), cfg, total)
+                loss, stats = step_loss(
+                    model, inputs[c], mask[c], advantages[c], pick(old_logp, c), pick(ref_logp, c), cfg, total
+                )
                 (loss * (size if k < real else 0.0)).backward()  # DDP/FSDP2 average over ranks
             if k >= real:
                 continue

@@ -58,5 +58,21 @@ from .app import ServerThread, bind, make_app, model_name_of, run_server
 from .batcher import Batcher, Job, apply_stop
 from .protocol import EFFORT_SHARE, Limits, Row, Sampling, ServeError, parse_sampling, split_reply, usage
 
-__all__ = ["EFFORT_SHARE", "Batcher", "Job", "Limits", "Row", "Sampling", "ServeError", "ServerThread", "apply_stop",
-           "bind", "make_app", "model_name_of", "parse_sampling", "run_server", "split_reply", "usage"]
+__all__ = [
+    "EFFORT_SHARE",
+    "Batcher",
+    "Job",
+    "Limits",
+    "Row",
+    "Sampling",
+    "ServeError",
+    "ServerThread",
+    "apply_stop",
+    "bind",
+    "make_app",
+    "model_name_of",
+    "parse_sampling",
+    "run_server",
+    "split_reply",
+    "usage",
+]

@@ -19,13 +19,32 @@ from starlette.routing import Route
 
 from ..remote import BadRequest, error_body
 from .batcher import Batcher, Job, apply_stop, row_seeds
-from .protocol import (Limits, Row, Sampling, ServeError, chat_messages, chat_to_prompt, completion_prompts, json_type,
-                       legacy_logprobs, parse_json, parse_sampling, refuse_unknown_characters, reply_model,
-                       split_reply, token_logprobs, unknown_token_ids, usage, visible)
+from .protocol import (
+    Limits,
+    Row,
+    Sampling,
+    ServeError,
+    chat_messages,
+    chat_to_prompt,
+    completion_prompts,
+    json_type,
+    legacy_logprobs,
+    parse_json,
+    parse_sampling,
+    refuse_unknown_characters,
+    reply_model,
+    split_reply,
+    token_logprobs,
+    unknown_token_ids,
+    usage,
+    visible,
+)
 
 
 def _error(e: BadRequest) -> JSONResponse:
-    return JSONResponse(error_body(str(e), getattr(e, "kind", "invalid_request_error"), e.param, e.code), e.status)
+    return JSONResponse(
+        error_body(str(e), getattr(e, "kind", "invalid_request_error"), e.param, e.code), e.status
+    )
 
 
 class _RowStream:
@@ -45,13 +64,18 @@ class _RowStream:
         for k, now in enumerate(fields):
             now = now or ""
             if len(now) > len(self.sent[k]) and now.startswith(self.sent[k]):  # a stream takes nothing back
-                piece, self.sent[k] = now[len(self.sent[k]):], now
+                piece, self.sent[k] = now[len(self.sent[k]) :], now
                 out.append(self.choice(piece, k))
         return out
 
     def choice(self, piece: str | None, field: int = 0, finish_reason: str | None = None) -> dict:
         if not self.chat:
-            return {"index": self.index, "text": piece or "", "finish_reason": finish_reason, "logprobs": None}
+            return {
+                "index": self.index,
+                "text": piece or "",
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
         delta = {} if piece is None else {("reasoning_content", "content")[field]: piece}
         return {"index": self.index, "delta": delta, "finish_reason": finish_reason}
 
@@ -93,8 +117,18 @@ def _streamed(job: Job, header: dict, tokenizer, chat: bool) -> StreamingRespons
         getter = None
         try:
             if chat:
-                yield "".join(chunk([{"index": row.index, "delta": {"role": "assistant", "content": ""},
-                                      "finish_reason": None}]) for row in streams)
+                yield "".join(
+                    chunk(
+                        [
+                            {
+                                "index": row.index,
+                                "delta": {"role": "assistant", "content": ""},
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                    for row in streams
+                )
             elif job.sampling.echo:  # each row's prompt first, as the non-streamed text has it
                 yield "".join(chunk([row.choice(row.prompt)]) for row in streams)
             done = False
@@ -139,7 +173,11 @@ def chat_page(model_name: str, limits: Limits) -> str:
     from 0 to the cap)."""
     from importlib.resources import files
 
-    settings = {"model": model_name, "max_tokens": limits.max_tokens, "default_max_tokens": limits.default_max_tokens}
+    settings = {
+        "model": model_name,
+        "max_tokens": limits.max_tokens,
+        "default_max_tokens": limits.default_max_tokens,
+    }
     html = files(__package__).joinpath("chat.html").read_text(encoding="utf-8")
     return html.replace("/*REASONLAB_SETTINGS*/{}", json.dumps(settings).replace("</", "<\\/"))
 
@@ -149,6 +187,7 @@ def _sse(payload) -> str:
 
 
 # ---- the app --------------------------------------------------------------------------------------
+
 
 def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "reasonlab") -> Starlette:
     """The ASGI app serving `model` (run it with uvicorn: `run_server`, `ServerThread`)."""
@@ -163,14 +202,21 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
     async def body_of(request: Request) -> dict:
         length = request.headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > limits.max_body_bytes:
-            raise ServeError(f"the body has {int(length)} bytes, above this server's {limits.max_body_bytes} "
-                             "(reasonlab serve --max-body-bytes)", status=413, code="body_too_large")
+            raise ServeError(
+                f"the body has {int(length)} bytes, above this server's {limits.max_body_bytes} "
+                "(reasonlab serve --max-body-bytes)",
+                status=413,
+                code="body_too_large",
+            )
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > limits.max_body_bytes:
-                raise ServeError(f"the body is larger than this server's {limits.max_body_bytes} bytes", status=413,
-                                 code="body_too_large")
+                raise ServeError(
+                    f"the body is larger than this server's {limits.max_body_bytes} bytes",
+                    status=413,
+                    code="body_too_large",
+                )
         body = parse_json(bytes(data))
         if not isinstance(body, dict):
             raise ServeError(f"the body must be a JSON object, got {json_type(body)}")
@@ -181,8 +227,11 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
     def check_fits(ids: list[int], s: Sampling, param: str) -> None:
         """A prompt leaves the model a position to write in (with max_tokens 0, echo, it may fill them all)."""
         if max_len is not None and len(ids) > max_len - (s.max_tokens > 0):
-            raise ServeError(f"the prompt has {len(ids)} tokens and does not fit the model's {max_len} positions",
-                             param, code="context_length_exceeded")
+            raise ServeError(
+                f"the prompt has {len(ids)} tokens and does not fit the model's {max_len} positions",
+                param,
+                code="context_length_exceeded",
+            )
 
     def encode_prompts(prompts: list[str], s: Sampling, param: str) -> list[list[int]]:
         encoded = tokenizer.encode_batch(prompts)
@@ -210,8 +259,14 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             prompts = tokenizer.decode_batch(ids)
         rows_per = [p for p in prompts for _ in range(s.n)]
         ids_per = [one for one in ids for _ in range(s.n)]
-        job = Job(rows_per, ids_per, row_seeds(s.seed, len(rows_per)), s, asyncio.get_running_loop().create_future(),
-                  asyncio.Queue() if s.stream else None)
+        job = Job(
+            rows_per,
+            ids_per,
+            row_seeds(s.seed, len(rows_per)),
+            s,
+            asyncio.get_running_loop().create_future(),
+            asyncio.Queue() if s.stream else None,
+        )
         batcher.submit(job)
         return job
 
@@ -247,13 +302,25 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
         choices = []
         for i, row in enumerate(rows):
             thought, answer = split_reply(row.text, row.prompt)
-            choice = {"index": i, "message": {"role": "assistant", "reasoning_content": thought, "content": answer},
-                      "finish_reason": row.finish_reason, "logprobs": None}
+            choice = {
+                "index": i,
+                "message": {"role": "assistant", "reasoning_content": thought, "content": answer},
+                "finish_reason": row.finish_reason,
+                "logprobs": None,
+            }
             if s.logprobs:
                 choice["logprobs"] = {"content": token_logprobs(tokenizer, row)}
             choices.append(choice)
-        return JSONResponse({"id": ident, "object": "chat.completion", "created": now, "model": name,
-                             "choices": choices, "usage": usage(rows)})
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": now,
+                "model": name,
+                "choices": choices,
+                "usage": usage(rows),
+            }
+        )
 
     async def completions(request: Request):
         try:
@@ -268,31 +335,68 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
             rows = await finished(request, job)
         except BadRequest as e:
             return _error(e)
-        choices = [{"index": i, "text": r.prompt + r.text if s.echo else r.text, "finish_reason": r.finish_reason,
-                    "logprobs": legacy_logprobs(tokenizer, r, s.top_logprobs) if s.logprobs else None}
-                   for i, r in enumerate(rows)]
-        return JSONResponse({"id": ident, "object": "text_completion", "created": now, "model": name,
-                             "choices": choices, "usage": usage(rows)})
+        choices = [
+            {
+                "index": i,
+                "text": r.prompt + r.text if s.echo else r.text,
+                "finish_reason": r.finish_reason,
+                "logprobs": legacy_logprobs(tokenizer, r, s.top_logprobs) if s.logprobs else None,
+            }
+            for i, r in enumerate(rows)
+        ]
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "text_completion",
+                "created": now,
+                "model": name,
+                "choices": choices,
+                "usage": usage(rows),
+            }
+        )
 
     async def page(request: Request):
         return HTMLResponse(chat_page(model_name, limits))
 
     async def models(request: Request):
-        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                                          "owned_by": "reasonlab", "max_model_len": max_len}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": model_name,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "reasonlab",
+                        "max_model_len": max_len,
+                    }
+                ],
+            }
+        )
 
     async def health(request: Request):
         batcher = state["batcher"]
         waiting = sum(len(j.prompts) for j in batcher.waiting)
-        return JSONResponse({"status": "ok", "busy": batcher.busy, "waiting_rows": waiting,
-                             "generate_calls": batcher.calls, "rows_done": batcher.rows_done,
-                             "rows_dropped": batcher.rows_dropped})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "busy": batcher.busy,
+                "waiting_rows": waiting,
+                "generate_calls": batcher.calls,
+                "rows_done": batcher.rows_done,
+                "rows_dropped": batcher.rows_dropped,
+            }
+        )
 
     async def http_error(request: Request, exc: HTTPException):
         routes = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET / (the chat page)"
         code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-        return JSONResponse(error_body(f"{request.method} {request.url.path}: {exc.detail}; this server has {routes}",
-                                       code=code), exc.status_code)
+        return JSONResponse(
+            error_body(
+                f"{request.method} {request.url.path}: {exc.detail}; this server has {routes}", code=code
+            ),
+            exc.status_code,
+        )
 
     async def internal_error(request: Request, exc: Exception):
         print(f"serve: internal error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -310,15 +414,21 @@ def make_app(model, tokenizer, limits: Limits | None = None, model_name: str = "
         finally:
             batcher.task.cancel()
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                             Route("/v1/completions", completions, methods=["POST"]),
-                             Route("/v1/models", models, methods=["GET"]),
-                             Route("/health", health, methods=["GET"]),
-                             Route("/", page, methods=["GET"])],
-                     exception_handlers={HTTPException: http_error, Exception: internal_error}, lifespan=lifespan)
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/", page, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
 
 
 # ---- running it ---------------------------------------------------------------------------------
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one); OSError when the address is taken."""
@@ -351,6 +461,7 @@ def run_server(app, sock: socket.socket, on_start=None) -> None:
         async def startup(sockets=None):
             await original(sockets=sockets)
             on_start()
+
         server.startup = startup
     server.run(sockets=[sock])
 

@@ -53,8 +53,12 @@ class Batcher:
     def check_size(self, rows: int, param: str) -> None:
         """A request of `rows` rows (prompts x n) above the whole queue: a 400 (it could never be taken)."""
         if rows > self.limits.max_queue:
-            raise ServeError(f"the request has {rows} rows (prompts x n), above this server's queue of "
-                             f"{self.limits.max_queue} rows (reasonlab serve --max-queue)", param, code="too_many_rows")
+            raise ServeError(
+                f"the request has {rows} rows (prompts x n), above this server's queue of "
+                f"{self.limits.max_queue} rows (reasonlab serve --max-queue)",
+                param,
+                code="too_many_rows",
+            )
 
     def submit(self, job: Job) -> asyncio.Future:
         """`job` into the waiting list; a 429 if its rows would take the waiting rows past the queue
@@ -62,8 +66,12 @@ class Batcher:
         self._drop_gone()
         queued, cap = self.queued_rows(), self.limits.max_queue
         if queued + len(job.prompts) > cap:
-            raise ServeError(f"the server is busy: {queued} rows are waiting (limit {cap}); retry later", status=429,
-                             code="queue_full", kind="rate_limit_error")
+            raise ServeError(
+                f"the server is busy: {queued} rows are waiting (limit {cap}); retry later",
+                status=429,
+                code="queue_full",
+                kind="rate_limit_error",
+            )
         self.waiting.append(job)
         self.wake.set()
         return job.future
@@ -87,7 +95,9 @@ class Batcher:
             return []
         key, rows, taken = self.waiting[0].sampling.key, 0, []
         for job in list(self.waiting):
-            if not taken or (job.sampling.key == key and rows + len(job.prompts) <= self.limits.max_batch_rows):
+            if not taken or (
+                job.sampling.key == key and rows + len(job.prompts) <= self.limits.max_batch_rows
+            ):
                 taken.append(job)
                 rows += len(job.prompts)
         for job in taken:
@@ -122,7 +132,7 @@ class Batcher:
         pending = [(job, i) for job in jobs for i in range(len(job.prompts))]
         out: dict[int, list[Row]] = {id(job): [] for job in jobs}
         while pending := [(job, i) for job, i in pending if not job.gone]:
-            chunk, pending = pending[:self.limits.max_batch_rows], pending[self.limits.max_batch_rows:]
+            chunk, pending = pending[: self.limits.max_batch_rows], pending[self.limits.max_batch_rows :]
             for (job, _), row in zip(chunk, self._call(chunk)):
                 out[id(job)].append(row)
         return out
@@ -159,11 +169,14 @@ class Batcher:
         prompts = [job.prompts[i] for job, i in owners]
         budgets = [job.sampling.budget for job, _ in owners]
         first = owners[0][0].sampling
-        params = SamplingParams(max_new_tokens=[job.sampling.max_tokens for job, _ in owners],
-                                temperature=first.temperature, top_p=first.top_p,
-                                think_budget=budgets if any(b is not None for b in budgets) else None,
-                                extend=[job.sampling.extend for job, _ in owners],
-                                row_seeds=[job.seeds[i] for job, i in owners])
+        params = SamplingParams(
+            max_new_tokens=[job.sampling.max_tokens for job, _ in owners],
+            temperature=first.temperature,
+            top_p=first.top_p,
+            think_budget=budgets if any(b is not None for b in budgets) else None,
+            extend=[job.sampling.extend for job, _ in owners],
+            row_seeds=[job.seeds[i] for job, i in owners],
+        )
         given = _GivenIds(self.tokenizer, prompts, [job.prompt_ids[i] for job, i in owners])
         rollout = generate(self.model, given, prompts, params, on_step=self._listener(owners))
         self.calls += 1
@@ -172,8 +185,17 @@ class Batcher:
             n = int(rollout.lengths[i])
             ids = rollout.tokens[i, :n].tolist()
             reason = "length" if rollout.finish_reason[i] == "length" else "stop"
-            rows.append(Row(prompt, rollout.texts[i], ids, len(rollout.prompt_ids[i]), rollout.think_tokens[i],
-                            reason, rollout.logprobs[i, :n].tolist()))
+            rows.append(
+                Row(
+                    prompt,
+                    rollout.texts[i],
+                    ids,
+                    len(rollout.prompt_ids[i]),
+                    rollout.think_tokens[i],
+                    reason,
+                    rollout.logprobs[i, :n].tolist(),
+                )
+            )
         return rows
 
     def _listener(self, owners: list[tuple[Job, int]]):
@@ -196,6 +218,7 @@ class Batcher:
             for job, events in streamed.values():
                 self.loop.call_soon_threadsafe(job.stream.put_nowait, events)
             return ended
+
         return on_step
 
 
@@ -227,11 +250,13 @@ def row_seeds(seed: int | None, count: int) -> list[int]:
 
 def _think_in_prefix(ids: list[int], k: int, tags: dict, opened: bool) -> int:
     """Tokens strictly inside the thought among the first `k` of `ids`."""
+
     def find(seq, start):
         for j in range(start, len(ids) - len(seq) + 1):
-            if ids[j:j + len(seq)] == seq:
+            if ids[j : j + len(seq)] == seq:
                 return j
         return -1
+
     start = 0
     if not opened:
         at = find(tags[THINK_OPEN], 0)
@@ -253,7 +278,10 @@ def apply_stop(row: Row, stops: list[str], tokenizer) -> Row:
         return row
     holds = lambda k: any(s in tokenizer.decode(row.ids[:k]) for s in stops)  # noqa: E731
     k = min(bisect.bisect_left(range(len(row.ids) + 1), True, lo=1, key=holds), len(row.ids))
-    think = min(row.think_tokens, _think_in_prefix(row.ids, k, tokenizer.tags, prompt_opens_think(row.prompt)))
+    think = min(
+        row.think_tokens, _think_in_prefix(row.ids, k, tokenizer.tags, prompt_opens_think(row.prompt))
+    )
     # A row scored for echo keeps its scores: the reply shows them up to the cut (`legacy_logprobs`).
-    return dataclasses.replace(row, text=text, ids=row.ids[:k], think_tokens=think, finish_reason="stop",
-                               logprobs=row.logprobs[:k])
+    return dataclasses.replace(
+        row, text=text, ids=row.ids[:k], think_tokens=think, finish_reason="stop", logprobs=row.logprobs[:k]
+    )

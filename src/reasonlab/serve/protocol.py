@@ -11,8 +11,16 @@ import sys
 from dataclasses import dataclass
 
 from ..remote import BadRequest
-from ..template import (ANSWER_CLOSE, ANSWER_OPEN, TAGS, THINK_CLOSE, THINK_OPEN, build_prompt, chat_prompt,
-                        prompt_opens_think)
+from ..template import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    TAGS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    build_prompt,
+    chat_prompt,
+    prompt_opens_think,
+)
 
 # reasoning_effort -> the thinking budget, as a share of the request's max_tokens ("none": answer at once)
 EFFORT_SHARE = {"none": 0.0, "minimal": 1 / 16, "low": 1 / 4, "medium": 1 / 2, "high": 3 / 4}
@@ -22,9 +30,21 @@ MAX_THINKING_TOKENS = 2**31 - 1  # a bound for the engine's integer tensors; any
 MAX_TOP_LOGPROBS = 5  # legacy completions' `logprobs` at most (OpenAI's range)
 # OpenAI parameters the engine has no counterpart for: refused (400 naming them) unless absent, null or at
 # their no-op value (None here: an empty list or object). `echo` only for chat: completions take it.
-UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None, "logit_bias": None,
-               "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0, "best_of": 1,
-               "suffix": None, "audio": None, "modalities": None, "prediction": None}
+UNSUPPORTED = {
+    "tools": None,
+    "tool_choice": None,
+    "functions": None,
+    "function_call": None,
+    "logit_bias": None,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "top_logprobs": 0,
+    "best_of": 1,
+    "suffix": None,
+    "audio": None,
+    "modalities": None,
+    "prediction": None,
+}
 
 
 @dataclass
@@ -48,6 +68,7 @@ class ServeError(BadRequest):
 
 # ---- a request -------------------------------------------------------------------------
 
+
 def parse_json(data: bytes):
     """The body, parsed; a 400 (code ``bad_json``) for anything `json.loads` refuses: not JSON, not
     UTF-8, an integer of more digits than Python converts (``sys.get_int_max_str_digits()``, a
@@ -58,8 +79,11 @@ def parse_json(data: bytes):
         raise ServeError("the body is not valid JSON: it nests too deep", code="bad_json") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
         if "integer string conversion" in str(e):
-            raise ServeError(f"the body has an integer of more than {sys.get_int_max_str_digits()} digits, more "
-                             "than this server reads", code="bad_json") from None
+            raise ServeError(
+                f"the body has an integer of more than {sys.get_int_max_str_digits()} digits, more "
+                "than this server reads",
+                code="bad_json",
+            ) from None
         raise ServeError(f"the body is not valid JSON: {e}", code="bad_json") from None
 
 
@@ -75,9 +99,13 @@ def refuse_unknown_characters(tokenizer, prompt: str, param: str) -> None:
     token (`TokenizerAdapter.unknown_characters`: the built-in model knows printable ASCII and newline)."""
     lost = tokenizer.unknown_characters(set(prompt))
     if bad := next((c for c in prompt if c in lost), None):
-        raise ServeError(f"character {bad!r} (U+{ord(bad):04X}) is not in the model's vocabulary: its tokenizer "
-                         f"would read it as {tokenizer.unk_token!r} (the built-in model knows printable ASCII and "
-                         "newline)", param, code="unknown_character")
+        raise ServeError(
+            f"character {bad!r} (U+{ord(bad):04X}) is not in the model's vocabulary: its tokenizer "
+            f"would read it as {tokenizer.unk_token!r} (the built-in model knows printable ASCII and "
+            "newline)",
+            param,
+            code="unknown_character",
+        )
 
 
 def json_type(value) -> str:
@@ -85,8 +113,13 @@ def json_type(value) -> str:
     be a megabyte list or a 4,000-digit integer)."""
     if value is None:
         return "null"
-    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
-                       (list, "an array")):
+    for kind, name in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "an array"),
+    ):
         if isinstance(value, kind):  # bool first: True is an int to Python, not to JSON
             return name
     return "an object"
@@ -135,16 +168,23 @@ def _neutral(value, neutral) -> bool:
 def _refuse_unsupported(body: dict, chat: bool) -> None:
     for key, neutral in {**UNSUPPORTED, **({"echo": False} if chat else {})}.items():
         if not _neutral(body.get(key), neutral):
-            raise ServeError(f"'{key}' is not supported by this server (the engine has no counterpart)", key,
-                             code="unsupported_parameter")
+            raise ServeError(
+                f"'{key}' is not supported by this server (the engine has no counterpart)",
+                key,
+                code="unsupported_parameter",
+            )
 
 
 def _refuse_response_format(body: dict) -> None:
     """Only plain text: the engine cannot constrain its output to JSON (json_object, json_schema)."""
     fmt = typed(body, "response_format", (dict,), "an object")
     if fmt is not None and fmt.get("type") != "text":
-        raise ServeError("'response_format' must be {\"type\": \"text\"}: this server cannot constrain its output "
-                         "to JSON (json_object, json_schema)", "response_format", code="unsupported_parameter")
+        raise ServeError(
+            '\'response_format\' must be {"type": "text"}: this server cannot constrain its output '
+            "to JSON (json_object, json_schema)",
+            "response_format",
+            code="unsupported_parameter",
+        )
 
 
 def reply_model(body: dict, default: str) -> str:
@@ -167,7 +207,9 @@ class Sampling:
     logprobs: bool
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a streamed reply ends with a usage chunk
-    echo: bool = False  # completions: the prompt comes back before the completion (and is scored with logprobs)
+    echo: bool = (
+        False  # completions: the prompt comes back before the completion (and is scored with logprobs)
+    )
     top_logprobs: int = 0  # completions with echo: the top alternatives of each token (legacy `logprobs`: k)
 
     @property
@@ -194,16 +236,33 @@ def parse_sampling(body: dict, limits: Limits, chat: bool) -> Sampling:
     effort = typed(body, "reasoning_effort", (str,), f"one of {', '.join(EFFORT_SHARE)}")
     if effort is not None:
         if effort not in EFFORT_SHARE:
-            raise ServeError(f"'reasoning_effort' must be one of {', '.join(EFFORT_SHARE)}, got {_shown(effort)}",
-                             "reasoning_effort")
+            raise ServeError(
+                f"'reasoning_effort' must be one of {', '.join(EFFORT_SHARE)}, got {_shown(effort)}",
+                "reasoning_effort",
+            )
         if budget is None:  # an explicit max_thinking_tokens wins
             budget = int(EFFORT_SHARE[effort] * max_tokens)
     stream, include_usage = _streaming(body)
     logprobs, top = _logprobs(body, chat, echo)
     if logprobs and stream:
-        raise ServeError("'logprobs' is not supported with 'stream'", "logprobs", code="unsupported_parameter")
-    return Sampling(n, max_tokens, temperature, top_p, seed, budget, extend, _stops(body), logprobs, stream,
-                    include_usage, echo, top)
+        raise ServeError(
+            "'logprobs' is not supported with 'stream'", "logprobs", code="unsupported_parameter"
+        )
+    return Sampling(
+        n,
+        max_tokens,
+        temperature,
+        top_p,
+        seed,
+        budget,
+        extend,
+        _stops(body),
+        logprobs,
+        stream,
+        include_usage,
+        echo,
+        top,
+    )
 
 
 def _max_tokens(body: dict, limits: Limits, chat: bool, echo: bool) -> int:
@@ -221,8 +280,12 @@ def _max_tokens(body: dict, limits: Limits, chat: bool, echo: bool) -> int:
     if max_tokens is None:
         max_tokens = min(limits.default_max_tokens, limits.max_tokens)
     if max_tokens > limits.max_tokens:
-        raise ServeError(f"'{token_key}' is {_shown(max_tokens)}, above this server's cap of {limits.max_tokens} "
-                         "(reasonlab serve --max-tokens)", token_key, code="max_tokens_too_large")
+        raise ServeError(
+            f"'{token_key}' is {_shown(max_tokens)}, above this server's cap of {limits.max_tokens} "
+            "(reasonlab serve --max-tokens)",
+            token_key,
+            code="max_tokens_too_large",
+        )
     return max_tokens
 
 
@@ -240,8 +303,11 @@ def _streaming(body: dict) -> tuple[bool, bool]:
     options = typed(body, "stream_options", (dict,), "an object", {})
     usage = options.get("include_usage")
     if usage is not None and not isinstance(usage, bool):
-        raise ServeError(f"'stream_options.include_usage' must be a boolean, got {json_type(usage)}",
-                         "stream_options", code="invalid_type")
+        raise ServeError(
+            f"'stream_options.include_usage' must be a boolean, got {json_type(usage)}",
+            "stream_options",
+            code="invalid_type",
+        )
     return stream, bool(usage)
 
 
@@ -257,24 +323,34 @@ def _logprobs(body: dict, chat: bool, echo: bool) -> tuple[bool, int]:
     typed(body, "logprobs", (int,), "an integer or null (0: the chosen tokens' log-probabilities)")
     top = _number(body, "logprobs", None, int, 0, MAX_TOP_LOGPROBS)
     if top and not echo:
-        raise ServeError("'logprobs' above 0 (top alternatives) is only supported with echo: true (the prompt and "
-                         "completion scored by a forward pass); the engine keeps only the chosen token's "
-                         "log-probability (use logprobs=0)", "logprobs", code="unsupported_parameter")
+        raise ServeError(
+            "'logprobs' above 0 (top alternatives) is only supported with echo: true (the prompt and "
+            "completion scored by a forward pass); the engine keeps only the chosen token's "
+            "log-probability (use logprobs=0)",
+            "logprobs",
+            code="unsupported_parameter",
+        )
     return top is not None, top or 0
 
 
 def _text_of(content, where: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
         return "".join(p["text"] for p in content)
-    raise ServeError(f"{where}: 'content' must be a string or a list of text parts ({{\"type\": \"text\", "
-                     "\"text\": a string})", "messages")
+    raise ServeError(
+        f'{where}: \'content\' must be a string or a list of text parts ({{"type": "text", '
+        '"text": a string})',
+        "messages",
+    )
 
 
-PROMPT_FORMS = ("'prompt' must be a non-empty string, a non-empty list of token ids (integers), or a non-empty "
-                "list of either")
+PROMPT_FORMS = (
+    "'prompt' must be a non-empty string, a non-empty list of token ids (integers), or a non-empty "
+    "list of either"
+)
 
 
 def completion_prompts(body: dict, vocab: int) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -288,7 +364,9 @@ def completion_prompts(body: dict, vocab: int) -> tuple[list[str] | None, list[l
         prompt = [prompt]  # one prompt of token ids
     if not isinstance(prompt, list) or not prompt:
         got = "an empty array" if prompt == [] else json_type(prompt)
-        raise ServeError(f"{PROMPT_FORMS}, got {got}", "prompt", code=None if prompt is None else "invalid_type")
+        raise ServeError(
+            f"{PROMPT_FORMS}, got {got}", "prompt", code=None if prompt is None else "invalid_type"
+        )
     if all(isinstance(p, str) for p in prompt):
         if not all(prompt):
             raise ServeError("empty prompt", "prompt")
@@ -297,12 +375,20 @@ def completion_prompts(body: dict, vocab: int) -> tuple[list[str] | None, list[l
         raise ServeError(f"{PROMPT_FORMS}: not strings and token ids mixed", "prompt", code="invalid_type")
     for i, ids in enumerate(prompt):
         if not isinstance(ids, list) or not ids or not all(_is_id(t) for t in ids):
-            what = "an empty list" if ids == [] else json_type(ids) if not isinstance(ids, list) else \
-                "a list holding " + json_type(next(t for t in ids if not _is_id(t)))
+            what = (
+                "an empty list"
+                if ids == []
+                else json_type(ids)
+                if not isinstance(ids, list)
+                else "a list holding " + json_type(next(t for t in ids if not _is_id(t)))
+            )
             raise ServeError(f"{PROMPT_FORMS}; prompt[{i}] is {what}", "prompt", code="invalid_type")
         if (bad := next((t for t in ids if not 0 <= t < vocab), None)) is not None:
-            raise ServeError(f"prompt[{i}] has the token id {_shown(bad)}, outside the model's vocabulary "
-                             f"(0-{vocab - 1})", "prompt", code="invalid_token_id")
+            raise ServeError(
+                f"prompt[{i}] has the token id {_shown(bad)}, outside the model's vocabulary (0-{vocab - 1})",
+                "prompt",
+                code="invalid_token_id",
+            )
     return None, prompt
 
 
@@ -317,10 +403,16 @@ def chat_messages(body: dict) -> list[dict]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ServeError(f"messages[{i}] must be an object with a role of system, developer, user or assistant",
-                             "messages")
-        out.append({"role": "system" if m["role"] == "developer" else m["role"],
-                    "content": _text_of(m.get("content", ""), f"messages[{i}]")})
+            raise ServeError(
+                f"messages[{i}] must be an object with a role of system, developer, user or assistant",
+                "messages",
+            )
+        out.append(
+            {
+                "role": "system" if m["role"] == "developer" else m["role"],
+                "content": _text_of(m.get("content", ""), f"messages[{i}]"),
+            }
+        )
     if not any(m["role"] == "user" for m in out):
         raise ServeError("'messages' has no user message", "messages")
     return out
@@ -384,11 +476,12 @@ def visible(text: str, stops: list[str], final: bool) -> str:
     stop string (`_hold_back`)."""
     hits = [text.find(s) for s in stops if s in text]
     if hits:
-        return text[:min(hits)]
+        return text[: min(hits)]
     return text if final else _hold_back(text, stops)
 
 
 # ---- a reply -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Scored:
@@ -410,10 +503,11 @@ class Row:
     ids: list[int]
     prompt_tokens: int
     think_tokens: int
-    finish_reason: str  # "stop" or "length" (OpenAI's); the engine's "budget" (capped, then answered) is "stop"
+    finish_reason: (
+        str  # "stop" or "length" (OpenAI's); the engine's "budget" (capped, then answered) is "stop"
+    )
     logprobs: list[float]
     scored: Scored | None = None  # echo with logprobs
-
 
 
 def usage(rows: list[Row], prompts: list[str] | None = None) -> dict:
@@ -423,15 +517,20 @@ def usage(rows: list[Row], prompts: list[str] | None = None) -> dict:
             seen.add(row.prompt)
             prompt_tokens += row.prompt_tokens
     completion = sum(len(r.ids) for r in rows)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-            "completion_tokens_details": {"reasoning_tokens": sum(r.think_tokens for r in rows)}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "completion_tokens_details": {"reasoning_tokens": sum(r.think_tokens for r in rows)},
+    }
 
 
 def token_logprobs(tokenizer, row: Row) -> list[dict]:
     texts = tokenizer.decode_batch([[i] for i in row.ids])
-    return [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-            for t, lp in zip(texts, row.logprobs)]
+    return [
+        {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+        for t, lp in zip(texts, row.logprobs)
+    ]
 
 
 def legacy_logprobs(tokenizer, row: Row, top: int) -> dict:
@@ -444,14 +543,18 @@ def legacy_logprobs(tokenizer, row: Row, top: int) -> dict:
         ids, logprobs, tops = row.ids, row.logprobs, None
     else:
         kept = row.scored.prompt_len + len(row.ids)  # the completion as cut at a stop string
-        ids, logprobs = row.scored.ids[:kept], [None] + row.scored.logprobs[:kept - 1]
-        tops = [None] + row.scored.top[:kept - 1] if top else None
+        ids, logprobs = row.scored.ids[:kept], [None] + row.scored.logprobs[: kept - 1]
+        tops = [None] + row.scored.top[: kept - 1] if top else None
     alternatives = {i for place in tops or () if place for i, _ in place}
     distinct = list(set(ids) | alternatives)
     text = dict(zip(distinct, tokenizer.decode_batch([[i] for i in distinct])))
     offsets = list(itertools.accumulate((len(text[i]) for i in ids), initial=0))[:-1]
-    return {"tokens": [text[i] for i in ids], "token_logprobs": logprobs, "text_offset": offsets,
-            "top_logprobs": None if tops is None else [None if p is None else _top_object(p, text) for p in tops]}
+    return {
+        "tokens": [text[i] for i in ids],
+        "token_logprobs": logprobs,
+        "text_offset": offsets,
+        "top_logprobs": None if tops is None else [None if p is None else _top_object(p, text) for p in tops],
+    }
 
 
 def _top_object(place: list[tuple[int, float]], text: dict) -> dict:

@@ -24,16 +24,16 @@ def score(model, prompt_ids: list[int], completion_ids: list[int], top: int) -> 
     The log-softmax runs a few places at a time: (T, vocab) float32 temporaries of a long prompt
     in a large vocabulary would be GBs (`softmax.CHUNK_BYTES`, as the entropy does)."""
     ids = prompt_ids + completion_ids
-    fed = ids[:max(len(prompt_ids), len(ids) - 1)]
+    fed = ids[: max(len(prompt_ids), len(ids) - 1)]
     device = next(model.parameters()).device
     # place j of the logits predicts ids[j + 1]
-    logits = model(torch.tensor([fed], dtype=torch.long, device=device))[0, :len(ids) - 1]
+    logits = model(torch.tensor([fed], dtype=torch.long, device=device))[0, : len(ids) - 1]
     targets = torch.tensor(ids[1:], dtype=torch.long, device=device)
     step = max(1, CHUNK_BYTES // (logits.shape[-1] * 4))
     chosen, best = [], []
     for start in range(0, len(targets), step):
-        logp = F.log_softmax(logits[start:start + step].float(), dim=-1)
-        chosen += logp.gather(-1, targets[start:start + step, None]).squeeze(-1).tolist()
+        logp = F.log_softmax(logits[start : start + step].float(), dim=-1)
+        chosen += logp.gather(-1, targets[start : start + step, None]).squeeze(-1).tolist()
         if top:
             values, index = logp.topk(min(top, logp.shape[-1]), dim=-1)
             best += [list(zip(i, v)) for i, v in zip(index.tolist(), values.tolist())]

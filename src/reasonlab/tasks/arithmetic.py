@@ -104,8 +104,10 @@ class ArithmeticTask(Task):
         if digits < 1 or (digits_b is not None and digits_b < 1):
             raise ValueError("arithmetic digits must be >= 1")
         if digits + (digits_b or digits) > 200:  # a gold answer's digits at most; `_INT` reads up to 200
-            raise ValueError(f"arithmetic digits + digits_b must be <= 200 (answers are checked up to 200 digits), "
-                             f"got {digits} + {digits_b or digits}")
+            raise ValueError(
+                f"arithmetic digits + digits_b must be <= 200 (answers are checked up to 200 digits), "
+                f"got {digits} + {digits_b or digits}"
+            )
         self.ops, self.digits, self.digits_b, self.ask = op, digits, digits_b or digits, ask
 
     @staticmethod

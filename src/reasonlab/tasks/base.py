@@ -73,8 +73,13 @@ class Task:
         warned = self.__dict__.setdefault("_warned", set())
         if event == "unparsed_gold" and gold not in warned:
             warned.add(gold)
-            warnings.warn(UnparsedGold(f"task {self.name!r} cannot read the gold answer {gold[:80]!r}: "
-                                       "every answer to it scores wrong"), stacklevel=3)
+            warnings.warn(
+                UnparsedGold(
+                    f"task {self.name!r} cannot read the gold answer {gold[:80]!r}: "
+                    "every answer to it scores wrong"
+                ),
+                stacklevel=3,
+            )
 
     def check_steps(self, question: str, think: str) -> bool | None:
         """Does every step of a chain of thought follow from the question and the steps before it?
@@ -104,8 +109,10 @@ class Task:
             if tries > 50 * n + 1000 or since_new > 1000 + 20 * len(out):
                 if at_most and out:
                     return out
-                raise TooFewProblems(f"task {self.name!r} has fewer than {n} distinct {split} problems"
-                                 + (f" (found {len(out)})" if out else ""))
+                raise TooFewProblems(
+                    f"task {self.name!r} has fewer than {n} distinct {split} problems"
+                    + (f" (found {len(out)})" if out else "")
+                )
             problem = self.sample(rng)
             if problem.question in seen or split_of(problem.question, self.test_fraction) != split:
                 continue
@@ -179,13 +186,20 @@ def get_task(name: str, **kwargs) -> Task:
         kind, optional = unwrap_optional(hints.get(key))
         # Numbers only: a --task-arg string option may look numeric (a file named 2024).
         if kind in (int, float) and not (value is None and optional) and not value_fits(kind, value):
-            raise ValueError(f"task {name!r}: {key} must be {'an integer' if kind is int else 'a number'}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"task {name!r}: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+            )
     task = cls(**kwargs)
     # What was built, every option with its value (defaults filled in): saved beside checkpoints,
     # so a later run on other settings can say so (`describe_difference`).
-    task.spec = {"name": name, "options": {k: kwargs.get(k, p.default) for k, p in options.items()
-                                           if k in kwargs or p.default is not inspect.Parameter.empty}}
+    task.spec = {
+        "name": name,
+        "options": {
+            k: kwargs.get(k, p.default)
+            for k, p in options.items()
+            if k in kwargs or p.default is not inspect.Parameter.empty
+        },
+    }
     return task
 
 
@@ -201,8 +215,11 @@ def describe_difference(trained, now: dict) -> str | None:
     if not isinstance(trained.get("options"), dict):
         return None
     old, new = trained["options"], now["options"]
-    changed = [f"{k}={old.get(k)!r} (this run {new.get(k)!r})" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k)]
+    changed = [
+        f"{k}={old.get(k)!r} (this run {new.get(k)!r})"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
     return f"{now['name']} with " + ", ".join(changed) if changed else None
 
 

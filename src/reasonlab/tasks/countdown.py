@@ -161,8 +161,7 @@ class CountdownTask(Task):
         rationale = ";".join(tries + [",".join(steps) + " yes"])
         gold = " ".join(map(str, numbers)) + f" -> {target}"
         question = f"Use {' '.join(map(str, numbers))} to make {target}"
-        return Problem(question, gold, rationale, {"numbers": numbers, "target": target},
-                       solution=expression)
+        return Problem(question, gold, rationale, {"numbers": numbers, "target": target}, solution=expression)
 
     def verify(self, predicted: str, gold: str) -> bool:
         numbers, target = parse_gold(gold)

@@ -89,13 +89,17 @@ def _load_rows(path: str | None, split: str) -> list[dict]:
     try:
         import datasets  # optional: needs hub access
     except ImportError:
-        raise ValueError("no GSM8K data found: pass path=DIR (a folder with train.jsonl/test.jsonl), "
-                         "set REASONLAB_GSM8K, or install `datasets` with hub access") from None
+        raise ValueError(
+            "no GSM8K data found: pass path=DIR (a folder with train.jsonl/test.jsonl), "
+            "set REASONLAB_GSM8K, or install `datasets` with hub access"
+        ) from None
     try:
         return list(datasets.load_dataset("openai/gsm8k", "main", split=split))
     except Exception as e:  # no network, no cache: the hub is the last resort, say what to do instead
-        raise ValueError(f"no GSM8K data found locally and the hub failed ({type(e).__name__}): pass "
-                         "path=DIR (a folder with train.jsonl/test.jsonl) or set REASONLAB_GSM8K") from None
+        raise ValueError(
+            f"no GSM8K data found locally and the hub failed ({type(e).__name__}): pass "
+            "path=DIR (a folder with train.jsonl/test.jsonl) or set REASONLAB_GSM8K"
+        ) from None
 
 
 @register_task("gsm8k")
@@ -118,16 +122,24 @@ class GSM8KTask(Task):
             self._rows[split] = _load_rows(self.path, split)
         return self._rows[split]
 
-    def problems(self, n: int | None = None, split: str = "train", seed: int = 0,
-                 at_most: bool = False) -> list[Problem]:
+    def problems(
+        self, n: int | None = None, split: str = "train", seed: int = 0, at_most: bool = False
+    ) -> list[Problem]:
         rows = self.rows(split)
         if n is not None and n > len(rows) and not at_most:
             raise TooFewProblems(f"GSM8K {split} has {len(rows)} problems, fewer than {n}")
         order = list(range(len(rows)))
         random.Random(f"gsm8k:{split}:{seed}").shuffle(order)
         picked = order if n is None else order[:n]
-        return [Problem(rows[i]["question"], gold_from_solution(rows[i]["answer"]),
-                        rationale_from_solution(rows[i]["answer"]), {"index": i}) for i in picked]
+        return [
+            Problem(
+                rows[i]["question"],
+                gold_from_solution(rows[i]["answer"]),
+                rationale_from_solution(rows[i]["answer"]),
+                {"index": i},
+            )
+            for i in picked
+        ]
 
     def verify(self, predicted: str, gold: str) -> bool:
         expected = parse_number(gold)

@@ -80,7 +80,7 @@ def plain_words(text: str) -> str | None:
         text = m.group(m.lastindex or 1).strip()
     if _WORDS.fullmatch(text):
         return " ".join(text.casefold().split())
-    boxed = text[text.rfind("\\boxed{"):].partition("$")[0] if "\\boxed{" in text else text
+    boxed = text[text.rfind("\\boxed{") :].partition("$")[0] if "\\boxed{" in text else text
     return plain_words(boxed) if boxed != text else None
 
 
@@ -139,6 +139,7 @@ def prepare(text: str) -> str:
 
 # ---- the math-verify workers -----------------------------------------------------------------
 
+
 class _Worker:
     """One worker process and the pipe to it; restarted after a timeout or a death."""
 
@@ -155,8 +156,13 @@ class _Worker:
         self.stderr = tempfile.TemporaryFile()
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # a verdict must not depend on the process
         try:
-            self.proc = subprocess.Popen([sys.executable, str(self.SCRIPT)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(self.SCRIPT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr,
+                env=env,
+            )
         except OSError as e:
             raise VerifierError(f"cannot start the math-verify worker ({sys.executable}): {e}") from None
         self.buffer = b""
@@ -212,7 +218,7 @@ class _Worker:
             while len(out) < len(pairs):
                 if not self.alive():
                     self.start()
-                rest = pairs[len(out):]
+                rest = pairs[len(out) :]
                 try:
                     self.proc.stdin.write((json.dumps({"pairs": rest, "timeout": timeout}) + "\n").encode())
                     self.proc.stdin.flush()
@@ -227,8 +233,10 @@ class _Worker:
                 except (EOFError, BrokenPipeError):
                     self.stop()
                     if died_on == len(out):
-                        raise VerifierError(f"the math-verify worker died twice checking "
-                                            f"{pairs[len(out)][0][:80]!r}: {self.stderr_tail()}") from None
+                        raise VerifierError(
+                            f"the math-verify worker died twice checking "
+                            f"{pairs[len(out)][0][:80]!r}: {self.stderr_tail()}"
+                        ) from None
                     died_on = len(out)  # try that pair once more on a fresh worker
         return out
 
@@ -250,7 +258,7 @@ class WorkerPool:
             self.next = (self.next + 1) % len(self.workers)
             return self.workers[self.next].run(pairs, timeout)
         step = math.ceil(len(pairs) / len(self.workers))
-        parts = [pairs[i:i + step] for i in range(0, len(pairs), step)]
+        parts = [pairs[i : i + step] for i in range(0, len(pairs), step)]
         futures = [self.threads.submit(w.run, part, timeout) for w, part in zip(self.workers, parts)]
         return [outcome for f in futures for outcome in f.result()]
 
@@ -268,7 +276,9 @@ atexit.register(_POOL.stop)
 def verify_outcomes(pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT) -> list[str]:
     """The outcome of each (predicted, gold) pair: ``correct``, ``wrong`` or an event (module doc)."""
     outcomes = [quick_outcome(p, g) for p, g in pairs]
-    prepared = {i: (prepare(p), prepare(g)) for i, ((p, g), o) in enumerate(zip(pairs, outcomes)) if o is None}
+    prepared = {
+        i: (prepare(p), prepare(g)) for i, ((p, g), o) in enumerate(zip(pairs, outcomes)) if o is None
+    }
     todo = list(dict.fromkeys(prepared.values()))  # each distinct pair once: a group's answers often agree
     checked = dict(zip(todo, _POOL.check(todo, timeout)))
     return [checked[prepared[i]] if o is None else o for i, o in enumerate(outcomes)]
@@ -291,8 +301,9 @@ class MathTask(Task):
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.path, self.timeout = path, timeout
 
-    def problems(self, n: int | None = None, split: str = "train", seed: int = 0,
-                 at_most: bool = False) -> list[Problem]:
+    def problems(
+        self, n: int | None = None, split: str = "train", seed: int = 0, at_most: bool = False
+    ) -> list[Problem]:
         """The file's problems in order: the first `n`, or all of them when the file holds fewer
         (`at_most` is always true here; `seed` is unused: the file's order is the order)."""
         check_split(split)
@@ -311,7 +322,11 @@ class MathTask(Task):
         if not self.path:
             return []
         file = Path(self.path)
-        return [f for f in (file / "train.jsonl", file / "test.jsonl") if f.is_file()] if file.is_dir() else [file]
+        return (
+            [f for f in (file / "train.jsonl", file / "test.jsonl") if f.is_file()]
+            if file.is_dir()
+            else [file]
+        )
 
     def verify(self, predicted: str, gold: str) -> bool:
         return self.verify_batch([predicted], [gold])[0]

@@ -79,7 +79,9 @@ def main() -> None:
         out.flush()
         sys.exit(1)
     logging.disable(logging.WARNING)  # what math-verify logs is reported as outcomes instead
-    verify(parse("$\\frac{1}{2}$"), parse("$0.5$"))  # warm up (the LaTeX parser loads on first use) before timing anything
+    verify(
+        parse("$\\frac{1}{2}$"), parse("$0.5$")
+    )  # warm up (the LaTeX parser loads on first use) before timing anything
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     golds: dict[str, list] = {}

@@ -24,12 +24,37 @@ from ..config import FRACTION, MAX_ROWS, SEED, check_options
 from ..errors import UserError
 from ..jsonl import logged_step
 from ..outdir import RunFolder
+
 # the resumable state (train/state.py): imported here too, where the trainers have always found it
-from .state import (NOT_SETTINGS, PREVIOUS, RESUMABLE, STATE, SaveClock, check_resume, data_fingerprint,  # noqa: F401
-                    discard_training_state, files_fingerprint, load_training_state, nothing_to_resume,
-                    resumable_state, save_training_state, task_setting, write_failure)
-from ..runtime import (all_reduce_sum, autocast, broadcast_flag, clip_grad_norm, gathered, grads_finite, is_fsdp,
-                       refuse_fsdp_states, unwrap, world)
+from .state import (
+    NOT_SETTINGS,
+    PREVIOUS,
+    RESUMABLE,
+    STATE,
+    SaveClock,
+    check_resume,
+    data_fingerprint,  # noqa: F401
+    discard_training_state,
+    files_fingerprint,
+    load_training_state,
+    nothing_to_resume,
+    resumable_state,
+    save_training_state,
+    task_setting,
+    write_failure,
+)
+from ..runtime import (
+    all_reduce_sum,
+    autocast,
+    broadcast_flag,
+    clip_grad_norm,
+    gathered,
+    grads_finite,
+    is_fsdp,
+    refuse_fsdp_states,
+    unwrap,
+    world,
+)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer's token covers more characters (the longest BPE tokens: ~16-32)
@@ -45,21 +70,43 @@ class OptimConfig:
 
     steps: int = field(default=500, metadata={"help": "optimiser steps at most", "min": 1, "max": MAX_STEPS})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate", "above": 0})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0, "max": MAX_STEPS})
-    schedule: str = field(default="cosine", metadata={
-        "help": "after warm-up: cosine or linear decay over `steps` (not over max_seconds), or constant",
-        "choices": SCHEDULES})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak",
-                                                        **FRACTION})
+    warmup_steps: int = field(
+        default=20, metadata={"help": "linear warm-up steps", "min": 0, "max": MAX_STEPS}
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "after warm-up: cosine or linear decay over `steps` (not over max_seconds), or constant",
+            "choices": SCHEDULES,
+        },
+    )
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak", **FRACTION}
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)", "min": 0})
-    eval_every: int = field(default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0,
-                                                   "max": MAX_STEPS})
-    save_every: int = field(default=0, metadata={"help": "write a resumable training state every N steps (0 = never)",
-                                                 "min": 0, "max": MAX_STEPS})
-    save_minutes: float = field(default=2.0, metadata={  # no percent sign in a help: argparse formats it (--help failed)
-        "help": "also write it every N minutes of training, so a kill loses at most that (stretched to keep saving "
-                "under 5 percent of the time; 0 = only --save-every)", "min": 0, "max": 10**6})
-    max_seconds: float = field(default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0})
+    eval_every: int = field(
+        default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0, "max": MAX_STEPS}
+    )
+    save_every: int = field(
+        default=0,
+        metadata={
+            "help": "write a resumable training state every N steps (0 = never)",
+            "min": 0,
+            "max": MAX_STEPS,
+        },
+    )
+    save_minutes: float = field(
+        default=2.0,
+        metadata={  # no percent sign in a help: argparse formats it (--help failed)
+            "help": "also write it every N minutes of training, so a kill loses at most that (stretched to keep saving "
+            "under 5 percent of the time; 0 = only --save-every)",
+            "min": 0,
+            "max": 10**6,
+        },
+    )
+    max_seconds: float = field(
+        default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0}
+    )
     seed: int = field(default=0, metadata={"help": "data order, initialisation and sampling seed", **SEED})
 
     def __post_init__(self):
@@ -79,12 +126,20 @@ def default_of(name: str, default, help: str | None = None):
 class TrainConfig(OptimConfig):
     """Supervised training (pretrain, sft, Method 1's fine-tuning): `OptimConfig` and the batches."""
 
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch", "min": 1, "max": MAX_ROWS})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step", "min": 1, "max": MAX_ROWS})
+    batch_size: int = field(
+        default=32, metadata={"help": "sequences per micro-batch", "min": 1, "max": MAX_ROWS}
+    )
+    grad_accum: int = field(
+        default=1, metadata={"help": "micro-batches per optimiser step", "min": 1, "max": MAX_ROWS}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
-    max_seq_len: int = field(default=256, metadata={"help": "longer examples are cut", "min": 2, "max": 10**7})
+    max_seq_len: int = field(
+        default=256, metadata={"help": "longer examples are cut", "min": 2, "max": 10**7}
+    )
     packing: bool = field(default=False, metadata={"help": "pack several examples into each row"})
-    group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length (less padding)"})
+    group_by_length: bool = field(
+        default=True, metadata={"help": "batch examples of similar length (less padding)"}
+    )
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -106,7 +161,9 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
-def tokenize_examples(tokenizer, rows: list[dict], max_len: int, eos: bool = True) -> list[tuple[list[int], list[int]]]:
+def tokenize_examples(
+    tokenizer, rows: list[dict], max_len: int, eos: bool = True
+) -> list[tuple[list[int], list[int]]]:
     """`{"prompt", "completion"}` rows to id pairs, EOS after the completion, cut to `max_len`.
     Texts are cut to `max_len` x `MAX_CHARS_PER_TOKEN` characters first: tokenising a 50 MB line
     whole took gigabytes for the 256 tokens kept."""
@@ -116,7 +173,7 @@ def tokenize_examples(tokenizer, rows: list[dict], max_len: int, eos: bool = Tru
     out = []
     for p, c in zip(prompts, completions):
         c = c + [tokenizer.eos_id] if eos and tokenizer.eos_id is not None else c
-        out.append((p[:max_len], c[:max(0, max_len - len(p))]))
+        out.append((p[:max_len], c[: max(0, max_len - len(p))]))
     return out
 
 
@@ -126,8 +183,11 @@ def fit_to_model(cfg, model) -> None:
     positions = getattr(unwrap(model), "max_seq_len", None)
     if positions and cfg.max_seq_len > positions:
         if world()[0] == 0:
-            print(f"note: --max-seq-len {cfg.max_seq_len} is more than the model's {positions} positions: "
-                  f"using {positions}", file=sys.stderr)
+            print(
+                f"note: --max-seq-len {cfg.max_seq_len} is more than the model's {positions} positions: "
+                f"using {positions}",
+                file=sys.stderr,
+            )
         cfg.max_seq_len = positions
 
 
@@ -138,13 +198,15 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
     for i, (p, c) in enumerate(examples):
         ids = p + c
-        input_ids[i, :len(ids)] = torch.tensor(ids)
+        input_ids[i, : len(ids)] = torch.tensor(ids)
         # label at position t is token t+1; the completion's tokens are predicted from t = len(p)-1
-        labels[i, max(len(p) - 1, 0):len(ids) - 1] = torch.tensor(ids[max(len(p), 1):])
+        labels[i, max(len(p) - 1, 0) : len(ids) - 1] = torch.tensor(ids[max(len(p), 1) :])
     return input_ids, labels
 
 
-def pack(examples: list[tuple[list[int], list[int]]], max_len: int) -> list[list[tuple[list[int], list[int]]]]:
+def pack(
+    examples: list[tuple[list[int], list[int]]], max_len: int
+) -> list[list[tuple[list[int], list[int]]]]:
     """Group examples, in order, into rows of at most `max_len` tokens; `collate_packed` lays each
     row's examples end to end (loss still on completions only)."""
     rows, current = [], []
@@ -166,9 +228,9 @@ def collate_packed(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = 0
         for p, c in row:
             ids = p + c
-            input_ids[i, pos:pos + len(ids)] = torch.tensor(ids)
+            input_ids[i, pos : pos + len(ids)] = torch.tensor(ids)
             start = pos + max(len(p), 1)
-            labels[i, start - 1:pos + len(ids) - 1] = torch.tensor(ids[max(len(p), 1):])
+            labels[i, start - 1 : pos + len(ids) - 1] = torch.tensor(ids[max(len(p), 1) :])
             pos += len(ids)
     return input_ids, labels
 
@@ -179,7 +241,13 @@ class BatchStream:
     shuffled again)."""
 
     def __init__(self, units: list, batch_size: int, rng: random.Random, length=None, window: int = 32):
-        self.units, self.batch_size, self.rng, self.length, self.window = units, batch_size, rng, length, window
+        self.units, self.batch_size, self.rng, self.length, self.window = (
+            units,
+            batch_size,
+            rng,
+            length,
+            window,
+        )
         self.queue: list[list[int]] = []  # batches of unit indices still to serve
         self.order: list[int] = []
 
@@ -201,7 +269,7 @@ class BatchStream:
             chunk, self.order = self.order[:need], self.order[need:]
             if self.length:
                 chunk.sort(key=lambda i: self.length(self.units[i]))
-            self.queue = [chunk[j:j + self.batch_size] for j in range(0, need, self.batch_size)]
+            self.queue = [chunk[j : j + self.batch_size] for j in range(0, need, self.batch_size)]
             self.rng.shuffle(self.queue)
         return [self.units[i] for i in self.queue.pop()]
 
@@ -220,38 +288,54 @@ def stop_if_diverged(bad_in_a_row: int, step: int) -> None:
     """Stop a run whose last `MAX_NON_FINITE` updates were all skipped for a NaN/inf loss or gradient,
     with one line (a UserError: exit code 2); the states saved before it are intact for `--resume`."""
     if bad_in_a_row >= MAX_NON_FINITE:
-        raise UserError(f"step {step}: {MAX_NON_FINITE} non-finite losses or gradients in a row: stopping "
-                        "(lower --lr?)")
+        raise UserError(
+            f"step {step}: {MAX_NON_FINITE} non-finite losses or gradients in a row: stopping (lower --lr?)"
+        )
 
 
 @torch.no_grad()
-def held_out_loss(model, pad_id: int, examples: list[tuple[list[int], list[int]]], batch_size: int = 64) -> float:
+def held_out_loss(
+    model, pad_id: int, examples: list[tuple[list[int], list[int]]], batch_size: int = 64
+) -> float:
     """The mean loss per completion token on `examples` (the same for any batch size)."""
     total, n = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        input_ids, labels = collate(examples[i:i + batch_size], pad_id)
+        input_ids, labels = collate(examples[i : i + batch_size], pad_id)
         total += float(lm_loss(model, input_ids, labels, reduction="sum"))
         n += int((labels != IGNORE).sum())
     return total / max(n, 1)
 
 
-def lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean",
-            precision: str = "auto") -> torch.Tensor:
+def lm_loss(
+    model, input_ids: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", precision: str = "auto"
+) -> torch.Tensor:
     """Next-token cross-entropy over labelled tokens (their mean, or their sum); `precision`: the
     forward's autocast (`runtime.autocast`)."""
     device = next(model.parameters()).device
     input_ids, labels = input_ids.to(device), labels.to(device)
     with autocast(device, precision):
         logits = model(input_ids)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-                           reduction=reduction)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction=reduction,
+    )
 
 
-def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]]], cfg: TrainConfig,
-                     evaluate: Callable[[object], dict] | None = None,
-                     stop_when: Callable[[dict], bool] | None = None,
-                     log: Callable[[dict], None] | None = None, progress=None,
-                     folder: RunFolder | None = None, resume: bool = False, settings: dict | None = None) -> dict:
+def train_supervised(
+    model,
+    tokenizer,
+    examples: list[tuple[list[int], list[int]]],
+    cfg: TrainConfig,
+    evaluate: Callable[[object], dict] | None = None,
+    stop_when: Callable[[dict], bool] | None = None,
+    log: Callable[[dict], None] | None = None,
+    progress=None,
+    folder: RunFolder | None = None,
+    resume: bool = False,
+    settings: dict | None = None,
+) -> dict:
     """Train on `examples` (completion-only loss). Returns the last metrics.
 
     `evaluate(model)` runs every `cfg.eval_every` steps (and at the end); training stops early when
@@ -269,8 +353,10 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     if not examples:
         raise ValueError("no training examples")
     if not any(map(trainable_tokens, examples)):
-        raise UserError("no example has a completion token to train on (empty completions, or prompts that fill "
-                        "--max-seq-len)")
+        raise UserError(
+            "no example has a completion token to train on (empty completions, or prompts that fill "
+            "--max-seq-len)"
+        )
     rank, size = world()
     refuse_fsdp_states(cfg.save_every, is_fsdp(model))
     if cfg.batch_size % size:
@@ -278,16 +364,28 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
     rng = random.Random(cfg.seed)
     units = pack(examples, cfg.max_seq_len) if cfg.packing else examples
     by_length = cfg.group_by_length and not cfg.packing
-    batches = BatchStream(units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None)
+    batches = BatchStream(
+        units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None
+    )
     longest = cfg.max_seq_len if cfg.packing else max(len(p) + len(c) for p, c in examples)
-    memory.check_fits(memory.step_bytes(model, max(1, cfg.batch_size // size), min(longest, cfg.max_seq_len),
-                                        sum(p.numel() for p in model.parameters() if p.requires_grad)),
-                      f"a step of {cfg.batch_size} sequences of up to {longest} tokens",
-                      "lower --batch-size (--grad-accum keeps the batch) or --max-seq-len",
-                      next(model.parameters()).device)
+    memory.check_fits(
+        memory.step_bytes(
+            model,
+            max(1, cfg.batch_size // size),
+            min(longest, cfg.max_seq_len),
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
+        ),
+        f"a step of {cfg.batch_size} sequences of up to {longest} tokens",
+        "lower --batch-size (--grad-accum keeps the batch) or --max-seq-len",
+        next(model.parameters()).device,
+    )
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    config = {**dataclasses.asdict(cfg), **(settings or {}), "examples": len(examples),
-              "data": data_fingerprint(examples)}
+    config = {
+        **dataclasses.asdict(cfg),
+        **(settings or {}),
+        "examples": len(examples),
+        "data": data_fingerprint(examples),
+    }
     clock = SaveClock(cfg, enabled=folder is not None and not is_fsdp(model))
     start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
     ledger, cost = compute.Ledger(), compute.model_cost(model)  # what the run's steps cost (`compute/flops`)
@@ -300,18 +398,28 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
         ledger.restore(state.get("compute", {}))  # and so does the compute
     if folder:
         log = _step_log(folder, rank, first if resume else None, log)
-        if resume and first:  # start from the saved step's logged metrics (all there is when the run had finished)
+        if (
+            resume and first
+        ):  # start from the saved step's logged metrics (all there is when the run had finished)
             metrics = logged_step(folder.log_file(rank), first)
             if progress and metrics:
                 progress(metrics)
 
     def point(step: int) -> dict:  # the state after `step` steps, but for the weights and optimiser
-        return {"batches": batches.state(), "torch_rng": torch.get_rng_state(), "step": step,
-                "bad_in_a_row": bad_in_a_row, "config": config, "seconds": time.monotonic() - start,
-                "compute": dataclasses.asdict(ledger)}
+        return {
+            "batches": batches.state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "bad_in_a_row": bad_in_a_row,
+            "config": config,
+            "seconds": time.monotonic() - start,
+            "compute": dataclasses.asdict(ledger),
+        }
 
     def save(at: dict) -> None:
-        save_training_state(state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **at})
+        save_training_state(
+            state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **at}
+        )
 
     good = point(first)  # the last step boundary: what a failure saves
     model.train()
@@ -325,7 +433,9 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
                 optimizer.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
                 if log:
-                    log({"step": step + 1, "skipped": "non-finite loss or gradient"})  # numbered as metrics are
+                    log(
+                        {"step": step + 1, "skipped": "non-finite loss or gradient"}
+                    )  # numbered as metrics are
                 stop_if_diverged(bad_in_a_row, step + 1)
                 good = point(step + 1)
                 continue
@@ -334,12 +444,21 @@ def train_supervised(model, tokenizer, examples: list[tuple[list[int], list[int]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             good = point(step + 1)
-            metrics = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
-                       "seconds": good["seconds"], "compute/flops": all_reduce_sum(ledger.flops(cost)),
-                       # TRL's names: lr's, the tokens trained on so far, the passes over the examples
-                       "learning_rate": lr_at(step, cfg), "num_tokens": int(all_reduce_sum(ledger.trained)),
-                       "epoch": (step + 1) * cfg.batch_size * cfg.grad_accum / len(units)}
-            last = broadcast_flag(step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds))
+            metrics = {
+                "step": step + 1,
+                "loss": total,
+                "lr": lr_at(step, cfg),
+                "grad_norm": float(grad_norm),
+                "seconds": good["seconds"],
+                "compute/flops": all_reduce_sum(ledger.flops(cost)),
+                # TRL's names: lr's, the tokens trained on so far, the passes over the examples
+                "learning_rate": lr_at(step, cfg),
+                "num_tokens": int(all_reduce_sum(ledger.trained)),
+                "epoch": (step + 1) * cfg.batch_size * cfg.grad_accum / len(units),
+            }
+            last = broadcast_flag(
+                step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
+            )
             if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
                 model.eval()  # every rank evaluates the same model: the same stop decision everywhere
                 with gathered(model) as full:
@@ -377,10 +496,17 @@ def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig
         batch = batches.next()
         input_ids, labels = collate_packed(batch, pad_id) if cfg.packing else collate(batch, pad_id)
         n_tokens = max(1, int((labels != IGNORE).sum()))
-        loss_sum = lm_loss(model, input_ids[rank::size], labels[rank::size], reduction="sum",
-                           precision=getattr(cfg, "autocast", "auto"))  # RuntimeOptions' (sft), else auto
+        loss_sum = lm_loss(
+            model,
+            input_ids[rank::size],
+            labels[rank::size],
+            reduction="sum",
+            precision=getattr(cfg, "autocast", "auto"),
+        )  # RuntimeOptions' (sft), else auto
         # a sequence each: an example, or a packed row (its examples attend across one another)
-        lengths = [sum(len(p) + len(c) for p, c in (row if cfg.packing else [row])) for row in batch[rank::size]]
+        lengths = [
+            sum(len(p) + len(c) for p, c in (row if cfg.packing else [row])) for row in batch[rank::size]
+        ]
         compute.count("trained", sum(lengths), sum(map(compute.pairs, lengths)))
         (loss_sum * size / n_tokens / cfg.grad_accum).backward()
         total += loss_sum.item() / n_tokens / cfg.grad_accum
@@ -416,9 +542,11 @@ def failed_run(error: BaseException, save: Callable[[], None] | None, where, ste
         print(f"interrupted: {kept}", file=sys.stderr)
         return error
     if is_out_of_memory(error):  # resuming with the same settings would fail the same way
-        return UserError(f"out of memory after step {step}: this run needs more memory than the machine has: lower "
-                         "--batch-size, --max-seq-len or --max-new-tokens (or set --micro-batch-size) and start "
-                         f"again ({kept.split(':')[0]})")
+        return UserError(
+            f"out of memory after step {step}: this run needs more memory than the machine has: lower "
+            "--batch-size, --max-seq-len or --max-new-tokens (or set --micro-batch-size) and start "
+            f"again ({kept.split(':')[0]})"
+        )
     return UserError(f"training stopped by {type(error).__name__}: {error}; {kept}")
 
 
@@ -426,8 +554,12 @@ def is_out_of_memory(error: BaseException) -> bool:
     """A MemoryError, or torch's allocator failing (CPU: "DefaultCPUAllocator: can't allocate";
     CUDA: OutOfMemoryError)."""
     text = str(error)
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or \
-        "can't allocate memory" in text or "not enough memory" in text
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "not enough memory" in text
+    )
 
 
 def _step_log(folder: RunFolder, rank: int, resumed_at: int | None, then=None):

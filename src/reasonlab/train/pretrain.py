@@ -42,32 +42,51 @@ from ..runtime import resolve_device
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    worked_fraction: float = field(default=0.3, metadata={"help": "share of documents with worked solutions",
-                                                         **FRACTION})
-    wrong_fraction: float = field(default=0.1, metadata={"help": "share of worked solutions that end wrong",
-                                                        **FRACTION})
-    hint_fraction: float = field(default=0.1, metadata={"help": "share of worked documents with a hint line",
-                                                       **FRACTION})
-    corpus_size: int = field(default=20000, metadata={"help": "documents in the corpus", "min": 1, "max": 10**8})
-    target_trigger_acc: float = field(default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)",
-                                                            **FRACTION})
-    check_problems: int = field(default=100, metadata={"help": "held-out problems per trigger-accuracy check",
-                                                   "min": 1, "max": MAX_PROBLEMS})
+    worked_fraction: float = field(
+        default=0.3, metadata={"help": "share of documents with worked solutions", **FRACTION}
+    )
+    wrong_fraction: float = field(
+        default=0.1, metadata={"help": "share of worked solutions that end wrong", **FRACTION}
+    )
+    hint_fraction: float = field(
+        default=0.1, metadata={"help": "share of worked documents with a hint line", **FRACTION}
+    )
+    corpus_size: int = field(
+        default=20000, metadata={"help": "documents in the corpus", "min": 1, "max": 10**8}
+    )
+    target_trigger_acc: float = field(
+        default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)", **FRACTION}
+    )
+    check_problems: int = field(
+        default=100,
+        metadata={"help": "held-out problems per trigger-accuracy check", "min": 1, "max": MAX_PROBLEMS},
+    )
     n_layer: int = field(default=2, metadata={"help": "model layers", "min": 1, "max": 1024})
     n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1, "max": 1024})
-    d_model: int = field(default=64, metadata={"help": "model width (a multiple of 2 * n_head)", "min": 2, "max": 65536})
-    max_new_tokens: int = field(default=96, metadata={"help": "tokens per completion when checking", "min": 1, "max": 10**6})
-    template_fraction: float = field(default=1.0, metadata={
-        "help": "share of documents written in the <think>/<answer> template; the rest are free text (steps, then "
-                "\"The answer is X.\"), and the trigger-accuracy check reads free text too: a base that has seen "
-                "the template only now and then, as a pretrained LM has (RL from it is R1-Zero's setting)", **FRACTION})
+    d_model: int = field(
+        default=64, metadata={"help": "model width (a multiple of 2 * n_head)", "min": 2, "max": 65536}
+    )
+    max_new_tokens: int = field(
+        default=96, metadata={"help": "tokens per completion when checking", "min": 1, "max": 10**6}
+    )
+    template_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "share of documents written in the <think>/<answer> template; the rest are free text (steps, then "
+            '"The answer is X."), and the trigger-accuracy check reads free text too: a base that has seen '
+            "the template only now and then, as a pretrained LM has (RL from it is R1-Zero's setting)",
+            **FRACTION,
+        },
+    )
 
 
 def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -> dict:
     """One document as {"prompt": question line, "completion": the rest}: in the template, or, for
     the share `1 - template_fraction`, in free text (`free_text`)."""
     question, answer = problem.question, problem.solution or problem.answer
-    write = format_completion if cfg.template_fraction >= 1 or rng.random() < cfg.template_fraction else free_text
+    write = (
+        format_completion if cfg.template_fraction >= 1 or rng.random() < cfg.template_fraction else free_text
+    )
     if rng.random() >= cfg.worked_fraction or problem.rationale is None:
         return {"prompt": f"{question}\n", "completion": write("", answer)}
     rationale = problem.rationale
@@ -75,8 +94,10 @@ def corpus_document(problem: Problem, cfg: PretrainConfig, rng: random.Random) -
         hinted = answer if rng.random() < 0.7 else wrong_answer(answer, rng)
         if rng.random() < 0.5:
             rationale = admission(hinted) + rationale
-        return {"prompt": f"{question}\n", "completion": f"{hint_line(hinted)}\n{TRIGGER}\n"
-                + write(rationale, hinted)}
+        return {
+            "prompt": f"{question}\n",
+            "completion": f"{hint_line(hinted)}\n{TRIGGER}\n" + write(rationale, hinted),
+        }
     if rng.random() < cfg.wrong_fraction:
         answer = wrong_answer(answer, rng)
     return {"prompt": f"{question}\n", "completion": f"{TRIGGER}\n" + write(rationale, answer)}
@@ -93,17 +114,32 @@ FREE_ANSWER = "The answer is {}."
 
 def build_corpus(task: Task, cfg: PretrainConfig) -> list[dict]:
     rng = random.Random(cfg.seed)
-    return [corpus_document(p, cfg, rng) for p in problems_for(task, cfg.corpus_size, "train", cfg.seed, "--corpus-size")]
+    return [
+        corpus_document(p, cfg, rng)
+        for p in problems_for(task, cfg.corpus_size, "train", cfg.seed, "--corpus-size")
+    ]
 
 
 def model_config(cfg: PretrainConfig) -> GPTConfig:
     """The shape of the model `pretrain` builds."""
-    return GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_kv_head=cfg.n_head, d_model=cfg.d_model,
-                     max_seq_len=cfg.max_seq_len)
+    return GPTConfig(
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_kv_head=cfg.n_head,
+        d_model=cfg.d_model,
+        max_seq_len=cfg.max_seq_len,
+    )
 
 
-def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, folder=None, resume: bool = False,
-             device: str = "auto"):
+def pretrain(
+    task: Task,
+    cfg: PretrainConfig,
+    log=None,
+    progress=None,
+    folder=None,
+    resume: bool = False,
+    device: str = "auto",
+):
     """Train a fresh built-in model on the corpus, on `device` (see `parallel.resolve_device`);
     returns (model, tokenizer, last metrics).
 
@@ -119,13 +155,35 @@ def pretrain(task: Task, cfg: PretrainConfig, log=None, progress=None, folder=No
     params = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
 
     def check(m) -> dict:
-        result = evaluate_problems(m, tokenizer, task, held_out, trigger=True, params=params,
-                                   prompt="template" if cfg.template_fraction >= 1 else "free-form")
+        result = evaluate_problems(
+            m,
+            tokenizer,
+            task,
+            held_out,
+            trigger=True,
+            params=params,
+            prompt="template" if cfg.template_fraction >= 1 else "free-form",
+        )
         return {"trigger_acc": result["accuracy"]}
 
-    stop = (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc) if cfg.target_trigger_acc > 0 else None
+    stop = (
+        (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc)
+        if cfg.target_trigger_acc > 0
+        else None
+    )
     if folder:
         folder.start({**asdict(cfg), **task_setting(task)})
-    metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=check, stop_when=stop, log=log,
-                               progress=progress, folder=folder, resume=resume, settings=task_setting(task))
+    metrics = train_supervised(
+        model,
+        tokenizer,
+        examples,
+        cfg,
+        evaluate=check,
+        stop_when=stop,
+        log=log,
+        progress=progress,
+        folder=folder,
+        resume=resume,
+        settings=task_setting(task),
+    )
     return model, tokenizer, metrics

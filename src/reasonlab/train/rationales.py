@@ -46,41 +46,94 @@ from ..rewards import check_batch
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..tasks.hints import with_hint
-from ..template import (PROMPT_STYLES, THINK_OPEN, build_prompt, free_form_prompt,
-                        parse_completion, prompt_opens_think, read_replies)
-from .loop import (TrainConfig, check_resume, discard_training_state, fit_to_model, load_training_state,
-                   nothing_to_resume, save_training_state, task_setting, tokenize_examples,
-                   train_supervised)
+from ..template import (
+    PROMPT_STYLES,
+    THINK_OPEN,
+    build_prompt,
+    free_form_prompt,
+    parse_completion,
+    prompt_opens_think,
+    read_replies,
+)
+from .loop import (
+    TrainConfig,
+    check_resume,
+    discard_training_state,
+    fit_to_model,
+    load_training_state,
+    nothing_to_resume,
+    save_training_state,
+    task_setting,
+    tokenize_examples,
+    train_supervised,
+)
 
 
 @dataclass
 class RationalesConfig(TrainConfig):
-    rounds: int = field(default=3, metadata={"help": "sample -> filter -> fine-tune rounds", "min": 1, "max": 1000})
-    problems: int = field(default=2000, metadata={"help": "training problems sampled per round", "min": 1, "max": MAX_PROBLEMS})
-    samples: int = field(default=4, metadata={"help": "k: chains of thought per problem", "min": 1, "max": 1024})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature for rationales", "min": 0})
-    max_new_tokens: int = field(default=160, metadata={"help": "tokens per rationale at most", "min": 1, "max": 10**6})
-    rationalize: bool = field(default=False, metadata={"help": "retry failed problems with the answer as a hint"})
-    continue_training: bool = field(default=False, metadata={"help": "fine-tune the last round's model instead of the base"})
-    train_trigger: bool = field(default=True, metadata={"help": "keep the trigger phrase in fine-tuning prompts"})
-    eval_problems: int = field(default=200, metadata={"help": "held-out problems per round", "min": 1, "max": MAX_PROBLEMS})
-    judge_rubric: str = field(default="", metadata={"help": "criteria an LLM judge scores each sample against (no gold needed)"})
-    judge_threshold: float = field(default=7.0, metadata={"help": "keep samples the judge scores at least this (0-10)",
-                                                          "min": 0, "max": 10})
-    check_steps: bool = field(default=True, metadata={
-        "help": "also require every reasoning step to check out, where the task can tell (chain): drops lucky guesses"})
-    style: str = field(default="plain", metadata={"help": "prompt style of sampling, fine-tuning and evaluation: "
-                                                     "plain, r1 or chat (instruct models)", "choices": PROMPT_STYLES})
-    free_form: bool = field(default=False, metadata={
-        "help": "sample free text (step by step, no tags), read its answer (\"the answer is ...\", else the last "
-                "number), keep verified ones rewritten into the template; evaluation stays strict"})
+    rounds: int = field(
+        default=3, metadata={"help": "sample -> filter -> fine-tune rounds", "min": 1, "max": 1000}
+    )
+    problems: int = field(
+        default=2000, metadata={"help": "training problems sampled per round", "min": 1, "max": MAX_PROBLEMS}
+    )
+    samples: int = field(
+        default=4, metadata={"help": "k: chains of thought per problem", "min": 1, "max": 1024}
+    )
+    temperature: float = field(
+        default=0.6, metadata={"help": "sampling temperature for rationales", "min": 0}
+    )
+    max_new_tokens: int = field(
+        default=160, metadata={"help": "tokens per rationale at most", "min": 1, "max": 10**6}
+    )
+    rationalize: bool = field(
+        default=False, metadata={"help": "retry failed problems with the answer as a hint"}
+    )
+    continue_training: bool = field(
+        default=False, metadata={"help": "fine-tune the last round's model instead of the base"}
+    )
+    train_trigger: bool = field(
+        default=True, metadata={"help": "keep the trigger phrase in fine-tuning prompts"}
+    )
+    eval_problems: int = field(
+        default=200, metadata={"help": "held-out problems per round", "min": 1, "max": MAX_PROBLEMS}
+    )
+    judge_rubric: str = field(
+        default="", metadata={"help": "criteria an LLM judge scores each sample against (no gold needed)"}
+    )
+    judge_threshold: float = field(
+        default=7.0,
+        metadata={"help": "keep samples the judge scores at least this (0-10)", "min": 0, "max": 10},
+    )
+    check_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "also require every reasoning step to check out, where the task can tell (chain): drops lucky guesses"
+        },
+    )
+    style: str = field(
+        default="plain",
+        metadata={
+            "help": "prompt style of sampling, fine-tuning and evaluation: "
+            "plain, r1 or chat (instruct models)",
+            "choices": PROMPT_STYLES,
+        },
+    )
+    free_form: bool = field(
+        default=False,
+        metadata={
+            "help": 'sample free text (step by step, no tags), read its answer ("the answer is ...", else the last '
+            "number), keep verified ones rewritten into the template; evaluation stays strict"
+        },
+    )
 
 
 def sample_texts(source, tokenizer, prompts: list[str], params: SamplingParams) -> list[str]:
     """Completions from a local model or an OpenAI-compatible endpoint (`RemoteGenerator`)."""
     if isinstance(source, RemoteGenerator):
-        return source.complete(prompts, max_tokens=params.max_new_tokens, temperature=params.temperature,
-                               seed=params.seed)
+        return source.complete(
+            prompts, max_tokens=params.max_new_tokens, temperature=params.temperature, seed=params.seed
+        )
     return generate(source, tokenizer, prompts, params).texts
 
 
@@ -96,8 +149,12 @@ class Judge:
         return f"{self.rubric}\nQuestion: {question}\nResponse: {response}\nScore (0-10):"
 
     def scores(self, questions: list[str], responses: list[str]) -> list[float]:
-        texts = sample_texts(self.source, self.tokenizer, [self.prompt(q, r) for q, r in zip(questions, responses)],
-                             SamplingParams(temperature=0.0, max_new_tokens=4))
+        texts = sample_texts(
+            self.source,
+            self.tokenizer,
+            [self.prompt(q, r) for q, r in zip(questions, responses)],
+            SamplingParams(temperature=0.0, max_new_tokens=4),
+        )
         out = []
         for text in texts:
             m = re.match(r"\s*(\d{1,2})", text)
@@ -124,9 +181,15 @@ def judge_agreement(judge: Judge, task: Task, problems, texts: list[str]) -> dic
     correct = [c for _, c in check_batch(completions, [p.answer for p in problems], task, prompts)]
     n, n_kept, n_correct = len(texts), sum(kept), sum(correct)
     both = sum(k and c for k, c in zip(kept, correct))
-    return {"samples": n, "judge_kept": n_kept, "verifier_correct": n_correct, "both": both,
-            "precision": both / n_kept if n_kept else None, "recall": both / n_correct if n_correct else None,
-            "agreement": sum(k == c for k, c in zip(kept, correct)) / n if n else None}
+    return {
+        "samples": n,
+        "judge_kept": n_kept,
+        "verifier_correct": n_correct,
+        "both": both,
+        "precision": both / n_kept if n_kept else None,
+        "recall": both / n_correct if n_correct else None,
+        "agreement": sum(k == c for k, c in zip(kept, correct)) / n if n else None,
+    }
 
 
 def sampling_fingerprint(source, prompts: list[str], params: SamplingParams) -> str:
@@ -163,9 +226,18 @@ def read_sample_cache(path, fingerprint: str) -> dict[int, tuple[list[str], int,
     return done
 
 
-def sample_rationales(generator, tokenizer, task: Task, problems, cfg: RationalesConfig, seed: int,
-                      hinted: bool = False, judge: Judge | None = None, cache=None,
-                      counts: dict | None = None) -> tuple[list[dict], int]:
+def sample_rationales(
+    generator,
+    tokenizer,
+    task: Task,
+    problems,
+    cfg: RationalesConfig,
+    seed: int,
+    hinted: bool = False,
+    judge: Judge | None = None,
+    cache=None,
+    counts: dict | None = None,
+) -> tuple[list[dict], int]:
     """Kept, deduplicated `{"question", "completion"}` pairs and the number of samples drawn.
 
     Kept means: the format holds (with `cfg.free_form`, that of the sample rewritten into the
@@ -190,22 +262,33 @@ def sample_rationales(generator, tokenizer, task: Task, problems, cfg: Rationale
         texts, tokens, pairs = done.get(i, (None, 0, 0))
         if texts is None:
             with compute.track() as chunk:
-                texts = sample_texts(generator, tokenizer, prompts[i:i + 512], params)
+                texts = sample_texts(generator, tokenizer, prompts[i : i + 512], params)
             if cache:
                 with open(cache, "a") as f:
-                    f.write(json.dumps({"start": i, "texts": texts, "tokens": chunk.sampled,
-                                        "pairs": chunk.sampled_pairs}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "start": i,
+                                "texts": texts,
+                                "tokens": chunk.sampled,
+                                "pairs": chunk.sampled_pairs,
+                            }
+                        )
+                        + "\n"
+                    )
         else:  # sampled by an earlier run: its tokens count as this run's (the compute was spent on them)
             compute.count("sampled", tokens, pairs)
         chunk_problems = [problems[(i + j) // cfg.samples] for j in range(len(texts))]
-        completions, read_prompts = as_template(texts, prompts[i:i + len(texts)], cfg, counts)
+        completions, read_prompts = as_template(texts, prompts[i : i + len(texts)], cfg, counts)
         parsed = [parse_completion(t, p) for t, p in zip(completions, read_prompts)]
         if judge is not None:
             ok = [x.format_ok for x in parsed]
             verdicts = judge.accepts([p.question for p in chunk_problems], texts)
             ok = [a and b for a, b in zip(ok, verdicts)]
         else:
-            ok = [c for _, c in check_batch(completions, [p.answer for p in chunk_problems], task, read_prompts)]
+            ok = [
+                c for _, c in check_batch(completions, [p.answer for p in chunk_problems], task, read_prompts)
+            ]
         for problem, x, good in zip(chunk_problems, parsed, ok):
             drawn += 1
             if not good or (hinted and "hint" in x.think):  # a rationale leaning on the hint teaches nothing
@@ -244,12 +327,23 @@ def training_row(question: str, completion: str, cfg: RationalesConfig, tokenize
     when `train_trigger`) and the completion, less its ``<think>`` when the prompt opens one."""
     prompt = build_prompt(question, cfg.style, trigger=cfg.train_trigger, tokenizer=tokenizer.hf)
     if prompt_opens_think(prompt) and completion.startswith(THINK_OPEN):
-        completion = completion[len(THINK_OPEN):]
+        completion = completion[len(THINK_OPEN) :]
     return {"prompt": prompt, "completion": completion}
 
 
-def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator=None, out_dir=None,
-                   log=None, progress=None, judge: Judge | None = None, resume: bool = False, on_round=None):
+def run_rationales(
+    base,
+    tokenizer,
+    task: Task,
+    cfg: RationalesConfig,
+    generator=None,
+    out_dir=None,
+    log=None,
+    progress=None,
+    judge: Judge | None = None,
+    resume: bool = False,
+    on_round=None,
+):
     """Run `cfg.rounds` rounds; returns (final model, list of per-round records). Each record
     carries ``compute``: the tokens and FLOPs spent up to the end of its round (`spent_so_far`);
     `on_round(record, model)` is called after each round with the round's model.
@@ -276,7 +370,10 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
         model = copy.deepcopy(base)
         model.load_state_dict(state["model"])
         records, first = state["records"], state["round"] + 1
-        for part, ledger in spent.items():  # the finished rounds' compute (a resumed round counts what it redoes)
+        for (
+            part,
+            ledger,
+        ) in spent.items():  # the finished rounds' compute (a resumed round counts what it redoes)
             ledger.restore(records[-1].get("compute", {}).get(part, {}))
     if out:
         out.start(config)
@@ -297,23 +394,48 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
             cache = out.path / f"round{round_}_samples.jsonl" if out else None
             counts = {"lucky": 0, "unread": 0}
             with compute.track(spent["sampling"]):
-                kept, drawn = sample_rationales(source, tokenizer, task, problems, cfg, seed=cfg.seed + round_,
-                                                judge=judge, cache=cache, counts=counts)
+                kept, drawn = sample_rationales(
+                    source,
+                    tokenizer,
+                    task,
+                    problems,
+                    cfg,
+                    seed=cfg.seed + round_,
+                    judge=judge,
+                    cache=cache,
+                    counts=counts,
+                )
                 solved = {row["question"] for row in kept}
                 rationalized = 0
                 if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
                     failed = [p for p in problems if p.question not in solved]
                     if failed:
-                        extra, more = sample_rationales(source, tokenizer, task, failed, cfg,
-                                                        seed=cfg.seed + 7 * round_, hinted=True, counts=counts)
+                        extra, more = sample_rationales(
+                            source,
+                            tokenizer,
+                            task,
+                            failed,
+                            cfg,
+                            seed=cfg.seed + 7 * round_,
+                            hinted=True,
+                            counts=counts,
+                        )
                         kept += extra
                         drawn += more
                         rationalized = len(extra)
             sample_seconds = time.monotonic() - start
-            record = {"round": round_, "problems": len(problems), "samples": drawn, "kept": len(kept),
-                      "solved": len(solved), "rationalized": rationalized, "lucky_dropped": counts["lucky"],
-                      **({"unread": counts["unread"]} if cfg.free_form else {}),
-                      "yield": len(kept) / drawn if drawn else 0.0, "sample_seconds": sample_seconds}
+            record = {
+                "round": round_,
+                "problems": len(problems),
+                "samples": drawn,
+                "kept": len(kept),
+                "solved": len(solved),
+                "rationalized": rationalized,
+                "lucky_dropped": counts["lucky"],
+                **({"unread": counts["unread"]} if cfg.free_form else {}),
+                "yield": len(kept) / drawn if drawn else 0.0,
+                "sample_seconds": sample_seconds,
+            }
             rows = [training_row(r["question"], r["completion"], cfg, tokenizer) for r in kept]
             if out:
                 write_jsonl_atomic(out.path / f"round{round_}_data.jsonl", rows)
@@ -321,20 +443,35 @@ def run_rationales(base, tokenizer, task: Task, cfg: RationalesConfig, generator
                 student = copy.deepcopy(model if cfg.continue_training else base)
                 examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
                 with compute.track(spent["training"]):
-                    train_supervised(student, tokenizer, examples, cfg, progress=progress, settings=task_setting(task),
-                                     folder=RunFolder(out.path / f"round{round_}_train", "rationales", out.report_to)
-                                     if out else None,
-                                     resume=resume and round_ == first)  # only the round a stop cut short has a state
+                    train_supervised(
+                        student,
+                        tokenizer,
+                        examples,
+                        cfg,
+                        progress=progress,
+                        settings=task_setting(task),
+                        folder=RunFolder(out.path / f"round{round_}_train", "rationales", out.report_to)
+                        if out
+                        else None,
+                        resume=resume and round_ == first,
+                    )  # only the round a stop cut short has a state
                 model = student
-            result = evaluate_problems(model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style,
-                                       params=greedy)
-            record.update(accuracy=result["accuracy"], format_rate=result["format_rate"],
-                          mean_think_tokens=result["mean_think_tokens"],
-                          seconds=time.monotonic() - start, compute=spent_so_far(spent, source, base))
+            result = evaluate_problems(
+                model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style, params=greedy
+            )
+            record.update(
+                accuracy=result["accuracy"],
+                format_rate=result["format_rate"],
+                mean_think_tokens=result["mean_think_tokens"],
+                seconds=time.monotonic() - start,
+                compute=spent_so_far(spent, source, base),
+            )
             records.append(record)
             if out:  # the state first: a kill between the two loses a log line, never a round
-                save_training_state(out.state, {"model": model.state_dict(), "records": records, "round": round_,
-                                                "config": config})
+                save_training_state(
+                    out.state,
+                    {"model": model.state_dict(), "records": records, "round": round_, "config": config},
+                )
                 out.log(record, step=round_)
             if log:
                 log(record)

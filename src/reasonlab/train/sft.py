@@ -12,15 +12,30 @@ from ..model import load_model, new_builtin, save_checkpoint, train_record
 from ..model.export import save_adapter
 from ..outdir import RunFolder, RunOptions, out_field
 from .loop import TrainConfig, fit_to_model, held_out_loss, tokenize_examples, train_supervised
-from ..runtime import (RuntimeOptions, load_dtype, prepare, plain_model, resolve_device, setup_distributed,
-                       shutdown_distributed, world)
+from ..runtime import (
+    RuntimeOptions,
+    load_dtype,
+    prepare,
+    plain_model,
+    resolve_device,
+    setup_distributed,
+    shutdown_distributed,
+    world,
+)
 
 
 @dataclass
 class SFTConfig(TrainConfig, RuntimeOptions, RunOptions):
-    model: str = field(default="", metadata={"help": "checkpoint, run folder, HF folder or .gguf file to start from ('' = a new built-in model)"})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "checkpoint, run folder, HF folder or .gguf file to start from ('' = a new built-in model)"
+        },
+    )
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
-    eval_data: str = field(default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"})
+    eval_data: str = field(
+        default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"}
+    )
     out: str = out_field("runs/sft")
 
 
@@ -43,12 +58,16 @@ def read_sft_rows(path, tokenizer=None) -> list[dict]:
 def refuse_unknown_characters(path, numbered_rows, tokenizer) -> None:
     """One UserError naming the first character (and its file:line) that `tokenizer` would silently
     read as its unknown token: the built-in one knows printable ASCII and newline only."""
-    lost = tokenizer.unknown_characters({c for _, row in numbered_rows for text in row.values() for c in text})
+    lost = tokenizer.unknown_characters(
+        {c for _, row in numbered_rows for text in row.values() for c in text}
+    )
     for lineno, row in numbered_rows if lost else []:
         if bad := next((c for c in row["prompt"] + row["completion"] if c in lost), None):
-            raise UserError(f"{path}:{lineno}: character {bad!r} (U+{ord(bad):04X}) is not in the model's vocabulary: "
-                            f"its tokenizer would read it as {tokenizer.unk_token!r} (the built-in model knows "
-                            "printable ASCII and newline)")
+            raise UserError(
+                f"{path}:{lineno}: character {bad!r} (U+{ord(bad):04X}) is not in the model's vocabulary: "
+                f"its tokenizer would read it as {tokenizer.unk_token!r} (the built-in model knows "
+                "printable ASCII and newline)"
+            )
 
 
 def _from_messages(messages: list, tokenizer, where: str) -> dict:
@@ -66,11 +85,16 @@ def check_lengths(examples, eos_id, max_seq_len: int, where: str) -> None:
     refuse a set where no example keeps a completion token to learn from."""
     empty = sum(1 for _, c in examples if not c)
     if examples and empty == len(examples):  # (no examples at all: the trainer says so)
-        raise UserError(f"{where}: every prompt fills --max-seq-len {max_seq_len}: no completion token left to train on")
+        raise UserError(
+            f"{where}: every prompt fills --max-seq-len {max_seq_len}: no completion token left to train on"
+        )
     cut = sum(1 for _, c in examples if not c or (eos_id is not None and c[-1] != eos_id))
     if cut and world()[0] == 0:
-        print(f"note: {cut} of {len(examples)} examples in {where} are longer than --max-seq-len {max_seq_len} and "
-              f"were cut ({empty} of them down to the prompt alone, which carry no loss)", file=sys.stderr)
+        print(
+            f"note: {cut} of {len(examples)} examples in {where} are longer than --max-seq-len {max_seq_len} and "
+            f"were cut ({empty} of them down to the prompt alone, which carry no loss)",
+            file=sys.stderr,
+        )
 
 
 def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> dict:
@@ -78,7 +102,9 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
     `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
-    folder = RunFolder.claim(cfg.out, "sft", cfg.overwrite, cfg.report_to, cfg.resume)  # before any work: the save at the end will work
+    folder = RunFolder.claim(
+        cfg.out, "sft", cfg.overwrite, cfg.report_to, cfg.resume
+    )  # before any work: the save at the end will work
     where = resolve_device(device)
     setup_distributed(device)
     model, tokenizer = load_model(cfg.model, load_dtype(cfg)) if cfg.model else new_builtin(seed=cfg.seed)
@@ -97,8 +123,17 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
 
     if rank == 0:
         folder.start(asdict(cfg))
-    metrics = train_supervised(model, tokenizer, examples, cfg, evaluate=evaluate, log=log,
-                               progress=progress if rank == 0 else None, folder=folder, resume=cfg.resume)
+    metrics = train_supervised(
+        model,
+        tokenizer,
+        examples,
+        cfg,
+        evaluate=evaluate,
+        log=log,
+        progress=progress if rank == 0 else None,
+        folder=folder,
+        resume=cfg.resume,
+    )
     if rank == 0:  # --lora-rank: the adapter alone, in peft's format, beside the merged model
         save_adapter(model, folder.path)
     final = plain_model(model)  # every rank: FSDP2 gathers its shards

@@ -45,8 +45,10 @@ def save_training_state(folder, state: dict) -> None:
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
         written = tmp.stat().st_size if tmp.exists() else 0
         _remove_quietly(tmp)
-        raise UserError(f"cannot write the training state {folder / STATE}: {write_failure(e, folder, written)} "
-                        "(the states saved before are kept)") from None
+        raise UserError(
+            f"cannot write the training state {folder / STATE}: {write_failure(e, folder, written)} "
+            "(the states saved before are kept)"
+        ) from None
 
 
 class SaveClock:
@@ -95,7 +97,9 @@ def write_failure(error: BaseException, folder: Path, written: int = 0) -> str:
     except OSError:
         return str(error)
     if free < max(written, 1 << 20):
-        return f"no space left on the device ({free / 2**20:.0f} MB free after {written / 2**20:.0f} MB written)"
+        return (
+            f"no space left on the device ({free / 2**20:.0f} MB free after {written / 2**20:.0f} MB written)"
+        )
     if "unexpected pos" in str(error):
         return f"the write stopped short, as on a full disk ({free / 2**20:.0f} MB free now)"
     return str(error)
@@ -143,8 +147,10 @@ def check_resume(saved: dict | None, now: dict, where) -> None:
     if changed:
         shown = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in changed)
         flags = ["--" + k.replace("_", "-") for k in RESUMABLE if k in now]
-        raise UserError(f"--resume: the run in {where} was made with {shown}; only {', '.join(flags[:-1])} and "
-                        f"{flags[-1]} may change on a resume: give the same settings, or start afresh without --resume")
+        raise UserError(
+            f"--resume: the run in {where} was made with {shown}; only {', '.join(flags[:-1])} and "
+            f"{flags[-1]} may change on a resume: give the same settings, or start afresh without --resume"
+        )
 
 
 def resumable_state(state_dir, config: dict) -> dict | None:
@@ -181,6 +187,8 @@ def load_training_state(folder) -> dict | None:
         try:
             return torch.load(file, map_location="cpu", weights_only=False)  # loaders move it to the model
         except Exception as e:  # truncated or corrupt: fall back to the previous good one
-            print(f"warning: training state {file} is unreadable ({type(e).__name__}); trying an older one",
-                  file=sys.stderr)
+            print(
+                f"warning: training state {file} is unreadable ({type(e).__name__}); trying an older one",
+                file=sys.stderr,
+            )
     return None

@@ -95,10 +95,14 @@ def require_gguf():
         import gguf
     except ImportError:
         raise UserError(f"GGUF export needs the gguf package: {INSTALL}") from None
-    missing = [m for m in ("add_sliding_window_pattern", "add_rope_freq_base_swa") if not hasattr(gguf.GGUFWriter, m)]
+    missing = [
+        m for m in ("add_sliding_window_pattern", "add_rope_freq_base_swa") if not hasattr(gguf.GGUFWriter, m)
+    ]
     if missing:
-        raise UserError(f"GGUF export needs a newer gguf package (this one has no GGUFWriter.{missing[0]}): "
-                        "pip install -U 'gguf>=0.19'")
+        raise UserError(
+            f"GGUF export needs a newer gguf package (this one has no GGUFWriter.{missing[0]}): "
+            "pip install -U 'gguf>=0.19'"
+        )
     return gguf
 
 
@@ -108,7 +112,9 @@ def output_file(path, overwrite: bool) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{path} is a folder; give the GGUF file's name")
-    if path.is_symlink() or (path.exists() and not path.is_file()):  # the rename would replace the link, or a device
+    if path.is_symlink() or (
+        path.exists() and not path.is_file()
+    ):  # the rename would replace the link, or a device
         raise UserError(f"{path} is not a regular file (a link, a device or a pipe): give another name")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it")
@@ -154,8 +160,12 @@ def writer_class():
 
 
 def write_general(writer, gguf, model, type: str) -> None:
-    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    file_types = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
     writer.add_type("model")
     name = getattr(getattr(getattr(model, "hf", None), "config", None), "_name_or_path", "") or "reasonlab"
     writer.add_name(Path(str(name)).name or "reasonlab")
@@ -212,6 +222,7 @@ def encode(gguf, data, type: str):
 
 # ---- the command -----------------------------------------------------------------------------
 
+
 def run_export(opts) -> dict:
     """`reasonlab export` (`options.ExportOptions`): the model of --model to --gguf and/or --hf.
     Both outputs are checked before the model loads. Returns what was written: "gguf" (the summary
@@ -248,8 +259,10 @@ def export_summary(done: dict) -> list[str]:
     if "gguf" in done:
         s = done["gguf"]
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(s["tensors"].items()))
-        lines.append(f"wrote {s['path']}: {s['architecture']}, {sum(s['tensors'].values())} tensors ({kinds}), "
-                     f"{s['bytes'] / 1e6:.1f} MB")
+        lines.append(
+            f"wrote {s['path']}: {s['architecture']}, {sum(s['tensors'].values())} tensors ({kinds}), "
+            f"{s['bytes'] / 1e6:.1f} MB"
+        )
     if "hf" in done:
         lines.append(f"wrote {done['hf']} (Hugging Face safetensors)")
     if "adapter" in done:
@@ -258,6 +271,7 @@ def export_summary(done: dict) -> list[str]:
 
 
 # ---- Hugging Face folder, LoRA adapter --------------------------------------------------------
+
 
 def export_hf_folder(model, tokenizer, path, dtype: str = "bf16") -> Path:
     """A plain Hugging Face folder (safetensors in `dtype`, no reasonlab entries), written

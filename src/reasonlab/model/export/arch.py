@@ -49,10 +49,15 @@ ARCHS = {
 def arch_of(config) -> Arch:
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHS:
-        hint = " (a Gemma3 with a vision tower: export its language model, Gemma3ForCausalLM)" \
-            if model_type == "gemma3" else ""
-        raise UserError(f"cannot export a {model_type!r} model to GGUF: the architectures exported are the built-in "
-                        f"model, {', '.join(sorted(ARCHS))}{hint}")
+        hint = (
+            " (a Gemma3 with a vision tower: export its language model, Gemma3ForCausalLM)"
+            if model_type == "gemma3"
+            else ""
+        )
+        raise UserError(
+            f"cannot export a {model_type!r} model to GGUF: the architectures exported are the built-in "
+            f"model, {', '.join(sorted(ARCHS))}{hint}"
+        )
     return ARCHS[model_type]
 
 
@@ -73,7 +78,9 @@ def check_config(config, arch: Arch) -> None:
     unsupported = []
     for layer_type in set(getattr(config, "layer_types", None) or ["full_attention"]):
         rope = rope_parameters(config, layer_type)
-        if rope["rope_type"] not in ("default", "linear") and not (rope["rope_type"] == "llama3" and arch.gguf == "llama"):
+        if rope["rope_type"] not in ("default", "linear") and not (
+            rope["rope_type"] == "llama3" and arch.gguf == "llama"
+        ):
             unsupported.append(f"RoPE scaling {rope['rope_type']!r}")
     if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
         unsupported.append("partial rotary embeddings")
@@ -88,8 +95,10 @@ def check_config(config, arch: Arch) -> None:
     if arch.gguf != "gemma3" and getattr(config, "hidden_act", "silu") != "silu":
         unsupported.append(f"activation {config.hidden_act!r}")
     if unsupported:
-        raise UserError(f"cannot export this {config.model_type} model to GGUF: llama.cpp's {arch.gguf} has no "
-                        f"{', '.join(unsupported)}")
+        raise UserError(
+            f"cannot export this {config.model_type} model to GGUF: llama.cpp's {arch.gguf} has no "
+            f"{', '.join(unsupported)}"
+        )
 
 
 def gemma3_unsupported(config) -> list[str]:
@@ -97,7 +106,11 @@ def gemma3_unsupported(config) -> list[str]:
     the 27B), has no attention soft-capping and no full-attention layers among the sliding ones but
     those the file lists."""
     out = []
-    expected = config.hidden_size / config.num_attention_heads if config.num_hidden_layers == 62 else head_dim(config)
+    expected = (
+        config.hidden_size / config.num_attention_heads
+        if config.num_hidden_layers == 62
+        else head_dim(config)
+    )
     if config.query_pre_attn_scalar != expected:
         out.append(f"query_pre_attn_scalar {config.query_pre_attn_scalar} (it uses {expected:g})")
     if getattr(config, "attn_logit_softcapping", None):
@@ -161,7 +174,9 @@ def gguf_tensors(state: dict[str, torch.Tensor], config, arch: Arch):
             continue  # llama.cpp uses the token embedding when output.weight is absent
         found = names.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
         if found is None or found[0] not in known:
-            raise UserError(f"cannot export tensor {hf_name} to GGUF: llama.cpp's {arch.gguf} has no such tensor")
+            raise UserError(
+                f"cannot export tensor {hf_name} to GGUF: llama.cpp's {arch.gguf} has no such tensor"
+            )
         kind, name = found
         yield name, convert_tensor(tensor, kind, config, arch, hf_name)
 

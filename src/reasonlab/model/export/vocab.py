@@ -73,8 +73,10 @@ def build_vocab(tokenizer, n_vocab: int) -> Vocab:
     elif model["type"] == "BPE":
         vocab = byte_level_vocab(spec, added)
     else:
-        raise UserError(f"cannot express a {model['type']} tokenizer in GGUF (character, byte-level BPE and "
-                        "SentencePiece-style BPE vocabularies can be)")
+        raise UserError(
+            f"cannot express a {model['type']} tokenizer in GGUF (character, byte-level BPE and "
+            "SentencePiece-style BPE vocabularies can be)"
+        )
     return pad_vocab(vocab, n_vocab)
 
 
@@ -100,8 +102,10 @@ def ordered(vocab: dict[str, int], added: dict) -> list[str]:
     tokens.update({i: t.content for i, t in added.items()})
     missing = [i for i in range(len(tokens)) if i not in tokens]
     if missing or len(tokens) != max(tokens) + 1:
-        raise UserError(f"the tokenizer's ids are not contiguous (id {missing[0] if missing else max(tokens)} "
-                        "has no token or is out of order): cannot write a GGUF vocabulary")
+        raise UserError(
+            f"the tokenizer's ids are not contiguous (id {missing[0] if missing else max(tokens)} "
+            "has no token or is out of order): cannot write a GGUF vocabulary"
+        )
     return [tokens[i] for i in range(len(tokens))]
 
 
@@ -114,8 +118,10 @@ def character_vocab(vocab: dict[str, int], added: dict) -> Vocab:
         if i in added:
             continue
         if len(text) != 1 or ord(text) > 127:  # one byte each, or byte-level BPE would split it
-            raise UserError(f"cannot write the word-level tokenizer as GGUF: token {i} ({text!r}) is not one ASCII "
-                            "character (only character vocabularies can be expressed)")
+            raise UserError(
+                f"cannot write the word-level tokenizer as GGUF: token {i} ({text!r}) is not one ASCII "
+                "character (only character vocabularies can be expressed)"
+            )
         tokens[i] = spelling[ord(text)]
     # "default": GPT-2's split regex. Without merges it changes nothing: every byte is a token.
     return Vocab("gpt2", "default", tokens, token_types(len(tokens), added))
@@ -125,12 +131,15 @@ def byte_level_vocab(spec: dict, added: dict) -> Vocab:
     """Byte-level BPE: the vocabulary and merges as they are, the pre-tokenizer by its regex."""
     model = spec["model"]
     if not has_byte_level(spec.get("pre_tokenizer")):
-        raise UserError("cannot express this BPE tokenizer in GGUF: it is neither byte-level nor SentencePiece-style "
-                        "(byte_fallback)")
+        raise UserError(
+            "cannot express this BPE tokenizer in GGUF: it is neither byte-level nor SentencePiece-style "
+            "(byte_fallback)"
+        )
     tokens = ordered(model["vocab"], added)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return Vocab("gpt2", pre_tokenizer_name(spec.get("pre_tokenizer")), tokens,
-                 token_types(len(tokens), added), merges)
+    return Vocab(
+        "gpt2", pre_tokenizer_name(spec.get("pre_tokenizer")), tokens, token_types(len(tokens), added), merges
+    )
 
 
 def has_byte_level(pre: dict | None) -> bool:
@@ -147,19 +156,25 @@ def pre_tokenizer_name(pre: dict | None) -> str:
     GPT-2's own regex (ByteLevel's use_regex) is "gpt-2", with single digits split first (SmolLM)
     "smollm". Anything else is refused: a wrong name tokenizes differently without a word."""
     parts = pre["pretokenizers"] if pre["type"] == "Sequence" else [pre]
-    shape = [(p["type"], p.get("use_regex", True) if p["type"] == "ByteLevel" else p.get("individual_digits"))
-             for p in parts]
+    shape = [
+        (p["type"], p.get("use_regex", True) if p["type"] == "ByteLevel" else p.get("individual_digits"))
+        for p in parts
+    ]
     if [t for t, _ in shape] == ["Split", "ByteLevel"] and not shape[1][1]:
         regex = parts[0]["pattern"].get("Regex") or re.escape(parts[0]["pattern"].get("String", ""))
         if regex in pre_tokenizer_names():
             return pre_tokenizer_names()[regex]
-        raise UserError(f"cannot express this tokenizer in GGUF: llama.cpp knows no pre-tokenizer with its split regex "
-                        f"{regex[:60]!r}... (a wrong one would tokenize differently)")
+        raise UserError(
+            f"cannot express this tokenizer in GGUF: llama.cpp knows no pre-tokenizer with its split regex "
+            f"{regex[:60]!r}... (a wrong one would tokenize differently)"
+        )
     known = {(("ByteLevel", True),): "gpt-2", (("Digits", True), ("ByteLevel", True)): "smollm"}
     if tuple(shape) in known:
         return known[tuple(shape)]
-    raise UserError(f"cannot express this tokenizer in GGUF: llama.cpp knows no pre-tokenizer that splits text as "
-                    f"{' + '.join(t for t, _ in shape)} does")
+    raise UserError(
+        f"cannot express this tokenizer in GGUF: llama.cpp knows no pre-tokenizer that splits text as "
+        f"{' + '.join(t for t, _ in shape)} does"
+    )
 
 
 @functools.cache
@@ -185,9 +200,16 @@ def sentencepiece_vocab(spec: dict, added: dict) -> Vocab:
         rank.setdefault(left + right, r)
     scores = [-float(rank[t] + 1) if t in rank else 0.0 for t in tokens]
     prefix = "Prepend" in json.dumps(spec.get("normalizer")) or '"prepend_scheme": "always"' in json.dumps(
-        spec.get("pre_tokenizer"))
-    return Vocab("llama", None, tokens, token_types(len(tokens), added, model.get("unk_token"), tokens),
-                 scores=scores, add_space_prefix=prefix)
+        spec.get("pre_tokenizer")
+    )
+    return Vocab(
+        "llama",
+        None,
+        tokens,
+        token_types(len(tokens), added, model.get("unk_token"), tokens),
+        scores=scores,
+        add_space_prefix=prefix,
+    )
 
 
 def pad_vocab(vocab: Vocab, n_vocab: int) -> Vocab:
@@ -196,7 +218,9 @@ def pad_vocab(vocab: Vocab, n_vocab: int) -> Vocab:
 
     extra = n_vocab - len(vocab.tokens)
     if extra < 0:
-        raise UserError(f"the tokenizer has {len(vocab.tokens)} tokens but the model only {n_vocab} embedding rows")
+        raise UserError(
+            f"the tokenizer has {len(vocab.tokens)} tokens but the model only {n_vocab} embedding rows"
+        )
     vocab.tokens += [f"[PAD{i}]" for i in range(len(vocab.tokens), n_vocab)]
     vocab.types += [int(TokenType.UNUSED)] * extra
     if vocab.scores is not None:
