@@ -39,15 +39,14 @@ import torch
 
 from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.evaluate import budget_sweep, evaluate_problems, length_control, wilson_interval
-from reasonlab.jsonl import read_json
+from reasonlab.jsonl import read_json, read_jsonl
 from reasonlab.model import load_model
 from reasonlab.plots import plot_budget
 from reasonlab.rl import train_grpo
-from reasonlab.jsonl import read_jsonl
+from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt, format_completion, length_prompt, parse_completion
 from reasonlab.train.loop import TrainConfig, tokenize_examples, train_supervised
-from reasonlab.runtime import keep_freed_memory
 
 
 def relabelled(rows: list[dict], tok) -> list[dict]:

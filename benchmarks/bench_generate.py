@@ -20,9 +20,9 @@ from transformers.utils import logging as hf_logging
 
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import GPTConfig, export_hf, new_builtin
+from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.runtime import keep_freed_memory
 
 
 def timed(fn, repeats):

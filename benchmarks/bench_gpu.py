@@ -24,8 +24,8 @@ import torch
 
 from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.model import load_model, new_builtin
-from reasonlab.tasks import get_task
 from reasonlab.rl import GRPOConfig, train_grpo
+from reasonlab.tasks import get_task
 from reasonlab.train.pretrain import model_config
 
 

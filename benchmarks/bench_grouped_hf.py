@@ -27,10 +27,9 @@ from reasonlab.rl import GRPOConfig
 from reasonlab.rl.batch import build_batch, micro_batches
 from reasonlab.rl.types import Group
 from reasonlab.rl.update import step_loss
+from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.runtime import keep_freed_memory
-
 
 LAYOUTS = (("padded", False), ("grouped", True))
 

@@ -31,12 +31,11 @@ import torch
 
 from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.model import load_model, save_checkpoint
-from reasonlab.tasks import get_task
 from reasonlab.rl import train_grpo
-from reasonlab.runtime import setup_distributed, shutdown_distributed, world
+from reasonlab.runtime import keep_freed_memory, setup_distributed, shutdown_distributed, world
+from reasonlab.tasks import get_task
 from reasonlab.train.pretrain import pretrain
 from reasonlab.train.rationales import run_rationales
-from reasonlab.runtime import keep_freed_memory
 
 
 def main():

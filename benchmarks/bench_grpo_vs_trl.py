@@ -28,10 +28,10 @@ import torch
 
 from reasonlab.model import GPTConfig, export_hf, new_builtin
 from reasonlab.rewards import reasoning_reward
-from reasonlab.tasks import get_task
-from reasonlab.template import build_prompt
 from reasonlab.rl import GRPOConfig, train_grpo
 from reasonlab.runtime import keep_freed_memory
+from reasonlab.tasks import get_task
+from reasonlab.template import build_prompt
 
 P, G, NEW = 16, 8, 64
 
@@ -101,7 +101,8 @@ def run_ours(model, tok, task, steps: int) -> tuple[float, float, tuple[float, f
 def run_trl(folder: str, tok, task, steps: int) -> tuple[float, float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig as TRLConfig, GRPOTrainer
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
 
     problems = task.problems(P * steps * 2, "train", seed=0)
     data = Dataset.from_list([{"prompt": build_prompt(p.question), "answer": p.answer} for p in problems])
@@ -224,7 +225,8 @@ def race_ours(start: str, task, seconds: float) -> dict:
 def race_trl(start: str, task, seconds: float) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig as TRLConfig, GRPOTrainer
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
 
     from reasonlab.model import load_model
     from reasonlab.model.hf import HFCausalLM

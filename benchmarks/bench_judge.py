@@ -39,10 +39,10 @@ from transformers.utils import logging as hf_logging
 
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import load_model
+from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import chat_prompt, free_form_prompt
 from reasonlab.train.rationales import Judge, judge_agreement
-from reasonlab.runtime import keep_freed_memory
 
 RUBRIC = (
     "You check answers to arithmetic questions. Score the response 10 if its final answer is correct "

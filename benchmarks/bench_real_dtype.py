@@ -22,9 +22,9 @@ from transformers.utils import logging as hf_logging
 
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import load_model
+from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.runtime import keep_freed_memory
 
 
 def prompt_logits(model, tok, prompts: list[str]) -> torch.Tensor:

@@ -32,16 +32,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from bench_grpo_vs_trl import StepTimes, timed_train
 from bench_real_generate import DTYPES, matmul_params, matmul_peak
+
 from reasonlab.model import load_model
 from reasonlab.model.checkpoint import model_folder
 from reasonlab.rewards import reasoning_reward
 from reasonlab.rl import GRPOConfig, train_grpo
+from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.runtime import keep_freed_memory
 
 P, G, NEW, LR, MICRO = 8, 8, 128, 1e-5, 16
 
@@ -84,7 +84,8 @@ def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = Fals
 def run_trl(folder: Path, task, steps: int, dtype: str, bf16_autocast: bool = False) -> tuple[float, float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig as TRLConfig, GRPOTrainer
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(folder)
     problems = task.problems(P * steps * 2, "train", seed=0)

@@ -18,8 +18,7 @@ import random
 import statistics
 import time
 
-from reasonlab.tasks import get_task
-from reasonlab.tasks import mathverify
+from reasonlab.tasks import get_task, mathverify
 
 
 def pairs(kind: str, n: int, rng: random.Random) -> list[tuple[str, str]]:

@@ -15,9 +15,10 @@ from reasonlab.cli import main
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.errors import UserError
 from reasonlab.model import GPTConfig, load_model, new_builtin, save_checkpoint
+from reasonlab.runtime import MALLOC_ENV as MALLOC_ENV_NAMES
+from reasonlab.runtime import resolve_device
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from reasonlab.runtime import MALLOC_ENV as MALLOC_ENV_NAMES, resolve_device
 from tests.test_model import make_tiny_hf
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -23,8 +23,8 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 from reasonlab.errors import UserError  # noqa: E402
-from reasonlab.model import load_model  # noqa: E402
 from reasonlab.model import gguf as reasonlab_gguf  # noqa: E402
+from reasonlab.model import load_model  # noqa: E402
 from reasonlab.model.checkpoint import recorded_task  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

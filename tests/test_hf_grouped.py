@@ -275,7 +275,7 @@ def test_grpo_on_hf_models_is_the_same_with_shared_prompts_on_and_off(tmp_path, 
 
 def test_grpo_falls_back_to_padded_rows_on_a_model_that_cannot_share(tmp_path, grouped_calls):
     """A sliding-window Qwen2: shared prompts on trains on padded rows, the run of shared prompts off."""
-    from transformers import AutoModelForCausalLM, AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     make_tiny_hf(tmp_path, "qwen2")
     config = AutoConfig.from_pretrained(tmp_path)

@@ -9,10 +9,10 @@ import torch
 
 from reasonlab import compute
 from reasonlab.model import new_builtin
-from reasonlab.tasks import get_task
 from reasonlab.rl import GRPOConfig, train_grpo
-from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
+from reasonlab.tasks import get_task
 from reasonlab.template import parse_completion
+from reasonlab.train.rationales import RationalesConfig, run_rationales, sample_rationales
 from tests.conftest import BigramLM, constant_task, random_tag_writer
 
 _, TOK = new_builtin()

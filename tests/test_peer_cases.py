@@ -244,7 +244,7 @@ def test_peer_case(case_id):
     got = run_case(case)
     if case_id in DISAGREEMENTS:
         assert not agrees(case, got), (
-            f"listed in DISAGREEMENTS but reasonlab now agrees with the peer; remove it:\n"
+            "listed in DISAGREEMENTS but reasonlab now agrees with the peer; remove it:\n"
             + describe(case, got)
         )
     else:

@@ -6,7 +6,8 @@ Run: pytest tests/test_rewards.py
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reasonlab.rewards import (
     combine,

@@ -156,8 +156,8 @@ def test_a_training_stream_holds_every_problem_of_a_small_space(tmp_path):
     to halve the request until one fitted: 78 of 1-digit addition's 90 train sums, 5,000 of GSM8K's
     7,473), and the first ones are those a plain request returns. A task whose `problems` predates
     `at_most` still gets a stream."""
-    from reasonlab.tasks.base import split_of
     from reasonlab.rl.collect import ProblemStream
+    from reasonlab.tasks.base import split_of
 
     task = get_task("arithmetic", op="+", digits=1)
     sums = (f"{a}+{b}" for a in range(10) for b in range(10))

@@ -23,8 +23,8 @@ def test_unknown_style_is_an_error():
 
 
 def test_chat_prompt_through_a_chat_template():
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, "[UNK]")))
     tok.chat_template = (

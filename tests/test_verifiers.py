@@ -16,8 +16,7 @@ import warnings
 import pytest
 
 from reasonlab.rewards import reasoning_reward
-from reasonlab.tasks import get_task
-from reasonlab.tasks import mathverify
+from reasonlab.tasks import get_task, mathverify
 from reasonlab.tasks.base import UnparsedGold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,8 +258,8 @@ def test_score_reports_answers_it_could_not_judge(tmp_path, capsys):
 
 
 def test_grpo_logs_what_the_verifier_could_not_judge(tmp_path):
-    from reasonlab.tasks.base import VERIFY_EVENTS
     from reasonlab.rl import GRPOConfig, train_grpo
+    from reasonlab.tasks.base import VERIFY_EVENTS
     from tests.conftest import constant_task
     from tests.test_methods import TOK, answers_seven
 

@@ -10,15 +10,17 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .config import add_config_args, build_config, narrow
 from .console import PROGRESS_RULE, TrainProgress, print_results
 from .errors import UserError
-from .outdir import RunFolder, release_all
 from .options import (
+    ComputeStudyOptions,
     DemoOptions,
     EvalOptions,
+    ExportOptions,
     FaithfulnessOptions,
     GenerateOptions,
     NoOptions,
@@ -30,9 +32,8 @@ from .options import (
     ServeOptions,
     SFTOptions,
     StudyOptions,
-    ComputeStudyOptions,
-    ExportOptions,
 )
+from .outdir import RunFolder, release_all
 from .remote import RemoteError, RemoteGenerator
 from .runtime import keep_freed_memory
 
@@ -90,13 +91,13 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
 
 
 def cmd_tasks(opts) -> int:
-    from .tasks import get_task, list_tasks
-    from .tasks.base import task_options
-
     import inspect
     import re
     import shutil
     import textwrap
+
+    from .tasks import get_task, list_tasks
+    from .tasks.base import task_options
 
     width = max(60, min(100, shutil.get_terminal_size().columns))
     for name in list_tasks():
@@ -162,8 +163,8 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
     other task options (say chain length 4, evaluated at length 5): allowed, but rarely meant."""
     from .model import load_model
     from .model.checkpoint import recorded_task
-    from .tasks.base import describe_difference
     from .runtime import resolve_device
+    from .tasks.base import describe_difference
 
     if not path:
         raise UserError(
@@ -355,8 +356,8 @@ def cmd_demo(cfg) -> int:
 
 
 def cmd_study(cfg) -> int:
-    from .study import run_study
     from .console import print_study
+    from .study import run_study
 
     results = run_study(cfg)
     print_study(results)
@@ -451,8 +452,8 @@ def cmd_eval(opts) -> int:
 def cmd_faithfulness(opts) -> int:
     import random
 
-    from .evaluate import faithfulness_probe, refuse_unreadable
     from .console import percent
+    from .evaluate import faithfulness_probe, refuse_unreadable
 
     task = make_task(opts.task, opts.task_arg, opts.model)
     output = output_file(opts.output)

@@ -22,7 +22,6 @@ from pathlib import Path
 from .errors import UserError
 from .jsonl import input_file
 
-
 FRACTION = {"min": 0, "max": 1}  # limits of a share: **FRACTION in a field's metadata
 SEED = {"min": 0, "max": 2**32 - 1}
 # Upper limits of sizes, checked before any work (a run may still not fit: `memory.check_fits`)

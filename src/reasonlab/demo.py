@@ -21,20 +21,16 @@ import torch
 
 from . import compute
 from .config import SEED, check_options
+from .console import console, percent
 from .engine import SamplingParams
-from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe, length_control
 from .errors import UserError
+from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe, length_control
 from .jsonl import read_json
 from .model import load_model, save_checkpoint, train_record
 from .outdir import OVERWRITE_HELP, RunFolder, claim, mark
-from .console import console, percent
 from .report import build_report
-from .tasks import get_task
-from .tasks.hints import wrong_answer
 from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
-from .train.pretrain import PretrainConfig, pretrain
-from .train.rationales import RationalesConfig
 from .study import (
     ARMS,
     DIRECT_TOKENS,
@@ -45,6 +41,10 @@ from .study import (
     pass_at_k,
     summarize,
 )
+from .tasks import get_task
+from .tasks.hints import wrong_answer
+from .train.pretrain import PretrainConfig, pretrain
+from .train.rationales import RationalesConfig
 
 
 @dataclass

@@ -41,9 +41,9 @@ from .rl import GRPOConfig, train_grpo
 from .runtime import resolve_device
 from .tasks import get_task
 from .tasks.hints import wrong_answer
+from .template import build_prompt
 from .train.loop import TrainConfig, task_setting, tokenize_examples, train_supervised
 from .train.rationales import RationalesConfig, run_rationales
-from .template import build_prompt
 
 STYLE = "chat"
 TASK = {"op": "+", "digits": 2, "ask": "What is {}?"}  # asked in words: 18% answered directly, 0% as "64+43"

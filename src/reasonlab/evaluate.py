@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 
 from . import compute
 from .config import MAX_PROBLEMS, SEED, check_options

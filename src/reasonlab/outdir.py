@@ -227,7 +227,7 @@ class RunFolder:
     @classmethod
     def claim(
         cls, path, command: str, overwrite: bool = False, report_to: str = "none", resume: bool = False
-    ) -> "RunFolder":
+    ) -> RunFolder:
         """The folder `--out PATH` names, checked (`claim`) before any work, and so is its model/:
         the save at the end replaces only a folder of checkpoint files (or writes into it, with
         `overwrite`); and so is `report_to` (`trackers.resolve`)."""

@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
 COLORS = {"base": "#9aa5b1", "prompt": "#5b8def", "m1": "#f0a030", "m2": "#2fa36b", "think": "#a05bd6"}
 
 

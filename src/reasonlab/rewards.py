@@ -17,8 +17,8 @@ and **0 in total when the format is broken**, even when the answer inside it wou
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from .tasks import Task, get_task
 from .template import parse_completion
@@ -203,7 +203,7 @@ class Scores:
         return out
 
     @classmethod
-    def merged(cls, parts: list["Scores"]) -> "Scores":
+    def merged(cls, parts: list[Scores]) -> Scores:
         """One record of several (ranks, sampling attempts), in order."""
         names = list(parts[0].parts) if parts else []
         return cls(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import RowState, Rollout, SamplingParams, assemble_rollout, count_rollout
+from .engine import Rollout, RowState, SamplingParams, assemble_rollout, count_rollout
 from .errors import UserError
 from .template import ANSWER_CLOSE, prompt_opens_think
 
@@ -148,7 +148,7 @@ class VLLMEngine:
         self.llm, self.tokenizer, self.syncs = llm, tokenizer, 0
 
     @classmethod
-    def from_model(cls, model, tokenizer, options: VLLMOptions | None = None) -> "VLLMEngine":
+    def from_model(cls, model, tokenizer, options: VLLMOptions | None = None) -> VLLMEngine:
         """Export `model` (plain: before LoRA or sharding) to a temporary HF folder and start vLLM on it."""
         try:
             import vllm

@@ -25,7 +25,6 @@ import torch
 
 from .errors import UserError
 
-
 AUTOCAST = ("auto", "on", "off")
 
 

@@ -51,10 +51,10 @@ from pathlib import Path
 import torch
 
 from . import compute
+from .compute_analysis import TARGETS, analyse, query_counts
 from .config import MAX_PROBLEMS, check_options
 from .engine import SamplingParams
 from .errors import UserError
-from .compute_analysis import TARGETS, analyse, query_counts
 from .evaluate import evaluate_problems, majority_answer
 from .jsonl import read_json
 from .model.gpt import GPT, GPTConfig

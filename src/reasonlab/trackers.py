@@ -159,7 +159,7 @@ class Trackers:
         if error is not None:
             raise error
 
-    def __enter__(self) -> "Trackers":
+    def __enter__(self) -> Trackers:
         return self
 
     def __exit__(self, *exc) -> None:

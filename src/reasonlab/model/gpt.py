@@ -25,7 +25,6 @@ from ..config import value_fits
 from .grouped import GroupedBatch
 from .shared import SharedPrompts, take_rows
 
-
 MAX_POSITIONS = 2**20
 
 
@@ -108,7 +107,7 @@ class KVCache:
     three or two per decode step): weights do not change while a batch is being sampled.
     """
 
-    def __init__(self, model: "GPT", batch: int, max_len: int):
+    def __init__(self, model: GPT, batch: int, max_len: int):
         c, p = model.config, model.lm_head.weight
         shape = (batch, c.n_kv_head, max_len, c.head_dim)
         # Uninitialised on purpose: only positions already written are ever read.

@@ -47,7 +47,7 @@ class GroupedBatch:
             [rows[self.completion_lens > 0] * Lc, (rows[:, None] * Lc + cols[None, :] + 1)[keep]]
         )
 
-    def __getitem__(self, rows: slice) -> "GroupedBatch":
+    def __getitem__(self, rows: slice) -> GroupedBatch:
         """The rows of whole groups (`rows` must start and stop on a group boundary)."""
         G = self.group_size
         start, stop = rows.start or 0, len(self) if rows.stop is None else rows.stop
@@ -63,7 +63,7 @@ class GroupedBatch:
             self.packed,
         )
 
-    def to(self, device) -> "GroupedBatch":
+    def to(self, device) -> GroupedBatch:
         return GroupedBatch(
             self.prompt_ids.to(device),
             self.prompt_lens.to(device),

@@ -21,10 +21,8 @@ CHARS = ["\n"] + [chr(i) for i in range(32, 127)]
 
 def build_char_tokenizer():
     """A character-level `PreTrainedTokenizerFast` with the template tags as single tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-
-    from tokenizers import AddedToken
 
     vocab = {token: i for i, token in enumerate(SPECIALS + CHARS)}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))  # unknown characters read as '?'

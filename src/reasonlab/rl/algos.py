@@ -17,7 +17,7 @@ estimator or loss is one function here plus a test.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -11,16 +11,16 @@ import inspect
 import math
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ..engine import SamplingParams, generate
 from ..errors import NoFormatError, UserError
 from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
+from ..runtime import all_gather_list, any_rank, gathered, world
 from ..tasks import Task
 from ..template import build_prompt, length_prompt
-from ..runtime import all_gather_list, any_rank, gathered, world
 from .config import GRPOConfig
 from .types import Collected, Group
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from ..config import FRACTION, MAX_PROBLEMS, MAX_ROWS, check_options
 from ..errors import UserError
+from ..runtime import RuntimeOptions
 from ..template import PROMPT_STYLES
 from ..train.loop import OptimConfig, default_of
-from ..runtime import RuntimeOptions
 from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
 
 

@@ -23,9 +23,9 @@ import torch
 from ..jsonl import logged_step
 from ..outdir import RunFolder
 from ..rewards import Scores
+from ..runtime import all_gather_list, all_reduce_sum
 from ..tasks.base import VERIFY_EVENTS
 from ..train.loop import discard_training_state
-from ..runtime import all_gather_list, all_reduce_sum
 from .types import Collected, Group, Update
 
 # Our name -> TRL GRPOTrainer's, for the same quantity (over the same rows: `reward` is TRL's mean over
@@ -80,7 +80,7 @@ class RunLog:
             self.progress(metrics)
         return metrics
 
-    def __enter__(self) -> "RunLog":
+    def __enter__(self) -> RunLog:
         return self
 
     def __exit__(self, *exc) -> None:

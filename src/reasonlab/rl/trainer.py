@@ -48,18 +48,6 @@ from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..outdir import RunFolder
-from ..tasks import Task
-from ..tasks.base import problems_for
-from ..train.loop import (
-    SaveClock,
-    failed_run,
-    lr_at,
-    make_optimizer,
-    resumable_state,
-    save_training_state,
-    stop_if_diverged,
-    task_setting,
-)
 from ..runtime import (
     all_gather_list,
     all_reduce_sum,
@@ -71,6 +59,18 @@ from ..runtime import (
     refuse_fsdp_states,
     unwrap,
     world,
+)
+from ..tasks import Task
+from ..tasks.base import problems_for
+from ..train.loop import (
+    SaveClock,
+    failed_run,
+    lr_at,
+    make_optimizer,
+    resumable_state,
+    save_training_state,
+    stop_if_diverged,
+    task_setting,
 )
 from .batch import build_batch
 from .collect import Collector, ProblemStream

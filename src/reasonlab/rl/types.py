@@ -61,7 +61,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(
             self.inputs.to(device),
             self.mask.to(device),

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import compute
-from ..softmax import probs_entropy
 from ..model.grouped import GroupedBatch
 from ..runtime import (
     all_gather_list,
@@ -27,6 +26,7 @@ from ..runtime import (
     grads_finite,
     world,
 )
+from ..softmax import probs_entropy
 from .algos import aggregate, policy_loss
 from .batch import micro_batches
 from .config import GRPOConfig

@@ -18,8 +18,9 @@ import random
 import typing
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from ..template import format_completion
 

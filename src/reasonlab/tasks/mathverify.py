@@ -41,10 +41,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 from ..jsonl import read_jsonl
 from .base import Problem, Task, check_split, register_task

@@ -13,8 +13,8 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,18 @@ from ..config import FRACTION, MAX_ROWS, SEED, check_options
 from ..errors import UserError
 from ..jsonl import logged_step
 from ..outdir import RunFolder
+from ..runtime import (
+    all_reduce_sum,
+    autocast,
+    broadcast_flag,
+    clip_grad_norm,
+    gathered,
+    grads_finite,
+    is_fsdp,
+    refuse_fsdp_states,
+    unwrap,
+    world,
+)
 
 # the resumable state (train/state.py): imported here too, where the trainers have always found it
 from .state import (
@@ -42,18 +54,6 @@ from .state import (
     save_training_state,
     task_setting,
     write_failure,
-)
-from ..runtime import (
-    all_reduce_sum,
-    autocast,
-    broadcast_flag,
-    clip_grad_norm,
-    gathered,
-    grads_finite,
-    is_fsdp,
-    refuse_fsdp_states,
-    unwrap,
-    world,
 )
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)

@@ -28,16 +28,16 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 
+from ..config import FRACTION, MAX_PROBLEMS
 from ..engine import SamplingParams
 from ..evaluate import evaluate_problems
 from ..model import GPTConfig, new_builtin
+from ..runtime import resolve_device
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..tasks.hints import admission, hint_line, wrong_answer
 from ..template import TRIGGER, format_completion
-from ..config import FRACTION, MAX_PROBLEMS
 from .loop import TrainConfig, task_setting, tokenize_examples, train_supervised
-from ..runtime import resolve_device
 
 
 @dataclass

@@ -11,17 +11,17 @@ from ..jsonl import read_jsonl
 from ..model import load_model, new_builtin, save_checkpoint, train_record
 from ..model.export import save_adapter
 from ..outdir import RunFolder, RunOptions, out_field
-from .loop import TrainConfig, fit_to_model, held_out_loss, tokenize_examples, train_supervised
 from ..runtime import (
     RuntimeOptions,
     load_dtype,
-    prepare,
     plain_model,
+    prepare,
     resolve_device,
     setup_distributed,
     shutdown_distributed,
     world,
 )
+from .loop import TrainConfig, fit_to_model, held_out_loss, tokenize_examples, train_supervised
 
 
 @dataclass

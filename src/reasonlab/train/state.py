@@ -10,8 +10,9 @@ import shutil
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
