@@ -295,7 +295,7 @@ def test_vectorized_decoding_equals_the_row_state_machine(monkeypatch):
     """With nothing to force, the engine tracks phases and stop rules as tensor ops over the batch;
     it must emit what the per-row state machine emits: tokens, log-probs, thinking counts, finish
     reasons, on a model that writes tags (and EOS, and </answer> inside its thinking) at random."""
-    from reasonlab import engine
+    from reasonlab.engine import generation as engine  # where `generate` looks `_vectorizable` up
 
     model = random_tag_writer(TOK, tag_boost=2.5, eos_boost=0.5)
     prompts = ["1+1\n", "2+2\n<think>", "33\n", "x\n<think>"] * 8
@@ -322,7 +322,7 @@ def test_vectorized_budget_cap_equals_the_row_state_machine(monkeypatch):
     """The thinking cap on the tensor path: the forced </think><answer> (masked out, with the
     log-probs the row path records), the thinking counts and "budget" finish reasons equal the
     per-row state machine's, for one budget for all rows (0 too) and per-row budgets with None."""
-    from reasonlab import engine
+    from reasonlab.engine import generation as engine  # where `generate` looks `_vectorizable` up
 
     assert engine._vectorizable(
         TOK, [None, 3], SamplingParams(think_budget=[None, 3])
@@ -363,7 +363,7 @@ def test_per_row_max_new_tokens_cut_each_row_at_its_own_limit(monkeypatch, vecto
     """`max_new_tokens` as a list: each row ends at its own limit ("length") and writes what it
     writes alone with that limit (row seeds: a row's samples never depend on its batch); a row that
     stops on its last allowed token says "stop"."""
-    from reasonlab import engine
+    from reasonlab.engine import generation as engine  # where `generate` looks `_vectorizable` up
 
     monkeypatch.setattr(engine, "_vectorizable", lambda *a, v=vectorized: v)
     model = random_tag_writer(TOK, tag_boost=2.5, eos_boost=0.5)
@@ -393,7 +393,7 @@ def test_on_step_streams_every_token_and_ends_rows_it_names(monkeypatch, vectori
     """`generate(..., on_step=)` hears each step's rows and tokens: put together per row they are
     the rollout's tokens, in order. The rows it returns end at once ("stop", or "budget" when
     capped) and their tokens stop there; the other rows sample exactly what they sample without it."""
-    from reasonlab import engine
+    from reasonlab.engine import generation as engine  # where `generate` looks `_vectorizable` up
 
     monkeypatch.setattr(engine, "_vectorizable", lambda *a, v=vectorized: v)
     model = random_tag_writer(TOK, tag_boost=1.0, eos_boost=-2.0)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from reasonlab.engine import _next_step, _prefill
+from reasonlab.engine.steps import _next_step, _prefill
 from reasonlab.model.hf import HFCausalLM, cache_argument, load_hf_model
 
 

@@ -383,7 +383,7 @@ def test_a_model_that_cannot_share_prompts_decodes_on_copies(tmp_path):
     """A sliding-window Qwen2 keeps a copy of its prompt's cache per row (and samples the same)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from reasonlab.engine import _prefill
+    from reasonlab.engine.steps import _prefill
 
     make_tiny_hf(tmp_path, "qwen2")
     config = AutoConfig.from_pretrained(tmp_path)
