@@ -56,6 +56,44 @@ CHAT_SYSTEM = (
 PROMPT_STYLES = ("plain", "r1", "chat")
 
 
+class Question(str):
+    """A question that carries how it is asked: a dataset's conversation (`messages`, a list of
+    ``{"role", "content"}``, the last one the user's) and a `system` prompt. As a string it is the
+    user's last message, what logs and samples show; `build_prompt` reads the rest, so every caller
+    that passes ``problem.question`` (training, `eval`, Method 1) asks the same way."""
+
+    messages: list[dict] | None
+    system: str | None
+
+    def __new__(cls, text: str, messages: list[dict] | None = None, system: str | None = None):
+        out = super().__new__(cls, text)
+        out.messages, out.system = messages, system
+        return out
+
+    def __reduce__(self):  # pickled (a resumable state's problem stream) with its conversation
+        return Question, (str(self), self.messages, self.system)
+
+    def with_text(self, text: str) -> Question:
+        """The same question with its last user message replaced by `text`."""
+        messages = self.messages
+        if messages:
+            messages = [*messages[:-1], {**messages[-1], "content": text}]
+        return Question(text, messages, self.system)
+
+
+def _conversation(question: str) -> list[dict]:
+    """A question's messages: its conversation, or one user message."""
+    return list(getattr(question, "messages", None) or [{"role": "user", "content": str(question)}])
+
+
+def _as_text(messages: list[dict]) -> str:
+    """A conversation as plain text (styles without a chat template): the user's words bare when
+    there is one message, else ``Role: content`` lines."""
+    if len(messages) == 1:
+        return str(messages[0]["content"])
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
 def build_prompt(
     question: str,
     style: str = "plain",
@@ -75,18 +113,25 @@ def build_prompt(
     `trigger` only applies to the plain style (the other styles carry their own instructions).
     `prefill_think` ends the prompt with ``<think>`` so the model starts inside its reasoning;
     `parse_completion(..., prompt=...)` then accounts for it.
+
+    `system` (or a `Question`'s own) replaces the style's instruction: the chat system message, the
+    R1 instruction, or a first line before a plain question. A `Question` with a conversation is
+    asked as that conversation (chat), or as its text (plain, r1).
     """
+    system = system or getattr(question, "system", None)
+    messages = _conversation(question)
     if style == "plain":
-        text = f"{question}\n{TRIGGER}\n" if trigger else f"{question}\n"
+        body = _as_text(messages)
+        text = f"{body}\n{TRIGGER}\n" if trigger else f"{body}\n"
+        text = f"{system}\n{text}" if system else text
     elif style == "r1":
-        text = f"{R1_INSTRUCTION} User: {question} Assistant:"
+        text = f"{system or R1_INSTRUCTION} User: {_as_text(messages)} Assistant:"
         if prefill_think:
             text += " "
     elif style == "chat":
-        text = chat_prompt(
-            tokenizer,
-            [{"role": "system", "content": system or CHAT_SYSTEM}, {"role": "user", "content": question}],
-        )
+        if messages[0].get("role") != "system":
+            messages = [{"role": "system", "content": system or CHAT_SYSTEM}, *messages]
+        text = chat_prompt(tokenizer, messages)
         if prompt_opens_think(text):  # the template prefilled <think> itself
             return text
     else:
@@ -96,7 +141,8 @@ def build_prompt(
 
 def length_prompt(question: str, target: int) -> str:
     """The question with a length target, as length control (L1) asks: "(think for N tokens)"."""
-    return f"{question} (think for {target} tokens)"
+    text = f"{question} (think for {target} tokens)"
+    return question.with_text(text) if isinstance(question, Question) else text
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
@@ -275,7 +321,7 @@ def read_free_answer(text: str) -> tuple[str, str] | None:
     ('Half of 10 is 5, plus 3 makes 8', '8')
     """
     phrase = None
-    for phrase in _ANSWER_PHRASE.finditer(text):
+    for phrase in _ANSWER_PHRASE.finditer(text):  # noqa: B007 - the last match is kept
         pass
     if phrase is not None:
         start = phrase.end()
