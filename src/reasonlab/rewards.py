@@ -16,10 +16,15 @@ and **0 in total when the format is broken**, even when the answer inside it wou
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
+import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .errors import UserError
 from .tasks import Task, get_task
 from .template import parse_completion
 
@@ -199,7 +204,9 @@ class Scores:
         out = {}
         for (mean_key, std_key), values in columns.items():
             v = torch.tensor(values, dtype=torch.float64)
-            out.update({prefix + mean_key: float(v.mean()), prefix + std_key: float(v.std())})
+            v = v[~v.isnan()]  # a reward's None values (not applicable) are left out
+            if len(v) or not len(values):
+                out.update({prefix + mean_key: float(v.mean()), prefix + std_key: float(v.std())})
         return out
 
     @classmethod
@@ -221,19 +228,25 @@ def score(
     task: Task,
     prompts=None,
     rewards: Sequence[tuple[RewardFn, float]] = ((reasoning_reward, 1.0),),
+    gate: bool = False,
     **columns,
 ) -> Scores:
     """Score completions against their gold answers: every answer verified once (`check_batch`),
-    then each weighted reward computed from the same checks and columns, and summed."""
+    then each weighted reward computed from the same checks and columns, and summed (a None value
+    counts 0 in the total). `gate`: a completion whose format breaks gets 0 in total."""
     parsed, correct = _parse_and_verify(completions, answers, task, prompts)
     checks = [(x.format_ok, c) for x, c in zip(parsed, correct)]
     parts = {}
     for fn, weight in rewards:
         values = fn(completions, answers, task=task, prompts=prompts, checks=checks, **columns)
-        parts[fn.__name__] = [weight * v for v in values]
+        # None: the reward does not apply to that completion (TRL's convention); kept as NaN, left
+        # out of the total and of the reward's mean
+        parts[fn.__name__] = [weight * v if v is not None else math.nan for v in values]
     total = [0.0] * len(completions)
     for values in parts.values():
-        total = [t + v for t, v in zip(total, values)]
+        total = [t + v if v == v else t for t, v in zip(total, values)]
+    if gate:  # the format gates every reward, the user's included
+        total = [t if x.format_ok else 0.0 for t, x in zip(total, parsed)]
     return Scores([x.format_ok for x in parsed], correct, parts, total, [x.think for x in parsed])
 
 
@@ -244,3 +257,167 @@ REWARDS: dict[str, RewardFn] = {
     "overlong": overlong_penalty,
     "length_target": length_target_reward,
 }
+
+
+# ---- reward functions you write (`--reward`, `reward_funcs=`) ------------------------------------
+
+
+@dataclass
+class RewardPlan:
+    """What a GRPO run rewards besides, or instead of, the method's default (format + correctness).
+
+    `funcs`: your rewards and their weights, each already wrapped (`user_reward`) and named uniquely.
+    `default`: keep the method's reward (`--no-default-reward`: your rewards alone judge).
+    `format_gate`: a completion whose template breaks gets 0 in total, your rewards included.
+    A task carries its plan (`task.reward_plan`), so the trainer's collector finds it.
+    """
+
+    funcs: list[tuple[RewardFn, float]] = field(default_factory=list)
+    default: bool = True
+    format_gate: bool = False
+
+    def spec(self) -> dict:
+        """What a checkpoint records (and a resume compares)."""
+        return {
+            "rewards": {fn.__name__: weight for fn, weight in self.funcs},
+            "default": self.default,
+            "format_gate": self.format_gate,
+        }
+
+
+def load_reward(spec: str) -> tuple[Callable, float | None, str]:
+    """(function, weight or None, name) for ``--reward MODULE:FUNCTION[=WEIGHT]`` or the name of a
+    built-in reward (`REWARDS`: format, correctness, reasoning)."""
+    target, sep, weight_text = spec.partition("=")
+    weight = None
+    if sep:
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise UserError(f"--reward {spec}: the weight after = must be a number") from None
+    if target in REWARDS:
+        return named(REWARDS[target], target), weight, target
+    module_name, colon, attr = target.partition(":")
+    if not colon or not module_name or not attr:
+        raise UserError(
+            f"--reward {spec}: give MODULE:FUNCTION[=WEIGHT] (e.g. my_rewards:length_bonus=0.5) or one of "
+            f"{', '.join(REWARDS)}"
+        )
+    from .plugins import import_module
+
+    fn = import_module(module_name, "--reward")
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise UserError(f"--reward {spec}: module {module_name!r} has no {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise UserError(f"--reward {spec}: {attr!r} is not a function")
+    return fn, weight, attr
+
+
+def reward_plan(
+    funcs: Sequence = (),
+    weights: Sequence[float] | None = None,
+    default: bool = True,
+    format_gate: bool = False,
+) -> RewardPlan:
+    """A `RewardPlan` from reward functions as TRL takes them (`reward_funcs`): callables called the
+    TRL way (`user_reward`), ``MODULE:FUNCTION[=WEIGHT]`` strings, or built-in names; `weights`
+    one per function (default 1; a ``=WEIGHT`` may not be given twice)."""
+    if weights is not None and len(weights) != len(funcs):
+        raise UserError(f"--reward-weights gives {len(weights)} weights for {len(funcs)} reward functions")
+    plan, taken = RewardPlan(default=default, format_gate=format_gate), {"reasoning", "length_target"}
+    for i, item in enumerate(funcs):
+        if isinstance(item, str):
+            fn, weight, name = load_reward(item)
+            builtin = item.partition("=")[0] in REWARDS
+        else:
+            fn, weight, name, builtin = item, None, getattr(item, "__name__", "reward"), False
+        if weights is not None:
+            if weight is not None:
+                raise UserError(f"reward {name!r} has a weight in --reward and in --reward-weights: give one")
+            weight = float(weights[i])
+        name = unique_name(name, taken)
+        plan.funcs.append(
+            (named(fn, name) if builtin else user_reward(fn, name), 1.0 if weight is None else weight)
+        )
+    if not plan.default and not plan.funcs:
+        raise UserError("--no-default-reward needs at least one --reward: nothing would judge the samples")
+    return plan
+
+
+def unique_name(name: str, taken: set) -> str:
+    """`name` (``<lambda>`` as ``lambda``), or with ``_2``, ``_3``… when taken; added to `taken`."""
+    base = name.strip("<>") or "reward"
+    out, n = base, 1
+    while out in taken:
+        n += 1
+        out = f"{base}_{n}"
+    taken.add(out)
+    return out
+
+
+def user_reward(fn: Callable, name: str) -> RewardFn:
+    """A reward written for TRL, as reasonlab calls rewards. It is called TRL's way, by keyword:
+    ``fn(prompts=..., completions=..., completion_ids=..., **columns)``, where `prompts` are the
+    dataset's prompts (text, or lists of messages for a conversational dataset, whose completions
+    then come as ``[{"role": "assistant", "content": text}]``), and `columns` every other column of
+    the rows (a built-in task's rows have ``question`` and ``answer``). It returns one float or None
+    (not applicable) per completion; an async function is awaited."""
+
+    def reward(completions, answers=None, *, problems, completion_ids=None, **_) -> list:
+        conversational = bool(problems) and getattr(problems[0].question, "messages", None) is not None
+        prompts = [p.question.messages if conversational else prompt_text(p) for p in problems]
+        if conversational:
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        kwargs = {"prompts": prompts, "completions": list(completions), "completion_ids": completion_ids}
+        values = call(fn, {**row_columns(problems), **kwargs})
+        if not isinstance(values, list | tuple) or len(values) != len(completions):
+            got = f"{len(values)} values" if isinstance(values, list | tuple) else type(values).__name__
+            raise UserError(f"reward {name!r} returned {got} for {len(completions)} completions")
+        bad = next((v for v in values if v is not None and not isinstance(v, int | float)), None)
+        if bad is not None or any(isinstance(v, bool) for v in values):
+            raise UserError(f"reward {name!r} returned {bad!r}: give a float (or None) per completion")
+        return [None if v is None else float(v) for v in values]
+
+    reward.__name__ = name
+    reward.user_fn = fn
+    return reward
+
+
+def prompt_text(problem) -> str:
+    """A row's prompt as its dataset wrote it (TRL's `prompts`), else the question."""
+    return str(problem.question)
+
+
+def row_columns(problems) -> dict[str, list]:
+    """Every column of the rows but the prompt, by name (TRL passes them so), one value a row; a
+    problem with no row (a built-in task) gives ``question`` and ``answer``."""
+    rows = [p.meta.get("row") or {"question": str(p.question), "answer": p.answer} for p in problems]
+    names = [k for k in rows[0] if k != "prompt"] if rows else []
+    return {k: [row.get(k) for row in rows] for k in names}
+
+
+def call(fn: Callable, kwargs: dict):
+    """`fn(**kwargs)`, awaited when it is async (in a thread of its own when this one already runs an
+    event loop, as a notebook does)."""
+    if not inspect.iscoroutinefunction(fn):
+        return fn(**kwargs)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fn(**kwargs))
+    out = {}
+
+    def run() -> None:
+        try:
+            out["value"] = asyncio.run(fn(**kwargs))
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

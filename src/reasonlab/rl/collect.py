@@ -17,7 +17,7 @@ import torch
 
 from ..engine import SamplingParams, generate
 from ..errors import NoFormatError, UserError
-from ..rewards import Scores, length_target_reward, named, reasoning_reward, score
+from ..rewards import RewardPlan, Scores, length_target_reward, named, reasoning_reward, score
 from ..runtime import all_gather_list, any_rank, gathered, world
 from ..tasks import Task
 from ..template import build_prompt, length_prompt
@@ -89,20 +89,18 @@ def group_plan(cfg: GRPOConfig, seed: int) -> tuple[int, int | None]:
     return target, budget
 
 
-def step_rewards(cfg: GRPOConfig) -> list:
-    """The weighted rewards a completion earns: the method's format + correctness points, and the
+def step_rewards(cfg: GRPOConfig, plan: RewardPlan | None = None) -> list:
+    """The weighted rewards a completion earns: the method's format + correctness points (unless
+    `plan` turns it off), the rewards you wrote (`plan.funcs`: `--reward`, `reward_funcs=`), and the
     length-target term in length-conditioned mode."""
-    rewards = [
-        (
-            named(
-                reasoning_reward,
-                "reasoning",
-                format_points=cfg.format_points,
-                correct_points=cfg.correct_points,
-            ),
-            1.0,
+    rewards = []
+    if plan is None or plan.default:
+        reasoning = named(
+            reasoning_reward, "reasoning", format_points=cfg.format_points, correct_points=cfg.correct_points
         )
-    ]
+        rewards.append((reasoning, 1.0))
+    if plan is not None:
+        rewards += plan.funcs
     if cfg.length_target:
         rewards.append((named(length_target_reward, "length_target", alpha=cfg.length_alpha), 1.0))
     return rewards
@@ -145,8 +143,9 @@ class Collector:
     """Samples and scores a step's groups: P/W problems per rank, G completions each.
 
     `sample(model, prompts, params, step)` runs the model (the built-in engine by default; the trainer
-    passes vLLM's when it rolls out there). `keep_rate` (the last step's share of groups with a reward spread)
-    sizes dynamic sampling's refills and is kept in the training state, as is `format_watch` (`drawn` feeds it).
+    passes vLLM's when it rolls out there). `keep_rate` (the last step's share of groups with a reward
+    spread) sizes dynamic sampling's refills and is kept in the training state, as is `format_watch`
+    (`drawn` feeds it). The task's `reward_plan` adds your rewards (`step_rewards`).
     """
 
     def __init__(
@@ -157,8 +156,12 @@ class Collector:
             lambda model, prompts, params, step: generate(model, tokenizer, prompts, params)
         )
         self.keep_rate = 1.0
-        self.rewards = step_rewards(cfg)
-        self.format_watch = FormatWatch(cfg.no_format_patience)
+        self.plan = getattr(task, "reward_plan", None)  # your rewards, if any (`rewards.RewardPlan`)
+        self.rewards = step_rewards(cfg, self.plan)
+        # with rewards of your own a model that never writes the template still has a signal
+        self.format_watch = FormatWatch(
+            0 if self.plan is not None and self.plan.funcs else cfg.no_format_patience
+        )
 
     def prompt(self, problem, target: int = 0) -> str:
         """The problem's prompt; with a length target N, it asks to "think for N tokens"."""
@@ -213,14 +216,22 @@ class Collector:
         )
         with gathered(model) as full:
             rollout = self.sample(full, prompts, params, step)
+        columns = {}
+        if self.plan is not None and self.plan.funcs:  # what your rewards read; nothing on the default run
+            columns["problems"] = [p for p in problems for _ in range(G)]
+            columns["completion_ids"] = [
+                rollout.tokens[i, : int(n)].tolist() for i, n in enumerate(rollout.lengths)
+            ]
         scores = score(
             rollout.texts,
             [p.answer for p in problems for _ in range(G)],
             self.task,
             prompts,
             self.rewards,
+            gate=self.plan is not None and self.plan.format_gate,
             think_lengths=rollout.think_tokens,
             target_lengths=targets,
+            **columns,
         )
         out.scores.append(scores)
         # rows whose thinking the budget cut: what budget-aware RL trains to answer after
