@@ -76,6 +76,9 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
                 "--task is required" + (f": {model} records no task it was trained on" if model else "")
             )
         name, kwargs = recorded["name"], {**recorded.get("options", {}), **kwargs}
+        from .plugins import import_modules
+
+        import_modules(recorded.get("imports"))  # the run's --import modules, where its task lives
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         print(
             f"task: {name}" + (f" ({shown})" if shown else "") + f", the one {model} was trained on",
@@ -85,6 +88,45 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
         return get_task(name, **kwargs)
     except TypeError as e:  # an option the task does not take
         raise UserError(f"task {name!r}: {e}") from None
+
+
+def task_of(opts):
+    """The task of a command with `DataOptions`: --data's dataset (the ``data`` task) or `make_task`'s,
+    after the --import modules (and those --model's run imported); `rl`'s --reward functions go on it
+    (`task.reward_plan`). All of it is recorded in the task's spec, so the checkpoint finds it again."""
+    from .plugins import import_modules, recorded_imports
+    from .tasks import get_task
+    from .tasks.data import data_task_options, refuse_training_rows
+
+    model = getattr(opts, "model", "")
+    imports = import_modules(dict.fromkeys([*recorded_imports(model), *(opts.imports or [])]))
+    if opts.data:
+        if opts.task and opts.task != "data":
+            raise UserError(f"give --task or --data, not both (--task {opts.task} --data {opts.data})")
+        options = {**data_task_options(opts), **parse_key_values(opts.task_arg, "--task-arg")}
+        task = get_task("data", **options)
+    else:
+        if opts.system_prompt:
+            raise UserError("--system-prompt goes with --data (a built-in task's prompt is set by --style)")
+        task = make_task(opts.task, opts.task_arg, model)
+    if imports:
+        task.spec["imports"] = imports
+    rewards = (
+        getattr(opts, "reward", None),
+        getattr(opts, "default_reward", True),
+        getattr(opts, "format_gate", False),
+    )
+    if rewards != (None, True, False):
+        from .rewards import reward_plan
+
+        weights = [parse_value(w) for w in opts.reward_weights.split(",")] if opts.reward_weights else None
+        task.reward_plan = reward_plan(opts.reward or [], weights, opts.default_reward, opts.format_gate)
+        task.spec["rewards"] = task.reward_plan.spec()
+    if getattr(opts, "split", "test") == "test" and model:  # `eval`: never on rows the model trained on
+        from .model.checkpoint import recorded_task
+
+        refuse_training_rows(task, recorded_task(model), model)
+    return task
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -234,7 +276,7 @@ def cmd_rationales(opts) -> int:
     from .train.rationales import Judge, RationalesConfig, run_rationales
 
     cfg = narrow(opts, RationalesConfig)
-    task = make_task(opts.task, opts.task_arg, opts.model)
+    task = task_of(opts)
     folder = RunFolder.claim(opts.out, "rationales", opts.overwrite, opts.report_to, opts.resume)
     base, tok = load_model_or_exit(opts.model, device=opts.device, task=task)
     teacher = model_or_endpoint(opts.teacher, opts.device)[0] if opts.teacher else None
@@ -303,6 +345,9 @@ def cmd_serve(opts) -> int:
     except OSError as e:
         raise UserError(f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}") from None
     with sock:
+        from .plugins import import_modules, recorded_imports
+
+        import_modules(dict.fromkeys([*recorded_imports(opts.model), *(opts.imports or [])]))
         model, tok = load_model_or_exit(opts.model, device=opts.device)
         name = model_name_of(opts.model)
         url = f"http://{opts.host}:{sock.getsockname()[1]}/v1/"
@@ -324,7 +369,7 @@ def cmd_rl(opts) -> int:
     from .runtime import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
 
     cfg = narrow(opts, GRPOConfig)
-    task = make_task(opts.task, opts.task_arg, opts.model)
+    task = task_of(opts)
     folder = RunFolder.claim(opts.out, "rl", opts.overwrite, opts.report_to, opts.resume)
     setup_distributed(opts.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(opts.model, load_dtype(cfg), opts.device, task)
@@ -381,7 +426,7 @@ def cmd_eval(opts) -> int:
     from .evaluate import EvalConfig, evaluate_model
 
     cfg = narrow(opts, EvalConfig)  # what the results record
-    task = make_task(cfg.task, opts.task_arg, cfg.model)
+    task = task_of(opts)
     cfg.task = task.name
     if cfg.k > 1 and cfg.temperature == 0:
         print(

@@ -73,6 +73,86 @@ class ModelTaskOptions:
 
 
 @dataclass
+class ImportOptions:
+    """--import: modules of your own (tasks, verifiers, rewards they register), recorded in the checkpoint."""
+
+    imports: list[str] | None = field(
+        default=None,
+        metadata={
+            "flags": ("--import",),
+            "action": "append",
+            "metavar": "MODULE",
+            "help": "import this module (a name, or a .py file) first: the tasks it registers work with "
+            "--task; repeatable; recorded, so eval and serve on the result import it again",
+        },
+    )
+
+
+@dataclass
+class DataOptions(ImportOptions):
+    """--data: your dataset instead of --task (the task ``data``, `tasks.data`), recorded in the checkpoint."""
+
+    data: str = field(
+        default="",
+        metadata={
+            "help": "your dataset: a JSONL, JSON, CSV or parquet file, a save_to_disk folder, or a folder "
+            "of train/test files (the data task: docs/tasks.md)",
+            "metavar": "PATH",
+        },
+    )
+    prompt_column: str = field(
+        default="", metadata={"help": "--data: the prompt column (default: prompt, question or problem)"}
+    )
+    answer_column: str = field(
+        default="", metadata={"help": "--data: the gold answer column (default: answer or solution)"}
+    )
+    verifier: str = field(
+        default="math",
+        metadata={"help": "--data: how answers are checked: math, numeric, exact, none or a task's name"},
+    )
+    test_data: str = field(
+        default="",
+        metadata={
+            "help": "--data: the test split (a file, folder or split name); default: the dataset's test "
+            "or validation split, else --eval-fraction of its rows"
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "--data without a test split: the share of rows held out", "above": 0, "max": 1},
+    )
+    system_prompt: str = field(
+        default="",
+        metadata={"help": "--data: the system prompt (replaces the style's instruction)", "metavar": "TEXT"},
+    )
+
+
+@dataclass
+class RewardOptions:
+    """--reward: reward functions of your own (`rewards.reward_plan`), beside the default reward."""
+
+    reward: list[str] | None = field(
+        default=None,
+        metadata={
+            "action": "append",
+            "metavar": "MODULE:FUNCTION[=WEIGHT]",
+            "help": "add this reward function (TRL's convention: f(prompts, completions, completion_ids, "
+            "**columns) -> list[float | None]); repeatable",
+        },
+    )
+    reward_weights: str = field(
+        default="", metadata={"help": "weights of the --reward functions, in order (e.g. 1,0.5)"}
+    )
+    default_reward: bool = field(
+        default=True,
+        metadata={"help": "keep the format + correctness reward (--no-default-reward: your rewards alone)"},
+    )
+    format_gate: bool = field(
+        default=False, metadata={"help": "a completion whose template breaks gets 0, your rewards included"}
+    )
+
+
+@dataclass
 class NoOptions:
     """`tasks`: nothing to set."""
 
@@ -106,7 +186,7 @@ class GenerateOptions(SampleConfig, DeviceOptions):
 
 
 @dataclass
-class EvalOptions(EvalConfig, DeviceOptions):
+class EvalOptions(DataOptions, EvalConfig, DeviceOptions):
     task_arg: list[str] | None = task_arg_field()
 
 
@@ -121,7 +201,7 @@ class PretrainOptions(TaskOptions, PretrainConfig, DeviceOptions, RunOptions):
 
 
 @dataclass
-class RationalesOptions(ModelTaskOptions, RationalesConfig, DeviceOptions, RunOptions):
+class RationalesOptions(DataOptions, ModelTaskOptions, RationalesConfig, DeviceOptions, RunOptions):
     model: str = field(default="", metadata={"help": "the base checkpoint"})
     teacher: str = field(
         default="", metadata={"help": "sample rationales from this checkpoint or http(s):// endpoint instead"}
@@ -133,7 +213,7 @@ class RationalesOptions(ModelTaskOptions, RationalesConfig, DeviceOptions, RunOp
 
 
 @dataclass
-class RLOptions(ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
+class RLOptions(DataOptions, RewardOptions, ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
     model: str = field(default="", metadata={"help": "the checkpoint to train"})
     out: str = out_field("runs/rl")
 
@@ -150,7 +230,7 @@ class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
 
 
 @dataclass
-class ServeOptions(DeviceOptions):
+class ServeOptions(ImportOptions, DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
     host: str = "127.0.0.1"
     port: int = 8000  # 0-65535, checked by `cmd_serve`
