@@ -206,7 +206,8 @@ class Scores:
             v = torch.tensor(values, dtype=torch.float64)
             v = v[~v.isnan()]  # a reward's None values (not applicable) are left out
             if len(v) or not len(values):
-                out.update({prefix + mean_key: float(v.mean()), prefix + std_key: float(v.std())})
+                std = float(v.std()) if len(v) > 1 else math.nan  # (what torch gives, without its warning)
+                out.update({prefix + mean_key: float(v.mean()), prefix + std_key: std})
         return out
 
     @classmethod
