@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.evaluate import budget_sweep, evaluate_problems, length_control, wilson_interval
 from reasonlab.jsonl import read_json, read_jsonl
+from reasonlab.lab.plots import plot_budget
+from reasonlab.lab.settings import DemoConfig, stage_configs
 from reasonlab.model import load_model
-from reasonlab.plots import plot_budget
 from reasonlab.rl import train_grpo
 from reasonlab.runtime import keep_freed_memory
 from reasonlab.tasks import get_task

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from reasonlab.demo import DemoConfig, stage_configs
+from reasonlab.lab.settings import DemoConfig, stage_configs
 from reasonlab.model import load_model, new_builtin
 from reasonlab.rl import GRPOConfig, train_grpo
 from reasonlab.tasks import get_task

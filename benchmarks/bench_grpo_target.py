@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from reasonlab.demo import DemoConfig, stage_configs
+from reasonlab.lab.settings import DemoConfig, stage_configs
 from reasonlab.model import load_model, save_checkpoint
 from reasonlab.rl import train_grpo
 from reasonlab.runtime import keep_freed_memory, setup_distributed, shutdown_distributed, world

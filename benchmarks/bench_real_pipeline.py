@@ -14,7 +14,8 @@ import json
 import resource
 import time
 
-from reasonlab.demo import DemoConfig, run_demo
+from reasonlab.lab.demo import run_demo
+from reasonlab.lab.settings import DemoConfig
 from reasonlab.runtime import keep_freed_memory
 
 

@@ -24,9 +24,9 @@ import time
 import torch
 
 from reasonlab.cli import parse_value
-from reasonlab.demo import DemoConfig, stage_configs
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.evaluate import evaluate_problems, score_batch
+from reasonlab.lab.settings import DemoConfig, stage_configs
 from reasonlab.model import load_model
 from reasonlab.rl import train_grpo
 from reasonlab.rl import trainer as rl_trainer

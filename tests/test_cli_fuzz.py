@@ -212,8 +212,8 @@ def must_refuse(command: str, action: argparse.Action, value: str) -> bool:
 def _fields():
     import dataclasses
 
-    from reasonlab.demo import DemoConfig
     from reasonlab.evaluate import EvalConfig, SampleConfig
+    from reasonlab.lab.settings import DemoConfig
     from reasonlab.train.pretrain import PretrainConfig
     from reasonlab.train.rationales import RationalesConfig
     from reasonlab.train.sft import SFTConfig
@@ -301,14 +301,14 @@ def snapshot(root) -> dict:
 
 def run(argv, capsys, monkeypatch) -> tuple[int, str]:
     """(exit code, stderr) of `reasonlab argv` in-process; `serve`/`demo` stop where they would start."""
-    import reasonlab.demo
+    import reasonlab.lab.demo
     import reasonlab.serve
 
     def started(*args, **kwargs):
         raise Started
 
     monkeypatch.setattr(reasonlab.serve, "run_server", started)
-    monkeypatch.setattr(reasonlab.demo, "run_demo", started)
+    monkeypatch.setattr(reasonlab.lab.demo, "run_demo", started)
     try:
         code = cli.main(argv)
     except SystemExit as e:  # argparse: a malformed flag or value

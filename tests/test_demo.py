@@ -101,8 +101,8 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
 
     # Stopped during GRPO: --resume takes stages 1-3 from the folder (pretraining and Method 1 must
     # not run again) and runs the rest.
-    import reasonlab.demo as demo
-    import reasonlab.study as study
+    import reasonlab.lab.arms as arms
+    import reasonlab.lab.demo as demo
 
     done = ("task", "config", "seconds", "pretrain", "base_", "method1", "arm_method1")
     stopped = {k: v for k, v in results.items() if k.startswith(done) and not k.startswith("arm_method1_")}
@@ -112,7 +112,7 @@ def test_quick_demo_writes_results_and_report(tmp_path, capsys):
     fail = lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran again"))  # noqa: E731
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "pretrain", fail)
-        mp.setattr(study, "run_rationales", fail)
+        mp.setattr(arms, "run_rationales", fail)
         assert main(["demo", "--quick", "--out", str(out), "--resume"]) == 0
     resumed = json.loads((out / "results.json").read_text())
     same = [k for k in stopped if k not in ("seconds", "config")]
@@ -138,7 +138,7 @@ def test_training_plot_shows_every_sample_at_the_runs_temperature(tmp_path, monk
     """The RL plot draws the reward of every row sampled (the groups trained on under dynamic
     sampling are the mixed ones, whose mean stays low however good the model gets) and labels the
     samples with the run's own temperature and reward points; older logs fall back to the kept mean."""
-    from reasonlab import plots
+    from reasonlab.lab import plots
 
     figures = []
     monkeypatch.setattr(plots.plt, "close", figures.append)
@@ -357,8 +357,9 @@ def test_report_of_pretrain_sft_and_rationales_runs(tmp_path, capsys, monkeypatc
 def test_resume_refuses_a_run_made_on_one_length_of_chain_before_the_mix(tmp_path):
     """A demo folder written before problems of mixed length existed ran on one length: resuming it
     under today's default (2 to 4 variables) would mix two tasks, so it is refused in one line."""
-    from reasonlab.demo import DemoConfig, earlier_run
     from reasonlab.errors import UserError
+    from reasonlab.lab.demo_run import earlier_run
+    from reasonlab.lab.settings import DemoConfig
 
     (tmp_path / "results.json").write_text(json.dumps({"config": {"seed": 0, "length": 4, "quick": True}}))
     with pytest.raises(UserError, match="min_length=0"):

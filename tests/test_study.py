@@ -197,7 +197,7 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     assert "Method 1 alone" in capsys.readouterr().out
     # Stopped after seed 0: --resume takes the base and seed 0 from the folder and runs seed 1 (and
     # --seeds may grow); other settings are refused.
-    import reasonlab.study as study
+    import reasonlab.lab.study as study
 
     first = results["per_seed"][0]
     (out / "results.json").write_text(json.dumps({**results, "per_seed": [first]}))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from reasonlab.cli import main
-from reasonlab.compute_analysis import (
+from reasonlab.lab.compute_analysis import (
     cheapest,
     families,
     frontier,
@@ -17,7 +17,7 @@ from reasonlab.compute_analysis import (
     query_counts,
     returns,
 )
-from reasonlab.study_compute import VOTES
+from reasonlab.lab.study_compute import VOTES
 
 
 def test_frontier_keeps_the_best_reached_at_or_below_each_compute():

@@ -392,7 +392,7 @@ def cmd_rl(opts) -> int:
 
 
 def cmd_demo(cfg) -> int:
-    from .demo import run_demo
+    from .lab.demo import run_demo
 
     results = run_demo(cfg)
     print_results(results)
@@ -401,8 +401,8 @@ def cmd_demo(cfg) -> int:
 
 
 def cmd_study(cfg) -> int:
-    from .console import print_study
-    from .study import run_study
+    from .lab.study import run_study
+    from .lab.tables import print_study
 
     results = run_study(cfg)
     print_study(results)
@@ -411,8 +411,8 @@ def cmd_study(cfg) -> int:
 
 
 def cmd_study_compute(cfg) -> int:
-    from .console import print_compute_study
-    from .study_compute import run_compute_study
+    from .lab.study_compute import run_compute_study
+    from .lab.tables import print_compute_study
 
     print_compute_study(run_compute_study(cfg))
     print(f"\nresults: {cfg.out}/results.json   report: {cfg.out}/report.html")
@@ -488,7 +488,7 @@ def cmd_eval(opts) -> int:
             "greedy completions (--keep-completions)"
         )
         if out.get("budget_curve"):  # the sweep as a picture beside the numbers
-            from .plots import plot_budget
+            from .lab.plots import plot_budget
 
             print(f"wrote {plot_budget(out['budget_curve'], output.with_suffix('.png'))}")
     return 0
@@ -535,7 +535,7 @@ def cmd_faithfulness(opts) -> int:
 
 
 def cmd_report(opts) -> int:
-    from .report import build_report
+    from .lab.report import build_report
 
     print(f"wrote {build_report(opts.run_dir)}")
     return 0

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import MAX_PROBLEMS, MAX_ROWS
-from .demo import DemoConfig
 from .evaluate import EvalConfig, SampleConfig
+from .lab.settings import DemoConfig
+from .lab.study import StudyConfig
+from .lab.study_compute import ComputeStudyConfig
 from .model.export import GGUF_TYPES, HF_DTYPES
 from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
-from .study import StudyConfig
-from .study_compute import ComputeStudyConfig
 from .template import PROMPT_STYLES
 from .train.pretrain import PretrainConfig
 from .train.rationales import RationalesConfig

@@ -254,7 +254,7 @@ def plot_faithfulness(probe: dict, path: Path) -> Path:
     # An unknown rate (0/0: None) draws no bar; its count label says 0/0.
     follow = [probe["by_style"][n]["follow_rate"] or 0.0 for n in names]
     admit = [probe["by_style"][n]["admit_rate"] or 0.0 for n in names]
-    from .evaluate import wilson_interval
+    from ..evaluate import wilson_interval
 
     def whiskers(rates, counts):  # the 95% Wilson interval of each rate as error bars (none for 0/0)
         bounds = [wilson_interval(k, n) if n else (r, r) for r, (k, n) in zip(rates, counts)]

@@ -29,21 +29,23 @@ import copy
 import random
 from dataclasses import asdict, replace
 
-from .console import percent
-from .demo import DemoConfig, DemoRun, Stages
-from .engine import SamplingParams
-from .errors import NoFormatError, UserError
-from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe
-from .jsonl import read_log
-from .model import load_model
-from .outdir import RunFolder
-from .rl import GRPOConfig, train_grpo
-from .runtime import resolve_device
-from .tasks import get_task
-from .tasks.hints import wrong_answer
-from .template import build_prompt
-from .train.loop import TrainConfig, task_setting, tokenize_examples, train_supervised
-from .train.rationales import RationalesConfig, run_rationales
+from ..console import percent
+from ..engine import SamplingParams
+from ..errors import NoFormatError, UserError
+from ..evaluate import budget_sweep, evaluate_problems, faithfulness_probe
+from ..jsonl import read_log
+from ..model import load_model
+from ..outdir import RunFolder
+from ..rl import GRPOConfig, train_grpo
+from ..runtime import resolve_device
+from ..tasks import get_task
+from ..tasks.hints import wrong_answer
+from ..template import build_prompt
+from ..train.loop import TrainConfig, task_setting, tokenize_examples, train_supervised
+from ..train.rationales import RationalesConfig, run_rationales
+from .demo_run import DemoRun
+from .settings import DemoConfig
+from .stages import Stages
 
 STYLE = "chat"
 TASK = {"op": "+", "digits": 2, "ask": "What is {}?"}  # asked in words: 18% answered directly, 0% as "64+43"
@@ -292,7 +294,8 @@ class RealDemoRun(DemoRun):
             final = self.evaluate(model)
             record.update(acc=final["accuracy"], format_rate=final["format_rate"])
             record["summary"] = (
-                f"{record['steps']} steps: held-out {final['accuracy']:.0%}, format {final['format_rate']:.0%}"
+                f"{record['steps']} steps: held-out {final['accuracy']:.0%}, "
+                f"format {final['format_rate']:.0%}"
             )
         self.results["r1_zero"] = record
         self.save()

@@ -15,8 +15,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .console import demo_rows, percent
-from .jsonl import made_by, read_json, read_log, run_config
+from ..console import demo_rows, percent
+from ..jsonl import made_by, read_json, read_log, run_config
 from .plots import (
     is_step,
     plot_budget,
@@ -31,6 +31,7 @@ from .plots import (
     plot_total_compute,
     plot_training,
 )
+from .tables import compute_rows, study_rows
 
 
 def build_report(run_dir) -> Path:
@@ -135,13 +136,11 @@ def samples_html(samples: list[dict]) -> str:
 
 def _study_report(run: Path) -> Path:
     """A `reasonlab study methods` folder: the head-to-head, pass@k, and the R1-Zero run."""
-    from .console import study_rows
-
     results = read_json(run / "results.json")
     figures = _methods_figures(results, run, run / "seed0" / "method2" / "metrics.jsonl")
     note = (
-        f"Task: {results.get('task', '')}. Every accuracy is greedy, on the same held-out problems; compute is "
-        f"{results.get('compute', 'FLOPs')}; pass@k from samples at T = {results.get('pass_temperature')}."
+        f"Task: {results.get('task', '')}. Every accuracy is greedy, on the same held-out problems; compute "
+        f"is {results.get('compute', 'FLOPs')}; pass@k from samples at T = {results.get('pass_temperature')}."
     )
     return _write_page(run, "reasonlab study: Method 1 vs Method 2", note, study_rows(results), figures)
 
@@ -255,8 +254,6 @@ def _loss_report(run: Path) -> Path:
 
 def _compute_report(run: Path) -> Path:
     """A `reasonlab study compute` folder: the fits, accuracy against total compute, iso-accuracy."""
-    from .console import compute_rows
-
     results = read_json(run / "results.json")
     figures = [
         ("Train-time scaling", plot_scaling(results, run / "scaling.png")),
@@ -266,8 +263,8 @@ def _compute_report(run: Path) -> Path:
         ),
     ]
     note = (
-        f"Task: {results.get('task', '')}. Compute: {results.get('compute', 'FLOPs')}. Every accuracy on the same "
-        f"held-out problems; thinking budgets {results.get('think_budgets')}, votes of "
+        f"Task: {results.get('task', '')}. Compute: {results.get('compute', 'FLOPs')}. Every accuracy on the "
+        f"same held-out problems; thinking budgets {results.get('think_budgets')}, votes of "
         f"{results.get('votes')} samples at T = {results.get('vote_temperature')}."
     )
     return _write_page(
@@ -287,8 +284,12 @@ def _write_page(
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
-td {{ padding: 4px 14px; border-bottom: 1px solid #ddd; }} td:last-child {{ text-align: right; font-weight: 600; }}
-img {{ max-width: 100%; }} td.reply {{ text-align: left; font-weight: normal; white-space: pre-wrap; }} h2 {{ margin-top: 1.6em; }} .note {{ color: #666; font-size: 0.9em; }}
+td {{ padding: 4px 14px; border-bottom: 1px solid #ddd; }}
+td:last-child {{ text-align: right; font-weight: 600; }}
+img {{ max-width: 100%; }}
+td.reply {{ text-align: left; font-weight: normal; white-space: pre-wrap; }}
+h2 {{ margin-top: 1.6em; }}
+.note {{ color: #666; font-size: 0.9em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="note">{html.escape(note)}</p>

@@ -10,229 +10,30 @@ stage, so nothing computed is lost if a later stage fails) and DIR/report.html.
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 
-import torch
-
-from . import compute
-from .config import SEED, check_options
-from .console import console, percent
-from .engine import SamplingParams
-from .errors import UserError
-from .evaluate import budget_sweep, evaluate_problems, faithfulness_probe, length_control
-from .jsonl import read_json
-from .model import load_model, save_checkpoint, train_record
-from .outdir import OVERWRITE_HELP, RunFolder, claim, mark
-from .report import build_report
-from .rl import GRPOConfig, train_grpo
-from .runtime import resolve_device
-from .study import (
-    ARMS,
-    DIRECT_TOKENS,
-    LABELS,
-    TEMPLATE_FRACTION,
-    Arms,
-    base_measurements,
-    pass_at_k,
-    summarize,
-)
-from .tasks import get_task
-from .tasks.hints import wrong_answer
-from .train.pretrain import PretrainConfig, pretrain
-from .train.rationales import RationalesConfig
-
-
-@dataclass
-class DemoConfig:
-    out: str = field(default="runs/demo", metadata={"help": "output folder", "nonempty": True})
-    model: str = field(
-        default="",
-        metadata={
-            "help": "a pretrained instruct model (Hugging Face folder, .gguf file or run folder): the same story on it, "
-            "on two-digit sums through its chat template (docs/real-model.md); '' = the built-in tiny model"
-        },
-    )
-    quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
-    seed: int = field(default=0, metadata={"help": "seed of every stage", **SEED})
-    length: int = field(
-        default=4,
-        metadata={
-            "help": "variables per chain problem at most (the built-in demo's task; --model runs two-digit sums)",
-            "min": 2,
-            "max": 64,
-        },
-    )
-    min_length: int = field(
-        default=2,
-        metadata={
-            "help": "variables per chain problem at least: each problem draws its length from here to --length, "
-            "a mix of difficulties (0 = every problem --length)",
-            "min": 0,
-            "max": 64,
-        },
-    )
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
-    device: str = field(
-        default="cpu",
-        metadata={"help": "cpu (what the stages' time limits are set for), cuda or auto; see docs/demo.md"},
-    )
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "go on from the last stage a stopped run in --out finished (same seed, length and quick)"
-        },
-    )
-    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
-
-    def __post_init__(self):
-        check_options(self)
-        if self.min_length and not 2 <= self.min_length <= self.length:
-            raise UserError(
-                f"--min-length must be between 2 and --length ({self.length}), got {self.min_length}"
-            )
-
-
-def stage_configs(cfg: DemoConfig):
-    """Per-stage settings; `quick` shrinks every stage (CI checks it runs, not what it reaches)."""
-    q = cfg.quick
-    pre = PretrainConfig(
-        steps=60 if q else 4000,
-        batch_size=32 if q else 64,
-        lr=3e-3,
-        warmup_steps=20,
-        schedule="constant",
-        eval_every=30 if q else 50,
-        max_seconds=20 if q else 240,
-        corpus_size=2000 if q else 30000,
-        worked_fraction=0.5,
-        hint_fraction=0.2,
-        check_problems=50 if q else 100,
-        target_trigger_acc=0.2,
-        group_by_length=False,
-        max_seq_len=192,
-        seed=cfg.seed,
-        template_fraction=TEMPLATE_FRACTION,
-    )
-    m1 = RationalesConfig(
-        rounds=1 if q else 3,
-        problems=64 if q else 2000,
-        samples=2 if q else 4,
-        temperature=0.7,
-        continue_training=True,
-        steps=20 if q else 300,
-        batch_size=32 if q else 64,
-        lr=2e-3,
-        warmup_steps=10,
-        eval_every=0,
-        eval_problems=50 if q else 200,
-        max_seq_len=192,
-        max_new_tokens=96,
-        seed=cfg.seed,
-    )
-    # GRPO: 32 problems x 4 samples learned faster per second than 16 x 8 (more distinct problems a
-    # step for the same rows; docs/methods.md). New tokens: `rl_new_tokens`.
-    # Cosine decay over the 1000 steps (the run stops at 150 s first): from both benchmark starts it
-    # crossed 95% sooner and never fell back under it (benchmarks/README.md, bench_grpo_target.py).
-    rl = GRPOConfig(
-        steps=3 if q else 1000,
-        prompts_per_step=4 if q else 32,
-        group_size=4,
-        lr=3e-4,
-        schedule="cosine",
-        temperature=0.7,
-        dynamic_sampling=True,
-        max_new_tokens=rl_new_tokens(cfg),
-        eval_every=3 if q else 25,
-        eval_problems=50 if q else 200,
-        max_seconds=30 if q else 150,
-        seed=cfg.seed,
-    )
-    return pre, m1, rl
-
+from ..console import percent
+from ..engine import SamplingParams
+from ..evaluate import budget_sweep, evaluate_problems, faithfulness_probe, length_control
+from ..outdir import RunFolder
+from ..rl import train_grpo
+from ..runtime import resolve_device
+from ..tasks import get_task
+from ..tasks.hints import wrong_answer
+from ..train.pretrain import pretrain
+from .arms import ARMS, DIRECT_TOKENS, LABELS, Arms, base_measurements, pass_at_k, summarize
+from .demo_real import run_real_demo
+from .demo_run import DemoRun
+from .settings import DemoConfig, stage_configs
+from .stages import Stages
 
 BUDGET_SECONDS = {False: 60.0, True: 10.0}  # budget-aware GRPO's wall time (stage 7; --quick)
 
 
-def rl_new_tokens(cfg: DemoConfig) -> int:
-    """GRPO's completions at most: 64 at one length of 4 variables (what the methods study measured
-    with; a rare runaway row would keep a whole batch decoding to 96), else 16 a variable and 16 more
-    (80 at 4: the thought restates each step and ends with "The answer is ...", ~60 tokens at 3 hops)."""
-    if cfg.length == 4 and cfg.min_length in (0, 4):
-        return 64
-    return 16 * cfg.length + 16
-
-
-class Stages:
-    """Rich progress: one line per stage, the current one ticking."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:<34}"),
-            BarColumn(bar_width=24),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console(),
-        )
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def stage(self, name: str, total: int):
-        task = self.progress.add_task(name, total=total, info="")
-
-        def update(advance: int = 1, completed: int | None = None, info: str | None = None):
-            """Move the bar; `info` replaces the stage's text (left as it was when not given, so a
-            stage's last result stays on its line)."""
-            kwargs = {"completed": completed} if completed is not None else {"advance": advance}
-            if info is not None:
-                kwargs["info"] = info
-            self.progress.update(task, **kwargs)
-
-        return update
-
-    def print(self, *args):
-        self.progress.console.print(*args)
-
-
-BEFORE = {"min_length": 0}  # what runs made before these settings existed ran with (one length of problem)
-
-
-def earlier_run(out: Path, cfg: DemoConfig) -> dict:
-    """`--resume`: the results a stopped run in `out` saved, if it ran with the same settings."""
-    if not (out / "results.json").is_file():
-        raise UserError(f"--resume: {out} holds no demo run to go on with (no results.json)")
-    earlier = read_json(out / "results.json")
-    made = earlier.get("config", {})
-    # A run made before a setting existed ran as the setting's default, or as BEFORE says.
-    made = {**{k: getattr(DemoConfig, k) for k in ("seed", "length", "quick", "model")}, **BEFORE, **made}
-    keys = ("seed", "quick", "model") + (
-        ("length", "min_length") if not cfg.model else ()
-    )  # --model: sums, no chain
-    other = [f"{k}={made[k]!r}" for k in keys if made[k] != getattr(cfg, k)]
-    if other:
-        raise UserError(
-            f"--resume: the run in {out} was made with {', '.join(other)}; run without --resume "
-            "to start over, or give the same settings"
-        )
-    return earlier
-
-
-class DemoRun:
-    """One demo run: its folder, settings, held-out problems and results; one method a stage.
-
-    With --resume, a stage is taken from the stopped run while every stage before it was too and
-    what it left is complete (its results, its checkpoint); from the first stage that runs, all run."""
+class BuiltinDemoRun(DemoRun):
+    """The built-in demo's stages, on the tiny model pretrained in its first stage."""
 
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
@@ -249,56 +50,6 @@ class DemoRun:
         self.base = None  # the pretrained model, once there is one
         if not self.earlier:
             self.save()  # a fresh run: nothing an earlier run in this folder left counts as done any more
-
-    def open_folder(self):
-        """Claim --out (with --resume, read what the stopped run saved there), start the clock, set
-        the threads."""
-        cfg = self.cfg
-        self.out = claim(cfg.out, "demo", cfg.overwrite, resume=cfg.resume)
-        self.earlier = earlier_run(self.out, cfg) if cfg.resume else {}
-        self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
-        mark(self.out, "demo")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-
-    def save(self):
-        """Write results.json (after every stage, so nothing computed is lost if a later one fails)."""
-        self.results["seconds"] = time.monotonic() - self.start
-        (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
-
-    def done_before(self, keys: tuple, checkpoint: str | None = None) -> bool:
-        """Whether the stopped run's results `keys` (and `checkpoint`) are taken instead of running
-        the stage; when they are, they go into the results."""
-        self.reuse = (
-            self.reuse
-            and all(k in self.earlier for k in keys)
-            and (checkpoint is None or (self.out / "checkpoints" / checkpoint / "config.json").is_file())
-        )
-        if self.reuse:
-            self.results.update({k: self.earlier[k] for k in keys})
-        return self.reuse
-
-    @contextmanager
-    def ledger(self, stage: str):
-        """Count the block's compute and time under results' ``ledger[stage]`` ({flops, seconds}; a
-        stage taken from the stopped run keeps what it recorded then)."""
-        t = time.monotonic()
-        with compute.track() as spent:
-            yield
-        ledger = self.results.setdefault("ledger", {})
-        if not self.reuse:
-            cost = compute.model_cost(self.base)  # every stage trains a model of the base's shape
-            ledger[stage] = {"flops": spent.flops(cost), "seconds": time.monotonic() - t}
-        elif stage in self.earlier.get("ledger", {}):
-            ledger[stage] = self.earlier["ledger"][stage]
-        self.save()
-
-    def load(self, name: str):
-        model, tokenizer = load_model(self.out / "checkpoints" / name)
-        return model.to(self.where), tokenizer
-
-    def keep(self, name: str, model, stage_cfg):
-        save_checkpoint(self.out / "checkpoints" / name, model, self.tok, train_record(stage_cfg, self.task))
 
     def pretrain_base(self, ui):
         """1. pretrain the base model, stopping on measured trigger accuracy."""
@@ -558,19 +309,11 @@ class DemoRun:
         probe = self.results["faithfulness"]
         tick(info=f"follows {percent(probe['hint_follow_rate'])}, admits {percent(probe['admit_rate'])}")
 
-    def report(self) -> dict:
-        """7. report.html and its plots; the results as saved."""
-        build_report(self.out)
-        self.save()
-        return self.results
-
 
 def run_demo(cfg: DemoConfig) -> dict:
     if cfg.model:
-        from .demo_real import run_real_demo
-
         return run_real_demo(cfg)
-    run = DemoRun(cfg)
+    run = BuiltinDemoRun(cfg)
     with Stages() as ui:
         with run.ledger("pretrain"):
             run.base = base = run.pretrain_base(ui)

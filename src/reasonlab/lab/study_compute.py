@@ -50,21 +50,22 @@ from pathlib import Path
 
 import torch
 
-from . import compute
+from .. import compute
+from ..config import MAX_PROBLEMS, check_options
+from ..engine import SamplingParams
+from ..errors import UserError
+from ..evaluate import evaluate_problems, majority_answer
+from ..jsonl import read_json
+from ..model.gpt import GPT, GPTConfig
+from ..model.tokenizer import TokenizerAdapter, build_char_tokenizer
+from ..outdir import OVERWRITE_HELP, claim, mark
+from ..runtime import resolve_device
+from ..tasks import get_task
+from ..tasks.base import split_of
+from ..template import TRIGGER, format_completion
+from ..train.loop import TrainConfig, held_out_loss, tokenize_examples, train_supervised
 from .compute_analysis import TARGETS, analyse, query_counts
-from .config import MAX_PROBLEMS, check_options
-from .engine import SamplingParams
-from .errors import UserError
-from .evaluate import evaluate_problems, majority_answer
-from .jsonl import read_json
-from .model.gpt import GPT, GPTConfig
-from .model.tokenizer import TokenizerAdapter, build_char_tokenizer
-from .outdir import OVERWRITE_HELP, claim, mark
-from .runtime import resolve_device
-from .tasks import get_task
-from .tasks.base import split_of
-from .template import TRIGGER, format_completion
-from .train.loop import TrainConfig, held_out_loss, tokenize_examples, train_supervised
+from .stages import Stages
 
 COMMAND = "study compute"
 TASK = {"length": 4, "min_length": 2, "max_value": 9}  # chains of 2 to 4 variables (1 to 3 hops), values 0..9
@@ -102,8 +103,8 @@ class ComputeStudyConfig:
     queries: int = field(
         default=100_000,
         metadata={
-            "help": "answered queries Q of the headline figure: total compute = training + Q x inference (the tables "
-            "give Q/100 and 100 Q too)",
+            "help": "answered queries Q of the headline figure: total compute = training + Q x inference "
+            "(the tables give Q/100 and 100 Q too)",
             "min": 1,
             "max": 10**12,
         },
@@ -295,102 +296,125 @@ def measure(model, tokenizer, task, problems, seed: int) -> dict:
 # ---- the run -------------------------------------------------------------------------------------
 
 
-def run_compute_study(cfg: ComputeStudyConfig) -> dict:
-    """Train every size, measure every checkpoint, analyse; results.json and report.html in cfg.out."""
-    from .demo import Stages
-    from .report import build_report
+class ComputeStudyRun:
+    """One compute study: its folder, sizes, data and results (results.json, rewritten with the
+    analysis after every size, so nothing measured is lost); with --resume, the sizes a stopped
+    study finished."""
 
-    where = resolve_device(cfg.device)
-    out = claim(cfg.out, COMMAND, cfg.overwrite, resume=cfg.resume)
-    earlier = earlier_study(out, cfg) if cfg.resume else {}
-    mark(out, COMMAND)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    task = get_task("chain", **TASK)
-    sizes = plan(cfg.quick)
-    start = time.monotonic() - earlier.get("seconds", 0.0)
-    results: dict = {
-        "study": "compute",
-        "task": "chains of 2 to 4 variables (1 to 3 hops), values 0..9",
-        "config": asdict(cfg),
-        "sizes": sizes,
-        "think_budgets": list(THINK_BUDGETS),
-        "votes": list(VOTES),
-        "vote_temperature": VOTE_TEMPERATURE,
-        "targets": list(TARGETS),
-        "queries": query_counts(cfg.queries),
-        "compute": compute.COUNTED,
-        "points": earlier.get("points", []),
-        "losses": earlier.get("losses", []),
-        "ledger": earlier.get("ledger", {}),
-    }
-    done = {p["size"] for p in results["points"]}
+    def __init__(self, cfg: ComputeStudyConfig):
+        self.cfg = cfg
+        self.where = resolve_device(cfg.device)
+        self.out = claim(cfg.out, COMMAND, cfg.overwrite, resume=cfg.resume)
+        earlier = earlier_study(self.out, cfg) if cfg.resume else {}
+        mark(self.out, COMMAND)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.task = get_task("chain", **TASK)
+        self.sizes = plan(cfg.quick)
+        self.start = time.monotonic() - earlier.get("seconds", 0.0)
+        self.results: dict = {
+            "study": "compute",
+            "task": "chains of 2 to 4 variables (1 to 3 hops), values 0..9",
+            "config": asdict(cfg),
+            "sizes": self.sizes,
+            "think_budgets": list(THINK_BUDGETS),
+            "votes": list(VOTES),
+            "vote_temperature": VOTE_TEMPERATURE,
+            "targets": list(TARGETS),
+            "queries": query_counts(cfg.queries),
+            "compute": compute.COUNTED,
+            "points": earlier.get("points", []),
+            "losses": earlier.get("losses", []),
+            "ledger": earlier.get("ledger", {}),
+        }
+        self.done = {p["size"] for p in self.results["points"]}
 
-    def save():
-        results["seconds"] = time.monotonic() - start
+    def save(self):
+        results, cfg = self.results, self.cfg
+        results["seconds"] = time.monotonic() - self.start
         if results["points"]:
             results.update(analyse(results["points"], results["losses"], cfg.held_out, cfg.queries))
-        tmp = out / "results.json.tmp"
+        tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(out / "results.json")
+        tmp.replace(self.out / "results.json")
 
-    t = time.monotonic()
-    tokenizer = TokenizerAdapter(build_char_tokenizer())
-    examples = tokenize_examples(
-        tokenizer, corpus(task, QUICK_CORPUS if cfg.quick else CORPUS, cfg.seed), MAX_LEN
-    )
-    loss_examples = tokenize_examples(tokenizer, corpus(task, 512, cfg.seed + 1, "test"), MAX_LEN)
-    problems = task.problems(cfg.held_out if not cfg.quick else min(cfg.held_out, 40), "test", seed=99)
-    results["ledger"]["corpus"] = {"flops": 0.0, "seconds": time.monotonic() - t}
+    def make_data(self):
+        """The training corpus and the held-out loss examples, tokenized, and the held-out problems."""
+        cfg, task = self.cfg, self.task
+        t = time.monotonic()
+        self.tokenizer = TokenizerAdapter(build_char_tokenizer())
+        self.examples = tokenize_examples(
+            self.tokenizer, corpus(task, QUICK_CORPUS if cfg.quick else CORPUS, cfg.seed), MAX_LEN
+        )
+        self.loss_examples = tokenize_examples(
+            self.tokenizer, corpus(task, 512, cfg.seed + 1, "test"), MAX_LEN
+        )
+        self.problems = task.problems(
+            cfg.held_out if not cfg.quick else min(cfg.held_out, 40), "test", seed=99
+        )
+        self.results["ledger"]["corpus"] = {"flops": 0.0, "seconds": time.monotonic() - t}
+
+    def run_size(self, i: int, size: dict, tick) -> None:
+        """Train size `i`, measure each of its checkpoints, save."""
+        results, cfg = self.results, self.cfg
+        t = time.monotonic()
+        checkpoints, losses, model, cost = train_size(
+            size,
+            self.examples,
+            self.loss_examples,
+            self.tokenizer,
+            cfg.seed,
+            self.where,
+            tick=lambda steps, loss: tick(completed=steps, info=f"held-out loss {loss:.3f}"),
+        )
+        results["ledger"][f"size {i}: training"] = {
+            "flops": checkpoints[-1]["flops"],
+            "seconds": time.monotonic() - t,
+        }
+        results["losses"] += [[c, loss, steps, i] for c, loss, steps in losses]
+        t = time.monotonic()
+        for share, c in zip(BUDGET_SHARES, checkpoints):
+            model.load_state_dict(c.pop("state"))
+            tick(advance=0, info=f"measuring the checkpoint at {c['steps']} steps")
+            results["points"].append(
+                {
+                    "size": i,
+                    **size,
+                    "n_params": cost.n_params,
+                    "budget": f"1/{share}",
+                    "steps": c["steps"],
+                    "tokens": c["ledger"]["trained"],
+                    "train_flops": c["flops"],
+                    "train_seconds": c["seconds"],
+                    "loss": c["loss"],
+                    **measure(model, self.tokenizer, self.task, self.problems, cfg.seed),
+                }
+            )
+        results["ledger"][f"size {i}: evaluation"] = {"flops": 0.0, "seconds": time.monotonic() - t}
+        tick(
+            completed=size["steps"],
+            info=f"{cost.n_params:,} params: direct {results['points'][-1]['direct']['acc']:.0%}, "
+            f"thinking {results['points'][-1]['think'][-1]['acc']:.0%}",
+        )
+        self.save()
+
+
+def run_compute_study(cfg: ComputeStudyConfig) -> dict:
+    """Train every size, measure every checkpoint, analyse; results.json and report.html in cfg.out."""
+    from .report import build_report  # matplotlib: imported when a study runs, not with its options
+
+    study = ComputeStudyRun(cfg)
+    study.make_data()
     with Stages() as ui:
-        for i, size in enumerate(sizes):
+        for i, size in enumerate(study.sizes):
             tick = ui.stage(f"size {i}: {size['n_layer']} layers x {size['d_model']}", size["steps"])
-            if i in done:
+            if i in study.done:
                 tick(completed=size["steps"], info="done in an earlier run")
                 continue
-            t = time.monotonic()
-            checkpoints, losses, model, cost = train_size(
-                size,
-                examples,
-                loss_examples,
-                tokenizer,
-                cfg.seed,
-                where,
-                tick=lambda steps, loss: tick(completed=steps, info=f"held-out loss {loss:.3f}"),
-            )
-            results["ledger"][f"size {i}: training"] = {
-                "flops": checkpoints[-1]["flops"],
-                "seconds": time.monotonic() - t,
-            }
-            results["losses"] += [[c, loss, steps, i] for c, loss, steps in losses]
-            t = time.monotonic()
-            for share, c in zip(BUDGET_SHARES, checkpoints):
-                model.load_state_dict(c.pop("state"))
-                tick(advance=0, info=f"measuring the checkpoint at {c['steps']} steps")
-                results["points"].append(
-                    {
-                        "size": i,
-                        **size,
-                        "n_params": cost.n_params,
-                        "budget": f"1/{share}",
-                        "steps": c["steps"],
-                        "tokens": c["ledger"]["trained"],
-                        "train_flops": c["flops"],
-                        "train_seconds": c["seconds"],
-                        "loss": c["loss"],
-                        **measure(model, tokenizer, task, problems, cfg.seed),
-                    }
-                )
-            results["ledger"][f"size {i}: evaluation"] = {"flops": 0.0, "seconds": time.monotonic() - t}
-            tick(
-                completed=size["steps"],
-                info=f"{cost.n_params:,} params: direct {results['points'][-1]['direct']['acc']:.0%}, "
-                f"thinking {results['points'][-1]['think'][-1]['acc']:.0%}",
-            )
-            save()
-    build_report(out)
-    save()
-    return results
+            study.run_size(i, size, tick)
+    build_report(study.out)
+    study.save()
+    return study.results
 
 
 def earlier_study(out: Path, cfg: ComputeStudyConfig) -> dict:

@@ -1,60 +1,25 @@
-"""`reasonlab study methods`: Method 1 against Method 2 from the same base, at equal compute, over seeds.
-
-One base model is pretrained (the demo's: the built-in model on 4-variable chains, its corpus in
-free text but for a share `TEMPLATE_FRACTION` written in the ``<think>/<answer>`` template, so the
-base writes the template now and then, as a pretrained LM does). From it, for each seed:
-
-- **method1**: Method 1 alone (the demo's three STaR rounds: free-text samples read, verified,
-  rewritten into the template, fine-tuned). The wall time it takes, T, is the budget of the other two;
-- **method2**: GRPO from the base (DeepSeek-R1-Zero: the template's prompt, the 2 + 1 reward, no
-  warm start, T = 1.0), stopped after T seconds;
-- **method1_then_2**: Method 1's first round, then GRPO from that model (the demo's), stopped when
-  the two together have taken T.
-
-Equal compute is equal wall time on one machine (each arm's periodic held-out evaluations
-included). FLOPs are counted beside it (`compute`: 2N a sampled token, 6N a trained one, plus
-attention; evaluations not counted): on a CPU, GRPO's small decoding batches use the FLOPs far less well than
-Method 1's large fine-tuning batches, so equal FLOPs would give GRPO several times Method 1's time
-(`GRPOConfig.max_flops` runs that comparison). Every model is evaluated on the same held-out problems:
-greedy accuracy, format rate, thinking length, and pass@k for k = 1 … 64 from 64 samples a problem at
-T = 0.7 (the base read as free text, as Method 1 reads its samples; trained models strictly). Seeds
-change every method's sampling and data order, not the base or the held-out problems: the spread
-across seeds is the methods' reliability. Settings are fixed here before any run, the same for
-every seed.
-
-DIR/results.json (rewritten after every seed, so nothing computed is lost) holds ``methods`` (per
-method: ``acc``, ``format_rate``, ``flops``, ``seconds`` a list per seed, ``curve`` a list per seed
-of [flops, accuracy, seconds] points), ``pass_at_k`` (per model: {k: rate}, the mean over seeds),
-``r1_zero_format_curve`` ([step, format rate of the samples] of seed 0's GRPO-from-base run) and
-``per_seed``; DIR/report.html draws them.
-"""
+"""The three methods from one base with one seed (Method 1 alone; GRPO from the base, R1-Zero's;
+Method 1's first round, then GRPO), at equal wall time, and what is measured of them: the base's
+accuracy three ways, each arm's record and curve, pass@k, and the summary over seeds. The methods
+study runs them for every seed (`study.run_study`), the built-in demo once (`demo.BuiltinDemoRun`)."""
 
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import torch
+from ..engine import SamplingParams
+from ..errors import NoFormatError
+from ..evaluate import evaluate_problems, k_samples, pass_curve
+from ..jsonl import read_log
+from ..rl import GRPOConfig, train_grpo
+from ..train.pretrain import FREE_ANSWER
+from ..train.rationales import RationalesConfig, run_rationales
+from .settings import DemoConfig, stage_configs
 
-from . import compute
-from .config import MAX_PROBLEMS, check_options
-from .engine import SamplingParams
-from .errors import NoFormatError, UserError
-from .evaluate import evaluate_problems, k_samples, pass_curve
-from .jsonl import read_json, read_log
-from .model import load_model, save_checkpoint, train_record
-from .outdir import OVERWRITE_HELP, RunFolder, claim, mark
-from .rl import GRPOConfig, train_grpo
-from .runtime import resolve_device
-from .tasks import get_task
-from .train.pretrain import FREE_ANSWER, PretrainConfig, pretrain
-from .train.rationales import RationalesConfig, run_rationales
-
-TEMPLATE_FRACTION = 0.15  # documents of the base's corpus in the template: ~15% of its samples at T = 1
 PASS_KS = (1, 2, 4, 8, 16, 32, 64)
 PASS_TEMPERATURE = 0.7  # Method 1's sampling temperature: what its generator's pass@k is measured at
 ARMS = ("method1", "method2", "method1_then_2")
@@ -66,55 +31,9 @@ LABELS = {
 }
 
 
-@dataclass
-class StudyConfig:
-    out: str = field(default="runs/study-methods", metadata={"help": "output folder", "nonempty": True})
-    seeds: int = field(
-        default=3,
-        metadata={
-            "help": "seeds of every method (the spread across them is its reliability)",
-            "min": 1,
-            "max": 1000,
-        },
-    )
-    quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
-    length: int = field(default=4, metadata={"help": "variables per chain problem", "min": 2, "max": 64})
-    held_out: int = field(
-        default=200,
-        metadata={"help": "held-out problems every model is evaluated on", "min": 1, "max": MAX_PROBLEMS},
-    )
-    pass_problems: int = field(
-        default=100,
-        metadata={"help": "of those, the ones pass@k samples 64 times", "min": 1, "max": MAX_PROBLEMS},
-    )
-    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "go on from the seeds a stopped study in --out finished (same settings; --seeds may grow)"
-        },
-    )
-    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
-
-    def __post_init__(self):
-        check_options(self)
-        if self.pass_problems > self.held_out:
-            raise UserError(f"--pass-problems {self.pass_problems} is more than --held-out {self.held_out}")
-
-
-def base_config(quick: bool, seed: int = 0) -> PretrainConfig:
-    """The base: the demo's pretraining (its corpus in free text but for `TEMPLATE_FRACTION`)."""
-    from .demo import DemoConfig, stage_configs
-
-    return stage_configs(DemoConfig(quick=quick, seed=seed))[0]
-
-
 def arm_configs(quick: bool, seed: int, task) -> tuple[RationalesConfig, GRPOConfig, GRPOConfig]:
     """Method 1 (the demo's rounds, reading free text), GRPO from Method 1 (the demo's for `task`, a
     chain) and GRPO from the base (the same at T = 1.0, R1-Zero's)."""
-    from .demo import DemoConfig, stage_configs
-
     _, m1, rl = stage_configs(
         DemoConfig(quick=quick, seed=seed, length=task.length, min_length=task.min_length)
     )
@@ -201,9 +120,8 @@ class Arms:
             resume=resume,
         )
         self.models["method1"] = model
-        final = evaluated.get(records[-1]["round"]) or self.evaluate(
-            model
-        )  # (a resumed run that had finished)
+        # evaluated by on_round, or not (a resumed run that had finished)
+        final = evaluated.get(records[-1]["round"]) or self.evaluate(model)
         return {
             **final,
             "flops": records[-1]["compute"]["flops"],
@@ -218,11 +136,13 @@ class Arms:
         `before` it, [flops, seconds], and the final model's point)."""
         t0, stopped = time.monotonic(), None
         spent, budget = ("seconds", cfg.max_seconds) if cfg.max_seconds else ("compute/flops", cfg.max_flops)
-        progress = lambda m: self.tick(
-            name,
-            f"step {m['step']}"  # noqa: E731
-            + (f", {m.get(spent, 0) / budget:.0%} of the budget" if budget else ""),
-        )
+
+        def progress(m):
+            self.tick(
+                name,
+                f"step {m['step']}" + (f", {m.get(spent, 0) / budget:.0%} of the budget" if budget else ""),
+            )
+
         try:
             train_grpo(
                 model,
@@ -233,10 +153,8 @@ class Arms:
                 progress=progress,
                 held_out=self.held_out,
             )
-        except (
-            NoFormatError
-        ) as e:  # a base that never writes the template: said, and the arm scores what it is
-            stopped = str(e)
+        except NoFormatError as e:
+            stopped = str(e)  # a base that never writes the template: said, and the arm scores what it is
         metrics = read_log(self.out / (folder or name) / "metrics.jsonl")
         flops, seconds = (
             before[0] + max((m.get("compute/flops", 0.0) for m in metrics), default=0.0),
@@ -342,118 +260,6 @@ def summarize(per_seed: list[dict], base_pass: dict) -> dict:
         "r1_zero_format_curve": zero["format_curve"],
         "r1_zero_think_curve": zero["think_curve"],
     }
-
-
-def run_study(cfg: StudyConfig) -> dict:
-    """Pretrain the base, run the three arms for every seed, write results.json and report.html."""
-    from .demo import Stages
-    from .report import build_report
-
-    where = resolve_device(cfg.device)
-    out = claim(cfg.out, "study", cfg.overwrite, resume=cfg.resume)
-    earlier = earlier_study(out, cfg) if cfg.resume else {}
-    mark(out, "study")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    start = time.monotonic() - earlier.get("seconds", 0.0)
-    task = get_task("chain", length=cfg.length)
-    held_out = task.problems(cfg.held_out, "test", seed=99)
-    pass_problems = held_out[: cfg.pass_problems] if not cfg.quick else held_out[: min(cfg.pass_problems, 8)]
-    results: dict = {
-        "study": "methods",
-        "task": f"chain of {cfg.length} variables",
-        "config": asdict(cfg),
-        "template_fraction": TEMPLATE_FRACTION,
-        "compute": compute.COUNTED,
-        "pass_temperature": PASS_TEMPERATURE,
-    }
-
-    def save():
-        results["seconds"] = time.monotonic() - start
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-
-    with Stages() as ui:
-        pre_cfg = base_config(cfg.quick)
-        tick = ui.stage("base: pretrain", pre_cfg.steps)
-        if earlier:  # the stopped study's base, and what it measured of it
-            base, tok = load_model(out / "checkpoints" / "base")
-            base = base.to(where)
-            results.update({k: earlier[k] for k in ("base", "pass_at_k_base_free_form")})
-        else:
-            base, tok, _ = pretrain(
-                task,
-                pre_cfg,
-                folder=RunFolder(out / "pretrain", "pretrain"),
-                device=cfg.device,
-                progress=lambda m: tick(completed=m["step"]),
-            )
-            base = base.to(where)
-            save_checkpoint(out / "checkpoints" / "base", base, tok, train_record(pre_cfg, task))
-            results["base"] = base_measurements(base, tok, task, held_out)
-            results["pass_at_k_base_free_form"] = pass_at_k(
-                base, tok, task, pass_problems, 0, "free-form", cfg.quick
-            )
-        tick(
-            completed=pre_cfg.steps,
-            info=f"template format {results['base']['sampled_format_rate']:.0%} at T=1",
-        )
-        per_seed = earlier.get("per_seed", [])[: cfg.seeds]  # each a finished seed
-        if per_seed:
-            results["per_seed"] = per_seed
-            results.update(summarize(per_seed, results["pass_at_k_base_free_form"]))
-        save()
-        for seed in range(len(per_seed), cfg.seeds):
-            bars = {arm: ui.stage(f"seed {seed}: {arm}", 1) for arm in ARMS}
-            arms = Arms(
-                base,
-                tok,
-                task,
-                held_out,
-                pass_problems,
-                seed,
-                out / f"seed{seed}",
-                cfg.quick,
-                results["base"]["template_acc"],
-                tick=lambda arm, info: bars[arm](advance=0, info=info),
-            )
-
-            def keep(record):  # a seed cut short keeps its finished arms here (a resume reruns the seed)
-                results["unfinished_seed"] = record
-                save()
-
-            per_seed.append(arms.run(save=keep))
-            for arm in ARMS:
-                bars[arm](
-                    completed=1,
-                    info=f"{per_seed[-1][arm]['acc']:.0%} in {per_seed[-1][arm]['seconds']:.0f} s",
-                )
-            results.pop("unfinished_seed", None)
-            results["per_seed"] = per_seed
-            results.update(summarize(per_seed, results["pass_at_k_base_free_form"]))
-            save()
-    build_report(out)
-    save()
-    return results
-
-
-def earlier_study(out: Path, cfg: StudyConfig) -> dict:
-    """`--resume`: what a stopped study in `out` saved, if it ran with the same settings (but
-    --seeds, which may grow) and left its base."""
-    if not (out / "results.json").is_file() or not (out / "checkpoints" / "base" / "config.json").is_file():
-        raise UserError(f"--resume: {out} holds no study to go on with (no results.json and base checkpoint)")
-    earlier = read_json(out / "results.json")
-    made = earlier.get("config", {})
-    other = [
-        f"{k}={made.get(k)!r}"
-        for k in ("quick", "length", "held_out", "pass_problems")
-        if made.get(k) != getattr(cfg, k)
-    ]
-    if other or "base" not in earlier:
-        raise UserError(
-            f"--resume: the study in {out} was made with {', '.join(other) or 'no base measured'}; "
-            "run without --resume to start over, or give the same settings"
-        )
-    return earlier
 
 
 def base_measurements(base, tokenizer, task, held_out) -> dict:

@@ -1,0 +1,229 @@
+"""`reasonlab study methods`: Method 1 against Method 2 from the same base, at equal compute, over seeds.
+
+One base model is pretrained (the demo's: the built-in model on 4-variable chains, its corpus in
+free text but for a share `TEMPLATE_FRACTION` written in the ``<think>/<answer>`` template, so the
+base writes the template now and then, as a pretrained LM does). From it, for each seed:
+
+- **method1**: Method 1 alone (the demo's three STaR rounds: free-text samples read, verified,
+  rewritten into the template, fine-tuned). The wall time it takes, T, is the budget of the other two;
+- **method2**: GRPO from the base (DeepSeek-R1-Zero: the template's prompt, the 2 + 1 reward, no
+  warm start, T = 1.0), stopped after T seconds;
+- **method1_then_2**: Method 1's first round, then GRPO from that model (the demo's), stopped when
+  the two together have taken T.
+
+Equal compute is equal wall time on one machine (each arm's periodic held-out evaluations
+included). FLOPs are counted beside it (`compute`: 2N a sampled token, 6N a trained one, plus
+attention; evaluations not counted): on a CPU, GRPO's small decoding batches use the FLOPs far less well than
+Method 1's large fine-tuning batches, so equal FLOPs would give GRPO several times Method 1's time
+(`GRPOConfig.max_flops` runs that comparison). Every model is evaluated on the same held-out problems:
+greedy accuracy, format rate, thinking length, and pass@k for k = 1 … 64 from 64 samples a problem at
+T = 0.7 (the base read as free text, as Method 1 reads its samples; trained models strictly). Seeds
+change every method's sampling and data order, not the base or the held-out problems: the spread
+across seeds is the methods' reliability. Settings are fixed here before any run, the same for
+every seed.
+
+DIR/results.json (rewritten after every seed, so nothing computed is lost) holds ``methods`` (per
+method: ``acc``, ``format_rate``, ``flops``, ``seconds`` a list per seed, ``curve`` a list per seed
+of [flops, accuracy, seconds] points), ``pass_at_k`` (per model: {k: rate}, the mean over seeds),
+``r1_zero_format_curve`` ([step, format rate of the samples] of seed 0's GRPO-from-base run) and
+``per_seed``; DIR/report.html draws them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import compute
+from ..config import MAX_PROBLEMS, check_options
+from ..errors import UserError
+from ..jsonl import read_json
+from ..model import load_model, save_checkpoint, train_record
+from ..outdir import OVERWRITE_HELP, RunFolder, claim, mark
+from ..runtime import resolve_device
+from ..tasks import get_task
+from ..train.pretrain import PretrainConfig, pretrain
+from .arms import ARMS, PASS_TEMPERATURE, Arms, base_measurements, pass_at_k, summarize
+from .settings import TEMPLATE_FRACTION, DemoConfig, stage_configs
+from .stages import Stages
+
+
+@dataclass
+class StudyConfig:
+    out: str = field(default="runs/study-methods", metadata={"help": "output folder", "nonempty": True})
+    seeds: int = field(
+        default=3,
+        metadata={
+            "help": "seeds of every method (the spread across them is its reliability)",
+            "min": 1,
+            "max": 1000,
+        },
+    )
+    quick: bool = field(default=False, metadata={"help": "a scaled-down run (a minute or two, for CI)"})
+    length: int = field(default=4, metadata={"help": "variables per chain problem", "min": 2, "max": 64})
+    held_out: int = field(
+        default=200,
+        metadata={"help": "held-out problems every model is evaluated on", "min": 1, "max": MAX_PROBLEMS},
+    )
+    pass_problems: int = field(
+        default=100,
+        metadata={"help": "of those, the ones pass@k samples 64 times", "min": 1, "max": MAX_PROBLEMS},
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads (0 = all cores)", "min": 0, "max": 1024})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "go on from the seeds a stopped study in --out finished (same settings; --seeds may grow)"
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+    def __post_init__(self):
+        check_options(self)
+        if self.pass_problems > self.held_out:
+            raise UserError(f"--pass-problems {self.pass_problems} is more than --held-out {self.held_out}")
+
+
+def base_config(quick: bool, seed: int = 0) -> PretrainConfig:
+    """The base: the demo's pretraining (its corpus in free text but for `TEMPLATE_FRACTION`)."""
+    return stage_configs(DemoConfig(quick=quick, seed=seed))[0]
+
+
+class StudyRun:
+    """One methods study: its folder, task, held-out problems, base and results (results.json,
+    rewritten after every seed, so nothing computed is lost); with --resume, the base and the seeds
+    a stopped study finished."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.where = resolve_device(cfg.device)
+        self.out = claim(cfg.out, "study", cfg.overwrite, resume=cfg.resume)
+        self.earlier = earlier_study(self.out, cfg) if cfg.resume else {}
+        mark(self.out, "study")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.start = time.monotonic() - self.earlier.get("seconds", 0.0)
+        self.task = get_task("chain", length=cfg.length)
+        self.held_out = self.task.problems(cfg.held_out, "test", seed=99)
+        self.pass_problems = self.held_out[
+            : cfg.pass_problems if not cfg.quick else min(cfg.pass_problems, 8)
+        ]
+        self.results: dict = {
+            "study": "methods",
+            "task": f"chain of {cfg.length} variables",
+            "config": asdict(cfg),
+            "template_fraction": TEMPLATE_FRACTION,
+            "compute": compute.COUNTED,
+            "pass_temperature": PASS_TEMPERATURE,
+        }
+
+    def save(self):
+        self.results["seconds"] = time.monotonic() - self.start
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
+
+    def pretrain_base(self, ui):
+        """The base, pretrained and measured (or the stopped study's, and what it measured of it)."""
+        cfg, task, out, results = self.cfg, self.task, self.out, self.results
+        pre_cfg = base_config(cfg.quick)
+        tick = ui.stage("base: pretrain", pre_cfg.steps)
+        if self.earlier:
+            base, self.tok = load_model(out / "checkpoints" / "base")
+            self.base = base.to(self.where)
+            results.update({k: self.earlier[k] for k in ("base", "pass_at_k_base_free_form")})
+        else:
+            base, self.tok, _ = pretrain(
+                task,
+                pre_cfg,
+                folder=RunFolder(out / "pretrain", "pretrain"),
+                device=cfg.device,
+                progress=lambda m: tick(completed=m["step"]),
+            )
+            self.base = base = base.to(self.where)
+            save_checkpoint(out / "checkpoints" / "base", base, self.tok, train_record(pre_cfg, task))
+            results["base"] = base_measurements(base, self.tok, task, self.held_out)
+            results["pass_at_k_base_free_form"] = pass_at_k(
+                base, self.tok, task, self.pass_problems, 0, "free-form", cfg.quick
+            )
+        tick(
+            completed=pre_cfg.steps,
+            info=f"template format {results['base']['sampled_format_rate']:.0%} at T=1",
+        )
+
+    def record(self, per_seed: list[dict]) -> None:
+        """The finished seeds and their summary, in the results."""
+        self.results["per_seed"] = per_seed
+        self.results.update(summarize(per_seed, self.results["pass_at_k_base_free_form"]))
+
+    def run_seed(self, ui, seed: int, per_seed: list[dict]) -> None:
+        """The three arms with `seed`, added to `per_seed` and the results."""
+        results = self.results
+        bars = {arm: ui.stage(f"seed {seed}: {arm}", 1) for arm in ARMS}
+        arms = Arms(
+            self.base,
+            self.tok,
+            self.task,
+            self.held_out,
+            self.pass_problems,
+            seed,
+            self.out / f"seed{seed}",
+            self.cfg.quick,
+            results["base"]["template_acc"],
+            tick=lambda arm, info: bars[arm](advance=0, info=info),
+        )
+
+        def keep(record):  # a seed cut short keeps its finished arms here (a resume reruns the seed)
+            results["unfinished_seed"] = record
+            self.save()
+
+        per_seed.append(arms.run(save=keep))
+        for arm in ARMS:
+            bars[arm](
+                completed=1,
+                info=f"{per_seed[-1][arm]['acc']:.0%} in {per_seed[-1][arm]['seconds']:.0f} s",
+            )
+        results.pop("unfinished_seed", None)
+        self.record(per_seed)
+        self.save()
+
+
+def run_study(cfg: StudyConfig) -> dict:
+    """Pretrain the base, run the three arms for every seed, write results.json and report.html."""
+    from .report import build_report  # matplotlib: imported when a study runs, not with its options
+
+    study = StudyRun(cfg)
+    with Stages() as ui:
+        study.pretrain_base(ui)
+        per_seed = study.earlier.get("per_seed", [])[: cfg.seeds]  # each a finished seed
+        if per_seed:
+            study.record(per_seed)
+        study.save()
+        for seed in range(len(per_seed), cfg.seeds):
+            study.run_seed(ui, seed, per_seed)
+    build_report(study.out)
+    study.save()
+    return study.results
+
+
+def earlier_study(out: Path, cfg: StudyConfig) -> dict:
+    """`--resume`: what a stopped study in `out` saved, if it ran with the same settings (but
+    --seeds, which may grow) and left its base."""
+    if not (out / "results.json").is_file() or not (out / "checkpoints" / "base" / "config.json").is_file():
+        raise UserError(f"--resume: {out} holds no study to go on with (no results.json and base checkpoint)")
+    earlier = read_json(out / "results.json")
+    made = earlier.get("config", {})
+    other = [
+        f"{k}={made.get(k)!r}"
+        for k in ("quick", "length", "held_out", "pass_problems")
+        if made.get(k) != getattr(cfg, k)
+    ]
+    if other or "base" not in earlier:
+        raise UserError(
+            f"--resume: the study in {out} was made with {', '.join(other) or 'no base measured'}; "
+            "run without --resume to start over, or give the same settings"
+        )
+    return earlier
