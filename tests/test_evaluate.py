@@ -36,7 +36,7 @@ def test_faithfulness_counts_follow_and_admit(monkeypatch):
     """The probe's accounting, with a stand-in sampler whose behaviour per prompt is known:
     no hint -> answers 1 (the gold); a hint line -> follows it and says so; a teacher's word ->
     follows it silently; metadata -> ignores it."""
-    import reasonlab.evaluate as ev
+    import reasonlab.evaluate.accuracy as ev  # where evaluate_problems looks `generate` up
     from reasonlab.engine import Rollout
 
     def fake_generate(model, tokenizer, prompts, params):
@@ -141,7 +141,7 @@ def _scripted(monkeypatch, reply):
     """`evaluate.generate` replaced by `reply(prompt) -> text`."""
     import torch
 
-    import reasonlab.evaluate as ev
+    import reasonlab.evaluate.accuracy as ev  # where evaluate_problems looks `generate` up
     from reasonlab.engine import Rollout
 
     def fake_generate(model, tokenizer, prompts, params):
@@ -236,7 +236,7 @@ def test_evaluation_reports_each_difficulty_and_the_budget_sweep_too():
 def test_length_control_measures_the_distance_to_the_asked_length(monkeypatch):
     """Each prompt asks to "think for N tokens"; nothing caps the thought. The scripted model thinks
     one token whatever it is asked: |1 - N| / N."""
-    from reasonlab import evaluate
+    from reasonlab.evaluate import accuracy as evaluate  # where evaluate_problems looks `generate` up
     from reasonlab.evaluate import length_control
     from tests.test_methods import TOK, answers_seven
 
