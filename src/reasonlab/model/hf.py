@@ -19,10 +19,10 @@ otherwise, and the trainer then builds padded rows).
 
 Declared for transformers 5.24 to 6 (pyproject: the versions CI tests); the engine's path and the
 grouped pass also run on 4.56 (``DynamicCache(config=...)``, ``from_pretrained(dtype=...)``), which
-CI does not test. 5.24
-renamed ``forward``'s ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40), so the
-adapter passes the cache under whichever name the model's ``forward`` takes, and never reads it
-back from the output (the cache is updated in place; the output's attribute was renamed too).
+CI does not test. 5.24 renamed ``forward``'s ``past_key_values`` to ``cache`` (the old name warns,
+and goes in 5.40), so the adapter passes the cache under whichever name the model's ``forward``
+takes, and never reads it back from the output (the cache is updated in place; the output's
+attribute was renamed too).
 """
 
 from __future__ import annotations
@@ -100,81 +100,84 @@ class HFCache:
             self.shared.select(index.to(self.shared.slot[0].device))
 
 
+class _ReservedLayerMethods:
+    """What `ReservedLayer` changes in transformers' `DynamicLayer` (mixed in before it by
+    `reserved_layer_class`): keys and values written into buffers reserved at the first update."""
+
+    def __init__(self, capacity: int, offset: int = 0):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+        self.offset = offset  # positions before these, kept elsewhere (`SharedPrompts`)
+        self.key_buffer = self.value_buffer = None
+
+    def lazy_initialization(self, key_states, value_states=None):  # transformers 4.56 passes the keys only
+        value_states = key_states if value_states is None else value_states
+        self.device, self.dtype = key_states.device, key_states.dtype
+        B, H, _, D = key_states.shape
+        self.key_buffer = key_states.new_empty(B, H, self.capacity, D)
+        self.value_buffer = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+        self._views()
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.key_buffer is None:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self.length + n > self.key_buffer.shape[-2]:  # past what was reserved: grow (copies once)
+            extra = max(n, self.key_buffer.shape[-2])
+            grow = lambda b: torch.cat([b, b.new_empty(*b.shape[:2], extra, b.shape[-1])], dim=-2)  # noqa: E731
+            self.key_buffer, self.value_buffer = grow(self.key_buffer), grow(self.value_buffer)
+        self.key_buffer[:, :, self.length : self.length + n] = key_states
+        self.value_buffer[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._views()
+        return self.keys, self.values
+
+    def _views(self):
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+    def get_seq_length(self, *args) -> int:
+        return self.offset + self.length
+
+    def reorder_cache(self, index):
+        if self.key_buffer is not None:
+            index = index.to(self.key_buffer.device)
+            self.key_buffer = take_rows(self.key_buffer, index, self.length)
+            self.value_buffer = take_rows(self.value_buffer, index, self.length)
+            self._views()
+
+    batch_select_indices = reorder_cache
+
+    def batch_repeat_interleave(self, repeats: int):
+        if self.key_buffer is not None:
+            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    def crop(self, tokens_to_remove: int):
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if self.key_buffer is not None and tokens_to_remove:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._views()
+
+    def reset(self):
+        self.key_buffer = self.value_buffer = self.keys = self.values = None
+        self.length, self.is_initialized = 0, False
+
+
 @functools.cache
 def reserved_layer_class():
     """`ReservedLayer`, built on first use (it subclasses a transformers class; transformers is
     imported only when an HF model is used)."""
     from transformers.cache_utils import DynamicLayer
 
-    class ReservedLayer(DynamicLayer):
+    class ReservedLayer(_ReservedLayerMethods, DynamicLayer):
         """A `DynamicLayer` (keys and values of shape (batch, heads, length, head_dim)) whose keys and
         values are views of buffers reserved for `capacity` positions at the first update: the next
         tokens are written into them (more than `capacity` falls back to growing by concatenation).
         Attention reads exactly the filled length, as with the plain layer."""
-
-        def __init__(self, capacity: int, offset: int = 0):
-            super().__init__()
-            self.capacity, self.length = capacity, 0
-            self.offset = offset  # positions before these, kept elsewhere (`SharedPrompts`)
-            self.key_buffer = self.value_buffer = None
-
-        def lazy_initialization(
-            self, key_states, value_states=None
-        ):  # transformers 4.56 passes the keys only
-            value_states = key_states if value_states is None else value_states
-            self.device, self.dtype = key_states.device, key_states.dtype
-            B, H, _, D = key_states.shape
-            self.key_buffer = key_states.new_empty(B, H, self.capacity, D)
-            self.value_buffer = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
-            self.is_initialized = True
-            self._views()
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if self.key_buffer is None:
-                self.lazy_initialization(key_states, value_states)
-            n = key_states.shape[-2]
-            if self.length + n > self.key_buffer.shape[-2]:  # past what was reserved: grow (copies once)
-                extra = max(n, self.key_buffer.shape[-2])
-                grow = lambda b: torch.cat([b, b.new_empty(*b.shape[:2], extra, b.shape[-1])], dim=-2)  # noqa: E731
-                self.key_buffer, self.value_buffer = grow(self.key_buffer), grow(self.value_buffer)
-            self.key_buffer[:, :, self.length : self.length + n] = key_states
-            self.value_buffer[:, :, self.length : self.length + n] = value_states
-            self.length += n
-            self._views()
-            return self.keys, self.values
-
-        def _views(self):
-            self.keys = self.key_buffer[:, :, : self.length]
-            self.values = self.value_buffer[:, :, : self.length]
-
-        def get_seq_length(self, *args) -> int:
-            return self.offset + self.length
-
-        def reorder_cache(self, index):
-            if self.key_buffer is not None:
-                index = index.to(self.key_buffer.device)
-                self.key_buffer = take_rows(self.key_buffer, index, self.length)
-                self.value_buffer = take_rows(self.value_buffer, index, self.length)
-                self._views()
-
-        batch_select_indices = reorder_cache
-
-        def batch_repeat_interleave(self, repeats: int):
-            if self.key_buffer is not None:
-                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-                self._views()
-
-        def crop(self, tokens_to_remove: int):
-            if tokens_to_remove > 0:
-                raise ValueError("crop takes a negative number of tokens to remove")
-            if self.key_buffer is not None and tokens_to_remove:
-                self.length = max(0, self.length + tokens_to_remove)
-                self._views()
-
-        def reset(self):
-            self.key_buffer = self.value_buffer = self.keys = self.values = None
-            self.length, self.is_initialized = 0, False
 
     return ReservedLayer
 
