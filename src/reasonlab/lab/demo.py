@@ -220,60 +220,67 @@ class BuiltinDemoRun(DemoRun):
         if self.done_before(keys, "budget_aware"):
             model = self.load("budget_aware")[0]
         else:
-            full = max(4, round(self.results["arm_method1"]["mean_think_tokens"]))
-            cfg = replace(
-                self.rl_cfg,
-                max_seconds=BUDGET_SECONDS[self.cfg.quick],
-                eval_every=0,
-                budget_share=0.5,
-                budget_min=0,
-                budget_max=full + full // 4,
-            )
-            model = copy.deepcopy(method1)
-            tick(info=f"GRPO, half the groups cut at 0-{cfg.budget_max} thinking tokens")
-            t0 = time.monotonic()
-            last = train_grpo(model, self.tok, self.task, cfg, out_dir=self.out / "grpo_budget")
-            seconds = time.monotonic() - t0
-            self.keep("budget_aware", model, cfg)
-            uncapped = evaluate_problems(model, self.tok, self.task, self.held_out, params=self.greedy)
-            budgets = sorted(
-                {0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4, 3 * full // 2}
-            )
-            self.results["budget_curve_method1"] = budget_sweep(
-                method1,
-                self.tok,
-                self.task,
-                self.held_out,
-                budgets,
-                max_new_tokens=self.greedy.max_new_tokens,
-            )
-            self.results["budget_curve"] = budget_sweep(
-                model, self.tok, self.task, self.held_out, budgets, max_new_tokens=self.greedy.max_new_tokens
-            )
-            self.results["budget_aware"] = {
-                "acc": uncapped["accuracy"],
-                "format_rate": uncapped["format_rate"],
-                "mean_think_tokens": uncapped["mean_think_tokens"],
-                "by_difficulty": uncapped.get("by_difficulty", {}),
-                "steps": last["step"],
-                "seconds": seconds,
-                "budget_share": cfg.budget_share,
-                "budget_range": [cfg.budget_min, cfg.budget_max],
-            }
-            self.results["length_control"] = length_control(
-                model,
-                self.tok,
-                self.task,
-                self.held_out[:100],
-                [full // 2, full, 3 * full // 2],
-                max_new_tokens=self.greedy.max_new_tokens,
-            )
-            self.save()
+            model = self.budget_aware(method1, tick)
         curve = self.results["budget_curve"]
         tick(
             info=" ".join(f"{c['budget']}:{c['acc']:.0%}" for c in curve)
             + f"; format after the cut ≥ {min(c['format_rate'] for c in curve):.0%}"
         )
+        return model
+
+    def budget_aware(self, method1, tick):
+        """GRPO from (a copy of) `method1`, half its groups' thinking cut at a budget drawn per group
+        (kept as checkpoints/budget_aware); then both models' accuracy at each thinking budget and
+        the new one's "think for N tokens". Returns the new model."""
+        full = max(4, round(self.results["arm_method1"]["mean_think_tokens"]))
+        cfg = replace(
+            self.rl_cfg,
+            max_seconds=BUDGET_SECONDS[self.cfg.quick],
+            eval_every=0,
+            budget_share=0.5,
+            budget_min=0,
+            budget_max=full + full // 4,
+        )
+        model = copy.deepcopy(method1)
+        tick(info=f"GRPO, half the groups cut at 0-{cfg.budget_max} thinking tokens")
+        t0 = time.monotonic()
+        last = train_grpo(model, self.tok, self.task, cfg, out_dir=self.out / "grpo_budget")
+        seconds = time.monotonic() - t0
+        self.keep("budget_aware", model, cfg)
+        uncapped = evaluate_problems(model, self.tok, self.task, self.held_out, params=self.greedy)
+        budgets = sorted(
+            {0, full // 8, full // 4, full // 2, 3 * full // 4, full, full + full // 4, 3 * full // 2}
+        )
+        self.results["budget_curve_method1"] = budget_sweep(
+            method1,
+            self.tok,
+            self.task,
+            self.held_out,
+            budgets,
+            max_new_tokens=self.greedy.max_new_tokens,
+        )
+        self.results["budget_curve"] = budget_sweep(
+            model, self.tok, self.task, self.held_out, budgets, max_new_tokens=self.greedy.max_new_tokens
+        )
+        self.results["budget_aware"] = {
+            "acc": uncapped["accuracy"],
+            "format_rate": uncapped["format_rate"],
+            "mean_think_tokens": uncapped["mean_think_tokens"],
+            "by_difficulty": uncapped.get("by_difficulty", {}),
+            "steps": last["step"],
+            "seconds": seconds,
+            "budget_share": cfg.budget_share,
+            "budget_range": [cfg.budget_min, cfg.budget_max],
+        }
+        self.results["length_control"] = length_control(
+            model,
+            self.tok,
+            self.task,
+            self.held_out[:100],
+            [full // 2, full, 3 * full // 2],
+            max_new_tokens=self.greedy.max_new_tokens,
+        )
+        self.save()
         return model
 
     def faithfulness(self, ui, base, final):
