@@ -6,7 +6,9 @@ thought, and ``message.content``, the answer, as vLLM's reasoning parsers and De
 ids, and ``echo`` with ``logprobs`` to score a prompt, as lm-evaluation-harness asks), ``GET /v1/models``,
 ``GET /health`` and ``GET /`` (a chat page). docs/serve.md has the parameters, the thinking budgets
 and measured numbers. `protocol` checks requests and shapes replies, `batcher` turns waiting
-requests into engine calls, `app` is the Starlette app and its uvicorn server.
+requests into engine calls, `intake` reads a request's body and prompts and submits its rows,
+`routes` answers the generating routes (`stream`: as server-sent events), `app` is the Starlette
+app and `server` runs it with uvicorn.
 
 Why Starlette + uvicorn, not FastAPI: every body is checked by hand here, because a refusal must be
 OpenAI's error object naming the parameter (FastAPI's pydantic models answer 422 and their own
@@ -54,9 +56,10 @@ mistake is a 400 naming the parameter, never a 500, including bodies `json.loads
 built-in tokenizer does not know (it would read them as '?').
 """
 
-from .app import ServerThread, bind, make_app, model_name_of, run_server
+from .app import make_app
 from .batcher import Batcher, Job, apply_stop
 from .protocol import EFFORT_SHARE, Limits, Row, Sampling, ServeError, parse_sampling, split_reply, usage
+from .server import ServerThread, bind, model_name_of, run_server
 
 __all__ = [
     "EFFORT_SHARE",
