@@ -14,10 +14,12 @@ from reasonlab.engine import SamplingParams, generate
 from reasonlab.model import GPTConfig, new_builtin
 from reasonlab.rl import GRPOConfig
 from reasonlab.rl.batch import build_batch
-from reasonlab.rl.types import Group
+from reasonlab.rl.types import Group, Policy
 from reasonlab.rl.update import update
+from reasonlab.run import Run
+from reasonlab.run.optim import make_optimizer
 from reasonlab.tasks import get_task
-from reasonlab.train.loop import TrainConfig, make_optimizer, tokenize_examples, train_supervised
+from reasonlab.train.loop import TrainConfig, tokenize_examples, train_supervised
 
 
 def positions(first: int, last: int) -> int:
@@ -174,7 +176,13 @@ def test_the_rl_update_counts_each_row_or_a_groups_prompt_once_when_shared(tiny_
         updates=2, beta=0.0, group_size=G, max_new_tokens=6
     )  # one forward-only pass, two trained
     with compute.track() as ledger:
-        update(model, model, None, make_optimizer(model, 1e-3), plain, cfg, 1e-3, float(plain.mask.sum()))
+        update(
+            Policy(model, model, make_optimizer(model, 1e-3)),
+            plain,
+            cfg,
+            lr=1e-3,
+            total=float(plain.mask.sum()),
+        )
     assert ledger.trained == 2 * sum(P + c for P, c in zip(P, C)) and ledger.scored == ledger.trained // 2
     assert ledger.trained_pairs == 2 * sum(positions(1, p + c) for p, c in zip(P, C))
     assert ledger.scored_pairs == ledger.trained_pairs // 2
@@ -199,13 +207,15 @@ def test_an_rl_state_saved_before_pairs_were_counted_restores():
         "seconds": 9.0,
         "compute": {"sampled": 100, "trained": 40, "scored": 0},
     }  # no *_pairs: an old state
-    ledger = compute.Ledger()
-    assert load_state(old, core, optimizer, collector, None, ledger) == (4, 9.0)
-    assert ledger == compute.Ledger(sampled=100, trained=40)
+    load_state(old, Policy(core, core, optimizer), collector)  # the trainer's part; the run's:
+    run = Run(GRPOConfig(), None, {}, cost=None, position=dict, weights=dict)
+    run.start(old, resume=True)
+    assert run.first == 4 and run.seconds() >= 9.0
+    assert run.ledger == compute.Ledger(sampled=100, trained=40)
     new = {**old, "compute": {**old["compute"], "sampled_pairs": 7, "trained_pairs": 5}}
-    again = compute.Ledger()
-    load_state(new, core, optimizer, collector, None, again)
-    assert (again.sampled_pairs, again.trained_pairs, again.scored_pairs) == (7, 5, 0)
+    again = Run(GRPOConfig(), None, {}, cost=None, position=dict, weights=dict)
+    again.start(new, resume=True)
+    assert (again.ledger.sampled_pairs, again.ledger.trained_pairs, again.ledger.scored_pairs) == (7, 5, 0)
 
 
 def test_evaluate_problems_reports_the_inference_cost_of_an_answer(tiny_gpt):

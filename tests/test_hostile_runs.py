@@ -14,8 +14,11 @@ import pytest
 from reasonlab import memory
 from reasonlab.cli import main
 from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
+from reasonlab.run import state as run_state
+from reasonlab.run.optim import OptimConfig
+from reasonlab.run.state import SaveClock, load_training_state
 from reasonlab.train import loop
-from reasonlab.train.loop import OptimConfig, SaveClock, load_training_state, tokenize_examples
+from reasonlab.train.loop import tokenize_examples
 
 TINY = GPTConfig(n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=64)
 SFT = ["--steps", "2", "--batch-size", "2", "--eval-every", "0", "--device", "cpu", "--report-to", "none"]
@@ -131,8 +134,8 @@ def test_the_state_is_saved_by_wall_time_by_default():
     assert cfg.save_every == 0 and cfg.save_minutes > 0  # a kill loses minutes, not the run
     clock, now = SaveClock(cfg), [1000.0]
     clock.last = now[0]
-    real = loop.time.monotonic
-    loop.time.monotonic = lambda: now[0]
+    real = run_state.time.monotonic
+    run_state.time.monotonic = lambda: now[0]
     try:
         now[0] += 60 * cfg.save_minutes - 1
         assert not clock.due(1)
@@ -148,7 +151,7 @@ def test_the_state_is_saved_by_wall_time_by_default():
         now[0] += 600
         assert clock.due(4)
     finally:
-        loop.time.monotonic = real
+        run_state.time.monotonic = real
     assert not SaveClock(cfg, enabled=False).due(1)
     assert SaveClock(OptimConfig(save_every=3, save_minutes=0)).due(3)
 
@@ -366,8 +369,8 @@ def test_a_full_disk_while_saving_the_state_says_so(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(loop.UserError, match="the write stopped short, as on a full disk"):
-        loop.save_training_state(tmp_path / "state", {"model": {}})
+    with pytest.raises(run_state.UserError, match="the write stopped short, as on a full disk"):
+        run_state.save_training_state(tmp_path / "state", {"model": {}})
     assert not list((tmp_path / "state").iterdir())
 
 

@@ -387,7 +387,7 @@ def test_a_fresh_run_in_a_used_folder_starts_clean(tmp_path):
     """Rerunning without --resume into a folder an earlier run left: Method 1 must not reuse that
     run's sample caches (they came from another model), GRPO's logs hold the new run only, and
     neither keeps the old training state for a later --resume to pick up."""
-    from reasonlab.train.loop import save_training_state
+    from reasonlab.run.state import save_training_state
 
     task = constant_task("7")
     out = tmp_path / "m1"
@@ -597,8 +597,8 @@ def test_method1_free_form_samples_are_read_verified_and_rewritten(tmp_path):
 
 def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, monkeypatch):
     """`style="chat"`: the generator is asked through the chat template (free form: the question
-    followed by the step-by-step instruction, no tags), the fine-tuning rows and the held-out evaluation use the template's chat
-    prompt."""
+    followed by the step-by-step instruction, no tags), the fine-tuning rows and the held-out
+    evaluation use the template's chat prompt."""
     from reasonlab.model import load_model
     from reasonlab.template import CHAT_SYSTEM, FREE_FORM_INSTRUCTION
     from reasonlab.train import rationales

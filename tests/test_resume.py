@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from reasonlab.train.loop import load_training_state, save_training_state
+from reasonlab.run.state import load_training_state, save_training_state
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -390,9 +390,10 @@ def test_rl_failing_while_it_samples_saves_the_state_and_resumes_as_if_never_sto
     )
     monkeypatch.setattr(collect, "generate", real)
     assert main([*rl, "--out", str(tmp_path / "b"), "--resume"]) == 0
-    rows = lambda run: [
-        json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-    ]  # noqa: E731
+
+    def rows(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
     keys = ("step", "loss", "grad_norm", "reward/sampled_mean", "completions/mean_length")
     assert [[r[k] for k in keys] for r in rows("b")] == [[r[k] for k in keys] for r in rows("a")]  # bitwise
 
@@ -520,12 +521,11 @@ def test_elapsed_seconds_carry_across_a_resume(tmp_path):
 
 
 def test_a_kill_right_after_the_state_is_written_loses_no_log_row(tmp_path, monkeypatch):
-    import reasonlab.rl.trainer as grpo
-    import reasonlab.train.loop as loop
+    import reasonlab.run.lifecycle as lifecycle
     from reasonlab.cli import main
     from reasonlab.model import GPTConfig, new_builtin, save_checkpoint
 
-    data, real = tmp_path / "d.jsonl", loop.save_training_state
+    data, real = tmp_path / "d.jsonl", lifecycle.save_training_state
     write_data(data)
 
     def killed_after(step):
@@ -550,10 +550,10 @@ def test_a_kill_right_after_the_state_is_written_loses_no_log_row(tmp_path, monk
         "--eval-data",
         str(data),
     ]
-    monkeypatch.setattr(loop, "save_training_state", killed_after(2))
+    monkeypatch.setattr(lifecycle, "save_training_state", killed_after(2))
     with pytest.raises(Killed):
         main(cmd)
-    monkeypatch.setattr(loop, "save_training_state", real)
+    monkeypatch.setattr(lifecycle, "save_training_state", real)
     assert main([*cmd, "--resume"]) == 0
     rows = sft_rows(tmp_path / "a")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval_loss" in rows[
@@ -586,10 +586,10 @@ def test_a_kill_right_after_the_state_is_written_loses_no_log_row(tmp_path, monk
         "--out",
         str(tmp_path / "rl"),
     ]
-    monkeypatch.setattr(grpo, "save_training_state", killed_after(2))
+    monkeypatch.setattr(lifecycle, "save_training_state", killed_after(2))
     with pytest.raises(Killed):
         main(rl)
-    monkeypatch.setattr(grpo, "save_training_state", real)
+    monkeypatch.setattr(lifecycle, "save_training_state", real)
     assert main([*rl, "--resume"]) == 0
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()

@@ -1,5 +1,5 @@
-"""GRPO's math (`reasonlab.rl.algos`, `batch`, `update`): advantages, aggregation, the clipped loss, k3 KL, masks, and the gradient invariance
-of accumulation. Run: pytest tests/test_rl_algos.py"""
+"""GRPO's math (`reasonlab.rl.algos`, `batch`, `update`): advantages, aggregation, the clipped
+loss, k3 KL, masks, and the gradient invariance of accumulation. Run: pytest tests/test_rl_algos.py"""
 
 import math
 

@@ -9,13 +9,13 @@ import torch
 
 from reasonlab.errors import UserError
 from reasonlab.outdir import RunFolder
+from reasonlab.run.optim import lr_at
 from reasonlab.train.loop import (
     IGNORE,
     BatchStream,
     TrainConfig,
     collate,
     collate_packed,
-    lr_at,
     pack,
     tokenize_examples,
     train_supervised,

@@ -37,11 +37,12 @@ from ..jsonl import read_log
 from ..model import load_model
 from ..outdir import RunFolder
 from ..rl import GRPOConfig, train_grpo
+from ..run.state import task_setting
 from ..runtime import resolve_device
 from ..tasks import get_task
 from ..tasks.hints import wrong_answer
 from ..template import build_prompt
-from ..train.loop import TrainConfig, task_setting, tokenize_examples, train_supervised
+from ..train.loop import TrainConfig, tokenize_examples, train_supervised
 from ..train.rationales import RationalesConfig, run_rationales
 from .demo_run import DemoRun
 from .settings import DemoConfig

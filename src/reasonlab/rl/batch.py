@@ -1,4 +1,6 @@
-"""Groups -> one training batch: token ids, the loss mask, advantages; and its micro-batches.
+"""Groups -> one training batch: token ids, the loss mask, advantages (`build_batch`); what a step
+trains on (`batch_for_update`: the batch, its groups and the loss's global normaliser); and the
+batch's micro-batches.
 
 Two layouts of the same rows, giving the same loss and gradient (tested): plain (N, T) sequences
 (prompt + completion, right-padded), and a `GroupedBatch` that holds each group's prompt once
@@ -15,8 +17,10 @@ import torch
 from .. import compute
 from ..engine import Rollout
 from ..model.grouped import GroupedBatch
+from ..runtime import all_gather_list, all_reduce_sum, any_rank
 from .algos import group_advantages
-from .types import Batch, Group
+from .config import GRPOConfig
+from .types import Batch, Group, StepBatch
 
 
 def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
@@ -123,6 +127,38 @@ def build_batch(
         dtype=torch.long,
     )
     return Batch(inputs, mask, advantages, lengths, think, lengths + counted, pairs)
+
+
+def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: bool) -> StepBatch | None:
+    """What the update trains on (a collective call): the groups' batch, in the shared-prompt layout
+    when `shared`, and the loss's normaliser over every group kept on every rank. With β = 0 the
+    flat groups (advantage 0: no gradient) stay out of the batch but in the normaliser, the same
+    update for less work (`skip_flat_groups`). None when some rank kept no group: no update."""
+    if any_rank(not groups):
+        return None
+    kept = all_gather_list(torch.cat([g.rewards for g in groups]).tolist())
+    batch_std = float(torch.tensor(kept).std()) if cfg.advantage == "batch" else None
+
+    def batch_of(chosen: list[Group]) -> Batch:
+        return build_batch(
+            chosen,
+            cfg.group_size,
+            pad_id,
+            advantage=cfg.advantage,
+            batch_std=batch_std,
+            shared=shared,
+            mask_truncated=cfg.mask_truncated,
+        )
+
+    batch = batch_of(groups)
+    rows_or_tokens = float(batch.mask.sum()) if cfg.loss_agg == "token_mean" else len(batch)
+    total = all_reduce_sum(rows_or_tokens)
+    trained = groups
+    if cfg.skip_flat_groups and cfg.beta == 0:  # one group kept at least: every rank runs the update
+        trained = [g for g in groups if not g.flat] or groups[:1]
+        if len(trained) < len(groups):
+            batch = batch_of(trained)
+    return StepBatch(batch, trained, total, kept)
 
 
 def micro_batches(n: int, size: int, group: int = 1) -> list[slice]:

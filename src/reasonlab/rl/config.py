@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from ..config import FRACTION, MAX_PROBLEMS, MAX_ROWS, check_options
 from ..errors import UserError
+from ..run.optim import OptimConfig, default_of
 from ..runtime import RuntimeOptions
 from ..template import PROMPT_STYLES
-from ..train.loop import OptimConfig, default_of
 from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
 
 
@@ -29,9 +29,10 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     group_size: int = field(
         default=8, metadata={"help": "G: completions per problem (>= 2)", "min": 2, "max": 1024}
     )
-    # At least 1e-3: below it sampling is greedy for all practical purposes (a logit 0.02 below the top is drawn
-    # e^-20 as often; `engine.temper`), so a group's G samples are one completion with equal rewards (no advantage,
-    # nothing to learn), and the log-probs of logits / T scale gradients by 1 / T: inf, NaN losses, at 1e-40.
+    # At least 1e-3: below it sampling is greedy for all practical purposes (a logit 0.02 below the top
+    # is drawn e^-20 as often; `engine.temper`), so a group's G samples are one completion with equal
+    # rewards (no advantage, nothing to learn), and the log-probs of logits / T scale gradients by 1 / T:
+    # inf, NaN losses, at 1e-40.
     temperature: float = field(
         default=1.0, metadata={"help": "sampling temperature (>= 1e-3: lower is greedy)", "min": 1e-3}
     )
@@ -83,7 +84,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     oversample: float = field(
         default=1.25,
         metadata={
-            "help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still missing, divided by the last step's share of groups with a reward spread",
+            "help": "dynamic sampling: problems drawn per attempt, as a multiple of the groups still "
+            "missing, divided by the last step's share of groups with a reward spread",
             "min": 1,
         },
     )
@@ -92,8 +94,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     length_target: int = field(
         default=0,
         metadata={
-            "help": 'length control (L1): ask each prompt to "think for N tokens" and reward -alpha |n - N|; N is this, '
-            "or drawn per problem from it to --length-target-max (0 = off)",
+            "help": 'length control (L1): ask each prompt to "think for N tokens" and reward -alpha |n - N|; '
+            "N is this, or drawn per problem from it to --length-target-max (0 = off)",
             "min": 0,
             "max": 10**6,
         },
@@ -112,8 +114,9 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     budget_share: float = field(
         default=0.0,
         metadata={
-            "help": "budget-aware RL: share of groups whose thinking is cut at a budget drawn from --budget-min.."
-            "--budget-max (the close and <answer> forced, out of the loss; the answer after it rewarded)",
+            "help": "budget-aware RL: share of groups whose thinking is cut at a budget drawn from "
+            "--budget-min..--budget-max (the close and <answer> forced, out of the loss; the answer after "
+            "it rewarded)",
             **FRACTION,
         },
     )
@@ -133,7 +136,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     micro_batch_size: int = field(
         default=0,
         metadata={
-            "help": "rows per forward/backward (gradients accumulate to the same update; 0 = the whole batch)",
+            "help": "rows per forward/backward (gradients accumulate to the same update; "
+            "0 = the whole batch)",
             "min": 0,
             "max": MAX_ROWS,
         },
@@ -141,8 +145,9 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     shared_prompts: bool = field(
         default=True,
         metadata={
-            "help": "compute each group's prompt once (same loss, fewer FLOPs): the built-in model packs the completions, "
-            "Llama/Mistral/Qwen2/Qwen3 HF models run them on the prompt's KV cache; other models use padded rows"
+            "help": "compute each group's prompt once (same loss, fewer FLOPs): the built-in model packs the "
+            "completions, Llama/Mistral/Qwen2/Qwen3 HF models run them on the prompt's KV cache; other "
+            "models use padded rows"
         },
     )
     rollout_engine: str = field(
@@ -158,8 +163,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     max_flops: float = field(
         default=0.0,
         metadata={
-            "help": "stop once the run's sampling and updates have cost this many FLOPs (2N a sampled token, 6N a "
-            "trained one, plus attention: `compute`; 0 = no limit)",
+            "help": "stop once the run's sampling and updates have cost this many FLOPs (2N a sampled token, "
+            "6N a trained one, plus attention: `compute`; 0 = no limit)",
             "min": 0,
         },
     )
@@ -169,8 +174,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     log_completions: int = field(
         default=2,
         metadata={
-            "help": "completions a step written to samples.jsonl, whole groups first, with their prompt, reward parts "
-            "and verdict",
+            "help": "completions a step written to samples.jsonl, whole groups first, with their prompt, "
+            "reward parts and verdict",
             "min": 0,
             "max": 1024,
         },
@@ -178,8 +183,8 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     no_format_patience: int = field(
         default=5,
         metadata={
-            "help": "stop when no completion drawn in the first N steps is well-formed (every reward 0: nothing "
-            "to learn from); 0 = never stop",
+            "help": "stop when no completion drawn in the first N steps is well-formed (every reward 0: "
+            "nothing to learn from); 0 = never stop",
             "min": 0,
             "max": 10**9,
         },

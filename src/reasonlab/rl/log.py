@@ -1,10 +1,9 @@
-"""What a GRPO run writes and reports: its folder's logs, and each step's metrics.
-
-The folder (rank 0 only) is a `RunFolder`: ``run.json`` (the command and its settings),
-``metrics.jsonl`` (one row a step: metrics first, then the state, so a resumed run finds its row;
-the same rows go to the folder's trackers, `trackers`),
-``samples.jsonl`` (`log_completions` completions a step: prompt, completion, reward parts, verdict),
-``state/`` (resumable states) and, from the CLI, ``model/``.
+"""What a GRPO step reports: its metrics row (`step_metrics`), its sample completions
+(`sample_rows`) and TRL's names for our metrics (`trl_names`). `run.Run` writes them (rank 0 only)
+to the run's `RunFolder`: ``run.json`` (the command and its settings), ``metrics.jsonl`` (one row
+a step: metrics first, then the state, so a resumed run finds its row; the same rows go to the
+folder's trackers, `trackers`), ``samples.jsonl`` (`log_completions` completions a step: prompt,
+completion, reward parts, verdict), ``state/`` (resumable states) and, from the CLI, ``model/``.
 
 Metrics: ``reward/*`` (over every row drawn, and over the groups trained on), ``frac_reward_zero_std``,
 ``completions/*``, ``sampling/*``, ``verify/*`` (answers the verifier could not judge), ``eval/*``
@@ -16,17 +15,14 @@ another name, each row carries TRL's name too (`trl_names`; the table is in docs
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 
-from ..jsonl import logged_step
-from ..outdir import RunFolder
 from ..rewards import Scores
+from ..run.lifecycle import NON_FINITE
 from ..runtime import all_gather_list, all_reduce_sum
 from ..tasks.base import VERIFY_EVENTS
-from ..train.loop import discard_training_state
-from .types import Collected, Group, Update
+from .config import GRPOConfig
+from .types import Collected, Group, Sampled, StepBatch, Update
 
 # Our name -> TRL GRPOTrainer's, for the same quantity (over the same rows: `reward` is TRL's mean over
 # every completion generated, so our `reward/sampled_mean`, not `reward/mean` over the groups trained on).
@@ -55,84 +51,45 @@ def trl_names(row: dict) -> dict:
     return out
 
 
-class RunLog:
-    """Where a run's rows go: the folder's logs and trackers (when it has one: `RunFolder.log`),
-    `log` and `progress`. As a context manager it closes the folder's trackers at the end."""
+FLAT = "every group had equal rewards"  # a step with nothing to train on says so
 
-    def __init__(self, folder: RunFolder | None, log=None, progress=None):
-        self.folder, self.log, self.progress = folder, log, progress
-        self.config: dict = {}  # the run's settings (`start`): the reward's points, log_completions
 
-    def start(self, config: dict, first: int, resume: bool) -> dict:
-        """Mark the folder with the settings; the logs keep only this run (a fresh start empties
-        them and drops an earlier run's states, a resumed one drops what came after its state).
-        Returns the metrics logged at the step resumed from ({} for a fresh run)."""
-        self.config = config
-        if self.folder is None:
-            return {}
-        self.folder.start(config)
-        self.folder.restart_logs(first or None)
-        if not resume:
-            discard_training_state(self.folder.state)
-            return {}
-        metrics = logged_step(self.folder.metrics, first) if first else {}
-        if self.progress and metrics:
-            self.progress(metrics)
-        return metrics
+def sample_rows(step: int, collected: Collected, tokenizer, cfg: GRPOConfig) -> list[dict]:
+    """The first `log_completions` completions of the step's groups (whole groups first, this
+    rank's: rank 0's under torchrun), for samples.jsonl: prompt, completion, reward parts, verdict."""
+    n, G = cfg.log_completions, cfg.group_size
+    rows = []
+    for k, (group, scores) in enumerate(group_scores(collected, G)):
+        if len(rows) == n:
+            break
+        for i in range(group.index * G, (group.index + 1) * G)[: n - len(rows)]:
+            rows.append(
+                {
+                    "step": step,
+                    "group": k,
+                    "prompt": tokenizer.decode(group.rollout.prompt_ids[i]),
+                    "completion": group.rollout.texts[i],
+                    **verdict(scores, i, cfg),
+                }
+            )
+    return rows
 
-    def __enter__(self) -> RunLog:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        if self.folder:
-            self.folder.close()
-
-    def emit(self, row: dict) -> None:
-        """Log `row`, TRL's names added to it in place (`trl_names`: the caller's copy has them too)."""
-        row.update(trl_names(row))
-        if self.folder:
-            self.folder.log(row)
-        for sink in (self.log, self.progress):
-            if sink:
-                sink(row)
-
-    def samples(self, step: int, collected: Collected, tokenizer) -> None:
-        """The first `log_completions` completions of the step's groups (whole groups first, this
-        rank's: rank 0's under torchrun) to samples.jsonl, with their prompt, reward parts and verdict."""
-        n, G = self.config.get("log_completions", 2), self.config["group_size"]
-        if not self.folder or not n:
-            return
-        rows = []
-        for k, (group, scores) in enumerate(group_scores(collected, G)):
-            if len(rows) == n:
-                break
-            for i in range(group.index * G, (group.index + 1) * G)[: n - len(rows)]:
-                rows.append(
-                    {
-                        "step": step,
-                        "group": k,
-                        "prompt": tokenizer.decode(group.rollout.prompt_ids[i]),
-                        "completion": group.rollout.texts[i],
-                        **self.verdict(scores, i),
-                    }
-                )
-        self.folder.append(self.folder.samples, rows)
-
-    def verdict(self, scores: Scores, i: int) -> dict:
-        """Row `i`'s reward in parts (format and correct points, each other part by name, the total),
-        its verdict (correct, wrong or broken format) and format_ok."""
-        ok, correct = scores.format_ok[i], scores.correct[i]
-        parts = {
-            "format": self.config["format_points"] if ok else 0.0,  # the "reasoning" part, split
-            "correct": self.config["correct_points"] if correct else 0.0,
-            **{name: values[i] for name, values in scores.parts.items() if name != "reasoning"},
-            "total": scores.total[i],
-        }
-        return {
-            "reward": parts,
-            "verdict": ("correct" if correct else "wrong") if ok else "broken format",
-            "format_ok": ok,
-        }
+def verdict(scores: Scores, i: int, cfg: GRPOConfig) -> dict:
+    """Row `i`'s reward in parts (format and correct points, each other part by name, the total),
+    its verdict (correct, wrong or broken format) and format_ok."""
+    ok, correct = scores.format_ok[i], scores.correct[i]
+    parts = {
+        "format": cfg.format_points if ok else 0.0,  # the "reasoning" part, split
+        "correct": cfg.correct_points if correct else 0.0,
+        **{name: values[i] for name, values in scores.parts.items() if name != "reasoning"},
+        "total": scores.total[i],
+    }
+    return {
+        "reward": parts,
+        "verdict": ("correct" if correct else "wrong") if ok else "broken format",
+        "format_ok": ok,
+    }
 
 
 def group_scores(collected: Collected, G: int) -> list[tuple[Group, Scores]]:
@@ -165,49 +122,59 @@ def group_scores(collected: Collected, G: int) -> list[tuple[Group, Scores]]:
 
 def step_metrics(
     step: int,
-    lr: float,
-    collected: Collected,
-    drawn: Scores,
-    kept: list[float],
-    trained: list[Group],
-    result: Update,
-    verify_before: Counter,
+    sampled: Sampled,
+    batch: StepBatch | None,
+    result: Update | None,
     task,
-    seconds: dict,
+    seconds: float,
+    flops: float,
 ) -> dict:
-    """One step's row (a collective call under torchrun: every rank gathers the same things)."""
-    G = len(trained[0].rewards)
+    """One step's row (a collective call under torchrun: every rank gathers the same things); with
+    no `batch` (every group flat on some rank: nothing trained), the rewards drawn and that it was
+    skipped."""
+    if batch is None:
+        return {"step": step, "skipped": FLAT, **sampled.drawn.log(), "compute/flops": flops}
+    collected, drawn, G = sampled.collected, sampled.drawn, len(batch.trained[0].rewards)
     flat = collected.flat_everywhere
-    reward_all = torch.tensor(kept)
+    reward_all = torch.tensor(batch.kept)
     row = {
         "step": step,
         "loss": result.loss,
-        "lr": lr,
+        "lr": result.lr,
         "grad_norm": result.grad_norm,
         "reward/mean": float(reward_all.mean()),
         "reward/std": float(reward_all.std()),  # the groups trained on
         **drawn.log(),  # over every row drawn (before dynamic sampling)
         "frac_reward_zero_std": sum(flat) / max(len(flat), 1),
         "sampling/groups_drawn": len(flat),
-        "sampling/groups_kept": len(kept) // G,
-        "sampling/groups_trained": int(all_reduce_sum(len(trained))),
+        "sampling/groups_kept": len(batch.kept) // G,
+        "sampling/groups_trained": int(all_reduce_sum(len(batch.trained))),
         # answers scored wrong because the verifier could not judge them (never in silence)
-        **{f"verify/{k}": int(all_reduce_sum(task.counts[k] - verify_before[k])) for k in VERIFY_EVENTS},
+        **{
+            f"verify/{k}": int(all_reduce_sum(task.counts[k] - sampled.verify_before[k]))
+            for k in VERIFY_EVENTS
+        },
         **completion_stats(collected.groups, G),  # every group kept, trained on or skipped as flat
         **result.stats,
+        **budget_stats(collected, drawn),
     }
-    cut = all_gather_list(collected.cut)  # in the order of `drawn`'s rows
-    if any(cut):  # budget-aware RL: how the rows cut at their budget answered after the forced close
-        row.update(
-            {
-                "budget/cut_share": sum(cut) / len(cut),
-                "budget/format_rate": sum(f for f, c in zip(drawn.format_ok, cut) if c) / sum(cut),
-                "budget/accuracy": sum(a for a, c in zip(drawn.correct, cut) if c) / sum(cut),
-            }
-        )
     if result.skipped:
-        row["skipped"] = "non-finite loss or gradient"
-    return {**row, **seconds}
+        row["skipped"] = NON_FINITE
+    timing = {"time/generate_s": collected.seconds, "time/train_s": result.seconds, "seconds": seconds}
+    return {**row, **timing, "compute/flops": flops}
+
+
+def budget_stats(collected: Collected, drawn: Scores) -> dict:
+    """Budget-aware RL: how the rows cut at their budget answered after the forced close (a
+    collective call; nothing when no row was cut)."""
+    cut = all_gather_list(collected.cut)  # in the order of `drawn`'s rows
+    if not any(cut):
+        return {}
+    return {
+        "budget/cut_share": sum(cut) / len(cut),
+        "budget/format_rate": sum(f for f, c in zip(drawn.format_ok, cut) if c) / sum(cut),
+        "budget/accuracy": sum(a for a, c in zip(drawn.correct, cut) if c) / sum(cut),
+    }
 
 
 def completion_stats(groups: list[Group], G: int) -> dict:

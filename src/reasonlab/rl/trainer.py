@@ -19,8 +19,8 @@ can be masked out (`mask_truncated`); groups whose rewards are all equal can be 
 (`dynamic_sampling`, DAPO); length control (L1, Aggarwal & Welleck 2025) asks each prompt to
 "think for N tokens" (N fixed or drawn per group) and adds the length-target reward; budget-aware
 RL (Elastic Reasoning, Xu et al. 2025) cuts the thinking of a share of groups at a budget drawn per
-group, forces the close and ``<answer>``, and rewards the answer the model then writes. The learning rate warms up linearly, then stays constant or decays
-by cosine or linearly over `steps`.
+group, forces the close and ``<answer>``, and rewards the answer the model then writes. The
+learning rate warms up linearly, then stays constant or decays by cosine or linearly over `steps`.
 
 Cost, not math: the training pass computes each group's prompt once and packs the completions
 (`shared_prompts`: the built-in model, and Hugging Face Llama/Mistral/Qwen2/Qwen3 models through
@@ -29,14 +29,17 @@ advantage 0 on every token, adds nothing to the gradient, and skips the forward 
 (`skip_flat_groups`) while its tokens still count in the normaliser: the same update (tested).
 
 A step, top to bottom (`train_grpo`): collect groups (`collect`) -> build the batch (`batch`) ->
-update (`update`) -> log (`log`). Under torchrun each rank does its P/W share of each; the losses
-are normalised by global counts and DDP/FSDP2 average the gradients, so W ranks compute the
-single-process update. Save the result with `parallel.plain_model(model)`.
+update (`update`) -> its row (`log`) -> end the step (`run.Run.end_step`: budgets, evaluation,
+logging, saving, stopping; resume and failure saves are the run's too, as for supervised training).
+Under torchrun each rank does its P/W share of each; the losses are normalised by global counts and
+DDP/FSDP2 average the gradients, so W ranks compute the single-process update. Save the result
+with `runtime.plain_model(model)`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -48,35 +51,17 @@ from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..outdir import RunFolder
-from ..runtime import (
-    all_gather_list,
-    all_reduce_sum,
-    any_rank,
-    broadcast_flag,
-    gathered,
-    prepare,
-    rank_device,
-    refuse_fsdp_states,
-    unwrap,
-    world,
-)
+from ..run import Run
+from ..run.optim import lr_at, make_optimizer
+from ..run.state import task_setting
+from ..runtime import all_reduce_sum, gathered, prepare, rank_device, refuse_fsdp_states, unwrap, world
 from ..tasks import Task
 from ..tasks.base import problems_for
-from ..train.loop import (
-    SaveClock,
-    failed_run,
-    lr_at,
-    make_optimizer,
-    resumable_state,
-    save_training_state,
-    stop_if_diverged,
-    task_setting,
-)
-from .batch import build_batch
+from .batch import batch_for_update
 from .collect import Collector, ProblemStream
 from .config import GRPOConfig
-from .log import RunLog, step_metrics
-from .types import Group
+from .log import sample_rows, step_metrics, trl_names
+from .types import Policy, Sampled, StepBatch, Update
 from .update import update
 
 
@@ -99,136 +84,144 @@ def train_grpo(
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
     at that step's start. Each row carries ``compute/flops``, what the run's sampling and updates
     have cost so far (`compute`); `cfg.max_flops` stops the run there."""
-    rank, size = world()
+    size = world()[1]
     if cfg.prompts_per_step % size:
         raise UserError(f"prompts_per_step {cfg.prompts_per_step} must divide by the {size} processes")
     refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     torch.manual_seed(cfg.seed)
-    if held_out is None:  # the problems evaluated every `eval_every` steps (a study passes its own)
-        held_out = (
-            problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
-            if cfg.eval_every
-            else []
-        )
-    held_out = held_out if cfg.eval_every else []
+    held_out = held_out_problems(task, cfg, held_out)
     check_memory(model, cfg, size)
-    ref_model = reference_model(model, cfg)
-    vllm = start_vllm(model, tokenizer, cfg)  # from the plain model, before adapters or sharding
-    train_model = prepare(model, cfg)
-    core = unwrap(train_model)
-    optimizer = make_optimizer(train_model, cfg.lr)
+    policy, vllm = make_policy(model, tokenizer, cfg)
     collector = Collector(task, tokenizer, cfg, ProblemStream(task, cfg.seed))
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rl") if out_dir else None
-    state_dir = folder.state if folder else None
-    config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
-    first, elapsed, ledger, cost = 0, 0.0, compute.Ledger(), compute.model_cost(core)
-    if resume and state_dir and (state := resumable_state(state_dir, config)) is not None:
-        first, elapsed = load_state(state, core, optimizer, collector, ref_model, ledger)
+    run = start_run(policy, collector, task, cfg, folder, resume, log, progress)
     if vllm is not None:
-        collector.sample = vllm_sampler(vllm, first)
-    run = RunLog(folder if rank == 0 else None, log if rank == 0 else None, progress if rank == 0 else None)
-    metrics = run.start(config, first, resume)
-    start = time.monotonic() - elapsed  # elapsed time (and so --max-seconds) counts on across a resume
-
-    def evaluate():
-        with gathered(train_model) as full:
-            return sharded_evaluate(full, tokenizer, task, held_out, cfg)
-
-    def save(at: dict) -> None:
-        if rank == 0 and state_dir:
-            save_training_state(
-                state_dir,
-                {
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "config": config,
-                    **at,
-                    "reference": ref_model.state_dict() if ref_model else None,
-                },
+        collector.sample = vllm_sampler(vllm, run.first)
+    evaluate = (
+        functools.partial(evaluate_policy, policy, tokenizer, task, held_out, cfg) if held_out else None
+    )
+    shared = cfg.shared_prompts and getattr(policy.core, "shares_prompts", False)
+    # the run's sampling and updates are counted (evaluations are not); the trackers closed at the end
+    with run, compute.track(run.ledger):
+        if evaluate and run.first == 0:  # the starting point, on the curve
+            run.show({"step": 0, **evaluate(), "seconds": 0.0})
+        for step in range(run.first, cfg.steps):
+            run.mark(step)  # sampling leaves the weights as they are: a failure in it saves this point
+            with run.saving_on_failure():
+                sampled = collect(collector, policy.model, task, step)
+            batch = batch_for_update(sampled.collected.groups, cfg, tokenizer.pad_id, shared)
+            result = train_on(policy, batch, cfg, lr_at(step, cfg)) if batch else None
+            if result:
+                run.updated(step + 1, finite=not result.skipped)
+            metrics = step_metrics(step + 1, sampled, batch, result, task, run.seconds(), run.flops())
+            samples = functools.partial(sample_rows, step + 1, sampled.collected, tokenizer, cfg)
+            stop = run.end_step(
+                step + 1, metrics, evaluate, samples if cfg.log_completions else None, trained=bool(batch)
             )
-
-    clock = SaveClock(
-        cfg, enabled=state_dir is not None and not cfg.fsdp
-    )  # every --save-every steps / minutes
-    bad_in_a_row, G, shared = 0, cfg.group_size, cfg.shared_prompts and getattr(core, "shares_prompts", False)
-    # what this run's sampling and updates cost (evaluations are not counted); the trackers closed at the end
-    with run, compute.track(ledger):
-        if held_out and first == 0:  # the starting point, on the curve
-            metrics = {"step": 0, **evaluate(), "seconds": 0.0}
-            run.emit(metrics)
-        device = next(core.parameters()).device
-        for step in range(first, cfg.steps):
-            good = boundary(
-                collector, step, time.monotonic() - start, ledger
-            )  # what a failure before the update saves
-            try:
-                train_model.eval()
-                verify_before = Counter(task.counts)
-                collected = collector.collect(train_model, step)  # sample and score the groups
-                drawn = collector.drawn(collected)
-            except (Exception, KeyboardInterrupt) as e:
-                stop = failed_run(
-                    e,
-                    (lambda: save(good)) if state_dir and rank == 0 and not cfg.fsdp else None,
-                    state_dir,
-                    step,
-                )
-                if stop is e:
-                    raise
-                raise stop from e
-            if any_rank(not collected.groups):
-                metrics = {
-                    "step": step + 1,
-                    "skipped": "every group had equal rewards",
-                    **drawn.log(),
-                    "compute/flops": all_reduce_sum(ledger.flops(cost)),
-                }
-                run.emit(metrics)
-                collector.format_watch.check()
-                if cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops:
-                    break
-                continue
-            batch, trained, total, kept = batch_for_update(collected.groups, cfg, tokenizer.pad_id, shared)
-            t1, lr = time.monotonic(), lr_at(step, cfg)
-            train_model.train()
-            result = update(
-                train_model, core, ref_model, optimizer, batch.to(device), cfg, lr, total, G if shared else 1
-            )
-            train_model.eval()
-            bad_in_a_row = bad_in_a_row + 1 if result.skipped else 0
-            metrics = step_metrics(
-                step + 1,
-                lr,
-                collected,
-                drawn,
-                kept,
-                trained,
-                result,
-                verify_before,
-                task,
-                {
-                    "time/generate_s": collected.seconds,
-                    "time/train_s": time.monotonic() - t1,
-                    "seconds": time.monotonic() - start,
-                    "compute/flops": all_reduce_sum(ledger.flops(cost)),
-                },
-            )
-            last = broadcast_flag(
-                step == cfg.steps - 1
-                or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
-                or bool(cfg.max_flops and metrics["compute/flops"] >= cfg.max_flops)
-            )
-            if held_out and ((step + 1) % cfg.eval_every == 0 or last):
-                metrics.update(evaluate())
-            run.samples(step + 1, collected, tokenizer)  # cfg.log_completions rows
-            run.emit(metrics)  # before the state: a run resumed from it finds this step's row
-            if clock.due(step + 1):
-                clock.save(lambda: save(boundary(collector, step + 1, metrics["seconds"], ledger)))
-            stop_if_diverged(bad_in_a_row, step + 1)  # after the log row: the 5th skipped step is logged too
             collector.format_watch.check()  # after the row too: a model that never writes the template
-            if last:
+            if stop:
                 break
-        return metrics
+    return run.metrics
+
+
+def collect(collector: Collector, model, task: Task, step: int) -> Sampled:
+    """Sample and score the step's groups (every rank: a collective call)."""
+    model.eval()
+    verify_before = Counter(task.counts)
+    collected = collector.collect(model, step)
+    return Sampled(collected, collector.drawn(collected), verify_before)
+
+
+def train_on(policy: Policy, batch: StepBatch, cfg: GRPOConfig, lr: float) -> Update:
+    """The update on the step's batch, the model in training mode for it and back in eval mode
+    (sampling's) after; `Update.seconds` its wall time."""
+    began = time.monotonic()
+    device = next(policy.core.parameters()).device
+    policy.model.train()
+    result = update(policy, batch.batch.to(device), cfg, lr=lr, total=batch.total)
+    policy.model.eval()
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def held_out_problems(task: Task, cfg: GRPOConfig, given) -> list:
+    """The problems evaluated every `eval_every` steps: `given` (a study passes its own) or the
+    task's test problems; none when the run never evaluates."""
+    if not cfg.eval_every:
+        return []
+    if given is not None:
+        return given
+    return problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
+
+
+def make_policy(model, tokenizer, cfg: GRPOConfig) -> tuple[Policy, object]:
+    """The model prepared for training (LoRA, DDP/FSDP2), its optimiser and the frozen reference;
+    and the vLLM engine when it samples there (started from the plain model, before adapters or
+    sharding)."""
+    reference = reference_model(model, cfg)
+    vllm = start_vllm(model, tokenizer, cfg)
+    train_model = prepare(model, cfg)
+    return Policy(train_model, unwrap(train_model), make_optimizer(train_model, cfg.lr), reference), vllm
+
+
+def start_run(
+    policy: Policy, collector: Collector, task, cfg: GRPOConfig, folder, resume, log, progress
+) -> Run:
+    """The run's lifecycle (`run.Run`): rank 0 logs, with TRL's names; the state holds the weights,
+    optimiser, reference and where the collector stands. Resumed from the saved state when
+    `resume`; the folder marked with the run's settings."""
+    config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
+    run = Run(
+        cfg,
+        folder,
+        config,
+        cost=compute.model_cost(policy.core),
+        position=lambda: collector_position(collector),
+        weights=lambda: {
+            "model": policy.core.state_dict(),
+            "optimizer": policy.optimizer.state_dict(),
+            "reference": policy.reference.state_dict() if policy.reference else None,
+        },
+        keeps_state=not cfg.fsdp,
+        aliases=trl_names,
+        log=log,
+        progress=progress,
+    )
+    state = run.resume() if resume else None
+    if state:
+        load_state(state, policy, collector)
+    if folder and run.rank == 0:
+        folder.start(config)
+    run.start(state, resume)
+    return run
+
+
+def collector_position(collector: Collector) -> dict:
+    """Where the collector stands at a step boundary (copied: the stream reshuffles its list in
+    place): the problem stream, dynamic sampling's keep rate, the format watch."""
+    stream = collector.stream.state()
+    return {
+        "stream": {**stream, "problems": list(stream["problems"])},
+        "keep_rate": collector.keep_rate,
+        "format_watch": collector.format_watch.state(),
+    }
+
+
+def load_state(state: dict, policy: Policy, collector: Collector) -> None:
+    """Restore the trainer's part of a saved state (the run restores its step, clock and compute)."""
+    policy.core.load_state_dict(state["model"])
+    policy.optimizer.load_state_dict(state["optimizer"])
+    collector.stream.load_state(state["stream"])
+    collector.keep_rate = state.get("keep_rate", 1.0)
+    collector.format_watch.load(state.get("format_watch"))
+    if policy.reference is not None:
+        policy.reference.load_state_dict(state["reference"])
+
+
+def evaluate_policy(policy: Policy, tokenizer, task: Task, held_out: list, cfg: GRPOConfig) -> dict:
+    """Held-out greedy accuracy of the whole model (FSDP2 gathers it; `sharded_evaluate`)."""
+    with gathered(policy.model) as full:
+        return sharded_evaluate(full, tokenizer, task, held_out, cfg)
 
 
 def check_memory(model, cfg: GRPOConfig, size: int) -> None:
@@ -242,71 +235,6 @@ def check_memory(model, cfg: GRPOConfig, size: int) -> None:
         "--max-new-tokens",
         next(model.parameters()).device,
     )
-
-
-def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: bool):
-    """The batch the update trains on, the groups in it, the loss's global normaliser (tokens or
-    rows of *every* group kept, on every rank) and the kept rewards of every rank."""
-    kept = all_gather_list(torch.cat([g.rewards for g in groups]).tolist())
-    batch_std = float(torch.tensor(kept).std()) if cfg.advantage == "batch" else None
-    batch = build_batch(
-        groups,
-        cfg.group_size,
-        pad_id,
-        advantage=cfg.advantage,
-        batch_std=batch_std,
-        shared=shared,
-        mask_truncated=cfg.mask_truncated,
-    )
-    total = (
-        all_reduce_sum(float(batch.mask.sum()))
-        if cfg.loss_agg == "token_mean"
-        else all_reduce_sum(len(batch))
-    )
-    trained = groups
-    if cfg.skip_flat_groups and cfg.beta == 0:  # no gradient from them (module docstring); one kept at least
-        trained = [g for g in groups if not g.flat] or groups[:1]
-        if len(trained) < len(groups):
-            batch = build_batch(
-                trained,
-                cfg.group_size,
-                pad_id,
-                advantage=cfg.advantage,
-                batch_std=batch_std,
-                shared=shared,
-                mask_truncated=cfg.mask_truncated,
-            )
-    return batch, trained, total, kept
-
-
-def boundary(collector: Collector, step: int, seconds: float, ledger: compute.Ledger) -> dict:
-    """The state at a step boundary but for the weights, optimiser and reference (copied: the
-    stream reshuffles its list in place)."""
-    stream = collector.stream.state()
-    return {
-        "stream": {**stream, "problems": list(stream["problems"])},
-        "step": step,
-        "keep_rate": collector.keep_rate,
-        "format_watch": collector.format_watch.state(),
-        "seconds": seconds,
-        "compute": asdict(ledger),
-    }
-
-
-def load_state(
-    state: dict, core, optimizer, collector: Collector, ref_model, ledger: compute.Ledger
-) -> tuple[int, float]:
-    """Restore a saved state (the compute spent before it into `ledger`: a state saved before
-    attention was counted holds no pairs, restored as 0); returns (step, elapsed seconds)."""
-    core.load_state_dict(state["model"])
-    ledger.restore(state.get("compute", {}))
-    optimizer.load_state_dict(state["optimizer"])
-    collector.stream.load_state(state["stream"])
-    collector.keep_rate = state.get("keep_rate", 1.0)
-    collector.format_watch.load(state.get("format_watch"))
-    if ref_model is not None:
-        ref_model.load_state_dict(state["reference"])
-    return state["step"], state.get("seconds", 0.0)
 
 
 def reference_model(model, cfg: GRPOConfig):

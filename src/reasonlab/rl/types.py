@@ -1,4 +1,5 @@
-"""The records a GRPO step passes from stage to stage (collect -> batch -> update -> log).
+"""The records a GRPO step passes from stage to stage: collect (`Collected`, `Sampled`) -> build
+the batch (`StepBatch` of a `Batch`) -> update (`Policy` in, `Update` out) -> log.
 
 Shapes: P problems a step (per rank), G completions a problem, N = P·G rows, T the longest
 sequence (prompt + completion) of a batch, Lc its longest completion.
@@ -6,6 +7,7 @@ sequence (prompt + completion) of a batch, Lc its longest completion.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +49,15 @@ class Collected:
 
 
 @dataclass
+class Sampled:
+    """What a step's collection stage hands on."""
+
+    collected: Collected  # this rank's groups, and the scores of every row it drew
+    drawn: Scores  # the scores of every row drawn this step, every rank's
+    verify_before: Counter  # the task's verifier events before the step (the row logs the step's)
+
+
+@dataclass
 class Batch:
     """The groups as one training batch, in next-token coordinates."""
 
@@ -61,6 +72,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    @property
+    def group_rows(self) -> int:
+        """The rows a micro-batch must keep together: a `GroupedBatch`'s groups share their prompt."""
+        return self.inputs.group_size if isinstance(self.inputs, GroupedBatch) else 1
+
     def to(self, device) -> Batch:
         return Batch(
             self.inputs.to(device),
@@ -74,10 +90,33 @@ class Batch:
 
 
 @dataclass
+class StepBatch:
+    """What a step trains on (`batch.batch_for_update`): a `Batch`, and what the loss and the log
+    need to know of the groups around it."""
+
+    batch: Batch  # the groups trained on (with `skip_flat_groups`, the flat ones left out)
+    trained: list[Group]  # the groups in `batch`, this rank's
+    total: float  # the loss's normaliser: tokens (token_mean) or rows of every group kept, every rank's
+    kept: list[float]  # the rewards of every group kept (flat ones too), every rank's
+
+
+@dataclass
+class Policy:
+    """The model being trained, as the update sees it."""
+
+    model: torch.nn.Module  # what runs forward and backward: the DDP/FSDP2 wrapper of `core`, or it
+    core: torch.nn.Module  # the model itself (its state is saved; LoRA: adapters off = the reference)
+    optimizer: torch.optim.Optimizer
+    reference: torch.nn.Module | None = None  # the frozen copy for the KL term (β > 0, no LoRA)
+
+
+@dataclass
 class Update:
     """What the update did: the loss summed over ranks, the clipped gradient's norm, token-weighted
     statistics of the last gradient step (clip_frac, entropy, kl), and whether it was skipped."""
 
+    lr: float = 0.0  # the learning rate it stepped at
+    seconds: float = 0.0  # its wall time, the model's mode switches included (set by the trainer)
     loss: float = 0.0
     grad_norm: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .. import compute
 from ..model.grouped import GroupedBatch
+from ..run.optim import set_lr
 from ..runtime import (
     all_gather_list,
     all_reduce_sum,
@@ -30,7 +31,7 @@ from ..softmax import probs_entropy
 from .algos import aggregate, policy_loss
 from .batch import micro_batches
 from .config import GRPOConfig
-from .types import Batch, Update
+from .types import Batch, Policy, Update
 
 
 def token_logprobs(
@@ -89,68 +90,89 @@ def step_loss(model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConf
     return loss, stats
 
 
-def update(
-    model,
-    core,
-    ref_model,
-    optimizer,
-    batch: Batch,
-    cfg: GRPOConfig,
-    lr: float,
-    total: float,
-    group_rows: int = 1,
-) -> Update:
-    """`cfg.updates` optimiser steps on `batch` at learning rate `lr` (a collective call under
-    torchrun). A non-finite loss or gradient skips the step (`Update.skipped`)."""
+def update(policy: Policy, batch: Batch, cfg: GRPOConfig, *, lr: float, total: float) -> Update:
+    """`cfg.updates` optimiser steps of `policy` on `batch` at learning rate `lr`, its loss
+    normalised by `total` (`StepBatch.total`); a collective call under torchrun. A non-finite loss
+    or gradient skips the step (`Update.skipped`)."""
     size = world()[1]
-    chunks = micro_batches(len(batch), cfg.micro_batch_size, group_rows)
+    chunks = micro_batches(len(batch), cfg.micro_batch_size, batch.group_rows)
     real = len(chunks)
     if size > 1:  # the same number of calls on every rank: repeat the last chunk, weighted 0
         chunks += [chunks[-1]] * (max(all_gather_list([real])) - real)
-    inputs, mask, advantages = batch.inputs, batch.mask, batch.advantages
-    old_logp = ref_logp = None
+    _count_compute(batch, cfg)
+    old_logp, ref_logp = _fixed_logprobs(policy, batch.inputs, chunks, real, cfg)
+    set_lr(policy.optimizer, lr)
+    out = Update(lr=lr)
+    for _ in range(cfg.updates):
+        policy.optimizer.zero_grad(set_to_none=True)
+        out.loss, weighted = _accumulate(policy.model, batch, chunks, real, old_logp, ref_logp, cfg, total)
+        if not math.isfinite(out.loss) or not grads_finite(policy.model):
+            policy.optimizer.zero_grad(set_to_none=True)
+            out.skipped = True
+            break
+        out.grad_norm = clip_grad_norm(policy.model, cfg.grad_clip or float("inf"))
+        policy.optimizer.step()
+    n_tokens = max(all_reduce_sum(float(batch.mask.sum())), 1.0)
+    out.stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}
+    return out
+
+
+def _count_compute(batch: Batch, cfg: GRPOConfig) -> None:
+    """The tokens the update puts through the model (`compute`): trained `updates` times, and
+    scored without gradient once for the old log-probs (μ > 1) and once for the reference (β > 0)."""
     tokens = int(batch.tokens.sum()) if batch.tokens is not None else 0
     pairs = int(batch.pairs.sum()) if batch.pairs is not None else 0
-    forward_only = (cfg.updates > 1) + (cfg.beta > 0)  # the old and the reference log-probs' passes
+    forward_only = (cfg.updates > 1) + (cfg.beta > 0)
     compute.count("scored", tokens * forward_only, pairs * forward_only)
     compute.count("trained", tokens * cfg.updates, pairs * cfg.updates)
-    if cfg.updates > 1:  # the ratio's denominator: the policy before this batch's first step
+
+
+def _fixed_logprobs(policy: Policy, inputs, chunks: list[slice], real: int, cfg: GRPOConfig):
+    """The log-probs that stay fixed through the update: the policy's before its first step (the
+    ratio's denominator, μ > 1) and the reference's (β > 0); None where not needed. Every chunk runs,
+    the repeats too (FSDP2's forward is a collective), but only the `real` ones are kept."""
+    old_logp = ref_logp = None
+    if cfg.updates > 1:
         with torch.no_grad():
             old_logp = torch.cat(
-                [token_logprobs(model, inputs[c], cfg.temperature, cfg.autocast)[0] for c in chunks][:real]
+                [token_logprobs(policy.model, inputs[c], cfg.temperature, cfg.autocast)[0] for c in chunks][
+                    :real
+                ]
             )
     if cfg.beta > 0:
         ref_logp = torch.cat(
-            [reference_logprobs(core, ref_model, inputs[c], cfg.temperature, cfg.autocast) for c in chunks][
-                :real
-            ]
+            [
+                reference_logprobs(policy.core, policy.reference, inputs[c], cfg.temperature, cfg.autocast)
+                for c in chunks
+            ][:real]
         )
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    out = Update()
+    return old_logp, ref_logp
+
+
+def _accumulate(model, batch: Batch, chunks, real: int, old_logp, ref_logp, cfg: GRPOConfig, total):
+    """One gradient step's backward passes over the micro-batches (every chunk's loss is over the
+    global count: they sum to the batch's). Returns the loss summed over ranks and the token-weighted
+    sums of the chunks' statistics."""
+    size = world()[1]
     pick = lambda t, c: None if t is None else t[c]  # noqa: E731
-    for _ in range(cfg.updates):
-        optimizer.zero_grad(set_to_none=True)
-        local, weighted = 0.0, {}  # weighted: token-weighted sums of the chunks' means
-        for k, c in enumerate(chunks):  # every chunk's loss is over the global count: they sum up
-            with gradient_sync(model, k == len(chunks) - 1):
-                loss, stats = step_loss(
-                    model, inputs[c], mask[c], advantages[c], pick(old_logp, c), pick(ref_logp, c), cfg, total
-                )
-                (loss * (size if k < real else 0.0)).backward()  # DDP/FSDP2 average over ranks
-            if k >= real:
-                continue
-            local += loss.item()
-            n = float(mask[c].sum())
-            for key, v in stats.items():
-                weighted[key] = weighted.get(key, 0.0) + v * n
-        out.loss = all_reduce_sum(local)
-        if not math.isfinite(out.loss) or not grads_finite(model):
-            optimizer.zero_grad(set_to_none=True)
-            out.skipped = True
-            break
-        out.grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
-        optimizer.step()
-    n_tokens = max(all_reduce_sum(float(mask.sum())), 1.0)
-    out.stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}
-    return out
+    local, weighted = 0.0, {}
+    for k, c in enumerate(chunks):
+        with gradient_sync(model, k == len(chunks) - 1):  # DDP/FSDP2 reduce once, after the last chunk
+            loss, stats = step_loss(
+                model,
+                batch.inputs[c],
+                batch.mask[c],
+                batch.advantages[c],
+                pick(old_logp, c),
+                pick(ref_logp, c),
+                cfg,
+                total,
+            )
+            (loss * (size if k < real else 0.0)).backward()  # DDP/FSDP2 average over ranks
+        if k >= real:  # a repeat that keeps the ranks in step: no loss of its own
+            continue
+        local += loss.item()
+        n = float(batch.mask[c].sum())
+        for key, v in stats.items():
+            weighted[key] = weighted.get(key, 0.0) + v * n
+    return all_reduce_sum(local), weighted

@@ -1,5 +1,6 @@
-"""What every trainer shares: tokenised examples, batches with completion-only labels, the
-optimiser and learning-rate schedule, one supervised training loop, and atomic training state.
+"""Supervised training, shared by pretraining, SFT and Method 1's fine-tuning: tokenised examples,
+batches with completion-only labels, and the loop (`train_supervised`). The optimiser, schedule
+and the run's lifecycle (resume, saves, budgets, logging) are `run`'s, as for GRPO.
 
 An *example* is ``(prompt_ids, completion_ids)``; the loss covers completion tokens only (pretraining
 passes the whole document as the completion). Batches are right-padded: every row starts at
@@ -12,7 +13,6 @@ import dataclasses
 import math
 import random
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import compute, memory
-from ..config import FRACTION, MAX_ROWS, SEED, check_options
+from ..config import MAX_ROWS
 from ..errors import UserError
-from ..jsonl import logged_step
 from ..outdir import RunFolder
+from ..run import Run
+from ..run.optim import OptimConfig, lr_at, make_optimizer, set_lr
+from ..run.state import data_fingerprint
 from ..runtime import (
     all_reduce_sum,
     autocast,
-    broadcast_flag,
     clip_grad_norm,
     gathered,
     grads_finite,
@@ -37,89 +38,8 @@ from ..runtime import (
     world,
 )
 
-# the resumable state (train/state.py): imported here too, where the trainers have always found it
-from .state import (
-    NOT_SETTINGS,
-    PREVIOUS,
-    RESUMABLE,
-    STATE,
-    SaveClock,
-    check_resume,
-    data_fingerprint,  # noqa: F401
-    discard_training_state,
-    files_fingerprint,
-    load_training_state,
-    nothing_to_resume,
-    resumable_state,
-    save_training_state,
-    task_setting,
-    write_failure,
-)
-
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 MAX_CHARS_PER_TOKEN = 64  # no tokenizer's token covers more characters (the longest BPE tokens: ~16-32)
-MAX_STEPS = 10**9  # the most steps (and step counts: warm-up, cadences) any option takes
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-@dataclass
-class OptimConfig:
-    """What every trainer (supervised and RL) shares: how many steps, the learning-rate schedule
-    (`lr_at`), gradient clipping, the seed, and when it evaluates, saves and stops. A trainer sets
-    its own defaults with `default_of`."""
-
-    steps: int = field(default=500, metadata={"help": "optimiser steps at most", "min": 1, "max": MAX_STEPS})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate", "above": 0})
-    warmup_steps: int = field(
-        default=20, metadata={"help": "linear warm-up steps", "min": 0, "max": MAX_STEPS}
-    )
-    schedule: str = field(
-        default="cosine",
-        metadata={
-            "help": "after warm-up: cosine or linear decay over `steps` (not over max_seconds), or constant",
-            "choices": SCHEDULES,
-        },
-    )
-    min_lr_ratio: float = field(
-        default=0.1, metadata={"help": "cosine / linear: final lr as a fraction of the peak", **FRACTION}
-    )
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)", "min": 0})
-    eval_every: int = field(
-        default=100, metadata={"help": "evaluate every N steps (0 = never)", "min": 0, "max": MAX_STEPS}
-    )
-    save_every: int = field(
-        default=0,
-        metadata={
-            "help": "write a resumable training state every N steps (0 = never)",
-            "min": 0,
-            "max": MAX_STEPS,
-        },
-    )
-    save_minutes: float = field(
-        default=2.0,
-        metadata={  # no percent sign in a help: argparse formats it (--help failed)
-            "help": "also write it every N minutes of training, so a kill loses at most that (stretched to keep saving "
-            "under 5 percent of the time; 0 = only --save-every)",
-            "min": 0,
-            "max": 10**6,
-        },
-    )
-    max_seconds: float = field(
-        default=0.0, metadata={"help": "stop after this much wall time (0 = no limit)", "min": 0}
-    )
-    seed: int = field(default=0, metadata={"help": "data order, initialisation and sampling seed", **SEED})
-
-    def __post_init__(self):
-        check_options(self)
-
-
-def default_of(name: str, default, help: str | None = None):
-    """`OptimConfig`'s field `name` (its limits and help) with another default, for a trainer's
-    own config."""
-    metadata = dict(OptimConfig.__dataclass_fields__[name].metadata)
-    if help:
-        metadata["help"] = help
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -140,25 +60,6 @@ class TrainConfig(OptimConfig):
     group_by_length: bool = field(
         default=True, metadata={"help": "batch examples of similar length (less padding)"}
     )
-
-
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Warm-up then cosine / linear decay over `cfg.steps` to `min_lr_ratio` of the peak (or
-    constant). `cfg`: an `OptimConfig` (supervised `TrainConfig` or `GRPOConfig`)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
-
-
-def make_optimizer(model, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
 def tokenize_examples(
@@ -281,18 +182,6 @@ def trainable_tokens(example: tuple[list[int], list[int]]) -> int:
     return max(0, len(completion) - (0 if prompt else 1))
 
 
-MAX_NON_FINITE = 5
-
-
-def stop_if_diverged(bad_in_a_row: int, step: int) -> None:
-    """Stop a run whose last `MAX_NON_FINITE` updates were all skipped for a NaN/inf loss or gradient,
-    with one line (a UserError: exit code 2); the states saved before it are intact for `--resume`."""
-    if bad_in_a_row >= MAX_NON_FINITE:
-        raise UserError(
-            f"step {step}: {MAX_NON_FINITE} non-finite losses or gradients in a row: stopping (lower --lr?)"
-        )
-
-
 @torch.no_grad()
 def held_out_loss(
     model, pad_id: int, examples: list[tuple[list[int], list[int]]], batch_size: int = 64
@@ -350,6 +239,36 @@ def train_supervised(
     state, which `reasonlab report` draws, and to the folder's trackers (`RunFolder.log`), closed
     when training ends; a resumed run drops the lines logged after its saved state.
     """
+    _check_examples(examples)
+    size = world()[1]
+    refuse_fsdp_states(cfg.save_every, is_fsdp(model))
+    if cfg.batch_size % size:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {size} processes")
+    units = pack(examples, cfg.max_seq_len) if cfg.packing else examples
+    batches = _batch_stream(units, cfg)
+    _check_step_fits(model, examples, cfg, size)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    run = _start_run(model, optimizer, batches, examples, cfg, folder, resume, settings, log, progress)
+    evaluate_now = _in_eval_mode(model, evaluate)
+    model.train()
+    with run, run.saving_on_failure():  # a failed step saves the last good one and says how to resume
+        for step in range(run.first, cfg.steps):
+            set_lr(optimizer, lr_at(step, cfg))
+            with compute.track(run.ledger):
+                loss = _forward_backward(model, tokenizer.pad_id, batches, cfg)
+            grad_norm = _apply_gradient(model, optimizer, loss, cfg)
+            run.updated(step + 1, finite=grad_norm is not None)
+            if grad_norm is None:  # a NaN/inf loss or gradient: nothing learned, a row says so
+                run.skip_update(step + 1)
+                continue
+            metrics = _step_metrics(run, step, loss, grad_norm, cfg, len(units))
+            if run.end_step(step + 1, metrics, evaluate_now) or (stop_when and stop_when(metrics)):
+                break
+    model.eval()
+    return run.metrics
+
+
+def _check_examples(examples: list[tuple[list[int], list[int]]]) -> None:
     if not examples:
         raise ValueError("no training examples")
     if not any(map(trainable_tokens, examples)):
@@ -357,16 +276,48 @@ def train_supervised(
             "no example has a completion token to train on (empty completions, or prompts that fill "
             "--max-seq-len)"
         )
-    rank, size = world()
-    refuse_fsdp_states(cfg.save_every, is_fsdp(model))
-    if cfg.batch_size % size:
-        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {size} processes")
-    rng = random.Random(cfg.seed)
-    units = pack(examples, cfg.max_seq_len) if cfg.packing else examples
-    by_length = cfg.group_by_length and not cfg.packing
-    batches = BatchStream(
-        units, cfg.batch_size, rng, length=(lambda u: len(u[0]) + len(u[1])) if by_length else None
+
+
+def _start_run(model, optimizer, batches, examples, cfg, folder, resume, settings, log, progress) -> Run:
+    """The run's lifecycle (`Run`), started afresh or from the saved state (weights, optimiser,
+    data position, RNG) when `resume`."""
+    config = {  # what a resume must not change (`check_resume`)
+        **dataclasses.asdict(cfg),
+        **(settings or {}),
+        "examples": len(examples),
+        "data": data_fingerprint(examples),
+    }
+    run = Run(
+        cfg,
+        folder,
+        config,
+        cost=compute.model_cost(model),
+        position=lambda: {"batches": batches.state(), "torch_rng": torch.get_rng_state()},
+        weights=lambda: {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict()},
+        keeps_state=not is_fsdp(model),
+        every_rank_logs=True,  # rank r > 0: metrics.rank{r}.jsonl
+        log=log,
+        progress=progress,
     )
+    state = run.resume() if resume else None
+    if state:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state(state["batches"])
+        torch.set_rng_state(state["torch_rng"])
+    run.start(state, resume)
+    return run
+
+
+def _batch_stream(units: list, cfg: TrainConfig) -> BatchStream:
+    """The run's batches: examples, or packed rows, grouped by length unless packed."""
+    by_length = cfg.group_by_length and not cfg.packing
+    length = (lambda u: len(u[0]) + len(u[1])) if by_length else None
+    return BatchStream(units, cfg.batch_size, random.Random(cfg.seed), length=length)
+
+
+def _check_step_fits(model, examples, cfg: TrainConfig, size: int) -> None:
+    """Refuse, before any step, a batch whose training pass cannot fit (`memory.step_bytes`)."""
     longest = cfg.max_seq_len if cfg.packing else max(len(p) + len(c) for p, c in examples)
     memory.check_fits(
         memory.step_bytes(
@@ -379,110 +330,49 @@ def train_supervised(
         "lower --batch-size (--grad-accum keeps the batch) or --max-seq-len",
         next(model.parameters()).device,
     )
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    config = {
-        **dataclasses.asdict(cfg),
-        **(settings or {}),
-        "examples": len(examples),
-        "data": data_fingerprint(examples),
+
+
+def _apply_gradient(model, optimizer, loss: float, cfg: TrainConfig) -> float | None:
+    """The optimiser step on the clipped gradient, returning its norm; None, and no step, when the
+    loss or a gradient is NaN/inf (the update is skipped, not the run)."""
+    if not math.isfinite(loss) or not grads_finite(model):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _step_metrics(run: Run, step: int, loss: float, grad_norm: float, cfg: TrainConfig, units: int) -> dict:
+    """Step `step`'s row (a collective call: the counts are summed over ranks)."""
+    return {
+        "step": step + 1,
+        "loss": loss,
+        "lr": lr_at(step, cfg),
+        "grad_norm": float(grad_norm),
+        "seconds": run.seconds(),
+        "compute/flops": run.flops(),
+        # TRL's names: lr's, the tokens trained on so far, the passes over the examples
+        "learning_rate": lr_at(step, cfg),
+        "num_tokens": int(all_reduce_sum(run.ledger.trained)),
+        "epoch": (step + 1) * cfg.batch_size * cfg.grad_accum / units,
     }
-    clock = SaveClock(cfg, enabled=folder is not None and not is_fsdp(model))
-    start, bad_in_a_row, metrics, first = time.monotonic(), 0, {}, 0
-    ledger, cost = compute.Ledger(), compute.model_cost(model)  # what the run's steps cost (`compute/flops`)
-    state_dir = folder.state if folder else None
-    if state_dir and not resume and rank == 0:
-        discard_training_state(state_dir)
-    if resume and state_dir and (state := _resume_from(state_dir, model, optimizer, batches, config)):
-        first, bad_in_a_row = state["step"], state["bad_in_a_row"]
-        start -= state.get("seconds", 0.0)  # elapsed time (and so --max-seconds) counts on
-        ledger.restore(state.get("compute", {}))  # and so does the compute
-    if folder:
-        log = _step_log(folder, rank, first if resume else None, log)
-        if (
-            resume and first
-        ):  # start from the saved step's logged metrics (all there is when the run had finished)
-            metrics = logged_step(folder.log_file(rank), first)
-            if progress and metrics:
-                progress(metrics)
 
-    def point(step: int) -> dict:  # the state after `step` steps, but for the weights and optimiser
-        return {
-            "batches": batches.state(),
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "bad_in_a_row": bad_in_a_row,
-            "config": config,
-            "seconds": time.monotonic() - start,
-            "compute": dataclasses.asdict(ledger),
-        }
 
-    def save(at: dict) -> None:
-        save_training_state(
-            state_dir, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), **at}
-        )
+def _in_eval_mode(model, evaluate: Callable[[object], dict] | None):
+    """`evaluate(model)` as the run calls it: in eval mode, on the whole model (FSDP2 gathers it)."""
+    if evaluate is None:
+        return None
 
-    good = point(first)  # the last step boundary: what a failure saves
-    model.train()
-    try:
-        for step in range(first, cfg.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            with compute.track(ledger):
-                total = _forward_backward(model, tokenizer.pad_id, batches, cfg)
-            if not math.isfinite(total) or not grads_finite(model):
-                optimizer.zero_grad(set_to_none=True)
-                bad_in_a_row += 1
-                if log:
-                    log(
-                        {"step": step + 1, "skipped": "non-finite loss or gradient"}
-                    )  # numbered as metrics are
-                stop_if_diverged(bad_in_a_row, step + 1)
-                good = point(step + 1)
-                continue
-            bad_in_a_row = 0
-            grad_norm = clip_grad_norm(model, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            good = point(step + 1)
-            metrics = {
-                "step": step + 1,
-                "loss": total,
-                "lr": lr_at(step, cfg),
-                "grad_norm": float(grad_norm),
-                "seconds": good["seconds"],
-                "compute/flops": all_reduce_sum(ledger.flops(cost)),
-                # TRL's names: lr's, the tokens trained on so far, the passes over the examples
-                "learning_rate": lr_at(step, cfg),
-                "num_tokens": int(all_reduce_sum(ledger.trained)),
-                "epoch": (step + 1) * cfg.batch_size * cfg.grad_accum / len(units),
-            }
-            last = broadcast_flag(
-                step == cfg.steps - 1 or bool(cfg.max_seconds and metrics["seconds"] >= cfg.max_seconds)
-            )
-            if evaluate and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
-                model.eval()  # every rank evaluates the same model: the same stop decision everywhere
-                with gathered(model) as full:
-                    metrics.update(evaluate(full))
-                model.train()
-            if log:  # before the state: a run resumed from it finds this step's row
-                log(metrics)
-            if clock.due(step + 1) and rank == 0:
-                clock.save(lambda: save(good))
-            if progress:
-                progress(metrics)
-            if last or (stop_when and stop_when(metrics)):
-                break
-    except (Exception, KeyboardInterrupt) as e:
-        can_save = state_dir and rank == 0 and not is_fsdp(model)
-        stop = failed_run(e, (lambda: save(good)) if can_save else None, state_dir, good["step"])
-        if stop is e:
-            raise
-        raise stop from e
-    finally:
-        if folder:
-            folder.close()  # the trackers: complete event files, on an error too
-    model.eval()
-    return metrics
+    def run_evaluation() -> dict:
+        model.eval()  # every rank evaluates the same model: the same stop decision everywhere
+        with gathered(model) as full:
+            result = evaluate(full)
+        model.train()
+        return result
+
+    return run_evaluation
 
 
 def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig) -> float:
@@ -511,66 +401,3 @@ def _forward_backward(model, pad_id: int, batches: BatchStream, cfg: TrainConfig
         (loss_sum * size / n_tokens / cfg.grad_accum).backward()
         total += loss_sum.item() / n_tokens / cfg.grad_accum
     return all_reduce_sum(total)
-
-
-def _resume_from(state_dir, model, optimizer, batches: BatchStream, config: dict) -> dict | None:
-    """The state saved in `state_dir`, loaded into the run (after `check_resume`), or None (said
-    on stderr) when there is none."""
-    state = resumable_state(state_dir, config)
-    if state is None:
-        return None
-    unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    batches.load_state(state["batches"])
-    torch.set_rng_state(state["torch_rng"])
-    return state
-
-
-def failed_run(error: BaseException, save: Callable[[], None] | None, where, step: int) -> BaseException:
-    """What a training loop raises when `error` stopped it after `step` good steps. With `save`
-    (it writes the state after those steps): a `UserError` line that says how to resume, or, for
-    a KeyboardInterrupt, the interrupt itself with those words on stderr. A `UserError` (already
-    one clear line, e.g. a full disk) or anything without `save` stays as it is."""
-    if save is None or isinstance(error, UserError):
-        return error
-    try:
-        save()
-        kept = f"the state after step {step} is saved in {where}: rerun with --resume to go on"
-    except Exception as e:  # noqa: BLE001 - a full disk, say: the original error still matters most
-        kept = f"its state could not be saved ({e})"
-    if isinstance(error, KeyboardInterrupt):
-        print(f"interrupted: {kept}", file=sys.stderr)
-        return error
-    if is_out_of_memory(error):  # resuming with the same settings would fail the same way
-        return UserError(
-            f"out of memory after step {step}: this run needs more memory than the machine has: lower "
-            "--batch-size, --max-seq-len or --max-new-tokens (or set --micro-batch-size) and start "
-            f"again ({kept.split(':')[0]})"
-        )
-    return UserError(f"training stopped by {type(error).__name__}: {error}; {kept}")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """A MemoryError, or torch's allocator failing (CPU: "DefaultCPUAllocator: can't allocate";
-    CUDA: OutOfMemoryError)."""
-    text = str(error)
-    return (
-        isinstance(error, MemoryError)
-        or type(error).__name__ == "OutOfMemoryError"
-        or "can't allocate memory" in text
-        or "not enough memory" in text
-    )
-
-
-def _step_log(folder: RunFolder, rank: int, resumed_at: int | None, then=None):
-    """A `log` callback appending each step's metrics to the folder's log (after `then`). A fresh
-    run starts the log empty; a resumed one keeps the steps up to its saved state."""
-    folder.path.mkdir(parents=True, exist_ok=True)
-    folder.restart_logs(resumed_at, rank)
-
-    def log(m):
-        folder.log(m, rank)
-        if then:
-            then(m)
-
-    return log

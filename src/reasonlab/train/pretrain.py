@@ -32,12 +32,13 @@ from ..config import FRACTION, MAX_PROBLEMS
 from ..engine import SamplingParams
 from ..evaluate import evaluate_problems
 from ..model import GPTConfig, new_builtin
+from ..run.state import task_setting
 from ..runtime import resolve_device
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..tasks.hints import admission, hint_line, wrong_answer
 from ..template import TRIGGER, format_completion
-from .loop import TrainConfig, task_setting, tokenize_examples, train_supervised
+from .loop import TrainConfig, tokenize_examples, train_supervised
 
 
 @dataclass
@@ -72,9 +73,10 @@ class PretrainConfig(TrainConfig):
     template_fraction: float = field(
         default=1.0,
         metadata={
-            "help": "share of documents written in the <think>/<answer> template; the rest are free text (steps, then "
-            '"The answer is X."), and the trigger-accuracy check reads free text too: a base that has seen '
-            "the template only now and then, as a pretrained LM has (RL from it is R1-Zero's setting)",
+            "help": "share of documents written in the <think>/<answer> template; the rest are free text "
+            '(steps, then "The answer is X."), and the trigger-accuracy check reads free text too: a base '
+            "that has seen the template only now and then, as a pretrained LM has (RL from it is R1-Zero's "
+            "setting)",
             **FRACTION,
         },
     )
@@ -140,7 +142,7 @@ def pretrain(
     resume: bool = False,
     device: str = "auto",
 ):
-    """Train a fresh built-in model on the corpus, on `device` (see `parallel.resolve_device`);
+    """Train a fresh built-in model on the corpus, on `device` (see `runtime.resolve_device`);
     returns (model, tokenizer, last metrics).
 
     With a `RunFolder`, the step log and (every `cfg.save_every` steps) a resumable state are kept

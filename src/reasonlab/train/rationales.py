@@ -43,6 +43,14 @@ from ..jsonl import made_by, write_jsonl_atomic
 from ..outdir import RunFolder
 from ..remote import RemoteGenerator
 from ..rewards import check_batch
+from ..run.state import (
+    check_resume,
+    discard_training_state,
+    load_training_state,
+    nothing_to_resume,
+    save_training_state,
+    task_setting,
+)
 from ..tasks import Task
 from ..tasks.base import problems_for
 from ..tasks.hints import with_hint
@@ -55,18 +63,7 @@ from ..template import (
     prompt_opens_think,
     read_replies,
 )
-from .loop import (
-    TrainConfig,
-    check_resume,
-    discard_training_state,
-    fit_to_model,
-    load_training_state,
-    nothing_to_resume,
-    save_training_state,
-    task_setting,
-    tokenize_examples,
-    train_supervised,
-)
+from .loop import TrainConfig, fit_to_model, tokenize_examples, train_supervised
 
 
 @dataclass
@@ -108,7 +105,8 @@ class RationalesConfig(TrainConfig):
     check_steps: bool = field(
         default=True,
         metadata={
-            "help": "also require every reasoning step to check out, where the task can tell (chain): drops lucky guesses"
+            "help": "also require every reasoning step to check out, where the task can tell (chain): "
+            "drops lucky guesses"
         },
     )
     style: str = field(
@@ -122,8 +120,8 @@ class RationalesConfig(TrainConfig):
     free_form: bool = field(
         default=False,
         metadata={
-            "help": 'sample free text (step by step, no tags), read its answer ("the answer is ...", else the last '
-            "number), keep verified ones rewritten into the template; evaluation stays strict"
+            "help": 'sample free text (step by step, no tags), read its answer ("the answer is ...", '
+            "else the last number), keep verified ones rewritten into the template; evaluation stays strict"
         },
     )
 

@@ -29,7 +29,8 @@ class SFTConfig(TrainConfig, RuntimeOptions, RunOptions):
     model: str = field(
         default="",
         metadata={
-            "help": "checkpoint, run folder, HF folder or .gguf file to start from ('' = a new built-in model)"
+            "help": "checkpoint, run folder, HF folder or .gguf file to start from "
+            "('' = a new built-in model)"
         },
     )
     data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
@@ -91,15 +92,15 @@ def check_lengths(examples, eos_id, max_seq_len: int, where: str) -> None:
     cut = sum(1 for _, c in examples if not c or (eos_id is not None and c[-1] != eos_id))
     if cut and world()[0] == 0:
         print(
-            f"note: {cut} of {len(examples)} examples in {where} are longer than --max-seq-len {max_seq_len} and "
-            f"were cut ({empty} of them down to the prompt alone, which carry no loss)",
+            f"note: {cut} of {len(examples)} examples in {where} are longer than --max-seq-len "
+            f"{max_seq_len} and were cut ({empty} of them down to the prompt alone, which carry no loss)",
             file=sys.stderr,
         )
 
 
 def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> dict:
     """Fine-tune `cfg.model` (or a fresh built-in model) on `cfg.data`, on `device` (see
-    `parallel.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
+    `runtime.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
     if not cfg.data:
         raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
     folder = RunFolder.claim(

@@ -1,6 +1,7 @@
-"""A run's resumable state: atomic saves (and why a write failed), when to save (`SaveClock`),
-loading with a fall-back to the previous state, and the checks that a resume continues the same run
-on the same data (`check_resume`, the content hashes)."""
+"""A run's resumable state on disk: atomic saves (and why a write failed), when to save
+(`SaveClock`), loading with a fall-back to the previous state, and the checks that a resume
+continues the same run on the same data (`check_resume`, the content hashes). `lifecycle.Run`
+decides what goes in a state and when; `train.rationales` keeps its rounds with these too."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import torch
 from ..errors import UserError
 from ..runtime import broadcast_flag, world
 
-if TYPE_CHECKING:  # loop imports this module
-    from .loop import OptimConfig
+if TYPE_CHECKING:
+    from .optim import OptimConfig
 
 
 STATE, PREVIOUS = "state.pt", "state.prev.pt"
@@ -114,7 +115,8 @@ def _remove_quietly(file: Path) -> None:
 
 
 # What a resumed run may change: how far it goes, and how often it evaluates and saves. `resume`,
-# `overwrite`, `out`, `report_to` and `log_completions` are how a run is started and watched, not settings of the run.
+# `overwrite`, `out`, `report_to` and `log_completions` are how a run is started and watched, not
+# settings of the run.
 RESUMABLE = ("steps", "max_seconds", "max_flops", "eval_every", "save_every", "save_minutes")
 NOT_SETTINGS = ("resume", "overwrite", "out", "report_to", "log_completions")
 
