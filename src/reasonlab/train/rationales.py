@@ -26,6 +26,7 @@ samples that turned out right.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -248,51 +249,28 @@ def sample_rationales(
     """
     questions = [with_hint(p.question, p.solution or p.answer) if hinted else p.question for p in problems]
     prompts = [sampling_prompt(q, cfg, tokenizer) for q in questions for _ in range(cfg.samples)]
-    kept, seen, drawn = [], set(), 0
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
-    done = {}
-    if cache:
-        fingerprint = sampling_fingerprint(generator, prompts, params)
-        done = read_sample_cache(cache, fingerprint)
-        if not done:  # a new cache (an old one from other samples is replaced)
-            Path(cache).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-    for i in range(0, len(prompts), 512):
-        texts, tokens, pairs = done.get(i, (None, 0, 0))
-        if texts is None:
-            with compute.track() as chunk:
-                texts = sample_texts(generator, tokenizer, prompts[i : i + 512], params)
-            if cache:
-                with open(cache, "a") as f:
-                    f.write(
-                        json.dumps(
-                            {
-                                "start": i,
-                                "texts": texts,
-                                "tokens": chunk.sampled,
-                                "pairs": chunk.sampled_pairs,
-                            }
-                        )
-                        + "\n"
-                    )
-        else:  # sampled by an earlier run: its tokens count as this run's (the compute was spent on them)
-            compute.count("sampled", tokens, pairs)
+    chunks = SampleCache(cache, generator, prompts, params)
+    kept, seen, drawn = [], set(), 0
+    for i in range(0, len(prompts), CHUNK):
+        texts = chunks.texts(
+            i, functools.partial(sample_texts, generator, tokenizer, prompts[i : i + CHUNK], params)
+        )
         chunk_problems = [problems[(i + j) // cfg.samples] for j in range(len(texts))]
         completions, read_prompts = as_template(texts, prompts[i : i + len(texts)], cfg, counts)
         parsed = [parse_completion(t, p) for t, p in zip(completions, read_prompts)]
         if judge is not None:
-            ok = [x.format_ok for x in parsed]
             verdicts = judge.accepts([p.question for p in chunk_problems], texts)
-            ok = [a and b for a, b in zip(ok, verdicts)]
+            ok = [x.format_ok and v for x, v in zip(parsed, verdicts)]
         else:
-            ok = [
-                c for _, c in check_batch(completions, [p.answer for p in chunk_problems], task, read_prompts)
-            ]
+            answers = [p.answer for p in chunk_problems]
+            ok = [c for _, c in check_batch(completions, answers, task, read_prompts)]
         for problem, x, good in zip(chunk_problems, parsed, ok):
             drawn += 1
             if not good or (hinted and "hint" in x.think):  # a rationale leaning on the hint teaches nothing
                 continue
             if cfg.check_steps and task.check_steps(problem.question, x.think) is False:
-                if counts is not None:
+                if counts is not None:  # a right answer reached by wrong steps: a lucky guess
                     counts["lucky"] = counts.get("lucky", 0) + 1
                 continue
             completion = f"<think>{x.think}</think><answer>{x.answer}</answer>"
@@ -300,6 +278,38 @@ def sample_rationales(
                 seen.add((problem.question, completion))
                 kept.append({"question": problem.question, "completion": completion})
     return kept, drawn
+
+
+CHUNK = 512  # prompts sampled at a time: what a cache line holds, and what a kill can lose
+
+
+class SampleCache:
+    """A round's samples kept as they arrive (`path`, JSONL: a first line naming the
+    `sampling_fingerprint`, then one line a chunk), so an interrupted round loses nothing; none
+    without a path. A cache made by another generator, prompts or settings is replaced."""
+
+    def __init__(self, path, generator, prompts: list[str], params: SamplingParams):
+        self.path, self.done = path, {}
+        if path:
+            fingerprint = sampling_fingerprint(generator, prompts, params)
+            self.done = read_sample_cache(path, fingerprint)
+            if not self.done:  # a new cache (an old one from other samples is replaced)
+                Path(path).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+
+    def texts(self, start: int, sample) -> list[str]:
+        """The chunk at prompt `start`: from the cache, its compute counted as this run's (it was
+        spent on them), or `sample()`d now and appended."""
+        texts, tokens, pairs = self.done.get(start, (None, 0, 0))
+        if texts is not None:
+            compute.count("sampled", tokens, pairs)
+            return texts
+        with compute.track() as chunk:
+            texts = sample()
+        if self.path:
+            line = {"start": start, "texts": texts, "tokens": chunk.sampled, "pairs": chunk.sampled_pairs}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        return texts
 
 
 def sampling_prompt(question: str, cfg: RationalesConfig, tokenizer) -> str:
@@ -356,120 +366,22 @@ def run_rationales(
     out = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rationales") if out_dir else None
     fit_to_model(cfg, base)
     held_out = problems_for(task, cfg.eval_problems, "test", cfg.seed + 1, "--eval-problems")
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)
-    model, records, first = base, [], 1
     spent = {"sampling": compute.Ledger(), "training": compute.Ledger()}  # this run's compute, per part
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
     if resume and out and made_by(out.path) != "rationales":
         nothing_to_resume(out)
         resume = False
-    if resume and out and (state := load_training_state(out.state)) is not None:
-        check_resume(state.get("config"), config, out.state)
-        model = copy.deepcopy(base)
-        model.load_state_dict(state["model"])
-        records, first = state["records"], state["round"] + 1
-        for (
-            part,
-            ledger,
-        ) in spent.items():  # the finished rounds' compute (a resumed round counts what it redoes)
-            ledger.restore(records[-1].get("compute", {}).get(part, {}))
+    model, records, first = _resumed(base, out, config, spent) if resume and out else (base, [], 1)
     if out:
-        out.start(config)
-        # The log holds this run's finished rounds (a kill can come between saving a round and
-        # logging it); a fresh run drops an earlier run's states (its rounds' and their fine-tunings'),
-        # so a later `resume` never takes them.
-        # Sample caches stay: each is reused only for the same generator, prompts and settings.
-        out.restart_logs(first - 1 or None)  # for the trackers: a fresh run drops an earlier run's events
-        write_jsonl_atomic(out.metrics, records)
-        if not resume:
-            for folder in [out.state, *(p / "state" for p in out.path.glob("round*_train"))]:
-                discard_training_state(folder)
+        _start_log(out, config, records, first, resume)
+    rounds = Rounds(base, tokenizer, task, cfg, generator, judge, out, progress, held_out, spent)
     try:
         for round_ in range(first, cfg.rounds + 1):
-            start = time.monotonic()
-            problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
-            source = generator if generator is not None else model
-            cache = out.path / f"round{round_}_samples.jsonl" if out else None
-            counts = {"lucky": 0, "unread": 0}
-            with compute.track(spent["sampling"]):
-                kept, drawn = sample_rationales(
-                    source,
-                    tokenizer,
-                    task,
-                    problems,
-                    cfg,
-                    seed=cfg.seed + round_,
-                    judge=judge,
-                    cache=cache,
-                    counts=counts,
-                )
-                solved = {row["question"] for row in kept}
-                rationalized = 0
-                if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
-                    failed = [p for p in problems if p.question not in solved]
-                    if failed:
-                        extra, more = sample_rationales(
-                            source,
-                            tokenizer,
-                            task,
-                            failed,
-                            cfg,
-                            seed=cfg.seed + 7 * round_,
-                            hinted=True,
-                            counts=counts,
-                        )
-                        kept += extra
-                        drawn += more
-                        rationalized = len(extra)
-            sample_seconds = time.monotonic() - start
-            record = {
-                "round": round_,
-                "problems": len(problems),
-                "samples": drawn,
-                "kept": len(kept),
-                "solved": len(solved),
-                "rationalized": rationalized,
-                "lucky_dropped": counts["lucky"],
-                **({"unread": counts["unread"]} if cfg.free_form else {}),
-                "yield": len(kept) / drawn if drawn else 0.0,
-                "sample_seconds": sample_seconds,
-            }
-            rows = [training_row(r["question"], r["completion"], cfg, tokenizer) for r in kept]
-            if out:
-                write_jsonl_atomic(out.path / f"round{round_}_data.jsonl", rows)
-            if kept:
-                student = copy.deepcopy(model if cfg.continue_training else base)
-                examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
-                with compute.track(spent["training"]):
-                    train_supervised(
-                        student,
-                        tokenizer,
-                        examples,
-                        cfg,
-                        progress=progress,
-                        settings=task_setting(task),
-                        folder=RunFolder(out.path / f"round{round_}_train", "rationales", out.report_to)
-                        if out
-                        else None,
-                        resume=resume and round_ == first,
-                    )  # only the round a stop cut short has a state
-                model = student
-            result = evaluate_problems(
-                model, tokenizer, task, held_out, trigger=cfg.train_trigger, style=cfg.style, params=greedy
-            )
-            record.update(
-                accuracy=result["accuracy"],
-                format_rate=result["format_rate"],
-                mean_think_tokens=result["mean_think_tokens"],
-                seconds=time.monotonic() - start,
-                compute=spent_so_far(spent, source, base),
-            )
+            model, record = rounds.run(model, round_, resume=resume and round_ == first)
             records.append(record)
             if out:  # the state first: a kill between the two loses a log line, never a round
-                save_training_state(
-                    out.state,
-                    {"model": model.state_dict(), "records": records, "round": round_, "config": config},
-                )
+                state = {"model": model.state_dict(), "records": records, "round": round_, "config": config}
+                save_training_state(out.state, state)
                 out.log(record, step=round_)
             if log:
                 log(record)
@@ -479,6 +391,141 @@ def run_rationales(
         if out:
             out.close()  # the trackers: complete event files, on an error too
     return model, records
+
+
+@dataclass
+class Rounds:
+    """What every round of a run uses; `run` runs one."""
+
+    base: object  # the model each round fine-tunes afresh (unless `continue_training`)
+    tokenizer: object
+    task: Task
+    cfg: RationalesConfig
+    generator: object  # a teacher or an endpoint; None: the model of the round before
+    judge: Judge | None
+    out: RunFolder | None
+    progress: object
+    held_out: list
+    spent: dict  # this run's compute, per part: {"sampling": Ledger, "training": Ledger}
+
+    def run(self, model, round_: int, resume: bool):
+        """Round `round_` from `model` (the last round's): sample, keep, fine-tune, evaluate.
+        Returns (the round's model, its record); `resume`: its fine-tuning has a state to go on from."""
+        cfg, start = self.cfg, time.monotonic()
+        source = self.generator if self.generator is not None else model
+        with compute.track(self.spent["sampling"]):
+            kept, record = sample_round(source, self.tokenizer, self.task, cfg, round_, self.judge, self.out)
+        record["sample_seconds"] = time.monotonic() - start
+        rows = [training_row(r["question"], r["completion"], cfg, self.tokenizer) for r in kept]
+        if self.out:
+            write_jsonl_atomic(self.out.path / f"round{round_}_data.jsonl", rows)
+        if kept:
+            student = copy.deepcopy(model if cfg.continue_training else self.base)
+            with compute.track(self.spent["training"]):
+                fine_tune(
+                    student, self.tokenizer, rows, self.task, cfg, self.progress, self.out, round_, resume
+                )
+            model = student
+        result = evaluate_problems(
+            model,
+            self.tokenizer,
+            self.task,
+            self.held_out,
+            trigger=cfg.train_trigger,
+            style=cfg.style,
+            params=SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens),
+        )
+        record.update(
+            accuracy=result["accuracy"],
+            format_rate=result["format_rate"],
+            mean_think_tokens=result["mean_think_tokens"],
+            seconds=time.monotonic() - start,
+            compute=spent_so_far(self.spent, source, self.base),
+        )
+        return model, record
+
+
+def _resumed(base, out: RunFolder, config: dict, spent: dict):
+    """(model, records, first round) where a run saved in `out` stopped (after `check_resume`), the
+    finished rounds' compute restored into `spent`; a fresh start when nothing is saved."""
+    state = load_training_state(out.state)
+    if state is None:
+        return base, [], 1
+    check_resume(state.get("config"), config, out.state)
+    model = copy.deepcopy(base)
+    model.load_state_dict(state["model"])
+    records = state["records"]
+    for part, ledger in spent.items():  # the finished rounds' (a resumed round counts what it redoes)
+        ledger.restore(records[-1].get("compute", {}).get(part, {}))
+    return model, records, state["round"] + 1
+
+
+def _start_log(out: RunFolder, config: dict, records: list[dict], first: int, resume: bool) -> None:
+    """Mark the folder with the settings. The log holds this run's finished rounds (a kill can come
+    between saving a round and logging it); a fresh run drops an earlier run's states (its rounds'
+    and their fine-tunings'), so a later `resume` never takes them. Sample caches stay: each is
+    reused only for the same generator, prompts and settings."""
+    out.start(config)
+    out.restart_logs(first - 1 or None)  # for the trackers: a fresh run drops an earlier run's events
+    write_jsonl_atomic(out.metrics, records)
+    if not resume:
+        for folder in [out.state, *(p / "state" for p in out.path.glob("round*_train"))]:
+            discard_training_state(folder)
+
+
+def sample_round(source, tokenizer, task: Task, cfg: RationalesConfig, round_: int, judge, out):
+    """Round `round_`'s kept samples, from its training problems (cached in `out` as they arrive),
+    rationalized ones included (`cfg.rationalize`); and the start of its record."""
+    problems = problems_for(task, cfg.problems, "train", cfg.seed + 1000 * round_, "--problems")
+    cache = out.path / f"round{round_}_samples.jsonl" if out else None
+    counts = {"lucky": 0, "unread": 0}
+    kept, drawn = sample_rationales(
+        source,
+        tokenizer,
+        task,
+        problems,
+        cfg,
+        seed=cfg.seed + round_,
+        judge=judge,
+        cache=cache,
+        counts=counts,
+    )
+    solved = {row["question"] for row in kept}
+    rationalized = 0
+    if cfg.rationalize and judge is None:  # rationalization needs a gold answer to hint
+        failed = [p for p in problems if p.question not in solved]
+        if failed:
+            extra, more = sample_rationales(
+                source, tokenizer, task, failed, cfg, seed=cfg.seed + 7 * round_, hinted=True, counts=counts
+            )
+            kept, drawn, rationalized = kept + extra, drawn + more, len(extra)
+    return kept, {
+        "round": round_,
+        "problems": len(problems),
+        "samples": drawn,
+        "kept": len(kept),
+        "solved": len(solved),
+        "rationalized": rationalized,
+        "lucky_dropped": counts["lucky"],
+        **({"unread": counts["unread"]} if cfg.free_form else {}),
+        "yield": len(kept) / drawn if drawn else 0.0,
+    }
+
+
+def fine_tune(student, tokenizer, rows, task: Task, cfg: RationalesConfig, progress, out, round_, resume):
+    """Fine-tune `student` on the round's rows, its steps kept in `out`'s round{r}_train folder."""
+    folder = RunFolder(out.path / f"round{round_}_train", "rationales", out.report_to) if out else None
+    examples = tokenize_examples(tokenizer, rows, cfg.max_seq_len)
+    train_supervised(
+        student,
+        tokenizer,
+        examples,
+        cfg,
+        progress=progress,
+        settings=task_setting(task),
+        folder=folder,
+        resume=resume,
+    )
 
 
 def spent_so_far(spent: dict, generator, model) -> dict:
