@@ -58,6 +58,8 @@ def sample_rows(step: int, collected: Collected, tokenizer, cfg: GRPOConfig) -> 
     """The first `log_completions` completions of the step's groups (whole groups first, this
     rank's: rank 0's under torchrun), for samples.jsonl: prompt, completion, reward parts, verdict."""
     n, G = cfg.log_completions, cfg.group_size
+    if not n:
+        return []
     rows = []
     for k, (group, scores) in enumerate(group_scores(collected, G)):
         if len(rows) == n:

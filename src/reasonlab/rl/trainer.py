@@ -39,10 +39,10 @@ with `runtime.plain_model(model)`.
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from collections import Counter
 from dataclasses import asdict
+from functools import partial
 
 import torch
 
@@ -97,34 +97,33 @@ def train_grpo(
     run = start_run(policy, collector, task, cfg, folder, resume, log, progress)
     if vllm is not None:
         collector.sample = vllm_sampler(vllm, run.first)
-    evaluate = (
-        functools.partial(evaluate_policy, policy, tokenizer, task, held_out, cfg) if held_out else None
-    )
+    evaluate = partial(evaluate_policy, policy, tokenizer, task, held_out, cfg) if held_out else None
     shared = cfg.shared_prompts and getattr(policy.core, "shares_prompts", False)
     # the run's sampling and updates are counted (evaluations are not); the trackers closed at the end
     with run, compute.track(run.ledger):
         if evaluate and run.first == 0:  # the starting point, on the curve
             run.show({"step": 0, **evaluate(), "seconds": 0.0})
         for step in range(run.first, cfg.steps):
-            run.mark(step)  # sampling leaves the weights as they are: a failure in it saves this point
+            run.mark(step)  # 1) collect (sampling leaves the weights be: a failure in it saves this point)
             with run.saving_on_failure():
-                sampled = collect(collector, policy.model, task, step)
+                sampled = collect_groups(collector, policy.model, task, step)
+            # 2) build the batch; None when some rank kept no group (every one flat): no update
             batch = batch_for_update(sampled.collected.groups, cfg, tokenizer.pad_id, shared)
-            result = train_on(policy, batch, cfg, lr_at(step, cfg)) if batch else None
-            if result:
+            # 3) update
+            result = train_on(policy, batch, cfg, lr_at(step, cfg)) if batch is not None else None
+            if result is not None:
                 run.updated(step + 1, finite=not result.skipped)
+            # 4) end the step: its row and samples, then the run's evaluation, log, save, stop
             metrics = step_metrics(step + 1, sampled, batch, result, task, run.seconds(), run.flops())
-            samples = functools.partial(sample_rows, step + 1, sampled.collected, tokenizer, cfg)
-            stop = run.end_step(
-                step + 1, metrics, evaluate, samples if cfg.log_completions else None, trained=bool(batch)
-            )
+            samples = partial(sample_rows, step + 1, sampled.collected, tokenizer, cfg)
+            stop = run.end_step(step + 1, metrics, evaluate, samples, trained=batch is not None)
             collector.format_watch.check()  # after the row too: a model that never writes the template
             if stop:
                 break
     return run.metrics
 
 
-def collect(collector: Collector, model, task: Task, step: int) -> Sampled:
+def collect_groups(collector: Collector, model, task: Task, step: int) -> Sampled:
     """Sample and score the step's groups (every rank: a collective call)."""
     model.eval()
     verify_before = Counter(task.counts)

@@ -154,7 +154,7 @@ class Run:
 
     def end_step(self, done: int, metrics: dict, evaluate=None, samples=None, trained: bool = True) -> bool:
         """After step `done`: decide whether it is the last, evaluate when due, log its `metrics`
-        (and `samples()`'s rows to samples.jsonl), save when due, stop a diverging run. Returns True
+        (and `samples()`'s rows, if any, to samples.jsonl), save when due, stop a diverging run. Returns True
         when the run stops here. A step that `trained` nothing (GRPO: every group flat) is logged
         and stops on the FLOP budget alone: no evaluation, no save."""
         if not trained:
@@ -169,8 +169,8 @@ class Run:
         )
         if evaluate and ((self.cfg.eval_every and done % self.cfg.eval_every == 0) or last):
             metrics.update(evaluate())
-        if samples and self.logs:
-            self.logs.append(self.logs.samples, samples())
+        if samples and self.logs and (rows := samples()):
+            self.logs.append(self.logs.samples, rows)
         self.show(metrics)  # before the state: a run resumed from it finds this step's row
         if self.clock.due(done) and self.rank == 0:  # every rank asks: a collective call
             self.clock.save(self.save)
