@@ -24,7 +24,7 @@ so the token sequences compare as they are. Reported per type:
   Each prompt (the batch) is timed `--repeats` times (3) and the fastest counts: on a machine
   shared with other work that is the time least slowed by it.
 
-The last stdout line is one JSON line of the numbers. tests/test_export.py's slow test runs
+The last stdout line is one JSON line of the numbers. tests/model/test_export.py's slow test runs
 `compare` on a model it trains; llama.cpp is `pip install llama-cpp-python` (it builds llama.cpp
 with cmake: CMAKE_ARGS="-DGGML_NATIVE=ON" for this CPU's instructions).
 

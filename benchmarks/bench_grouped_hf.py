@@ -1,7 +1,7 @@
 """One GRPO batch's forward + backward on a Hugging Face model: padded prompt + completion rows
 against the shared-prompt pass (`HFCausalLM.forward(GroupedBatch)`: each prompt once into a KV
 cache, its G completions packed back to back into rows as wide as the longest). Same loss and
-gradient (tests/test_hf_grouped.py); this measures the time.
+gradient (tests/model/test_hf_grouped.py); this measures the time.
 
 The batch: P chat-template prompts of two-digit sums, G completions each of 64 (`--shortest`) to
 128 random tokens (the cost does not depend on which tokens), every completion token sampled, fp32. The batch runs in

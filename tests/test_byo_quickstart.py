@@ -15,7 +15,7 @@ pytest.importorskip("datasets")
 pytest.importorskip("tensorboard")
 
 from reasonlab.cli import main  # noqa: E402
-from tests.test_model import make_tiny_hf  # noqa: E402
+from tests.model.test_model import make_tiny_hf  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "quickstart.md"
 SMALL = (

@@ -19,7 +19,7 @@ from reasonlab.runtime import MALLOC_ENV as MALLOC_ENV_NAMES
 from reasonlab.runtime import resolve_device
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
-from tests.test_model import make_tiny_hf
+from tests.model.test_model import make_tiny_hf
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

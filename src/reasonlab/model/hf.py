@@ -37,7 +37,7 @@ import torch.nn as nn
 from .grouped import GroupedBatch
 from .shared import SharedPrompts, take_rows
 
-# Tested by tests/test_hf_grouped.py: decoder-only, RoPE from position_ids, a 4D attention mask
+# Tested by tests/model/test_hf_grouped.py: decoder-only, RoPE from position_ids, a 4D attention mask
 # taken as given, the decoder and the lm_head reachable apart (base_model, get_output_embeddings).
 GROUPED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 GROUPED_ATTENTION = ("eager", "sdpa")
