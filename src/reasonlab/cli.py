@@ -150,7 +150,8 @@ def cmd_tasks(opts) -> int:
         print(textwrap.fill(first, width, initial_indent=f"{name:12s} ", subsequent_indent=" " * 13) or name)
         options = " ".join(f"{key}={p.default!r}" for key, p in task_options(cls).items())
         if options:
-            print(f"{'':12s} --task-arg: {options}")
+            lead = f"{'':12s} --task-arg: "
+            print(textwrap.fill(options, width, initial_indent=lead, subsequent_indent=" " * len(lead)))
     return 0
 
 

@@ -93,12 +93,14 @@ def test_tasks_prints_whole_first_sentences_wrapped(monkeypatch, capsys):
     assert main(["tasks"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert max(map(len, lines)) <= 80
-    described = {}
+    described, options = {}, False
     for line in lines:
         if not line.startswith(" "):
             name, _, text = line.partition(" ")
-            described[name] = text.strip()
-        elif not line.strip().startswith("--task-arg"):
+            described[name], options = text.strip(), False
+        elif line.strip().startswith("--task-arg"):
+            options = True  # the options' lines, wrapped too, close a task's entry
+        elif not options:
             described[name] += " " + line.strip()
     assert described["chain"].endswith("each after the first is the previous one plus or minus 1..9.")
     assert described["zz_long"] == (
