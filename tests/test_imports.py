@@ -31,15 +31,6 @@ LAYERS = [
     ("commands", ["cli", "options", "__main__", ""]),
 ]
 
-# Edges that break the layering today, each with why; a fix makes `test_known_violations_are_gone`
-# pass, which fails it (strict xfail) until the edge is taken out of this table.
-KNOWN_VIOLATIONS = {
-    ("reasonlab.outdir", "reasonlab.model.checkpoint"): (
-        "RunFolder.claim asks model.checkpoint.is_checkpoint_folder whether OUT/model may be replaced; "
-        "the check (and CHECKPOINT_FILES, SHARD) would have to move below model/"
-    ),
-}
-
 
 def module_names(root: Path) -> dict[str, Path]:
     """Every module under the package folder `root`, by dotted name (a package by its own name)."""
@@ -186,13 +177,5 @@ def test_no_import_circle():
 
 def test_every_module_imports_only_its_layer_or_lower_ones():
     found = violations(import_graph())
-    new = [line for edge, line in sorted(found.items()) if edge not in KNOWN_VIOLATIONS]
+    new = [line for _, line in sorted(found.items())]
     assert not new, "imports from a higher layer (docs/architecture.md):\n" + "\n".join(new)
-
-
-@pytest.mark.xfail(
-    strict=True, reason="; ".join(f"{a} -> {b}: {why}" for (a, b), why in KNOWN_VIOLATIONS.items())
-)
-def test_known_violations_are_gone():
-    graph = import_graph()
-    assert not [(a, b) for a, b in KNOWN_VIOLATIONS if b in graph.get(a, {})]

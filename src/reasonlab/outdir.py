@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,41 @@ from pathlib import Path
 from . import trackers
 from .errors import UserError
 from .jsonl import RUN_MARKER, made_by, trim_log
+
+TRAIN_CONFIG = "train_config.json"
+# What a checkpoint folder may hold (ours, or a Hugging Face model's): only such a folder is replaced.
+CHECKPOINT_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    TRAIN_CONFIG,
+    RUN_MARKER,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+}
+SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def is_checkpoint_folder(path) -> bool:
+    """Whether `path` is a folder `save_checkpoint` may replace: empty, or only checkpoint files
+    (config.json among them)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    entries = list(path.iterdir())
+    return not entries or (
+        (path / "config.json").is_file()
+        and all(e.is_file() and (e.name in CHECKPOINT_FILES or SHARD.fullmatch(e.name)) for e in entries)
+    )
+
 
 OVERWRITE_HELP = (
     "write into an --out that holds other files (they stay; files of this run's names are replaced)"
@@ -231,8 +267,6 @@ class RunFolder:
         """The folder `--out PATH` names, checked (`claim`) before any work, and so is its model/:
         the save at the end replaces only a folder of checkpoint files (or writes into it, with
         `overwrite`); and so is `report_to` (`trackers.resolve`)."""
-        from .model.checkpoint import is_checkpoint_folder
-
         folder = cls(claim(path, command, overwrite, resume=resume), command, report_to)
         if folder.model.exists() and not overwrite and not is_checkpoint_folder(folder.model):
             raise UserError(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -24,30 +23,10 @@ import torch
 
 from ..errors import UserError
 from ..jsonl import RUN_MARKER, plain_mode, read_json
+from ..outdir import TRAIN_CONFIG, is_checkpoint_folder
 from .gpt import GPT, GPTConfig
 from .hf import HFCausalLM, load_hf_model
 from .tokenizer import TokenizerAdapter, build_char_tokenizer, load_tokenizer
-
-TRAIN_CONFIG = "train_config.json"
-# What a checkpoint folder may hold (ours, or a Hugging Face model's): only such a folder is replaced.
-CHECKPOINT_FILES = {
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    TRAIN_CONFIG,
-    RUN_MARKER,
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-}
-SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
 def new_builtin(config: GPTConfig | None = None, seed: int = 0) -> tuple[GPT, TokenizerAdapter]:
@@ -99,19 +78,6 @@ def _write_model(folder: Path, model, tokenizer: TokenizerAdapter, reasonlab_met
             config["reasonlab"] = {"kind": "builtin", "gpt": asdict(model.config)}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save(folder)
-
-
-def is_checkpoint_folder(path) -> bool:
-    """Whether `path` is a folder `save_checkpoint` may replace: empty, or only checkpoint files
-    (config.json among them)."""
-    path = Path(path)
-    if not path.is_dir() or path.is_symlink():
-        return False
-    entries = list(path.iterdir())
-    return not entries or (
-        (path / "config.json").is_file()
-        and all(e.is_file() and (e.name in CHECKPOINT_FILES or SHARD.fullmatch(e.name)) for e in entries)
-    )
 
 
 def save_checkpoint(
