@@ -3,6 +3,7 @@ each taking what a run logged and writing a PNG with matplotlib's file-only back
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -106,6 +107,18 @@ def is_step(row: dict) -> bool:
     return "reward/sampled_mean" in row or "reward/mean" in row
 
 
+def reward_title(config: dict) -> tuple[str, float | None]:
+    """The reward panel's title, and the top of its scale when the reward is the method's alone
+    (format + correct points); rewards of your own (`--reward`, in the task's spec) are named."""
+    fmt, ok = config.get("format_points", 2.0), config.get("correct_points", 1.0)
+    plan = (config.get("task") or {}).get("rewards") if isinstance(config.get("task"), dict) else None
+    if not plan:
+        return f"Reward (format {fmt:g} + correct {ok:g})", fmt + ok
+    parts = [f"format {fmt:g} + correct {ok:g}"] if plan.get("default", True) else []
+    parts += [f"{weight:g}·{name}" for name, weight in plan.get("rewards", {}).items()]
+    return textwrap.fill("Reward (" + " + ".join(parts) + ")", 40), None  # a panel a third wide
+
+
 def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> Path:
     """Reward, accuracy and thinking length per GRPO step; `config` (the run's settings)
     names the sampling temperature and the reward's points."""
@@ -120,14 +133,17 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
     # whose mean stays below the top however good the model gets.
     key = "reward/sampled_mean" if all("reward/sampled_mean" in m for m in steps) else "reward/mean"
     axes[0].plot([m["step"] for m in steps], [m[key] for m in steps], color=COLORS["m2"])
-    fmt, ok = config.get("format_points", 2.0), config.get("correct_points", 1.0)
+    title, top = reward_title(config)
     _style(
         axes[0],
-        f"Reward (format {fmt:g} + correct {ok:g})",
+        title,
         "RL step",
         "mean reward, samples" if key == "reward/sampled_mean" else "mean reward, groups trained on",
     )
-    axes[0].set_ylim(0, 1.03 * (fmt + ok))
+    values = [m[key] for m in steps]
+    if top is not None and all(0 <= v <= top for v in values):
+        axes[0].set_ylim(0, 1.03 * top)  # the method's reward: the whole scale, to see how far up it is
+    # else matplotlib's own limits: rewards you wrote may have any range, negative ones included
     temperature = config.get("temperature")
     axes[1].plot(
         [m["step"] for m in steps],
