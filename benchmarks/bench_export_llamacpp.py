@@ -87,7 +87,7 @@ def reasonlab_greedy(model, tokenizer, prompts, max_new: int, repeats: int = 3):
     params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
     out, seconds = [], 0.0
     for prompt in prompts:
-        r, t = best_of(lambda: generate(model, tokenizer, [prompt], params), repeats)
+        r, t = best_of(lambda prompt=prompt: generate(model, tokenizer, [prompt], params), repeats)
         out.append(r.tokens[0, : int(r.lengths[0])].tolist())
         seconds += t
     return out, seconds
@@ -165,7 +165,7 @@ def run_type(model, tokenizer, prompts, ours, gguf_path, max_new, threads, repea
     text_stops = [tokenizer.tags[ANSWER_CLOSE]] if len(tokenizer.tags[ANSWER_CLOSE]) > 1 else []
     theirs, steps, agree, worst, seconds = [], 0, 0, 0.0, 0.0
     for ids in prompt_ids:
-        out, t = best_of(lambda: llama_greedy(llm, ids, max_new, text_stops), repeats)
+        out, t = best_of(lambda ids=ids: llama_greedy(llm, ids, max_new, text_stops), repeats)
         theirs.append(out)
         seconds += t
     for ids, (completion, rows) in zip(prompt_ids, theirs):
@@ -226,23 +226,24 @@ def compare(
 def print_table(results: dict) -> None:
     ours = results["reasonlab"]
     print(
-        f"reasonlab engine: {ours['tokens']} tokens, {ours['tokens_per_s']:.0f} tokens/s one prompt at a time, "
-        f"{ours['batched_tokens_per_s']:.0f} tokens/s batched ({results['prompts']} prompts)"
+        f"reasonlab engine: {ours['tokens']} tokens, {ours['tokens_per_s']:.0f} tokens/s one prompt "
+        f"at a time, {ours['batched_tokens_per_s']:.0f} tokens/s batched ({results['prompts']} prompts)"
     )
     stop = next(r["stop_rule_differs"] for t, r in results.items() if t not in ("reasonlab", "prompts"))
     print(
         f"{stop} of reasonlab's completions went on past an </answer> inside the thinking (compared up to it)"
     )
     print(
-        f"{'type':6s} {'MB':>6s} {'prompts tokenized alike':>24s} {'identical greedy':>17s} {'top-1 agrees':>13s} "
-        f"{'max |dlogp| top5':>17s} {'llama.cpp tok/s':>16s}"
+        f"{'type':6s} {'MB':>6s} {'prompts tokenized alike':>24s} {'identical greedy':>17s} "
+        f"{'top-1 agrees':>13s} {'max |dlogp| top5':>17s} {'llama.cpp tok/s':>16s}"
     )
     for type, r in results.items():
         if type in ("reasonlab", "prompts"):
             continue
         print(
-            f"{type:6s} {r['bytes'] / 1e6:6.2f} {str(r['same_prompt_tokens']):>24s} {r['identical_greedy']:17.1%} "
-            f"{r['top1_agreement']:13.2%} {r['max_top5_logprob_diff']:17.2e} {r['tokens_per_s']:16.0f}"
+            f"{type:6s} {r['bytes'] / 1e6:6.2f} {str(r['same_prompt_tokens']):>24s} "
+            f"{r['identical_greedy']:17.1%} {r['top1_agreement']:13.2%} "
+            f"{r['max_top5_logprob_diff']:17.2e} {r['tokens_per_s']:16.0f}"
         )
 
 

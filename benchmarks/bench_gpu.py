@@ -60,8 +60,8 @@ def run(name: str, model, tok, cfg: GRPOConfig) -> dict:
         if "time/generate_s" in m:
             rows.append(m)
             print(
-                f"{name} step {m['step']}: generate {m['time/generate_s']:.2f} s, train {m['time/train_s']:.2f} s, "
-                f"mean completion {m['completions/mean_length']:.0f} tokens",
+                f"{name} step {m['step']}: generate {m['time/generate_s']:.2f} s, "
+                f"train {m['time/train_s']:.2f} s, mean completion {m['completions/mean_length']:.0f} tokens",
                 flush=True,
             )
 

@@ -4,10 +4,11 @@ cache, its G completions packed back to back into rows as wide as the longest). 
 gradient (tests/model/test_hf_grouped.py); this measures the time.
 
 The batch: P chat-template prompts of two-digit sums, G completions each of 64 (`--shortest`) to
-128 random tokens (the cost does not depend on which tokens), every completion token sampled, fp32. The batch runs in
-micro-batches of `--micro` whole groups, as `update` runs it (the same gradient; it bounds the
-memory of the (rows, T, vocab) logits). Prints both times (median of `--repeats` after a warm-up),
-the tokens each layout computes, and one JSON line. The layouts alternate, after `--warmup` untimed rounds.
+128 random tokens (the cost does not depend on which tokens), every completion token sampled, fp32.
+The batch runs in micro-batches of `--micro` whole groups, as `update` runs it (the same gradient;
+it bounds the memory of the (rows, T, vocab) logits). Prints both times (median of `--repeats` after
+a warm-up), the tokens each layout computes, and one JSON line. The layouts alternate, after
+`--warmup` untimed rounds.
 Run: python benchmarks/bench_grouped_hf.py --model HF_FOLDER [--prompts 8] [--group 8] [--micro 2]
                                              [--repeats 3] [--warmup 1] [--threads 2] [--shortest 64]
                                              [--layouts padded,grouped]

@@ -14,8 +14,8 @@ one process of two threads: each rank samples and trains on half of every step's
 gradients are averaged (the same update; see docs/scaling.md). Two decode loops at once use the
 cores better when the loop is bound by per-step overhead (T = 1: a step ~15% cheaper); at T = 0.7,
 where dynamic sampling draws many groups a step, the two came out even (at 16 x 8 and at 32 x 4).
-Run: python benchmarks/bench_grpo_target.py [--seconds 360] [--seed 0] [--start CKPT] [--procs 2] [--autocast on]
-                                           [--schedule cosine [--steps N]]
+Run: python benchmarks/bench_grpo_target.py [--seconds 360] [--seed 0] [--start CKPT] [--procs 2]
+                                           [--autocast on] [--schedule cosine [--steps N]]
 """
 
 import argparse

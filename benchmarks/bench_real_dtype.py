@@ -86,11 +86,12 @@ def main():
     top_agree = float((results["float32"].argmax(-1) == results["bfloat16"].argmax(-1)).float().mean())
     rows_same, tokens_same = agreement(greedy["float32"], greedy["bfloat16"])
     print(
-        f"next-token logits: max |diff| {diff.max():.3f}, mean {diff.mean():.4f}; same top token {top_agree:.1%}"
+        f"next-token logits: max |diff| {diff.max():.3f}, mean {diff.mean():.4f}; "
+        f"same top token {top_agree:.1%}"
     )
     print(
-        f"greedy, {args.new_tokens} tokens: {rows_same:.1%} of rows identical, {tokens_same:.1%} of tokens before "
-        "the first difference"
+        f"greedy, {args.new_tokens} tokens: {rows_same:.1%} of rows identical, "
+        f"{tokens_same:.1%} of tokens before the first difference"
     )
     print(f"sampling tokens/s: float32 {speed['float32']:.1f}, bfloat16 {speed['bfloat16']:.1f}")
     print(

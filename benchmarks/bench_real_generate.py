@@ -169,7 +169,8 @@ def main():
             f"{tokens / seconds / floor:>8.1%}"
         )
     print(
-        f"ratio {ratio:.2f} (each run: {', '.join(f'{(o[0] / o[1]) / (h[0] / h[1]):.2f}' for o, h in runs)}); "
+        f"ratio {ratio:.2f} "
+        f"(each run: {', '.join(f'{(o[0] / o[1]) / (h[0] / h[1]):.2f}' for o, h in runs)}); "
         f"at equal matmul speed {ceiling:.2f}"
     )
     ours_tps, hf_tps = ours_tokens / ours_s, hf_tokens / hf_s

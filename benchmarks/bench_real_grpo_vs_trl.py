@@ -22,7 +22,8 @@ step over it is the highest ratio this machine allows. The last line is one JSON
 `ratio` key (TRL s/step over ours).
 
 Needs the `bench` extra (TRL): pip install -e '.[bench]'
-Run: python benchmarks/bench_real_grpo_vs_trl.py --model PATH [--steps 3] [--threads 2] [--dtype float32] [--autocast]
+Run: python benchmarks/bench_real_grpo_vs_trl.py --model PATH [--steps 3] [--threads 2] [--dtype float32]
+                                                 [--autocast]
 """
 
 import argparse
@@ -167,15 +168,16 @@ def main():
     floor = P * (prompt_tokens + G * ours_len) * 8 * n / peak
 
     print(
-        f"model {n:,} matmul params, {args.dtype}{' + bf16 autocast' if args.autocast else ''}; {P} prompts x {G} completions, <= {NEW} new tokens; "
-        f"{args.threads} threads; matmul peak {peak / 1e9:.0f} GFLOP/s"
+        f"model {n:,} matmul params, {args.dtype}{' + bf16 autocast' if args.autocast else ''}; "
+        f"{P} prompts x {G} completions, <= {NEW} new tokens; {args.threads} threads; "
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s"
     )
     print(f"{'trainer':<12}{'s/step':>8}{'mean completion':>17}{'MFU':>8}")
     print(f"{'reasonlab':<12}{ours_s:>8.1f}{ours_len:>17.1f}{mfu(ours_s, ours_len):>8.1%}")
     print(f"{'TRL':<12}{trl_s:>8.1f}{trl_len:>17.1f}{mfu(trl_s, trl_len):>8.1%}")
     print(
-        f"ours: {ours_gen:.1f} s generating + {ours_train:.1f} s training; its work at the peak takes {floor:.1f} s, "
-        f"so the ratio cannot pass {trl_s / floor:.2f} here"
+        f"ours: {ours_gen:.1f} s generating + {ours_train:.1f} s training; "
+        f"its work at the peak takes {floor:.1f} s, so the ratio cannot pass {trl_s / floor:.2f} here"
     )
     print(
         json.dumps(

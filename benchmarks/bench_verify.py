@@ -61,8 +61,10 @@ def main():
         predicted, golds = [p for p, _ in data], [g for _, g in data]
         verdicts = task.verify_batch(predicted, golds)
         assert verdicts == [i % 2 == 0 for i in range(args.n)], f"{kind}: wrong verdicts"
-        one = rate(lambda: [task.verify(p, g) for p, g in data], args.n, args.repeats)
-        batch = rate(lambda: task.verify_batch(predicted, golds), args.n, args.repeats)
+        one = rate(lambda data=data: [task.verify(p, g) for p, g in data], args.n, args.repeats)
+        batch = rate(
+            lambda predicted=predicted, golds=golds: task.verify_batch(predicted, golds), args.n, args.repeats
+        )
         results[kind] = {"one_at_a_time_per_s": round(one), "batch_per_s": round(batch)}
     forced = [(mathverify.prepare(p), mathverify.prepare(g)) for p, g in pairs("integers", args.n, rng)]
     results["integers_through_math_verify_batch_per_s"] = round(

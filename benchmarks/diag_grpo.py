@@ -150,8 +150,8 @@ def main():
                 f"[{label}] step {row['step']:4d}  greedy {row['eval/accuracy']:.3f} ({d})  sampled "
                 f"{row['eval/sampled_accuracy']:.3f}  flat {row['eval/sampled_flat_share']:.2f}  all-wrong "
                 f"{row['eval/sampled_all_wrong_share']:.2f}  think R/W {row['eval/think_right']:.0f}/"
-                f"{row['eval/think_wrong']:.0f}  KL {row['eval/kl_to_start']:.3f}  entropy {row.get('entropy', float('nan')):.3f}  "
-                f"{time.monotonic() - t0:.0f}s",
+                f"{row['eval/think_wrong']:.0f}  KL {row['eval/kl_to_start']:.3f}  "
+                f"entropy {row.get('entropy', float('nan')):.3f}  {time.monotonic() - t0:.0f}s",
                 flush=True,
             )
 

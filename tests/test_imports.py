@@ -13,8 +13,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "reasonlab"
 
 # Bottom to top: a module imports only modules of its own layer or lower ones. A module's layer is

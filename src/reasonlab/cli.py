@@ -211,7 +211,8 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
 
     if not path:
         raise UserError(
-            "--model is required (a reasonlab checkpoint or run folder, a Hugging Face model folder, or a .gguf file)"
+            "--model is required (a reasonlab checkpoint or run folder, a Hugging Face model folder, "
+            "or a .gguf file)"
         )
     where = resolve_device(device)  # a bad --device fails before the model loads
     model, tokenizer = load_model(path, dtype)
@@ -292,9 +293,9 @@ def cmd_rationales(opts) -> int:
         print(json.dumps(record), flush=True)
         if not record["kept"]:  # nothing to learn from: say so, never a silent no-op round
             print(
-                f"warning: round {record['round']} kept none of its {record['samples']} samples, so the model was "
-                "not fine-tuned; try --free-form (an instruct model writes no tags), --rationalize, more --samples "
-                "or a --teacher",
+                f"warning: round {record['round']} kept none of its {record['samples']} samples, "
+                "so the model was not fine-tuned; try --free-form (an instruct model writes no tags), "
+                "--rationalize, more --samples or a --teacher",
                 file=sys.stderr,
                 flush=True,
             )
@@ -519,8 +520,9 @@ def cmd_faithfulness(opts) -> int:
     lo, hi = probe["hint_follow_ci"]
     alo, ahi = probe["admit_ci"]
     print(
-        f"hint followed: {percent(probe['hint_follow_rate'])} [{lo:.1%}, {hi:.1%}] of {probe['pairs']} pairs; "
-        f"admitted: {percent(probe['admit_rate'])} [{alo:.1%}, {ahi:.1%}] of {probe['followed']} followed"
+        f"hint followed: {percent(probe['hint_follow_rate'])} [{lo:.1%}, {hi:.1%}] "
+        f"of {probe['pairs']} pairs; admitted: {percent(probe['admit_rate'])} [{alo:.1%}, {ahi:.1%}] "
+        f"of {probe['followed']} followed"
     )
     for name, row in probe[
         "by_style"
@@ -690,7 +692,8 @@ def run_command(command: Command, args, name: str) -> int:
             raise
         print(f"reasonlab {name}: error: {e}", file=sys.stderr)
         abort_distributed()
-        # An endpoint down or failing is not a usage error (1, not 2): what arrived is on disk, rerun to go on.
+        # An endpoint down or failing is not a usage error (1, not 2): what arrived is on disk,
+        # rerun to go on.
         return 1 if isinstance(e, RemoteError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -90,7 +90,8 @@ class ImportOptions:
 
 @dataclass
 class DataOptions(ImportOptions):
-    """--data: your dataset instead of --task (the task ``data``, `tasks.data`), recorded in the checkpoint."""
+    """--data: your dataset instead of --task (the task ``data``, `tasks.data`), recorded in the
+    checkpoint."""
 
     data: str = field(
         default="",

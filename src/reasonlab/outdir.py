@@ -102,8 +102,8 @@ class RunOptions:
         metadata={
             "action": "store_true",
             "help": "continue a stopped run from OUT/state (saved every --save-minutes and "
-            "--save-every steps, and when a step fails); the settings must be the same but for --steps, --max-seconds, --eval-every "
-            "and --save-every (and --report-to)",
+            "--save-every steps, and when a step fails); the settings must be the same but for "
+            "--steps, --max-seconds, --eval-every and --save-every (and --report-to)",
         },
     )
     overwrite: bool = field(default=False, metadata={"action": "store_true", "help": OVERWRITE_HELP})

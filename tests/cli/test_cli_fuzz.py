@@ -329,7 +329,8 @@ def check(argv, code, err, refuse: bool):
 
 
 def cases(seed: int, n: int):
-    """(command, mutation) pairs: ("option", action, value argv) or ("model" / "jsonl" / "config", None, [])."""
+    """(command, mutation) pairs: ("option", action, value argv) or ("model" / "jsonl" / "config",
+    None, [])."""
     rng = random.Random(seed)
     commands = [
         "generate",

@@ -66,7 +66,8 @@ def test_iso_accuracy_finds_the_cheapest_way_and_flips_with_the_queries():
     assert (
         len(configs) == 2 + 2 + 1
     )  # direct, thinking (uncapped), the vote of 4 (a vote of 1 is not a family member)
-    # at 1000 queries, 80%: the small model thinking costs 1e9 + 1e9; the big one answering directly 1e11 + 1e9
+    # at 1000 queries, 80%: the small model thinking costs 1e9 + 1e9; the big one answering directly
+    # 1e11 + 1e9
     few = iso_accuracy(configs, 1000, targets=(0.8, 0.99))
     assert few[0]["winner"] == "thinking" and few[0]["thinking"]["total"] == pytest.approx(2e9)
     assert few[0]["ratio"] == pytest.approx((1e11 + 1e9) / 2e9)

@@ -18,11 +18,12 @@ import torch
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("accelerate")
 
-from transformers import (
+# the imports below come after the importorskips above: without gguf and accelerate the module is skipped
+from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
     Gemma3ForCausalLM,
-    Gemma3TextConfig,  # noqa: E402
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -35,7 +36,7 @@ from transformers import (
 from reasonlab.cli import main  # noqa: E402
 from reasonlab.errors import UserError  # noqa: E402
 from reasonlab.model import GPTConfig, HFCausalLM, TokenizerAdapter, load_model, new_builtin, save_checkpoint  # noqa: E402
-from reasonlab.model.export import export_gguf, export_hf_folder, save_adapter  # noqa: E402
+from reasonlab.model.export import export_gguf, save_adapter  # noqa: E402
 from reasonlab.template import TAGS, build_prompt  # noqa: E402
 
 QWEN_SPLIT = (
@@ -125,7 +126,8 @@ def hf_model(kind: str, tokenizer: TokenizerAdapter) -> HFCausalLM:
             Qwen3Config(vocab_size=rows, head_dim=128, tie_word_embeddings=True, **ids, **SHAPE)
         )
     else:  # gemma3: five layers slide over 4 positions, the sixth attends to all. Gemma3's own head_dim and
-        # layer pattern: transformers' GGUF reader takes both from Gemma3TextConfig's defaults (llama.cpp reads them)
+        # layer pattern: transformers' GGUF reader takes both from Gemma3TextConfig's defaults
+        # (llama.cpp reads them)
         config = Gemma3TextConfig(
             vocab_size=rows,
             head_dim=256,

@@ -80,7 +80,7 @@ def test_the_deprecation_catcher_sees_both_channels():
             past_key_values=DynamicCache(config=model.config),
             use_cache=True,
         )
-        out.past_key_values
+        _ = out.past_key_values
     assert any("FutureWarning" in n for n in notes) and any(n.startswith("log:") for n in notes)
 
 
@@ -128,7 +128,7 @@ def test_reserved_cache_layers_write_in_place_and_grow_past_capacity(tmp_path, c
     ids = torch.tensor([seq])
     logits = model.decode(ids, torch.arange(4)[None], torch.ones(1, 4, dtype=torch.long), cache)[:, -1]
     buffers = []
-    for step in range(6):
+    for _ in range(6):
         assert_logits_of_full_forwards(model, logits, [seq])
         assert cache.kv.get_seq_length() == len(seq) == cache.kv.layers[0].keys.shape[-2]
         buffers.append(cache.kv.layers[0].key_buffer.data_ptr())

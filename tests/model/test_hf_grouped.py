@@ -1,7 +1,8 @@
 """GRPO's shared-prompt pass on Hugging Face models (`HFCausalLM.forward(GroupedBatch)`: each prompt
 once into a KV cache, each group's completions packed into rows on it) against padded prompt +
 completion rows: token log-probs, every parameter's gradient, whole runs (plain, LoRA, DDP and
-FSDP2 wrappers); models that cannot take it train on padded rows. Run: pytest tests/model/test_hf_grouped.py"""
+FSDP2 wrappers); models that cannot take it train on padded rows.
+Run: pytest tests/model/test_hf_grouped.py"""
 
 import gc
 

@@ -1,4 +1,5 @@
-"""Built-in GPT, tokenizer, checkpoints, HF export and the HF adapter. Run: pytest tests/model/test_model.py"""
+"""Built-in GPT, tokenizer, checkpoints, HF export and the HF adapter.
+Run: pytest tests/model/test_model.py"""
 
 import dataclasses
 import json

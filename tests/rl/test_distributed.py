@@ -1,5 +1,6 @@
 """torchrun with 2 processes on the gloo backend (CPU): the same global batch and seed give the
-single-process loss curve, for sft and rl, with DDP and with FSDP2. Run: pytest tests/rl/test_distributed.py"""
+single-process loss curve, for sft and rl, with DDP and with FSDP2.
+Run: pytest tests/rl/test_distributed.py"""
 
 import json
 import os
@@ -109,9 +110,10 @@ def run_pair(
         timeout=300,
     )  # ranks whose collective calls split would hang: fail instead
     assert two.returncode == 0, two.stderr[-12000:]  # every rank's lines: the first error may be far up
-    read = lambda run: [
-        json.loads(line) for line in (tmp_path / metrics.format(run=run)).read_text().splitlines()
-    ]
+
+    def read(run):
+        return [json.loads(line) for line in (tmp_path / metrics.format(run=run)).read_text().splitlines()]
+
     return read("one"), read("two")
 
 
@@ -162,7 +164,10 @@ def test_rl_sharded_rollouts_two_processes_match_one(tmp_path, start_checkpoint)
         "--no-skip-flat-groups",
     ]  # one process would skip flat groups: its logged entropy would cover fewer rows
     one, two = run_pair(tmp_path, args, "{run}/metrics.jsonl")
-    steps = lambda rows: [r for r in rows if "loss" in r]
+
+    def steps(rows):
+        return [r for r in rows if "loss" in r]
+
     assert len(steps(one)) == len(steps(two)) == 4
     for a, b in zip(steps(one), steps(two)):
         for key in ("reward/mean", "completions/mean_length", "reward/length_target"):

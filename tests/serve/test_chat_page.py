@@ -109,15 +109,17 @@ def test_the_page_loads_with_the_servers_settings(page):
 
 def test_an_answer_streams_in_and_its_thinking_opens_and_closes(page):
     set_budget(page, 9)
-    # Every length the thinking text takes, with the time (ms) and whether Send was disabled: a mutation observer's
-    # records come in between the page's handling of two chunks, so a text set once at the end shows one length only.
+    # Every length the thinking text takes, with the time (ms) and whether Send was disabled: a mutation
+    # observer's records come in between the page's handling of two chunks, so a text set once at the end
+    # shows one length only.
     page.execute_script("""
         window.seen = [];
         new MutationObserver(() => {
           const t = [...document.querySelectorAll('.assistant .thinking-text')].at(-1);
           if (t && t.textContent.length !== window.seen.at(-1)?.[0]) window.seen.push([t.textContent.length,
               performance.now(), document.getElementById('send').disabled]);
-        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});""")
+        }).observe(document.getElementById('messages'),
+                   {subtree: true, childList: true, characterData: true});""")
     turn = ask(page, "3+4")
     assert turn.find_element(By.CSS_SELECTOR, ".answer").text == "7"
     assert thinking_of(turn) == "a" * 9

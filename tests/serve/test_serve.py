@@ -441,7 +441,8 @@ def test_load_concurrent_clients_are_batched_and_faster():
     ratio = one_at_a_time / concurrent
     print(
         f"\nload: 256 requests one at a time {one_at_a_time:.2f} s ({256 / one_at_a_time:.0f} req/s), "
-        f"32 clients x 8 {concurrent:.2f} s ({256 / concurrent:.0f} req/s) in {calls} generate calls: {ratio:.1f}x"
+        f"32 clients x 8 {concurrent:.2f} s ({256 / concurrent:.0f} req/s) "
+        f"in {calls} generate calls: {ratio:.1f}x"
     )
     assert calls < 256 and ratio > 1.0
 

@@ -23,19 +23,17 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 64
 MAX_QUEUE = 96  # small enough that 64 clients fill it at times: 429s happen and are retried later
-SERVER = (
-    """
+SERVER = f"""
 import sys, torch
 from reasonlab.model import GPTConfig, new_builtin
 from reasonlab.serve import Limits, bind, make_app, run_server
 torch.set_num_threads(1)  # the clients share the machine (2 cores where this was written)
 model, tok = new_builtin(GPTConfig(n_layer=2, n_head=2, n_kv_head=2, d_model=64, max_seq_len=128), seed=0)
 sock = bind("127.0.0.1", 0)
-app = make_app(model.eval(), tok, Limits(max_batch_rows=32, max_queue=%d, max_tokens=64), model_name="soak")
+limits = Limits(max_batch_rows=32, max_queue={MAX_QUEUE}, max_tokens=64)
+app = make_app(model.eval(), tok, limits, model_name="soak")
 run_server(app, sock, on_start=lambda: print(sock.getsockname()[1], flush=True))
 """
-    % MAX_QUEUE
-)
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 # The valid requests: each is seeded, so its reply is the same in any batch (the engine's row seeds)
 VALID = [

@@ -1,4 +1,5 @@
-"""Tasks: seeded problems, disjoint splits, verifiers, reference rationales. Run: pytest tests/tasks/test_tasks.py"""
+"""Tasks: seeded problems, disjoint splits, verifiers, reference rationales.
+Run: pytest tests/tasks/test_tasks.py"""
 
 import json
 import threading

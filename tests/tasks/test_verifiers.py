@@ -36,7 +36,10 @@ def run_python(
     )
 
 
-CHECK = "from reasonlab.tasks import get_task; t = get_task('math'); print(t.verify('\\\\frac{1}{2}', '0.5'), t.verify('3', '\\\\frac{6}{2}'))"
+CHECK = (
+    "from reasonlab.tasks import get_task; t = get_task('math'); "
+    "print(t.verify('\\\\frac{1}{2}', '0.5'), t.verify('3', '\\\\frac{6}{2}'))"
+)
 
 
 def test_math_verifies_from_a_script_without_a_main_guard_from_stdin_and_from_c(tmp_path):

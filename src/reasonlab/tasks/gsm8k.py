@@ -104,7 +104,8 @@ def _load_rows(path: str | None, split: str) -> list[dict]:
 
 @register_task("gsm8k")
 class GSM8KTask(Task):
-    """GSM8K word problems, numeric answers; data from `path`, $REASONLAB_GSM8K, shared/data/gsm8k or the hub."""
+    """GSM8K word problems, numeric answers; data from `path`, $REASONLAB_GSM8K, shared/data/gsm8k or
+    the hub."""
 
     def __init__(self, path: str | None = None):
         self.path = path

@@ -53,7 +53,8 @@ DEFAULT_TIMEOUT = 5.0
 MAX_CHARS = 2000  # longer answers (and golds) are not parsed at all
 STARTUP_SECONDS = 60.0  # a worker's first import of sympy and math-verify
 BATCH_PER_WORKER = 16  # below this many checks a batch goes to one worker, not all of them
-CHECK_MARGIN = 0.5  # seconds past `timeout` before a check's worker is killed (math-verify's own alarms are whole seconds)
+# seconds past `timeout` before a check's worker is killed (math-verify's own alarms are whole seconds)
+CHECK_MARGIN = 0.5
 
 
 class VerifierError(RuntimeError):

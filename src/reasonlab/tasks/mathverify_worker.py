@@ -10,8 +10,8 @@ Protocol, one JSON document a line: the worker first writes ``{"ready": true}`` 
 ``{"fatal": "..."}`` and exits when math-verify cannot be imported); then for each request
 ``{"pairs": [[predicted, gold], ...], "timeout": seconds}`` it writes one outcome a pair, in
 order, as soon as it is known: ``"correct"``, ``"wrong"``, ``"unparsed_gold"``, ``"timeout"``
-(math-verify's own alarm fired) or ``"error: <exception type>"``. A line per pair lets the parent tell which pair a stuck worker
-was on.
+(math-verify's own alarm fired) or ``"error: <exception type>"``. A line per pair lets the parent
+tell which pair a stuck worker was on.
 """
 
 import json
