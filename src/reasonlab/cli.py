@@ -423,7 +423,6 @@ def cmd_study_compute(cfg) -> int:
 
 def cmd_eval(opts) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from .evaluate import EvalConfig, evaluate_model
 
@@ -439,6 +438,17 @@ def cmd_eval(opts) -> int:
     output = output_file(cfg.output)
     model, tokenizer = load_model_or_exit(cfg.model, device=opts.device, task=task)
     out = evaluate_model(model, tokenizer, task, cfg)
+    Console().print(eval_table(cfg, out))
+    if output:
+        write_eval_results(output, out)
+    return 0
+
+
+def eval_table(cfg, out: dict):
+    """`reasonlab eval`'s table: the metrics, the tokens and FLOPs an answer, then the rows of
+    whatever was swept (add_sweep_rows)."""
+    from rich.table import Table
+
     table = Table(title=f"{cfg.task}: {out['n_problems']} {cfg.split} problems")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -464,6 +474,12 @@ def cmd_eval(opts) -> int:
     )
     flops = metrics["flops_per_answer"]  # None: a model whose shape compute.model_cost cannot read
     table.add_row("FLOPs an answer (2N a token + attention)", "unknown" if flops is None else f"{flops:.3g}")
+    add_sweep_rows(table, metrics, out)
+    return table
+
+
+def add_sweep_rows(table, metrics: dict, out: dict) -> None:
+    """The eval table's rows by difficulty, by thinking budget and by length target, each when measured."""
     for level, m in metrics.get("by_difficulty", {}).items():
         table.add_row(
             f"difficulty {level} ({m['n']}): accuracy, thinking tokens",
@@ -482,18 +498,19 @@ def cmd_eval(opts) -> int:
             f"think for {point['target']}: tokens, |n - N| / N, accuracy",
             f"{point['mean_think_tokens']:.1f}, {point['mean_abs_rel_error']:.1%}, {point['acc']:.1%}",
         )
-    Console().print(table)
-    if output:
-        output.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
-        print(
-            f"wrote {output}: the metrics and {len(out['completions'])} of the {out['n_problems']} "
-            "greedy completions (--keep-completions)"
-        )
-        if out.get("budget_curve"):  # the sweep as a picture beside the numbers
-            from .lab.plots import plot_budget
 
-            print(f"wrote {plot_budget(out['budget_curve'], output.with_suffix('.png'))}")
-    return 0
+
+def write_eval_results(output, out: dict) -> None:
+    """--output: the results as JSON and, when a thinking budget was swept, its plot beside them."""
+    output.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(
+        f"wrote {output}: the metrics and {len(out['completions'])} of the {out['n_problems']} "
+        "greedy completions (--keep-completions)"
+    )
+    if out.get("budget_curve"):  # the sweep as a picture beside the numbers
+        from .lab.plots import plot_budget
+
+        print(f"wrote {plot_budget(out['budget_curve'], output.with_suffix('.png'))}")
 
 
 def cmd_faithfulness(opts) -> int:

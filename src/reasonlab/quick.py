@@ -60,14 +60,8 @@ def grpo(
     default reward checks answers (default: ``math`` when the dataset has an answer column, else
     ``none``). `config`: a `GRPOConfig` (defaults otherwise). `eval_dataset`: the held-out rows
     (default: `eval_fraction` of `train_dataset`, chosen by a hash of each row)."""
-    from .model import save_checkpoint, train_record
-    from .model.export import save_adapter
     from .outdir import RunFolder
-    from .rewards import reward_plan
     from .rl import GRPOConfig, train_grpo
-    from .runtime import plain_model
-    from .tasks import get_task
-    from .tasks.data import read_splits
 
     if train_dataset is None:
         raise UserError("grpo needs train_dataset (a datasets.Dataset, or a path to a dataset)")
@@ -75,27 +69,53 @@ def grpo(
     folder = RunFolder.claim(out, "rl", overwrite, report_to)
     model, tokenizer = load(model, tokenizer)
     data = saved_dataset(train_dataset, eval_dataset, folder.path / "data")
-    if verifier is None:
-        columns = read_splits(data)["train"].column_names
-        has_answer = (answer_column or "") in columns or any(c in columns for c in ("answer", "solution"))
-        verifier = "math" if has_answer else "none"
     options = {
         "path": str(data),
         "prompt_column": prompt_column,
         "answer_column": answer_column,
-        "verifier": verifier,
+        "verifier": default_verifier(data, answer_column) if verifier is None else verifier,
         "eval_fraction": eval_fraction,
         "system_prompt": system_prompt,
     }
+    task = data_task(options, reward_funcs, reward_weights, default_reward, format_gate)
+    metrics = train_grpo(model, tokenizer, task, cfg, out_dir=folder, progress=progress)
+    final = save_trained(model, tokenizer, folder, cfg, task)
+    return Trained(final, tokenizer, metrics, folder.path)
+
+
+def default_verifier(data, answer_column: str | None) -> str:
+    """``math`` when the dataset has an answer column (`answer_column`, ``answer`` or ``solution``),
+    else ``none``."""
+    from .tasks.data import read_splits
+
+    columns = read_splits(data)["train"].column_names
+    has_answer = (answer_column or "") in columns or any(c in columns for c in ("answer", "solution"))
+    return "math" if has_answer else "none"
+
+
+def data_task(options: dict, reward_funcs, reward_weights, default_reward: bool, format_gate: bool):
+    """The ``data`` task over `options` (those given), with your rewards beside the default one."""
+    from .rewards import reward_plan
+    from .tasks import get_task
+
     task = get_task("data", **{k: v for k, v in options.items() if v is not None})
     if reward_funcs or not default_reward or format_gate:
         task.reward_plan = reward_plan(list(reward_funcs), reward_weights, default_reward, format_gate)
         task.spec["rewards"] = task.reward_plan.spec()
-    metrics = train_grpo(model, tokenizer, task, cfg, out_dir=folder, progress=progress)
+    return task
+
+
+def save_trained(model, tokenizer, folder, cfg, task):
+    """The trained model saved in folder/model with what trained it (a LoRA adapter also alone,
+    beside it); returns the plain model (LoRA merged)."""
+    from .model import save_checkpoint, train_record
+    from .model.export import save_adapter
+    from .runtime import plain_model
+
     save_adapter(model, folder.path)  # --lora-rank: the adapter alone, beside the merged model
     final = plain_model(model)
     save_checkpoint(folder.model, final, tokenizer, train_record(cfg, task))
-    return Trained(final, tokenizer, metrics, folder.path)
+    return final
 
 
 def load(model, tokenizer=None):
