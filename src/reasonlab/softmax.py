@@ -1,8 +1,7 @@
 """Probabilities from log-probabilities without torch's slow exp.
 
-torch's CPU ``exp`` takes a path 30-40x slower for inputs below float32's underflow point (about
--87.3: exp(-87.3) is float32's smallest normal number), and for -inf: on 64 x 49,152 values it took
-0.6 ms in range, 23-28 ms at -110 to -200 and 7 ms at -inf (2-core Xeon, benchmarks/README.md).
+torch's CPU ``exp`` takes a path many times slower for inputs below float32's underflow point
+(about -87.3: exp(-87.3) is float32's smallest normal number), and for -inf (benchmarks/README.md).
 A confident model puts most of its vocabulary's log-probabilities there, and the sampler
 exponentiates every one of them each step. `floored_exp` computes exp(max(z, FLOOR)) and sets what
 was at the floor to exactly 0: exp(-87) ≈ 1.6e-38 is below anything float32 sums can tell from 0

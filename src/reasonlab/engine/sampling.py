@@ -20,7 +20,7 @@ def sample_next(
     the inverse CDF at one uniform: `uniform` (B,) when given (`keyed_uniform`: see
     `SamplingParams.row_seeds`; a row's token then depends on its own uniform alone), else one drawn
     per row from `generator`. One random number per row, not per vocabulary entry: noise over a
-    49k-token vocabulary cost more than the rest of the sampling step."""
+    whole vocabulary cost more than the rest of the sampling step (benchmarks/README.md)."""
     if temperature == 0:
         return logits.argmax(-1), F.log_softmax(logits, dim=-1)
     scaled = temper(logits, temperature)
@@ -69,8 +69,8 @@ TOP_P_CANDIDATES = 1024
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """`probs` (B, V) outside the smallest prefix (by probability) reaching `top_p` set to 0. Each
-    row's prefix is looked for among its top `TOP_P_CANDIDATES` first (a partial sort, an eighth of
-    a full one at 64 x 49152); only a row whose nucleus is wider is sorted whole."""
+    row's prefix is looked for among its top `TOP_P_CANDIDATES` first (a partial sort, far cheaper
+    than a full one: benchmarks/README.md); only a row whose nucleus is wider is sorted whole."""
     k = min(TOP_P_CANDIDATES, probs.shape[-1])
     top, order = torch.topk(probs, k, dim=-1)  # descending
     kept = _keep_prefix(probs, top, order, top_p)
@@ -91,9 +91,9 @@ def inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor, block: int = 256) 
     """Row i draws token j with cdf[j-1] <= u_i * total < cdf[j], where cdf is the running sum of the
     row's weights (B, V), >= 0, unnormalised, and u_i in [0, 1). In two levels, first the block of
     `block` tokens (a float64 running sum of the blocks' totals), then the token inside it (a float64
-    running sum of its weights): a float32 running sum over a 49k vocabulary moves ~3e-4 of the
-    probability onto the wrong tokens and gives none to tokens below its resolution, and one in
-    float64 costs ten times a float32 one on CPU; the two levels cost less than either."""
+    running sum of its weights): a float32 running sum over a large vocabulary moves probability
+    onto the wrong tokens and gives none to tokens below its resolution, and one in float64 costs
+    several times a float32 one on CPU; the two levels cost less than either (benchmarks/README.md)."""
     B, V = weights.shape
     full = V - V % block
     sums = weights[:, :full].reshape(B, full // block, block).sum(-1)

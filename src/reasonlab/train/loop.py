@@ -66,8 +66,8 @@ def tokenize_examples(
     tokenizer, rows: list[dict], max_len: int, eos: bool = True
 ) -> list[tuple[list[int], list[int]]]:
     """`{"prompt", "completion"}` rows to id pairs, EOS after the completion, cut to `max_len`.
-    Texts are cut to `max_len` x `MAX_CHARS_PER_TOKEN` characters first: tokenising a 50 MB line
-    whole took gigabytes for the 256 tokens kept."""
+    Texts are cut to `max_len` x `MAX_CHARS_PER_TOKEN` characters first: tokenising a huge line
+    whole takes memory for the whole line, not for the few tokens kept (benchmarks/README.md)."""
     chars = max_len * MAX_CHARS_PER_TOKEN
     prompts = tokenizer.encode_batch([r["prompt"][:chars] for r in rows])
     completions = tokenizer.encode_batch([r["completion"][:chars] for r in rows])

@@ -12,7 +12,8 @@ Each round:
    tasks without a gold answer, that an LLM judge scores at least `judge_threshold` (0-10) against
    the criteria in `judge_rubric`; where the task can check reasoning steps (`Task.check_steps`,
    e.g. chain), a right answer reached by wrong steps is dropped too (`check_steps`, on by
-   default: in the demo's first round 74% of right answers came from wrong steps);
+   default: in the demo's first round most right answers came from wrong steps,
+   benchmarks/README.md);
 3. optionally *rationalize* (STaR): for problems with no kept sample, sample again with the gold
    answer given as a hint, and keep correct rationales with the hint removed from the prompt;
 4. deduplicate, write the survivors as prompt/completion pairs in the ``<think>/<answer>`` template;
