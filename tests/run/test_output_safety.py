@@ -4,17 +4,33 @@ kept), as are `.`, an empty name, a file and a place that cannot be written; a c
 only a checkpoint. Run: pytest tests/run/test_output_safety.py"""
 
 import json
+import re
 
 import pytest
 
 from reasonlab.cli import main
 from reasonlab.errors import UserError
 from reasonlab.model import load_model, new_builtin, save_checkpoint
+from reasonlab.outdir import LOCK
+
+# The end of a lock file's holder line ("pid N, reasonlab COMMAND, since DATE TIME"): when the lock
+# was last taken. A run refused after it took the lock (a --resume whose checkpoint is unusable)
+# rewrote it, so it may change; the rest of the line (who holds the folder) may not.
+LOCK_SINCE = re.compile(rb", since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 
 
 def snapshot(root) -> dict:
-    """Every file under `root`: its bytes, by relative path."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under `root`: its bytes, by relative path; a lock file's bytes without the time its
+    holder took it (`LOCK_SINCE`)."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == LOCK:
+                data, n = LOCK_SINCE.subn(b", since <time>", data)
+                assert n == 1, f"{p}: {data!r} is not a holder line"
+            files[str(p.relative_to(root))] = data
+    return files
 
 
 def precious(tmp_path):
