@@ -92,8 +92,8 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
 
 def task_of(opts):
     """The task of a command with `DataOptions`: --data's dataset (the ``data`` task) or `make_task`'s,
-    after the --import modules (and those --model's run imported); `rl`'s --reward functions go on it
-    (`task.reward_plan`). All of it is recorded in the task's spec, so the checkpoint finds it again."""
+    after the --import modules (and those --model's run imported), recorded in the task's spec so
+    the checkpoint finds them again."""
     from .plugins import import_modules, recorded_imports
     from .tasks import get_task
     from .tasks.data import data_task_options, refuse_training_rows
@@ -111,17 +111,6 @@ def task_of(opts):
         task = make_task(opts.task, opts.task_arg, model)
     if imports:
         task.spec["imports"] = imports
-    rewards = (
-        getattr(opts, "reward", None),
-        getattr(opts, "default_reward", True),
-        getattr(opts, "format_gate", False),
-    )
-    if rewards != (None, True, False):
-        from .rewards import reward_plan
-
-        weights = [parse_value(w) for w in opts.reward_weights.split(",")] if opts.reward_weights else None
-        task.reward_plan = reward_plan(opts.reward or [], weights, opts.default_reward, opts.format_gate)
-        task.spec["rewards"] = task.reward_plan.spec()
     if getattr(opts, "split", "test") == "test" and model:  # `eval`: never on rows the model trained on
         from .model.checkpoint import recorded_task
 
@@ -364,6 +353,18 @@ def cmd_serve(opts) -> int:
     return 0
 
 
+def rewards_of(opts, task):
+    """`rl`'s --reward functions (`rewards.RewardPlan`), recorded in the task's spec; None for the
+    method's reward alone."""
+    from .rewards import rewards_given
+
+    weights = [parse_value(w) for w in opts.reward_weights.split(",")] if opts.reward_weights else None
+    plan = rewards_given(opts.reward or [], weights, opts.default_reward, opts.format_gate)
+    if plan is not None:
+        task.spec["rewards"] = plan.spec()
+    return plan
+
+
 def cmd_rl(opts) -> int:
     from .model import save_checkpoint, train_record
     from .model.export import save_adapter
@@ -372,12 +373,15 @@ def cmd_rl(opts) -> int:
 
     cfg = narrow(opts, GRPOConfig)
     task = task_of(opts)
+    rewards = rewards_of(opts, task)
     folder = RunFolder.claim(opts.out, "rl", opts.overwrite, opts.report_to, opts.resume)
     setup_distributed(opts.device)  # under torchrun: join the group (each rank samples and trains its share)
     model, tok = load_model_or_exit(opts.model, load_dtype(cfg), opts.device, task)
     rank = world()[0]
     with TrainProgress(cfg.steps, "rl") as bar:
-        metrics = train_grpo(model, tok, task, cfg, out_dir=folder, progress=bar, resume=opts.resume)
+        metrics = train_grpo(
+            model, tok, task, cfg, out_dir=folder, progress=bar, resume=opts.resume, rewards=rewards
+        )
     if rank == 0:  # --lora-rank: the adapter alone, in peft's format, beside the merged model
         save_adapter(model, folder.path)
     final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)

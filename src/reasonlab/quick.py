@@ -77,8 +77,8 @@ def grpo(
         "eval_fraction": eval_fraction,
         "system_prompt": system_prompt,
     }
-    task = data_task(options, reward_funcs, reward_weights, default_reward, format_gate)
-    metrics = train_grpo(model, tokenizer, task, cfg, out_dir=folder, progress=progress)
+    task, rewards = data_task(options, reward_funcs, reward_weights, default_reward, format_gate)
+    metrics = train_grpo(model, tokenizer, task, cfg, out_dir=folder, progress=progress, rewards=rewards)
     final = save_trained(model, tokenizer, folder, cfg, task)
     return Trained(final, tokenizer, metrics, folder.path)
 
@@ -94,15 +94,16 @@ def default_verifier(data, answer_column: str | None) -> str:
 
 
 def data_task(options: dict, reward_funcs, reward_weights, default_reward: bool, format_gate: bool):
-    """The ``data`` task over `options` (those given), with your rewards beside the default one."""
-    from .rewards import reward_plan
+    """The ``data`` task over `options` (those given), and your rewards (a `RewardPlan`, recorded in
+    the task's spec; None for the default reward alone)."""
+    from .rewards import rewards_given
     from .tasks import get_task
 
     task = get_task("data", **{k: v for k, v in options.items() if v is not None})
-    if reward_funcs or not default_reward or format_gate:
-        task.reward_plan = reward_plan(list(reward_funcs), reward_weights, default_reward, format_gate)
-        task.spec["rewards"] = task.reward_plan.spec()
-    return task
+    rewards = rewards_given(list(reward_funcs), reward_weights, default_reward, format_gate)
+    if rewards is not None:
+        task.spec["rewards"] = rewards.spec()
+    return task, rewards
 
 
 def save_trained(model, tokenizer, folder, cfg, task):

@@ -270,7 +270,8 @@ class RewardPlan:
     `funcs`: your rewards and their weights, each already wrapped (`user_reward`) and named uniquely.
     `default`: keep the method's reward (`--no-default-reward`: your rewards alone judge).
     `format_gate`: a completion whose template breaks gets 0 in total, your rewards included.
-    A task carries its plan (`task.reward_plan`), so the trainer's collector finds it.
+    The trainer takes it (`train_grpo(..., rewards=plan)`); the task's spec records it
+    (`plan.spec()`), so a checkpoint says what it was trained on.
     """
 
     funcs: list[tuple[RewardFn, float]] = field(default_factory=list)
@@ -314,6 +315,19 @@ def load_reward(spec: str) -> tuple[Callable, float | None, str]:
     if not callable(fn):
         raise UserError(f"--reward {spec}: {attr!r} is not a function")
     return fn, weight, attr
+
+
+def rewards_given(
+    funcs: Sequence = (),
+    weights: Sequence[float] | None = None,
+    default: bool = True,
+    format_gate: bool = False,
+) -> RewardPlan | None:
+    """`reward_plan`'s plan, or None when it would be the method's default reward alone (no
+    functions of yours, the default on, no format gate): the run then scores as it always has."""
+    if not funcs and weights is None and default and not format_gate:
+        return None
+    return reward_plan(funcs, weights, default, format_gate)
 
 
 def reward_plan(

@@ -145,18 +145,24 @@ class Collector:
     `sample(model, prompts, params, step)` runs the model (the built-in engine by default; the trainer
     passes vLLM's when it rolls out there). `keep_rate` (the last step's share of groups with a reward
     spread) sizes dynamic sampling's refills and is kept in the training state, as is `format_watch`
-    (`drawn` feeds it). The task's `reward_plan` adds your rewards (`step_rewards`).
+    (`drawn` feeds it). `rewards` (a `RewardPlan`) adds your rewards (`step_rewards`).
     """
 
     def __init__(
-        self, task: Task, tokenizer, cfg: GRPOConfig, stream: ProblemStream, sample: Callable | None = None
+        self,
+        task: Task,
+        tokenizer,
+        cfg: GRPOConfig,
+        stream: ProblemStream,
+        sample: Callable | None = None,
+        rewards: RewardPlan | None = None,
     ):
         self.task, self.tokenizer, self.cfg, self.stream = task, tokenizer, cfg, stream
         self.sample = sample or (
             lambda model, prompts, params, step: generate(model, tokenizer, prompts, params)
         )
         self.keep_rate = 1.0
-        self.plan = getattr(task, "reward_plan", None)  # your rewards, if any (`rewards.RewardPlan`)
+        self.plan = rewards  # your rewards, if any
         self.rewards = step_rewards(cfg, self.plan)
         # with rewards of your own a model that never writes the template still has a signal
         self.format_watch = FormatWatch(

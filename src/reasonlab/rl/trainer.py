@@ -51,6 +51,7 @@ from ..engine import SamplingParams
 from ..errors import UserError
 from ..evaluate import evaluate_problems
 from ..outdir import RunFolder
+from ..rewards import RewardPlan
 from ..run import Run
 from ..run.optim import lr_at, make_optimizer
 from ..run.state import task_setting
@@ -75,6 +76,7 @@ def train_grpo(
     progress=None,
     resume: bool = False,
     held_out=None,
+    rewards: RewardPlan | None = None,
 ):
     """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
     out_dir/metrics.jsonl (and to its trackers: `out_dir` may be a `RunFolder` with `report_to`)
@@ -83,7 +85,8 @@ def train_grpo(
     out_dir/state; `resume=True` continues from it: sampling seeds derive from the step, so the run
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
     at that step's start. Each row carries ``compute/flops``, what the run's sampling and updates
-    have cost so far (`compute`); `cfg.max_flops` stops the run there."""
+    have cost so far (`compute`); `cfg.max_flops` stops the run there. `rewards`: your reward
+    functions beside (or instead of) the method's (`rewards.rewards_given`); None: the method's."""
     size = world()[1]
     if cfg.prompts_per_step % size:
         raise UserError(f"prompts_per_step {cfg.prompts_per_step} must divide by the {size} processes")
@@ -92,7 +95,7 @@ def train_grpo(
     held_out = held_out_problems(task, cfg, held_out)
     check_memory(model, cfg, size)
     policy, vllm = make_policy(model, tokenizer, cfg)
-    collector = Collector(task, tokenizer, cfg, ProblemStream(task, cfg.seed))
+    collector = Collector(task, tokenizer, cfg, ProblemStream(task, cfg.seed), rewards=rewards)
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rl") if out_dir else None
     run = start_run(policy, collector, task, cfg, folder, resume, log, progress)
     if vllm is not None:

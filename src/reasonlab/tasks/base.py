@@ -49,9 +49,6 @@ class Task:
 
     name: ClassVar[str] = "task"
     test_fraction: ClassVar[float] = 0.1  # share of the problem space held out for evaluation
-    # Rewards a GRPO run adds to (or puts in place of) the default one: a `rewards.RewardPlan`, set
-    # by `--reward` / `reward_funcs=`; None: the method's format + correctness reward alone.
-    reward_plan = None
 
     def sample(self, rng: random.Random) -> Problem:
         """One random problem (synthetic tasks)."""
