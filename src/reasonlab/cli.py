@@ -212,11 +212,11 @@ def load_model_or_exit(path: str, dtype=None, device: str = "auto", task=None):
 
 
 def cmd_generate(opts) -> int:
-    from .evaluate import sample_task
+    from .evaluate import SampleConfig, sample_task
 
     task = make_task(opts.task, opts.task_arg, opts.model)
     model, tokenizer = load_model_or_exit(opts.model, device=opts.device, task=task)
-    rows = sample_task(model, tokenizer, task, opts)
+    rows = sample_task(model, tokenizer, task, narrow(opts, SampleConfig))
     for i, row in enumerate(rows):
         verdict = ("correct" if row["correct"] else "wrong") if row["format_ok"] else "broken format"
         print(f"[{i}] {row['question']!r} gold {row['answer']!r}")

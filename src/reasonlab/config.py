@@ -176,8 +176,52 @@ def build_config(cls, args: argparse.Namespace | None = None, file: str | Path |
 
 
 def narrow(config, cls):
-    """The `cls` part of `config` (a command's options, a subclass of library config `cls`)."""
-    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+    """The `cls` part of `config` (a command's options holding `cls`'s fields: `flat_options`)."""
+    try:
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _copied(f: dataclasses.Field) -> dataclasses.Field:
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+def flat_options(name: str, *parts: type, doc: str, **own) -> type:
+    """A command's options as one flat dataclass, no base classes: the fields of each dataclass in
+    `parts`, in order, then `own`. An `own` entry is either a part's field with this command's
+    default or help (a `dataclasses.field`, e.g. ``out=out_field("runs/rl")``) or a field only this
+    command has (a ``(type, field)`` pair). A name two parts both declare is an error: with mixins,
+    the last base silently won. Each part's own checks (its ``__post_init__``) run on the values
+    when the options are built; `narrow(options, part)` gives the part back."""
+    spec: dict[str, tuple] = {}
+    for part in parts:
+        hints = typing.get_type_hints(part)
+        for f in dataclasses.fields(part):
+            if f.name in spec and f.name not in own:
+                raise TypeError(f"{name}: {spec[f.name][0].__name__} and {part.__name__} both set {f.name!r}")
+            spec[f.name] = (part, hints[f.name], _copied(f))
+    for key, value in own.items():
+        if isinstance(value, tuple):
+            spec[key] = (None, *value)
+        elif key in spec:
+            spec[key] = (spec[key][0], spec[key][1], value)
+        else:
+            raise TypeError(f"{name}: {key!r} is in none of its parts: give it as (type, field)")
+    checked = [part for part in parts if hasattr(part, "__post_init__")]
+
+    def __post_init__(self):
+        check_options(self)
+        for part in checked:  # e.g. GRPOConfig's cross-field checks, on this command's values
+            narrow(self, part)
+
+    fields = [(key, kind, f) for key, (_, kind, f) in spec.items()]
+    namespace = {"__post_init__": __post_init__, "__doc__": doc, "parts": parts}
+    cls = dataclasses.make_dataclass(name, fields, namespace=namespace)
+    cls.__module__ = "reasonlab.options"
+    return cls
 
 
 def _read_file(path: Path, known) -> dict:

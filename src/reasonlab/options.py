@@ -1,7 +1,9 @@
-"""Each command's options as one dataclass: the library config its work takes (`GRPOConfig`,
-`SFTConfig`, ...) plus what only the command line needs (the model to load, the output folder,
-the task, the device), so `--config FILE` sets any option through `config.build_config`. The
-library part goes on alone (`config.narrow`): what a run saves and a resume compares is its config.
+"""Each command's options as one flat dataclass (`config.flat_options`): the fields of the parts it
+is made of, listed in one place — the library config its work takes (`GRPOConfig`, `SFTConfig`,
+...) and the groups only the command line needs (the model to load, the output folder, the task,
+the device) — so `--config FILE` sets any option through `config.build_config`. The library part
+goes on alone (`config.narrow`): what a run saves and a resume compares is its config. No command
+class has a base class: a name two parts declare is an error, not a silent override.
 
 Besides `config.py`'s limits, a field's metadata may shape its flag: ``"flags"`` (its names, e.g.
 ``("-o", "--output")``), ``"action"`` (``"store_true"``: a switch with no ``--no-`` form;
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import MAX_PROBLEMS, MAX_ROWS
+from .config import MAX_PROBLEMS, MAX_ROWS, flat_options
 from .evaluate import EvalConfig, SampleConfig
 from .lab.settings import DemoConfig
 from .lab.study import StudyConfig
@@ -89,7 +91,7 @@ class ImportOptions:
 
 
 @dataclass
-class DataOptions(ImportOptions):
+class DataOptions:
     """--data: your dataset instead of --task (the task ``data``, `tasks.data`), recorded in the
     checkpoint."""
 
@@ -164,7 +166,9 @@ class ReportOptions:
 
 
 @dataclass
-class ScoreOptions(TaskOptions):
+class ScoreFiles:
+    """`score`'s input and output."""
+
     input: str = field(
         default="",
         metadata={
@@ -182,45 +186,9 @@ class ScoreOptions(TaskOptions):
 
 
 @dataclass
-class GenerateOptions(SampleConfig, DeviceOptions):
-    task_arg: list[str] | None = task_arg_field()
+class FaithfulnessSettings:
+    """The faithfulness probe's own settings."""
 
-
-@dataclass
-class EvalOptions(DataOptions, EvalConfig, DeviceOptions):
-    task_arg: list[str] | None = task_arg_field()
-
-
-@dataclass
-class SFTOptions(SFTConfig, DeviceOptions):
-    """`SFTConfig` has its model, out and resume already."""
-
-
-@dataclass
-class PretrainOptions(TaskOptions, PretrainConfig, DeviceOptions, RunOptions):
-    out: str = out_field("runs/base")
-
-
-@dataclass
-class RationalesOptions(DataOptions, ModelTaskOptions, RationalesConfig, DeviceOptions, RunOptions):
-    model: str = field(default="", metadata={"help": "the base checkpoint"})
-    teacher: str = field(
-        default="", metadata={"help": "sample rationales from this checkpoint or http(s):// endpoint instead"}
-    )
-    judge: str = field(
-        default="", metadata={"help": "keep samples a judge accepts (checkpoint or http(s):// endpoint)"}
-    )
-    out: str = out_field("runs/rationales")
-
-
-@dataclass
-class RLOptions(DataOptions, RewardOptions, ModelTaskOptions, GRPOConfig, DeviceOptions, RunOptions):
-    model: str = field(default="", metadata={"help": "the checkpoint to train"})
-    out: str = out_field("runs/rl")
-
-
-@dataclass
-class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
     model: str = field(default="", metadata={"help": MODEL})
     problems: int = field(default=100, metadata={"help": "held-out problems", "min": 1, "max": MAX_PROBLEMS})
     style: str = field(
@@ -231,7 +199,9 @@ class FaithfulnessOptions(ModelTaskOptions, DeviceOptions):
 
 
 @dataclass
-class ServeOptions(ImportOptions, DeviceOptions):
+class ServeSettings:
+    """The model `serve` serves, where it listens and what it takes at most."""
+
     model: str = field(default="", metadata={"help": MODEL})
     host: str = "127.0.0.1"
     port: int = 8000  # 0-65535, checked by `cmd_serve`
@@ -256,6 +226,85 @@ class ServeOptions(ImportOptions, DeviceOptions):
         default=1 << 20,
         metadata={"help": "request body size at most; larger: HTTP 413", "min": 1, "max": 2**31},
     )
+
+
+def model_option(help: str) -> tuple:
+    return (str, field(default="", metadata={"help": help}))
+
+
+# Each command's options, its parts in the order its --help lists them.
+ScoreOptions = flat_options(
+    "ScoreOptions", TaskOptions, ScoreFiles, doc="`score`: a JSONL file's completions."
+)
+GenerateOptions = flat_options(
+    "GenerateOptions",
+    DeviceOptions,
+    SampleConfig,
+    doc="`generate`: sample completions for a task's problems.",
+    task_arg=(list[str] | None, task_arg_field()),
+)
+EvalOptions = flat_options(
+    "EvalOptions",
+    DeviceOptions,
+    EvalConfig,
+    ImportOptions,
+    DataOptions,
+    doc="`eval`: accuracy, pass@k, maj@k, budget sweeps.",
+    task_arg=(list[str] | None, task_arg_field()),
+)
+SFTOptions = flat_options(
+    "SFTOptions", DeviceOptions, SFTConfig, doc="`sft`: `SFTConfig` has its model, out and resume already."
+)
+PretrainOptions = flat_options(
+    "PretrainOptions",
+    RunOptions,
+    DeviceOptions,
+    PretrainConfig,
+    TaskOptions,
+    doc="`pretrain`: the built-in model from scratch.",
+    out=out_field("runs/base"),
+)
+RationalesOptions = flat_options(
+    "RationalesOptions",
+    RunOptions,
+    DeviceOptions,
+    RationalesConfig,
+    ModelTaskOptions,
+    ImportOptions,
+    DataOptions,
+    doc="`rationales`: Method 1.",
+    model=model_option("the base checkpoint"),
+    teacher=model_option("sample rationales from this checkpoint or http(s):// endpoint instead"),
+    judge=model_option("keep samples a judge accepts (checkpoint or http(s):// endpoint)"),
+    out=out_field("runs/rationales"),
+)
+RLOptions = flat_options(
+    "RLOptions",
+    RunOptions,
+    DeviceOptions,
+    GRPOConfig,
+    ModelTaskOptions,
+    RewardOptions,
+    ImportOptions,
+    DataOptions,
+    doc="`rl`: Method 2.",
+    model=model_option("the checkpoint to train"),
+    out=out_field("runs/rl"),
+)
+FaithfulnessOptions = flat_options(
+    "FaithfulnessOptions",
+    DeviceOptions,
+    ModelTaskOptions,
+    FaithfulnessSettings,
+    doc="`faithfulness`: the hint probe.",
+)
+ServeOptions = flat_options(
+    "ServeOptions",
+    DeviceOptions,
+    ImportOptions,
+    ServeSettings,
+    doc="`serve`: the OpenAI-compatible server.",
+)
 
 
 @dataclass
