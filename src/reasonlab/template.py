@@ -56,29 +56,48 @@ CHAT_SYSTEM = (
 PROMPT_STYLES = ("plain", "r1", "chat")
 
 
+# What a model is trained and measured to write (`Question.output`): the template's tags, parsed
+# strictly, or its own format ("free": the prompt asks for no tags; the rewards you write judge the
+# reply, and an evaluation reads its answer as `read_free_answer` does).
+OUTPUTS = ("template", "free")
+
+
 class Question(str):
     """A question that carries how it is asked: a dataset's conversation (`messages`, a list of
-    ``{"role", "content"}``, the last one the user's) and a `system` prompt. As a string it is the
-    user's last message, what logs and samples show; `build_prompt` reads the rest, so every caller
-    that passes ``problem.question`` (training, `eval`, Method 1) asks the same way."""
+    ``{"role", "content"}``, the last one the user's), a `system` prompt and the `output` it asks
+    for (`OUTPUTS`). As a string it is the user's last message, what logs and samples show;
+    `build_prompt` reads the rest, so every caller that passes ``problem.question`` (training,
+    `eval`, Method 1) asks the same way."""
 
     messages: list[dict] | None
     system: str | None
+    output: str
 
-    def __new__(cls, text: str, messages: list[dict] | None = None, system: str | None = None):
+    def __new__(
+        cls,
+        text: str,
+        messages: list[dict] | None = None,
+        system: str | None = None,
+        output: str = "template",
+    ):
         out = super().__new__(cls, text)
-        out.messages, out.system = messages, system
+        out.messages, out.system, out.output = messages, system, output
         return out
 
     def __reduce__(self):  # pickled (a resumable state's problem stream) with its conversation
-        return Question, (str(self), self.messages, self.system)
+        return Question, (str(self), self.messages, self.system, self.output)
 
     def with_text(self, text: str) -> Question:
         """The same question with its last user message replaced by `text`."""
         messages = self.messages
         if messages:
             messages = [*messages[:-1], {**messages[-1], "content": text}]
-        return Question(text, messages, self.system)
+        return Question(text, messages, self.system, self.output)
+
+
+def asks_free(question) -> bool:
+    """True for a question whose model answers in its own format (``output="free"``)."""
+    return getattr(question, "output", "template") == "free"
 
 
 def _conversation(question: str) -> list[dict]:
@@ -116,10 +135,13 @@ def build_prompt(
 
     `system` (or a `Question`'s own) replaces the style's instruction: the chat system message, the
     R1 instruction, or a first line before a plain question. A `Question` with a conversation is
-    asked as that conversation (chat), or as its text (plain, r1).
+    asked as that conversation (chat), or as its text (plain, r1). A `Question` that asks for the
+    model's own format (`asks_free`) gets no instruction about tags (`free_output_prompt`).
     """
     system = system or getattr(question, "system", None)
     messages = _conversation(question)
+    if asks_free(question):
+        return free_output_prompt(messages, style, trigger=trigger, tokenizer=tokenizer, system=system)
     if style == "plain":
         body = _as_text(messages)
         text = f"{body}\n{TRIGGER}\n" if trigger else f"{body}\n"
@@ -137,6 +159,30 @@ def build_prompt(
     else:
         raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
     return text + THINK_OPEN if prefill_think else text
+
+
+FREE_OUTPUT_R1 = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant answers it."
+)
+
+
+def free_output_prompt(
+    messages: list[dict], style: str, *, trigger: bool = True, tokenizer=None, system: str | None = None
+) -> str:
+    """The prompt of a question answered in the model's own format: no tags asked for, nothing
+    prefilled. Plain: the question (after `system`'s line; the trigger as `trigger` says); r1: the
+    conversation under `system`, else a neutral R1 header; chat: the chat template with `system` as
+    the system message, else none (the template's own default, if it has one)."""
+    if style == "plain":
+        body = f"{_as_text(messages)}\n{TRIGGER}\n" if trigger else f"{_as_text(messages)}\n"
+        return f"{system}\n{body}" if system else body
+    if style == "r1":
+        return f"{system or FREE_OUTPUT_R1} User: {_as_text(messages)} Assistant:"
+    if style != "chat":
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    if system and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    return chat_prompt(tokenizer, messages)
 
 
 def length_prompt(question: str, target: int) -> str:

@@ -8,7 +8,7 @@ from collections import Counter
 from .. import compute
 from ..engine import SamplingParams, generate
 from ..tasks import Task
-from ..template import parse_completion, prompt_for, read_replies
+from ..template import asks_free, parse_completion, prompt_for, read_replies
 from .scoring import score_batch
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=256)
@@ -34,7 +34,9 @@ def evaluate_problems(
     `prompt` (`template.PROMPT_KINDS`): "template" asks for the template and scores it strictly;
     "free-form" (reason step by step in free text) and "direct" (only the answer) read the answer
     from the reply as Method 1's free-form mode does (`template.read_replies`), so a model that never
-    writes the tags is measured too; `format_rate` is still that of the tags in the reply.
+    writes the tags is measured too; `format_rate` is still that of the tags in the reply. Questions
+    answered in the model's own format (a data task's ``output="free"``, `template.asks_free`) are
+    read so under any `prompt`.
     `hint(problem) -> str` optionally rewrites each question (the faithfulness probe uses it).
     Returns the metrics and, under ``"rows"``, the scored rows (`completion_row`) of the first
     `keep` problems (all of them when None): the metrics count every problem, while memory holds
@@ -59,20 +61,21 @@ def evaluate_problems(
         prompts = [prompt_for(q, style, prompt, trigger=trigger, tokenizer=tokenizer.hf) for q in questions]
         rollout = generate(model, tokenizer, prompts, params)
         tokens += int(rollout.lengths.sum())
-        scored, tags_ok = _score_replies(rollout, prompts, chunk, task, prompt)
+        free = prompt != "template" or any(asks_free(q) for q in questions)
+        scored, tags_ok = _score_replies(rollout, prompts, chunk, task, free)
         tally.add(chunk, questions, prompts, scored, tags_ok, rollout)
     return tally.result(tokens / (time.perf_counter() - start))
 
 
 def _score_replies(
-    rollout, prompts: list[str], chunk, task: Task, prompt: str
+    rollout, prompts: list[str], chunk, task: Task, free: bool
 ) -> tuple[list[dict], list[bool]]:
-    """The scored rows of a batch's replies and whether each reply's tags are well formed. Under a
-    free-text `prompt` the answer is read from the reply (kept as ``read_as``) and scored; the tags'
-    format is still the reply's own."""
-    read, read_prompts = read_replies(rollout.texts, prompts, prompt != "template")
+    """The scored rows of a batch's replies and whether each reply's tags are well formed. With
+    `free` (a free-text prompt, or questions answered in the model's own format) the answer is read
+    from the reply (kept as ``read_as``) and scored; the tags' format is still the reply's own."""
+    read, read_prompts = read_replies(rollout.texts, prompts, free)
     scored = score_batch(read, [p.answer for p in chunk], task, read_prompts)
-    if prompt == "template":
+    if not free:
         return scored, [row["format_ok"] for row in scored]
     tags_ok = [parse_completion(t, q).format_ok for t, q in zip(rollout.texts, prompts)]
     for row, text in zip(scored, read):

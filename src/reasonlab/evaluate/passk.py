@@ -8,7 +8,7 @@ from .. import compute
 from ..engine import SamplingParams, generate
 from ..rewards import check_batch
 from ..tasks import Task
-from ..template import parse_completion, prompt_for, read_replies
+from ..template import asks_free, parse_completion, prompt_for, read_replies
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -55,7 +55,8 @@ def k_samples(
     for i in range(0, len(prompts), batch_size):  # one seed a chunk, derived from the sampling seed
         chunk = dataclasses.replace(params, seed=None if params.seed is None else params.seed + i)
         texts += generate(model, tokenizer, prompts[i : i + batch_size], chunk).texts
-    texts, read_prompts = read_replies(texts, prompts, prompt != "template")
+    free = prompt != "template" or any(asks_free(p.question) for p in problems)
+    texts, read_prompts = read_replies(texts, prompts, free)
     checked = check_batch(texts, [p.answer for p in problems for _ in range(k)], task, read_prompts)
     correct, votes = [], []
     for i, p in enumerate(problems):

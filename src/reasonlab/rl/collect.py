@@ -20,6 +20,7 @@ from ..errors import NoFormatError, UserError
 from ..rewards import RewardPlan, Scores, length_target_reward, named, reasoning_reward, score
 from ..runtime import all_gather_list, any_rank, gathered, world
 from ..tasks import Task
+from ..tasks.data import output_rewards
 from ..template import build_prompt, length_prompt
 from .config import GRPOConfig
 from .types import Collected, Group
@@ -162,7 +163,7 @@ class Collector:
             lambda model, prompts, params, step: generate(model, tokenizer, prompts, params)
         )
         self.keep_rate = 1.0
-        self.plan = rewards  # your rewards, if any
+        self.plan = output_rewards(task, rewards)  # your rewards, if any (alone, for output=free)
         self.rewards = step_rewards(cfg, self.plan)
         # with rewards of your own a model that never writes the template still has a signal
         self.format_watch = FormatWatch(

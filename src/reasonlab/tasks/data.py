@@ -20,10 +20,20 @@ training rows is refused: a held-out number is never measured on the training pr
 The verifier (`verifier`) is ``math`` (math-verify, as the ``math`` task), ``numeric`` (one number,
 as ``gsm8k``), ``exact`` (the same text, white space aside), ``none`` (every answer wrong: your
 reward functions alone judge), or any registered task's name (``countdown``, ``arithmetic``, …).
+
+Prompts: `prompt_template`, a Jinja2 file, renders the text of the user's turn from the row: every
+column by name, ``question`` (the prompt column's text: its last user message for a conversation)
+and ``system_prompt``. The style then wraps it as any question (`template.build_prompt`: the chat
+template, the R1 conversation, or, plain, the text with the trigger unless ``--no-trigger``).
+`output` is what the model writes: ``template`` (``<think>…</think><answer>…</answer>``, asked
+for by the style and scored strictly) or ``free`` (its own format: no tags asked for, the default
+reward off, your reward functions alone judge (`output_rewards`), an evaluation reads the answer
+from the reply as `template.read_free_answer` does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -31,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
-from ..template import Question
+from ..template import OUTPUTS, Question
 from .base import Problem, Task, check_split, get_task, list_tasks, register_task
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "input", "query")
@@ -83,6 +93,33 @@ def read_splits(path) -> dict:
         raise UserError(f"--data {path}: cannot read it ({why[:200]})") from None
 
 
+def read_rows(path, split: str = "train") -> list[dict]:
+    """The rows of one split of the dataset at `path` (`read_splits`) as dicts: the ``train``
+    split, or the only one there is."""
+    found = read_splits(path)
+    if split not in found and len(found) != 1:
+        raise UserError(f"--data {path}: no {split!r} split (its splits: {', '.join(found)})")
+    return (found[split] if split in found else next(iter(found.values()))).to_list()
+
+
+def load_prompt_template(path: str):
+    """A Jinja2 prompt template from its file (undefined names refused, not rendered empty)."""
+    try:
+        import jinja2
+    except ImportError:
+        raise UserError("--prompt-template needs jinja2: pip install 'jinja2>=3'") from None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--prompt-template {path}: no such file")
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    try:
+        return environment.from_string(file.read_text())
+    except jinja2.TemplateSyntaxError as e:
+        raise UserError(f"--prompt-template {path}:{e.lineno}: {e.message}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--prompt-template {path}: not UTF-8 text") from None
+
+
 def builder_of(file: Path) -> str:
     if file.suffix.lower() not in BUILDERS:
         raise UserError(
@@ -123,6 +160,8 @@ def pick_column(given: str | None, names: Sequence[str], defaults: Sequence[str]
 class DataTask(Task):
     """Your dataset (JSONL, JSON, CSV, parquet, save_to_disk, train/test files), checked by `verifier`."""
 
+    prompt_columns: tuple[str, ...] = PROMPT_COLUMNS  # the prompt column when none is named, in order
+
     def __init__(
         self,
         path: str | None = None,
@@ -133,9 +172,15 @@ class DataTask(Task):
         eval_fraction: float = 0.1,
         split_seed: int = 0,
         system_prompt: str | None = None,
+        prompt_template: str | None = None,
+        output: str = "template",
     ):
         if not 0 < eval_fraction < 1:
             raise UserError(f"--eval-fraction must be between 0 and 1, got {eval_fraction}")
+        if output not in OUTPUTS:
+            raise UserError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        self.output, self.prompt_template = output, prompt_template
+        self.jinja = load_prompt_template(prompt_template) if prompt_template else None
         self.path, self.test, self.eval_fraction, self.split_seed = path, test, eval_fraction, split_seed
         self.prompt_column, self.answer_column, self.system_prompt = (
             prompt_column,
@@ -184,10 +229,10 @@ class DataTask(Task):
             test_name = next((s for s in TEST_SPLITS if s in found), None)
         train_name = "train" if "train" in found else next(s for s in found if s != test_name)
         columns = list(found[train_name].column_names)
-        prompt = pick_column(self.prompt_column, columns, PROMPT_COLUMNS, "prompt")
+        prompt = pick_column(self.prompt_column, columns, self.prompt_columns, "prompt")
         if prompt is None:
             raise UserError(
-                f"--data has no prompt column ({', '.join(PROMPT_COLUMNS)}); its columns: "
+                f"--data has no prompt column ({', '.join(self.prompt_columns)}); its columns: "
                 f"{', '.join(columns)}: name it with --prompt-column"
             )
         answer = pick_column(self.answer_column, columns, ANSWER_COLUMNS, "answer")
@@ -237,26 +282,40 @@ class DataTask(Task):
             (row[c] for c in RATIONALE_COLUMNS if c != answer_column and isinstance(row.get(c), str)), None
         )
         return Problem(
-            self._question(prompt, index),
+            self._question(prompt, index, row),
             self._gold(gold),
             rationale,
             {"row": row, "index": index, "key": row_key(prompt, gold)},
         )
 
-    def _question(self, prompt, index: int) -> Question:
+    def _question(self, prompt, index: int, row: dict | None = None) -> Question:
         if isinstance(prompt, str):
-            return Question(prompt, None, self.system_prompt)
-        if (
+            question = Question(prompt, None, self.system_prompt, self.output)
+        elif (
             isinstance(prompt, list)
             and prompt
             and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
         ):
             last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-            return Question(str(last_user), [dict(m) for m in prompt], self.system_prompt)
+            question = Question(str(last_user), [dict(m) for m in prompt], self.system_prompt, self.output)
+        else:
+            question = None
+        if question is not None:
+            return question if self.jinja is None else self._rendered(question, row or {}, index)
         raise UserError(
             f"--data row {index + 1}: the prompt must be text or a list of {{role, content}} messages, "
             f"got {type(prompt).__name__}"
         )
+
+    def _rendered(self, question: Question, row: dict, index: int) -> Question:
+        """`question` with its user turn rendered by the prompt template from `row`."""
+        import jinja2
+
+        values = {**row, "question": str(question), "system_prompt": self.system_prompt or ""}
+        try:
+            return question.with_text(self.jinja.render(**values))
+        except jinja2.TemplateError as e:
+            raise UserError(f"--prompt-template {self.prompt_template}, row {index + 1}: {e}") from None
 
     def _gold(self, gold) -> str:
         text = (
@@ -285,7 +344,7 @@ class DataTask(Task):
 
     def data_files(self) -> list[Path]:
         files = []
-        for where in (self.path, self.test):
+        for where in (self.path, self.test, self.prompt_template):
             if isinstance(where, str) and Path(where).expanduser().exists():
                 where = Path(where).expanduser()
                 files += [where] if where.is_file() else sorted(f for f in where.rglob("*") if f.is_file())
@@ -331,8 +390,30 @@ def data_task_options(opts) -> dict:
         "test": absolute(opts.test_data) if opts.test_data else None,
         "eval_fraction": opts.eval_fraction,
         "system_prompt": opts.system_prompt or None,
+        # --prompt-template and --output, once DataOptions has them (`--task-arg` reaches them now)
+        "prompt_template": absolute(t) if (t := getattr(opts, "prompt_template", "")) else None,
+        "output": getattr(opts, "output", "") or None,
     }
     return {k: v for k, v in options.items() if v is not None}
+
+
+def output_rewards(task: Task, plan, default: bool | None = None):
+    """The reward plan of a run on `task`. A task whose model answers in its own format
+    (``output="free"``) is judged by your reward functions alone: the default reward (which scores
+    the template) is off, a `default` of True and the format gate are refused in one line, and a
+    plan without reward functions is refused. Any other task keeps `plan` as it is."""
+    if getattr(task, "output", "template") != "free":
+        return plan
+    if default:
+        raise UserError(
+            "--default-reward scores the <think>/<answer> template, which output=free does not ask for: "
+            "leave it out (your --reward functions alone judge)"
+        )
+    if plan is None or not plan.funcs:
+        raise UserError("output=free needs at least one --reward: nothing else judges a free-form answer")
+    if plan.format_gate:
+        raise UserError("--format-gate checks the template, which output=free does not ask for: leave it out")
+    return dataclasses.replace(plan, default=False)
 
 
 def refuse_training_rows(task: Task, trained_spec, model: str) -> None:

@@ -46,7 +46,6 @@ from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
-from ..jsonl import read_jsonl
 from .base import Problem, Task, check_split, register_task
 
 DEFAULT_TIMEOUT = 5.0
@@ -297,37 +296,41 @@ def math_equal(predicted: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> b
 
 @register_task("math")
 class MathTask(Task):
-    """Problems from a JSONL file (`problem` or `question`, and `answer`), checked by math-verify."""
+    """Problems from a dataset (`problem` or `question`, and `answer`), checked by math-verify.
 
-    def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT):
-        self.path, self.timeout = path, timeout
+    `path` is read by the data task's loader (`tasks.data`): a JSONL, JSON, CSV or parquet file, a
+    save_to_disk folder, or a folder of train/test files. Without a test split, `eval_fraction` of
+    the rows is held out by a seeded hash of the row (as ``--data`` does), so the test split is never
+    the training file; test rows that are also training rows are left out."""
+
+    def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT, eval_fraction: float = 0.1):
+        self.path, self.timeout, self.eval_fraction = path, timeout, eval_fraction
+        self._data = None
 
     def problems(
         self, n: int | None = None, split: str = "train", seed: int = 0, at_most: bool = False
     ) -> list[Problem]:
-        """The file's problems in order: the first `n`, or all of them when the file holds fewer
-        (`at_most` is always true here; `seed` is unused: the file's order is the order)."""
+        """The split's problems in the dataset's order: the first `n`, or all of them when there are
+        fewer (`at_most` is always true here; `seed` is unused: the file's order is the order)."""
         check_split(split)
         if not self.path:
-            raise ValueError("the math task needs path=FILE.jsonl (or a folder with train/test.jsonl)")
-        file = Path(self.path)
-        file = file / f"{split}.jsonl" if file.is_dir() else file
-        problems = []
-        for lineno, r in read_jsonl(file):
-            if not (r.get("problem") or r.get("question")) or "answer" not in r:
-                raise ValueError(f"{file}:{lineno}: needs 'problem' (or 'question') and 'answer'")
-            problems.append(Problem(r.get("problem") or r["question"], str(r["answer"]), r.get("solution")))
+            raise ValueError("the math task needs path=FILE (or a folder with train/test files)")
+        if self._data is None:
+            from .data import PROMPT_COLUMNS, DataTask
+
+            data = DataTask(
+                str(self.path), answer_column="answer", verifier="exact", eval_fraction=self.eval_fraction
+            )
+            data.prompt_columns = tuple(dict.fromkeys(("problem", "question", *PROMPT_COLUMNS)))
+            self._data = data
+        problems = self._data.problems(split=split)
         return problems if n is None else problems[:n]
 
     def data_files(self) -> list[Path]:
         if not self.path:
             return []
         file = Path(self.path)
-        return (
-            [f for f in (file / "train.jsonl", file / "test.jsonl") if f.is_file()]
-            if file.is_dir()
-            else [file]
-        )
+        return sorted(f for f in file.rglob("*") if f.is_file()) if file.is_dir() else [file]
 
     def verify(self, predicted: str, gold: str) -> bool:
         return self.verify_batch([predicted], [gold])[0]
