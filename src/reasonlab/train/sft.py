@@ -1,5 +1,10 @@
-"""Supervised fine-tuning on prompt/completion JSONL (TRL's `prompt`/`completion` columns, or
-`messages` in the chat format). The loss covers completion tokens only."""
+"""Supervised fine-tuning on prompt/completion rows (TRL's `prompt`/`completion` columns, or
+`messages` in the chat format). The loss covers completion tokens only.
+
+A JSONL file is read line by line (no `datasets` needed; errors name the file:line); a JSON, CSV or
+parquet file, a save_to_disk folder or a folder of train/test files is read by the data task's
+loader (`tasks.data.read_rows`, its train split). `prompt_column`/`completion_column` name other
+columns than ``prompt``/``completion``."""
 
 from __future__ import annotations
 
@@ -33,27 +38,54 @@ class SFTConfig(TrainConfig, RuntimeOptions, RunOptions):
             "('' = a new built-in model)"
         },
     )
-    data: str = field(default="", metadata={"help": "training JSONL: prompt/completion or messages"})
+    data: str = field(
+        default="",
+        metadata={
+            "help": "training data: prompt/completion or messages rows in a JSONL, JSON, CSV or parquet "
+            "file, a save_to_disk folder or a folder of train/test files"
+        },
+    )
     eval_data: str = field(
-        default="", metadata={"help": "held-out JSONL for the loss every eval_every steps"}
+        default="", metadata={"help": "held-out data (as --data) for the loss every eval_every steps"}
     )
     out: str = out_field("runs/sft")
 
 
-def read_sft_rows(path, tokenizer=None) -> list[dict]:
-    """`{"prompt", "completion"}` rows from JSONL; `messages` rows go through the chat template."""
+def read_sft_rows(
+    path, tokenizer=None, prompt_column: str | None = None, completion_column: str | None = None
+) -> list[dict]:
+    """`{"prompt", "completion"}` rows from `path` (see the module docstring); `messages` rows go
+    through the chat template. A column named but absent is refused in one line."""
+    prompt_key, completion_key = prompt_column or "prompt", completion_column or "completion"
     rows, linenos = [], []
-    for lineno, row in read_jsonl(path):
+    for lineno, row in _records(path):
         linenos.append(lineno)
-        if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
-            rows.append({"prompt": row["prompt"], "completion": row["completion"]})
-        elif isinstance(row.get("messages"), list) and row["messages"]:
+        if isinstance(row.get(prompt_key), str) and isinstance(row.get(completion_key), str):
+            rows.append({"prompt": row[prompt_key], "completion": row[completion_key]})
+        elif isinstance(row.get("messages"), list) and row["messages"] and not prompt_column:
             rows.append(_from_messages(row["messages"], tokenizer, f"{path}:{lineno}"))
         else:
-            raise UserError(f"{path}:{lineno}: needs string 'prompt' and 'completion', or a 'messages' list")
+            raise UserError(
+                f"{path}:{lineno}: needs string {prompt_key!r} and {completion_key!r}"
+                + ("" if prompt_column else ", or a 'messages' list")
+                + f" (its columns: {', '.join(row)})"
+            )
     if tokenizer is not None:
         refuse_unknown_characters(path, list(zip(linenos, rows)), tokenizer)
     return rows
+
+
+def _records(path):
+    """(line or row number, row) pairs: JSONL line by line, any other dataset through `datasets`
+    (whose numbers, as a CSV reader infers a column of "4" or "12" to be, are read as text)."""
+    if str(path).lower().endswith(".jsonl"):
+        return read_jsonl(path)
+    from ..tasks.data import read_rows
+
+    return (
+        (i, {k: str(v) if type(v) in (int, float) else v for k, v in row.items()})
+        for i, row in enumerate(read_rows(path), start=1)
+    )
 
 
 def refuse_unknown_characters(path, numbered_rows, tokenizer) -> None:
@@ -98,11 +130,21 @@ def check_lengths(examples, eos_id, max_seq_len: int, where: str) -> None:
         )
 
 
-def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> dict:
+def run_sft(
+    cfg: SFTConfig,
+    log=None,
+    progress=None,
+    device: str = "auto",
+    *,
+    prompt_column: str | None = None,
+    completion_column: str | None = None,
+) -> dict:
     """Fine-tune `cfg.model` (or a fresh built-in model) on `cfg.data`, on `device` (see
-    `runtime.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo)."""
+    `runtime.resolve_device`; under torchrun each rank takes its own GPU, or the CPU with gloo).
+    `prompt_column`/`completion_column`: the data's columns, when not ``prompt``/``completion``."""
     if not cfg.data:
-        raise UserError("--data is required (a JSONL file of prompt/completion or messages)")
+        raise UserError("--data is required (prompt/completion or messages rows: a JSONL, parquet, … file)")
+    columns = {"prompt_column": prompt_column, "completion_column": completion_column}
     folder = RunFolder.claim(
         cfg.out, "sft", cfg.overwrite, cfg.report_to, cfg.resume
     )  # before any work: the save at the end will work
@@ -113,11 +155,13 @@ def run_sft(cfg: SFTConfig, log=None, progress=None, device: str = "auto") -> di
     rank = world()[0]
     fit_to_model(cfg, model)
     model = prepare(model, cfg)
-    examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer), cfg.max_seq_len)
+    examples = tokenize_examples(tokenizer, read_sft_rows(cfg.data, tokenizer, **columns), cfg.max_seq_len)
     check_lengths(examples, tokenizer.eos_id, cfg.max_seq_len, cfg.data)
     evaluate = None
     if cfg.eval_data:
-        held = tokenize_examples(tokenizer, read_sft_rows(cfg.eval_data, tokenizer), cfg.max_seq_len)
+        held = tokenize_examples(
+            tokenizer, read_sft_rows(cfg.eval_data, tokenizer, **columns), cfg.max_seq_len
+        )
 
         def evaluate(m):
             return {"eval_loss": held_out_loss(m, tokenizer.pad_id, held)}
