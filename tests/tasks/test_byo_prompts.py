@@ -15,7 +15,7 @@ datasets = pytest.importorskip("datasets")
 
 from reasonlab.cli import main  # noqa: E402
 from reasonlab.errors import UserError  # noqa: E402
-from reasonlab.evaluate import evaluate_problems  # noqa: E402
+from reasonlab.evaluate import SampleConfig, evaluate_problems, sample_task  # noqa: E402
 from reasonlab.model import new_builtin, save_checkpoint  # noqa: E402
 from reasonlab.model.gpt import GPTConfig  # noqa: E402
 from reasonlab.rewards import reward_plan  # noqa: E402
@@ -195,7 +195,7 @@ def test_a_free_output_run_is_judged_by_your_reward_and_evaluated_free_form(tmp_
     sys.modules.pop("free_rewards", None)
 
 
-def test_evaluation_reads_a_free_output_answer_from_the_reply(tmp_path):
+def test_evaluation_reads_a_free_output_answer_from_the_reply(tmp_path, monkeypatch):
     model, tok = new_builtin(TINY, seed=0)
     data = write_jsonl(tmp_path / "d.jsonl", sums(40))
     for output, read in (("free", True), ("template", False)):
@@ -204,7 +204,22 @@ def test_evaluation_reads_a_free_output_answer_from_the_reply(tmp_path):
         )
         result = evaluate_problems(model, tok, task, task.problems(3, split="test"), keep=3)
         assert all(("read_as" in row) is read for row in result["rows"])
-        assert all(THINK_OPEN not in row["prompt"] for row in result["rows"]) or not read
+        gold = task.problems(1, split="test")[0].answer
+
+        def replies(model, tokenizer, prompts, params, gold=gold, read=read):
+            assert not any(THINK_OPEN in p for p in prompts) or not read
+            return SimpleNamespace(
+                texts=[f"Adding up, the answer is {gold}."] * len(prompts),
+                think_tokens=[0] * len(prompts),
+                lengths=[8] * len(prompts),
+                finish_reason=["stop"] * len(prompts),
+            )
+
+        monkeypatch.setattr("reasonlab.evaluate.sample.generate", replies)
+        sampled = sample_task(model, tok, task, SampleConfig(problems=1, split="test"))
+        assert (
+            sampled[0]["correct"] is read and sampled[0]["completion"] == f"Adding up, the answer is {gold}."
+        )
 
 
 # ---- the math task's file through the loader -----------------------------------------------------

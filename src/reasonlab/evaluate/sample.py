@@ -9,7 +9,7 @@ from ..engine import SamplingParams, generate
 from ..errors import UserError
 from ..tasks import Task
 from ..tasks.base import problems_for
-from ..template import PROMPT_STYLES, build_prompt
+from ..template import PROMPT_STYLES, asks_free, build_prompt, read_replies
 from .scoring import score_batch
 
 
@@ -84,9 +84,9 @@ def sample_task(model, tokenizer, task: Task, cfg: SampleConfig) -> list[dict]:
     ]
     rollout = generate(model, tokenizer, prompts, cfg.sampling())
     out = []
-    scored = score_batch(
-        rollout.texts, [problems[i // cfg.n].answer for i in range(len(prompts))], task, prompts
-    )
+    # questions answered in the model's own format (output=free) are scored on the answer read from them
+    read, read_prompts = read_replies(rollout.texts, prompts, any(asks_free(p.question) for p in problems))
+    scored = score_batch(read, [problems[i // cfg.n].answer for i in range(len(prompts))], task, read_prompts)
     for i, (text, row) in enumerate(zip(rollout.texts, scored)):
         problem = problems[i // cfg.n]
         row.update(
