@@ -135,8 +135,8 @@ def split_files(folder: Path) -> list[Path]:
     named = [f for f in files if f.stem in ("train", *TEST_SPLITS)]
     if not any(f.stem == "train" for f in named):
         raise UserError(
-            f"--data {folder}: a folder needs a train file (train.jsonl, train.parquet, …) beside its "
-            "test file, or to be a save_to_disk folder"
+            f"--data {folder} is a folder with no train file (train.jsonl, train.parquet, …) and not a "
+            "save_to_disk folder: give a file, or such a folder"
         )
     return named
 
