@@ -306,7 +306,9 @@ def test_sft_on_rows_with_nothing_to_learn_is_refused(tmp_path, capsys):
 
 def test_a_problem_the_built_in_tokenizer_cannot_read_is_refused(tmp_path, ck, capsys):
     problems = tmp_path / "p.jsonl"
-    problems.write_text(json.dumps({"question": "你好: 1+1", "answer": "2"}) + "\n")
+    # enough rows that the held-out share (a hash of each row) holds some
+    rows = [{"question": f"你好: 1+{i}", "answer": str(1 + i)} for i in range(40)]
+    problems.write_text("".join(json.dumps(row) + "\n" for row in rows))
     for command in ("generate", "eval", "faithfulness"):
         assert (
             main(

@@ -6,6 +6,7 @@ Run: OMP_NUM_THREADS=1 pytest tests/tasks/test_byo_data.py
 """
 
 import json
+import os
 
 import pytest
 
@@ -131,3 +132,16 @@ def test_rl_on_data_then_eval_finds_it_and_refuses_training_rows(tmp_path, ck, c
         == 2
     )
     assert "give --task or --data, not both" in capsys.readouterr().err
+
+
+def test_a_file_too_small_to_hold_out_a_row_says_so(tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
+    task = get_task("data", path=str(one), verifier="numeric")
+    assert len(task.problems(split="train")) == 1
+    with pytest.raises(UserError, match=r"no test rows \(--eval-fraction 0.1 of 1 rows held out none\)"):
+        task.problems(split="test")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is not a regular file"):
+        get_task("data", path=str(fifo)).problems()

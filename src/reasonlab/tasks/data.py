@@ -75,6 +75,8 @@ def read_splits(path) -> dict:
     where = Path(path).expanduser()
     if not where.exists():
         raise UserError(f"--data {path}: no such file or folder")
+    if not (where.is_file() or where.is_dir()):  # /dev/zero, a FIFO: reading it never ends
+        raise UserError(f"--data {str(where)!r} is not a regular file")
     try:
         if where.is_dir() and any((where / f).is_file() for f in ("dataset_dict.json", "state.json")):
             loaded = ds.load_from_disk(str(where))
@@ -340,6 +342,12 @@ class DataTask(Task):
         fewer (`at_most` is always true here; the training stream shuffles them itself)."""
         check_split(split)
         rows = self.splits()[split]
+        if not rows:  # a small file whose hash held out no row: say so, not "no prompts" later
+            raise UserError(
+                f"--data {self.path or 'dataset'}: no {split} rows (--eval-fraction {self.eval_fraction:g} "
+                f"of {len(self.splits()['train'])} rows held out none): give --test-data or a larger "
+                "--eval-fraction"
+            )
         return rows if n is None else rows[:n]
 
     def data_files(self) -> list[Path]:
