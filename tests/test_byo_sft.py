@@ -35,6 +35,21 @@ def test_sft_on_a_parquet_file_with_its_own_column_names(tmp_path):
     )
     metrics = run_sft(cfg, device="cpu", prompt_column="q", completion_column="a")
     assert "eval_loss" in metrics and (tmp_path / "sft" / "model").is_dir()
+    from reasonlab.cli import main
+
+    flags = [
+        "--data",
+        str(tmp_path / "d.parquet"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--report-to",
+        "none",
+    ]
+    argv = ["sft", "--model", str(tmp_path / "ck"), *flags, "--device", "cpu", "--out", str(tmp_path / "cli")]
+    assert main([*argv, "--prompt-column", "q", "--completion-column", "a"]) == 0
+    assert (tmp_path / "cli" / "model").is_dir()
     with pytest.raises(
         UserError, match=r"d.parquet:1: needs string 'prompt' and 'completion'.*its columns: q, a"
     ):

@@ -90,6 +90,14 @@ def make_task(name: str, task_args: list[str] | None = None, model: str = ""):
         raise UserError(f"task {name!r}: {e}") from None
 
 
+# options that shape a --data task's prompts or output, refused without --data
+DATA_ONLY = {
+    "--system-prompt": lambda opts: opts.system_prompt,
+    "--prompt-template": lambda opts: opts.prompt_template,
+    "--output-format free": lambda opts: opts.output_format != "template",
+}
+
+
 def task_of(opts):
     """The task of a command with `DataOptions`: --data's dataset (the ``data`` task) or `make_task`'s,
     after the --import modules (and those --model's run imported), recorded in the task's spec so
@@ -106,8 +114,9 @@ def task_of(opts):
         options = {**data_task_options(opts), **parse_key_values(opts.task_arg, "--task-arg")}
         task = get_task("data", **options)
     else:
-        if opts.system_prompt:
-            raise UserError("--system-prompt goes with --data (a built-in task's prompt is set by --style)")
+        given = [flag for flag, on in DATA_ONLY.items() if on(opts)]
+        if given:
+            raise UserError(f"{given[0]} goes with --data (a built-in task's prompt is set by --style)")
         task = make_task(opts.task, opts.task_arg, model)
     if imports:
         task.spec["imports"] = imports
@@ -257,7 +266,13 @@ def cmd_sft(opts) -> int:
 
     cfg = narrow(opts, SFTConfig)
     with TrainProgress(cfg.steps, "sft") as bar:
-        metrics = run_sft(cfg, progress=bar, device=opts.device)
+        metrics = run_sft(
+            cfg,
+            progress=bar,
+            device=opts.device,
+            prompt_column=opts.prompt_column or None,
+            completion_column=opts.completion_column or None,
+        )
     print(f"saved {cfg.out}/model; final loss {metrics.get('loss', float('nan')):.4f}")
     return 0
 
@@ -268,6 +283,10 @@ def cmd_rationales(opts) -> int:
 
     cfg = narrow(opts, RationalesConfig)
     task = task_of(opts)
+    if getattr(task, "output", "template") == "free":
+        raise UserError(
+            "--output-format free: Method 1 keeps samples by their template answer; use rl or eval"
+        )
     folder = RunFolder.claim(opts.out, "rationales", opts.overwrite, opts.report_to, opts.resume)
     base, tok = load_model_or_exit(opts.model, device=opts.device, task=task)
     teacher = model_or_endpoint(opts.teacher, opts.device)[0] if opts.teacher else None
@@ -357,9 +376,11 @@ def rewards_of(opts, task):
     """`rl`'s --reward functions (`rewards.RewardPlan`), recorded in the task's spec; None for the
     method's reward alone."""
     from .rewards import rewards_given
+    from .tasks.data import output_rewards
 
     weights = [parse_value(w) for w in opts.reward_weights.split(",")] if opts.reward_weights else None
-    plan = rewards_given(opts.reward or [], weights, opts.default_reward, opts.format_gate)
+    plan = rewards_given(opts.reward or [], weights, opts.default_reward is not False, opts.format_gate)
+    plan = output_rewards(task, plan, opts.default_reward)  # --output-format free: your rewards alone judge
     if plan is not None:
         task.spec["rewards"] = plan.spec()
     return plan

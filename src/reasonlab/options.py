@@ -22,7 +22,7 @@ from .lab.study_compute import ComputeStudyConfig
 from .model.export import GGUF_TYPES, HF_DTYPES
 from .outdir import RunOptions, out_field
 from .rl import GRPOConfig
-from .template import PROMPT_STYLES
+from .template import OUTPUTS, PROMPT_STYLES
 from .train.pretrain import PretrainConfig
 from .train.rationales import RationalesConfig
 from .train.sft import SFTConfig
@@ -128,6 +128,23 @@ class DataOptions:
         default="",
         metadata={"help": "--data: the system prompt (replaces the style's instruction)", "metavar": "TEXT"},
     )
+    prompt_template: str = field(
+        default="",
+        metadata={
+            "help": "--data: a Jinja2 file that renders each prompt's user turn from the row's columns "
+            "(and question, system_prompt); docs/tasks.md",
+            "metavar": "FILE",
+        },
+    )
+    output_format: str = field(
+        default="template",
+        metadata={
+            "help": "--data: what the model writes: template (<think>/<answer>, scored strictly) or free "
+            "(its own format: no tags asked for, your --reward functions alone judge, eval reads the "
+            "answer from free text)",
+            "choices": OUTPUTS,
+        },
+    )
 
 
 @dataclass
@@ -146,9 +163,12 @@ class RewardOptions:
     reward_weights: str = field(
         default="", metadata={"help": "weights of the --reward functions, in order (e.g. 1,0.5)"}
     )
-    default_reward: bool = field(
-        default=True,
-        metadata={"help": "keep the format + correctness reward (--no-default-reward: your rewards alone)"},
+    default_reward: bool | None = field(
+        default=None,
+        metadata={
+            "help": "keep the format + correctness reward (the default, but with --output free; "
+            "--no-default-reward: your rewards alone)"
+        },
     )
     format_gate: bool = field(
         default=False, metadata={"help": "a completion whose template breaks gets 0, your rewards included"}
@@ -253,7 +273,20 @@ EvalOptions = flat_options(
     task_arg=(list[str] | None, task_arg_field()),
 )
 SFTOptions = flat_options(
-    "SFTOptions", DeviceOptions, SFTConfig, doc="`sft`: `SFTConfig` has its model, out and resume already."
+    "SFTOptions",
+    DeviceOptions,
+    SFTConfig,
+    doc="`sft`: `SFTConfig` has its model, out and resume already.",
+    prompt_column=(
+        str,
+        field(
+            default="", metadata={"help": "the prompt column of --data (default: prompt, or messages rows)"}
+        ),
+    ),
+    completion_column=(
+        str,
+        field(default="", metadata={"help": "the completion column of --data (default: completion)"}),
+    ),
 )
 PretrainOptions = flat_options(
     "PretrainOptions",

@@ -39,12 +39,14 @@ def grpo(
     *,
     tokenizer=None,
     reward_weights=None,
-    default_reward: bool = True,
+    default_reward: bool | None = None,
     format_gate: bool = False,
     prompt_column: str | None = None,
     answer_column: str | None = None,
     verifier: str | None = None,
     system_prompt: str | None = None,
+    prompt_template: str | None = None,
+    output: str = "template",
     eval_fraction: float = 0.1,
     report_to: str = "tensorboard",
     overwrite: bool = False,
@@ -59,7 +61,10 @@ def grpo(
     `format_gate` zeroes every reward of a completion whose template breaks. `verifier`: how the
     default reward checks answers (default: ``math`` when the dataset has an answer column, else
     ``none``). `config`: a `GRPOConfig` (defaults otherwise). `eval_dataset`: the held-out rows
-    (default: `eval_fraction` of `train_dataset`, chosen by a hash of each row)."""
+    (default: `eval_fraction` of `train_dataset`, chosen by a hash of each row). `prompt_template`:
+    a Jinja2 file rendering each prompt's user turn from the row's columns; `output="free"`: the
+    model answers in its own format and `reward_funcs` alone judge (the default reward, which scores
+    the template, is then off: `default_reward` None means on unless the output is free)."""
     from .outdir import RunFolder
     from .rl import GRPOConfig, train_grpo
 
@@ -76,6 +81,8 @@ def grpo(
         "verifier": default_verifier(data, answer_column) if verifier is None else verifier,
         "eval_fraction": eval_fraction,
         "system_prompt": system_prompt,
+        "prompt_template": prompt_template,
+        "output": output,
     }
     task, rewards = data_task(options, reward_funcs, reward_weights, default_reward, format_gate)
     metrics = train_grpo(model, tokenizer, task, cfg, out_dir=folder, progress=progress, rewards=rewards)
@@ -93,14 +100,16 @@ def default_verifier(data, answer_column: str | None) -> str:
     return "math" if has_answer else "none"
 
 
-def data_task(options: dict, reward_funcs, reward_weights, default_reward: bool, format_gate: bool):
+def data_task(options: dict, reward_funcs, reward_weights, default_reward: bool | None, format_gate: bool):
     """The ``data`` task over `options` (those given), and your rewards (a `RewardPlan`, recorded in
     the task's spec; None for the default reward alone)."""
     from .rewards import rewards_given
     from .tasks import get_task
+    from .tasks.data import output_rewards
 
     task = get_task("data", **{k: v for k, v in options.items() if v is not None})
-    rewards = rewards_given(list(reward_funcs), reward_weights, default_reward, format_gate)
+    rewards = rewards_given(list(reward_funcs), reward_weights, default_reward is not False, format_gate)
+    rewards = output_rewards(task, rewards, default_reward)  # output="free": your rewards alone
     if rewards is not None:
         task.spec["rewards"] = rewards.spec()
     return task, rewards

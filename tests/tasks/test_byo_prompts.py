@@ -7,6 +7,7 @@ Run: OMP_NUM_THREADS=1 pytest tests/tasks/test_byo_prompts.py
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -108,23 +109,19 @@ def test_bad_prompt_templates_are_one_line(tmp_path):
         get_task("data", path=str(data), output="tags")
 
 
-def test_data_options_route_the_template_and_the_output(tmp_path):
+def test_data_options_route_the_template_and_the_output(tmp_path, capsys):
+    from reasonlab.config import build_config
+    from reasonlab.options import RLOptions
+
     (tmp_path / "p.jinja").write_text("{{ q }}")
-    opts = SimpleNamespace(
-        data="d.jsonl",
-        prompt_column="",
-        answer_column="",
-        verifier="math",
-        test_data="",
-        eval_fraction=0.1,
-        system_prompt="",
-        prompt_template=str(tmp_path / "p.jinja"),
-        output="free",
-    )
+    template = str(tmp_path / "p.jinja")
+    opts = build_config(RLOptions, data="d.jsonl", prompt_template=template, output_format="free")
     options = data_task_options(opts)
-    assert options["prompt_template"] == str((tmp_path / "p.jinja").resolve()) and options["output"] == "free"
-    del opts.prompt_template, opts.output  # DataOptions without the flags: the task's defaults
-    assert "prompt_template" not in data_task_options(opts) and "output" not in data_task_options(opts)
+    assert options["prompt_template"] == str(Path(template).resolve()) and options["output"] == "free"
+    # without --data they are refused, as --system-prompt is
+    for flags in (["--prompt-template", template], ["--output-format", "free"]):
+        assert main(["rl", "--model", "m", "--task", "chain", *flags]) == 2
+        assert "goes with --data" in capsys.readouterr().err
 
 
 # ---- output="free": the model's own format, your rewards alone -------------------------------------
@@ -179,8 +176,8 @@ def test_a_free_output_run_is_judged_by_your_reward_and_evaluated_free_form(tmp_
         "a",
         "--verifier",
         "numeric",
-        "--task-arg",
-        "output=free",
+        "--output-format",
+        "free",
         "--no-format-patience",
         "1",
     ]

@@ -398,9 +398,8 @@ def data_task_options(opts) -> dict:
         "test": absolute(opts.test_data) if opts.test_data else None,
         "eval_fraction": opts.eval_fraction,
         "system_prompt": opts.system_prompt or None,
-        # --prompt-template and --output, once DataOptions has them (`--task-arg` reaches them now)
-        "prompt_template": absolute(t) if (t := getattr(opts, "prompt_template", "")) else None,
-        "output": getattr(opts, "output", "") or None,
+        "prompt_template": absolute(opts.prompt_template) if opts.prompt_template else None,
+        "output": opts.output_format if opts.output_format != "template" else None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
