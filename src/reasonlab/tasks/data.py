@@ -57,7 +57,8 @@ def _datasets():
         import datasets
     except ImportError:
         raise UserError(
-            "--data reads datasets with the `datasets` package (a dependency of reasonlab): pip install datasets"
+            "--data reads datasets with the `datasets` package (a dependency of reasonlab): "
+            "pip install datasets"
         ) from None
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
