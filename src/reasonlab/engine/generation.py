@@ -9,7 +9,7 @@ from .flops import count_rollout
 from .params import Rollout, SamplingParams, _check_request
 from .rng import row_uniforms
 from .rows import RowState, _decode_rows, assemble_rollout
-from .steps import _prefill
+from .steps import Decoding, _prefill
 from .vectorized import _decode_vectorized, _vectorizable
 
 
@@ -32,10 +32,10 @@ def generate(
     if params.row_seeds is not None and params.temperature > 0:
         uniforms = row_uniforms(params.row_seeds, N, device)
     cache, logits, attn, next_pos = _prefill(model, tokenizer.pad_id, prompt_ids, P, N, device)
-    run = (cache, logits, attn, next_pos, uniforms, generator, P, N, on_step)
+    run = Decoding(cache, logits, attn, next_pos, uniforms, generator, P, N, on_step)
     if _vectorizable(tokenizer, budgets, params):
         return count_rollout(
-            _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, *run)
+            _decode_vectorized(model, tokenizer, prompts, prompt_ids, budgets, limits, params, run)
         )
     rows = [
         RowState(
@@ -49,7 +49,7 @@ def generate(
         )
         for i in range(len(prompts))
     ]
-    _decode_rows(model, tokenizer, rows, params, *run)
+    _decode_rows(model, tokenizer, rows, params, run)
     return count_rollout(assemble_rollout(rows, prompt_ids, tokenizer))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from .params import Rollout, SamplingParams
-from .steps import _next_step, _sample_step
+from .steps import Decoding, _next_step, _sample_step
 
 
 class RowState:
@@ -79,42 +79,37 @@ class RowState:
             self.phase, self.reason = "done", "budget" if self.capped else "stop"
 
 
-def _decode_rows(
-    model,
-    tokenizer,
-    rows: list,
-    params: SamplingParams,
-    cache,
-    logits,
-    attn,
-    next_pos,
-    uniforms,
-    generator,
-    P: int,
-    N: int,
-    on_step=None,
-) -> None:
+def _decode_rows(model, tokenizer, rows: list, params: SamplingParams, run: Decoding) -> None:
     """The general decode loop: each row's `RowState` chooses (or forces) its token every step;
     finished rows leave the batch."""
+    logits, attn, next_pos, uniforms = run.logits, run.attn, run.next_pos, run.uniforms  # each step's
     device = logits.device
     live = list(range(len(rows)))  # the row behind each batch position
-    for step in range(N):
-        sampled, logp = _sample_step(logits, params, tokenizer.eos_id, generator, uniforms, step)
+    for step in range(run.N):
+        sampled, logp = _sample_step(logits, params, tokenizer.eos_id, run.generator, uniforms, step)
         chosen, emitted = _choose_tokens(
             rows, live, sampled.tolist(), tokenizer.pad_id, params.stop_at_answer
         )
-        if on_step is not None:
-            for i in on_step(emitted, [rows[i].history[-1] for i in emitted]) or ():
+        if run.on_step is not None:
+            for i in run.on_step(emitted, [rows[i].history[-1] for i in emitted]) or ():
                 rows[i].end()
         token_t = torch.tensor(chosen, dtype=torch.long, device=device)
         for i, lp in zip(live, logp.gather(-1, token_t[:, None]).squeeze(-1).tolist()):
             if len(rows[i].logprobs) < len(rows[i].history):  # a row that was done wrote nothing
                 rows[i].logprobs.append(lp)
         keep = [j for j, i in enumerate(live) if rows[i].phase != "done"]
-        if not keep or step == N - 1:
+        if not keep or step == run.N - 1:
             break
         logits, next_pos, attn, uniforms, index = _next_step(
-            model, cache, token_t, next_pos, attn, uniforms, torch.tensor(keep, device=device), P, step
+            model,
+            run.cache,
+            token_t,
+            next_pos,
+            attn,
+            uniforms,
+            torch.tensor(keep, device=device),
+            run.P,
+            step,
         )
         if index is not None:
             live = [live[j] for j in keep]

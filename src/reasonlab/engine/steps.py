@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from .params import SamplingParams
 from .sampling import sample_next
+
+
+@dataclass
+class Decoding:
+    """What a decode loop starts from (`_prefill`'s cache, first logits, mask and positions) and
+    what it samples with: the seeded generator or each row's uniforms, P (the longest prompt), N
+    (the most steps), and `on_step` (a caller's look at each step's tokens, which may end rows)."""
+
+    cache: object
+    logits: torch.Tensor
+    attn: torch.Tensor
+    next_pos: torch.Tensor
+    uniforms: torch.Tensor | None
+    generator: torch.Generator | None
+    P: int
+    N: int
+    on_step: Callable | None = None
 
 
 def _prefill(model, pad_id: int, prompt_ids: list[list[int]], P: int, N: int, device):

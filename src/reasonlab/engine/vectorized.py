@@ -9,7 +9,7 @@ import torch
 
 from ..template import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, prompt_opens_think
 from .params import Rollout, SamplingParams
-from .steps import _next_step, _sample_step
+from .steps import Decoding, _next_step, _sample_step
 
 PRE, THINK, POST = 0, 1, 2  # a row's phase (`RowState.phase`, "done" kept apart in `_Rows.done`)
 
@@ -25,39 +25,25 @@ def _vectorizable(tokenizer, budgets, params: SamplingParams) -> bool:
 
 
 def _decode_vectorized(
-    model,
-    tokenizer,
-    prompts,
-    prompt_ids,
-    budgets,
-    limits,
-    params,
-    cache,
-    logits,
-    attn,
-    next_pos,
-    uniforms,
-    generator,
-    P: int,
-    N: int,
-    on_step=None,
+    model, tokenizer, prompts, prompt_ids, budgets, limits, params, run: Decoding
 ) -> Rollout:
     """The decode loop without extension: every step samples, lets `_Rows.emit` choose (or force)
     and record each live row's token, then drops finished rows and feeds the rest theirs."""
-    device = logits.device
+    logits, attn, next_pos, uniforms = run.logits, run.attn, run.next_pos, run.uniforms  # each step's
+    device, N = logits.device, run.N
     tags = _TagIds.of(tokenizer)
     state = _Rows(prompts, budgets, limits, N, tokenizer.pad_id, device)
     live = torch.arange(len(prompts), device=device)  # the row behind each batch position
     for step in range(N):
-        token, logp = _sample_step(logits, params, tokenizer.eos_id, generator, uniforms, step)
+        token, logp = _sample_step(logits, params, tokenizer.eos_id, run.generator, uniforms, step)
         rows, tok = state.emit(token, logp, live, step, tags, params.stop_at_answer)
-        if on_step is not None and (ended := on_step(rows.tolist(), tok.tolist())):
+        if run.on_step is not None and (ended := run.on_step(rows.tolist(), tok.tolist())):
             state.end(ended)
         keep = (~state.done[live]).nonzero().squeeze(-1)
         if len(keep) == 0 or step == N - 1:
             break
         logits, next_pos, attn, uniforms, index = _next_step(
-            model, cache, token, next_pos, attn, uniforms, keep, P, step
+            model, run.cache, token, next_pos, attn, uniforms, keep, run.P, step
         )
         if index is not None:
             live = live[index]
