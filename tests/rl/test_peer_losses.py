@@ -58,7 +58,12 @@ DTYPES = [torch.float64, torch.float32]
 # Which peer formula each registered name is checked against here. A name registered without an
 # entry fails `test_every_registered_name_is_checked_against_a_peer`.
 PEERS = {
-    "policy loss": {"clip": "TRL grpo-family per-token loss; verl compute_policy_loss_vanilla"},
+    "policy loss": {
+        "clip": "TRL grpo-family per-token loss; verl compute_policy_loss_vanilla",
+        # checked in tests/rl/test_gspo_cispo.py
+        "gspo": "TRL importance_sampling_level='sequence' (grpo); verl compute_policy_loss_gspo",
+        "cispo": "TRL loss_type='cispo'; verl compute_policy_loss_cispo",
+    },
     "aggregation": {
         "token_mean": "TRL bnpo and dapo; verl token-mean",
         "seq_mean": "TRL grpo; verl seq-mean-token-mean",

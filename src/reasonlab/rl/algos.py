@@ -6,7 +6,9 @@
   gets exactly 0 (its float mean can round away from the value: 0.1 × 7).
 - **Policy losses** (`POLICY_LOSSES`, `register_policy_loss`): per-token losses to minimise from
   (N, T) log-probs, old log-probs and (N,) advantages. `clip` is PPO's clipped surrogate with
-  separate low and high clips (DAPO's clip-higher).
+  separate low and high clips (DAPO's clip-higher); `gspo` clips one length-normalised ratio per
+  sequence (GSPO); `cispo` clips the importance weight, stop-gradient, and keeps every token's
+  gradient (CISPO).
 - **Aggregations** (`AGGREGATIONS`): (N, T) per-token values -> one number over the loss mask:
   `token_mean` (DAPO), `seq_mean` (GRPO), `constant` (Dr. GRPO: divided by N · max_tokens).
 - **KL** to a reference: the k3 estimator (Schulman 2020), added with weight β.
@@ -135,6 +137,42 @@ def clipped_surrogate(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
     unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
     return -torch.minimum(unclipped, clipped), {
         "clip_frac": float(token_mean((clipped < unclipped).float(), mask))
+    }
+
+
+@register_policy_loss("gspo")
+def sequence_clipped_surrogate(
+    logp, old_logp, advantages, mask, *, eps_low: float = 0.2, eps_high: float = 0.2
+):
+    """GSPO (Zheng et al. 2025), per sequence: -min(s A, clip(s, 1-ε_low, 1+ε_high) A) with the
+    length-normalised ratio s = exp(mean over the sequence's tokens of log π - log π_old), the
+    gradient through s; broadcast onto the sequence's tokens. Under `seq_mean` this is the paper's
+    objective (the mean over sequences); `token_mean` and `constant` weight each sequence by its
+    length (TRL warns of it; verl forces seq-mean-token-mean). As the advantage is one per
+    sequence, GSPO-token (s_t = sg[s] π_t / sg[π_t]) has the same value and gradient. The paper's
+    clips are ~1e-4 (3e-4 / 4e-4): set --eps-low / --eps-high for it."""
+    on = mask > 0
+    log_ratio = torch.where(on, logp - old_logp, 0.0)  # whatever lies past the mask stays out
+    ratio = torch.exp(log_ratio.sum(-1) / on.sum(-1).clamp(min=1))[:, None].expand_as(logp)
+    adv = advantages[:, None]
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped), {
+        "clip_frac": float(token_mean((clipped < unclipped).float(), mask))
+    }
+
+
+@register_policy_loss("cispo")
+def clipped_is_weight(logp, old_logp, advantages, mask, *, eps_low: float = 0.2, eps_high: float = 0.2):
+    """CISPO (MiniMax-M1, 2025), per token: -sg[clip(ρ, 1-ε_low, 1+ε_high)] A log π, ρ = π/π_old
+    (verl's compute_policy_loss_cispo). The weight is clipped, not the token: every token keeps a
+    gradient. The paper sets no lower bound (--eps-low 1); TRL's loss_type="cispo" caps ρ at
+    epsilon_high alone (= --eps-low 1 --eps-high epsilon_high-1; ScaleRL's ε_max 5: --eps-high 4).
+    clip_frac: share of tokens whose weight was clipped, either side (verl's pg_clipfrac)."""
+    ratio = torch.exp(logp - old_logp).detach()
+    weight = ratio.clamp(1 - eps_low, 1 + eps_high)
+    logp_on = torch.where(mask > 0, logp, 0.0)  # a -inf past the mask cannot turn the sum into NaN
+    return -weight * advantages[:, None] * logp_on, {
+        "clip_frac": float(token_mean((weight != ratio).float(), mask))
     }
 
 

@@ -64,7 +64,13 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     )
     policy_loss: str = field(
         default="clip",
-        metadata={"help": "policy loss: clip (PPO's clipped surrogate)", "choices": tuple(POLICY_LOSSES)},
+        metadata={
+            "help": "policy loss: clip (PPO's clipped surrogate), gspo (one length-normalised ratio per "
+            "sequence, clipped: use --loss-agg seq_mean and the paper's tiny clips, e.g. --eps-low 3e-4 "
+            "--eps-high 4e-4) or cispo (the clipped importance weight, stop-gradient, times A log π; the "
+            "paper: --eps-low 1, no lower bound)",
+            "choices": tuple(POLICY_LOSSES),
+        },
     )
     loss_agg: str = field(
         default="token_mean",
