@@ -168,9 +168,10 @@ def clipped_is_weight(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
     gradient. The paper sets no lower bound (--eps-low 1); TRL's loss_type="cispo" caps ρ at
     epsilon_high alone (= --eps-low 1 --eps-high epsilon_high-1; ScaleRL's ε_max 5: --eps-high 4).
     clip_frac: share of tokens whose weight was clipped, either side (verl's pg_clipfrac)."""
-    ratio = torch.exp(logp - old_logp).detach()
+    on = mask > 0  # past the mask both sides may be -inf: their difference would be NaN
+    ratio = torch.exp(torch.where(on, logp - old_logp, 0.0)).detach()
     weight = ratio.clamp(1 - eps_low, 1 + eps_high)
-    logp_on = torch.where(mask > 0, logp, 0.0)  # a -inf past the mask cannot turn the sum into NaN
+    logp_on = torch.where(on, logp, 0.0)  # a -inf past the mask cannot turn the sum into NaN
     return -weight * advantages[:, None] * logp_on, {
         "clip_frac": float(token_mean((weight != ratio).float(), mask))
     }
