@@ -387,10 +387,10 @@ def rewards_of(opts, task):
 
 
 def cmd_rl(opts) -> int:
-    from .model import save_checkpoint, train_record
-    from .model.export import save_adapter
+    from .model import train_record
     from .rl import GRPOConfig, train_grpo
-    from .runtime import load_dtype, plain_model, setup_distributed, shutdown_distributed, world
+    from .run.final import save_trained
+    from .runtime import load_dtype, setup_distributed, shutdown_distributed, world
 
     cfg = narrow(opts, GRPOConfig)
     task = task_of(opts)
@@ -403,11 +403,8 @@ def cmd_rl(opts) -> int:
         metrics = train_grpo(
             model, tok, task, cfg, out_dir=folder, progress=bar, resume=opts.resume, rewards=rewards
         )
-    if rank == 0:  # --lora-rank: the adapter alone, in peft's format, beside the merged model
-        save_adapter(model, folder.path)
-    final = plain_model(model)  # LoRA merged, FSDP2 shards gathered (a collective: every rank)
+    save_trained(model, tok, folder, train_record(cfg, task), into=opts.overwrite)
     if rank == 0:
-        save_checkpoint(folder.model, final, tok, train_record(cfg, task), into=opts.overwrite)
         held_out = (
             f"held-out accuracy {metrics['eval/accuracy']:.1%}"
             if "eval/accuracy" in metrics

@@ -65,8 +65,10 @@ def grpo(
     a Jinja2 file rendering each prompt's user turn from the row's columns; `output="free"`: the
     model answers in its own format and `reward_funcs` alone judge (the default reward, which scores
     the template, is then off: `default_reward` None means on unless the output is free)."""
+    from .model import train_record
     from .outdir import RunFolder
     from .rl import GRPOConfig, train_grpo
+    from .run.final import save_trained
 
     if train_dataset is None:
         raise UserError("grpo needs train_dataset (a datasets.Dataset, or a path to a dataset)")
@@ -86,7 +88,7 @@ def grpo(
     }
     task, rewards = data_task(options, reward_funcs, reward_weights, default_reward, format_gate)
     metrics = train_grpo(model, tokenizer, task, cfg, out_dir=folder, progress=progress, rewards=rewards)
-    final = save_trained(model, tokenizer, folder, cfg, task)
+    final = save_trained(model, tokenizer, folder, train_record(cfg, task))
     return Trained(final, tokenizer, metrics, folder.path)
 
 
@@ -113,19 +115,6 @@ def data_task(options: dict, reward_funcs, reward_weights, default_reward: bool 
     if rewards is not None:
         task.spec["rewards"] = rewards.spec()
     return task, rewards
-
-
-def save_trained(model, tokenizer, folder, cfg, task):
-    """The trained model saved in folder/model with what trained it (a LoRA adapter also alone,
-    beside it); returns the plain model (LoRA merged)."""
-    from .model import save_checkpoint, train_record
-    from .model.export import save_adapter
-    from .runtime import plain_model
-
-    save_adapter(model, folder.path)  # --lora-rank: the adapter alone, beside the merged model
-    final = plain_model(model)
-    save_checkpoint(folder.model, final, tokenizer, train_record(cfg, task))
-    return final
 
 
 def load(model, tokenizer=None):

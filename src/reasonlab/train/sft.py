@@ -13,13 +13,12 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import UserError
 from ..jsonl import read_jsonl
-from ..model import load_model, new_builtin, save_checkpoint, train_record
-from ..model.export import save_adapter
+from ..model import load_model, new_builtin, train_record
 from ..outdir import RunFolder, RunOptions, out_field
+from ..run.final import save_trained
 from ..runtime import (
     RuntimeOptions,
     load_dtype,
-    plain_model,
     prepare,
     resolve_device,
     setup_distributed,
@@ -179,10 +178,6 @@ def run_sft(
         folder=folder,
         resume=cfg.resume,
     )
-    if rank == 0:  # --lora-rank: the adapter alone, in peft's format, beside the merged model
-        save_adapter(model, folder.path)
-    final = plain_model(model)  # every rank: FSDP2 gathers its shards
-    if rank == 0:
-        save_checkpoint(folder.model, final, tokenizer, train_record(cfg), into=cfg.overwrite)
+    save_trained(model, tokenizer, folder, train_record(cfg), into=cfg.overwrite)
     shutdown_distributed()
     return metrics
