@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import UserError
+from .model import train_record
+from .outdir import RunFolder
+from .rl import GRPOConfig, train_grpo
+from .run.final import save_trained
 
 
 class Trained(NamedTuple):
@@ -65,11 +69,6 @@ def grpo(
     a Jinja2 file rendering each prompt's user turn from the row's columns; `output="free"`: the
     model answers in its own format and `reward_funcs` alone judge (the default reward, which scores
     the template, is then off: `default_reward` None means on unless the output is free)."""
-    from .model import train_record
-    from .outdir import RunFolder
-    from .rl import GRPOConfig, train_grpo
-    from .run.final import save_trained
-
     if train_dataset is None:
         raise UserError("grpo needs train_dataset (a datasets.Dataset, or a path to a dataset)")
     cfg = config or GRPOConfig()
