@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reasonlab.cli import make_task
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.errors import UserError
 from reasonlab.model import load_model
 from reasonlab.model.checkpoint import load_train_config
 from reasonlab.model.export import export_gguf
 from reasonlab.runtime import keep_freed_memory
+from reasonlab.selection import make_task
 from reasonlab.template import ANSWER_CLOSE, build_prompt
 
 TOP = 5  # log-probs compared per step

@@ -23,7 +23,6 @@ import time
 
 import torch
 
-from reasonlab.cli import parse_value
 from reasonlab.engine import SamplingParams, generate
 from reasonlab.evaluate import evaluate_problems, score_batch
 from reasonlab.lab.settings import DemoConfig, stage_configs
@@ -32,6 +31,7 @@ from reasonlab.rl import train_grpo
 from reasonlab.rl import trainer as rl_trainer
 from reasonlab.rl.update import token_logprobs
 from reasonlab.runtime import keep_freed_memory
+from reasonlab.selection import parse_value
 from reasonlab.tasks import get_task
 from reasonlab.template import build_prompt
 

@@ -26,7 +26,7 @@ LAYERS = [
     ("runs and evaluation", ["run", "evaluate"]),
     ("trainers and services", ["train", "rl", "serve", "quick"]),
     ("experiments", ["lab"]),
-    ("commands", ["cli", "options", "__main__", ""]),
+    ("commands", ["cli", "selection", "options", "__main__", ""]),
 ]
 
 
