@@ -127,8 +127,10 @@ def rollout_from_outputs(outputs, prompts: list[str], tokenizer) -> Rollout:
 
 
 def _logprob(logprobs, j: int, token: int) -> float:
+    """The sampled token's log-prob vLLM returned; missing is an error, never a made-up 0 (the
+    trainer's importance-sampling correction divides by it)."""
     if not logprobs or j >= len(logprobs) or token not in logprobs[j]:
-        return 0.0
+        raise ValueError(f"vLLM returned no log-prob for token {token} at position {j} of a completion")
     entry = logprobs[j][token]
     return float(getattr(entry, "logprob", entry))
 
@@ -172,6 +174,10 @@ class VLLMEngine:
             enable_prefix_caching=options.enable_prefix_caching,
             enforce_eager=options.enforce_eager,
             worker_extension_cls=f"{__name__}.WeightReceiver",
+            # the sampled tokens' log-probs under the sampling distribution (after temperature), as
+            # the built-in engine records them and the trainer computes them: the default is the raw
+            # logits', which would bias the importance-sampling correction by the temperature
+            logprobs_mode="processed_logprobs",
         )
         return cls(llm, tokenizer)
 

@@ -90,11 +90,11 @@ def test_rollout_batch_masks_forced_and_truncated_tokens():
         think_tokens=[0, 0],
         finish_reason=["stop", "length"],
     )
-    ids, mask = rollout_batch(rollout, pad_id=0)
+    ids, mask, _ = rollout_batch(rollout, pad_id=0)
     assert ids.tolist() == [[5, 6, 1, 2, 3], [7, 4, 0, 0, 0]]
     # mask[t] = 1 when token t+1 is a sampled completion token: row 0 tokens 1 (sampled), 2 (forced), 3
     assert mask.tolist() == [[0, 1, 0, 1], [1, 0, 0, 0]]
-    _, mask = rollout_batch(rollout, pad_id=0, mask_truncated=True)
+    _, mask, _ = rollout_batch(rollout, pad_id=0, mask_truncated=True)
     assert mask[1].sum() == 0 and mask[0].sum() == 2
 
 

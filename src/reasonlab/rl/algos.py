@@ -12,6 +12,10 @@
 - **Aggregations** (`AGGREGATIONS`): (N, T) per-token values -> one number over the loss mask:
   `token_mean` (DAPO), `seq_mean` (GRPO), `constant` (Dr. GRPO: divided by N · max_tokens).
 - **KL** to a reference: the k3 estimator (Schulman 2020), added with weight β.
+- **Rollout corrections** (`ROLLOUT_CORRECTIONS`): importance weights for the gap between the
+  log-probs the rollout engine sampled with and the trainer's (another precision, vLLM's kernels):
+  per token or per sequence, truncated at a cap (TIS) or zeroed past it (MIS); TRL's
+  `vllm_importance_sampling_mode`, verl's `rollout_is` / `rollout_rs`.
 
 The registries are the one list of allowed names: `GRPOConfig`'s choices come from them. A new
 estimator or loss is one function here plus a test.
@@ -26,6 +30,7 @@ import torch
 ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
 POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {}
 AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {}
+ROLLOUT_CORRECTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor] | None]] = {}
 
 
 def _registrar(registry: dict, what: str):
@@ -44,6 +49,7 @@ def _registrar(registry: dict, what: str):
 register_advantage = _registrar(ADVANTAGES, "advantage estimator")
 register_policy_loss = _registrar(POLICY_LOSSES, "policy loss")
 register_aggregation = _registrar(AGGREGATIONS, "loss aggregation")
+register_rollout_correction = _registrar(ROLLOUT_CORRECTIONS, "rollout correction")
 
 
 def pick(registry: dict, name: str, what: str):
@@ -177,6 +183,82 @@ def clipped_is_weight(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,
     }
 
 
+# ---- rollout corrections --------------------------------------------------------------------
+# Each takes the (N, T) log-ratio log π_train - log π_rollout (0 off the mask), the (N, T) mask and
+# the cap C, and returns the (N, T) weight each token's policy loss is multiplied by (no gradient)
+# and the (N, T) tokens it truncated or zeroed; "none" returns None: no weight at all.
+LOG_RATIO_LIMIT = 50.0  # a sequence's summed log-ratio is clamped here: exp stays finite for the stats
+
+
+def _sequence(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Each sequence's ratio Π_t ρ_t (the product over its masked tokens), on every token of it."""
+    return torch.exp(log_ratio.sum(-1, keepdim=True).clamp(max=LOG_RATIO_LIMIT)).expand_as(log_ratio)
+
+
+def _truncated(ratio: torch.Tensor, cap: float):
+    return ratio.clamp(max=cap), ratio > cap
+
+
+def _masked(ratio: torch.Tensor, cap: float):
+    return ratio.masked_fill(ratio > cap, 0.0), ratio > cap
+
+
+@register_rollout_correction("none")
+def no_correction(log_ratio, mask, cap):
+    return None
+
+
+@register_rollout_correction("token_truncate")
+def token_truncated(log_ratio, mask, cap):
+    """TIS per token: w_t = min(ρ_t, C), ρ_t = π_train(y_t) / π_rollout(y_t)."""
+    return _truncated(torch.exp(log_ratio), cap)
+
+
+@register_rollout_correction("token_mask")
+def token_masked(log_ratio, mask, cap):
+    """MIS per token: w_t = ρ_t where ρ_t ≤ C, else 0 (the token leaves the loss, not its count)."""
+    return _masked(torch.exp(log_ratio), cap)
+
+
+@register_rollout_correction("sequence_truncate")
+def sequence_truncated(log_ratio, mask, cap):
+    """TIS per sequence: every token of a sequence weighted by min(Π_t ρ_t, C)."""
+    return _truncated(_sequence(log_ratio), cap)
+
+
+@register_rollout_correction("sequence_mask")
+def sequence_masked(log_ratio, mask, cap):
+    """MIS per sequence: Π_t ρ_t where it is ≤ C, else the whole sequence weighted 0."""
+    return _masked(_sequence(log_ratio), cap)
+
+
+def rollout_weights(
+    train_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, how: str, cap: float
+) -> tuple[torch.Tensor | None, dict]:
+    """The rollout correction registered as `how` for the trainer's (N, T) log-probs of the sampled
+    tokens before the update (`train_logp`, no gradient) against the engine's (`rollout_logp`), over
+    `mask`: the (N, T) weights (None for "none") and their statistics over the masked tokens —
+    ``is/ratio_mean``, ``is/ratio_min``, ``is/ratio_max`` (of the ratio the mode uses: the token's
+    or its sequence's), ``is/capped`` (share of tokens truncated or zeroed) and ``is/kl`` (k3
+    estimate of KL(π_rollout ‖ π_train) a token: exp(r) - r - 1, r the token's log-ratio)."""
+    on = mask > 0
+    log_ratio = torch.where(on, train_logp.detach() - rollout_logp, 0.0)
+    out = pick(ROLLOUT_CORRECTIONS, how, "rollout correction")(log_ratio, mask, cap)
+    if out is None:
+        return None, {}
+    weight, capped = out
+    ratio = _sequence(log_ratio) if how.startswith("sequence") else torch.exp(log_ratio)
+    picked = ratio[on] if bool(on.any()) else ratio.new_ones(1)
+    stats = {
+        "is/ratio_mean": float(token_mean(ratio, mask)),
+        "is/ratio_min": float(picked.min()),
+        "is/ratio_max": float(picked.max()),
+        "is/capped": float(token_mean(capped.to(mask.dtype), mask)),
+        "is/kl": float(token_mean(torch.exp(log_ratio) - log_ratio - 1, mask)),
+    }
+    return weight, stats
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -191,13 +273,18 @@ def policy_loss(
     beta: float = 0.0,
     total: float | None = None,
     loss: str = "clip",
+    is_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The loss to minimise for (N, T) token log-probs and (N,) advantages: the policy loss
-    registered as `loss`, plus β · KL_k3 to the reference when β > 0, aggregated by `agg` (`total`:
-    the global count when the batch spans ranks). Returns the loss and its statistics."""
+    registered as `loss`, each token's multiplied by the rollout correction's `is_weight` when given
+    (`rollout_weights`; TRL applies it there too, before the KL term), plus β · KL_k3 to the
+    reference when β > 0, aggregated by `agg` (`total`: the global count when the batch spans ranks).
+    Returns the loss and its statistics."""
     per_token, stats = pick(POLICY_LOSSES, loss, "policy loss")(
         logp, old_logp, advantages, mask.to(logp.dtype), eps_low=eps_low, eps_high=eps_high
     )
+    if is_weight is not None:
+        per_token = per_token * is_weight.detach()
     if beta > 0:
         if ref_logp is None:
             raise ValueError("beta > 0 needs reference log-probs")

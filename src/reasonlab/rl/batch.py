@@ -24,72 +24,80 @@ from .types import Batch, Group, StepBatch
 
 
 def rollout_batch(rollout: Rollout, pad_id: int, mask_truncated: bool = False):
-    """Sequences (prompt + completion, right-padded) and the loss mask in next-token coordinates.
+    """Sequences (prompt + completion, right-padded), the loss mask and the engine's log-probs in
+    next-token coordinates.
 
-    Returns input_ids (N, T) and mask (N, T-1): 1 where the token at t+1 is a *sampled* completion
-    token (forced tokens and padding are 0; with `mask_truncated`, whole truncated rows are 0).
+    Returns input_ids (N, T), mask (N, T-1): 1 where the token at t+1 is a *sampled* completion
+    token (forced tokens and padding are 0; with `mask_truncated`, whole truncated rows are 0), and
+    (N, T-1) the log-prob the rollout engine recorded for the token at t+1 (0 off the completions).
     """
     N = len(rollout.prompt_ids)
     lengths = [len(p) + int(n) for p, n in zip(rollout.prompt_ids, rollout.lengths)]
     T = max(lengths)
     input_ids = torch.full((N, T), pad_id, dtype=torch.long)
-    mask = torch.zeros((N, T - 1))
+    mask, logp = torch.zeros((N, T - 1)), torch.zeros((N, T - 1))
     for i, prompt in enumerate(rollout.prompt_ids):
-        n = int(rollout.lengths[i])
+        n, at = int(rollout.lengths[i]), len(prompt) - 1
         input_ids[i, : len(prompt)] = torch.tensor(prompt)
         input_ids[i, len(prompt) : len(prompt) + n] = rollout.tokens[i, :n]
+        logp[i, at : at + n] = rollout.logprobs[i, :n].float()
         if mask_truncated and rollout.finish_reason[i] == "length":
             continue
-        mask[i, len(prompt) - 1 : len(prompt) - 1 + n] = rollout.sampled_mask[i, :n].float()
-    return input_ids, mask
+        mask[i, at : at + n] = rollout.sampled_mask[i, :n].float()
+    return input_ids, mask, logp
 
 
 def group_batch(
     parts, group_size: int, pad_id: int, mask_truncated: bool = False
-) -> tuple[GroupedBatch, torch.Tensor]:
-    """Groups of rollout rows as a `GroupedBatch` (each prompt once) and the (N, Lc) loss mask.
+) -> tuple[GroupedBatch, torch.Tensor, torch.Tensor]:
+    """Groups of rollout rows as a `GroupedBatch` (each prompt once), the (N, Lc) loss mask and the
+    (N, Lc) log-probs the engine recorded.
 
     `parts`: (rollout, g) pairs, group g being rows g·G … (g+1)·G - 1 of `rollout`, all on one
-    prompt. The mask is in the coordinates of the log-probs `token_logprobs` returns for the batch."""
+    prompt. Mask and log-probs are in the coordinates of those `token_logprobs` returns for the batch."""
     G = group_size
     prompts = [rollout.prompt_ids[g * G] for rollout, g in parts]
     widths = [int(rollout.lengths[g * G : (g + 1) * G].max()) for rollout, g in parts]
     Lp, Lc, N = max(len(p) for p in prompts), max(max(widths), 1), len(parts) * G
     prompt_ids = torch.full((len(parts), Lp), pad_id, dtype=torch.long)
     completion_ids = torch.full((N, Lc), pad_id, dtype=torch.long)
-    mask = torch.zeros((N, Lc))
+    mask, logp = torch.zeros((N, Lc)), torch.zeros((N, Lc))
     for k, ((rollout, g), prompt, w) in enumerate(zip(parts, prompts, widths)):
         rows, out = slice(g * G, (g + 1) * G), slice(k * G, (k + 1) * G)
         prompt_ids[k, : len(prompt)] = torch.tensor(prompt)
         completion_ids[out, :w] = rollout.tokens[rows, :w]
         mask[out, :w] = rollout.sampled_mask[rows, :w].float()
+        logp[out, :w] = rollout.logprobs[rows, :w].float()
         if mask_truncated:
             for i in range(G):
                 if rollout.finish_reason[g * G + i] == "length":
                     mask[k * G + i] = 0
     lens = torch.cat([rollout.lengths[g * G : (g + 1) * G] for rollout, g in parts])
     plens = torch.tensor([len(p) for p in prompts])
-    return GroupedBatch(prompt_ids, plens, completion_ids, lens, G), mask
+    return GroupedBatch(prompt_ids, plens, completion_ids, lens, G), mask, logp
 
 
 def padded_batch(
     groups: list[Group], G: int, pad_id: int, mask_truncated: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) ids and (N, T-1) mask of the groups' rows, one `rollout_batch` per sampling call."""
-    seqs, masks, batches = [], [], {}
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, T) ids, (N, T-1) mask and (N, T-1) engine log-probs of the groups' rows, one
+    `rollout_batch` per sampling call."""
+    seqs, masks, logps, batches = [], [], [], {}
     for group in groups:
         if id(group.rollout) not in batches:
             batches[id(group.rollout)] = rollout_batch(group.rollout, pad_id, mask_truncated)
-        ids, m = batches[id(group.rollout)]
+        ids, m, lp = batches[id(group.rollout)]
         seqs += list(ids[group.rows(G)])
         masks += list(m[group.rows(G)])
+        logps += list(lp[group.rows(G)])
     T = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T - 1))
-    for i, (s, m) in enumerate(zip(seqs, masks)):
+    mask, logp = torch.zeros((len(seqs), T - 1)), torch.zeros((len(seqs), T - 1))
+    for i, (s, m, lp) in enumerate(zip(seqs, masks, logps)):
         input_ids[i, : len(s)] = s
         mask[i, : len(m)] = m
-    return input_ids, mask
+        logp[i, : len(lp)] = lp
+    return input_ids, mask, logp
 
 
 def build_batch(
@@ -109,9 +117,9 @@ def build_batch(
     lengths = torch.cat([g.rollout.lengths[g.rows(G)] for g in groups])
     think = [t for g in groups for t in g.rollout.think_tokens[g.rows(G)]]
     if shared:
-        inputs, mask = group_batch([(g.rollout, g.index) for g in groups], G, pad_id, mask_truncated)
+        inputs, mask, logp = group_batch([(g.rollout, g.index) for g in groups], G, pad_id, mask_truncated)
     else:
-        inputs, mask = padded_batch(groups, G, pad_id, mask_truncated)
+        inputs, mask, logp = padded_batch(groups, G, pad_id, mask_truncated)
     # the tokens each row puts through the model (the compute ledger's): its completion, and its
     # prompt on every row, or, in the shared layout, on the group's first row only; and their
     # attention's query-key pairs (a completion's tokens sit after the prompt either way)
@@ -126,7 +134,7 @@ def build_batch(
         ],
         dtype=torch.long,
     )
-    return Batch(inputs, mask, advantages, lengths, think, lengths + counted, pairs)
+    return Batch(inputs, mask, advantages, lengths, think, lengths + counted, pairs, logp)
 
 
 def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: bool) -> StepBatch | None:

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..run.optim import OptimConfig, default_of
 from ..runtime import RuntimeOptions
 from ..template import PROMPT_STYLES
-from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
+from .algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, ROLLOUT_CORRECTIONS
 
 
 @dataclass
@@ -162,6 +162,30 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
             "help": "who samples the groups: builtin, or vllm (GPUs, extra reasonlab[vllm])",
             "choices": ("builtin", "vllm"),
         },
+    )
+    rollout_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "the built-in engine's sampling precision: a bf16 copy of the weights (bf16), the "
+            "weights as they are (fp32), or auto: bf16 where the CPU has native bf16 (AMX or avx512_bf16) "
+            "and a bf16 matmul at the model's width measures faster than fp32, else fp32 (GPUs: bf16 where "
+            "supported); the update stays fp32 and --rollout-is corrects the difference",
+            "choices": ("auto", "fp32", "bf16"),
+        },
+    )
+    rollout_is: str = field(
+        default="token_truncate",
+        metadata={
+            "help": "importance-sampling correction for the gap between the rollout's log-probs and the "
+            "trainer's (another precision, vLLM): the loss of each token (token_*) or sequence "
+            "(sequence_*) weighted by pi_train / pi_rollout truncated at --rollout-is-cap (*_truncate, "
+            "TIS) or zeroed past it (*_mask, MIS); none = no correction",
+            "choices": tuple(ROLLOUT_CORRECTIONS),
+        },
+    )
+    rollout_is_cap: float = field(
+        default=2.0,
+        metadata={"help": "the importance weight's cap C for --rollout-is (>= 1)", "min": 1},
     )
     vllm_gpu_memory: float = field(
         default=0.3, metadata={"help": "vllm: share of GPU memory it may take", "above": 0, "max": 1}

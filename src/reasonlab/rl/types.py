@@ -68,6 +68,7 @@ class Batch:
     think: list[int]  # (N,) thinking tokens of each completion
     tokens: torch.Tensor | None = None  # (N,) tokens each row puts through the model (compute ledger)
     pairs: torch.Tensor | None = None  # (N,) their causal attention's query-key pairs (`compute.pairs`)
+    rollout_logp: torch.Tensor | None = None  # like `mask`: the engine's log-prob of each token (0 off it)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -86,6 +87,7 @@ class Batch:
             self.think,
             self.tokens,
             self.pairs,
+            None if self.rollout_logp is None else self.rollout_logp.to(device),
         )
 
 

@@ -28,7 +28,7 @@ from ..runtime import (
     world,
 )
 from ..softmax import probs_entropy
-from .algos import aggregate, policy_loss
+from .algos import aggregate, policy_loss, rollout_weights
 from .batch import micro_batches
 from .config import GRPOConfig
 from .types import Batch, Policy, Update
@@ -68,10 +68,17 @@ def reference_logprobs(core, ref_model, inputs, temperature: float, precision: s
             return token_logprobs(core, inputs, temperature, precision)[0]
 
 
-def step_loss(model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConfig, total=None):
-    """One micro-batch's loss and statistics (clip_frac, kl, entropy)."""
+def step_loss(
+    model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConfig, total=None, rollout_logp=None
+):
+    """One micro-batch's loss and statistics (clip_frac, kl, entropy, and the rollout correction's
+    ``is/*`` when the engine's log-probs `rollout_logp` are given and `cfg.rollout_is` is not none:
+    each token's loss weighted by π_old / π_rollout, truncated or masked at `cfg.rollout_is_cap`)."""
     logp, entropy = token_logprobs(model, inputs, cfg.temperature, cfg.autocast)
     old = logp.detach() if old_logp is None else old_logp
+    weight, is_stats = None, {}
+    if rollout_logp is not None:
+        weight, is_stats = rollout_weights(old, rollout_logp, mask, cfg.rollout_is, cfg.rollout_is_cap)
     loss, stats = policy_loss(
         logp,
         old,
@@ -85,9 +92,10 @@ def step_loss(model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConf
         beta=cfg.beta,
         total=total,
         loss=cfg.policy_loss,
+        is_weight=weight,
     )
     stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
-    return loss, stats
+    return loss, {**stats, **is_stats}
 
 
 def update(policy: Policy, batch: Batch, cfg: GRPOConfig, *, lr: float, total: float) -> Update:
@@ -112,8 +120,20 @@ def update(policy: Policy, batch: Batch, cfg: GRPOConfig, *, lr: float, total: f
             break
         out.grad_norm = clip_grad_norm(policy.model, cfg.grad_clip or float("inf"))
         policy.optimizer.step()
-    n_tokens = max(all_reduce_sum(float(batch.mask.sum())), 1.0)
-    out.stats = {k: all_reduce_sum(v) / n_tokens for k, v in weighted.items()}
+    out.stats = reduce_stats(weighted, float(batch.mask.sum()))
+    return out
+
+
+def reduce_stats(weighted: dict[str, float], tokens: float) -> dict[str, float]:
+    """The step's statistics over every rank: the token-weighted means (`weighted` holds the sums),
+    and for a ``*_min`` / ``*_max`` key (`_accumulate` keeps them unweighted) the extreme."""
+    n_tokens = max(all_reduce_sum(tokens), 1.0)
+    out = {}
+    for key, v in weighted.items():
+        if key.endswith(("_min", "_max")):
+            out[key] = (min if key.endswith("_min") else max)(all_gather_list([v]))
+        else:
+            out[key] = all_reduce_sum(v) / n_tokens
     return out
 
 
@@ -167,6 +187,7 @@ def _accumulate(model, batch: Batch, chunks, real: int, old_logp, ref_logp, cfg:
                 pick(ref_logp, c),
                 cfg,
                 total,
+                pick(batch.rollout_logp, c),
             )
             (loss * (size if k < real else 0.0)).backward()  # DDP/FSDP2 average over ranks
         if k >= real:  # a repeat that keeps the ranks in step: no loss of its own
@@ -174,5 +195,10 @@ def _accumulate(model, batch: Batch, chunks, real: int, old_logp, ref_logp, cfg:
         local += loss.item()
         n = float(batch.mask[c].sum())
         for key, v in stats.items():
-            weighted[key] = weighted.get(key, 0.0) + v * n
+            if key.endswith("_min"):
+                weighted[key] = min(weighted.get(key, v), v)
+            elif key.endswith("_max"):
+                weighted[key] = max(weighted.get(key, v), v)
+            else:
+                weighted[key] = weighted.get(key, 0.0) + v * n
     return all_reduce_sum(local), weighted
