@@ -27,6 +27,8 @@ Cost, not math: the training pass computes each group's prompt once and packs th
 their KV cache, see `model.hf`); with β = 0 a group whose rewards are all equal has
 advantage 0 on every token, adds nothing to the gradient, and skips the forward and backward
 (`skip_flat_groups`) while its tokens still count in the normaliser: the same update (tested).
+Where `rollout_dtype` takes bf16 the built-in engine samples from a bf16 copy of the weights,
+refreshed at each step (`sampler`); the update and the evaluations stay float32.
 
 A step, top to bottom (`train_grpo`): collect groups (`collect`) -> build the batch (`batch`) ->
 update (`update`) -> its row (`log`) -> end the step (`run.Run.end_step`: budgets, evaluation,
@@ -62,6 +64,7 @@ from .batch import batch_for_update
 from .collect import Collector, ProblemStream
 from .config import GRPOConfig
 from .log import sample_rows, step_metrics, trl_names
+from .sampler import rollout_sampler
 from .types import Policy, Sampled, StepBatch, Update
 from .update import update
 
@@ -95,9 +98,11 @@ def train_grpo(
     held_out = held_out_problems(task, cfg, held_out)
     check_memory(model, cfg, size)
     policy, vllm = make_policy(model, tokenizer, cfg)
-    collector = Collector(task, tokenizer, cfg, ProblemStream(task, cfg.seed), rewards=rewards)
+    sampler, dtype = rollout_sampler(policy, tokenizer, cfg)  # a bf16 copy to sample from, or None
+    stream = ProblemStream(task, cfg.seed)
+    collector = Collector(task, tokenizer, cfg, stream, sample=sampler, rewards=rewards)
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rl") if out_dir else None
-    run = start_run(policy, collector, task, cfg, folder, resume, log, progress)
+    run = start_run(policy, collector, task, cfg, folder, resume, log, progress, sampling=dtype)
     if vllm is not None:
         collector.sample = vllm_sampler(vllm, run.first)
     evaluate = partial(evaluate_policy, policy, tokenizer, task, held_out, cfg) if held_out else None
@@ -167,11 +172,12 @@ def make_policy(model, tokenizer, cfg: GRPOConfig) -> tuple[Policy, object]:
 
 
 def start_run(
-    policy: Policy, collector: Collector, task, cfg: GRPOConfig, folder, resume, log, progress
+    policy: Policy, collector: Collector, task, cfg: GRPOConfig, folder, resume, log, progress, sampling=None
 ) -> Run:
     """The run's lifecycle (`run.Run`): rank 0 logs, with TRL's names; the state holds the weights,
     optimiser, reference and where the collector stands. Resumed from the saved state when
-    `resume`; the folder marked with the run's settings."""
+    `resume`; the folder marked with the run's settings and, as ``sampling/dtype``, the dtype
+    `sampling` the built-in engine samples in (not a setting a resume checks: auto measures it)."""
     config = {**asdict(cfg), **task_setting(task)}  # what a resume must not change (`check_resume`)
     run = Run(
         cfg,
@@ -193,7 +199,9 @@ def start_run(
     if state:
         load_state(state, policy, collector)
     if folder and run.rank == 0:
-        folder.start(config)
+        folder.start(
+            {**config, **({"sampling/dtype": str(sampling).removeprefix("torch.")} if sampling else {})}
+        )
     run.start(state, resume)
     return run
 

@@ -16,7 +16,8 @@ by the world size, since DDP and FSDP average gradients over ranks.
 
 Layout: `options` (`RuntimeOptions`, dtypes), `memory` (malloc tuning), `devices`, `collectives`
 (the process group, reductions over ranks), `lora`, `wrappers` (DDP/FSDP2 wrappers told apart),
-`parallel` (`prepare`, `gathered`, `plain_model`), `gradients` (sync, finiteness, clipping).
+`parallel` (`prepare`, `gathered`, `plain_model`), `gradients` (sync, finiteness, clipping),
+`precision` (the dtype a rollout samples in: `rollout_dtype`, from the CPU's flags and a timed matmul).
 """
 
 from .collectives import (
@@ -34,6 +35,7 @@ from .lora import add_lora, has_lora
 from .memory import MALLOC_ENV, TRIM_THRESHOLD, keep_freed_memory
 from .options import AUTOCAST, DTYPES, RuntimeOptions, load_dtype
 from .parallel import gathered, plain_model, prepare, refuse_fsdp_states
+from .precision import bf16_matmul_speedup, cpu_flags, native_bf16, rollout_dtype
 from .wrappers import is_fsdp, unwrap
 
 __all__ = [
@@ -47,8 +49,10 @@ __all__ = [
     "all_reduce_sum",
     "any_rank",
     "autocast",
+    "bf16_matmul_speedup",
     "broadcast_flag",
     "clip_grad_norm",
+    "cpu_flags",
     "gathered",
     "gradient_sync",
     "grads_finite",
@@ -57,11 +61,13 @@ __all__ = [
     "keep_freed_memory",
     "load_dtype",
     "local_tensor",
+    "native_bf16",
     "plain_model",
     "prepare",
     "rank_device",
     "refuse_fsdp_states",
     "resolve_device",
+    "rollout_dtype",
     "setup_distributed",
     "shutdown_distributed",
     "unwrap",
