@@ -167,9 +167,10 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
         default="auto",
         metadata={
             "help": "the built-in engine's sampling precision: a bf16 copy of the weights (bf16), the "
-            "weights as they are (fp32), or auto: bf16 where the CPU has native bf16 (AMX or avx512_bf16) "
-            "and a bf16 matmul at the model's width measures faster than fp32, else fp32 (GPUs: bf16 where "
-            "supported); the update stays fp32 and --rollout-is corrects the difference",
+            "weights as they are (fp32), or auto: bf16 where the CPU has native bf16 (AMX or avx512_bf16), "
+            "the model is at least 256 wide and a bf16 matmul at its width measures >= 1.2x fp32, else fp32 "
+            "(GPUs: bf16 where supported; auto's timing can differ between runs: name the dtype for exact "
+            "reruns); the update stays fp32 and --rollout-is corrects the difference",
             "choices": ("auto", "fp32", "bf16"),
         },
     )
