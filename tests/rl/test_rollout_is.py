@@ -123,10 +123,13 @@ def test_which_rows_each_mode_cuts():
         assert (w[m][3, :2] < 1).all() and (w[m][3, :2] > 0).all()
 
 
-def test_none_gives_no_weight_and_the_uncorrected_loss():
+def test_none_gives_no_weight_but_still_measures_the_gap():
     train, rollout = sides()
     weight, stats = rollout_weights(train, rollout, MASK, "none", CAP)
-    assert weight is None and stats == {}
+    _, truncated = rollout_weights(train, rollout, MASK, "token_truncate", CAP)
+    assert weight is None and stats["is/capped"] == 0
+    for key in ("is/ratio_mean", "is/ratio_min", "is/ratio_max", "is/kl"):
+        assert stats[key] == truncated[key]
 
 
 def test_statistics_over_the_mask():
@@ -230,7 +233,7 @@ def test_update_with_matching_logprobs_is_the_uncorrected_update(tiny_gpt):
     same = batch.rollout_logp.clone()
     out_none, w_none = step("none", same)
     out_tis, w_tis = step("token_truncate", same)
-    assert "is/ratio_mean" not in out_none.stats
+    assert out_none.stats["is/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert out_tis.stats["is/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert out_tis.stats["is/capped"] == 0 and out_tis.stats["is/kl"] == pytest.approx(0.0, abs=1e-9)
     for k in w_none:

@@ -237,16 +237,16 @@ def rollout_weights(
 ) -> tuple[torch.Tensor | None, dict]:
     """The rollout correction registered as `how` for the trainer's (N, T) log-probs of the sampled
     tokens before the update (`train_logp`, no gradient) against the engine's (`rollout_logp`), over
-    `mask`: the (N, T) weights (None for "none") and their statistics over the masked tokens —
-    ``is/ratio_mean``, ``is/ratio_min``, ``is/ratio_max`` (of the ratio the mode uses: the token's
-    or its sequence's), ``is/capped`` (share of tokens truncated or zeroed) and ``is/kl`` (k3
-    estimate of KL(π_rollout ‖ π_train) a token: exp(r) - r - 1, r the token's log-ratio)."""
+    `mask`: the (N, T) weights (None for "none") and their statistics over the masked tokens, logged
+    with the correction off too (the gap is worth seeing either way) — ``is/ratio_mean``,
+    ``is/ratio_min``, ``is/ratio_max`` (of the ratio the mode uses: the token's or its sequence's;
+    the token's for "none"), ``is/capped`` (share of tokens truncated or zeroed; 0 for "none") and
+    ``is/kl`` (k3 estimate of KL(π_rollout ‖ π_train) a token: exp(r) - r - 1, r the token's
+    log-ratio)."""
     on = mask > 0
     log_ratio = torch.where(on, train_logp.detach() - rollout_logp, 0.0)
     out = pick(ROLLOUT_CORRECTIONS, how, "rollout correction")(log_ratio, mask, cap)
-    if out is None:
-        return None, {}
-    weight, capped = out
+    weight, capped = (None, torch.zeros_like(on)) if out is None else out
     ratio = _sequence(log_ratio) if how.startswith("sequence") else torch.exp(log_ratio)
     picked = ratio[on] if bool(on.any()) else ratio.new_ones(1)
     stats = {
