@@ -254,7 +254,7 @@ def rollout_weights(
         "is/ratio_min": float(picked.min()),
         "is/ratio_max": float(picked.max()),
         "is/capped": float(token_mean(capped.to(mask.dtype), mask)),
-        "is/kl": float(token_mean(torch.exp(log_ratio) - log_ratio - 1, mask)),
+        "is/kl": float(token_mean(torch.expm1(log_ratio) - log_ratio, mask)),  # expm1: no cancellation near 0
     }
     return weight, stats
 
