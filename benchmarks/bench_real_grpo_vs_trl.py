@@ -56,7 +56,9 @@ def hf_folder(spec: str) -> Path:
     return model_folder(spec)
 
 
-def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = False):
+def run_ours(
+    spec: str, task, steps: int, dtype: str, bf16_autocast: bool = False, rollout_dtype: str = "auto"
+):
     """`StepTimes.summary()` of our run: the median seconds a step (the first left out), the mean
     completion length, and the median (generation, training) seconds of a step."""
     model, tok = load_model(spec, DTYPES[dtype])
@@ -76,6 +78,7 @@ def run_ours(spec: str, task, steps: int, dtype: str, bf16_autocast: bool = Fals
         dtype=dtype,
         micro_batch_size=MICRO,
         autocast="on" if bf16_autocast else "auto",
+        rollout_dtype=rollout_dtype,
     )
     times = StepTimes()
     train_grpo(model, tok, task, cfg, log=times)
@@ -142,6 +145,12 @@ def main():
         help="float32 weights, forward passes in bf16 autocast on both sides (ours: --autocast on; "
         "TRL: bf16=True)",
     )
+    parser.add_argument(
+        "--rollout-dtype",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="our sampling precision (--rollout-dtype: auto is bf16 on a CPU with fast native bf16)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the CLI does (for every side compared here: one process)
@@ -155,7 +164,7 @@ def main():
     )
     del model
     ours_s, ours_len, (ours_gen, ours_train) = run_ours(
-        str(folder), task, args.steps, args.dtype, args.autocast
+        str(folder), task, args.steps, args.dtype, args.autocast, args.rollout_dtype
     )
     trl_s, trl_len = run_trl(folder, task, args.steps, args.dtype, args.autocast)
     peak = matmul_peak(torch.bfloat16 if args.autocast else DTYPES[args.dtype])
@@ -186,6 +195,7 @@ def main():
                 "model": str(args.model),
                 "dtype": args.dtype,
                 "autocast": args.autocast,
+                "rollout_dtype": args.rollout_dtype,
                 "threads": args.threads,
                 "ours_s_per_step": round(ours_s, 2),
                 "trl_s_per_step": round(trl_s, 2),
