@@ -71,9 +71,9 @@ def reference_logprobs(core, ref_model, inputs, temperature: float, precision: s
 def step_loss(
     model, inputs, mask, advantages, old_logp, ref_logp, cfg: GRPOConfig, total=None, rollout_logp=None
 ):
-    """One micro-batch's loss and statistics (clip_frac, kl, entropy, and the rollout correction's
-    ``is/*`` when the engine's log-probs `rollout_logp` are given and `cfg.rollout_is` is not none:
-    each token's loss weighted by π_old / π_rollout, truncated or masked at `cfg.rollout_is_cap`)."""
+    """One micro-batch's loss and statistics (clip_frac, kl, entropy, and the rollout gap's ``is/*``
+    when the engine's log-probs `rollout_logp` are given; unless `cfg.rollout_is` is none, each
+    token's loss is then weighted by π_old / π_rollout, truncated or masked at `cfg.rollout_is_cap`)."""
     logp, entropy = token_logprobs(model, inputs, cfg.temperature, cfg.autocast)
     old = logp.detach() if old_logp is None else old_logp
     weight, is_stats = None, {}
@@ -124,16 +124,20 @@ def update(policy: Policy, batch: Batch, cfg: GRPOConfig, *, lr: float, total: f
     return out
 
 
+def extreme(key: str):
+    """`min` for a ``*_min`` statistic, `max` for a ``*_max`` one (reduced as such over micro-batches
+    and ranks), None for the others (token-weighted means)."""
+    return min if key.endswith("_min") else max if key.endswith("_max") else None
+
+
 def reduce_stats(weighted: dict[str, float], tokens: float) -> dict[str, float]:
     """The step's statistics over every rank: the token-weighted means (`weighted` holds the sums),
     and for a ``*_min`` / ``*_max`` key (`_accumulate` keeps them unweighted) the extreme."""
     n_tokens = max(all_reduce_sum(tokens), 1.0)
     out = {}
     for key, v in weighted.items():
-        if key.endswith(("_min", "_max")):
-            out[key] = (min if key.endswith("_min") else max)(all_gather_list([v]))
-        else:
-            out[key] = all_reduce_sum(v) / n_tokens
+        pick_one = extreme(key)
+        out[key] = pick_one(all_gather_list([v])) if pick_one else all_reduce_sum(v) / n_tokens
     return out
 
 
@@ -195,10 +199,6 @@ def _accumulate(model, batch: Batch, chunks, real: int, old_logp, ref_logp, cfg:
         local += loss.item()
         n = float(batch.mask[c].sum())
         for key, v in stats.items():
-            if key.endswith("_min"):
-                weighted[key] = min(weighted.get(key, v), v)
-            elif key.endswith("_max"):
-                weighted[key] = max(weighted.get(key, v), v)
-            else:
-                weighted[key] = weighted.get(key, 0.0) + v * n
+            pick_one = extreme(key)
+            weighted[key] = pick_one(weighted.get(key, v), v) if pick_one else weighted.get(key, 0.0) + v * n
     return all_reduce_sum(local), weighted
