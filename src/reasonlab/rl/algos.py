@@ -274,11 +274,14 @@ def policy_loss(
     total: float | None = None,
     loss: str = "clip",
     is_weight: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """The loss to minimise for (N, T) token log-probs and (N,) advantages: the policy loss
     registered as `loss`, each token's multiplied by the rollout correction's `is_weight` when given
     (`rollout_weights`; TRL applies it there too, before the KL term), plus β · KL_k3 to the
-    reference when β > 0, aggregated by `agg` (`total`: the global count when the batch spans ranks).
+    reference when β > 0, minus `entropy_coef` times each token's `entropy` (a bonus, with its
+    gradient), aggregated by `agg` (`total`: the global count when the batch spans ranks).
     Returns the loss and its statistics."""
     per_token, stats = pick(POLICY_LOSSES, loss, "policy loss")(
         logp, old_logp, advantages, mask.to(logp.dtype), eps_low=eps_low, eps_high=eps_high
@@ -291,4 +294,8 @@ def policy_loss(
         kl = kl_k3(logp, ref_logp)
         per_token = per_token + beta * kl
         stats["kl"] = float(aggregate(kl.detach(), mask, "token_mean"))
+    if entropy_coef > 0:
+        if entropy is None or not entropy.requires_grad:
+            raise ValueError("entropy_coef > 0 needs each token's entropy with its gradient")
+        per_token = per_token - entropy_coef * entropy
     return aggregate(per_token, mask, agg, max_tokens, total), stats

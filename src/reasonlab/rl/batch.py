@@ -162,7 +162,8 @@ def batch_for_update(groups: list[Group], cfg: GRPOConfig, pad_id: int, shared: 
     rows_or_tokens = float(batch.mask.sum()) if cfg.loss_agg == "token_mean" else len(batch)
     total = all_reduce_sum(rows_or_tokens)
     trained = groups
-    if cfg.skip_flat_groups and cfg.beta == 0:  # one group kept at least: every rank runs the update
+    # with no KL term and no entropy bonus (one group kept at least: every rank runs the update)
+    if cfg.skip_flat_groups and cfg.beta == 0 and cfg.entropy_coef == 0:
         trained = [g for g in groups if not g.flat] or groups[:1]
         if len(trained) < len(groups):
             batch = batch_of(trained)

@@ -54,6 +54,14 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     beta: float = field(
         default=0.0, metadata={"help": "KL weight to a frozen reference (0 = no reference kept)", "min": 0}
     )
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "entropy bonus: the loss subtracts this times each token's entropy (0 = none; > 0 "
+            "trains on groups with equal rewards too)",
+            "min": 0,
+        },
+    )
     advantage: str = field(
         default="group",
         metadata={

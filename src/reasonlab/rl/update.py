@@ -35,28 +35,36 @@ from .types import Batch, Policy, Update
 
 
 def token_logprobs(
-    model, inputs: torch.Tensor | GroupedBatch, temperature: float = 1.0, precision: str = "auto"
+    model,
+    inputs: torch.Tensor | GroupedBatch,
+    temperature: float = 1.0,
+    precision: str = "auto",
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) log-prob of each next token of `inputs` (B, T), and (B, T-1) entropy of each
-    prediction; for a `GroupedBatch` (the built-in model, or an HF model whose `shares_prompts`),
-    (N, Lc) for each completion token, 0 past each row's end."""
+    prediction (with its gradient when `entropy_grad`, for an entropy bonus); for a `GroupedBatch`
+    (the built-in model, or an HF model whose `shares_prompts`), (N, Lc) for each completion token,
+    0 past each row's end."""
     if isinstance(inputs, GroupedBatch):  # the model returns only real predictions: no lm_head on padding
         places, (N, Lc) = inputs.places(), inputs.completion_ids.shape
         with autocast(places.device, precision):
             logits = model(dataclasses.replace(inputs, packed=True)).float()
-        logp, entropy = _logp_entropy(logits, inputs.completion_ids.reshape(-1)[places], temperature)
+        logp, entropy = _logp_entropy(
+            logits, inputs.completion_ids.reshape(-1)[places], temperature, entropy_grad
+        )
         grid = lambda v: v.new_zeros(N * Lc).index_copy(0, places, v).view(N, Lc)  # noqa: E731
         return grid(logp), grid(entropy)
     with autocast(inputs.device, precision):
         logits = model(inputs)[:, :-1].float()
-    return _logp_entropy(logits, inputs[:, 1:], temperature)
+    return _logp_entropy(logits, inputs[:, 1:], temperature, entropy_grad)
 
 
-def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
-    """Log-prob of each target under softmax(logits / T), and the entropy of that softmax (for
-    logging: computed without gradient)."""
+def _logp_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float, grad: bool = False):
+    """Log-prob of each target under softmax(logits / T), and the entropy of that softmax: for
+    logging, computed without gradient; with `grad`, with it (-Σ p log p, for an entropy bonus)."""
     logp_all = F.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
-    return logp_all.gather(-1, targets[..., None]).squeeze(-1), probs_entropy(logp_all)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if grad else probs_entropy(logp_all)
+    return logp_all.gather(-1, targets[..., None]).squeeze(-1), entropy
 
 
 def reference_logprobs(core, ref_model, inputs, temperature: float, precision: str = "auto") -> torch.Tensor:
@@ -74,7 +82,8 @@ def step_loss(
     """One micro-batch's loss and statistics (clip_frac, kl, entropy, and the rollout gap's ``is/*``
     when the engine's log-probs `rollout_logp` are given; unless `cfg.rollout_is` is none, each
     token's loss is then weighted by π_old / π_rollout, truncated or masked at `cfg.rollout_is_cap`)."""
-    logp, entropy = token_logprobs(model, inputs, cfg.temperature, cfg.autocast)
+    bonus = cfg.entropy_coef > 0
+    logp, entropy = token_logprobs(model, inputs, cfg.temperature, cfg.autocast, entropy_grad=bonus)
     old = logp.detach() if old_logp is None else old_logp
     weight, is_stats = None, {}
     if rollout_logp is not None:
@@ -93,6 +102,8 @@ def step_loss(
         total=total,
         loss=cfg.policy_loss,
         is_weight=weight,
+        entropy=entropy if bonus else None,
+        entropy_coef=cfg.entropy_coef,
     )
     stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
     return loss, {**stats, **is_stats}
