@@ -1,7 +1,8 @@
 """The three methods from one base with one seed (Method 1 alone; GRPO from the base, R1-Zero's;
-Method 1's first round, then GRPO), at equal wall time, and what is measured of them: the base's
-accuracy three ways, each arm's record and curve, pass@k, and the summary over seeds. The methods
-study runs them for every seed (`study.run_study`), the built-in demo once (`demo.BuiltinDemoRun`)."""
+Method 1's first round, then GRPO), at equal compute (Method 1's FLOPs), and what is measured of
+them: the base's accuracy three ways, each arm's record and curve, pass@k, and the summary over
+seeds. The methods study runs them for every seed (`study.run_study`), the built-in demo once
+(`demo.BuiltinDemoRun`)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def arm_configs(quick: bool, seed: int, task) -> tuple[RationalesConfig, GRPOCon
         DemoConfig(quick=quick, seed=seed, length=task.length, min_length=task.min_length)
     )
     m1 = replace(m1, free_form=True)
-    rl = replace(rl, eval_every=3 if quick else 25)  # max_seconds: set by the study to Method 1's wall time
+    # the budget: max_flops, set by the study to Method 1's FLOPs (not its wall time: a second of GRPO's
+    # small decoding batches buys about half the FLOPs a second of fine-tuning does on a CPU)
+    rl = replace(rl, eval_every=3 if quick else 25, max_seconds=0)
     zero = replace(rl, temperature=1.0)
     return m1, rl, zero
 
@@ -131,7 +134,8 @@ class Arms:
         }
 
     def grpo(self, name: str, model, cfg: GRPOConfig, before: list, curve: list, folder: str = "") -> dict:
-        """GRPO on `model` (in place, logged to `folder`, default `name`) until `cfg.max_seconds`;
+        """GRPO on `model` (in place, logged to `folder`, default `name`) until `cfg.max_flops` (or
+        `cfg.max_seconds`);
         its record, the curve continued from `curve` (its evaluations shifted by what was spent
         `before` it, [flops, seconds], and the final model's point)."""
         t0, stopped = time.monotonic(), None
@@ -186,23 +190,23 @@ class Arms:
         }
 
     def r1_zero(self, budget: float, start: list, folder: str = "") -> dict:
-        """Method 2 alone: GRPO from (a copy of) the base for `budget` seconds."""
+        """Method 2 alone: GRPO from (a copy of) the base for `budget` FLOPs."""
         return self.grpo(
             "method2",
             copy.deepcopy(self.base),
-            replace(self.zero_cfg, max_seconds=budget),
+            replace(self.zero_cfg, max_flops=budget),
             [0.0, 0.0],
             [start],
             folder,
         )
 
     def chain(self, budget: float, start: list, folder: str = "") -> dict:
-        """Method 1's round 1, then GRPO from its model, until the two have spent `budget` seconds."""
+        """Method 1's round 1, then GRPO from its model, until the two have spent `budget` FLOPs."""
         round1, spent = self.models.pop("method1_round1")
         record = self.grpo(
             "method1_then_2",
             round1,
-            replace(self.rl_cfg, max_seconds=max(budget - spent[2], 1.0)),
+            replace(self.rl_cfg, max_flops=max(budget - spent[0], 1.0)),
             [spent[0], spent[2]],
             [start, spent],
             folder,
@@ -215,7 +219,7 @@ class Arms:
         start = self.start_point()
         record = {"seed": self.seed, "method1": self.method1(start)}
         save(record)
-        budget = record["method1"]["seconds"]
+        budget = record["method1"]["flops"]
         record["method2"] = self.r1_zero(budget, start)
         save(record)
         record["method1_then_2"] = self.chain(budget, start)

@@ -131,14 +131,14 @@ class BuiltinDemoRun(DemoRun):
         return self.arms.models["method1"]
 
     def method2(self, ui):
-        """4. Method 2: GRPO from Method 1's round-1 model, until the two have spent Method 1's time."""
+        """4. Method 2: GRPO from Method 1's round-1 model, until the two have spent Method 1's FLOPs."""
         tick = ui.stage("4/8 Method 2 from Method 1's round 1", 1)
         keys = ("method2_acc", "method2_format_rate", "method2_mean_think_tokens", "arm_method1_then_2")
         if self.done_before(keys, "method2"):
             tick(info=f"held-out {self.results['method2_acc']:.0%}")
             return self.load("method2")[0]
         m1 = self.results["arm_method1"]
-        record = self.arms.chain(m1["seconds"], m1["curve"][0], folder="grpo")
+        record = self.arms.chain(m1["flops"], m1["curve"][0], folder="grpo")
         self.results.update(
             method2_acc=record["acc"],
             method2_format_rate=record["format_rate"],
@@ -152,13 +152,13 @@ class BuiltinDemoRun(DemoRun):
         return model
 
     def r1_zero(self, ui, base):
-        """5. Method 2 alone: GRPO from the base (R1-Zero), for Method 1's time."""
+        """5. Method 2 alone: GRPO from the base (R1-Zero), for Method 1's FLOPs."""
         tick = ui.stage("5/8 Method 2 from the base (R1-Zero)", 1)
         if self.done_before(("r1_zero", "arm_method2", "r1_zero_format_curve"), "r1_zero"):
             tick(info=self.results["r1_zero"]["summary"])
             return self.load("r1_zero")[0]
         m1 = self.results["arm_method1"]
-        record = self.arms.r1_zero(m1["seconds"], m1["curve"][0], folder="grpo_from_base")
+        record = self.arms.r1_zero(m1["flops"], m1["curve"][0], folder="grpo_from_base")
         curve = record["format_curve"]
         summary = (
             f"{record['steps']} steps: format {curve[0][1]:.0%} -> {curve[-1][1]:.0%} of the samples; "

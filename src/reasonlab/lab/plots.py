@@ -184,8 +184,8 @@ def plot_compute(methods: dict, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, column, xlabel in (
-        (axes[0], 2, "wall time (s, this machine: the budget each method gets)"),
-        (axes[1], 0, "FLOPs spent (2N a sampled token, 6N a trained one, + attention)"),
+        (axes[0], 2, "wall time (s, this machine)"),
+        (axes[1], 0, "FLOPs spent (the budget: 2N a sampled token, 6N a trained one, + attention)"),
     ):
         for name, m in methods.items():
             curves = [np.array(c, dtype=float) for c in m["curve"] if len(c) > 1]

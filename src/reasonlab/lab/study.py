@@ -5,22 +5,21 @@ free text but for a share `TEMPLATE_FRACTION` written in the ``<think>/<answer>`
 base writes the template now and then, as a pretrained LM does). From it, for each seed:
 
 - **method1**: Method 1 alone (the demo's three STaR rounds: free-text samples read, verified,
-  rewritten into the template, fine-tuned). The wall time it takes, T, is the budget of the other two;
+  rewritten into the template, fine-tuned). The FLOPs it spends, C, are the budget of the other two;
 - **method2**: GRPO from the base (DeepSeek-R1-Zero: the template's prompt, the 2 + 1 reward, no
-  warm start, T = 1.0), stopped after T seconds;
+  warm start, T = 1.0), stopped after C FLOPs;
 - **method1_then_2**: Method 1's first round, then GRPO from that model (the demo's), stopped when
-  the two together have taken T.
+  the two together have spent C.
 
-Equal compute is equal wall time on one machine (each arm's periodic held-out evaluations
-included). FLOPs are counted beside it (`compute`: 2N a sampled token, 6N a trained one, plus
-attention; evaluations not counted): on a CPU, GRPO's small decoding batches use the FLOPs far less well than
-Method 1's large fine-tuning batches, so equal FLOPs would give GRPO several times Method 1's time
-(`GRPOConfig.max_flops` runs that comparison). Every model is evaluated on the same held-out problems:
-greedy accuracy, format rate, thinking length, and pass@k for k = 1 … 64 from 64 samples a problem at
-T = 0.7 (the base read as free text, as Method 1 reads its samples; trained models strictly). Seeds
-change every method's sampling and data order, not the base or the held-out problems: the spread
-across seeds is the methods' reliability. Settings are fixed here before any run, the same for
-every seed.
+Equal compute is equal FLOPs (`compute`: 2N a sampled token, 6N a trained one, plus attention;
+periodic held-out evaluations not counted), not equal wall time: on a CPU, GRPO's small decoding
+batches use the FLOPs far less well than Method 1's large fine-tuning batches, so the GRPO arms take
+about twice Method 1's time for its FLOPs (each arm's wall time is recorded beside them). Every
+model is evaluated on the same held-out problems: greedy accuracy, format rate, thinking length, and
+pass@k for k = 1 … 64 from 64 samples a problem at T = 0.7 (the base read as free text, as Method 1
+reads its samples; trained models strictly). Seeds change every method's sampling and data order,
+not the base or the held-out problems: the spread across seeds is the methods' reliability.
+Settings are fixed here before any run, the same for every seed.
 
 DIR/results.json (rewritten after every seed, so nothing computed is lost) holds ``methods`` (per
 method: ``acc``, ``format_rate``, ``flops``, ``seconds`` a list per seed, ``curve`` a list per seed
