@@ -221,28 +221,30 @@ def main():
     args = parser.parse_args()
     keep_freed_memory()
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    runs, seconds = {"reasonlab": [], "TRL": []}, {"reasonlab": [], "TRL": []}
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    records = previous.setdefault("runs", {})  # per trainer, one {seed, curve, seconds} a finished seed
+    has = lambda name, seed: any(r["seed"] == seed for r in records.get(name, []))  # noqa: E731
     for seed in args.seeds:
         cfg, task = shared_config(seed, args.steps, args.eval_every, overrides)
         val = validation_set(task, cfg, args.val)
         for name, run in (("reasonlab", run_ours), ("TRL", run_trl)):
-            done = [r for r in previous.get("runs", {}).get(name, []) if r["seed"] == seed]
-            if done or (args.only and name != args.only):
-                runs[name] += [r["curve"] for r in done]
+            if has(name, seed) or (args.only and name != args.only):
                 continue
             torch.manual_seed(seed)
             t0 = time.monotonic()
             curve = run(args.start, cfg, task, val)
-            runs[name].append(curve)
-            seconds[name].append(time.monotonic() - t0)
-            previous.setdefault("runs", {}).setdefault(name, []).append(
-                {"seed": seed, "curve": curve, "seconds": seconds[name][-1]}
-            )
+            record = {"seed": seed, "curve": curve, "seconds": time.monotonic() - t0}
+            records.setdefault(name, []).append(record)
             Path(args.out).write_text(json.dumps(previous, indent=1))  # a stopped run keeps its seeds
+    # the seeds asked for that both trainers finished, in one order: the curves are paired by seed
+    both = [seed for seed in args.seeds if has("reasonlab", seed) and has("TRL", seed)]
+    runs = {
+        name: [next(r["curve"] for r in records[name] if r["seed"] == seed) for seed in both]
+        for name in ("reasonlab", "TRL")
+    }
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
     result = {**previous, "start": args.start, "settings": settings}
-    if runs["reasonlab"] and runs["TRL"]:
+    if both:
         result["summary"] = summarise(runs)
         if args.plot:
             title = (
