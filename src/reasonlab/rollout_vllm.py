@@ -106,9 +106,10 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
 
 
-def rollout_from_outputs(outputs, prompts: list[str], tokenizer) -> Rollout:
+def rollout_from_outputs(outputs, prompts: list[str], tokenizer, stop_at_answer: bool = True) -> Rollout:
     """vLLM `RequestOutput`s (one completion each) as a `Rollout`: the built-in engine's per-row
-    state machine reads the tokens, so thinking counts and finish reasons mean the same."""
+    state machine reads the tokens, so thinking counts and finish reasons mean the same; a row ends
+    at its first </answer> when `stop_at_answer` (as the request's stop string had vLLM do)."""
     rows, prompt_ids = [], []
     for out, prompt in zip(outputs, prompts):
         done = out.outputs[0]
@@ -116,7 +117,7 @@ def rollout_from_outputs(outputs, prompts: list[str], tokenizer) -> Rollout:
             tokenizer.tags, tokenizer.wait_ids, tokenizer.eos_id, None, 0, prompt_opens_think(prompt)
         )
         for j, token in enumerate(done.token_ids):
-            row.push(int(token), stop_at_answer=True)
+            row.push(int(token), stop_at_answer=stop_at_answer)
             row.sampled.append(1)
             row.logprobs.append(_logprob(done.logprobs, j, int(token)))
             if row.phase == "done":
@@ -193,7 +194,7 @@ class VLLMEngine:
     def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
         requests = [self._sampling_params(kw) for kw in vllm_request_params(params, len(prompts))]
         outputs = self.llm.generate(prompts, requests, use_tqdm=False)
-        return count_rollout(rollout_from_outputs(outputs, prompts, self.tokenizer))
+        return count_rollout(rollout_from_outputs(outputs, prompts, self.tokenizer, params.stop_at_answer))
 
     def _sampling_params(self, kwargs: dict):
         import vllm

@@ -106,6 +106,23 @@ def test_outputs_become_the_same_rollout(tiny_gpt):
     assert torch.equal(theirs.sampled_mask, ours.sampled_mask)  # nothing forced: all ones up to each length
 
 
+def test_outputs_past_the_answer_stay_when_rollouts_run_to_end_of_text(tiny_gpt):
+    """GRPO's rollouts run to end-of-text (`stop_at_answer` off: vLLM gets no stop string, line
+    above): what vLLM wrote after </answer> stays in the rollout; with `stop_at_answer` the row ends
+    at </answer>."""
+    _, tok = tiny_gpt
+    answer, tail = tok.encode("<think>a</think><answer>3</answer>"), tok.encode("\n4")
+    ids = answer + tail + [tok.eos_id]
+    out = SimpleNamespace(
+        prompt_token_ids=tok.encode("1\n"),
+        outputs=[SimpleNamespace(token_ids=ids, logprobs=[{t: SimpleNamespace(logprob=-0.5)} for t in ids])],
+    )
+    on = rollout_from_outputs([out], ["1\n"], tok, stop_at_answer=False)
+    assert on.tokens[0, : int(on.lengths[0])].tolist() == ids and on.finish_reason == ["stop"]
+    cut = rollout_from_outputs([out], ["1\n"], tok)
+    assert cut.tokens[0, : int(cut.lengths[0])].tolist() == answer and cut.finish_reason == ["stop"]
+
+
 class StandInLLM:
     """What the engine needs of `vllm.LLM`, held by a real model: collective_rpc calls the worker
     extension on a worker whose model loads weights by name; generate samples with our engine."""

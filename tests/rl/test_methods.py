@@ -20,7 +20,8 @@ ID = {s: TOK.encode(s)[0] for s in ["<think>", "</think>", "<answer>", "</answer
 
 
 def answers_seven():
-    """Always writes <think>a</think><answer>7</answer> after the prompt's last newline."""
+    """Always writes <think>a</think><answer>7</answer> after the prompt's last newline, then ends
+    (end-of-text: GRPO's rollouts run to it)."""
     script = {
         ID["\n"]: ID["<think>"],
         ID["<think>"]: ID["a"],
@@ -28,6 +29,7 @@ def answers_seven():
         ID["</think>"]: ID["<answer>"],
         ID["<answer>"]: ID["7"],
         ID["7"]: ID["</answer>"],
+        ID["</answer>"]: TOK.eos_id,
     }
     return BigramLM(len(TOK), script, default=ID["\n"])
 
@@ -641,15 +643,61 @@ def test_method1_chat_style_prompts_sampling_training_and_evaluation(tmp_path, m
 
 def thinks_forever():
     """Thinks "a" until cut: writes <think>aaa… and never closes it itself; after a forced
-    </think><answer> it answers 7 and closes."""
+    </think><answer> it answers 7, closes and ends."""
     script = {
         ID["\n"]: ID["<think>"],
         ID["<think>"]: ID["a"],
         ID["a"]: ID["a"],
         ID["<answer>"]: ID["7"],
         ID["7"]: ID["</answer>"],
+        ID["</answer>"]: TOK.eos_id,
     }
     return BigramLM(len(TOK), script, default=ID["\n"])
+
+
+def test_grpo_rollouts_run_to_end_of_text_which_trains_and_text_after_the_answer_breaks_the_format():
+    """By default a rollout ends at the model's end-of-text token, not at </answer>: the token that
+    ends a formatted answer is sampled, in the loss mask and trained like any other (as TRL and verl
+    do; stopping at </answer> trained only the end-of-text of unformatted completions). A model that
+    writes on after </answer> earns nothing; `stop_at_answer` cuts it there instead."""
+    from reasonlab.rl.batch import batch_for_update
+    from reasonlab.rl.collect import Collector, ProblemStream
+
+    task = constant_task("7")
+    writes_on = answers_seven()
+    with torch.no_grad():  # after </answer> it goes on with a newline (and answers again), never ending
+        writes_on.table.weight[ID["</answer>"]].fill_(-10.0)
+        writes_on.table.weight[ID["</answer>"], ID["\n"]] = 10.0
+    runs = {}
+    for stop in (False, True):
+        for name, model in (("ends", answers_seven()), ("writes_on", writes_on)):
+            cut = {"stop_at_answer": True} if stop else {}  # the default: to end-of-text
+            cfg = GRPOConfig(prompts_per_step=3, group_size=2, max_new_tokens=16, eval_every=0, **cut)
+            runs[stop, name] = Collector(task, TOK, cfg, ProblemStream(task, 0)).collect(model, step=0)
+    answer = TOK.encode("<think>a</think><answer>7</answer>")
+    for group in runs[False, "ends"].groups:
+        r = group.rollout
+        for i in range(len(r.prompt_ids)):
+            n = int(r.lengths[i])
+            assert (
+                r.tokens[i, :n].tolist() == answer + [TOK.eos_id]
+                and r.sampled_mask[i, :n].tolist() == [1] * n
+            )
+        assert group.rewards.tolist() == [3.0, 3.0]
+    # the end-of-text token's position is in the batch's loss mask (the rewards differ: one group's
+    # first row is made wrong so the group has a gradient)
+    group = runs[False, "ends"].groups[0]
+    group.rewards = torch.tensor([0.0, 3.0])
+    batch = batch_for_update([group], GRPOConfig(prompts_per_step=1, group_size=2), TOK.pad_id, shared=False)
+    mask, ids = batch.batch.mask, batch.batch.inputs
+    assert int(mask[0].sum()) == len(answer) + 1
+    last = int(mask[0].nonzero().max())  # mask[t] is 1 where token t + 1 is a trained completion token
+    assert int(ids[0, last + 1]) == TOK.eos_id
+    for group in runs[True, "ends"].groups:  # cut at </answer>: the end-of-text never sampled
+        r = group.rollout
+        assert all(r.tokens[i, : int(r.lengths[i])].tolist() == answer for i in range(len(r.prompt_ids)))
+    assert all(g.rewards.tolist() == [0.0, 0.0] for g in runs[False, "writes_on"].groups)
+    assert all(g.rewards.tolist() == [3.0, 3.0] for g in runs[True, "writes_on"].groups)
 
 
 def test_budget_aware_rl_cuts_a_share_of_groups_at_a_drawn_budget_and_rewards_the_answer_after():

@@ -220,6 +220,7 @@ class Collector:
             temperature=cfg.temperature,
             row_seeds=seeds,
             think_budget=budgets if cfg.budget_share else None,
+            stop_at_answer=cfg.stop_at_answer,
         )
         with gathered(model) as full:
             rollout = self.sample(full, prompts, params, step)

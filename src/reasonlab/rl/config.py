@@ -87,6 +87,16 @@ class GRPOConfig(OptimConfig, RuntimeOptions):
     mask_truncated: bool = field(
         default=False, metadata={"help": "leave truncated completions out of the loss"}
     )
+    stop_at_answer: bool = field(
+        default=False,
+        metadata={
+            "help": "end each rollout at </answer> instead of at the model's end-of-text token (then "
+            "the end-of-text token after a formatted answer never trains, only the one ending an "
+            "unformatted completion: a one-sided push that slowed GRPO from the base; "
+            "docs/methods.md). Off: a completion ends at end-of-text, and text after </answer> "
+            "breaks the format"
+        },
+    )
     dynamic_sampling: bool = field(default=False, metadata={"help": "drop groups with equal rewards, refill"})
     skip_flat_groups: bool = field(
         default=True,
