@@ -168,6 +168,11 @@ def cmd_pretrain(opts) -> int:
     print(
         f"saved {folder.model} ({model.num_params():,} parameters); trigger accuracy "
         f"{metrics.get('trigger_acc', 0):.1%}"
+        + (
+            f", {metrics['trigger_steps_acc']:.1%} with every step right"
+            if "trigger_steps_acc" in metrics
+            else ""
+        )
     )
     return 0
 

@@ -64,6 +64,8 @@ class BuiltinDemoRun(DemoRun):
             info = f"loss {m['loss']:.3f}" + (
                 f", trigger acc {m['trigger_acc']:.0%}" if "trigger_acc" in m else ""
             )
+            if "trigger_steps_acc" in m:
+                info += f" ({m['trigger_steps_acc']:.0%} with every step right)"
             tick(completed=m["step"], info=info)
 
         folder = RunFolder(self.out / "pretrain", "pretrain")
@@ -71,7 +73,9 @@ class BuiltinDemoRun(DemoRun):
             self.task, cfg, progress=pre_log, folder=folder, device=self.cfg.device
         )
         self.keep("base", base, cfg)
-        self.results["pretrain"] = {k: last[k] for k in ("step", "loss", "trigger_acc") if k in last}
+        self.results["pretrain"] = {
+            k: last[k] for k in ("step", "loss", "trigger_acc", "trigger_steps_acc") if k in last
+        }
         self.save()
         tick(completed=cfg.steps)
         return base

@@ -238,6 +238,8 @@ def _loss_report(run: Path) -> Path:
         rows.append((f"Held-out loss at step {held[-1]['step']}", f"{held[-1]['eval_loss']:.4f}"))
     if "trigger_acc" in last:
         rows.append(("Trigger accuracy at the end", percent(last["trigger_acc"])))
+    if "trigger_steps_acc" in last:
+        rows.append(("... with every step right", percent(last["trigger_steps_acc"])))
     rows.append(("Wall time", f"{last.get('seconds', 0):.0f} s"))
     here = run.resolve()
     folder = here.with_name(here.name.removesuffix(".state")) if here.name.endswith(".state") else here

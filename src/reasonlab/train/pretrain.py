@@ -20,7 +20,11 @@ pretrained LM has seen some text in any format.
 
 The result is a base model that, asked directly, is mostly wrong, and with the trigger reasons and
 does better. The moment the trigger starts working varies with the seed, so training stops on a
-measured trigger accuracy (`target_trigger_acc` on held-out problems), not on a fixed time.
+measured trigger accuracy (`target_trigger_acc` on held-out problems), not on a fixed time. Where the
+task checks reasoning steps (`Task.check_steps`, e.g. chain) an answer counts only when every step
+of its chain is right too (`trigger_steps_acc`): on one CPU's kernels a base stopped on right
+answers alone got most of them by wrong steps (62 of 68 at its stop), leaving Method 1's
+step-checked filter almost nothing to keep.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..runtime import resolve_device
 from ..tasks import Problem, Task
 from ..tasks.base import problems_for
 from ..tasks.hints import admission, hint_line, wrong_answer
-from ..template import TRIGGER, format_completion
+from ..template import TRIGGER, format_completion, parse_completion
 from .loop import TrainConfig, tokenize_examples, train_supervised
 
 
@@ -56,7 +60,12 @@ class PretrainConfig(TrainConfig):
         default=20000, metadata={"help": "documents in the corpus", "min": 1, "max": 10**8}
     )
     target_trigger_acc: float = field(
-        default=0.2, metadata={"help": "stop once trigger accuracy reaches this (0 = never)", **FRACTION}
+        default=0.2,
+        metadata={
+            "help": "stop once trigger accuracy reaches this (0 = never); where the task checks "
+            "reasoning steps, a right answer counts only with every step right",
+            **FRACTION,
+        },
     )
     check_problems: int = field(
         default=100,
@@ -166,10 +175,10 @@ def pretrain(
             params=params,
             prompt="template" if cfg.template_fraction >= 1 else "free-form",
         )
-        return {"trigger_acc": result["accuracy"]}
+        return trigger_scores(task, result)
 
     stop = (
-        (lambda m: m.get("trigger_acc", 0.0) >= cfg.target_trigger_acc)
+        (lambda m: m.get("trigger_steps_acc", m.get("trigger_acc", 0.0)) >= cfg.target_trigger_acc)
         if cfg.target_trigger_acc > 0
         else None
     )
@@ -189,3 +198,23 @@ def pretrain(
         settings=task_setting(task),
     )
     return model, tokenizer, metrics
+
+
+def trigger_scores(task: Task, result: dict) -> dict:
+    """A trigger check's metrics from `evaluate_problems`' result (its rows kept): `trigger_acc`, the
+    share of right answers, and, where the task checks reasoning steps, `trigger_steps_acc`, the
+    share right with every step of the chain right as well (the reply as read into the template)."""
+    out = {"trigger_acc": result["accuracy"]}
+    rows = result["rows"]
+    verdicts = [
+        task.check_steps(
+            row["question"],
+            parse_completion(row.get("read_as", row["completion"]), row["prompt"]).think or "",
+        )
+        for row in rows
+    ]
+    if rows and any(v is not None for v in verdicts):
+        out["trigger_steps_acc"] = sum(
+            bool(row["correct"]) and v is True for row, v in zip(rows, verdicts)
+        ) / len(rows)
+    return out
