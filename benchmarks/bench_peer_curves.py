@@ -9,7 +9,10 @@ learning rate after 5 warmup steps, AdamW (0.9, 0.95) without weight decay, grad
 token-mean (DAPO) loss, group-std advantages, no dynamic sampling (TRL has none). Every
 `--eval-every` steps both are measured by *our* evaluator (greedy, `evaluate_problems`) on a
 validation set: train-split problems outside the training pool (`diag_grpo.validation_set`; the test
-split is never looked at). Seeds change each trainer's problem order and sampling, not the start.
+split is never looked at). Both read the same problems in the same order: TRL's dataset is our
+stream's draw for the run (`rl.collect.ProblemStream`, P problems a step), unshuffled
+(`--shuffle` lets TRL shuffle the pool its own way instead). Seeds change the problem order and the
+sampling, not the start.
 
 Writes `--out` (JSON: each trainer's curve per seed, the mean and sd at each evaluation, where the
 two means differ by more than the seeds' spread) and `--plot` (accuracy against steps, mean +- sd
@@ -38,6 +41,7 @@ from reasonlab.lab.settings import DemoConfig, stage_configs  # noqa: E402
 from reasonlab.model import export_hf, load_model  # noqa: E402
 from reasonlab.rewards import reasoning_reward  # noqa: E402
 from reasonlab.rl import train_grpo  # noqa: E402
+from reasonlab.rl.collect import ProblemStream  # noqa: E402
 from reasonlab.runtime import keep_freed_memory  # noqa: E402
 from reasonlab.selection import parse_value  # noqa: E402
 from reasonlab.tasks import get_task  # noqa: E402
@@ -80,7 +84,7 @@ def run_ours(start: str, cfg, task, val) -> list:
     return curve
 
 
-def run_trl(start: str, cfg, task, val) -> list:
+def run_trl(start: str, cfg, task, val, shuffle: bool = False) -> list:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig as TRLConfig
@@ -97,7 +101,10 @@ def run_trl(start: str, cfg, task, val) -> list:
         curve.append([step, acc])
         print(f"TRL       seed {cfg.seed} step {step:4d}  {acc:.1%}", flush=True)
 
-    pool = task.problems(20000, "train", cfg.seed, at_most=True)  # the pool ours draws from
+    if shuffle:  # the pool ours draws from, in TRL's own order
+        pool = task.problems(20000, "train", cfg.seed, at_most=True)
+    else:  # what ours draws, step by step: row k of TRL's unshuffled dataset is ours' k-th problem
+        pool = ProblemStream(task, cfg.seed).take(cfg.steps * cfg.prompts_per_step)
     data = Dataset.from_list(
         [
             {"prompt": build_prompt(p.question, cfg.style, trigger=cfg.trigger), "answer": p.answer}
@@ -140,6 +147,7 @@ def run_trl(start: str, cfg, task, val) -> list:
             bf16=False,
             seed=cfg.seed,
             disable_tqdm=True,
+            shuffle_dataset=shuffle,
         )
         trainer = GRPOTrainer(
             model=hf, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok.hf
@@ -218,11 +226,21 @@ def main():
     parser.add_argument("--out", default="peer_curves.json")
     parser.add_argument("--plot", default="")
     parser.add_argument("--only", choices=("reasonlab", "TRL"), default="")
+    parser.add_argument(
+        "--shuffle", action="store_true", help="TRL shuffles the pool its own way (default: ours' order)"
+    )
     args = parser.parse_args()
     keep_freed_memory()
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     records = previous.setdefault("runs", {})  # per trainer, one {seed, curve, seconds} a finished seed
+    order = "shuffled by TRL" if args.shuffle else "ours"
+    saved = previous.get("settings", {}).get("trl_order", "shuffled by TRL")  # files before the option
+    if records.get("TRL") and saved != order:
+        sys.exit(
+            f"{args.out} holds TRL runs whose problem order was {saved!r}, not {order!r}: use another --out"
+        )
+    previous.setdefault("settings", {})["trl_order"] = order  # kept by the saves of a run stopped midway
     has = lambda name, seed: any(r["seed"] == seed for r in records.get(name, []))  # noqa: E731
     for seed in args.seeds:
         cfg, task = shared_config(seed, args.steps, args.eval_every, overrides)
@@ -232,7 +250,11 @@ def main():
                 continue
             torch.manual_seed(seed)
             t0 = time.monotonic()
-            curve = run(args.start, cfg, task, val)
+            curve = (
+                run(args.start, cfg, task, val, args.shuffle)
+                if name == "TRL"
+                else run(args.start, cfg, task, val)
+            )
             record = {"seed": seed, "curve": curve, "seconds": time.monotonic() - t0}
             records.setdefault(name, []).append(record)
             Path(args.out).write_text(json.dumps(previous, indent=1))  # a stopped run keeps its seeds
@@ -243,6 +265,7 @@ def main():
         for name in ("reasonlab", "TRL")
     }
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
+    settings["trl_order"] = order
     result = {**previous, "start": args.start, "settings": settings}
     if both:
         result["summary"] = summarise(runs)
