@@ -55,7 +55,7 @@ from .stages import Stages
 class StudyConfig:
     out: str = field(default="runs/study-methods", metadata={"help": "output folder", "nonempty": True})
     seeds: int = field(
-        default=3,
+        default=5,
         metadata={
             "help": "seeds of every method (the spread across them is its reliability)",
             "min": 1,
