@@ -23,6 +23,7 @@ Run: python benchmarks/bench_peer_curves.py --start CKPT [--steps 150] [--eval-e
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -245,16 +246,12 @@ def main():
     for seed in args.seeds:
         cfg, task = shared_config(seed, args.steps, args.eval_every, overrides)
         val = validation_set(task, cfg, args.val)
-        for name, run in (("reasonlab", run_ours), ("TRL", run_trl)):
+        for name, run in (("reasonlab", run_ours), ("TRL", functools.partial(run_trl, shuffle=args.shuffle))):
             if has(name, seed) or (args.only and name != args.only):
                 continue
             torch.manual_seed(seed)
             t0 = time.monotonic()
-            curve = (
-                run(args.start, cfg, task, val, args.shuffle)
-                if name == "TRL"
-                else run(args.start, cfg, task, val)
-            )
+            curve = run(args.start, cfg, task, val)
             record = {"seed": seed, "curve": curve, "seconds": time.monotonic() - t0}
             records.setdefault(name, []).append(record)
             Path(args.out).write_text(json.dumps(previous, indent=1))  # a stopped run keeps its seeds
