@@ -32,7 +32,7 @@ def main():
     args = parser.parse_args()
     keep_freed_memory()
     task = get_task("chain", length=4, min_length=2)  # the demo's mix
-    m1 = arm_configs(False, args.seed, task)[0]
+    m1 = arm_configs(False, args.seed, task)["method1"]
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
     m1 = dataclasses.replace(m1, rounds=args.rounds, check_steps=not args.answer_only, **overrides)
     base, tok = load_model(args.base)

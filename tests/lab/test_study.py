@@ -179,14 +179,23 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
     assert main(["study", "methods", "--quick", "--seeds", "2", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     methods = results["methods"]
-    assert set(methods) == {"method1", "method2", "method1_then_2"}
+    assert list(methods) == ["method1", "method1_answer_only", "method2", "method1_then_2"]
+    assert results["budgets"] == ["0.5", "1", "2"]
     for m in methods.values():
         assert len(m["acc"]) == len(m["format_rate"]) == len(m["flops"]) == 2
         assert all(0 <= a <= 1 for a in m["acc"]) and all(f > 0 for f in m["flops"])
-    for seed in results["per_seed"]:  # each GRPO arm spends Method 1's FLOPs (or its 3 quick steps)
-        for arm in ("method2", "method1_then_2"):
-            assert seed[arm]["flops"] >= seed["method1"]["flops"] or seed[arm]["steps"] == 3
-    assert set(results["pass_at_k"]) >= {"base", "method1", "method2"}
+        assert list(m["at_budget"]) == ["0.5", "1", "2"] and m["at_budget"]["1"]["acc"] == m["acc"]
+    for seed in results["per_seed"]:
+        # quick Method 1: C is its one round; to 2 x C it runs two, both ways
+        for arm in ("method1", "method1_answer_only"):
+            rounds = seed[arm]["rounds"]
+            assert len(rounds) == 2 and seed[arm]["flops"] == rounds[-1]["compute"]["flops"]
+            assert seed[arm]["at_budget"]["1"] == seed[arm]["curve"][1][1]  # round 1, at C exactly
+            assert seed[arm]["at_budget"]["0.5"] == seed[arm]["curve"][0][1]  # the base: no round yet
+        c = seed["method1"]["rounds"][0]["compute"]["flops"]
+        for arm in ("method2", "method1_then_2"):  # each GRPO arm spends 2 x C (or its 3 quick steps)
+            assert seed[arm]["flops"] >= 2 * c or seed[arm]["steps"] == 3
+    assert set(results["pass_at_k"]) >= {"base", "method1", "method1_answer_only", "method2"}
     assert all(set(c) == {"1", "2", "4"} for c in results["pass_at_k"].values())
     curve = results["r1_zero_format_curve"]
     assert curve and all(len(p) == 2 and 0 <= p[1] <= 1 for p in curve)
@@ -226,3 +235,86 @@ def test_study_methods_quick_writes_the_head_to_head(tmp_path, capsys):
         main(["study", "budgets", "--out", str(tmp_path / "y")])
     assert refused.value.code == 2
     assert not (tmp_path / "y").exists()
+
+
+def test_grpo_evaluates_where_each_flop_mark_is_reached(tmp_path, tiny_gpt):
+    """`eval_at_flops`: an evaluation at the first step whose cost reaches each mark (where a run with
+    that `max_flops` stops), besides the start and the last step; nowhere else with eval_every 0."""
+    model, tok = tiny_gpt
+    task = get_task("arithmetic", op="+", digits=1)
+    cfg = GRPOConfig(
+        steps=6,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=8,
+        eval_every=0,
+        lr=1e-3,
+        no_format_patience=0,
+    )
+    held_out = task.problems(2, "test")
+    train_grpo(model, tok, task, cfg, out_dir=tmp_path / "a")
+    flops = [
+        json.loads(line)["compute/flops"]
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    marks = [(flops[1] + flops[2]) / 2, flops[4]]  # reached at steps 3 and 5
+    train_grpo(model, tok, task, cfg, out_dir=tmp_path / "b", held_out=held_out, eval_at_flops=marks)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 3, 5, 6]
+    assert all("seconds" in r for r in rows if "eval/accuracy" in r)
+
+
+def test_budget_readings_take_the_model_each_arm_had_at_the_budget():
+    from reasonlab.lab.arms import budget_key, first_from, last_within
+
+    curve = [[0.0, 0.1, 0], [3.0, 0.5, 1], [6.0, 0.9, 2]]  # Method 1: a point a round
+    assert (
+        last_within(curve, 2.9) == 0.1 and last_within(curve, 3.0) == 0.5 and last_within(curve, 100) == 0.9
+    )
+    grpo = [[0.0, 0.1, 0], [2.0, 0.2, 1], [3.1, 0.4, 2], [6.05, 0.6, 3]]  # evaluated where a mark was passed
+    assert first_from(grpo, 1, 3.0) == 0.4 and first_from(grpo, 1, 6.0) == 0.6
+    assert first_from(grpo, 1, 9.0) == 0.6  # stopped sooner: its last
+    assert [budget_key(b) for b in (0.5, 1.0, 2.0, 0.25)] == ["0.5", "1", "2", "0.25"]
+
+
+def test_study_budgets_are_checked_on_the_command_line(tmp_path, capsys):
+    for bad, said in (("0,1", "above 0"), ("1,x", "numbers separated by commas"), ("", "must not be empty")):
+        assert main(["study", "methods", "--quick", "--budgets", bad, "--out", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_tuning_validation_is_outside_what_the_runs_train_on_and_ties_go_to_the_default():
+    from reasonlab.lab.study_tuning import best, validation_problems
+
+    task = get_task("chain", length=4)
+    excluded = {p.question for p in task.problems(3000, "train", 1000)}
+    val = validation_problems(task, 300, excluded)
+    assert len(val) == 300 and not {p.question for p in val} & excluded
+    small = get_task("arithmetic", op="+", digits=1)
+    with pytest.raises(ValueError, match="validation problems outside"):
+        validation_problems(small, 5, {p.question for p in small.problems(1000, "train", at_most=True)})
+    assert best({0.5: 0.8, 1.0: 0.8, 2.0: 0.7}) == 1.0 and best({0.5: 0.9, 1.0: 0.8, 2.0: 0.9}) == 0.5
+    assert best({0.5: 0.1, 1.0: 0.2, 2.0: 0.3}) == 2.0
+
+
+def test_study_tune_gives_every_arm_three_learning_rates_and_runs_the_seeds_with_the_choice(tmp_path):
+    out = tmp_path / "study"
+    assert (
+        main(["study", "methods", "--quick", "--seeds", "1", "--tune", "--budgets", "1", "--out", str(out)])
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    tuning = results["tuning"]
+    arms = ["method1", "method1_answer_only", "method2", "method1_then_2"]
+    assert list(tuning["scores"]) == arms and all(
+        list(by) == ["0.5", "1", "2"] for by in tuning["scores"].values()
+    )
+    assert tuning["validation"] == 200 and results["lr_scale"] == tuning["chosen"]
+    for arm, default in (("method1", 2e-3), ("method2", 3e-4), ("method1_then_2", 3e-4)):
+        for scale in (0.5, 2.0):  # each configuration ran, at its learning rate
+            run = json.loads((out / "tuning" / f"lr_x{scale:g}" / arm / "run.json").read_text())
+            assert run["config"]["lr"] == pytest.approx(default * scale)
+        final = json.loads((out / "seed0" / arm / "run.json").read_text())  # the seeds: the chosen one
+        assert final["config"]["lr"] == pytest.approx(default * tuning["chosen"][arm])

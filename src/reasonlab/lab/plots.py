@@ -171,6 +171,7 @@ def plot_training(grpo: list[dict], path: Path, config: dict | None = None) -> P
 ARM_COLORS = {
     "base": COLORS["base"],
     "method1": COLORS["m1"],
+    "method1_answer_only": "#c0392b",
     "method2": COLORS["m2"],
     "method1_then_2": COLORS["think"],
 }

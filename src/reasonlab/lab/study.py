@@ -4,28 +4,35 @@ One base model is pretrained (the demo's: the built-in model on 4-variable chain
 free text but for a share `TEMPLATE_FRACTION` written in the ``<think>/<answer>`` template, so the
 base writes the template now and then, as a pretrained LM does). From it, for each seed:
 
-- **method1**: Method 1 alone (the demo's three STaR rounds: free-text samples read, verified,
-  rewritten into the template, fine-tuned). The FLOPs it spends, C, are the budget of the other two;
+- **method1**: Method 1 alone (the demo's STaR rounds: free-text samples read, verified, their
+  steps checked, rewritten into the template, fine-tuned). What its first 3 rounds spend is the
+  unit budget C;
+- **method1_answer_only**: the same keeping a sample on its final answer alone (the seed's wording
+  of the method): what the step check, a process check, adds;
 - **method2**: GRPO from the base (DeepSeek-R1-Zero: the template's prompt, the 2 + 1 reward, no
-  warm start, T = 1.0), stopped after C FLOPs;
-- **method1_then_2**: Method 1's first round, then GRPO from that model (the demo's), stopped when
-  the two together have spent C.
+  warm start, T = 1.0);
+- **method1_then_2**: Method 1's first round, then GRPO from that model (the demo's).
 
-Equal compute is equal FLOPs (`compute`: 2N a sampled token, 6N a trained one, plus attention;
-periodic held-out evaluations not counted), not equal wall time: on a CPU, GRPO's small decoding
-batches use the FLOPs far less well than Method 1's large fine-tuning batches, so the GRPO arms take
-about twice Method 1's time for its FLOPs (each arm's wall time is recorded beside them). Every
-model is evaluated on the same held-out problems: greedy accuracy, format rate, thinking length, and
-pass@k for k = 1 … 64 from 64 samples a problem at T = 0.7 (the base read as free text, as Method 1
-reads its samples; trained models strictly). Seeds change every method's sampling and data order,
-not the base or the held-out problems: the spread across seeds is the methods' reliability.
+Every arm is read at each of `--budgets` x C (default 0.5, 1, 2): the GRPO arms run to the largest
+and are evaluated where their spend reaches each budget (where a run with that budget would stop;
+nothing in a run depends on where it stops, so the readings are those of separate runs); Method 1
+runs 3 x the largest rounds and is read by rounds (b x 3 whole rounds). Equal compute is equal
+FLOPs (`compute`: 2N a sampled token, 6N a trained one, plus attention; evaluations not counted),
+not equal wall time (each arm's wall time is recorded beside them). With `--tune`, every arm first
+gets the same tuning budget (`study_tuning`: its learning rate at 0.5x, 1x and 2x, the best on
+validation problems at 1 x C); without it, `DEFAULT_LR_SCALE`. Every model is evaluated on the same
+held-out test problems: greedy accuracy, format rate, thinking length, and pass@k for k = 1 … 64
+from 64 samples a problem at T = 0.7 (the base read as free text, as Method 1 reads its samples;
+trained models strictly, at the largest budget). Seeds change every method's sampling and data
+order, not the base or the held-out problems: the spread across seeds is the methods' reliability.
 Settings are fixed here before any run, the same for every seed.
 
 DIR/results.json (rewritten after every seed, so nothing computed is lost) holds ``methods`` (per
-method: ``acc``, ``format_rate``, ``flops``, ``seconds`` a list per seed, ``curve`` a list per seed
-of [flops, accuracy, seconds] points), ``pass_at_k`` (per model: {k: rate}, the mean over seeds),
-``r1_zero_format_curve`` ([step, format rate of the samples] of seed 0's GRPO-from-base run) and
-``per_seed``; DIR/report.html draws them.
+method: ``acc`` (at 1 x C), ``at_budget`` ({budget: accuracies and their mean and spread}),
+``format_rate``, ``flops``, ``seconds`` a list per seed, ``curve`` a list per seed of [flops,
+accuracy, seconds] points), ``pass_at_k`` (per model: {k: rate}, the mean over seeds),
+``r1_zero_format_curve`` ([step, format rate of the samples] of seed 0's GRPO-from-base run),
+``tuning`` (with `--tune`), ``lr_scale`` and ``per_seed``; DIR/report.html draws them.
 """
 
 from __future__ import annotations
@@ -46,9 +53,13 @@ from ..outdir import OVERWRITE_HELP, RunFolder, claim, mark
 from ..runtime import resolve_device
 from ..tasks import get_task
 from ..train.pretrain import PretrainConfig, pretrain
-from .arms import ARMS, PASS_TEMPERATURE, Arms, base_measurements, pass_at_k, summarize
+from .arms import PASS_TEMPERATURE, STUDY_ARMS, Arms, base_measurements, budget_key, pass_at_k, summarize
 from .settings import TEMPLATE_FRACTION, DemoConfig, stage_configs
 from .stages import Stages
+from .study_tuning import tune
+
+# each arm's learning rate, as a multiple of its default, without --tune: what `--tune` chose
+DEFAULT_LR_SCALE = {arm: 1.0 for arm in STUDY_ARMS}
 
 
 @dataclass
@@ -80,12 +91,45 @@ class StudyConfig:
             "help": "go on from the seeds a stopped study in --out finished (same settings; --seeds may grow)"
         },
     )
+    budgets: str = field(
+        default="0.5,1,2",
+        metadata={
+            "help": "compute budgets every arm is read at, as multiples of C (Method 1's FLOPs over the "
+            "demo's 3 rounds), comma-separated: the arms run to the largest (and to 1 at least)",
+            "nonempty": True,
+        },
+    )
+    tune: bool = field(
+        default=False,
+        metadata={
+            "help": "first give every arm the same tuning budget: its learning rate tried at 0.5x, 1x and "
+            "2x its default, the best kept by validation accuracy at 1x C (one tuning seed; about 30 "
+            "minutes more on a 2-core CPU)"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
     def __post_init__(self):
         check_options(self)
         if self.pass_problems > self.held_out:
             raise UserError(f"--pass-problems {self.pass_problems} is more than --held-out {self.held_out}")
+        parse_budgets(self.budgets)
+
+    def budget_list(self) -> tuple[float, ...]:
+        return parse_budgets(self.budgets)
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """ "0.5,1,2" -> (0.5, 1.0, 2.0); a one-line error for anything else."""
+    try:
+        budgets = tuple(sorted({float(x) for x in text.split(",")}))
+    except ValueError:
+        raise UserError(
+            f"--budgets must be numbers separated by commas, like 0.5,1,2; got {text!r}"
+        ) from None
+    if not all(0 < b <= 16 for b in budgets):
+        raise UserError(f"--budgets must each be above 0 and at most 16 (x C), got {text!r}")
+    return budgets
 
 
 def base_config(quick: bool, seed: int = 0) -> PretrainConfig:
@@ -119,6 +163,8 @@ class StudyRun:
             "template_fraction": TEMPLATE_FRACTION,
             "compute": compute.COUNTED,
             "pass_temperature": PASS_TEMPERATURE,
+            "budgets": [budget_key(b) for b in sorted({*cfg.budget_list(), 1.0})],
+            "lr_scale": dict(DEFAULT_LR_SCALE),
         }
 
     def save(self):
@@ -153,15 +199,38 @@ class StudyRun:
             info=f"template format {results['base']['sampled_format_rate']:.0%} at T=1",
         )
 
+    def tune(self, ui) -> None:
+        """`--tune`: each arm's learning rate chosen on validation (`study_tuning`), kept in the
+        results (a resumed study keeps the one it made)."""
+        if "tuning" in self.earlier:
+            self.results["tuning"] = self.earlier["tuning"]
+        else:
+            tick = ui.stage("tuning: 3 learning rates an arm, on validation", 1)
+            pre_cfg = base_config(self.cfg.quick)
+            corpus = self.task.problems(pre_cfg.corpus_size, "train", pre_cfg.seed)
+            self.results["tuning"] = tune(
+                self.base,
+                self.tok,
+                self.task,
+                corpus,
+                self.out / "tuning",
+                self.cfg.quick,
+                self.cfg.held_out,
+                tick=lambda info: tick(advance=0, info=info),
+            )
+            tick(completed=1, info=str(self.results["tuning"]["chosen"]))
+        self.results["lr_scale"] = dict(self.results["tuning"]["chosen"])
+        self.save()
+
     def record(self, per_seed: list[dict]) -> None:
         """The finished seeds and their summary, in the results."""
         self.results["per_seed"] = per_seed
-        self.results.update(summarize(per_seed, self.results["pass_at_k_base_free_form"]))
+        self.results.update(summarize(per_seed, self.results["pass_at_k_base_free_form"], STUDY_ARMS))
 
     def run_seed(self, ui, seed: int, per_seed: list[dict]) -> None:
-        """The three arms with `seed`, added to `per_seed` and the results."""
+        """The arms with `seed`, added to `per_seed` and the results."""
         results = self.results
-        bars = {arm: ui.stage(f"seed {seed}: {arm}", 1) for arm in ARMS}
+        bars = {arm: ui.stage(f"seed {seed}: {arm}", 1) for arm in STUDY_ARMS}
         arms = Arms(
             self.base,
             self.tok,
@@ -173,14 +242,16 @@ class StudyRun:
             self.cfg.quick,
             results["base"]["template_acc"],
             tick=lambda arm, info: bars[arm](advance=0, info=info),
+            budgets=self.cfg.budget_list(),
+            lr_scale=results["lr_scale"],
         )
 
         def keep(record):  # a seed cut short keeps its finished arms here (a resume reruns the seed)
             results["unfinished_seed"] = record
             self.save()
 
-        per_seed.append(arms.run(save=keep))
-        for arm in ARMS:
+        per_seed.append(arms.run(save=keep, arms=STUDY_ARMS))
+        for arm in STUDY_ARMS:
             bars[arm](
                 completed=1,
                 info=f"{per_seed[-1][arm]['acc']:.0%} in {per_seed[-1][arm]['seconds']:.0f} s",
@@ -191,12 +262,15 @@ class StudyRun:
 
 
 def run_study(cfg: StudyConfig) -> dict:
-    """Pretrain the base, run the three arms for every seed, write results.json and report.html."""
+    """Pretrain the base, tune (`--tune`), run the arms for every seed, write results.json and
+    report.html."""
     from .report import build_report  # matplotlib: imported when a study runs, not with its options
 
     study = StudyRun(cfg)
     with Stages() as ui:
         study.pretrain_base(ui)
+        if cfg.tune:
+            study.tune(ui)
         per_seed = study.earlier.get("per_seed", [])[: cfg.seeds]  # each a finished seed
         if per_seed:
             study.record(per_seed)
@@ -217,7 +291,7 @@ def earlier_study(out: Path, cfg: StudyConfig) -> dict:
     made = earlier.get("config", {})
     other = [
         f"{k}={made.get(k)!r}"
-        for k in ("quick", "length", "held_out", "pass_problems")
+        for k in ("quick", "length", "held_out", "pass_problems", "budgets", "tune")
         if made.get(k) != getattr(cfg, k)
     ]
     if other or "base" not in earlier:

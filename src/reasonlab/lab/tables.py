@@ -11,7 +11,8 @@ from .compute_analysis import human
 
 def study_rows(results: dict) -> list[tuple[str, str]]:
     """A methods study's results as (what, value) rows: per method the held-out accuracy over seeds
-    (mean ± standard deviation, and the range), its format rate and the compute it spent."""
+    (mean ± standard deviation, and the range) at 1 x C and at each budget, its format rate and the
+    compute it spent; the tuning's validation scores, where it tuned."""
     rows = []
     base = results.get("base", {})
     if base:
@@ -34,6 +35,17 @@ def study_rows(results: dict) -> list[tuple[str, str]]:
                 f"{100 * m['acc_max']:.1f}]",
             )
         )
+        if m.get("at_budget"):
+            budgets = list(m["at_budget"])
+            rows.append(
+                (
+                    f"  at {' / '.join(budgets)} x C (mean ± sd)",
+                    " / ".join(
+                        f"{100 * at['acc_mean']:.1f} ± {100 * at['acc_std']:.1f}"
+                        for at in m["at_budget"].values()
+                    ),
+                )
+            )
         rows.append(
             (
                 "  format rate (lowest seed); FLOPs; wall time",
@@ -41,6 +53,15 @@ def study_rows(results: dict) -> list[tuple[str, str]]:
                 f"{statistics.fmean(m['seconds']):.0f} s",
             )
         )
+    tuning = results.get("tuning")
+    if tuning:
+        for arm, by in tuning["scores"].items():
+            rows.append(
+                (
+                    f"tuning {arm}: validation at lr x {' / '.join(by)}",
+                    " / ".join(f"{100 * v:.1f}" for v in by.values()) + f"; chose x{tuning['chosen'][arm]:g}",
+                )
+            )
     for name, curve in results.get("pass_at_k", {}).items():
         ks = list(curve)
         rows.append((f"pass@k {name} (k = {', '.join(ks)})", " / ".join(f"{100 * curve[k]:.0f}" for k in ks)))

@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 
@@ -80,6 +81,7 @@ def train_grpo(
     resume: bool = False,
     held_out=None,
     rewards: RewardPlan | None = None,
+    eval_at_flops: Sequence[float] = (),
 ):
     """Run GRPO on `model` (in place); returns the last metrics. Logs one JSON line per step to
     out_dir/metrics.jsonl (and to its trackers: `out_dir` may be a `RunFolder` with `report_to`)
@@ -89,20 +91,33 @@ def train_grpo(
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
     at that step's start. Each row carries ``compute/flops``, what the run's sampling and updates
     have cost so far (`compute`); `cfg.max_flops` stops the run there. `rewards`: your reward
-    functions beside (or instead of) the method's (`rewards.rewards_given`); None: the method's."""
+    functions beside (or instead of) the method's (`rewards.rewards_given`); None: the method's.
+    `eval_at_flops`: FLOP marks to evaluate `held_out` at too, each at the step where a run with
+    that `max_flops` would stop (so one run gives the accuracy at several budgets)."""
     size = world()[1]
     if cfg.prompts_per_step % size:
         raise UserError(f"prompts_per_step {cfg.prompts_per_step} must divide by the {size} processes")
     refuse_fsdp_states(cfg.save_every, cfg.fsdp)
     torch.manual_seed(cfg.seed)
-    held_out = held_out_problems(task, cfg, held_out)
+    held_out = held_out_problems(task, cfg, held_out, eval_at_flops)
     check_memory(model, cfg, size)
     policy, vllm = make_policy(model, tokenizer, cfg)
     sampler, dtype = rollout_sampler(policy, tokenizer, cfg)  # a bf16 copy to sample from, or None
     stream = ProblemStream(task, cfg.seed)
     collector = Collector(task, tokenizer, cfg, stream, sample=sampler, rewards=rewards)
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rl") if out_dir else None
-    run = start_run(policy, collector, task, cfg, folder, resume, log, progress, sampling=dtype)
+    run = start_run(
+        policy,
+        collector,
+        task,
+        cfg,
+        folder,
+        resume,
+        log,
+        progress,
+        sampling=dtype,
+        eval_at_flops=eval_at_flops,
+    )
     if vllm is not None:
         collector.sample = vllm_sampler(vllm, run.first)
     evaluate = partial(evaluate_policy, policy, tokenizer, task, held_out, cfg) if held_out else None
@@ -151,10 +166,10 @@ def train_on(policy: Policy, batch: StepBatch, cfg: GRPOConfig, lr: float) -> Up
     return result
 
 
-def held_out_problems(task: Task, cfg: GRPOConfig, given) -> list:
-    """The problems evaluated every `eval_every` steps: `given` (a study passes its own) or the
-    task's test problems; none when the run never evaluates."""
-    if not cfg.eval_every:
+def held_out_problems(task: Task, cfg: GRPOConfig, given, marks: Sequence[float] = ()) -> list:
+    """The problems evaluated every `eval_every` steps (and at FLOP `marks`): `given` (a study passes
+    its own) or the task's test problems; none when the run never evaluates."""
+    if not cfg.eval_every and not marks:
         return []
     if given is not None:
         return given
@@ -172,7 +187,16 @@ def make_policy(model, tokenizer, cfg: GRPOConfig) -> tuple[Policy, object]:
 
 
 def start_run(
-    policy: Policy, collector: Collector, task, cfg: GRPOConfig, folder, resume, log, progress, sampling=None
+    policy: Policy,
+    collector: Collector,
+    task,
+    cfg: GRPOConfig,
+    folder,
+    resume,
+    log,
+    progress,
+    sampling=None,
+    eval_at_flops: Sequence[float] = (),
 ) -> Run:
     """The run's lifecycle (`run.Run`): rank 0 logs, with TRL's names; the state holds the weights,
     optimiser, reference and where the collector stands. Resumed from the saved state when
@@ -194,6 +218,7 @@ def start_run(
         aliases=trl_names,
         log=log,
         progress=progress,
+        eval_at_flops=eval_at_flops,
     )
     state = run.resume() if resume else None
     if state:

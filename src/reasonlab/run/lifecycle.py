@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 
@@ -46,7 +46,10 @@ class Run:
     - `keeps_state`: False where no state can be kept (FSDP2's sharded weights);
     - `every_rank_logs`: each rank logs to its own metrics file (rank r > 0: metrics.rank{r}.jsonl);
       else rank 0 alone logs, calls `log` and `progress`;
-    - `aliases(row)`: other names for a row's values, added to every row logged (GRPO: TRL's).
+    - `aliases(row)`: other names for a row's values, added to every row logged (GRPO: TRL's);
+    - `eval_at_flops`: FLOP marks to evaluate at besides the cadence, each at the first step whose
+      cost reaches it (where a run with that `max_flops` would stop: a study reads several budgets
+      off one run).
     """
 
     def __init__(
@@ -63,8 +66,10 @@ class Run:
         aliases: Callable[[dict], dict] | None = None,
         log: Callable[[dict], None] | None = None,
         progress: Callable[[dict], None] | None = None,
+        eval_at_flops: Sequence[float] = (),
     ):
         self.cfg, self.config, self.cost = cfg, config, cost
+        self.marks = sorted(eval_at_flops)  # the FLOP marks not yet evaluated at
         self.position, self.weights, self.aliases = position, weights, aliases
         self.rank = world()[0]
         logs_here = every_rank_logs or self.rank == 0
@@ -94,6 +99,8 @@ class Run:
             self.first, self.bad_in_a_row = state["step"], state.get("bad_in_a_row", 0)
             self.ledger.restore(state.get("compute", {}))  # an old state without pairs restores 0
             elapsed = state.get("seconds", 0.0)
+            if self.marks:  # those passed before the stop are done
+                self.marks = [m for m in self.marks if m > self.flops()]
         if self.logs:
             self.logs.path.mkdir(parents=True, exist_ok=True)
             self.logs.restart_logs(self.first or None, self.rank)
@@ -157,7 +164,9 @@ class Run:
         (and `samples()`'s rows, if any, to samples.jsonl), save when due, stop a diverging run. Returns True
         when the run stops here. A step that `trained` nothing (GRPO: every group flat) is logged
         and stops on the FLOP budget alone: no evaluation, no save."""
-        if not trained:
+        if not trained:  # the weights are the last step's: a mark passed here is evaluated on them
+            if evaluate and self._passed_mark(metrics):
+                metrics.update({**evaluate(), "seconds": self.seconds()})
             self.show(metrics)
             return self._over_flops(metrics)
         self.mark(done, metrics["seconds"])  # what a save now writes
@@ -167,7 +176,8 @@ class Run:
             or bool(self.cfg.max_seconds and metrics["seconds"] >= self.cfg.max_seconds)
             or self._over_flops(metrics)
         )
-        if evaluate and ((self.cfg.eval_every and done % self.cfg.eval_every == 0) or last):
+        marked = self._passed_mark(metrics)
+        if evaluate and ((self.cfg.eval_every and done % self.cfg.eval_every == 0) or last or marked):
             metrics.update(evaluate())
         if samples and self.logs and (rows := samples()):
             self.logs.append(self.logs.samples, rows)
@@ -182,6 +192,14 @@ class Run:
         one row says so, in the log only, and `MAX_NON_FINITE` in a row stop the run."""
         self.write({"step": done, "skipped": NON_FINITE})
         stop_if_diverged(self.bad_in_a_row, done)
+
+    def _passed_mark(self, metrics: dict) -> bool:
+        """Has this step's cost reached an `eval_at_flops` mark not yet evaluated at (dropped now)?"""
+        if not self.marks:
+            return False
+        passed = [m for m in self.marks if metrics["compute/flops"] >= m]
+        self.marks = self.marks[len(passed) :]
+        return bool(passed)
 
     def _over_flops(self, metrics: dict) -> bool:
         limit = getattr(self.cfg, "max_flops", 0.0)  # GRPO's budget; supervised runs have none
