@@ -20,7 +20,7 @@ def generate(
     """Sample one completion per prompt (repeat prompts for groups). See the module docstring."""
     params = params or SamplingParams()
     budgets, limits, extends = _check_request(prompts, params)
-    prompt_ids = tokenizer.encode_batch(prompts)
+    prompt_ids = tokenizer.encode_prompts(prompts)
     if min(len(p) for p in prompt_ids) == 0:
         raise ValueError("empty prompt")
     device = next(model.parameters()).device

@@ -45,6 +45,7 @@ class TokenizerAdapter:
         self.eos_id = self.hf.eos_token_id
         self.pad_id = self.hf.pad_token_id
         self.tags = {tag: self.encode(tag) for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)}
+        self.prompt_prefix = default_prefix(self.hf)
         self.wait_ids = self.encode("Wait,")  # what budget extension forces (s1)
 
     def __len__(self) -> int:
@@ -74,6 +75,14 @@ class TokenizerAdapter:
         ids = dict(zip(distinct, self.hf(distinct, add_special_tokens=False)["input_ids"]))
         return [list(ids[t]) for t in texts]
 
+    def encode_prompts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt: `encode_batch`'s after `prompt_prefix`, the tokens the
+        tokenizer writes before a text by default (BOS for Gemma and Llama; none for Qwen or the
+        built-in tokenizer), as transformers, vLLM and llama.cpp start a prompt; not twice where
+        the text begins with it already (a chat template that writes BOS). Completions get none."""
+        p = self.prompt_prefix
+        return [ids if not p or ids[: len(p)] == p else p + ids for ids in self.encode_batch(texts)]
+
     def decode(self, ids) -> str:
         """Text of `ids`, keeping the template tags, dropping pad and EOS."""
         return self.decode_batch([ids])[0]
@@ -90,6 +99,14 @@ class TokenizerAdapter:
 
     def save(self, path) -> None:
         self.hf.save_pretrained(path)
+
+
+def default_prefix(hf) -> list[int]:
+    """The special tokens `hf` puts before a text when asked to add them ([] where none: the
+    built-in tokenizer, Qwen's). Gemma-3 without its BOS writes '<h2><h2>...' (llama.cpp too)."""
+    plain, full = hf.encode("a", add_special_tokens=False), hf.encode("a")
+    cut = len(full) - len(plain)
+    return list(full[:cut]) if cut > 0 and list(full[cut:]) == list(plain) else []
 
 
 def load_tokenizer(path) -> TokenizerAdapter:

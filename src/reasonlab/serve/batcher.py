@@ -231,7 +231,7 @@ class _GivenIds:
     def __init__(self, tokenizer, prompts: list[str], ids: list[list[int]]):
         self._tokenizer, self._prompts, self._ids = tokenizer, prompts, ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_prompts(self, texts: list[str]) -> list[list[int]]:
         if list(texts) != self._prompts:
             raise ValueError("_GivenIds encodes only the prompts of its own generate call")
         return [list(ids) for ids in self._ids]

@@ -66,7 +66,7 @@ class Intake:
             )
 
     def encode_prompts(self, prompts: list[str], s: Sampling, param: str) -> list[list[int]]:
-        encoded = self.tokenizer.encode_batch(prompts)
+        encoded = self.tokenizer.encode_prompts(prompts)
         for prompt, ids in zip(prompts, encoded):
             if not ids:
                 raise ServeError("empty prompt", param)

@@ -69,7 +69,7 @@ def tokenize_examples(
     Texts are cut to `max_len` x `MAX_CHARS_PER_TOKEN` characters first: tokenising a huge line
     whole takes memory for the whole line, not for the few tokens kept (benchmarks/README.md)."""
     chars = max_len * MAX_CHARS_PER_TOKEN
-    prompts = tokenizer.encode_batch([r["prompt"][:chars] for r in rows])
+    prompts = tokenizer.encode_prompts([r["prompt"][:chars] for r in rows])
     completions = tokenizer.encode_batch([r["completion"][:chars] for r in rows])
     out = []
     for p, c in zip(prompts, completions):
