@@ -185,10 +185,8 @@ class Arms:
         self, name: str, model, cfg: GRPOConfig, before: list, curve: list, folder: str = "", marks=()
     ) -> dict:
         """GRPO on `model` (in place, logged to `folder`, default `name`) until `cfg.max_flops` (or
-        `cfg.max_seconds`), evaluated too where its spend, with what was spent `before` it ([flops,
-        seconds]), reaches each of `marks` (FLOPs): its record, the curve continued from `curve` (its
-        evaluations shifted by `before`, and the final model's point), and ``at_budget``: for each
-        mark, the accuracy there (a mark reached `before` GRPO reads the earlier `curve`)."""
+        `cfg.max_seconds`), evaluated too at `marks` (FLOPs, with what was spent `before` it: [flops,
+        seconds]): its record, the curve continued from `curve`, ``at_budget`` (`readings`)."""
         t0, stopped = time.monotonic(), None
         spent, budget = ("seconds", cfg.max_seconds) if cfg.max_seconds else ("compute/flops", cfg.max_flops)
 
@@ -232,12 +230,7 @@ class Arms:
             "flops": flops,
             "seconds": seconds,
             "curve": curve,
-            "at_budget": {
-                budget_key(b): last_within(earlier, m)
-                if m <= before[0]
-                else first_from(curve, len(earlier), m)
-                for b, m in zip(self.budgets, marks)
-            },
+            "at_budget": self.readings(earlier, curve, before[0], marks),
             "steps": max((m["step"] for m in metrics), default=0),
             "stopped": stopped,
             "format_curve": [[m["step"], m["reward/format_rate"]] for m in steps],
@@ -246,6 +239,14 @@ class Arms:
                 for m in steps
                 if "completions/mean_think_tokens" in m
             ],
+        }
+
+    def readings(self, earlier: list, curve: list, before: float, marks) -> dict:
+        """A GRPO arm's accuracy at each budget mark: its evaluation there (`curve` past `earlier`),
+        or, for a mark reached before GRPO began (`before` FLOPs), the `earlier` curve's."""
+        return {
+            budget_key(b): last_within(earlier, m) if m <= before else first_from(curve, len(earlier), m)
+            for b, m in zip(self.budgets, marks)
         }
 
     def r1_zero(self, budget: float, start: list, folder: str = "", marks=()) -> dict:

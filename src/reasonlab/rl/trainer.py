@@ -90,14 +90,10 @@ def train_grpo(
     out_dir/state; `resume=True` continues from it: sampling seeds derive from the step, so the run
     goes on as if never stopped. A failure while a step samples (Ctrl-C included) saves the state
     at that step's start. Each row carries ``compute/flops``, what the run's sampling and updates
-    have cost so far (`compute`); `cfg.max_flops` stops the run there. `rewards`: your reward
-    functions beside (or instead of) the method's (`rewards.rewards_given`); None: the method's.
-    `eval_at_flops`: FLOP marks to evaluate `held_out` at too, each at the step where a run with
-    that `max_flops` would stop (so one run gives the accuracy at several budgets)."""
-    size = world()[1]
-    if cfg.prompts_per_step % size:
-        raise UserError(f"prompts_per_step {cfg.prompts_per_step} must divide by the {size} processes")
-    refuse_fsdp_states(cfg.save_every, cfg.fsdp)
+    have cost so far (`compute`); `cfg.max_flops` stops the run there, and `held_out` is evaluated
+    too where that cost reaches each of `eval_at_flops`. `rewards`: your reward functions beside (or
+    instead of) the method's (`rewards.rewards_given`); None: the method's."""
+    size = checked_layout(cfg)
     torch.manual_seed(cfg.seed)
     held_out = held_out_problems(task, cfg, held_out, eval_at_flops)
     check_memory(model, cfg, size)
@@ -106,18 +102,7 @@ def train_grpo(
     stream = ProblemStream(task, cfg.seed)
     collector = Collector(task, tokenizer, cfg, stream, sample=sampler, rewards=rewards)
     folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir, "rl") if out_dir else None
-    run = start_run(
-        policy,
-        collector,
-        task,
-        cfg,
-        folder,
-        resume,
-        log,
-        progress,
-        sampling=dtype,
-        eval_at_flops=eval_at_flops,
-    )
+    run = start_run(policy, collector, task, cfg, folder, resume, log, progress, dtype, eval_at_flops)
     if vllm is not None:
         collector.sample = vllm_sampler(vllm, run.first)
     evaluate = partial(evaluate_policy, policy, tokenizer, task, held_out, cfg) if held_out else None
@@ -164,6 +149,16 @@ def train_on(policy: Policy, batch: StepBatch, cfg: GRPOConfig, lr: float) -> Up
     policy.model.eval()
     result.seconds = time.monotonic() - began
     return result
+
+
+def checked_layout(cfg: GRPOConfig) -> int:
+    """The number of processes, refused where the step's problems cannot split among them evenly or
+    where FSDP2 would be asked to keep states."""
+    size = world()[1]
+    if cfg.prompts_per_step % size:
+        raise UserError(f"prompts_per_step {cfg.prompts_per_step} must divide by the {size} processes")
+    refuse_fsdp_states(cfg.save_every, cfg.fsdp)
+    return size
 
 
 def held_out_problems(task: Task, cfg: GRPOConfig, given, marks: Sequence[float] = ()) -> list:
