@@ -59,6 +59,7 @@ from .stages import Stages
 from .study_tuning import tune
 
 # each arm's learning rate, as a multiple of its default, without --tune: what `--tune` chose
+# (2026-12-08, the 2-core EPYC: 1x for every arm; docs/methods.md)
 DEFAULT_LR_SCALE = {arm: 1.0 for arm in STUDY_ARMS}
 
 
