@@ -58,10 +58,9 @@ def test_ledger_counts_each_trained_token_of_supervised_steps(tiny_gpt):
     assert ledger.trained == 3 * per_pass and ledger.sampled == 0
 
 
-def test_grpo_logs_its_flops_and_stops_at_max_flops(tmp_path, tiny_gpt):
-    model, tok = tiny_gpt
-    task = get_task("arithmetic", op="+", digits=1)
-    cfg = GRPOConfig(
+def six_small_steps() -> GRPOConfig:
+    """Six GRPO steps of 2 x 2 short completions, no periodic evaluation."""
+    return GRPOConfig(
         steps=6,
         prompts_per_step=2,
         group_size=2,
@@ -69,7 +68,13 @@ def test_grpo_logs_its_flops_and_stops_at_max_flops(tmp_path, tiny_gpt):
         eval_every=0,
         lr=1e-3,
         no_format_patience=0,
-    )  # an untrained model: every reward 0, every step still spends
+    )
+
+
+def test_grpo_logs_its_flops_and_stops_at_max_flops(tmp_path, tiny_gpt):
+    model, tok = tiny_gpt
+    task = get_task("arithmetic", op="+", digits=1)
+    cfg = six_small_steps()  # an untrained model: every reward 0, every step still spends
     with compute.track() as outside:
         train_grpo(model, tok, task, cfg, out_dir=tmp_path / "a")
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -242,15 +247,7 @@ def test_grpo_evaluates_where_each_flop_mark_is_reached(tmp_path, tiny_gpt):
     that `max_flops` stops), besides the start and the last step; nowhere else with eval_every 0."""
     model, tok = tiny_gpt
     task = get_task("arithmetic", op="+", digits=1)
-    cfg = GRPOConfig(
-        steps=6,
-        prompts_per_step=2,
-        group_size=2,
-        max_new_tokens=8,
-        eval_every=0,
-        lr=1e-3,
-        no_format_patience=0,
-    )
+    cfg = six_small_steps()
     held_out = task.problems(2, "test")
     train_grpo(model, tok, task, cfg, out_dir=tmp_path / "a")
     flops = [

@@ -14,7 +14,7 @@ import copy
 from ..engine import SamplingParams
 from ..evaluate import evaluate_problems
 from ..rl.collect import ProblemStream
-from .arms import STUDY_ARMS, Arms
+from .arms import STUDY_ARMS, Arms, arm_configs
 
 LR_SCALES = (0.5, 1.0, 2.0)
 TUNE_SEED = 1000  # the tuning runs' seed: the final seeds are 0, 1, ...
@@ -30,14 +30,14 @@ def validation_problems(task, n: int, excluded) -> list:
     return kept
 
 
-def trained_on(task, arms: Arms, corpus: list) -> set:
+def trained_on(task, cfgs: dict, corpus: list) -> set:
     """The questions the tuning runs may train on: the base's corpus, Method 1's rounds' problems,
-    the GRPO arms' problem pool."""
+    the GRPO arms' problem pool (`cfgs`: `arm_configs`'s)."""
     seen = {p.question for p in corpus}
-    m1 = arms.cfgs["method1"]
+    m1 = cfgs["method1"]
     for r in range(1, m1.rounds + 1):
         seen.update(p.question for p in task.problems(m1.problems, "train", m1.seed + 1000 * r))
-    seen.update(p.question for p in ProblemStream(task, arms.cfgs["method2"].seed).problems)
+    seen.update(p.question for p in ProblemStream(task, cfgs["method2"].seed).problems)
     return seen
 
 
@@ -65,8 +65,7 @@ def tune(base, tokenizer, task, corpus: list, out, quick: bool, n_val: int, tick
             lr_scale={arm: scale for arm in STUDY_ARMS},
         )
 
-    probe = arms_at(1.0, [], 0.0)
-    val = validation_problems(task, n_val, trained_on(task, probe, corpus))
+    val = validation_problems(task, n_val, trained_on(task, arm_configs(quick, TUNE_SEED, task), corpus))
     greedy = SamplingParams(temperature=0.0, max_new_tokens=96)
     base_acc = evaluate_problems(base, tokenizer, task, val, params=greedy, keep=0)["accuracy"]
     scores: dict = {arm: {} for arm in STUDY_ARMS}
